@@ -1,0 +1,137 @@
+#include "simulate/simulate.hpp"
+
+#include <cmath>
+#include <fstream>
+#include <random>
+
+#include "store/h5.hpp"
+
+namespace xanesd::sim {
+
+namespace {
+
+// Fractions at normalized position (u, v) ∈ [0,1]²: four regions — pure species 0, pure
+// species 1, a 50/50 mixture of 1 and 2, and a left-to-right gradient between species 0 and
+// the last one — so segmentation and LCF both have something to find.
+std::vector<double> fractions_at(double u, double v, int K) {
+  std::vector<double> f(static_cast<std::size_t>(K), 0.0);
+  if (K == 1) return {1.0};
+  const auto last = static_cast<std::size_t>(K - 1);
+  if (v < 0.5 && u < 0.5) f[0] = 1.0;
+  else if (v < 0.5) f[1] = 1.0;
+  else if (u < 0.4 && K >= 3) f[1] = 0.5, f[2] = 0.5;
+  else {
+    const double g = std::clamp((u - 0.0) / 1.0, 0.0, 1.0);
+    f[0] = 1.0 - g;
+    f[last] += g;
+  }
+  return f;
+}
+
+}  // namespace
+
+Scan simulate(const std::vector<science::Reference>& refs, const Params& p) {
+  Scan s;
+  s.params = p;
+  const std::size_t P = s.pixels(), E = p.energies_eV.size(), K = refs.size();
+  for (const auto& r : refs) s.reference_names.push_back(r.name);
+  // Wide margin: simulation holds reference end values, as the daemon does within its margin.
+  const Eigen::MatrixXd R = science::resample(refs, p.energies_eV, 1e9);
+  const double e0 = p.energies_eV.empty() ? 0 : p.energies_eV[E / 2];
+
+  s.fractions.assign(K * P, 0.f);
+  s.thickness.assign(P, 0.f);
+  s.xrf.assign(P, 0.f);
+  for (int r = 0; r < p.rows; ++r)
+    for (int c = 0; c < p.cols; ++c) {
+      const std::size_t px = static_cast<std::size_t>(r) * p.cols + c;
+      const double u = (c + 0.5) / p.cols, v = (r + 0.5) / p.rows;
+      const bool border = p.empty_border && (r < p.rows / 16 || c < p.cols / 16 || r >= p.rows - p.rows / 16 ||
+                                             c >= p.cols - p.cols / 16);
+      const auto f = fractions_at(u, v, static_cast<int>(K));
+      for (std::size_t k = 0; k < K; ++k) s.fractions[k * P + px] = border ? 0.f : static_cast<float>(f[k]);
+      // Thickness: smooth hills between 0.3 and 1 of the maximum.
+      const double t = 0.65 + 0.35 * std::sin(6.0 * u + 1.0) * std::cos(4.0 * v);
+      s.thickness[px] = border ? 0.f : static_cast<float>(p.max_thickness * t);
+    }
+
+  std::mt19937_64 rng(p.seed);
+  auto poisson = [&](double mean) -> float {
+    if (!p.noise) return static_cast<float>(mean);
+    if (mean <= 0) return 0.f;
+    return static_cast<float>(std::poisson_distribution<long long>(mean)(rng));
+  };
+  s.i0.resize(E);
+  for (std::size_t e = 0; e < E; ++e) {  // slow drift plus a ripple, as storage-ring I0 does
+    const double x = E > 1 ? static_cast<double>(e) / static_cast<double>(E - 1) : 0.0;
+    s.i0[e] = p.counts * (1.0 - p.i0_drift * x + 0.3 * p.i0_drift * std::sin(17.0 * x));
+  }
+  s.counts.assign(E * P, 0.f);
+  const bool trans = p.mode == protocol::Mode::transmission;
+  if (trans) {
+    s.flat.assign(E * P, 0.f);
+    if (p.dark > 0) s.dark.assign(P, static_cast<float>(p.dark));
+  }
+  for (std::size_t e = 0; e < E; ++e) {
+    const double de = (p.energies_eV[e] - e0) / 100.0;
+    for (std::size_t px = 0; px < P; ++px) {
+      double mix = 0;
+      for (std::size_t k = 0; k < K; ++k) mix += s.fractions[k * P + px] * R(static_cast<Eigen::Index>(e), static_cast<Eigen::Index>(k));
+      const double signal = s.thickness[px] * mix;
+      if (trans) {
+        // Beam profile across the field of view, times I0 drift; substrate absorbs a little.
+        const double beam = s.i0[e] * (0.8 + 0.2 * std::cos(3.0 * static_cast<double>(px % p.cols) / p.cols));
+        const double mu = p.background * (1.0 - 0.5 * de) + signal;
+        s.flat[e * P + px] = poisson(beam + p.dark);
+        s.counts[e * P + px] = poisson(beam * std::exp(-mu) + p.dark);
+      } else {
+        const double y = p.background * (1.0 + 0.5 * de) + signal;
+        s.counts[e * P + px] = poisson(s.i0[e] * std::max(0.0, y));
+      }
+    }
+  }
+  const double tmax = std::max(1e-9, p.max_thickness);
+  for (std::size_t px = 0; px < P; ++px) s.xrf[px] = poisson(1000.0 * s.thickness[px] / tmax + 20.0);
+  return s;
+}
+
+void write_scan_file(const Scan& s, const std::filesystem::path& path) {
+  using hs = std::vector<hsize_t>;
+  const auto E = static_cast<hsize_t>(s.params.energies_eV.size());
+  const auto R = static_cast<hsize_t>(s.params.rows), C = static_cast<hsize_t>(s.params.cols);
+  auto f = h5::create_file(path);
+  h5::attr_string(f, "mode", protocol::to_string(s.params.mode));
+  h5::attr_string(f, "creator", "xanes-simulate");
+  h5::write(f, "energy", s.params.energies_eV);
+  auto raw = h5::create_group(f, "raw");
+  h5::write(raw, "counts", s.counts.data(), hs{E, R, C});
+  if (s.params.mode == protocol::Mode::fluorescence) {
+    h5::write(raw, "i0", s.i0);
+  } else {
+    h5::write(raw, "flat", s.flat.data(), hs{E, R, C});
+    if (!s.dark.empty()) h5::write(raw, "dark", s.dark.data(), hs{R, C});
+  }
+  auto xrf = h5::create_group(f, "xrf");
+  h5::write(xrf, "Fe", s.xrf.data(), hs{R, C});
+  auto truth = h5::create_group(f, "truth");
+  h5::write(truth, "fractions", s.fractions.data(), hs{static_cast<hsize_t>(s.reference_names.size()), R, C});
+  h5::write(truth, "thickness", s.thickness.data(), hs{R, C});
+  h5::write_strings(truth, "reference_names", s.reference_names);
+}
+
+std::vector<double> read_energies_file(const std::filesystem::path& path) {
+  std::ifstream in(path);
+  if (!in) throw std::runtime_error("cannot open energies file '" + path.string() + "'");
+  std::vector<double> e;
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.empty() || line[0] == '#') continue;
+    e.push_back(std::stod(line));
+  }
+  if (e.empty()) throw std::runtime_error("energies file '" + path.string() + "' is empty");
+  if (*std::max_element(e.begin(), e.end()) < 100.0)
+    for (auto& v : e) v *= 1000.0;  // keV
+  return e;
+}
+
+}  // namespace xanesd::sim

@@ -1,0 +1,53 @@
+// Synthetic scans with known truth, built from real reference spectra: spatially varying
+// species fractions and thickness, Poisson counting noise, I0 drift, background, and for
+// transmission a flat field and dark current. Used by the demo, the tests and the benchmarks.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "science/references.hpp"
+#include "xanesd/protocol/messages.hpp"
+
+namespace xanesd::sim {
+
+struct Params {
+  int rows = 64, cols = 64;
+  std::vector<double> energies_eV;
+  protocol::Mode mode = protocol::Mode::fluorescence;
+  double counts = 2000;        // fluorescence: expected counts per unit signal at mean I0; transmission: flat-field counts
+  double i0_drift = 0.08;      // relative I0 drift amplitude across the scan
+  double dark = 0;             // dark counts (transmission: added to I and F)
+  double max_thickness = 1.0;  // edge step at the thickest pixel (transmission: absorption length units)
+  double background = 0.05;    // fluorescence: constant + slope background under the edge
+  bool empty_border = true;    // a frame of pixels with no material (thickness 0)
+  bool noise = true;
+  std::uint64_t seed = 1;
+};
+
+struct Scan {
+  Params params;
+  std::vector<std::string> reference_names;
+  std::vector<float> counts;     // E × P
+  std::vector<double> i0;        // E (fluorescence: counts scale; transmission: unused)
+  std::vector<float> flat;       // E × P (transmission)
+  std::vector<float> dark;       // P (transmission, if params.dark > 0)
+  std::vector<float> fractions;  // K × P, truth
+  std::vector<float> thickness;  // P, truth (edge step in signal units)
+  std::vector<float> xrf;        // P, an Fe-like XRF map ∝ thickness
+  std::size_t pixels() const { return static_cast<std::size_t>(params.rows) * static_cast<std::size_t>(params.cols); }
+};
+
+// The truth maps: a few domains of pure species and mixtures on a smooth gradient, so both
+// sharp boundaries and gradual mixing are present. K = refs.size() (2 to 6 works best).
+Scan simulate(const std::vector<science::Reference>& refs, const Params& p);
+
+// The scan-file layout of README "Scan files": /energy, /raw/counts, /raw/i0, /raw/flat,
+// /raw/dark, /xrf/Fe, plus /truth for tests.
+void write_scan_file(const Scan& s, const std::filesystem::path& path);
+
+std::vector<double> read_energies_file(const std::filesystem::path& path);  // eV or keV, one per line
+
+}  // namespace xanesd::sim

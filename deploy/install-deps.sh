@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs the Debian 12 packages xanesd builds, tests and runs with. Idempotent: it asks apt
+# only for what is missing, so a second run is a no-op. Run as root (or with sudo).
+set -euo pipefail
+
+BUILD_PACKAGES=(cmake g++ make pkg-config libzmq3-dev cppzmq-dev libmsgpack-cxx-dev libeigen3-dev
+                libhdf5-dev hdf5-tools nlohmann-json3-dev libspdlog-dev doctest-dev)
+# Python clients (replayer helpers, viewer, tests) run on Debian's /usr/bin/python3.
+PYTHON_PACKAGES=(python3 python3-zmq python3-msgpack python3-numpy python3-h5py python3-matplotlib
+                 python3-scipy python3-sklearn)
+
+missing=()
+for pkg in "${BUILD_PACKAGES[@]}" "${PYTHON_PACKAGES[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$pkg")
+  fi
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "deploy/install-deps.sh: all packages present"
+  exit 0
+fi
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+echo "deploy/install-deps.sh: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"

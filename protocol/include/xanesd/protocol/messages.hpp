@@ -1,0 +1,63 @@
+// Typed ingest messages (start, frame, stop): one struct per message of PROTOCOL.md, used by
+// the service and the C++ clients. to_wire/from_wire are the only place their fields are named.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "xanesd/protocol/wire.hpp"
+
+namespace xanesd::protocol {
+
+enum class Mode { fluorescence, transmission };
+enum class Order { energy_major, pixel_major };
+std::string to_string(Mode m);
+std::string to_string(Order o);
+Mode mode_from_string(const std::string& s);
+Order order_from_string(const std::string& s);
+
+struct StartMsg {
+  std::string scan_id;
+  int rows = 0, cols = 0;
+  std::vector<double> energies_eV;
+  Mode mode = Mode::fluorescence;
+  Order order = Order::energy_major;
+  std::vector<std::string> xrf_channels;
+  std::optional<Array> dark;  // rows×cols
+  std::optional<Array> flat;  // rows×cols, energy independent
+
+  WireMessage to_wire() &&;
+  static StartMsg from_wire(WireMessage&& m);
+};
+
+struct Region {
+  enum class Kind { full, rows, pixels } kind = Kind::full;
+  int row0 = 0, nrows = 0;  // for Kind::rows
+};
+
+struct FrameMsg {
+  std::string scan_id;
+  std::int64_t seq = 0;
+  int energy_index = 0;
+  double energy_eV = 0;
+  Region region;
+  std::optional<double> i0_scalar;
+  Array counts;
+  std::optional<Array> i0, dark, flat, pixels, xrf;
+
+  WireMessage to_wire() &&;
+  static FrameMsg from_wire(WireMessage&& m);
+};
+
+struct StopMsg {
+  std::string scan_id;
+  std::string reason = "completed";
+  std::optional<std::int64_t> frames_sent;
+
+  WireMessage to_wire() &&;
+  static StopMsg from_wire(WireMessage&& m);
+};
+
+}  // namespace xanesd::protocol

@@ -1,0 +1,186 @@
+#include "xanesd/protocol/messages.hpp"
+
+namespace xanesd::protocol {
+namespace {
+
+std::optional<Array> take(WireMessage& m, const std::string& name) {
+  for (auto& a : m.arrays)
+    if (a.name() == name) return std::move(a);
+  return std::nullopt;
+}
+
+void expect_type(const WireMessage& m, const char* type) {
+  if (m.topic != type) throw ProtocolError("topic '" + m.topic + "' is not '" + type + "'");
+  if (require_string(m.header, "type") != type)
+    throw ProtocolError("header type '" + m.header["type"].get<std::string>() + "' does not match topic '" + type + "'");
+}
+
+void expect_rank(const Array& a, std::size_t rank) {
+  if (a.shape().size() != rank)
+    throw ProtocolError("array '" + a.name() + "' must have " + std::to_string(rank) + " dimension(s), has " +
+                        std::to_string(a.shape().size()));
+}
+
+}  // namespace
+
+std::string to_string(Mode m) { return m == Mode::fluorescence ? "fluorescence" : "transmission"; }
+std::string to_string(Order o) { return o == Order::energy_major ? "energy-major" : "pixel-major"; }
+Mode mode_from_string(const std::string& s) {
+  if (s == "fluorescence") return Mode::fluorescence;
+  if (s == "transmission") return Mode::transmission;
+  throw ProtocolError("mode must be 'fluorescence' or 'transmission', got '" + s + "'");
+}
+Order order_from_string(const std::string& s) {
+  if (s == "energy-major") return Order::energy_major;
+  if (s == "pixel-major") return Order::pixel_major;
+  throw ProtocolError("order must be 'energy-major' or 'pixel-major', got '" + s + "'");
+}
+
+WireMessage StartMsg::to_wire() && {
+  WireMessage m;
+  m.topic = "start";
+  m.header = {{"type", "start"},          {"scan_id", scan_id},       {"shape", {rows, cols}},
+              {"energies_eV", energies_eV}, {"mode", to_string(mode)}, {"order", to_string(order)},
+              {"xrf_channels", xrf_channels}};
+  if (dark) m.arrays.push_back(std::move(*dark));
+  if (flat) m.arrays.push_back(std::move(*flat));
+  return m;
+}
+
+StartMsg StartMsg::from_wire(WireMessage&& m) {
+  expect_type(m, "start");
+  StartMsg s;
+  s.scan_id = require_string(m.header, "scan_id");
+  if (s.scan_id.empty() || s.scan_id.size() > 200) throw ProtocolError("scan_id must have 1 to 200 characters");
+  const auto& shape = require(m.header, "shape");
+  if (!shape.is_array() || shape.size() != 2 || !shape[0].is_number_integer() || !shape[1].is_number_integer())
+    throw ProtocolError("'shape' must be [rows, cols]");
+  s.rows = shape[0].get<int>();
+  s.cols = shape[1].get<int>();
+  if (s.rows <= 0 || s.cols <= 0 || static_cast<long long>(s.rows) * s.cols > (1LL << 26))
+    throw ProtocolError("'shape' must be positive with at most 2^26 pixels");
+  const auto& e = require(m.header, "energies_eV");
+  if (!e.is_array() || e.empty() || e.size() > 4096) throw ProtocolError("'energies_eV' must be a list of 1 to 4096 numbers");
+  for (const auto& v : e) {
+    if (!v.is_number()) throw ProtocolError("'energies_eV' must hold numbers");
+    s.energies_eV.push_back(v.get<double>());
+  }
+  s.mode = mode_from_string(require_string(m.header, "mode"));
+  if (m.header.contains("order")) s.order = order_from_string(require_string(m.header, "order"));
+  if (m.header.contains("xrf_channels")) {
+    const auto& x = m.header["xrf_channels"];
+    if (!x.is_array()) throw ProtocolError("'xrf_channels' must be a list of names");
+    for (const auto& v : x) {
+      if (!v.is_string()) throw ProtocolError("'xrf_channels' must be a list of names");
+      s.xrf_channels.push_back(v.get<std::string>());
+    }
+  }
+  s.dark = take(m, "dark");
+  s.flat = take(m, "flat");
+  for (auto* a : {&s.dark, &s.flat}) {
+    if (!*a) continue;
+    if ((*a)->shape() != std::vector<std::int64_t>{s.rows, s.cols})
+      throw ProtocolError("start array '" + (*a)->name() + "' must be rows×cols");
+  }
+  return s;
+}
+
+WireMessage FrameMsg::to_wire() && {
+  WireMessage m;
+  m.topic = "frame";
+  nlohmann::json region;
+  switch (this->region.kind) {
+    case Region::Kind::full: region = {{"kind", "full"}}; break;
+    case Region::Kind::rows: region = {{"kind", "rows"}, {"row0", this->region.row0}, {"nrows", this->region.nrows}}; break;
+    case Region::Kind::pixels: region = {{"kind", "pixels"}}; break;
+  }
+  m.header = {{"type", "frame"},        {"scan_id", scan_id},     {"seq", seq},
+              {"energy_index", energy_index}, {"energy_eV", energy_eV}, {"region", region}};
+  if (i0_scalar) m.header["i0"] = *i0_scalar;
+  m.arrays.push_back(std::move(counts));
+  for (auto* a : {&i0, &dark, &flat, &pixels, &xrf})
+    if (*a) m.arrays.push_back(std::move(**a));
+  return m;
+}
+
+FrameMsg FrameMsg::from_wire(WireMessage&& m) {
+  expect_type(m, "frame");
+  FrameMsg f;
+  f.scan_id = require_string(m.header, "scan_id");
+  f.seq = require_int(m.header, "seq");
+  if (f.seq < 0) throw ProtocolError("'seq' must be >= 0");
+  const auto ei = require_int(m.header, "energy_index");
+  if (ei < 0 || ei > 1'000'000) throw ProtocolError("'energy_index' out of range");
+  f.energy_index = static_cast<int>(ei);
+  f.energy_eV = require_number(m.header, "energy_eV");
+  const auto& r = require(m.header, "region");
+  const auto kind = require_string(r, "kind");
+  if (kind == "full") {
+    f.region.kind = Region::Kind::full;
+  } else if (kind == "rows") {
+    f.region.kind = Region::Kind::rows;
+    const auto row0 = require_int(r, "row0"), nrows = require_int(r, "nrows");
+    if (row0 < 0 || nrows <= 0 || row0 + nrows > (1 << 26)) throw ProtocolError("region rows out of range");
+    f.region.row0 = static_cast<int>(row0);
+    f.region.nrows = static_cast<int>(nrows);
+  } else if (kind == "pixels") {
+    f.region.kind = Region::Kind::pixels;
+  } else {
+    throw ProtocolError("region kind must be 'full', 'rows' or 'pixels', got '" + kind + "'");
+  }
+  if (m.header.contains("i0")) {
+    f.i0_scalar = require_number(m.header, "i0");
+  }
+  auto counts = take(m, "counts");
+  if (!counts) throw ProtocolError("frame has no 'counts' array");
+  f.counts = std::move(*counts);
+  f.i0 = take(m, "i0");
+  f.dark = take(m, "dark");
+  f.flat = take(m, "flat");
+  f.pixels = take(m, "pixels");
+  f.xrf = take(m, "xrf");
+  // Shape rules that need no scan context; the service checks them against the scan's shape.
+  const std::size_t rank = f.region.kind == Region::Kind::pixels ? 1 : 2;
+  expect_rank(f.counts, rank);
+  if (f.region.kind == Region::Kind::rows && f.counts.shape()[0] != f.region.nrows)
+    throw ProtocolError("counts has " + std::to_string(f.counts.shape()[0]) + " rows, region says " +
+                        std::to_string(f.region.nrows));
+  if (f.region.kind == Region::Kind::pixels) {
+    if (!f.pixels) throw ProtocolError("region 'pixels' needs a 'pixels' array");
+    expect_rank(*f.pixels, 1);
+    if (f.pixels->size() != f.counts.size()) throw ProtocolError("'pixels' and 'counts' differ in length");
+  } else if (f.pixels) {
+    throw ProtocolError("a 'pixels' array is only allowed with region kind 'pixels'");
+  }
+  for (auto* a : {&f.i0, &f.dark, &f.flat}) {
+    if (*a && (*a)->shape() != f.counts.shape())
+      throw ProtocolError("array '" + (*a)->name() + "' must have the shape of 'counts'");
+  }
+  if (f.xrf) {
+    if (f.xrf->shape().size() != rank + 1) throw ProtocolError("'xrf' must be channels × region");
+    if (!std::equal(f.counts.shape().begin(), f.counts.shape().end(), f.xrf->shape().begin() + 1))
+      throw ProtocolError("'xrf' must be channels × (shape of counts)");
+  }
+  return f;
+}
+
+WireMessage StopMsg::to_wire() && {
+  WireMessage m;
+  m.topic = "stop";
+  m.header = {{"type", "stop"}, {"scan_id", scan_id}, {"reason", reason}};
+  if (frames_sent) m.header["frames_sent"] = *frames_sent;
+  return m;
+}
+
+StopMsg StopMsg::from_wire(WireMessage&& m) {
+  expect_type(m, "stop");
+  StopMsg s;
+  s.scan_id = require_string(m.header, "scan_id");
+  if (m.header.contains("reason")) s.reason = require_string(m.header, "reason");
+  if (s.reason != "completed" && s.reason != "aborted")
+    throw ProtocolError("stop reason must be 'completed' or 'aborted'");
+  if (m.header.contains("frames_sent")) s.frames_sent = require_int(m.header, "frames_sent");
+  return s;
+}
+
+}  // namespace xanesd::protocol

@@ -1,0 +1,162 @@
+#include "config/config.hpp"
+
+#include <algorithm>
+#include <fstream>
+#include <sstream>
+
+namespace xanesd {
+
+const std::vector<ConfigKey>& config_keys() {
+  static const std::vector<ConfigKey> keys = {
+      {"ingest.endpoint", "tcp://127.0.0.1:5555", "ZeroMQ endpoint the PULL socket binds for start/frame/stop messages"},
+      {"ingest.queue_frames", 64, "capacity (messages) of the queue between the receiver and the pipeline; when full the receiver waits and the sender's ZeroMQ queue fills (lossless back-pressure)", 1, 100000},
+      {"ingest.rcvhwm", 64, "ZeroMQ receive high-water mark (messages) of the ingest socket", 1, 100000},
+      {"ingest.energy_tolerance_eV", 1.0, "largest allowed |frame.energy_eV − planned energy| (eV); frames beyond it are rejected", 0, 1e4},
+      {"ingest.min_transmission", 1e-6, "transmission I/F below this (including ≤ 0) is clamped to it before −ln and counted", 1e-300, 1},
+      {"publish.endpoint", "tcp://127.0.0.1:5556", "ZeroMQ endpoint the PUB socket binds for live products"},
+      {"publish.interval_ms", 250, "minimum time (ms) between map publications while a scan runs; 0 publishes after every batch of frames", 0, 3.6e6, true},
+      {"publish.sndhwm", 8, "ZeroMQ send high-water mark (messages) per subscriber; a slower subscriber misses publications (counted), nothing upstream waits", 1, 100000},
+      {"control.endpoint", "tcp://127.0.0.1:5557", "ZeroMQ endpoint the REP control socket binds"},
+      {"control.reply_timeout_ms", 60000, "longest a control request waits for the pipeline before it is answered with an error (ms)", 100, 3.6e6},
+      {"references.files", nlohmann::json::array(), "reference spectra files (XDI .nor multi-column, or two-column eV/keV text), relative to the config file's folder"},
+      {"references.margin_eV", 20.0, "how far (eV) the scan may extend beyond a reference's energy range; there the reference's end value is held. Beyond it the references are refused for that scan", 0, 1e4},
+      {"fit.method", "nnls", "'nnls' (species coefficients ≥ 0, background free) or 'least_squares'", -1e300, 1e300, true},
+      {"fit.background", true, "fit a + b·(E−E0) jointly with the references (science.md §3)"},
+      {"output.directory", "results", "folder for result files <scan_id>.h5 (relative to the working directory)"},
+      {"output.write_on_stop", true, "write the result file when a scan stops"},
+      {"log.level", "info", "spdlog level: trace, debug, info, warn, error"},
+  };
+  return keys;
+}
+
+namespace {
+
+const ConfigKey* find_key(const std::string& key) {
+  for (const auto& k : config_keys())
+    if (k.key == key) return &k;
+  return nullptr;
+}
+
+void flatten(const nlohmann::json& j, const std::string& prefix, nlohmann::json& out) {
+  for (const auto& [k, v] : j.items()) {
+    const std::string key = prefix.empty() ? k : prefix + "." + k;
+    if (v.is_object()) flatten(v, key, out);
+    else out[key] = v;
+  }
+}
+
+bool same_type(const nlohmann::json& fallback, const nlohmann::json& v) {
+  if (fallback.is_number()) return v.is_number() && (!fallback.is_number_integer() || v.is_number_integer());
+  return fallback.type() == v.type();
+}
+
+std::string type_name(const nlohmann::json& fallback) {
+  if (fallback.is_number_integer()) return "an integer";
+  if (fallback.is_number()) return "a number";
+  if (fallback.is_boolean()) return "true or false";
+  if (fallback.is_array()) return "a list";
+  return "a string";
+}
+
+void check_value(const ConfigKey& spec, const nlohmann::json& v) {
+  if (!same_type(spec.fallback, v))
+    throw ConfigError("config key '" + spec.key + "' must be " + type_name(spec.fallback) + ", got " + v.dump());
+  if (v.is_number()) {
+    const double d = v.get<double>();
+    if (!(d >= spec.min && d <= spec.max)) {
+      std::ostringstream m;
+      m << "config key '" << spec.key << "' = " << d << " is outside [" << spec.min << ", " << spec.max << "]";
+      throw ConfigError(m.str());
+    }
+  }
+}
+
+Config build(const nlohmann::json& flat, const std::filesystem::path& base_dir) {
+  Config c;
+  c.effective = flat;
+  auto str = [&](const char* k) { return flat.at(k).get<std::string>(); };
+  auto num = [&](const char* k) { return flat.at(k).get<double>(); };
+  auto integer = [&](const char* k) { return flat.at(k).get<int>(); };
+  c.ingest = {str("ingest.endpoint"), integer("ingest.queue_frames"), integer("ingest.rcvhwm"),
+              num("ingest.energy_tolerance_eV"), num("ingest.min_transmission")};
+  c.publish = {str("publish.endpoint"), integer("publish.interval_ms"), integer("publish.sndhwm")};
+  c.control = {str("control.endpoint"), integer("control.reply_timeout_ms")};
+  for (const auto& f : flat.at("references.files")) {
+    if (!f.is_string()) throw ConfigError("config key 'references.files' must be a list of paths");
+    std::filesystem::path p = f.get<std::string>();
+    c.references.files.push_back(p.is_absolute() ? p : base_dir / p);
+  }
+  c.references.margin_eV = num("references.margin_eV");
+  c.fit = {str("fit.method"), flat.at("fit.background").get<bool>()};
+  if (c.fit.method != "nnls" && c.fit.method != "least_squares")
+    throw ConfigError("config key 'fit.method' must be 'nnls' or 'least_squares', got '" + c.fit.method + "'");
+  c.output = {str("output.directory"), flat.at("output.write_on_stop").get<bool>()};
+  c.log_level = str("log.level");
+  static const char* levels[] = {"trace", "debug", "info", "warn", "error", "critical", "off"};
+  if (std::find(std::begin(levels), std::end(levels), c.log_level) == std::end(levels))
+    throw ConfigError("config key 'log.level' must be one of trace, debug, info, warn, error, got '" + c.log_level + "'");
+  return c;
+}
+
+}  // namespace
+
+Config make_config(const nlohmann::json& file_json, const std::vector<std::string>& overrides,
+                   const std::filesystem::path& base_dir) {
+  if (!file_json.is_object()) throw ConfigError("config must be a JSON object");
+  nlohmann::json given = nlohmann::json::object();
+  flatten(file_json, "", given);
+  for (const auto& o : overrides) {
+    const auto eq = o.find('=');
+    if (eq == std::string::npos || eq == 0) throw ConfigError("--set needs key=value, got '" + o + "'");
+    const std::string key = o.substr(0, eq), text = o.substr(eq + 1);
+    nlohmann::json v = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+    if (v.is_discarded()) v = text;  // bare strings need no quotes on the command line
+    given[key] = v;
+  }
+  nlohmann::json flat = nlohmann::json::object();
+  for (const auto& k : config_keys()) flat[k.key] = k.fallback;
+  for (const auto& [key, v] : given.items()) {
+    const auto* spec = find_key(key);
+    if (!spec) throw ConfigError("unknown config key '" + key + "' (see config/README.md)");
+    check_value(*spec, v);
+    flat[key] = v;
+  }
+  return build(flat, base_dir);
+}
+
+Config load_config(const std::filesystem::path& file, const std::vector<std::string>& overrides) {
+  std::ifstream in(file);
+  if (!in) throw ConfigError("cannot read config file '" + file.string() + "'");
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(in, nullptr, true, /*ignore_comments=*/true);
+  } catch (const nlohmann::json::parse_error& e) {
+    throw ConfigError("config file '" + file.string() + "' is not valid JSON: " + e.what());
+  }
+  return make_config(j, overrides, std::filesystem::absolute(file).parent_path());
+}
+
+Config reconfigure(const Config& current, const nlohmann::json& changes) {
+  if (!changes.is_object()) throw ConfigError("'set' must be an object of dotted keys");
+  nlohmann::json flat = current.effective;
+  for (const auto& [key, v] : changes.items()) {
+    const auto* spec = find_key(key);
+    if (!spec) throw ConfigError("unknown config key '" + key + "'");
+    if (!spec->runtime) throw ConfigError("config key '" + key + "' can only be set at start-up");
+    check_value(*spec, v);
+    flat[key] = v;
+  }
+  Config c = build(flat, "/");
+  c.references = current.references;  // paths were resolved at start-up
+  return c;
+}
+
+std::string config_keys_markdown() {
+  std::ostringstream o;
+  o << "| key | default | runtime | meaning |\n| --- | --- | --- | --- |\n";
+  for (const auto& k : config_keys())
+    o << "| `" << k.key << "` | `" << k.fallback.dump() << "` | " << (k.runtime ? "yes" : "no") << " | " << k.doc << " |\n";
+  return o.str();
+}
+
+}  // namespace xanesd

@@ -1,0 +1,81 @@
+// The daemon's configuration: parsed once at start-up into typed structs. Every key is in
+// one table (config.cpp) with its default, unit and documentation; unknown keys, wrong types
+// and out-of-range values are errors that name the key.
+#pragma once
+
+#include <filesystem>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace xanesd {
+
+class ConfigError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+struct IngestConfig {
+  std::string endpoint;
+  int queue_frames = 0;
+  int rcvhwm = 0;
+  double energy_tolerance_eV = 0;
+  double min_transmission = 0;
+};
+struct PublishConfig {
+  std::string endpoint;
+  int interval_ms = 0;
+  int sndhwm = 0;
+};
+struct ControlConfig {
+  std::string endpoint;
+  int reply_timeout_ms = 0;
+};
+struct ReferencesConfig {
+  std::vector<std::filesystem::path> files;  // resolved against the config file's folder
+  double margin_eV = 0;
+};
+struct FitConfig {
+  std::string method;
+  bool background = true;
+};
+struct OutputConfig {
+  std::filesystem::path directory;
+  bool write_on_stop = true;
+};
+
+struct Config {
+  IngestConfig ingest;
+  PublishConfig publish;
+  ControlConfig control;
+  ReferencesConfig references;
+  FitConfig fit;
+  OutputConfig output;
+  std::string log_level;
+  nlohmann::json effective;  // the whole config as dotted-key JSON, for status and result files
+};
+
+struct ConfigKey {
+  std::string key;          // dotted, e.g. "publish.interval_ms"
+  nlohmann::json fallback;  // default value; also fixes the type
+  std::string doc;
+  double min = -1e300, max = 1e300;  // for numbers
+  bool runtime = false;              // may be changed with the control `configure` command
+};
+const std::vector<ConfigKey>& config_keys();
+
+// Builds a Config from a (possibly nested) JSON object plus "key=value" overrides (value
+// parsed as JSON, else taken as a string). base_dir resolves relative reference paths.
+Config make_config(const nlohmann::json& file_json, const std::vector<std::string>& overrides,
+                   const std::filesystem::path& base_dir);
+Config load_config(const std::filesystem::path& file, const std::vector<std::string>& overrides);
+// Applies runtime changes {"fit.method": "least_squares"} to an existing config; rejects
+// keys that are not runtime-changeable.
+Config reconfigure(const Config& current, const nlohmann::json& changes);
+
+// Markdown table of all keys (written into config/README.md).
+std::string config_keys_markdown();
+
+}  // namespace xanesd

@@ -1,0 +1,41 @@
+#include "daemon.hpp"
+
+#include <spdlog/spdlog.h>
+
+namespace xanesd {
+
+std::vector<science::Reference> load_references(const ReferencesConfig& cfg) {
+  std::vector<science::Reference> refs;
+  for (const auto& f : cfg.files) {
+    try {
+      auto loaded = science::load_reference_file(f);
+      refs.insert(refs.end(), loaded.begin(), loaded.end());
+    } catch (const std::exception& e) {
+      throw ConfigError(std::string("references.files: ") + e.what());
+    }
+  }
+  return refs;
+}
+
+Daemon::Daemon(const Config& cfg)
+    : queue_(static_cast<std::size_t>(cfg.ingest.queue_frames)),
+      publisher_(ctx_, cfg.publish, counters_),
+      pipeline_(cfg, load_references(cfg.references), queue_, publisher_, counters_),
+      receiver_(ctx_, cfg.ingest, queue_, counters_,
+                [this](const Issue& i, const std::string& scan) { pipeline_.report(i, scan); }),
+      control_(ctx_, cfg.control, pipeline_, publisher_, counters_, shutdown_) {
+  endpoints_ = {receiver_.endpoint(), publisher_.endpoint(), control_.endpoint()};
+}
+
+Daemon::~Daemon() = default;
+
+void Daemon::start() {
+  publisher_.start();
+  pipeline_.start();
+  receiver_.start();
+  control_.start();
+  spdlog::info("xanesd listening: ingest {} · results {} · control {}", endpoints_.ingest, endpoints_.publish,
+               endpoints_.control);
+}
+
+}  // namespace xanesd

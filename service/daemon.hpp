@@ -1,0 +1,45 @@
+// The wiring, in data-path order: receiver → ingest queue → pipeline → publisher, plus the
+// control server. Construction loads references and binds every socket, so a bad config or a
+// busy port fails here, before anything runs.
+#pragma once
+
+#include <atomic>
+
+#include <zmq.hpp>
+
+#include "config/config.hpp"
+#include "control/control_server.hpp"
+#include "ingest/receiver.hpp"
+#include "pipeline/pipeline.hpp"
+#include "publish/publisher.hpp"
+
+namespace xanesd {
+
+// Loads every file of references.files; throws ConfigError naming the file on failure.
+std::vector<science::Reference> load_references(const ReferencesConfig& cfg);
+
+struct Endpoints {
+  std::string ingest, publish, control;  // as bound (a "*" port resolved)
+};
+
+class Daemon {
+ public:
+  explicit Daemon(const Config& cfg);
+  ~Daemon();
+  void start();
+  bool shutdown_requested() const { return shutdown_; }
+  const Endpoints& endpoints() const { return endpoints_; }
+
+ private:
+  zmq::context_t ctx_{1};
+  Counters counters_;
+  IngestQueue queue_;
+  Publisher publisher_;
+  Pipeline pipeline_;
+  Receiver receiver_;
+  std::atomic<bool> shutdown_{false};
+  ControlServer control_;
+  Endpoints endpoints_;
+};
+
+}  // namespace xanesd

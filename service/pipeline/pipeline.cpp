@@ -1,0 +1,257 @@
+#include "pipeline/pipeline.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include "publish/products.hpp"
+#include "store/result_file.hpp"
+
+namespace xanesd {
+
+Pipeline::Pipeline(Config cfg, std::vector<science::Reference> refs, IngestQueue& queue, Publisher& publisher,
+                   Counters& counters)
+    : cfg_(std::move(cfg)), refs_(std::move(refs)), queue_(queue), publisher_(publisher), counters_(counters) {
+  update_status();
+}
+
+Pipeline::~Pipeline() {
+  thread_.request_stop();
+  if (thread_.joinable()) thread_.join();
+}
+
+void Pipeline::start() {
+  thread_ = std::jthread([this](std::stop_token st) { run(st); });
+}
+
+ScanSettings Pipeline::settings() const {
+  ScanSettings s;
+  s.energy_tolerance_eV = cfg_.ingest.energy_tolerance_eV;
+  s.min_transmission = cfg_.ingest.min_transmission;
+  s.margin_eV = cfg_.references.margin_eV;
+  s.method = science::fit_method_from_string(cfg_.fit.method);
+  s.background = cfg_.fit.background;
+  return s;
+}
+
+std::future<nlohmann::json> Pipeline::submit(nlohmann::json request) {
+  auto cmd = std::make_shared<Command>();
+  cmd->request = std::move(request);
+  auto fut = cmd->reply.get_future();
+  std::lock_guard lock(commands_mutex_);
+  commands_.push_back(std::move(cmd));
+  return fut;
+}
+
+void Pipeline::report(const Issue& issue, const std::string& scan_id) {
+  const auto count = counters_.add("issues." + issue.code);
+  // Flags on accepted data are routine at low counts; rejections are warnings.
+  spdlog::warn("[{}] {}{}", issue.code, scan_id.empty() ? "" : "scan " + scan_id + ": ", issue.message);
+  publisher_.publish(make_error_message(scan_id, issue.code, issue.message, count, ++error_version_));
+}
+
+nlohmann::json Pipeline::status() const {
+  std::lock_guard lock(status_mutex_);
+  return status_;
+}
+
+void Pipeline::update_status() {
+  nlohmann::json refs = nlohmann::json::array();
+  for (const auto& r : refs_) refs.push_back(r.name);
+  nlohmann::json s = {{"state", scan_ ? to_string(scan_->state()) : "idle"},
+                      {"scan", scan_ ? scan_->summary() : nlohmann::json(nullptr)},
+                      {"references", refs},
+                      {"version", version_},
+                      {"ingest_queue", queue_.stats()},
+                      {"publish_queue", publisher_.stats()}};
+  if (scan_ && scan_->state() != ScanState::running) s["state"] = "idle";
+  if (scan_) s["scan_state"] = to_string(scan_->state());
+  std::lock_guard lock(status_mutex_);
+  status_ = std::move(s);
+}
+
+void Pipeline::run(std::stop_token stop) {
+  using namespace std::chrono;
+  while (!stop.stop_requested()) {
+    // Frames first, in arrival order; a short wait keeps commands and publication responsive.
+    if (auto msg = queue_.pop_for(milliseconds(10))) {
+      try {
+        on_message(std::move(*msg));
+      } catch (const std::exception& e) {  // a bug, not bad input: count it and keep serving
+        counters_.add("internal_errors");
+        report({"internal_error", std::string("while handling a message: ") + e.what()}, scan_ ? scan_->id() : "");
+      }
+    }
+    std::deque<std::shared_ptr<Command>> cmds;
+    {
+      std::lock_guard lock(commands_mutex_);
+      cmds.swap(commands_);
+    }
+    for (auto& c : cmds) {
+      try {
+        c->reply.set_value(handle(c->request));
+      } catch (const std::exception& e) {
+        c->reply.set_value({{"ok", false}, {"error", e.what()}});
+      }
+    }
+    if (scan_ && scan_->state() == ScanState::running && changed_since_publish_) {
+      const auto due = last_publish_ + milliseconds(cfg_.publish.interval_ms);
+      // interval 0: publish whenever the queue has drained (after a batch of frames).
+      if (cfg_.publish.interval_ms == 0 ? queue_.empty() : steady_clock::now() >= due) publish_cycle(false);
+    }
+  }
+}
+
+void Pipeline::on_message(IngestMessage&& msg) {
+  std::visit(
+      [this](auto&& m) {
+        using T = std::decay_t<decltype(m)>;
+        if constexpr (std::is_same_v<T, protocol::StartMsg>) on_start(std::move(m));
+        else if constexpr (std::is_same_v<T, protocol::FrameMsg>) on_frame(std::move(m));
+        else on_stop(std::move(m));
+      },
+      std::move(msg));
+}
+
+void Pipeline::on_start(protocol::StartMsg&& s) {
+  if (scan_ && scan_->state() == ScanState::running) {
+    counters_.add("ingest.rejected.start");
+    report({"scan_running", "start for scan '" + s.scan_id + "' rejected: scan '" + scan_->id() +
+                                "' is running (send stop, or xanesctl abort)"},
+           s.scan_id);
+    return;
+  }
+  const auto id = s.scan_id;
+  scan_ = std::make_unique<Scan>(std::move(s), refs_, settings());
+  counters_.add("scans.started");
+  spdlog::info("scan {} started: {}×{} px, {} energies, {}", id, scan_->rows(), scan_->cols(), scan_->energies().size(),
+               protocol::to_string(scan_->start().mode));
+  if (!scan_->fit_error().empty()) report({"references_unusable", scan_->fit_error()}, id);
+  version_ = 0;
+  changed_since_publish_ = false;
+  update_status();
+  publisher_.publish(make_status_message(status(), id, version_));
+}
+
+void Pipeline::on_frame(protocol::FrameMsg&& f) {
+  if (!scan_ || scan_->state() != ScanState::running) {
+    counters_.add("ingest.rejected.frame");
+    report({"no_scan", "frame seq " + std::to_string(f.seq) + " for scan '" + f.scan_id +
+                           "' arrived with no scan running (send start first)"},
+           f.scan_id);
+    return;
+  }
+  auto outcome = scan_->apply(f);
+  if (outcome.accepted) {
+    counters_.add("ingest.frames_accepted");
+    counters_.add("ingest.samples_stored", static_cast<std::int64_t>(outcome.samples_stored));
+    changed_since_publish_ = true;
+  } else {
+    counters_.add("ingest.rejected.frame");
+  }
+  for (const auto& issue : outcome.issues) report(issue, f.scan_id);
+}
+
+void Pipeline::on_stop(protocol::StopMsg&& s) {
+  if (!scan_ || scan_->state() != ScanState::running || s.scan_id != scan_->id()) {
+    counters_.add("ingest.rejected.stop");
+    report({"unknown_scan", "stop for scan '" + s.scan_id + "' which is not running"}, s.scan_id);
+    return;
+  }
+  for (const auto& issue : scan_->stop(s)) report(issue, s.scan_id);
+  finish_scan(cfg_.output.write_on_stop);
+}
+
+void Pipeline::finish_scan(bool write_file) {
+  publish_cycle(true);
+  spdlog::info("scan {} {} ({}): {} frames applied", scan_->id(), to_string(scan_->state()), scan_->stop_reason(),
+               scan_->frames_applied());
+  if (write_file) {
+    const auto reply = save("");
+    if (!reply.value("ok", false)) report({"save_failed", reply.value("error", "")}, scan_->id());
+  }
+  update_status();
+  publisher_.publish(make_status_message(status(), scan_->id(), version_));
+}
+
+void Pipeline::publish_cycle(bool final) {
+  const auto t0 = std::chrono::steady_clock::now();
+  const auto solved = scan_->solve_changed();
+  ++version_;
+  for (auto& m : make_map_messages(*scan_, version_, final)) publisher_.publish(std::move(m));
+  update_status();
+  publisher_.publish(make_status_message(status(), scan_->id(), version_));
+  changed_since_publish_ = false;
+  last_publish_ = std::chrono::steady_clock::now();
+  counters_.add("publish.cycles");
+  spdlog::debug("cycle {}: solved {} pixels in {:.1f} ms", version_, solved,
+                std::chrono::duration<double, std::milli>(last_publish_ - t0).count());
+}
+
+nlohmann::json Pipeline::save(const std::string& path) {
+  if (!scan_) return {{"ok", false}, {"error", "no scan to save"}};
+  scan_->solve_changed();
+  const std::filesystem::path out = path.empty() ? cfg_.output.directory / (scan_->id() + ".h5") : std::filesystem::path(path);
+  try {
+    write_result_file(out, *scan_, cfg_.effective, counters_.to_json());
+  } catch (const std::exception& e) {
+    return {{"ok", false}, {"error", "cannot write '" + out.string() + "': " + e.what()}};
+  }
+  counters_.add("results.files_written");
+  spdlog::info("scan {}: result file {}", scan_->id(), out.string());
+  return {{"ok", true}, {"path", std::filesystem::absolute(out).string()}};
+}
+
+nlohmann::json Pipeline::handle(const nlohmann::json& req) {
+  const auto cmd = req.value("cmd", "");
+  if (cmd == "save") return save(req.value("path", ""));
+  if (cmd == "abort") {
+    if (!scan_ || scan_->state() != ScanState::running) return {{"ok", false}, {"error", "no scan is running"}};
+    scan_->abort("aborted by control request");
+    finish_scan(cfg_.output.write_on_stop);
+    return {{"ok", true}, {"scan_id", scan_->id()}};
+  }
+  if (cmd == "configure") {
+    cfg_ = reconfigure(cfg_, req.value("set", nlohmann::json::object()));
+    if (scan_) scan_->refit(refs_, settings());
+    changed_since_publish_ = scan_ != nullptr;
+    if (scan_ && scan_->state() != ScanState::running) publish_cycle(true);
+    update_status();
+    return {{"ok", true}, {"config", cfg_.effective}};
+  }
+  if (cmd == "load_references") {
+    const auto& files = req.at("files");
+    if (!files.is_array() || files.empty()) return {{"ok", false}, {"error", "'files' must be a non-empty list of paths"}};
+    std::vector<science::Reference> refs;
+    for (const auto& f : files) {
+      auto loaded = science::load_reference_file(f.get<std::string>());
+      refs.insert(refs.end(), loaded.begin(), loaded.end());
+    }
+    if (req.contains("names")) {  // keep only the named spectra, in the order given
+      std::vector<science::Reference> picked;
+      for (const auto& n : req["names"]) {
+        auto it = std::find_if(refs.begin(), refs.end(), [&](const auto& r) { return r.name == n.get<std::string>(); });
+        if (it == refs.end()) return {{"ok", false}, {"error", "no reference named '" + n.get<std::string>() + "' in the files"}};
+        picked.push_back(*it);
+      }
+      refs = std::move(picked);
+    }
+    if (scan_) science::resample(refs, scan_->energies(), cfg_.references.margin_eV);  // throws: refuse, keep the old set
+    refs_ = std::move(refs);
+    if (scan_) {
+      scan_->refit(refs_, settings());
+      if (scan_->state() == ScanState::running) changed_since_publish_ = true;
+      else publish_cycle(true);
+    }
+    update_status();
+    nlohmann::json names = nlohmann::json::array(), ranges = nlohmann::json::array();
+    for (const auto& r : refs_) {
+      names.push_back(r.name);
+      ranges.push_back({r.energies_eV.front(), r.energies_eV.back()});
+    }
+    return {{"ok", true}, {"reference_names", names}, {"energy_range_eV", ranges}};
+  }
+  if (cmd == "select_energies")
+    return {{"ok", false}, {"error", "select_energies is not available in this version (energy-selection issue)"}};
+  return {{"ok", false}, {"error", "unknown command '" + cmd + "'"}};
+}
+
+}  // namespace xanesd

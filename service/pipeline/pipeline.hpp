@@ -1,0 +1,72 @@
+// The pipeline thread: the one owner of the scan. It takes decoded messages from the ingest
+// queue in order, folds frames into the spectral store and the incremental fit, publishes
+// map cycles at the configured rate, writes result files, and serves the control commands
+// that need scan state. Nothing else touches a Scan, so it needs no lock.
+#pragma once
+
+#include <atomic>
+#include <future>
+#include <memory>
+#include <mutex>
+#include <thread>
+
+#include "config/config.hpp"
+#include "ingest/receiver.hpp"
+#include "pipeline/counters.hpp"
+#include "publish/publisher.hpp"
+#include "scan/scan.hpp"
+#include "science/references.hpp"
+
+namespace xanesd {
+
+class Pipeline {
+ public:
+  Pipeline(Config cfg, std::vector<science::Reference> refs, IngestQueue& queue, Publisher& publisher,
+           Counters& counters);
+  ~Pipeline();
+  void start();
+
+  // Runs a command that needs scan state (configure, load_references, save, abort,
+  // select_energies) on the pipeline thread; the future holds the JSON reply.
+  std::future<nlohmann::json> submit(nlohmann::json request);
+  // Counts an issue, logs it and publishes it on the errors topic. Any thread.
+  void report(const Issue& issue, const std::string& scan_id);
+  // Daemon state for `status`: the scan summary as of the last update, plus config. Any thread.
+  nlohmann::json status() const;
+
+ private:
+  struct Command {
+    nlohmann::json request;
+    std::promise<nlohmann::json> reply;
+  };
+  void run(std::stop_token stop);
+  void on_message(IngestMessage&& msg);
+  void on_start(protocol::StartMsg&& s);
+  void on_frame(protocol::FrameMsg&& f);
+  void on_stop(protocol::StopMsg&& s);
+  void finish_scan(bool write_file);
+  void publish_cycle(bool final);
+  void update_status();
+  nlohmann::json handle(const nlohmann::json& request);
+  nlohmann::json save(const std::string& path);
+  ScanSettings settings() const;
+
+  Config cfg_;
+  std::vector<science::Reference> refs_;
+  IngestQueue& queue_;
+  Publisher& publisher_;
+  Counters& counters_;
+  std::unique_ptr<Scan> scan_;  // the running scan, or the last one (for save)
+  std::int64_t version_ = 0;
+  bool changed_since_publish_ = false;
+  std::chrono::steady_clock::time_point last_publish_{};
+  std::atomic<std::int64_t> error_version_{0};
+
+  std::mutex commands_mutex_;  // guards commands_
+  std::deque<std::shared_ptr<Command>> commands_;
+  mutable std::mutex status_mutex_;  // guards status_
+  nlohmann::json status_;
+  std::jthread thread_;
+};
+
+}  // namespace xanesd

@@ -1,0 +1,17 @@
+// The messages one publication cycle sends (PROTOCOL.md "Results"): built from the scan's
+// current maps, copied into frames so the pipeline can go on updating the originals.
+#pragma once
+
+#include <vector>
+
+#include "scan/scan.hpp"
+#include "xanesd/protocol/wire.hpp"
+
+namespace xanesd {
+
+std::vector<protocol::WireMessage> make_map_messages(const Scan& scan, std::int64_t version, bool final);
+protocol::WireMessage make_status_message(const nlohmann::json& status, const std::string& scan_id, std::int64_t version);
+protocol::WireMessage make_error_message(const std::string& scan_id, const std::string& code, const std::string& message,
+                                         std::int64_t count, std::int64_t version);
+
+}  // namespace xanesd

@@ -1,0 +1,66 @@
+#include "publish/publisher.hpp"
+
+#include <spdlog/spdlog.h>
+
+namespace xanesd {
+
+Publisher::Publisher(zmq::context_t& ctx, const PublishConfig& cfg, Counters& counters)
+    : socket_(ctx, zmq::socket_type::pub), counters_(counters), queue_(256) {
+  socket_.set(zmq::sockopt::sndhwm, cfg.sndhwm);
+  socket_.set(zmq::sockopt::linger, 0);
+  socket_.bind(cfg.endpoint);
+}
+
+Publisher::~Publisher() {
+  thread_.request_stop();
+  if (thread_.joinable()) thread_.join();
+}
+
+void Publisher::start() {
+  thread_ = std::jthread([this](std::stop_token st) { run(st); });
+}
+
+bool Publisher::publish(protocol::WireMessage&& msg) {
+  if (queue_.try_push(std::move(msg))) return true;
+  counters_.add("publish.queue_full");
+  return false;
+}
+
+std::vector<std::vector<zmq::message_t>> Publisher::snapshot() const {
+  std::lock_guard lock(cache_mutex_);
+  std::vector<std::vector<zmq::message_t>> out;
+  for (const auto& [topic, frames] : cache_) {
+    std::vector<zmq::message_t> copy;
+    for (const auto& f : frames) copy.emplace_back(f.data(), f.size());
+    out.push_back(std::move(copy));
+  }
+  return out;
+}
+
+void Publisher::run(std::stop_token stop) {
+  while (!stop.stop_requested()) {
+    auto msg = queue_.pop_for(std::chrono::milliseconds(100));
+    if (!msg) continue;
+    try {
+      const std::string topic = msg->topic;
+      auto frames = protocol::encode(std::move(*msg));
+      std::vector<zmq::message_t> cached;
+      if (topic != "errors")  // errors are events, not state: nothing to replay on late join
+        for (const auto& f : frames) cached.emplace_back(f.data(), f.size());
+      // PUB never blocks: a subscriber past its high-water mark misses this message and sees
+      // a gap in `version`.
+      for (std::size_t i = 0; i < frames.size(); ++i)
+        (void)socket_.send(frames[i], i + 1 < frames.size() ? zmq::send_flags::sndmore : zmq::send_flags::none);
+      counters_.add("publish.messages");
+      if (!cached.empty()) {
+        std::lock_guard lock(cache_mutex_);
+        cache_[topic] = std::move(cached);
+      }
+    } catch (const std::exception& e) {
+      counters_.add("publish.errors");
+      spdlog::error("publisher: {}", e.what());
+    }
+  }
+}
+
+}  // namespace xanesd

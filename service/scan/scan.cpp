@@ -1,0 +1,278 @@
+#include "scan/scan.hpp"
+
+#include <cmath>
+#include <sstream>
+
+#include "science/normalize.hpp"
+
+namespace xanesd {
+
+using protocol::Mode;
+using protocol::Region;
+
+std::string to_string(ScanState s) {
+  switch (s) {
+    case ScanState::running: return "running";
+    case ScanState::stopped: return "stopped";
+    case ScanState::aborted: return "aborted";
+  }
+  return "?";
+}
+
+namespace {
+std::vector<float> to_floats(const protocol::Array& a) {
+  std::vector<float> v(a.size());
+  a.convert_to(std::span<float>(v));
+  return v;
+}
+}  // namespace
+
+Scan::Scan(protocol::StartMsg start, const std::vector<science::Reference>& refs, const ScanSettings& settings)
+    : start_(std::move(start)), settings_(settings),
+      npix_(static_cast<std::size_t>(start_.rows) * static_cast<std::size_t>(start_.cols)),
+      store_(start_.energies_eV.size() * npix_, NAN),
+      xrf_(start_.xrf_channels.size() * npix_, NAN),
+      energy_seen_(start_.energies_eV.size(), 0) {
+  if (start_.dark) dark_ = to_floats(*start_.dark);
+  if (start_.flat) flat_ = to_floats(*start_.flat);
+  start_.dark.reset();  // keep the copies above, not the frames
+  start_.flat.reset();
+  build_fit(refs);
+}
+
+void Scan::build_fit(const std::vector<science::Reference>& refs) {
+  lcf_.reset();
+  fit_error_.clear();
+  if (refs.empty()) {
+    fit_error_ = "no references loaded: spectra are recorded but not fitted (load_references)";
+    return;
+  }
+  try {
+    const auto R = science::resample(refs, start_.energies_eV, settings_.margin_eV);
+    std::vector<std::string> names;
+    for (const auto& r : refs) names.push_back(r.name);
+    auto model = science::make_lcf_model(names, R, start_.energies_eV, settings_.background);
+    lcf_ = std::make_unique<science::IncrementalLcf>(std::move(model), npix_, settings_.method);
+  } catch (const std::exception& e) {
+    fit_error_ = e.what();
+  }
+}
+
+void Scan::refit(const std::vector<science::Reference>& refs, const ScanSettings& settings) {
+  settings_ = settings;
+  build_fit(refs);
+  if (!lcf_) return;
+  const auto E = start_.energies_eV.size();
+  for (std::size_t e = 0; e < E; ++e)
+    for (std::size_t p = 0; p < npix_; ++p) {
+      const float y = store_[e * npix_ + p];
+      if (!std::isnan(y)) lcf_->add(p, static_cast<int>(e), y);
+    }
+  lcf_->mark_all_changed();
+}
+
+std::optional<Issue> Scan::validate(const protocol::FrameMsg& f) const {
+  std::ostringstream m;
+  if (f.scan_id != start_.scan_id)
+    return Issue{"unknown_scan", "frame for scan '" + f.scan_id + "' but the running scan is '" + start_.scan_id + "'"};
+  if (f.energy_index < 0 || static_cast<std::size_t>(f.energy_index) >= start_.energies_eV.size()) {
+    m << "energy_index " << f.energy_index << " is outside the plan (0.." << start_.energies_eV.size() - 1 << ")";
+    return Issue{"energy_index_out_of_plan", m.str()};
+  }
+  const double planned = start_.energies_eV[static_cast<std::size_t>(f.energy_index)];
+  if (!(std::abs(f.energy_eV - planned) <= settings_.energy_tolerance_eV)) {
+    m << "energy " << f.energy_eV << " eV differs from planned " << planned << " eV at index " << f.energy_index
+      << " by more than ingest.energy_tolerance_eV = " << settings_.energy_tolerance_eV;
+    return Issue{"energy_mismatch", m.str()};
+  }
+  if (seqs_seen_.count(f.seq)) {
+    m << "duplicate seq " << f.seq << " (already applied); frame ignored";
+    return Issue{"duplicate_seq", m.str()};
+  }
+  const auto& shape = f.counts.shape();
+  switch (f.region.kind) {
+    case Region::Kind::full:
+      if (shape[0] != start_.rows || shape[1] != start_.cols) {
+        m << "full-frame counts are " << shape[0] << "×" << shape[1] << ", scan is " << start_.rows << "×" << start_.cols;
+        return Issue{"shape_mismatch", m.str()};
+      }
+      break;
+    case Region::Kind::rows:
+      if (f.region.row0 + f.region.nrows > start_.rows || shape[1] != start_.cols) {
+        m << "rows " << f.region.row0 << ".." << f.region.row0 + f.region.nrows - 1 << " × " << shape[1]
+          << " columns do not fit the " << start_.rows << "×" << start_.cols << " scan";
+        return Issue{"region_out_of_bounds", m.str()};
+      }
+      break;
+    case Region::Kind::pixels: {
+      for (std::size_t i = 0; i < f.pixels->size(); ++i) {
+        const double p = f.pixels->at(i);
+        if (!(p >= 0 && p < static_cast<double>(npix_))) {
+          m << "pixel index " << p << " (entry " << i << ") is outside 0.." << npix_ - 1;
+          return Issue{"region_out_of_bounds", m.str()};
+        }
+      }
+      break;
+    }
+  }
+  if (f.xrf && f.xrf->shape()[0] != static_cast<std::int64_t>(start_.xrf_channels.size())) {
+    m << "xrf has " << f.xrf->shape()[0] << " channels, start declared " << start_.xrf_channels.size();
+    return Issue{"shape_mismatch", m.str()};
+  }
+  if (f.i0_scalar && !(std::isfinite(*f.i0_scalar) && *f.i0_scalar > 0)) {
+    m << "scalar i0 = " << *f.i0_scalar << " must be finite and > 0";
+    return Issue{"invalid_i0", m.str()};
+  }
+  if (start_.mode == Mode::transmission && !f.flat && flat_.empty() && !f.i0 && !f.i0_scalar)
+    return Issue{"missing_flat", "transmission frame without a flat field or I0: nothing to divide by"};
+  return std::nullopt;
+}
+
+FrameOutcome Scan::apply(protocol::FrameMsg& f) {
+  FrameOutcome out;
+  if (state_ != ScanState::running) {
+    out.issues.push_back({"scan_not_running", "frame for scan '" + f.scan_id + "' which is " + to_string(state_)});
+    return out;
+  }
+  if (auto issue = validate(f)) {
+    out.issues.push_back(*issue);
+    return out;
+  }
+  // Sequence bookkeeping: gaps are flagged, the frame is still applied.
+  if (f.seq > max_seq_ + 1) {
+    std::ostringstream m;
+    m << "missing seq " << max_seq_ + 1 << (f.seq - 1 > max_seq_ + 1 ? ".." + std::to_string(f.seq - 1) : "")
+      << " before seq " << f.seq;
+    out.issues.push_back({"missing_seq", m.str()});
+  }
+  seqs_seen_.insert(f.seq);
+  max_seq_ = std::max(max_seq_, f.seq);
+  last_seq_ = f.seq;
+
+  const std::size_t n = f.counts.size();
+  const std::vector<float> counts = to_floats(f.counts);
+  std::vector<std::int64_t> pix;
+  if (f.pixels) {
+    pix.resize(n);
+    f.pixels->convert_to(std::span<std::int64_t>(pix));
+  }
+  const std::size_t base = f.region.kind == Region::Kind::rows ? static_cast<std::size_t>(f.region.row0) * start_.cols : 0;
+  auto pixel_of = [&](std::size_t i) { return f.pixels ? static_cast<std::size_t>(pix[i]) : base + i; };
+  std::vector<float> i0, dark, flat;
+  if (f.i0) i0 = to_floats(*f.i0);
+  if (f.dark) dark = to_floats(*f.dark);
+  if (f.flat) flat = to_floats(*f.flat);
+  const double i0_scalar = f.i0_scalar.value_or(1.0);
+  const bool transmission = start_.mode == Mode::transmission;
+  const int e = f.energy_index;
+  float* plane = &store_[static_cast<std::size_t>(e) * npix_];
+  std::size_t invalid_i0 = 0;
+
+  for (std::size_t i = 0; i < n; ++i) {
+    const std::size_t p = pixel_of(i);
+    const double c = counts[i];
+    const double d = !dark.empty() ? dark[i] : (!dark_.empty() ? dark_[p] : 0.0);
+    const double i0v = !i0.empty() ? i0[i] : i0_scalar;
+    if (!std::isfinite(c) || !std::isfinite(d)) {
+      ++out.samples_nonfinite;
+      continue;
+    }
+    double y;
+    if (transmission) {
+      const double ref = !flat.empty() ? flat[i] : (!flat_.empty() ? flat_[p] : i0v);
+      if (!std::isfinite(ref)) {
+        ++out.samples_nonfinite;
+        continue;
+      }
+      bool clamped = false;
+      y = science::transmission_signal(c, d, ref, settings_.min_transmission, clamped);
+      out.samples_clamped += clamped;
+    } else {
+      if (!(std::isfinite(i0v) && i0v > 0)) {
+        ++invalid_i0;
+        continue;
+      }
+      y = science::fluorescence_signal(c, d, i0v);
+    }
+    const float yf = static_cast<float>(y);
+    if (!std::isfinite(yf)) {
+      ++out.samples_nonfinite;
+      continue;
+    }
+    float& slot = plane[p];
+    if (!std::isnan(slot)) {
+      ++out.samples_replaced;
+      if (lcf_) lcf_->replace(p, e, slot, yf);
+    } else if (lcf_) {
+      lcf_->add(p, e, yf);
+    }
+    slot = yf;
+    ++out.samples_stored;
+  }
+  if (f.xrf) {
+    const auto x = to_floats(*f.xrf);
+    for (std::size_t ch = 0; ch < start_.xrf_channels.size(); ++ch)
+      for (std::size_t i = 0; i < n; ++i) xrf_[ch * npix_ + pixel_of(i)] = x[ch * n + i];
+  }
+  energy_seen_[static_cast<std::size_t>(e)] = 1;
+  ++frames_applied_;
+  out.accepted = true;
+
+  auto flag = [&](std::size_t count, const char* code, const char* what) {
+    if (!count) return;
+    flags_[code] += static_cast<std::int64_t>(count);
+    std::ostringstream m;
+    m << "seq " << f.seq << ": " << count << " sample(s) " << what;
+    out.issues.push_back({code, m.str()});
+  };
+  flag(out.samples_nonfinite, "nonfinite_samples", "non-finite (NaN/Inf): not stored");
+  flag(invalid_i0, "invalid_i0", "with i0 ≤ 0 or non-finite: not stored");
+  flag(out.samples_clamped, "clamped_samples", "with transmission ≤ ingest.min_transmission: clamped");
+  flag(out.samples_replaced, "remeasured_samples", "measured again: the new value replaces the old");
+  return out;
+}
+
+std::vector<Issue> Scan::stop(const protocol::StopMsg& s) {
+  std::vector<Issue> issues;
+  state_ = s.reason == "aborted" ? ScanState::aborted : ScanState::stopped;
+  stop_reason_ = s.reason;
+  const auto missing = (max_seq_ + 1) - static_cast<std::int64_t>(seqs_seen_.size());
+  if (missing > 0)
+    issues.push_back({"missing_seq", std::to_string(missing) + " sequence number(s) never arrived in scan '" + id() + "'"});
+  if (s.frames_sent && *s.frames_sent != frames_applied_)
+    issues.push_back({"frames_sent_mismatch", "sender reports " + std::to_string(*s.frames_sent) + " frames, " +
+                                                  std::to_string(frames_applied_) + " were applied"});
+  return issues;
+}
+
+void Scan::abort(const std::string& why) {
+  state_ = ScanState::aborted;
+  stop_reason_ = why;
+}
+
+int Scan::energies_seen() const {
+  int n = 0;
+  for (auto s : energy_seen_) n += s;
+  return n;
+}
+
+nlohmann::json Scan::summary() const {
+  nlohmann::json refs = nlohmann::json::array();
+  if (lcf_)
+    for (const auto& r : lcf_->model().reference_names) refs.push_back(r);
+  return {{"scan_id", id()},
+          {"state", to_string(state_)},
+          {"stop_reason", stop_reason_},
+          {"shape", {rows(), cols()}},
+          {"mode", protocol::to_string(start_.mode)},
+          {"order", protocol::to_string(start_.order)},
+          {"energies_planned", start_.energies_eV.size()},
+          {"energies_seen", energies_seen()},
+          {"frames_applied", frames_applied_},
+          {"last_seq", last_seq_},
+          {"missing_seq", (max_seq_ + 1) - static_cast<std::int64_t>(seqs_seen_.size())},
+          {"flagged_samples", flags_},
+          {"fit", {{"method", lcf_ ? science::to_string(lcf_->method()) : ""}, {"references", refs}, {"error", fit_error_}}}};
+}
+
+}  // namespace xanesd

@@ -1,0 +1,100 @@
+// One scan: its state machine (running → stopped/aborted), its spectral store, its incremental
+// fit, and the validation of every frame against the scan's plan. Owned by the pipeline thread.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <unordered_set>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "science/incremental_lcf.hpp"
+#include "science/references.hpp"
+#include "xanesd/protocol/messages.hpp"
+
+namespace xanesd {
+
+// A rejected or flagged input: a stable code for counters, a message for people.
+struct Issue {
+  std::string code;
+  std::string message;
+};
+
+struct FrameOutcome {
+  bool accepted = false;
+  std::size_t samples_stored = 0, samples_replaced = 0, samples_nonfinite = 0, samples_clamped = 0;
+  std::vector<Issue> issues;  // rejection reason, or flags on an accepted frame
+};
+
+struct ScanSettings {
+  double energy_tolerance_eV = 1.0;
+  double min_transmission = 1e-6;
+  double margin_eV = 20.0;
+  science::FitMethod method = science::FitMethod::nnls;
+  bool background = true;
+};
+
+enum class ScanState { running, stopped, aborted };
+std::string to_string(ScanState s);
+
+class Scan {
+ public:
+  // The references are resampled onto the scan's energies; if that fails the scan still
+  // records every frame and `fit_error()` says why there are no maps.
+  Scan(protocol::StartMsg start, const std::vector<science::Reference>& refs, const ScanSettings& settings);
+
+  FrameOutcome apply(protocol::FrameMsg& frame);
+  // Ends the scan; returns flags (frames_sent mismatch, missing sequence numbers).
+  std::vector<Issue> stop(const protocol::StopMsg& stop);
+  void abort(const std::string& why);
+
+  // Rebuilds the fit from the stored spectra with new references or settings.
+  void refit(const std::vector<science::Reference>& refs, const ScanSettings& settings);
+  std::size_t solve_changed() { return lcf_ ? lcf_->solve_changed() : 0; }
+
+  const std::string& id() const { return start_.scan_id; }
+  const protocol::StartMsg& start() const { return start_; }
+  ScanState state() const { return state_; }
+  const std::string& stop_reason() const { return stop_reason_; }
+  int rows() const { return start_.rows; }
+  int cols() const { return start_.cols; }
+  std::size_t pixels() const { return npix_; }
+  const std::vector<double>& energies() const { return start_.energies_eV; }
+  const science::IncrementalLcf* fit() const { return lcf_.get(); }
+  const std::string& fit_error() const { return fit_error_; }
+  // The spectral store: energy-major planes, NaN where a pixel was not measured at that energy.
+  const std::vector<float>& spectra() const { return store_; }
+  const std::vector<float>& xrf() const { return xrf_; }  // channels × pixels, NaN if absent
+
+  std::int64_t frames_applied() const { return frames_applied_; }
+  std::int64_t last_seq() const { return last_seq_; }
+  int energies_seen() const;
+  nlohmann::json summary() const;
+
+ private:
+  std::optional<Issue> validate(const protocol::FrameMsg& f) const;
+  void build_fit(const std::vector<science::Reference>& refs);
+
+  protocol::StartMsg start_;
+  ScanSettings settings_;
+  std::size_t npix_;
+  ScanState state_ = ScanState::running;
+  std::string stop_reason_;
+  std::vector<float> store_;                 // E × P
+  std::vector<float> dark_, flat_;           // P each, from start (empty if absent)
+  std::vector<float> xrf_;                   // C × P
+  std::unique_ptr<science::IncrementalLcf> lcf_;
+  std::string fit_error_;
+  std::unordered_set<std::int64_t> seqs_seen_;
+  std::int64_t max_seq_ = -1, last_seq_ = -1, frames_applied_ = 0;
+  std::vector<std::uint8_t> energy_seen_;
+  std::map<std::string, std::int64_t> flags_;  // flagged sample counts by code
+  std::chrono::system_clock::time_point started_ = std::chrono::system_clock::now();
+};
+
+}  // namespace xanesd

@@ -1,0 +1,54 @@
+// Linear combination fitting on sufficient statistics (science.md §3).
+// The model is y(E) = a + b·(E−E0)/scale + Σ c_k r_k(E), θ = [a, b, c_1..c_K]; every solver
+// works from G = XᵀX and s = Xᵀy of one pixel, never from its raw spectrum.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include <Eigen/Dense>
+
+namespace xanesd::science {
+
+enum class FitMethod { least_squares, nnls };
+FitMethod fit_method_from_string(const std::string& s);  // throws std::invalid_argument
+std::string to_string(FitMethod m);
+
+// The design matrix of the joint model on a scan's planned energies.
+struct LcfModel {
+  std::vector<std::string> reference_names;
+  double e0_eV = 0;                 // centre of the background line
+  double slope_scale_eV = 100;      // b is per 100 eV: keeps G well conditioned
+  bool background = true;           // fit a + b·(E−E0) jointly (science.md §3)
+  Eigen::MatrixXd X;                // E × M, M = (background ? 2 : 0) + K
+
+  int n_background() const { return background ? 2 : 0; }
+  int n_refs() const { return static_cast<int>(reference_names.size()); }
+  int n_params() const { return static_cast<int>(X.cols()); }
+};
+
+// refs: E×K references resampled onto `energies_eV`. E0 is the energy of steepest rise of the
+// mean reference, where the edge is.
+LcfModel make_lcf_model(const std::vector<std::string>& names, const Eigen::MatrixXd& refs,
+                        const std::vector<double>& energies_eV, bool background);
+
+// Energy of the maximum derivative of mu over energies (central differences).
+double edge_energy(const std::vector<double>& energies_eV, const Eigen::VectorXd& mu);
+
+struct FitResult {
+  Eigen::VectorXd theta;
+  double chi2 = 0;
+  bool ok = false;  // false when the system is singular for the energies measured
+};
+
+// Unconstrained least squares θ = G⁻¹s (LDLT; refuses rank-deficient G).
+FitResult solve_least_squares(const Eigen::MatrixXd& G, const Eigen::VectorXd& s, double q);
+
+// Lawson–Hanson active set on (G, s): the first `n_free` parameters (the background) are
+// unconstrained, the rest are ≥ 0.
+FitResult solve_nnls(const Eigen::MatrixXd& G, const Eigen::VectorXd& s, double q, int n_free);
+
+// χ² = q − 2θᵀs + θᵀGθ, clamped at 0 against round-off.
+double chi_squared(const Eigen::MatrixXd& G, const Eigen::VectorXd& s, double q, const Eigen::VectorXd& theta);
+
+}  // namespace xanesd::science

@@ -1,0 +1,145 @@
+#include "science/references.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <fstream>
+#include <iterator>
+#include <map>
+#include <numeric>
+#include <sstream>
+
+namespace xanesd::science {
+namespace {
+
+std::string trim(const std::string& s) {
+  const auto b = s.find_first_not_of(" \t\r\n");
+  if (b == std::string::npos) return "";
+  return s.substr(b, s.find_last_not_of(" \t\r\n") - b + 1);
+}
+
+// Sorts by energy and merges exact repeats so interpolation sees a strictly increasing grid.
+void sort_and_dedupe(Reference& r) {
+  std::vector<std::size_t> idx(r.energies_eV.size());
+  std::iota(idx.begin(), idx.end(), 0);
+  std::stable_sort(idx.begin(), idx.end(), [&](auto a, auto b) { return r.energies_eV[a] < r.energies_eV[b]; });
+  std::vector<double> e, m;
+  for (auto i : idx) {
+    if (!e.empty() && r.energies_eV[i] == e.back()) continue;
+    e.push_back(r.energies_eV[i]);
+    m.push_back(r.mu[i]);
+  }
+  r.energies_eV = std::move(e);
+  r.mu = std::move(m);
+}
+
+}  // namespace
+
+std::vector<Reference> load_reference_file(const std::filesystem::path& path) {
+  std::ifstream in(path);
+  if (!in) throw ReferenceError("cannot open reference file '" + path.string() + "'");
+  std::map<int, std::string> xdi_columns;  // XDI "# Column.N: name"
+  std::string last_comment, declared_name, line;
+  std::vector<std::vector<double>> rows;
+  std::size_t lineno = 0;
+  while (std::getline(in, line)) {
+    ++lineno;
+    const auto t = trim(line);
+    if (t.empty()) continue;
+    if (t[0] == '#') {
+      const auto body = trim(t.substr(t.find_first_not_of("#%")));
+      if (body.rfind("Column.", 0) == 0) {
+        const auto colon = body.find(':');
+        if (colon != std::string::npos) {
+          try {
+            xdi_columns[std::stoi(body.substr(7, colon - 7))] = trim(body.substr(colon + 1));
+          } catch (const std::exception&) {
+          }
+        }
+      } else if (body.rfind("Name:", 0) == 0) {
+        declared_name = trim(body.substr(5));
+      }
+      if (!body.empty() && body.find_first_not_of("-=") != std::string::npos) last_comment = body;
+      continue;
+    }
+    std::istringstream ss(t);
+    std::vector<double> vals;
+    std::string tok;
+    while (ss >> tok) {
+      char* end = nullptr;
+      const double v = std::strtod(tok.c_str(), &end);
+      if (end == tok.c_str() || *end != '\0')
+        throw ReferenceError(path.string() + ":" + std::to_string(lineno) + ": '" + tok + "' is not a number");
+      vals.push_back(v);
+    }
+    if (!rows.empty() && vals.size() != rows.front().size())
+      throw ReferenceError(path.string() + ":" + std::to_string(lineno) + ": " + std::to_string(vals.size()) +
+                           " columns, earlier rows have " + std::to_string(rows.front().size()));
+    rows.push_back(std::move(vals));
+  }
+  if (rows.size() < 4) throw ReferenceError("reference file '" + path.string() + "' has fewer than 4 data rows");
+  const std::size_t ncols = rows.front().size();
+  if (ncols < 2) throw ReferenceError("reference file '" + path.string() + "' needs an energy column and at least one spectrum");
+
+  // Column names: XDI Column.N lines, else the last comment line if it has one word per
+  // column, else the declared name / file stem.
+  std::vector<std::string> names(ncols);
+  std::istringstream header(last_comment);
+  std::vector<std::string> header_words{std::istream_iterator<std::string>(header), {}};
+  for (std::size_t c = 1; c < ncols; ++c) {
+    if (xdi_columns.count(static_cast<int>(c + 1))) names[c] = xdi_columns[static_cast<int>(c + 1)];
+    else if (header_words.size() == ncols) names[c] = header_words[c];
+    else if (ncols == 2) names[c] = declared_name.empty() ? path.stem().string() : declared_name;
+    else names[c] = path.stem().string() + "_" + std::to_string(c);
+  }
+
+  double emax = 0;
+  for (const auto& r : rows) emax = std::max(emax, r[0]);
+  const double to_eV = emax < 100.0 ? 1000.0 : 1.0;  // keV files (e.g. ni_k/*.txt)
+
+  std::vector<Reference> refs;
+  for (std::size_t c = 1; c < ncols; ++c) {
+    Reference r;
+    r.name = names[c];
+    r.source = path.string();
+    for (const auto& row : rows) {
+      if (!std::isfinite(row[0]) || !std::isfinite(row[c]))
+        throw ReferenceError("reference '" + r.name + "' in '" + path.string() + "' has a non-finite value");
+      r.energies_eV.push_back(row[0] * to_eV);
+      r.mu.push_back(row[c]);
+    }
+    sort_and_dedupe(r);
+    refs.push_back(std::move(r));
+  }
+  return refs;
+}
+
+double interpolate(const std::vector<double>& x, const std::vector<double>& y, double xq) {
+  if (xq <= x.front()) return y.front();
+  if (xq >= x.back()) return y.back();
+  const auto it = std::upper_bound(x.begin(), x.end(), xq);
+  const auto i = static_cast<std::size_t>(it - x.begin());
+  const double t = (xq - x[i - 1]) / (x[i] - x[i - 1]);
+  return y[i - 1] + t * (y[i] - y[i - 1]);
+}
+
+Eigen::MatrixXd resample(const std::vector<Reference>& refs, const std::vector<double>& energies_eV,
+                         double margin_eV) {
+  if (refs.empty()) throw ReferenceError("no references loaded");
+  const auto [lo, hi] = std::minmax_element(energies_eV.begin(), energies_eV.end());
+  Eigen::MatrixXd out(static_cast<Eigen::Index>(energies_eV.size()), static_cast<Eigen::Index>(refs.size()));
+  for (std::size_t k = 0; k < refs.size(); ++k) {
+    const auto& r = refs[k];
+    if (*lo < r.energies_eV.front() - margin_eV || *hi > r.energies_eV.back() + margin_eV) {
+      std::ostringstream msg;
+      msg << "reference '" << r.name << "' covers " << r.energies_eV.front() << "–" << r.energies_eV.back()
+          << " eV but the scan spans " << *lo << "–" << *hi << " eV (allowed margin " << margin_eV
+          << " eV, references.margin_eV)";
+      throw ReferenceError(msg.str());
+    }
+    for (std::size_t j = 0; j < energies_eV.size(); ++j)
+      out(static_cast<Eigen::Index>(j), static_cast<Eigen::Index>(k)) = interpolate(r.energies_eV, r.mu, energies_eV[j]);
+  }
+  return out;
+}
+
+}  // namespace xanesd::science

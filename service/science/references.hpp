@@ -1,0 +1,42 @@
+// Reference spectra: loading from the file formats beamline users have (Athena/Demeter XDI
+// multi-column exports, two-column text in eV or keV) and resampling onto a scan's energies.
+// No sockets, no threads: the daemon, the batch fit and the tests all call these.
+#pragma once
+
+#include <filesystem>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <Eigen/Dense>
+
+namespace xanesd::science {
+
+struct Reference {
+  std::string name;
+  std::string source;                // file it came from
+  std::vector<double> energies_eV;   // strictly increasing
+  std::vector<double> mu;            // same length
+};
+
+class ReferenceError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// Loads every spectrum in a file. Multi-column files give one Reference per column after
+// the energy column; two-column files give one, named from the header (`#%Name:`) or the
+// file name. Energies below 100 are taken as keV and converted to eV.
+std::vector<Reference> load_reference_file(const std::filesystem::path& path);
+
+// Resamples each reference onto `energies_eV` by linear interpolation. Inside
+// [first − margin, last + margin] of a reference's own range, points beyond its ends take
+// the end value (normalized spectra are flat there); beyond the margin, throws
+// ReferenceError naming the reference and both ranges. Returns E×K.
+Eigen::MatrixXd resample(const std::vector<Reference>& refs, const std::vector<double>& energies_eV,
+                         double margin_eV);
+
+// Linear interpolation of (x, y) at xq, holding end values outside; x strictly increasing.
+double interpolate(const std::vector<double>& x, const std::vector<double>& y, double xq);
+
+}  // namespace xanesd::science

@@ -1,0 +1,73 @@
+// Thin RAII over the HDF5 C API: just what xanesd's files need. One owner thread per file.
+#pragma once
+
+#include <hdf5.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace xanesd::h5 {
+
+class Error : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// Owns one hid_t and closes it with the right H5*close.
+class Handle {
+ public:
+  using Closer = herr_t (*)(hid_t);
+  Handle() = default;
+  Handle(hid_t id, Closer close, const std::string& what);
+  Handle(Handle&& o) noexcept : id_(o.id_), close_(o.close_) { o.id_ = H5I_INVALID_HID; }
+  Handle& operator=(Handle&& o) noexcept;
+  Handle(const Handle&) = delete;
+  Handle& operator=(const Handle&) = delete;
+  ~Handle();
+  hid_t id() const { return id_; }
+  operator hid_t() const { return id_; }
+
+ private:
+  hid_t id_ = H5I_INVALID_HID;
+  Closer close_ = nullptr;
+};
+
+Handle create_file(const std::filesystem::path& path);  // truncates
+Handle open_file(const std::filesystem::path& path);    // read-only
+Handle create_group(hid_t loc, const std::string& name, const std::string& nx_class = "");
+Handle open_group(hid_t loc, const std::string& name);
+bool exists(hid_t loc, const std::string& path);
+
+template <class T> hid_t native_type();
+
+// Writes a dataset of shape `dims` (C order); gzip-free, so any HDF5 reader opens it.
+template <class T>
+void write(hid_t loc, const std::string& name, const T* data, const std::vector<hsize_t>& dims);
+template <class T>
+void write(hid_t loc, const std::string& name, const std::vector<T>& v, std::vector<hsize_t> dims = {}) {
+  if (dims.empty()) dims = {v.size()};
+  write(loc, name, v.data(), dims);
+}
+void write_string(hid_t loc, const std::string& name, const std::string& value);
+void write_strings(hid_t loc, const std::string& name, const std::vector<std::string>& values);
+void attr_string(hid_t obj, const std::string& name, const std::string& value);
+void attr_strings(hid_t obj, const std::string& name, const std::vector<std::string>& values);
+std::string read_attr_string(hid_t obj, const std::string& name);
+bool has_attr(hid_t obj, const std::string& name);
+
+// Reads a whole dataset converted to T; `dims` receives its shape.
+template <class T>
+std::vector<T> read(hid_t loc, const std::string& name, std::vector<hsize_t>* dims = nullptr);
+std::vector<hsize_t> shape(hid_t loc, const std::string& name);
+std::vector<std::string> read_strings(hid_t loc, const std::string& name);
+std::string read_string(hid_t loc, const std::string& name);
+std::vector<std::string> list(hid_t group);
+
+// Reads planes [first, first+count) along axis 0 of a 3-D dataset (for streaming large scans).
+template <class T>
+std::vector<T> read_planes(hid_t loc, const std::string& name, hsize_t first, hsize_t count);
+
+}  // namespace xanesd::h5
