@@ -15,7 +15,7 @@ const std::vector<ConfigKey>& config_keys() {
       {"ingest.min_transmission", 1e-6, "transmission I/F below this (including ≤ 0) is clamped to it before −ln and counted", 1e-300, 1},
       {"publish.endpoint", "tcp://127.0.0.1:5556", "ZeroMQ endpoint the PUB socket binds for live products"},
       {"publish.interval_ms", 250, "minimum time (ms) between map publications while a scan runs; 0 publishes after every batch of frames", 0, 3.6e6, true},
-      {"publish.sndhwm", 8, "ZeroMQ send high-water mark (messages) per subscriber; a slower subscriber misses publications (counted), nothing upstream waits", 1, 100000},
+      {"publish.sndhwm", 100, "ZeroMQ send high-water mark (message parts) per subscriber: how much a slow subscriber may have queued (maps are large: keep it modest) before it misses publications and sees a gap in `version`; nothing upstream ever waits", 1, 100000},
       {"control.endpoint", "tcp://127.0.0.1:5557", "ZeroMQ endpoint the REP control socket binds"},
       {"control.reply_timeout_ms", 60000, "longest a control request waits for the pipeline before it is answered with an error (ms)", 100, 3.6e6},
       {"references.files", nlohmann::json::array(), "reference spectra files (XDI .nor multi-column, or two-column eV/keV text), relative to the config file's folder"},

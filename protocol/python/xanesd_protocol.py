@@ -1,0 +1,563 @@
+#!/usr/bin/python3
+"""Python mirror of the xanesd wire protocol, version 1 (protocol/PROTOCOL.md).
+
+A message is a ZeroMQ multipart message:
+
+    frame 0   topic, UTF-8
+    frame 1   header: a msgpack map with string keys (always has `protocol` and `arrays`)
+    frame 2…  one raw frame per entry of header["arrays"], in that order
+
+This module agrees with the C++ reference implementation
+(protocol/include/xanesd/protocol/{wire,messages}.hpp, protocol/src/*.cpp): decode()
+accepts and rejects exactly what the C++ decode() does, and the ingest helpers
+(start_message, frame_message, stop_message) write the same header fields as
+StartMsg/FrameMsg/StopMsg::to_wire().
+
+Only numpy and msgpack are needed to encode and decode; pyzmq is imported lazily by the
+socket helpers (Client, subscribe, recv), so the codec also works without it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import numbers
+import struct
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+import msgpack
+import numpy as np
+
+PROTOCOL_VERSION = 1
+
+__all__ = [
+    "PROTOCOL_VERSION", "ProtocolError", "Message", "DTYPES", "encode", "decode",
+    "encode_header", "decode_header", "split_messages", "start_message", "frame_message",
+    "stop_message", "Client", "subscribe", "recv", "send", "write_frames_file",
+    "read_frames_file",
+]
+
+
+class ProtocolError(Exception):
+    """A message that does not follow PROTOCOL.md; the text names the offending field."""
+
+
+# name -> itemsize, exactly the C++ kDTypes table.
+DTYPES = {
+    "uint8": 1, "uint16": 2, "uint32": 4, "uint64": 8,
+    "int16": 2, "int32": 4, "int64": 8,
+    "float32": 4, "float64": 8,
+}
+
+# Limits of the C++ decode_header(): a header is metadata, not data.
+MAX_HEADER_BYTES = 1 << 20
+MAX_DEPTH = 16
+MAX_SHAPE_RANK = 8
+_UNPACK_LIMITS = dict(max_array_len=1 << 16, max_map_len=1 << 12, max_str_len=1 << 16,
+                      max_bin_len=1 << 16, max_ext_len=1 << 10)
+
+_NATIVE = "<" if sys.byteorder == "little" else ">"
+
+
+@dataclass
+class Message:
+    """A decoded message. `header` is the full header (including `protocol` and `arrays`);
+    `arrays` maps each array name to a numpy array of the described dtype, byte order and
+    shape (a read-only zero-copy view of the received frame where possible)."""
+
+    topic: str
+    header: dict
+    arrays: dict = field(default_factory=dict)
+
+    def __getitem__(self, key):
+        return self.header[key]
+
+    def get(self, key, default=None):
+        return self.header.get(key, default)
+
+    def __repr__(self):
+        arrs = ", ".join(f"{k}:{v.dtype.str}{list(v.shape)}" for k, v in self.arrays.items())
+        keys = {k: v for k, v in self.header.items() if k != "arrays"}
+        return f"Message(topic={self.topic!r}, header={keys!r}, arrays=[{arrs}])"
+
+
+# ---------------------------------------------------------------------------------------
+# Header codec
+
+
+def _to_plain(obj):
+    """msgpack `default` hook: numpy scalars/arrays in headers become plain Python values."""
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return float(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj)
+    raise TypeError(f"header value of type {type(obj).__name__} cannot be encoded")
+
+
+def encode_header(header: dict) -> bytes:
+    """msgpack-packs a header map (str keys; numpy scalars are converted)."""
+    if not isinstance(header, dict):
+        raise ProtocolError("header must be a dict")
+    try:
+        return msgpack.packb(header, use_bin_type=True, default=_to_plain)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise ProtocolError(f"header cannot be encoded: {e}") from None
+
+
+def _check_header_value(v, depth: int, path: str):
+    # Mirrors the C++ to_json(): nesting limit, string map keys, no ext types.
+    if depth > MAX_DEPTH:
+        raise ProtocolError("header nests too deeply")
+    if v is None or isinstance(v, (bool, int, float, str, bytes)):
+        return
+    if isinstance(v, list):
+        for i, x in enumerate(v):
+            _check_header_value(x, depth + 1, f"{path}[{i}]")
+        return
+    if isinstance(v, dict):
+        for k, x in v.items():
+            if not isinstance(k, str):
+                raise ProtocolError("header map key is not a string" + (f" (in {path})" if path else ""))
+            _check_header_value(x, depth + 1, f"{path}.{k}" if path else k)
+        return
+    raise ProtocolError(f"unsupported msgpack type in header ({type(v).__name__}"
+                        + (f" at {path}" if path else "") + ")")
+
+
+def decode_header(data) -> dict:
+    """Unpacks a header frame; raises ProtocolError unless it is one msgpack map."""
+    data = bytes(_as_buffer(data))
+    if len(data) > MAX_HEADER_BYTES:
+        raise ProtocolError("header larger than 1 MiB")
+    try:
+        h = msgpack.unpackb(data, raw=False, strict_map_key=True, **_UNPACK_LIMITS)
+    except msgpack.ExtraData:
+        raise ProtocolError("header has trailing bytes after the msgpack map") from None
+    except Exception as e:  # FormatError, StackError, ValueError (truncated/limits), Unicode…
+        raise ProtocolError(f"malformed msgpack header: {type(e).__name__}: {e}") from None
+    if not isinstance(h, dict):
+        raise ProtocolError("header is not a msgpack map")
+    _check_header_value(h, 0, "")
+    return h
+
+
+# ---------------------------------------------------------------------------------------
+# Messages
+
+
+def _as_buffer(frame) -> memoryview:
+    """A byte view of a frame: bytes, bytearray, memoryview, zmq.Frame, numpy array."""
+    buf = getattr(frame, "buffer", None)  # zmq.Frame (received with copy=False)
+    mv = memoryview(buf if buf is not None else frame)
+    if mv.ndim != 1 or mv.itemsize != 1 or not mv.c_contiguous:
+        mv = mv.cast("B") if mv.c_contiguous else memoryview(mv.tobytes())
+    return mv
+
+
+def _descriptor_and_bytes(name: str, arr) -> tuple[dict, bytes]:
+    if not isinstance(name, str) or not name:
+        raise ProtocolError("array name must be a non-empty string")
+    a = np.asarray(arr)
+    dt = a.dtype
+    dname = dt.name if dt.kind in "uif" else None
+    if dname not in DTYPES or dt.itemsize != DTYPES[dname]:
+        raise ProtocolError(f"array '{name}': dtype {dt} is not one of {' '.join(DTYPES)}")
+    if dt.itemsize == 1:
+        bo = "|"
+    elif dt.byteorder in ("=", "|"):
+        bo = _NATIVE
+    else:
+        bo = dt.byteorder
+    desc = {"name": name, "dtype": dname, "shape": [int(n) for n in a.shape], "byteorder": bo}
+    return desc, a.tobytes(order="C")
+
+
+def encode(topic: str, header: dict, arrays: Sequence[tuple[str, np.ndarray]] = ()) -> list[bytes]:
+    """Frames of one message: [topic, msgpack header, raw array bytes...].
+
+    The header sent is a copy of `header` with `protocol` (= 1) and `arrays` (one descriptor
+    per array: name, dtype, shape, byteorder) set, like the C++ encode(). Arrays keep their
+    byte order ('>f4' is sent big-endian and described as '>'), in C order."""
+    if not isinstance(header, dict):
+        raise ProtocolError("header must be a dict")
+    h = dict(header)
+    descs, raws = [], []
+    for item in arrays:
+        name, arr = item
+        d, raw = _descriptor_and_bytes(name, arr)
+        descs.append(d)
+        raws.append(raw)
+    h["protocol"] = PROTOCOL_VERSION
+    h["arrays"] = descs
+    t = topic.encode("utf-8") if isinstance(topic, str) else bytes(topic)
+    return [t, encode_header(h)] + raws
+
+
+def _require(d: dict, key: str):
+    if not isinstance(d, dict) or key not in d:
+        raise ProtocolError(f"missing key '{key}'")
+    return d[key]
+
+
+def _require_string(d: dict, key: str) -> str:
+    v = _require(d, key)
+    if isinstance(v, bytes):  # msgpack bin: the C++ side reads it as a string too
+        v = v.decode("utf-8", errors="surrogateescape")
+    if not isinstance(v, str):
+        raise ProtocolError(f"key '{key}' must be a string")
+    return v
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def decode(frames: Sequence) -> Message:
+    """Parses the frames of one message (bytes, memoryviews or zmq.Frames).
+
+    Checks, like the C++ decode(): at least topic and header; the header is a msgpack map;
+    `protocol` == 1; `arrays` (optional, default empty) is a list with one descriptor per
+    array frame; each descriptor has a string `name`, a known `dtype`, a `shape` of at most 8
+    non-negative ints, an optional `byteorder` ('<' default, '>', '|', '='); each frame holds
+    exactly prod(shape)*itemsize bytes. Raises ProtocolError naming the problem."""
+    frames = list(frames)
+    if len(frames) < 2:
+        raise ProtocolError(f"message has {len(frames)} frame(s); need topic and header")
+    topic = bytes(_as_buffer(frames[0])).decode("utf-8", errors="surrogateescape")
+    header = decode_header(frames[1])
+    version = _require(header, "protocol")
+    if not _is_int(version) or version != PROTOCOL_VERSION:
+        raise ProtocolError(f"unsupported protocol version {json.dumps(version, default=repr)} "
+                            f"(this is version {PROTOCOL_VERSION})")
+    descs = header.get("arrays", [])
+    if not isinstance(descs, list):
+        raise ProtocolError("'arrays' is not a list")
+    if len(descs) != len(frames) - 2:
+        raise ProtocolError(f"header describes {len(descs)} array(s) but "
+                            f"{len(frames) - 2} array frame(s) follow")
+    arrays: dict[str, np.ndarray] = {}
+    for i, d in enumerate(descs):
+        if not isinstance(d, dict):
+            raise ProtocolError(f"array descriptor {i} is not a map")
+        name = _require_string(d, "name")
+        dname = _require_string(d, "dtype")
+        if dname not in DTYPES:
+            raise ProtocolError(f"unknown dtype '{dname}'")
+        shape_j = _require(d, "shape")
+        if not isinstance(shape_j, list) or len(shape_j) > MAX_SHAPE_RANK:
+            raise ProtocolError(f"array '{name}': shape must be a list of at most 8 ints")
+        for s in shape_j:
+            if not _is_int(s):
+                raise ProtocolError(f"array '{name}': shape entries must be ints")
+        bo = _require_string(d, "byteorder") if "byteorder" in d else "<"
+        if bo not in ("<", ">", "|", "="):
+            raise ProtocolError(f"array '{name}': byteorder must be '<', '>' or '|'")
+        if any(s < 0 for s in shape_j):
+            raise ProtocolError(f"array '{name}': negative dimension")
+        count = math.prod(shape_j)
+        if count >= 1 << 64:
+            raise ProtocolError(f"array '{name}': shape overflows")
+        itemsize = DTYPES[dname]
+        buf = _as_buffer(frames[i + 2])
+        if buf.nbytes != count * itemsize:
+            raise ProtocolError(f"array '{name}': frame has {buf.nbytes} bytes, descriptor "
+                                f"{dname} shape needs {count * itemsize}")
+        order = ">" if bo == ">" else (_NATIVE if bo == "=" else "<")
+        dt = np.dtype(dname).newbyteorder(order) if itemsize > 1 else np.dtype(dname)
+        if count == 0:
+            a = np.empty(shape_j, dtype=dt)
+        else:
+            a = np.frombuffer(buf, dtype=dt, count=count).reshape(shape_j)
+        arrays.setdefault(name, a)  # like C++ find()/take(): the first array of a name wins
+    return Message(topic, header, arrays)
+
+
+def split_messages(frames: Sequence) -> list[list]:
+    """Splits concatenated messages (topic, header, arrays...)* into per-message frame lists,
+    using each header's `arrays` length (the layout of the `snapshot` reply)."""
+    out, i, n = [], 0, len(frames)
+    while i < n:
+        if i + 1 >= n:
+            raise ProtocolError(f"concatenated messages: frame {i} has no header frame after it")
+        h = decode_header(frames[i + 1])
+        descs = h.get("arrays", [])
+        if not isinstance(descs, list):
+            raise ProtocolError("'arrays' is not a list")
+        end = i + 2 + len(descs)
+        if end > n:
+            raise ProtocolError(f"concatenated messages: message at frame {i} describes "
+                                f"{len(descs)} array(s) but only {n - i - 2} frame(s) remain")
+        out.append(list(frames[i:end]))
+        i = end
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# Ingest messages (field names as in PROTOCOL.md and protocol/src/messages.cpp)
+
+MODES = ("fluorescence", "transmission")
+ORDERS = ("energy-major", "pixel-major")
+STOP_REASONS = ("completed", "aborted")
+
+
+def start_message(scan_id: str, shape, energies_eV, mode: str, order: str = "energy-major",
+                  xrf_channels: Iterable[str] = (), dark=None, flat=None) -> list[bytes]:
+    """`start`: shape (rows, cols), planned energies (eV), mode 'fluorescence' or
+    'transmission'; optional dark (rows×cols, every energy) and flat (rows×cols)."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if order not in ORDERS:
+        raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+    rows, cols = (int(n) for n in shape)
+    header = {
+        "type": "start",
+        "scan_id": str(scan_id),
+        "shape": [rows, cols],
+        "energies_eV": [float(e) for e in np.asarray(energies_eV, dtype=float).ravel()],
+        "mode": mode,
+        "order": order,
+        "xrf_channels": [str(c) for c in xrf_channels],
+    }
+    arrays = []
+    if dark is not None:
+        arrays.append(("dark", dark))
+    if flat is not None:
+        arrays.append(("flat", flat))
+    return encode("start", header, arrays)
+
+
+def _is_scalar(x) -> bool:
+    return isinstance(x, numbers.Real) or (isinstance(x, np.ndarray) and x.ndim == 0)
+
+
+def frame_message(scan_id: str, seq: int, energy_index: int, energy_eV: float, counts,
+                  region=None, i0=None, dark=None, flat=None, xrf=None) -> list[bytes]:
+    """`frame`. region: None or 'full' (counts rows×cols), ('rows', row0) (counts
+    nrows×cols, nrows taken from counts), ('pixels', pixel_indices) (counts N, flat pixel
+    indices; sent as array `pixels`, uint32 or int64). i0: None (default 1), a scalar
+    (header key `i0`) or an array of the region's shape (array `i0`). dark/flat: arrays of
+    the region's shape overriding the start-level ones; xrf: channels × region."""
+    counts = np.asarray(counts)
+    pixels = None
+    if region is None or region == "full" or region == ("full",):
+        reg = {"kind": "full"}
+    elif isinstance(region, dict):
+        reg = dict(region)
+    else:
+        kind = region[0]
+        if kind == "rows":
+            if counts.ndim < 1:
+                raise ValueError("region rows needs counts of shape nrows×cols")
+            reg = {"kind": "rows", "row0": int(region[1]), "nrows": int(counts.shape[0])}
+        elif kind == "pixels":
+            reg = {"kind": "pixels"}
+            pixels = np.asarray(region[1])
+            if pixels.dtype.name not in ("uint32", "int64"):
+                if pixels.dtype.kind not in "iu":
+                    raise ValueError("pixel indices must be integers")
+                pixels = pixels.astype(np.int64)
+        else:
+            raise ValueError(f"region must be None, 'full', ('rows', row0) or ('pixels', indices), got {region!r}")
+    header = {
+        "type": "frame",
+        "scan_id": str(scan_id),
+        "seq": int(seq),
+        "energy_index": int(energy_index),
+        "energy_eV": float(energy_eV),
+        "region": reg,
+    }
+    i0_array = None
+    if i0 is not None:
+        if _is_scalar(i0):
+            header["i0"] = float(i0)
+        else:
+            i0_array = np.asarray(i0)
+    arrays = [("counts", counts)]
+    for name, a in (("i0", i0_array), ("dark", dark), ("flat", flat), ("pixels", pixels), ("xrf", xrf)):
+        if a is not None:
+            arrays.append((name, a))
+    return encode("frame", header, arrays)
+
+
+def stop_message(scan_id: str, reason: str = "completed", frames_sent: int | None = None) -> list[bytes]:
+    """`stop`: reason 'completed' or 'aborted'; frames_sent lets xanesd report a mismatch."""
+    if reason not in STOP_REASONS:
+        raise ValueError(f"reason must be one of {STOP_REASONS}, got {reason!r}")
+    header = {"type": "stop", "scan_id": str(scan_id), "reason": reason}
+    if frames_sent is not None:
+        header["frames_sent"] = int(frames_sent)
+    return encode("stop", header, [])
+
+
+# ---------------------------------------------------------------------------------------
+# Golden-message container (.frames): per frame, a little-endian uint32 length + the bytes.
+
+
+def write_frames_file(path, frames: Sequence) -> None:
+    with open(path, "wb") as f:
+        for fr in frames:
+            b = bytes(_as_buffer(fr))
+            f.write(struct.pack("<I", len(b)))
+            f.write(b)
+
+
+def read_frames_file(path) -> list[bytes]:
+    with open(path, "rb") as f:
+        data = f.read()
+    frames, i = [], 0
+    while i < len(data):
+        if i + 4 > len(data):
+            raise ProtocolError(f"{path}: truncated frame length at byte {i}")
+        (n,) = struct.unpack_from("<I", data, i)
+        i += 4
+        if i + n > len(data):
+            raise ProtocolError(f"{path}: frame of {n} bytes at byte {i} runs past the end")
+        frames.append(data[i:i + n])
+        i += n
+    return frames
+
+
+# ---------------------------------------------------------------------------------------
+# Sockets (pyzmq imported on first use)
+
+
+def _zmq():
+    import zmq  # noqa: PLC0415 - optional dependency of the codec
+    return zmq
+
+
+def send(sock, frames: Sequence, flags: int = 0) -> None:
+    """Sends the frames of one message (e.g. from frame_message) on a zmq socket."""
+    sock.send_multipart(list(frames), flags=flags, copy=False)
+
+
+class Client:
+    """REQ client of the control socket: one JSON frame out, a JSON reply (plus, for
+    `snapshot`, the cached publications) back. On timeout the socket is recreated (a REQ
+    socket that missed its reply cannot send again) and TimeoutError is raised."""
+
+    def __init__(self, endpoint: str = "tcp://127.0.0.1:5557", timeout_ms: int = 30000, context=None):
+        zmq = _zmq()
+        self.endpoint = endpoint
+        self.timeout_ms = timeout_ms
+        self._ctx = context or zmq.Context.instance()
+        self._sock = None
+        self._connect()
+
+    def _connect(self):
+        zmq = _zmq()
+        self._sock = self._ctx.socket(zmq.REQ)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.connect(self.endpoint)
+
+    def close(self):
+        if self._sock is not None:
+            self._sock.close(linger=0)
+            self._sock = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def request_frames(self, payload: dict) -> list:
+        """Sends one request object; returns all reply frames (zmq.Frame objects)."""
+        zmq = _zmq()
+        if self._sock is None:
+            self._connect()
+        self._sock.send(json.dumps(payload).encode("utf-8"))
+        if self.timeout_ms is None or self.timeout_ms < 0:
+            ready = True
+        else:
+            ready = self._sock.poll(self.timeout_ms, zmq.POLLIN)
+        if not ready:
+            self.close()
+            self._connect()
+            raise TimeoutError(f"no reply from {self.endpoint} to '{payload.get('cmd')}' "
+                               f"within {self.timeout_ms} ms")
+        return self._sock.recv_multipart(copy=False)
+
+    def request(self, cmd: str, **args) -> dict:
+        """Sends {"cmd": cmd, **args}; returns the JSON reply (frame 0) as a dict."""
+        frames = self.request_frames({"cmd": cmd, **args})
+        return _parse_reply(frames[0])
+
+    def snapshot(self) -> tuple[dict, list[Message]]:
+        """Late join: the reply dict and the cached publications, decoded."""
+        frames = self.request_frames({"cmd": "snapshot"})
+        reply = _parse_reply(frames[0])
+        msgs = [decode(m) for m in split_messages(frames[1:])]
+        expected = reply.get("publications")
+        if isinstance(expected, int) and expected != len(msgs):
+            raise ProtocolError(f"snapshot reply announces {expected} publication(s) but "
+                                f"carries {len(msgs)}")
+        return reply, msgs
+
+    # Convenience wrappers for the commands of PROTOCOL.md.
+    def status(self) -> dict:
+        return self.request("status")
+
+    def configure(self, settings: dict) -> dict:
+        return self.request("configure", set=dict(settings))
+
+    def load_references(self, files: Sequence[str], names: Sequence[str] | None = None) -> dict:
+        args = {"files": list(files)}
+        if names:
+            args["names"] = list(names)
+        return self.request("load_references", **args)
+
+    def select_energies(self, n: int) -> dict:
+        return self.request("select_energies", n=int(n))
+
+    def save(self, path: str | None = None) -> dict:
+        return self.request("save", **({"path": path} if path else {}))
+
+    def abort(self) -> dict:
+        return self.request("abort")
+
+    def shutdown(self) -> dict:
+        return self.request("shutdown")
+
+
+def _parse_reply(frame) -> dict:
+    raw = bytes(_as_buffer(frame))
+    try:
+        reply = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ProtocolError(f"control reply is not JSON: {e}") from None
+    if not isinstance(reply, dict):
+        raise ProtocolError("control reply is not a JSON object")
+    return reply
+
+
+def subscribe(endpoint: str = "tcp://127.0.0.1:5556", topics: Iterable[str] = ("",), context=None,
+              rcvhwm: int | None = None):
+    """A SUB socket connected to the results endpoint, subscribed to topic prefixes."""
+    zmq = _zmq()
+    ctx = context or zmq.Context.instance()
+    s = ctx.socket(zmq.SUB)
+    s.setsockopt(zmq.LINGER, 0)
+    if rcvhwm is not None:
+        s.setsockopt(zmq.RCVHWM, int(rcvhwm))
+    for t in topics:
+        s.setsockopt(zmq.SUBSCRIBE, t.encode("utf-8") if isinstance(t, str) else bytes(t))
+    s.connect(endpoint)
+    return s
+
+
+def recv(sock, timeout_ms: int | None = None) -> Message | None:
+    """Receives and decodes one message; None if nothing arrives within timeout_ms
+    (None: wait forever). Raises ProtocolError for a malformed message."""
+    zmq = _zmq()
+    if timeout_ms is not None and not sock.poll(max(0, int(timeout_ms)), zmq.POLLIN):
+        return None
+    return decode(sock.recv_multipart(copy=False))

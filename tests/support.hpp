@@ -1,0 +1,72 @@
+// Shared test helpers: repository paths, loopback endpoints, and small socket utilities.
+#pragma once
+
+#include <chrono>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+#include <zmq.hpp>
+#include <zmq_addon.hpp>
+
+#include "xanesd/protocol/wire.hpp"
+
+namespace xanesd::test {
+
+inline std::filesystem::path source_dir() { return XANESD_SOURCE_DIR; }
+inline std::filesystem::path build_dir() { return XANESD_BUILD_DIR; }
+inline std::filesystem::path refs_dir() { return source_dir() / "config" / "references"; }
+inline std::filesystem::path fe_library() { return refs_dir() / "fe_k_library_normalized.nor"; }
+inline std::filesystem::path hxn_energies() { return refs_dir() / "fe_k_energies_hxn.txt"; }
+
+// A fresh empty folder under the build tree for one test's files.
+inline std::filesystem::path scratch(const std::string& name) {
+  auto p = build_dir() / "test-scratch" / name;
+  std::filesystem::remove_all(p);
+  std::filesystem::create_directories(p);
+  return p;
+}
+
+// A loopback TCP port that was free a moment ago (the OS picks it).
+inline int free_port() {
+  zmq::context_t ctx(1);
+  zmq::socket_t s(ctx, zmq::socket_type::rep);
+  s.set(zmq::sockopt::linger, 0);
+  s.bind("tcp://127.0.0.1:*");
+  const auto ep = s.get(zmq::sockopt::last_endpoint);
+  return std::stoi(ep.substr(ep.rfind(':') + 1));
+}
+
+inline std::string loopback(int port) { return "tcp://127.0.0.1:" + std::to_string(port); }
+
+// Receives one message within `timeout`, or nothing.
+inline std::optional<protocol::WireMessage> recv_message(zmq::socket_t& s, std::chrono::milliseconds timeout) {
+  zmq::pollitem_t item{s.handle(), 0, ZMQ_POLLIN, 0};
+  if (zmq::poll(&item, 1, timeout) <= 0) return std::nullopt;
+  std::vector<zmq::message_t> frames;
+  (void)zmq::recv_multipart(s, std::back_inserter(frames));
+  return protocol::decode(std::move(frames));
+}
+
+// Sends a JSON control request on a fresh REQ socket; returns all reply frames (JSON first).
+inline std::vector<zmq::message_t> control_frames(zmq::context_t& ctx, const std::string& endpoint,
+                                                  const nlohmann::json& req, int timeout_ms = 20000) {
+  zmq::socket_t s(ctx, zmq::socket_type::req);
+  s.set(zmq::sockopt::linger, 0);
+  s.set(zmq::sockopt::rcvtimeo, timeout_ms);
+  s.connect(endpoint);
+  const auto text = req.dump();
+  s.send(zmq::buffer(text), zmq::send_flags::none);
+  std::vector<zmq::message_t> frames;
+  if (!zmq::recv_multipart(s, std::back_inserter(frames))) throw std::runtime_error("control request timed out");
+  return frames;
+}
+
+inline nlohmann::json control(zmq::context_t& ctx, const std::string& endpoint, const nlohmann::json& req) {
+  auto frames = control_frames(ctx, endpoint, req);
+  return nlohmann::json::parse(frames.at(0).to_string_view());
+}
+
+}  // namespace xanesd::test

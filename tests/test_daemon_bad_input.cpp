@@ -1,0 +1,250 @@
+// Bad input over real sockets: an in-process daemon on loopback receives every kind of broken
+// message; each is rejected or flagged on the errors topic and counted in status, and the scan
+// goes on to a complete result file that holds every accepted sample.
+#include <doctest/doctest.h>
+
+#include <thread>
+
+#include "daemon.hpp"
+#include "store/h5.hpp"
+#include "support.hpp"
+
+using namespace xanesd;
+using namespace xanesd::protocol;
+using namespace std::chrono_literals;
+
+namespace {
+
+struct LiveDaemon {
+  std::filesystem::path dir;
+  Config cfg;
+  std::unique_ptr<Daemon> daemon;
+  zmq::context_t ctx{1};
+  zmq::socket_t push{ctx, zmq::socket_type::push}, sub{ctx, zmq::socket_type::sub};
+
+  explicit LiveDaemon(const std::string& name) : dir(test::scratch(name)) {
+    cfg = make_config(nlohmann::json::object(),
+                      {"ingest.endpoint=tcp://127.0.0.1:*", "publish.endpoint=tcp://127.0.0.1:*",
+                       "control.endpoint=tcp://127.0.0.1:*", "publish.interval_ms=60000", "log.level=off",
+                       "output.directory=" + dir.string(),
+                       "references.files=[\"" + test::fe_library().string() + "\"]"},
+                      "/");
+    daemon = std::make_unique<Daemon>(cfg);
+    daemon->start();
+    push.set(zmq::sockopt::linger, 0);
+    push.connect(daemon->endpoints().ingest);
+    sub.set(zmq::sockopt::subscribe, "");
+    sub.connect(daemon->endpoints().publish);
+    std::this_thread::sleep_for(300ms);  // let the subscription reach the PUB socket
+  }
+  void send_frames(std::vector<zmq::message_t>&& frames) {
+    for (std::size_t i = 0; i < frames.size(); ++i)
+      push.send(frames[i], i + 1 < frames.size() ? zmq::send_flags::sndmore : zmq::send_flags::none);
+  }
+  void send(WireMessage&& m) { protocol::send(push, std::move(m)); }
+  // Waits for the next errors-topic message, skipping maps and status.
+  nlohmann::json next_error() {
+    const auto until = std::chrono::steady_clock::now() + 5s;
+    while (std::chrono::steady_clock::now() < until) {
+      auto m = test::recv_message(sub, 200ms);
+      if (m && m->topic == "errors") return m->header;
+    }
+    return nullptr;
+  }
+  nlohmann::json control(const nlohmann::json& req) { return test::control(ctx, daemon->endpoints().control, req); }
+};
+
+constexpr int kRows = 6, kCols = 8, kE = 12;
+
+std::vector<double> plan() {
+  std::vector<double> e;
+  for (int i = 0; i < kE; ++i) e.push_back(7100 + 8.0 * i);
+  return e;
+}
+
+FrameMsg frame(std::int64_t seq, int e, float value = 100.f) {
+  FrameMsg f;
+  f.scan_id = "bad-input";
+  f.seq = seq;
+  f.energy_index = e;
+  f.energy_eV = plan()[static_cast<std::size_t>(e)];
+  f.i0_scalar = 1000.0;
+  const std::vector<float> counts(kRows * kCols, value);
+  f.counts = Array::from<float>("counts", counts, {kRows, kCols});
+  return f;
+}
+
+}  // namespace
+
+TEST_CASE("every kind of bad input is reported and counted; the scan goes on") {
+  LiveDaemon d("bad-input");
+
+  // A frame before any start.
+  d.send(frame(0, 0).to_wire());
+  auto err = d.next_error();
+  CHECK(err.value("code", "") == "no_scan");
+
+  // Not msgpack at all.
+  {
+    std::vector<zmq::message_t> junk;
+    junk.emplace_back(std::string("frame"));
+    junk.emplace_back(std::string("\xc1\xc1\xc1 not msgpack"));
+    d.send_frames(std::move(junk));
+    CHECK(d.next_error().value("code", "") == "malformed_message");
+  }
+
+  StartMsg s;
+  s.scan_id = "bad-input";
+  s.rows = kRows, s.cols = kCols;
+  s.energies_eV = plan();
+  s.mode = Mode::fluorescence;
+  d.send(std::move(s).to_wire());
+
+  // A second start while the scan runs.
+  StartMsg s2;
+  s2.scan_id = "intruder";
+  s2.rows = 2, s2.cols = 2;
+  s2.energies_eV = {7100};
+  d.send(std::move(s2).to_wire());
+  CHECK(d.next_error().value("code", "") == "scan_running");
+
+  std::int64_t seq = 0;
+  d.send(frame(seq++, 0).to_wire());  // good
+
+  // Wrong byte count for the declared dtype/shape.
+  {
+    auto frames = encode(frame(seq, 1).to_wire());
+    frames[2] = zmq::message_t(std::string(10, 'x'));
+    d.send_frames(std::move(frames));
+    err = d.next_error();
+    CHECK(err.value("code", "") == "malformed_message");
+    CHECK(err.value("message", "").find("bytes") != std::string::npos);
+  }
+  // Rows region outside the image.
+  {
+    auto f = frame(seq, 1);
+    const std::vector<float> counts(3 * kCols, 1.f);
+    f.region = {Region::Kind::rows, kRows - 1, 3};
+    f.counts = Array::from<float>("counts", counts, {3, kCols});
+    d.send(std::move(f).to_wire());
+    CHECK(d.next_error().value("code", "") == "region_out_of_bounds");
+  }
+  // Pixel list with an index past the end.
+  {
+    auto f = frame(seq, 1);
+    const std::vector<float> counts = {1, 2};
+    const std::vector<std::int64_t> pix = {3, kRows * kCols};
+    f.region.kind = Region::Kind::pixels;
+    f.counts = Array::from<float>("counts", counts, {2});
+    f.pixels = Array::from<std::int64_t>("pixels", pix, {2});
+    d.send(std::move(f).to_wire());
+    CHECK(d.next_error().value("code", "") == "region_out_of_bounds");
+  }
+  // Energy index outside the plan.
+  {
+    auto f = frame(seq, 0);
+    f.energy_index = kE;
+    d.send(std::move(f).to_wire());
+    CHECK(d.next_error().value("code", "") == "energy_index_out_of_plan");
+  }
+  // Energy value that does not match the plan.
+  {
+    auto f = frame(seq, 1);
+    f.energy_eV += 30;
+    d.send(std::move(f).to_wire());
+    CHECK(d.next_error().value("code", "") == "energy_mismatch");
+  }
+  // Unknown scan id.
+  {
+    auto f = frame(seq, 1);
+    f.scan_id = "someone-else";
+    d.send(std::move(f).to_wire());
+    CHECK(d.next_error().value("code", "") == "unknown_scan");
+  }
+  // Full frame of the wrong shape.
+  {
+    auto f = frame(seq, 1);
+    const std::vector<float> counts(kRows * (kCols + 1), 1.f);
+    f.counts = Array::from<float>("counts", counts, {kRows, kCols + 1});
+    d.send(std::move(f).to_wire());
+    CHECK(d.next_error().value("code", "") == "shape_mismatch");
+  }
+  // Duplicate sequence number.
+  d.send(frame(0, 1).to_wire());
+  CHECK(d.next_error().value("code", "") == "duplicate_seq");
+
+  // NaN and Inf in an otherwise good frame: flagged, the finite samples are kept.
+  {
+    auto f = frame(seq++, 1, 200.f);
+    std::vector<float> counts(kRows * kCols, 200.f);
+    counts[5] = NAN;
+    counts[6] = INFINITY;
+    f.counts = Array::from<float>("counts", counts, {kRows, kCols});
+    d.send(std::move(f).to_wire());
+    err = d.next_error();
+    CHECK(err.value("code", "") == "nonfinite_samples");
+    CHECK(err.value("message", "").find("2 sample") != std::string::npos);
+  }
+  // A gap in the sequence numbers: flagged, frame applied.
+  seq += 2;
+  d.send(frame(seq++, 2).to_wire());
+  CHECK(d.next_error().value("code", "") == "missing_seq");
+
+  // Bad control requests all get an answer.
+  CHECK(d.control({{"cmd", "fly"}}).value("ok", true) == false);
+  CHECK(d.control({{"nocmd", 1}}).value("ok", true) == false);
+  CHECK(d.control({{"cmd", "configure"}, {"set", {{"ingest.endpoint", "x"}}}}).value("ok", true) == false);
+  CHECK(d.control({{"cmd", "load_references"}, {"files", {"/no/such/file.nor"}}}).value("ok", true) == false);
+  {
+    zmq::socket_t req(d.ctx, zmq::socket_type::req);
+    req.set(zmq::sockopt::rcvtimeo, 5000);
+    req.connect(d.daemon->endpoints().control);
+    req.send(zmq::str_buffer("{not json"), zmq::send_flags::none);
+    zmq::message_t reply;
+    REQUIRE(req.recv(reply));
+    CHECK(nlohmann::json::parse(reply.to_string_view()).value("ok", true) == false);
+  }
+
+  // The scan carries on to completion.
+  for (int e = 3; e < kE; ++e) d.send(frame(seq++, e).to_wire());
+  StopMsg stop;
+  stop.scan_id = "bad-input";
+  stop.frames_sent = seq;  // the sender counts the gap it made; xanesd reports the mismatch
+  d.send(std::move(stop).to_wire());
+
+  nlohmann::json status;
+  for (int i = 0; i < 100; ++i) {
+    status = d.control({{"cmd", "status"}});
+    if (status.value("scan_state", "") == "stopped") break;
+    std::this_thread::sleep_for(50ms);
+  }
+  REQUIRE(status.value("scan_state", "") == "stopped");
+  const auto& c = status.at("counters");
+  CHECK(c.at("ingest.frames_accepted") == 2 + (kE - 3) + 1);
+  CHECK(c.at("issues.malformed_message") == 2);
+  CHECK(c.at("issues.region_out_of_bounds") == 2);
+  CHECK(c.at("issues.duplicate_seq") == 1);
+  CHECK(c.at("issues.nonfinite_samples") == 1);
+  CHECK(c.at("issues.no_scan") == 1);
+  CHECK(c.at("issues.scan_running") == 1);
+  CHECK(c.at("issues.frames_sent_mismatch") == 1);
+  CHECK(c.at("control.errors") >= 5);
+  CHECK(status.at("scan").at("missing_seq") == 2);
+
+  // The result file holds every accepted sample: NaN only where nothing valid arrived.
+  const auto path = d.dir / "bad-input.h5";
+  REQUIRE(std::filesystem::exists(path));
+  auto f = h5::open_file(path);
+  const auto spectra = h5::read<float>(f, "entry/data/spectra");
+  const std::size_t P = kRows * kCols;
+  CHECK(spectra[0 * P + 0] == doctest::Approx(0.1));        // 100 counts / i0 1000
+  CHECK(spectra[1 * P + 4] == doctest::Approx(0.2));        // the NaN frame's finite samples were kept
+  CHECK(std::isnan(spectra[1 * P + 5]));                    // the NaN sample was not
+  CHECK(std::isnan(spectra[1 * P + 6]));                    // nor the Inf one
+  CHECK(spectra[(kE - 1) * P + P - 1] == doctest::Approx(0.1));
+}
+
+TEST_CASE("a bad config or a missing reference file stops start-up with a clear error") {
+  CHECK_THROWS_WITH_AS(Daemon(make_config(nlohmann::json::object(), {"references.files=[\"/nope.nor\"]", "publish.endpoint=tcp://127.0.0.1:*", "ingest.endpoint=tcp://127.0.0.1:*", "control.endpoint=tcp://127.0.0.1:*"}, "/")),
+                       doctest::Contains("/nope.nor"), ConfigError);
+}

@@ -1,0 +1,241 @@
+// End to end, as at the beamline: the real xanesd binary with the shipped default config, the
+// real xanes-replay playing a 155×160 × 73-energy fluorescence scan built from the shipped Fe
+// references (Poisson noise, I0 drift, background), a SUB client watching the live maps, and
+// the result file read back with HDF5. Checked against the truth the test built.
+#include <doctest/doctest.h>
+
+#include <fstream>
+#include <map>
+#include <thread>
+
+#include "process.hpp"
+#include "simulate/simulate.hpp"
+#include "store/h5.hpp"
+#include "support.hpp"
+
+using namespace xanesd;
+using namespace std::chrono_literals;
+
+namespace {
+
+const std::vector<std::string> kSpecies = {"Magnetite", "Goethite", "Pyrite"};
+
+struct Truth {
+  sim::Scan scan;
+  std::filesystem::path file;
+};
+
+Truth make_scan(const std::filesystem::path& dir, protocol::Mode mode, double counts) {
+  std::vector<science::Reference> refs;
+  for (const auto& r : science::load_reference_file(test::fe_library()))
+    if (std::find(kSpecies.begin(), kSpecies.end(), r.name) != kSpecies.end()) refs.push_back(r);
+  sim::Params p;
+  p.rows = 155, p.cols = 160;
+  p.energies_eV = sim::read_energies_file(test::hxn_energies());
+  p.mode = mode;
+  p.counts = counts;
+  p.dark = mode == protocol::Mode::transmission ? 5.0 : 0.0;
+    p.seed = 2026;
+  std::filesystem::create_directories(dir / "input");
+  Truth t{sim::simulate(refs, p), dir / "input" / (mode == protocol::Mode::fluorescence ? "fluo.h5" : "trans.h5")};
+  sim::write_scan_file(t.scan, t.file);
+  return t;
+}
+
+struct Accuracy {
+  double fraction_mae = 0, fraction_p95 = 0, thickness_median_rel = 0;
+};
+
+// Compares fraction maps (K×P, in kSpecies order) and thickness with the truth over material pixels.
+Accuracy compare(const std::vector<float>& fractions, const std::vector<float>& thickness, const sim::Scan& truth) {
+  const std::size_t P = truth.pixels(), K = kSpecies.size();
+  std::vector<double> ferr, terr;
+  for (std::size_t p = 0; p < P; ++p) {
+    if (truth.thickness[p] <= 0) continue;
+    for (std::size_t k = 0; k < K; ++k) ferr.push_back(std::abs(fractions[k * P + p] - truth.fractions[k * P + p]));
+    terr.push_back(std::abs(thickness[p] - truth.thickness[p]) / truth.thickness[p]);
+  }
+  Accuracy a;
+  for (double e : ferr) a.fraction_mae += e;
+  a.fraction_mae /= static_cast<double>(ferr.size());
+  std::sort(ferr.begin(), ferr.end());
+  a.fraction_p95 = ferr[ferr.size() * 95 / 100];
+  std::nth_element(terr.begin(), terr.begin() + static_cast<long>(terr.size() / 2), terr.end());
+  a.thickness_median_rel = terr[terr.size() / 2];
+  return a;
+}
+
+struct Daemon {
+  std::string ingest, pub, control;
+  std::unique_ptr<test::Process> proc;
+  Daemon(const std::filesystem::path& dir, const std::vector<std::string>& extra = {}) {
+    ingest = test::loopback(test::free_port());
+    pub = test::loopback(test::free_port());
+    control = test::loopback(test::free_port());
+    std::vector<std::string> argv = {XANESD_BIN, "--config", (test::source_dir() / "config" / "default.json").string(),
+                                     "--set", "ingest.endpoint=" + ingest, "--set", "publish.endpoint=" + pub,
+                                     "--set", "control.endpoint=" + control, "--set", "output.directory=" + (dir / "results").string()};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    proc = std::make_unique<test::Process>(argv, (dir / "xanesd.log").string());
+  }
+};
+
+// Sends a control request, retrying while the daemon is still starting.
+nlohmann::json control_retry(zmq::context_t& ctx, const std::string& ep, const nlohmann::json& req) {
+  for (int i = 0;; ++i) {
+    try {
+      zmq::socket_t s(ctx, zmq::socket_type::req);
+      s.set(zmq::sockopt::linger, 0);
+      s.set(zmq::sockopt::rcvtimeo, i < 50 ? 200 : 20000);
+      s.connect(ep);
+      s.send(zmq::buffer(req.dump()), zmq::send_flags::none);
+      zmq::message_t reply;
+      if (s.recv(reply)) return nlohmann::json::parse(reply.to_string_view());
+    } catch (const zmq::error_t&) {
+    }
+    if (i > 60) throw std::runtime_error("xanesd does not answer on " + ep);
+  }
+}
+
+int replay(const std::filesystem::path& file, const std::string& endpoint, const std::vector<std::string>& extra) {
+  std::vector<std::string> argv = {XANES_REPLAY_BIN, "--input", file.string(), "--endpoint", endpoint};
+  argv.insert(argv.end(), extra.begin(), extra.end());
+  test::Process p(argv);
+  return p.wait(120s).value_or(-1);
+}
+
+}  // namespace
+
+TEST_CASE("live fluorescence scan: maps on the PUB socket while it runs, result file at stop") {
+  const auto dir = test::scratch("e2e-fluorescence");
+  const auto truth = make_scan(dir, protocol::Mode::fluorescence, 2000);
+  Daemon d(dir);
+  zmq::context_t ctx(1);
+  REQUIRE(control_retry(ctx, d.control, {{"cmd", "status"}}).value("state", "") == "idle");
+  // Fit the three species present (load_references over the control socket, by name).
+  const auto loaded = control_retry(ctx, d.control,
+                                    {{"cmd", "load_references"},
+                                     {"files", {test::fe_library().string()}},
+                                     {"names", kSpecies}});
+  REQUIRE(loaded.value("ok", false));
+  CHECK(loaded.at("reference_names") == nlohmann::json(kSpecies));
+
+  zmq::socket_t sub(ctx, zmq::socket_type::sub);
+  sub.set(zmq::sockopt::subscribe, "maps/");
+  sub.set(zmq::sockopt::subscribe, "status");
+  sub.set(zmq::sockopt::rcvhwm, 0);
+  sub.connect(d.pub);
+  std::this_thread::sleep_for(300ms);
+
+  // Replay at a beamline-like pace so several publication cycles happen mid-scan.
+  std::thread player([&] { CHECK(replay(truth.file, d.ingest, {"--rate", "60", "--scan-id", "fluo"}) == 0); });
+  std::map<std::string, std::int64_t> last_version;
+  std::vector<int> energies_at_publication;
+  std::optional<protocol::WireMessage> final_fractions, final_thickness;
+  const auto until = std::chrono::steady_clock::now() + 60s;
+  while ((!final_fractions || !final_thickness) && std::chrono::steady_clock::now() < until) {
+    auto m = test::recv_message(sub, 500ms);
+    if (!m || m->header.value("scan_id", "") != "fluo") continue;
+    const auto v = m->header.at("version").get<std::int64_t>();
+    CHECK(v >= last_version[m->topic]);  // versions never go back
+    last_version[m->topic] = v;
+    if (m->topic == "maps/fractions") {
+      energies_at_publication.push_back(m->header.at("energies_measured").get<int>());
+      CHECK(m->header.at("reference_names") == nlohmann::json(kSpecies));
+      if (m->header.at("final").get<bool>()) final_fractions = std::move(m);
+    } else if (m->topic == "maps/thickness" && m->header.at("final").get<bool>()) {
+      final_thickness = std::move(m);
+    }
+  }
+  player.join();
+  REQUIRE(final_fractions);
+  REQUIRE(final_thickness);
+  // Live: maps were published before the last energy arrived.
+  REQUIRE(energies_at_publication.size() >= 3);
+  CHECK(energies_at_publication.front() < 73);
+  CHECK(energies_at_publication.back() == 73);
+
+  const auto* fa = final_fractions->find("fractions");
+  REQUIRE(fa);
+  CHECK(fa->shape() == std::vector<std::int64_t>{3, 155, 160});
+  std::vector<float> fractions(fa->size()), thickness(155 * 160);
+  fa->convert_to(std::span<float>(fractions));
+  final_thickness->find("thickness")->convert_to(std::span<float>(thickness));
+  const auto acc = compare(fractions, thickness, truth.scan);
+  MESSAGE("fluorescence 2000 counts: fraction MAE " << acc.fraction_mae << ", p95 " << acc.fraction_p95
+                                                    << ", thickness median rel. error " << acc.thickness_median_rel);
+  CHECK(acc.fraction_mae < 0.03);
+  CHECK(acc.fraction_p95 < 0.10);
+  CHECK(acc.thickness_median_rel < 0.03);
+
+  // The result file: NeXus structure, and the same maps as the final publication.
+  const auto path = dir / "results" / "fluo.h5";
+  for (int i = 0; i < 100 && !std::filesystem::exists(path); ++i) std::this_thread::sleep_for(50ms);
+  REQUIRE(std::filesystem::exists(path));
+  auto f = h5::open_file(path);
+  CHECK(h5::read_attr_string(h5::open_group(f, "entry"), "NX_class") == "NXentry");
+  auto results = h5::open_group(f, "entry/results");
+  CHECK(h5::read_attr_string(results, "NX_class") == "NXdata");
+  CHECK(h5::read_attr_string(results, "signal") == "fractions");
+  CHECK(h5::read_strings(results, "reference_names") == kSpecies);
+  CHECK(h5::read<double>(f, "entry/energy").size() == 73);
+  std::vector<hsize_t> dims;
+  CHECK(h5::read<float>(results, "fractions", &dims) == fractions);
+  CHECK(dims == std::vector<hsize_t>{3, 155, 160});
+  CHECK(h5::read<float>(results, "thickness") == thickness);
+  CHECK(h5::shape(results, "residual") == std::vector<hsize_t>{155, 160});
+  const auto config = nlohmann::json::parse(h5::read_string(f, "entry/config"));
+  CHECK(config.at("fit.method") == "nnls");
+
+  // Pixel-major arrival gives the same maps (a second scan on the same daemon).
+  REQUIRE(replay(truth.file, d.ingest, {"--order", "pixel-major", "--scan-id", "fluo-pm"}) == 0);
+  const auto pm_path = dir / "results" / "fluo-pm.h5";
+  for (int i = 0; i < 200 && !std::filesystem::exists(pm_path); ++i) std::this_thread::sleep_for(50ms);
+  REQUIRE(std::filesystem::exists(pm_path));
+  const auto pm = h5::read<float>(h5::open_file(pm_path), "entry/results/fractions");
+  REQUIRE(pm.size() == fractions.size());
+  double maxdiff = 0;
+  for (std::size_t i = 0; i < pm.size(); ++i) maxdiff = std::max(maxdiff, static_cast<double>(std::abs(pm[i] - fractions[i])));
+  CHECK(maxdiff < 1e-4);
+
+  CHECK(control_retry(ctx, d.control, {{"cmd", "shutdown"}}).value("ok", false));
+  CHECK(d.proc->wait(10s) == 0);
+}
+
+TEST_CASE("transmission scan with flat and dark, replayed in row blocks") {
+  const auto dir = test::scratch("e2e-transmission");
+  const auto truth = make_scan(dir, protocol::Mode::transmission, 20000);
+  Daemon d(dir);
+  zmq::context_t ctx(1);
+  REQUIRE(control_retry(ctx, d.control,
+                        {{"cmd", "load_references"}, {"files", {test::fe_library().string()}}, {"names", kSpecies}})
+              .value("ok", false));
+  REQUIRE(replay(truth.file, d.ingest, {"--rows-per-frame", "40", "--scan-id", "trans"}) == 0);
+  const auto path = dir / "results" / "trans.h5";
+  for (int i = 0; i < 200 && !std::filesystem::exists(path); ++i) std::this_thread::sleep_for(50ms);
+  REQUIRE(std::filesystem::exists(path));
+  auto f = h5::open_file(path);
+  const auto acc = compare(h5::read<float>(f, "entry/results/fractions"), h5::read<float>(f, "entry/results/thickness"),
+                           truth.scan);
+  MESSAGE("transmission: fraction MAE " << acc.fraction_mae << ", p95 " << acc.fraction_p95
+                                        << ", thickness median rel. error " << acc.thickness_median_rel);
+  CHECK(acc.fraction_mae < 0.03);
+  CHECK(acc.thickness_median_rel < 0.03);
+  // Every frame was applied: 73 energies × 4 row blocks.
+  const auto status = control_retry(ctx, d.control, {{"cmd", "status"}});
+  CHECK(status.at("scan").at("frames_applied") == 73 * 4);
+  CHECK(status.at("scan").at("missing_seq") == 0);
+  d.proc->signal(SIGTERM);
+  CHECK(d.proc->wait(10s) == 0);
+}
+
+TEST_CASE("xanesd refuses a bad config at start-up with a non-zero exit") {
+  const auto dir = test::scratch("e2e-badconfig");
+  test::Process p({XANESD_BIN, "--config", (test::source_dir() / "config" / "default.json").string(), "--set",
+                   "fit.metod=nnls"},
+                  (dir / "log.txt").string());
+  CHECK(p.wait(10s) == 2);
+  std::ifstream log(dir / "log.txt");
+  std::string text((std::istreambuf_iterator<char>(log)), {});
+  CHECK(text.find("fit.metod") != std::string::npos);
+}

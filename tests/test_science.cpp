@@ -1,0 +1,201 @@
+// Science library: reference loading, resampling, the LCF solvers and the incremental fit.
+#include <doctest/doctest.h>
+
+#include <random>
+
+#include "science/incremental_lcf.hpp"
+#include "science/normalize.hpp"
+#include "science/references.hpp"
+#include "support.hpp"
+
+using namespace xanesd;
+using namespace xanesd::science;
+
+TEST_CASE("Athena XDI multi-column export: 11 named references in eV") {
+  const auto refs = load_reference_file(test::fe_library());
+  REQUIRE(refs.size() == 11);
+  CHECK(refs[0].name == "Magnetite");
+  CHECK(refs[6].name == "LiFe(II)PO4");
+  CHECK(refs[10].name == "Hematite_NP");
+  CHECK(refs[0].energies_eV.front() == doctest::Approx(7090.0));
+  CHECK(refs[0].energies_eV.back() == doctest::Approx(7199.7197));
+  // Normalized: ~0 before the edge, ~1 after.
+  CHECK(std::abs(refs[2].mu.front()) < 0.05);
+  CHECK(refs[2].mu.back() == doctest::Approx(1.0).epsilon(0.1));
+}
+
+TEST_CASE("two-column keV file is converted to eV; raw .e file with spaces is named from its header") {
+  const auto ni = load_reference_file(test::refs_dir() / "ni_k" / "ref_NiO.txt");
+  REQUIRE(ni.size() == 1);
+  CHECK(ni[0].name == "ref_NiO");
+  CHECK(ni[0].energies_eV.front() == doctest::Approx(8200.0));
+  CHECK(ni[0].energies_eV.back() == doctest::Approx(9000.0));
+  const auto g = load_reference_file(test::refs_dir() / "fe_k_standards_raw" / "Goethite FeXANES.e");
+  REQUIRE(g.size() == 1);
+  CHECK(g[0].name == "Goethite");
+  CHECK(g[0].energies_eV.front() == doctest::Approx(6910.9281));
+}
+
+TEST_CASE("resampling refuses a scan beyond the margin and names the reference") {
+  const auto refs = load_reference_file(test::fe_library());
+  const std::vector<double> inside = {7080, 7120, 7190};  // 10 eV below the library: within 20 eV
+  const auto R = resample(refs, inside, 20.0);
+  CHECK(R.rows() == 3);
+  CHECK(R(0, 0) == doctest::Approx(refs[0].mu.front()));  // end value held
+  const std::vector<double> outside = {7000, 7120};
+  CHECK_THROWS_WITH_AS(resample(refs, outside, 20.0), doctest::Contains("Magnetite"), ReferenceError);
+  CHECK_THROWS_WITH_AS(resample(refs, outside, 20.0), doctest::Contains("references.margin_eV"), ReferenceError);
+  CHECK_THROWS_AS(load_reference_file(test::refs_dir() / "no-such-file.nor"), ReferenceError);
+}
+
+TEST_CASE("signal normalization") {
+  CHECK(fluorescence_signal(110, 10, 200) == doctest::Approx(0.5));
+  CHECK(std::isnan(fluorescence_signal(110, 10, 0)));
+  bool clamped = true;
+  CHECK(transmission_signal(500, 0, 1000, 1e-6, clamped) == doctest::Approx(std::log(2.0)));
+  CHECK_FALSE(clamped);
+  const double y = transmission_signal(5, 10, 1000, 1e-6, clamped);  // counts below dark
+  CHECK(clamped);
+  CHECK(std::isfinite(y));
+  CHECK(y == doctest::Approx(-std::log(1e-6)));
+  transmission_signal(100, 10, 10, 1e-6, clamped);  // flat == dark: no beam
+  CHECK(clamped);
+}
+
+namespace {
+
+struct Problem {
+  LcfModel model;
+  std::vector<double> energies;
+};
+
+Problem fe_problem(const std::vector<std::string>& names) {
+  auto all = load_reference_file(test::fe_library());
+  std::vector<Reference> refs;
+  for (const auto& n : names)
+    for (const auto& r : all)
+      if (r.name == n) refs.push_back(r);
+  Problem p;
+  p.energies = {};
+  for (double e = 7080; e <= 7196; e += 2) p.energies.push_back(e);
+  p.model = make_lcf_model(names, resample(refs, p.energies, 20), p.energies, true);
+  return p;
+}
+
+// Exact NNLS optimum by enumerating every active set (small K only): the truth to test against.
+double brute_force_nnls_chi2(const Eigen::MatrixXd& G, const Eigen::VectorXd& s, double q, int n_free) {
+  const int M = static_cast<int>(G.rows()), K = M - n_free;
+  double best = INFINITY;
+  for (int mask = 0; mask < (1 << K); ++mask) {
+    std::vector<int> idx;
+    for (int i = 0; i < n_free; ++i) idx.push_back(i);
+    for (int k = 0; k < K; ++k)
+      if (mask & (1 << k)) idx.push_back(n_free + k);
+    const auto n = static_cast<Eigen::Index>(idx.size());
+    Eigen::MatrixXd A(n, n);
+    Eigen::VectorXd b(n);
+    for (Eigen::Index i = 0; i < n; ++i) {
+      b(i) = s(idx[i]);
+      for (Eigen::Index j = 0; j < n; ++j) A(i, j) = G(idx[i], idx[j]);
+    }
+    const Eigen::VectorXd z = A.ldlt().solve(b);
+    bool feasible = true;
+    Eigen::VectorXd theta = Eigen::VectorXd::Zero(M);
+    for (Eigen::Index i = 0; i < n; ++i) {
+      theta(idx[i]) = z(i);
+      if (idx[i] >= n_free && z(i) < -1e-12) feasible = false;
+    }
+    if (feasible) best = std::min(best, chi_squared(G, s, q, theta));
+  }
+  return best;
+}
+
+}  // namespace
+
+TEST_CASE("least squares recovers exact coefficients and background from noise-free data") {
+  const auto p = fe_problem({"Magnetite", "Goethite", "Pyrite"});
+  Eigen::VectorXd theta(5);
+  theta << 0.03, -0.01, 0.5, 0.3, 0.2;
+  const Eigen::VectorXd y = p.model.X * theta;
+  const Eigen::MatrixXd G = p.model.X.transpose() * p.model.X;
+  const Eigen::VectorXd s = p.model.X.transpose() * y;
+  const auto r = solve_least_squares(G, s, y.squaredNorm());
+  REQUIRE(r.ok);
+  for (int i = 0; i < 5; ++i) CHECK(r.theta(i) == doctest::Approx(theta(i)).epsilon(1e-6));
+  CHECK(r.chi2 < 1e-12);
+}
+
+TEST_CASE("NNLS: never negative, and equal to the exhaustive optimum") {
+  const auto p = fe_problem({"Magnetite", "Maghemite", "Goethite", "HFO", "Pyrite", "Hematite_NP"});
+  const Eigen::MatrixXd G = p.model.X.transpose() * p.model.X;
+  std::mt19937 rng(3);
+  std::normal_distribution<double> noise(0, 0.02);
+  std::uniform_real_distribution<double> u(0, 1);
+  for (int trial = 0; trial < 200; ++trial) {
+    Eigen::VectorXd theta = Eigen::VectorXd::Zero(8);
+    theta(0) = 0.05 * u(rng);
+    theta(1) = 0.02 * (u(rng) - 0.5);
+    for (int k = 2; k < 8; ++k) theta(k) = u(rng) < 0.5 ? u(rng) : 0.0;  // sparse mixtures
+    Eigen::VectorXd y = p.model.X * theta;
+    for (auto& v : y) v += noise(rng);
+    const Eigen::VectorXd s = p.model.X.transpose() * y;
+    const auto r = solve_nnls(G, s, y.squaredNorm(), 2);
+    REQUIRE(r.ok);
+    CHECK(r.theta.tail(6).minCoeff() >= 0.0);
+    CHECK(r.chi2 == doctest::Approx(brute_force_nnls_chi2(G, s, y.squaredNorm(), 2)).epsilon(1e-7));
+  }
+}
+
+TEST_CASE("incremental fit: any arrival order, re-measurement and energy subsets give the batch answer") {
+  const auto p = fe_problem({"Magnetite", "Goethite", "Pyrite"});
+  const auto E = static_cast<int>(p.energies.size());
+  const std::size_t P = 50;
+  std::mt19937 rng(11);
+  std::uniform_real_distribution<double> u(0, 1);
+  std::normal_distribution<double> noise(0, 0.01);
+  std::vector<std::vector<double>> y(P, std::vector<double>(static_cast<std::size_t>(E)));
+  for (auto& spec : y) {
+    Eigen::VectorXd theta(5);
+    theta << 0.02, 0.01, u(rng), u(rng), u(rng);
+    const Eigen::VectorXd clean = p.model.X * theta;
+    for (int e = 0; e < E; ++e) spec[static_cast<std::size_t>(e)] = clean(e) + noise(rng);
+  }
+  IncrementalLcf energy_major(p.model, P, FitMethod::nnls), pixel_major(p.model, P, FitMethod::nnls);
+  for (int e = 0; e < E; ++e)
+    for (std::size_t px = 0; px < P; ++px) energy_major.add(px, e, y[px][static_cast<std::size_t>(e)]);
+  for (std::size_t px = 0; px < P; ++px)
+    for (int e = E - 1; e >= 0; --e) {  // reversed energies, and one bad value later corrected
+      if (e == 5) {
+        pixel_major.add(px, e, 99.0);
+        pixel_major.replace(px, e, 99.0, y[px][5]);
+      } else {
+        pixel_major.add(px, e, y[px][static_cast<std::size_t>(e)]);
+      }
+    }
+  energy_major.solve_changed();
+  pixel_major.solve_changed();
+  for (std::size_t px = 0; px < P; ++px) {
+    CHECK(energy_major.maps().fitted[px] == 1);
+    CHECK(energy_major.maps().thickness[px] == doctest::Approx(pixel_major.maps().thickness[px]).epsilon(1e-4));
+    for (int k = 0; k < 3; ++k)
+      CHECK(energy_major.maps().fractions[k * P + px] ==
+            doctest::Approx(pixel_major.maps().fractions[k * P + px]).epsilon(1e-4));
+  }
+  // Batch reference on one pixel.
+  const Eigen::Map<const Eigen::VectorXd> y0(y[0].data(), E);
+  const Eigen::MatrixXd G = p.model.X.transpose() * p.model.X;
+  const auto r = solve_nnls(G, p.model.X.transpose() * y0, y0.squaredNorm(), 2);
+  CHECK(energy_major.maps().thickness[0] == doctest::Approx(r.theta.tail(3).sum()).epsilon(1e-5));
+
+  // Subset: only every third energy measured (plus the edge), still fits; fewer than M: not fitted.
+  IncrementalLcf subset(p.model, 2, FitMethod::least_squares);
+  for (int e = 0; e < E; e += 3) subset.add(0, e, y[0][static_cast<std::size_t>(e)]);
+  for (int e = 0; e < 3; ++e) subset.add(1, e, y[1][static_cast<std::size_t>(e)]);
+  subset.solve_changed();
+  CHECK(subset.maps().fitted[0] == 1);
+  CHECK(subset.maps().nenergies[0] == (E + 2) / 3);
+  CHECK(subset.maps().fitted[1] == 0);
+  CHECK(subset.maps().thickness[0] == doctest::Approx(energy_major.maps().thickness[0]).epsilon(0.1));
+  // All pixels of the energy-major scan share the E prefix sets (+ the empty set).
+  CHECK(energy_major.energy_sets() == static_cast<std::size_t>(E) + 1);
+}
