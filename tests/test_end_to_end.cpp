@@ -198,6 +198,30 @@ TEST_CASE("live fluorescence scan: maps on the PUB socket while it runs, result 
   for (std::size_t i = 0; i < pm.size(); ++i) maxdiff = std::max(maxdiff, static_cast<double>(std::abs(pm[i] - fractions[i])));
   CHECK(maxdiff < 1e-4);
 
+  // Late join: a snapshot from the control socket carries the latest publication of each topic.
+  {
+    auto frames = test::control_frames(ctx, d.control, {{"cmd", "snapshot"}});
+    const auto head = nlohmann::json::parse(frames.at(0).to_string_view());
+    REQUIRE(head.value("ok", false));
+    std::map<std::string, protocol::WireMessage> latest;
+    std::size_t i = 1;
+    for (int n = 0; n < head.at("publications").get<int>(); ++n) {
+      const auto header = protocol::decode_header(frames.at(i + 1).data(), frames.at(i + 1).size());
+      const std::size_t parts = 2 + header.at("arrays").size();
+      std::vector<zmq::message_t> one;
+      for (std::size_t j = 0; j < parts; ++j) one.push_back(std::move(frames.at(i + j)));
+      auto m = protocol::decode(std::move(one));
+      latest.emplace(m.topic, std::move(m));
+      i += parts;
+    }
+    CHECK(i == frames.size());
+    REQUIRE(latest.count("maps/fractions"));
+    REQUIRE(latest.count("status"));
+    CHECK(latest["maps/fractions"].header.at("scan_id") == "fluo-pm");
+    CHECK(latest["maps/fractions"].header.at("final") == true);
+    CHECK(latest["maps/fractions"].header.at("version") == head.at("version"));
+  }
+
   CHECK(control_retry(ctx, d.control, {{"cmd", "shutdown"}}).value("ok", false));
   CHECK(d.proc->wait(10s) == 0);
 }

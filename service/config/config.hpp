@@ -44,6 +44,7 @@ struct FitConfig {
 struct OutputConfig {
   std::filesystem::path directory;
   bool write_on_stop = true;
+  bool save_spectra = true;
 };
 
 struct Config {

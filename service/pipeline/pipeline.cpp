@@ -60,6 +60,7 @@ void Pipeline::update_status() {
                       {"scan", scan_ ? scan_->summary() : nlohmann::json(nullptr)},
                       {"references", refs},
                       {"version", version_},
+                      {"result_file", result_file_},
                       {"ingest_queue", queue_.stats()},
                       {"publish_queue", publisher_.stats()}};
   if (scan_ && scan_->state() != ScanState::running) s["state"] = "idle";
@@ -126,6 +127,7 @@ void Pipeline::on_start(protocol::StartMsg&& s) {
                protocol::to_string(scan_->start().mode));
   if (!scan_->fit_error().empty()) report({"references_unusable", scan_->fit_error()}, id);
   version_ = 0;
+  result_file_.clear();
   changed_since_publish_ = false;
   update_status();
   publisher_.publish(make_status_message(status(), id, version_));
@@ -191,13 +193,14 @@ nlohmann::json Pipeline::save(const std::string& path) {
   scan_->solve_changed();
   const std::filesystem::path out = path.empty() ? cfg_.output.directory / (scan_->id() + ".h5") : std::filesystem::path(path);
   try {
-    write_result_file(out, *scan_, cfg_.effective, counters_.to_json());
+    write_result_file(out, *scan_, cfg_.effective, counters_.to_json(), cfg_.output.save_spectra);
   } catch (const std::exception& e) {
     return {{"ok", false}, {"error", "cannot write '" + out.string() + "': " + e.what()}};
   }
   counters_.add("results.files_written");
+  result_file_ = std::filesystem::absolute(out).string();
   spdlog::info("scan {}: result file {}", scan_->id(), out.string());
-  return {{"ok", true}, {"path", std::filesystem::absolute(out).string()}};
+  return {{"ok", true}, {"path", result_file_}};
 }
 
 nlohmann::json Pipeline::handle(const nlohmann::json& req) {

@@ -58,6 +58,7 @@ class Pipeline {
   Counters& counters_;
   std::unique_ptr<Scan> scan_;  // the running scan, or the last one (for save)
   std::int64_t version_ = 0;
+  std::string result_file_;  // last result file written for scan_, for status
   bool changed_since_publish_ = false;
   std::chrono::steady_clock::time_point last_publish_{};
   std::atomic<std::int64_t> error_version_{0};

@@ -58,6 +58,9 @@ void write_spectra(hid_t entry, const Scan& scan) {
   h5::attr_string(data, "signal", "spectra");
   h5::attr_strings(data, "axes", {"energy", ".", "."});
   h5::attr_string(data, "title", "normalized signal per pixel (NaN = not measured)");
+}
+
+void write_xrf(hid_t entry, const Scan& scan) {
   if (!scan.start().xrf_channels.empty()) {
     auto xrf = h5::create_group(entry, "xrf", "NXcollection");
     for (std::size_t ch = 0; ch < scan.start().xrf_channels.size(); ++ch)
@@ -69,7 +72,7 @@ void write_spectra(hid_t entry, const Scan& scan) {
 }  // namespace
 
 void write_result_file(const std::filesystem::path& path, const Scan& scan, const nlohmann::json& config,
-                       const nlohmann::json& counters) {
+                       const nlohmann::json& counters, bool save_spectra) {
   if (path.has_parent_path()) std::filesystem::create_directories(path.parent_path());
   const auto tmp = path.string() + ".partial";
   {
@@ -80,7 +83,8 @@ void write_result_file(const std::filesystem::path& path, const Scan& scan, cons
     h5::attr_string(entry, "default", "results");
     write_scan_info(entry, scan, config, counters);
     write_results(entry, scan);
-    write_spectra(entry, scan);
+    if (save_spectra) write_spectra(entry, scan);
+    write_xrf(entry, scan);
   }
   std::filesystem::rename(tmp, path);
 }

@@ -12,6 +12,6 @@ namespace xanesd {
 
 // Writes <path> atomically (to a temporary name, then renamed) so readers never see half a file.
 void write_result_file(const std::filesystem::path& path, const Scan& scan, const nlohmann::json& config,
-                       const nlohmann::json& counters);
+                       const nlohmann::json& counters, bool save_spectra);
 
 }  // namespace xanesd
