@@ -17,8 +17,15 @@ std::vector<science::Reference> load_references(const ReferencesConfig& cfg) {
   return refs;
 }
 
+namespace {
+const Config& with_log_level(const Config& cfg) {  // before anything logs
+  spdlog::set_level(spdlog::level::from_str(cfg.log_level));
+  return cfg;
+}
+}  // namespace
+
 Daemon::Daemon(const Config& cfg)
-    : queue_(static_cast<std::size_t>(cfg.ingest.queue_frames)),
+    : queue_((with_log_level(cfg), static_cast<std::size_t>(cfg.ingest.queue_frames))),
       publisher_(ctx_, cfg.publish, counters_),
       pipeline_(cfg, load_references(cfg.references), queue_, publisher_, counters_),
       receiver_(ctx_, cfg.ingest, queue_, counters_,

@@ -215,10 +215,10 @@ TEST_CASE("every kind of bad input is reported and counted; the scan goes on") {
   nlohmann::json status;
   for (int i = 0; i < 100; ++i) {
     status = d.control({{"cmd", "status"}});
-    if (status.value("scan_state", "") == "stopped" && !status.value("result_file", "").empty()) break;
+    if (status.value("state", "") == "stopped" && !status.value("result_file", "").empty()) break;
     std::this_thread::sleep_for(50ms);
   }
-  REQUIRE(status.value("scan_state", "") == "stopped");
+  REQUIRE(status.value("state", "") == "stopped");
   const auto& c = status.at("counters");
   CHECK(c.at("ingest.frames_accepted") == 2 + (kE - 3) + 1);
   CHECK(c.at("issues.malformed_message") == 2);

@@ -160,7 +160,7 @@ TEST_CASE("incremental fit: any arrival order, re-measurement and energy subsets
     const Eigen::VectorXd clean = p.model.X * theta;
     for (int e = 0; e < E; ++e) spec[static_cast<std::size_t>(e)] = clean(e) + noise(rng);
   }
-  IncrementalLcf energy_major(p.model, P, FitMethod::nnls), pixel_major(p.model, P, FitMethod::nnls);
+  IncrementalLcf energy_major(p.model, P, {}), pixel_major(p.model, P, {});
   for (int e = 0; e < E; ++e)
     for (std::size_t px = 0; px < P; ++px) energy_major.add(px, e, y[px][static_cast<std::size_t>(e)]);
   for (std::size_t px = 0; px < P; ++px)
@@ -188,7 +188,7 @@ TEST_CASE("incremental fit: any arrival order, re-measurement and energy subsets
   CHECK(energy_major.maps().thickness[0] == doctest::Approx(r.theta.tail(3).sum()).epsilon(1e-5));
 
   // Subset: only every third energy measured (plus the edge), still fits; fewer than M: not fitted.
-  IncrementalLcf subset(p.model, 2, FitMethod::least_squares);
+  IncrementalLcf subset(p.model, 2, {.method = FitMethod::least_squares});
   for (int e = 0; e < E; e += 3) subset.add(0, e, y[0][static_cast<std::size_t>(e)]);
   for (int e = 0; e < 3; ++e) subset.add(1, e, y[1][static_cast<std::size_t>(e)]);
   subset.solve_changed();
@@ -198,4 +198,39 @@ TEST_CASE("incremental fit: any arrival order, re-measurement and energy subsets
   CHECK(subset.maps().thickness[0] == doctest::Approx(energy_major.maps().thickness[0]).epsilon(0.1));
   // All pixels of the energy-major scan share the E prefix sets (+ the empty set).
   CHECK(energy_major.energy_sets() == static_cast<std::size_t>(E) + 1);
+}
+
+TEST_CASE("the image solver (cached passive sets, threads) matches the reference NNLS pixel by pixel") {
+  const auto p = fe_problem({"Magnetite", "Maghemite", "Goethite", "HFO", "Pyrite", "Hematite_NP"});
+  const auto E = static_cast<int>(p.energies.size());
+  const std::size_t P = 20000;
+  std::mt19937 rng(5);
+  std::uniform_real_distribution<double> u(0, 1);
+  std::normal_distribution<double> noise(0, 0.02);
+  IncrementalLcf lcf(p.model, P, {});
+  std::vector<Eigen::VectorXd> spectra;
+  for (std::size_t px = 0; px < P; ++px) {
+    Eigen::VectorXd theta = Eigen::VectorXd::Zero(8);
+    theta(0) = 0.03;
+    for (int k = 2; k < 8; ++k) theta(k) = u(rng) < 0.4 ? u(rng) : 0.0;
+    Eigen::VectorXd y = p.model.X * theta;
+    for (auto& v : y) v += noise(rng);
+    spectra.push_back(y);
+  }
+  for (int e = 0; e < E; ++e)
+    for (std::size_t px = 0; px < P; ++px) lcf.add(px, e, spectra[px](e));
+  CHECK(lcf.solve_changed(2) == P);
+  const Eigen::MatrixXd G = p.model.X.transpose() * p.model.X;
+  int negative = 0;
+  for (std::size_t px = 0; px < P; px += 97) {
+    const auto r = solve_nnls(G, p.model.X.transpose() * spectra[px], spectra[px].squaredNorm(), 2);
+    const double total = r.theta.tail(6).sum();
+    CHECK(lcf.maps().thickness[px] == doctest::Approx(total).epsilon(1e-5));
+    for (int k = 0; k < 6; ++k) {
+      const float f = lcf.maps().fractions[static_cast<std::size_t>(k) * P + px];
+      negative += f < 0;
+      if (total > 1e-6) CHECK(f == doctest::Approx(r.theta(2 + k) / total).epsilon(1e-4).scale(1));
+    }
+  }
+  CHECK(negative == 0);
 }

@@ -417,5 +417,100 @@ class Malformed(unittest.TestCase):
             xp.encode("t", [], [])
 
 
+class Sockets(unittest.TestCase):
+    """Client, subscribe and recv against in-process fake daemon sockets (no xanesd needed)."""
+
+    def setUp(self):
+        try:
+            import zmq
+        except ImportError:
+            self.skipTest("pyzmq not available")
+        self.zmq = zmq
+        self.ctx = zmq.Context.instance()
+
+    def test_client_request_snapshot_and_timeout(self):
+        import threading
+        import time
+        zmq = self.zmq
+        cached = (xp.encode("maps/thickness", {"type": "map", "scan_id": "s", "version": 4},
+                            [("thickness", np.ones((2, 2), np.float32))])
+                  + xp.encode("status", {"type": "status", "scan_id": "s", "version": 4}, [])
+                  + xp.encode("maps/fractions", {"type": "map", "version": 4},
+                              [("fractions", np.zeros((2, 2, 2), np.float32)), ("extra", np.zeros(1, np.uint8))]))
+
+        def serve(rep, n):
+            for _ in range(n):
+                if not rep.poll(5000):
+                    return
+                req = json.loads(rep.recv())
+                if req["cmd"] == "snapshot":
+                    rep.send_multipart([json.dumps({"ok": True, "version": 4, "publications": 3}).encode()] + cached)
+                else:
+                    rep.send(json.dumps({"ok": True, "echo": req}).encode())
+
+        def server(endpoint, n):
+            rep = self.ctx.socket(zmq.REP)
+            rep.setsockopt(zmq.LINGER, 0)
+            for _ in range(200):  # a closed socket releases its address asynchronously
+                try:
+                    rep.bind(endpoint)
+                    break
+                except zmq.ZMQError:
+                    time.sleep(0.01)
+            t = threading.Thread(target=serve, args=(rep, n), daemon=True)
+            t.start()
+            return rep, t
+
+        rep, t = server("tcp://127.0.0.1:*", 2)
+        endpoint = rep.getsockopt_string(zmq.LAST_ENDPOINT)
+        c = xp.Client(endpoint, timeout_ms=3000)
+        try:
+            self.assertEqual(c.request("configure", set={"fit.method": "nnls"})["echo"],
+                             {"cmd": "configure", "set": {"fit.method": "nnls"}})
+            reply, msgs = c.snapshot()
+            self.assertEqual(reply["publications"], 3)
+            self.assertEqual([m.topic for m in msgs], ["maps/thickness", "status", "maps/fractions"])
+            self.assertEqual(set(msgs[2].arrays), {"fractions", "extra"})
+            t.join()
+            rep.close(linger=0)
+            # nobody answers: TimeoutError ...
+            c.timeout_ms = 200
+            with self.assertRaises(TimeoutError):
+                c.request("status")
+            # ... and the client works again once a daemon is back (its socket was recreated)
+            rep, t = server(endpoint, 1)
+            c.timeout_ms = 3000
+            self.assertEqual(c.request("status")["echo"], {"cmd": "status"})
+            t.join()
+        finally:
+            rep.close(linger=0)
+            c.close()
+
+    def test_subscribe_and_recv(self):
+        zmq = self.zmq
+        pub = self.ctx.socket(zmq.PUB)
+        pub.bind("inproc://xanesd-test-pub")
+        sub = xp.subscribe("inproc://xanesd-test-pub", topics=("maps/",))
+        try:
+            self.assertIsNone(xp.recv(sub, timeout_ms=10))
+            import time
+            deadline = time.monotonic() + 5
+            got = None
+            while got is None and time.monotonic() < deadline:  # slow joiner
+                xp.send(pub, xp.encode("status", {"version": 1}, []))
+                xp.send(pub, xp.encode("maps/residual", {"version": 1}, [("residual", np.ones(3, ">f4"))]))
+                got = xp.recv(sub, timeout_ms=50)
+            self.assertIsNotNone(got)
+            self.assertEqual(got.topic, "maps/residual")  # status filtered out by the subscription
+            self.assertEqual(got.arrays["residual"].tolist(), [1.0, 1.0, 1.0])
+            pub.send_multipart([b"maps/bad", b"\xc1"])
+            with self.assertRaises(xp.ProtocolError):
+                while True:
+                    xp.recv(sub, timeout_ms=1000)
+        finally:
+            sub.close(linger=0)
+            pub.close(linger=0)
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2 if "-v" in sys.argv else 1, argv=[a for a in sys.argv if a != "-v"])

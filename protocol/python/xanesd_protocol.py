@@ -25,7 +25,7 @@ import numbers
 import struct
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import msgpack
 import numpy as np
@@ -190,6 +190,8 @@ def encode(topic: str, header: dict, arrays: Sequence[tuple[str, np.ndarray]] = 
         raise ProtocolError("header must be a dict")
     h = dict(header)
     descs, raws = [], []
+    if isinstance(arrays, dict):
+        arrays = list(arrays.items())
     for item in arrays:
         name, arr = item
         d, raw = _descriptor_and_bytes(name, arr)
@@ -456,6 +458,9 @@ class Client:
         zmq = _zmq()
         self._sock = self._ctx.socket(zmq.REQ)
         self._sock.setsockopt(zmq.LINGER, 0)
+        if self.timeout_ms is not None and self.timeout_ms >= 0:
+            # a REQ socket without a live peer pipe blocks in send: bound that too
+            self._sock.setsockopt(zmq.SNDTIMEO, int(self.timeout_ms))
         self._sock.connect(self.endpoint)
 
     def close(self):
@@ -474,11 +479,15 @@ class Client:
         zmq = _zmq()
         if self._sock is None:
             self._connect()
-        self._sock.send(json.dumps(payload).encode("utf-8"))
+        try:
+            self._sock.send(json.dumps(payload).encode("utf-8"))
+            sent = True
+        except zmq.Again:
+            sent = False
         if self.timeout_ms is None or self.timeout_ms < 0:
-            ready = True
+            ready = sent
         else:
-            ready = self._sock.poll(self.timeout_ms, zmq.POLLIN)
+            ready = sent and self._sock.poll(self.timeout_ms, zmq.POLLIN)
         if not ready:
             self.close()
             self._connect()

@@ -136,6 +136,8 @@ Array::Array(std::string name, DType dtype, std::vector<std::int64_t> shape, boo
       data_(std::move(data)) {
   for (auto d : shape_)
     if (d < 0) throw ProtocolError("array '" + name_ + "': negative dimension");
+  if (size() > std::numeric_limits<std::size_t>::max() / itemsize(dtype_))
+    throw ProtocolError("array '" + name_ + "': shape overflows");
   if (size() * itemsize(dtype_) != data_.size())
     throw ProtocolError("array '" + name_ + "': frame has " + std::to_string(data_.size()) +
                         " bytes, descriptor " + to_string(dtype_) + " shape needs " +
@@ -263,10 +265,11 @@ WireMessage decode(std::vector<zmq::message_t>&& frames) {
       if (!s.is_number_integer()) throw ProtocolError("array '" + name + "': shape entries must be ints");
       shape.push_back(s.get<std::int64_t>());
     }
+    // byteorder is optional (default '<'); '|' ("not applicable") only for 1-byte types.
     const std::string bo = d.contains("byteorder") ? require_string(d, "byteorder") : "<";
-    if (bo != "<" && bo != ">" && bo != "|" && bo != "=")
-      throw ProtocolError("array '" + name + "': byteorder must be '<', '>' or '|'");
-    const bool little = bo == ">" ? false : (bo == "=" ? std::endian::native == std::endian::little : true);
+    if (bo != "<" && bo != ">" && !(bo == "|" && itemsize(dtype) == 1))
+      throw ProtocolError("array '" + name + "': byteorder must be '<' or '>' ('|' only for 1-byte dtypes), got '" + bo + "'");
+    const bool little = bo != ">";
     m.arrays.emplace_back(name, dtype, std::move(shape), little, std::move(frames[i + 2]));
   }
   return m;

@@ -14,14 +14,18 @@ const std::vector<ConfigKey>& config_keys() {
       {"ingest.energy_tolerance_eV", 1.0, "largest allowed |frame.energy_eV − planned energy| (eV); frames beyond it are rejected", 0, 1e4},
       {"ingest.min_transmission", 1e-6, "transmission I/F below this (including ≤ 0) is clamped to it before −ln and counted", 1e-300, 1},
       {"publish.endpoint", "tcp://127.0.0.1:5556", "ZeroMQ endpoint the PUB socket binds for live products"},
-      {"publish.interval_ms", 250, "minimum time (ms) between map publications while a scan runs; 0 publishes after every batch of frames", 0, 3.6e6, true},
+      {"publish.interval_ms", 250, "minimum time (ms) between map publications while a scan runs. A cycle (solve + publish) is also never started sooner after the previous one than that one took, so solving uses at most about half of the pipeline's time and ingest keeps up; 0 publishes as often as that allows", 0, 3.6e6, true},
       {"publish.sndhwm", 100, "ZeroMQ send high-water mark (message parts) per subscriber: how much a slow subscriber may have queued (maps are large: keep it modest) before it misses publications and sees a gap in `version`; nothing upstream ever waits", 1, 100000},
       {"control.endpoint", "tcp://127.0.0.1:5557", "ZeroMQ endpoint the REP control socket binds"},
       {"control.reply_timeout_ms", 60000, "longest a control request waits for the pipeline before it is answered with an error (ms)", 100, 3.6e6},
       {"references.files", nlohmann::json::array(), "reference spectra files (XDI .nor multi-column, or two-column eV/keV text), relative to the config file's folder"},
       {"references.margin_eV", 20.0, "how far (eV) the scan may extend beyond a reference's energy range; there the reference's end value is held. Beyond it the references are refused for that scan", 0, 1e4},
-      {"fit.method", "nnls", "'nnls' (species coefficients ≥ 0, background free) or 'least_squares'", -1e300, 1e300, true},
+      {"fit.method", "nnls", "'nnls' (species coefficients ≥ 0, background free), 'least_squares', or 'lasso' (positive LASSO for large libraries: selects a few references)", -1e300, 1e300, true},
       {"fit.background", true, "fit a + b·(E−E0) jointly with the references (science.md §3)"},
+      {"fit.sum_to_one", false, "constrain Σc = 1: only for edge-normalized spectra (thickness is then fixed at 1)", -1e300, 1e300, true},
+      {"fit.lasso_alpha", 5e-4, "positive-LASSO penalty per energy point on normalized spectra (scikit-learn's α; scaled by each pixel's thickness)", 0, 10, true},
+      {"fit.threads", 0, "threads that solve pixels at each publication (0: one per core)", 0, 256},
+      {"fit.lasso_refit", true, "after LASSO selects references, re-estimate them by NNLS (removes the shrinkage bias)", -1e300, 1e300, true},
       {"output.directory", "results", "folder for result files <scan_id>.h5 (relative to the working directory)"},
       {"output.write_on_stop", true, "write the result file when a scan stops"},
       {"output.save_spectra", true, "also write the normalized spectra (/entry/data/spectra, E×rows×cols float32) for reprocessing; 1.6 GB for a 2048² × 100 scan"},
@@ -88,9 +92,10 @@ Config build(const nlohmann::json& flat, const std::filesystem::path& base_dir) 
     c.references.files.push_back(p.is_absolute() ? p : base_dir / p);
   }
   c.references.margin_eV = num("references.margin_eV");
-  c.fit = {str("fit.method"), flat.at("fit.background").get<bool>()};
-  if (c.fit.method != "nnls" && c.fit.method != "least_squares")
-    throw ConfigError("config key 'fit.method' must be 'nnls' or 'least_squares', got '" + c.fit.method + "'");
+  c.fit = {str("fit.method"), flat.at("fit.background").get<bool>(), flat.at("fit.sum_to_one").get<bool>(),
+           num("fit.lasso_alpha"), flat.at("fit.lasso_refit").get<bool>(), integer("fit.threads")};
+  if (c.fit.method != "nnls" && c.fit.method != "least_squares" && c.fit.method != "lasso")
+    throw ConfigError("config key 'fit.method' must be 'nnls', 'least_squares' or 'lasso', got '" + c.fit.method + "'");
   c.output = {str("output.directory"), flat.at("output.write_on_stop").get<bool>(), flat.at("output.save_spectra").get<bool>()};
   c.log_level = str("log.level");
   static const char* levels[] = {"trace", "debug", "info", "warn", "error", "critical", "off"};

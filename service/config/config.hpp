@@ -40,6 +40,10 @@ struct ReferencesConfig {
 struct FitConfig {
   std::string method;
   bool background = true;
+  bool sum_to_one = false;
+  double lasso_alpha = 5e-4;
+  bool lasso_refit = true;
+  int threads = 0;  // 0: all cores
 };
 struct OutputConfig {
   std::filesystem::path directory;

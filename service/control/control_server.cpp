@@ -53,10 +53,10 @@ std::vector<zmq::message_t> ControlServer::handle(const zmq::message_t& raw) {
     return reply;
   }
   if (cmd == "snapshot") {
-    auto cached = publisher_.snapshot();
-    const auto status = pipeline_.status();
-    reply.push_back(json_frame({{"ok", true}, {"version", status.value("version", 0)}, {"publications", cached.size()}}));
-    for (auto& frames : cached)
+    auto snap = publisher_.snapshot();
+    reply.push_back(json_frame({{"ok", true}, {"scan_id", snap.scan_id}, {"version", snap.version},
+                                {"publications", snap.messages.size()}}));
+    for (auto& frames : snap.messages)
       for (auto& f : frames) reply.push_back(std::move(f));
     return reply;
   }

@@ -27,9 +27,16 @@ ScanSettings Pipeline::settings() const {
   s.energy_tolerance_eV = cfg_.ingest.energy_tolerance_eV;
   s.min_transmission = cfg_.ingest.min_transmission;
   s.margin_eV = cfg_.references.margin_eV;
-  s.method = science::fit_method_from_string(cfg_.fit.method);
+  s.fit.method = science::fit_method_from_string(cfg_.fit.method);
+  s.fit.sum_to_one = cfg_.fit.sum_to_one;
+  s.fit.lasso_alpha = cfg_.fit.lasso_alpha;
+  s.fit.lasso_refit = cfg_.fit.lasso_refit;
   s.background = cfg_.fit.background;
   return s;
+}
+
+int Pipeline::solve_threads() const {
+  return cfg_.fit.threads > 0 ? cfg_.fit.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
 }
 
 std::future<nlohmann::json> Pipeline::submit(nlohmann::json request) {
@@ -63,8 +70,6 @@ void Pipeline::update_status() {
                       {"result_file", result_file_},
                       {"ingest_queue", queue_.stats()},
                       {"publish_queue", publisher_.stats()}};
-  if (scan_ && scan_->state() != ScanState::running) s["state"] = "idle";
-  if (scan_) s["scan_state"] = to_string(scan_->state());
   std::lock_guard lock(status_mutex_);
   status_ = std::move(s);
 }
@@ -94,9 +99,10 @@ void Pipeline::run(std::stop_token stop) {
       }
     }
     if (scan_ && scan_->state() == ScanState::running && changed_since_publish_) {
-      const auto due = last_publish_ + milliseconds(cfg_.publish.interval_ms);
-      // interval 0: publish whenever the queue has drained (after a batch of frames).
-      if (cfg_.publish.interval_ms == 0 ? queue_.empty() : steady_clock::now() >= due) publish_cycle(false);
+      // Never sooner than the interval, nor sooner than the last cycle took: solving then
+      // takes at most about half the pipeline's time, whatever the image size.
+      const auto due = last_publish_ + std::max<steady_clock::duration>(milliseconds(cfg_.publish.interval_ms), last_cycle_);
+      if (steady_clock::now() >= due) publish_cycle(false);
     }
   }
 }
@@ -176,13 +182,14 @@ void Pipeline::finish_scan(bool write_file) {
 
 void Pipeline::publish_cycle(bool final) {
   const auto t0 = std::chrono::steady_clock::now();
-  const auto solved = scan_->solve_changed();
+  const auto solved = scan_->solve_changed(solve_threads());
   ++version_;
   for (auto& m : make_map_messages(*scan_, version_, final)) publisher_.publish(std::move(m));
   update_status();
   publisher_.publish(make_status_message(status(), scan_->id(), version_));
   changed_since_publish_ = false;
   last_publish_ = std::chrono::steady_clock::now();
+  last_cycle_ = last_publish_ - t0;
   counters_.add("publish.cycles");
   spdlog::debug("cycle {}: solved {} pixels in {:.1f} ms", version_, solved,
                 std::chrono::duration<double, std::milli>(last_publish_ - t0).count());
@@ -190,7 +197,7 @@ void Pipeline::publish_cycle(bool final) {
 
 nlohmann::json Pipeline::save(const std::string& path) {
   if (!scan_) return {{"ok", false}, {"error", "no scan to save"}};
-  scan_->solve_changed();
+  scan_->solve_changed(solve_threads());
   const std::filesystem::path out = path.empty() ? cfg_.output.directory / (scan_->id() + ".h5") : std::filesystem::path(path);
   try {
     write_result_file(out, *scan_, cfg_.effective, counters_.to_json(), cfg_.output.save_spectra);

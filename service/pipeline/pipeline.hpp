@@ -50,6 +50,7 @@ class Pipeline {
   nlohmann::json handle(const nlohmann::json& request);
   nlohmann::json save(const std::string& path);
   ScanSettings settings() const;
+  int solve_threads() const;
 
   Config cfg_;
   std::vector<science::Reference> refs_;
@@ -61,6 +62,7 @@ class Pipeline {
   std::string result_file_;  // last result file written for scan_, for status
   bool changed_since_publish_ = false;
   std::chrono::steady_clock::time_point last_publish_{};
+  std::chrono::steady_clock::duration last_cycle_{};  // how long the last publication cycle took
   std::atomic<std::int64_t> error_version_{0};
 
   std::mutex commands_mutex_;  // guards commands_

@@ -38,6 +38,7 @@ std::vector<protocol::WireMessage> make_map_messages(const Scan& scan, std::int6
   fractions.header["reference_names"] = fit->model().reference_names;
   fractions.header["fit_method"] = science::to_string(fit->method());
   fractions.arrays.push_back(protocol::Array::from<float>("fractions", maps.fractions, {K, R, C}));
+  fractions.arrays.push_back(protocol::Array::from<float>("fraction_sigma", maps.fraction_sigma, {K, R, C}));
   out.push_back(std::move(fractions));
 
   auto thickness = map_message(scan, "maps/thickness", version, final);
@@ -46,6 +47,7 @@ std::vector<protocol::WireMessage> make_map_messages(const Scan& scan, std::int6
 
   auto residual = map_message(scan, "maps/residual", version, final);
   residual.arrays.push_back(protocol::Array::from<float>("residual", maps.residual, {R, C}));
+  residual.arrays.push_back(protocol::Array::from<float>("rfactor", maps.rfactor, {R, C}));
   out.push_back(std::move(residual));
 
   auto nenergies = map_message(scan, "maps/nenergies", version, final);

@@ -26,13 +26,15 @@ bool Publisher::publish(protocol::WireMessage&& msg) {
   return false;
 }
 
-std::vector<std::vector<zmq::message_t>> Publisher::snapshot() const {
+Publisher::Snapshot Publisher::snapshot() const {
   std::lock_guard lock(cache_mutex_);
-  std::vector<std::vector<zmq::message_t>> out;
-  for (const auto& [topic, frames] : cache_) {
+  Snapshot out;
+  out.scan_id = cache_scan_;
+  for (const auto& [topic, cached] : cache_) {
     std::vector<zmq::message_t> copy;
-    for (const auto& f : frames) copy.emplace_back(f.data(), f.size());
-    out.push_back(std::move(copy));
+    for (const auto& f : cached.frames) copy.emplace_back(f.data(), f.size());
+    out.messages.push_back(std::move(copy));
+    out.version = std::max(out.version, cached.version);
   }
   return out;
 }
@@ -43,6 +45,8 @@ void Publisher::run(std::stop_token stop) {
     if (!msg) continue;
     try {
       const std::string topic = msg->topic;
+      const std::string scan_id = msg->header.value("scan_id", "");
+      const std::int64_t version = msg->header.value("version", std::int64_t{0});
       auto frames = protocol::encode(std::move(*msg));
       std::vector<zmq::message_t> cached;
       if (topic != "errors")  // errors are events, not state: nothing to replay on late join
@@ -54,7 +58,11 @@ void Publisher::run(std::stop_token stop) {
       counters_.add("publish.messages");
       if (!cached.empty()) {
         std::lock_guard lock(cache_mutex_);
-        cache_[topic] = std::move(cached);
+        if (scan_id != cache_scan_) {  // a new scan: the previous scan's maps are not its state
+          cache_.clear();
+          cache_scan_ = scan_id;
+        }
+        cache_[topic] = {std::move(cached), version};
       }
     } catch (const std::exception& e) {
       counters_.add("publish.errors");

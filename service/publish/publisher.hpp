@@ -26,8 +26,14 @@ class Publisher {
 
   // Queues a message for sending; never blocks. Returns false (counted) if the queue is full.
   bool publish(protocol::WireMessage&& msg);
-  // Copies of the cached latest message of every topic (maps, status, energies), as frames.
-  std::vector<std::vector<zmq::message_t>> snapshot() const;
+  // Copies of the cached latest message of every topic (maps, status, energies) of the most
+  // recent scan, as frames, and the highest `version` among them.
+  struct Snapshot {
+    std::vector<std::vector<zmq::message_t>> messages;
+    std::int64_t version = 0;
+    std::string scan_id;
+  };
+  Snapshot snapshot() const;
   nlohmann::json stats() const { return queue_.stats(); }
 
  private:
@@ -36,8 +42,13 @@ class Publisher {
   zmq::socket_t socket_;
   Counters& counters_;
   BoundedQueue<protocol::WireMessage> queue_;
-  mutable std::mutex cache_mutex_;  // guards cache_
-  std::map<std::string, std::vector<zmq::message_t>> cache_;
+  struct Cached {
+    std::vector<zmq::message_t> frames;
+    std::int64_t version = 0;
+  };
+  mutable std::mutex cache_mutex_;  // guards cache_ and cache_scan_
+  std::map<std::string, Cached> cache_;
+  std::string cache_scan_;  // the scan the cached messages belong to
   std::jthread thread_;
 };
 

@@ -52,7 +52,7 @@ void Scan::build_fit(const std::vector<science::Reference>& refs) {
     std::vector<std::string> names;
     for (const auto& r : refs) names.push_back(r.name);
     auto model = science::make_lcf_model(names, R, start_.energies_eV, settings_.background);
-    lcf_ = std::make_unique<science::IncrementalLcf>(std::move(model), npix_, settings_.method);
+    lcf_ = std::make_unique<science::IncrementalLcf>(std::move(model), npix_, settings_.fit);
   } catch (const std::exception& e) {
     fit_error_ = e.what();
   }
@@ -150,7 +150,13 @@ FrameOutcome Scan::apply(protocol::FrameMsg& f) {
   last_seq_ = f.seq;
 
   const std::size_t n = f.counts.size();
-  const std::vector<float> counts = to_floats(f.counts);
+  // Zero-copy when the detector already sends native float32; converted otherwise.
+  std::vector<float> converted;
+  std::span<const float> counts = f.counts.native_view<float>();
+  if (counts.empty() && n > 0) {
+    converted = to_floats(f.counts);
+    counts = converted;
+  }
   std::vector<std::int64_t> pix;
   if (f.pixels) {
     pix.resize(n);

@@ -35,7 +35,7 @@ struct ScanSettings {
   double energy_tolerance_eV = 1.0;
   double min_transmission = 1e-6;
   double margin_eV = 20.0;
-  science::FitMethod method = science::FitMethod::nnls;
+  science::SolveOptions fit;  // method, sum-to-one, LASSO α
   bool background = true;
 };
 
@@ -55,7 +55,7 @@ class Scan {
 
   // Rebuilds the fit from the stored spectra with new references or settings.
   void refit(const std::vector<science::Reference>& refs, const ScanSettings& settings);
-  std::size_t solve_changed() { return lcf_ ? lcf_->solve_changed() : 0; }
+  std::size_t solve_changed(int threads) { return lcf_ ? lcf_->solve_changed(threads) : 0; }
 
   const std::string& id() const { return start_.scan_id; }
   const protocol::StartMsg& start() const { return start_; }

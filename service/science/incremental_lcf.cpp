@@ -2,6 +2,8 @@
 
 #include <bit>
 #include <cmath>
+#include <thread>
+#include <unordered_map>
 
 namespace xanesd::science {
 
@@ -22,7 +24,7 @@ bool EnergySets::contains(std::uint32_t set, int e) const {
   return (sets_[set].bits[static_cast<std::size_t>(e / 64)] >> (e % 64)) & 1u;
 }
 
-std::uint32_t EnergySets::with(std::uint32_t set, int e) {
+std::uint32_t EnergySets::with_slow(std::uint32_t set, int e) {
   const std::uint64_t key = (static_cast<std::uint64_t>(set) << 32) | static_cast<std::uint32_t>(e);
   if (auto it = transitions_.find(key); it != transitions_.end()) return it->second;
   auto bits = sets_[set].bits;
@@ -50,20 +52,23 @@ std::vector<int> EnergySets::members(std::uint32_t set) const {
 
 void LcfMaps::resize(std::size_t npix, int k) {
   fractions.assign(npix * static_cast<std::size_t>(k), 0.f);
+  fraction_sigma.assign(npix * static_cast<std::size_t>(k), 0.f);
   thickness.assign(npix, 0.f);
   residual.assign(npix, 0.f);
+  rfactor.assign(npix, 0.f);
   nenergies.assign(npix, 0);
   fitted.assign(npix, 0);
 }
 
-IncrementalLcf::IncrementalLcf(LcfModel model, std::size_t npix, FitMethod method)
-    : model_(std::move(model)), npix_(npix), M_(model_.n_params()), method_(method),
+IncrementalLcf::IncrementalLcf(LcfModel model, std::size_t npix, SolveOptions options)
+    : model_(std::move(model)), npix_(npix), M_(model_.n_params()), options_(options),
       sets_(static_cast<int>(model_.X.rows())), set_of_(npix, EnergySets::kEmpty),
       stats_(npix * static_cast<std::size_t>(M_ + 1), 0.0), changed_(npix, 0) {
   const auto E = model_.X.rows();
   xrows_.resize(static_cast<std::size_t>(E * M_));
   for (Eigen::Index j = 0; j < E; ++j)
     for (int m = 0; m < M_; ++m) xrows_[static_cast<std::size_t>(j * M_ + m)] = model_.X(j, m);
+  options_.n_free = model_.n_background();
   maps_.resize(npix, model_.n_refs());
 }
 
@@ -89,9 +94,9 @@ void IncrementalLcf::mark_all_changed() {
   for (std::size_t p = 0; p < npix_; ++p) changed_[p] = 1, changed_list_.push_back(p);
 }
 
-void IncrementalLcf::set_method(FitMethod m) {
-  if (m == method_) return;
-  method_ = m;
+void IncrementalLcf::set_options(const SolveOptions& o) {
+  options_ = o;
+  options_.n_free = model_.n_background();
   mark_all_changed();
 }
 
@@ -110,47 +115,202 @@ const IncrementalLcf::SetCache& IncrementalLcf::cache_for(std::uint32_t set) {
   return c;
 }
 
-void IncrementalLcf::solve_pixel(std::size_t p) {
+// Scratch for one thread. NNLS on pixels that share G (one energy set) visits the same few
+// passive sets again and again, so the inverse of each G_PP is computed once per (set, P).
+struct IncrementalLcf::Workspace {
+  struct Subset {
+    bool ok = false;
+    std::vector<int> idx;
+    Eigen::MatrixXd inv;
+  };
+  std::unordered_map<std::uint64_t, Subset> subsets;
+  Eigen::VectorXd x, z, w, gx;
+  Eigen::MatrixXd cov, J, JC;
+
+  explicit Workspace(int M) : x(M), z(M), w(M), gx(M) {}
+
+  const Subset& subset(std::uint32_t set, std::uint32_t mask, const Eigen::MatrixXd& G) {
+    auto [it, fresh] = subsets.try_emplace((static_cast<std::uint64_t>(set) << 32) | mask);
+    Subset& sub = it->second;
+    if (!fresh) return sub;
+    for (int j = 0; j < static_cast<int>(G.rows()); ++j)
+      if (mask & (1u << j)) sub.idx.push_back(j);
+    const auto n = static_cast<Eigen::Index>(sub.idx.size());
+    Eigen::MatrixXd A(n, n);
+    for (Eigen::Index i = 0; i < n; ++i)
+      for (Eigen::Index k = 0; k < n; ++k) A(i, k) = G(sub.idx[i], sub.idx[k]);
+    Eigen::LDLT<Eigen::MatrixXd> ldlt(A);
+    const auto d = ldlt.vectorD().cwiseAbs();
+    sub.ok = n == 0 || (ldlt.info() == Eigen::Success && d.minCoeff() > 1e-12 * std::max(d.maxCoeff(), 1e-300));
+    if (sub.ok && n > 0) sub.inv = ldlt.solve(Eigen::MatrixXd::Identity(n, n));
+    return sub;
+  }
+
+  // out = argmin on the passive set `mask` (others 0); false if G_PP is singular.
+  bool solve_on(std::uint32_t set, std::uint32_t mask, const Eigen::MatrixXd& G, const double* s, Eigen::VectorXd& out) {
+    const auto& sub = subset(set, mask, G);
+    if (!sub.ok) return false;
+    out.setZero();
+    const auto n = sub.idx.size();
+    for (std::size_t i = 0; i < n; ++i) {
+      double v = 0;
+      for (std::size_t k = 0; k < n; ++k) v += sub.inv(static_cast<Eigen::Index>(i), static_cast<Eigen::Index>(k)) * s[sub.idx[k]];
+      out(sub.idx[i]) = v;
+    }
+    return true;
+  }
+};
+
+namespace {
+constexpr int kCachedNnlsMaxParams = 24;  // passive sets as bit masks; larger models use solve()
+}
+
+void IncrementalLcf::solve_pixel(std::size_t p, Workspace& ws) const {
   const auto set = set_of_[p];
   const int n = sets_.count(set);
-  const int K = model_.n_refs();
-  maps_.nenergies[p] = static_cast<std::uint16_t>(std::min(n, 65535));
+  const int K = model_.n_refs(), F = model_.n_background();
+  LcfMaps& maps = const_cast<LcfMaps&>(maps_);  // each pixel writes only its own entries
+  maps.nenergies[p] = static_cast<std::uint16_t>(std::min(n, 65535));
   auto clear = [&] {
-    for (int k = 0; k < K; ++k) maps_.fractions[static_cast<std::size_t>(k) * npix_ + p] = 0.f;
-    maps_.thickness[p] = maps_.residual[p] = 0.f;
-    maps_.fitted[p] = 0;
+    for (int k = 0; k < K; ++k) {
+      maps.fractions[static_cast<std::size_t>(k) * npix_ + p] = 0.f;
+      maps.fraction_sigma[static_cast<std::size_t>(k) * npix_ + p] = 0.f;
+    }
+    maps.thickness[p] = maps.residual[p] = maps.rfactor[p] = 0.f;
+    maps.fitted[p] = 0;
   };
   if (n < M_) return clear();  // fewer energies than parameters: nothing to say yet
-  const auto& c = cache_for(set);
+  const auto& c = caches_[set];
   const double* st = &stats_[p * static_cast<std::size_t>(M_ + 1)];
   const Eigen::Map<const Eigen::VectorXd> s(st, M_);
   const double q = st[M_];
-  FitResult r;
-  if (method_ == FitMethod::least_squares) {
-    if (!c.invertible) return clear();
-    r.theta = c.G_inv * s;
-    r.chi2 = chi_squared(c.G, s, q, r.theta);
-    r.ok = true;
-  } else {
-    r = solve_nnls(c.G, s, q, model_.n_background());
+
+  Eigen::VectorXd& x = ws.x;
+  std::uint32_t mask = 0;  // passive set of the solution, for the covariance
+  bool ok = false;
+  const bool cached_path = !options_.sum_to_one && options_.method != FitMethod::lasso && M_ <= kCachedNnlsMaxParams;
+  if (cached_path) {
+    const std::uint32_t all = M_ == 32 ? ~0u : ((1u << M_) - 1u), free_bits = (1u << F) - 1u;
+    if (c.invertible) {  // the unconstrained optimum: for NNLS also the answer when feasible
+      x.noalias() = c.G_inv * s;
+      mask = all;
+      ok = options_.method == FitMethod::least_squares || x.tail(K).minCoeff() >= 0;
+    }
+    if (!ok && options_.method == FitMethod::nnls) {
+      // Lawson–Hanson with cached passive-set inverses.
+      mask = free_bits;
+      ok = ws.solve_on(set, mask, c.G, st, x);
+      const double tol = 1e-12 * std::max(1.0, c.G.diagonal().maxCoeff());
+      for (int outer = 0; ok && outer < 3 * M_; ++outer) {
+        ws.w.noalias() = s - c.G * x;
+        int best = -1;
+        double wmax = tol;
+        for (int j = F; j < M_; ++j)
+          if (!(mask & (1u << j)) && ws.w(j) > wmax) wmax = ws.w(j), best = j;
+        if (best < 0) break;
+        mask |= 1u << best;
+        bool added = true;
+        for (int inner = 0; inner < 3 * M_; ++inner) {
+          if (!ws.solve_on(set, mask, c.G, st, ws.z)) {  // dependent column: drop it, stop
+            mask &= ~(1u << best);
+            added = false;
+            break;
+          }
+          double alpha = 1.0;
+          bool feasible = true;
+          for (int j = F; j < M_; ++j)
+            if ((mask & (1u << j)) && ws.z(j) <= 0) {
+              feasible = false;
+              const double d = x(j) - ws.z(j);
+              if (d > 0) alpha = std::min(alpha, x(j) / d);
+            }
+          if (feasible) break;
+          x += alpha * (ws.z - x);
+          for (int j = F; j < M_; ++j)
+            if ((mask & (1u << j)) && x(j) <= tol) mask &= ~(1u << j), x(j) = 0;
+        }
+        if (!added) break;
+        x = ws.z;
+      }
+    }
+    if (!ok && options_.method == FitMethod::least_squares) return clear();  // singular for these energies
   }
-  if (!r.ok) return clear();
-  const auto coeffs = r.theta.tail(K);
+  double chi2 = 0;
+  const Eigen::MatrixXd* cov = nullptr;
+  Eigen::MatrixXd general_cov;
+  if (cached_path && ok) {
+    chi2 = chi_squared(c.G, s, q, x);
+    // cov = σ²·(G_PP)⁻¹ on the passive set.
+    const auto& sub = mask == (M_ == 32 ? ~0u : ((1u << M_) - 1u)) && c.invertible ? nullptr : &ws.subset(set, mask, c.G);
+    const int active = std::popcount(mask);
+    ws.cov.setZero(M_, M_);
+    if (n > active) {
+      const double sigma2 = chi2 / (n - active);
+      if (!sub) ws.cov = c.G_inv * sigma2;
+      else if (sub->ok)
+        for (std::size_t i = 0; i < sub->idx.size(); ++i)
+          for (std::size_t k = 0; k < sub->idx.size(); ++k)
+            ws.cov(sub->idx[i], sub->idx[k]) = sigma2 * sub->inv(static_cast<Eigen::Index>(i), static_cast<Eigen::Index>(k));
+    }
+    cov = &ws.cov;
+  } else if (!cached_path) {
+    auto r = solve(c.G, s, q, n, options_);
+    if (!r.ok) return clear();
+    x = r.theta;
+    chi2 = r.chi2;
+    general_cov = std::move(r.cov);
+    cov = &general_cov;
+  } else {
+    return clear();
+  }
+
+  const auto coeffs = x.tail(K);
   const double total = coeffs.sum();
-  for (int k = 0; k < K; ++k)
-    maps_.fractions[static_cast<std::size_t>(k) * npix_ + p] =
-        std::abs(total) > 1e-12 ? static_cast<float>(coeffs(k) / total) : 0.f;
-  maps_.thickness[p] = static_cast<float>(total);
-  maps_.residual[p] = static_cast<float>(std::sqrt(r.chi2 / n));
-  maps_.fitted[p] = 1;
+  const bool has_material = std::abs(total) > 1e-12;
+  for (int k = 0; k < K; ++k) {
+    const std::size_t i = static_cast<std::size_t>(k) * npix_ + p;
+    maps.fractions[i] = has_material ? static_cast<float>(coeffs(k) / total) : 0.f;
+    // σ_f = sqrt(diag(J C Jᵀ)), J_kj = (δ_kj − f_k)/T: first-order propagation through c/Σc.
+    double var = 0;
+    if (has_material && cov->rows() == M_) {
+      const double fk = coeffs(k) / total;
+      for (int a = 0; a < K; ++a) {
+        const double ja = ((a == k ? 1.0 : 0.0) - fk) / total;
+        if (ja == 0) continue;
+        for (int b = 0; b < K; ++b) {
+          const double jb = ((b == k ? 1.0 : 0.0) - fk) / total;
+          var += ja * (*cov)(F + a, F + b) * jb;
+        }
+      }
+    }
+    maps.fraction_sigma[i] = static_cast<float>(std::sqrt(std::max(0.0, var)));
+  }
+  maps.thickness[p] = static_cast<float>(total);
+  maps.residual[p] = static_cast<float>(std::sqrt(chi2 / n));
+  maps.rfactor[p] = q > 0 ? static_cast<float>(chi2 / q) : 0.f;
+  maps.fitted[p] = 1;
 }
 
-std::size_t IncrementalLcf::solve_changed() {
+std::size_t IncrementalLcf::solve_changed(int threads) {
   const std::size_t n = changed_list_.size();
-  for (auto p : changed_list_) {
-    solve_pixel(p);
-    changed_[p] = 0;
+  // Shared per-set data first (serially): the threads only read it.
+  if (caches_.size() < sets_.size()) caches_.resize(sets_.size());
+  std::uint32_t last = ~0u;
+  for (auto p : changed_list_)
+    if (set_of_[p] != last) last = set_of_[p], cache_for(last);
+  const int nthreads = std::max(1, std::min<int>(threads, static_cast<int>(n / 4096) + 1));
+  auto work = [&](std::size_t begin, std::size_t end) {
+    Workspace ws(M_);
+    for (std::size_t i = begin; i < end; ++i) solve_pixel(changed_list_[i], ws);
+  };
+  if (nthreads == 1) {
+    work(0, n);
+  } else {
+    std::vector<std::jthread> pool;
+    for (int t = 0; t < nthreads; ++t)
+      pool.emplace_back(work, n * static_cast<std::size_t>(t) / nthreads, n * static_cast<std::size_t>(t + 1) / nthreads);
   }
+  for (auto p : changed_list_) changed_[p] = 0;
   changed_list_.clear();
   return n;
 }

@@ -18,7 +18,12 @@ class EnergySets {
  public:
   explicit EnergySets(int n_energies);
   static constexpr std::uint32_t kEmpty = 0;
-  std::uint32_t with(std::uint32_t set, int energy);  // set ∪ {energy}; cached transitions
+  std::uint32_t with(std::uint32_t set, int energy) {  // set ∪ {energy}
+    // Consecutive samples of a frame nearly always make the same transition: remember it.
+    if (set == last_from_ && energy == last_energy_) return last_to_;
+    last_from_ = set, last_energy_ = energy, last_to_ = with_slow(set, energy);
+    return last_to_;
+  }
   bool contains(std::uint32_t set, int energy) const;
   int count(std::uint32_t set) const { return sets_[set].count; }
   std::size_t size() const { return sets_.size(); }
@@ -32,7 +37,10 @@ class EnergySets {
   struct BitsHash {
     std::size_t operator()(const std::vector<std::uint64_t>& b) const;
   };
+  std::uint32_t with_slow(std::uint32_t set, int energy);
   int n_energies_;
+  std::uint32_t last_from_ = ~0u, last_to_ = 0;
+  int last_energy_ = -1;
   std::vector<Set> sets_;
   std::unordered_map<std::vector<std::uint64_t>, std::uint32_t, BitsHash> index_;
   std::unordered_map<std::uint64_t, std::uint32_t> transitions_;  // (set << 32 | energy) → set
@@ -40,7 +48,10 @@ class EnergySets {
 
 // The maps one solve produces (all P = rows·cols long, fractions K·P, reference-major).
 struct LcfMaps {
-  std::vector<float> fractions, thickness, residual;
+  std::vector<float> fractions, fraction_sigma;  // K·P: c_k/Σc and its standard error
+  std::vector<float> thickness;                  // Σc: the edge step in signal units
+  std::vector<float> residual;                   // RMS misfit √(χ²/n)
+  std::vector<float> rfactor;                    // χ²/Σy²
   std::vector<std::uint16_t> nenergies;
   std::vector<std::uint8_t> fitted;  // 1 where the pixel had enough energies and a solution
   void resize(std::size_t npix, int k);
@@ -48,21 +59,23 @@ struct LcfMaps {
 
 class IncrementalLcf {
  public:
-  IncrementalLcf(LcfModel model, std::size_t npix, FitMethod method);
+  IncrementalLcf(LcfModel model, std::size_t npix, SolveOptions options);
 
   // Folds sample y of pixel p at energy e into the statistics. If the pixel already had a
   // sample at e, pass it as `previous` and it is taken out first (re-measurement).
   void add(std::size_t p, int e, double y);
   void replace(std::size_t p, int e, double previous, double y);
 
-  // Solves every pixel changed since the last solve and updates `maps()`. Returns how many.
-  std::size_t solve_changed();
+  // Solves every pixel changed since the last solve and updates `maps()`, on `threads`
+  // threads (pixels are independent). Returns how many were solved.
+  std::size_t solve_changed(int threads = 1);
   void mark_all_changed();
-  void set_method(FitMethod m);
+  void set_options(const SolveOptions& o);
 
   const LcfMaps& maps() const { return maps_; }
   const LcfModel& model() const { return model_; }
-  FitMethod method() const { return method_; }
+  const SolveOptions& options() const { return options_; }
+  FitMethod method() const { return options_.method; }
   std::size_t pixels() const { return npix_; }
   int energies_measured(std::size_t p) const { return sets_.count(set_of_[p]); }
   std::size_t energy_sets() const { return sets_.size(); }
@@ -72,13 +85,14 @@ class IncrementalLcf {
     bool ready = false, invertible = false;
     Eigen::MatrixXd G, G_inv;
   };
+  struct Workspace;  // per-thread scratch: no heap allocation per pixel on the common paths
   const SetCache& cache_for(std::uint32_t set);
-  void solve_pixel(std::size_t p);
+  void solve_pixel(std::size_t p, Workspace& ws) const;
 
   LcfModel model_;
   std::size_t npix_;
   int M_;                              // parameters per pixel
-  FitMethod method_;
+  SolveOptions options_;
   std::vector<double> xrows_;          // E × M design matrix, row-major for the hot loop
   EnergySets sets_;
   std::vector<std::uint32_t> set_of_;  // pixel → its energy set

@@ -9,9 +9,17 @@ namespace xanesd::science {
 FitMethod fit_method_from_string(const std::string& s) {
   if (s == "least_squares") return FitMethod::least_squares;
   if (s == "nnls") return FitMethod::nnls;
-  throw std::invalid_argument("fit method must be 'least_squares' or 'nnls', got '" + s + "'");
+  if (s == "lasso") return FitMethod::lasso;
+  throw std::invalid_argument("fit method must be 'least_squares', 'nnls' or 'lasso', got '" + s + "'");
 }
-std::string to_string(FitMethod m) { return m == FitMethod::nnls ? "nnls" : "least_squares"; }
+std::string to_string(FitMethod m) {
+  switch (m) {
+    case FitMethod::least_squares: return "least_squares";
+    case FitMethod::nnls: return "nnls";
+    case FitMethod::lasso: return "lasso";
+  }
+  return "?";
+}
 
 double edge_energy(const std::vector<double>& e, const Eigen::VectorXd& mu) {
   const auto n = static_cast<Eigen::Index>(e.size());
@@ -133,6 +141,132 @@ FitResult solve_nnls(const Eigen::MatrixXd& G, const Eigen::VectorXd& s, double 
   r.ok = true;
   r.chi2 = chi_squared(G, s, q, x);
   return r;
+}
+
+FitResult solve_lasso(const Eigen::MatrixXd& G, const Eigen::VectorXd& s, double q, int n_free, double alpha,
+                      Eigen::VectorXd theta) {
+  const int M = static_cast<int>(G.rows());
+  FitResult r;
+  Eigen::VectorXd Gt = G * theta;
+  const double scale = std::sqrt(std::max(q, 1e-300));
+  for (int sweep = 0; sweep < 1000; ++sweep) {
+    double biggest = 0;
+    for (int j = 0; j < M; ++j) {
+      const double gjj = G(j, j);
+      if (!(gjj > 0)) continue;
+      const double rho = s(j) - Gt(j) + gjj * theta(j);
+      const double next = j < n_free ? rho / gjj : std::max(0.0, (rho - alpha) / gjj);
+      const double delta = next - theta(j);
+      if (delta != 0) {
+        theta(j) = next;
+        Gt += G.col(j) * delta;
+        biggest = std::max(biggest, std::abs(delta) * std::sqrt(gjj));
+      }
+    }
+    if (biggest < 1e-10 * scale) break;
+  }
+  r.theta = std::move(theta);
+  r.ok = true;
+  r.chi2 = chi_squared(G, s, q, r.theta);
+  return r;
+}
+
+namespace {
+
+// The problem restricted to parameters `idx` (the others fixed at 0).
+void restrict_to(const Eigen::MatrixXd& G, const Eigen::VectorXd& s, const std::vector<int>& idx, Eigen::MatrixXd& Gs,
+                 Eigen::VectorXd& ss) {
+  const auto n = static_cast<Eigen::Index>(idx.size());
+  Gs.resize(n, n);
+  ss.resize(n);
+  for (Eigen::Index i = 0; i < n; ++i) {
+    ss(i) = s(idx[i]);
+    for (Eigen::Index j = 0; j < n; ++j) Gs(i, j) = G(idx[i], idx[j]);
+  }
+}
+
+// cov(θ) = σ²·(G_AA)⁻¹ on the active set A, with σ² = χ²/(n − |A|).
+void add_covariance(const Eigen::MatrixXd& G, int n, FitResult& r, int n_free) {
+  const int M = static_cast<int>(G.rows());
+  std::vector<int> active;
+  for (int j = 0; j < M; ++j)
+    if (j < n_free || r.theta(j) != 0) active.push_back(j);
+  r.n_active = static_cast<int>(active.size());
+  r.cov = Eigen::MatrixXd::Zero(M, M);
+  const int dof = n - r.n_active;
+  if (dof <= 0) return;
+  Eigen::MatrixXd Ga;
+  Eigen::VectorXd unused;
+  restrict_to(G, Eigen::VectorXd::Zero(M), active, Ga, unused);
+  Eigen::LDLT<Eigen::MatrixXd> ldlt(Ga);
+  if (ldlt.info() != Eigen::Success) return;
+  const Eigen::MatrixXd inv = ldlt.solve(Eigen::MatrixXd::Identity(Ga.rows(), Ga.cols()));
+  const double sigma2 = r.chi2 / dof;
+  for (std::size_t i = 0; i < active.size(); ++i)
+    for (std::size_t j = 0; j < active.size(); ++j)
+      r.cov(active[i], active[j]) = sigma2 * inv(static_cast<Eigen::Index>(i), static_cast<Eigen::Index>(j));
+}
+
+}  // namespace
+
+FitResult solve(const Eigen::MatrixXd& G0, const Eigen::VectorXd& s0, double q, int n, const SolveOptions& opt) {
+  const int M = static_cast<int>(G0.rows());
+  // Sum-to-one as a stiff penalty λ(Σc − 1)²: one mechanism for every solver, exact to ~1e-9.
+  Eigen::MatrixXd G = G0;
+  Eigen::VectorXd s = s0;
+  double qa = q;
+  if (opt.sum_to_one) {
+    const double lambda = 1e9 * std::max(G0.diagonal().maxCoeff(), 1e-300);
+    Eigen::VectorXd a = Eigen::VectorXd::Zero(M);
+    a.tail(M - opt.n_free).setOnes();
+    G += lambda * a * a.transpose();
+    s += lambda * a;
+    qa += lambda;
+  }
+  FitResult r;
+  switch (opt.method) {
+    case FitMethod::least_squares: r = solve_least_squares(G, s, qa); break;
+    case FitMethod::nnls: r = solve_nnls(G, s, qa, opt.n_free); break;
+    case FitMethod::lasso: {
+      const auto start = solve_nnls(G, s, qa, opt.n_free);
+      if (!start.ok) return start;
+      const double thickness = std::max(start.theta.tail(M - opt.n_free).sum(), 1e-12);
+      r = solve_lasso(G, s, qa, opt.n_free, opt.lasso_alpha * n * thickness, start.theta);
+      if (opt.lasso_refit) {
+        std::vector<int> keep;
+        for (int j = 0; j < M; ++j)
+          if (j < opt.n_free || r.theta(j) > 0) keep.push_back(j);
+        Eigen::MatrixXd Gs;
+        Eigen::VectorXd ss;
+        restrict_to(G, s, keep, Gs, ss);
+        const auto refit = solve_nnls(Gs, ss, qa, opt.n_free);
+        if (refit.ok) {
+          r.theta.setZero();
+          for (std::size_t i = 0; i < keep.size(); ++i) r.theta(keep[i]) = refit.theta(static_cast<Eigen::Index>(i));
+        }
+      }
+      break;
+    }
+  }
+  if (!r.ok) return r;
+  r.chi2 = chi_squared(G0, s0, q, r.theta);  // misfit of the data, without the penalty row
+  add_covariance(G, n, r, opt.n_free);
+  return r;
+}
+
+Eigen::VectorXd fraction_sigma(const FitResult& r, int n_free) {
+  const auto M = r.theta.size(), K = M - n_free;
+  Eigen::VectorXd out = Eigen::VectorXd::Zero(K);
+  if (r.cov.rows() != M) return out;
+  const auto c = r.theta.tail(K);
+  const double T = c.sum();
+  if (!(std::abs(T) > 1e-12)) return out;
+  // J_kj = ∂f_k/∂c_j = (δ_kj − f_k)/T
+  Eigen::MatrixXd J = -(c / T) * Eigen::RowVectorXd::Ones(K) / T;
+  J.diagonal().array() += 1.0 / T;
+  const Eigen::MatrixXd C = r.cov.bottomRightCorner(K, K);
+  out = (J * C * J.transpose()).diagonal().cwiseMax(0.0).cwiseSqrt();
+  return out;
 }
 
 }  // namespace xanesd::science

@@ -10,7 +10,7 @@
 
 namespace xanesd::science {
 
-enum class FitMethod { least_squares, nnls };
+enum class FitMethod { least_squares, nnls, lasso };
 FitMethod fit_method_from_string(const std::string& s);  // throws std::invalid_argument
 std::string to_string(FitMethod m);
 
@@ -37,9 +37,25 @@ double edge_energy(const std::vector<double>& energies_eV, const Eigen::VectorXd
 
 struct FitResult {
   Eigen::VectorXd theta;
-  double chi2 = 0;
-  bool ok = false;  // false when the system is singular for the energies measured
+  Eigen::MatrixXd cov;    // covariance of θ, σ²·(G_AA)⁻¹ on the active set A (0 elsewhere), σ² = χ²/(n − |A|)
+  double chi2 = 0;        // Σ (y − ŷ)² (weighted if the statistics are)
+  int n_active = 0;       // parameters in the final model (free + nonzero references)
+  bool ok = false;        // false when the system is singular for the energies measured
 };
+
+struct SolveOptions {
+  FitMethod method = FitMethod::nnls;
+  int n_free = 2;             // leading unconstrained parameters (the background a, b)
+  bool sum_to_one = false;    // Σ c_k = 1 (for edge-normalized spectra)
+  // Positive LASSO penalty per energy point, in scikit-learn's convention on normalized spectra
+  // (½n⁻¹‖y − Xθ‖² + α‖c‖₁); scaled here by n and by the pixel's thickness so one α suits
+  // thick and thin pixels alike. The MPIS work used 5·10⁻⁴.
+  double lasso_alpha = 5e-4;
+  bool lasso_refit = true;    // LASSO selects the references, NNLS on them estimates (no shrinkage bias)
+};
+
+// One pixel's fit from its statistics: G = XᵀX, s = Xᵀy, q = yᵀy over n energies.
+FitResult solve(const Eigen::MatrixXd& G, const Eigen::VectorXd& s, double q, int n, const SolveOptions& opt);
 
 // Unconstrained least squares θ = G⁻¹s (LDLT; refuses rank-deficient G).
 FitResult solve_least_squares(const Eigen::MatrixXd& G, const Eigen::VectorXd& s, double q);
@@ -47,6 +63,14 @@ FitResult solve_least_squares(const Eigen::MatrixXd& G, const Eigen::VectorXd& s
 // Lawson–Hanson active set on (G, s): the first `n_free` parameters (the background) are
 // unconstrained, the rest are ≥ 0.
 FitResult solve_nnls(const Eigen::MatrixXd& G, const Eigen::VectorXd& s, double q, int n_free);
+
+// Positive LASSO by coordinate descent on ½θᵀGθ − sᵀθ + α·Σc (c ≥ 0, the first n_free free),
+// started from `theta`.
+FitResult solve_lasso(const Eigen::MatrixXd& G, const Eigen::VectorXd& s, double q, int n_free, double alpha,
+                      Eigen::VectorXd theta);
+
+// Standard errors of the fractions f_k = c_k/Σc from the covariance of c (first-order propagation).
+Eigen::VectorXd fraction_sigma(const FitResult& r, int n_free);
 
 // χ² = q − 2θᵀs + θᵀGθ, clamped at 0 against round-off.
 double chi_squared(const Eigen::MatrixXd& G, const Eigen::VectorXd& s, double q, const Eigen::VectorXd& theta);

@@ -41,7 +41,9 @@ void write_results(hid_t entry, const Scan& scan) {
   h5::write(results, "fractions", maps.fractions.data(), hs{K, R, C});
   h5::write_strings(results, "reference_names", fit->model().reference_names);
   h5::write(results, "thickness", maps.thickness.data(), hs{R, C});
+  h5::write(results, "fraction_sigma", maps.fraction_sigma.data(), hs{K, R, C});
   h5::write(results, "residual", maps.residual.data(), hs{R, C});
+  h5::write(results, "rfactor", maps.rfactor.data(), hs{R, C});
   h5::write(results, "nenergies", maps.nenergies.data(), hs{R, C});
   h5::write(results, "fitted", maps.fitted.data(), hs{R, C});
   h5::write_string(results, "fit_method", science::to_string(fit->method()));

@@ -1,0 +1,630 @@
+// bench_ingest: xanesd ingest over TCP loopback with the fit running (see bench/README.md).
+//
+// One process holds an in-process xanesd::Daemon on tcp://127.0.0.1:* endpoints, a PUSH sender
+// thread playing energy-major full frames (float32 counts, scalar i0) of a synthetic
+// fluorescence scan as fast as the daemon accepts them, and a SUB client that time-stamps every
+// `maps/fractions` publication. For each image size and publish interval it prints frames/s,
+// pixel-samples/s and the frame-to-published-map latency (median, p99), next to the raw
+// ZeroMQ PUSH→PULL loopback rate for the same frames with no daemon.
+#include <sched.h>
+#include <sys/utsname.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <optional>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <spdlog/spdlog.h>
+#include <zmq.hpp>
+#include <zmq_addon.hpp>
+
+#include "daemon.hpp"
+#include "science/references.hpp"
+#include "simulate/simulate.hpp"
+#include "xanesd/protocol/messages.hpp"
+#include "xanesd/protocol/wire.hpp"
+
+using namespace xanesd;
+using Clock = std::chrono::steady_clock;
+using namespace std::chrono_literals;
+
+namespace {
+
+const std::vector<std::string> kSpecies = {"Magnetite", "Goethite", "Pyrite"};
+
+double seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+double millis(Clock::duration d) { return std::chrono::duration<double, std::milli>(d).count(); }
+
+// ---------------------------------------------------------------------------------------------
+// Options
+
+struct Options {
+  std::filesystem::path library = std::filesystem::path(XANESD_SOURCE_DIR) / "config/references/fe_k_library_normalized.nor";
+  std::filesystem::path energies = std::filesystem::path(XANESD_SOURCE_DIR) / "config/references/fe_k_energies_hxn.txt";
+  bool small = true, large = true;
+  int large_size = 2048;
+  int large_energies = 25;  // of the 73 HXN energies, evenly spread over the grid
+  int large_scans = 1;
+  int small_rows = 155, small_cols = 160;
+  int small_scans = 30;  // repeats of the full 73-energy scan, distinct scan_ids
+  std::vector<int> intervals = {0, 250};
+  bool raw = true;
+  // Paced runs (latency when xanesd keeps up): the sender offers frames at pace_fraction × the
+  // lowest unpaced frame rate of that size, for the sizes listed.
+  bool paced_small = true, paced_large = false;
+  double pace_fraction = 0.5;
+};
+
+int usage(int code) {
+  std::fprintf(code ? stderr : stdout,
+               "usage: bench_ingest [options]\n"
+               "  --only small|large       run one image size (default: both)\n"
+               "  --large-size N           large image is N×N (default 2048)\n"
+               "  --large-energies N       energies of the HXN grid used for the large image (default 25)\n"
+               "  --large-scans N          scans of the large image per setting (default 1)\n"
+               "  --small-scans N          repeats of the 155×160 × 73-energy scan per setting (default 30)\n"
+               "  --intervals A,B,...      publish.interval_ms values to run (default 0,250)\n"
+               "  --no-raw                 skip the raw ZeroMQ PUSH→PULL baseline\n"
+               "  --paced small|all|none   also run with the sender paced below capacity (default small:\n"
+               "                           a paced 2048×2048 run takes several minutes)\n"
+               "  --pace-fraction F        paced rate = F × the lowest unpaced frame rate of that size (default 0.5)\n"
+               "  --library FILE           reference library (default config/references/fe_k_library_normalized.nor)\n"
+               "  --energies FILE          energy grid (default config/references/fe_k_energies_hxn.txt)\n");
+  return code;
+}
+
+std::optional<Options> parse_args(int argc, char** argv) {
+  Options o;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    auto next = [&]() -> std::string {
+      if (i + 1 >= argc) throw std::runtime_error("option " + a + " needs a value");
+      return argv[++i];
+    };
+    if (a == "-h" || a == "--help") return std::nullopt;
+    if (a == "--only") {
+      const auto v = next();
+      if (v != "small" && v != "large") throw std::runtime_error("--only takes small or large");
+      o.small = v == "small";
+      o.large = v == "large";
+    } else if (a == "--large-size") o.large_size = std::stoi(next());
+    else if (a == "--large-energies") o.large_energies = std::stoi(next());
+    else if (a == "--large-scans") o.large_scans = std::stoi(next());
+    else if (a == "--small-scans") o.small_scans = std::stoi(next());
+    else if (a == "--intervals") {
+      o.intervals.clear();
+      std::string v = next();
+      for (std::size_t p = 0; p <= v.size();) {
+        const auto q = std::min(v.find(',', p), v.size());
+        o.intervals.push_back(std::stoi(v.substr(p, q - p)));
+        p = q + 1;
+      }
+    } else if (a == "--no-raw") o.raw = false;
+    else if (a == "--paced") {
+      const auto v = next();
+      if (v != "small" && v != "all" && v != "none") throw std::runtime_error("--paced takes small, all or none");
+      o.paced_small = v != "none";
+      o.paced_large = v == "all";
+    } else if (a == "--pace-fraction") o.pace_fraction = std::stod(next());
+    else if (a == "--library") o.library = next();
+    else if (a == "--energies") o.energies = next();
+    else throw std::runtime_error("unknown option '" + a + "'");
+  }
+  if (!(o.pace_fraction > 0 && o.pace_fraction <= 10)) throw std::runtime_error("--pace-fraction must be in (0, 10]");
+  if (o.large_energies < 6 || o.small_scans < 1 || o.large_scans < 1 || o.large_size < 8)
+    throw std::runtime_error("--large-energies must be ≥ 6 (the fit has 5 parameters), scans and size ≥ 1");
+  return o;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Machine description
+
+std::string cpu_model() {
+  std::ifstream in("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
+  return "unknown";
+}
+
+int nproc() {
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof set, &set) == 0) return CPU_COUNT(&set);
+  return static_cast<int>(std::thread::hardware_concurrency());
+}
+
+std::string mem_total() {
+  std::ifstream in("/proc/meminfo");
+  std::string key;
+  long kb = 0;
+  while (in >> key >> kb)
+    if (key == "MemTotal:") return std::to_string(kb / 1024 / 1024) + " GiB";
+  return "?";
+}
+
+// ---------------------------------------------------------------------------------------------
+// Workloads: the frames are computed once and reused; the sender does no per-frame work beyond
+// a small msgpack header (counts go out zero-copy from these buffers).
+
+struct Workload {
+  std::string label;
+  int rows = 0, cols = 0;
+  std::vector<double> energies;
+  std::vector<float> counts;  // E × P, energy-major
+  std::vector<double> i0;     // E
+  int scans = 1;
+  bool large = false;
+  std::string how;            // how the frames were made, for the output
+  std::size_t pixels() const { return static_cast<std::size_t>(rows) * static_cast<std::size_t>(cols); }
+  std::size_t frames_per_scan() const { return energies.size(); }
+  std::size_t frame_bytes() const { return pixels() * sizeof(float); }
+  const float* frame(std::size_t e) const { return counts.data() + e * pixels(); }
+};
+
+std::vector<science::Reference> species_refs(const std::filesystem::path& library) {
+  std::vector<science::Reference> refs;
+  for (const auto& name : kSpecies)
+    for (const auto& r : science::load_reference_file(library))
+      if (r.name == name) refs.push_back(r);
+  if (refs.size() != kSpecies.size()) throw std::runtime_error("reference library lacks one of Magnetite, Goethite, Pyrite");
+  return refs;
+}
+
+// 155×160 (or as given) × all energies, with per-sample Poisson noise from the simulator.
+Workload small_workload(const Options& o, const std::vector<science::Reference>& refs, const std::vector<double>& grid) {
+  sim::Params p;
+  p.rows = o.small_rows, p.cols = o.small_cols;
+  p.energies_eV = grid;
+  p.counts = 2000;
+  p.seed = 2026;
+  auto s = sim::simulate(refs, p);
+  Workload w;
+  w.label = std::to_string(p.rows) + "x" + std::to_string(p.cols);
+  w.rows = p.rows, w.cols = p.cols;
+  w.energies = grid;
+  w.counts = std::move(s.counts);
+  w.i0 = std::move(s.i0);
+  w.scans = o.small_scans;
+  w.how = "xanes-simulate fluorescence scan (Poisson noise, I0 drift, background), all " +
+          std::to_string(grid.size()) + " HXN energies, " + std::to_string(w.scans) + " scans back to back";
+  return w;
+}
+
+// N×N × a subset of the energies: the simulator's clean mixture at each energy plus one fixed
+// Gaussian approximation of counting noise (√counts · z), its pattern shifted per energy so
+// the planes differ. Per-sample Poisson draws for 4 M pixels per frame would take longer than
+// the ingest being measured.
+Workload large_workload(const Options& o, const std::vector<science::Reference>& refs, const std::vector<double>& grid) {
+  const int n = o.large_energies;
+  std::vector<double> subset;
+  for (int i = 0; i < n; ++i) {
+    const auto idx = static_cast<std::size_t>(std::lround(static_cast<double>(i) * static_cast<double>(grid.size() - 1) / (n - 1)));
+    subset.push_back(grid[std::min(idx, grid.size() - 1)]);
+  }
+  subset.erase(std::unique(subset.begin(), subset.end()), subset.end());
+  sim::Params p;
+  p.rows = p.cols = o.large_size;
+  p.energies_eV = subset;
+  p.counts = 2000;
+  p.noise = false;
+  auto s = sim::simulate(refs, p);
+  const std::size_t P = s.pixels();
+  std::vector<float> z(P);
+  std::mt19937_64 rng(7);
+  std::normal_distribution<float> normal;
+  for (auto& v : z) v = normal(rng);
+  for (std::size_t e = 0; e < subset.size(); ++e) {
+    float* plane = s.counts.data() + e * P;
+    const std::size_t shift = (e * 1'000'003) % P;
+    for (std::size_t px = 0; px < P; ++px) {
+      const float c = plane[px];
+      std::size_t j = px + shift;
+      if (j >= P) j -= P;
+      plane[px] = std::max(0.f, std::round(c + std::sqrt(c) * z[j]));
+    }
+  }
+  Workload w;
+  w.label = std::to_string(p.rows) + "x" + std::to_string(p.cols);
+  w.rows = p.rows, w.cols = p.cols;
+  w.energies = subset;
+  w.counts = std::move(s.counts);
+  w.i0 = std::move(s.i0);
+  w.scans = o.large_scans;
+  w.large = true;
+  w.how = "clean simulated mixture + fixed sqrt(N) noise pattern, " + std::to_string(subset.size()) + " of the " +
+          std::to_string(grid.size()) + " HXN energies (evenly spread over the grid: " +
+          std::to_string(static_cast<int>(subset.front())) + "–" + std::to_string(static_cast<int>(subset.back())) +
+          " eV), " + std::to_string(w.scans) + " scan(s)";
+  return w;
+}
+
+// One frame message; counts are a zero-copy view of the workload's buffer (it outlives the send).
+protocol::WireMessage frame_message(const Workload& w, const std::string& scan_id, std::int64_t seq, std::size_t e) {
+  protocol::FrameMsg f;
+  f.scan_id = scan_id;
+  f.seq = seq;
+  f.energy_index = static_cast<int>(e);
+  f.energy_eV = w.energies[e];
+  f.i0_scalar = w.i0[e];
+  f.counts = protocol::Array("counts", protocol::DType::float32, {w.rows, w.cols}, true,
+                             zmq::message_t(const_cast<float*>(w.frame(e)), w.frame_bytes(), nullptr, nullptr));
+  return std::move(f).to_wire();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw transport baseline: the same frame messages PUSH→PULL over loopback, the PULL side only
+// receives. Two contexts (one I/O thread each), as in the daemon run (the daemon has its own).
+
+struct RawResult {
+  std::size_t frames = 0;
+  double seconds = 0, fps = 0, gbytes_per_s = 0;
+};
+
+RawResult run_raw(const Workload& w) {
+  const std::size_t bytes = w.frame_bytes();
+  const auto n = static_cast<std::size_t>(std::clamp<double>(3e9 / static_cast<double>(bytes), 60, 30000));
+  zmq::context_t rctx(1), sctx(1);
+  zmq::socket_t pull(rctx, zmq::socket_type::pull);
+  pull.set(zmq::sockopt::linger, 0);
+  pull.bind("tcp://127.0.0.1:*");
+  const auto ep = pull.get(zmq::sockopt::last_endpoint);
+  zmq::socket_t push(sctx, zmq::socket_type::push);
+  push.set(zmq::sockopt::linger, 0);
+  push.connect(ep);
+  // Warm-up: connection established, first message through.
+  protocol::send(push, frame_message(w, "raw", 0, 0));
+  {
+    std::vector<zmq::message_t> parts;
+    (void)zmq::recv_multipart(pull, std::back_inserter(parts));
+  }
+  Clock::time_point t_last;
+  std::thread receiver([&] {
+    for (std::size_t i = 0; i < n; ++i) {
+      std::vector<zmq::message_t> parts;
+      (void)zmq::recv_multipart(pull, std::back_inserter(parts));
+    }
+    t_last = Clock::now();
+  });
+  const auto t0 = Clock::now();
+  for (std::size_t i = 0; i < n; ++i)
+    protocol::send(push, frame_message(w, "raw", static_cast<std::int64_t>(i), i % w.frames_per_scan()));
+  receiver.join();
+  RawResult r;
+  r.frames = n;
+  r.seconds = seconds(t_last - t0);
+  r.fps = static_cast<double>(n) / r.seconds;
+  r.gbytes_per_s = r.fps * static_cast<double>(bytes) / 1e9;
+  return r;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Daemon run
+
+nlohmann::json control(zmq::context_t& ctx, const std::string& endpoint, const nlohmann::json& req) {
+  zmq::socket_t s(ctx, zmq::socket_type::req);
+  s.set(zmq::sockopt::linger, 0);
+  s.set(zmq::sockopt::rcvtimeo, 60000);
+  s.connect(endpoint);
+  const auto text = req.dump();
+  s.send(zmq::buffer(text), zmq::send_flags::none);
+  zmq::message_t reply;
+  if (!s.recv(reply)) throw std::runtime_error("control request '" + req.value("cmd", "") + "' timed out");
+  return nlohmann::json::parse(reply.to_string_view());
+}
+
+struct RunResult {
+  std::size_t frames = 0;
+  double seconds = 0, fps = 0, samples_per_s = 0;
+  double lat_median_ms = 0, lat_p99_ms = 0, lat_max_ms = 0;
+  std::size_t publications = 0;   // maps/fractions messages received (incl. the final ones)
+  std::int64_t cycles = 0;        // daemon publish.cycles
+  double sender_done_s = 0;       // when the last frame was handed to ZeroMQ (from first send)
+  std::vector<std::string> warnings;
+};
+
+double percentile(std::vector<double> v, double q) {  // nearest rank
+  if (v.empty()) return NAN;
+  std::sort(v.begin(), v.end());
+  const auto rank = static_cast<std::size_t>(std::ceil(q * static_cast<double>(v.size())));
+  return v[std::clamp<std::size_t>(rank, 1, v.size()) - 1];
+}
+
+// rate_fps = 0: the sender sends as fast as ZeroMQ accepts; otherwise frame i is sent at
+// t_begin + i / rate_fps (or as soon after as back-pressure allows).
+RunResult run_daemon(const Options& o, const Workload& w, int interval_ms, double rate_fps) {
+  const auto cfg = make_config(nlohmann::json::object(),
+                               {"ingest.endpoint=tcp://127.0.0.1:*", "publish.endpoint=tcp://127.0.0.1:*",
+                                "control.endpoint=tcp://127.0.0.1:*", "publish.interval_ms=" + std::to_string(interval_ms),
+                                "output.write_on_stop=false", "output.directory=/tmp", "log.level=warn",
+                                "references.files=[" + nlohmann::json(o.library.string()).dump() + "]"},
+                               "/");
+  spdlog::set_level(spdlog::level::from_str(cfg.log_level));  // Daemon leaves the level to main()
+  Daemon daemon(cfg);
+  daemon.start();
+  const auto eps = daemon.endpoints();
+
+  zmq::context_t ctx(1);
+  const auto loaded = control(ctx, eps.control,
+                              {{"cmd", "load_references"}, {"files", {o.library.string()}}, {"names", kSpecies}});
+  if (!loaded.value("ok", false)) throw std::runtime_error("load_references failed: " + loaded.dump());
+
+  zmq::socket_t sub(ctx, zmq::socket_type::sub);
+  sub.set(zmq::sockopt::rcvhwm, 0);
+  sub.set(zmq::sockopt::linger, 0);
+  sub.set(zmq::sockopt::subscribe, "maps/fractions");
+  sub.connect(eps.publish);
+  zmq::socket_t push(ctx, zmq::socket_type::push);
+  push.set(zmq::sockopt::linger, 0);
+  push.set(zmq::sockopt::sndtimeo, 600'000);  // a stuck daemon ends the run instead of hanging it
+  push.connect(eps.ingest);
+  std::this_thread::sleep_for(300ms);  // let the subscription reach the PUB socket
+
+  const std::size_t E = w.frames_per_scan();
+  const std::size_t total = E * static_cast<std::size_t>(w.scans);
+  std::vector<std::string> ids;
+  for (int s = 0; s < w.scans; ++s)
+    ids.push_back("bench-" + w.label + "-i" + std::to_string(interval_ms) + "-" + std::to_string(s));
+
+  std::vector<Clock::time_point> handed(total);
+  Clock::time_point t_begin;
+  std::atomic<bool> sender_ok{true};
+  std::string sender_error;
+  std::thread sender([&] {
+    auto send = [&](protocol::WireMessage&& m) {
+      if (!protocol::send(push, std::move(m))) throw std::runtime_error("xanesd accepted nothing for 600 s");
+    };
+    try {
+      for (int s = 0; s < w.scans; ++s) {
+        protocol::StartMsg start;
+        start.scan_id = ids[static_cast<std::size_t>(s)];
+        start.rows = w.rows, start.cols = w.cols;
+        start.energies_eV = w.energies;
+        start.mode = protocol::Mode::fluorescence;
+        send(std::move(start).to_wire());
+        for (std::size_t e = 0; e < E; ++e) {
+          if (rate_fps > 0 && !(s == 0 && e == 0))
+            std::this_thread::sleep_until(
+                t_begin + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(
+                              static_cast<double>(static_cast<std::size_t>(s) * E + e) / rate_fps)));
+          else if (s == 0 && e == 0)
+            t_begin = Clock::now();
+          send(frame_message(w, ids[static_cast<std::size_t>(s)], static_cast<std::int64_t>(e), e));
+          handed[static_cast<std::size_t>(s) * E + e] = Clock::now();
+        }
+        protocol::StopMsg stop;
+        stop.scan_id = ids[static_cast<std::size_t>(s)];
+        stop.frames_sent = static_cast<std::int64_t>(E);
+        send(std::move(stop).to_wire());
+      }
+    } catch (const std::exception& e) {
+      sender_error = e.what();
+      sender_ok = false;
+    }
+  });
+
+  struct Pub {
+    std::size_t scan;
+    std::int64_t last_seq;
+    bool final;
+    Clock::time_point t;
+  };
+  std::vector<Pub> pubs;
+  std::map<std::string, std::size_t> scan_index;
+  for (std::size_t s = 0; s < ids.size(); ++s) scan_index[ids[s]] = s;
+  std::size_t finals = 0;
+  Clock::time_point t_end{};
+  const auto deadline = Clock::now() + 900s;
+  RunResult r;
+  while (finals < ids.size()) {
+    if (Clock::now() > deadline) {
+      r.warnings.push_back("timed out waiting for the final maps");
+      break;
+    }
+    if (!sender_ok) break;
+    zmq::pollitem_t item{sub.handle(), 0, ZMQ_POLLIN, 0};
+    if (zmq::poll(&item, 1, 200ms) <= 0) continue;
+    std::vector<zmq::message_t> parts;
+    (void)zmq::recv_multipart(sub, std::back_inserter(parts));
+    const auto t = Clock::now();
+    if (parts.size() < 2) continue;
+    const auto header = protocol::decode_header(parts[1].data(), parts[1].size());
+    const auto it = scan_index.find(header.value("scan_id", ""));
+    if (it == scan_index.end()) continue;
+    const bool final = header.value("final", false);
+    pubs.push_back({it->second, header.value("last_seq", std::int64_t{-1}), final, t});
+    if (final) {
+      ++finals;
+      t_end = t;
+    }
+  }
+  sender.join();
+  if (!sender_ok) throw std::runtime_error("sender failed: " + sender_error);
+
+  // Latency of frame (scan s, seq q): first publication of scan s with last_seq ≥ q.
+  std::vector<double> lat;
+  for (std::size_t s = 0; s < ids.size(); ++s) {
+    std::size_t k = 0;
+    std::vector<const Pub*> mine;
+    for (const auto& p : pubs)
+      if (p.scan == s) mine.push_back(&p);
+    for (std::size_t q = 0; q < E; ++q) {
+      while (k < mine.size() && mine[k]->last_seq < static_cast<std::int64_t>(q)) ++k;
+      if (k == mine.size()) {
+        r.warnings.push_back("frame " + std::to_string(q) + " of scan " + ids[s] + " never appeared in a map");
+        break;
+      }
+      lat.push_back(millis(mine[k]->t - handed[s * E + q]));
+    }
+  }
+
+  const auto status = control(ctx, eps.control, {{"cmd", "status"}});
+  const auto& c = status.at("counters");
+  auto counter = [&](const char* k) { return c.contains(k) ? c.at(k).get<std::int64_t>() : 0; };
+  if (counter("ingest.frames_accepted") != static_cast<std::int64_t>(total))
+    r.warnings.push_back("daemon accepted " + std::to_string(counter("ingest.frames_accepted")) + " of " +
+                         std::to_string(total) + " frames");
+  for (const auto& [k, v] : c.items())
+    if ((k.rfind("issues.", 0) == 0 || k == "publish.queue_full" || k == "internal_errors") && v.get<std::int64_t>() > 0)
+      r.warnings.push_back("daemon counter " + k + " = " + std::to_string(v.get<std::int64_t>()));
+
+  r.frames = total;
+  if (t_end == Clock::time_point{}) t_end = Clock::now();
+  r.seconds = seconds(t_end - t_begin);
+  r.fps = static_cast<double>(total) / r.seconds;
+  r.samples_per_s = r.fps * static_cast<double>(w.pixels());
+  r.lat_median_ms = percentile(lat, 0.50);
+  r.lat_p99_ms = percentile(lat, 0.99);
+  r.lat_max_ms = percentile(lat, 1.0);
+  r.publications = pubs.size();
+  r.cycles = counter("publish.cycles");
+  if (r.cycles != static_cast<std::int64_t>(r.publications))
+    r.warnings.push_back("received " + std::to_string(r.publications) + " fraction maps of " + std::to_string(r.cycles) +
+                         " publication cycles (subscriber too slow?)");
+  r.sender_done_s = seconds(handed.back() - t_begin);
+  return r;
+}
+
+std::string sfmt(const char* f, double v) {
+  char b[64];
+  std::snprintf(b, sizeof b, f, v);
+  return b;
+}
+
+std::string human_rate(double v) {  // 1.23 M, 456 k …
+  if (v >= 1e9) return sfmt("%.2f G", v / 1e9);
+  if (v >= 1e6) return sfmt("%.1f M", v / 1e6);
+  if (v >= 1e3) return sfmt("%.1f k", v / 1e3);
+  return sfmt("%.1f ", v);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Options o;
+  try {
+    auto parsed = parse_args(argc, argv);
+    if (!parsed) return usage(0);
+    o = *parsed;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "bench_ingest: %s\n", e.what());
+    return usage(2);
+  }
+  try {
+    const auto t_start = Clock::now();
+    utsname u{};
+    uname(&u);
+    const auto [zmaj, zmin, zpat] = zmq::version();
+    std::printf("xanesd ingest benchmark (bench/bench_ingest.cpp)\n");
+    std::printf("machine : %d CPUs (nproc), %s, %s RAM, %s %s\n", nproc(), cpu_model().c_str(), mem_total().c_str(),
+                u.sysname, u.release);
+    std::printf("software: xanesd %s, ZeroMQ %d.%d.%d, compiler %s %s\n", XANESD_VERSION_STRING, zmaj, zmin, zpat,
+#ifdef __clang__
+                "clang",
+#else
+                "gcc",
+#endif
+                __VERSION__);
+    std::printf("setup   : in-process daemon, tcp://127.0.0.1 loopback; sender, daemon and map subscriber share these CPUs\n");
+    std::printf("fit     : nnls, 3 references (%s, %s, %s) + linear background; fluorescence, float32 full frames, scalar i0\n",
+                kSpecies[0].c_str(), kSpecies[1].c_str(), kSpecies[2].c_str());
+    std::printf("sender  : PUSH, energy-major, as fast as the daemon accepts (lossless back-pressure)\n\n");
+    std::fflush(stdout);
+
+    const auto refs = species_refs(o.library);
+    const auto grid = sim::read_energies_file(o.energies);
+    std::vector<Workload> workloads;
+    if (o.large) {
+      const auto t = Clock::now();
+      workloads.push_back(large_workload(o, refs, grid));
+      std::printf("workload %-9s: %s [generated in %.1f s]\n", workloads.back().label.c_str(), workloads.back().how.c_str(),
+                  seconds(Clock::now() - t));
+    }
+    if (o.small) {
+      const auto t = Clock::now();
+      workloads.push_back(small_workload(o, refs, grid));
+      std::printf("workload %-9s: %s [generated in %.1f s]\n", workloads.back().label.c_str(), workloads.back().how.c_str(),
+                  seconds(Clock::now() - t));
+    }
+    std::printf("\n");
+    std::fflush(stdout);
+
+    struct Row {
+      std::string size, setting;
+      std::size_t frames;
+      double fps, sps, pct;
+      std::string lat50, lat99, latmax, cycles;
+    };
+    std::vector<Row> rows;
+    std::vector<std::string> summary;
+    for (const auto& w : workloads) {
+      std::optional<RawResult> raw;
+      if (o.raw) {
+        raw = run_raw(w);
+        std::printf("[%s] raw PUSH→PULL loopback: %zu frames of %.1f MB in %.2f s: %.1f frames/s, %.2f GB/s\n",
+                    w.label.c_str(), raw->frames, static_cast<double>(w.frame_bytes()) / 1e6, raw->seconds, raw->fps,
+                    raw->gbytes_per_s);
+        std::fflush(stdout);
+        rows.push_back({w.label, "raw ZeroMQ, no daemon", raw->frames, raw->fps, raw->fps * static_cast<double>(w.pixels()),
+                        100.0, "-", "-", "-", "-"});
+      }
+      auto run = [&](int interval, double rate) {
+        const auto r = run_daemon(o, w, interval, rate);
+        const std::string pace = rate > 0 ? ", paced " + sfmt("%.3g", rate) + "/s" : "";
+        const double pct = raw && rate == 0 ? 100.0 * r.fps / raw->fps : NAN;
+        std::printf("[%s] xanesd, publish.interval_ms=%d%s: %zu frames in %.2f s (last frame handed to ZeroMQ at %.2f s): "
+                    "%.1f frames/s, %s pixel-samples/s, latency median %.1f ms, p99 %.1f ms, max %.1f ms; "
+                    "%zu fraction maps received, %lld publication cycles\n",
+                    w.label.c_str(), interval, pace.c_str(), r.frames, r.seconds, r.sender_done_s, r.fps,
+                    human_rate(r.samples_per_s).c_str(), r.lat_median_ms, r.lat_p99_ms, r.lat_max_ms, r.publications,
+                    static_cast<long long>(r.cycles));
+        for (const auto& wmsg : r.warnings) std::printf("  WARNING: %s\n", wmsg.c_str());
+        std::fflush(stdout);
+        rows.push_back({w.label, "xanesd interval_ms=" + std::to_string(interval) + (rate > 0 ? " paced" : ""), r.frames,
+                        r.fps, r.samples_per_s, pct, sfmt("%.0f", r.lat_median_ms), sfmt("%.0f", r.lat_p99_ms),
+                        sfmt("%.0f", r.lat_max_ms), std::to_string(r.cycles)});
+        if (!std::isnan(pct))
+          summary.push_back(w.label + ", publish.interval_ms=" + std::to_string(interval) + ": xanesd reaches " +
+                            sfmt("%.1f", pct) + "% of raw loopback frame rate");
+        return r;
+      };
+      double slowest = INFINITY;
+      for (int interval : o.intervals) slowest = std::min(slowest, run(interval, 0).fps);
+      if (w.large ? o.paced_large : o.paced_small) {
+        const double rate = o.pace_fraction * slowest;
+        std::printf("[%s] paced runs: sender offers %.3g frames/s (%.0f%% of the lowest unpaced rate above)\n", w.label.c_str(),
+                    rate, 100 * o.pace_fraction);
+        for (int interval : o.intervals) run(interval, rate);
+      }
+    }
+
+    std::printf("\n%-9s  %-29s %7s %10s %16s %8s %11s %11s %11s %7s\n", "size", "setting", "frames", "frames/s",
+                "pixel-samples/s", "% raw", "lat p50 ms", "lat p99 ms", "lat max ms", "cycles");
+    std::printf("%s\n", std::string(130, '-').c_str());
+    for (const auto& r : rows)
+      std::printf("%-9s  %-29s %7zu %10.1f %16s %8s %11s %11s %11s %7s\n", r.size.c_str(), r.setting.c_str(), r.frames, r.fps,
+                  (human_rate(r.sps) + "/s").c_str(), std::isnan(r.pct) ? "-" : sfmt("%.1f%%", r.pct).c_str(), r.lat50.c_str(),
+                  r.lat99.c_str(), r.latmax.c_str(), r.cycles.c_str());
+    std::printf("\n");
+    for (const auto& s : summary) std::printf("%s\n", s.c_str());
+    std::printf("\nframes/s, pixel-samples/s: all frames of the run (× pixels per frame) / (first frame sent → final map received)\n"
+                "latency: frame handed to ZeroMQ by the sender → arrival of the first maps/fractions publication whose\n"
+                "  last_seq covers it. Unpaced rows: the sender outruns xanesd, so this is mostly time spent queued\n"
+                "  behind earlier frames (ZeroMQ buffers + ingest queue). Paced rows: the sender offers a fixed rate\n"
+                "  below capacity; frames/s there is the offered rate. cycles: the daemon's publish.cycles (map\n"
+                "  publications, including the final one of each scan). See bench/README.md. Total run time %.0f s.\n",
+                seconds(Clock::now() - t_start));
+    return 0;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "bench_ingest: %s\n", e.what());
+    return 1;
+  }
+}
