@@ -22,6 +22,7 @@ Receiver::~Receiver() {
 
 void Receiver::start() {
   thread_ = std::jthread([this](std::stop_token st) { run(st); });
+  pthread_setname_np(thread_.native_handle(), "xanesd-recv");  // visible in top -H, perf, gdb
 }
 
 IngestMessage Receiver::parse(std::vector<zmq::message_t>&& frames) {

@@ -20,6 +20,7 @@ Pipeline::~Pipeline() {
 
 void Pipeline::start() {
   thread_ = std::jthread([this](std::stop_token st) { run(st); });
+  pthread_setname_np(thread_.native_handle(), "xanesd-pipe");  // visible in top -H, perf, gdb
 }
 
 ScanSettings Pipeline::settings() const {

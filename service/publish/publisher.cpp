@@ -18,6 +18,7 @@ Publisher::~Publisher() {
 
 void Publisher::start() {
   thread_ = std::jthread([this](std::stop_token st) { run(st); });
+  pthread_setname_np(thread_.native_handle(), "xanesd-pub");  // visible in top -H, perf, gdb
 }
 
 bool Publisher::publish(protocol::WireMessage&& msg) {
@@ -32,7 +33,7 @@ Publisher::Snapshot Publisher::snapshot() const {
   out.scan_id = cache_scan_;
   for (const auto& [topic, cached] : cache_) {
     std::vector<zmq::message_t> copy;
-    for (const auto& f : cached.frames) copy.emplace_back(f.data(), f.size());
+    for (const auto& f : cached.frames) copy.emplace_back().copy(const_cast<zmq::message_t&>(f));  // shares the buffer
     out.messages.push_back(std::move(copy));
     out.version = std::max(out.version, cached.version);
   }
@@ -50,7 +51,7 @@ void Publisher::run(std::stop_token stop) {
       auto frames = protocol::encode(std::move(*msg));
       std::vector<zmq::message_t> cached;
       if (topic != "errors")  // errors are events, not state: nothing to replay on late join
-        for (const auto& f : frames) cached.emplace_back(f.data(), f.size());
+        for (auto& f : frames) cached.emplace_back().copy(f);  // zmq_msg_copy: shares the buffer, no copy
       // PUB never blocks: a subscriber past its high-water mark misses this message and sees
       // a gap in `version`.
       for (std::size_t i = 0; i < frames.size(); ++i)
