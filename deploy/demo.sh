@@ -7,12 +7,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash deploy/build.sh
 OUT=demo-out
-mkdir -p "$OUT"
+mkdir -p "$OUT/scan" "$OUT/results"
 build/clients/xanes-simulate --refs config/references/fe_k_library_normalized.nor \
   --use Magnetite,Goethite,Pyrite --energies config/references/fe_k_energies_hxn.txt \
-  --shape 155x160 --counts 2000 --seed 7 --out "$OUT/demo-scan.h5"
+  --shape 155x160 --counts 2000 --seed 7 --out "$OUT/scan/demo-scan.h5"
 
-build/service/xanesd --config config/default.json --set output.directory="$OUT" &
+build/service/xanesd --config config/default.json --set output.directory="$OUT/results" &
 daemon=$!
 trap 'kill $daemon 2>/dev/null || true' EXIT
 /usr/bin/python3 clients/python/xanesctl status > /dev/null  # waits until the daemon answers
@@ -22,11 +22,12 @@ trap 'kill $daemon 2>/dev/null || true' EXIT
 viewer=$!
 sleep 0.5  # let the viewer subscribe before the first frame
 # 8 energies per second: a ~9 s scan, so the maps visibly fill in energy by energy.
-build/clients/xanes-replay --input "$OUT/demo-scan.h5" --rate 8
+build/clients/xanes-replay --input "$OUT/scan/demo-scan.h5" --rate 8
 wait $viewer
 /usr/bin/python3 clients/python/xanesctl shutdown > /dev/null
 wait $daemon || true
 trap - EXIT
 echo
-echo "result file: $OUT/demo-scan.h5   (h5ls -r, or silx view)"
+echo "scan file:   $OUT/scan/demo-scan.h5 (input, with /truth)"
+echo "result file: $OUT/results/demo-scan.h5   (h5ls -r, or silx view)"
 echo "maps:        $OUT/demo-maps.png"
