@@ -10,7 +10,7 @@ std::vector<science::Reference> load_references(const ReferencesConfig& cfg) {
   std::vector<science::Reference> refs;
   for (const auto& f : cfg.files) {
     try {
-      auto loaded = science::load_reference_file(f);
+      auto loaded = science::load_reference_file(f, science::normalize_mode_from_string(cfg.normalize));
       refs.insert(refs.end(), loaded.begin(), loaded.end());
     } catch (const std::exception& e) {
       throw ConfigError(std::string("references.files: ") + e.what());

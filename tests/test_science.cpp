@@ -234,3 +234,71 @@ TEST_CASE("the image solver (cached passive sets, threads) matches the reference
   }
   CHECK(negative == 0);
 }
+
+#include <fstream>
+
+#include "science/edge_normalize.hpp"
+
+TEST_CASE("a raw μ(E) reference is edge-normalized as Larch's pre_edge does; normalized ones are left alone") {
+  const auto src = load_reference_file(test::refs_dir() / "fe_k_standards_raw" / "Goethite FeXANES.e", NormalizeMode::never);
+  REQUIRE(src.size() == 1);
+  const auto& g = src[0];
+  // Make it raw: an offset and sloped pre-edge, an edge step of 2.4, a post-edge that falls off.
+  const double e0 = 7126.0;
+  std::vector<double> raw(g.mu.size());
+  for (std::size_t i = 0; i < raw.size(); ++i) {
+    const double de = g.energies_eV[i] - e0;
+    raw[i] = 0.35 - 2e-4 * de + 2.4 * g.mu[i] * (1.0 - 1.5e-4 * std::max(0.0, de));
+  }
+  const auto dir = test::scratch("raw-reference");
+  {
+    std::ofstream out(dir / "goethite raw.txt");
+    out << "# raw transmission mu(E) of goethite\n";
+    for (std::size_t i = 0; i < raw.size(); ++i) out << g.energies_eV[i] << " " << raw[i] << "\n";
+  }
+  const auto loaded = load_reference_file(dir / "goethite raw.txt");
+  REQUIRE(loaded.size() == 1);
+  CHECK(loaded[0].name == "goethite raw");
+  CHECK(loaded[0].normalized_here);
+  CHECK(loaded[0].e0_eV == doctest::Approx(7126).epsilon(4.0 / 7126));
+  double worst = 0;
+  for (std::size_t i = 0; i < raw.size(); ++i)
+    if (g.energies_eV[i] < 7300) worst = std::max(worst, std::abs(loaded[0].mu[i] - g.mu[i]));
+  CHECK(worst < 0.05);  // the XANES region is recovered to within 5 % of the edge step
+
+  // The shipped libraries: Athena's normalized export is left alone, and all 65 standards load
+  // (some have '=====' separator lines without '#'); only the few that are not ~0/~1 get normalized.
+  for (const auto& r : load_reference_file(test::fe_library())) CHECK_FALSE(r.normalized_here);
+  int n = 0, normalized = 0;
+  for (const auto& f : std::filesystem::directory_iterator(test::refs_dir() / "fe_k_standards_raw")) {
+    const auto r = load_reference_file(f.path());
+    REQUIRE(r.size() == 1);
+    ++n;
+    normalized += r[0].normalized_here;
+    CHECK(r[0].mu.back() == doctest::Approx(1.0).epsilon(0.2));
+  }
+  CHECK(n == 65);
+  CHECK(normalized <= 5);
+}
+
+TEST_CASE("pre_edge follows Larch's default ranges and accepts explicit ones") {
+  std::vector<double> e, mu;
+  for (double x = 7000; x <= 7600; x += 2) {
+    e.push_back(x);
+    mu.push_back(0.2 + 1e-4 * (x - 7000) + 1.7 / (1 + std::exp(-(x - 7120) / 2.0)));
+  }
+  const auto r = pre_edge(e, mu);
+  CHECK(r.e0 == doctest::Approx(7120).epsilon(2.0 / 7120));
+  CHECK(r.pre1 == doctest::Approx(-120));  // (7002 − 7120) rounded to 5 eV
+  CHECK(r.pre2 == doctest::Approx(-40));   // 5·round(pre1/15)
+  CHECK(r.norm2 == doctest::Approx(480));
+  CHECK(r.norm1 == doctest::Approx(150));  // min(150, 5·round(norm2/15))
+  CHECK(r.nnorm == 1);                     // norm2 − norm1 = 330 < 350
+  CHECK(r.edge_step == doctest::Approx(1.7).epsilon(0.02));
+  CHECK(r.norm.front() == doctest::Approx(0.0).scale(1.0).epsilon(0.01));
+  CHECK(r.norm.back() == doctest::Approx(1.0).epsilon(0.02));
+  const auto fixed = pre_edge(e, mu, {.e0 = 7121.0, .pre1 = -100.0, .pre2 = -50.0, .norm1 = 100.0, .norm2 = 400.0, .nnorm = 2});
+  CHECK(fixed.e0 == doctest::Approx(7120));  // snapped to a measured energy
+  CHECK(fixed.nnorm == 2);
+  CHECK(white_line_energy(e, mu, r.e0) >= r.e0);
+}

@@ -19,6 +19,7 @@ const std::vector<ConfigKey>& config_keys() {
       {"control.endpoint", "tcp://127.0.0.1:5557", "ZeroMQ endpoint the REP control socket binds"},
       {"control.reply_timeout_ms", 60000, "longest a control request waits for the pipeline before it is answered with an error (ms)", 100, 3.6e6},
       {"references.files", nlohmann::json::array(), "reference spectra files (XDI .nor multi-column, or two-column eV/keV text), relative to the config file's folder"},
+      {"references.normalize", "auto", "edge-normalize references as Larch's pre_edge does: 'auto' (only spectra that are not already ~0 before the edge and ~1 at the end: raw μ), 'always', or 'never'"},
       {"references.margin_eV", 20.0, "how far (eV) the scan may extend beyond a reference's energy range; there the reference's end value is held. Beyond it the references are refused for that scan", 0, 1e4},
       {"fit.method", "nnls", "'nnls' (species coefficients ≥ 0, background free), 'least_squares', or 'lasso' (positive LASSO for large libraries: selects a few references)", -1e300, 1e300, true},
       {"fit.background", true, "fit a + b·(E−E0) jointly with the references (science.md §3)"},
@@ -92,6 +93,9 @@ Config build(const nlohmann::json& flat, const std::filesystem::path& base_dir) 
     c.references.files.push_back(p.is_absolute() ? p : base_dir / p);
   }
   c.references.margin_eV = num("references.margin_eV");
+  c.references.normalize = str("references.normalize");
+  if (c.references.normalize != "auto" && c.references.normalize != "always" && c.references.normalize != "never")
+    throw ConfigError("config key 'references.normalize' must be 'auto', 'always' or 'never', got '" + c.references.normalize + "'");
   c.fit = {str("fit.method"), flat.at("fit.background").get<bool>(), flat.at("fit.sum_to_one").get<bool>(),
            num("fit.lasso_alpha"), flat.at("fit.lasso_refit").get<bool>(), integer("fit.threads")};
   if (c.fit.method != "nnls" && c.fit.method != "least_squares" && c.fit.method != "lasso")

@@ -36,6 +36,7 @@ struct ControlConfig {
 struct ReferencesConfig {
   std::vector<std::filesystem::path> files;  // resolved against the config file's folder
   double margin_eV = 0;
+  std::string normalize;  // auto | always | never
 };
 struct FitConfig {
   std::string method;

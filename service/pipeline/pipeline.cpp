@@ -233,7 +233,8 @@ nlohmann::json Pipeline::handle(const nlohmann::json& req) {
     if (!files.is_array() || files.empty()) return {{"ok", false}, {"error", "'files' must be a non-empty list of paths"}};
     std::vector<science::Reference> refs;
     for (const auto& f : files) {
-      auto loaded = science::load_reference_file(f.get<std::string>());
+      auto loaded = science::load_reference_file(
+          f.get<std::string>(), science::normalize_mode_from_string(req.value("normalize", cfg_.references.normalize)));
       refs.insert(refs.end(), loaded.begin(), loaded.end());
     }
     if (req.contains("names")) {  // keep only the named spectra, in the order given
@@ -253,12 +254,13 @@ nlohmann::json Pipeline::handle(const nlohmann::json& req) {
       else publish_cycle(true);
     }
     update_status();
-    nlohmann::json names = nlohmann::json::array(), ranges = nlohmann::json::array();
+    nlohmann::json names = nlohmann::json::array(), ranges = nlohmann::json::array(), normalized = nlohmann::json::array();
     for (const auto& r : refs_) {
       names.push_back(r.name);
       ranges.push_back({r.energies_eV.front(), r.energies_eV.back()});
+      if (r.normalized_here) normalized.push_back(r.name);
     }
-    return {{"ok", true}, {"reference_names", names}, {"energy_range_eV", ranges}};
+    return {{"ok", true}, {"reference_names", names}, {"energy_range_eV", ranges}, {"normalized_here", normalized}};
   }
   if (cmd == "select_energies")
     return {{"ok", false}, {"error", "select_energies is not available in this version (energy-selection issue)"}};

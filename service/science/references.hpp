@@ -16,8 +16,15 @@ struct Reference {
   std::string name;
   std::string source;                // file it came from
   std::vector<double> energies_eV;   // strictly increasing
-  std::vector<double> mu;            // same length
+  std::vector<double> mu;            // same length; edge-normalized after loading
+  bool normalized_here = false;      // true if xanesd edge-normalized it (it was raw μ)
+  double e0_eV = 0, edge_step = 0;   // from the edge normalization check
 };
+
+// Raw measured spectra must be edge-normalized before fitting; libraries exported by Athena
+// already are. `auto` normalizes only spectra that are not (pre-edge ≉ 0 or step ≉ 1).
+enum class NormalizeMode { automatic, always, never };
+NormalizeMode normalize_mode_from_string(const std::string& s);  // "auto", "always", "never"
 
 class ReferenceError : public std::runtime_error {
  public:
@@ -27,7 +34,12 @@ class ReferenceError : public std::runtime_error {
 // Loads every spectrum in a file. Multi-column files give one Reference per column after
 // the energy column; two-column files give one, named from the header (`#%Name:`) or the
 // file name. Energies below 100 are taken as keV and converted to eV.
-std::vector<Reference> load_reference_file(const std::filesystem::path& path);
+std::vector<Reference> load_reference_file(const std::filesystem::path& path,
+                                           NormalizeMode normalize = NormalizeMode::automatic);
+
+// Edge-normalizes one reference in place as Larch's pre_edge does (see edge_normalize.hpp),
+// when `mode` asks for it; records E0 and the edge step either way.
+void normalize_reference(Reference& r, NormalizeMode mode);
 
 // Resamples each reference onto `energies_eV` by linear interpolation. Inside
 // [first − margin, last + margin] of a reference's own range, points beyond its ends take
