@@ -5,6 +5,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "batch.hpp"
 #include "config/config.hpp"
 #include "daemon.hpp"
 
@@ -13,6 +14,7 @@ namespace {
 int usage(int code) {
   std::fprintf(code ? stderr : stdout,
                "usage: xanesd --config FILE [--set key=value ...]\n"
+               "       xanesd fit --input SCAN.h5 [--refs FILE ...] --out RESULT.h5 [--config FILE] [--set key=value ...]\n"
                "       xanesd --config-keys     (print every config key as a Markdown table)\n"
                "Config keys are documented in config/README.md.\n");
   return code;
@@ -21,6 +23,7 @@ int usage(int code) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  if (argc > 1 && std::string(argv[1]) == "fit") return xanesd::batch_main(argc, argv);
   std::string config_file;
   std::vector<std::string> overrides;
   for (int i = 1; i < argc; ++i) {

@@ -187,6 +187,24 @@ TEST_CASE("live fluorescence scan: maps on the PUB socket while it runs, result 
   const auto config = nlohmann::json::parse(h5::read_string(f, "entry/config"));
   CHECK(config.at("fit.method") == "nnls");
 
+  // Batch mode reprocesses the same file with the same code: the same maps.
+  {
+    const auto batch_out = dir / "batch" / "fluo.h5";
+    std::filesystem::create_directories(batch_out.parent_path());
+    test::Process fit({XANESD_BIN, "fit", "--input", truth.file.string(), "--refs", test::fe_library().string(), "--names",
+                       "Magnetite,Goethite,Pyrite", "--out", batch_out.string(), "--set", "log.level=warn"},
+                      (dir / "batch.log").string());
+    REQUIRE(fit.wait(60s) == 0);
+    auto bf = h5::open_file(batch_out);
+    const auto batch_fractions = h5::read<float>(bf, "entry/results/fractions");
+    REQUIRE(batch_fractions.size() == fractions.size());
+    double maxdiff = 0;
+    for (std::size_t i = 0; i < fractions.size(); ++i)
+      maxdiff = std::max(maxdiff, static_cast<double>(std::abs(batch_fractions[i] - fractions[i])));
+    CHECK(maxdiff < 1e-5);
+    CHECK(h5::read_strings(bf, "entry/results/reference_names") == kSpecies);
+  }
+
   // Pixel-major arrival gives the same maps (a second scan on the same daemon).
   REQUIRE(replay(truth.file, d.ingest, {"--order", "pixel-major", "--scan-id", "fluo-pm"}) == 0);
   const auto pm_path = dir / "results" / "fluo-pm.h5";

@@ -1,5 +1,6 @@
 // Plays a scan file into xanesd exactly as a detector and scan controller would: start,
-// frames (energy-major full images or row blocks, or pixel-major pixel lists), stop.
+// frames (energy-major full images or row blocks, or pixel-major pixel lists), stop. The
+// file is read by store/scan_file.hpp, the same reader `xanesd fit` uses.
 #pragma once
 
 #include <chrono>

@@ -17,7 +17,7 @@
 
 namespace xanesd {
 
-using IngestMessage = std::variant<protocol::StartMsg, protocol::FrameMsg, protocol::StopMsg>;
+using protocol::IngestMessage;
 using IngestQueue = BoundedQueue<IngestMessage>;
 using IssueSink = std::function<void(const Issue&, const std::string& scan_id)>;
 

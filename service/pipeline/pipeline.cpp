@@ -23,23 +23,6 @@ void Pipeline::start() {
   pthread_setname_np(thread_.native_handle(), "xanesd-pipe");  // visible in top -H, perf, gdb
 }
 
-ScanSettings Pipeline::settings() const {
-  ScanSettings s;
-  s.energy_tolerance_eV = cfg_.ingest.energy_tolerance_eV;
-  s.min_transmission = cfg_.ingest.min_transmission;
-  s.margin_eV = cfg_.references.margin_eV;
-  s.fit.method = science::fit_method_from_string(cfg_.fit.method);
-  s.fit.sum_to_one = cfg_.fit.sum_to_one;
-  s.fit.lasso_alpha = cfg_.fit.lasso_alpha;
-  s.fit.lasso_refit = cfg_.fit.lasso_refit;
-  s.background = cfg_.fit.background;
-  return s;
-}
-
-int Pipeline::solve_threads() const {
-  return cfg_.fit.threads > 0 ? cfg_.fit.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-}
-
 std::future<nlohmann::json> Pipeline::submit(nlohmann::json request) {
   auto cmd = std::make_shared<Command>();
   cmd->request = std::move(request);
@@ -128,7 +111,7 @@ void Pipeline::on_start(protocol::StartMsg&& s) {
     return;
   }
   const auto id = s.scan_id;
-  scan_ = std::make_unique<Scan>(std::move(s), refs_, settings());
+  scan_ = std::make_unique<Scan>(std::move(s), refs_, scan_settings(cfg_));
   counters_.add("scans.started");
   spdlog::info("scan {} started: {}×{} px, {} energies, {}", id, scan_->rows(), scan_->cols(), scan_->energies().size(),
                protocol::to_string(scan_->start().mode));
@@ -183,7 +166,7 @@ void Pipeline::finish_scan(bool write_file) {
 
 void Pipeline::publish_cycle(bool final) {
   const auto t0 = std::chrono::steady_clock::now();
-  const auto solved = scan_->solve_changed(solve_threads());
+  const auto solved = scan_->solve_changed(solve_threads(cfg_));
   ++version_;
   for (auto& m : make_map_messages(*scan_, version_, final)) publisher_.publish(std::move(m));
   update_status();
@@ -198,7 +181,7 @@ void Pipeline::publish_cycle(bool final) {
 
 nlohmann::json Pipeline::save(const std::string& path) {
   if (!scan_) return {{"ok", false}, {"error", "no scan to save"}};
-  scan_->solve_changed(solve_threads());
+  scan_->solve_changed(solve_threads(cfg_));
   const std::filesystem::path out = path.empty() ? cfg_.output.directory / (scan_->id() + ".h5") : std::filesystem::path(path);
   try {
     write_result_file(out, *scan_, cfg_.effective, counters_.to_json(), cfg_.output.save_spectra);
@@ -222,7 +205,7 @@ nlohmann::json Pipeline::handle(const nlohmann::json& req) {
   }
   if (cmd == "configure") {
     cfg_ = reconfigure(cfg_, req.value("set", nlohmann::json::object()));
-    if (scan_) scan_->refit(refs_, settings());
+    if (scan_) scan_->refit(refs_, scan_settings(cfg_));
     changed_since_publish_ = scan_ != nullptr;
     if (scan_ && scan_->state() != ScanState::running) publish_cycle(true);
     update_status();
@@ -249,7 +232,7 @@ nlohmann::json Pipeline::handle(const nlohmann::json& req) {
     if (scan_) science::resample(refs, scan_->energies(), cfg_.references.margin_eV);  // throws: refuse, keep the old set
     refs_ = std::move(refs);
     if (scan_) {
-      scan_->refit(refs_, settings());
+      scan_->refit(refs_, scan_settings(cfg_));
       if (scan_->state() == ScanState::running) changed_since_publish_ = true;
       else publish_cycle(true);
     }

@@ -49,8 +49,6 @@ class Pipeline {
   void update_status();
   nlohmann::json handle(const nlohmann::json& request);
   nlohmann::json save(const std::string& path);
-  ScanSettings settings() const;
-  int solve_threads() const;
 
   Config cfg_;
   std::vector<science::Reference> refs_;

@@ -3,12 +3,32 @@
 #include <cmath>
 #include <sstream>
 
+#include <thread>
+
+#include "config/config.hpp"
 #include "science/normalize.hpp"
 
 namespace xanesd {
 
 using protocol::Mode;
 using protocol::Region;
+
+ScanSettings scan_settings(const Config& cfg) {
+  ScanSettings s;
+  s.energy_tolerance_eV = cfg.ingest.energy_tolerance_eV;
+  s.min_transmission = cfg.ingest.min_transmission;
+  s.margin_eV = cfg.references.margin_eV;
+  s.fit.method = science::fit_method_from_string(cfg.fit.method);
+  s.fit.sum_to_one = cfg.fit.sum_to_one;
+  s.fit.lasso_alpha = cfg.fit.lasso_alpha;
+  s.fit.lasso_refit = cfg.fit.lasso_refit;
+  s.background = cfg.fit.background;
+  return s;
+}
+
+int solve_threads(const Config& cfg) {
+  return cfg.fit.threads > 0 ? cfg.fit.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+}
 
 std::string to_string(ScanState s) {
   switch (s) {

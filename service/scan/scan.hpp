@@ -39,6 +39,12 @@ struct ScanSettings {
   bool background = true;
 };
 
+struct Config;
+// The scan settings a config implies (ingest tolerances, reference margin, fit options).
+ScanSettings scan_settings(const Config& cfg);
+// Threads to solve pixels with (fit.threads, 0 = one per core).
+int solve_threads(const Config& cfg);
+
 enum class ScanState { running, stopped, aborted };
 std::string to_string(ScanState s);
 

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <variant>
 #include <vector>
 
 #include "xanesd/protocol/wire.hpp"
@@ -59,5 +60,8 @@ struct StopMsg {
   WireMessage to_wire() &&;
   static StopMsg from_wire(WireMessage&& m);
 };
+
+// Any message of the ingest socket.
+using IngestMessage = std::variant<StartMsg, FrameMsg, StopMsg>;
 
 }  // namespace xanesd::protocol

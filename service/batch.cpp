@@ -1,0 +1,95 @@
+#include "batch.hpp"
+
+#include <cstdio>
+#include <iostream>
+#include <map>
+#include <sstream>
+
+#include <spdlog/spdlog.h>
+
+#include "daemon.hpp"
+#include "scan/scan.hpp"
+#include "store/result_file.hpp"
+#include "store/scan_file.hpp"
+
+namespace xanesd {
+
+nlohmann::json run_batch_fit(const Config& cfg, const BatchOptions& opt) {
+  ReferencesConfig refs_cfg = cfg.references;
+  if (!opt.reference_files.empty()) refs_cfg.files = opt.reference_files;
+  auto refs = load_references(refs_cfg);
+  if (!opt.reference_names.empty()) {
+    std::vector<science::Reference> picked;
+    for (const auto& n : opt.reference_names) {
+      auto it = std::find_if(refs.begin(), refs.end(), [&](const auto& r) { return r.name == n; });
+      if (it == refs.end()) throw ConfigError("--names: no reference named '" + n + "' in the reference files");
+      picked.push_back(*it);
+    }
+    refs = std::move(picked);
+  }
+  std::unique_ptr<Scan> scan;
+  std::map<std::string, std::int64_t> issues;
+  auto note = [&](const Issue& i) {
+    ++issues[i.code];
+    spdlog::warn("[{}] {}", i.code, i.message);
+  };
+  read_scan_file(opt.input, {}, [&](protocol::IngestMessage&& msg) {
+    if (auto* s = std::get_if<protocol::StartMsg>(&msg)) {
+      scan = std::make_unique<Scan>(std::move(*s), refs, scan_settings(cfg));
+    } else if (auto* f = std::get_if<protocol::FrameMsg>(&msg)) {
+      for (const auto& i : scan->apply(*f).issues) note(i);
+    } else {
+      for (const auto& i : scan->stop(std::get<protocol::StopMsg>(msg))) note(i);
+    }
+  });
+  if (!scan->fit_error().empty()) throw std::runtime_error(scan->fit_error());
+  scan->solve_changed(solve_threads(cfg));
+  nlohmann::json counters = nlohmann::json::object();
+  for (const auto& [code, n] : issues) counters["issues." + code] = n;
+  write_result_file(opt.output, *scan, cfg.effective, counters, cfg.output.save_spectra);
+  return {{"scan", scan->summary()}, {"counters", counters}, {"output", opt.output.string()}};
+}
+
+int batch_main(int argc, char** argv) {
+  BatchOptions opt;
+  std::filesystem::path config_file;
+  std::vector<std::string> overrides;
+  auto usage = [] {
+    std::fprintf(stderr,
+                 "usage: xanesd fit --input SCAN.h5 [--refs FILE ...] [--names A,B,...] --out RESULT.h5 [--config FILE] [--set key=value ...]\n"
+                 "Fits a scan file with the daemon's code and writes the same result file. Without --refs, the\n"
+                 "config's references.files are used.\n");
+    return 2;
+  };
+  for (int i = 2; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (i + 1 >= argc) return usage();
+    if (a == "--input") opt.input = argv[++i];
+    else if (a == "--out") opt.output = argv[++i];
+    else if (a == "--refs") opt.reference_files.emplace_back(argv[++i]);
+    else if (a == "--names") {
+      std::stringstream names(argv[++i]);
+      for (std::string n; std::getline(names, n, ',');) opt.reference_names.push_back(n);
+    }
+    else if (a == "--config") config_file = argv[++i];
+    else if (a == "--set") overrides.emplace_back(argv[++i]);
+    else return usage();
+  }
+  if (opt.input.empty() || opt.output.empty()) return usage();
+  try {
+    const Config cfg = config_file.empty() ? make_config(nlohmann::json::object(), overrides, std::filesystem::current_path())
+                                           : load_config(config_file, overrides);
+    spdlog::set_level(spdlog::level::from_str(cfg.log_level));
+    const auto summary = run_batch_fit(cfg, opt);
+    std::cout << summary.dump(2) << "\n";
+    return 0;
+  } catch (const ConfigError& e) {
+    std::fprintf(stderr, "xanesd fit: configuration error: %s\n", e.what());
+    return 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "xanesd fit: %s\n", e.what());
+    return 1;
+  }
+}
+
+}  // namespace xanesd

@@ -1,0 +1,144 @@
+#include "store/scan_file.hpp"
+
+#include "store/h5.hpp"
+
+namespace xanesd {
+
+namespace {
+
+using protocol::Array;
+
+Array rows_array(const std::string& name, const float* data, int nrows, int cols) {
+  return Array::from<float>(name, std::span<const float>(data, static_cast<std::size_t>(nrows) * cols), {nrows, cols});
+}
+
+}  // namespace
+
+std::int64_t read_scan_file(const std::filesystem::path& path, const ScanFileOptions& opt,
+                            const std::function<void(protocol::IngestMessage&&)>& emit) {
+  auto file = h5::open_file(path);
+  const auto mode = protocol::mode_from_string(h5::read_attr_string(file, "mode"));
+  const auto energies = h5::read<double>(file, "energy");
+  const auto dims = h5::shape(file, "raw/counts");
+  if (dims.size() != 3 || dims[0] != energies.size())
+    throw std::runtime_error("/raw/counts must be E×rows×cols with E = len(/energy)");
+  const int E = static_cast<int>(dims[0]), R = static_cast<int>(dims[1]), C = static_cast<int>(dims[2]);
+  const std::size_t P = static_cast<std::size_t>(R) * C;
+
+  std::vector<double> i0_scalar;
+  bool i0_per_pixel = false, flat_per_energy = false;
+  if (h5::exists(file, "raw/i0")) {
+    const auto d = h5::shape(file, "raw/i0");
+    if (d.size() == 1) i0_scalar = h5::read<double>(file, "raw/i0");
+    else i0_per_pixel = true;
+  }
+  protocol::StartMsg start;
+  start.scan_id = opt.scan_id.empty() ? path.stem().string() : opt.scan_id;
+  start.rows = R, start.cols = C;
+  start.energies_eV = energies;
+  start.mode = mode;
+  start.order = opt.order;
+  if (h5::exists(file, "raw/dark")) {
+    const auto d = h5::read<float>(file, "raw/dark");
+    start.dark = Array::from<float>("dark", d, {R, C});
+  }
+  if (h5::exists(file, "raw/flat")) {
+    if (h5::shape(file, "raw/flat").size() == 3) flat_per_energy = true;
+    else start.flat = Array::from<float>("flat", h5::read<float>(file, "raw/flat"), {R, C});
+  }
+  std::vector<std::vector<float>> xrf;
+  if (h5::exists(file, "xrf")) {
+    auto g = h5::open_group(file, "xrf");
+    for (const auto& name : h5::list(g)) {
+      start.xrf_channels.push_back(name);
+      xrf.push_back(h5::read<float>(g, name));
+    }
+  }
+
+  const std::string scan_id = start.scan_id;
+  emit(std::move(start));
+
+  std::int64_t seq = 0;
+  auto base_frame = [&](int e) {
+    protocol::FrameMsg f;
+    f.scan_id = scan_id;
+    f.seq = seq;
+    f.energy_index = e;
+    f.energy_eV = energies[static_cast<std::size_t>(e)];
+    if (!i0_scalar.empty()) f.i0_scalar = i0_scalar[static_cast<std::size_t>(e)];
+    return f;
+  };
+  auto send_frame = [&](protocol::FrameMsg&& f) {
+    emit(std::move(f));
+    ++seq;
+  };
+
+  if (opt.order == protocol::Order::energy_major) {
+    const int block = opt.rows_per_frame > 0 ? std::min(opt.rows_per_frame, R) : R;
+    for (int e = 0; e < E; ++e) {
+      const auto counts = h5::read_planes<float>(file, "raw/counts", static_cast<hsize_t>(e), 1);
+      std::vector<float> i0, flat;
+      if (i0_per_pixel) i0 = h5::read_planes<float>(file, "raw/i0", static_cast<hsize_t>(e), 1);
+      if (flat_per_energy) flat = h5::read_planes<float>(file, "raw/flat", static_cast<hsize_t>(e), 1);
+      for (int r0 = 0; r0 < R; r0 += block) {
+        const int n = std::min(block, R - r0);
+        auto f = base_frame(e);
+        if (n == R) {
+          f.region.kind = protocol::Region::Kind::full;
+        } else {
+          f.region = {protocol::Region::Kind::rows, r0, n};
+        }
+        const std::size_t off = static_cast<std::size_t>(r0) * C;
+        f.counts = rows_array("counts", counts.data() + off, n, C);
+        if (!i0.empty()) f.i0 = rows_array("i0", i0.data() + off, n, C);
+        if (!flat.empty()) f.flat = rows_array("flat", flat.data() + off, n, C);
+        if (e == 0 && !xrf.empty()) {
+          std::vector<float> x;
+          for (const auto& ch : xrf) x.insert(x.end(), ch.begin() + static_cast<long>(off), ch.begin() + static_cast<long>(off) + static_cast<long>(n) * C);
+          f.xrf = Array::from<float>("xrf", x, {static_cast<std::int64_t>(xrf.size()), n, C});
+        }
+        send_frame(std::move(f));
+      }
+    }
+  } else {
+    // Pixel-major: each chunk of pixels gets its whole spectrum before the next chunk starts.
+    const auto all_counts = h5::read<float>(file, "raw/counts");
+    std::vector<float> all_i0, all_flat;
+    if (i0_per_pixel) all_i0 = h5::read<float>(file, "raw/i0");
+    if (flat_per_energy) all_flat = h5::read<float>(file, "raw/flat");
+    const std::size_t chunk = opt.chunk_pixels > 0 ? static_cast<std::size_t>(opt.chunk_pixels) : static_cast<std::size_t>(C);
+    for (std::size_t p0 = 0; p0 < P; p0 += chunk) {
+      const std::size_t n = std::min(chunk, P - p0);
+      std::vector<std::uint32_t> pix(n);
+      for (std::size_t i = 0; i < n; ++i) pix[i] = static_cast<std::uint32_t>(p0 + i);
+      auto gather = [&](const std::vector<float>& src, int e) {
+        return std::vector<float>(src.begin() + static_cast<long>(static_cast<std::size_t>(e) * P + p0),
+                                  src.begin() + static_cast<long>(static_cast<std::size_t>(e) * P + p0 + n));
+      };
+      const auto N = static_cast<std::int64_t>(n);
+      for (int e = 0; e < E; ++e) {
+        auto f = base_frame(e);
+        f.region.kind = protocol::Region::Kind::pixels;
+        f.pixels = Array::from<std::uint32_t>("pixels", pix, {N});
+        f.counts = Array::from<float>("counts", gather(all_counts, e), {N});
+        if (!all_i0.empty()) f.i0 = Array::from<float>("i0", gather(all_i0, e), {N});
+        if (!all_flat.empty()) f.flat = Array::from<float>("flat", gather(all_flat, e), {N});
+        if (e == 0 && !xrf.empty()) {
+          std::vector<float> x;
+          for (const auto& ch : xrf) x.insert(x.end(), ch.begin() + static_cast<long>(p0), ch.begin() + static_cast<long>(p0 + n));
+          f.xrf = Array::from<float>("xrf", x, {static_cast<std::int64_t>(xrf.size()), N});
+        }
+        send_frame(std::move(f));
+      }
+    }
+  }
+  if (opt.include_stop) {
+    protocol::StopMsg stop;
+    stop.scan_id = scan_id;
+    stop.frames_sent = seq;
+    emit(std::move(stop));
+  }
+  return seq;
+}
+
+}  // namespace xanesd

@@ -1,0 +1,26 @@
+// Reads a scan file (README "Scan files") and turns it into the messages a detector and scan
+// controller would send: start, frames in the chosen order, stop. The replayer sends them over
+// ZeroMQ; the batch fit (`xanesd fit`) applies them directly. One reader, so both see the same scan.
+#pragma once
+
+#include <filesystem>
+#include <functional>
+#include <string>
+
+#include "xanesd/protocol/messages.hpp"
+
+namespace xanesd {
+
+struct ScanFileOptions {
+  protocol::Order order = protocol::Order::energy_major;
+  int rows_per_frame = 0;  // energy-major: 0 = whole image per frame
+  int chunk_pixels = 0;    // pixel-major: pixels per frame (0 = one image row)
+  std::string scan_id;     // default: the file's stem
+  bool include_stop = true;
+};
+
+// Calls `emit` for every message in order; returns how many frames were emitted.
+std::int64_t read_scan_file(const std::filesystem::path& path, const ScanFileOptions& opt,
+                            const std::function<void(protocol::IngestMessage&&)>& emit);
+
+}  // namespace xanesd
