@@ -302,3 +302,35 @@ TEST_CASE("pre_edge follows Larch's default ranges and accepts explicit ones") {
   CHECK(fixed.nnorm == 2);
   CHECK(white_line_energy(e, mu, r.e0) >= r.e0);
 }
+
+TEST_CASE("full-stack fit (blocked, fused) equals the incremental path, NaN samples included") {
+  const auto p = fe_problem({"Magnetite", "Goethite", "Pyrite"});
+  const auto E = static_cast<int>(p.energies.size());
+  const std::size_t P = 5000;  // more than one block, not a multiple of it
+  std::mt19937 rng(9);
+  std::uniform_real_distribution<double> u(0, 1);
+  std::normal_distribution<double> noise(0, 0.01);
+  std::vector<float> planes(static_cast<std::size_t>(E) * P);
+  for (std::size_t px = 0; px < P; ++px) {
+    Eigen::VectorXd theta(5);
+    theta << 0.02, 0.01, u(rng), u(rng), u(rng);
+    const Eigen::VectorXd y = p.model.X * theta;
+    for (int e = 0; e < E; ++e) planes[static_cast<std::size_t>(e) * P + px] = static_cast<float>(y(e) + noise(rng));
+  }
+  planes[3 * P + 17] = NAN;  // one bad sample
+  IncrementalLcf stack(p.model, P, {}), incremental(p.model, P, {});
+  stack.fit_stack(planes.data(), P, 2);
+  for (int e = 0; e < E; ++e)
+    for (std::size_t px = 0; px < P; ++px) {
+      const float y = planes[static_cast<std::size_t>(e) * P + px];
+      if (std::isfinite(y)) incremental.add(px, e, y);
+    }
+  incremental.solve_changed(2);
+  CHECK(stack.maps().nenergies[17] == E - 1);
+  CHECK(stack.maps().fitted[17] == 1);
+  for (std::size_t px = 0; px < P; ++px) {
+    CHECK(stack.maps().thickness[px] == doctest::Approx(incremental.maps().thickness[px]).epsilon(1e-4));
+    CHECK(stack.maps().residual[px] == doctest::Approx(incremental.maps().residual[px]).epsilon(1e-2).scale(1e-4));
+    CHECK(stack.maps().fractions[px] == doctest::Approx(incremental.maps().fractions[px]).epsilon(1e-4).scale(1));
+  }
+}

@@ -89,6 +89,84 @@ void IncrementalLcf::replace(std::size_t p, int e, double previous, double y) {
   if (!changed_[p]) changed_[p] = 1, changed_list_.push_back(p);
 }
 
+namespace {
+
+constexpr std::size_t kStackBlock = 2048;  // pixels per block: accumulators stay in L1/L2
+
+// s_m = Σ_e x_em·y_e (float: 1e-6 relative, ample for s) and q = Σ_e y_e² (double: χ² is a
+// difference of q and θᵀs) for B pixels, streaming each energy's row once. Contiguous over
+// pixels, so it vectorizes; target_clones picks AVX2 at run time on CPUs that have it while
+// the binary stays portable.
+__attribute__((target_clones("avx2", "default")))
+void accumulate_block(const float* planes, std::size_t stride, int E, int M, const float* xf, std::size_t B,
+                      float* acc, double* q) {
+  std::fill(acc, acc + static_cast<std::size_t>(M) * kStackBlock, 0.f);
+  std::fill(q, q + B, 0.0);
+  for (int e = 0; e < E; ++e) {
+    const float* __restrict y = planes + static_cast<std::size_t>(e) * stride;
+    for (int m = 0; m < M; ++m) {
+      const float x = xf[e * M + m];
+      float* __restrict a = acc + static_cast<std::size_t>(m) * kStackBlock;
+      for (std::size_t i = 0; i < B; ++i) a[i] += x * y[i];
+    }
+    for (std::size_t i = 0; i < B; ++i) q[i] += static_cast<double>(y[i]) * y[i];
+  }
+}
+
+}  // namespace
+
+void IncrementalLcf::add_stack(const float* planes, std::size_t plane_stride, int threads) {
+  const int E = static_cast<int>(model_.X.rows());
+  std::uint32_t full = EnergySets::kEmpty;
+  for (int e = 0; e < E; ++e) full = sets_.with(full, e);
+  for (std::size_t p = 0; p < npix_; ++p)
+    if (set_of_[p] != EnergySets::kEmpty) throw std::logic_error("add_stack: pixels already hold samples");
+  std::vector<float> xf(static_cast<std::size_t>(E * M_));  // design matrix rows, float
+  for (int e = 0; e < E; ++e)
+    for (int m = 0; m < M_; ++m) xf[static_cast<std::size_t>(e * M_ + m)] = static_cast<float>(model_.X(e, m));
+  std::vector<std::uint8_t> nonfinite(npix_, 0);
+  auto work = [&](std::size_t begin, std::size_t end) {
+    std::vector<float> acc(static_cast<std::size_t>(M_) * kStackBlock);
+    std::vector<double> q(kStackBlock);
+    for (std::size_t p0 = begin; p0 < end; p0 += kStackBlock) {
+      const std::size_t B = std::min(kStackBlock, end - p0);
+      accumulate_block(planes + p0, plane_stride, E, M_, xf.data(), B, acc.data(), q.data());
+      for (std::size_t i = 0; i < B; ++i) {
+        const std::size_t p = p0 + i;
+        if (!std::isfinite(q[i])) {
+          nonfinite[p] = 1;
+          continue;
+        }
+        double* st = &stats_[p * static_cast<std::size_t>(M_ + 1)];
+        for (int m = 0; m < M_; ++m) st[m] = acc[static_cast<std::size_t>(m) * kStackBlock + i];
+        st[M_] = q[i];
+        set_of_[p] = full;
+      }
+    }
+  };
+  constexpr std::size_t kBlock = kStackBlock;
+  const int nthreads = std::max(1, std::min<int>(threads, static_cast<int>(npix_ / kBlock) + 1));
+  if (nthreads == 1) {
+    work(0, npix_);
+  } else {
+    std::vector<std::jthread> pool;
+    for (int t = 0; t < nthreads; ++t) {
+      // Thread boundaries on block multiples.
+      const std::size_t blocks = (npix_ + kBlock - 1) / kBlock;
+      pool.emplace_back(work, std::min(npix_, blocks * static_cast<std::size_t>(t) / nthreads * kBlock),
+                        std::min(npix_, blocks * static_cast<std::size_t>(t + 1) / nthreads * kBlock));
+    }
+  }
+  for (std::size_t p = 0; p < npix_; ++p) {
+    if (nonfinite[p])
+      for (int e = 0; e < E; ++e) {
+        const float y = planes[static_cast<std::size_t>(e) * plane_stride + p];
+        if (std::isfinite(y)) add(p, e, y);
+      }
+  }
+  mark_all_changed();
+}
+
 void IncrementalLcf::mark_all_changed() {
   changed_list_.clear();
   for (std::size_t p = 0; p < npix_; ++p) changed_[p] = 1, changed_list_.push_back(p);
@@ -166,7 +244,10 @@ constexpr int kCachedNnlsMaxParams = 24;  // passive sets as bit masks; larger m
 }
 
 void IncrementalLcf::solve_pixel(std::size_t p, Workspace& ws) const {
-  const auto set = set_of_[p];
+  solve_stats(p, set_of_[p], &stats_[p * static_cast<std::size_t>(M_ + 1)], ws);
+}
+
+void IncrementalLcf::solve_stats(std::size_t p, std::uint32_t set, const double* st, Workspace& ws) const {
   const int n = sets_.count(set);
   const int K = model_.n_refs(), F = model_.n_background();
   LcfMaps& maps = const_cast<LcfMaps&>(maps_);  // each pixel writes only its own entries
@@ -181,7 +262,6 @@ void IncrementalLcf::solve_pixel(std::size_t p, Workspace& ws) const {
   };
   if (n < M_) return clear();  // fewer energies than parameters: nothing to say yet
   const auto& c = caches_[set];
-  const double* st = &stats_[p * static_cast<std::size_t>(M_ + 1)];
   const Eigen::Map<const Eigen::VectorXd> s(st, M_);
   const double q = st[M_];
 
@@ -192,7 +272,12 @@ void IncrementalLcf::solve_pixel(std::size_t p, Workspace& ws) const {
   if (cached_path) {
     const std::uint32_t all = M_ == 32 ? ~0u : ((1u << M_) - 1u), free_bits = (1u << F) - 1u;
     if (c.invertible) {  // the unconstrained optimum: for NNLS also the answer when feasible
-      x.noalias() = c.G_inv * s;
+      const double* gi = c.G_inv.data();  // column-major M×M
+      for (int r = 0; r < M_; ++r) x(r) = 0;
+      for (int k = 0; k < M_; ++k) {
+        const double sk = st[k];
+        for (int r = 0; r < M_; ++r) x(r) += gi[k * M_ + r] * sk;
+      }
       mask = all;
       ok = options_.method == FitMethod::least_squares || x.tail(K).minCoeff() >= 0;
     }
@@ -235,34 +320,48 @@ void IncrementalLcf::solve_pixel(std::size_t p, Workspace& ws) const {
     }
     if (!ok && options_.method == FitMethod::least_squares) return clear();  // singular for these energies
   }
-  double chi2 = 0;
-  const Eigen::MatrixXd* cov = nullptr;
+  // χ² and the covariance of the references' coefficients, from whichever path solved.
+  // cov(a, b) = σ²·(G_AA)⁻¹ on the active set A, 0 outside it.
+  double chi2 = 0, sigma2 = 0;
+  const Eigen::MatrixXd* inv = nullptr;  // (G_AA)⁻¹ …
+  const std::vector<int>* active_idx = nullptr;  // … indexed through A (null: A = all)
   Eigen::MatrixXd general_cov;
   if (cached_path && ok) {
-    chi2 = chi_squared(c.G, s, q, x);
-    // cov = σ²·(G_PP)⁻¹ on the passive set.
-    const auto& sub = mask == (M_ == 32 ? ~0u : ((1u << M_) - 1u)) && c.invertible ? nullptr : &ws.subset(set, mask, c.G);
+    const Eigen::Map<const Eigen::VectorXd> sv(st, M_);
+    const bool all_active = mask == (M_ == 32 ? ~0u : ((1u << M_) - 1u)) && c.invertible;
+    // At a least-squares optimum on A, θᵀGθ = θᵀs, so χ² = q − θᵀs (no matrix product).
+    chi2 = std::max(0.0, q - x.dot(sv));
     const int active = std::popcount(mask);
-    ws.cov.setZero(M_, M_);
-    if (n > active) {
-      const double sigma2 = chi2 / (n - active);
-      if (!sub) ws.cov = c.G_inv * sigma2;
-      else if (sub->ok)
-        for (std::size_t i = 0; i < sub->idx.size(); ++i)
-          for (std::size_t k = 0; k < sub->idx.size(); ++k)
-            ws.cov(sub->idx[i], sub->idx[k]) = sigma2 * sub->inv(static_cast<Eigen::Index>(i), static_cast<Eigen::Index>(k));
+    if (n > active) sigma2 = chi2 / (n - active);
+    if (all_active) {
+      inv = &c.G_inv;
+    } else {
+      const auto& sub = ws.subset(set, mask, c.G);
+      if (sub.ok) inv = &sub.inv, active_idx = &sub.idx;
     }
-    cov = &ws.cov;
   } else if (!cached_path) {
     auto r = solve(c.G, s, q, n, options_);
     if (!r.ok) return clear();
     x = r.theta;
     chi2 = r.chi2;
     general_cov = std::move(r.cov);
-    cov = &general_cov;
+    sigma2 = 1.0;
+    inv = general_cov.rows() == M_ ? &general_cov : nullptr;
   } else {
     return clear();
   }
+  // Position of each parameter in A (−1 if inactive), for the subset inverse.
+  int pos[64];
+  if (active_idx) {
+    for (int j = 0; j < M_ && j < 64; ++j) pos[j] = -1;
+    for (std::size_t i = 0; i < active_idx->size(); ++i) pos[(*active_idx)[i]] = static_cast<int>(i);
+  }
+  auto cov = [&](int a, int b) -> double {  // a, b: parameter indices
+    if (!inv || sigma2 == 0) return 0.0;
+    if (!active_idx) return sigma2 * (*inv)(a, b);
+    const int pa = pos[a], pb = pos[b];
+    return pa < 0 || pb < 0 ? 0.0 : sigma2 * (*inv)(pa, pb);
+  };
 
   const auto coeffs = x.tail(K);
   const double total = coeffs.sum();
@@ -272,14 +371,14 @@ void IncrementalLcf::solve_pixel(std::size_t p, Workspace& ws) const {
     maps.fractions[i] = has_material ? static_cast<float>(coeffs(k) / total) : 0.f;
     // σ_f = sqrt(diag(J C Jᵀ)), J_kj = (δ_kj − f_k)/T: first-order propagation through c/Σc.
     double var = 0;
-    if (has_material && cov->rows() == M_) {
+    if (has_material && M_ <= 64) {
       const double fk = coeffs(k) / total;
       for (int a = 0; a < K; ++a) {
         const double ja = ((a == k ? 1.0 : 0.0) - fk) / total;
         if (ja == 0) continue;
         for (int b = 0; b < K; ++b) {
           const double jb = ((b == k ? 1.0 : 0.0) - fk) / total;
-          var += ja * (*cov)(F + a, F + b) * jb;
+          var += ja * cov(F + a, F + b) * jb;
         }
       }
     }
@@ -313,6 +412,52 @@ std::size_t IncrementalLcf::solve_changed(int threads) {
   for (auto p : changed_list_) changed_[p] = 0;
   changed_list_.clear();
   return n;
+}
+
+void IncrementalLcf::fit_stack(const float* planes, std::size_t plane_stride, int threads) {
+  const int E = static_cast<int>(model_.X.rows());
+  std::uint32_t full = EnergySets::kEmpty;
+  for (int e = 0; e < E; ++e) full = sets_.with(full, e);
+  if (caches_.size() < sets_.size()) caches_.resize(sets_.size());
+  cache_for(full);
+  std::vector<float> xf(static_cast<std::size_t>(E * M_));
+  for (int e = 0; e < E; ++e)
+    for (int m = 0; m < M_; ++m) xf[static_cast<std::size_t>(e * M_ + m)] = static_cast<float>(model_.X(e, m));
+  std::vector<std::uint8_t> nonfinite(npix_, 0);
+  auto work = [&](std::size_t begin, std::size_t end) {
+    Workspace ws(M_);
+    std::vector<float> acc(static_cast<std::size_t>(M_) * kStackBlock);
+    std::vector<double> q(kStackBlock), st(static_cast<std::size_t>(M_ + 1));
+    for (std::size_t p0 = begin; p0 < end; p0 += kStackBlock) {
+      const std::size_t B = std::min(kStackBlock, end - p0);
+      accumulate_block(planes + p0, plane_stride, E, M_, xf.data(), B, acc.data(), q.data());
+      for (std::size_t i = 0; i < B; ++i) {
+        if (!std::isfinite(q[i])) {
+          nonfinite[p0 + i] = 1;
+          continue;
+        }
+        for (int m = 0; m < M_; ++m) st[static_cast<std::size_t>(m)] = acc[static_cast<std::size_t>(m) * kStackBlock + i];
+        st[static_cast<std::size_t>(M_)] = q[i];
+        solve_stats(p0 + i, full, st.data(), ws);
+      }
+    }
+  };
+  const std::size_t blocks = (npix_ + kStackBlock - 1) / kStackBlock;
+  const int nthreads = std::max(1, std::min<int>(threads, static_cast<int>(blocks)));
+  {
+    std::vector<std::jthread> pool;
+    for (int t = 0; t < nthreads; ++t)
+      pool.emplace_back(work, std::min(npix_, blocks * static_cast<std::size_t>(t) / nthreads * kStackBlock),
+                        std::min(npix_, blocks * static_cast<std::size_t>(t + 1) / nthreads * kStackBlock));
+  }
+  // Pixels with a NaN/Inf sample: their finite samples through the incremental path.
+  for (std::size_t p = 0; p < npix_; ++p)
+    if (nonfinite[p])
+      for (int e = 0; e < E; ++e) {
+        const float y = planes[static_cast<std::size_t>(e) * plane_stride + p];
+        if (std::isfinite(y)) add(p, e, y);
+      }
+  solve_changed(threads);
 }
 
 }  // namespace xanesd::science

@@ -66,6 +66,17 @@ class IncrementalLcf {
   void add(std::size_t p, int e, double y);
   void replace(std::size_t p, int e, double previous, double y);
 
+  // The batch form of add() for a full-stack fit: folds E planes of P floats (plane e at
+  // planes + e·plane_stride; every pixel measured once at every energy) in one blocked
+  // matrix-product pass over the data. Only for pixels with nothing measured yet; a pixel
+  // with a non-finite sample keeps its finite samples through add().
+  void add_stack(const float* planes, std::size_t plane_stride, int threads = 1);
+
+  // Full-stack fit in one pass: accumulates and solves block by block without keeping
+  // per-pixel statistics (the batch fit of a complete stack; fastest path). Fills maps() for
+  // every pixel. Same solver as solve_changed(); pixels must have nothing measured yet.
+  void fit_stack(const float* planes, std::size_t plane_stride, int threads = 1);
+
   // Solves every pixel changed since the last solve and updates `maps()`, on `threads`
   // threads (pixels are independent). Returns how many were solved.
   std::size_t solve_changed(int threads = 1);
@@ -88,6 +99,8 @@ class IncrementalLcf {
   struct Workspace;  // per-thread scratch: no heap allocation per pixel on the common paths
   const SetCache& cache_for(std::uint32_t set);
   void solve_pixel(std::size_t p, Workspace& ws) const;
+  // Solves pixel p from statistics st = [s (M), q] over energy set `set`; writes its maps.
+  void solve_stats(std::size_t p, std::uint32_t set, const double* st, Workspace& ws) const;
 
   LcfModel model_;
   std::size_t npix_;
