@@ -27,6 +27,10 @@ const std::vector<ConfigKey>& config_keys() {
       {"fit.lasso_alpha", 5e-4, "positive-LASSO penalty per energy point on normalized spectra (scikit-learn's α; scaled by each pixel's thickness)", 0, 10, true},
       {"fit.threads", 0, "threads that solve pixels at each publication (0: one per core)", 0, 256},
       {"fit.lasso_refit", true, "after LASSO selects references, re-estimate them by NNLS (removes the shrinkage bias)", -1e300, 1e300, true},
+      {"mask.thickness_min", 0.0, "mask pixels whose thickness (edge step, signal units) is below this; 0: off", 0, 1e30, true},
+      {"mask.thickness_min_relative", 0.05, "mask pixels thinner than this fraction of the 99th-percentile thickness (no material); 0: off", 0, 1, true},
+      {"mask.residual_max", 0.0, "mask pixels whose RMS residual exceeds this (signal units); 0: off", 0, 1e30, true},
+      {"mask.rfactor_max", 0.0, "mask pixels whose R-factor χ²/Σy² exceeds this; 0: off", 0, 1e30, true},
       {"output.directory", "results", "folder for result files <scan_id>.h5 (relative to the working directory)"},
       {"output.write_on_stop", true, "write the result file when a scan stops"},
       {"output.save_spectra", true, "also write the normalized spectra (/entry/data/spectra, E×rows×cols float32) for reprocessing; 1.6 GB for a 2048² × 100 scan"},
@@ -100,6 +104,7 @@ Config build(const nlohmann::json& flat, const std::filesystem::path& base_dir) 
            num("fit.lasso_alpha"), flat.at("fit.lasso_refit").get<bool>(), integer("fit.threads")};
   if (c.fit.method != "nnls" && c.fit.method != "least_squares" && c.fit.method != "lasso")
     throw ConfigError("config key 'fit.method' must be 'nnls', 'least_squares' or 'lasso', got '" + c.fit.method + "'");
+  c.mask = {num("mask.thickness_min"), num("mask.thickness_min_relative"), num("mask.residual_max"), num("mask.rfactor_max")};
   c.output = {str("output.directory"), flat.at("output.write_on_stop").get<bool>(), flat.at("output.save_spectra").get<bool>()};
   c.log_level = str("log.level");
   static const char* levels[] = {"trace", "debug", "info", "warn", "error", "critical", "off"};

@@ -46,6 +46,9 @@ struct FitConfig {
   bool lasso_refit = true;
   int threads = 0;  // 0: all cores
 };
+struct MaskConfig {
+  double thickness_min = 0, thickness_min_relative = 0, residual_max = 0, rfactor_max = 0;
+};
 struct OutputConfig {
   std::filesystem::path directory;
   bool write_on_stop = true;
@@ -58,6 +61,7 @@ struct Config {
   ControlConfig control;
   ReferencesConfig references;
   FitConfig fit;
+  MaskConfig mask;
   OutputConfig output;
   std::string log_level;
   nlohmann::json effective;  // the whole config as dotted-key JSON, for status and result files

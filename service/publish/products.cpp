@@ -37,8 +37,13 @@ std::vector<protocol::WireMessage> make_map_messages(const Scan& scan, std::int6
   auto fractions = map_message(scan, "maps/fractions", version, final);
   fractions.header["reference_names"] = fit->model().reference_names;
   fractions.header["fit_method"] = science::to_string(fit->method());
-  fractions.arrays.push_back(protocol::Array::from<float>("fractions", maps.fractions, {K, R, C}));
-  fractions.arrays.push_back(protocol::Array::from<float>("fraction_sigma", maps.fraction_sigma, {K, R, C}));
+  // Fractions where the quality mask holds (0 elsewhere), with the mask itself.
+  const auto& mask = scan.mask();
+  fractions.header["mask_thickness_threshold"] = mask.thickness_threshold;
+  fractions.header["mask_valid_pixels"] = mask.n_valid;
+  fractions.arrays.push_back(protocol::Array::from<float>("fractions", science::apply_mask(maps.fractions, mask.valid), {K, R, C}));
+  fractions.arrays.push_back(protocol::Array::from<float>("fraction_sigma", science::apply_mask(maps.fraction_sigma, mask.valid), {K, R, C}));
+  fractions.arrays.push_back(protocol::Array::from<std::uint8_t>("mask", mask.valid, {R, C}));
   out.push_back(std::move(fractions));
 
   auto thickness = map_message(scan, "maps/thickness", version, final);

@@ -23,6 +23,7 @@ ScanSettings scan_settings(const Config& cfg) {
   s.fit.lasso_alpha = cfg.fit.lasso_alpha;
   s.fit.lasso_refit = cfg.fit.lasso_refit;
   s.background = cfg.fit.background;
+  s.mask = {cfg.mask.thickness_min, cfg.mask.thickness_min_relative, cfg.mask.residual_max, cfg.mask.rfactor_max};
   return s;
 }
 
@@ -274,6 +275,13 @@ std::vector<Issue> Scan::stop(const protocol::StopMsg& s) {
 void Scan::abort(const std::string& why) {
   state_ = ScanState::aborted;
   stop_reason_ = why;
+}
+
+std::size_t Scan::solve_changed(int threads) {
+  if (!lcf_) return 0;
+  const auto n = lcf_->solve_changed(threads);
+  mask_ = science::quality_mask(lcf_->maps(), settings_.mask);
+  return n;
 }
 
 int Scan::energies_seen() const {

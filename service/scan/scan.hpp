@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include "science/incremental_lcf.hpp"
+#include "science/masks.hpp"
 #include "science/references.hpp"
 #include "xanesd/protocol/messages.hpp"
 
@@ -36,6 +37,7 @@ struct ScanSettings {
   double min_transmission = 1e-6;
   double margin_eV = 20.0;
   science::SolveOptions fit;  // method, sum-to-one, LASSO α
+  science::MaskSettings mask;
   bool background = true;
 };
 
@@ -61,7 +63,9 @@ class Scan {
 
   // Rebuilds the fit from the stored spectra with new references or settings.
   void refit(const std::vector<science::Reference>& refs, const ScanSettings& settings);
-  std::size_t solve_changed(int threads) { return lcf_ ? lcf_->solve_changed(threads) : 0; }
+  // Solves changed pixels and recomputes the quality mask.
+  std::size_t solve_changed(int threads);
+  const science::QualityMask& mask() const { return mask_; }
 
   const std::string& id() const { return start_.scan_id; }
   const protocol::StartMsg& start() const { return start_; }
@@ -96,6 +100,7 @@ class Scan {
   std::vector<float> xrf_;                   // C × P
   std::unique_ptr<science::IncrementalLcf> lcf_;
   std::string fit_error_;
+  science::QualityMask mask_;
   std::unordered_set<std::int64_t> seqs_seen_;
   std::int64_t max_seq_ = -1, last_seq_ = -1, frames_applied_ = 0;
   std::vector<std::uint8_t> energy_seen_;

@@ -38,10 +38,16 @@ void write_results(hid_t entry, const Scan& scan) {
   }
   const auto& maps = fit->maps();
   const auto K = static_cast<hsize_t>(fit->model().n_refs());
-  h5::write(results, "fractions", maps.fractions.data(), hs{K, R, C});
+  const auto& mask = scan.mask();
+  h5::write(results, "fractions", science::apply_mask(maps.fractions, mask.valid).data(), hs{K, R, C});
+  h5::write(results, "mask", mask.valid.data(), hs{R, C});
+  {
+    h5::Handle ds(H5Dopen2(results, "mask", H5P_DEFAULT), H5Dclose, "open mask");
+    h5::attr_string(ds, "description", "1 = fitted and passes the mask.* thresholds (fractions are 0 elsewhere)");
+  }
   h5::write_strings(results, "reference_names", fit->model().reference_names);
   h5::write(results, "thickness", maps.thickness.data(), hs{R, C});
-  h5::write(results, "fraction_sigma", maps.fraction_sigma.data(), hs{K, R, C});
+  h5::write(results, "fraction_sigma", science::apply_mask(maps.fraction_sigma, mask.valid).data(), hs{K, R, C});
   h5::write(results, "residual", maps.residual.data(), hs{R, C});
   h5::write(results, "rfactor", maps.rfactor.data(), hs{R, C});
   h5::write(results, "nenergies", maps.nenergies.data(), hs{R, C});

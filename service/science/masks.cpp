@@ -1,0 +1,42 @@
+#include "science/masks.hpp"
+
+#include <algorithm>
+
+namespace xanesd::science {
+
+QualityMask quality_mask(const LcfMaps& maps, const MaskSettings& s) {
+  const std::size_t P = maps.thickness.size();
+  QualityMask m;
+  m.thickness_threshold = s.thickness_min;
+  if (s.thickness_min_relative > 0) {
+    std::vector<float> t;
+    t.reserve(P);
+    for (std::size_t p = 0; p < P; ++p)
+      if (maps.fitted[p]) t.push_back(maps.thickness[p]);
+    if (!t.empty()) {
+      const auto k = static_cast<std::ptrdiff_t>(static_cast<double>(t.size() - 1) * 0.99);
+      std::nth_element(t.begin(), t.begin() + k, t.end());
+      m.thickness_threshold = std::max(m.thickness_threshold, s.thickness_min_relative * static_cast<double>(t[static_cast<std::size_t>(k)]));
+    }
+  }
+  m.valid.assign(P, 0);
+  for (std::size_t p = 0; p < P; ++p) {
+    bool ok = maps.fitted[p] != 0;
+    if (m.thickness_threshold > 0) ok = ok && maps.thickness[p] >= m.thickness_threshold;
+    if (s.residual_max > 0) ok = ok && maps.residual[p] <= s.residual_max;
+    if (s.rfactor_max > 0) ok = ok && maps.rfactor[p] <= s.rfactor_max;
+    m.valid[p] = ok;
+    m.n_valid += ok;
+  }
+  return m;
+}
+
+std::vector<float> apply_mask(const std::vector<float>& per_pixel_k, const std::vector<std::uint8_t>& valid) {
+  std::vector<float> out(per_pixel_k);
+  const std::size_t P = valid.size();
+  for (std::size_t i = 0; i < out.size(); ++i)
+    if (!valid[i % P]) out[i] = 0.f;
+  return out;
+}
+
+}  // namespace xanesd::science

@@ -1,0 +1,217 @@
+// Scientific accuracy against known truth: synthetic scans built from the shipped real
+// references (Poisson noise, I0 drift, background, the real non-uniform HXN grid), run through
+// the daemon's own scan code (validation, normalization, incremental fit, mask) in-process.
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <numeric>
+#include <random>
+
+#include "config/config.hpp"
+#include "scan/scan.hpp"
+#include "simulate/simulate.hpp"
+#include "support.hpp"
+
+using namespace xanesd;
+using namespace xanesd::science;
+
+namespace {
+
+std::vector<Reference> pick(const std::vector<Reference>& all, const std::vector<std::string>& names) {
+  std::vector<Reference> out;
+  for (const auto& n : names) {
+    auto it = std::find_if(all.begin(), all.end(), [&](const auto& r) { return r.name == n; });
+    REQUIRE(it != all.end());
+    out.push_back(*it);
+  }
+  return out;
+}
+
+// Feeds a simulated scan to a Scan energy-major, as the pipeline would, and solves.
+std::unique_ptr<Scan> run_scan(const sim::Scan& s, const std::vector<Reference>& refs, const ScanSettings& settings) {
+  protocol::StartMsg start;
+  start.scan_id = "accuracy";
+  start.rows = s.params.rows, start.cols = s.params.cols;
+  start.energies_eV = s.params.energies_eV;
+  start.mode = s.params.mode;
+  if (!s.dark.empty()) start.dark = protocol::Array::from<float>("dark", s.dark, {start.rows, start.cols});
+  auto scan = std::make_unique<Scan>(std::move(start), refs, settings);
+  REQUIRE(scan->fit_error().empty());
+  const std::size_t P = s.pixels();
+  for (std::size_t e = 0; e < s.params.energies_eV.size(); ++e) {
+    protocol::FrameMsg f;
+    f.scan_id = "accuracy";
+    f.seq = static_cast<std::int64_t>(e);
+    f.energy_index = static_cast<int>(e);
+    f.energy_eV = s.params.energies_eV[e];
+    f.counts = protocol::Array::from<float>("counts", std::span<const float>(&s.counts[e * P], P), {s.params.rows, s.params.cols});
+    if (s.params.mode == protocol::Mode::fluorescence) f.i0_scalar = s.i0[e];
+    else f.flat = protocol::Array::from<float>("flat", std::span<const float>(&s.flat[e * P], P), {s.params.rows, s.params.cols});
+    REQUIRE(scan->apply(f).accepted);
+  }
+  scan->solve_changed(2);
+  return scan;
+}
+
+struct Errors {
+  double fraction_mae = 0, thickness_rel = 0;
+};
+
+// Over material pixels the mask keeps; references of the fit in the truth's order first.
+Errors errors(const Scan& scan, const sim::Scan& truth) {
+  const auto& maps = scan.fit()->maps();
+  const std::size_t P = truth.pixels(), K = truth.reference_names.size();
+  double fe = 0, te = 0;
+  std::size_t nf = 0, nt = 0;
+  for (std::size_t p = 0; p < P; ++p) {
+    if (truth.thickness[p] <= 0 || !scan.mask().valid[p]) continue;
+    for (std::size_t k = 0; k < K; ++k) fe += std::abs(maps.fractions[k * P + p] - truth.fractions[k * P + p]), ++nf;
+    te += std::abs(maps.thickness[p] - truth.thickness[p]) / truth.thickness[p], ++nt;
+  }
+  return {fe / static_cast<double>(nf), te / static_cast<double>(nt)};
+}
+
+ScanSettings default_settings() { return scan_settings(make_config(nlohmann::json::object(), {}, "/")); }
+
+}  // namespace
+
+TEST_CASE("fluorescence at two count levels on the real HXN grid: fractions and thickness recovered") {
+  const auto refs = pick(load_reference_file(test::fe_library()), {"Magnetite", "Goethite", "Pyrite"});
+  sim::Params p;
+  p.rows = 64, p.cols = 64;
+  p.energies_eV = sim::read_energies_file(test::hxn_energies());
+  for (const auto& [counts, max_mae, max_trel] : {std::tuple{2000.0, 0.03, 0.02}, std::tuple{200.0, 0.08, 0.05}}) {
+    p.counts = counts;
+    p.seed = static_cast<std::uint64_t>(counts);
+    const auto truth = sim::simulate(refs, p);
+    const auto scan = run_scan(truth, refs, default_settings());
+    const auto err = errors(*scan, truth);
+    MESSAGE(counts << " counts: fraction MAE " << err.fraction_mae << ", thickness mean rel. error " << err.thickness_rel);
+    CHECK(err.fraction_mae < max_mae);
+    CHECK(err.thickness_rel < max_trel);
+    // NNLS: no negative fraction anywhere.
+    const auto& f = scan->fit()->maps().fractions;
+    CHECK(*std::min_element(f.begin(), f.end()) >= 0.f);
+  }
+}
+
+TEST_CASE("transmission with flat field and dark current, Ni K-edge references in keV on the TXM grid") {
+  std::vector<Reference> refs;
+  for (const char* f : {"ref_NiO.txt", "ref_LiNiO2.txt"}) {
+    auto r = load_reference_file(test::refs_dir() / "ni_k" / f);
+    refs.insert(refs.end(), r.begin(), r.end());
+  }
+  sim::Params p;
+  p.rows = 48, p.cols = 64;
+  p.energies_eV = sim::read_energies_file(test::refs_dir() / "ni_k" / "energies_kev_txm.txt");
+  p.mode = protocol::Mode::transmission;
+  p.counts = 20000;
+  p.dark = 100;
+  p.max_thickness = 1.5;
+  const auto truth = sim::simulate(refs, p);
+  const auto scan = run_scan(truth, refs, default_settings());
+  const auto err = errors(*scan, truth);
+  MESSAGE("Ni transmission: fraction MAE " << err.fraction_mae << ", thickness mean rel. error " << err.thickness_rel);
+  CHECK(err.fraction_mae < 0.03);
+  CHECK(err.thickness_rel < 0.03);
+}
+
+TEST_CASE("the thickness mask removes the empty border and keeps the material") {
+  const auto refs = pick(load_reference_file(test::fe_library()), {"Magnetite", "Goethite", "Pyrite"});
+  sim::Params p;
+  p.rows = 64, p.cols = 64;
+  p.energies_eV = sim::read_energies_file(test::hxn_energies());
+  p.counts = 500;
+  const auto truth = sim::simulate(refs, p);
+  const auto scan = run_scan(truth, refs, default_settings());
+  std::size_t border = 0, border_masked = 0, material = 0, material_kept = 0;
+  for (std::size_t px = 0; px < truth.pixels(); ++px) {
+    if (truth.thickness[px] <= 0) ++border, border_masked += !scan->mask().valid[px];
+    else ++material, material_kept += scan->mask().valid[px];
+  }
+  CHECK(border_masked >= border * 95 / 100);
+  CHECK(material_kept >= material * 99 / 100);
+  // Masked pixels publish fraction 0; the residual mask can be added on top.
+  auto settings = default_settings();
+  settings.mask.residual_max = 1e-9;  // nothing fits that well
+  const auto strict = run_scan(truth, refs, settings);
+  CHECK(strict->mask().n_valid == 0);
+}
+
+namespace {
+
+struct SupportScore {
+  int exact = 0, all_found = 0;
+  double false_refs = 0, fraction_mae = 0;
+};
+
+// Mixtures of 3–4 references of a library, with noise at the level of a cluster-mean spectrum;
+// scores how often the fit picks exactly the true references (fraction > 0.05).
+SupportScore score_support(const std::vector<Reference>& refs, FitMethod method, double noise_sd, int trials) {
+  const auto E = sim::read_energies_file(test::hxn_energies());
+  std::vector<std::string> names;
+  for (const auto& r : refs) names.push_back(r.name);
+  const auto model = make_lcf_model(names, resample(refs, E, 200), E, true);
+  const int K = model.n_refs(), M = model.n_params();
+  const Eigen::MatrixXd G = model.X.transpose() * model.X;
+  std::mt19937 rng(42);
+  std::normal_distribution<double> noise(0, noise_sd);
+  std::uniform_real_distribution<double> u(0, 1);
+  SupportScore sc;
+  for (int t = 0; t < trials; ++t) {
+    std::vector<int> idx(static_cast<std::size_t>(K));
+    std::iota(idx.begin(), idx.end(), 0);
+    std::shuffle(idx.begin(), idx.end(), rng);
+    const int n = 3 + t % 2;
+    Eigen::VectorXd theta = Eigen::VectorXd::Zero(M);
+    theta(0) = 0.02, theta(1) = 0.005;
+    double sum = 0;
+    std::vector<double> f(static_cast<std::size_t>(n));
+    for (auto& v : f) sum += (v = 0.15 + u(rng));
+    for (int i = 0; i < n; ++i) theta(2 + idx[static_cast<std::size_t>(i)]) = f[static_cast<std::size_t>(i)] / sum;
+    Eigen::VectorXd y = model.X * theta;
+    for (auto& v : y) v += noise(rng);
+    SolveOptions opt;
+    opt.method = method;
+    const auto r = solve(G, model.X.transpose() * y, y.squaredNorm(), static_cast<int>(E.size()), opt);
+    REQUIRE(r.ok);
+    const double T = r.theta.tail(K).sum();
+    int found = 0, extra = 0;
+    for (int k = 0; k < K; ++k) {
+      const double fk = r.theta(2 + k) / T;
+      const bool present = theta(2 + k) > 0;
+      found += fk > 0.05 && present;
+      extra += fk > 0.05 && !present;
+      sc.fraction_mae += std::abs(fk - theta(2 + k)) / (K * trials);
+    }
+    sc.all_found += found == n;
+    sc.exact += found == n && extra == 0;
+    sc.false_refs += static_cast<double>(extra) / trials;
+  }
+  return sc;
+}
+
+}  // namespace
+
+TEST_CASE("positive LASSO picks the references present, out of the 11-reference library and the 65 standards") {
+  const auto lib = load_reference_file(test::fe_library());
+  const auto lasso11 = score_support(lib, FitMethod::lasso, 0.001, 200);
+  MESSAGE("11 references: exact support " << lasso11.exact << "/200, false refs " << lasso11.false_refs);
+  CHECK(lasso11.exact >= 190);
+
+  std::vector<Reference> standards;
+  for (const auto& f : std::filesystem::directory_iterator(test::refs_dir() / "fe_k_standards_raw"))
+    standards.push_back(load_reference_file(f.path())[0]);
+  std::sort(standards.begin(), standards.end(), [](const auto& a, const auto& b) { return a.name < b.name; });
+  REQUIRE(standards.size() == 65);
+  const auto lasso65 = score_support(standards, FitMethod::lasso, 0.001, 200);
+  const auto nnls65 = score_support(standards, FitMethod::nnls, 0.001, 200);
+  MESSAGE("65 standards: LASSO exact support " << lasso65.exact << "/200 (all found " << lasso65.all_found
+                                               << "), false refs " << lasso65.false_refs << ", MAE " << lasso65.fraction_mae
+                                               << "; NNLS exact " << nnls65.exact << ", MAE " << nnls65.fraction_mae);
+  CHECK(lasso65.all_found >= 170);
+  CHECK(lasso65.exact >= 150);
+  CHECK(lasso65.false_refs < 0.3);
+  CHECK(lasso65.fraction_mae <= nnls65.fraction_mae);
+}
