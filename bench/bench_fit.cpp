@@ -35,6 +35,7 @@
 #include <numbers>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -75,6 +76,15 @@ struct Options {
   bool hugepages = true;
   bool design_only = false;
   std::string write_design;
+  std::string only = "floors,fit,frame,nnls";  // parts to run
+  bool part(std::string_view name) const {
+    for (std::string_view s = only;;) {
+      const auto comma = s.find(',');
+      if (s.substr(0, comma) == name) return true;
+      if (comma == std::string_view::npos) return false;
+      s.remove_prefix(comma + 1);
+    }
+  }
 };
 
 int usage(int code) {
@@ -87,6 +97,7 @@ int usage(int code) {
                "  --nnls-pixels N     pixels of the 6-reference NNLS-rate set (default 200000)\n"
                "  --check-pixels N    NNLS sanity means over the first N of them (default 20000)\n"
                "  --frame-warm N      frames folded in before the per-frame timing (default 50)\n"
+               "  --only LIST         comma-separated parts to run: floors,fit,frame,nnls (default all)\n"
                "  --no-hugepages      do not madvise(MADV_HUGEPAGE) the stack and copy buffers\n"
                "  --write-design FILE write energies, design matrices and generation constants (JSON)\n"
                "  --design-only       write the design file and exit\n"
@@ -111,6 +122,7 @@ std::optional<Options> parse_args(int argc, char** argv) {
     else if (a == "--check-pixels") o.check_pixels = std::stoul(next());
     else if (a == "--frame-warm") o.frame_warm = std::stoi(next());
     else if (a == "--no-hugepages") o.hugepages = false;
+    else if (a == "--only") o.only = next();
     else if (a == "--write-design") o.write_design = next();
     else if (a == "--design-only") o.design_only = true;
     else if (a == "--library") o.library = next();
@@ -468,22 +480,24 @@ int main(int argc, char** argv) {
     // ---- (a) floors
     volatile double sink = 0;
     const std::size_t n = P * static_cast<std::size_t>(E);
-    const double read1 = best_of(o.repeats, [&] { sink = sink + read_pass(stack.data, n, 1); });
-    const double readT = best_of(o.repeats, [&] { sink = sink + read_pass(stack.data, n, T); });
-    double copy1 = 0, copyT = 0;
-    {
-      Buffer dst(n, o.hugepages);
-      std::memset(dst.data, 0, n * sizeof(float));  // preallocated and faulted in: the copy alone is timed
-      copy1 = best_of(o.repeats, [&] { copy_pass(dst.data, stack.data, n, 1); });
-      copyT = best_of(o.repeats, [&] { copy_pass(dst.data, stack.data, n, T); });
-      sink = sink + dst.data[n / 2];
+    if (o.part("floors")) {
+      const double read1 = best_of(o.repeats, [&] { sink = sink + read_pass(stack.data, n, 1); });
+      const double readT = best_of(o.repeats, [&] { sink = sink + read_pass(stack.data, n, T); });
+      double copy1 = 0, copyT = 0;
+      {
+        Buffer dst(n, o.hugepages);
+        std::memset(dst.data, 0, n * sizeof(float));  // preallocated and faulted in: the copy alone is timed
+        copy1 = best_of(o.repeats, [&] { copy_pass(dst.data, stack.data, n, 1); });
+        copyT = best_of(o.repeats, [&] { copy_pass(dst.data, stack.data, n, T); });
+        sink = sink + dst.data[n / 2];
+      }
+      std::printf("\n(a) floors: read pass %.4f s (1 thread %.4f s, %.1f GB/s on %d), copy %.4f s (1 thread %.4f s)\n",
+                  readT, read1, static_cast<double>(n) * 4 / readT / 1e9, T, copyT, copy1);
+      result("read_1t_s", read1);
+      result("read_s", readT);
+      result("copy_1t_s", copy1);
+      result("copy_s", copyT);
     }
-    std::printf("\n(a) floors: read pass %.4f s (1 thread %.4f s, %.1f GB/s on %d), copy %.4f s (1 thread %.4f s)\n", readT,
-                read1, static_cast<double>(n) * 4 / readT / 1e9, T, copyT, copy1);
-    result("read_1t_s", read1);
-    result("read_s", readT);
-    result("copy_1t_s", copy1);
-    result("copy_s", copyT);
 
     // ---- (b) xanesd full-stack fit
     auto fit_case = [&](const char* key, FitMethod method, int threads) {
@@ -500,9 +514,7 @@ int main(int argc, char** argv) {
         lcf->fit_stack(stack.data, P, threads);  // same object again: outputs already in memory
         const double refit = seconds_since(tr);
         if (r == o.repeats) {
-          char prefix[64];
-          std::snprintf(prefix, sizeof prefix, "%s", key);
-          print_means(prefix, lcf->maps(), P, P, model3.n_refs());
+          print_means(key, lcf->maps(), P, P, model3.n_refs());
           if (method == FitMethod::least_squares && threads == T) {
             double se = 0;
             std::size_t negative = 0;
@@ -535,14 +547,16 @@ int main(int argc, char** argv) {
       std::snprintf(k, sizeof k, "%s_refit_s", key), result(k, best_refit);
       std::snprintf(k, sizeof k, "%s_destroy_s", key), result(k, best_dtor);
     };
-    std::printf("\n(b) xanesd full-stack fit (IncrementalLcf construction + fit_stack; outputs: fractions, σ, thickness, "
-                "residual, R-factor)\n");
-    fit_case("xanesd_ls", FitMethod::least_squares, T);
-    fit_case("xanesd_nnls", FitMethod::nnls, T);
-    fit_case("xanesd_ls_1t", FitMethod::least_squares, 1);
+    if (o.part("fit")) {
+      std::printf("\n(b) xanesd full-stack fit (IncrementalLcf construction + fit_stack; outputs: fractions, σ, thickness, "
+                  "residual, R-factor)\n");
+      fit_case("xanesd_ls", FitMethod::least_squares, T);
+      fit_case("xanesd_nnls", FitMethod::nnls, T);
+      fit_case("xanesd_ls_1t", FitMethod::least_squares, 1);
+    }
 
     // ---- (c) per-frame incremental update
-    {
+    if (o.part("frame")) {
       std::printf("\n(c) per-frame incremental update, one %d×%d frame (add(p, e, y) for every pixel), NNLS\n", o.size, o.size);
       auto tc = Clock::now();
       IncrementalLcf lcf(model3, P, SolveOptions{});
@@ -556,15 +570,19 @@ int main(int argc, char** argv) {
       const double first = seconds_since(tf);
       for (int e = 1; e < o.frame_warm; ++e) frame(e);
       lcf.solve_changed(T);
+      // Three more frames (distinct energies, as in a scan), each followed by the solve of every
+      // pixel: the first two solves on T threads, the third on one.
       double best_add = INFINITY, best_solve = INFINITY, best_solve_1t = INFINITY;
       for (int i = 0; i < 3; ++i) {
         const int e = o.frame_warm + i;
         auto ta = Clock::now();
         frame(e);
         best_add = std::min(best_add, seconds_since(ta));
+        const int threads = i < 2 ? T : 1;
         auto ts = Clock::now();
-        lcf.solve_changed(i == 2 ? 1 : T);
-        (i == 2 ? best_solve_1t : best_solve) = std::min(i == 2 ? best_solve_1t : best_solve, seconds_since(ts));
+        lcf.solve_changed(threads);
+        double& best = i < 2 ? best_solve : best_solve_1t;
+        best = std::min(best, seconds_since(ts));
       }
       std::printf("    add loop %.2f ms/frame (%.2f ns/pixel; first frame of a scan %.2f ms), solve_changed after a frame "
                   "(all %zu pixels, %d energies) %.1f ms on %d threads, %.1f ms on 1; construction %.1f ms\n",
@@ -578,7 +596,7 @@ int main(int argc, char** argv) {
     }
 
     // ---- (d) NNLS spectra/s, 6 references, sparse truths
-    {
+    if (o.part("nnls")) {
       std::vector<float> Yn(static_cast<std::size_t>(E) * Pn);
       make_nnls_stack(Yn.data(), Pn, R6, energies);
       std::printf("\n(d) NNLS rate: %zu spectra, 6 references (", Pn);

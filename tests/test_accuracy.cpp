@@ -215,3 +215,35 @@ TEST_CASE("positive LASSO picks the references present, out of the 11-reference 
   CHECK(lasso65.false_refs < 0.3);
   CHECK(lasso65.fraction_mae <= nnls65.fraction_mae);
 }
+
+TEST_CASE("edge maps tell an Fe(0)-like domain from an Fe(III) domain without references") {
+  const auto refs = pick(load_reference_file(test::fe_library()), {"Fe3P", "Fe(III)PO4"});
+  sim::Params p;
+  p.rows = 48, p.cols = 48;
+  p.energies_eV = sim::read_energies_file(test::hxn_energies());
+  p.counts = 2000;
+  auto median_in = [&](const std::vector<float>& map, int domain) {  // domain 0: left top, 1: right top
+    std::vector<float> v;
+    for (int r = 4; r < p.rows / 2 - 2; ++r)
+      for (int c = (domain ? p.cols / 2 + 2 : 4); c < (domain ? p.cols - 4 : p.cols / 2 - 2); ++c)
+        v.push_back(map[static_cast<std::size_t>(r * p.cols + c)]);
+    std::nth_element(v.begin(), v.begin() + static_cast<long>(v.size() / 2), v.end());
+    return static_cast<double>(v[v.size() / 2]);
+  };
+  auto shift = [&](bool noise) {
+    p.noise = noise;
+    const auto truth = sim::simulate(refs, p);
+    auto scan = run_scan(truth, refs, default_settings());
+    scan->compute_edge_maps(2);
+    REQUIRE(scan->edge_maps());
+    const auto& m = *scan->edge_maps();
+    CHECK(m.computed > 1000);
+    return std::pair{median_in(m.half_step, 1) - median_in(m.half_step, 0), median_in(m.white_line, 1)};
+  };
+  const auto [clean_shift, clean_wl] = shift(false);
+  const auto [noisy_shift, noisy_wl] = shift(true);
+  MESSAGE("half-step edge shift Fe(III)PO4 − Fe3P: " << noisy_shift << " eV (noise-free " << clean_shift << " eV)");
+  CHECK(clean_shift > 5.0);  // Fe(III) edges sit well above metallic/phosphide Fe
+  CHECK(noisy_shift == doctest::Approx(clean_shift).epsilon(0.1));
+  CHECK(noisy_wl == doctest::Approx(clean_wl).epsilon(1.5 / 7130));
+}

@@ -27,6 +27,12 @@ const std::vector<ConfigKey>& config_keys() {
       {"fit.lasso_alpha", 5e-4, "positive-LASSO penalty per energy point on normalized spectra (scikit-learn's α; scaled by each pixel's thickness)", 0, 10, true},
       {"fit.threads", 0, "threads that solve pixels at each publication (0: one per core)", 0, 256},
       {"fit.lasso_refit", true, "after LASSO selects references, re-estimate them by NNLS (removes the shrinkage bias)", -1e300, 1e300, true},
+      {"edge.e0_eV", 0.0, "edge energy for the per-pixel edge maps' normalization ranges (eV); 0: from the image's mean spectrum (maximum of dμ/dE)", 0, 1e6, true},
+      {"edge.pre1_eV", 0.0, "pre-edge range start relative to E0 (eV, negative); 0: Larch's rule (second energy − E0, rounded)", -1e4, 0, true},
+      {"edge.pre2_eV", 0.0, "pre-edge range end relative to E0 (eV, negative); 0: Larch's rule (≈ pre1/3)", -1e4, 0, true},
+      {"edge.norm1_eV", 0.0, "post-edge range start relative to E0 (eV); 0: Larch's rule (min(150, norm2/3))", 0, 1e4, true},
+      {"edge.norm2_eV", 0.0, "post-edge range end relative to E0 (eV); 0: Larch's rule (last energy − E0)", 0, 1e4, true},
+      {"edge.nnorm", -1, "post-edge polynomial degree 0–2; −1: Larch's rule (by the range's width)", -1, 2, true},
       {"mask.thickness_min", 0.0, "mask pixels whose thickness (edge step, signal units) is below this; 0: off", 0, 1e30, true},
       {"mask.thickness_min_relative", 0.05, "mask pixels thinner than this fraction of the 99th-percentile thickness (no material); 0: off", 0, 1, true},
       {"mask.residual_max", 0.0, "mask pixels whose RMS residual exceeds this (signal units); 0: off", 0, 1e30, true},
@@ -104,6 +110,8 @@ Config build(const nlohmann::json& flat, const std::filesystem::path& base_dir) 
            num("fit.lasso_alpha"), flat.at("fit.lasso_refit").get<bool>(), integer("fit.threads")};
   if (c.fit.method != "nnls" && c.fit.method != "least_squares" && c.fit.method != "lasso")
     throw ConfigError("config key 'fit.method' must be 'nnls', 'least_squares' or 'lasso', got '" + c.fit.method + "'");
+  c.edge = {num("edge.e0_eV"), num("edge.pre1_eV"), num("edge.pre2_eV"), num("edge.norm1_eV"), num("edge.norm2_eV"),
+            integer("edge.nnorm")};
   c.mask = {num("mask.thickness_min"), num("mask.thickness_min_relative"), num("mask.residual_max"), num("mask.rfactor_max")};
   c.output = {str("output.directory"), flat.at("output.write_on_stop").get<bool>(), flat.at("output.save_spectra").get<bool>()};
   c.log_level = str("log.level");

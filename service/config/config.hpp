@@ -46,6 +46,10 @@ struct FitConfig {
   bool lasso_refit = true;
   int threads = 0;  // 0: all cores
 };
+struct EdgeConfig {  // per-pixel edge maps; 0 (nnorm −1) = Larch's automatic choice
+  double e0_eV = 0, pre1_eV = 0, pre2_eV = 0, norm1_eV = 0, norm2_eV = 0;
+  int nnorm = -1;
+};
 struct MaskConfig {
   double thickness_min = 0, thickness_min_relative = 0, residual_max = 0, rfactor_max = 0;
 };
@@ -62,6 +66,7 @@ struct Config {
   ReferencesConfig references;
   FitConfig fit;
   MaskConfig mask;
+  EdgeConfig edge;
   OutputConfig output;
   std::string log_level;
   nlohmann::json effective;  // the whole config as dotted-key JSON, for status and result files

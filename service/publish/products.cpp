@@ -55,6 +55,17 @@ std::vector<protocol::WireMessage> make_map_messages(const Scan& scan, std::int6
   residual.arrays.push_back(protocol::Array::from<float>("rfactor", maps.rfactor, {R, C}));
   out.push_back(std::move(residual));
 
+  if (const auto* edge = scan.edge_maps()) {
+    auto m = map_message(scan, "maps/edge", version, final);
+    m.header["e0_scan_eV"] = edge->ranges.e0;
+    m.header["pixels_computed"] = edge->computed;
+    m.arrays.push_back(protocol::Array::from<float>("e0", edge->e0, {R, C}));
+    m.arrays.push_back(protocol::Array::from<float>("half_step", edge->half_step, {R, C}));
+    m.arrays.push_back(protocol::Array::from<float>("white_line", edge->white_line, {R, C}));
+    m.arrays.push_back(protocol::Array::from<float>("edge_step", edge->edge_step, {R, C}));
+    out.push_back(std::move(m));
+  }
+
   auto nenergies = map_message(scan, "maps/nenergies", version, final);
   nenergies.arrays.push_back(protocol::Array::from<std::uint16_t>("nenergies", maps.nenergies, {R, C}));
   out.push_back(std::move(nenergies));

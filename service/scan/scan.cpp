@@ -23,6 +23,9 @@ ScanSettings scan_settings(const Config& cfg) {
   s.fit.lasso_alpha = cfg.fit.lasso_alpha;
   s.fit.lasso_refit = cfg.fit.lasso_refit;
   s.background = cfg.fit.background;
+  auto given = [](double v) { return v != 0 ? std::optional<double>(v) : std::nullopt; };
+  s.edge = {given(cfg.edge.e0_eV), given(cfg.edge.pre1_eV), given(cfg.edge.pre2_eV), given(cfg.edge.norm1_eV),
+            given(cfg.edge.norm2_eV), cfg.edge.nnorm >= 0 ? std::optional<int>(cfg.edge.nnorm) : std::nullopt};
   s.mask = {cfg.mask.thickness_min, cfg.mask.thickness_min_relative, cfg.mask.residual_max, cfg.mask.rfactor_max};
   return s;
 }
@@ -282,6 +285,11 @@ std::size_t Scan::solve_changed(int threads) {
   const auto n = lcf_->solve_changed(threads);
   mask_ = science::quality_mask(lcf_->maps(), settings_.mask);
   return n;
+}
+
+void Scan::compute_edge_maps(int threads) {
+  const std::vector<std::uint8_t> all(npix_, 1);
+  edge_maps_ = science::compute_edge_maps(store_, start_.energies_eV, npix_, lcf_ ? mask_.valid : all, settings_.edge, threads);
 }
 
 int Scan::energies_seen() const {

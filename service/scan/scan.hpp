@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include "science/incremental_lcf.hpp"
+#include "science/edge_maps.hpp"
 #include "science/masks.hpp"
 #include "science/references.hpp"
 #include "xanesd/protocol/messages.hpp"
@@ -38,6 +39,7 @@ struct ScanSettings {
   double margin_eV = 20.0;
   science::SolveOptions fit;  // method, sum-to-one, LASSO α
   science::MaskSettings mask;
+  science::PreEdgeParams edge;
   bool background = true;
 };
 
@@ -66,6 +68,10 @@ class Scan {
   // Solves changed pixels and recomputes the quality mask.
   std::size_t solve_changed(int threads);
   const science::QualityMask& mask() const { return mask_; }
+  // Per-pixel edge maps (E0, half-step, white line, step) of the pixels the mask keeps (all
+  // pixels with data when there is no fit); computed on request (at stop: a full pass).
+  void compute_edge_maps(int threads);
+  const science::EdgeMaps* edge_maps() const { return edge_maps_ ? &*edge_maps_ : nullptr; }
 
   const std::string& id() const { return start_.scan_id; }
   const protocol::StartMsg& start() const { return start_; }
@@ -101,6 +107,7 @@ class Scan {
   std::unique_ptr<science::IncrementalLcf> lcf_;
   std::string fit_error_;
   science::QualityMask mask_;
+  std::optional<science::EdgeMaps> edge_maps_;
   std::unordered_set<std::int64_t> seqs_seen_;
   std::int64_t max_seq_ = -1, last_seq_ = -1, frames_applied_ = 0;
   std::vector<std::uint8_t> energy_seen_;

@@ -58,6 +58,22 @@ void write_results(hid_t entry, const Scan& scan) {
   h5::attr_string(results, "title", "species fractions c_k/Σc (per reference)");
 }
 
+void write_edge_maps(hid_t entry, const Scan& scan) {
+  const auto* edge = scan.edge_maps();
+  if (!edge) return;
+  auto g = h5::create_group(entry, "edge", "NXdata");
+  const hs dims{static_cast<hsize_t>(scan.rows()), static_cast<hsize_t>(scan.cols())};
+  h5::write(g, "e0", edge->e0.data(), dims);
+  h5::write(g, "half_step", edge->half_step.data(), dims);
+  h5::write(g, "white_line", edge->white_line.data(), dims);
+  h5::write(g, "edge_step", edge->edge_step.data(), dims);
+  h5::attr_string(g, "signal", "white_line");
+  h5::attr_string(g, "title", "per-pixel edge maps, eV (0 = not computed: masked or incomplete)");
+  const nlohmann::json ranges = {{"e0_eV", edge->ranges.e0},       {"pre1_eV", edge->ranges.pre1}, {"pre2_eV", edge->ranges.pre2},
+                                 {"norm1_eV", edge->ranges.norm1}, {"norm2_eV", edge->ranges.norm2}, {"nnorm", edge->ranges.nnorm}};
+  h5::write_string(g, "normalization", ranges.dump());
+}
+
 void write_spectra(hid_t entry, const Scan& scan) {
   auto data = h5::create_group(entry, "data", "NXdata");
   const auto E = static_cast<hsize_t>(scan.energies().size());
@@ -91,6 +107,7 @@ void write_result_file(const std::filesystem::path& path, const Scan& scan, cons
     h5::attr_string(entry, "default", "results");
     write_scan_info(entry, scan, config, counters);
     write_results(entry, scan);
+    write_edge_maps(entry, scan);
     if (save_spectra) write_spectra(entry, scan);
     write_xrf(entry, scan);
   }
