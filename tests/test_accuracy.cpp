@@ -247,3 +247,26 @@ TEST_CASE("edge maps tell an Fe(0)-like domain from an Fe(III) domain without re
   CHECK(noisy_shift == doctest::Approx(clean_shift).epsilon(0.1));
   CHECK(noisy_wl == doctest::Approx(clean_wl).epsilon(1.5 / 7130));
 }
+
+TEST_CASE("Poisson weighting (maximum likelihood for counts) beats unweighted LCF at low counts") {
+  const auto refs = pick(load_reference_file(test::fe_library()), {"Magnetite", "Goethite", "Pyrite"});
+  sim::Params p;
+  p.rows = 48, p.cols = 48;
+  p.energies_eV = sim::read_energies_file(test::hxn_energies());
+  p.background = 0.02;
+  for (double counts : {30.0, 300.0}) {
+    p.counts = counts;
+    p.seed = 77;
+    const auto truth = sim::simulate(refs, p);
+    auto plain = default_settings();
+    auto weighted = plain;
+    weighted.poisson_weighting = true;
+    const auto e_plain = errors(*run_scan(truth, refs, plain), truth);
+    const auto e_weighted = errors(*run_scan(truth, refs, weighted), truth);
+    MESSAGE(counts << " counts: fraction MAE unweighted " << e_plain.fraction_mae << ", Poisson-weighted "
+                   << e_weighted.fraction_mae << "; thickness rel. error " << e_plain.thickness_rel << " vs "
+                   << e_weighted.thickness_rel);
+    CHECK(e_weighted.fraction_mae < e_plain.fraction_mae * 0.97);
+    CHECK(e_weighted.thickness_rel < e_plain.thickness_rel * 0.9);
+  }
+}

@@ -45,6 +45,7 @@ struct FitConfig {
   double lasso_alpha = 5e-4;
   bool lasso_refit = true;
   int threads = 0;  // 0: all cores
+  std::string weighting = "none";  // none | poisson
 };
 struct EdgeConfig {  // per-pixel edge maps; 0 (nnorm −1) = Larch's automatic choice
   double e0_eV = 0, pre1_eV = 0, pre2_eV = 0, norm1_eV = 0, norm2_eV = 0;

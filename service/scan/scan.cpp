@@ -23,6 +23,7 @@ ScanSettings scan_settings(const Config& cfg) {
   s.fit.lasso_alpha = cfg.fit.lasso_alpha;
   s.fit.lasso_refit = cfg.fit.lasso_refit;
   s.background = cfg.fit.background;
+  s.poisson_weighting = cfg.fit.weighting == "poisson";
   auto given = [](double v) { return v != 0 ? std::optional<double>(v) : std::nullopt; };
   s.edge = {given(cfg.edge.e0_eV), given(cfg.edge.pre1_eV), given(cfg.edge.pre2_eV), given(cfg.edge.norm1_eV),
             given(cfg.edge.norm2_eV), cfg.edge.nnorm >= 0 ? std::optional<int>(cfg.edge.nnorm) : std::nullopt};
@@ -77,6 +78,10 @@ void Scan::build_fit(const std::vector<science::Reference>& refs) {
     for (const auto& r : refs) names.push_back(r.name);
     auto model = science::make_lcf_model(names, R, start_.energies_eV, settings_.background);
     lcf_ = std::make_unique<science::IncrementalLcf>(std::move(model), npix_, settings_.fit);
+    if (settings_.poisson_weighting) {
+      if (scale_.empty()) scale_.assign(store_.size(), 0.f);
+      lcf_->set_sample_source(this);
+    }
   } catch (const std::exception& e) {
     fit_error_ = e.what();
   }
@@ -217,12 +222,14 @@ FrameOutcome Scan::apply(protocol::FrameMsg& f) {
       bool clamped = false;
       y = science::transmission_signal(c, d, ref, settings_.min_transmission, clamped);
       out.samples_clamped += clamped;
+      if (!scale_.empty()) scale_[static_cast<std::size_t>(e) * npix_ + p] = static_cast<float>(ref - d);
     } else {
       if (!(std::isfinite(i0v) && i0v > 0)) {
         ++invalid_i0;
         continue;
       }
       y = science::fluorescence_signal(c, d, i0v);
+      if (!scale_.empty()) scale_[static_cast<std::size_t>(e) * npix_ + p] = static_cast<float>(i0v);
     }
     const float yf = static_cast<float>(y);
     if (!std::isfinite(yf)) {
@@ -290,6 +297,17 @@ std::size_t Scan::solve_changed(int threads) {
 void Scan::compute_edge_maps(int threads) {
   const std::vector<std::uint8_t> all(npix_, 1);
   edge_maps_ = science::compute_edge_maps(store_, start_.energies_eV, npix_, lcf_ ? mask_.valid : all, settings_.edge, threads);
+}
+
+void Scan::samples(std::size_t p, std::vector<int>& energies, std::vector<double>& y, std::vector<double>& scale) const {
+  energies.clear(), y.clear(), scale.clear();
+  for (std::size_t e = 0; e < start_.energies_eV.size(); ++e) {
+    const float v = store_[e * npix_ + p];
+    if (std::isnan(v)) continue;
+    energies.push_back(static_cast<int>(e));
+    y.push_back(v);
+    scale.push_back(scale_[e * npix_ + p]);
+  }
 }
 
 int Scan::energies_seen() const {

@@ -40,6 +40,7 @@ struct ScanSettings {
   science::SolveOptions fit;  // method, sum-to-one, LASSO α
   science::MaskSettings mask;
   science::PreEdgeParams edge;
+  bool poisson_weighting = false;
   bool background = true;
 };
 
@@ -52,7 +53,7 @@ int solve_threads(const Config& cfg);
 enum class ScanState { running, stopped, aborted };
 std::string to_string(ScanState s);
 
-class Scan {
+class Scan : private science::SampleSource {
  public:
   // The references are resampled onto the scan's energies; if that fails the scan still
   // records every frame and `fit_error()` says why there are no maps.
@@ -94,6 +95,9 @@ class Scan {
 
  private:
   std::optional<Issue> validate(const protocol::FrameMsg& f) const;
+  // SampleSource: the pixel's stored samples and count scales, for Poisson weighting.
+  void samples(std::size_t p, std::vector<int>& energies, std::vector<double>& y, std::vector<double>& scale) const override;
+  bool transmission() const override { return start_.mode == protocol::Mode::transmission; }
   void build_fit(const std::vector<science::Reference>& refs);
 
   protocol::StartMsg start_;
@@ -102,6 +106,7 @@ class Scan {
   ScanState state_ = ScanState::running;
   std::string stop_reason_;
   std::vector<float> store_;                 // E × P
+  std::vector<float> scale_;                 // E × P count scale per sample (Poisson weighting only)
   std::vector<float> dark_, flat_;           // P each, from start (empty if absent)
   std::vector<float> xrf_;                   // C × P
   std::unique_ptr<science::IncrementalLcf> lcf_;

@@ -268,7 +268,8 @@ void IncrementalLcf::solve_stats(std::size_t p, std::uint32_t set, const double*
   Eigen::VectorXd& x = ws.x;
   std::uint32_t mask = 0;  // passive set of the solution, for the covariance
   bool ok = false;
-  const bool cached_path = !options_.sum_to_one && options_.method != FitMethod::lasso && M_ <= kCachedNnlsMaxParams;
+  const bool cached_path =
+      !samples_ && !options_.sum_to_one && options_.method != FitMethod::lasso && M_ <= kCachedNnlsMaxParams;
   if (cached_path) {
     const std::uint32_t all = M_ == 32 ? ~0u : ((1u << M_) - 1u), free_bits = (1u << F) - 1u;
     if (c.invertible) {  // the unconstrained optimum: for NNLS also the answer when feasible
@@ -339,6 +340,14 @@ void IncrementalLcf::solve_stats(std::size_t p, std::uint32_t set, const double*
       const auto& sub = ws.subset(set, mask, c.G);
       if (sub.ok) inv = &sub.inv, active_idx = &sub.idx;
     }
+  } else if (samples_) {
+    auto r = solve_weighted(p, c, s, q, n, ws);
+    if (!r.ok) return clear();
+    x = r.theta;
+    chi2 = r.chi2;
+    general_cov = std::move(r.cov);
+    sigma2 = 1.0;
+    inv = general_cov.rows() == M_ ? &general_cov : nullptr;
   } else if (!cached_path) {
     auto r = solve(c.G, s, q, n, options_);
     if (!r.ok) return clear();
@@ -458,6 +467,48 @@ void IncrementalLcf::fit_stack(const float* planes, std::size_t plane_stride, in
         if (std::isfinite(y)) add(p, e, y);
       }
   solve_changed(threads);
+}
+
+FitResult IncrementalLcf::solve_weighted(std::size_t p, const SetCache& c, const Eigen::Ref<const Eigen::VectorXd>& s,
+                                         double q, int n, Workspace& ws) const {
+  std::vector<int> e;
+  std::vector<double> y, scale;
+  samples_->samples(p, e, y, scale);
+  // Start from the unweighted fit, then reweight from its prediction (IRLS, 3 rounds).
+  FitResult r = solve(c.G, s, q, n, options_);
+  if (!r.ok) return r;
+  const bool trans = samples_->transmission();
+  Eigen::MatrixXd G(M_, M_);
+  Eigen::VectorXd sw(M_);
+  for (int round = 0; round < 3; ++round) {
+    G.setZero();
+    sw.setZero();
+    double qw = 0;
+    for (std::size_t j = 0; j < e.size(); ++j) {
+      const auto row = model_.X.row(e[j]);
+      const double yhat = row.dot(r.theta);
+      // Variance floor: half a count, so a dark or empty sample cannot take all the weight.
+      const double var = trans ? (std::exp(std::min(yhat, 30.0)) + 1.0) / std::max(scale[j], 1.0)
+                               : std::max(yhat, 0.5 / std::max(scale[j], 1e-300)) / std::max(scale[j], 1e-300);
+      const double w = 1.0 / var;
+      G.selfadjointView<Eigen::Lower>().rankUpdate(row.transpose(), w);
+      sw += w * y[j] * row.transpose();
+      qw += w * y[j] * y[j];
+    }
+    G = G.selfadjointView<Eigen::Lower>();
+    auto next = solve(G, sw, qw, n, options_);
+    if (!next.ok) break;
+    r = std::move(next);
+  }
+  // Residual and R-factor maps stay in signal units: the unweighted misfit of the final θ.
+  double chi2 = 0;
+  for (std::size_t j = 0; j < e.size(); ++j) {
+    const double d = y[j] - model_.X.row(e[j]).dot(r.theta);
+    chi2 += d * d;
+  }
+  r.chi2 = chi2;
+  (void)ws;
+  return r;
 }
 
 }  // namespace xanesd::science

@@ -57,6 +57,18 @@ struct LcfMaps {
   void resize(std::size_t npix, int k);
 };
 
+// Counting statistics (science.md §3): a pixel's raw samples and the count scale c_j of each,
+// so that Poisson noise gives var(y_j) ≈ ŷ_j / c_j in fluorescence (c = I0: counts = I0·y) and
+// (e^ŷ_j + 1) / c_j in transmission (c = flat − dark: y = −ln(I/F)). Weights then differ per
+// pixel, so the shared Gram matrices no longer apply and the fit reads the raw samples.
+class SampleSource {
+ public:
+  virtual ~SampleSource() = default;
+  virtual void samples(std::size_t p, std::vector<int>& energies, std::vector<double>& y,
+                       std::vector<double>& scale) const = 0;
+  virtual bool transmission() const = 0;
+};
+
 class IncrementalLcf {
  public:
   IncrementalLcf(LcfModel model, std::size_t npix, SolveOptions options);
@@ -82,6 +94,9 @@ class IncrementalLcf {
   std::size_t solve_changed(int threads = 1);
   void mark_all_changed();
   void set_options(const SolveOptions& o);
+  // Poisson-weighted fits (iteratively reweighted from the model's own prediction, which
+  // avoids the low-count bias of weights from observed counts); nullptr: unweighted.
+  void set_sample_source(const SampleSource* source) { samples_ = source; }
 
   const LcfMaps& maps() const { return maps_; }
   const LcfModel& model() const { return model_; }
@@ -101,11 +116,14 @@ class IncrementalLcf {
   void solve_pixel(std::size_t p, Workspace& ws) const;
   // Solves pixel p from statistics st = [s (M), q] over energy set `set`; writes its maps.
   void solve_stats(std::size_t p, std::uint32_t set, const double* st, Workspace& ws) const;
+  FitResult solve_weighted(std::size_t p, const SetCache& c, const Eigen::Ref<const Eigen::VectorXd>& s, double q, int n,
+                           Workspace& ws) const;
 
   LcfModel model_;
   std::size_t npix_;
   int M_;                              // parameters per pixel
   SolveOptions options_;
+  const SampleSource* samples_ = nullptr;
   std::vector<double> xrows_;          // E × M design matrix, row-major for the hot loop
   EnergySets sets_;
   std::vector<std::uint32_t> set_of_;  // pixel → its energy set
