@@ -43,8 +43,19 @@ else
   OUT="$(mktemp -d)"; trap 'rm -rf "$OUT"' EXIT
 fi
 
+# Share of the machine's CPU time that was not idle over `1` seconds: other work (builds,
+# other users) skews every figure below, the ratios included, so it is printed with them.
+busy() {
+  local a b tot=0 j
+  read -r -a a < <(grep '^cpu ' /proc/stat)
+  sleep "$1"
+  read -r -a b < <(grep '^cpu ' /proc/stat)
+  for j in 1 2 3 4 5 6 7 8; do tot=$((tot + b[j] - a[j])); done
+  echo $(( tot > 0 ? (tot - (b[4] - a[4]) - (b[5] - a[5])) * 100 / tot : 0 ))
+}
+
 echo "== command: $0 $*"
-echo "== $(date -u '+%Y-%m-%d %H:%M:%S UTC'), load average before the run: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "== $(date -u '+%Y-%m-%d %H:%M:%S UTC'); CPUs busy with other work just before the run: $(busy 2)% (load average $(cut -d' ' -f1-3 /proc/loadavg))"
 echo
 echo "== xanesd: $BIN ${CXX_ARGS[*]:-}"
 "$BIN" "${CXX_ARGS[@]}" --write-design "$OUT/design.json" | tee "$OUT/xanesd.txt"
@@ -52,7 +63,7 @@ echo
 echo "== numpy/scipy: $PY $ROOT/bench/pyxas_baseline.py ${PY_ARGS[*]:-}"
 "$PY" "$ROOT/bench/pyxas_baseline.py" --design "$OUT/design.json" "${PY_ARGS[@]}" | tee "$OUT/numpy.txt"
 echo
-echo "== load average after the run: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "== CPUs busy with other work just after the run: $(busy 2)% (load average $(cut -d' ' -f1-3 /proc/loadavg))"
 
 "$PY" - "$OUT/xanesd.txt" "$OUT/numpy.txt" <<'EOF'
 import sys

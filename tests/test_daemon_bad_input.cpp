@@ -248,3 +248,81 @@ TEST_CASE("a bad config or a missing reference file stops start-up with a clear 
   CHECK_THROWS_WITH_AS(Daemon(make_config(nlohmann::json::object(), {"references.files=[\"/nope.nor\"]", "publish.endpoint=tcp://127.0.0.1:*", "ingest.endpoint=tcp://127.0.0.1:*", "control.endpoint=tcp://127.0.0.1:*"}, "/")),
                        doctest::Contains("/nope.nor"), ConfigError);
 }
+
+TEST_CASE("a scan extended later with more energies is fitted over all of them, as if measured at once") {
+  LiveDaemon d("extend");
+  const auto all = plan();
+  const std::size_t P = kRows * kCols;
+  // A smooth spectrum per pixel so the fit has something to say: y = a + step·logistic(E).
+  auto value = [&](std::size_t px, int e) {
+    const double x = (all[static_cast<std::size_t>(e)] - 7140.0) / 6.0;
+    return static_cast<float>(1000.0 * (0.05 + (0.5 + 0.01 * px) / (1.0 + std::exp(-x))));
+  };
+  auto send_frames = [&](const std::string& id, int e0, int e1, int index_offset) {
+    std::int64_t seq = 0;
+    for (int e = e0; e < e1; ++e) {
+      FrameMsg f;
+      f.scan_id = id;
+      f.seq = seq++;
+      f.energy_index = e - index_offset;
+      f.energy_eV = all[static_cast<std::size_t>(e)];
+      f.i0_scalar = 1000.0;
+      std::vector<float> counts(P);
+      for (std::size_t px = 0; px < P; ++px) counts[px] = value(px, e);
+      f.counts = Array::from<float>("counts", counts, {kRows, kCols});
+      d.send(std::move(f).to_wire());
+    }
+    StopMsg stop;
+    stop.scan_id = id;
+    stop.frames_sent = seq;
+    d.send(std::move(stop).to_wire());
+  };
+  auto wait_file = [&](const std::string& id) {
+    const auto path = d.dir / (id + ".h5");
+    for (int i = 0; i < 200; ++i) {
+      const auto st = d.control({{"cmd", "status"}});
+      if (st.value("state", "") == "stopped" && st.at("scan").at("scan_id") == id && !st.value("result_file", "").empty())
+        return path;
+      std::this_thread::sleep_for(50ms);
+    }
+    FAIL("no result file for " << id);
+    return path;
+  };
+  // Two references that span the signal: the library's Goethite and Magnetite.
+  REQUIRE(d.control({{"cmd", "load_references"}, {"files", {test::fe_library().string()}}, {"names", {"Goethite", "Magnetite"}}})
+              .value("ok", false));
+  // In one go.
+  StartMsg whole;
+  whole.scan_id = "whole";
+  whole.rows = kRows, whole.cols = kCols;
+  whole.energies_eV = all;
+  d.send(std::move(whole).to_wire());
+  send_frames("whole", 0, kE, 0);
+  const auto whole_file = wait_file("whole");
+  // Half the energies, stop, then extended with the other half.
+  StartMsg first;
+  first.scan_id = "ext";
+  first.rows = kRows, first.cols = kCols;
+  first.energies_eV = std::vector<double>(all.begin(), all.begin() + kE / 2);
+  d.send(std::move(first).to_wire());
+  send_frames("ext", 0, kE / 2, 0);
+  wait_file("ext");
+  StartMsg more;
+  more.scan_id = "ext";
+  more.rows = kRows, more.cols = kCols;
+  more.energies_eV = std::vector<double>(all.begin() + kE / 2, all.end());
+  more.extend = true;
+  d.send(std::move(more).to_wire());
+  send_frames("ext", kE / 2, kE, 0);  // indices continue after the first half: kE/2 .. kE−1
+  const auto ext_file = wait_file("ext");
+  auto a = h5::open_file(whole_file), b = h5::open_file(ext_file);
+  CHECK(h5::read<double>(b, "entry/energy").size() == static_cast<std::size_t>(kE));
+  const auto ta = h5::read<float>(a, "entry/results/thickness"), tb = h5::read<float>(b, "entry/results/thickness");
+  const auto fa = h5::read<float>(a, "entry/results/fractions"), fb = h5::read<float>(b, "entry/results/fractions");
+  REQUIRE(ta.size() == tb.size());
+  for (std::size_t i = 0; i < ta.size(); ++i) CHECK(tb[i] == doctest::Approx(ta[i]).epsilon(1e-5));
+  for (std::size_t i = 0; i < fa.size(); ++i) CHECK(fb[i] == doctest::Approx(fa[i]).epsilon(1e-4).scale(1));
+  const auto st = d.control({{"cmd", "status"}});
+  CHECK(st.at("counters").value("issues.frames_sent_mismatch", 0) == 0);
+  CHECK(st.at("counters").value("issues.duplicate_seq", 0) == 0);
+}

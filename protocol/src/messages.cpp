@@ -42,6 +42,7 @@ WireMessage StartMsg::to_wire() && {
   m.header = {{"type", "start"},          {"scan_id", scan_id},       {"shape", {rows, cols}},
               {"energies_eV", energies_eV}, {"mode", to_string(mode)}, {"order", to_string(order)},
               {"xrf_channels", xrf_channels}};
+  if (extend) m.header["extend"] = true;
   if (dark) m.arrays.push_back(std::move(*dark));
   if (flat) m.arrays.push_back(std::move(*flat));
   return m;
@@ -74,6 +75,10 @@ StartMsg StartMsg::from_wire(WireMessage&& m) {
       if (!v.is_string()) throw ProtocolError("'xrf_channels' must be a list of names");
       s.xrf_channels.push_back(v.get<std::string>());
     }
+  }
+  if (m.header.contains("extend")) {
+    if (!m.header["extend"].is_boolean()) throw ProtocolError("'extend' must be true or false");
+    s.extend = m.header["extend"].get<bool>();
   }
   s.dark = take(m, "dark");
   s.flat = take(m, "flat");

@@ -103,6 +103,24 @@ void Pipeline::on_message(IngestMessage&& msg) {
 }
 
 void Pipeline::on_start(protocol::StartMsg&& s) {
+  if (s.extend) {
+    if (!scan_ || scan_->id() != s.scan_id) {
+      counters_.add("ingest.rejected.start");
+      report({"unknown_scan", "cannot extend scan '" + s.scan_id + "': it is not the current or last scan"}, s.scan_id);
+      return;
+    }
+    if (auto issue = scan_->extend(s, refs_)) {
+      counters_.add("ingest.rejected.start");
+      report(*issue, s.scan_id);
+      return;
+    }
+    spdlog::info("scan {} extended to {} energies", s.scan_id, scan_->energies().size());
+    result_file_.clear();
+    changed_since_publish_ = true;
+    update_status();
+    publisher_.publish(make_status_message(status(), s.scan_id, version_));
+    return;
+  }
   if (scan_ && scan_->state() == ScanState::running) {
     counters_.add("ingest.rejected.start");
     report({"scan_running", "start for scan '" + s.scan_id + "' rejected: scan '" + scan_->id() +

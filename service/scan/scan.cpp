@@ -87,6 +87,27 @@ void Scan::build_fit(const std::vector<science::Reference>& refs) {
   }
 }
 
+std::optional<Issue> Scan::extend(const protocol::StartMsg& more, const std::vector<science::Reference>& refs) {
+  if (more.rows != start_.rows || more.cols != start_.cols || more.mode != start_.mode)
+    return Issue{"bad_extension", "extension of scan '" + id() + "' must keep its shape and mode"};
+  if (start_.energies_eV.size() + more.energies_eV.size() > 4096)
+    return Issue{"bad_extension", "extension would make more than 4096 energies"};
+  const std::size_t added = more.energies_eV.size() * npix_;
+  start_.energies_eV.insert(start_.energies_eV.end(), more.energies_eV.begin(), more.energies_eV.end());
+  store_.resize(store_.size() + added, NAN);
+  if (!scale_.empty()) scale_.resize(scale_.size() + added, 0.f);
+  energy_seen_.resize(start_.energies_eV.size(), 0);
+  state_ = ScanState::running;
+  stop_reason_.clear();
+  edge_maps_.reset();
+  // The extension is a new segment: its sender numbers frames from 0 again.
+  seqs_seen_.clear();
+  max_seq_ = -1;
+  segment_first_frame_ = frames_applied_;
+  refit(refs, settings_);
+  return std::nullopt;
+}
+
 void Scan::refit(const std::vector<science::Reference>& refs, const ScanSettings& settings) {
   settings_ = settings;
   build_fit(refs);
@@ -276,9 +297,10 @@ std::vector<Issue> Scan::stop(const protocol::StopMsg& s) {
   const auto missing = (max_seq_ + 1) - static_cast<std::int64_t>(seqs_seen_.size());
   if (missing > 0)
     issues.push_back({"missing_seq", std::to_string(missing) + " sequence number(s) never arrived in scan '" + id() + "'"});
-  if (s.frames_sent && *s.frames_sent != frames_applied_)
+  const auto applied = frames_applied_ - segment_first_frame_;
+  if (s.frames_sent && *s.frames_sent != applied)
     issues.push_back({"frames_sent_mismatch", "sender reports " + std::to_string(*s.frames_sent) + " frames, " +
-                                                  std::to_string(frames_applied_) + " were applied"});
+                                                  std::to_string(applied) + " were applied"});
   return issues;
 }
 

@@ -64,6 +64,10 @@ class Scan : private science::SampleSource {
   std::vector<Issue> stop(const protocol::StopMsg& stop);
   void abort(const std::string& why);
 
+  // Appends energies to the plan (a scan extended later, science.md §1) and runs again; the
+  // fit is rebuilt over all stored samples. Returns an issue if the extension does not fit.
+  std::optional<Issue> extend(const protocol::StartMsg& more, const std::vector<science::Reference>& refs);
+
   // Rebuilds the fit from the stored spectra with new references or settings.
   void refit(const std::vector<science::Reference>& refs, const ScanSettings& settings);
   // Solves changed pixels and recomputes the quality mask.
@@ -115,6 +119,7 @@ class Scan : private science::SampleSource {
   std::optional<science::EdgeMaps> edge_maps_;
   std::unordered_set<std::int64_t> seqs_seen_;
   std::int64_t max_seq_ = -1, last_seq_ = -1, frames_applied_ = 0;
+  std::int64_t segment_first_frame_ = 0;  // frames_applied_ when the current segment (start or extension) began
   std::vector<std::uint8_t> energy_seen_;
   std::map<std::string, std::int64_t> flags_;  // flagged sample counts by code
   std::chrono::system_clock::time_point started_ = std::chrono::system_clock::now();

@@ -26,6 +26,7 @@ struct StartMsg {
   Mode mode = Mode::fluorescence;
   Order order = Order::energy_major;
   std::vector<std::string> xrf_channels;
+  bool extend = false;        // append energies_eV to the plan of scan scan_id (running or stopped)
   std::optional<Array> dark;  // rows×cols
   std::optional<Array> flat;  // rows×cols, energy independent
 
