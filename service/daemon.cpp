@@ -10,7 +10,8 @@ std::vector<science::Reference> load_references(const ReferencesConfig& cfg) {
   std::vector<science::Reference> refs;
   for (const auto& f : cfg.files) {
     try {
-      auto loaded = science::load_reference_file(f, science::normalize_mode_from_string(cfg.normalize));
+      auto loaded = science::load_reference_file(f, science::normalize_mode_from_string(cfg.normalize),
+                                                 science::energy_unit_from_string(cfg.energy_unit));
       refs.insert(refs.end(), loaded.begin(), loaded.end());
     } catch (const std::exception& e) {
       throw ConfigError(std::string("references.files: ") + e.what());

@@ -334,3 +334,21 @@ TEST_CASE("full-stack fit (blocked, fused) equals the incremental path, NaN samp
     CHECK(stack.maps().fractions[px] == doctest::Approx(incremental.maps().fractions[px]).epsilon(1e-4).scale(1));
   }
 }
+
+TEST_CASE("energy units: declared by the caller, declared in the header, or detected") {
+  const auto dir = test::scratch("units");
+  {
+    std::ofstream out(dir / "declared.txt");  // values look like eV·10⁻³ but the header says keV
+    out << "# energy (keV)  mu\n";
+    for (int i = 0; i < 10; ++i) out << 7.1 + 0.01 * i << " " << 0.1 * i << "\n";
+  }
+  {
+    std::ofstream out(dir / "plain.txt");
+    for (int i = 0; i < 10; ++i) out << 150 + i << " " << 0.1 * i << "\n";  // a low-energy edge, in eV
+  }
+  CHECK(load_reference_file(dir / "declared.txt", NormalizeMode::never)[0].energies_eV.front() == doctest::Approx(7100));
+  CHECK(load_reference_file(dir / "plain.txt", NormalizeMode::never)[0].energies_eV.front() == doctest::Approx(150));
+  CHECK(load_reference_file(dir / "plain.txt", NormalizeMode::never, EnergyUnit::keV)[0].energies_eV.front() ==
+        doctest::Approx(150000));
+  CHECK_THROWS_AS(energy_unit_from_string("meV"), ReferenceError);
+}

@@ -20,6 +20,7 @@ const std::vector<ConfigKey>& config_keys() {
       {"control.reply_timeout_ms", 60000, "longest a control request waits for the pipeline before it is answered with an error (ms)", 100, 3.6e6},
       {"references.files", nlohmann::json::array(), "reference spectra files (XDI .nor multi-column, or two-column eV/keV text), relative to the config file's folder"},
       {"references.normalize", "auto", "edge-normalize references as Larch's pre_edge does: 'auto' (only spectra that are not already ~0 before the edge and ~1 at the end: raw μ), 'always', or 'never'"},
+      {"references.energy_unit", "auto", "energy unit of reference files: 'auto' (declared in the header, else keV when every energy is below 100), 'eV' or 'keV'"},
       {"references.margin_eV", 20.0, "how far (eV) the scan may extend beyond a reference's energy range; there the reference's end value is held. Beyond it the references are refused for that scan", 0, 1e4},
       {"fit.method", "nnls", "'nnls' (species coefficients ≥ 0, background free), 'least_squares', or 'lasso' (positive LASSO for large libraries: selects a few references)", -1e300, 1e300, true},
       {"fit.background", true, "fit a + b·(E−E0) jointly with the references (science.md §3)"},
@@ -105,6 +106,9 @@ Config build(const nlohmann::json& flat, const std::filesystem::path& base_dir) 
   }
   c.references.margin_eV = num("references.margin_eV");
   c.references.normalize = str("references.normalize");
+  c.references.energy_unit = str("references.energy_unit");
+  if (c.references.energy_unit != "auto" && c.references.energy_unit != "eV" && c.references.energy_unit != "keV")
+    throw ConfigError("config key 'references.energy_unit' must be 'auto', 'eV' or 'keV', got '" + c.references.energy_unit + "'");
   if (c.references.normalize != "auto" && c.references.normalize != "always" && c.references.normalize != "never")
     throw ConfigError("config key 'references.normalize' must be 'auto', 'always' or 'never', got '" + c.references.normalize + "'");
   c.fit = {str("fit.method"), flat.at("fit.background").get<bool>(), flat.at("fit.sum_to_one").get<bool>(),

@@ -37,6 +37,7 @@ struct ReferencesConfig {
   std::vector<std::filesystem::path> files;  // resolved against the config file's folder
   double margin_eV = 0;
   std::string normalize;  // auto | always | never
+  std::string energy_unit;  // auto | eV | keV
 };
 struct FitConfig {
   std::string method;

@@ -236,7 +236,8 @@ nlohmann::json Pipeline::handle(const nlohmann::json& req) {
     std::vector<science::Reference> refs;
     for (const auto& f : files) {
       auto loaded = science::load_reference_file(
-          f.get<std::string>(), science::normalize_mode_from_string(req.value("normalize", cfg_.references.normalize)));
+          f.get<std::string>(), science::normalize_mode_from_string(req.value("normalize", cfg_.references.normalize)),
+          science::energy_unit_from_string(req.value("energy_unit", cfg_.references.energy_unit)));
       refs.insert(refs.end(), loaded.begin(), loaded.end());
     }
     if (req.contains("names")) {  // keep only the named spectra, in the order given

@@ -3,6 +3,7 @@
 #include "science/edge_normalize.hpp"
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <fstream>
 #include <iterator>
@@ -70,11 +71,19 @@ void normalize_reference(Reference& r, NormalizeMode mode) {
   r.normalized_here = true;
 }
 
-std::vector<Reference> load_reference_file(const std::filesystem::path& path, NormalizeMode normalize) {
+EnergyUnit energy_unit_from_string(const std::string& s) {
+  if (s == "auto") return EnergyUnit::automatic;
+  if (s == "eV") return EnergyUnit::eV;
+  if (s == "keV") return EnergyUnit::keV;
+  throw ReferenceError("energy unit must be 'auto', 'eV' or 'keV', got '" + s + "'");
+}
+
+std::vector<Reference> load_reference_file(const std::filesystem::path& path, NormalizeMode normalize, EnergyUnit unit) {
   std::ifstream in(path);
   if (!in) throw ReferenceError("cannot open reference file '" + path.string() + "'");
   std::map<int, std::string> xdi_columns;  // XDI "# Column.N: name"
   std::string last_comment, declared_name, line;
+  EnergyUnit declared_unit = EnergyUnit::automatic;
   std::vector<std::vector<double>> rows;
   std::size_t lineno = 0;
   while (std::getline(in, line)) {
@@ -93,6 +102,22 @@ std::vector<Reference> load_reference_file(const std::filesystem::path& path, No
         }
       } else if (body.rfind("Name:", 0) == 0) {
         declared_name = trim(body.substr(5));
+      }
+      // A unit declared in the header: "Column.1: energy keV", "units: keV", "energy (eV)".
+      if (rows.empty()) {
+        std::string lower = body;
+        std::transform(lower.begin(), lower.end(), lower.begin(), [](unsigned char ch) { return std::tolower(ch); });
+        const bool energy_line = lower.find("energy") != std::string::npos || lower.find("unit") != std::string::npos;
+        auto has_word = [&](const std::string& w) {
+          for (auto pos = lower.find(w); pos != std::string::npos; pos = lower.find(w, pos + 1)) {
+            const bool left = pos == 0 || !std::isalpha(static_cast<unsigned char>(lower[pos - 1]));
+            const bool right = pos + w.size() >= lower.size() || !std::isalpha(static_cast<unsigned char>(lower[pos + w.size()]));
+            if (left && right) return true;
+          }
+          return false;
+        };
+        if (energy_line && has_word("kev")) declared_unit = EnergyUnit::keV;
+        else if (energy_line && has_word("ev")) declared_unit = EnergyUnit::eV;
       }
       if (!body.empty() && body.find_first_not_of("-=") != std::string::npos) last_comment = body;
       continue;
@@ -136,7 +161,9 @@ std::vector<Reference> load_reference_file(const std::filesystem::path& path, No
 
   double emax = 0;
   for (const auto& r : rows) emax = std::max(emax, r[0]);
-  const double to_eV = emax < 100.0 ? 1000.0 : 1.0;  // keV files (e.g. ni_k/*.txt)
+  if (unit == EnergyUnit::automatic) unit = declared_unit;
+  if (unit == EnergyUnit::automatic) unit = emax < 100.0 ? EnergyUnit::keV : EnergyUnit::eV;  // e.g. ni_k/*.txt
+  const double to_eV = unit == EnergyUnit::keV ? 1000.0 : 1.0;
 
   std::vector<Reference> refs;
   for (std::size_t c = 1; c < ncols; ++c) {

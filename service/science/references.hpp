@@ -34,8 +34,14 @@ class ReferenceError : public std::runtime_error {
 // Loads every spectrum in a file. Multi-column files give one Reference per column after
 // the energy column; two-column files give one, named from the header (`#%Name:`) or the
 // file name. Energies below 100 are taken as keV and converted to eV.
+enum class EnergyUnit { automatic, eV, keV };
+EnergyUnit energy_unit_from_string(const std::string& s);  // "auto", "eV", "keV"
+
+// unit: declared by the caller, or (automatic) declared in the file (XDI "Column.1: energy keV",
+// a header line "# ... units: keV"), or detected (all energies below 100 → keV).
 std::vector<Reference> load_reference_file(const std::filesystem::path& path,
-                                           NormalizeMode normalize = NormalizeMode::automatic);
+                                           NormalizeMode normalize = NormalizeMode::automatic,
+                                           EnergyUnit unit = EnergyUnit::automatic);
 
 // Edge-normalizes one reference in place as Larch's pre_edge does (see edge_normalize.hpp),
 // when `mode` asks for it; records E0 and the edge step either way.
