@@ -340,16 +340,8 @@ void IncrementalLcf::solve_stats(std::size_t p, std::uint32_t set, const double*
       const auto& sub = ws.subset(set, mask, c.G);
       if (sub.ok) inv = &sub.inv, active_idx = &sub.idx;
     }
-  } else if (samples_) {
-    auto r = solve_weighted(p, c, s, q, n, ws);
-    if (!r.ok) return clear();
-    x = r.theta;
-    chi2 = r.chi2;
-    general_cov = std::move(r.cov);
-    sigma2 = 1.0;
-    inv = general_cov.rows() == M_ ? &general_cov : nullptr;
-  } else if (!cached_path) {
-    auto r = solve(c.G, s, q, n, options_);
+  } else if (!cached_path) {  // weighted, sum-to-one, LASSO or very large models
+    auto r = samples_ ? solve_weighted(p, c, s, q, n, ws) : solve(c.G, s, q, n, options_);
     if (!r.ok) return clear();
     x = r.theta;
     chi2 = r.chi2;
