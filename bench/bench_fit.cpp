@@ -19,6 +19,7 @@
 // Machine-readable results are the lines "RESULT key=value".
 #include <sched.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/utsname.h>
 
 #include <algorithm>
@@ -637,7 +638,11 @@ int main(int argc, char** argv) {
       print_means("nnls_check", lcfT->maps(), Pn, o.check_pixels, model6.n_refs());
       result("nnls_check_pixels", static_cast<double>(o.check_pixels));
     }
-    std::printf("\nbench_fit done in %.0f s (checksum %.3g)\n", seconds_since(t_start), static_cast<double>(sink));
+    rusage ru{};
+    getrusage(RUSAGE_SELF, &ru);
+    result("xanesd_peak_rss_gb", static_cast<double>(ru.ru_maxrss) / 1e6);
+    std::printf("\nbench_fit done in %.0f s, peak RSS %.1f GB (checksum %.3g)\n", seconds_since(t_start),
+                static_cast<double>(ru.ru_maxrss) / 1e6, static_cast<double>(sink));
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_fit: %s\n", e.what());
     return 1;

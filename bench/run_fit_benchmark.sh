@@ -54,14 +54,48 @@ busy() {
   echo $(( tot > 0 ? (tot - (b[4] - a[4]) - (b[5] - a[5])) * 100 / tot : 0 ))
 }
 
+# CPU time the rest of the machine used while a step ran: busy time from /proc/stat minus the
+# CPU time of our own children (bash `times`).
+TICK_MS=$((1000 / $(getconf CLK_TCK)))
+NCPU=$(nproc)
+machine_busy_ms() {
+  local a
+  read -r -a a < <(grep '^cpu ' /proc/stat)
+  echo $(( (a[1] + a[2] + a[3] + a[6] + a[7]) * TICK_MS ))
+}
+# CPU time of this shell's finished children, in ms, into CHILD_MS (`times` must run in this
+# shell, not in a command substitution's subshell).
+children_ms() {
+  times > "$OUT/.times"
+  CHILD_MS=$(tail -n 1 "$OUT/.times" | awk '{ t = 0; for (i = 1; i <= 2; ++i) { split($i, p, "m"); t += p[1] * 60000 + p[2] * 1000 }; printf "%d\n", t }')
+}
+step_begin() { S_BUSY=$(machine_busy_ms); children_ms; S_CHILD=$CHILD_MS; S_T=$(date +%s%N); }
+step_end() {  # step_end NAME FILE KEY: prints the line, appends it and a RESULT line to FILE (no pipe: `times` needs this shell)
+  local busy child wall msg
+  busy=$(( $(machine_busy_ms) - S_BUSY )); children_ms; child=$(( CHILD_MS - S_CHILD )); wall=$(( ($(date +%s%N) - S_T) / 1000000 ))
+  msg=$(awk -v o=$((busy - child)) -v w="$wall" -v n="$NCPU" -v name="$1" 'BEGIN {
+    if (o < 0) o = 0
+    share = (w > 0) ? o / (w * n) : 0
+    printf("== other work on the machine during %s: %.1f CPU-s over %.0f s (%.0f%% of %d CPUs)%s\n", name, o / 1000,
+           w / 1000, 100 * share, n, (share > 0.05) ? "  <- figures skewed: rerun on a quiet machine" : "") }')
+  echo "$msg"
+  echo "$msg" >> "$2"
+  awk -v o=$((busy - child)) -v w="$wall" -v n="$NCPU" -v key="$3" \
+    'BEGIN { if (o < 0) o = 0; printf("RESULT other_work_share_%s=%.4f\n", key, (w > 0) ? o / (w * n) : 0) }' >> "$2"
+}
+
 echo "== command: $0 $*"
 echo "== $(date -u '+%Y-%m-%d %H:%M:%S UTC'); CPUs busy with other work just before the run: $(busy 2)% (load average $(cut -d' ' -f1-3 /proc/loadavg))"
 echo
 echo "== xanesd: $BIN ${CXX_ARGS[*]:-}"
+step_begin
 "$BIN" "${CXX_ARGS[@]}" --write-design "$OUT/design.json" | tee "$OUT/xanesd.txt"
+step_end "the xanesd run" "$OUT/xanesd.txt" xanesd
 echo
 echo "== numpy/scipy: $PY $ROOT/bench/pyxas_baseline.py ${PY_ARGS[*]:-}"
+step_begin
 "$PY" "$ROOT/bench/pyxas_baseline.py" --design "$OUT/design.json" "${PY_ARGS[@]}" | tee "$OUT/numpy.txt"
+step_end "the numpy/scipy run" "$OUT/numpy.txt" numpy
 echo
 echo "== CPUs busy with other work just after the run: $(busy 2)% (load average $(cut -d' ' -f1-3 /proc/loadavg))"
 
@@ -173,7 +207,12 @@ for label, a, b, K in (("xanesd LS vs PyXAS way", "xanesd_ls", "pyxas", 3), ("xa
         print(f"    {label:<28} (not run)")
 if g("main_ls_fraction_rmse") is not None:
     print(f"    xanesd LS fraction RMSE against the true fractions: {g('main_ls_fraction_rmse'):.4f}")
-if g("python_peak_rss_gb") is not None:
-    print(f"    numpy side peak RSS {g('python_peak_rss_gb'):.1f} GB")
+if g("python_peak_rss_gb") is not None or g("xanesd_peak_rss_gb") is not None:
+    print(f"    peak RSS: xanesd side {g('xanesd_peak_rss_gb') or 0:.1f} GB, numpy side {g('python_peak_rss_gb') or 0:.1f} GB")
+ox, on = g("other_work_share_xanesd"), g("other_work_share_numpy")
+if ox is not None and on is not None:
+    quiet = max(ox, on) <= 0.05
+    print(f"\n  other work on the machine: {100 * ox:.0f}% of the CPUs during the xanesd run, {100 * on:.0f}% during the "
+          f"numpy run: {'quiet enough' if quiet else 'SKEWED, rerun on a quiet machine'}")
 EOF
 exit 0

@@ -93,6 +93,16 @@ TEST_CASE("every kind of bad input is reported and counted; the scan goes on") {
     CHECK(d.next_error().value("code", "") == "malformed_message");
   }
 
+  // A start far too large for memory (8192² pixels × 4096 energies) is refused, not attempted.
+  {
+    StartMsg huge;
+    huge.scan_id = "huge";
+    huge.rows = 8192, huge.cols = 8192;
+    huge.energies_eV.assign(4096, 7100.0);
+    d.send(std::move(huge).to_wire());
+    CHECK(d.next_error().value("code", "") == "scan_too_large");
+  }
+
   StartMsg s;
   s.scan_id = "bad-input";
   s.rows = kRows, s.cols = kCols;

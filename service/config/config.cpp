@@ -13,6 +13,7 @@ const std::vector<ConfigKey>& config_keys() {
       {"ingest.rcvhwm", 64, "ZeroMQ receive high-water mark (messages) of the ingest socket", 1, 100000},
       {"ingest.energy_tolerance_eV", 1.0, "largest allowed |frame.energy_eV − planned energy| (eV); frames beyond it are rejected", 0, 1e4},
       {"ingest.min_transmission", 1e-6, "transmission I/F below this (including ≤ 0) is clamped to it before −ln and counted", 1e-300, 1},
+      {"ingest.max_scan_GiB", 16.0, "largest spectral store (rows·cols·energies·4 bytes, plus fit statistics) a start may ask for; bigger scans are refused with an error instead of exhausting memory", 0.001, 1e6},
       {"publish.endpoint", "tcp://127.0.0.1:5556", "ZeroMQ endpoint the PUB socket binds for live products"},
       {"publish.interval_ms", 250, "minimum time (ms) between map publications while a scan runs. A cycle (solve + publish) is also never started sooner after the previous one than that one took, so solving uses at most about half of the pipeline's time and ingest keeps up; 0 publishes as often as that allows", 0, 3.6e6, true},
       {"publish.sndhwm", 100, "ZeroMQ send high-water mark (message parts) per subscriber: how much a slow subscriber may have queued (maps are large: keep it modest) before it misses publications and sees a gap in `version`; nothing upstream ever waits", 1, 100000},
@@ -96,7 +97,7 @@ Config build(const nlohmann::json& flat, const std::filesystem::path& base_dir) 
   auto num = [&](const char* k) { return flat.at(k).get<double>(); };
   auto integer = [&](const char* k) { return flat.at(k).get<int>(); };
   c.ingest = {str("ingest.endpoint"), integer("ingest.queue_frames"), integer("ingest.rcvhwm"),
-              num("ingest.energy_tolerance_eV"), num("ingest.min_transmission")};
+              num("ingest.energy_tolerance_eV"), num("ingest.min_transmission"), num("ingest.max_scan_GiB")};
   c.publish = {str("publish.endpoint"), integer("publish.interval_ms"), integer("publish.sndhwm")};
   c.control = {str("control.endpoint"), integer("control.reply_timeout_ms")};
   for (const auto& f : flat.at("references.files")) {

@@ -23,6 +23,7 @@ struct IngestConfig {
   int rcvhwm = 0;
   double energy_tolerance_eV = 0;
   double min_transmission = 0;
+  double max_scan_GiB = 0;
 };
 struct PublishConfig {
   std::string endpoint;

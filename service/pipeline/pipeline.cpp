@@ -128,6 +128,16 @@ void Pipeline::on_start(protocol::StartMsg&& s) {
            s.scan_id);
     return;
   }
+  // Store (float32 per sample) plus fit statistics (doubles per pixel): refuse what would not fit.
+  const double pixels = static_cast<double>(s.rows) * s.cols;
+  const double bytes = pixels * (4.0 * static_cast<double>(s.energies_eV.size()) + 8.0 * (refs_.size() + 4) + 64.0);
+  if (bytes > cfg_.ingest.max_scan_GiB * 1073741824.0) {
+    counters_.add("ingest.rejected.start");
+    report({"scan_too_large", "start for scan '" + s.scan_id + "' needs " + std::to_string(bytes / 1073741824.0) +
+                                  " GiB, more than ingest.max_scan_GiB = " + std::to_string(cfg_.ingest.max_scan_GiB)},
+           s.scan_id);
+    return;
+  }
   const auto id = s.scan_id;
   scan_ = std::make_unique<Scan>(std::move(s), refs_, scan_settings(cfg_));
   counters_.add("scans.started");
