@@ -62,8 +62,7 @@ void LcfMaps::resize(std::size_t npix, int k) {
 
 IncrementalLcf::IncrementalLcf(LcfModel model, std::size_t npix, SolveOptions options)
     : model_(std::move(model)), npix_(npix), M_(model_.n_params()), options_(options),
-      sets_(static_cast<int>(model_.X.rows())), set_of_(npix, EnergySets::kEmpty),
-      stats_(npix * static_cast<std::size_t>(M_ + 1), 0.0), changed_(npix, 0) {
+      sets_(static_cast<int>(model_.X.rows())) {
   const auto E = model_.X.rows();
   xrows_.resize(static_cast<std::size_t>(E * M_));
   for (Eigen::Index j = 0; j < E; ++j)
@@ -72,7 +71,15 @@ IncrementalLcf::IncrementalLcf(LcfModel model, std::size_t npix, SolveOptions op
   maps_.resize(npix, model_.n_refs());
 }
 
+void IncrementalLcf::ensure_incremental_state() {
+  if (!set_of_.empty() || npix_ == 0) return;
+  set_of_.assign(npix_, EnergySets::kEmpty);
+  stats_.assign(npix_ * static_cast<std::size_t>(M_ + 1), 0.0);
+  changed_.assign(npix_, 0);
+}
+
 void IncrementalLcf::add(std::size_t p, int e, double y) {
+  ensure_incremental_state();
   const double* x = &xrows_[static_cast<std::size_t>(e * M_)];
   double* st = &stats_[p * static_cast<std::size_t>(M_ + 1)];
   for (int m = 0; m < M_; ++m) st[m] += x[m] * y;
@@ -82,6 +89,7 @@ void IncrementalLcf::add(std::size_t p, int e, double y) {
 }
 
 void IncrementalLcf::replace(std::size_t p, int e, double previous, double y) {
+  ensure_incremental_state();
   const double* x = &xrows_[static_cast<std::size_t>(e * M_)];
   double* st = &stats_[p * static_cast<std::size_t>(M_ + 1)];
   for (int m = 0; m < M_; ++m) st[m] += x[m] * (y - previous);
@@ -93,6 +101,10 @@ namespace {
 
 constexpr std::size_t kStackBlock = 2048;  // pixels per block: accumulators stay in L1/L2
 
+// s_m = Σ_e x_em·y_e (float: 1e-6 relative, ample for s) and q = Σ_e y_e² (double: χ² is a
+// difference of q and θᵀs) for B pixels, streaming each energy's row once. Contiguous over
+// pixels, so it vectorizes; target_clones picks AVX2 at run time on CPUs that have it while
+// the binary stays portable.
 // s_m = Σ_e x_em·y_e (float: 1e-6 relative, ample for s) and q = Σ_e y_e² (double: χ² is a
 // difference of q and θᵀs) for B pixels, streaming each energy's row once. Contiguous over
 // pixels, so it vectorizes; target_clones picks AVX2 at run time on CPUs that have it while
@@ -116,6 +128,7 @@ void accumulate_block(const float* planes, std::size_t stride, int E, int M, con
 }  // namespace
 
 void IncrementalLcf::add_stack(const float* planes, std::size_t plane_stride, int threads) {
+  ensure_incremental_state();
   const int E = static_cast<int>(model_.X.rows());
   std::uint32_t full = EnergySets::kEmpty;
   for (int e = 0; e < E; ++e) full = sets_.with(full, e);
@@ -168,6 +181,7 @@ void IncrementalLcf::add_stack(const float* planes, std::size_t plane_stride, in
 }
 
 void IncrementalLcf::mark_all_changed() {
+  ensure_incremental_state();
   changed_list_.clear();
   for (std::size_t p = 0; p < npix_; ++p) changed_[p] = 1, changed_list_.push_back(p);
 }
@@ -367,22 +381,22 @@ void IncrementalLcf::solve_stats(std::size_t p, std::uint32_t set, const double*
   const auto coeffs = x.tail(K);
   const double total = coeffs.sum();
   const bool has_material = std::abs(total) > 1e-12;
+  // σ_f = sqrt(diag(J C Jᵀ)) with J_ka = (δ_ka − f_k)/T (first-order propagation through c/Σc)
+  // has the closed form var_k = (C_kk − 2·f_k·r_k + f_k²·S)/T², r_k = Σ_b C_kb, S = Σ_ab C_ab.
+  double row_sum[64], total_cov = 0;
+  if (has_material && K <= 64) {
+    for (int a = 0; a < K; ++a) {
+      row_sum[a] = 0;
+      for (int b = 0; b < K; ++b) row_sum[a] += cov(F + a, F + b);
+      total_cov += row_sum[a];
+    }
+  }
   for (int k = 0; k < K; ++k) {
     const std::size_t i = static_cast<std::size_t>(k) * npix_ + p;
-    maps.fractions[i] = has_material ? static_cast<float>(coeffs(k) / total) : 0.f;
-    // σ_f = sqrt(diag(J C Jᵀ)), J_kj = (δ_kj − f_k)/T: first-order propagation through c/Σc.
+    const double fk = has_material ? coeffs(k) / total : 0.0;
+    maps.fractions[i] = static_cast<float>(fk);
     double var = 0;
-    if (has_material && M_ <= 64) {
-      const double fk = coeffs(k) / total;
-      for (int a = 0; a < K; ++a) {
-        const double ja = ((a == k ? 1.0 : 0.0) - fk) / total;
-        if (ja == 0) continue;
-        for (int b = 0; b < K; ++b) {
-          const double jb = ((b == k ? 1.0 : 0.0) - fk) / total;
-          var += ja * cov(F + a, F + b) * jb;
-        }
-      }
-    }
+    if (has_material && K <= 64) var = (cov(F + k, F + k) - 2.0 * fk * row_sum[k] + fk * fk * total_cov) / (total * total);
     maps.fraction_sigma[i] = static_cast<float>(std::sqrt(std::max(0.0, var)));
   }
   maps.thickness[p] = static_cast<float>(total);

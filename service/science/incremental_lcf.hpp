@@ -103,7 +103,7 @@ class IncrementalLcf {
   const SolveOptions& options() const { return options_; }
   FitMethod method() const { return options_.method; }
   std::size_t pixels() const { return npix_; }
-  int energies_measured(std::size_t p) const { return sets_.count(set_of_[p]); }
+  int energies_measured(std::size_t p) const { return set_of_.empty() ? maps_.nenergies[p] : sets_.count(set_of_[p]); }
   std::size_t energy_sets() const { return sets_.size(); }
 
  private:
@@ -113,6 +113,8 @@ class IncrementalLcf {
   };
   struct Workspace;  // per-thread scratch: no heap allocation per pixel on the common paths
   const SetCache& cache_for(std::uint32_t set);
+  // Per-pixel statistics exist only once samples arrive one by one: fit_stack never needs them.
+  void ensure_incremental_state();
   void solve_pixel(std::size_t p, Workspace& ws) const;
   // Solves pixel p from statistics st = [s (M), q] over energy set `set`; writes its maps.
   void solve_stats(std::size_t p, std::uint32_t set, const double* st, Workspace& ws) const;
