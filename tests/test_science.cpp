@@ -352,3 +352,29 @@ TEST_CASE("energy units: declared by the caller, declared in the header, or dete
         doctest::Approx(150000));
   CHECK_THROWS_AS(energy_unit_from_string("meV"), ReferenceError);
 }
+
+TEST_CASE("fraction uncertainties match the scatter of fits over noise realizations") {
+  const auto p = fe_problem({"Magnetite", "Goethite", "Pyrite"});
+  const auto E = static_cast<int>(p.energies.size());
+  const std::size_t P = 4000;  // the same spectrum, P independent noise draws
+  Eigen::VectorXd theta(5);
+  theta << 0.03, 0.01, 0.5, 0.3, 0.2;
+  const Eigen::VectorXd clean = p.model.X * theta;
+  std::mt19937 rng(21);
+  std::normal_distribution<double> noise(0, 0.02);
+  IncrementalLcf lcf(p.model, P, {.method = FitMethod::least_squares});
+  for (int e = 0; e < E; ++e)
+    for (std::size_t px = 0; px < P; ++px) lcf.add(px, e, clean(e) + noise(rng));
+  lcf.solve_changed(2);
+  for (int k = 0; k < 3; ++k) {
+    double mean = 0, mean_sigma = 0;
+    for (std::size_t px = 0; px < P; ++px) {
+      mean += lcf.maps().fractions[k * P + px] / P;
+      mean_sigma += lcf.maps().fraction_sigma[k * P + px] / P;
+    }
+    double var = 0;
+    for (std::size_t px = 0; px < P; ++px) var += std::pow(lcf.maps().fractions[k * P + px] - mean, 2) / (P - 1);
+    INFO("reference " << k << ": scatter " << std::sqrt(var) << ", reported σ " << mean_sigma);
+    CHECK(mean_sigma == doctest::Approx(std::sqrt(var)).epsilon(0.1));
+  }
+}
