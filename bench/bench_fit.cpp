@@ -17,6 +17,7 @@
 // program writes (--write-design); a few sanity figures (mean fractions) are printed on both
 // sides so the runner can check that both fitted the same data.
 // Machine-readable results are the lines "RESULT key=value".
+#include "machine.hpp"
 #include <sched.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
@@ -137,31 +138,9 @@ std::optional<Options> parse_args(int argc, char** argv) {
   return o;
 }
 
-// ---------------------------------------------------------------------------------------------
-// Machine description
-
-std::string cpu_model() {
-  std::ifstream in("/proc/cpuinfo");
-  std::string line;
-  while (std::getline(in, line))
-    if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
-  return "unknown";
-}
-
-int nproc() {
-  cpu_set_t set;
-  if (sched_getaffinity(0, sizeof set, &set) == 0) return CPU_COUNT(&set);
-  return static_cast<int>(std::thread::hardware_concurrency());
-}
-
-std::string mem_total() {
-  std::ifstream in("/proc/meminfo");
-  std::string key;
-  long kb = 0;
-  while (in >> key >> kb)
-    if (key == "MemTotal:") return std::to_string(kb / 1024 / 1024) + " GiB";
-  return "?";
-}
+using xanesd::bench::cpu_model;
+using xanesd::bench::mem_total;
+using xanesd::bench::nproc;
 
 // ---------------------------------------------------------------------------------------------
 // Buffers: page-aligned, optionally transparent huge pages (numpy madvises its large arrays the

@@ -6,6 +6,7 @@
 // `maps/fractions` publication. For each image size and publish interval it prints frames/s,
 // pixel-samples/s and the frame-to-published-map latency (median, p99), next to the raw
 // ZeroMQ PUSH→PULL loopback rate for the same frames with no daemon.
+#include "machine.hpp"
 #include <sched.h>
 #include <sys/utsname.h>
 
@@ -125,31 +126,9 @@ std::optional<Options> parse_args(int argc, char** argv) {
   return o;
 }
 
-// ---------------------------------------------------------------------------------------------
-// Machine description
-
-std::string cpu_model() {
-  std::ifstream in("/proc/cpuinfo");
-  std::string line;
-  while (std::getline(in, line))
-    if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
-  return "unknown";
-}
-
-int nproc() {
-  cpu_set_t set;
-  if (sched_getaffinity(0, sizeof set, &set) == 0) return CPU_COUNT(&set);
-  return static_cast<int>(std::thread::hardware_concurrency());
-}
-
-std::string mem_total() {
-  std::ifstream in("/proc/meminfo");
-  std::string key;
-  long kb = 0;
-  while (in >> key >> kb)
-    if (key == "MemTotal:") return std::to_string(kb / 1024 / 1024) + " GiB";
-  return "?";
-}
+using xanesd::bench::cpu_model;
+using xanesd::bench::mem_total;
+using xanesd::bench::nproc;
 
 // ---------------------------------------------------------------------------------------------
 // Workloads: the frames are computed once and reused; the sender does no per-frame work beyond
