@@ -405,6 +405,65 @@ void IncrementalLcf::solve_stats(std::size_t p, std::uint32_t set, const double*
   maps.fitted[p] = 1;
 }
 
+bool IncrementalLcf::block_solvable(const SetCache& c) const {
+  return c.invertible && !samples_ && !options_.sum_to_one && options_.method != FitMethod::lasso;
+}
+
+// Block solve: pixels that share one energy set share G⁻¹, so θ = G⁻¹·S for a whole block in
+// vectorizable loops, with χ² = q − θᵀs and the fraction errors in closed form
+// (var_k = σ²(C_kk − 2f_k r_k + f_k² S)/T², C the reference block of G⁻¹). Pixels it cannot
+// settle (a negative coefficient under NNLS, no material) are left to solve_stats.
+template <class T>
+void IncrementalLcf::solve_block(const SetCache& c, int n, std::size_t B, const T* acc, const double* q,
+                                 const std::size_t* pixels, std::size_t p0, double* theta,
+                                 std::uint8_t* settled) const {
+  const int K = model_.n_refs(), F = model_.n_background();
+  double row_sum[64] = {}, total_cov = 0;
+  for (int a = 0; a < K && a < 64; ++a) {
+    for (int b = 0; b < K; ++b) row_sum[a] += c.G_inv(F + a, F + b);
+    total_cov += row_sum[a];
+  }
+  const double* gi = c.G_inv.data();  // column-major M×M
+  std::fill(theta, theta + static_cast<std::size_t>(M_) * kStackBlock, 0.0);
+  for (int r = 0; r < M_; ++r) {
+    double* __restrict t = theta + static_cast<std::size_t>(r) * kStackBlock;
+    for (int k = 0; k < M_; ++k) {
+      const double g = gi[k * M_ + r];
+      const T* __restrict sk = acc + static_cast<std::size_t>(k) * kStackBlock;
+      for (std::size_t i = 0; i < B; ++i) t[i] += g * sk[i];
+    }
+  }
+  LcfMaps& maps = const_cast<LcfMaps&>(maps_);  // each pixel writes only its own entries
+  const double dof = n - M_;
+  for (std::size_t i = 0; i < B; ++i) {
+    const std::size_t px = pixels ? pixels[i] : p0 + i;
+    double total = 0, fit = 0;
+    bool negative = false;
+    for (int r = 0; r < M_; ++r)
+      fit += theta[static_cast<std::size_t>(r) * kStackBlock + i] * acc[static_cast<std::size_t>(r) * kStackBlock + i];
+    for (int k = 0; k < K; ++k) {
+      const double cf = theta[static_cast<std::size_t>(F + k) * kStackBlock + i];
+      total += cf;
+      negative |= cf < 0;
+    }
+    settled[i] = std::isfinite(q[i]) && !(negative && options_.method == FitMethod::nnls) && std::abs(total) > 1e-12 &&
+                 K <= 64 && dof > 0;
+    if (!settled[i]) continue;
+    const double chi2 = std::max(0.0, q[i] - fit), sigma2 = chi2 / dof;
+    for (int k = 0; k < K; ++k) {
+      const double f = theta[static_cast<std::size_t>(F + k) * kStackBlock + i] / total;
+      const double var = sigma2 * (c.G_inv(F + k, F + k) - 2.0 * f * row_sum[k] + f * f * total_cov) / (total * total);
+      maps.fractions[static_cast<std::size_t>(k) * npix_ + px] = static_cast<float>(f);
+      maps.fraction_sigma[static_cast<std::size_t>(k) * npix_ + px] = static_cast<float>(std::sqrt(std::max(0.0, var)));
+    }
+    maps.thickness[px] = static_cast<float>(total);
+    maps.residual[px] = static_cast<float>(std::sqrt(chi2 / n));
+    maps.rfactor[px] = q[i] > 0 ? static_cast<float>(chi2 / q[i]) : 0.f;
+    maps.nenergies[px] = static_cast<std::uint16_t>(std::min(n, 65535));
+    maps.fitted[px] = 1;
+  }
+}
+
 std::size_t IncrementalLcf::solve_changed(int threads) {
   const std::size_t n = changed_list_.size();
   // Shared per-set data first (serially): the threads only read it.
@@ -413,9 +472,32 @@ std::size_t IncrementalLcf::solve_changed(int threads) {
   for (auto p : changed_list_)
     if (set_of_[p] != last) last = set_of_[p], cache_for(last);
   const int nthreads = std::max(1, std::min<int>(threads, static_cast<int>(n / 4096) + 1));
+  // Energy-major scans: every changed pixel is in the same set, so blocks share G⁻¹.
+  bool one_set = n > 0;
+  for (std::size_t i = 1; one_set && i < n; ++i) one_set = set_of_[changed_list_[i]] == set_of_[changed_list_[0]];
+  const std::uint32_t common = n > 0 ? set_of_[changed_list_[0]] : 0;
+  const bool block_path = one_set && sets_.count(common) > M_ && block_solvable(caches_[common]);
   auto work = [&](std::size_t begin, std::size_t end) {
     Workspace ws(M_);
-    for (std::size_t i = begin; i < end; ++i) solve_pixel(changed_list_[i], ws);
+    if (!block_path) {
+      for (std::size_t i = begin; i < end; ++i) solve_pixel(changed_list_[i], ws);
+      return;
+    }
+    std::vector<double> acc(static_cast<std::size_t>(M_) * kStackBlock), q(kStackBlock),
+        theta(static_cast<std::size_t>(M_) * kStackBlock);
+    std::vector<std::uint8_t> settled(kStackBlock);
+    for (std::size_t b0 = begin; b0 < end; b0 += kStackBlock) {
+      const std::size_t B = std::min(kStackBlock, end - b0);
+      const std::size_t* pixels = &changed_list_[b0];
+      for (std::size_t i = 0; i < B; ++i) {  // gather the block's statistics, parameter-major
+        const double* st = &stats_[pixels[i] * static_cast<std::size_t>(M_ + 1)];
+        for (int m = 0; m < M_; ++m) acc[static_cast<std::size_t>(m) * kStackBlock + i] = st[m];
+        q[i] = st[M_];
+      }
+      solve_block(caches_[common], sets_.count(common), B, acc.data(), q.data(), pixels, 0, theta.data(), settled.data());
+      for (std::size_t i = 0; i < B; ++i)
+        if (!settled[i]) solve_pixel(pixels[i], ws);
+    }
   };
   if (nthreads == 1) {
     work(0, n);
@@ -439,62 +521,8 @@ void IncrementalLcf::fit_stack(const float* planes, std::size_t plane_stride, in
   for (int e = 0; e < E; ++e)
     for (int m = 0; m < M_; ++m) xf[static_cast<std::size_t>(e * M_ + m)] = static_cast<float>(model_.X(e, m));
   std::vector<std::uint8_t> nonfinite(npix_, 0);
-  // Block solve: every pixel of the stack shares G⁻¹, so θ = G⁻¹·S for a whole block in
-  // vectorizable loops, with χ² = q − θᵀs and the fraction errors in closed form. Pixels it
-  // cannot settle (a negative coefficient under NNLS, constraints, weights) go one by one.
   const auto& full_cache = caches_[full];
-  const int K = model_.n_refs(), F = model_.n_background();
-  const bool block_path = full_cache.invertible && !samples_ && !options_.sum_to_one &&
-                          options_.method != FitMethod::lasso && E > M_;
-  std::vector<double> ref_row_sum(static_cast<std::size_t>(K), 0.0);
-  double ref_total = 0;  // r_k and S of the reference block of G⁻¹ (the covariance without σ²)
-  if (block_path) {
-    for (int a2 = 0; a2 < K; ++a2) {
-      for (int b2 = 0; b2 < K; ++b2) ref_row_sum[static_cast<std::size_t>(a2)] += full_cache.G_inv(F + a2, F + b2);
-      ref_total += ref_row_sum[static_cast<std::size_t>(a2)];
-    }
-  }
-  auto solve_block = [&](std::size_t p0, std::size_t B, const float* acc, const double* q, std::vector<double>& theta,
-                         std::vector<std::uint8_t>& settled) {
-    const double* gi = full_cache.G_inv.data();  // column-major M×M
-    std::fill(theta.begin(), theta.begin() + static_cast<long>(static_cast<std::size_t>(M_) * kStackBlock), 0.0);
-    for (int r = 0; r < M_; ++r) {
-      double* __restrict t = &theta[static_cast<std::size_t>(r) * kStackBlock];
-      for (int k = 0; k < M_; ++k) {
-        const double g = gi[k * M_ + r];
-        const float* __restrict sk = acc + static_cast<std::size_t>(k) * kStackBlock;
-        for (std::size_t i = 0; i < B; ++i) t[i] += g * sk[i];
-      }
-    }
-    LcfMaps& maps = maps_;
-    const double dof = E - M_;
-    for (std::size_t i = 0; i < B; ++i) {
-      const std::size_t px = p0 + i;
-      double total = 0, fit = 0;
-      bool negative = false;
-      for (int r = 0; r < M_; ++r) fit += theta[static_cast<std::size_t>(r) * kStackBlock + i] * acc[static_cast<std::size_t>(r) * kStackBlock + i];
-      for (int k = 0; k < K; ++k) {
-        const double c = theta[static_cast<std::size_t>(F + k) * kStackBlock + i];
-        total += c;
-        negative |= c < 0;
-      }
-      settled[i] = std::isfinite(q[i]) && !(negative && options_.method == FitMethod::nnls) && std::abs(total) > 1e-12;
-      if (!settled[i]) continue;
-      const double chi2 = std::max(0.0, q[i] - fit), sigma2 = chi2 / dof;
-      for (int k = 0; k < K; ++k) {
-        const double f = theta[static_cast<std::size_t>(F + k) * kStackBlock + i] / total;
-        const double var = sigma2 * (full_cache.G_inv(F + k, F + k) - 2.0 * f * ref_row_sum[static_cast<std::size_t>(k)] + f * f * ref_total) /
-                           (total * total);
-        maps.fractions[static_cast<std::size_t>(k) * npix_ + px] = static_cast<float>(f);
-        maps.fraction_sigma[static_cast<std::size_t>(k) * npix_ + px] = static_cast<float>(std::sqrt(std::max(0.0, var)));
-      }
-      maps.thickness[px] = static_cast<float>(total);
-      maps.residual[px] = static_cast<float>(std::sqrt(chi2 / E));
-      maps.rfactor[px] = q[i] > 0 ? static_cast<float>(chi2 / q[i]) : 0.f;
-      maps.nenergies[px] = static_cast<std::uint16_t>(std::min(E, 65535));
-      maps.fitted[px] = 1;
-    }
-  };
+  const bool block_path = block_solvable(full_cache) && E > M_;
   auto work = [&](std::size_t begin, std::size_t end) {
     Workspace ws(M_);
     std::vector<float> acc(static_cast<std::size_t>(M_) * kStackBlock);
@@ -504,7 +532,7 @@ void IncrementalLcf::fit_stack(const float* planes, std::size_t plane_stride, in
     for (std::size_t p0 = begin; p0 < end; p0 += kStackBlock) {
       const std::size_t B = std::min(kStackBlock, end - p0);
       accumulate_block(planes + p0, plane_stride, E, M_, xf.data(), B, acc.data(), q.data());
-      if (block_path) solve_block(p0, B, acc.data(), q.data(), theta, settled);
+      if (block_path) solve_block(full_cache, E, B, acc.data(), q.data(), nullptr, p0, theta.data(), settled.data());
       for (std::size_t i = 0; i < B; ++i) {
         if (block_path && settled[i]) continue;
         if (!std::isfinite(q[i])) {

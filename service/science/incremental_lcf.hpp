@@ -118,6 +118,10 @@ class IncrementalLcf {
   void solve_pixel(std::size_t p, Workspace& ws) const;
   // Solves pixel p from statistics st = [s (M), q] over energy set `set`; writes its maps.
   void solve_stats(std::size_t p, std::uint32_t set, const double* st, Workspace& ws) const;
+  bool block_solvable(const SetCache& c) const;
+  template <class T>
+  void solve_block(const SetCache& c, int n, std::size_t B, const T* acc, const double* q, const std::size_t* pixels,
+                   std::size_t p0, double* theta, std::uint8_t* settled) const;
   FitResult solve_weighted(std::size_t p, const SetCache& c, const Eigen::Ref<const Eigen::VectorXd>& s, double q, int n,
                            Workspace& ws) const;
 
