@@ -287,11 +287,14 @@ TEST_CASE("a scan extended later with more energies is fitted over all of them, 
     stop.frames_sent = seq;
     d.send(std::move(stop).to_wire());
   };
-  auto wait_file = [&](const std::string& id) {
+  // Waits for the result file of scan `id` once it plans `energies` energies (an extension's
+  // messages may still be queued while the status shows the previous segment's stop).
+  auto wait_file = [&](const std::string& id, int energies) {
     const auto path = d.dir / (id + ".h5");
     for (int i = 0; i < 200; ++i) {
       const auto st = d.control({{"cmd", "status"}});
-      if (st.value("state", "") == "stopped" && st.at("scan").at("scan_id") == id && !st.value("result_file", "").empty())
+      if (st.value("state", "") == "stopped" && st.at("scan").at("scan_id") == id &&
+          st.at("scan").at("energies_planned") == energies && !st.value("result_file", "").empty())
         return path;
       std::this_thread::sleep_for(50ms);
     }
@@ -308,7 +311,7 @@ TEST_CASE("a scan extended later with more energies is fitted over all of them, 
   whole.energies_eV = all;
   d.send(std::move(whole).to_wire());
   send_frames("whole", 0, kE, 0);
-  const auto whole_file = wait_file("whole");
+  const auto whole_file = wait_file("whole", kE);
   // Half the energies, stop, then extended with the other half.
   StartMsg first;
   first.scan_id = "ext";
@@ -316,7 +319,7 @@ TEST_CASE("a scan extended later with more energies is fitted over all of them, 
   first.energies_eV = std::vector<double>(all.begin(), all.begin() + kE / 2);
   d.send(std::move(first).to_wire());
   send_frames("ext", 0, kE / 2, 0);
-  wait_file("ext");
+  wait_file("ext", kE / 2);
   StartMsg more;
   more.scan_id = "ext";
   more.rows = kRows, more.cols = kCols;
@@ -324,7 +327,7 @@ TEST_CASE("a scan extended later with more energies is fitted over all of them, 
   more.extend = true;
   d.send(std::move(more).to_wire());
   send_frames("ext", kE / 2, kE, 0);  // indices continue after the first half: kE/2 .. kE−1
-  const auto ext_file = wait_file("ext");
+  const auto ext_file = wait_file("ext", kE);
   auto a = h5::open_file(whole_file), b = h5::open_file(ext_file);
   CHECK(h5::read<double>(b, "entry/energy").size() == static_cast<std::size_t>(kE));
   const auto ta = h5::read<float>(a, "entry/results/thickness"), tb = h5::read<float>(b, "entry/results/thickness");
