@@ -20,21 +20,18 @@ std::vector<science::Reference> load_references(const ReferencesConfig& cfg) {
   return refs;
 }
 
-namespace {
-// Runs before any member is built: logging level, and the allocator policy for large blocks.
-const Config& prepare_process(const Config& cfg) {
+ProcessSetup::ProcessSetup(const Config& cfg) {
   spdlog::set_level(spdlog::level::from_str(cfg.log_level));
   // Frames and maps are megabytes each and come and go at the frame rate. By default glibc
-  // serves such blocks with fresh mmap()s, so every frame pays page faults and zeroing (a
-  // third of the time at 2048² in bench_ingest). Keep them in the heap and reuse them.
+  // serves such blocks with fresh mmap()s, so every frame pays page faults and zeroing (page
+  // clearing was a third of the bench_ingest profile at 2048²). Keep them in the heap for reuse.
   mallopt(M_MMAP_THRESHOLD, 32 * 1024 * 1024);  // glibc's maximum; a 2048² float32 frame is 16 MB
   mallopt(M_TRIM_THRESHOLD, 1024 * 1024 * 1024);
-  return cfg;
 }
-}  // namespace
 
 Daemon::Daemon(const Config& cfg)
-    : queue_((prepare_process(cfg), static_cast<std::size_t>(cfg.ingest.queue_frames))),
+    : setup_(cfg),
+      queue_(static_cast<std::size_t>(cfg.ingest.queue_frames)),
       publisher_(ctx_, cfg.publish, counters_),
       pipeline_(cfg, load_references(cfg.references), queue_, publisher_, counters_),
       receiver_(ctx_, cfg.ingest, queue_, counters_,

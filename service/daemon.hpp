@@ -22,6 +22,12 @@ struct Endpoints {
   std::string ingest, publish, control;  // as bound (a "*" port resolved)
 };
 
+// Process-wide settings that must precede every other member: the logging level, and the
+// allocator policy for large blocks.
+struct ProcessSetup {
+  explicit ProcessSetup(const Config& cfg);
+};
+
 class Daemon {
  public:
   explicit Daemon(const Config& cfg);
@@ -31,6 +37,7 @@ class Daemon {
   const Endpoints& endpoints() const { return endpoints_; }
 
  private:
+  ProcessSetup setup_;  // first member: runs before anything logs or allocates frames
   zmq::context_t ctx_{1};
   Counters counters_;
   IngestQueue queue_;

@@ -74,13 +74,19 @@ Errors errors(const Scan& scan, const sim::Scan& truth) {
 
 ScanSettings default_settings() { return scan_settings(make_config(nlohmann::json::object(), {}, "/")); }
 
+// A rows×cols fluorescence scan on the real HXN grid (the simulator's other defaults).
+sim::Params hxn_scan(int rows, int cols) {
+  sim::Params p;
+  p.rows = rows, p.cols = cols;
+  p.energies_eV = sim::read_energies_file(test::hxn_energies());
+  return p;
+}
+
 }  // namespace
 
 TEST_CASE("fluorescence at two count levels on the real HXN grid: fractions and thickness recovered") {
   const auto refs = pick(load_reference_file(test::fe_library()), {"Magnetite", "Goethite", "Pyrite"});
-  sim::Params p;
-  p.rows = 64, p.cols = 64;
-  p.energies_eV = sim::read_energies_file(test::hxn_energies());
+  auto p = hxn_scan(64, 64);
   for (const auto& [counts, max_mae, max_trel] : {std::tuple{2000.0, 0.03, 0.02}, std::tuple{200.0, 0.08, 0.05}}) {
     p.counts = counts;
     p.seed = static_cast<std::uint64_t>(counts);
@@ -119,9 +125,7 @@ TEST_CASE("transmission with flat field and dark current, Ni K-edge references i
 
 TEST_CASE("the thickness mask removes the empty border and keeps the material") {
   const auto refs = pick(load_reference_file(test::fe_library()), {"Magnetite", "Goethite", "Pyrite"});
-  sim::Params p;
-  p.rows = 64, p.cols = 64;
-  p.energies_eV = sim::read_energies_file(test::hxn_energies());
+  auto p = hxn_scan(64, 64);
   p.counts = 500;
   const auto truth = sim::simulate(refs, p);
   const auto scan = run_scan(truth, refs, default_settings());
@@ -218,9 +222,7 @@ TEST_CASE("positive LASSO picks the references present, out of the 11-reference 
 
 TEST_CASE("edge maps tell an Fe(0)-like domain from an Fe(III) domain without references") {
   const auto refs = pick(load_reference_file(test::fe_library()), {"Fe3P", "Fe(III)PO4"});
-  sim::Params p;
-  p.rows = 48, p.cols = 48;
-  p.energies_eV = sim::read_energies_file(test::hxn_energies());
+  auto p = hxn_scan(48, 48);
   p.counts = 2000;
   auto median_in = [&](const std::vector<float>& map, int domain) {  // domain 0: left top, 1: right top
     std::vector<float> v;
@@ -250,9 +252,7 @@ TEST_CASE("edge maps tell an Fe(0)-like domain from an Fe(III) domain without re
 
 TEST_CASE("Poisson weighting (maximum likelihood for counts) beats unweighted LCF at low counts") {
   const auto refs = pick(load_reference_file(test::fe_library()), {"Magnetite", "Goethite", "Pyrite"});
-  sim::Params p;
-  p.rows = 48, p.cols = 48;
-  p.energies_eV = sim::read_energies_file(test::hxn_energies());
+  auto p = hxn_scan(48, 48);
   p.background = 0.02;
   for (double counts : {30.0, 300.0}) {
     p.counts = counts;

@@ -127,59 +127,6 @@ void accumulate_block(const float* planes, std::size_t stride, int E, int M, con
 
 }  // namespace
 
-void IncrementalLcf::add_stack(const float* planes, std::size_t plane_stride, int threads) {
-  ensure_incremental_state();
-  const int E = static_cast<int>(model_.X.rows());
-  std::uint32_t full = EnergySets::kEmpty;
-  for (int e = 0; e < E; ++e) full = sets_.with(full, e);
-  for (std::size_t p = 0; p < npix_; ++p)
-    if (set_of_[p] != EnergySets::kEmpty) throw std::logic_error("add_stack: pixels already hold samples");
-  std::vector<float> xf(static_cast<std::size_t>(E * M_));  // design matrix rows, float
-  for (int e = 0; e < E; ++e)
-    for (int m = 0; m < M_; ++m) xf[static_cast<std::size_t>(e * M_ + m)] = static_cast<float>(model_.X(e, m));
-  std::vector<std::uint8_t> nonfinite(npix_, 0);
-  auto work = [&](std::size_t begin, std::size_t end) {
-    std::vector<float> acc(static_cast<std::size_t>(M_) * kStackBlock);
-    std::vector<double> q(kStackBlock);
-    for (std::size_t p0 = begin; p0 < end; p0 += kStackBlock) {
-      const std::size_t B = std::min(kStackBlock, end - p0);
-      accumulate_block(planes + p0, plane_stride, E, M_, xf.data(), B, acc.data(), q.data());
-      for (std::size_t i = 0; i < B; ++i) {
-        const std::size_t p = p0 + i;
-        if (!std::isfinite(q[i])) {
-          nonfinite[p] = 1;
-          continue;
-        }
-        double* st = &stats_[p * static_cast<std::size_t>(M_ + 1)];
-        for (int m = 0; m < M_; ++m) st[m] = acc[static_cast<std::size_t>(m) * kStackBlock + i];
-        st[M_] = q[i];
-        set_of_[p] = full;
-      }
-    }
-  };
-  constexpr std::size_t kBlock = kStackBlock;
-  const int nthreads = std::max(1, std::min<int>(threads, static_cast<int>(npix_ / kBlock) + 1));
-  if (nthreads == 1) {
-    work(0, npix_);
-  } else {
-    std::vector<std::jthread> pool;
-    for (int t = 0; t < nthreads; ++t) {
-      // Thread boundaries on block multiples.
-      const std::size_t blocks = (npix_ + kBlock - 1) / kBlock;
-      pool.emplace_back(work, std::min(npix_, blocks * static_cast<std::size_t>(t) / nthreads * kBlock),
-                        std::min(npix_, blocks * static_cast<std::size_t>(t + 1) / nthreads * kBlock));
-    }
-  }
-  for (std::size_t p = 0; p < npix_; ++p) {
-    if (nonfinite[p])
-      for (int e = 0; e < E; ++e) {
-        const float y = planes[static_cast<std::size_t>(e) * plane_stride + p];
-        if (std::isfinite(y)) add(p, e, y);
-      }
-  }
-  mark_all_changed();
-}
-
 void IncrementalLcf::mark_all_changed() {
   ensure_incremental_state();
   changed_list_.clear();
@@ -216,10 +163,9 @@ struct IncrementalLcf::Workspace {
     Eigen::MatrixXd inv;
   };
   std::unordered_map<std::uint64_t, Subset> subsets;
-  Eigen::VectorXd x, z, w, gx;
-  Eigen::MatrixXd cov, J, JC;
+  Eigen::VectorXd x, z, w;
 
-  explicit Workspace(int M) : x(M), z(M), w(M), gx(M) {}
+  explicit Workspace(int M) : x(M), z(M), w(M) {}
 
   const Subset& subset(std::uint32_t set, std::uint32_t mask, const Eigen::MatrixXd& G) {
     auto [it, fresh] = subsets.try_emplace((static_cast<std::uint64_t>(set) << 32) | mask);
@@ -355,7 +301,7 @@ void IncrementalLcf::solve_stats(std::size_t p, std::uint32_t set, const double*
       if (sub.ok) inv = &sub.inv, active_idx = &sub.idx;
     }
   } else if (!cached_path) {  // weighted, sum-to-one, LASSO or very large models
-    auto r = samples_ ? solve_weighted(p, c, s, q, n, ws) : solve(c.G, s, q, n, options_);
+    auto r = samples_ ? solve_weighted(p, c, s, q, n) : solve(c.G, s, q, n, options_);
     if (!r.ok) return clear();
     x = r.theta;
     chi2 = r.chi2;
@@ -564,7 +510,7 @@ void IncrementalLcf::fit_stack(const float* planes, std::size_t plane_stride, in
 }
 
 FitResult IncrementalLcf::solve_weighted(std::size_t p, const SetCache& c, const Eigen::Ref<const Eigen::VectorXd>& s,
-                                         double q, int n, Workspace& ws) const {
+                                         double q, int n) const {
   std::vector<int> e;
   std::vector<double> y, scale;
   samples_->samples(p, e, y, scale);
@@ -601,7 +547,6 @@ FitResult IncrementalLcf::solve_weighted(std::size_t p, const SetCache& c, const
     chi2 += d * d;
   }
   r.chi2 = chi2;
-  (void)ws;
   return r;
 }
 

@@ -78,12 +78,6 @@ class IncrementalLcf {
   void add(std::size_t p, int e, double y);
   void replace(std::size_t p, int e, double previous, double y);
 
-  // The batch form of add() for a full-stack fit: folds E planes of P floats (plane e at
-  // planes + e·plane_stride; every pixel measured once at every energy) in one blocked
-  // matrix-product pass over the data. Only for pixels with nothing measured yet; a pixel
-  // with a non-finite sample keeps its finite samples through add().
-  void add_stack(const float* planes, std::size_t plane_stride, int threads = 1);
-
   // Full-stack fit in one pass: accumulates and solves block by block without keeping
   // per-pixel statistics (the batch fit of a complete stack; fastest path). Fills maps() for
   // every pixel. Same solver as solve_changed(); pixels must have nothing measured yet.
@@ -122,8 +116,8 @@ class IncrementalLcf {
   template <class T>
   void solve_block(const SetCache& c, int n, std::size_t B, const T* acc, const double* q, const std::size_t* pixels,
                    std::size_t p0, double* theta, std::uint8_t* settled) const;
-  FitResult solve_weighted(std::size_t p, const SetCache& c, const Eigen::Ref<const Eigen::VectorXd>& s, double q, int n,
-                           Workspace& ws) const;
+  FitResult solve_weighted(std::size_t p, const SetCache& c, const Eigen::Ref<const Eigen::VectorXd>& s, double q,
+                           int n) const;
 
   LcfModel model_;
   std::size_t npix_;
