@@ -11,7 +11,8 @@ static int usage() {
   std::fprintf(stderr,
                "usage: xanes-simulate --refs FILE [--refs FILE ...] [--use NAME,NAME,...] --energies FILE\n"
                "                      [--shape ROWSxCOLS] [--mode fluorescence|transmission] [--counts N]\n"
-               "                      [--thickness T] [--dark D] [--seed S] [--no-noise] --out SCAN.h5\n");
+               "                      [--thickness T] [--dark D] [--seed S] [--no-noise] [--layout regions|domains]\n"
+               "                      --out SCAN.h5\n");
   return 2;
 }
 
@@ -41,6 +42,12 @@ int main(int argc, char** argv) {
       else if (a == "--dark") p.dark = std::stod(next());
       else if (a == "--seed") p.seed = std::stoull(next());
       else if (a == "--no-noise") p.noise = false;
+      else if (a == "--layout") {
+        const std::string l = next();
+        if (l == "regions") p.layout = sim::Params::Layout::regions;
+        else if (l == "domains") p.layout = sim::Params::Layout::domains;
+        else throw std::invalid_argument("--layout is 'regions' or 'domains'");
+      }
       else if (a == "--out") out = next();
       else return usage();
     }

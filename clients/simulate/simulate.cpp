@@ -28,6 +28,30 @@ std::vector<double> fractions_at(double u, double v, int K) {
   return f;
 }
 
+// Domains layout: Voronoi blobs around seeded points, each of one of four compositions
+// (pure 0, pure 1, 50/50 of 1 and 2, 70/30 of 0 and the last species). Returns the class 1..4.
+int domain_at(double u, double v, const std::vector<std::pair<double, double>>& seeds) {
+  std::size_t best = 0;
+  double bd = 1e300;
+  for (std::size_t i = 0; i < seeds.size(); ++i) {
+    const double d = (u - seeds[i].first) * (u - seeds[i].first) + (v - seeds[i].second) * (v - seeds[i].second);
+    if (d < bd) bd = d, best = i;
+  }
+  return static_cast<int>(best % 4) + 1;
+}
+
+std::vector<double> domain_fractions(int domain, int K) {
+  std::vector<double> f(static_cast<std::size_t>(K), 0.0);
+  const auto last = static_cast<std::size_t>(K - 1);
+  switch (K == 1 ? 1 : domain) {
+    case 1: f[0] = 1.0; break;
+    case 2: f[1] = 1.0; break;
+    case 3: f[1] += 0.5, f[K >= 3 ? 2 : 0] += 0.5; break;
+    default: f[0] += 0.7, f[last] += 0.3; break;
+  }
+  return f;
+}
+
 }  // namespace
 
 Scan simulate(const std::vector<science::Reference>& refs, const Params& p) {
@@ -42,13 +66,26 @@ Scan simulate(const std::vector<science::Reference>& refs, const Params& p) {
   s.fractions.assign(K * P, 0.f);
   s.thickness.assign(P, 0.f);
   s.xrf.assign(P, 0.f);
+  std::vector<std::pair<double, double>> seeds;
+  if (p.layout == Params::Layout::domains) {
+    std::mt19937_64 g(p.seed ^ 0x5eedULL);
+    for (int i = 0; i < 8; ++i) seeds.emplace_back(static_cast<double>(g() % 1000) / 1000.0, static_cast<double>(g() % 1000) / 1000.0);
+    s.domains.assign(P, 0);
+  }
   for (int r = 0; r < p.rows; ++r)
     for (int c = 0; c < p.cols; ++c) {
       const std::size_t px = static_cast<std::size_t>(r) * p.cols + c;
       const double u = (c + 0.5) / p.cols, v = (r + 0.5) / p.rows;
       const bool border = p.empty_border && (r < p.rows / 16 || c < p.cols / 16 || r >= p.rows - p.rows / 16 ||
                                              c >= p.cols - p.cols / 16);
-      const auto f = fractions_at(u, v, static_cast<int>(K));
+      std::vector<double> f;
+      if (p.layout == Params::Layout::domains) {
+        const int d = domain_at(u, v, seeds);
+        if (!border) s.domains[px] = static_cast<std::uint8_t>(d);
+        f = domain_fractions(d, static_cast<int>(K));
+      } else {
+        f = fractions_at(u, v, static_cast<int>(K));
+      }
       for (std::size_t k = 0; k < K; ++k) s.fractions[k * P + px] = border ? 0.f : static_cast<float>(f[k]);
       // Thickness: smooth hills between 0.3 and 1 of the maximum.
       const double t = 0.65 + 0.35 * std::sin(6.0 * u + 1.0) * std::cos(4.0 * v);
@@ -117,6 +154,7 @@ void write_scan_file(const Scan& s, const std::filesystem::path& path) {
   h5::write(truth, "fractions", s.fractions.data(), hs{static_cast<hsize_t>(s.reference_names.size()), R, C});
   h5::write(truth, "thickness", s.thickness.data(), hs{R, C});
   h5::write_strings(truth, "reference_names", s.reference_names);
+  if (!s.domains.empty()) h5::write(truth, "domains", s.domains.data(), hs{R, C});
 }
 
 std::vector<double> read_energies_file(const std::filesystem::path& path) {

@@ -25,6 +25,9 @@ struct Params {
   bool empty_border = true;    // a frame of pixels with no material (thickness 0)
   bool noise = true;
   std::uint64_t seed = 1;
+  // regions: pure species, a 50/50 mixture and a gradient (LCF has everything to find);
+  // domains: blobs of a few fixed compositions (a known segmentation, for clustering tests).
+  enum class Layout { regions, domains } layout = Layout::regions;
 };
 
 struct Scan {
@@ -37,6 +40,7 @@ struct Scan {
   std::vector<float> fractions;  // K × P, truth
   std::vector<float> thickness;  // P, truth (edge step in signal units)
   std::vector<float> xrf;        // P, an Fe-like XRF map ∝ thickness
+  std::vector<std::uint8_t> domains;  // P, truth composition class (0 = no material); domains layout only
   std::size_t pixels() const { return static_cast<std::size_t>(params.rows) * static_cast<std::size_t>(params.cols); }
 };
 

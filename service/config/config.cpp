@@ -40,6 +40,18 @@ const std::vector<ConfigKey>& config_keys() {
       {"mask.thickness_min_relative", 0.05, "mask pixels thinner than this fraction of the 99th-percentile thickness (no material); 0: off", 0, 1, true},
       {"mask.residual_max", 0.0, "mask pixels whose RMS residual exceeds this (signal units); 0: off", 0, 1e30, true},
       {"mask.rfactor_max", 0.0, "mask pixels whose R-factor χ²/Σy² exceeds this; 0: off", 0, 1e30, true},
+      {"segment.enabled", true, "segment the image live (science.md §4): PCA features + k-means, cluster-then-fit; published on maps/segments and clusters", -1e300, 1e300, true},
+      {"segment.k", 0, "number of clusters (domains with material); 0: the smallest k whose within-cluster spectral scatter is at most segment.noise_ratio × the noise floor (k = 1 when the image's own scatter is), re-judged at each update; the previous clusters are kept while they pass and one fewer would not", 0, 254, true},
+      {"segment.k_max", 6, "largest k the automatic choice considers", 2, 254, true},
+      {"segment.noise_ratio", 1.3, "automatic k: largest within-cluster spectral scatter per PCA component, as a multiple of the noise (half the squared feature difference of adjacent pixels, median); larger: fewer clusters", 1, 100, true},
+      {"segment.components", 0, "PCA components used as spectral features; 0: enough to explain segment.variance, at most the components above the noise floor and segment.max_components", 0, 64, true},
+      {"segment.variance", 0.99, "explained-variance target for the automatic number of components", 0.5, 1, true},
+      {"segment.max_components", 8, "cap on the automatic number of components", 1, 64, true},
+      {"segment.spectral_weight", 1.0, "weight of the spectral (PCA) feature block; each block is scaled to total variance weight²", 0, 1e3, true},
+      {"segment.spatial_weight", 0.0, "weight of the pixel-position block (row, column); 0: off. Favours compact domains", 0, 1e3, true},
+      {"segment.xrf_weight", 0.0, "weight of the XRF block (the scan's XRF channels, each standardized); 0: off", 0, 1e3, true},
+      {"segment.sample", 20000, "pixels the PCA and k-means are fitted on at each update (every pixel is then labelled)", 100, 10000000, true},
+      {"segment.seed", 1, "random seed of the pixel sample and k-means++ (a scan's segmentation is reproducible)", 0, 9.2e18, true},
       {"output.directory", "results", "folder for result files <scan_id>.h5 (relative to the working directory)"},
       {"output.write_on_stop", true, "write the result file when a scan stops"},
       {"output.save_spectra", true, "also write the normalized spectra (/entry/data/spectra, E×rows×cols float32) for reprocessing; 1.6 GB for a 2048² × 100 scan"},
@@ -121,6 +133,18 @@ Config build(const nlohmann::json& flat, const std::filesystem::path& base_dir) 
   c.edge = {num("edge.e0_eV"), num("edge.pre1_eV"), num("edge.pre2_eV"), num("edge.norm1_eV"), num("edge.norm2_eV"),
             integer("edge.nnorm")};
   c.mask = {num("mask.thickness_min"), num("mask.thickness_min_relative"), num("mask.residual_max"), num("mask.rfactor_max")};
+  c.segment.enabled = flat.at("segment.enabled").get<bool>();
+  c.segment.k = integer("segment.k");
+  c.segment.k_max = integer("segment.k_max");
+  c.segment.noise_ratio = num("segment.noise_ratio");
+  c.segment.components = integer("segment.components");
+  c.segment.variance = num("segment.variance");
+  c.segment.max_components = integer("segment.max_components");
+  c.segment.spectral_weight = num("segment.spectral_weight");
+  c.segment.spatial_weight = num("segment.spatial_weight");
+  c.segment.xrf_weight = num("segment.xrf_weight");
+  c.segment.sample = integer("segment.sample");
+  c.segment.seed = flat.at("segment.seed").get<std::uint64_t>();
   c.output = {str("output.directory"), flat.at("output.write_on_stop").get<bool>(), flat.at("output.save_spectra").get<bool>()};
   c.log_level = str("log.level");
   static const char* levels[] = {"trace", "debug", "info", "warn", "error", "critical", "off"};

@@ -10,6 +10,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "science/segmentation.hpp"
+
 namespace xanesd {
 
 class ConfigError : public std::runtime_error {
@@ -70,6 +72,7 @@ struct Config {
   FitConfig fit;
   MaskConfig mask;
   EdgeConfig edge;
+  science::SegmentationSettings segment;
   OutputConfig output;
   std::string log_level;
   nlohmann::json effective;  // the whole config as dotted-key JSON, for status and result files

@@ -195,6 +195,7 @@ void Pipeline::finish_scan(bool write_file) {
 void Pipeline::publish_cycle(bool final) {
   const auto t0 = std::chrono::steady_clock::now();
   const auto solved = scan_->solve_changed(solve_threads(cfg_));
+  scan_->update_segments(solve_threads(cfg_));
   if (final) scan_->compute_edge_maps(solve_threads(cfg_));
   ++version_;
   for (auto& m : make_map_messages(*scan_, version_, final)) publisher_.publish(std::move(m));

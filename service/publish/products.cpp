@@ -25,10 +25,65 @@ protocol::WireMessage map_message(const Scan& scan, const std::string& topic, st
   return m;
 }
 
+// maps/segments (the label map) and clusters (per-cluster spectra, fits, PCA diagnostics).
+void append_segment_messages(const Scan& scan, const science::Segmentation& seg, std::int64_t version, bool final,
+                             std::vector<protocol::WireMessage>& out) {
+  const std::int64_t R = scan.rows(), C = scan.cols(), E = static_cast<std::int64_t>(scan.energies().size());
+  auto segments = map_message(scan, "maps/segments", version, final);
+  segments.header["waiting"] = seg.waiting;
+  if (!seg.waiting.empty() || seg.labels.empty()) {
+    out.push_back(std::move(segments));  // says why there is no map yet
+    return;
+  }
+  nlohmann::json ids = nlohmann::json::array();
+  for (const auto& c : seg.clusters) ids.push_back(c.id);
+  segments.header["cluster_ids"] = ids;
+  segments.header["labelled_pixels"] = seg.labelled;
+  segments.header["silhouette"] = seg.silhouette;
+  segments.arrays.push_back(protocol::Array::from<std::uint8_t>("segments", seg.labels, {R, C}));
+  out.push_back(std::move(segments));
+
+  auto clusters = map_message(scan, "clusters", version, final);
+  clusters.header["type"] = "clusters";
+  clusters.header["cluster_ids"] = ids;
+  nlohmann::json pixels = nlohmann::json::array(), fractions = nlohmann::json::array(), sigma = nlohmann::json::array(),
+                 thickness = nlohmann::json::array(), residual = nlohmann::json::array();
+  std::vector<double> mean, stderr_;
+  for (const auto& c : seg.clusters) {
+    pixels.push_back(c.pixels);
+    fractions.push_back(c.fractions);
+    sigma.push_back(c.fraction_sigma);
+    thickness.push_back(c.thickness);
+    residual.push_back(c.residual);
+    mean.insert(mean.end(), c.mean.begin(), c.mean.end());
+    stderr_.insert(stderr_.end(), c.stderr_.begin(), c.stderr_.end());
+  }
+  clusters.header["pixels"] = pixels;
+  clusters.header["fractions"] = fractions;
+  clusters.header["fraction_sigma"] = sigma;
+  clusters.header["thickness"] = thickness;
+  clusters.header["residual"] = residual;
+  clusters.header["reference_names"] = scan.fit() ? scan.fit()->model().reference_names : std::vector<std::string>{};
+  const auto& pca = seg.pca;
+  clusters.header["pca"] = {{"energy_indices", pca.energies},
+                            {"explained_variance_ratio", pca.explained},
+                            {"components", pca.components},
+                            {"significant", pca.significant},
+                            {"noise_sigma", pca.noise_sigma},
+                            {"seeded_from_references", pca.seeded_from_references},
+                            {"target_transformation", {{"residual", pca.tt_residual}, {"ratio", pca.tt_ratio}, {"plausible", pca.tt_plausible}}}};
+  const auto k = static_cast<std::int64_t>(seg.clusters.size());
+  clusters.arrays.push_back(protocol::Array::from<double>("mean_spectra", mean, {k, E}));
+  clusters.arrays.push_back(protocol::Array::from<double>("stderr_spectra", stderr_, {k, E}));
+  out.push_back(std::move(clusters));
+}
+
 }  // namespace
 
 std::vector<protocol::WireMessage> make_map_messages(const Scan& scan, std::int64_t version, bool final) {
   std::vector<protocol::WireMessage> out;
+  // Segmentation needs no references: published even when there is no fit.
+  if (const auto* seg = scan.segmentation()) append_segment_messages(scan, *seg, version, final, out);
   const auto* fit = scan.fit();
   if (!fit) return out;
   const auto& maps = fit->maps();

@@ -28,6 +28,7 @@ ScanSettings scan_settings(const Config& cfg) {
   s.edge = {given(cfg.edge.e0_eV), given(cfg.edge.pre1_eV), given(cfg.edge.pre2_eV), given(cfg.edge.norm1_eV),
             given(cfg.edge.norm2_eV), cfg.edge.nnorm >= 0 ? std::optional<int>(cfg.edge.nnorm) : std::nullopt};
   s.mask = {cfg.mask.thickness_min, cfg.mask.thickness_min_relative, cfg.mask.residual_max, cfg.mask.rfactor_max};
+  s.segment = cfg.segment;
   return s;
 }
 
@@ -314,6 +315,28 @@ std::size_t Scan::solve_changed(int threads) {
   const auto n = lcf_->solve_changed(threads);
   mask_ = science::quality_mask(lcf_->maps(), settings_.mask);
   return n;
+}
+
+void Scan::update_segments(int threads) {
+  if (!settings_.segment.enabled) {
+    segmenter_.reset();
+    return;
+  }
+  // New settings (configure) start a new segmentation; new references keep the clusters.
+  if (!segmenter_ || !same_clustering(segmenter_->settings(), settings_.segment)) segmenter_.emplace(settings_.segment);
+  science::SegmentInput in;
+  in.planes = store_.data();
+  in.npix = npix_;
+  in.rows = rows(), in.cols = cols();
+  in.energies = &start_.energies_eV;
+  in.material = lcf_ ? mask_.valid.data() : nullptr;
+  in.xrf = xrf_.empty() ? nullptr : xrf_.data();
+  in.xrf_channels = static_cast<int>(start_.xrf_channels.size());
+  in.model = lcf_ ? &lcf_->model() : nullptr;
+  in.fit = settings_.fit;
+  in.edge = settings_.edge;
+  in.threads = threads;
+  segmenter_->update(in);
 }
 
 void Scan::compute_edge_maps(int threads) {

@@ -17,6 +17,7 @@
 #include "science/edge_maps.hpp"
 #include "science/masks.hpp"
 #include "science/references.hpp"
+#include "science/segmentation.hpp"
 #include "xanesd/protocol/messages.hpp"
 
 namespace xanesd {
@@ -42,6 +43,7 @@ struct ScanSettings {
   science::PreEdgeParams edge;
   bool poisson_weighting = false;
   bool background = true;
+  science::SegmentationSettings segment;
 };
 
 struct Config;
@@ -77,6 +79,10 @@ class Scan : private science::SampleSource {
   // pixels with data when there is no fit); computed on request (at stop: a full pass).
   void compute_edge_maps(int threads);
   const science::EdgeMaps* edge_maps() const { return edge_maps_ ? &*edge_maps_ : nullptr; }
+  // Live segmentation (science.md §4) over what is stored so far; call after solve_changed so
+  // the thickness mask is current. nullptr when segmentation is off.
+  void update_segments(int threads);
+  const science::Segmentation* segmentation() const { return segmenter_ ? &segmenter_->result() : nullptr; }
 
   const std::string& id() const { return start_.scan_id; }
   const protocol::StartMsg& start() const { return start_; }
@@ -117,6 +123,7 @@ class Scan : private science::SampleSource {
   std::string fit_error_;
   science::QualityMask mask_;
   std::optional<science::EdgeMaps> edge_maps_;
+  std::optional<science::OnlineSegmenter> segmenter_;
   std::unordered_set<std::int64_t> seqs_seen_;
   std::int64_t max_seq_ = -1, last_seq_ = -1, frames_applied_ = 0;
   std::int64_t segment_first_frame_ = 0;  // frames_applied_ when the current segment (start or extension) began

@@ -1,30 +1,21 @@
 #include "science/edge_maps.hpp"
 
 #include <cmath>
+#include <optional>
+#include <stdexcept>
+#include <string>
 #include <thread>
 
 #include <Eigen/Dense>
 
 namespace xanesd::science {
 
-namespace {
-
-// Least-squares projector onto polynomials of degree `deg` in (E − E0) over the energies in
-// [lo, hi]: coefficients = P · y[idx]. Shared by every pixel (same energies).
-struct Projector {
-  std::vector<int> idx;
-  Eigen::MatrixXd P;  // (deg+1) × |idx|
-  double at(const Eigen::VectorXd& c, double de) const {
-    double v = 0, p = 1;
-    for (Eigen::Index i = 0; i < c.size(); ++i, p *= de) v += c(i) * p;
-    return v;
-  }
-};
-
-Projector make_projector(const std::vector<double>& e, double e0, double lo, double hi, int deg) {
+PixelNormalizer::Projector PixelNormalizer::make(const std::vector<double>& e, double e0, double lo, double hi, int deg) {
   Projector pr;
   for (std::size_t i = 0; i < e.size(); ++i)
     if (e[i] >= lo && e[i] <= hi) pr.idx.push_back(static_cast<int>(i));
+  if (static_cast<int>(pr.idx.size()) < deg + 1)
+    throw std::invalid_argument("too few energies in [" + std::to_string(lo) + ", " + std::to_string(hi) + "] eV to normalize");
   Eigen::MatrixXd A(static_cast<Eigen::Index>(pr.idx.size()), deg + 1);
   for (std::size_t r = 0; r < pr.idx.size(); ++r) {
     double p = 1;
@@ -34,7 +25,31 @@ Projector make_projector(const std::vector<double>& e, double e0, double lo, dou
   return pr;
 }
 
-}  // namespace
+PixelNormalizer::PixelNormalizer(const std::vector<double>& e, const PreEdgeResult& ranges) : ranges_(ranges) {
+  const double e0 = ranges.e0;
+  pre_ = make(e, e0, e0 + ranges.pre1, e0 + ranges.pre2, 1);
+  post_ = make(e, e0, e0 + ranges.norm1, e0 + ranges.norm2, ranges.nnorm);
+  for (double v : e) de_.push_back(v - e0);
+}
+
+double PixelNormalizer::normalize(const double* y, double* norm) const {
+  auto coefficients = [&](const Projector& pr, double* c) {
+    const auto n = pr.P.rows();
+    for (Eigen::Index i = 0; i < n; ++i) {
+      double v = 0;
+      for (std::size_t j = 0; j < pr.idx.size(); ++j) v += pr.P(i, static_cast<Eigen::Index>(j)) * y[pr.idx[j]];
+      c[i] = v;
+    }
+  };
+  double pre[2], post[3];
+  coefficients(pre_, pre);
+  coefficients(post_, post);
+  const double step = post[0] - pre[0];  // both polynomials at E0
+  if (!(step > 0)) return step;
+  const double inv = 1.0 / step;
+  for (std::size_t j = 0; j < de_.size(); ++j) norm[j] = (y[j] - pre[0] - pre[1] * de_[j]) * inv;
+  return step;
+}
 
 EdgeMaps compute_edge_maps(const std::vector<float>& planes, const std::vector<double>& e, std::size_t npix,
                            const std::vector<std::uint8_t>& selected, const PreEdgeParams& params, int threads) {
@@ -68,21 +83,20 @@ EdgeMaps compute_edge_maps(const std::vector<float>& planes, const std::vector<d
     return m;  // too few points in a range: no edge maps for this scan
   }
   const double e0 = m.ranges.e0;
-  const auto pre = make_projector(e, e0, e0 + m.ranges.pre1, e0 + m.ranges.pre2, 1);
-  const auto post = make_projector(e, e0, e0 + m.ranges.norm1, e0 + m.ranges.norm2, m.ranges.nnorm);
+  std::optional<PixelNormalizer> normalizer;
+  try {
+    normalizer.emplace(e, m.ranges);
+  } catch (const std::exception&) {
+    return m;
+  }
 
   auto work = [&](std::size_t begin, std::size_t end) {
     std::vector<double> y(E), norm(E);
-    Eigen::VectorXd yp(static_cast<Eigen::Index>(pre.idx.size())), yq(static_cast<Eigen::Index>(post.idx.size()));
     for (std::size_t p = begin; p < end; ++p) {
       if (!use[p]) continue;
       for (std::size_t j = 0; j < E; ++j) y[j] = planes[j * npix + p];
-      for (std::size_t i = 0; i < pre.idx.size(); ++i) yp(static_cast<Eigen::Index>(i)) = y[static_cast<std::size_t>(pre.idx[i])];
-      for (std::size_t i = 0; i < post.idx.size(); ++i) yq(static_cast<Eigen::Index>(i)) = y[static_cast<std::size_t>(post.idx[i])];
-      const Eigen::VectorXd cpre = pre.P * yp, cpost = post.P * yq;
-      const double step = post.at(cpost, 0.0) - pre.at(cpre, 0.0);
+      const double step = normalizer->normalize(y.data(), norm.data());
       if (!(step > 0)) continue;  // no edge in this pixel
-      for (std::size_t j = 0; j < E; ++j) norm[j] = (y[j] - pre.at(cpre, e[j] - e0)) / step;
       // E0: steepest rise of a 3-point smoothed spectrum (noise makes raw differences jumpy).
       double best = -INFINITY, pe0 = e0;
       for (std::size_t j = 2; j + 2 < E; ++j) {

@@ -11,6 +11,29 @@
 
 namespace xanesd::science {
 
+// Edge normalization of single pixels with scan-level ranges (one pre-edge line and one
+// post-edge polynomial projector shared by every pixel): the edge maps and the segmentation
+// both normalize this way, so a pixel's normalized spectrum means the same in both.
+class PixelNormalizer {
+ public:
+  // energies: the energies every normalized pixel has; ranges: pre_edge() of the mean spectrum
+  // on them. Throws std::invalid_argument when a range holds too few energies.
+  PixelNormalizer(const std::vector<double>& energies, const PreEdgeResult& ranges);
+  // norm = (y − pre-edge line)/step; returns the step (not > 0: no edge, norm left undefined).
+  double normalize(const double* y, double* norm) const;
+  const PreEdgeResult& ranges() const { return ranges_; }
+
+ private:
+  struct Projector {  // least-squares polynomial coefficients = P · y[idx]
+    std::vector<int> idx;
+    Eigen::MatrixXd P;
+  };
+  static Projector make(const std::vector<double>& e, double e0, double lo, double hi, int deg);
+  std::vector<double> de_;  // E − E0 per energy
+  PreEdgeResult ranges_;
+  Projector pre_, post_;
+};
+
 struct EdgeMaps {
   std::vector<float> e0;          // eV, maximum of dμ/dE (0 where not computed)
   std::vector<float> half_step;   // eV, where the normalized spectrum first reaches 0.5

@@ -1,6 +1,7 @@
 #include "store/result_file.hpp"
 
 #include <chrono>
+#include <cmath>
 
 #include "store/h5.hpp"
 
@@ -74,6 +75,66 @@ void write_edge_maps(hid_t entry, const Scan& scan) {
   h5::write_string(g, "normalization", ranges.dump());
 }
 
+// /entry/results/segments: the label map, each cluster's mean spectrum and fit, PCA diagnostics.
+void write_segments(hid_t entry, const Scan& scan) {
+  const auto* seg = scan.segmentation();
+  if (!seg) return;
+  auto results = h5::open_group(entry, "results");
+  auto g = h5::create_group(results, "segments", "NXdata");
+  if (!seg->waiting.empty() || seg->labels.empty()) {
+    h5::write_string(g, "waiting", seg->waiting);
+    return;
+  }
+  const auto R = static_cast<hsize_t>(scan.rows()), C = static_cast<hsize_t>(scan.cols());
+  const auto E = static_cast<hsize_t>(scan.energies().size()), k = static_cast<hsize_t>(seg->clusters.size());
+  h5::write(g, "segments", seg->labels.data(), hs{R, C});
+  {
+    h5::Handle ds(H5Dopen2(g, "segments", H5P_DEFAULT), H5Dclose, "open segments");
+    h5::attr_string(ds, "description", "cluster id per pixel: 0 = no material (mask), 255 = not measured, else cluster_ids");
+  }
+  h5::attr_string(g, "signal", "segments");
+  std::vector<std::int32_t> ids;
+  std::vector<std::int64_t> pixels;
+  std::vector<double> mean, se, thickness, residual, fractions, sigma;
+  const auto K = static_cast<hsize_t>(scan.fit() ? scan.fit()->model().n_refs() : 0);
+  for (const auto& c : seg->clusters) {
+    ids.push_back(c.id);
+    pixels.push_back(static_cast<std::int64_t>(c.pixels));
+    mean.insert(mean.end(), c.mean.begin(), c.mean.end());
+    se.insert(se.end(), c.stderr_.begin(), c.stderr_.end());
+    thickness.push_back(c.thickness);
+    residual.push_back(c.residual);
+    for (hsize_t i = 0; i < K; ++i) {
+      fractions.push_back(c.fitted ? c.fractions[i] : std::nan(""));
+      sigma.push_back(c.fitted ? c.fraction_sigma[i] : std::nan(""));
+    }
+  }
+  h5::write(g, "cluster_ids", ids);
+  h5::write(g, "cluster_pixels", pixels);
+  h5::write(g, "cluster_spectra", mean.data(), hs{k, E});
+  h5::write(g, "cluster_spectra_stderr", se.data(), hs{k, E});
+  if (K > 0) {
+    h5::write(g, "cluster_fractions", fractions.data(), hs{k, K});
+    h5::write(g, "cluster_fraction_sigma", sigma.data(), hs{k, K});
+    h5::write(g, "cluster_thickness", thickness);
+    h5::write(g, "cluster_residual", residual);
+    h5::write_strings(g, "reference_names", scan.fit()->model().reference_names);
+  }
+  h5::write(g, "silhouette", std::vector<double>{seg->silhouette});
+  auto pca = h5::create_group(g, "pca", "NXcollection");
+  h5::write(pca, "explained_variance_ratio", seg->pca.explained);
+  std::vector<std::int32_t> energies(seg->pca.energies.begin(), seg->pca.energies.end());
+  h5::write(pca, "energy_indices", energies);
+  h5::write(pca, "components", std::vector<std::int32_t>{seg->pca.components});
+  h5::write(pca, "significant", std::vector<std::int32_t>{seg->pca.significant});
+  h5::write(pca, "noise_sigma", std::vector<double>{seg->pca.noise_sigma});
+  if (!seg->pca.tt_residual.empty()) {
+    h5::write(pca, "target_transformation_residual", seg->pca.tt_residual);
+    h5::write(pca, "target_transformation_ratio", seg->pca.tt_ratio);
+    h5::write(pca, "target_transformation_plausible", seg->pca.tt_plausible);
+  }
+}
+
 void write_spectra(hid_t entry, const Scan& scan) {
   auto data = h5::create_group(entry, "data", "NXdata");
   const auto E = static_cast<hsize_t>(scan.energies().size());
@@ -108,6 +169,7 @@ void write_result_file(const std::filesystem::path& path, const Scan& scan, cons
     write_scan_info(entry, scan, config, counters);
     write_results(entry, scan);
     write_edge_maps(entry, scan);
+    write_segments(entry, scan);
     if (save_spectra) write_spectra(entry, scan);
     write_xrf(entry, scan);
   }

@@ -1,0 +1,714 @@
+#include "science/segmentation.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <numeric>
+#include <stdexcept>
+#include <thread>
+
+#include "science/edge_maps.hpp"
+
+namespace xanesd::science {
+
+namespace {
+
+constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+
+// Edge normalization of a cluster's mean spectrum on the energies in use. With the post-edge
+// measured: Larch's ranges (PixelNormalizer, as the edge maps). Before that (an energy-major
+// scan still climbing the edge): offset = mean of the pre-edge points, step = the maximum above it.
+class Normalization {
+ public:
+  Normalization(const std::vector<double>& e, const std::vector<double>& mean, const PreEdgeParams& params) : n_(e.size()) {
+    try {
+      larch_.emplace(e, pre_edge(e, mean, params));
+      e0_ = larch_->ranges().e0;
+      return;
+    } catch (const std::exception&) {
+    }
+    e0_ = params.e0 ? *params.e0 : find_e0(e, mean);
+    for (std::size_t j = 0; j < e.size(); ++j)
+      if (e[j] < e0_ - 10.0) pre_.push_back(j);
+  }
+  double normalize(const double* y, double* norm) const {
+    if (larch_) return larch_->normalize(y, norm);
+    double off = 0;
+    for (auto j : pre_) off += y[j];
+    if (!pre_.empty()) off /= static_cast<double>(pre_.size());
+    double top = -INFINITY;
+    for (std::size_t j = 0; j < n_; ++j) top = std::max(top, y[j]);
+    const double step = top - off;
+    if (!(step > 0)) return step;
+    for (std::size_t j = 0; j < n_; ++j) norm[j] = (y[j] - off) / step;
+    return step;
+  }
+  bool larch() const { return larch_.has_value(); }
+
+ private:
+  std::size_t n_;
+  std::optional<PixelNormalizer> larch_;
+  double e0_ = 0;
+  std::vector<std::size_t> pre_;
+};
+
+// A pixel's spectral shape: the spectrum with its best linear background a + b·E removed
+// (orthogonal projection), scaled to unit norm. Invariant to thickness and to the background,
+// the two things that otherwise dominate the clustering (PyXAS §8.2), and far less noisy than a
+// per-pixel Larch normalization, whose pre-edge line, fitted on a few points and extrapolated
+// over the edge, tilts each pixel's spectrum by its own noise. Needs no post-edge points, so it
+// works on the energies an energy-major scan has so far.
+class ShapeTransform {
+ public:
+  explicit ShapeTransform(const std::vector<double>& e) : n_(e.size()) {
+    Eigen::MatrixXd B(static_cast<Eigen::Index>(n_), 2);
+    const double mid = 0.5 * (e.front() + e.back());
+    for (std::size_t j = 0; j < n_; ++j) B(static_cast<Eigen::Index>(j), 0) = 1, B(static_cast<Eigen::Index>(j), 1) = (e[j] - mid) / 100.0;
+    B_ = B;
+    Q_ = (B.transpose() * B).ldlt().solve(B.transpose());
+  }
+  // z = shape of y; returns its norm (the edge's size in signal units, ∝ thickness).
+  double operator()(const double* y, double* z) const {
+    const auto n = static_cast<Eigen::Index>(n_);
+    Eigen::Map<const Eigen::VectorXd> yv(y, n);
+    Eigen::Map<Eigen::VectorXd> zv(z, n);
+    zv.noalias() = yv - B_ * (Q_ * yv);
+    const double w = zv.norm();
+    if (w > 0) zv /= w;
+    return w;
+  }
+
+ private:
+  std::size_t n_;
+  Eigen::MatrixXd B_, Q_;  // E×2 background basis, 2×E its least-squares projector
+};
+
+// The feature map: PCA scores of the normalized spectrum, then position, then XRF channels;
+// each block scaled to total variance weight² over the sample, so weights mean what they say.
+struct FeatureSpace {
+  Eigen::VectorXd mean;     // Eu
+  Eigen::MatrixXd basis;    // Eu × r
+  double spectral_scale = 0;
+  double spatial_scale = 0, row_mean = 0, col_mean = 0;
+  std::vector<double> xrf_mean, xrf_scale;  // per channel (scale includes the block weight)
+  int r = 0, xrf = 0;
+  bool spatial = false;
+  int dims() const { return r + (spatial ? 2 : 0) + xrf; }
+
+  void operator()(const double* norm, std::size_t p, int cols, const float* xrf_planes, std::size_t npix, double* f) const {
+    const auto Eu = mean.size();
+    Eigen::Map<const Eigen::VectorXd> x(norm, Eu);
+    Eigen::Map<Eigen::VectorXd>(f, r).noalias() = basis.transpose() * (x - mean);
+    for (int i = 0; i < r; ++i) f[i] *= spectral_scale;
+    int d = r;
+    if (spatial) {
+      f[d++] = (static_cast<double>(p / static_cast<std::size_t>(cols)) - row_mean) * spatial_scale;
+      f[d++] = (static_cast<double>(p % static_cast<std::size_t>(cols)) - col_mean) * spatial_scale;
+    }
+    for (int c = 0; c < xrf; ++c) {
+      const double v = xrf_planes[static_cast<std::size_t>(c) * npix + p];
+      f[d++] = std::isfinite(v) ? (v - xrf_mean[static_cast<std::size_t>(c)]) * xrf_scale[static_cast<std::size_t>(c)] : 0.0;
+    }
+  }
+};
+
+using Rows = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+int nearest(const Rows& centroids, const double* f, double* dist = nullptr) {
+  int best = 0;
+  double bd = INFINITY;
+  const auto d = centroids.cols();
+  for (Eigen::Index c = 0; c < centroids.rows(); ++c) {
+    double s = 0;
+    for (Eigen::Index i = 0; i < d; ++i) {
+      const double t = f[i] - centroids(c, i);
+      s += t * t;
+    }
+    if (s < bd) bd = s, best = static_cast<int>(c);
+  }
+  if (dist) *dist = bd;
+  return best;
+}
+
+double uniform01(std::mt19937_64& rng) { return static_cast<double>(rng() >> 11) * 0x1.0p-53; }
+
+// k-means++ (Arthur & Vassilvitskii): each new centre drawn with probability ∝ squared
+// distance to the nearest existing one.
+void add_kmeanspp(const Rows& F, Rows& C, int k, std::mt19937_64& rng) {
+  const auto n = F.rows();
+  std::vector<double> d2(static_cast<std::size_t>(n));
+  while (C.rows() < k) {
+    if (C.rows() == 0) {
+      C.conservativeResize(1, F.cols());
+      C.row(0) = F.row(static_cast<Eigen::Index>(rng() % static_cast<std::uint64_t>(n)));
+      continue;
+    }
+    double total = 0;
+    for (Eigen::Index i = 0; i < n; ++i) {
+      nearest(C, F.row(i).data(), &d2[static_cast<std::size_t>(i)]);
+      total += d2[static_cast<std::size_t>(i)];
+    }
+    double u = uniform01(rng) * total;
+    Eigen::Index pick = n - 1;
+    for (Eigen::Index i = 0; i < n; ++i)
+      if ((u -= d2[static_cast<std::size_t>(i)]) <= 0) {
+        pick = i;
+        break;
+      }
+    C.conservativeResize(C.rows() + 1, Eigen::NoChange);
+    C.row(C.rows() - 1) = F.row(pick);
+  }
+}
+
+// Lloyd iterations from the given centres. Empty clusters keep their centre (ids stay put);
+// returns the inertia.
+double lloyd(const Rows& F, Rows& C, std::vector<int>& assign, int max_iter = 50) {
+  const auto n = F.rows();
+  assign.assign(static_cast<std::size_t>(n), -1);
+  double inertia = 0;
+  for (int it = 0; it < max_iter; ++it) {
+    bool moved = false;
+    inertia = 0;
+    for (Eigen::Index i = 0; i < n; ++i) {
+      double d;
+      const int a = nearest(C, F.row(i).data(), &d);
+      inertia += d;
+      if (a != assign[static_cast<std::size_t>(i)]) moved = true, assign[static_cast<std::size_t>(i)] = a;
+    }
+    if (!moved) break;
+    Rows sum = Rows::Zero(C.rows(), C.cols());
+    std::vector<int> count(static_cast<std::size_t>(C.rows()), 0);
+    for (Eigen::Index i = 0; i < n; ++i) {
+      sum.row(assign[static_cast<std::size_t>(i)]) += F.row(i);
+      ++count[static_cast<std::size_t>(assign[static_cast<std::size_t>(i)])];
+    }
+    for (Eigen::Index c = 0; c < C.rows(); ++c)
+      if (count[static_cast<std::size_t>(c)] > 0) C.row(c) = sum.row(c) / count[static_cast<std::size_t>(c)];
+  }
+  return inertia;
+}
+
+// Mean silhouette (Rousseeuw 1987) on the first m rows: how much closer points are to their
+// own cluster than to the next one; −1..1, undefined (0) for one cluster.
+double silhouette(const Rows& F, const std::vector<int>& assign, int k, Eigen::Index m) {
+  if (k < 2) return 0;
+  m = std::min<Eigen::Index>(m, F.rows());
+  std::vector<int> size(static_cast<std::size_t>(k), 0);
+  for (Eigen::Index i = 0; i < m; ++i) ++size[static_cast<std::size_t>(assign[static_cast<std::size_t>(i)])];
+  double total = 0;
+  std::vector<double> sum(static_cast<std::size_t>(k));
+  for (Eigen::Index i = 0; i < m; ++i) {
+    std::fill(sum.begin(), sum.end(), 0.0);
+    for (Eigen::Index j = 0; j < m; ++j)
+      if (j != i) sum[static_cast<std::size_t>(assign[static_cast<std::size_t>(j)])] += (F.row(i) - F.row(j)).norm();
+    const int own = assign[static_cast<std::size_t>(i)];
+    if (size[static_cast<std::size_t>(own)] <= 1) continue;  // s = 0 for singletons
+    const double a = sum[static_cast<std::size_t>(own)] / (size[static_cast<std::size_t>(own)] - 1);
+    double b = INFINITY;
+    for (int c = 0; c < k; ++c)
+      if (c != own && size[static_cast<std::size_t>(c)] > 0) b = std::min(b, sum[static_cast<std::size_t>(c)] / size[static_cast<std::size_t>(c)]);
+    if (std::isfinite(b) && std::max(a, b) > 0) total += (b - a) / std::max(a, b);
+  }
+  return total / static_cast<double>(m);
+}
+
+constexpr Eigen::Index kSilhouetteSample = 1500;
+
+struct Clustering {
+  Rows centroids;
+  std::vector<int> ids;  // cluster id per centroid row
+  std::vector<int> assign;
+  double silhouette = 0;
+};
+
+// Best of a few k-means++ starts by inertia.
+Clustering fresh_kmeans(const Rows& F, int k, std::mt19937_64& rng) {
+  Clustering best;
+  double best_inertia = INFINITY;
+  for (int start = 0; start < 3; ++start) {
+    Clustering c;
+    add_kmeanspp(F, c.centroids, k, rng);
+    const double inertia = lloyd(F, c.centroids, c.assign);
+    if (inertia < best_inertia) best_inertia = inertia, best = std::move(c);
+  }
+  best.silhouette = silhouette(F, best.assign, k, kSilhouetteSample);
+  return best;
+}
+
+// Within-cluster scatter of the first r feature columns (the spectral block), per dimension.
+double spectral_scatter(const Rows& F, const Clustering& c, int r) {
+  double s = 0;
+  for (Eigen::Index i = 0; i < F.rows(); ++i) s += (F.row(i).head(r) - c.centroids.row(c.assign[static_cast<std::size_t>(i)]).head(r)).squaredNorm();
+  return s / static_cast<double>(F.rows() * r);
+}
+
+// Ids for a new clustering: each cluster takes the previous id most of its sampled pixels had,
+// largest overlaps first; the rest get fresh ids (never reused within a scan).
+void inherit_ids(Clustering& c, const std::vector<std::uint8_t>& previous, int& next_id) {
+  const auto k = static_cast<std::size_t>(c.centroids.rows());
+  std::map<std::pair<int, int>, int> overlap;  // (cluster row, previous id) → pixels
+  for (std::size_t i = 0; i < previous.size() && i < c.assign.size(); ++i)
+    if (previous[i] != kBackground && previous[i] != kUnassigned) ++overlap[{c.assign[i], previous[i]}];
+  std::vector<std::tuple<int, int, int>> pairs;
+  for (auto& [key, count] : overlap) pairs.emplace_back(count, key.first, key.second);
+  std::sort(pairs.rbegin(), pairs.rend());
+  c.ids.assign(k, -1);
+  std::vector<int> taken;
+  for (auto& [count, row, id] : pairs)
+    if (c.ids[static_cast<std::size_t>(row)] < 0 && std::find(taken.begin(), taken.end(), id) == taken.end())
+      c.ids[static_cast<std::size_t>(row)] = id, taken.push_back(id);
+  for (auto& id : c.ids)
+    if (id < 0) id = next_id <= 254 ? next_id++ : 254;
+}
+
+// Drops centroid rows nobody is assigned to (their ids retire).
+void drop_empty(Clustering& c) {
+  std::vector<int> count(static_cast<std::size_t>(c.centroids.rows()), 0);
+  for (int a : c.assign) ++count[static_cast<std::size_t>(a)];
+  Rows kept(0, c.centroids.cols());
+  std::vector<int> ids, remap(count.size(), -1);
+  for (std::size_t i = 0; i < count.size(); ++i)
+    if (count[i] > 0) {
+      remap[i] = static_cast<int>(ids.size());
+      kept.conservativeResize(kept.rows() + 1, Eigen::NoChange);
+      kept.row(kept.rows() - 1) = c.centroids.row(static_cast<Eigen::Index>(i));
+      ids.push_back(c.ids[i]);
+    }
+  for (int& a : c.assign) a = remap[static_cast<std::size_t>(a)];
+  c.centroids = std::move(kept);
+  c.ids = std::move(ids);
+}
+
+template <class Fn>
+void parallel_for(std::size_t n, int threads, Fn&& fn) {
+  const int t = std::max(1, std::min<int>(threads, static_cast<int>(n / 16384) + 1));
+  std::vector<std::jthread> pool;
+  for (int i = 0; i < t; ++i) pool.emplace_back(fn, i, n * static_cast<std::size_t>(i) / t, n * static_cast<std::size_t>(i + 1) / t);
+}
+
+}  // namespace
+
+void OnlineSegmenter::update(const SegmentInput& in) {
+  const auto& e = *in.energies;
+  const std::size_t E = e.size(), P = in.npix;
+  Segmentation& out = result_;
+  ++out.updates;
+  const std::vector<std::uint8_t> previous = out.labels;
+  const bool warm = previous.size() == P;
+  if (!warm) out.labels.assign(P, kUnassigned);
+
+  // 1. The energies in use: measured by at least half as many pixels as the best-measured one.
+  std::vector<std::size_t> measured(E, 0);
+  parallel_for(E, in.threads, [&](int, std::size_t b, std::size_t en) {
+    for (std::size_t j = b; j < en; ++j) {
+      const float* plane = in.planes + j * P;
+      std::size_t c = 0;
+      for (std::size_t p = 0; p < P; ++p) c += !std::isnan(plane[p]);
+      measured[j] = c;
+    }
+  });
+  const std::size_t most = *std::max_element(measured.begin(), measured.end());
+  std::vector<int> used;
+  for (std::size_t j = 0; j < E; ++j)
+    if (most > 0 && measured[j] * 2 >= most) used.push_back(static_cast<int>(j));
+  const std::size_t Eu = used.size();
+  if (Eu < 4) {
+    out.waiting = "fewer than 4 energies measured across the image";
+    return;
+  }
+  std::vector<double> eu(Eu);
+  for (std::size_t i = 0; i < Eu; ++i) eu[i] = e[static_cast<std::size_t>(used[i])];
+  auto gather = [&](std::size_t p, double* y) {
+    for (std::size_t i = 0; i < Eu; ++i) {
+      y[i] = in.planes[static_cast<std::size_t>(used[i]) * P + p];
+      if (std::isnan(y[i])) return false;
+    }
+    return true;
+  };
+
+  // 2. A random sample of complete pixels (with material, when the scan has a mask).
+  const std::size_t want = static_cast<std::size_t>(std::max(1, settings_.sample));
+  std::vector<std::size_t> sample;
+  Rows Y(0, static_cast<Eigen::Index>(Eu));
+  {
+    std::vector<double> y(Eu);
+    std::vector<std::vector<double>> rows;
+    const std::size_t attempts = std::min<std::size_t>(P * 2, want * 20);
+    std::vector<std::uint8_t> taken(P, 0);
+    for (std::size_t a = 0; a < attempts && sample.size() < want; ++a) {
+      const std::size_t p = P <= want ? a % P : static_cast<std::size_t>(rng_() % P);
+      if (taken[p] || (in.material && !in.material[p]) || !gather(p, y.data())) {
+        taken[p] = 1;
+        continue;
+      }
+      taken[p] = 1;
+      sample.push_back(p);
+      rows.push_back(y);
+    }
+    Y.resize(static_cast<Eigen::Index>(rows.size()), static_cast<Eigen::Index>(Eu));
+    for (std::size_t i = 0; i < rows.size(); ++i)
+      Y.row(static_cast<Eigen::Index>(i)) = Eigen::Map<const Eigen::RowVectorXd>(rows[i].data(), static_cast<Eigen::Index>(Eu));
+  }
+  const int k_floor = settings_.k > 0 ? settings_.k : 2;
+  if (Y.rows() < std::max(20, 4 * k_floor)) {
+    out.waiting = "too few pixels with material measured at the energies in use (" + std::to_string(Y.rows()) + ")";
+    return;
+  }
+
+  // 3. Shapes of the sampled spectra (and the edge size of each).
+  const ShapeTransform shape(eu);
+  Rows X(Y.rows(), static_cast<Eigen::Index>(Eu));
+  std::vector<double> sizes(static_cast<std::size_t>(Y.rows()));
+  for (Eigen::Index i = 0; i < Y.rows(); ++i) sizes[static_cast<std::size_t>(i)] = shape(Y.row(i).data(), X.row(i).data());
+  // Without a mask, material = an edge size above 5 % of its 99th percentile (as mask.*'s default).
+  double size_min = 0;
+  if (!in.material) {
+    std::vector<double> s = sizes;
+    std::sort(s.begin(), s.end());
+    size_min = 0.05 * s[static_cast<std::size_t>(0.99 * static_cast<double>(s.size() - 1))];
+  }
+  {
+    Rows kept(0, X.cols()), kept_raw(0, X.cols());
+    std::vector<std::size_t> ks;
+    std::vector<Eigen::Index> keep;
+    for (Eigen::Index i = 0; i < X.rows(); ++i)
+      if (sizes[static_cast<std::size_t>(i)] > size_min) keep.push_back(i);
+    kept.resize(static_cast<Eigen::Index>(keep.size()), X.cols());
+    kept_raw.resize(static_cast<Eigen::Index>(keep.size()), X.cols());
+    for (std::size_t i = 0; i < keep.size(); ++i) {
+      kept.row(static_cast<Eigen::Index>(i)) = X.row(keep[i]);
+      kept_raw.row(static_cast<Eigen::Index>(i)) = Y.row(keep[i]);
+      ks.push_back(sample[static_cast<std::size_t>(keep[i])]);
+    }
+    X = std::move(kept);
+    Y = std::move(kept_raw);
+    sample = std::move(ks);
+  }
+  const Eigen::Index n = X.rows();
+  if (n < std::max(20, 4 * k_floor)) {
+    out.waiting = "too few pixels with an edge (" + std::to_string(n) + ")";
+    return;
+  }
+  // Cluster means are edge-normalized for display and fitting with ranges from the image's mean.
+  const Eigen::RowVectorXd raw_mean = Y.colwise().mean();
+  const Normalization norm(eu, std::vector<double>(raw_mean.data(), raw_mean.data() + Eu), in.edge);
+
+  // 4. PCA of the shapes; from reference mixtures while the sample is too small
+  // to estimate an Eu×Eu covariance.
+  Eigen::MatrixXd refs_u;  // Eu × K references on the energies in use
+  if (in.model && in.model->n_refs() > 0) {
+    refs_u.resize(static_cast<Eigen::Index>(Eu), in.model->n_refs());
+    for (std::size_t i = 0; i < Eu; ++i)
+      refs_u.row(static_cast<Eigen::Index>(i)) = in.model->X.row(used[i]).tail(in.model->n_refs());
+  }
+  PcaDiagnostics& pca = out.pca;
+  pca = {};
+  pca.energies = used;
+  Eigen::MatrixXd basis_data;  // rows = spectra the PCA is computed from
+  if (n < 10 * static_cast<Eigen::Index>(Eu) && refs_u.cols() > 1) {
+    pca.seeded_from_references = true;
+    const Eigen::Index m = 500;
+    basis_data.resize(m, static_cast<Eigen::Index>(Eu));
+    for (Eigen::Index i = 0; i < m; ++i) {
+      Eigen::VectorXd f(refs_u.cols());
+      for (Eigen::Index k = 0; k < f.size(); ++k) f(k) = -std::log(1.0 - uniform01(rng_));  // Dirichlet(1)
+      const Eigen::VectorXd mix = refs_u * (f / f.sum());
+      shape(mix.data(), basis_data.row(i).data());
+    }
+  } else {
+    basis_data = X;
+  }
+  const Eigen::RowVectorXd mean = basis_data.colwise().mean();
+  const Eigen::MatrixXd centred = basis_data.rowwise() - mean;
+  const Eigen::MatrixXd cov = (centred.transpose() * centred) / static_cast<double>(std::max<Eigen::Index>(1, basis_data.rows() - 1));
+  const Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> eig(cov);
+  const auto Ev = static_cast<Eigen::Index>(Eu);
+  Eigen::VectorXd lambda = eig.eigenvalues().reverse().cwiseMax(0.0);
+  const Eigen::MatrixXd vectors = eig.eigenvectors().rowwise().reverse();
+  const double total = lambda.sum();
+  for (Eigen::Index i = 0; i < Ev; ++i) pca.explained.push_back(total > 0 ? lambda(i) / total : 0.0);
+  // Noise floor: with few species most eigenvalues are noise, so their median estimates σ²;
+  // above the Marchenko–Pastur edge σ²(1 + √(Eu/n))² (×1.5 margin) a component carries signal.
+  std::vector<double> sorted(lambda.data(), lambda.data() + Ev);
+  std::sort(sorted.begin(), sorted.end());
+  double sigma2 = sorted[sorted.size() / 2];
+  if (pca.seeded_from_references) {  // reference mixtures have no noise: measure it on the pixels
+    const int rs = std::max(1, std::min<int>(refs_u.cols() - 1, static_cast<int>(Ev) - 1));
+    const Eigen::MatrixXd V = vectors.leftCols(rs);
+    const Eigen::MatrixXd c = X.rowwise() - mean;
+    sigma2 = (c - c * V * V.transpose()).squaredNorm() / static_cast<double>(n * (Ev - rs));
+  }
+  pca.noise_sigma = std::sqrt(sigma2);
+  const double edge = 1.5 * sigma2 * std::pow(1.0 + std::sqrt(static_cast<double>(Ev) / static_cast<double>(basis_data.rows())), 2);
+  for (Eigen::Index i = 0; i < Ev; ++i) pca.significant += lambda(i) > edge && lambda(i) > 1e-12 * total;
+  int r = settings_.components;
+  if (r <= 0) {
+    double cum = 0;
+    r = 0;
+    while (r < Ev && cum < settings_.variance) cum += pca.explained[static_cast<std::size_t>(r++)];
+    r = std::min({r, std::max(1, pca.significant), settings_.max_components});
+  }
+  r = std::max(1, std::min<int>(r, static_cast<int>(Ev)));
+  pca.components = r;
+
+  FeatureSpace fs;
+  fs.mean = mean.transpose();
+  fs.basis = vectors.leftCols(r);
+  fs.r = r;
+  const double spectral_var = lambda.head(r).sum();
+  fs.spectral_scale = spectral_var > 0 ? settings_.spectral_weight / std::sqrt(spectral_var) : 0.0;
+  if (settings_.spatial_weight > 0 && in.cols > 0) {
+    fs.spatial = true;
+    double sr = 0, sc = 0, qr = 0, qc = 0;
+    for (auto p : sample) {
+      const double rr = static_cast<double>(p / static_cast<std::size_t>(in.cols)), cc = static_cast<double>(p % static_cast<std::size_t>(in.cols));
+      sr += rr, sc += cc, qr += rr * rr, qc += cc * cc;
+    }
+    const double m = static_cast<double>(sample.size());
+    fs.row_mean = sr / m, fs.col_mean = sc / m;
+    const double var = (qr / m - fs.row_mean * fs.row_mean) + (qc / m - fs.col_mean * fs.col_mean);
+    fs.spatial_scale = var > 0 ? settings_.spatial_weight / std::sqrt(var) : 0.0;
+  }
+  if (settings_.xrf_weight > 0 && in.xrf && in.xrf_channels > 0) {
+    fs.xrf = in.xrf_channels;
+    for (int c = 0; c < fs.xrf; ++c) {
+      double s = 0, q = 0, m = 0;
+      for (auto p : sample) {
+        const double v = in.xrf[static_cast<std::size_t>(c) * P + p];
+        if (std::isfinite(v)) s += v, q += v * v, ++m;
+      }
+      const double mu = m > 0 ? s / m : 0, var = m > 1 ? q / m - mu * mu : 0;
+      fs.xrf_mean.push_back(mu);
+      fs.xrf_scale.push_back(var > 0 ? settings_.xrf_weight / std::sqrt(var * fs.xrf) : 0.0);
+    }
+  }
+  const int d = fs.dims();
+  Rows F(n, d);
+  for (Eigen::Index i = 0; i < n; ++i) fs(X.row(i).data(), sample[static_cast<std::size_t>(i)], in.cols, in.xrf, P, F.row(i).data());
+
+  // Noise in feature space, measured where it lives: adjacent pixels almost always share a
+  // composition, so half the squared difference of their spectral features is noise (robust:
+  // the median, over the sampled pixels' right-hand neighbours; boundaries are outliers).
+  double noise_var = 0;
+  {
+    std::vector<std::vector<double>> diff2(static_cast<std::size_t>(r));
+    std::vector<double> y(Eu), z(Eu), f(static_cast<std::size_t>(d));
+    for (Eigen::Index i = 0; i < n; ++i) {
+      const std::size_t p = sample[static_cast<std::size_t>(i)], q = p + 1;
+      if (in.cols < 2 || q % static_cast<std::size_t>(in.cols) == 0 || (in.material && !in.material[q]) || !gather(q, y.data())) continue;
+      if (!(shape(y.data(), z.data()) > size_min)) continue;
+      fs(z.data(), q, in.cols, in.xrf, P, f.data());
+      for (int j = 0; j < r; ++j) diff2[static_cast<std::size_t>(j)].push_back(0.5 * std::pow(f[static_cast<std::size_t>(j)] - F(i, j), 2));
+    }
+    for (auto& v : diff2) {
+      if (v.empty()) continue;
+      std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(v.size() / 2), v.end());
+      noise_var += v[v.size() / 2] / 0.4549 / r;  // median of χ²₁ is 0.4549
+    }
+    if (noise_var <= 0) noise_var = sigma2 * fs.spectral_scale * fs.spectral_scale;  // no neighbours: the PCA floor
+  }
+
+  // 5. k-means. k: the smallest whose within-cluster spectral scatter is within
+  // noise_ratio × the noise (the clusters then explain all structure above noise;
+  // k = 1 when the image's own scatter already is). The previous update's clusters, rebuilt
+  // from the ids the sampled pixels had, are kept while their k still passes; a new clustering
+  // inherits ids by overlap, so a domain keeps its id and colour while the map refines.
+  auto ratio = [&](const Clustering& c) { return noise_var > 0 ? spectral_scatter(F, c, r) / noise_var : INFINITY; };
+  std::vector<std::uint8_t> previous_of_sample;
+  if (warm)
+    for (auto p : sample) previous_of_sample.push_back(previous[p]);
+  Clustering kept;
+  if (warm) {
+    std::map<int, std::pair<Eigen::RowVectorXd, int>> acc;
+    for (Eigen::Index i = 0; i < n; ++i) {
+      const int id = previous_of_sample[static_cast<std::size_t>(i)];
+      if (id == kBackground || id == kUnassigned) continue;
+      auto [it, fresh] = acc.try_emplace(id, Eigen::RowVectorXd::Zero(d), 0);
+      it->second.first += F.row(i);
+      ++it->second.second;
+    }
+    for (auto& [id, a] : acc)
+      if (a.second >= 3) {
+        kept.centroids.conservativeResize(kept.centroids.rows() + 1, d);
+        kept.centroids.row(kept.centroids.rows() - 1) = a.first / a.second;
+        kept.ids.push_back(id);
+      }
+    if (!kept.ids.empty()) {
+      lloyd(F, kept.centroids, kept.assign);
+      drop_empty(kept);
+    }
+  }
+  const int k_prev = static_cast<int>(kept.ids.size());
+  Clustering cl;
+  if (settings_.k > 0) {
+    if (k_prev == settings_.k) cl = std::move(kept);
+    else cl = fresh_kmeans(F, settings_.k, rng_);
+  } else {
+    const int k_max = std::max(2, settings_.k_max);
+    std::vector<Clustering> fresh(static_cast<std::size_t>(k_max + 1));
+    std::vector<double> ratios(static_cast<std::size_t>(k_max + 1), INFINITY);
+    int k_best = k_max;
+    for (int k = 1; k <= k_max; ++k) {
+      fresh[static_cast<std::size_t>(k)] = fresh_kmeans(F, k, rng_);
+      ratios[static_cast<std::size_t>(k)] = ratio(fresh[static_cast<std::size_t>(k)]);
+      if (ratios[static_cast<std::size_t>(k)] <= settings_.noise_ratio) {
+        k_best = k;
+        break;
+      }
+    }
+    // Hysteresis: keep the previous clusters while they pass and one fewer would not pass
+    // comfortably, so the map does not flicker between k and k ± 1.
+    const bool keep_previous = k_prev > 0 && k_prev <= k_max && ratio(kept) <= settings_.noise_ratio &&
+                               (k_prev == 1 || ratios[static_cast<std::size_t>(k_prev - 1)] > 0.8 * settings_.noise_ratio);
+    cl = keep_previous ? std::move(kept) : std::move(fresh[static_cast<std::size_t>(k_best)]);
+  }
+  if (cl.ids.size() != static_cast<std::size_t>(cl.centroids.rows())) inherit_ids(cl, previous_of_sample, next_id_);
+  cl.silhouette = silhouette(F, cl.assign, static_cast<int>(cl.ids.size()), kSilhouetteSample);
+  out.scatter_ratio = ratio(cl);
+  out.silhouette = cl.silhouette;
+  const auto k = static_cast<std::size_t>(cl.centroids.rows());
+
+  // 6. Label every pixel and accumulate each cluster's normalized spectra.
+  const int threads = std::max(1, in.threads);
+  struct Acc {
+    std::vector<std::size_t> count;
+    Eigen::MatrixXd sum, sumsq;  // Eu × k
+  };
+  std::vector<Acc> accs(static_cast<std::size_t>(threads));
+  for (auto& a : accs) {
+    a.count.assign(k, 0);
+    a.sum = Eigen::MatrixXd::Zero(Ev, static_cast<Eigen::Index>(k));
+    a.sumsq = Eigen::MatrixXd::Zero(Ev, static_cast<Eigen::Index>(k));
+  }
+  parallel_for(P, threads, [&](int t, std::size_t b, std::size_t en) {
+    Acc& a = accs[static_cast<std::size_t>(t)];
+    std::vector<double> y(Eu), x(Eu), f(static_cast<std::size_t>(d));
+    for (std::size_t p = b; p < en; ++p) {
+      if (!gather(p, y.data())) {
+        out.labels[p] = kUnassigned;
+        continue;
+      }
+      if (in.material && !in.material[p]) {
+        out.labels[p] = kBackground;
+        continue;
+      }
+      const double w = shape(y.data(), x.data());
+      if (!(w > size_min)) {
+        out.labels[p] = kBackground;
+        continue;
+      }
+      fs(x.data(), p, in.cols, in.xrf, P, f.data());
+      const int c = nearest(cl.centroids, f.data());
+      out.labels[p] = static_cast<std::uint8_t>(cl.ids[static_cast<std::size_t>(c)]);
+      ++a.count[static_cast<std::size_t>(c)];
+      // The cluster mean is of spectra brought to a common edge size (not of shapes, which
+      // lost their background): it stays a spectrum the references can fit.
+      const Eigen::VectorXd yv = Eigen::Map<const Eigen::VectorXd>(y.data(), Ev) / w;
+      a.sum.col(c) += yv;
+      a.sumsq.col(c) += yv.cwiseAbs2();
+    }
+  });
+  for (std::size_t t = 1; t < accs.size(); ++t) {
+    for (std::size_t c = 0; c < k; ++c) accs[0].count[c] += accs[t].count[c];
+    accs[0].sum += accs[t].sum;
+    accs[0].sumsq += accs[t].sumsq;
+  }
+  const Acc& total_acc = accs[0];
+
+  // 7. Cluster-then-fit: each cluster's mean spectrum, its standard error, and its LCF.
+  out.clusters.clear();
+  out.labelled = 0;
+  Eigen::MatrixXd Xu;
+  if (refs_u.cols() > 0) {
+    Xu.resize(Ev, in.model->n_params());
+    for (std::size_t i = 0; i < Eu; ++i) Xu.row(static_cast<Eigen::Index>(i)) = in.model->X.row(used[i]);
+  }
+  for (std::size_t c = 0; c < k; ++c) {
+    const std::size_t m = total_acc.count[c];
+    if (m == 0) continue;
+    ClusterSummary s;
+    s.id = cl.ids[c];
+    s.pixels = m;
+    out.labelled += m;
+    s.mean.assign(E, kNaN);
+    s.stderr_.assign(E, kNaN);
+    const Eigen::VectorXd raw = total_acc.sum.col(static_cast<Eigen::Index>(c)) / static_cast<double>(m);
+    Eigen::VectorXd mu(Ev);
+    double step = norm.normalize(raw.data(), mu.data());
+    if (!(step > 0)) step = 1, mu = raw;  // no edge to normalize by: the mean as it is
+    for (std::size_t i = 0; i < Eu; ++i) {
+      const auto ii = static_cast<Eigen::Index>(i);
+      const double var = m > 1 ? std::max(0.0, (total_acc.sumsq(ii, static_cast<Eigen::Index>(c)) - m * raw(ii) * raw(ii)) / (m - 1.0)) : 0.0;
+      s.mean[static_cast<std::size_t>(used[i])] = mu(ii);
+      s.stderr_[static_cast<std::size_t>(used[i])] = std::sqrt(var / static_cast<double>(m)) / step;
+    }
+    if (Xu.size() > 0) {
+      SolveOptions opt = in.fit;
+      opt.n_free = in.model->n_background();
+      const auto fit = solve(Xu.transpose() * Xu, Xu.transpose() * mu, mu.squaredNorm(), static_cast<int>(Eu), opt);
+      if (fit.ok) {
+        const auto K = in.model->n_refs();
+        const Eigen::VectorXd cvec = fit.theta.tail(K);
+        s.thickness = cvec.sum();
+        s.residual = std::sqrt(fit.chi2 / static_cast<double>(Eu));
+        if (s.thickness > 0) {
+          for (Eigen::Index i = 0; i < K; ++i) s.fractions.push_back(cvec(i) / s.thickness);
+          const Eigen::VectorXd sig = fraction_sigma(fit, opt.n_free);
+          s.fraction_sigma.assign(sig.data(), sig.data() + sig.size());
+          s.fitted = true;
+        }
+      }
+    }
+    out.clusters.push_back(std::move(s));
+  }
+  std::sort(out.clusters.begin(), out.clusters.end(), [](const auto& a, const auto& b) { return a.id < b.id; });
+
+  // 8. Target transformation (Malinowski): the shapes are scaled spectra, so the data span
+  // span{mean shape, principal components}; a reference that can be a component of the sample
+  // has its shape in that span. Residual as RMS per point on unit-norm shapes and as a share.
+  if (refs_u.cols() > 0) {
+    Eigen::MatrixXd span(Ev, r + 1);
+    span.col(0) = fs.mean;
+    span.rightCols(r) = fs.basis;
+    const Eigen::HouseholderQR<Eigen::MatrixXd> qr(span);
+    const Eigen::MatrixXd Q = qr.householderQ() * Eigen::MatrixXd::Identity(Ev, r + 1);
+    Eigen::VectorXd z(Ev);
+    for (Eigen::Index kx = 0; kx < refs_u.cols(); ++kx) {
+      const Eigen::VectorXd rk = refs_u.col(kx);
+      shape(rk.data(), z.data());
+      const Eigen::VectorXd res = z - Q * (Q.transpose() * z);
+      const double rms = res.norm() / std::sqrt(static_cast<double>(Eu));
+      pca.tt_residual.push_back(rms);
+      pca.tt_ratio.push_back(res.norm());  // z has unit norm
+      pca.tt_plausible.push_back(rms < 3.0 * pca.noise_sigma);
+    }
+  }
+  out.waiting.clear();
+}
+
+bool same_clustering(const SegmentationSettings& a, const SegmentationSettings& b) {
+  return a.k == b.k && a.k_max == b.k_max && a.components == b.components && a.variance == b.variance &&
+         a.max_components == b.max_components && a.spectral_weight == b.spectral_weight &&
+         a.spatial_weight == b.spatial_weight && a.xrf_weight == b.xrf_weight && a.sample == b.sample &&
+         a.noise_ratio == b.noise_ratio && a.seed == b.seed;
+}
+
+double adjusted_rand_index(const std::vector<int>& a, const std::vector<int>& b) {
+  if (a.size() != b.size()) throw std::invalid_argument("adjusted_rand_index: labelings differ in length");
+  std::map<std::pair<int, int>, double> nij;
+  std::map<int, double> ai, bj;
+  double n = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    if (a[i] < 0 || b[i] < 0) continue;
+    ++nij[{a[i], b[i]}], ++ai[a[i]], ++bj[b[i]], ++n;
+  }
+  auto c2 = [](double x) { return x * (x - 1) / 2; };
+  double sij = 0, sa = 0, sb = 0;
+  for (auto& [k, v] : nij) sij += c2(v);
+  for (auto& [k, v] : ai) sa += c2(v);
+  for (auto& [k, v] : bj) sb += c2(v);
+  const double expected = sa * sb / c2(n), maxi = (sa + sb) / 2;
+  return maxi == expected ? 1.0 : (sij - expected) / (maxi - expected);
+}
+
+}  // namespace xanesd::science

@@ -1,0 +1,111 @@
+// Online image segmentation, MPIS style (science.md §4): domains first, then what they are.
+// Each update: the energies most pixels have so far, every pixel reduced to its spectral shape
+// (linear background removed, unit norm: thickness-free), a PCA of a pixel sample (seeded from the references while too few pixels
+// have data), features = PCA scores (+ position, + XRF), each block standardized and weighted,
+// k-means warm-started from the previous update's clusters (so a domain keeps its id), every
+// pixel labelled, and each cluster's mean spectrum fitted against the references.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <Eigen/Dense>
+
+#include "science/edge_normalize.hpp"
+#include "science/lcf.hpp"
+
+namespace xanesd::science {
+
+struct SegmentationSettings {
+  bool enabled = true;
+  int k = 0;                 // clusters; 0 = the smallest k whose scatter passes noise_ratio
+  int k_max = 6;
+  int components = 0;        // PCA components used as features; 0 = from explained variance
+  double variance = 0.99;    // explained-variance target when components = 0
+  int max_components = 8;
+  double spectral_weight = 1, spatial_weight = 0, xrf_weight = 0;
+  int sample = 20000;        // pixels the PCA and k-means are fitted on (all pixels are labelled)
+  // Automatic k: within-cluster spectral scatter per component at most this × the noise floor.
+  double noise_ratio = 1.3;
+  std::uint64_t seed = 1;
+};
+
+// True when two settings give the same clustering (all but `enabled`).
+bool same_clustering(const SegmentationSettings& a, const SegmentationSettings& b);
+
+// Labels: 0 = no material (the quality mask), 1..254 = cluster ids, 255 = not measured yet.
+inline constexpr std::uint8_t kBackground = 0, kUnassigned = 255;
+
+struct ClusterSummary {
+  int id = 0;
+  std::size_t pixels = 0;
+  // Edge-normalized mean spectrum on the scan's energies (NaN where not used) and its standard
+  // error; the mean is of the pixels' spectra brought to a common edge size.
+  std::vector<double> mean, stderr_;
+  // LCF of the mean normalized spectrum against the references (empty without references).
+  std::vector<double> fractions, fraction_sigma;
+  double thickness = 0, residual = 0;  // Σc and RMS misfit of the mean
+  bool fitted = false;
+};
+
+struct PcaDiagnostics {
+  std::vector<int> energies;            // indices into the scan's energies the PCA used
+  std::vector<double> explained;        // explained-variance ratio per component (scree), descending
+  int components = 0;                   // components used as features
+  int significant = 0;                  // eigenvalues above the noise floor (Marchenko–Pastur edge)
+  double noise_sigma = 0;               // per-point noise of the unit-norm shapes (median eigenvalue)
+  bool seeded_from_references = false;  // too few pixels: PCA of reference mixtures instead
+  // Target transformation per reference: RMS per point of the part of its unit-norm shape
+  // outside span{mean shape, components}, and that part's norm (a share of 1). Small: the
+  // reference can be a component of this sample.
+  std::vector<double> tt_residual, tt_ratio;
+  std::vector<std::uint8_t> tt_plausible;  // tt_residual < 3 × noise_sigma
+};
+
+struct Segmentation {
+  std::vector<std::uint8_t> labels;  // P
+  std::vector<ClusterSummary> clusters;
+  PcaDiagnostics pca;
+  double silhouette = 0;             // mean silhouette of the chosen clustering on a sample
+  double scatter_ratio = 0;          // within-cluster spectral scatter / noise floor
+  std::size_t labelled = 0;          // pixels with a cluster id
+  std::int64_t updates = 0;
+  std::string waiting;               // why there is no segmentation yet ("" once there is)
+};
+
+// Everything one update reads; pointers stay owned by the scan.
+struct SegmentInput {
+  const float* planes = nullptr;           // E × P energy-major, NaN = not measured
+  std::size_t npix = 0;
+  int rows = 0, cols = 0;
+  const std::vector<double>* energies = nullptr;
+  const std::uint8_t* material = nullptr;  // P: 1 where the pixel holds material; nullptr: from the edge step
+  const float* xrf = nullptr;              // C × P (NaN where absent); nullptr or C = 0: none
+  int xrf_channels = 0;
+  const LcfModel* model = nullptr;         // references (rows = energies) for cluster fits and TT
+  SolveOptions fit;
+  PreEdgeParams edge;
+  int threads = 1;
+};
+
+class OnlineSegmenter {
+ public:
+  explicit OnlineSegmenter(SegmentationSettings s) : settings_(s), rng_(s.seed) {}
+  void update(const SegmentInput& in);
+  const Segmentation& result() const { return result_; }
+  const SegmentationSettings& settings() const { return settings_; }
+
+ private:
+  SegmentationSettings settings_;
+  std::mt19937_64 rng_;
+  Segmentation result_;
+  int next_id_ = 1;
+};
+
+// Adjusted Rand index of two labelings (pairs counted over positions where both are ≥ 0).
+double adjusted_rand_index(const std::vector<int>& a, const std::vector<int>& b);
+
+}  // namespace xanesd::science

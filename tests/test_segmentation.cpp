@@ -1,0 +1,175 @@
+// Online segmentation (MPIS, science.md §4) against a known segmentation: synthetic scans of
+// domains of fixed composition built from the shipped references, with varying thickness,
+// Poisson noise, I0 drift and background, fed to the daemon's own Scan energy-major.
+#include <doctest/doctest.h>
+
+#include <map>
+
+#include "science/segmentation.hpp"
+#include "science_support.hpp"
+
+using namespace xanesd;
+using namespace xanesd::science;
+
+namespace {
+
+const std::vector<std::string> kSpecies = {"Magnetite", "Goethite", "Pyrite"};
+
+sim::Scan domain_scan(double counts, std::uint64_t seed, int rows = 64, int cols = 64) {
+  auto p = test::hxn_scan(rows, cols);
+  p.layout = sim::Params::Layout::domains;
+  p.counts = counts;
+  p.seed = seed;
+  return sim::simulate(test::pick(load_reference_file(test::fe_library()), kSpecies), p);
+}
+
+// ARI over the pixels with material in the truth (labels as ints).
+double ari_on_material(const Segmentation& seg, const sim::Scan& truth) {
+  std::vector<int> a, b;
+  for (std::size_t p = 0; p < truth.pixels(); ++p)
+    if (truth.domains[p] > 0) a.push_back(seg.labels[p]), b.push_back(truth.domains[p]);
+  return adjusted_rand_index(a, b);
+}
+
+// The cluster id most pixels of each truth domain carry.
+std::map<int, int> majority_label(const Segmentation& seg, const sim::Scan& truth) {
+  std::map<int, std::map<int, int>> votes;
+  for (std::size_t p = 0; p < truth.pixels(); ++p)
+    if (truth.domains[p] > 0) ++votes[truth.domains[p]][seg.labels[p]];
+  std::map<int, int> out;
+  for (auto& [d, v] : votes)
+    out[d] = std::max_element(v.begin(), v.end(), [](auto& x, auto& y) { return x.second < y.second; })->first;
+  return out;
+}
+
+// Fraction MAE over material pixels of (a) the per-pixel LCF and (b) each pixel's cluster fit.
+std::pair<double, double> fraction_errors(const Scan& scan, const sim::Scan& truth) {
+  const auto& seg = *scan.segmentation();
+  std::map<int, const ClusterSummary*> by_id;
+  for (const auto& c : seg.clusters) by_id[c.id] = &c;
+  const auto& maps = scan.fit()->maps();
+  const std::size_t P = truth.pixels(), K = kSpecies.size();
+  double pixel = 0, cluster = 0;
+  std::size_t n = 0;
+  for (std::size_t p = 0; p < P; ++p) {
+    if (truth.domains[p] == 0 || !by_id.count(seg.labels[p])) continue;
+    const auto& c = *by_id[seg.labels[p]];
+    REQUIRE(c.fitted);
+    for (std::size_t k = 0; k < K; ++k) {
+      pixel += std::abs(maps.fractions[k * P + p] - truth.fractions[k * P + p]);
+      cluster += std::abs(c.fractions[k] - truth.fractions[k * P + p]);
+      ++n;
+    }
+  }
+  return {pixel / static_cast<double>(n), cluster / static_cast<double>(n)};
+}
+
+}  // namespace
+
+TEST_CASE("adjusted Rand index: 1 for equal partitions under relabelling, ~0 for unrelated ones") {
+  CHECK(adjusted_rand_index({0, 0, 1, 1, 2, 2}, {5, 5, 3, 3, 9, 9}) == doctest::Approx(1.0));
+  CHECK(adjusted_rand_index({0, 0, 1, 1}, {0, 1, 0, 1}) < 0.0);
+  std::vector<int> a, b;
+  std::mt19937 rng(3);
+  for (int i = 0; i < 5000; ++i) a.push_back(static_cast<int>(rng() % 4)), b.push_back(static_cast<int>(rng() % 4));
+  CHECK(std::abs(adjusted_rand_index(a, b)) < 0.02);
+}
+
+TEST_CASE("domains of fixed composition are found whatever the thickness; k chosen; background class") {
+  const auto truth = domain_scan(2000, 11);
+  auto scan = test::run_scan(truth, test::pick(load_reference_file(test::fe_library()), kSpecies), test::default_settings());
+  scan->update_segments(2);
+  const auto* seg = scan->segmentation();
+  REQUIRE(seg != nullptr);
+  REQUIRE(seg->waiting.empty());
+  const double ari = ari_on_material(*seg, truth);
+  MESSAGE("2000 counts: k = " << seg->clusters.size() << ", ARI " << ari << ", silhouette " << seg->silhouette
+                              << ", PCA components " << seg->pca.components << " (significant " << seg->pca.significant << ")");
+  CHECK(seg->clusters.size() == 4);  // the simulator's four compositions
+  CHECK(ari > 0.95);
+  // The empty border is its own class.
+  std::size_t border = 0, border_bg = 0;
+  for (std::size_t p = 0; p < truth.pixels(); ++p)
+    if (truth.thickness[p] <= 0) ++border, border_bg += seg->labels[p] == kBackground;
+  CHECK(border_bg >= border * 95 / 100);
+  // Three species mixed with fractions summing to one span two dimensions after centring.
+  CHECK(seg->pca.significant >= 2);
+  CHECK(seg->pca.significant <= 4);
+  for (std::size_t i = 1; i < seg->pca.explained.size(); ++i) CHECK(seg->pca.explained[i] <= seg->pca.explained[i - 1] + 1e-12);
+  // Each cluster's mean is fitted: the fractions of its domain's composition.
+  const auto [pixel_mae, cluster_mae] = fraction_errors(*scan, truth);
+  MESSAGE("fraction MAE per-pixel LCF " << pixel_mae << ", cluster-then-fit " << cluster_mae);
+  CHECK(cluster_mae < 0.03);
+  for (const auto& c : seg->clusters) {
+    CHECK(c.pixels > 0);
+    double se = 0;
+    for (auto v : c.stderr_) if (std::isfinite(v)) se = std::max(se, v);
+    CHECK(se < 0.02);  // the mean of hundreds of pixels
+  }
+}
+
+TEST_CASE("target transformation: references in the sample lie in the PCA subspace, others do not") {
+  const auto lib = load_reference_file(test::fe_library());
+  const auto truth = domain_scan(2000, 5);
+  // Fit with the three species plus two that are not in the sample.
+  auto refs = test::pick(lib, {"Magnetite", "Goethite", "Pyrite", "Fe3P", "LiFe(II)PO4"});
+  auto scan = test::run_scan(truth, refs, test::default_settings());
+  scan->update_segments(2);
+  const auto& pca = scan->segmentation()->pca;
+  REQUIRE(pca.tt_ratio.size() == 5);
+  for (std::size_t k = 0; k < 5; ++k) MESSAGE(refs[k].name << ": TT residual " << pca.tt_residual[k] << " ratio " << pca.tt_ratio[k]);
+  const double worst_present = *std::max_element(pca.tt_ratio.begin(), pca.tt_ratio.begin() + 3);
+  CHECK(pca.tt_ratio[3] > 2 * worst_present);
+  CHECK(pca.tt_ratio[4] > 2 * worst_present);
+}
+
+TEST_CASE("live energy-major updates: a domain keeps its cluster id from one publication to the next") {
+  const auto truth = domain_scan(1000, 7);
+  const auto refs = test::pick(load_reference_file(test::fe_library()), kSpecies);
+  const std::size_t E = truth.params.energies_eV.size();
+  std::vector<std::map<int, int>> history;
+  std::vector<double> aris;
+  test::run_scan(truth, refs, test::default_settings(), [&](Scan& scan, std::size_t e) {
+    if (e % 6 != 5 && e + 1 != E) return;
+    scan.solve_changed(2);
+    scan.update_segments(2);
+    const auto* seg = scan.segmentation();
+    if (!seg->waiting.empty()) return;
+    history.push_back(majority_label(*seg, truth));
+    aris.push_back(ari_on_material(*seg, truth));
+  });
+  REQUIRE(history.size() >= 5);
+  MESSAGE("updates with a segmentation: " << history.size() << ", ARI first " << aris.front() << ", last " << aris.back());
+  // Once the edge is measured (the last half of the updates) every domain keeps its id.
+  for (std::size_t i = history.size() / 2 + 1; i < history.size(); ++i) CHECK(history[i] == history[i - 1]);
+  CHECK(aris.back() > 0.95);
+}
+
+TEST_CASE("low counts: cluster-then-fit fractions beat per-pixel LCF against the truth") {
+  const auto truth = domain_scan(150, 5);
+  auto scan = test::run_scan(truth, test::pick(load_reference_file(test::fe_library()), kSpecies), test::default_settings());
+  scan->update_segments(2);
+  const auto* seg = scan->segmentation();
+  REQUIRE(seg->waiting.empty());
+  const double ari = ari_on_material(*seg, truth);
+  const auto [pixel_mae, cluster_mae] = fraction_errors(*scan, truth);
+  MESSAGE("150 counts: ARI " << ari << ", k " << seg->clusters.size() << ", fraction MAE per-pixel " << pixel_mae
+                            << ", cluster-then-fit " << cluster_mae);
+  CHECK(ari > 0.8);
+  CHECK(cluster_mae < 0.5 * pixel_mae);
+}
+
+TEST_CASE("segmentation without references: edge-normalized spectra, no fits, same domains") {
+  const auto truth = domain_scan(2000, 13);
+  auto settings = test::default_settings();
+  auto scan = test::run_scan(truth, test::pick(load_reference_file(test::fe_library()), kSpecies), settings);
+  // Rebuild without references: the segmenter then finds material from the edge step.
+  scan->refit({}, settings);
+  scan->update_segments(2);
+  const auto* seg = scan->segmentation();
+  REQUIRE(seg->waiting.empty());
+  const double ari = ari_on_material(*seg, truth);
+  MESSAGE("no references: ARI " << ari << ", k " << seg->clusters.size());
+  CHECK(ari > 0.9);
+  for (const auto& c : seg->clusters) CHECK_FALSE(c.fitted);
+}
