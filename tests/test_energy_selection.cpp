@@ -206,3 +206,16 @@ TEST_CASE("bad input is refused with a message naming the problem") {
   zero.n_select = 0;
   throws_with(lib.names, lib.refs, lib.grid, zero, "n_select");
 }
+
+TEST_CASE("the building blocks refuse what they cannot do") {
+  const auto lib = fe_library({"Magnetite", "Goethite", "Pyrite"});
+  const auto model = make_lcf_model(lib.names, lib.refs, lib.grid, true);
+  EnergySelectionOptions o;
+  const auto m = make_mixtures(model, 20, o, 1);
+  CHECK_THROWS_AS(rfe_select(m, {0, 4, 72}, 71), std::invalid_argument);        // 70 candidates left
+  CHECK_THROWS_AS(a_optimal_select(model, {0, 73}, 5, 1e-4), std::invalid_argument);  // kept index off the grid
+  CHECK_THROWS_AS(fraction_rmse(model, {3, 3, 5}, m), std::invalid_argument);
+  CHECK_THROWS_AS(fraction_rmse(model, {}, m), std::invalid_argument);
+  CHECK_THROWS_AS(make_mixtures(model, 0, o, 1), std::invalid_argument);
+  CHECK(rfe_select(m, {0, 4, 72}, 70).size() == 73u);  // nothing to eliminate: every energy
+}

@@ -257,8 +257,12 @@ double fraction_rmse(const LcfModel& model, const std::vector<int>& indices, con
   if (indices.empty()) throw std::invalid_argument("fraction_rmse: no energies to fit on");
   if (test.spectra.cols() != model.X.rows() || test.fractions.cols() != K)
     throw std::invalid_argument("fraction_rmse: mixtures do not match the model's grid or references");
-  for (int j : indices)
-    if (j < 0 || j >= model.X.rows()) throw std::invalid_argument("fraction_rmse: energy index " + std::to_string(j) + " outside the grid");
+  for (std::size_t i = 0; i < indices.size(); ++i) {
+    if (indices[i] < 0 || indices[i] >= model.X.rows())
+      throw std::invalid_argument("fraction_rmse: energy index " + std::to_string(indices[i]) + " outside the grid");
+    if (i > 0 && indices[i] <= indices[i - 1])  // a repeated energy would count twice in the fit
+      throw std::invalid_argument("fraction_rmse: energy indices must be strictly increasing");
+  }
   // The fit on a subset uses the full-grid model's rows: its background columns are centred at
   // the full grid's E0, not the subset's, but a + b(E − E0) spans the same functions for any E0,
   // so the fitted fractions are those make_lcf_model on the subset would give.

@@ -45,7 +45,8 @@ struct EnergySelection {
   std::string best;                    // method with the lower held-out RMSE ("rfe" on a tie)
 };
 
-// Runs both methods on the same mixtures and validates them. refs: E×K on the candidate grid
+// Runs both methods and validates them on the same held-out mixtures (training and test
+// mixtures come from independent streams derived from opt.seed, so a seed fixes everything). refs: E×K on the candidate grid
 // `grid_eV` (strictly increasing), edge-normalized. Throws std::invalid_argument naming the
 // problem (empty or non-finite references, names/shape mismatch, grid not increasing,
 // n_select + n_normalization more than the grid, too few pre-/post-edge points, …).
@@ -91,7 +92,7 @@ std::vector<int> rfe_select(const Mixtures& train, const std::vector<int>& keep,
 // parameters (e.g. 16 energies, 65 references). Returns n_select energies plus `keep`, sorted.
 std::vector<int> a_optimal_select(const LcfModel& model, const std::vector<int>& keep, int n_select, double ridge);
 
-// Held-out error: fits every mixture on the energies `indices` with science::solve (NNLS, the
+// Held-out error: fits every mixture on the energies `indices` (strictly increasing) with science::solve (NNLS, the
 // background free when the model has one, as the daemon's default) and returns the RMSE of
 // c_k/Σc against the true fractions over all mixtures and references. A fit that fails or has
 // Σc ≤ 0 counts as fractions 1/K (and is counted in *failed if given).
