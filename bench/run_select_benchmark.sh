@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# Energy selection benchmark: xanesd's RFE and A-optimal selection (build/bench/bench_select)
+# against scikit-learn's RFE (bench/sklearn_rfe_baseline.py) on the SAME training mixtures
+# (written by bench_select as .npy), every choice scored by the same held-out NNLS LCF evaluator
+# (bench_select --evaluate). A benchmark, not a test: it always exits 0. See bench/README.md.
+#
+#   bench/run_select_benchmark.sh [--repeats N] [--seed S]
+#
+# Environment: XANESD_BUILD_DIR (default <repo>/build), XANESD_PYTHON (default /usr/bin/python3,
+# Debian's, with numpy and scikit-learn), XANESD_SKIP_BUILD=1 to use the existing binary,
+# XANESD_BENCH_OUT=DIR to keep the mixtures and outputs there (default: a temporary directory).
+set -u
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BUILD="${XANESD_BUILD_DIR:-$ROOT/build}"
+PY="${XANESD_PYTHON:-/usr/bin/python3}"
+REPEATS=5
+SEED_ARGS=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --repeats) REPEATS="$2"; shift 2 ;;
+    --seed) SEED_ARGS=(--seed "$2"); shift 2 ;;
+    *) echo "run_select_benchmark: unknown option '$1' (--repeats N, --seed S)"; exit 0 ;;
+  esac
+done
+
+if [ "${XANESD_SKIP_BUILD:-0}" != 1 ]; then
+  echo "== building bench_select"
+  if ! { cmake -S "$ROOT" -B "$BUILD" >/dev/null && cmake --build "$BUILD" --target bench_select -j2 >/dev/null; }; then
+    echo "run_select_benchmark: build failed (rerun 'cmake --build $BUILD --target bench_select' to see why)"
+    exit 0
+  fi
+fi
+BIN="$BUILD/bench/bench_select"
+if [ ! -x "$BIN" ]; then echo "run_select_benchmark: $BIN not found"; exit 0; fi
+if ! "$PY" -c "import numpy, sklearn" 2>/dev/null; then
+  echo "run_select_benchmark: $PY lacks numpy/scikit-learn (use Debian's /usr/bin/python3 or set XANESD_PYTHON)"
+  exit 0
+fi
+if [ -n "${XANESD_BENCH_OUT:-}" ]; then
+  OUT="$XANESD_BENCH_OUT"; mkdir -p "$OUT"
+else
+  OUT="$(mktemp -d)"; trap 'rm -rf "$OUT"' EXIT
+fi
+
+# Share of the machine's CPU time that was not idle over `1` seconds: other work skews every
+# figure below, the ratios included, so it is printed with them.
+busy() {
+  local a b tot=0 j
+  read -r -a a < <(grep '^cpu ' /proc/stat)
+  sleep "$1"
+  read -r -a b < <(grep '^cpu ' /proc/stat)
+  for j in 1 2 3 4 5 6 7 8; do tot=$((tot + b[j] - a[j])); done
+  echo $(( tot > 0 ? (tot - (b[4] - a[4]) - (b[5] - a[5])) * 100 / tot : 0 ))
+}
+
+echo "== $(date -u '+%Y-%m-%d %H:%M:%S UTC'); CPUs busy with other work just before the run: $(busy 2)% (load average $(cut -d' ' -f1-3 /proc/loadavg))"
+echo
+"$BIN" --out "$OUT" --repeats "$REPEATS" "${SEED_ARGS[@]}" | tee "$OUT/xanesd.txt" || { echo "run_select_benchmark: bench_select failed"; exit 0; }
+echo
+"$PY" "$ROOT/bench/sklearn_rfe_baseline.py" "$OUT" --repeats "$REPEATS" | tee "$OUT/sklearn.txt" || { echo "run_select_benchmark: the scikit-learn side failed"; exit 0; }
+echo
+echo "== the scikit-learn choices, scored by xanesd's evaluator on the same held-out mixtures"
+"$BIN" --evaluate "$OUT/sklearn_indices.json" "${SEED_ARGS[@]}" | tee "$OUT/eval.txt"
+echo
+echo "== CPUs busy with other work just after the run: $(busy 2)% (load average $(cut -d' ' -f1-3 /proc/loadavg))"
+
+"$PY" - "$OUT/xanesd.txt" "$OUT/sklearn.txt" "$OUT/eval.txt" <<'EOF'
+import sys
+
+r = {}
+for path in sys.argv[1:]:
+    with open(path) as f:
+        for line in f:
+            if line.startswith("RESULT ") and "=" in line:
+                k, v = line[7:].strip().split("=", 1)
+                try:
+                    r[k] = float(v)
+                except ValueError:
+                    pass
+
+
+def ms(v):
+    return "—" if v is None else f"{v * 1e3:.2f} ms"
+
+
+def x(a, b):
+    return "—" if a is None or b is None or b == 0 else f"{a / b:.0f}×"
+
+
+for key in ("11", "65"):
+    g = lambda k: r.get(k.format(key=key))
+    full = g("cxx_{key}_full_rmse")
+    print(f"\n== summary, {key} references, 75-point grid, 13 + 3 energies (time: selection only, best of runs)")
+    rows = [
+        ("xanesd RFE", g("cxx_{key}_rfe_s"), g("cxx_{key}_rfe_rmse"), ""),
+        ("xanesd A-optimal", g("cxx_{key}_aopt_s"), g("cxx_{key}_aopt_rmse"), ""),
+        ("sklearn RFE(LinearRegression()), raw", g("sk_{key}_rfe_s"), g("eval_{key}_sklearn_rmse"),
+         f"{x(g('sk_{key}_rfe_s'), g('cxx_{key}_rfe_s'))} xanesd RFE's time"),
+        ("sklearn, xanesd's algorithm", g("sk_{key}_rfe_same_s"), g("eval_{key}_sklearn_same_rmse"),
+         f"{x(g('sk_{key}_rfe_same_s'), g('cxx_{key}_rfe_s'))} xanesd RFE's time; "
+         f"{int(g('sk_{key}_same_overlap') or 0)}/16 energies as xanesd"),
+    ]
+    print(f"  {'':38} {'time':>10}  {'fraction RMSE':>13}  {'/ full grid':>11}")
+    for name, t, e, note in rows:
+        rel = "—" if e is None or not full else f"{e / full:.2f}×"
+        print(f"  {name:38} {ms(t):>10}  {'—' if e is None else f'{e:.4f}':>13}  {rel:>11}  {note}")
+    print(f"  {'full grid (75 energies)':38} {'':>10}  {'—' if full is None else f'{full:.4f}':>13}")
+EOF
+exit 0
