@@ -112,7 +112,7 @@ struct FeatureSpace {
   }
 };
 
-using Rows = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+using Rows = FeatureMatrix;
 
 int nearest(const Rows& centroids, const double* f, double* dist = nullptr) {
   int best = 0;
@@ -222,16 +222,15 @@ struct Clustering {
 };
 
 // Best of a few k-means++ starts by inertia.
-Clustering fresh_kmeans(const Rows& F, int k, std::mt19937_64& rng) {
+Clustering fresh_kmeans(const Rows& F, int k, std::mt19937_64& rng, int n_init = 3) {
   Clustering best;
   double best_inertia = INFINITY;
-  for (int start = 0; start < 3; ++start) {
+  for (int start = 0; start < n_init; ++start) {
     Clustering c;
     add_kmeanspp(F, c.centroids, k, rng);
     const double inertia = lloyd(F, c.centroids, c.assign);
     if (inertia < best_inertia) best_inertia = inertia, best = std::move(c);
   }
-  best.silhouette = silhouette(F, best.assign, k, kSilhouetteSample);
   return best;
 }
 
@@ -565,6 +564,7 @@ void OnlineSegmenter::update(const SegmentInput& in) {
   if (cl.ids.size() != static_cast<std::size_t>(cl.centroids.rows())) inherit_ids(cl, previous_of_sample, next_id_);
   cl.silhouette = silhouette(F, cl.assign, static_cast<int>(cl.ids.size()), kSilhouetteSample);
   out.scatter_ratio = ratio(cl);
+  features_ = F;
   out.silhouette = cl.silhouette;
   const auto k = static_cast<std::size_t>(cl.centroids.rows());
 
@@ -684,6 +684,15 @@ void OnlineSegmenter::update(const SegmentInput& in) {
     }
   }
   out.waiting.clear();
+}
+
+KMeans kmeans(const FeatureMatrix& F, int k, std::uint64_t seed, int n_init) {
+  if (k < 1 || F.rows() < k) throw std::invalid_argument("kmeans: need 1 ≤ k ≤ rows");
+  std::mt19937_64 rng(seed);
+  auto c = fresh_kmeans(F, k, rng, std::max(1, n_init));
+  KMeans out{c.centroids, c.assign, 0.0};
+  for (Eigen::Index i = 0; i < F.rows(); ++i) out.inertia += (F.row(i) - c.centroids.row(c.assign[static_cast<std::size_t>(i)])).squaredNorm();
+  return out;
 }
 
 bool same_clustering(const SegmentationSettings& a, const SegmentationSettings& b) {

@@ -91,17 +91,32 @@ struct SegmentInput {
   int threads = 1;
 };
 
+using FeatureMatrix = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+struct KMeans {
+  FeatureMatrix centroids;  // k × d
+  std::vector<int> labels;  // per row of the features, 0..k−1
+  double inertia = 0;       // Σ squared distance to the own centroid
+};
+// The segmenter's k-means: k-means++ seeding, Lloyd to convergence, best of n_init starts by
+// inertia (scikit-learn's KMeans does the same).
+KMeans kmeans(const FeatureMatrix& features, int k, std::uint64_t seed, int n_init = 3);
+
 class OnlineSegmenter {
  public:
   explicit OnlineSegmenter(SegmentationSettings s) : settings_(s), rng_(s.seed) {}
   void update(const SegmentInput& in);
   const Segmentation& result() const { return result_; }
   const SegmentationSettings& settings() const { return settings_; }
+  // The sampled pixels' features of the last update (rows: pixels, columns: PCA scores, then
+  // position and XRF when weighted): what the k-means ran on, for diagnostics and benchmarks.
+  const FeatureMatrix& sample_features() const { return features_; }
 
  private:
   SegmentationSettings settings_;
   std::mt19937_64 rng_;
   Segmentation result_;
+  FeatureMatrix features_;
   int next_id_ = 1;
 };
 
