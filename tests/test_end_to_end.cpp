@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "process.hpp"
+#include "science/segmentation.hpp"
 #include "simulate/simulate.hpp"
 #include "store/h5.hpp"
 #include "support.hpp"
@@ -280,4 +281,103 @@ TEST_CASE("xanesd refuses a bad config at start-up with a non-zero exit") {
   std::ifstream log(dir / "log.txt");
   std::string text((std::istreambuf_iterator<char>(log)), {});
   CHECK(text.find("fit.metod") != std::string::npos);
+}
+
+TEST_CASE("adaptive sub-spectra loop: full scan, select_energies, a scan at the selected energies fitted live") {
+  const auto dir = test::scratch("e2e-adaptive");
+  // A scan of domains of three species from the 11-reference library the daemon loads.
+  std::vector<science::Reference> refs;
+  for (const auto& r : science::load_reference_file(test::fe_library()))
+    if (std::find(kSpecies.begin(), kSpecies.end(), r.name) != kSpecies.end()) refs.push_back(r);
+  sim::Params p;
+  p.rows = 64, p.cols = 64;
+  p.energies_eV = sim::read_energies_file(test::hxn_energies());
+  p.layout = sim::Params::Layout::domains;
+  p.counts = 1000;
+  p.seed = 7;
+  const auto truth = sim::simulate(refs, p);
+  std::filesystem::create_directories(dir / "input");
+  const auto file = dir / "input" / "domains.h5";
+  sim::write_scan_file(truth, file);
+
+  Daemon d(dir);
+  zmq::context_t ctx(1);
+  zmq::socket_t sub(ctx, zmq::socket_type::sub);
+  sub.set(zmq::sockopt::subscribe, "energies");
+  sub.connect(d.pub);
+  REQUIRE(control_retry(ctx, d.control, {{"cmd", "status"}}).value("ok", false));
+
+  auto wait_for = [](const std::filesystem::path& f) {
+    for (int i = 0; i < 400 && !std::filesystem::exists(f); ++i) std::this_thread::sleep_for(50ms);
+    REQUIRE(std::filesystem::exists(f));
+  };
+  // 1. The full spectrum: 73 energies, fitted with the whole library.
+  REQUIRE(replay(file, d.ingest, {"--scan-id", "full"}) == 0);
+  wait_for(dir / "results" / "full.h5");
+
+  // 2. Energies for the references this sample uses; bad requests are answered, not fatal.
+  CHECK_FALSE(control_retry(ctx, d.control, {{"cmd", "select_energies"}, {"n", 500}}).value("ok", true));
+  CHECK_FALSE(control_retry(ctx, d.control, {{"cmd", "select_energies"}, {"source", "nonsense"}}).value("ok", true));
+  const auto sel = control_retry(ctx, d.control, {{"cmd", "select_energies"}, {"source", "in_use"}, {"n", 13}});
+  INFO(sel.dump());
+  REQUIRE(sel.value("ok", false));
+  const auto energies = sel.at("energies_eV").get<std::vector<double>>();
+  CHECK(energies.size() == 16);
+  CHECK(std::is_sorted(energies.begin(), energies.end()));
+  CHECK(sel.at("normalization_indices").size() == 3);
+  CHECK(sel.at("reference_names").get<std::vector<std::string>>() == std::vector<std::string>{"Magnetite", "Goethite", "Pyrite"});
+  CHECK(sel.at("noise_source") == "measured");
+  MESSAGE("selected by " << sel.at("method").get<std::string>() << ": expected fraction RMSE "
+                         << sel.at("expected_fraction_rmse").get<double>() << " vs full grid "
+                         << sel.at("full_grid_fraction_rmse").get<double>() << ", noise " << sel.at("noise").get<double>());
+  // The scan controller hears the list on the energies topic.
+  const auto published = test::recv_message(sub, 5s);
+  REQUIRE(published.has_value());
+  CHECK(published->topic == "energies");
+  CHECK(published->header.at("scan_id") == "full");
+  const auto& arr = published->arrays.at(0);
+  REQUIRE(arr.size() == energies.size());
+  for (std::size_t i = 0; i < energies.size(); ++i) CHECK(arr.at(i) == energies[i]);
+
+  // 3. The sub-spectra scan: the selected references, 16 energies, the same live path.
+  const auto loaded = control_retry(ctx, d.control, {{"cmd", "load_references"}, {"files", {test::fe_library().string()}},
+                                                     {"names", sel.at("reference_names")}});
+  REQUIRE(loaded.value("ok", false));
+  std::string list;
+  for (double e : energies) list += (list.empty() ? "" : ",") + std::to_string(e);
+  REQUIRE(replay(file, d.ingest, {"--scan-id", "sub", "--energies", list}) == 0);
+  wait_for(dir / "results" / "sub.h5");
+
+  auto accuracy = [&](const std::string& name, const std::vector<std::string>& order) {
+    auto f = h5::open_file(dir / "results" / (name + ".h5"));
+    const auto names = h5::read_strings(f, "entry/results/reference_names");
+    const auto all = h5::read<float>(f, "entry/results/fractions");
+    const std::size_t P = truth.pixels();
+    std::vector<float> picked;
+    for (const auto& n : order) {
+      const auto k = static_cast<std::size_t>(std::find(names.begin(), names.end(), n) - names.begin());
+      REQUIRE(k < names.size());
+      picked.insert(picked.end(), all.begin() + static_cast<long>(k * P), all.begin() + static_cast<long>((k + 1) * P));
+    }
+    return compare(picked, h5::read<float>(f, "entry/results/thickness"), truth);
+  };
+  const auto full = accuracy("full", kSpecies), part = accuracy("sub", kSpecies);
+  MESSAGE("fraction MAE: full 73-energy scan (11 references) " << full.fraction_mae << ", 16-energy scan (3 references) "
+                                                              << part.fraction_mae);
+  CHECK(h5::read<double>(h5::open_file(dir / "results" / "sub.h5"), "entry/energy").size() == 16);
+  CHECK(part.fraction_mae < 0.05);
+  // Segmentation works on the subset too.
+  {
+    auto f = h5::open_file(dir / "results" / "sub.h5");
+    REQUIRE(h5::exists(f, "entry/results/segments/segments"));
+    const auto labels = h5::read<std::uint8_t>(f, "entry/results/segments/segments");
+    std::vector<int> a, b;
+    for (std::size_t q = 0; q < truth.pixels(); ++q)
+      if (truth.domains[q] > 0) a.push_back(labels[q]), b.push_back(truth.domains[q]);
+    const double ari = science::adjusted_rand_index(a, b);
+    MESSAGE("segmentation of the 16-energy scan: ARI " << ari);
+    CHECK(ari > 0.9);
+  }
+  CHECK(control_retry(ctx, d.control, {{"cmd", "shutdown"}}).value("ok", false));
+  CHECK(d.proc->wait(10s) == 0);
 }

@@ -1,5 +1,6 @@
 // xanes-replay: plays a scan file into xanesd as a detector and scan controller would.
 #include <cstdio>
+#include <string>
 
 #include "replay/replay.hpp"
 
@@ -9,7 +10,8 @@ static int usage() {
   std::fprintf(stderr,
                "usage: xanes-replay --input SCAN.h5 [--endpoint tcp://127.0.0.1:5555]\n"
                "                    [--order energy-major|pixel-major] [--rate FRAMES_PER_S]\n"
-               "                    [--rows-per-frame N] [--chunk-pixels N] [--scan-id ID] [--no-stop]\n");
+               "                    [--rows-per-frame N] [--chunk-pixels N] [--scan-id ID] [--no-stop]\n"
+               "                    [--energies E1,E2,... (eV: a sub-spectra scan at these energies only)]\n");
   return 2;
 }
 
@@ -30,6 +32,14 @@ int main(int argc, char** argv) {
       else if (a == "--chunk-pixels") opt.chunk_pixels = std::stoi(next());
       else if (a == "--scan-id") opt.scan_id = next();
       else if (a == "--no-stop") opt.send_stop = false;
+      else if (a == "--energies") {
+        const std::string list = next();
+        for (std::size_t pos = 0; pos < list.size();) {
+          const auto comma = list.find(',', pos);
+          opt.only_energies_eV.push_back(std::stod(list.substr(pos, comma - pos)));
+          pos = comma == std::string::npos ? list.size() : comma + 1;
+        }
+      }
       else return usage();
     }
     if (opt.input.empty()) return usage();

@@ -12,7 +12,7 @@ Report run(const Options& opt, zmq::context_t& ctx, const std::function<void(std
   push.connect(opt.endpoint);
   const auto t0 = std::chrono::steady_clock::now();
   std::int64_t seq = 0;
-  ScanFileOptions read_opt{opt.order, opt.rows_per_frame, opt.chunk_pixels, opt.scan_id, opt.send_stop};
+  ScanFileOptions read_opt{opt.order, opt.rows_per_frame, opt.chunk_pixels, opt.scan_id, opt.send_stop, opt.only_energies_eV};
   read_scan_file(opt.input, read_opt, [&](protocol::IngestMessage&& msg) {
     const bool is_frame = std::holds_alternative<protocol::FrameMsg>(msg);
     if (is_frame && opt.rate_fps > 0)  // pace frames as the beamline would

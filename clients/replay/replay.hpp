@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <functional>
 #include <string>
+#include <vector>
 
 #include <zmq.hpp>
 
@@ -23,6 +24,7 @@ struct Options {
   int chunk_pixels = 0;      // pixel-major: pixels per frame (0 = one image row)
   std::string scan_id;       // default: the file's stem
   bool send_stop = true;
+  std::vector<double> only_energies_eV;  // a sub-spectra scan at these energies (eV); empty: all
 };
 
 struct Report {

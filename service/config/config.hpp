@@ -3,6 +3,7 @@
 // and out-of-range values are errors that name the key.
 #pragma once
 
+#include <cstdint>
 #include <filesystem>
 #include <stdexcept>
 #include <string>
@@ -58,6 +59,11 @@ struct EdgeConfig {  // per-pixel edge maps; 0 (nnorm −1) = Larch's automatic 
 struct MaskConfig {
   double thickness_min = 0, thickness_min_relative = 0, residual_max = 0, rfactor_max = 0;
 };
+struct SelectConfig {  // energy selection defaults (control `select_energies` may override each)
+  int n = 13, normalization_points = 3, train_mixtures = 2000, test_mixtures = 1000;
+  double noise = 0;  // 0: measured on the scan
+  std::uint64_t seed = 1;
+};
 struct OutputConfig {
   std::filesystem::path directory;
   bool write_on_stop = true;
@@ -73,6 +79,7 @@ struct Config {
   MaskConfig mask;
   EdgeConfig edge;
   science::SegmentationSettings segment;
+  SelectConfig select;
   OutputConfig output;
   std::string log_level;
   nlohmann::json effective;  // the whole config as dotted-key JSON, for status and result files

@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "control/select_energies.hpp"
 #include "publish/products.hpp"
 #include "store/result_file.hpp"
 
@@ -276,8 +277,15 @@ nlohmann::json Pipeline::handle(const nlohmann::json& req) {
     }
     return {{"ok", true}, {"reference_names", names}, {"energy_range_eV", ranges}, {"normalized_here", normalized}};
   }
-  if (cmd == "select_energies")
-    return {{"ok", false}, {"error", "select_energies is not available in this version (energy-selection issue)"}};
+  if (cmd == "select_energies") {
+    if (scan_) scan_->solve_changed(solve_threads(cfg_));  // select on current maps (in_use, noise)
+    auto reply = select_energies_request(req, refs_, scan_.get(), cfg_);
+    if (reply.value("ok", false)) {
+      publisher_.publish(make_energies_message(reply, ++energies_version_));
+      counters_.add("control.energy_selections");
+    }
+    return reply;
+  }
   return {{"ok", false}, {"error", "unknown command '" + cmd + "'"}};
 }
 

@@ -138,6 +138,20 @@ protocol::WireMessage make_status_message(const nlohmann::json& status, const st
   return m;
 }
 
+protocol::WireMessage make_energies_message(const nlohmann::json& selection, std::int64_t version) {
+  protocol::WireMessage m;
+  m.topic = "energies";
+  m.header = selection;
+  m.header.erase("ok");
+  m.header.erase("energies_eV");  // the array carries them
+  m.header["type"] = "energies";
+  m.header["version"] = version;
+  m.header["time_unix"] = now_unix();
+  m.arrays.push_back(protocol::Array::from<double>("energies_eV", selection.at("energies_eV").get<std::vector<double>>(),
+                                                   {static_cast<std::int64_t>(selection.at("energies_eV").size())}));
+  return m;
+}
+
 protocol::WireMessage make_error_message(const std::string& scan_id, const std::string& code, const std::string& message,
                                          std::int64_t count, std::int64_t version) {
   protocol::WireMessage m;

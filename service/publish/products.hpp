@@ -11,6 +11,8 @@ namespace xanesd {
 
 std::vector<protocol::WireMessage> make_map_messages(const Scan& scan, std::int64_t version, bool final);
 protocol::WireMessage make_status_message(const nlohmann::json& status, const std::string& scan_id, std::int64_t version);
+// An energy selection (the select_energies reply) for the scan controller, on `energies`.
+protocol::WireMessage make_energies_message(const nlohmann::json& selection, std::int64_t version);
 protocol::WireMessage make_error_message(const std::string& scan_id, const std::string& code, const std::string& message,
                                          std::int64_t count, std::int64_t version);
 

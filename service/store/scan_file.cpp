@@ -1,5 +1,8 @@
 #include "store/scan_file.hpp"
 
+#include <algorithm>
+#include <cmath>
+
 #include "store/h5.hpp"
 
 namespace xanesd {
@@ -24,6 +27,21 @@ std::int64_t read_scan_file(const std::filesystem::path& path, const ScanFileOpt
     throw std::runtime_error("/raw/counts must be E×rows×cols with E = len(/energy)");
   const int E = static_cast<int>(dims[0]), R = static_cast<int>(dims[1]), C = static_cast<int>(dims[2]);
   const std::size_t P = static_cast<std::size_t>(R) * C;
+  // The energies this scan measures: all, or the file's nearest to each requested one.
+  std::vector<int> plan;
+  if (opt.only_energies_eV.empty()) {
+    for (int e = 0; e < E; ++e) plan.push_back(e);
+  } else {
+    for (double want : opt.only_energies_eV) {
+      const auto it = std::min_element(energies.begin(), energies.end(), [&](double a, double b) { return std::abs(a - want) < std::abs(b - want); });
+      if (std::abs(*it - want) > 1.0)
+        throw std::runtime_error("energy " + std::to_string(want) + " eV is not in the scan file (nearest " + std::to_string(*it) + " eV)");
+      const int e = static_cast<int>(it - energies.begin());
+      if (std::find(plan.begin(), plan.end(), e) == plan.end()) plan.push_back(e);
+    }
+    std::sort(plan.begin(), plan.end());
+  }
+  const int planned = static_cast<int>(plan.size());
 
   std::vector<double> i0_scalar;
   bool i0_per_pixel = false, flat_per_energy = false;
@@ -35,7 +53,7 @@ std::int64_t read_scan_file(const std::filesystem::path& path, const ScanFileOpt
   protocol::StartMsg start;
   start.scan_id = opt.scan_id.empty() ? path.stem().string() : opt.scan_id;
   start.rows = R, start.cols = C;
-  start.energies_eV = energies;
+  for (int e : plan) start.energies_eV.push_back(energies[static_cast<std::size_t>(e)]);
   start.mode = mode;
   start.order = opt.order;
   if (h5::exists(file, "raw/dark")) {
@@ -59,11 +77,12 @@ std::int64_t read_scan_file(const std::filesystem::path& path, const ScanFileOpt
   emit(std::move(start));
 
   std::int64_t seq = 0;
-  auto base_frame = [&](int e) {
+  auto base_frame = [&](int j) {  // j: position in the plan; plan[j]: the file's energy index
+    const int e = plan[static_cast<std::size_t>(j)];
     protocol::FrameMsg f;
     f.scan_id = scan_id;
     f.seq = seq;
-    f.energy_index = e;
+    f.energy_index = j;
     f.energy_eV = energies[static_cast<std::size_t>(e)];
     if (!i0_scalar.empty()) f.i0_scalar = i0_scalar[static_cast<std::size_t>(e)];
     return f;
@@ -75,14 +94,15 @@ std::int64_t read_scan_file(const std::filesystem::path& path, const ScanFileOpt
 
   if (opt.order == protocol::Order::energy_major) {
     const int block = opt.rows_per_frame > 0 ? std::min(opt.rows_per_frame, R) : R;
-    for (int e = 0; e < E; ++e) {
+    for (int j = 0; j < planned; ++j) {
+      const int e = plan[static_cast<std::size_t>(j)];
       const auto counts = h5::read_planes<float>(file, "raw/counts", static_cast<hsize_t>(e), 1);
       std::vector<float> i0, flat;
       if (i0_per_pixel) i0 = h5::read_planes<float>(file, "raw/i0", static_cast<hsize_t>(e), 1);
       if (flat_per_energy) flat = h5::read_planes<float>(file, "raw/flat", static_cast<hsize_t>(e), 1);
       for (int r0 = 0; r0 < R; r0 += block) {
         const int n = std::min(block, R - r0);
-        auto f = base_frame(e);
+        auto f = base_frame(j);
         if (n == R) {
           f.region.kind = protocol::Region::Kind::full;
         } else {
@@ -92,7 +112,7 @@ std::int64_t read_scan_file(const std::filesystem::path& path, const ScanFileOpt
         f.counts = rows_array("counts", counts.data() + off, n, C);
         if (!i0.empty()) f.i0 = rows_array("i0", i0.data() + off, n, C);
         if (!flat.empty()) f.flat = rows_array("flat", flat.data() + off, n, C);
-        if (e == 0 && !xrf.empty()) {
+        if (j == 0 && !xrf.empty()) {
           std::vector<float> x;
           for (const auto& ch : xrf) x.insert(x.end(), ch.begin() + static_cast<long>(off), ch.begin() + static_cast<long>(off) + static_cast<long>(n) * C);
           f.xrf = Array::from<float>("xrf", x, {static_cast<std::int64_t>(xrf.size()), n, C});
@@ -116,14 +136,15 @@ std::int64_t read_scan_file(const std::filesystem::path& path, const ScanFileOpt
                                   src.begin() + static_cast<long>(static_cast<std::size_t>(e) * P + p0 + n));
       };
       const auto N = static_cast<std::int64_t>(n);
-      for (int e = 0; e < E; ++e) {
-        auto f = base_frame(e);
+      for (int j = 0; j < planned; ++j) {
+        const int e = plan[static_cast<std::size_t>(j)];
+        auto f = base_frame(j);
         f.region.kind = protocol::Region::Kind::pixels;
         f.pixels = Array::from<std::uint32_t>("pixels", pix, {N});
         f.counts = Array::from<float>("counts", gather(all_counts, e), {N});
         if (!all_i0.empty()) f.i0 = Array::from<float>("i0", gather(all_i0, e), {N});
         if (!all_flat.empty()) f.flat = Array::from<float>("flat", gather(all_flat, e), {N});
-        if (e == 0 && !xrf.empty()) {
+        if (j == 0 && !xrf.empty()) {
           std::vector<float> x;
           for (const auto& ch : xrf) x.insert(x.end(), ch.begin() + static_cast<long>(p0), ch.begin() + static_cast<long>(p0 + n));
           f.xrf = Array::from<float>("xrf", x, {static_cast<std::int64_t>(xrf.size()), N});

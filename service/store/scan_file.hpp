@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <functional>
 #include <string>
+#include <vector>
 
 #include "xanesd/protocol/messages.hpp"
 
@@ -17,6 +18,9 @@ struct ScanFileOptions {
   int chunk_pixels = 0;    // pixel-major: pixels per frame (0 = one image row)
   std::string scan_id;     // default: the file's stem
   bool include_stop = true;
+  // A sub-spectra scan: measure only the file's energies nearest these (eV, each within 1 eV;
+  // a scan controller replaying a selected list). Empty: every energy of the file.
+  std::vector<double> only_energies_eV;
 };
 
 // Calls `emit` for every message in order; returns how many frames were emitted.

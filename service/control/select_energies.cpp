@@ -1,0 +1,195 @@
+#include "control/select_energies.hpp"
+
+#include <algorithm>
+#include <cmath>
+
+#include "science/energy_selection.hpp"
+
+namespace xanesd {
+
+double measured_noise(const Scan& scan) {
+  const auto* fit = scan.fit();
+  if (!fit) return 0;
+  const auto& maps = fit->maps();
+  const auto& valid = scan.mask().valid;
+  std::vector<double> v;
+  for (std::size_t p = 0; p < maps.residual.size(); ++p)
+    if (p < valid.size() && valid[p] && maps.thickness[p] > 0) v.push_back(maps.residual[p] / maps.thickness[p]);
+  if (v.empty()) return 0;
+  std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(v.size() / 2), v.end());
+  return v[v.size() / 2];
+}
+
+namespace {
+
+nlohmann::json refuse(const std::string& why) { return {{"ok", false}, {"error", "select_energies: " + why}}; }
+
+template <class T>
+bool read_number(const nlohmann::json& req, const char* key, T& out, double lo, double hi, std::string& error) {
+  if (!req.contains(key)) return true;
+  const auto& v = req[key];
+  if (!v.is_number() || (std::is_integral_v<T> && !v.is_number_integer()) || v.get<double>() < lo || v.get<double>() > hi) {
+    error = std::string("'") + key + "' must be " + (std::is_integral_v<T> ? "an integer" : "a number") + " in [" +
+            std::to_string(lo) + ", " + std::to_string(hi) + "], got " + v.dump();
+    return false;
+  }
+  out = v.get<T>();
+  return true;
+}
+
+// References the sample is made of. With a segmentation: a positive LASSO fit (NNLS refit)
+// of each cluster's mean spectrum — low noise, and sparse where per-pixel NNLS spreads weight
+// over look-alike references — and every reference with ≥ 5 % in some cluster. Without one:
+// references with ≥ 10 % in at least 10 % of the kept pixels.
+std::vector<int> references_in_use(const Scan& scan, const science::SolveOptions& fit) {
+  const auto& model = scan.fit()->model();
+  const int K = model.n_refs();
+  std::vector<int> used;
+  const auto* seg = scan.segmentation();
+  if (seg && seg->waiting.empty() && !seg->clusters.empty()) {
+    const auto& rows = seg->pca.energies;
+    Eigen::MatrixXd X(static_cast<Eigen::Index>(rows.size()), model.n_params());
+    for (std::size_t i = 0; i < rows.size(); ++i) X.row(static_cast<Eigen::Index>(i)) = model.X.row(rows[i]);
+    science::SolveOptions opt = fit;
+    opt.method = science::FitMethod::lasso;
+    opt.lasso_refit = true;
+    opt.n_free = model.n_background();
+    std::vector<std::uint8_t> in_use(static_cast<std::size_t>(K), 0);
+    for (const auto& c : seg->clusters) {
+      Eigen::VectorXd y(static_cast<Eigen::Index>(rows.size()));
+      for (std::size_t i = 0; i < rows.size(); ++i) y(static_cast<Eigen::Index>(i)) = c.mean[static_cast<std::size_t>(rows[i])];
+      const auto r = science::solve(X.transpose() * X, X.transpose() * y, y.squaredNorm(), static_cast<int>(rows.size()), opt);
+      if (!r.ok) continue;
+      const Eigen::VectorXd cv = r.theta.tail(K);
+      const double total = cv.sum();
+      for (int k = 0; k < K; ++k)
+        if (total > 0 && cv(k) / total >= 0.05) in_use[static_cast<std::size_t>(k)] = 1;
+    }
+    for (int k = 0; k < K; ++k)
+      if (in_use[static_cast<std::size_t>(k)]) used.push_back(k);
+    return used;
+  }
+  const auto& maps = scan.fit()->maps();
+  const auto& valid = scan.mask().valid;
+  const std::size_t P = scan.pixels();
+  for (int k = 0; k < K; ++k) {
+    std::size_t strong = 0, kept = 0;
+    for (std::size_t p = 0; p < P; ++p)
+      if (valid[p]) ++kept, strong += maps.fractions[static_cast<std::size_t>(k) * P + p] >= 0.1f;
+    if (kept > 0 && strong * 10 >= kept) used.push_back(k);
+  }
+  return used;
+}
+
+nlohmann::json subset_json(const science::EnergySubset& s) {
+  return {{"energies_eV", s.energies_eV}, {"indices", s.indices}, {"normalization_indices", s.normalization_indices},
+          {"fraction_rmse", s.fraction_rmse}, {"seconds", s.seconds}};
+}
+
+}  // namespace
+
+nlohmann::json select_energies_request(const nlohmann::json& req, const std::vector<science::Reference>& refs,
+                                       const Scan* scan, const Config& cfg) {
+  science::EnergySelectionOptions opt;
+  opt.n_select = cfg.select.n;
+  opt.n_normalization = cfg.select.normalization_points;
+  opt.n_train = cfg.select.train_mixtures;
+  opt.n_test = cfg.select.test_mixtures;
+  opt.seed = cfg.select.seed;
+  double noise = cfg.select.noise;
+  std::string error;
+  if (!read_number(req, "n", opt.n_select, 1, 1000, error) ||
+      !read_number(req, "normalization_points", opt.n_normalization, 0, 100, error) ||
+      !read_number(req, "noise", noise, 0, 10, error) || !read_number(req, "seed", opt.seed, 0, 9.2e18, error))
+    return refuse(error);
+  const std::string source = req.value("source", "references");
+  opt.background = cfg.fit.background;
+
+  // The candidate grid: given, or the scan's.
+  std::vector<double> grid;
+  if (req.contains("energies_eV")) {
+    if (!req["energies_eV"].is_array()) return refuse("'energies_eV' must be a list of energies (eV)");
+    for (const auto& e : req["energies_eV"]) {
+      if (!e.is_number()) return refuse("'energies_eV' must hold numbers, got " + e.dump());
+      grid.push_back(e.get<double>());
+    }
+  } else if (scan) {
+    grid = scan->energies();
+  } else {
+    return refuse("no scan to take candidate energies from: give 'energies_eV'");
+  }
+
+  std::vector<std::string> names;
+  Eigen::MatrixXd spectra;  // grid × K
+  try {
+    if (source == "references" || source == "in_use") {
+      if (refs.empty()) return refuse("no references are loaded (load_references first, or source 'clusters')");
+      std::vector<science::Reference> chosen = refs;
+      if (source == "in_use") {
+        if (!scan || !scan->fit()) return refuse("source 'in_use' needs a fitted scan");
+        chosen.clear();
+        for (int k : references_in_use(*scan, scan_settings(cfg).fit)) chosen.push_back(refs[static_cast<std::size_t>(k)]);
+        if (chosen.size() < 2)
+          return refuse("the scan uses " + std::to_string(chosen.size()) + " reference(s): nothing to tell apart (source 'references' uses all)");
+      }
+      spectra = science::resample(chosen, grid, cfg.references.margin_eV);
+      for (const auto& r : chosen) names.push_back(r.name);
+    } else if (source == "clusters") {
+      const auto* seg = scan ? scan->segmentation() : nullptr;
+      if (!seg || !seg->waiting.empty() || seg->clusters.size() < 2)
+        return refuse("source 'clusters' needs a segmented scan with at least 2 clusters");
+      if (req.contains("energies_eV")) return refuse("source 'clusters' selects among the scan's own measured energies");
+      grid.clear();
+      for (int j : seg->pca.energies) grid.push_back(scan->energies()[static_cast<std::size_t>(j)]);
+      spectra.resize(static_cast<Eigen::Index>(grid.size()), static_cast<Eigen::Index>(seg->clusters.size()));
+      for (std::size_t c = 0; c < seg->clusters.size(); ++c) {
+        names.push_back("cluster " + std::to_string(seg->clusters[c].id));
+        for (std::size_t i = 0; i < grid.size(); ++i)
+          spectra(static_cast<Eigen::Index>(i), static_cast<Eigen::Index>(c)) = seg->clusters[c].mean[static_cast<std::size_t>(seg->pca.energies[i])];
+      }
+    } else {
+      return refuse("'source' must be 'references', 'in_use' or 'clusters', got '" + source + "'");
+    }
+  } catch (const std::exception& e) {
+    return refuse(e.what());
+  }
+
+  std::string noise_source = "request";
+  if (!req.contains("noise")) {
+    noise_source = "config";
+    if (noise <= 0) {
+      noise = scan ? measured_noise(*scan) : 0.0;
+      noise_source = "measured";
+    }
+    if (noise <= 0) noise = 0.01, noise_source = "default (no fitted scan)";
+  }
+  opt.noise = noise;
+
+  science::EnergySelection sel;
+  try {
+    sel = science::select_energies(names, spectra, grid, opt);
+  } catch (const std::exception& e) {
+    return refuse(e.what());
+  }
+  const auto& best = sel.best == "rfe" ? sel.rfe : sel.a_optimal;
+  return {{"ok", true},
+          {"source", source},
+          {"scan_id", scan ? scan->id() : ""},
+          {"reference_names", names},
+          {"candidates", grid.size()},
+          {"n", opt.n_select},
+          {"normalization_points", opt.n_normalization},
+          {"noise", noise},
+          {"noise_source", noise_source},
+          {"seed", opt.seed},
+          {"method", sel.best},
+          {"energies_eV", best.energies_eV},
+          {"indices", best.indices},
+          {"normalization_indices", best.normalization_indices},
+          {"expected_fraction_rmse", best.fraction_rmse},
+          {"full_grid_fraction_rmse", sel.full_grid_fraction_rmse},
+          {"ratio_to_full_grid", sel.full_grid_fraction_rmse > 0 ? best.fraction_rmse / sel.full_grid_fraction_rmse : 0.0},
+          {"methods", {{"rfe", subset_json(sel.rfe)}, {"a_optimal", subset_json(sel.a_optimal)}}}};
+}
+
+}  // namespace xanesd
