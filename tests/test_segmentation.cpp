@@ -173,3 +173,46 @@ TEST_CASE("segmentation without references: edge-normalized spectra, no fits, sa
   CHECK(ari > 0.9);
   for (const auto& c : seg->clusters) CHECK_FALSE(c.fitted);
 }
+
+TEST_CASE("a uniform domain stays one cluster however its thickness varies (noise must not split it)") {
+  // The simulator's regions layout: pure species 0 and 1 in the top quadrants, over thickness
+  // hills from 0.3 to 1 of the maximum, at a count level where thin pixels are visibly noisier.
+  auto p = test::hxn_scan(155, 160);  // the demo scan
+  p.counts = 2000;
+  p.seed = 7;
+  const auto truth = sim::simulate(test::pick(load_reference_file(test::fe_library()), kSpecies), p);
+  // Live, as in the demo: the whole 11-reference library, segmentation updated every 4 energies.
+  auto scan = test::run_scan(truth, load_reference_file(test::fe_library()), test::default_settings(), [](Scan& s, std::size_t e) {
+    if (e % 4 == 3) s.solve_changed(2), s.update_segments(2);
+  });
+  scan->update_segments(2);
+  const auto* seg = scan->segmentation();
+  REQUIRE(seg->waiting.empty());
+  for (int species = 0; species < 2; ++species) {
+    std::map<int, std::size_t> votes;
+    std::size_t n = 0;
+    for (std::size_t q = 0; q < truth.pixels(); ++q)
+      if (truth.thickness[q] > 0 && truth.fractions[static_cast<std::size_t>(species) * truth.pixels() + q] == 1.f)
+        ++votes[seg->labels[q]], ++n;
+    std::size_t top = 0;
+    for (auto& [id, c] : votes) top = std::max(top, c);
+    MESSAGE("pure " << kSpecies[static_cast<std::size_t>(species)] << ": " << votes.size() << " labels, largest "
+                    << 100.0 * static_cast<double>(top) / static_cast<double>(n) << " %");
+    CHECK(top >= n * 97 / 100);
+  }
+}
+
+TEST_CASE("one species at varying thickness and low counts is one domain (shape size must not be biased by noise)") {
+  auto p = test::hxn_scan(96, 96);
+  p.layout = sim::Params::Layout::domains;
+  p.counts = 300;
+  p.seed = 9;
+  const auto goethite = test::pick(load_reference_file(test::fe_library()), {"Goethite"});
+  const auto truth = sim::simulate(goethite, p);
+  auto scan = test::run_scan(truth, test::pick(load_reference_file(test::fe_library()), kSpecies), test::default_settings());
+  scan->update_segments(2);
+  const auto* seg = scan->segmentation();
+  REQUIRE(seg->waiting.empty());
+  MESSAGE("single species: k = " << seg->clusters.size() << ", scatter/noise " << seg->scatter_ratio);
+  CHECK(seg->clusters.size() == 1);
+}

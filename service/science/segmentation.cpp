@@ -53,27 +53,39 @@ class Normalization {
 };
 
 // A pixel's spectral shape: the spectrum with its best linear background a + b·E removed
-// (orthogonal projection), scaled to unit norm. Invariant to thickness and to the background,
-// the two things that otherwise dominate the clustering (PyXAS §8.2), and far less noisy than a
-// per-pixel Larch normalization, whose pre-edge line, fitted on a few points and extrapolated
-// over the edge, tilts each pixel's spectrum by its own noise. Needs no post-edge points, so it
-// works on the energies an energy-major scan has so far.
+// (orthogonal projection), divided by its size along the image's mean shape. Invariant to
+// thickness and to the background, the two things that otherwise dominate the clustering
+// (PyXAS §8.2), and far less noisy than a per-pixel Larch normalization, whose pre-edge line,
+// fitted on a few points and extrapolated over the edge, tilts each pixel by its own noise.
+// The size is a projection, not the norm: noise adds to a norm (thin, noisy pixels would
+// shrink towards 0 and k-means would split a uniform domain by thickness) but averages out of
+// a projection. Needs no post-edge points, so it works on an energy-major scan's first energies.
 class ShapeTransform {
  public:
-  explicit ShapeTransform(const std::vector<double>& e) : n_(e.size()) {
+  explicit ShapeTransform(const std::vector<double>& e) : n_(e.size()), direction_(Eigen::VectorXd::Zero(static_cast<Eigen::Index>(e.size()))) {
     Eigen::MatrixXd B(static_cast<Eigen::Index>(n_), 2);
     const double mid = 0.5 * (e.front() + e.back());
     for (std::size_t j = 0; j < n_; ++j) B(static_cast<Eigen::Index>(j), 0) = 1, B(static_cast<Eigen::Index>(j), 1) = (e[j] - mid) / 100.0;
     B_ = B;
     Q_ = (B.transpose() * B).ldlt().solve(B.transpose());
   }
-  // z = shape of y; returns its norm (the edge's size in signal units, ∝ thickness).
-  double operator()(const double* y, double* z) const {
+  // Background-free spectrum, y − B(Qy).
+  void detrend(const double* y, double* out) const {
     const auto n = static_cast<Eigen::Index>(n_);
     Eigen::Map<const Eigen::VectorXd> yv(y, n);
+    Eigen::Map<Eigen::VectorXd>(out, n).noalias() = yv - B_ * (Q_ * yv);
+  }
+  // The direction sizes are measured along: the mean detrended spectrum of the image.
+  void set_direction(const Eigen::VectorXd& mean_detrended) {
+    const double norm = mean_detrended.norm();
+    if (norm > 0) direction_ = mean_detrended / norm;
+  }
+  // z = shape of y; returns its size (∝ thickness; not > 0: no edge, z undefined).
+  double operator()(const double* y, double* z) const {
+    const auto n = static_cast<Eigen::Index>(n_);
+    detrend(y, z);
     Eigen::Map<Eigen::VectorXd> zv(z, n);
-    zv.noalias() = yv - B_ * (Q_ * yv);
-    const double w = zv.norm();
+    const double w = zv.dot(direction_);
     if (w > 0) zv /= w;
     return w;
   }
@@ -81,6 +93,7 @@ class ShapeTransform {
  private:
   std::size_t n_;
   Eigen::MatrixXd B_, Q_;  // E×2 background basis, 2×E its least-squares projector
+  Eigen::VectorXd direction_;
 };
 
 // The feature map: PCA scores of the normalized spectrum, then position, then XRF channels;
@@ -355,7 +368,15 @@ void OnlineSegmenter::update(const SegmentInput& in) {
   }
 
   // 3. Shapes of the sampled spectra (and the edge size of each).
-  const ShapeTransform shape(eu);
+  ShapeTransform shape(eu);
+  {
+    Eigen::VectorXd mean_detrended = Eigen::VectorXd::Zero(static_cast<Eigen::Index>(Eu)), d(static_cast<Eigen::Index>(Eu));
+    for (Eigen::Index i = 0; i < Y.rows(); ++i) {
+      shape.detrend(Y.row(i).data(), d.data());
+      mean_detrended += d;
+    }
+    shape.set_direction(mean_detrended);
+  }
   Rows X(Y.rows(), static_cast<Eigen::Index>(Eu));
   std::vector<double> sizes(static_cast<std::size_t>(Y.rows()));
   for (Eigen::Index i = 0; i < Y.rows(); ++i) sizes[static_cast<std::size_t>(i)] = shape(Y.row(i).data(), X.row(i).data());
@@ -679,7 +700,7 @@ void OnlineSegmenter::update(const SegmentInput& in) {
       const Eigen::VectorXd res = z - Q * (Q.transpose() * z);
       const double rms = res.norm() / std::sqrt(static_cast<double>(Eu));
       pca.tt_residual.push_back(rms);
-      pca.tt_ratio.push_back(res.norm());  // z has unit norm
+      pca.tt_ratio.push_back(z.norm() > 0 ? res.norm() / z.norm() : 0.0);
       pca.tt_plausible.push_back(rms < 3.0 * pca.noise_sigma);
     }
   }
