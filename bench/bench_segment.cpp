@@ -384,6 +384,7 @@ void keepup_part(const Options& o, const std::vector<Reference>& refs, const std
 }  // namespace
 
 int main(int argc, char** argv) try {
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);  // progress through tee
   Options o;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
