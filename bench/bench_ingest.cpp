@@ -63,6 +63,7 @@ struct Options {
   // lowest unpaced frame rate of that size, for the sizes listed.
   bool paced_small = true, paced_large = false;
   double pace_fraction = 0.5;
+  std::vector<std::string> set;  // extra daemon config overrides (--set KEY=VALUE)
 };
 
 int usage(int code) {
@@ -75,6 +76,7 @@ int usage(int code) {
                "  --small-scans N          repeats of the 155×160 × 73-energy scan per setting (default 30)\n"
                "  --intervals A,B,...      publish.interval_ms values to run (default 0,250)\n"
                "  --no-raw                 skip the raw ZeroMQ PUSH→PULL baseline\n"
+               "  --set KEY=VALUE          daemon config override, repeatable (e.g. segment.enabled=false)\n"
                "  --paced small|all|none   also run with the sender paced below capacity (default small:\n"
                "                           a paced 2048×2048 run takes several minutes)\n"
                "  --pace-fraction F        paced rate = F × the lowest unpaced frame rate of that size (default 0.5)\n"
@@ -110,6 +112,7 @@ std::optional<Options> parse_args(int argc, char** argv) {
         p = q + 1;
       }
     } else if (a == "--no-raw") o.raw = false;
+    else if (a == "--set") o.set.push_back(next());
     else if (a == "--paced") {
       const auto v = next();
       if (v != "small" && v != "all" && v != "none") throw std::runtime_error("--paced takes small, all or none");
@@ -320,12 +323,12 @@ double percentile(std::vector<double> v, double q) {  // nearest rank
 // rate_fps = 0: the sender sends as fast as ZeroMQ accepts; otherwise frame i is sent at
 // t_begin + i / rate_fps (or as soon after as back-pressure allows).
 RunResult run_daemon(const Options& o, const Workload& w, int interval_ms, double rate_fps) {
-  const auto cfg = make_config(nlohmann::json::object(),
-                               {"ingest.endpoint=tcp://127.0.0.1:*", "publish.endpoint=tcp://127.0.0.1:*",
-                                "control.endpoint=tcp://127.0.0.1:*", "publish.interval_ms=" + std::to_string(interval_ms),
-                                "output.write_on_stop=false", "output.directory=/tmp", "log.level=warn",
-                                "references.files=[" + nlohmann::json(o.library.string()).dump() + "]"},
-                               "/");
+  std::vector<std::string> overrides = {"ingest.endpoint=tcp://127.0.0.1:*", "publish.endpoint=tcp://127.0.0.1:*",
+                                        "control.endpoint=tcp://127.0.0.1:*", "publish.interval_ms=" + std::to_string(interval_ms),
+                                        "output.write_on_stop=false", "output.directory=/tmp", "log.level=warn",
+                                        "references.files=[" + nlohmann::json(o.library.string()).dump() + "]"};
+  overrides.insert(overrides.end(), o.set.begin(), o.set.end());
+  const auto cfg = make_config(nlohmann::json::object(), overrides, "/");
   spdlog::set_level(spdlog::level::from_str(cfg.log_level));  // Daemon leaves the level to main()
   Daemon daemon(cfg);
   daemon.start();

@@ -1,0 +1,140 @@
+#!/usr/bin/env bash
+# Segmentation benchmark: xanesd's k-means (build/bench/bench_segment) against scikit-learn's
+# KMeans and MiniBatchKMeans (bench/sklearn_kmeans_baseline.py) on the SAME features (the ones
+# xanesd's online segmenter clustered, written by bench_segment as .npy): time ratios and
+# adjusted Rand indices; then whether one segmentation update keeps up with a 2048² scan.
+# A benchmark, not a test: it always exits 0. See bench/README.md.
+#
+#   bench/run_segment_benchmark.sh [--repeats N] [--sizes 256,1024] [--only features|keepup] [-- bench_segment options]
+#
+# Environment: XANESD_BUILD_DIR (default <repo>/build), XANESD_PYTHON (default /usr/bin/python3,
+# Debian's, with numpy and scikit-learn), XANESD_SKIP_BUILD=1 to use the existing binary,
+# XANESD_BENCH_OUT=DIR to keep the features and outputs there (default: a temporary directory).
+set -u
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BUILD="${XANESD_BUILD_DIR:-$ROOT/build}"
+PY="${XANESD_PYTHON:-/usr/bin/python3}"
+[ -n "$PY" ] || PY=/usr/bin/python3
+REPEATS=3
+ARGS=()
+ONLY=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --repeats) REPEATS="$2"; shift 2 ;;
+    --sizes) ARGS+=(--sizes "$2"); shift 2 ;;
+    --only) ONLY="$2"; ARGS+=(--only "$2"); shift 2 ;;
+    --) shift; ARGS+=("$@"); break ;;
+    *) echo "run_segment_benchmark: unknown option '$1' (--repeats N, --sizes A,B, --only features|keepup, -- bench_segment options)"; exit 0 ;;
+  esac
+done
+
+if [ "${XANESD_SKIP_BUILD:-0}" != 1 ]; then
+  echo "== building bench_segment"
+  if ! { cmake -S "$ROOT" -B "$BUILD" >/dev/null && cmake --build "$BUILD" --target bench_segment -j2 >/dev/null; }; then
+    echo "run_segment_benchmark: build failed (rerun 'cmake --build $BUILD --target bench_segment' to see why)"
+    exit 0
+  fi
+fi
+BIN="$BUILD/bench/bench_segment"
+if [ ! -x "$BIN" ]; then echo "run_segment_benchmark: $BIN not found"; exit 0; fi
+if ! "$PY" -c "import numpy, sklearn, threadpoolctl" 2>/dev/null; then
+  echo "run_segment_benchmark: $PY lacks numpy/scikit-learn (use Debian's /usr/bin/python3 or set XANESD_PYTHON)"
+  exit 0
+fi
+if [ -n "${XANESD_BENCH_OUT:-}" ]; then
+  OUT="$XANESD_BENCH_OUT"; mkdir -p "$OUT"
+else
+  OUT="$(mktemp -d)"; trap 'rm -rf "$OUT"' EXIT
+fi
+
+# Share of the machine's CPU time that was not idle over `1` seconds: other work skews every
+# figure below, the ratios included, so it is printed with them.
+busy() {
+  local a b tot=0 j
+  read -r -a a < <(grep '^cpu ' /proc/stat)
+  sleep "$1"
+  read -r -a b < <(grep '^cpu ' /proc/stat)
+  for j in 1 2 3 4 5 6 7 8; do tot=$((tot + b[j] - a[j])); done
+  echo $(( tot > 0 ? (tot - (b[4] - a[4]) - (b[5] - a[5])) * 100 / tot : 0 ))
+}
+
+echo "== $(date -u '+%Y-%m-%d %H:%M:%S UTC'); CPUs busy with other work just before the run: $(busy 2)% (load average $(cut -d' ' -f1-3 /proc/loadavg))"
+"$BIN" --out "$OUT" --repeats "$REPEATS" "${ARGS[@]}" | tee "$OUT/xanesd.txt" || { echo "run_segment_benchmark: bench_segment failed"; exit 0; }
+: > "$OUT/sklearn.txt"
+if [ "$ONLY" != keepup ]; then
+  echo
+  "$PY" "$ROOT/bench/sklearn_kmeans_baseline.py" "$OUT" --repeats "$REPEATS" | tee "$OUT/sklearn.txt" || { echo "run_segment_benchmark: the scikit-learn side failed"; exit 0; }
+fi
+echo
+echo "== CPUs busy with other work just after the run: $(busy 2)% (load average $(cut -d' ' -f1-3 /proc/loadavg))"
+
+"$PY" - "$OUT/xanesd.txt" "$OUT/sklearn.txt" <<'EOF'
+import re
+import sys
+
+r = {}
+for path in sys.argv[1:]:
+    with open(path) as f:
+        for line in f:
+            if line.startswith("RESULT ") and "=" in line:
+                k, v = line[7:].strip().split("=", 1)
+                try:
+                    r[k] = float(v)
+                except ValueError:
+                    pass
+
+
+def s(v):
+    return "—" if v is None else (f"{v:.3f} s" if v >= 0.1 else f"{v * 1e3:.1f} ms")
+
+
+def x(a, b):
+    return "—" if a is None or b is None or b == 0 else f"{a / b:.2f}×"
+
+
+keys = [m.group(1) for k in r for m in [re.match(r"cxx_(seg\w+)_kmeans_s$", k)] if m]
+for key in keys:
+    n, _, c = key[3:].partition("c")
+    g = lambda k: r.get(k.format(key=key))
+    print(f"\n== summary, {n}×{n} scan, {c or 2000} counts: {int(g('cxx_{key}_n') or 0)} × {int(g('cxx_{key}_d') or 0)} features "
+          f"(the segmenter's own), k = {int(g('cxx_{key}_k') or 0)}, n_init = 3, best of runs")
+    cx = g("cxx_{key}_kmeans_s")
+    print(f"  {'':36} {'time':>10}  {'its time / xanesd':>17}  {'ARI vs xanesd':>13}  {'ARI vs truth':>12}")
+    print(f"  {'xanesd kmeans() (1 thread)':36} {s(cx):>10}  {'':>17}  {'':>13}  {g('sk_{key}_ari_truth_xanesd') or 0:>12.4f}")
+    for name, t, a, at in [
+        ("sklearn KMeans lloyd (all cores)", "sk_{key}_kmeans_s", "sk_{key}_ari_xanesd_kmeans", "sk_{key}_ari_truth_kmeans"),
+        ("sklearn KMeans lloyd (1 thread)", "sk_{key}_kmeans1_s", "sk_{key}_ari_xanesd_kmeans", "sk_{key}_ari_truth_kmeans"),
+        ("sklearn MiniBatchKMeans (all cores)", "sk_{key}_mbk_s", "sk_{key}_ari_xanesd_mbk", "sk_{key}_ari_truth_mbk"),
+        ("sklearn MiniBatchKMeans (1 thread)", "sk_{key}_mbk1_s", "sk_{key}_ari_xanesd_mbk", "sk_{key}_ari_truth_mbk"),
+    ]:
+        av, atv = g(a), g(at)
+        print(f"  {name:36} {s(g(t)):>10}  {x(g(t), cx):>17}  {'—' if av is None else f'{av:.4f}':>13}  "
+              f"{'—' if atv is None else f'{atv:.4f}':>12}")
+    ix, ik = g("sk_{key}_inertia_xanesd"), g("sk_{key}_inertia_kmeans")
+    if ix and ik:
+        print(f"  inertia xanesd / KMeans {ix / ik:.6f}; whole segmentation update (Scan::update_segments, sample = all) "
+              f"{s(g('cxx_{key}_update_s'))}; segmenter's labels vs truth ARI {g('sk_{key}_ari_truth_segmenter') or 0:.4f}")
+
+energies = sorted({int(m.group(1)) for k in r for m in [re.match(r"keep_(\d+)_count_pass_s$", k)] if m})
+# 2048² ingest with the fit running, README "Benchmarks" (bench_ingest, this machine): 4.4–6.6 frames/s.
+lo, hi = 4.4, 6.6
+for e in energies:
+    samples = sorted({int(m.group(1)) for k in r for m in [re.match(rf"keep_{e}_(\d+)_warm_s$", k)] if m})
+    N = int(r.get("keep_size", 0))
+    print(f"\n== summary, keep-up at {N}×{N}, {e} energies, one OnlineSegmenter::update (warm, best of runs) "
+          f"against xanesd's 2048² ingest of {lo}–{hi} frames/s")
+    print(f"  {'segment.sample':>14} {'update':>9} {'updates/s':>10} {'frames per update':>18} {'k':>3} {'ARI vs truth':>12}")
+    for smp in samples:
+        w = r.get(f"keep_{e}_{smp}_warm_s")
+        print(f"  {smp:>14} {s(w):>9} {1 / w:>10.2f} {f'{lo * w:.1f}–{hi * w:.1f}':>18} {int(r.get(f'keep_{e}_{smp}_k', 0)):>3} "
+              f"{r.get(f'keep_{e}_{smp}_ari', 0):>12.4f}")
+    if len(samples) >= 2:
+        a, b = samples[0], samples[-1]
+        ta, tb = r[f"keep_{e}_{a}_warm_s"], r[f"keep_{e}_{b}_warm_s"]
+        slope = (tb - ta) / (b - a)
+        fixed = ta - slope * a
+        print(f"  split (linear in segment.sample): {s(fixed)} per update does not depend on the sample (measured-energy pass "
+              f"{s(r.get(f'keep_{e}_count_pass_s'))}, labelling every pixel, cluster fits); {slope * 1e6:.2f} µs per sampled pixel "
+              f"(sampling, PCA, k-means for each k tried) = {s(slope * 20000)} at the default 20000")
+EOF
+exit 0
