@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <sstream>
 
 #include "science/energy_selection.hpp"
 
@@ -22,15 +23,24 @@ double measured_noise(const Scan& scan) {
 
 namespace {
 
-nlohmann::json refuse(const std::string& why) { return {{"ok", false}, {"error", "select_energies: " + why}}; }
+nlohmann::json refuse(const std::string& why) {
+  const std::string prefix = "select_energies: ";
+  return {{"ok", false}, {"error", why.rfind(prefix, 0) == 0 ? why : prefix + why}};
+}
+
+std::string number(double v) {
+  std::ostringstream o;
+  o << v;
+  return o.str();
+}
 
 template <class T>
 bool read_number(const nlohmann::json& req, const char* key, T& out, double lo, double hi, std::string& error) {
   if (!req.contains(key)) return true;
   const auto& v = req[key];
   if (!v.is_number() || (std::is_integral_v<T> && !v.is_number_integer()) || v.get<double>() < lo || v.get<double>() > hi) {
-    error = std::string("'") + key + "' must be " + (std::is_integral_v<T> ? "an integer" : "a number") + " in [" +
-            std::to_string(lo) + ", " + std::to_string(hi) + "], got " + v.dump();
+    error = std::string("'") + key + "' must be " + (std::is_integral_v<T> ? "an integer" : "a number") + " in [" + number(lo) + ", " +
+            number(hi) + "], got " + v.dump();
     return false;
   }
   out = v.get<T>();

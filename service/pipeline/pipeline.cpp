@@ -210,6 +210,16 @@ void Pipeline::publish_cycle(bool final) {
                 std::chrono::duration<double, std::milli>(last_publish_ - t0).count());
 }
 
+void Pipeline::refresh_finished_scan() {
+  // A finished scan refitted (new references or settings): publish its new final maps and,
+  // if the scan wrote a result file at stop, rewrite it so file and maps agree.
+  publish_cycle(true);
+  if (!result_file_.empty()) {
+    const auto reply = save(result_file_);
+    if (!reply.value("ok", false)) report({"save_failed", reply.value("error", "")}, scan_->id());
+  }
+}
+
 nlohmann::json Pipeline::save(const std::string& path) {
   if (!scan_) return {{"ok", false}, {"error", "no scan to save"}};
   scan_->solve_changed(solve_threads(cfg_));
@@ -238,7 +248,7 @@ nlohmann::json Pipeline::handle(const nlohmann::json& req) {
     cfg_ = reconfigure(cfg_, req.value("set", nlohmann::json::object()));
     if (scan_) scan_->refit(refs_, scan_settings(cfg_));
     changed_since_publish_ = scan_ != nullptr;
-    if (scan_ && scan_->state() != ScanState::running) publish_cycle(true);
+    if (scan_ && scan_->state() != ScanState::running) refresh_finished_scan();
     update_status();
     return {{"ok", true}, {"config", cfg_.effective}};
   }
@@ -266,7 +276,7 @@ nlohmann::json Pipeline::handle(const nlohmann::json& req) {
     if (scan_) {
       scan_->refit(refs_, scan_settings(cfg_));
       if (scan_->state() == ScanState::running) changed_since_publish_ = true;
-      else publish_cycle(true);
+      else refresh_finished_scan();
     }
     update_status();
     nlohmann::json names = nlohmann::json::array(), ranges = nlohmann::json::array(), normalized = nlohmann::json::array();

@@ -49,6 +49,7 @@ class Pipeline {
   void update_status();
   nlohmann::json handle(const nlohmann::json& request);
   nlohmann::json save(const std::string& path);
+  void refresh_finished_scan();
 
   Config cfg_;
   std::vector<science::Reference> refs_;

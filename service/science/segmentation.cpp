@@ -75,6 +75,12 @@ class ShapeTransform {
     Eigen::Map<const Eigen::VectorXd> yv(y, n);
     Eigen::Map<Eigen::VectorXd>(out, n).noalias() = yv - B_ * (Q_ * yv);
   }
+  // The same for the columns of Y (one spectrum per column).
+  template <class M>
+  void detrend_block(const M& Y, Eigen::MatrixXd& out) const {
+    out.noalias() = Y - B_ * (Q_ * Y);
+  }
+  const Eigen::VectorXd& direction() const { return direction_; }
   // The direction sizes are measured along: the mean detrended spectrum of the image.
   void set_direction(const Eigen::VectorXd& mean_detrended) {
     const double norm = mean_detrended.norm();
@@ -113,6 +119,10 @@ struct FeatureSpace {
     Eigen::Map<const Eigen::VectorXd> x(norm, Eu);
     Eigen::Map<Eigen::VectorXd>(f, r).noalias() = basis.transpose() * (x - mean);
     for (int i = 0; i < r; ++i) f[i] *= spectral_scale;
+    extras(p, cols, xrf_planes, npix, f);
+  }
+  // The position and XRF blocks (after the r spectral features).
+  void extras(std::size_t p, int cols, const float* xrf_planes, std::size_t npix, double* f) const {
     int d = r;
     if (spatial) {
       f[d++] = (static_cast<double>(p / static_cast<std::size_t>(cols)) - row_mean) * spatial_scale;
@@ -311,14 +321,19 @@ void OnlineSegmenter::update(const SegmentInput& in) {
 
   // 1. The energies in use: measured by at least half as many pixels as the best-measured one.
   std::vector<std::size_t> measured(E, 0);
-  parallel_for(E, in.threads, [&](int, std::size_t b, std::size_t en) {
-    for (std::size_t j = b; j < en; ++j) {
-      const float* plane = in.planes + j * P;
-      std::size_t c = 0;
-      for (std::size_t p = 0; p < P; ++p) c += !std::isnan(plane[p]);
-      measured[j] = c;
-    }
-  });
+  {
+    std::vector<std::vector<std::size_t>> part(static_cast<std::size_t>(std::max(1, in.threads)), std::vector<std::size_t>(E, 0));
+    parallel_for(P, in.threads, [&](int t, std::size_t b, std::size_t en) {
+      for (std::size_t j = 0; j < E; ++j) {
+        const float* plane = in.planes + j * P;
+        std::size_t c = 0;
+        for (std::size_t p = b; p < en; ++p) c += !std::isnan(plane[p]);
+        part[static_cast<std::size_t>(t)][j] = c;
+      }
+    });
+    for (const auto& v : part)
+      for (std::size_t j = 0; j < E; ++j) measured[j] += v[j];
+  }
   const std::size_t most = *std::max_element(measured.begin(), measured.end());
   std::vector<int> used;
   for (std::size_t j = 0; j < E; ++j)
@@ -565,21 +580,21 @@ void OnlineSegmenter::update(const SegmentInput& in) {
     else cl = fresh_kmeans(F, settings_.k, rng_);
   } else {
     const int k_max = std::max(2, settings_.k_max);
+    const double tau = settings_.noise_ratio;
     std::vector<Clustering> fresh(static_cast<std::size_t>(k_max + 1));
     std::vector<double> ratios(static_cast<std::size_t>(k_max + 1), INFINITY);
-    int k_best = k_max;
-    for (int k = 1; k <= k_max; ++k) {
+    int k_best = 0;
+    for (int k = 1; k <= k_max; ++k) {  // up to the first k that passes, and to k_prev − 1
       fresh[static_cast<std::size_t>(k)] = fresh_kmeans(F, k, rng_);
       ratios[static_cast<std::size_t>(k)] = ratio(fresh[static_cast<std::size_t>(k)]);
-      if (ratios[static_cast<std::size_t>(k)] <= settings_.noise_ratio) {
-        k_best = k;
-        break;
-      }
+      if (k_best == 0 && ratios[static_cast<std::size_t>(k)] <= tau) k_best = k;
+      if (k_best > 0 && k >= k_prev - 1) break;
     }
-    // Hysteresis: keep the previous clusters while they pass and one fewer would not pass
-    // comfortably, so the map does not flicker between k and k ± 1.
-    const bool keep_previous = k_prev > 0 && k_prev <= k_max && ratio(kept) <= settings_.noise_ratio &&
-                               (k_prev == 1 || ratios[static_cast<std::size_t>(k_prev - 1)] > 0.8 * settings_.noise_ratio);
+    if (k_best == 0) k_best = k_max;
+    // Hysteresis (a 15 % band), so the map does not flicker between k and k ± 1: the previous
+    // clusters stay while they nearly pass and one fewer would not pass comfortably.
+    const bool keep_previous = k_prev > 0 && k_prev <= k_max && k_prev >= k_best - 1 && ratio(kept) <= 1.15 * tau &&
+                               (k_prev <= k_best || ratios[static_cast<std::size_t>(k_prev - 1)] > tau / 1.15);
     cl = keep_previous ? std::move(kept) : std::move(fresh[static_cast<std::size_t>(k_best)]);
   }
   if (cl.ids.size() != static_cast<std::size_t>(cl.centroids.rows())) inherit_ids(cl, previous_of_sample, next_id_);
@@ -601,32 +616,56 @@ void OnlineSegmenter::update(const SegmentInput& in) {
     a.sum = Eigen::MatrixXd::Zero(Ev, static_cast<Eigen::Index>(k));
     a.sumsq = Eigen::MatrixXd::Zero(Ev, static_cast<Eigen::Index>(k));
   }
+  // Block by block: a few hundred consecutive pixels are copied plane by plane (contiguous
+  // reads; a pixel's spectrum alone is one float per plane, planes megabytes apart), then
+  // detrended, sized and projected as small matrix products.
+  const Eigen::MatrixXd basis_t = fs.basis.transpose();
+  const Eigen::VectorXd basis_mean = basis_t * fs.mean;
   parallel_for(P, threads, [&](int t, std::size_t b, std::size_t en) {
     Acc& a = accs[static_cast<std::size_t>(t)];
-    std::vector<double> y(Eu), x(Eu), f(static_cast<std::size_t>(d));
-    for (std::size_t p = b; p < en; ++p) {
-      if (!gather(p, y.data())) {
-        out.labels[p] = kUnassigned;
-        continue;
+    constexpr std::size_t kBlock = 256;
+    Eigen::MatrixXd Yb(Ev, static_cast<Eigen::Index>(kBlock)), Zb, Fb;
+    Eigen::RowVectorXd w;
+    std::vector<std::uint8_t> complete(kBlock);
+    std::vector<double> f(static_cast<std::size_t>(d));
+    for (std::size_t p0 = b; p0 < en; p0 += kBlock) {
+      const std::size_t nb = std::min(kBlock, en - p0);
+      const auto nbi = static_cast<Eigen::Index>(nb);
+      std::fill(complete.begin(), complete.begin() + static_cast<std::ptrdiff_t>(nb), 1);
+      for (std::size_t i = 0; i < Eu; ++i) {
+        const float* plane = in.planes + static_cast<std::size_t>(used[i]) * P + p0;
+        for (std::size_t j = 0; j < nb; ++j) {
+          const float v = plane[j];
+          complete[j] &= !std::isnan(v);
+          Yb(static_cast<Eigen::Index>(i), static_cast<Eigen::Index>(j)) = v;
+        }
       }
-      if (in.material && !in.material[p]) {
-        out.labels[p] = kBackground;
-        continue;
+      auto Y = Yb.leftCols(nbi);
+      shape.detrend_block(Y, Zb);
+      w.noalias() = shape.direction().transpose() * Zb;
+      Fb.noalias() = basis_t * Zb;  // r × nb: Vᵀ·z·w per pixel
+      for (std::size_t j = 0; j < nb; ++j) {
+        const std::size_t p = p0 + j;
+        const auto ji = static_cast<Eigen::Index>(j);
+        if (!complete[j]) {
+          out.labels[p] = kUnassigned;
+          continue;
+        }
+        if ((in.material && !in.material[p]) || !(w(ji) > size_min)) {
+          out.labels[p] = kBackground;
+          continue;
+        }
+        const double inv_w = 1.0 / w(ji);
+        for (int i = 0; i < r; ++i) f[static_cast<std::size_t>(i)] = (Fb(i, ji) * inv_w - basis_mean(i)) * fs.spectral_scale;
+        fs.extras(p, in.cols, in.xrf, P, f.data());
+        const int c = nearest(cl.centroids, f.data());
+        out.labels[p] = static_cast<std::uint8_t>(cl.ids[static_cast<std::size_t>(c)]);
+        ++a.count[static_cast<std::size_t>(c)];
+        // The cluster mean is of spectra brought to a common edge size (not of shapes, which
+        // lost their background): it stays a spectrum the references can fit.
+        a.sum.col(c) += Y.col(ji) * inv_w;
+        a.sumsq.col(c) += Y.col(ji).cwiseAbs2() * (inv_w * inv_w);
       }
-      const double w = shape(y.data(), x.data());
-      if (!(w > size_min)) {
-        out.labels[p] = kBackground;
-        continue;
-      }
-      fs(x.data(), p, in.cols, in.xrf, P, f.data());
-      const int c = nearest(cl.centroids, f.data());
-      out.labels[p] = static_cast<std::uint8_t>(cl.ids[static_cast<std::size_t>(c)]);
-      ++a.count[static_cast<std::size_t>(c)];
-      // The cluster mean is of spectra brought to a common edge size (not of shapes, which
-      // lost their background): it stays a spectrum the references can fit.
-      const Eigen::VectorXd yv = Eigen::Map<const Eigen::VectorXd>(y.data(), Ev) / w;
-      a.sum.col(c) += yv;
-      a.sumsq.col(c) += yv.cwiseAbs2();
     }
   });
   for (std::size_t t = 1; t < accs.size(); ++t) {
