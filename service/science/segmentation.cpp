@@ -75,10 +75,9 @@ class ShapeTransform {
     Eigen::Map<const Eigen::VectorXd> yv(y, n);
     Eigen::Map<Eigen::VectorXd>(out, n).noalias() = yv - B_ * (Q_ * yv);
   }
-  // The same for the columns of Y (one spectrum per column).
-  template <class M>
-  void detrend_block(const M& Y, Eigen::MatrixXd& out) const {
-    out.noalias() = Y - B_ * (Q_ * Y);
+  // I − BQ: detrending as a matrix.
+  Eigen::MatrixXd detrend_matrix() const {
+    return Eigen::MatrixXd::Identity(static_cast<Eigen::Index>(n_), static_cast<Eigen::Index>(n_)) - B_ * Q_;
   }
   const Eigen::VectorXd& direction() const { return direction_; }
   // The direction sizes are measured along: the mean detrended spectrum of the image.
@@ -345,36 +344,44 @@ void OnlineSegmenter::update(const SegmentInput& in) {
   }
   std::vector<double> eu(Eu);
   for (std::size_t i = 0; i < Eu; ++i) eu[i] = e[static_cast<std::size_t>(used[i])];
-  auto gather = [&](std::size_t p, double* y) {
-    for (std::size_t i = 0; i < Eu; ++i) {
-      y[i] = in.planes[static_cast<std::size_t>(used[i]) * P + p];
-      if (std::isnan(y[i])) return false;
-    }
-    return true;
-  };
 
-  // 2. A random sample of complete pixels (with material, when the scan has a mask).
+
+  // 2. A random sample of complete pixels (with material, when the scan has a mask), drawn as
+  // runs of kRun consecutive pixels: one cache line per plane per run instead of one per pixel
+  // (random single pixels cost a memory miss per energy each), and adjacent pairs within a run
+  // measure the noise (below).
+  constexpr std::size_t kRun = 16;
   const std::size_t want = static_cast<std::size_t>(std::max(1, settings_.sample));
   std::vector<std::size_t> sample;
   Rows Y(0, static_cast<Eigen::Index>(Eu));
   {
-    std::vector<double> y(Eu);
-    std::vector<std::vector<double>> rows;
-    const std::size_t attempts = std::min<std::size_t>(P * 2, want * 20);
-    std::vector<std::uint8_t> taken(P, 0);
+    std::vector<double> rows;  // sampled spectra, Eu each
+    const std::size_t runs = (P + kRun - 1) / kRun;
+    const bool all = runs * kRun <= want;
+    const std::size_t attempts = all ? runs : std::min<std::size_t>(runs * 2, (want / kRun + 1) * 20);
+    std::vector<std::uint8_t> taken(runs, 0);
+    std::vector<float> block(Eu * kRun);
+    std::vector<std::uint8_t> complete(kRun);
     for (std::size_t a = 0; a < attempts && sample.size() < want; ++a) {
-      const std::size_t p = P <= want ? a % P : static_cast<std::size_t>(rng_() % P);
-      if (taken[p] || (in.material && !in.material[p]) || !gather(p, y.data())) {
-        taken[p] = 1;
-        continue;
+      const std::size_t run = all ? a : static_cast<std::size_t>(rng_() % runs);
+      if (taken[run]) continue;
+      taken[run] = 1;
+      const std::size_t p0 = run * kRun, nb = std::min(kRun, P - p0);
+      std::fill(complete.begin(), complete.end(), 1);
+      for (std::size_t i = 0; i < Eu; ++i) {
+        const float* plane = in.planes + static_cast<std::size_t>(used[i]) * P + p0;
+        for (std::size_t j = 0; j < nb; ++j) {
+          block[j * Eu + i] = plane[j];
+          complete[j] &= !std::isnan(plane[j]);
+        }
       }
-      taken[p] = 1;
-      sample.push_back(p);
-      rows.push_back(y);
+      for (std::size_t j = 0; j < nb && sample.size() < want; ++j) {
+        if (!complete[j] || (in.material && !in.material[p0 + j])) continue;
+        sample.push_back(p0 + j);
+        rows.insert(rows.end(), block.begin() + static_cast<std::ptrdiff_t>(j * Eu), block.begin() + static_cast<std::ptrdiff_t>((j + 1) * Eu));
+      }
     }
-    Y.resize(static_cast<Eigen::Index>(rows.size()), static_cast<Eigen::Index>(Eu));
-    for (std::size_t i = 0; i < rows.size(); ++i)
-      Y.row(static_cast<Eigen::Index>(i)) = Eigen::Map<const Eigen::RowVectorXd>(rows[i].data(), static_cast<Eigen::Index>(Eu));
+    Y = Eigen::Map<const Rows>(rows.data(), static_cast<Eigen::Index>(sample.size()), static_cast<Eigen::Index>(Eu));
   }
   const int k_floor = settings_.k > 0 ? settings_.k : 2;
   if (Y.rows() < std::max(20, 4 * k_floor)) {
@@ -523,17 +530,14 @@ void OnlineSegmenter::update(const SegmentInput& in) {
 
   // Noise in feature space, measured where it lives: adjacent pixels almost always share a
   // composition, so half the squared difference of their spectral features is noise (robust:
-  // the median, over the sampled pixels' right-hand neighbours; boundaries are outliers).
+  // the median over the adjacent pairs the sampled runs hold; boundaries are outliers).
   double noise_var = 0;
   {
     std::vector<std::vector<double>> diff2(static_cast<std::size_t>(r));
-    std::vector<double> y(Eu), z(Eu), f(static_cast<std::size_t>(d));
-    for (Eigen::Index i = 0; i < n; ++i) {
-      const std::size_t p = sample[static_cast<std::size_t>(i)], q = p + 1;
-      if (in.cols < 2 || q % static_cast<std::size_t>(in.cols) == 0 || (in.material && !in.material[q]) || !gather(q, y.data())) continue;
-      if (!(shape(y.data(), z.data()) > size_min)) continue;
-      fs(z.data(), q, in.cols, in.xrf, P, f.data());
-      for (int j = 0; j < r; ++j) diff2[static_cast<std::size_t>(j)].push_back(0.5 * std::pow(f[static_cast<std::size_t>(j)] - F(i, j), 2));
+    for (Eigen::Index i = 0; i + 1 < n; ++i) {
+      const std::size_t p = sample[static_cast<std::size_t>(i)], q = sample[static_cast<std::size_t>(i + 1)];
+      if (q != p + 1 || in.cols < 2 || q % static_cast<std::size_t>(in.cols) == 0) continue;
+      for (int j = 0; j < r; ++j) diff2[static_cast<std::size_t>(j)].push_back(0.5 * std::pow(F(i + 1, j) - F(i, j), 2));
     }
     for (auto& v : diff2) {
       if (v.empty()) continue;
@@ -617,17 +621,21 @@ void OnlineSegmenter::update(const SegmentInput& in) {
     a.sumsq = Eigen::MatrixXd::Zero(Ev, static_cast<Eigen::Index>(k));
   }
   // Block by block: a few hundred consecutive pixels are copied plane by plane (contiguous
-  // reads; a pixel's spectrum alone is one float per plane, planes megabytes apart), then
-  // detrended, sized and projected as small matrix products.
-  const Eigen::MatrixXd basis_t = fs.basis.transpose();
-  const Eigen::VectorXd basis_mean = basis_t * fs.mean;
+  // reads; a pixel's spectrum alone is one float per plane, planes megabytes apart). Detrending
+  // is linear, so the size and the PCA scores of a pixel are one small product with its raw
+  // spectrum: [dirᵀ; Vᵀ]·(I − BQ)·y, in float (features need no more).
+  Eigen::MatrixXd stacked(r + 1, Ev);
+  stacked.row(0) = shape.direction().transpose();
+  stacked.bottomRows(r) = fs.basis.transpose();
+  const Eigen::MatrixXf project = (stacked * shape.detrend_matrix()).cast<float>();
+  const Eigen::VectorXd basis_mean = fs.basis.transpose() * fs.mean;
   parallel_for(P, threads, [&](int t, std::size_t b, std::size_t en) {
     Acc& a = accs[static_cast<std::size_t>(t)];
     constexpr std::size_t kBlock = 256;
-    Eigen::MatrixXd Yb(Ev, static_cast<Eigen::Index>(kBlock)), Zb, Fb;
-    Eigen::RowVectorXd w;
+    Eigen::MatrixXf Yb(Ev, static_cast<Eigen::Index>(kBlock)), Pb(r + 1, static_cast<Eigen::Index>(kBlock));
     std::vector<std::uint8_t> complete(kBlock);
     std::vector<double> f(static_cast<std::size_t>(d));
+    Eigen::VectorXd yw(Ev);
     for (std::size_t p0 = b; p0 < en; p0 += kBlock) {
       const std::size_t nb = std::min(kBlock, en - p0);
       const auto nbi = static_cast<Eigen::Index>(nb);
@@ -640,10 +648,7 @@ void OnlineSegmenter::update(const SegmentInput& in) {
           Yb(static_cast<Eigen::Index>(i), static_cast<Eigen::Index>(j)) = v;
         }
       }
-      auto Y = Yb.leftCols(nbi);
-      shape.detrend_block(Y, Zb);
-      w.noalias() = shape.direction().transpose() * Zb;
-      Fb.noalias() = basis_t * Zb;  // r × nb: Vᵀ·z·w per pixel
+      Pb.leftCols(nbi).noalias() = project * Yb.leftCols(nbi);
       for (std::size_t j = 0; j < nb; ++j) {
         const std::size_t p = p0 + j;
         const auto ji = static_cast<Eigen::Index>(j);
@@ -651,20 +656,22 @@ void OnlineSegmenter::update(const SegmentInput& in) {
           out.labels[p] = kUnassigned;
           continue;
         }
-        if ((in.material && !in.material[p]) || !(w(ji) > size_min)) {
+        const double w = Pb(0, ji);
+        if ((in.material && !in.material[p]) || !(w > size_min)) {
           out.labels[p] = kBackground;
           continue;
         }
-        const double inv_w = 1.0 / w(ji);
-        for (int i = 0; i < r; ++i) f[static_cast<std::size_t>(i)] = (Fb(i, ji) * inv_w - basis_mean(i)) * fs.spectral_scale;
+        const double inv_w = 1.0 / w;
+        for (int i = 0; i < r; ++i) f[static_cast<std::size_t>(i)] = (Pb(1 + i, ji) * inv_w - basis_mean(i)) * fs.spectral_scale;
         fs.extras(p, in.cols, in.xrf, P, f.data());
         const int c = nearest(cl.centroids, f.data());
         out.labels[p] = static_cast<std::uint8_t>(cl.ids[static_cast<std::size_t>(c)]);
         ++a.count[static_cast<std::size_t>(c)];
         // The cluster mean is of spectra brought to a common edge size (not of shapes, which
         // lost their background): it stays a spectrum the references can fit.
-        a.sum.col(c) += Y.col(ji) * inv_w;
-        a.sumsq.col(c) += Y.col(ji).cwiseAbs2() * (inv_w * inv_w);
+        yw = Yb.col(ji).cast<double>() * inv_w;
+        a.sum.col(c) += yw;
+        a.sumsq.col(c) += yw.cwiseAbs2();
       }
     }
   });
