@@ -2,6 +2,8 @@
 
 #include <bit>
 #include <cmath>
+#include <cstring>
+#include <limits>
 #include <thread>
 #include <unordered_map>
 
@@ -50,14 +52,14 @@ std::vector<int> EnergySets::members(std::uint32_t set) const {
   return m;
 }
 
-void LcfMaps::resize(std::size_t npix, int k) {
-  fractions.assign(npix * static_cast<std::size_t>(k), 0.f);
-  fraction_sigma.assign(npix * static_cast<std::size_t>(k), 0.f);
-  thickness.assign(npix, 0.f);
-  residual.assign(npix, 0.f);
-  rfactor.assign(npix, 0.f);
-  nenergies.assign(npix, 0);
-  fitted.assign(npix, 0);
+void LcfMaps::resize(std::size_t npix, int k) {  // new vectors: zero without a fill pass
+  fractions = ZeroedVector<float>(npix * static_cast<std::size_t>(k));
+  fraction_sigma = ZeroedVector<float>(npix * static_cast<std::size_t>(k));
+  thickness = ZeroedVector<float>(npix);
+  residual = ZeroedVector<float>(npix);
+  rfactor = ZeroedVector<float>(npix);
+  nenergies = ZeroedVector<std::uint16_t>(npix);
+  fitted = ZeroedVector<std::uint8_t>(npix);
 }
 
 IncrementalLcf::IncrementalLcf(LcfModel model, std::size_t npix, SolveOptions options)
@@ -101,29 +103,108 @@ namespace {
 
 constexpr std::size_t kStackBlock = 2048;  // pixels per block: accumulators stay in L1/L2
 
-// s_m = Σ_e x_em·y_e (float: 1e-6 relative, ample for s) and q = Σ_e y_e² (double: χ² is a
-// difference of q and θᵀs) for B pixels, streaming each energy's row once. Contiguous over
-// pixels, so it vectorizes; target_clones picks AVX2 at run time on CPUs that have it while
-// the binary stays portable.
-// s_m = Σ_e x_em·y_e (float: 1e-6 relative, ample for s) and q = Σ_e y_e² (double: χ² is a
-// difference of q and θᵀs) for B pixels, streaming each energy's row once. Contiguous over
-// pixels, so it vectorizes; target_clones picks AVX2 at run time on CPUs that have it while
-// the binary stays portable.
-__attribute__((target_clones("avx2", "default")))
-void accumulate_block(const float* planes, std::size_t stride, int E, int M, const float* xf, std::size_t B,
-                      float* acc, double* q) {
-  std::fill(acc, acc + static_cast<std::size_t>(M) * kStackBlock, 0.f);
-  std::fill(q, q + B, 0.0);
-  for (int e = 0; e < E; ++e) {
-    const float* __restrict y = planes + static_cast<std::size_t>(e) * stride;
-    for (int m = 0; m < M; ++m) {
-      const float x = xf[e * M + m];
-      float* __restrict a = acc + static_cast<std::size_t>(m) * kStackBlock;
-      for (std::size_t i = 0; i < B; ++i) a[i] += x * y[i];
-    }
-    for (std::size_t i = 0; i < B; ++i) q[i] += static_cast<double>(y[i]) * y[i];
+// The accumulation kernel. The planes of an energy-major stack lie P floats apart (16 MiB at
+// 2048²), so walking all E of them for the same pixels means E concurrent memory streams that
+// the hardware prefetchers cannot follow, and walking one plane at a time means loading and
+// storing every accumulator for every energy. Middle ground: energies in groups of kGroup;
+// for 16 pixels (one cache line of each plane) the group's sums stay in registers, and a
+// software prefetch runs kPrefetchAhead bytes ahead in each of the group's planes.
+constexpr int kGroup = 8;
+constexpr std::size_t kPrefetchAhead = 2048;
+// Parameters summed per register pass: (5 sums + q) × 16 floats is 12 AVX2 registers.
+constexpr int kChunk = 5;
+
+using Vf16 = float __attribute__((vector_size(64)));  // one cache line; 2 AVX2 / 1 AVX-512 register
+using Vd8 = double __attribute__((vector_size(64)));
+
+// The helpers below are always inlined, so the 64-byte vectors never cross a call (GCC warns
+// about the ABI of such calls for targets without AVX-512).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wpsabi"
+__attribute__((always_inline)) inline Vf16 load16(const float* p) {
+  Vf16 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+// Adds a group's float sums of 16 pixels to their accumulators: s in float (1e-6 relative,
+// ample for s), q in double (χ² is a difference of q and θᵀs). Summing at most kGroup terms in
+// float first keeps the rounding of q well below that of s.
+template <int MC, bool WithQ>
+__attribute__((always_inline)) inline void group_step(const float* y, std::size_t stride, int g, const float* x, int M,
+                                                      float* acc, double* q) {
+  Vf16 s[MC] = {}, qq = {};
+  for (int e = 0; e < g; ++e, y += stride, x += M) {
+    const Vf16 v = load16(y);
+#pragma GCC unroll 8
+    for (int m = 0; m < MC; ++m) s[m] += x[m] * v;
+    if constexpr (WithQ) qq += v * v;
+  }
+#pragma GCC unroll 8
+  for (int m = 0; m < MC; ++m) {
+    float* a = acc + static_cast<std::size_t>(m) * kStackBlock;
+    const Vf16 sum = load16(a) + s[m];
+    std::memcpy(a, &sum, sizeof sum);
+  }
+  if constexpr (WithQ) {
+    Vd8 lo, hi;
+    std::memcpy(&lo, q, sizeof lo);
+    std::memcpy(&hi, q + 8, sizeof hi);
+    lo += __builtin_convertvector(__builtin_shufflevector(qq, qq, 0, 1, 2, 3, 4, 5, 6, 7), Vd8);
+    hi += __builtin_convertvector(__builtin_shufflevector(qq, qq, 8, 9, 10, 11, 12, 13, 14, 15), Vd8);
+    std::memcpy(q, &lo, sizeof lo);
+    std::memcpy(q + 8, &hi, sizeof hi);
   }
 }
+
+template <bool WithQ>
+__attribute__((always_inline)) inline void group_chunk(int mc, const float* y, std::size_t stride, int g,
+                                                       const float* x, int M, float* acc, double* q) {
+  switch (mc) {
+    case 1: return group_step<1, WithQ>(y, stride, g, x, M, acc, q);
+    case 2: return group_step<2, WithQ>(y, stride, g, x, M, acc, q);
+    case 3: return group_step<3, WithQ>(y, stride, g, x, M, acc, q);
+    case 4: return group_step<4, WithQ>(y, stride, g, x, M, acc, q);
+    default: return group_step<kChunk, WithQ>(y, stride, g, x, M, acc, q);
+  }
+}
+
+// s_m = Σ_e x_em·y_e and q = Σ_e y_e² for the B pixels of a block (acc parameter-major with
+// row stride kStackBlock). target_clones compiles it for AVX-512, AVX2 (+FMA) and baseline
+// x86-64 and picks one at run time, so the binary stays portable.
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+void accumulate_block(const float* planes, std::size_t stride, int E, int M, const float* xf, std::size_t B,
+                      float* acc, double* q) {
+  for (int m = 0; m < M; ++m) std::fill_n(acc + static_cast<std::size_t>(m) * kStackBlock, B, 0.f);
+  std::fill_n(q, B, 0.0);
+  const std::size_t B16 = B / 16 * 16;
+  for (int e0 = 0; e0 < E; e0 += kGroup) {
+    const int g = std::min(kGroup, E - e0);
+    const float* rows = planes + static_cast<std::size_t>(e0) * stride;
+    const float* x = xf + static_cast<std::size_t>(e0) * M;
+    for (std::size_t i0 = 0; i0 < B16; i0 += 16) {
+      for (int j = 0; j < g; ++j)  // integer arithmetic: the address may lie past the plane
+        __builtin_prefetch(reinterpret_cast<const void*>(
+            reinterpret_cast<std::uintptr_t>(rows + static_cast<std::size_t>(j) * stride + i0) + kPrefetchAhead));
+      group_chunk<true>(std::min(kChunk, M), rows + i0, stride, g, x, M, acc + i0, q + i0);
+      for (int m0 = kChunk; m0 < M; m0 += kChunk)
+        group_chunk<false>(std::min(kChunk, M - m0), rows + i0, stride, g, x + m0, M,
+                           acc + static_cast<std::size_t>(m0) * kStackBlock + i0, nullptr);
+    }
+    for (std::size_t i = B16; i < B; ++i) {  // the block's last < 16 pixels, same arithmetic
+      const float* y = rows + i;
+      for (int m = 0; m < M; ++m) {
+        float sm = 0;
+        for (int e = 0; e < g; ++e) sm += x[e * M + m] * y[static_cast<std::size_t>(e) * stride];
+        acc[static_cast<std::size_t>(m) * kStackBlock + i] += sm;
+      }
+      float qq = 0;
+      for (int e = 0; e < g; ++e) qq += y[static_cast<std::size_t>(e) * stride] * y[static_cast<std::size_t>(e) * stride];
+      q[i] += qq;
+    }
+  }
+}
+#pragma GCC diagnostic pop
 
 }  // namespace
 
@@ -357,56 +438,82 @@ bool IncrementalLcf::block_solvable(const SetCache& c) const {
 
 // Block solve: pixels that share one energy set share G⁻¹, so θ = G⁻¹·S for a whole block in
 // vectorizable loops, with χ² = q − θᵀs and the fraction errors in closed form
-// (var_k = σ²(C_kk − 2f_k r_k + f_k² S)/T², C the reference block of G⁻¹). Pixels it cannot
-// settle (a negative coefficient under NNLS, no material) are left to solve_stats.
+// (var_k = σ²(C_kk − 2f_k r_k + f_k² S)/T², C the reference block of G⁻¹). Every loop runs over
+// the block's pixels without branches, so it vectorizes; the results go to `out` for every
+// pixel, and settled[i] says which are final. The others (a negative coefficient under NNLS,
+// no material, a non-finite sample) must be solved again by solve_stats, which overwrites them.
+std::size_t IncrementalLcf::block_scratch(int M) { return static_cast<std::size_t>(M + 4) * kStackBlock; }
+
 template <class T>
 void IncrementalLcf::solve_block(const SetCache& c, int n, std::size_t B, const T* acc, const double* q,
-                                 const std::size_t* pixels, std::size_t p0, double* theta,
-                                 std::uint8_t* settled) const {
+                                 const BlockOut& out, double* scratch, std::uint8_t* settled) const {
   const int K = model_.n_refs(), F = model_.n_background();
-  double row_sum[64] = {}, total_cov = 0;
-  for (int a = 0; a < K && a < 64; ++a) {
-    for (int b = 0; b < K; ++b) row_sum[a] += c.G_inv(F + a, F + b);
-    total_cov += row_sum[a];
-  }
+  constexpr std::size_t S = kStackBlock;
+  double* theta = scratch;        // M × S
+  double* total = theta + static_cast<std::size_t>(M_) * S;  // T = Σc
+  double* inv_total = total + S;
+  double* var_scale = inv_total + S;  // σ²/T²
+  double* chi2 = var_scale + S;
   const double* gi = c.G_inv.data();  // column-major M×M
-  std::fill(theta, theta + static_cast<std::size_t>(M_) * kStackBlock, 0.0);
   for (int r = 0; r < M_; ++r) {
-    double* __restrict t = theta + static_cast<std::size_t>(r) * kStackBlock;
+    double* __restrict t = theta + static_cast<std::size_t>(r) * S;
+    std::fill_n(t, B, 0.0);
     for (int k = 0; k < M_; ++k) {
       const double g = gi[k * M_ + r];
-      const T* __restrict sk = acc + static_cast<std::size_t>(k) * kStackBlock;
+      const T* __restrict sk = acc + static_cast<std::size_t>(k) * S;
       for (std::size_t i = 0; i < B; ++i) t[i] += g * sk[i];
     }
   }
-  LcfMaps& maps = const_cast<LcfMaps&>(maps_);  // each pixel writes only its own entries
-  const double dof = n - M_;
+  // χ² = q − θᵀs, then per pixel 1/T and σ²/T²; settled unless NNLS needs the active set.
+  std::fill_n(chi2, B, 0.0);
+  for (int r = 0; r < M_; ++r) {
+    const double* __restrict t = theta + static_cast<std::size_t>(r) * S;
+    const T* __restrict sr = acc + static_cast<std::size_t>(r) * S;
+    for (std::size_t i = 0; i < B; ++i) chi2[i] -= t[i] * sr[i];
+  }
+  const bool nnls = options_.method == FitMethod::nnls;
+  const double dof = n - M_, inv_dof = 1.0 / dof, inv_n = 1.0 / n;
+  const bool solvable = K <= 64 && dof > 0;
   for (std::size_t i = 0; i < B; ++i) {
-    const std::size_t px = pixels ? pixels[i] : p0 + i;
-    double total = 0, fit = 0;
-    bool negative = false;
-    for (int r = 0; r < M_; ++r)
-      fit += theta[static_cast<std::size_t>(r) * kStackBlock + i] * acc[static_cast<std::size_t>(r) * kStackBlock + i];
+    double t = 0, smallest = 0;
     for (int k = 0; k < K; ++k) {
-      const double cf = theta[static_cast<std::size_t>(F + k) * kStackBlock + i];
-      total += cf;
-      negative |= cf < 0;
+      const double cf = theta[static_cast<std::size_t>(F + k) * S + i];
+      t += cf;
+      smallest = std::min(smallest, cf);
     }
-    settled[i] = std::isfinite(q[i]) && !(negative && options_.method == FitMethod::nnls) && std::abs(total) > 1e-12 &&
-                 K <= 64 && dof > 0;
-    if (!settled[i]) continue;
-    const double chi2 = std::max(0.0, q[i] - fit), sigma2 = chi2 / dof;
-    for (int k = 0; k < K; ++k) {
-      const double f = theta[static_cast<std::size_t>(F + k) * kStackBlock + i] / total;
-      const double var = sigma2 * (c.G_inv(F + k, F + k) - 2.0 * f * row_sum[k] + f * f * total_cov) / (total * total);
-      maps.fractions[static_cast<std::size_t>(k) * npix_ + px] = static_cast<float>(f);
-      maps.fraction_sigma[static_cast<std::size_t>(k) * npix_ + px] = static_cast<float>(std::sqrt(std::max(0.0, var)));
+    const double x2 = std::max(0.0, q[i] + chi2[i]);
+    const double it = 1.0 / t;
+    total[i] = t;
+    chi2[i] = x2;
+    inv_total[i] = it;
+    var_scale[i] = x2 * inv_dof * it * it;
+    settled[i] = solvable && std::abs(q[i]) <= std::numeric_limits<double>::max() && !(nnls && smallest < 0) &&
+                 std::abs(t) > 1e-12;
+  }
+  double total_cov = 0;
+  for (int a = 0; a < K; ++a)
+    for (int b = 0; b < K; ++b) total_cov += c.G_inv(F + a, F + b);
+  for (int k = 0; k < K; ++k) {
+    double row_sum = 0;  // r_k = Σ_b C_kb
+    for (int b = 0; b < K; ++b) row_sum += c.G_inv(F + k, F + b);
+    const double ckk = c.G_inv(F + k, F + k);
+    const double* __restrict t = theta + static_cast<std::size_t>(F + k) * S;
+    float* __restrict frac = out.fractions + static_cast<std::size_t>(k) * out.k_stride;
+    float* __restrict sigma = out.fraction_sigma + static_cast<std::size_t>(k) * out.k_stride;
+    for (std::size_t i = 0; i < B; ++i) {
+      const double f = t[i] * inv_total[i];
+      const double var = var_scale[i] * (ckk - 2.0 * f * row_sum + f * f * total_cov);
+      frac[i] = static_cast<float>(f);
+      sigma[i] = std::sqrt(std::max(0.f, static_cast<float>(var)));  // float root: the map is float
     }
-    maps.thickness[px] = static_cast<float>(total);
-    maps.residual[px] = static_cast<float>(std::sqrt(chi2 / n));
-    maps.rfactor[px] = q[i] > 0 ? static_cast<float>(chi2 / q[i]) : 0.f;
-    maps.nenergies[px] = static_cast<std::uint16_t>(std::min(n, 65535));
-    maps.fitted[px] = 1;
+  }
+  const auto nen = static_cast<std::uint16_t>(std::min(n, 65535));
+  for (std::size_t i = 0; i < B; ++i) {
+    out.thickness[i] = static_cast<float>(total[i]);
+    out.residual[i] = std::sqrt(static_cast<float>(chi2[i] * inv_n));
+    out.rfactor[i] = q[i] > 0 ? static_cast<float>(chi2[i] / q[i]) : 0.f;
+    out.nenergies[i] = nen;
+    out.fitted[i] = 1;
   }
 }
 
@@ -429,20 +536,42 @@ std::size_t IncrementalLcf::solve_changed(int threads) {
       for (std::size_t i = begin; i < end; ++i) solve_pixel(changed_list_[i], ws);
       return;
     }
-    std::vector<double> acc(static_cast<std::size_t>(M_) * kStackBlock), q(kStackBlock),
-        theta(static_cast<std::size_t>(M_) * kStackBlock);
-    std::vector<std::uint8_t> settled(kStackBlock);
-    for (std::size_t b0 = begin; b0 < end; b0 += kStackBlock) {
-      const std::size_t B = std::min(kStackBlock, end - b0);
+    const int K = model_.n_refs();
+    constexpr std::size_t S = kStackBlock;
+    std::vector<double> acc(static_cast<std::size_t>(M_) * S), q(S), scratch(block_scratch(M_));
+    std::vector<std::uint8_t> settled(S);
+    // Scattered pixels: the block's maps go to a scratch block first, then to their pixels.
+    std::vector<float> fk(2 * static_cast<std::size_t>(K) * S), f3(3 * S);
+    std::vector<std::uint16_t> nen(S);
+    std::vector<std::uint8_t> fitted(S);
+    const BlockOut out{fk.data(), fk.data() + static_cast<std::size_t>(K) * S, S, f3.data(), f3.data() + S,
+                       f3.data() + 2 * S, nen.data(), fitted.data()};
+    LcfMaps& maps = maps_;
+    for (std::size_t b0 = begin; b0 < end; b0 += S) {
+      const std::size_t B = std::min(S, end - b0);
       const std::size_t* pixels = &changed_list_[b0];
       for (std::size_t i = 0; i < B; ++i) {  // gather the block's statistics, parameter-major
         const double* st = &stats_[pixels[i] * static_cast<std::size_t>(M_ + 1)];
-        for (int m = 0; m < M_; ++m) acc[static_cast<std::size_t>(m) * kStackBlock + i] = st[m];
+        for (int m = 0; m < M_; ++m) acc[static_cast<std::size_t>(m) * S + i] = st[m];
         q[i] = st[M_];
       }
-      solve_block(caches_[common], sets_.count(common), B, acc.data(), q.data(), pixels, 0, theta.data(), settled.data());
-      for (std::size_t i = 0; i < B; ++i)
-        if (!settled[i]) solve_pixel(pixels[i], ws);
+      solve_block(caches_[common], sets_.count(common), B, acc.data(), q.data(), out, scratch.data(), settled.data());
+      for (std::size_t i = 0; i < B; ++i) {
+        const std::size_t p = pixels[i];
+        if (!settled[i]) {
+          solve_pixel(p, ws);
+          continue;
+        }
+        for (int k = 0; k < K; ++k) {
+          maps.fractions[static_cast<std::size_t>(k) * npix_ + p] = out.fractions[static_cast<std::size_t>(k) * S + i];
+          maps.fraction_sigma[static_cast<std::size_t>(k) * npix_ + p] = out.fraction_sigma[static_cast<std::size_t>(k) * S + i];
+        }
+        maps.thickness[p] = out.thickness[i];
+        maps.residual[p] = out.residual[i];
+        maps.rfactor[p] = out.rfactor[i];
+        maps.nenergies[p] = out.nenergies[i];
+        maps.fitted[p] = out.fitted[i];
+      }
     }
   };
   if (nthreads == 1) {
@@ -466,23 +595,31 @@ void IncrementalLcf::fit_stack(const float* planes, std::size_t plane_stride, in
   std::vector<float> xf(static_cast<std::size_t>(E * M_));
   for (int e = 0; e < E; ++e)
     for (int m = 0; m < M_; ++m) xf[static_cast<std::size_t>(e * M_ + m)] = static_cast<float>(model_.X(e, m));
-  std::vector<std::uint8_t> nonfinite(npix_, 0);
   const auto& full_cache = caches_[full];
   const bool block_path = block_solvable(full_cache) && E > M_;
-  auto work = [&](std::size_t begin, std::size_t end) {
+  const int K = model_.n_refs();
+  const std::size_t blocks = (npix_ + kStackBlock - 1) / kStackBlock;
+  const int nthreads = std::max(1, std::min<int>(threads, static_cast<int>(blocks)));
+  std::vector<std::vector<std::size_t>> nonfinite(static_cast<std::size_t>(nthreads));  // per thread
+  auto work = [&](int t, std::size_t begin, std::size_t end) {
     Workspace ws(M_);
     std::vector<float> acc(static_cast<std::size_t>(M_) * kStackBlock);
     std::vector<double> q(kStackBlock), st(static_cast<std::size_t>(M_ + 1));
-    std::vector<double> theta(block_path ? static_cast<std::size_t>(M_) * kStackBlock : 0);
+    std::vector<double> scratch(block_path ? block_scratch(M_) : 0);
     std::vector<std::uint8_t> settled(kStackBlock, 0);
     for (std::size_t p0 = begin; p0 < end; p0 += kStackBlock) {
       const std::size_t B = std::min(kStackBlock, end - p0);
       accumulate_block(planes + p0, plane_stride, E, M_, xf.data(), B, acc.data(), q.data());
-      if (block_path) solve_block(full_cache, E, B, acc.data(), q.data(), nullptr, p0, theta.data(), settled.data());
+      if (block_path) {  // straight into the maps: this block's pixels are contiguous
+        const BlockOut out{maps_.fractions.data() + p0, maps_.fraction_sigma.data() + p0, npix_,
+                           maps_.thickness.data() + p0, maps_.residual.data() + p0, maps_.rfactor.data() + p0,
+                           maps_.nenergies.data() + p0, maps_.fitted.data() + p0};
+        solve_block(full_cache, E, B, acc.data(), q.data(), out, scratch.data(), settled.data());
+      }
       for (std::size_t i = 0; i < B; ++i) {
         if (block_path && settled[i]) continue;
         if (!std::isfinite(q[i])) {
-          nonfinite[p0 + i] = 1;
+          nonfinite[static_cast<std::size_t>(t)].push_back(p0 + i);
           continue;
         }
         for (int m = 0; m < M_; ++m) st[static_cast<std::size_t>(m)] = acc[static_cast<std::size_t>(m) * kStackBlock + i];
@@ -491,21 +628,26 @@ void IncrementalLcf::fit_stack(const float* planes, std::size_t plane_stride, in
       }
     }
   };
-  const std::size_t blocks = (npix_ + kStackBlock - 1) / kStackBlock;
-  const int nthreads = std::max(1, std::min<int>(threads, static_cast<int>(blocks)));
   {
     std::vector<std::jthread> pool;
     for (int t = 0; t < nthreads; ++t)
-      pool.emplace_back(work, std::min(npix_, blocks * static_cast<std::size_t>(t) / nthreads * kStackBlock),
+      pool.emplace_back(work, t, std::min(npix_, blocks * static_cast<std::size_t>(t) / nthreads * kStackBlock),
                         std::min(npix_, blocks * static_cast<std::size_t>(t + 1) / nthreads * kStackBlock));
   }
-  // Pixels with a NaN/Inf sample: their finite samples through the incremental path.
-  for (std::size_t p = 0; p < npix_; ++p)
-    if (nonfinite[p])
+  // Pixels with a NaN/Inf sample: cleared (the block solve wrote them), then their finite
+  // samples through the incremental path.
+  for (const auto& list : nonfinite)
+    for (std::size_t p : list) {
+      for (int k = 0; k < K; ++k)
+        maps_.fractions[static_cast<std::size_t>(k) * npix_ + p] = maps_.fraction_sigma[static_cast<std::size_t>(k) * npix_ + p] = 0.f;
+      maps_.thickness[p] = maps_.residual[p] = maps_.rfactor[p] = 0.f;
+      maps_.nenergies[p] = 0;
+      maps_.fitted[p] = 0;
       for (int e = 0; e < E; ++e) {
         const float y = planes[static_cast<std::size_t>(e) * plane_stride + p];
         if (std::isfinite(y)) add(p, e, y);
       }
+    }
   solve_changed(threads);
 }
 
