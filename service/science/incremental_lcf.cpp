@@ -436,85 +436,127 @@ bool IncrementalLcf::block_solvable(const SetCache& c) const {
   return c.invertible && !samples_ && !options_.sum_to_one && options_.method != FitMethod::lasso;
 }
 
-// Block solve: pixels that share one energy set share G⁻¹, so θ = G⁻¹·S for a whole block in
-// vectorizable loops, with χ² = q − θᵀs and the fraction errors in closed form
-// (var_k = σ²(C_kk − 2f_k r_k + f_k² S)/T², C the reference block of G⁻¹). Every loop runs over
-// the block's pixels without branches, so it vectorizes; the results go to `out` for every
-// pixel, and settled[i] says which are final. The others (a negative coefficient under NNLS,
-// no material, a non-finite sample) must be solved again by solve_stats, which overwrites them.
-std::size_t IncrementalLcf::block_scratch(int M) { return static_cast<std::size_t>(M + 4) * kStackBlock; }
+namespace {
 
+// The block solve's arithmetic, over the B pixels of a block (rows of stride kStackBlock).
+// Free functions so that target_clones can compile them for wider vectors too.
+constexpr std::size_t kS = kStackBlock;
+
+// θ = G⁻¹·S (gi: column-major M×M) and χ² = q − θᵀs. T: float from fit_stack, double from
+// the per-pixel statistics.
+template <class T>
+__attribute__((always_inline)) inline void theta_chi2_impl(const double* gi, int M, std::size_t B, const T* acc,
+                                                           const double* q, double* theta, double* chi2) {
+  for (int r = 0; r < M; ++r) {
+    double* __restrict t = theta + static_cast<std::size_t>(r) * kS;
+    std::fill_n(t, B, 0.0);
+    for (int k = 0; k < M; ++k) {
+      const double g = gi[k * M + r];
+      const T* __restrict sk = acc + static_cast<std::size_t>(k) * kS;
+      for (std::size_t i = 0; i < B; ++i) t[i] += g * sk[i];
+    }
+  }
+  std::copy_n(q, B, chi2);
+  for (int r = 0; r < M; ++r) {
+    const double* __restrict t = theta + static_cast<std::size_t>(r) * kS;
+    const T* __restrict sr = acc + static_cast<std::size_t>(r) * kS;
+    for (std::size_t i = 0; i < B; ++i) chi2[i] -= t[i] * sr[i];
+  }
+}
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+void theta_chi2(const double* gi, int M, std::size_t B, const float* acc, const double* q, double* theta, double* chi2) {
+  theta_chi2_impl(gi, M, B, acc, q, theta, chi2);
+}
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+void theta_chi2(const double* gi, int M, std::size_t B, const double* acc, const double* q, double* theta, double* chi2) {
+  theta_chi2_impl(gi, M, B, acc, q, theta, chi2);
+}
+
+struct BlockConsts {  // per energy set: what the maps need from C = (G⁻¹) of the references
+  int K, F, n;
+  bool nnls;
+  const double* c_kk;     // C_kk
+  const double* row_sum;  // r_k = Σ_b C_kb
+  double total_cov;       // S = Σ_ab C_ab
+};
+
+// The maps from θ and χ² (chi2 holds q − θᵀs on entry): f_k = c_k/T, var_k = σ²(C_kk − 2f_k r_k
+// + f_k² S)/T², thickness T, residual √(χ²/n), R-factor χ²/q; settled[i] = 0 where the
+// pixel needs solve_stats (NNLS with a negative coefficient, no material, non-finite data).
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+void block_maps(const BlockConsts& bc, std::size_t B, const double* __restrict theta, const double* __restrict q,
+                double* __restrict chi2, double* __restrict total, double* __restrict var_scale, float* frac,
+                float* sigma, std::size_t k_stride, float* __restrict thickness, float* __restrict residual,
+                float* __restrict rfactor, std::uint16_t* nenergies, std::uint8_t* fitted,
+                std::uint8_t* __restrict settled) {
+  const int K = bc.K, M = bc.F + bc.K;
+  const double inv_dof = 1.0 / (bc.n - M), inv_n = 1.0 / bc.n;
+  const double* coeffs = theta + static_cast<std::size_t>(bc.F) * kS;
+  std::fill_n(total, B, 0.0);
+  std::fill_n(var_scale, B, 0.0);  // the smallest coefficient, for now
+  for (int k = 0; k < K; ++k) {
+    const double* __restrict c = coeffs + static_cast<std::size_t>(k) * kS;
+    for (std::size_t i = 0; i < B; ++i) total[i] += c[i], var_scale[i] = std::min(var_scale[i], c[i]);
+  }
+  // Settled unless NNLS needs the active set, there is no material or the data were not finite.
+  const bool solvable = bc.n > M, nnls = bc.nnls;
+  for (std::size_t i = 0; i < B; ++i)  // bitwise &: no branches, so the loop vectorizes
+    settled[i] = solvable & (std::abs(q[i]) <= std::numeric_limits<double>::max()) & !(nnls & (var_scale[i] < 0)) &
+                 (std::abs(total[i]) > 1e-12);
+  for (std::size_t i = 0; i < B; ++i) {
+    const double x2 = std::max(0.0, chi2[i]), t = total[i];
+    thickness[i] = static_cast<float>(t);
+    residual[i] = std::sqrt(static_cast<float>(x2 * inv_n));  // float root: the maps are float
+    rfactor[i] = q[i] > 0 ? static_cast<float>(x2 / q[i]) : 0.f;
+    total[i] = 1.0 / t;  // now 1/T
+    var_scale[i] = x2 * inv_dof / (t * t);  // now σ²/T²
+  }
+  for (int k = 0; k < K; ++k) {
+    const double* __restrict c = coeffs + static_cast<std::size_t>(k) * kS;
+    const double ckk = bc.c_kk[k], rk = bc.row_sum[k], S = bc.total_cov;
+    float* __restrict f_out = frac + static_cast<std::size_t>(k) * k_stride;
+    float* __restrict s_out = sigma + static_cast<std::size_t>(k) * k_stride;
+    for (std::size_t i = 0; i < B; ++i) {
+      const double f = c[i] * total[i];
+      const double var = var_scale[i] * (ckk - 2.0 * f * rk + f * f * S);
+      f_out[i] = static_cast<float>(f);
+      s_out[i] = std::sqrt(std::max(0.f, static_cast<float>(var)));
+    }
+  }
+  std::fill_n(nenergies, B, static_cast<std::uint16_t>(std::min(bc.n, 65535)));
+  std::fill_n(fitted, B, std::uint8_t{1});
+}
+
+}  // namespace
+
+std::size_t IncrementalLcf::block_scratch(int M) { return static_cast<std::size_t>(M + 3) * kStackBlock; }
+
+// Block solve: pixels that share one energy set share G⁻¹, so θ = G⁻¹·S for a whole block in
+// vectorizable loops, with χ² = q − θᵀs and the fraction errors in closed form. Every loop
+// runs over the block's pixels without branches; the results go to `out` for every pixel, and
+// settled[i] says which are final. The others must be solved again by solve_stats, which
+// overwrites all their map entries.
 template <class T>
 void IncrementalLcf::solve_block(const SetCache& c, int n, std::size_t B, const T* acc, const double* q,
                                  const BlockOut& out, double* scratch, std::uint8_t* settled) const {
   const int K = model_.n_refs(), F = model_.n_background();
-  constexpr std::size_t S = kStackBlock;
-  double* theta = scratch;        // M × S
-  double* total = theta + static_cast<std::size_t>(M_) * S;  // T = Σc
-  double* inv_total = total + S;
-  double* var_scale = inv_total + S;  // σ²/T²
-  double* chi2 = var_scale + S;
-  const double* gi = c.G_inv.data();  // column-major M×M
-  for (int r = 0; r < M_; ++r) {
-    double* __restrict t = theta + static_cast<std::size_t>(r) * S;
-    std::fill_n(t, B, 0.0);
-    for (int k = 0; k < M_; ++k) {
-      const double g = gi[k * M_ + r];
-      const T* __restrict sk = acc + static_cast<std::size_t>(k) * S;
-      for (std::size_t i = 0; i < B; ++i) t[i] += g * sk[i];
-    }
+  if (K > 64) {  // left to solve_stats
+    std::fill_n(settled, B, std::uint8_t{0});
+    return;
   }
-  // χ² = q − θᵀs, then per pixel 1/T and σ²/T²; settled unless NNLS needs the active set.
-  std::fill_n(chi2, B, 0.0);
-  for (int r = 0; r < M_; ++r) {
-    const double* __restrict t = theta + static_cast<std::size_t>(r) * S;
-    const T* __restrict sr = acc + static_cast<std::size_t>(r) * S;
-    for (std::size_t i = 0; i < B; ++i) chi2[i] -= t[i] * sr[i];
+  double* theta = scratch;  // M × kS, then χ², 1/T and σ²/T² rows
+  double* chi2 = theta + static_cast<std::size_t>(M_) * kS;
+  theta_chi2(c.G_inv.data(), M_, B, acc, q, theta, chi2);
+  double c_kk[64], row_sum[64], total_cov = 0;
+  for (int a = 0; a < K; ++a) {
+    c_kk[a] = c.G_inv(F + a, F + a);
+    row_sum[a] = 0;
+    for (int b = 0; b < K; ++b) row_sum[a] += c.G_inv(F + a, F + b);
+    total_cov += row_sum[a];
   }
-  const bool nnls = options_.method == FitMethod::nnls;
-  const double dof = n - M_, inv_dof = 1.0 / dof, inv_n = 1.0 / n;
-  const bool solvable = K <= 64 && dof > 0;
-  for (std::size_t i = 0; i < B; ++i) {
-    double t = 0, smallest = 0;
-    for (int k = 0; k < K; ++k) {
-      const double cf = theta[static_cast<std::size_t>(F + k) * S + i];
-      t += cf;
-      smallest = std::min(smallest, cf);
-    }
-    const double x2 = std::max(0.0, q[i] + chi2[i]);
-    const double it = 1.0 / t;
-    total[i] = t;
-    chi2[i] = x2;
-    inv_total[i] = it;
-    var_scale[i] = x2 * inv_dof * it * it;
-    settled[i] = solvable && std::abs(q[i]) <= std::numeric_limits<double>::max() && !(nnls && smallest < 0) &&
-                 std::abs(t) > 1e-12;
-  }
-  double total_cov = 0;
-  for (int a = 0; a < K; ++a)
-    for (int b = 0; b < K; ++b) total_cov += c.G_inv(F + a, F + b);
-  for (int k = 0; k < K; ++k) {
-    double row_sum = 0;  // r_k = Σ_b C_kb
-    for (int b = 0; b < K; ++b) row_sum += c.G_inv(F + k, F + b);
-    const double ckk = c.G_inv(F + k, F + k);
-    const double* __restrict t = theta + static_cast<std::size_t>(F + k) * S;
-    float* __restrict frac = out.fractions + static_cast<std::size_t>(k) * out.k_stride;
-    float* __restrict sigma = out.fraction_sigma + static_cast<std::size_t>(k) * out.k_stride;
-    for (std::size_t i = 0; i < B; ++i) {
-      const double f = t[i] * inv_total[i];
-      const double var = var_scale[i] * (ckk - 2.0 * f * row_sum + f * f * total_cov);
-      frac[i] = static_cast<float>(f);
-      sigma[i] = std::sqrt(std::max(0.f, static_cast<float>(var)));  // float root: the map is float
-    }
-  }
-  const auto nen = static_cast<std::uint16_t>(std::min(n, 65535));
-  for (std::size_t i = 0; i < B; ++i) {
-    out.thickness[i] = static_cast<float>(total[i]);
-    out.residual[i] = std::sqrt(static_cast<float>(chi2[i] * inv_n));
-    out.rfactor[i] = q[i] > 0 ? static_cast<float>(chi2[i] / q[i]) : 0.f;
-    out.nenergies[i] = nen;
-    out.fitted[i] = 1;
-  }
+  const BlockConsts bc{K, F, n, options_.method == FitMethod::nnls, c_kk, row_sum, total_cov};
+  block_maps(bc, B, theta, q, chi2, chi2 + kS, chi2 + 2 * kS, out.fractions, out.fraction_sigma, out.k_stride,
+             out.thickness, out.residual, out.rfactor, out.nenergies, out.fitted, settled);
 }
 
 std::size_t IncrementalLcf::solve_changed(int threads) {
