@@ -129,12 +129,14 @@ __attribute__((always_inline)) inline Vf16 load16(const float* p) {
 
 // Adds a group's float sums of 16 pixels to their accumulators: s in float (1e-6 relative,
 // ample for s), q in double (χ² is a difference of q and θᵀs). Summing at most kGroup terms in
-// float first keeps the rounding of q well below that of s.
-template <int MC, bool WithQ>
+// float first keeps the rounding of q well below that of s. G: the group size if known at
+// compile time (full groups: an unrolled loop), else 0 and g.
+template <int MC, bool WithQ, int G>
 __attribute__((always_inline)) inline void group_step(const float* y, std::size_t stride, int g, const float* x, int M,
                                                       float* acc, double* q) {
   Vf16 s[MC] = {}, qq = {};
-  for (int e = 0; e < g; ++e, y += stride, x += M) {
+  const int n = G > 0 ? G : g;
+  for (int e = 0; e < n; ++e, y += stride, x += M) {
     const Vf16 v = load16(y);
 #pragma GCC unroll 8
     for (int m = 0; m < MC; ++m) s[m] += x[m] * v;
@@ -157,16 +159,26 @@ __attribute__((always_inline)) inline void group_step(const float* y, std::size_
   }
 }
 
-template <bool WithQ>
+template <bool WithQ, int G>
 __attribute__((always_inline)) inline void group_chunk(int mc, const float* y, std::size_t stride, int g,
                                                        const float* x, int M, float* acc, double* q) {
   switch (mc) {
-    case 1: return group_step<1, WithQ>(y, stride, g, x, M, acc, q);
-    case 2: return group_step<2, WithQ>(y, stride, g, x, M, acc, q);
-    case 3: return group_step<3, WithQ>(y, stride, g, x, M, acc, q);
-    case 4: return group_step<4, WithQ>(y, stride, g, x, M, acc, q);
-    default: return group_step<kChunk, WithQ>(y, stride, g, x, M, acc, q);
+    case 1: return group_step<1, WithQ, G>(y, stride, g, x, M, acc, q);
+    case 2: return group_step<2, WithQ, G>(y, stride, g, x, M, acc, q);
+    case 3: return group_step<3, WithQ, G>(y, stride, g, x, M, acc, q);
+    case 4: return group_step<4, WithQ, G>(y, stride, g, x, M, acc, q);
+    default: return group_step<kChunk, WithQ, G>(y, stride, g, x, M, acc, q);
   }
+}
+
+// All parameters of 16 pixels over one group of planes (q with the first chunk).
+template <int G>
+__attribute__((always_inline)) inline void group_pixels(const float* y, std::size_t stride, int g, const float* x,
+                                                        int M, float* acc, double* q) {
+  group_chunk<true, G>(std::min(kChunk, M), y, stride, g, x, M, acc, q);
+  for (int m0 = kChunk; m0 < M; m0 += kChunk)
+    group_chunk<false, G>(std::min(kChunk, M - m0), y, stride, g, x + m0, M,
+                          acc + static_cast<std::size_t>(m0) * kStackBlock, nullptr);
 }
 
 // s_m = Σ_e x_em·y_e and q = Σ_e y_e² for the B pixels of a block (acc parameter-major with
@@ -186,10 +198,8 @@ void accumulate_block(const float* planes, std::size_t stride, int E, int M, con
       for (int j = 0; j < g; ++j)  // integer arithmetic: the address may lie past the plane
         __builtin_prefetch(reinterpret_cast<const void*>(
             reinterpret_cast<std::uintptr_t>(rows + static_cast<std::size_t>(j) * stride + i0) + kPrefetchAhead));
-      group_chunk<true>(std::min(kChunk, M), rows + i0, stride, g, x, M, acc + i0, q + i0);
-      for (int m0 = kChunk; m0 < M; m0 += kChunk)
-        group_chunk<false>(std::min(kChunk, M - m0), rows + i0, stride, g, x + m0, M,
-                           acc + static_cast<std::size_t>(m0) * kStackBlock + i0, nullptr);
+      if (g == kGroup) group_pixels<kGroup>(rows + i0, stride, g, x, M, acc + i0, q + i0);
+      else group_pixels<0>(rows + i0, stride, g, x, M, acc + i0, q + i0);
     }
     for (std::size_t i = B16; i < B; ++i) {  // the block's last < 16 pixels, same arithmetic
       const float* y = rows + i;
