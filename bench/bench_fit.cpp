@@ -6,8 +6,8 @@
 // one warm-up:
 //   * the floors: one read pass over the stack (vectorized float sum) and one copy (memcpy into
 //     a preallocated buffer), on 1 and on --threads threads;
-//   * the xanesd full-stack fit: IncrementalLcf construction (allocates the per-pixel
-//     statistics and the output maps) and IncrementalLcf::fit_stack, least squares and NNLS;
+//   * the xanesd full-stack fit: IncrementalLcf construction (allocates the output maps) and
+//     IncrementalLcf::fit_stack, least squares and NNLS;
 //   * the per-frame incremental update: add(p, e, y) over every pixel of one frame, and
 //     solve_changed() after it, as the daemon does per frame;
 //   * NNLS spectra/s on a 6-reference mixture with sparse true fractions (most pixels need the

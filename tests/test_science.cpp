@@ -318,6 +318,7 @@ TEST_CASE("full-stack fit (blocked, fused) equals the incremental path, NaN samp
     for (int e = 0; e < E; ++e) planes[static_cast<std::size_t>(e) * P + px] = static_cast<float>(y(e) + noise(rng));
   }
   planes[3 * P + 17] = NAN;  // one bad sample
+  for (int e = 0; e < E; ++e) planes[static_cast<std::size_t>(e) * P + P - 1] = NAN;  // nothing usable
   IncrementalLcf stack(p.model, P, {}), incremental(p.model, P, {});
   stack.fit_stack(planes.data(), P, 2);
   for (int e = 0; e < E; ++e)
@@ -328,6 +329,10 @@ TEST_CASE("full-stack fit (blocked, fused) equals the incremental path, NaN samp
   incremental.solve_changed(2);
   CHECK(stack.maps().nenergies[17] == E - 1);
   CHECK(stack.maps().fitted[17] == 1);
+  CHECK(stack.maps().fitted[P - 1] == 0);  // the block solve's values for it are cleared
+  CHECK(stack.maps().nenergies[P - 1] == 0);
+  CHECK(stack.maps().thickness[P - 1] == 0.f);
+  CHECK(stack.maps().fraction_sigma[P - 1] == 0.f);
   for (std::size_t px = 0; px < P; ++px) {
     CHECK(stack.maps().thickness[px] == doctest::Approx(incremental.maps().thickness[px]).epsilon(1e-4));
     CHECK(stack.maps().residual[px] == doctest::Approx(incremental.maps().residual[px]).epsilon(1e-2).scale(1e-4));

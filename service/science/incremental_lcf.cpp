@@ -2,6 +2,8 @@
 
 #include <bit>
 #include <cmath>
+#include <cstring>
+#include <limits>
 #include <thread>
 #include <unordered_map>
 
@@ -50,14 +52,14 @@ std::vector<int> EnergySets::members(std::uint32_t set) const {
   return m;
 }
 
-void LcfMaps::resize(std::size_t npix, int k) {
-  fractions.assign(npix * static_cast<std::size_t>(k), 0.f);
-  fraction_sigma.assign(npix * static_cast<std::size_t>(k), 0.f);
-  thickness.assign(npix, 0.f);
-  residual.assign(npix, 0.f);
-  rfactor.assign(npix, 0.f);
-  nenergies.assign(npix, 0);
-  fitted.assign(npix, 0);
+void LcfMaps::resize(std::size_t npix, int k) {  // new vectors: zero without a fill pass
+  fractions = ZeroedVector<float>(npix * static_cast<std::size_t>(k));
+  fraction_sigma = ZeroedVector<float>(npix * static_cast<std::size_t>(k));
+  thickness = ZeroedVector<float>(npix);
+  residual = ZeroedVector<float>(npix);
+  rfactor = ZeroedVector<float>(npix);
+  nenergies = ZeroedVector<std::uint16_t>(npix);
+  fitted = ZeroedVector<std::uint8_t>(npix);
 }
 
 IncrementalLcf::IncrementalLcf(LcfModel model, std::size_t npix, SolveOptions options)
@@ -101,29 +103,118 @@ namespace {
 
 constexpr std::size_t kStackBlock = 2048;  // pixels per block: accumulators stay in L1/L2
 
-// s_m = Σ_e x_em·y_e (float: 1e-6 relative, ample for s) and q = Σ_e y_e² (double: χ² is a
-// difference of q and θᵀs) for B pixels, streaming each energy's row once. Contiguous over
-// pixels, so it vectorizes; target_clones picks AVX2 at run time on CPUs that have it while
-// the binary stays portable.
-// s_m = Σ_e x_em·y_e (float: 1e-6 relative, ample for s) and q = Σ_e y_e² (double: χ² is a
-// difference of q and θᵀs) for B pixels, streaming each energy's row once. Contiguous over
-// pixels, so it vectorizes; target_clones picks AVX2 at run time on CPUs that have it while
-// the binary stays portable.
-__attribute__((target_clones("avx2", "default")))
-void accumulate_block(const float* planes, std::size_t stride, int E, int M, const float* xf, std::size_t B,
-                      float* acc, double* q) {
-  std::fill(acc, acc + static_cast<std::size_t>(M) * kStackBlock, 0.f);
-  std::fill(q, q + B, 0.0);
-  for (int e = 0; e < E; ++e) {
-    const float* __restrict y = planes + static_cast<std::size_t>(e) * stride;
-    for (int m = 0; m < M; ++m) {
-      const float x = xf[e * M + m];
-      float* __restrict a = acc + static_cast<std::size_t>(m) * kStackBlock;
-      for (std::size_t i = 0; i < B; ++i) a[i] += x * y[i];
-    }
-    for (std::size_t i = 0; i < B; ++i) q[i] += static_cast<double>(y[i]) * y[i];
+// The accumulation kernel. The planes of an energy-major stack lie P floats apart (16 MiB at
+// 2048²), so walking all E of them for the same pixels means E concurrent memory streams that
+// the hardware prefetchers cannot follow, and walking one plane at a time means loading and
+// storing every accumulator for every energy. Middle ground: energies in groups of kGroup;
+// for 16 pixels (one cache line of each plane) the group's sums stay in registers, and a
+// software prefetch runs kPrefetchAhead bytes ahead in each of the group's planes.
+constexpr int kGroup = 8;
+constexpr std::size_t kPrefetchAhead = 2048;
+// Parameters summed per register pass: (5 sums + q) × 16 floats is 12 AVX2 registers.
+constexpr int kChunk = 5;
+
+using Vf16 = float __attribute__((vector_size(64)));  // one cache line; 2 AVX2 / 1 AVX-512 register
+using Vd8 = double __attribute__((vector_size(64)));
+
+// The helpers below are always inlined, so the 64-byte vectors never cross a call (GCC warns
+// about the ABI of such calls for targets without AVX-512).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wpsabi"
+__attribute__((always_inline)) inline Vf16 load16(const float* p) {
+  Vf16 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+// Adds a group's float sums of 16 pixels to their accumulators: s in float (1e-6 relative,
+// ample for s), q in double (χ² is a difference of q and θᵀs). Summing at most kGroup terms in
+// float first keeps the rounding of q well below that of s. G: the group size if known at
+// compile time (full groups: an unrolled loop), else 0 and g.
+template <int MC, bool WithQ, int G>
+__attribute__((always_inline)) inline void group_step(const float* y, std::size_t stride, int g, const float* x, int M,
+                                                      float* acc, double* q) {
+  Vf16 s[MC] = {}, qq = {};
+  const int n = G > 0 ? G : g;
+  for (int e = 0; e < n; ++e, y += stride, x += M) {
+    const Vf16 v = load16(y);
+#pragma GCC unroll 8
+    for (int m = 0; m < MC; ++m) s[m] += x[m] * v;
+    if constexpr (WithQ) qq += v * v;
+  }
+#pragma GCC unroll 8
+  for (int m = 0; m < MC; ++m) {
+    float* a = acc + static_cast<std::size_t>(m) * kStackBlock;
+    const Vf16 sum = load16(a) + s[m];
+    std::memcpy(a, &sum, sizeof sum);
+  }
+  if constexpr (WithQ) {
+    Vd8 lo, hi;
+    std::memcpy(&lo, q, sizeof lo);
+    std::memcpy(&hi, q + 8, sizeof hi);
+    lo += __builtin_convertvector(__builtin_shufflevector(qq, qq, 0, 1, 2, 3, 4, 5, 6, 7), Vd8);
+    hi += __builtin_convertvector(__builtin_shufflevector(qq, qq, 8, 9, 10, 11, 12, 13, 14, 15), Vd8);
+    std::memcpy(q, &lo, sizeof lo);
+    std::memcpy(q + 8, &hi, sizeof hi);
   }
 }
+
+template <bool WithQ, int G>
+__attribute__((always_inline)) inline void group_chunk(int mc, const float* y, std::size_t stride, int g,
+                                                       const float* x, int M, float* acc, double* q) {
+  switch (mc) {
+    case 1: return group_step<1, WithQ, G>(y, stride, g, x, M, acc, q);
+    case 2: return group_step<2, WithQ, G>(y, stride, g, x, M, acc, q);
+    case 3: return group_step<3, WithQ, G>(y, stride, g, x, M, acc, q);
+    case 4: return group_step<4, WithQ, G>(y, stride, g, x, M, acc, q);
+    default: return group_step<kChunk, WithQ, G>(y, stride, g, x, M, acc, q);
+  }
+}
+
+// All parameters of 16 pixels over one group of planes (q with the first chunk).
+template <int G>
+__attribute__((always_inline)) inline void group_pixels(const float* y, std::size_t stride, int g, const float* x,
+                                                        int M, float* acc, double* q) {
+  group_chunk<true, G>(std::min(kChunk, M), y, stride, g, x, M, acc, q);
+  for (int m0 = kChunk; m0 < M; m0 += kChunk)
+    group_chunk<false, G>(std::min(kChunk, M - m0), y, stride, g, x + m0, M,
+                          acc + static_cast<std::size_t>(m0) * kStackBlock, nullptr);
+}
+
+// s_m = Σ_e x_em·y_e and q = Σ_e y_e² for the B pixels of a block (acc parameter-major with
+// row stride kStackBlock). target_clones compiles it for AVX-512, AVX2 (+FMA) and baseline
+// x86-64 and picks one at run time, so the binary stays portable.
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+void accumulate_block(const float* planes, std::size_t stride, int E, int M, const float* xf, std::size_t B,
+                      float* acc, double* q) {
+  for (int m = 0; m < M; ++m) std::fill_n(acc + static_cast<std::size_t>(m) * kStackBlock, B, 0.f);
+  std::fill_n(q, B, 0.0);
+  const std::size_t B16 = B / 16 * 16;
+  for (int e0 = 0; e0 < E; e0 += kGroup) {
+    const int g = std::min(kGroup, E - e0);
+    const float* rows = planes + static_cast<std::size_t>(e0) * stride;
+    const float* x = xf + static_cast<std::size_t>(e0) * M;
+    for (std::size_t i0 = 0; i0 < B16; i0 += 16) {
+      for (int j = 0; j < g; ++j)  // integer arithmetic: the address may lie past the plane
+        __builtin_prefetch(reinterpret_cast<const void*>(
+            reinterpret_cast<std::uintptr_t>(rows + static_cast<std::size_t>(j) * stride + i0) + kPrefetchAhead));
+      if (g == kGroup) group_pixels<kGroup>(rows + i0, stride, g, x, M, acc + i0, q + i0);
+      else group_pixels<0>(rows + i0, stride, g, x, M, acc + i0, q + i0);
+    }
+    for (std::size_t i = B16; i < B; ++i) {  // the block's last < 16 pixels, same arithmetic
+      const float* y = rows + i;
+      for (int m = 0; m < M; ++m) {
+        float sm = 0;
+        for (int e = 0; e < g; ++e) sm += x[e * M + m] * y[static_cast<std::size_t>(e) * stride];
+        acc[static_cast<std::size_t>(m) * kStackBlock + i] += sm;
+      }
+      float qq = 0;
+      for (int e = 0; e < g; ++e) qq += y[static_cast<std::size_t>(e) * stride] * y[static_cast<std::size_t>(e) * stride];
+      q[i] += qq;
+    }
+  }
+}
+#pragma GCC diagnostic pop
 
 }  // namespace
 
@@ -355,59 +446,161 @@ bool IncrementalLcf::block_solvable(const SetCache& c) const {
   return c.invertible && !samples_ && !options_.sum_to_one && options_.method != FitMethod::lasso;
 }
 
-// Block solve: pixels that share one energy set share G⁻¹, so θ = G⁻¹·S for a whole block in
-// vectorizable loops, with χ² = q − θᵀs and the fraction errors in closed form
-// (var_k = σ²(C_kk − 2f_k r_k + f_k² S)/T², C the reference block of G⁻¹). Pixels it cannot
-// settle (a negative coefficient under NNLS, no material) are left to solve_stats.
-template <class T>
-void IncrementalLcf::solve_block(const SetCache& c, int n, std::size_t B, const T* acc, const double* q,
-                                 const std::size_t* pixels, std::size_t p0, double* theta,
-                                 std::uint8_t* settled) const {
-  const int K = model_.n_refs(), F = model_.n_background();
-  double row_sum[64] = {}, total_cov = 0;
-  for (int a = 0; a < K && a < 64; ++a) {
-    for (int b = 0; b < K; ++b) row_sum[a] += c.G_inv(F + a, F + b);
-    total_cov += row_sum[a];
+namespace {
+
+// The block solve's arithmetic, over the B pixels of a block (rows of stride kStackBlock).
+// Free functions so that target_clones can compile them for wider vectors too.
+constexpr std::size_t kS = kStackBlock;
+
+// θ = G⁻¹·S (gi: column-major M×M) and χ² = q − θᵀs. T: float from fit_stack, double from
+// the per-pixel statistics. For the common model sizes M is a compile-time constant, so the
+// loop over pixels keeps s and θ in registers (M+1 loads and M stores per pixel instead of
+// M² passes over rows of the block).
+template <int M, class T>
+__attribute__((always_inline)) inline void theta_chi2_fixed(const double* gi, std::size_t B, const T* acc,
+                                                            const double* q, double* theta, double* chi2) {
+  for (std::size_t i = 0; i < B; ++i) {
+    double s[M], x2 = q[i];
+#pragma GCC unroll 16
+    for (int k = 0; k < M; ++k) s[k] = acc[static_cast<std::size_t>(k) * kS + i];
+#pragma GCC unroll 16
+    for (int r = 0; r < M; ++r) {
+      double t = 0;
+#pragma GCC unroll 16
+      for (int k = 0; k < M; ++k) t += gi[k * M + r] * s[k];
+      theta[static_cast<std::size_t>(r) * kS + i] = t;
+      x2 -= t * s[r];
+    }
+    chi2[i] = x2;
   }
-  const double* gi = c.G_inv.data();  // column-major M×M
-  std::fill(theta, theta + static_cast<std::size_t>(M_) * kStackBlock, 0.0);
-  for (int r = 0; r < M_; ++r) {
-    double* __restrict t = theta + static_cast<std::size_t>(r) * kStackBlock;
-    for (int k = 0; k < M_; ++k) {
-      const double g = gi[k * M_ + r];
-      const T* __restrict sk = acc + static_cast<std::size_t>(k) * kStackBlock;
+}
+
+template <class T>
+__attribute__((always_inline)) inline void theta_chi2_impl(const double* gi, int M, std::size_t B, const T* acc,
+                                                           const double* q, double* theta, double* chi2) {
+  switch (M) {  // 1 reference + constant background … 6 references + linear background
+    case 2: return theta_chi2_fixed<2>(gi, B, acc, q, theta, chi2);
+    case 3: return theta_chi2_fixed<3>(gi, B, acc, q, theta, chi2);
+    case 4: return theta_chi2_fixed<4>(gi, B, acc, q, theta, chi2);
+    case 5: return theta_chi2_fixed<5>(gi, B, acc, q, theta, chi2);
+    case 6: return theta_chi2_fixed<6>(gi, B, acc, q, theta, chi2);
+    case 7: return theta_chi2_fixed<7>(gi, B, acc, q, theta, chi2);
+    case 8: return theta_chi2_fixed<8>(gi, B, acc, q, theta, chi2);
+    default: break;
+  }
+  for (int r = 0; r < M; ++r) {
+    double* __restrict t = theta + static_cast<std::size_t>(r) * kS;
+    std::fill_n(t, B, 0.0);
+    for (int k = 0; k < M; ++k) {
+      const double g = gi[k * M + r];
+      const T* __restrict sk = acc + static_cast<std::size_t>(k) * kS;
       for (std::size_t i = 0; i < B; ++i) t[i] += g * sk[i];
     }
   }
-  LcfMaps& maps = const_cast<LcfMaps&>(maps_);  // each pixel writes only its own entries
-  const double dof = n - M_;
-  for (std::size_t i = 0; i < B; ++i) {
-    const std::size_t px = pixels ? pixels[i] : p0 + i;
-    double total = 0, fit = 0;
-    bool negative = false;
-    for (int r = 0; r < M_; ++r)
-      fit += theta[static_cast<std::size_t>(r) * kStackBlock + i] * acc[static_cast<std::size_t>(r) * kStackBlock + i];
-    for (int k = 0; k < K; ++k) {
-      const double cf = theta[static_cast<std::size_t>(F + k) * kStackBlock + i];
-      total += cf;
-      negative |= cf < 0;
-    }
-    settled[i] = std::isfinite(q[i]) && !(negative && options_.method == FitMethod::nnls) && std::abs(total) > 1e-12 &&
-                 K <= 64 && dof > 0;
-    if (!settled[i]) continue;
-    const double chi2 = std::max(0.0, q[i] - fit), sigma2 = chi2 / dof;
-    for (int k = 0; k < K; ++k) {
-      const double f = theta[static_cast<std::size_t>(F + k) * kStackBlock + i] / total;
-      const double var = sigma2 * (c.G_inv(F + k, F + k) - 2.0 * f * row_sum[k] + f * f * total_cov) / (total * total);
-      maps.fractions[static_cast<std::size_t>(k) * npix_ + px] = static_cast<float>(f);
-      maps.fraction_sigma[static_cast<std::size_t>(k) * npix_ + px] = static_cast<float>(std::sqrt(std::max(0.0, var)));
-    }
-    maps.thickness[px] = static_cast<float>(total);
-    maps.residual[px] = static_cast<float>(std::sqrt(chi2 / n));
-    maps.rfactor[px] = q[i] > 0 ? static_cast<float>(chi2 / q[i]) : 0.f;
-    maps.nenergies[px] = static_cast<std::uint16_t>(std::min(n, 65535));
-    maps.fitted[px] = 1;
+  std::copy_n(q, B, chi2);
+  for (int r = 0; r < M; ++r) {
+    const double* __restrict t = theta + static_cast<std::size_t>(r) * kS;
+    const T* __restrict sr = acc + static_cast<std::size_t>(r) * kS;
+    for (std::size_t i = 0; i < B; ++i) chi2[i] -= t[i] * sr[i];
   }
+}
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+void theta_chi2(const double* __restrict gi, int M, std::size_t B, const float* __restrict acc,
+                const double* __restrict q, double* __restrict theta, double* __restrict chi2) {
+  theta_chi2_impl(gi, M, B, acc, q, theta, chi2);
+}
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+void theta_chi2(const double* __restrict gi, int M, std::size_t B, const double* __restrict acc,
+                const double* __restrict q, double* __restrict theta, double* __restrict chi2) {
+  theta_chi2_impl(gi, M, B, acc, q, theta, chi2);
+}
+
+struct BlockConsts {  // per energy set: what the maps need from C = (G⁻¹) of the references
+  int K, F, n;
+  bool nnls;
+  const double* c_kk;     // C_kk
+  const double* row_sum;  // r_k = Σ_b C_kb
+  double total_cov;       // S = Σ_ab C_ab
+};
+
+// The maps from θ and χ² (chi2 holds q − θᵀs on entry): f_k = c_k/T, var_k = σ²(C_kk − 2f_k r_k
+// + f_k² S)/T², thickness T, residual √(χ²/n), R-factor χ²/q; settled[i] = 0 where the
+// pixel needs solve_stats (NNLS with a negative coefficient, no material, non-finite data).
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+void block_maps(const BlockConsts& bc, std::size_t B, const double* __restrict theta, const double* __restrict q,
+                double* __restrict chi2, double* __restrict total, double* __restrict var_scale, float* frac,
+                float* sigma, std::size_t k_stride, float* __restrict thickness, float* __restrict residual,
+                float* __restrict rfactor, std::uint16_t* nenergies, std::uint8_t* fitted,
+                std::uint8_t* __restrict settled) {
+  const int K = bc.K, M = bc.F + bc.K;
+  const double inv_dof = 1.0 / (bc.n - M), inv_n = 1.0 / bc.n;
+  const double* coeffs = theta + static_cast<std::size_t>(bc.F) * kS;
+  std::fill_n(total, B, 0.0);
+  std::fill_n(var_scale, B, 0.0);  // the smallest coefficient, for now
+  for (int k = 0; k < K; ++k) {
+    const double* __restrict c = coeffs + static_cast<std::size_t>(k) * kS;
+    for (std::size_t i = 0; i < B; ++i) total[i] += c[i], var_scale[i] = std::min(var_scale[i], c[i]);
+  }
+  // Settled unless NNLS needs the active set, there is no material or the data were not finite.
+  const bool solvable = bc.n > M, nnls = bc.nnls;
+  for (std::size_t i = 0; i < B; ++i)  // bitwise &: no branches, so the loop vectorizes
+    settled[i] = solvable & (std::abs(q[i]) <= std::numeric_limits<double>::max()) & !(nnls & (var_scale[i] < 0)) &
+                 (std::abs(total[i]) > 1e-12);
+  for (std::size_t i = 0; i < B; ++i) {
+    const double x2 = std::max(0.0, chi2[i]), t = total[i];
+    thickness[i] = static_cast<float>(t);
+    residual[i] = std::sqrt(static_cast<float>(x2 * inv_n));  // float root: the maps are float
+    rfactor[i] = q[i] > 0 ? static_cast<float>(x2 / q[i]) : 0.f;
+    const double it = 1.0 / t;
+    total[i] = it;                          // now 1/T
+    var_scale[i] = x2 * inv_dof * it * it;  // now σ²/T²
+  }
+  for (int k = 0; k < K; ++k) {
+    const double* __restrict c = coeffs + static_cast<std::size_t>(k) * kS;
+    const double ckk = bc.c_kk[k], rk = bc.row_sum[k], S = bc.total_cov;
+    float* __restrict f_out = frac + static_cast<std::size_t>(k) * k_stride;
+    float* __restrict s_out = sigma + static_cast<std::size_t>(k) * k_stride;
+    for (std::size_t i = 0; i < B; ++i) {
+      const double f = c[i] * total[i];
+      const double var = var_scale[i] * (ckk - 2.0 * f * rk + f * f * S);
+      f_out[i] = static_cast<float>(f);
+      s_out[i] = std::sqrt(std::max(0.f, static_cast<float>(var)));
+    }
+  }
+  std::fill_n(nenergies, B, static_cast<std::uint16_t>(std::min(bc.n, 65535)));
+  std::fill_n(fitted, B, std::uint8_t{1});
+}
+
+}  // namespace
+
+std::size_t IncrementalLcf::block_scratch(int M) { return static_cast<std::size_t>(M + 3) * kStackBlock; }
+
+// Block solve: pixels that share one energy set share G⁻¹, so θ = G⁻¹·S for a whole block in
+// vectorizable loops, with χ² = q − θᵀs and the fraction errors in closed form. Every loop
+// runs over the block's pixels without branches; the results go to `out` for every pixel, and
+// settled[i] says which are final. The others must be solved again by solve_stats, which
+// overwrites all their map entries.
+template <class T>
+void IncrementalLcf::solve_block(const SetCache& c, int n, std::size_t B, const T* acc, const double* q,
+                                 const BlockOut& out, double* scratch, std::uint8_t* settled) const {
+  const int K = model_.n_refs(), F = model_.n_background();
+  if (K > 64) {  // left to solve_stats
+    std::fill_n(settled, B, std::uint8_t{0});
+    return;
+  }
+  double* theta = scratch;  // M × kS, then χ², 1/T and σ²/T² rows
+  double* chi2 = theta + static_cast<std::size_t>(M_) * kS;
+  theta_chi2(c.G_inv.data(), M_, B, acc, q, theta, chi2);
+  double c_kk[64], row_sum[64], total_cov = 0;
+  for (int a = 0; a < K; ++a) {
+    c_kk[a] = c.G_inv(F + a, F + a);
+    row_sum[a] = 0;
+    for (int b = 0; b < K; ++b) row_sum[a] += c.G_inv(F + a, F + b);
+    total_cov += row_sum[a];
+  }
+  const BlockConsts bc{K, F, n, options_.method == FitMethod::nnls, c_kk, row_sum, total_cov};
+  block_maps(bc, B, theta, q, chi2, chi2 + kS, chi2 + 2 * kS, out.fractions, out.fraction_sigma, out.k_stride,
+             out.thickness, out.residual, out.rfactor, out.nenergies, out.fitted, settled);
 }
 
 std::size_t IncrementalLcf::solve_changed(int threads) {
@@ -429,20 +622,42 @@ std::size_t IncrementalLcf::solve_changed(int threads) {
       for (std::size_t i = begin; i < end; ++i) solve_pixel(changed_list_[i], ws);
       return;
     }
-    std::vector<double> acc(static_cast<std::size_t>(M_) * kStackBlock), q(kStackBlock),
-        theta(static_cast<std::size_t>(M_) * kStackBlock);
-    std::vector<std::uint8_t> settled(kStackBlock);
-    for (std::size_t b0 = begin; b0 < end; b0 += kStackBlock) {
-      const std::size_t B = std::min(kStackBlock, end - b0);
+    const int K = model_.n_refs();
+    constexpr std::size_t S = kStackBlock;
+    std::vector<double> acc(static_cast<std::size_t>(M_) * S), q(S), scratch(block_scratch(M_));
+    std::vector<std::uint8_t> settled(S);
+    // Scattered pixels: the block's maps go to a scratch block first, then to their pixels.
+    std::vector<float> fk(2 * static_cast<std::size_t>(K) * S), f3(3 * S);
+    std::vector<std::uint16_t> nen(S);
+    std::vector<std::uint8_t> fitted(S);
+    const BlockOut out{fk.data(), fk.data() + static_cast<std::size_t>(K) * S, S, f3.data(), f3.data() + S,
+                       f3.data() + 2 * S, nen.data(), fitted.data()};
+    LcfMaps& maps = maps_;
+    for (std::size_t b0 = begin; b0 < end; b0 += S) {
+      const std::size_t B = std::min(S, end - b0);
       const std::size_t* pixels = &changed_list_[b0];
       for (std::size_t i = 0; i < B; ++i) {  // gather the block's statistics, parameter-major
         const double* st = &stats_[pixels[i] * static_cast<std::size_t>(M_ + 1)];
-        for (int m = 0; m < M_; ++m) acc[static_cast<std::size_t>(m) * kStackBlock + i] = st[m];
+        for (int m = 0; m < M_; ++m) acc[static_cast<std::size_t>(m) * S + i] = st[m];
         q[i] = st[M_];
       }
-      solve_block(caches_[common], sets_.count(common), B, acc.data(), q.data(), pixels, 0, theta.data(), settled.data());
-      for (std::size_t i = 0; i < B; ++i)
-        if (!settled[i]) solve_pixel(pixels[i], ws);
+      solve_block(caches_[common], sets_.count(common), B, acc.data(), q.data(), out, scratch.data(), settled.data());
+      for (std::size_t i = 0; i < B; ++i) {
+        const std::size_t p = pixels[i];
+        if (!settled[i]) {
+          solve_pixel(p, ws);
+          continue;
+        }
+        for (int k = 0; k < K; ++k) {
+          maps.fractions[static_cast<std::size_t>(k) * npix_ + p] = out.fractions[static_cast<std::size_t>(k) * S + i];
+          maps.fraction_sigma[static_cast<std::size_t>(k) * npix_ + p] = out.fraction_sigma[static_cast<std::size_t>(k) * S + i];
+        }
+        maps.thickness[p] = out.thickness[i];
+        maps.residual[p] = out.residual[i];
+        maps.rfactor[p] = out.rfactor[i];
+        maps.nenergies[p] = out.nenergies[i];
+        maps.fitted[p] = out.fitted[i];
+      }
     }
   };
   if (nthreads == 1) {
@@ -466,23 +681,31 @@ void IncrementalLcf::fit_stack(const float* planes, std::size_t plane_stride, in
   std::vector<float> xf(static_cast<std::size_t>(E * M_));
   for (int e = 0; e < E; ++e)
     for (int m = 0; m < M_; ++m) xf[static_cast<std::size_t>(e * M_ + m)] = static_cast<float>(model_.X(e, m));
-  std::vector<std::uint8_t> nonfinite(npix_, 0);
   const auto& full_cache = caches_[full];
   const bool block_path = block_solvable(full_cache) && E > M_;
-  auto work = [&](std::size_t begin, std::size_t end) {
+  const int K = model_.n_refs();
+  const std::size_t blocks = (npix_ + kStackBlock - 1) / kStackBlock;
+  const int nthreads = std::max(1, std::min<int>(threads, static_cast<int>(blocks)));
+  std::vector<std::vector<std::size_t>> nonfinite(static_cast<std::size_t>(nthreads));  // per thread
+  auto work = [&](int t, std::size_t begin, std::size_t end) {
     Workspace ws(M_);
     std::vector<float> acc(static_cast<std::size_t>(M_) * kStackBlock);
     std::vector<double> q(kStackBlock), st(static_cast<std::size_t>(M_ + 1));
-    std::vector<double> theta(block_path ? static_cast<std::size_t>(M_) * kStackBlock : 0);
+    std::vector<double> scratch(block_path ? block_scratch(M_) : 0);
     std::vector<std::uint8_t> settled(kStackBlock, 0);
     for (std::size_t p0 = begin; p0 < end; p0 += kStackBlock) {
       const std::size_t B = std::min(kStackBlock, end - p0);
       accumulate_block(planes + p0, plane_stride, E, M_, xf.data(), B, acc.data(), q.data());
-      if (block_path) solve_block(full_cache, E, B, acc.data(), q.data(), nullptr, p0, theta.data(), settled.data());
+      if (block_path) {  // straight into the maps: this block's pixels are contiguous
+        const BlockOut out{maps_.fractions.data() + p0, maps_.fraction_sigma.data() + p0, npix_,
+                           maps_.thickness.data() + p0, maps_.residual.data() + p0, maps_.rfactor.data() + p0,
+                           maps_.nenergies.data() + p0, maps_.fitted.data() + p0};
+        solve_block(full_cache, E, B, acc.data(), q.data(), out, scratch.data(), settled.data());
+      }
       for (std::size_t i = 0; i < B; ++i) {
         if (block_path && settled[i]) continue;
         if (!std::isfinite(q[i])) {
-          nonfinite[p0 + i] = 1;
+          nonfinite[static_cast<std::size_t>(t)].push_back(p0 + i);
           continue;
         }
         for (int m = 0; m < M_; ++m) st[static_cast<std::size_t>(m)] = acc[static_cast<std::size_t>(m) * kStackBlock + i];
@@ -491,21 +714,26 @@ void IncrementalLcf::fit_stack(const float* planes, std::size_t plane_stride, in
       }
     }
   };
-  const std::size_t blocks = (npix_ + kStackBlock - 1) / kStackBlock;
-  const int nthreads = std::max(1, std::min<int>(threads, static_cast<int>(blocks)));
   {
     std::vector<std::jthread> pool;
     for (int t = 0; t < nthreads; ++t)
-      pool.emplace_back(work, std::min(npix_, blocks * static_cast<std::size_t>(t) / nthreads * kStackBlock),
+      pool.emplace_back(work, t, std::min(npix_, blocks * static_cast<std::size_t>(t) / nthreads * kStackBlock),
                         std::min(npix_, blocks * static_cast<std::size_t>(t + 1) / nthreads * kStackBlock));
   }
-  // Pixels with a NaN/Inf sample: their finite samples through the incremental path.
-  for (std::size_t p = 0; p < npix_; ++p)
-    if (nonfinite[p])
+  // Pixels with a NaN/Inf sample: cleared (the block solve wrote them), then their finite
+  // samples through the incremental path.
+  for (const auto& list : nonfinite)
+    for (std::size_t p : list) {
+      for (int k = 0; k < K; ++k)
+        maps_.fractions[static_cast<std::size_t>(k) * npix_ + p] = maps_.fraction_sigma[static_cast<std::size_t>(k) * npix_ + p] = 0.f;
+      maps_.thickness[p] = maps_.residual[p] = maps_.rfactor[p] = 0.f;
+      maps_.nenergies[p] = 0;
+      maps_.fitted[p] = 0;
       for (int e = 0; e < E; ++e) {
         const float y = planes[static_cast<std::size_t>(e) * plane_stride + p];
         if (std::isfinite(y)) add(p, e, y);
       }
+    }
   solve_changed(threads);
 }
 

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "science/lcf.hpp"
+#include "science/zeroed_allocator.hpp"
 
 namespace xanesd::science {
 
@@ -47,14 +48,16 @@ class EnergySets {
 };
 
 // The maps one solve produces (all P = rows·cols long, fractions K·P, reference-major).
+// Zeroed vectors: allocating them writes nothing, so a fresh object costs no zero-fill pass
+// and fit_stack's threads fault the pages in as they write them.
 struct LcfMaps {
-  std::vector<float> fractions, fraction_sigma;  // K·P: c_k/Σc and its standard error
-  std::vector<float> thickness;                  // Σc: the edge step in signal units
-  std::vector<float> residual;                   // RMS misfit √(χ²/n)
-  std::vector<float> rfactor;                    // χ²/Σy²
-  std::vector<std::uint16_t> nenergies;
-  std::vector<std::uint8_t> fitted;  // 1 where the pixel had enough energies and a solution
-  void resize(std::size_t npix, int k);
+  ZeroedVector<float> fractions, fraction_sigma;  // K·P: c_k/Σc and its standard error
+  ZeroedVector<float> thickness;                  // Σc: the edge step in signal units
+  ZeroedVector<float> residual;                   // RMS misfit √(χ²/n)
+  ZeroedVector<float> rfactor;                    // χ²/Σy²
+  ZeroedVector<std::uint16_t> nenergies;
+  ZeroedVector<std::uint8_t> fitted;  // 1 where the pixel had enough energies and a solution
+  void resize(std::size_t npix, int k);  // fresh, all-zero maps
 };
 
 // Counting statistics (science.md §3): a pixel's raw samples and the count scale c_j of each,
@@ -113,9 +116,18 @@ class IncrementalLcf {
   // Solves pixel p from statistics st = [s (M), q] over energy set `set`; writes its maps.
   void solve_stats(std::size_t p, std::uint32_t set, const double* st, Workspace& ws) const;
   bool block_solvable(const SetCache& c) const;
+  struct BlockOut {  // where solve_block writes a block's maps: into maps_ or a scratch block
+    float *fractions, *fraction_sigma;  // reference k at [k·k_stride + i]
+    std::size_t k_stride;
+    float *thickness, *residual, *rfactor;
+    std::uint16_t* nenergies;
+    std::uint8_t* fitted;
+  };
+  // Scratch doubles solve_block needs for M parameters.
+  static std::size_t block_scratch(int M);
   template <class T>
-  void solve_block(const SetCache& c, int n, std::size_t B, const T* acc, const double* q, const std::size_t* pixels,
-                   std::size_t p0, double* theta, std::uint8_t* settled) const;
+  void solve_block(const SetCache& c, int n, std::size_t B, const T* acc, const double* q, const BlockOut& out,
+                   double* scratch, std::uint8_t* settled) const;
   FitResult solve_weighted(std::size_t p, const SetCache& c, const Eigen::Ref<const Eigen::VectorXd>& s, double q,
                            int n) const;
 

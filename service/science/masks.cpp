@@ -31,8 +31,8 @@ QualityMask quality_mask(const LcfMaps& maps, const MaskSettings& s) {
   return m;
 }
 
-std::vector<float> apply_mask(const std::vector<float>& per_pixel_k, const std::vector<std::uint8_t>& valid) {
-  std::vector<float> out(per_pixel_k);
+std::vector<float> apply_mask(std::span<const float> per_pixel_k, const std::vector<std::uint8_t>& valid) {
+  std::vector<float> out(per_pixel_k.begin(), per_pixel_k.end());
   const std::size_t P = valid.size();
   for (std::size_t i = 0; i < out.size(); ++i)
     if (!valid[i % P]) out[i] = 0.f;

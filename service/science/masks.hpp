@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
 #include <vector>
 
 #include "science/incremental_lcf.hpp"
@@ -26,6 +27,6 @@ struct QualityMask {
 QualityMask quality_mask(const LcfMaps& maps, const MaskSettings& s);
 
 // fractions (K·P) with masked pixels set to 0.
-std::vector<float> apply_mask(const std::vector<float>& per_pixel_k, const std::vector<std::uint8_t>& valid);
+std::vector<float> apply_mask(std::span<const float> per_pixel_k, const std::vector<std::uint8_t>& valid);
 
 }  // namespace xanesd::science
