@@ -115,44 +115,16 @@ Eigen::MatrixXd column(const std::vector<int>& v) {
 ScanSettings default_settings() { return scan_settings(make_config(nlohmann::json::object(), {}, "/")); }
 
 // Feeds a simulated scan to a Scan energy-major, frame by frame as the pipeline would, then
-// solves (fit + quality mask). The same steps as tests/science_support.hpp's run_scan.
+// solves (fit + quality mask), as tests/science_support.hpp's run_scan.
 std::unique_ptr<Scan> run_scan(const sim::Scan& s, const std::vector<Reference>& refs, const ScanSettings& settings) {
-  protocol::StartMsg start;
-  start.scan_id = "bench";
-  start.rows = s.params.rows, start.cols = s.params.cols;
-  start.energies_eV = s.params.energies_eV;
-  start.mode = s.params.mode;
-  auto scan = std::make_unique<Scan>(std::move(start), refs, settings);
+  auto scan = std::make_unique<Scan>(sim::start_message(s, "bench"), refs, settings);
   if (!scan->fit_error().empty()) throw std::runtime_error("scan: " + scan->fit_error());
-  const std::size_t P = s.pixels();
   for (std::size_t e = 0; e < s.params.energies_eV.size(); ++e) {
-    protocol::FrameMsg f;
-    f.scan_id = "bench";
-    f.seq = static_cast<std::int64_t>(e);
-    f.energy_index = static_cast<int>(e);
-    f.energy_eV = s.params.energies_eV[e];
-    f.counts = protocol::Array::from<float>("counts", std::span<const float>(&s.counts[e * P], P), {s.params.rows, s.params.cols});
-    f.i0_scalar = s.i0[e];
+    auto f = sim::frame_message(s, "bench", e);
     if (!scan->apply(f).accepted) throw std::runtime_error("scan: frame rejected");
   }
   scan->solve_changed(2);
   return scan;
-}
-
-// The SegmentInput Scan::update_segments builds (service/scan/scan.cpp), from the Scan's
-// public accessors, so the bench can hold the OnlineSegmenter (and its sample features).
-SegmentInput input_of(const Scan& scan, const ScanSettings& settings, int threads) {
-  SegmentInput in;
-  in.planes = scan.spectra().data();
-  in.npix = scan.pixels();
-  in.rows = scan.rows(), in.cols = scan.cols();
-  in.energies = &scan.energies();
-  in.material = scan.fit() ? scan.mask().valid.data() : nullptr;
-  in.model = scan.fit() ? &scan.fit()->model() : nullptr;
-  in.fit = settings.fit;
-  in.edge = settings.edge;
-  in.threads = threads;
-  return in;
 }
 
 // ARI over pixels with material in the truth.
@@ -208,7 +180,7 @@ void features_part(const Options& o, const std::vector<Reference>& refs, const s
 
     // The same update on the same input, with the segmenter in hand (Scan keeps its own private).
     OnlineSegmenter seg(settings.segment);
-    seg.update(input_of(*scan, settings, o.threads));
+    seg.update(scan->segment_input(o.threads));
     const Segmentation& r = seg.result();
     const FeatureMatrix& F = seg.sample_features();
     if (r.labels != daemon_seg.labels) std::printf("  WARNING: the bench's segmenter labels differ from Scan::update_segments'\n");

@@ -29,24 +29,10 @@ inline std::vector<science::Reference> pick(const std::vector<science::Reference
 // `after_frame(scan, e)` runs after energy e is applied (live updates in between).
 inline std::unique_ptr<Scan> run_scan(const sim::Scan& s, const std::vector<science::Reference>& refs, const ScanSettings& settings,
                                       const std::function<void(Scan&, std::size_t)>& after_frame = {}) {
-  protocol::StartMsg start;
-  start.scan_id = "accuracy";
-  start.rows = s.params.rows, start.cols = s.params.cols;
-  start.energies_eV = s.params.energies_eV;
-  start.mode = s.params.mode;
-  if (!s.dark.empty()) start.dark = protocol::Array::from<float>("dark", s.dark, {start.rows, start.cols});
-  auto scan = std::make_unique<Scan>(std::move(start), refs, settings);
+  auto scan = std::make_unique<Scan>(sim::start_message(s, "accuracy"), refs, settings);
   REQUIRE(scan->fit_error().empty());
-  const std::size_t P = s.pixels();
   for (std::size_t e = 0; e < s.params.energies_eV.size(); ++e) {
-    protocol::FrameMsg f;
-    f.scan_id = "accuracy";
-    f.seq = static_cast<std::int64_t>(e);
-    f.energy_index = static_cast<int>(e);
-    f.energy_eV = s.params.energies_eV[e];
-    f.counts = protocol::Array::from<float>("counts", std::span<const float>(&s.counts[e * P], P), {s.params.rows, s.params.cols});
-    if (s.params.mode == protocol::Mode::fluorescence) f.i0_scalar = s.i0[e];
-    else f.flat = protocol::Array::from<float>("flat", std::span<const float>(&s.flat[e * P], P), {s.params.rows, s.params.cols});
+    auto f = sim::frame_message(s, "accuracy", e);
     REQUIRE(scan->apply(f).accepted);
     if (after_frame) after_frame(*scan, e);
   }

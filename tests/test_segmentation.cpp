@@ -216,3 +216,39 @@ TEST_CASE("one species at varying thickness and low counts is one domain (shape 
   MESSAGE("single species: k = " << seg->clusters.size() << ", scatter/noise " << seg->scatter_ratio);
   CHECK(seg->clusters.size() == 1);
 }
+
+TEST_CASE("XRF features separate domains the spectra cannot; weight 0 leaves them out") {
+  // One species everywhere, but half the domains carry 5× the Fe XRF of the others (e.g. a
+  // denser phase): spectrally one domain, two by XRF.
+  auto p = test::hxn_scan(64, 64);
+  p.layout = sim::Params::Layout::domains;
+  p.counts = 1000;
+  p.seed = 4;
+  auto truth = sim::simulate(test::pick(load_reference_file(test::fe_library()), {"Goethite"}), p);
+  std::mt19937 rng(1);
+  std::vector<int> xrf_class(truth.pixels(), -1);
+  for (std::size_t q = 0; q < truth.pixels(); ++q) {
+    if (truth.domains[q] == 0) continue;
+    xrf_class[q] = truth.domains[q] <= 2 ? 0 : 1;
+    const double mean = xrf_class[q] == 0 ? 200.0 : 1000.0;
+    truth.xrf[q] = static_cast<float>(std::poisson_distribution<int>(mean)(rng));
+  }
+  const auto refs = test::pick(load_reference_file(test::fe_library()), kSpecies);
+  auto settings = test::default_settings();
+  auto without = test::run_scan(truth, refs, settings);
+  without->update_segments(2);
+  CHECK(without->segmentation()->clusters.size() == 1);
+
+  settings.segment.xrf_weight = 1.0;
+  auto with = test::run_scan(truth, refs, settings);
+  with->update_segments(2);
+  const auto* seg = with->segmentation();
+  REQUIRE(seg->waiting.empty());
+  std::vector<int> a, b;
+  for (std::size_t q = 0; q < truth.pixels(); ++q)
+    if (xrf_class[q] >= 0) a.push_back(seg->labels[q]), b.push_back(xrf_class[q]);
+  const double ari = adjusted_rand_index(a, b);
+  MESSAGE("XRF weight 1: k = " << seg->clusters.size() << ", ARI against the XRF classes " << ari);
+  CHECK(seg->clusters.size() == 2);
+  CHECK(ari > 0.95);
+}

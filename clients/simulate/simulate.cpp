@@ -132,6 +132,32 @@ Scan simulate(const std::vector<science::Reference>& refs, const Params& p) {
   return s;
 }
 
+protocol::StartMsg start_message(const Scan& s, const std::string& scan_id) {
+  protocol::StartMsg start;
+  start.scan_id = scan_id;
+  start.rows = s.params.rows, start.cols = s.params.cols;
+  start.energies_eV = s.params.energies_eV;
+  start.mode = s.params.mode;
+  if (!s.dark.empty()) start.dark = protocol::Array::from<float>("dark", s.dark, {start.rows, start.cols});
+  if (!s.xrf.empty()) start.xrf_channels = {"Fe"};
+  return start;
+}
+
+protocol::FrameMsg frame_message(const Scan& s, const std::string& scan_id, std::size_t e) {
+  const std::size_t P = s.pixels();
+  const std::int64_t R = s.params.rows, C = s.params.cols;
+  protocol::FrameMsg f;
+  f.scan_id = scan_id;
+  f.seq = static_cast<std::int64_t>(e);
+  f.energy_index = static_cast<int>(e);
+  f.energy_eV = s.params.energies_eV[e];
+  f.counts = protocol::Array::from<float>("counts", std::span<const float>(&s.counts[e * P], P), {R, C});
+  if (s.params.mode == protocol::Mode::fluorescence) f.i0_scalar = s.i0[e];
+  else f.flat = protocol::Array::from<float>("flat", std::span<const float>(&s.flat[e * P], P), {R, C});
+  if (e == 0 && !s.xrf.empty()) f.xrf = protocol::Array::from<float>("xrf", s.xrf, {1, R, C});
+  return f;
+}
+
 void write_scan_file(const Scan& s, const std::filesystem::path& path) {
   using hs = std::vector<hsize_t>;
   const auto E = static_cast<hsize_t>(s.params.energies_eV.size());

@@ -48,6 +48,12 @@ struct Scan {
 // sharp boundaries and gradual mixing are present. K = refs.size() (2 to 6 works best).
 Scan simulate(const std::vector<science::Reference>& refs, const Params& p);
 
+// The messages a detector and scan controller would send for this scan, energy-major, one full
+// frame per energy (the XRF map with the first, as the replayer sends it): for feeding a Scan
+// in-process (tests, benchmarks) without a file.
+protocol::StartMsg start_message(const Scan& s, const std::string& scan_id);
+protocol::FrameMsg frame_message(const Scan& s, const std::string& scan_id, std::size_t energy);
+
 // The scan-file layout of README "Scan files": /energy, /raw/counts, /raw/i0, /raw/flat,
 // /raw/dark, /xrf/Fe, plus /truth for tests.
 void write_scan_file(const Scan& s, const std::filesystem::path& path);

@@ -324,6 +324,10 @@ void Scan::update_segments(int threads) {
   }
   // New settings (configure) start a new segmentation; new references keep the clusters.
   if (!segmenter_ || !same_clustering(segmenter_->settings(), settings_.segment)) segmenter_.emplace(settings_.segment);
+  segmenter_->update(segment_input(threads));
+}
+
+science::SegmentInput Scan::segment_input(int threads) const {
   science::SegmentInput in;
   in.planes = store_.data();
   in.npix = npix_;
@@ -336,7 +340,7 @@ void Scan::update_segments(int threads) {
   in.fit = settings_.fit;
   in.edge = settings_.edge;
   in.threads = threads;
-  segmenter_->update(in);
+  return in;
 }
 
 void Scan::compute_edge_maps(int threads) {

@@ -82,6 +82,8 @@ class Scan : private science::SampleSource {
   // Live segmentation (science.md §4) over what is stored so far; call after solve_changed so
   // the thickness mask is current. nullptr when segmentation is off.
   void update_segments(int threads);
+  // What update_segments gives the segmenter: views of this scan's store, mask, XRF and model.
+  science::SegmentInput segment_input(int threads) const;
   const science::Segmentation* segmentation() const { return segmenter_ ? &segmenter_->result() : nullptr; }
 
   const std::string& id() const { return start_.scan_id; }

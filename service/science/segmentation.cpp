@@ -120,18 +120,21 @@ struct FeatureSpace {
     for (int i = 0; i < r; ++i) f[i] *= spectral_scale;
     extras(p, cols, xrf_planes, npix, f);
   }
-  // The position and XRF blocks (after the r spectral features).
+  // The XRF and position blocks (after the r spectral features). Measured blocks (spectra,
+  // XRF) come first: the automatic k compares their scatter with their noise; position has no
+  // noise to compare with.
   void extras(std::size_t p, int cols, const float* xrf_planes, std::size_t npix, double* f) const {
     int d = r;
-    if (spatial) {
-      f[d++] = (static_cast<double>(p / static_cast<std::size_t>(cols)) - row_mean) * spatial_scale;
-      f[d++] = (static_cast<double>(p % static_cast<std::size_t>(cols)) - col_mean) * spatial_scale;
-    }
     for (int c = 0; c < xrf; ++c) {
       const double v = xrf_planes[static_cast<std::size_t>(c) * npix + p];
       f[d++] = std::isfinite(v) ? (v - xrf_mean[static_cast<std::size_t>(c)]) * xrf_scale[static_cast<std::size_t>(c)] : 0.0;
     }
+    if (spatial) {
+      f[d++] = (static_cast<double>(p / static_cast<std::size_t>(cols)) - row_mean) * spatial_scale;
+      f[d++] = (static_cast<double>(p % static_cast<std::size_t>(cols)) - col_mean) * spatial_scale;
+    }
   }
+  int measured_dims() const { return r + xrf; }
 };
 
 using Rows = FeatureMatrix;
@@ -184,9 +187,13 @@ void add_kmeanspp(const Rows& F, Rows& C, int k, std::mt19937_64& rng) {
 
 // Lloyd iterations from the given centres. Empty clusters keep their centre (ids stay put);
 // returns the inertia.
-double lloyd(const Rows& F, Rows& C, std::vector<int>& assign, int max_iter = 50) {
+double lloyd(const Rows& F, Rows& C, std::vector<int>& assign, int max_iter = 100) {
   const auto n = F.rows();
   assign.assign(static_cast<std::size_t>(n), -1);
+  // Converged when the centres move less than 1e-4 of the features' mean variance (squared,
+  // summed), as scikit-learn's tol: where clusters overlap, points at the boundary keep
+  // trading places long after the centres have settled.
+  const double tol = 1e-4 * (F.rowwise() - F.colwise().mean()).squaredNorm() / static_cast<double>(std::max<Eigen::Index>(1, n * F.cols()));
   double inertia = 0;
   for (int it = 0; it < max_iter; ++it) {
     bool moved = false;
@@ -204,8 +211,22 @@ double lloyd(const Rows& F, Rows& C, std::vector<int>& assign, int max_iter = 50
       sum.row(assign[static_cast<std::size_t>(i)]) += F.row(i);
       ++count[static_cast<std::size_t>(assign[static_cast<std::size_t>(i)])];
     }
+    double shift = 0;
     for (Eigen::Index c = 0; c < C.rows(); ++c)
-      if (count[static_cast<std::size_t>(c)] > 0) C.row(c) = sum.row(c) / count[static_cast<std::size_t>(c)];
+      if (count[static_cast<std::size_t>(c)] > 0) {
+        const Eigen::RowVectorXd next = sum.row(c) / count[static_cast<std::size_t>(c)];
+        shift += (next - C.row(c)).squaredNorm();
+        C.row(c) = next;
+      }
+    if (shift <= tol) {  // settled: the final assignment against the final centres
+      inertia = 0;
+      for (Eigen::Index i = 0; i < n; ++i) {
+        double d;
+        assign[static_cast<std::size_t>(i)] = nearest(C, F.row(i).data(), &d);
+        inertia += d;
+      }
+      break;
+    }
   }
   return inertia;
 }
@@ -256,11 +277,11 @@ Clustering fresh_kmeans(const Rows& F, int k, std::mt19937_64& rng, int n_init =
   return best;
 }
 
-// Within-cluster scatter of the first r feature columns (the spectral block), per dimension.
-double spectral_scatter(const Rows& F, const Clustering& c, int r) {
+// Within-cluster scatter of the first m feature columns (the measured blocks), per dimension.
+double measured_scatter(const Rows& F, const Clustering& c, int m) {
   double s = 0;
-  for (Eigen::Index i = 0; i < F.rows(); ++i) s += (F.row(i).head(r) - c.centroids.row(c.assign[static_cast<std::size_t>(i)]).head(r)).squaredNorm();
-  return s / static_cast<double>(F.rows() * r);
+  for (Eigen::Index i = 0; i < F.rows(); ++i) s += (F.row(i).head(m) - c.centroids.row(c.assign[static_cast<std::size_t>(i)]).head(m)).squaredNorm();
+  return s / static_cast<double>(F.rows() * m);
 }
 
 // Ids for a new clustering: each cluster takes the previous id most of its sampled pixels had,
@@ -533,26 +554,28 @@ void OnlineSegmenter::update(const SegmentInput& in) {
   // the median over the adjacent pairs the sampled runs hold; boundaries are outliers).
   double noise_var = 0;
   {
-    std::vector<std::vector<double>> diff2(static_cast<std::size_t>(r));
+    const int m = fs.measured_dims();
+    std::vector<std::vector<double>> diff2(static_cast<std::size_t>(m));
     for (Eigen::Index i = 0; i + 1 < n; ++i) {
       const std::size_t p = sample[static_cast<std::size_t>(i)], q = sample[static_cast<std::size_t>(i + 1)];
       if (q != p + 1 || in.cols < 2 || q % static_cast<std::size_t>(in.cols) == 0) continue;
-      for (int j = 0; j < r; ++j) diff2[static_cast<std::size_t>(j)].push_back(0.5 * std::pow(F(i + 1, j) - F(i, j), 2));
+      for (int j = 0; j < m; ++j) diff2[static_cast<std::size_t>(j)].push_back(0.5 * std::pow(F(i + 1, j) - F(i, j), 2));
     }
     for (auto& v : diff2) {
       if (v.empty()) continue;
       std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(v.size() / 2), v.end());
-      noise_var += v[v.size() / 2] / 0.4549 / r;  // median of χ²₁ is 0.4549
+      noise_var += v[v.size() / 2] / 0.4549 / m;  // median of χ²₁ is 0.4549
     }
     if (noise_var <= 0) noise_var = sigma2 * fs.spectral_scale * fs.spectral_scale;  // no neighbours: the PCA floor
   }
 
-  // 5. k-means. k: the smallest whose within-cluster spectral scatter is within
+  // 5. k-means. k: the smallest whose within-cluster scatter of the measured features (PCA
+  // scores, XRF) is within
   // noise_ratio × the noise (the clusters then explain all structure above noise;
   // k = 1 when the image's own scatter already is). The previous update's clusters, rebuilt
   // from the ids the sampled pixels had, are kept while their k still passes; a new clustering
   // inherits ids by overlap, so a domain keeps its id and colour while the map refines.
-  auto ratio = [&](const Clustering& c) { return noise_var > 0 ? spectral_scatter(F, c, r) / noise_var : INFINITY; };
+  auto ratio = [&](const Clustering& c) { return noise_var > 0 ? measured_scatter(F, c, fs.measured_dims()) / noise_var : INFINITY; };
   std::vector<std::uint8_t> previous_of_sample;
   if (warm)
     for (auto p : sample) previous_of_sample.push_back(previous[p]);
