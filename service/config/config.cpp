@@ -41,6 +41,7 @@ const std::vector<ConfigKey>& config_keys() {
       {"mask.residual_max", 0.0, "mask pixels whose RMS residual exceeds this (signal units); 0: off", 0, 1e30, true},
       {"mask.rfactor_max", 0.0, "mask pixels whose R-factor χ²/Σy² exceeds this; 0: off", 0, 1e30, true},
       {"segment.enabled", true, "segment the image live (science.md §4): PCA features + k-means, cluster-then-fit; published on maps/segments and clusters", -1e300, 1e300, true},
+      {"segment.interval_ms", 1000, "while a scan runs, refresh the segmentation at most this often (ms; it also waits for a publication cycle); always with the final maps. maps/segments and clusters are published on the cycles that refresh them", 0, 3.6e6, true},
       {"segment.k", 0, "number of clusters (domains with material); 0: the smallest k whose within-cluster scatter of the measured features (spectral, XRF) is at most segment.noise_ratio × their noise (k = 1 when the image's own scatter is), re-judged at each update; the previous clusters are kept while they pass and one fewer would not", 0, 254, true},
       {"segment.k_max", 6, "largest k the automatic choice considers", 2, 254, true},
       {"segment.noise_ratio", 1.3, "automatic k: largest within-cluster scatter per measured feature (PCA scores, XRF), as a multiple of the noise (half the squared feature difference of adjacent pixels, median); larger: fewer clusters", 1, 100, true},
@@ -151,6 +152,7 @@ Config build(const nlohmann::json& flat, const std::filesystem::path& base_dir) 
   c.segment.xrf_weight = num("segment.xrf_weight");
   c.segment.sample = integer("segment.sample");
   c.segment.seed = flat.at("segment.seed").get<std::uint64_t>();
+  c.segment.interval_ms = integer("segment.interval_ms");
   c.select = {integer("select.n"), integer("select.normalization_points"), integer("select.train_mixtures"),
               integer("select.test_mixtures"), num("select.noise"), flat.at("select.seed").get<std::uint64_t>()};
   c.output = {str("output.directory"), flat.at("output.write_on_stop").get<bool>(), flat.at("output.save_spectra").get<bool>()};

@@ -148,6 +148,7 @@ void Pipeline::on_start(protocol::StartMsg&& s) {
   version_ = 0;
   result_file_.clear();
   changed_since_publish_ = false;
+  last_segmentation_ = {};
   update_status();
   publisher_.publish(make_status_message(status(), id, version_));
 }
@@ -196,10 +197,17 @@ void Pipeline::finish_scan(bool write_file) {
 void Pipeline::publish_cycle(bool final) {
   const auto t0 = std::chrono::steady_clock::now();
   const auto solved = scan_->solve_changed(solve_threads(cfg_));
-  scan_->update_segments(solve_threads(cfg_));
+  // Segmentation costs more than a solve on big images: refreshed at most every
+  // segment.interval_ms while the scan runs, always with the final maps.
+  const bool segment = final || last_segmentation_ == std::chrono::steady_clock::time_point{} ||
+                       t0 >= last_segmentation_ + std::chrono::milliseconds(cfg_.segment.interval_ms);
+  if (segment) {
+    scan_->update_segments(solve_threads(cfg_));
+    last_segmentation_ = std::chrono::steady_clock::now();
+  }
   if (final) scan_->compute_edge_maps(solve_threads(cfg_));
   ++version_;
-  for (auto& m : make_map_messages(*scan_, version_, final)) publisher_.publish(std::move(m));
+  for (auto& m : make_map_messages(*scan_, version_, final, segment)) publisher_.publish(std::move(m));
   update_status();
   publisher_.publish(make_status_message(status(), scan_->id(), version_));
   changed_since_publish_ = false;

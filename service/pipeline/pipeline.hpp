@@ -63,7 +63,8 @@ class Pipeline {
   std::chrono::steady_clock::time_point last_publish_{};
   std::chrono::steady_clock::duration last_cycle_{};  // how long the last publication cycle took
   std::atomic<std::int64_t> error_version_{0};
-  std::int64_t energies_version_ = 0;  // energy selections published since start
+  std::int64_t energies_version_ = 0;
+  std::chrono::steady_clock::time_point last_segmentation_{};  // of the current scan  // energy selections published since start
 
   std::mutex commands_mutex_;  // guards commands_
   std::deque<std::shared_ptr<Command>> commands_;

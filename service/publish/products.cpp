@@ -80,10 +80,10 @@ void append_segment_messages(const Scan& scan, const science::Segmentation& seg,
 
 }  // namespace
 
-std::vector<protocol::WireMessage> make_map_messages(const Scan& scan, std::int64_t version, bool final) {
+std::vector<protocol::WireMessage> make_map_messages(const Scan& scan, std::int64_t version, bool final, bool with_segments) {
   std::vector<protocol::WireMessage> out;
   // Segmentation needs no references: published even when there is no fit.
-  if (const auto* seg = scan.segmentation()) append_segment_messages(scan, *seg, version, final, out);
+  if (const auto* seg = scan.segmentation(); seg && with_segments) append_segment_messages(scan, *seg, version, final, out);
   const auto* fit = scan.fit();
   if (!fit) return out;
   const auto& maps = fit->maps();

@@ -9,7 +9,9 @@
 
 namespace xanesd {
 
-std::vector<protocol::WireMessage> make_map_messages(const Scan& scan, std::int64_t version, bool final);
+// with_segments: include maps/segments and clusters (the cycles that refreshed them).
+std::vector<protocol::WireMessage> make_map_messages(const Scan& scan, std::int64_t version, bool final,
+                                                     bool with_segments = true);
 protocol::WireMessage make_status_message(const nlohmann::json& status, const std::string& scan_id, std::int64_t version);
 // An energy selection (the select_energies reply) for the scan controller, on `energies`.
 protocol::WireMessage make_energies_message(const nlohmann::json& selection, std::int64_t version);

@@ -75,6 +75,11 @@ class ShapeTransform {
     Eigen::Map<const Eigen::VectorXd> yv(y, n);
     Eigen::Map<Eigen::VectorXd>(out, n).noalias() = yv - B_ * (Q_ * yv);
   }
+  // Detrends every row of Y (one spectrum per row) into Z.
+  template <class M>
+  void detrend_rows(const M& Y, Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>& Z) const {
+    Z = Y - (Y * Q_.transpose()) * B_.transpose();
+  }
   // I − BQ: detrending as a matrix.
   Eigen::MatrixXd detrend_matrix() const {
     return Eigen::MatrixXd::Identity(static_cast<Eigen::Index>(n_), static_cast<Eigen::Index>(n_)) - B_ * Q_;
@@ -231,20 +236,28 @@ double lloyd(const Rows& F, Rows& C, std::vector<int>& assign, int max_iter = 10
   return inertia;
 }
 
-// Mean silhouette (Rousseeuw 1987) on the first m rows: how much closer points are to their
-// own cluster than to the next one; −1..1, undefined (0) for one cluster.
+// Mean silhouette (Rousseeuw 1987) on m rows spread evenly over the sample (a diagnostic,
+// published; not used to choose k): how much closer points are to their own cluster than to
+// the next one; −1..1, 0 for one cluster.
 double silhouette(const Rows& F, const std::vector<int>& assign, int k, Eigen::Index m) {
-  if (k < 2) return 0;
+  if (k < 2 || F.rows() < 2) return 0;
   m = std::min<Eigen::Index>(m, F.rows());
+  const Eigen::Index stride = F.rows() / m, d = F.cols();
   std::vector<int> size(static_cast<std::size_t>(k), 0);
-  for (Eigen::Index i = 0; i < m; ++i) ++size[static_cast<std::size_t>(assign[static_cast<std::size_t>(i)])];
+  for (Eigen::Index i = 0; i < m; ++i) ++size[static_cast<std::size_t>(assign[static_cast<std::size_t>(i * stride)])];
   double total = 0;
   std::vector<double> sum(static_cast<std::size_t>(k));
   for (Eigen::Index i = 0; i < m; ++i) {
     std::fill(sum.begin(), sum.end(), 0.0);
-    for (Eigen::Index j = 0; j < m; ++j)
-      if (j != i) sum[static_cast<std::size_t>(assign[static_cast<std::size_t>(j)])] += (F.row(i) - F.row(j)).norm();
-    const int own = assign[static_cast<std::size_t>(i)];
+    const double* fi = F.row(i * stride).data();
+    for (Eigen::Index j = 0; j < m; ++j) {
+      if (j == i) continue;
+      const double* fj = F.row(j * stride).data();
+      double s2 = 0;
+      for (Eigen::Index c = 0; c < d; ++c) s2 += (fi[c] - fj[c]) * (fi[c] - fj[c]);
+      sum[static_cast<std::size_t>(assign[static_cast<std::size_t>(j * stride)])] += std::sqrt(s2);
+    }
+    const int own = assign[static_cast<std::size_t>(i * stride)];
     if (size[static_cast<std::size_t>(own)] <= 1) continue;  // s = 0 for singletons
     const double a = sum[static_cast<std::size_t>(own)] / (size[static_cast<std::size_t>(own)] - 1);
     double b = INFINITY;
@@ -255,7 +268,7 @@ double silhouette(const Rows& F, const std::vector<int>& assign, int k, Eigen::I
   return total / static_cast<double>(m);
 }
 
-constexpr Eigen::Index kSilhouetteSample = 1500;
+constexpr Eigen::Index kSilhouetteSample = 800;
 
 struct Clustering {
   Rows centroids;
@@ -412,17 +425,13 @@ void OnlineSegmenter::update(const SegmentInput& in) {
 
   // 3. Shapes of the sampled spectra (and the edge size of each).
   ShapeTransform shape(eu);
-  {
-    Eigen::VectorXd mean_detrended = Eigen::VectorXd::Zero(static_cast<Eigen::Index>(Eu)), d(static_cast<Eigen::Index>(Eu));
-    for (Eigen::Index i = 0; i < Y.rows(); ++i) {
-      shape.detrend(Y.row(i).data(), d.data());
-      mean_detrended += d;
-    }
-    shape.set_direction(mean_detrended);
-  }
-  Rows X(Y.rows(), static_cast<Eigen::Index>(Eu));
-  std::vector<double> sizes(static_cast<std::size_t>(Y.rows()));
-  for (Eigen::Index i = 0; i < Y.rows(); ++i) sizes[static_cast<std::size_t>(i)] = shape(Y.row(i).data(), X.row(i).data());
+  Rows X;  // the sample's shapes, one per row: detrended as matrices, then sized and scaled
+  shape.detrend_rows(Y, X);
+  shape.set_direction(X.colwise().mean().transpose());
+  const Eigen::VectorXd size_of = X * shape.direction();
+  std::vector<double> sizes(size_of.data(), size_of.data() + size_of.size());
+  for (Eigen::Index i = 0; i < X.rows(); ++i)
+    if (size_of(i) > 0) X.row(i) /= size_of(i);
   // Without a mask, material = an edge size above 5 % of its 99th percentile (as mask.*'s default).
   double size_min = 0;
   if (!in.material) {
@@ -479,7 +488,12 @@ void OnlineSegmenter::update(const SegmentInput& in) {
       shape(mix.data(), basis_data.row(i).data());
     }
   } else {
-    basis_data = X;
+    // At most kPcaRows spectra, evenly spread over the sample: an Eu×Eu covariance is well
+    // estimated from a few thousand, and this product dominated small images' updates.
+    constexpr Eigen::Index kPcaRows = 4000;
+    const Eigen::Index stride = std::max<Eigen::Index>(1, n / kPcaRows);
+    basis_data.resize((n + stride - 1) / stride, static_cast<Eigen::Index>(Eu));
+    for (Eigen::Index i = 0; i < basis_data.rows(); ++i) basis_data.row(i) = X.row(i * stride);
   }
   const Eigen::RowVectorXd mean = basis_data.colwise().mean();
   const Eigen::MatrixXd centred = basis_data.rowwise() - mean;
@@ -547,7 +561,8 @@ void OnlineSegmenter::update(const SegmentInput& in) {
   }
   const int d = fs.dims();
   Rows F(n, d);
-  for (Eigen::Index i = 0; i < n; ++i) fs(X.row(i).data(), sample[static_cast<std::size_t>(i)], in.cols, in.xrf, P, F.row(i).data());
+  F.leftCols(r) = ((X.rowwise() - fs.mean.transpose()) * fs.basis) * fs.spectral_scale;
+  for (Eigen::Index i = 0; i < n; ++i) fs.extras(sample[static_cast<std::size_t>(i)], in.cols, in.xrf, P, F.row(i).data());
 
   // Noise in feature space, measured where it lives: adjacent pixels almost always share a
   // composition, so half the squared difference of their spectral features is noise (robust:
@@ -608,21 +623,30 @@ void OnlineSegmenter::update(const SegmentInput& in) {
   } else {
     const int k_max = std::max(2, settings_.k_max);
     const double tau = settings_.noise_ratio;
-    std::vector<Clustering> fresh(static_cast<std::size_t>(k_max + 1));
-    std::vector<double> ratios(static_cast<std::size_t>(k_max + 1), INFINITY);
-    int k_best = 0;
-    for (int k = 1; k <= k_max; ++k) {  // up to the first k that passes, and to k_prev − 1
-      fresh[static_cast<std::size_t>(k)] = fresh_kmeans(F, k, rng_);
-      ratios[static_cast<std::size_t>(k)] = ratio(fresh[static_cast<std::size_t>(k)]);
-      if (k_best == 0 && ratios[static_cast<std::size_t>(k)] <= tau) k_best = k;
-      if (k_best > 0 && k >= k_prev - 1) break;
+    // Search upwards from `from` for the first k that passes (k_max if none does).
+    auto first_passing = [&](int from) {
+      Clustering c;
+      for (int k = from; k <= k_max; ++k) {
+        c = fresh_kmeans(F, k, rng_);
+        if (ratio(c) <= tau) break;
+      }
+      return c;
+    };
+    if (k_prev == 0 || k_prev > k_max) {
+      cl = first_passing(1);
+    } else if (ratio(kept) <= 1.15 * tau) {
+      // The previous clusters still (nearly: a 15 % band against flicker) explain the data;
+      // one fewer replaces them only if it passes comfortably. One fresh k-means per update.
+      cl = std::move(kept);
+      if (k_prev > 1) {
+        auto fewer = fresh_kmeans(F, k_prev - 1, rng_);
+        if (ratio(fewer) <= tau / 1.15) cl = std::move(fewer);
+      }
+    } else if (k_prev < k_max) {
+      cl = first_passing(k_prev + 1);  // new structure (more energies, more of the image)
+    } else {
+      cl = std::move(kept);  // already at k_max
     }
-    if (k_best == 0) k_best = k_max;
-    // Hysteresis (a 15 % band), so the map does not flicker between k and k ± 1: the previous
-    // clusters stay while they nearly pass and one fewer would not pass comfortably.
-    const bool keep_previous = k_prev > 0 && k_prev <= k_max && k_prev >= k_best - 1 && ratio(kept) <= 1.15 * tau &&
-                               (k_prev <= k_best || ratios[static_cast<std::size_t>(k_prev - 1)] > tau / 1.15);
-    cl = keep_previous ? std::move(kept) : std::move(fresh[static_cast<std::size_t>(k_best)]);
   }
   if (cl.ids.size() != static_cast<std::size_t>(cl.centroids.rows())) inherit_ids(cl, previous_of_sample, next_id_);
   cl.silhouette = silhouette(F, cl.assign, static_cast<int>(cl.ids.size()), kSilhouetteSample);

@@ -31,6 +31,7 @@ struct SegmentationSettings {
   // Automatic k: within-cluster spectral scatter per component at most this × the noise floor.
   double noise_ratio = 1.3;
   std::uint64_t seed = 1;
+  int interval_ms = 1000;    // while a scan runs, at most one update per interval (the pipeline's schedule)
 };
 
 // True when two settings give the same clustering (all but `enabled`).
