@@ -149,6 +149,7 @@ void Pipeline::on_start(protocol::StartMsg&& s) {
   result_file_.clear();
   changed_since_publish_ = false;
   last_segmentation_ = {};
+  last_cycle_ = {};  // the last scan's final cycle (segmentation, edge maps, file) does not pace this one
   update_status();
   publisher_.publish(make_status_message(status(), id, version_));
 }

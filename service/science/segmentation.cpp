@@ -147,11 +147,13 @@ using Rows = FeatureMatrix;
 int nearest(const Rows& centroids, const double* f, double* dist = nullptr) {
   int best = 0;
   double bd = INFINITY;
-  const auto d = centroids.cols();
-  for (Eigen::Index c = 0; c < centroids.rows(); ++c) {
+  const auto d = centroids.cols(), k = centroids.rows();
+  const double* c0 = centroids.data();  // row-major: centre c at c0 + c·d
+  for (Eigen::Index c = 0; c < k; ++c) {
+    const double* cc = c0 + c * d;
     double s = 0;
     for (Eigen::Index i = 0; i < d; ++i) {
-      const double t = f[i] - centroids(c, i);
+      const double t = f[i] - cc[i];
       s += t * t;
     }
     if (s < bd) bd = s, best = static_cast<int>(c);
@@ -203,19 +205,20 @@ double lloyd(const Rows& F, Rows& C, std::vector<int>& assign, int max_iter = 10
   for (int it = 0; it < max_iter; ++it) {
     bool moved = false;
     inertia = 0;
-    for (Eigen::Index i = 0; i < n; ++i) {
-      double d;
-      const int a = nearest(C, F.row(i).data(), &d);
-      inertia += d;
+    const Eigen::Index d = F.cols();
+    Rows sum = Rows::Zero(C.rows(), d);
+    std::vector<int> count(static_cast<std::size_t>(C.rows()), 0);
+    for (Eigen::Index i = 0; i < n; ++i) {  // assign, and sum each centre's points on the way
+      double dist;
+      const double* x = F.data() + i * d;
+      const int a = nearest(C, x, &dist);
+      inertia += dist;
       if (a != assign[static_cast<std::size_t>(i)]) moved = true, assign[static_cast<std::size_t>(i)] = a;
+      double* sa = sum.data() + a * d;
+      for (Eigen::Index j = 0; j < d; ++j) sa[j] += x[j];
+      ++count[static_cast<std::size_t>(a)];
     }
     if (!moved) break;
-    Rows sum = Rows::Zero(C.rows(), C.cols());
-    std::vector<int> count(static_cast<std::size_t>(C.rows()), 0);
-    for (Eigen::Index i = 0; i < n; ++i) {
-      sum.row(assign[static_cast<std::size_t>(i)]) += F.row(i);
-      ++count[static_cast<std::size_t>(assign[static_cast<std::size_t>(i)])];
-    }
     double shift = 0;
     for (Eigen::Index c = 0; c < C.rows(); ++c)
       if (count[static_cast<std::size_t>(c)] > 0) {
@@ -226,9 +229,9 @@ double lloyd(const Rows& F, Rows& C, std::vector<int>& assign, int max_iter = 10
     if (shift <= tol) {  // settled: the final assignment against the final centres
       inertia = 0;
       for (Eigen::Index i = 0; i < n; ++i) {
-        double d;
-        assign[static_cast<std::size_t>(i)] = nearest(C, F.row(i).data(), &d);
-        inertia += d;
+        double dist;
+        assign[static_cast<std::size_t>(i)] = nearest(C, F.data() + i * F.cols(), &dist);
+        inertia += dist;
       }
       break;
     }
@@ -293,7 +296,12 @@ Clustering fresh_kmeans(const Rows& F, int k, std::mt19937_64& rng, int n_init =
 // Within-cluster scatter of the first m feature columns (the measured blocks), per dimension.
 double measured_scatter(const Rows& F, const Clustering& c, int m) {
   double s = 0;
-  for (Eigen::Index i = 0; i < F.rows(); ++i) s += (F.row(i).head(m) - c.centroids.row(c.assign[static_cast<std::size_t>(i)]).head(m)).squaredNorm();
+  const Eigen::Index d = F.cols();
+  for (Eigen::Index i = 0; i < F.rows(); ++i) {
+    const double* x = F.data() + i * d;
+    const double* cc = c.centroids.data() + c.assign[static_cast<std::size_t>(i)] * d;
+    for (int j = 0; j < m; ++j) s += (x[j] - cc[j]) * (x[j] - cc[j]);
+  }
   return s / static_cast<double>(F.rows() * m);
 }
 
