@@ -252,3 +252,29 @@ TEST_CASE("XRF features separate domains the spectra cannot; weight 0 leaves the
   CHECK(seg->clusters.size() == 2);
   CHECK(ari > 0.95);
 }
+
+TEST_CASE("transmission with flat field and dark current: Ni domains on the TXM keV grid") {
+  std::vector<Reference> refs;
+  for (const char* f : {"ref_NiO.txt", "ref_LiNiO2.txt"}) {
+    auto r = load_reference_file(test::refs_dir() / "ni_k" / f);
+    refs.insert(refs.end(), r.begin(), r.end());
+  }
+  sim::Params p;
+  p.rows = 64, p.cols = 64;
+  p.energies_eV = sim::read_energies_file(test::refs_dir() / "ni_k" / "energies_kev_txm.txt");
+  p.mode = protocol::Mode::transmission;
+  p.layout = sim::Params::Layout::domains;
+  p.counts = 20000;
+  p.dark = 100;
+  p.max_thickness = 1.5;
+  p.seed = 3;
+  const auto truth = sim::simulate(refs, p);  // fractions of LiNiO2 per domain: 0, 1, 0.5, 0.3
+  auto scan = test::run_scan(truth, refs, test::default_settings());
+  scan->update_segments(2);
+  const auto* seg = scan->segmentation();
+  REQUIRE(seg->waiting.empty());
+  const double ari = ari_on_material(*seg, truth);
+  MESSAGE("Ni transmission: k = " << seg->clusters.size() << ", ARI " << ari);
+  CHECK(seg->clusters.size() == 4);
+  CHECK(ari > 0.9);
+}
