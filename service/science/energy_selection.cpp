@@ -1,5 +1,7 @@
 #include "science/energy_selection.hpp"
 
+#include "science/random.hpp"
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -16,27 +18,6 @@ using Clock = std::chrono::steady_clock;
 
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
-// std::mt19937_64's bits are specified by the standard, its distributions are not: these are
-// written out so a seed gives the same mixtures with any standard library.
-class Rng {
- public:
-  explicit Rng(std::uint64_t seed) : eng_(seed) {}
-  double uniform() { return static_cast<double>(eng_() >> 11) * 0x1.0p-53; }  // [0, 1)
-  double uniform(double lo, double hi) { return lo + (hi - lo) * uniform(); }
-  int below(int n) { return std::min(n - 1, static_cast<int>(uniform() * n)); }  // [0, n)
-  double exponential() { return -std::log1p(-uniform()); }
-  double normal() {  // Box–Muller, both values used
-    if (has_spare_) return has_spare_ = false, spare_;
-    const double r = std::sqrt(-2.0 * std::log1p(-uniform())), t = 2.0 * std::numbers::pi * uniform();
-    spare_ = r * std::sin(t), has_spare_ = true;
-    return r * std::cos(t);
-  }
-
- private:
-  std::mt19937_64 eng_;
-  double spare_ = 0;
-  bool has_spare_ = false;
-};
 
 // Independent streams for the training and the test mixtures from one user seed.
 std::uint64_t splitmix64(std::uint64_t x) {

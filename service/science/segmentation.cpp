@@ -8,6 +8,7 @@
 #include <thread>
 
 #include "science/edge_maps.hpp"
+#include "science/kmeans.hpp"
 
 namespace xanesd::science {
 
@@ -144,133 +145,6 @@ struct FeatureSpace {
 
 using Rows = FeatureMatrix;
 
-int nearest(const Rows& centroids, const double* f, double* dist = nullptr) {
-  int best = 0;
-  double bd = INFINITY;
-  const auto d = centroids.cols(), k = centroids.rows();
-  const double* c0 = centroids.data();  // row-major: centre c at c0 + c·d
-  for (Eigen::Index c = 0; c < k; ++c) {
-    const double* cc = c0 + c * d;
-    double s = 0;
-    for (Eigen::Index i = 0; i < d; ++i) {
-      const double t = f[i] - cc[i];
-      s += t * t;
-    }
-    if (s < bd) bd = s, best = static_cast<int>(c);
-  }
-  if (dist) *dist = bd;
-  return best;
-}
-
-double uniform01(std::mt19937_64& rng) { return static_cast<double>(rng() >> 11) * 0x1.0p-53; }
-
-// k-means++ (Arthur & Vassilvitskii): each new centre drawn with probability ∝ squared
-// distance to the nearest existing one.
-void add_kmeanspp(const Rows& F, Rows& C, int k, std::mt19937_64& rng) {
-  const auto n = F.rows();
-  std::vector<double> d2(static_cast<std::size_t>(n));
-  while (C.rows() < k) {
-    if (C.rows() == 0) {
-      C.conservativeResize(1, F.cols());
-      C.row(0) = F.row(static_cast<Eigen::Index>(rng() % static_cast<std::uint64_t>(n)));
-      continue;
-    }
-    double total = 0;
-    for (Eigen::Index i = 0; i < n; ++i) {
-      nearest(C, F.row(i).data(), &d2[static_cast<std::size_t>(i)]);
-      total += d2[static_cast<std::size_t>(i)];
-    }
-    double u = uniform01(rng) * total;
-    Eigen::Index pick = n - 1;
-    for (Eigen::Index i = 0; i < n; ++i)
-      if ((u -= d2[static_cast<std::size_t>(i)]) <= 0) {
-        pick = i;
-        break;
-      }
-    C.conservativeResize(C.rows() + 1, Eigen::NoChange);
-    C.row(C.rows() - 1) = F.row(pick);
-  }
-}
-
-// Lloyd iterations from the given centres. Empty clusters keep their centre (ids stay put);
-// returns the inertia.
-double lloyd(const Rows& F, Rows& C, std::vector<int>& assign, int max_iter = 100) {
-  const auto n = F.rows();
-  assign.assign(static_cast<std::size_t>(n), -1);
-  // Converged when the centres move less than 1e-4 of the features' mean variance (squared,
-  // summed), as scikit-learn's tol: where clusters overlap, points at the boundary keep
-  // trading places long after the centres have settled.
-  const double tol = 1e-4 * (F.rowwise() - F.colwise().mean()).squaredNorm() / static_cast<double>(std::max<Eigen::Index>(1, n * F.cols()));
-  double inertia = 0;
-  for (int it = 0; it < max_iter; ++it) {
-    bool moved = false;
-    inertia = 0;
-    const Eigen::Index d = F.cols();
-    Rows sum = Rows::Zero(C.rows(), d);
-    std::vector<int> count(static_cast<std::size_t>(C.rows()), 0);
-    for (Eigen::Index i = 0; i < n; ++i) {  // assign, and sum each centre's points on the way
-      double dist;
-      const double* x = F.data() + i * d;
-      const int a = nearest(C, x, &dist);
-      inertia += dist;
-      if (a != assign[static_cast<std::size_t>(i)]) moved = true, assign[static_cast<std::size_t>(i)] = a;
-      double* sa = sum.data() + a * d;
-      for (Eigen::Index j = 0; j < d; ++j) sa[j] += x[j];
-      ++count[static_cast<std::size_t>(a)];
-    }
-    if (!moved) break;
-    double shift = 0;
-    for (Eigen::Index c = 0; c < C.rows(); ++c)
-      if (count[static_cast<std::size_t>(c)] > 0) {
-        const Eigen::RowVectorXd next = sum.row(c) / count[static_cast<std::size_t>(c)];
-        shift += (next - C.row(c)).squaredNorm();
-        C.row(c) = next;
-      }
-    if (shift <= tol) {  // settled: the final assignment against the final centres
-      inertia = 0;
-      for (Eigen::Index i = 0; i < n; ++i) {
-        double dist;
-        assign[static_cast<std::size_t>(i)] = nearest(C, F.data() + i * F.cols(), &dist);
-        inertia += dist;
-      }
-      break;
-    }
-  }
-  return inertia;
-}
-
-// Mean silhouette (Rousseeuw 1987) on m rows spread evenly over the sample (a diagnostic,
-// published; not used to choose k): how much closer points are to their own cluster than to
-// the next one; −1..1, 0 for one cluster.
-double silhouette(const Rows& F, const std::vector<int>& assign, int k, Eigen::Index m) {
-  if (k < 2 || F.rows() < 2) return 0;
-  m = std::min<Eigen::Index>(m, F.rows());
-  const Eigen::Index stride = F.rows() / m, d = F.cols();
-  std::vector<int> size(static_cast<std::size_t>(k), 0);
-  for (Eigen::Index i = 0; i < m; ++i) ++size[static_cast<std::size_t>(assign[static_cast<std::size_t>(i * stride)])];
-  double total = 0;
-  std::vector<double> sum(static_cast<std::size_t>(k));
-  for (Eigen::Index i = 0; i < m; ++i) {
-    std::fill(sum.begin(), sum.end(), 0.0);
-    const double* fi = F.row(i * stride).data();
-    for (Eigen::Index j = 0; j < m; ++j) {
-      if (j == i) continue;
-      const double* fj = F.row(j * stride).data();
-      double s2 = 0;
-      for (Eigen::Index c = 0; c < d; ++c) s2 += (fi[c] - fj[c]) * (fi[c] - fj[c]);
-      sum[static_cast<std::size_t>(assign[static_cast<std::size_t>(j * stride)])] += std::sqrt(s2);
-    }
-    const int own = assign[static_cast<std::size_t>(i * stride)];
-    if (size[static_cast<std::size_t>(own)] <= 1) continue;  // s = 0 for singletons
-    const double a = sum[static_cast<std::size_t>(own)] / (size[static_cast<std::size_t>(own)] - 1);
-    double b = INFINITY;
-    for (int c = 0; c < k; ++c)
-      if (c != own && size[static_cast<std::size_t>(c)] > 0) b = std::min(b, sum[static_cast<std::size_t>(c)] / size[static_cast<std::size_t>(c)]);
-    if (std::isfinite(b) && std::max(a, b) > 0) total += (b - a) / std::max(a, b);
-  }
-  return total / static_cast<double>(m);
-}
-
 constexpr Eigen::Index kSilhouetteSample = 800;
 
 struct Clustering {
@@ -280,17 +154,13 @@ struct Clustering {
   double silhouette = 0;
 };
 
-// Best of a few k-means++ starts by inertia.
-Clustering fresh_kmeans(const Rows& F, int k, std::mt19937_64& rng, int n_init = 3) {
-  Clustering best;
-  double best_inertia = INFINITY;
-  for (int start = 0; start < n_init; ++start) {
-    Clustering c;
-    add_kmeanspp(F, c.centroids, k, rng);
-    const double inertia = lloyd(F, c.centroids, c.assign);
-    if (inertia < best_inertia) best_inertia = inertia, best = std::move(c);
-  }
-  return best;
+// k-means (best of 3 starts) as a clustering without ids yet.
+Clustering fresh_kmeans(const Rows& F, int k, Rng& rng) {
+  auto km = kmeans(F, k, rng);
+  Clustering c;
+  c.centroids = std::move(km.centroids);
+  c.assign = std::move(km.labels);
+  return c;
 }
 
 // Within-cluster scatter of the first m feature columns (the measured blocks), per dimension.
@@ -405,7 +275,7 @@ void OnlineSegmenter::update(const SegmentInput& in) {
     std::vector<float> block(Eu * kRun);
     std::vector<std::uint8_t> complete(kRun);
     for (std::size_t a = 0; a < attempts && sample.size() < want; ++a) {
-      const std::size_t run = all ? a : static_cast<std::size_t>(rng_() % runs);
+      const std::size_t run = all ? a : static_cast<std::size_t>(rng_.below(static_cast<std::uint64_t>(runs)));
       if (taken[run]) continue;
       taken[run] = 1;
       const std::size_t p0 = run * kRun, nb = std::min(kRun, P - p0);
@@ -491,7 +361,7 @@ void OnlineSegmenter::update(const SegmentInput& in) {
     basis_data.resize(m, static_cast<Eigen::Index>(Eu));
     for (Eigen::Index i = 0; i < m; ++i) {
       Eigen::VectorXd f(refs_u.cols());
-      for (Eigen::Index k = 0; k < f.size(); ++k) f(k) = -std::log(1.0 - uniform01(rng_));  // Dirichlet(1)
+      for (Eigen::Index k = 0; k < f.size(); ++k) f(k) = rng_.exponential();  // Dirichlet(1)
       const Eigen::VectorXd mix = refs_u * (f / f.sum());
       shape(mix.data(), basis_data.row(i).data());
     }
@@ -808,38 +678,11 @@ void OnlineSegmenter::update(const SegmentInput& in) {
   out.waiting.clear();
 }
 
-KMeans kmeans(const FeatureMatrix& F, int k, std::uint64_t seed, int n_init) {
-  if (k < 1 || F.rows() < k) throw std::invalid_argument("kmeans: need 1 ≤ k ≤ rows");
-  std::mt19937_64 rng(seed);
-  auto c = fresh_kmeans(F, k, rng, std::max(1, n_init));
-  KMeans out{c.centroids, c.assign, 0.0};
-  for (Eigen::Index i = 0; i < F.rows(); ++i) out.inertia += (F.row(i) - c.centroids.row(c.assign[static_cast<std::size_t>(i)])).squaredNorm();
-  return out;
-}
-
 bool same_clustering(const SegmentationSettings& a, const SegmentationSettings& b) {
   return a.k == b.k && a.k_max == b.k_max && a.components == b.components && a.variance == b.variance &&
          a.max_components == b.max_components && a.spectral_weight == b.spectral_weight &&
          a.spatial_weight == b.spatial_weight && a.xrf_weight == b.xrf_weight && a.sample == b.sample &&
          a.noise_ratio == b.noise_ratio && a.seed == b.seed;
-}
-
-double adjusted_rand_index(const std::vector<int>& a, const std::vector<int>& b) {
-  if (a.size() != b.size()) throw std::invalid_argument("adjusted_rand_index: labelings differ in length");
-  std::map<std::pair<int, int>, double> nij;
-  std::map<int, double> ai, bj;
-  double n = 0;
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    if (a[i] < 0 || b[i] < 0) continue;
-    ++nij[{a[i], b[i]}], ++ai[a[i]], ++bj[b[i]], ++n;
-  }
-  auto c2 = [](double x) { return x * (x - 1) / 2; };
-  double sij = 0, sa = 0, sb = 0;
-  for (auto& [k, v] : nij) sij += c2(v);
-  for (auto& [k, v] : ai) sa += c2(v);
-  for (auto& [k, v] : bj) sb += c2(v);
-  const double expected = sa * sb / c2(n), maxi = (sa + sb) / 2;
-  return maxi == expected ? 1.0 : (sij - expected) / (maxi - expected);
 }
 
 }  // namespace xanesd::science

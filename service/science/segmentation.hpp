@@ -8,14 +8,15 @@
 
 #include <cstdint>
 #include <optional>
-#include <random>
 #include <string>
 #include <vector>
 
 #include <Eigen/Dense>
 
 #include "science/edge_normalize.hpp"
+#include "science/kmeans.hpp"
 #include "science/lcf.hpp"
+#include "science/random.hpp"
 
 namespace xanesd::science {
 
@@ -92,17 +93,6 @@ struct SegmentInput {
   int threads = 1;
 };
 
-using FeatureMatrix = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-
-struct KMeans {
-  FeatureMatrix centroids;  // k × d
-  std::vector<int> labels;  // per row of the features, 0..k−1
-  double inertia = 0;       // Σ squared distance to the own centroid
-};
-// The segmenter's k-means: k-means++ seeding, Lloyd to convergence, best of n_init starts by
-// inertia (scikit-learn's KMeans does the same).
-KMeans kmeans(const FeatureMatrix& features, int k, std::uint64_t seed, int n_init = 3);
-
 class OnlineSegmenter {
  public:
   explicit OnlineSegmenter(SegmentationSettings s) : settings_(s), rng_(s.seed) {}
@@ -115,13 +105,11 @@ class OnlineSegmenter {
 
  private:
   SegmentationSettings settings_;
-  std::mt19937_64 rng_;
+  Rng rng_;
   Segmentation result_;
   FeatureMatrix features_;
   int next_id_ = 1;
 };
 
-// Adjusted Rand index of two labelings (pairs counted over positions where both are ≥ 0).
-double adjusted_rand_index(const std::vector<int>& a, const std::vector<int>& b);
 
 }  // namespace xanesd::science

@@ -1,0 +1,171 @@
+#include "science/kmeans.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <stdexcept>
+
+namespace xanesd::science {
+
+int nearest(const FeatureMatrix& centroids, const double* f, double* dist) {
+  int best = 0;
+  double bd = INFINITY;
+  const auto d = centroids.cols(), k = centroids.rows();
+  const double* c0 = centroids.data();  // row-major: centre c at c0 + c·d
+  for (Eigen::Index c = 0; c < k; ++c) {
+    const double* cc = c0 + c * d;
+    double s = 0;
+    for (Eigen::Index i = 0; i < d; ++i) {
+      const double t = f[i] - cc[i];
+      s += t * t;
+    }
+    if (s < bd) bd = s, best = static_cast<int>(c);
+  }
+  if (dist) *dist = bd;
+  return best;
+}
+
+// k-means++ (Arthur & Vassilvitskii): each new centre drawn with probability ∝ squared
+// distance to the nearest existing one.
+void add_kmeanspp(const FeatureMatrix& F, FeatureMatrix& C, int k, Rng& rng) {
+  const auto n = F.rows();
+  std::vector<double> d2(static_cast<std::size_t>(n));
+  while (C.rows() < k) {
+    if (C.rows() == 0) {
+      C.conservativeResize(1, F.cols());
+      C.row(0) = F.row(static_cast<Eigen::Index>(rng.below(static_cast<std::uint64_t>(n))));
+      continue;
+    }
+    double total = 0;
+    for (Eigen::Index i = 0; i < n; ++i) {
+      nearest(C, F.row(i).data(), &d2[static_cast<std::size_t>(i)]);
+      total += d2[static_cast<std::size_t>(i)];
+    }
+    double u = rng.uniform() * total;
+    Eigen::Index pick = n - 1;
+    for (Eigen::Index i = 0; i < n; ++i)
+      if ((u -= d2[static_cast<std::size_t>(i)]) <= 0) {
+        pick = i;
+        break;
+      }
+    C.conservativeResize(C.rows() + 1, Eigen::NoChange);
+    C.row(C.rows() - 1) = F.row(pick);
+  }
+}
+
+// Lloyd iterations from the given centres. Empty clusters keep their centre (ids stay put);
+// returns the inertia.
+double lloyd(const FeatureMatrix& F, FeatureMatrix& C, std::vector<int>& assign, int max_iter) {
+  const auto n = F.rows();
+  assign.assign(static_cast<std::size_t>(n), -1);
+  // Converged when the centres move less than 1e-4 of the features' mean variance (squared,
+  // summed), as scikit-learn's tol: where clusters overlap, points at the boundary keep
+  // trading places long after the centres have settled.
+  const double tol = 1e-4 * (F.rowwise() - F.colwise().mean()).squaredNorm() / static_cast<double>(std::max<Eigen::Index>(1, n * F.cols()));
+  double inertia = 0;
+  for (int it = 0; it < max_iter; ++it) {
+    bool moved = false;
+    inertia = 0;
+    const Eigen::Index d = F.cols();
+    FeatureMatrix sum = FeatureMatrix::Zero(C.rows(), d);
+    std::vector<int> count(static_cast<std::size_t>(C.rows()), 0);
+    for (Eigen::Index i = 0; i < n; ++i) {  // assign, and sum each centre's points on the way
+      double dist;
+      const double* x = F.data() + i * d;
+      const int a = nearest(C, x, &dist);
+      inertia += dist;
+      if (a != assign[static_cast<std::size_t>(i)]) moved = true, assign[static_cast<std::size_t>(i)] = a;
+      double* sa = sum.data() + a * d;
+      for (Eigen::Index j = 0; j < d; ++j) sa[j] += x[j];
+      ++count[static_cast<std::size_t>(a)];
+    }
+    if (!moved) break;
+    double shift = 0;
+    for (Eigen::Index c = 0; c < C.rows(); ++c)
+      if (count[static_cast<std::size_t>(c)] > 0) {
+        const Eigen::RowVectorXd next = sum.row(c) / count[static_cast<std::size_t>(c)];
+        shift += (next - C.row(c)).squaredNorm();
+        C.row(c) = next;
+      }
+    if (shift <= tol) {  // settled: the final assignment against the final centres
+      inertia = 0;
+      for (Eigen::Index i = 0; i < n; ++i) {
+        double dist;
+        assign[static_cast<std::size_t>(i)] = nearest(C, F.data() + i * F.cols(), &dist);
+        inertia += dist;
+      }
+      break;
+    }
+  }
+  return inertia;
+}
+
+// Mean silhouette (Rousseeuw 1987) on m rows spread evenly over the sample (a diagnostic,
+// published; not used to choose k): how much closer points are to their own cluster than to
+// the next one; −1..1, 0 for one cluster.
+double silhouette(const FeatureMatrix& F, const std::vector<int>& assign, int k, Eigen::Index m) {
+  if (k < 2 || F.rows() < 2) return 0;
+  m = std::min<Eigen::Index>(m, F.rows());
+  const Eigen::Index stride = F.rows() / m, d = F.cols();
+  std::vector<int> size(static_cast<std::size_t>(k), 0);
+  for (Eigen::Index i = 0; i < m; ++i) ++size[static_cast<std::size_t>(assign[static_cast<std::size_t>(i * stride)])];
+  double total = 0;
+  std::vector<double> sum(static_cast<std::size_t>(k));
+  for (Eigen::Index i = 0; i < m; ++i) {
+    std::fill(sum.begin(), sum.end(), 0.0);
+    const double* fi = F.row(i * stride).data();
+    for (Eigen::Index j = 0; j < m; ++j) {
+      if (j == i) continue;
+      const double* fj = F.row(j * stride).data();
+      double s2 = 0;
+      for (Eigen::Index c = 0; c < d; ++c) s2 += (fi[c] - fj[c]) * (fi[c] - fj[c]);
+      sum[static_cast<std::size_t>(assign[static_cast<std::size_t>(j * stride)])] += std::sqrt(s2);
+    }
+    const int own = assign[static_cast<std::size_t>(i * stride)];
+    if (size[static_cast<std::size_t>(own)] <= 1) continue;  // s = 0 for singletons
+    const double a = sum[static_cast<std::size_t>(own)] / (size[static_cast<std::size_t>(own)] - 1);
+    double b = INFINITY;
+    for (int c = 0; c < k; ++c)
+      if (c != own && size[static_cast<std::size_t>(c)] > 0) b = std::min(b, sum[static_cast<std::size_t>(c)] / size[static_cast<std::size_t>(c)]);
+    if (std::isfinite(b) && std::max(a, b) > 0) total += (b - a) / std::max(a, b);
+  }
+  return total / static_cast<double>(m);
+}
+
+KMeans kmeans(const FeatureMatrix& F, int k, Rng& rng, int n_init) {
+  if (k < 1 || F.rows() < k) throw std::invalid_argument("kmeans: need 1 ≤ k ≤ rows");
+  KMeans best;
+  best.inertia = INFINITY;
+  for (int start = 0; start < std::max(1, n_init); ++start) {
+    KMeans c;
+    add_kmeanspp(F, c.centroids, k, rng);
+    c.inertia = lloyd(F, c.centroids, c.labels);
+    if (c.inertia < best.inertia) best = std::move(c);
+  }
+  return best;
+}
+
+KMeans kmeans(const FeatureMatrix& F, int k, std::uint64_t seed, int n_init) {
+  Rng rng(seed);
+  return kmeans(F, k, rng, n_init);
+}
+
+double adjusted_rand_index(const std::vector<int>& a, const std::vector<int>& b) {
+  if (a.size() != b.size()) throw std::invalid_argument("adjusted_rand_index: labelings differ in length");
+  std::map<std::pair<int, int>, double> nij;
+  std::map<int, double> ai, bj;
+  double n = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    if (a[i] < 0 || b[i] < 0) continue;
+    ++nij[{a[i], b[i]}], ++ai[a[i]], ++bj[b[i]], ++n;
+  }
+  auto c2 = [](double x) { return x * (x - 1) / 2; };
+  double sij = 0, sa = 0, sb = 0;
+  for (auto& [k, v] : nij) sij += c2(v);
+  for (auto& [k, v] : ai) sa += c2(v);
+  for (auto& [k, v] : bj) sb += c2(v);
+  const double expected = sa * sb / c2(n), maxi = (sa + sb) / 2;
+  return maxi == expected ? 1.0 : (sij - expected) / (maxi - expected);
+}
+
+}  // namespace xanesd::science
