@@ -123,6 +123,7 @@ TEST_CASE("live fluorescence scan: maps on the PUB socket while it runs, result 
 
   zmq::socket_t sub(ctx, zmq::socket_type::sub);
   sub.set(zmq::sockopt::subscribe, "maps/");
+  sub.set(zmq::sockopt::subscribe, "clusters");
   sub.set(zmq::sockopt::subscribe, "status");
   sub.set(zmq::sockopt::rcvhwm, 0);
   sub.connect(d.pub);
@@ -132,9 +133,9 @@ TEST_CASE("live fluorescence scan: maps on the PUB socket while it runs, result 
   std::thread player([&] { CHECK(replay(truth.file, d.ingest, {"--rate", "60", "--scan-id", "fluo"}) == 0); });
   std::map<std::string, std::int64_t> last_version;
   std::vector<int> energies_at_publication;
-  std::optional<protocol::WireMessage> final_fractions, final_thickness;
+  std::optional<protocol::WireMessage> final_fractions, final_thickness, final_segments, final_clusters;
   const auto until = std::chrono::steady_clock::now() + 60s;
-  while ((!final_fractions || !final_thickness) && std::chrono::steady_clock::now() < until) {
+  while ((!final_fractions || !final_thickness || !final_segments || !final_clusters) && std::chrono::steady_clock::now() < until) {
     auto m = test::recv_message(sub, 500ms);
     if (!m || m->header.value("scan_id", "") != "fluo") continue;
     const auto v = m->header.at("version").get<std::int64_t>();
@@ -146,6 +147,10 @@ TEST_CASE("live fluorescence scan: maps on the PUB socket while it runs, result 
       if (m->header.at("final").get<bool>()) final_fractions = std::move(m);
     } else if (m->topic == "maps/thickness" && m->header.at("final").get<bool>()) {
       final_thickness = std::move(m);
+    } else if (m->topic == "maps/segments" && m->header.at("final").get<bool>()) {
+      final_segments = std::move(m);
+    } else if (m->topic == "clusters" && m->header.at("final").get<bool>()) {
+      final_clusters = std::move(m);
     }
   }
   player.join();
@@ -169,6 +174,26 @@ TEST_CASE("live fluorescence scan: maps on the PUB socket while it runs, result 
   CHECK(acc.fraction_p95 < 0.10);
   CHECK(acc.thickness_median_rel < 0.03);
 
+  // Segmentation, live: the label map and the clusters' spectra and fits, in the same final cycle.
+  REQUIRE(final_segments);
+  REQUIRE(final_clusters);
+  CHECK(final_segments->header.at("version") == final_fractions->header.at("version"));
+  const auto* seg_array = final_segments->find("segments");
+  REQUIRE(seg_array);
+  CHECK(seg_array->shape() == std::vector<std::int64_t>{155, 160});
+  const auto ids = final_clusters->header.at("cluster_ids").get<std::vector<int>>();
+  CHECK(final_segments->header.at("cluster_ids").get<std::vector<int>>() == ids);
+  CHECK(ids.size() >= 3);  // pure species 0, pure species 1, their 50/50 mixture, a gradient
+  const auto* means = final_clusters->find("mean_spectra");
+  REQUIRE(means);
+  CHECK(means->shape() == std::vector<std::int64_t>{static_cast<std::int64_t>(ids.size()), 73});
+  for (const auto& f : final_clusters->header.at("fractions")) {
+    double sum = 0;
+    for (const auto& v : f) sum += v.get<double>();
+    CHECK(sum == doctest::Approx(1.0).epsilon(1e-6));
+  }
+  CHECK(final_clusters->header.at("pca").at("target_transformation").at("residual").size() == 3);
+
   // The result file: NeXus structure, and the same maps as the final publication.
   const auto path = dir / "results" / "fluo.h5";
   for (int i = 0; i < 100 && !std::filesystem::exists(path); ++i) std::this_thread::sleep_for(50ms);
@@ -187,6 +212,12 @@ TEST_CASE("live fluorescence scan: maps on the PUB socket while it runs, result 
   CHECK(h5::shape(results, "residual") == std::vector<hsize_t>{155, 160});
   const auto config = nlohmann::json::parse(h5::read_string(f, "entry/config"));
   CHECK(config.at("fit.method") == "nnls");
+  {
+    std::vector<std::uint8_t> published(155 * 160);
+    for (std::size_t i = 0; i < published.size(); ++i) published[i] = static_cast<std::uint8_t>(seg_array->at(i));
+    CHECK(h5::read<std::uint8_t>(f, "entry/results/segments/segments") == published);
+    CHECK(h5::read<std::int32_t>(f, "entry/results/segments/cluster_ids") == std::vector<std::int32_t>(ids.begin(), ids.end()));
+  }
 
   // Batch mode reprocesses the same file with the same code: the same maps.
   {
