@@ -60,22 +60,24 @@ EdgeMaps compute_edge_maps(const std::vector<float>& planes, const std::vector<d
   m.edge_step.assign(npix, 0.f);
   const std::size_t E = e.size();
   if (E < 6) return m;
-  // The scan-level ranges from the mean spectrum of the selected, complete pixels.
-  std::vector<double> mean(E, 0.0);
+  // The scan-level ranges from the mean spectrum of the selected, complete pixels. Plane by
+  // plane (contiguous reads): a pixel's spectrum is one float per plane, planes far apart.
+  std::vector<std::uint8_t> use(selected);
+  for (std::size_t j = 0; j < E; ++j) {
+    const float* plane = planes.data() + j * npix;
+    for (std::size_t p = 0; p < npix; ++p) use[p] &= !std::isnan(plane[p]);
+  }
   std::size_t n = 0;
-  auto complete = [&](std::size_t p) {
-    if (!selected[p]) return false;
-    for (std::size_t j = 0; j < E; ++j)
-      if (std::isnan(planes[j * npix + p])) return false;
-    return true;
-  };
-  std::vector<std::uint8_t> use(npix, 0);
-  for (std::size_t p = 0; p < npix; ++p)
-    if ((use[p] = complete(p))) {
-      ++n;
-      for (std::size_t j = 0; j < E; ++j) mean[j] += planes[j * npix + p];
-    }
+  for (auto u : use) n += u;
   if (n == 0) return m;
+  std::vector<double> mean(E, 0.0);
+  for (std::size_t j = 0; j < E; ++j) {
+    const float* plane = planes.data() + j * npix;
+    double sum = 0;
+    for (std::size_t p = 0; p < npix; ++p)
+      if (use[p]) sum += plane[p];
+    mean[j] = sum;
+  }
   for (auto& v : mean) v /= static_cast<double>(n);
   try {
     m.ranges = pre_edge(e, mean, params);
@@ -90,29 +92,41 @@ EdgeMaps compute_edge_maps(const std::vector<float>& planes, const std::vector<d
     return m;
   }
 
+  // 1 / (energy span) of each smoothed derivative below: the same for every pixel.
+  std::vector<double> inv_span(E, 0.0);
+  for (std::size_t j = 2; j + 2 < E; ++j) inv_span[j] = 1.0 / (e[j + 2] + e[j + 1] - e[j - 1] - e[j - 2]);
   auto work = [&](std::size_t begin, std::size_t end) {
-    std::vector<double> y(E), norm(E);
-    for (std::size_t p = begin; p < end; ++p) {
-      if (!use[p]) continue;
-      for (std::size_t j = 0; j < E; ++j) y[j] = planes[j * npix + p];
-      const double step = normalizer->normalize(y.data(), norm.data());
-      if (!(step > 0)) continue;  // no edge in this pixel
-      // E0: steepest rise of a 3-point smoothed spectrum (noise makes raw differences jumpy).
-      double best = -INFINITY, pe0 = e0;
-      for (std::size_t j = 2; j + 2 < E; ++j) {
-        const double d = ((norm[j + 1] + norm[j + 2]) - (norm[j - 1] + norm[j - 2])) / (e[j + 2] + e[j + 1] - e[j - 1] - e[j - 2]);
-        if (d > best) best = d, pe0 = e[j];
+    constexpr std::size_t kBlock = 256;  // pixels copied plane by plane, then one by one
+    std::vector<double> block(kBlock * E), norm(E);
+    for (std::size_t p0 = begin; p0 < end; p0 += kBlock) {
+      const std::size_t nb = std::min(kBlock, end - p0);
+      for (std::size_t j = 0; j < E; ++j) {
+        const float* plane = planes.data() + j * npix + p0;
+        for (std::size_t i = 0; i < nb; ++i) block[i * E + j] = plane[i];
       }
-      double half = 0;
-      for (std::size_t j = 1; j < E; ++j)
-        if (e[j] >= e0 + m.ranges.pre2 && norm[j] >= 0.5 && norm[j - 1] < 0.5) {
-          half = e[j - 1] + (0.5 - norm[j - 1]) / (norm[j] - norm[j - 1]) * (e[j] - e[j - 1]);
-          break;
+      for (std::size_t i = 0; i < nb; ++i) {
+        const std::size_t p = p0 + i;
+        if (!use[p]) continue;
+        const double* y = block.data() + i * E;
+        const double step = normalizer->normalize(y, norm.data());
+        if (!(step > 0)) continue;  // no edge in this pixel
+        // E0: steepest rise of a 3-point smoothed spectrum (noise makes raw differences jumpy).
+        double best = -INFINITY, pe0 = e0;
+        for (std::size_t j = 2; j + 2 < E; ++j) {
+          const double d = ((norm[j + 1] + norm[j + 2]) - (norm[j - 1] + norm[j - 2])) * inv_span[j];
+          if (d > best) best = d, pe0 = e[j];
         }
-      m.e0[p] = static_cast<float>(pe0);
-      m.half_step[p] = static_cast<float>(half);
-      m.white_line[p] = static_cast<float>(white_line_energy(e, norm, pe0));
-      m.edge_step[p] = static_cast<float>(step);
+        double half = 0;
+        for (std::size_t j = 1; j < E; ++j)
+          if (e[j] >= e0 + m.ranges.pre2 && norm[j] >= 0.5 && norm[j - 1] < 0.5) {
+            half = e[j - 1] + (0.5 - norm[j - 1]) / (norm[j] - norm[j - 1]) * (e[j] - e[j - 1]);
+            break;
+          }
+        m.e0[p] = static_cast<float>(pe0);
+        m.half_step[p] = static_cast<float>(half);
+        m.white_line[p] = static_cast<float>(white_line_energy(e, norm, pe0));
+        m.edge_step[p] = static_cast<float>(step);
+      }
     }
   };
   const int nthreads = std::max(1, std::min<int>(threads, static_cast<int>(npix / 4096) + 1));
