@@ -25,6 +25,14 @@ protocol::WireMessage map_message(const Scan& scan, const std::string& topic, st
   return m;
 }
 
+// K maps with masked pixels set to 0, written straight into the frame (one copy, not two).
+protocol::Array masked(std::string name, std::span<const float> per_pixel_k, const std::vector<std::uint8_t>& valid,
+                       std::vector<std::int64_t> shape) {
+  zmq::message_t frame(per_pixel_k.size() * sizeof(float));
+  science::apply_mask(per_pixel_k, valid, std::span<float>(static_cast<float*>(frame.data()), per_pixel_k.size()));
+  return protocol::Array(std::move(name), protocol::DType::float32, std::move(shape), true, std::move(frame));
+}
+
 // maps/segments (the label map) and clusters (per-cluster spectra, fits, PCA diagnostics).
 void append_segment_messages(const Scan& scan, const science::Segmentation& seg, std::int64_t version, bool final,
                              std::vector<protocol::WireMessage>& out) {
@@ -96,8 +104,8 @@ std::vector<protocol::WireMessage> make_map_messages(const Scan& scan, std::int6
   const auto& mask = scan.mask();
   fractions.header["mask_thickness_threshold"] = mask.thickness_threshold;
   fractions.header["mask_valid_pixels"] = mask.n_valid;
-  fractions.arrays.push_back(protocol::Array::from<float>("fractions", science::apply_mask(maps.fractions, mask.valid), {K, R, C}));
-  fractions.arrays.push_back(protocol::Array::from<float>("fraction_sigma", science::apply_mask(maps.fraction_sigma, mask.valid), {K, R, C}));
+  fractions.arrays.push_back(masked("fractions", maps.fractions, mask.valid, {K, R, C}));
+  fractions.arrays.push_back(masked("fraction_sigma", maps.fraction_sigma, mask.valid, {K, R, C}));
   fractions.arrays.push_back(protocol::Array::from<std::uint8_t>("mask", mask.valid, {R, C}));
   out.push_back(std::move(fractions));
 

@@ -31,11 +31,15 @@ QualityMask quality_mask(const LcfMaps& maps, const MaskSettings& s) {
   return m;
 }
 
-std::vector<float> apply_mask(std::span<const float> per_pixel_k, const std::vector<std::uint8_t>& valid) {
-  std::vector<float> out(per_pixel_k.begin(), per_pixel_k.end());
+void apply_mask(std::span<const float> per_pixel_k, const std::vector<std::uint8_t>& valid, std::span<float> out) {
   const std::size_t P = valid.size();
-  for (std::size_t i = 0; i < out.size(); ++i)
-    if (!valid[i % P]) out[i] = 0.f;
+  for (std::size_t k0 = 0; k0 < per_pixel_k.size(); k0 += P)
+    for (std::size_t p = 0; p < P; ++p) out[k0 + p] = valid[p] ? per_pixel_k[k0 + p] : 0.f;
+}
+
+std::vector<float> apply_mask(std::span<const float> per_pixel_k, const std::vector<std::uint8_t>& valid) {
+  std::vector<float> out(per_pixel_k.size());
+  apply_mask(per_pixel_k, valid, out);
   return out;
 }
 

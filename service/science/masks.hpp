@@ -28,5 +28,7 @@ QualityMask quality_mask(const LcfMaps& maps, const MaskSettings& s);
 
 // fractions (K·P) with masked pixels set to 0.
 std::vector<float> apply_mask(std::span<const float> per_pixel_k, const std::vector<std::uint8_t>& valid);
+// The same into `out` (per_pixel_k.size() floats): the publisher writes straight into a frame.
+void apply_mask(std::span<const float> per_pixel_k, const std::vector<std::uint8_t>& valid, std::span<float> out);
 
 }  // namespace xanesd::science
