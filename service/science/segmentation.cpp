@@ -219,378 +219,476 @@ void parallel_for(std::size_t n, int threads, Fn&& fn) {
   for (int i = 0; i < t; ++i) pool.emplace_back(fn, i, n * static_cast<std::size_t>(i) / t, n * static_cast<std::size_t>(i + 1) / t);
 }
 
-}  // namespace
+// The energies in use: indices into the scan's energies and their values.
+struct EnergiesInUse {
+  std::vector<int> index;
+  std::vector<double> e;
+  std::size_t size() const { return index.size(); }
+};
 
-void OnlineSegmenter::update(const SegmentInput& in) {
-  const auto& e = *in.energies;
-  const std::size_t E = e.size(), P = in.npix;
-  Segmentation& out = result_;
-  ++out.updates;
-  const std::vector<std::uint8_t> previous = out.labels;
-  const bool warm = previous.size() == P;
-  if (!warm) out.labels.assign(P, kUnassigned);
-
-  // 1. The energies in use: measured by at least half as many pixels as the best-measured one.
+// Pixels measured (not NaN) at each of the scan's energies.
+std::vector<std::size_t> measured_per_energy(const SegmentInput& in) {
+  const std::size_t E = in.energies->size(), P = in.npix;
   std::vector<std::size_t> measured(E, 0);
-  {
-    std::vector<std::vector<std::size_t>> part(static_cast<std::size_t>(std::max(1, in.threads)), std::vector<std::size_t>(E, 0));
-    parallel_for(P, in.threads, [&](int t, std::size_t b, std::size_t en) {
-      for (std::size_t j = 0; j < E; ++j) {
-        const float* plane = in.planes + j * P;
-        std::size_t c = 0;
-        for (std::size_t p = b; p < en; ++p) c += !std::isnan(plane[p]);
-        part[static_cast<std::size_t>(t)][j] = c;
-      }
-    });
-    for (const auto& v : part)
-      for (std::size_t j = 0; j < E; ++j) measured[j] += v[j];
-  }
+  std::vector<std::vector<std::size_t>> part(static_cast<std::size_t>(std::max(1, in.threads)), std::vector<std::size_t>(E, 0));
+  parallel_for(P, in.threads, [&](int t, std::size_t b, std::size_t en) {
+    for (std::size_t j = 0; j < E; ++j) {
+      const float* plane = in.planes + j * P;
+      std::size_t c = 0;
+      for (std::size_t p = b; p < en; ++p) c += !std::isnan(plane[p]);
+      part[static_cast<std::size_t>(t)][j] = c;
+    }
+  });
+  for (const auto& v : part)
+    for (std::size_t j = 0; j < E; ++j) measured[j] += v[j];
+  return measured;
+}
+
+// 1. The energies in use: measured by at least half as many pixels as the best-measured one.
+EnergiesInUse energies_in_use(const SegmentInput& in) {
+  const std::vector<std::size_t> measured = measured_per_energy(in);
   const std::size_t most = *std::max_element(measured.begin(), measured.end());
-  std::vector<int> used;
-  for (std::size_t j = 0; j < E; ++j)
-    if (most > 0 && measured[j] * 2 >= most) used.push_back(static_cast<int>(j));
+  EnergiesInUse u;
+  for (std::size_t j = 0; j < measured.size(); ++j)
+    if (most > 0 && measured[j] * 2 >= most) u.index.push_back(static_cast<int>(j));
+  for (int j : u.index) u.e.push_back((*in.energies)[static_cast<std::size_t>(j)]);
+  return u;
+}
+
+// Copies the spectra of pixels p0 … p0 + nb − 1 at the energies in use into block (pixel by
+// pixel, used.size() values each) and marks which pixels are measured at all those energies.
+void read_block(const SegmentInput& in, const std::vector<int>& used, std::size_t p0, std::size_t nb, float* block, std::uint8_t* complete) {
   const std::size_t Eu = used.size();
-  if (Eu < 4) {
-    out.waiting = "fewer than 4 energies measured across the image";
-    return;
+  std::fill(complete, complete + nb, 1);
+  for (std::size_t i = 0; i < Eu; ++i) {
+    const float* plane = in.planes + static_cast<std::size_t>(used[i]) * in.npix + p0;
+    for (std::size_t j = 0; j < nb; ++j) {
+      const float v = plane[j];
+      complete[j] &= !std::isnan(v);
+      block[j * Eu + i] = v;
+    }
   }
-  std::vector<double> eu(Eu);
-  for (std::size_t i = 0; i < Eu; ++i) eu[i] = e[static_cast<std::size_t>(used[i])];
+}
 
+// The sampled pixels the PCA and k-means are fitted on; row i of Y and X and sizes[i] belong
+// to pixel pixels[i].
+struct Sample {
+  std::vector<std::size_t> pixels;
+  Rows Y;                     // raw spectra on the energies in use
+  Rows X;                     // their shapes (ShapeTransform)
+  std::vector<double> sizes;  // their edge sizes
+};
 
-  // 2. A random sample of complete pixels (with material, when the scan has a mask), drawn as
-  // runs of kRun consecutive pixels: one cache line per plane per run instead of one per pixel
-  // (random single pixels cost a memory miss per energy each), and adjacent pairs within a run
-  // measure the noise (below).
+// 2. A random sample of complete pixels (with material, when the scan has a mask), drawn as
+// runs of kRun consecutive pixels: one cache line per plane per run instead of one per pixel
+// (random single pixels cost a memory miss per energy each), and adjacent pairs within a run
+// measure the noise (feature_noise).
+Sample draw_sample(const SegmentInput& in, const std::vector<int>& used, std::size_t want, Rng& rng) {
   constexpr std::size_t kRun = 16;
-  const std::size_t want = static_cast<std::size_t>(std::max(1, settings_.sample));
-  std::vector<std::size_t> sample;
-  Rows Y(0, static_cast<Eigen::Index>(Eu));
-  {
-    std::vector<double> rows;  // sampled spectra, Eu each
-    const std::size_t runs = (P + kRun - 1) / kRun;
-    const bool all = runs * kRun <= want;
-    const std::size_t attempts = all ? runs : std::min<std::size_t>(runs * 2, (want / kRun + 1) * 20);
-    std::vector<std::uint8_t> taken(runs, 0);
-    std::vector<float> block(Eu * kRun);
-    std::vector<std::uint8_t> complete(kRun);
-    for (std::size_t a = 0; a < attempts && sample.size() < want; ++a) {
-      const std::size_t run = all ? a : static_cast<std::size_t>(rng_.below(static_cast<std::uint64_t>(runs)));
-      if (taken[run]) continue;
-      taken[run] = 1;
-      const std::size_t p0 = run * kRun, nb = std::min(kRun, P - p0);
-      std::fill(complete.begin(), complete.end(), 1);
-      for (std::size_t i = 0; i < Eu; ++i) {
-        const float* plane = in.planes + static_cast<std::size_t>(used[i]) * P + p0;
-        for (std::size_t j = 0; j < nb; ++j) {
-          block[j * Eu + i] = plane[j];
-          complete[j] &= !std::isnan(plane[j]);
-        }
-      }
-      for (std::size_t j = 0; j < nb && sample.size() < want; ++j) {
-        if (!complete[j] || (in.material && !in.material[p0 + j])) continue;
-        sample.push_back(p0 + j);
-        rows.insert(rows.end(), block.begin() + static_cast<std::ptrdiff_t>(j * Eu), block.begin() + static_cast<std::ptrdiff_t>((j + 1) * Eu));
-      }
+  const std::size_t Eu = used.size(), P = in.npix;
+  Sample s;
+  std::vector<double> rows;  // sampled spectra, Eu each
+  const std::size_t runs = (P + kRun - 1) / kRun;
+  const bool all = runs * kRun <= want;
+  const std::size_t attempts = all ? runs : std::min<std::size_t>(runs * 2, (want / kRun + 1) * 20);
+  std::vector<std::uint8_t> taken(runs, 0);
+  std::vector<float> block(Eu * kRun);
+  std::vector<std::uint8_t> complete(kRun);
+  for (std::size_t a = 0; a < attempts && s.pixels.size() < want; ++a) {
+    const std::size_t run = all ? a : static_cast<std::size_t>(rng.below(static_cast<std::uint64_t>(runs)));
+    if (taken[run]) continue;
+    taken[run] = 1;
+    const std::size_t p0 = run * kRun, nb = std::min(kRun, P - p0);
+    read_block(in, used, p0, nb, block.data(), complete.data());
+    for (std::size_t j = 0; j < nb && s.pixels.size() < want; ++j) {
+      if (!complete[j] || (in.material && !in.material[p0 + j])) continue;
+      s.pixels.push_back(p0 + j);
+      rows.insert(rows.end(), block.begin() + static_cast<std::ptrdiff_t>(j * Eu), block.begin() + static_cast<std::ptrdiff_t>((j + 1) * Eu));
     }
-    Y = Eigen::Map<const Rows>(rows.data(), static_cast<Eigen::Index>(sample.size()), static_cast<Eigen::Index>(Eu));
   }
-  const int k_floor = settings_.k > 0 ? settings_.k : 2;
-  if (Y.rows() < std::max(20, 4 * k_floor)) {
-    out.waiting = "too few pixels with material measured at the energies in use (" + std::to_string(Y.rows()) + ")";
-    return;
-  }
+  s.Y = Eigen::Map<const Rows>(rows.data(), static_cast<Eigen::Index>(s.pixels.size()), static_cast<Eigen::Index>(Eu));
+  return s;
+}
 
-  // 3. Shapes of the sampled spectra (and the edge size of each).
+// 3. Shapes of the sampled spectra (and the edge size of each), sizes measured along the
+// sample's mean detrended spectrum; returns the transform.
+ShapeTransform shape_sample(const std::vector<double>& eu, Sample& s) {
   ShapeTransform shape(eu);
-  Rows X;  // the sample's shapes, one per row: detrended as matrices, then sized and scaled
-  shape.detrend_rows(Y, X);
-  shape.set_direction(X.colwise().mean().transpose());
-  const Eigen::VectorXd size_of = X * shape.direction();
-  std::vector<double> sizes(size_of.data(), size_of.data() + size_of.size());
-  for (Eigen::Index i = 0; i < X.rows(); ++i)
-    if (size_of(i) > 0) X.row(i) /= size_of(i);
-  // Without a mask, material = an edge size above 5 % of its 99th percentile (as mask.*'s default).
-  double size_min = 0;
-  if (!in.material) {
-    std::vector<double> s = sizes;
-    std::sort(s.begin(), s.end());
-    size_min = 0.05 * s[static_cast<std::size_t>(0.99 * static_cast<double>(s.size() - 1))];
-  }
-  {
-    Rows kept(0, X.cols()), kept_raw(0, X.cols());
-    std::vector<std::size_t> ks;
-    std::vector<Eigen::Index> keep;
-    for (Eigen::Index i = 0; i < X.rows(); ++i)
-      if (sizes[static_cast<std::size_t>(i)] > size_min) keep.push_back(i);
-    kept.resize(static_cast<Eigen::Index>(keep.size()), X.cols());
-    kept_raw.resize(static_cast<Eigen::Index>(keep.size()), X.cols());
-    for (std::size_t i = 0; i < keep.size(); ++i) {
-      kept.row(static_cast<Eigen::Index>(i)) = X.row(keep[i]);
-      kept_raw.row(static_cast<Eigen::Index>(i)) = Y.row(keep[i]);
-      ks.push_back(sample[static_cast<std::size_t>(keep[i])]);
-    }
-    X = std::move(kept);
-    Y = std::move(kept_raw);
-    sample = std::move(ks);
-  }
-  const Eigen::Index n = X.rows();
-  if (n < std::max(20, 4 * k_floor)) {
-    out.waiting = "too few pixels with an edge (" + std::to_string(n) + ")";
-    return;
-  }
-  // Cluster means are edge-normalized for display and fitting with ranges from the image's mean.
-  const Eigen::RowVectorXd raw_mean = Y.colwise().mean();
-  const Normalization norm(eu, std::vector<double>(raw_mean.data(), raw_mean.data() + Eu), in.edge);
+  // The shapes are detrended as matrices, then sized and scaled.
+  shape.detrend_rows(s.Y, s.X);
+  shape.set_direction(s.X.colwise().mean().transpose());
+  const Eigen::VectorXd size_of = s.X * shape.direction();
+  s.sizes.assign(size_of.data(), size_of.data() + size_of.size());
+  for (Eigen::Index i = 0; i < s.X.rows(); ++i)
+    if (size_of(i) > 0) s.X.row(i) /= size_of(i);
+  return shape;
+}
 
-  // 4. PCA of the shapes; from reference mixtures while the sample is too small
-  // to estimate an Eu×Eu covariance.
-  Eigen::MatrixXd refs_u;  // Eu × K references on the energies in use
-  if (in.model && in.model->n_refs() > 0) {
-    refs_u.resize(static_cast<Eigen::Index>(Eu), in.model->n_refs());
-    for (std::size_t i = 0; i < Eu; ++i)
-      refs_u.row(static_cast<Eigen::Index>(i)) = in.model->X.row(used[i]).tail(in.model->n_refs());
+// The edge size material must exceed. Without a mask, material = an edge size above 5 % of
+// its 99th percentile (as mask.*'s default).
+double material_size_min(const SegmentInput& in, std::vector<double> sizes) {
+  if (in.material) return 0;
+  std::sort(sizes.begin(), sizes.end());
+  return 0.05 * sizes[static_cast<std::size_t>(0.99 * static_cast<double>(sizes.size() - 1))];
+}
+
+// Keeps the sampled pixels whose edge size is above size_min.
+void keep_with_edge(Sample& s, double size_min) {
+  std::vector<Eigen::Index> keep;
+  for (Eigen::Index i = 0; i < s.X.rows(); ++i)
+    if (s.sizes[static_cast<std::size_t>(i)] > size_min) keep.push_back(i);
+  Sample kept;
+  kept.X.resize(static_cast<Eigen::Index>(keep.size()), s.X.cols());
+  kept.Y.resize(static_cast<Eigen::Index>(keep.size()), s.X.cols());
+  for (std::size_t i = 0; i < keep.size(); ++i) {
+    kept.X.row(static_cast<Eigen::Index>(i)) = s.X.row(keep[i]);
+    kept.Y.row(static_cast<Eigen::Index>(i)) = s.Y.row(keep[i]);
+    kept.pixels.push_back(s.pixels[static_cast<std::size_t>(keep[i])]);
+    kept.sizes.push_back(s.sizes[static_cast<std::size_t>(keep[i])]);
   }
-  PcaDiagnostics& pca = out.pca;
-  pca = {};
-  pca.energies = used;
-  Eigen::MatrixXd basis_data;  // rows = spectra the PCA is computed from
-  if (n < 10 * static_cast<Eigen::Index>(Eu) && refs_u.cols() > 1) {
-    pca.seeded_from_references = true;
-    const Eigen::Index m = 500;
-    basis_data.resize(m, static_cast<Eigen::Index>(Eu));
-    for (Eigen::Index i = 0; i < m; ++i) {
-      Eigen::VectorXd f(refs_u.cols());
-      for (Eigen::Index k = 0; k < f.size(); ++k) f(k) = rng_.exponential();  // Dirichlet(1)
-      const Eigen::VectorXd mix = refs_u * (f / f.sum());
-      shape(mix.data(), basis_data.row(i).data());
-    }
-  } else {
-    // At most kPcaRows spectra, evenly spread over the sample: an Eu×Eu covariance is well
-    // estimated from a few thousand, and this product dominated small images' updates.
-    constexpr Eigen::Index kPcaRows = 4000;
-    const Eigen::Index stride = std::max<Eigen::Index>(1, n / kPcaRows);
-    basis_data.resize((n + stride - 1) / stride, static_cast<Eigen::Index>(Eu));
-    for (Eigen::Index i = 0; i < basis_data.rows(); ++i) basis_data.row(i) = X.row(i * stride);
+  s = std::move(kept);
+}
+
+// Cluster means are edge-normalized for display and fitting with ranges from the image's mean.
+Normalization mean_normalization(const std::vector<double>& eu, const Rows& Y, const PreEdgeParams& edge) {
+  const Eigen::RowVectorXd raw_mean = Y.colwise().mean();
+  return Normalization(eu, std::vector<double>(raw_mean.data(), raw_mean.data() + raw_mean.size()), edge);
+}
+
+// The LCF model on the energies in use; both empty without references.
+struct ModelInUse {
+  Eigen::MatrixXd X;     // Eu × M, the model's rows (background columns, then references)
+  Eigen::MatrixXd refs;  // Eu × K, the references
+};
+
+ModelInUse model_in_use(const SegmentInput& in, const std::vector<int>& used) {
+  ModelInUse m;
+  if (!in.model || in.model->n_refs() <= 0) return m;
+  m.X.resize(static_cast<Eigen::Index>(used.size()), in.model->n_params());
+  for (std::size_t i = 0; i < used.size(); ++i) m.X.row(static_cast<Eigen::Index>(i)) = in.model->X.row(used[i]);
+  m.refs = m.X.rightCols(in.model->n_refs());
+  return m;
+}
+
+// Rows for the PCA while the sample is too small: shapes of random mixtures of the references
+// (Dirichlet(1) fractions).
+Eigen::MatrixXd reference_mixtures(const Eigen::MatrixXd& refs_u, const ShapeTransform& shape, Rng& rng) {
+  const Eigen::Index m = 500;
+  Eigen::MatrixXd basis_data(m, refs_u.rows());
+  for (Eigen::Index i = 0; i < m; ++i) {
+    Eigen::VectorXd f(refs_u.cols());
+    for (Eigen::Index k = 0; k < f.size(); ++k) f(k) = rng.exponential();  // Dirichlet(1)
+    const Eigen::VectorXd mix = refs_u * (f / f.sum());
+    shape(mix.data(), basis_data.row(i).data());
   }
-  const Eigen::RowVectorXd mean = basis_data.colwise().mean();
-  const Eigen::MatrixXd centred = basis_data.rowwise() - mean;
-  const Eigen::MatrixXd cov = (centred.transpose() * centred) / static_cast<double>(std::max<Eigen::Index>(1, basis_data.rows() - 1));
+  return basis_data;
+}
+
+// At most kPcaRows spectra, evenly spread over the sample: an Eu×Eu covariance is well
+// estimated from a few thousand, and this product dominated small images' updates.
+Eigen::MatrixXd spread_rows(const Rows& X) {
+  constexpr Eigen::Index kPcaRows = 4000;
+  const Eigen::Index n = X.rows();
+  const Eigen::Index stride = std::max<Eigen::Index>(1, n / kPcaRows);
+  Eigen::MatrixXd basis_data((n + stride - 1) / stride, X.cols());
+  for (Eigen::Index i = 0; i < basis_data.rows(); ++i) basis_data.row(i) = X.row(i * stride);
+  return basis_data;
+}
+
+struct Pca {
+  Eigen::RowVectorXd mean;  // of the rows it was computed from
+  Eigen::VectorXd lambda;   // eigenvalues, descending, ≥ 0
+  Eigen::MatrixXd vectors;  // their eigenvectors, as columns
+  double total = 0;         // Σ lambda
+  Eigen::Index rows = 0;    // spectra it was computed from
+  double sigma2 = 0;        // noise floor: per-point noise variance of the shapes
+};
+
+// Eigen-decomposition of the covariance of data's rows.
+Pca principal_components(const Eigen::MatrixXd& data) {
+  Pca pca;
+  pca.rows = data.rows();
+  pca.mean = data.colwise().mean();
+  const Eigen::MatrixXd centred = data.rowwise() - pca.mean;
+  const Eigen::MatrixXd cov = (centred.transpose() * centred) / static_cast<double>(std::max<Eigen::Index>(1, data.rows() - 1));
   const Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> eig(cov);
-  const auto Ev = static_cast<Eigen::Index>(Eu);
-  Eigen::VectorXd lambda = eig.eigenvalues().reverse().cwiseMax(0.0);
-  const Eigen::MatrixXd vectors = eig.eigenvectors().rowwise().reverse();
-  const double total = lambda.sum();
-  for (Eigen::Index i = 0; i < Ev; ++i) pca.explained.push_back(total > 0 ? lambda(i) / total : 0.0);
-  // Noise floor: with few species most eigenvalues are noise, so their median estimates σ²;
-  // above the Marchenko–Pastur edge σ²(1 + √(Eu/n))² (×1.5 margin) a component carries signal.
-  std::vector<double> sorted(lambda.data(), lambda.data() + Ev);
+  pca.lambda = eig.eigenvalues().reverse().cwiseMax(0.0);
+  pca.vectors = eig.eigenvectors().rowwise().reverse();
+  pca.total = pca.lambda.sum();
+  return pca;
+}
+
+// Noise floor: with few species most eigenvalues are noise, so their median estimates σ²;
+// above the Marchenko–Pastur edge σ²(1 + √(Eu/n))² (×1.5 margin) a component carries signal.
+double noise_floor(const Pca& pca, const Rows& X, Eigen::Index refs, bool seeded_from_references) {
+  const Eigen::Index Ev = pca.lambda.size();
+  std::vector<double> sorted(pca.lambda.data(), pca.lambda.data() + Ev);
   std::sort(sorted.begin(), sorted.end());
   double sigma2 = sorted[sorted.size() / 2];
-  if (pca.seeded_from_references) {  // reference mixtures have no noise: measure it on the pixels
-    const int rs = std::max(1, std::min<int>(refs_u.cols() - 1, static_cast<int>(Ev) - 1));
-    const Eigen::MatrixXd V = vectors.leftCols(rs);
-    const Eigen::MatrixXd c = X.rowwise() - mean;
-    sigma2 = (c - c * V * V.transpose()).squaredNorm() / static_cast<double>(n * (Ev - rs));
+  if (seeded_from_references) {  // reference mixtures have no noise: measure it on the pixels
+    const int rs = std::max(1, std::min<int>(refs - 1, static_cast<int>(Ev) - 1));
+    const Eigen::MatrixXd V = pca.vectors.leftCols(rs);
+    const Eigen::MatrixXd c = X.rowwise() - pca.mean;
+    sigma2 = (c - c * V * V.transpose()).squaredNorm() / static_cast<double>(X.rows() * (Ev - rs));
   }
-  pca.noise_sigma = std::sqrt(sigma2);
-  const double edge = 1.5 * sigma2 * std::pow(1.0 + std::sqrt(static_cast<double>(Ev) / static_cast<double>(basis_data.rows())), 2);
-  for (Eigen::Index i = 0; i < Ev; ++i) pca.significant += lambda(i) > edge && lambda(i) > 1e-12 * total;
-  int r = settings_.components;
+  return sigma2;
+}
+
+// Eigenvalues above the Marchenko–Pastur edge of the noise floor (and not numerically 0).
+int significant_components(const Pca& pca) {
+  const Eigen::Index Ev = pca.lambda.size();
+  const double edge = 1.5 * pca.sigma2 * std::pow(1.0 + std::sqrt(static_cast<double>(Ev) / static_cast<double>(pca.rows)), 2);
+  int significant = 0;
+  for (Eigen::Index i = 0; i < Ev; ++i) significant += pca.lambda(i) > edge && pca.lambda(i) > 1e-12 * pca.total;
+  return significant;
+}
+
+// Components used as features: the setting, else enough for the explained-variance target but
+// no more than are significant (at least 1) nor than max_components.
+int choose_components(const PcaDiagnostics& diag, Eigen::Index Ev, const SegmentationSettings& settings) {
+  int r = settings.components;
   if (r <= 0) {
     double cum = 0;
     r = 0;
-    while (r < Ev && cum < settings_.variance) cum += pca.explained[static_cast<std::size_t>(r++)];
-    r = std::min({r, std::max(1, pca.significant), settings_.max_components});
+    while (r < Ev && cum < settings.variance) cum += diag.explained[static_cast<std::size_t>(r++)];
+    r = std::min({r, std::max(1, diag.significant), settings.max_components});
   }
-  r = std::max(1, std::min<int>(r, static_cast<int>(Ev)));
-  pca.components = r;
+  return std::max(1, std::min<int>(r, static_cast<int>(Ev)));
+}
 
-  FeatureSpace fs;
-  fs.mean = mean.transpose();
-  fs.basis = vectors.leftCols(r);
-  fs.r = r;
-  const double spectral_var = lambda.head(r).sum();
-  fs.spectral_scale = spectral_var > 0 ? settings_.spectral_weight / std::sqrt(spectral_var) : 0.0;
-  if (settings_.spatial_weight > 0 && in.cols > 0) {
-    fs.spatial = true;
-    double sr = 0, sc = 0, qr = 0, qc = 0;
+// 4. PCA of the shapes; from reference mixtures while the sample is too small
+// to estimate an Eu×Eu covariance. Fills diag's scree, noise floor and components.
+Pca fit_pca(const Rows& X, const Eigen::MatrixXd& refs_u, const ShapeTransform& shape, const SegmentationSettings& settings, Rng& rng,
+            PcaDiagnostics& diag) {
+  const Eigen::Index n = X.rows(), Ev = X.cols();
+  diag.seeded_from_references = n < 10 * Ev && refs_u.cols() > 1;
+  Pca pca = principal_components(diag.seeded_from_references ? reference_mixtures(refs_u, shape, rng) : spread_rows(X));
+  for (Eigen::Index i = 0; i < Ev; ++i) diag.explained.push_back(pca.total > 0 ? pca.lambda(i) / pca.total : 0.0);
+  pca.sigma2 = noise_floor(pca, X, refs_u.cols(), diag.seeded_from_references);
+  diag.noise_sigma = std::sqrt(pca.sigma2);
+  diag.significant = significant_components(pca);
+  diag.components = choose_components(diag, Ev, settings);
+  return pca;
+}
+
+// The position block's centre and scale over the sampled pixels.
+void scale_position(FeatureSpace& fs, const std::vector<std::size_t>& sample, int cols, double weight) {
+  fs.spatial = true;
+  double sr = 0, sc = 0, qr = 0, qc = 0;
+  for (auto p : sample) {
+    const double rr = static_cast<double>(p / static_cast<std::size_t>(cols)), cc = static_cast<double>(p % static_cast<std::size_t>(cols));
+    sr += rr, sc += cc, qr += rr * rr, qc += cc * cc;
+  }
+  const double m = static_cast<double>(sample.size());
+  fs.row_mean = sr / m, fs.col_mean = sc / m;
+  const double var = (qr / m - fs.row_mean * fs.row_mean) + (qc / m - fs.col_mean * fs.col_mean);
+  fs.spatial_scale = var > 0 ? weight / std::sqrt(var) : 0.0;
+}
+
+// The XRF block's per-channel centres and scales over the sampled pixels.
+void scale_xrf(FeatureSpace& fs, const std::vector<std::size_t>& sample, const SegmentInput& in, double weight) {
+  fs.xrf = in.xrf_channels;
+  for (int c = 0; c < fs.xrf; ++c) {
+    double s = 0, q = 0, m = 0;
     for (auto p : sample) {
-      const double rr = static_cast<double>(p / static_cast<std::size_t>(in.cols)), cc = static_cast<double>(p % static_cast<std::size_t>(in.cols));
-      sr += rr, sc += cc, qr += rr * rr, qc += cc * cc;
+      const double v = in.xrf[static_cast<std::size_t>(c) * in.npix + p];
+      if (std::isfinite(v)) s += v, q += v * v, ++m;
     }
-    const double m = static_cast<double>(sample.size());
-    fs.row_mean = sr / m, fs.col_mean = sc / m;
-    const double var = (qr / m - fs.row_mean * fs.row_mean) + (qc / m - fs.col_mean * fs.col_mean);
-    fs.spatial_scale = var > 0 ? settings_.spatial_weight / std::sqrt(var) : 0.0;
+    const double mu = m > 0 ? s / m : 0, var = m > 1 ? q / m - mu * mu : 0;
+    fs.xrf_mean.push_back(mu);
+    fs.xrf_scale.push_back(var > 0 ? weight / std::sqrt(var * fs.xrf) : 0.0);
   }
-  if (settings_.xrf_weight > 0 && in.xrf && in.xrf_channels > 0) {
-    fs.xrf = in.xrf_channels;
-    for (int c = 0; c < fs.xrf; ++c) {
-      double s = 0, q = 0, m = 0;
-      for (auto p : sample) {
-        const double v = in.xrf[static_cast<std::size_t>(c) * P + p];
-        if (std::isfinite(v)) s += v, q += v * v, ++m;
-      }
-      const double mu = m > 0 ? s / m : 0, var = m > 1 ? q / m - mu * mu : 0;
-      fs.xrf_mean.push_back(mu);
-      fs.xrf_scale.push_back(var > 0 ? settings_.xrf_weight / std::sqrt(var * fs.xrf) : 0.0);
-    }
-  }
-  const int d = fs.dims();
-  Rows F(n, d);
-  F.leftCols(r) = ((X.rowwise() - fs.mean.transpose()) * fs.basis) * fs.spectral_scale;
-  for (Eigen::Index i = 0; i < n; ++i) fs.extras(sample[static_cast<std::size_t>(i)], in.cols, in.xrf, P, F.row(i).data());
+}
 
-  // Noise in feature space, measured where it lives: adjacent pixels almost always share a
-  // composition, so half the squared difference of their spectral features is noise (robust:
-  // the median over the adjacent pairs the sampled runs hold; boundaries are outliers).
+// The feature space of the first r components, plus position and XRF when they are weighted.
+FeatureSpace feature_space(const Pca& pca, int r, const SegmentationSettings& settings, const SegmentInput& in,
+                           const std::vector<std::size_t>& sample) {
+  FeatureSpace fs;
+  fs.mean = pca.mean.transpose();
+  fs.basis = pca.vectors.leftCols(r);
+  fs.r = r;
+  const double spectral_var = pca.lambda.head(r).sum();
+  fs.spectral_scale = spectral_var > 0 ? settings.spectral_weight / std::sqrt(spectral_var) : 0.0;
+  if (settings.spatial_weight > 0 && in.cols > 0) scale_position(fs, sample, in.cols, settings.spatial_weight);
+  if (settings.xrf_weight > 0 && in.xrf && in.xrf_channels > 0) scale_xrf(fs, sample, in, settings.xrf_weight);
+  return fs;
+}
+
+// The sampled pixels' features, one row each.
+Rows features_of(const FeatureSpace& fs, const Sample& s, const SegmentInput& in) {
+  const auto n = static_cast<Eigen::Index>(s.pixels.size());
+  Rows F(n, fs.dims());
+  F.leftCols(fs.r) = ((s.X.rowwise() - fs.mean.transpose()) * fs.basis) * fs.spectral_scale;
+  for (Eigen::Index i = 0; i < n; ++i) fs.extras(s.pixels[static_cast<std::size_t>(i)], in.cols, in.xrf, in.npix, F.row(i).data());
+  return F;
+}
+
+// Noise in feature space, measured where it lives: adjacent pixels almost always share a
+// composition, so half the squared difference of their spectral features is noise (robust:
+// the median over the adjacent pairs the sampled runs hold; boundaries are outliers). The
+// first m features are the measured ones; without neighbours, `pca_floor`.
+double feature_noise(const Rows& F, int m, const std::vector<std::size_t>& sample, int cols, double pca_floor) {
   double noise_var = 0;
-  {
-    const int m = fs.measured_dims();
-    std::vector<std::vector<double>> diff2(static_cast<std::size_t>(m));
-    for (Eigen::Index i = 0; i + 1 < n; ++i) {
-      const std::size_t p = sample[static_cast<std::size_t>(i)], q = sample[static_cast<std::size_t>(i + 1)];
-      if (q != p + 1 || in.cols < 2 || q % static_cast<std::size_t>(in.cols) == 0) continue;
-      for (int j = 0; j < m; ++j) diff2[static_cast<std::size_t>(j)].push_back(0.5 * std::pow(F(i + 1, j) - F(i, j), 2));
-    }
-    for (auto& v : diff2) {
-      if (v.empty()) continue;
-      std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(v.size() / 2), v.end());
-      noise_var += v[v.size() / 2] / 0.4549 / m;  // median of χ²₁ is 0.4549
-    }
-    if (noise_var <= 0) noise_var = sigma2 * fs.spectral_scale * fs.spectral_scale;  // no neighbours: the PCA floor
+  std::vector<std::vector<double>> diff2(static_cast<std::size_t>(m));
+  for (Eigen::Index i = 0; i + 1 < F.rows(); ++i) {
+    const std::size_t p = sample[static_cast<std::size_t>(i)], q = sample[static_cast<std::size_t>(i + 1)];
+    if (q != p + 1 || cols < 2 || q % static_cast<std::size_t>(cols) == 0) continue;
+    for (int j = 0; j < m; ++j) diff2[static_cast<std::size_t>(j)].push_back(0.5 * std::pow(F(i + 1, j) - F(i, j), 2));
   }
+  for (auto& v : diff2) {
+    if (v.empty()) continue;
+    std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(v.size() / 2), v.end());
+    noise_var += v[v.size() / 2] / 0.4549 / m;  // median of χ²₁ is 0.4549
+  }
+  if (noise_var <= 0) noise_var = pca_floor;  // no neighbours: the PCA floor
+  return noise_var;
+}
 
-  // 5. k-means. k: the smallest whose within-cluster scatter of the measured features (PCA
-  // scores, XRF) is within
-  // noise_ratio × the noise (the clusters then explain all structure above noise;
-  // k = 1 when the image's own scatter already is). The previous update's clusters, rebuilt
-  // from the ids the sampled pixels had, are kept while their k still passes; a new clustering
-  // inherits ids by overlap, so a domain keeps its id and colour while the map refines.
-  auto ratio = [&](const Clustering& c) { return noise_var > 0 ? measured_scatter(F, c, fs.measured_dims()) / noise_var : INFINITY; };
-  std::vector<std::uint8_t> previous_of_sample;
-  if (warm)
-    for (auto p : sample) previous_of_sample.push_back(previous[p]);
+// Within-cluster scatter of the measured features relative to their noise.
+struct ScatterRatio {
+  const Rows& F;
+  int measured;
+  double noise_var;
+  double operator()(const Clustering& c) const { return noise_var > 0 ? measured_scatter(F, c, measured) / noise_var : INFINITY; }
+};
+
+// The previous update's clusters, rebuilt from the ids the sampled pixels had (ids with at
+// least 3 of them) and refined on this update's features. Empty on a cold start.
+Clustering previous_clustering(const Rows& F, const std::vector<std::uint8_t>& previous_of_sample) {
+  const Eigen::Index d = F.cols();
   Clustering kept;
-  if (warm) {
-    std::map<int, std::pair<Eigen::RowVectorXd, int>> acc;
-    for (Eigen::Index i = 0; i < n; ++i) {
-      const int id = previous_of_sample[static_cast<std::size_t>(i)];
-      if (id == kBackground || id == kUnassigned) continue;
-      auto [it, fresh] = acc.try_emplace(id, Eigen::RowVectorXd::Zero(d), 0);
-      it->second.first += F.row(i);
-      ++it->second.second;
-    }
-    for (auto& [id, a] : acc)
-      if (a.second >= 3) {
-        kept.centroids.conservativeResize(kept.centroids.rows() + 1, d);
-        kept.centroids.row(kept.centroids.rows() - 1) = a.first / a.second;
-        kept.ids.push_back(id);
-      }
-    if (!kept.ids.empty()) {
-      lloyd(F, kept.centroids, kept.assign);
-      drop_empty(kept);
-    }
+  std::map<int, std::pair<Eigen::RowVectorXd, int>> acc;
+  for (std::size_t i = 0; i < previous_of_sample.size(); ++i) {
+    const int id = previous_of_sample[i];
+    if (id == kBackground || id == kUnassigned) continue;
+    auto [it, fresh] = acc.try_emplace(id, Eigen::RowVectorXd::Zero(d), 0);
+    it->second.first += F.row(static_cast<Eigen::Index>(i));
+    ++it->second.second;
   }
-  const int k_prev = static_cast<int>(kept.ids.size());
-  Clustering cl;
-  if (settings_.k > 0) {
-    if (k_prev == settings_.k) cl = std::move(kept);
-    else cl = fresh_kmeans(F, settings_.k, rng_);
-  } else {
-    const int k_max = std::max(2, settings_.k_max);
-    const double tau = settings_.noise_ratio;
-    // Search upwards from `from` for the first k that passes (k_max if none does).
-    auto first_passing = [&](int from) {
-      Clustering c;
-      for (int k = from; k <= k_max; ++k) {
-        c = fresh_kmeans(F, k, rng_);
-        if (ratio(c) <= tau) break;
-      }
-      return c;
-    };
-    if (k_prev == 0 || k_prev > k_max) {
-      cl = first_passing(1);
-    } else if (ratio(kept) <= 1.15 * tau) {
-      // The previous clusters still (nearly: a 15 % band against flicker) explain the data;
-      // one fewer replaces them only if it passes comfortably. One fresh k-means per update.
-      cl = std::move(kept);
-      if (k_prev > 1) {
-        auto fewer = fresh_kmeans(F, k_prev - 1, rng_);
-        if (ratio(fewer) <= tau / 1.15) cl = std::move(fewer);
-      }
-    } else if (k_prev < k_max) {
-      cl = first_passing(k_prev + 1);  // new structure (more energies, more of the image)
-    } else {
-      cl = std::move(kept);  // already at k_max
+  for (auto& [id, a] : acc)
+    if (a.second >= 3) {
+      kept.centroids.conservativeResize(kept.centroids.rows() + 1, d);
+      kept.centroids.row(kept.centroids.rows() - 1) = a.first / a.second;
+      kept.ids.push_back(id);
     }
+  if (!kept.ids.empty()) {
+    lloyd(F, kept.centroids, kept.assign);
+    drop_empty(kept);
   }
-  if (cl.ids.size() != static_cast<std::size_t>(cl.centroids.rows())) inherit_ids(cl, previous_of_sample, next_id_);
-  cl.silhouette = silhouette(F, cl.assign, static_cast<int>(cl.ids.size()), kSilhouetteSample);
-  out.scatter_ratio = ratio(cl);
-  features_ = F;
-  out.silhouette = cl.silhouette;
-  const auto k = static_cast<std::size_t>(cl.centroids.rows());
+  return kept;
+}
 
-  // 6. Label every pixel and accumulate each cluster's normalized spectra.
-  const int threads = std::max(1, in.threads);
-  struct Acc {
-    std::vector<std::size_t> count;
-    Eigen::MatrixXd sum, sumsq;  // Eu × k
-  };
-  std::vector<Acc> accs(static_cast<std::size_t>(threads));
-  for (auto& a : accs) {
-    a.count.assign(k, 0);
-    a.sum = Eigen::MatrixXd::Zero(Ev, static_cast<Eigen::Index>(k));
-    a.sumsq = Eigen::MatrixXd::Zero(Ev, static_cast<Eigen::Index>(k));
+// k: the smallest whose within-cluster scatter of the measured features (PCA scores, XRF) is
+// within noise_ratio × the noise (the clusters then explain all structure above noise; k = 1
+// when the image's own scatter already is). The previous clusters are kept while their k
+// still passes.
+Clustering choose_clustering(const Rows& F, Clustering kept, const ScatterRatio& ratio, const SegmentationSettings& settings, Rng& rng) {
+  const int k_prev = static_cast<int>(kept.ids.size());
+  if (settings.k > 0) {
+    if (k_prev == settings.k) return kept;
+    return fresh_kmeans(F, settings.k, rng);
   }
-  // Block by block: a few hundred consecutive pixels are copied plane by plane (contiguous
-  // reads; a pixel's spectrum alone is one float per plane, planes megabytes apart). Detrending
-  // is linear, so the size and the PCA scores of a pixel are one small product with its raw
-  // spectrum: [dirᵀ; Vᵀ]·(I − BQ)·y, in float (features need no more).
-  Eigen::MatrixXd stacked(r + 1, Ev);
-  stacked.row(0) = shape.direction().transpose();
-  stacked.bottomRows(r) = fs.basis.transpose();
-  const Eigen::MatrixXf project = (stacked * shape.detrend_matrix()).cast<float>();
-  const Eigen::VectorXd basis_mean = fs.basis.transpose() * fs.mean;
-  parallel_for(P, threads, [&](int t, std::size_t b, std::size_t en) {
-    Acc& a = accs[static_cast<std::size_t>(t)];
+  const int k_max = std::max(2, settings.k_max);
+  const double tau = settings.noise_ratio;
+  // Search upwards from `from` for the first k that passes (k_max if none does).
+  auto first_passing = [&](int from) {
+    Clustering c;
+    for (int k = from; k <= k_max; ++k) {
+      c = fresh_kmeans(F, k, rng);
+      if (ratio(c) <= tau) break;
+    }
+    return c;
+  };
+  if (k_prev == 0 || k_prev > k_max) return first_passing(1);
+  if (ratio(kept) <= 1.15 * tau) {
+    // The previous clusters still (nearly: a 15 % band against flicker) explain the data;
+    // one fewer replaces them only if it passes comfortably. One fresh k-means per update.
+    if (k_prev > 1) {
+      auto fewer = fresh_kmeans(F, k_prev - 1, rng);
+      if (ratio(fewer) <= tau / 1.15) return fewer;
+    }
+    return kept;
+  }
+  if (k_prev < k_max) return first_passing(k_prev + 1);  // new structure (more energies, more of the image)
+  return kept;                                           // already at k_max
+}
+
+// 5. k-means with automatic k (choose_clustering), warm-started from the previous update's
+// clusters; a new clustering inherits ids by overlap, so a domain keeps its id and colour
+// while the map refines. previous_of_sample: the sampled pixels' previous labels (empty on a
+// cold start).
+Clustering cluster_sample(const Rows& F, const std::vector<std::uint8_t>& previous_of_sample, const ScatterRatio& ratio,
+                          const SegmentationSettings& settings, Rng& rng, int& next_id) {
+  Clustering cl = choose_clustering(F, previous_clustering(F, previous_of_sample), ratio, settings, rng);
+  if (cl.ids.size() != static_cast<std::size_t>(cl.centroids.rows())) inherit_ids(cl, previous_of_sample, next_id);
+  cl.silhouette = silhouette(F, cl.assign, static_cast<int>(cl.ids.size()), kSilhouetteSample);
+  return cl;
+}
+
+// Per cluster: its pixels, and the sums of their spectra brought to a common edge size and of
+// those spectra's squares.
+struct ClusterSums {
+  std::vector<std::size_t> count;
+  Eigen::MatrixXd sum, sumsq;  // Eu × k
+
+  ClusterSums(Eigen::Index Eu, std::size_t k)
+      : count(k, 0), sum(Eigen::MatrixXd::Zero(Eu, static_cast<Eigen::Index>(k))), sumsq(Eigen::MatrixXd::Zero(Eu, static_cast<Eigen::Index>(k))) {}
+  ClusterSums& operator+=(const ClusterSums& o) {
+    for (std::size_t c = 0; c < count.size(); ++c) count[c] += o.count[c];
+    sum += o.sum;
+    sumsq += o.sumsq;
+    return *this;
+  }
+};
+
+// Labels pixels with the nearest cluster's id (kBackground without material or an edge,
+// kUnassigned when not measured at every energy in use) and sums the clusters' spectra.
+// Block by block: a few hundred consecutive pixels are copied plane by plane (contiguous
+// reads; a pixel's spectrum alone is one float per plane, planes megabytes apart). Detrending
+// is linear, so the size and the PCA scores of a pixel are one small product with its raw
+// spectrum: [dirᵀ; Vᵀ]·(I − BQ)·y, in float (features need no more).
+class PixelLabeller {
+ public:
+  PixelLabeller(const SegmentInput& in, const std::vector<int>& used, const ShapeTransform& shape, const FeatureSpace& fs,
+                const Clustering& cl, double size_min)
+      : in_(in), used_(used), fs_(fs), cl_(cl), size_min_(size_min), basis_mean_(fs.basis.transpose() * fs.mean) {
+    Eigen::MatrixXd stacked(fs.r + 1, fs.mean.size());
+    stacked.row(0) = shape.direction().transpose();
+    stacked.bottomRows(fs.r) = fs.basis.transpose();
+    project_ = (stacked * shape.detrend_matrix()).cast<float>();
+  }
+
+  // Labels pixels [b, en) into labels and adds the clustered ones to a.
+  void label(std::size_t b, std::size_t en, std::vector<std::uint8_t>& labels, ClusterSums& a) const {
     constexpr std::size_t kBlock = 256;
+    const int r = fs_.r;
+    const auto Ev = static_cast<Eigen::Index>(used_.size());
     Eigen::MatrixXf Yb(Ev, static_cast<Eigen::Index>(kBlock)), Pb(r + 1, static_cast<Eigen::Index>(kBlock));
     std::vector<std::uint8_t> complete(kBlock);
-    std::vector<double> f(static_cast<std::size_t>(d));
+    std::vector<double> f(static_cast<std::size_t>(fs_.dims()));
     Eigen::VectorXd yw(Ev);
     for (std::size_t p0 = b; p0 < en; p0 += kBlock) {
       const std::size_t nb = std::min(kBlock, en - p0);
       const auto nbi = static_cast<Eigen::Index>(nb);
-      std::fill(complete.begin(), complete.begin() + static_cast<std::ptrdiff_t>(nb), 1);
-      for (std::size_t i = 0; i < Eu; ++i) {
-        const float* plane = in.planes + static_cast<std::size_t>(used[i]) * P + p0;
-        for (std::size_t j = 0; j < nb; ++j) {
-          const float v = plane[j];
-          complete[j] &= !std::isnan(v);
-          Yb(static_cast<Eigen::Index>(i), static_cast<Eigen::Index>(j)) = v;
-        }
-      }
-      Pb.leftCols(nbi).noalias() = project * Yb.leftCols(nbi);
+      read_block(in_, used_, p0, nb, Yb.data(), complete.data());
+      Pb.leftCols(nbi).noalias() = project_ * Yb.leftCols(nbi);
       for (std::size_t j = 0; j < nb; ++j) {
         const std::size_t p = p0 + j;
         const auto ji = static_cast<Eigen::Index>(j);
         if (!complete[j]) {
-          out.labels[p] = kUnassigned;
+          labels[p] = kUnassigned;
           continue;
         }
         const double w = Pb(0, ji);
-        if ((in.material && !in.material[p]) || !(w > size_min)) {
-          out.labels[p] = kBackground;
+        if ((in_.material && !in_.material[p]) || !(w > size_min_)) {
+          labels[p] = kBackground;
           continue;
         }
         const double inv_w = 1.0 / w;
-        for (int i = 0; i < r; ++i) f[static_cast<std::size_t>(i)] = (Pb(1 + i, ji) * inv_w - basis_mean(i)) * fs.spectral_scale;
-        fs.extras(p, in.cols, in.xrf, P, f.data());
-        const int c = nearest(cl.centroids, f.data());
-        out.labels[p] = static_cast<std::uint8_t>(cl.ids[static_cast<std::size_t>(c)]);
+        for (int i = 0; i < r; ++i) f[static_cast<std::size_t>(i)] = (Pb(1 + i, ji) * inv_w - basis_mean_(i)) * fs_.spectral_scale;
+        fs_.extras(p, in_.cols, in_.xrf, in_.npix, f.data());
+        const int c = nearest(cl_.centroids, f.data());
+        labels[p] = static_cast<std::uint8_t>(cl_.ids[static_cast<std::size_t>(c)]);
         ++a.count[static_cast<std::size_t>(c)];
         // The cluster mean is of spectra brought to a common edge size (not of shapes, which
         // lost their background): it stays a spectrum the references can fit.
@@ -599,82 +697,161 @@ void OnlineSegmenter::update(const SegmentInput& in) {
         a.sumsq.col(c) += yw.cwiseAbs2();
       }
     }
-  });
-  for (std::size_t t = 1; t < accs.size(); ++t) {
-    for (std::size_t c = 0; c < k; ++c) accs[0].count[c] += accs[t].count[c];
-    accs[0].sum += accs[t].sum;
-    accs[0].sumsq += accs[t].sumsq;
   }
-  const Acc& total_acc = accs[0];
 
-  // 7. Cluster-then-fit: each cluster's mean spectrum, its standard error, and its LCF.
-  out.clusters.clear();
-  out.labelled = 0;
-  Eigen::MatrixXd Xu;
-  if (refs_u.cols() > 0) {
-    Xu.resize(Ev, in.model->n_params());
-    for (std::size_t i = 0; i < Eu; ++i) Xu.row(static_cast<Eigen::Index>(i)) = in.model->X.row(used[i]);
+ private:
+  const SegmentInput& in_;
+  const std::vector<int>& used_;
+  const FeatureSpace& fs_;
+  const Clustering& cl_;
+  double size_min_;
+  Eigen::MatrixXf project_;     // (r + 1) × Eu: [dirᵀ; Vᵀ]·(I − BQ)
+  Eigen::VectorXd basis_mean_;  // Vᵀ·mean, the mean shape's scores
+};
+
+// 6. Label every pixel (in parallel) and accumulate each cluster's normalized spectra.
+ClusterSums label_pixels(const SegmentInput& in, const PixelLabeller& labeller, Eigen::Index Eu, std::size_t k, std::vector<std::uint8_t>& labels) {
+  const int threads = std::max(1, in.threads);
+  std::vector<ClusterSums> sums(static_cast<std::size_t>(threads), ClusterSums(Eu, k));
+  parallel_for(in.npix, threads, [&](int t, std::size_t b, std::size_t en) { labeller.label(b, en, labels, sums[static_cast<std::size_t>(t)]); });
+  for (std::size_t t = 1; t < sums.size(); ++t) sums[0] += sums[t];
+  return sums[0];
+}
+
+// Cluster c's edge-normalized mean spectrum and its standard error on the scan's E energies
+// (NaN where not used) into s; returns the normalized mean on the energies in use.
+Eigen::VectorXd mean_spectrum(const ClusterSums& sums, std::size_t c, const std::vector<int>& used, std::size_t E, const Normalization& norm,
+                              ClusterSummary& s) {
+  const std::size_t m = sums.count[c], Eu = used.size();
+  s.mean.assign(E, kNaN);
+  s.stderr_.assign(E, kNaN);
+  const Eigen::VectorXd raw = sums.sum.col(static_cast<Eigen::Index>(c)) / static_cast<double>(m);
+  Eigen::VectorXd mu(static_cast<Eigen::Index>(Eu));
+  double step = norm.normalize(raw.data(), mu.data());
+  if (!(step > 0)) step = 1, mu = raw;  // no edge to normalize by: the mean as it is
+  for (std::size_t i = 0; i < Eu; ++i) {
+    const auto ii = static_cast<Eigen::Index>(i);
+    const double var = m > 1 ? std::max(0.0, (sums.sumsq(ii, static_cast<Eigen::Index>(c)) - m * raw(ii) * raw(ii)) / (m - 1.0)) : 0.0;
+    s.mean[static_cast<std::size_t>(used[i])] = mu(ii);
+    s.stderr_[static_cast<std::size_t>(used[i])] = std::sqrt(var / static_cast<double>(m)) / step;
   }
-  for (std::size_t c = 0; c < k; ++c) {
-    const std::size_t m = total_acc.count[c];
-    if (m == 0) continue;
+  return mu;
+}
+
+// LCF of a cluster's mean normalized spectrum mu with the model's rows Xu on the energies in use.
+void fit_mean(const Eigen::VectorXd& mu, const Eigen::MatrixXd& Xu, const SegmentInput& in, ClusterSummary& s) {
+  const auto Eu = Xu.rows();
+  SolveOptions opt = in.fit;
+  opt.n_free = in.model->n_background();
+  const auto fit = solve(Xu.transpose() * Xu, Xu.transpose() * mu, mu.squaredNorm(), static_cast<int>(Eu), opt);
+  if (!fit.ok) return;
+  const auto K = in.model->n_refs();
+  const Eigen::VectorXd cvec = fit.theta.tail(K);
+  s.thickness = cvec.sum();
+  s.residual = std::sqrt(fit.chi2 / static_cast<double>(Eu));
+  if (s.thickness > 0) {
+    for (Eigen::Index i = 0; i < K; ++i) s.fractions.push_back(cvec(i) / s.thickness);
+    const Eigen::VectorXd sig = fraction_sigma(fit, opt.n_free);
+    s.fraction_sigma.assign(sig.data(), sig.data() + sig.size());
+    s.fitted = true;
+  }
+}
+
+// 7. Cluster-then-fit: each cluster's mean spectrum, its standard error, and its LCF (Xu: the
+// model on the energies in use, empty without references); sorted by id.
+std::vector<ClusterSummary> summarize_clusters(const ClusterSums& sums, const std::vector<int>& ids, const SegmentInput& in,
+                                               const std::vector<int>& used, const Normalization& norm, const Eigen::MatrixXd& Xu) {
+  std::vector<ClusterSummary> clusters;
+  for (std::size_t c = 0; c < sums.count.size(); ++c) {
+    if (sums.count[c] == 0) continue;
     ClusterSummary s;
-    s.id = cl.ids[c];
-    s.pixels = m;
-    out.labelled += m;
-    s.mean.assign(E, kNaN);
-    s.stderr_.assign(E, kNaN);
-    const Eigen::VectorXd raw = total_acc.sum.col(static_cast<Eigen::Index>(c)) / static_cast<double>(m);
-    Eigen::VectorXd mu(Ev);
-    double step = norm.normalize(raw.data(), mu.data());
-    if (!(step > 0)) step = 1, mu = raw;  // no edge to normalize by: the mean as it is
-    for (std::size_t i = 0; i < Eu; ++i) {
-      const auto ii = static_cast<Eigen::Index>(i);
-      const double var = m > 1 ? std::max(0.0, (total_acc.sumsq(ii, static_cast<Eigen::Index>(c)) - m * raw(ii) * raw(ii)) / (m - 1.0)) : 0.0;
-      s.mean[static_cast<std::size_t>(used[i])] = mu(ii);
-      s.stderr_[static_cast<std::size_t>(used[i])] = std::sqrt(var / static_cast<double>(m)) / step;
-    }
-    if (Xu.size() > 0) {
-      SolveOptions opt = in.fit;
-      opt.n_free = in.model->n_background();
-      const auto fit = solve(Xu.transpose() * Xu, Xu.transpose() * mu, mu.squaredNorm(), static_cast<int>(Eu), opt);
-      if (fit.ok) {
-        const auto K = in.model->n_refs();
-        const Eigen::VectorXd cvec = fit.theta.tail(K);
-        s.thickness = cvec.sum();
-        s.residual = std::sqrt(fit.chi2 / static_cast<double>(Eu));
-        if (s.thickness > 0) {
-          for (Eigen::Index i = 0; i < K; ++i) s.fractions.push_back(cvec(i) / s.thickness);
-          const Eigen::VectorXd sig = fraction_sigma(fit, opt.n_free);
-          s.fraction_sigma.assign(sig.data(), sig.data() + sig.size());
-          s.fitted = true;
-        }
-      }
-    }
-    out.clusters.push_back(std::move(s));
+    s.id = ids[c];
+    s.pixels = sums.count[c];
+    const Eigen::VectorXd mu = mean_spectrum(sums, c, used, in.energies->size(), norm, s);
+    if (Xu.size() > 0) fit_mean(mu, Xu, in, s);
+    clusters.push_back(std::move(s));
   }
-  std::sort(out.clusters.begin(), out.clusters.end(), [](const auto& a, const auto& b) { return a.id < b.id; });
+  std::sort(clusters.begin(), clusters.end(), [](const auto& a, const auto& b) { return a.id < b.id; });
+  return clusters;
+}
 
-  // 8. Target transformation (Malinowski): the shapes are scaled spectra, so the data span
-  // span{mean shape, principal components}; a reference that can be a component of the sample
-  // has its shape in that span. Residual as RMS per point on unit-norm shapes and as a share.
-  if (refs_u.cols() > 0) {
-    Eigen::MatrixXd span(Ev, r + 1);
-    span.col(0) = fs.mean;
-    span.rightCols(r) = fs.basis;
-    const Eigen::HouseholderQR<Eigen::MatrixXd> qr(span);
-    const Eigen::MatrixXd Q = qr.householderQ() * Eigen::MatrixXd::Identity(Ev, r + 1);
-    Eigen::VectorXd z(Ev);
-    for (Eigen::Index kx = 0; kx < refs_u.cols(); ++kx) {
-      const Eigen::VectorXd rk = refs_u.col(kx);
-      shape(rk.data(), z.data());
-      const Eigen::VectorXd res = z - Q * (Q.transpose() * z);
-      const double rms = res.norm() / std::sqrt(static_cast<double>(Eu));
-      pca.tt_residual.push_back(rms);
-      pca.tt_ratio.push_back(z.norm() > 0 ? res.norm() / z.norm() : 0.0);
-      pca.tt_plausible.push_back(rms < 3.0 * pca.noise_sigma);
-    }
+// 8. Target transformation (Malinowski): the shapes are scaled spectra, so the data span
+// span{mean shape, principal components}; a reference that can be a component of the sample
+// has its shape in that span. Residual as RMS per point on unit-norm shapes and as a share.
+void target_transformation(const Eigen::MatrixXd& refs_u, const FeatureSpace& fs, const ShapeTransform& shape, PcaDiagnostics& pca) {
+  const Eigen::Index Ev = fs.mean.size();
+  const int r = fs.r;
+  Eigen::MatrixXd span(Ev, r + 1);
+  span.col(0) = fs.mean;
+  span.rightCols(r) = fs.basis;
+  const Eigen::HouseholderQR<Eigen::MatrixXd> qr(span);
+  const Eigen::MatrixXd Q = qr.householderQ() * Eigen::MatrixXd::Identity(Ev, r + 1);
+  Eigen::VectorXd z(Ev);
+  for (Eigen::Index kx = 0; kx < refs_u.cols(); ++kx) {
+    const Eigen::VectorXd rk = refs_u.col(kx);
+    shape(rk.data(), z.data());
+    const Eigen::VectorXd res = z - Q * (Q.transpose() * z);
+    const double rms = res.norm() / std::sqrt(static_cast<double>(Ev));
+    pca.tt_residual.push_back(rms);
+    pca.tt_ratio.push_back(z.norm() > 0 ? res.norm() / z.norm() : 0.0);
+    pca.tt_plausible.push_back(rms < 3.0 * pca.noise_sigma);
   }
+}
+
+}  // namespace
+
+void OnlineSegmenter::update(const SegmentInput& in) {
+  Segmentation& out = result_;
+  ++out.updates;
+  const std::vector<std::uint8_t> previous = out.labels;
+  const bool warm = previous.size() == in.npix;
+  if (!warm) out.labels.assign(in.npix, kUnassigned);
+
+  const EnergiesInUse eu = energies_in_use(in);  // 1.
+  if (eu.size() < 4) {
+    out.waiting = "fewer than 4 energies measured across the image";
+    return;
+  }
+  Sample sample = draw_sample(in, eu.index, static_cast<std::size_t>(std::max(1, settings_.sample)), rng_);  // 2.
+  const int k_floor = settings_.k > 0 ? settings_.k : 2;
+  if (sample.Y.rows() < std::max(20, 4 * k_floor)) {
+    out.waiting = "too few pixels with material measured at the energies in use (" + std::to_string(sample.Y.rows()) + ")";
+    return;
+  }
+  const ShapeTransform shape = shape_sample(eu.e, sample);  // 3.
+  const double size_min = material_size_min(in, sample.sizes);
+  keep_with_edge(sample, size_min);
+  if (sample.X.rows() < std::max(20, 4 * k_floor)) {
+    out.waiting = "too few pixels with an edge (" + std::to_string(sample.X.rows()) + ")";
+    return;
+  }
+  const Normalization norm = mean_normalization(eu.e, sample.Y, in.edge);
+
+  const ModelInUse model = model_in_use(in, eu.index);  // 4.
+  out.pca = {};
+  out.pca.energies = eu.index;
+  const Pca pca = fit_pca(sample.X, model.refs, shape, settings_, rng_, out.pca);
+  const FeatureSpace fs = feature_space(pca, out.pca.components, settings_, in, sample.pixels);
+  const Rows F = features_of(fs, sample, in);
+  const double noise_var = feature_noise(F, fs.measured_dims(), sample.pixels, in.cols, pca.sigma2 * fs.spectral_scale * fs.spectral_scale);
+
+  std::vector<std::uint8_t> previous_of_sample;  // 5.
+  if (warm)
+    for (auto p : sample.pixels) previous_of_sample.push_back(previous[p]);
+  const ScatterRatio ratio{F, fs.measured_dims(), noise_var};
+  const Clustering cl = cluster_sample(F, previous_of_sample, ratio, settings_, rng_, next_id_);
+  out.scatter_ratio = ratio(cl);
+  features_ = F;
+  out.silhouette = cl.silhouette;
+
+  const auto k = static_cast<std::size_t>(cl.centroids.rows());  // 6.
+  const ClusterSums sums = label_pixels(in, PixelLabeller(in, eu.index, shape, fs, cl, size_min), static_cast<Eigen::Index>(eu.size()), k, out.labels);
+
+  out.clusters = summarize_clusters(sums, cl.ids, in, eu.index, norm, model.X);  // 7.
+  out.labelled = 0;
+  for (const auto& c : out.clusters) out.labelled += c.pixels;
+
+  if (model.refs.cols() > 0) target_transformation(model.refs, fs, shape, out.pca);  // 8.
   out.waiting.clear();
 }
 
