@@ -278,3 +278,27 @@ TEST_CASE("transmission with flat field and dark current: Ni domains on the TXM 
   CHECK(seg->clusters.size() == 4);
   CHECK(ari > 0.9);
 }
+
+TEST_CASE("few pixels: the PCA is seeded from reference mixtures, deterministically, and still finds the domains") {
+  // 24×24 with the border: ~480 pixels with material, fewer than 10 × 73 energies.
+  auto p = test::hxn_scan(24, 24);
+  p.layout = sim::Params::Layout::domains;
+  p.counts = 2000;
+  p.seed = 6;
+  const auto refs = test::pick(load_reference_file(test::fe_library()), kSpecies);
+  const auto truth = sim::simulate(refs, p);
+  std::vector<std::vector<std::uint8_t>> runs;
+  for (int run = 0; run < 2; ++run) {
+    auto scan = test::run_scan(truth, refs, test::default_settings());
+    scan->update_segments(2);
+    const auto* seg = scan->segmentation();
+    REQUIRE(seg->waiting.empty());
+    CHECK(seg->pca.seeded_from_references);
+    const double ari = ari_on_material(*seg, truth);
+    MESSAGE("24×24, PCA from reference mixtures: k = " << seg->clusters.size() << ", components " << seg->pca.components
+                                                       << ", ARI " << ari);
+    CHECK(ari > 0.9);
+    runs.push_back(seg->labels);
+  }
+  CHECK(runs[0] == runs[1]);  // the same seed, the same segmentation
+}

@@ -374,7 +374,7 @@ ModelInUse model_in_use(const SegmentInput& in, const std::vector<int>& used) {
 // (Dirichlet(1) fractions).
 Eigen::MatrixXd reference_mixtures(const Eigen::MatrixXd& refs_u, const ShapeTransform& shape, Rng& rng) {
   const Eigen::Index m = 500;
-  Eigen::MatrixXd basis_data(m, refs_u.rows());
+  Rows basis_data(m, refs_u.rows());  // row-major: shape() writes each mixture as one contiguous row
   for (Eigen::Index i = 0; i < m; ++i) {
     Eigen::VectorXd f(refs_u.cols());
     for (Eigen::Index k = 0; k < f.size(); ++k) f(k) = rng.exponential();  // Dirichlet(1)
