@@ -27,7 +27,19 @@ int nearest(const FeatureMatrix& centroids, const double* f, double* dist) {
 
 // k-means++ (Arthur & Vassilvitskii): each new centre drawn with probability ∝ squared
 // distance to the nearest existing one.
-void add_kmeanspp(const FeatureMatrix& F, FeatureMatrix& C, int k, Rng& rng) {
+namespace {
+
+// The value below which a share 1 − trim of v lies (v is reordered); +∞ when trim is 0.
+double upper_quantile(std::vector<double>& v, double trim) {
+  if (trim <= 0 || v.empty()) return INFINITY;
+  const auto i = static_cast<std::size_t>((1.0 - trim) * static_cast<double>(v.size() - 1));
+  std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(i), v.end());
+  return v[i];
+}
+
+}  // namespace
+
+void add_kmeanspp(const FeatureMatrix& F, FeatureMatrix& C, int k, Rng& rng, double trim) {
   const auto n = F.rows();
   std::vector<double> d2(static_cast<std::size_t>(n));
   while (C.rows() < k) {
@@ -36,11 +48,13 @@ void add_kmeanspp(const FeatureMatrix& F, FeatureMatrix& C, int k, Rng& rng) {
       C.row(0) = F.row(static_cast<Eigen::Index>(rng.below(static_cast<std::uint64_t>(n))));
       continue;
     }
+    for (Eigen::Index i = 0; i < n; ++i) nearest(C, F.row(i).data(), &d2[static_cast<std::size_t>(i)]);
+    // Outliers (zingers, hot pixels) are the farthest points of all: capping the weights at
+    // the (1 − trim) quantile keeps them from drawing centres of their own.
+    std::vector<double> sorted = d2;
+    const double cap = upper_quantile(sorted, trim);
     double total = 0;
-    for (Eigen::Index i = 0; i < n; ++i) {
-      nearest(C, F.row(i).data(), &d2[static_cast<std::size_t>(i)]);
-      total += d2[static_cast<std::size_t>(i)];
-    }
+    for (auto& v : d2) total += (v = std::min(v, cap));
     double u = rng.uniform() * total;
     Eigen::Index pick = n - 1;
     for (Eigen::Index i = 0; i < n; ++i)
@@ -55,26 +69,42 @@ void add_kmeanspp(const FeatureMatrix& F, FeatureMatrix& C, int k, Rng& rng) {
 
 // Lloyd iterations from the given centres. Empty clusters keep their centre (ids stay put);
 // returns the inertia.
-double lloyd(const FeatureMatrix& F, FeatureMatrix& C, std::vector<int>& assign, int max_iter) {
+double lloyd(const FeatureMatrix& F, FeatureMatrix& C, std::vector<int>& assign, int max_iter, double trim) {
   const auto n = F.rows();
   assign.assign(static_cast<std::size_t>(n), -1);
   // Converged when the centres move less than 1e-4 of the features' mean variance (squared,
   // summed), as scikit-learn's tol: where clusters overlap, points at the boundary keep
   // trading places long after the centres have settled.
   const double tol = 1e-4 * (F.rowwise() - F.colwise().mean()).squaredNorm() / static_cast<double>(std::max<Eigen::Index>(1, n * F.cols()));
+  const Eigen::Index d = F.cols();
+  std::vector<double> dist(static_cast<std::size_t>(n)), sorted;
+  // Trimmed k-means (Cuesta-Albertos et al. 1997): the share `trim` of points farthest from
+  // their centres is left out of the centres and the inertia, so a few wild points (zingers,
+  // hot pixels) cannot drag a centre; every point is still labelled.
+  auto assign_all = [&]() {
+    bool moved = false;
+    for (Eigen::Index i = 0; i < n; ++i) {
+      const int a = nearest(C, F.data() + i * d, &dist[static_cast<std::size_t>(i)]);
+      if (a != assign[static_cast<std::size_t>(i)]) moved = true, assign[static_cast<std::size_t>(i)] = a;
+    }
+    sorted = dist;
+    const double cut = upper_quantile(sorted, trim);
+    double inertia = 0;
+    for (double v : dist)
+      if (v <= cut) inertia += v;
+    return std::pair{moved, cut};
+  };
   double inertia = 0;
   for (int it = 0; it < max_iter; ++it) {
-    bool moved = false;
+    const auto [moved, cut] = assign_all();
     inertia = 0;
-    const Eigen::Index d = F.cols();
     FeatureMatrix sum = FeatureMatrix::Zero(C.rows(), d);
     std::vector<int> count(static_cast<std::size_t>(C.rows()), 0);
-    for (Eigen::Index i = 0; i < n; ++i) {  // assign, and sum each centre's points on the way
-      double dist;
+    for (Eigen::Index i = 0; i < n; ++i) {
+      if (dist[static_cast<std::size_t>(i)] > cut) continue;
+      inertia += dist[static_cast<std::size_t>(i)];
+      const int a = assign[static_cast<std::size_t>(i)];
       const double* x = F.data() + i * d;
-      const int a = nearest(C, x, &dist);
-      inertia += dist;
-      if (a != assign[static_cast<std::size_t>(i)]) moved = true, assign[static_cast<std::size_t>(i)] = a;
       double* sa = sum.data() + a * d;
       for (Eigen::Index j = 0; j < d; ++j) sa[j] += x[j];
       ++count[static_cast<std::size_t>(a)];
@@ -88,12 +118,10 @@ double lloyd(const FeatureMatrix& F, FeatureMatrix& C, std::vector<int>& assign,
         C.row(c) = next;
       }
     if (shift <= tol) {  // settled: the final assignment against the final centres
+      const auto [moved_last, cut] = assign_all();
       inertia = 0;
-      for (Eigen::Index i = 0; i < n; ++i) {
-        double dist;
-        assign[static_cast<std::size_t>(i)] = nearest(C, F.data() + i * F.cols(), &dist);
-        inertia += dist;
-      }
+      for (double v : dist)
+        if (v <= cut) inertia += v;
       break;
     }
   }
@@ -132,22 +160,22 @@ double silhouette(const FeatureMatrix& F, const std::vector<int>& assign, int k,
   return total / static_cast<double>(m);
 }
 
-KMeans kmeans(const FeatureMatrix& F, int k, Rng& rng, int n_init) {
+KMeans kmeans(const FeatureMatrix& F, int k, Rng& rng, int n_init, double trim) {
   if (k < 1 || F.rows() < k) throw std::invalid_argument("kmeans: need 1 ≤ k ≤ rows");
   KMeans best;
   best.inertia = INFINITY;
   for (int start = 0; start < std::max(1, n_init); ++start) {
     KMeans c;
-    add_kmeanspp(F, c.centroids, k, rng);
-    c.inertia = lloyd(F, c.centroids, c.labels);
+    add_kmeanspp(F, c.centroids, k, rng, trim);
+    c.inertia = lloyd(F, c.centroids, c.labels, 100, trim);
     if (c.inertia < best.inertia) best = std::move(c);
   }
   return best;
 }
 
-KMeans kmeans(const FeatureMatrix& F, int k, std::uint64_t seed, int n_init) {
+KMeans kmeans(const FeatureMatrix& F, int k, std::uint64_t seed, int n_init, double trim) {
   Rng rng(seed);
-  return kmeans(F, k, rng, n_init);
+  return kmeans(F, k, rng, n_init, trim);
 }
 
 double adjusted_rand_index(const std::vector<int>& a, const std::vector<int>& b) {

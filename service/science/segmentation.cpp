@@ -154,25 +154,60 @@ struct Clustering {
   double silhouette = 0;
 };
 
+// Real images hold zingers, hot and dead pixels: the farthest 2 % of the sampled pixels are
+// left out of the centres and of the scatter that chooses k (trimmed k-means), so a handful
+// of wild pixels neither gets clusters of its own nor merges real domains. The price: a
+// domain smaller than ~2 % of the image is not found as its own cluster.
+constexpr double kTrim = 0.02;
+
 // k-means (best of 3 starts) as a clustering without ids yet.
 Clustering fresh_kmeans(const Rows& F, int k, Rng& rng) {
-  auto km = kmeans(F, k, rng);
+  auto km = kmeans(F, k, rng, 3, kTrim);
   Clustering c;
   c.centroids = std::move(km.centroids);
   c.assign = std::move(km.labels);
   return c;
 }
 
-// Within-cluster scatter of the first m feature columns (the measured blocks), per dimension.
+// Regularized lower incomplete gamma P(a, x) by its power series (a, x of the size used here).
+double gamma_p(double a, double x) {
+  if (x <= 0) return 0;
+  double term = 1.0 / a, sum = term;
+  for (int n = 1; n < 1000 && term > sum * 1e-15; ++n) sum += (term *= x / (a + n));
+  return std::min(1.0, sum * std::exp(-x + a * std::log(x) - std::lgamma(a)));
+}
+
+// E[χ²_m | χ²_m below its (1 − kTrim) quantile] / m: what trimming leaves of pure noise's mean
+// (E[X·1{X ≤ q}] = m·F_{m+2}(q) for X ~ χ²_m).
+double trimmed_chi2_share(int m) {
+  const double a = 0.5 * m;
+  double lo = 0, hi = m + 20.0 * std::sqrt(static_cast<double>(m)) + 20.0;
+  for (int i = 0; i < 200; ++i) {  // the (1 − kTrim) quantile q of χ²_m by bisection
+    const double mid = 0.5 * (lo + hi);
+    (gamma_p(a, 0.5 * mid) < 1.0 - kTrim ? lo : hi) = mid;
+  }
+  return gamma_p(a + 1.0, 0.5 * lo) / (1.0 - kTrim);
+}
+
+// Within-cluster scatter of the first m feature columns (the measured blocks), per dimension,
+// over all but the farthest kTrim of the points.
 double measured_scatter(const Rows& F, const Clustering& c, int m) {
-  double s = 0;
   const Eigen::Index d = F.cols();
+  std::vector<double> r(static_cast<std::size_t>(F.rows()));
   for (Eigen::Index i = 0; i < F.rows(); ++i) {
     const double* x = F.data() + i * d;
     const double* cc = c.centroids.data() + c.assign[static_cast<std::size_t>(i)] * d;
+    double s = 0;
     for (int j = 0; j < m; ++j) s += (x[j] - cc[j]) * (x[j] - cc[j]);
+    r[static_cast<std::size_t>(i)] = s;
   }
-  return s / static_cast<double>(F.rows() * m);
+  const auto keep = static_cast<std::size_t>(std::ceil((1.0 - kTrim) * static_cast<double>(r.size())));
+  std::nth_element(r.begin(), r.begin() + static_cast<std::ptrdiff_t>(keep - 1), r.end());
+  double s = 0;
+  for (std::size_t i = 0; i < keep; ++i) s += r[i];
+  // A trimmed mean of χ²-like terms underestimates the full mean: rescale by what trimming
+  // removes from pure noise (Gaussian, m dimensions), so "scatter = noise" still reads 1.
+  return s / static_cast<double>(keep * static_cast<std::size_t>(m)) / trimmed_chi2_share(m);
 }
 
 // Ids for a new clustering: each cluster takes the previous id most of its sampled pixels had,
@@ -572,7 +607,7 @@ Clustering previous_clustering(const Rows& F, const std::vector<std::uint8_t>& p
       kept.ids.push_back(id);
     }
   if (!kept.ids.empty()) {
-    lloyd(F, kept.centroids, kept.assign);
+    lloyd(F, kept.centroids, kept.assign, 100, kTrim);
     drop_empty(kept);
   }
   return kept;
@@ -610,7 +645,11 @@ Clustering choose_clustering(const Rows& F, Clustering kept, const ScatterRatio&
     return kept;
   }
   if (k_prev < k_max) return first_passing(k_prev + 1);  // new structure (more energies, more of the image)
-  return kept;                                           // already at k_max
+  // Already at k_max and not passing (a gradient needs more bins than k_max): keep whichever
+  // of the previous clusters and a fresh k-means fits better, so an early, poor clustering
+  // (made when few energies were in) is not kept forever.
+  auto fresh = fresh_kmeans(F, k_max, rng);
+  return ratio(fresh) < ratio(kept) ? fresh : kept;
 }
 
 // 5. k-means with automatic k (choose_clustering), warm-started from the previous update's
