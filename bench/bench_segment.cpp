@@ -52,6 +52,7 @@
 
 #include "config/config.hpp"
 #include "machine.hpp"
+#include "npy.hpp"
 #include "scan/scan.hpp"
 #include "science/lcf.hpp"
 #include "science/references.hpp"
@@ -87,23 +88,6 @@ std::vector<int> parse_ints(const std::string& s) {
   for (std::string t; std::getline(in, t, ',');) v.push_back(std::stoi(t));
   if (v.empty()) throw std::runtime_error("empty list '" + s + "'");
   return v;
-}
-
-// NumPy .npy v1.0, float64, column-major (fortran_order), as bench_select writes it.
-void write_npy(const fs::path& p, const Eigen::MatrixXd& m) {
-  std::string header = "{'descr': '<f8', 'fortran_order': True, 'shape': (" + std::to_string(m.rows()) + ", " +
-                       std::to_string(m.cols()) + "), }";
-  const std::size_t total = 10 + header.size() + 1;
-  header.append((64 - total % 64) % 64, ' ');
-  header += '\n';
-  std::ofstream out(p, std::ios::binary);
-  out.write("\x93NUMPY\x01\x00", 8);
-  const auto len = static_cast<std::uint16_t>(header.size());
-  const char le[2] = {static_cast<char>(len & 0xff), static_cast<char>(len >> 8)};
-  out.write(le, 2);
-  out.write(header.data(), static_cast<std::streamsize>(header.size()));
-  out.write(reinterpret_cast<const char*>(m.data()), static_cast<std::streamsize>(m.size() * sizeof(double)));
-  if (!out) throw std::runtime_error("cannot write " + p.string());
 }
 
 Eigen::MatrixXd column(const std::vector<int>& v) {
@@ -224,10 +208,10 @@ void features_part(const Options& o, const std::vector<Reference>& refs, const s
                 key.c_str(), static_cast<long long>(F.rows()), key.c_str(), static_cast<long long>(F.cols()), key.c_str(), k,
                 key.c_str(), best, key.c_str(), km.inertia, key.c_str(), t_update, key.c_str(), ari_truth);
     if (!o.out.empty()) {
-      write_npy(o.out / (key + "_features.npy"), Eigen::MatrixXd(F));
-      write_npy(o.out / (key + "_truth.npy"), column(truth_rows));
-      write_npy(o.out / (key + "_xanesd_labels.npy"), column(km.labels));
-      write_npy(o.out / (key + "_segmenter_labels.npy"), column(seg_rows));
+      bench::write_npy(o.out / (key + "_features.npy"), Eigen::MatrixXd(F));
+      bench::write_npy(o.out / (key + "_truth.npy"), column(truth_rows));
+      bench::write_npy(o.out / (key + "_xanesd_labels.npy"), column(km.labels));
+      bench::write_npy(o.out / (key + "_segmenter_labels.npy"), column(seg_rows));
       nlohmann::json meta = {{"key", key}, {"counts", counts}, {"size", N},       {"k", k},           {"seed", o.seed}, {"n", F.rows()}, {"d", F.cols()},
                              {"cxx_kmeans_s", best}, {"cxx_inertia", km.inertia}, {"update_s", t_update}};
       std::ofstream(o.out / (key + "_meta.json")) << meta.dump(1) << "\n";

@@ -31,6 +31,7 @@
 #include <nlohmann/json.hpp>
 
 #include "machine.hpp"
+#include "npy.hpp"
 #include "science/energy_selection.hpp"
 #include "science/references.hpp"
 
@@ -83,23 +84,6 @@ Library load(const std::string& key, const std::vector<double>& grid) {
   Library lib{key, {}, resample(refs, grid, margin)};
   for (const auto& r : refs) lib.names.push_back(r.name);
   return lib;
-}
-
-// NumPy .npy v1.0, float64, written column-major (fortran_order) straight from Eigen.
-void write_npy(const fs::path& p, const Eigen::MatrixXd& m) {
-  std::string header = "{'descr': '<f8', 'fortran_order': True, 'shape': (" + std::to_string(m.rows()) + ", " +
-                       std::to_string(m.cols()) + "), }";
-  const std::size_t total = 10 + header.size() + 1;
-  header.append((64 - total % 64) % 64, ' ');
-  header += '\n';
-  std::ofstream out(p, std::ios::binary);
-  out.write("\x93NUMPY\x01\x00", 8);
-  const auto len = static_cast<std::uint16_t>(header.size());
-  const char le[2] = {static_cast<char>(len & 0xff), static_cast<char>(len >> 8)};
-  out.write(le, 2);
-  out.write(header.data(), static_cast<std::streamsize>(header.size()));
-  out.write(reinterpret_cast<const char*>(m.data()), static_cast<std::streamsize>(m.size() * sizeof(double)));
-  if (!out) throw std::runtime_error("cannot write " + p.string());
 }
 
 template <class F>
@@ -209,8 +193,8 @@ int main(int argc, char** argv) try {
                 t_aopt, key.c_str(), full);
     std::printf("RESULT cxx_%s_rfe_rmse=%.6g\nRESULT cxx_%s_aopt_rmse=%.6g\n", key.c_str(), e_rfe, key.c_str(), e_aopt);
     if (!out_dir.empty()) {
-      write_npy(out_dir / (key + "_train_spectra.npy"), s.train.spectra);
-      write_npy(out_dir / (key + "_train_fractions.npy"), s.train.fractions);
+      xanesd::bench::write_npy(out_dir / (key + "_train_spectra.npy"), s.train.spectra);
+      xanesd::bench::write_npy(out_dir / (key + "_train_fractions.npy"), s.train.fractions);
       std::vector<int> cand;
       for (int j : all)
         if (!std::binary_search(s.norm.begin(), s.norm.end(), j)) cand.push_back(j);

@@ -11,9 +11,9 @@
 # Debian's, with numpy and scipy), XANESD_SKIP_BUILD=1 to use the existing binary,
 # XANESD_BENCH_OUT=DIR to keep the raw outputs there (default: a temporary directory, removed).
 set -u
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-BUILD="${XANESD_BUILD_DIR:-$ROOT/build}"
-PY="${XANESD_PYTHON:-/usr/bin/python3}"
+NAME=run_fit_benchmark
+TARGET=bench_fit
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 CXX_ARGS=()
 PY_ARGS=()
@@ -23,36 +23,9 @@ for a in "$@"; do
   if [ "$seen_sep" = 0 ]; then CXX_ARGS+=("$a"); else PY_ARGS+=("$a"); fi
 done
 
-if [ "${XANESD_SKIP_BUILD:-0}" != 1 ]; then
-  echo "== building bench_fit"
-  if ! { cmake -S "$ROOT" -B "$BUILD" >/dev/null && cmake --build "$BUILD" --target bench_fit -j2 >/dev/null; }; then
-    echo "run_fit_benchmark: build failed (rerun 'cmake --build $BUILD --target bench_fit' to see why)"
-    exit 0
-  fi
-fi
-BIN="$BUILD/bench/bench_fit"
-if [ ! -x "$BIN" ]; then echo "run_fit_benchmark: $BIN not found"; exit 0; fi
-if ! "$PY" -c "import numpy, scipy" 2>/dev/null; then
-  echo "run_fit_benchmark: $PY lacks numpy/scipy (use Debian's /usr/bin/python3 or set XANESD_PYTHON)"
-  exit 0
-fi
-
-if [ -n "${XANESD_BENCH_OUT:-}" ]; then
-  OUT="$XANESD_BENCH_OUT"; mkdir -p "$OUT"
-else
-  OUT="$(mktemp -d)"; trap 'rm -rf "$OUT"' EXIT
-fi
-
-# Share of the machine's CPU time that was not idle over `1` seconds: other work (builds,
-# other users) skews every figure below, the ratios included, so it is printed with them.
-busy() {
-  local a b tot=0 j
-  read -r -a a < <(grep '^cpu ' /proc/stat)
-  sleep "$1"
-  read -r -a b < <(grep '^cpu ' /proc/stat)
-  for j in 1 2 3 4 5 6 7 8; do tot=$((tot + b[j] - a[j])); done
-  echo $(( tot > 0 ? (tot - (b[4] - a[4]) - (b[5] - a[5])) * 100 / tot : 0 ))
-}
+bench_build
+bench_python_needs "numpy, scipy"
+bench_out_dir
 
 # CPU time the rest of the machine used while a step ran: busy time from /proc/stat minus the
 # CPU time of our own children (bash `times`).
@@ -85,7 +58,7 @@ step_end() {  # step_end NAME FILE KEY: prints the line, appends it and a RESULT
 }
 
 echo "== command: $0 $*"
-echo "== $(date -u '+%Y-%m-%d %H:%M:%S UTC'); CPUs busy with other work just before the run: $(busy 2)% (load average $(cut -d' ' -f1-3 /proc/loadavg))"
+bench_machine_line before
 echo
 echo "== xanesd: $BIN ${CXX_ARGS[*]:-}"
 step_begin
@@ -97,7 +70,7 @@ step_begin
 "$PY" "$ROOT/bench/pyxas_baseline.py" --design "$OUT/design.json" "${PY_ARGS[@]}" | tee "$OUT/numpy.txt"
 step_end "the numpy/scipy run" "$OUT/numpy.txt" numpy
 echo
-echo "== CPUs busy with other work just after the run: $(busy 2)% (load average $(cut -d' ' -f1-3 /proc/loadavg))"
+bench_machine_line after
 
 "$PY" - "$OUT/xanesd.txt" "$OUT/numpy.txt" <<'EOF'
 import sys

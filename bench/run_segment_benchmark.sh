@@ -11,10 +11,9 @@
 # Debian's, with numpy and scikit-learn), XANESD_SKIP_BUILD=1 to use the existing binary,
 # XANESD_BENCH_OUT=DIR to keep the features and outputs there (default: a temporary directory).
 set -u
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-BUILD="${XANESD_BUILD_DIR:-$ROOT/build}"
-PY="${XANESD_PYTHON:-/usr/bin/python3}"
-[ -n "$PY" ] || PY=/usr/bin/python3
+NAME=run_segment_benchmark
+TARGET=bench_segment
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 REPEATS=3
 ARGS=()
 ONLY=""
@@ -28,37 +27,11 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-if [ "${XANESD_SKIP_BUILD:-0}" != 1 ]; then
-  echo "== building bench_segment"
-  if ! { cmake -S "$ROOT" -B "$BUILD" >/dev/null && cmake --build "$BUILD" --target bench_segment -j2 >/dev/null; }; then
-    echo "run_segment_benchmark: build failed (rerun 'cmake --build $BUILD --target bench_segment' to see why)"
-    exit 0
-  fi
-fi
-BIN="$BUILD/bench/bench_segment"
-if [ ! -x "$BIN" ]; then echo "run_segment_benchmark: $BIN not found"; exit 0; fi
-if ! "$PY" -c "import numpy, sklearn, threadpoolctl" 2>/dev/null; then
-  echo "run_segment_benchmark: $PY lacks numpy/scikit-learn (use Debian's /usr/bin/python3 or set XANESD_PYTHON)"
-  exit 0
-fi
-if [ -n "${XANESD_BENCH_OUT:-}" ]; then
-  OUT="$XANESD_BENCH_OUT"; mkdir -p "$OUT"
-else
-  OUT="$(mktemp -d)"; trap 'rm -rf "$OUT"' EXIT
-fi
+bench_build
+bench_python_needs "numpy, sklearn, threadpoolctl"
+bench_out_dir
 
-# Share of the machine's CPU time that was not idle over `1` seconds: other work skews every
-# figure below, the ratios included, so it is printed with them.
-busy() {
-  local a b tot=0 j
-  read -r -a a < <(grep '^cpu ' /proc/stat)
-  sleep "$1"
-  read -r -a b < <(grep '^cpu ' /proc/stat)
-  for j in 1 2 3 4 5 6 7 8; do tot=$((tot + b[j] - a[j])); done
-  echo $(( tot > 0 ? (tot - (b[4] - a[4]) - (b[5] - a[5])) * 100 / tot : 0 ))
-}
-
-echo "== $(date -u '+%Y-%m-%d %H:%M:%S UTC'); CPUs busy with other work just before the run: $(busy 2)% (load average $(cut -d' ' -f1-3 /proc/loadavg))"
+bench_machine_line before
 "$BIN" --out "$OUT" --repeats "$REPEATS" "${ARGS[@]}" | tee "$OUT/xanesd.txt" || { echo "run_segment_benchmark: bench_segment failed"; exit 0; }
 : > "$OUT/sklearn.txt"
 if [ "$ONLY" != keepup ]; then
@@ -66,7 +39,7 @@ if [ "$ONLY" != keepup ]; then
   "$PY" "$ROOT/bench/sklearn_kmeans_baseline.py" "$OUT" --repeats "$REPEATS" | tee "$OUT/sklearn.txt" || { echo "run_segment_benchmark: the scikit-learn side failed"; exit 0; }
 fi
 echo
-echo "== CPUs busy with other work just after the run: $(busy 2)% (load average $(cut -d' ' -f1-3 /proc/loadavg))"
+bench_machine_line after
 
 "$PY" - "$OUT/xanesd.txt" "$OUT/sklearn.txt" <<'EOF'
 import re
@@ -116,8 +89,8 @@ for key in keys:
               f"{s(g('cxx_{key}_update_s'))}; segmenter's labels vs truth ARI {g('sk_{key}_ari_truth_segmenter') or 0:.4f}")
 
 energies = sorted({int(m.group(1)) for k in r for m in [re.match(r"keep_(\d+)_count_pass_s$", k)] if m})
-# 2048² ingest with the fit running, README "Benchmarks" (bench_ingest, this machine): 4.4–6.6 frames/s.
-lo, hi = 4.4, 6.6
+# 2048² ingest with the fit and segmentation running, README "Benchmarks" (bench_ingest, this machine): 3.5–5.5 frames/s.
+lo, hi = 3.5, 5.5
 for e in energies:
     samples = sorted({int(m.group(1)) for k in r for m in [re.match(rf"keep_{e}_(\d+)_warm_s$", k)] if m})
     N = int(r.get("keep_size", 0))

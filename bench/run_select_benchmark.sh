@@ -10,9 +10,9 @@
 # Debian's, with numpy and scikit-learn), XANESD_SKIP_BUILD=1 to use the existing binary,
 # XANESD_BENCH_OUT=DIR to keep the mixtures and outputs there (default: a temporary directory).
 set -u
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-BUILD="${XANESD_BUILD_DIR:-$ROOT/build}"
-PY="${XANESD_PYTHON:-/usr/bin/python3}"
+NAME=run_select_benchmark
+TARGET=bench_select
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 REPEATS=5
 SEED_ARGS=()
 while [ $# -gt 0 ]; do
@@ -23,37 +23,11 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-if [ "${XANESD_SKIP_BUILD:-0}" != 1 ]; then
-  echo "== building bench_select"
-  if ! { cmake -S "$ROOT" -B "$BUILD" >/dev/null && cmake --build "$BUILD" --target bench_select -j2 >/dev/null; }; then
-    echo "run_select_benchmark: build failed (rerun 'cmake --build $BUILD --target bench_select' to see why)"
-    exit 0
-  fi
-fi
-BIN="$BUILD/bench/bench_select"
-if [ ! -x "$BIN" ]; then echo "run_select_benchmark: $BIN not found"; exit 0; fi
-if ! "$PY" -c "import numpy, sklearn" 2>/dev/null; then
-  echo "run_select_benchmark: $PY lacks numpy/scikit-learn (use Debian's /usr/bin/python3 or set XANESD_PYTHON)"
-  exit 0
-fi
-if [ -n "${XANESD_BENCH_OUT:-}" ]; then
-  OUT="$XANESD_BENCH_OUT"; mkdir -p "$OUT"
-else
-  OUT="$(mktemp -d)"; trap 'rm -rf "$OUT"' EXIT
-fi
+bench_build
+bench_python_needs "numpy, sklearn"
+bench_out_dir
 
-# Share of the machine's CPU time that was not idle over `1` seconds: other work skews every
-# figure below, the ratios included, so it is printed with them.
-busy() {
-  local a b tot=0 j
-  read -r -a a < <(grep '^cpu ' /proc/stat)
-  sleep "$1"
-  read -r -a b < <(grep '^cpu ' /proc/stat)
-  for j in 1 2 3 4 5 6 7 8; do tot=$((tot + b[j] - a[j])); done
-  echo $(( tot > 0 ? (tot - (b[4] - a[4]) - (b[5] - a[5])) * 100 / tot : 0 ))
-}
-
-echo "== $(date -u '+%Y-%m-%d %H:%M:%S UTC'); CPUs busy with other work just before the run: $(busy 2)% (load average $(cut -d' ' -f1-3 /proc/loadavg))"
+bench_machine_line before
 echo
 "$BIN" --out "$OUT" --repeats "$REPEATS" "${SEED_ARGS[@]}" | tee "$OUT/xanesd.txt" || { echo "run_select_benchmark: bench_select failed"; exit 0; }
 echo
@@ -62,7 +36,7 @@ echo
 echo "== the scikit-learn choices, scored by xanesd's evaluator on the same held-out mixtures"
 "$BIN" --evaluate "$OUT/sklearn_indices.json" "${SEED_ARGS[@]}" | tee "$OUT/eval.txt"
 echo
-echo "== CPUs busy with other work just after the run: $(busy 2)% (load average $(cut -d' ' -f1-3 /proc/loadavg))"
+bench_machine_line after
 
 "$PY" - "$OUT/xanesd.txt" "$OUT/sklearn.txt" "$OUT/eval.txt" <<'EOF'
 import sys

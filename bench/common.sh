@@ -1,0 +1,53 @@
+# Shared plumbing of the benchmark scripts (bench/run_*_benchmark.sh): sourced, not run.
+# Each script sets NAME (its name, for messages) and TARGET (its C++ benchmark target) first.
+# Benchmarks never fail the caller: every problem is printed and the script exits 0.
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BUILD="${XANESD_BUILD_DIR:-$ROOT/build}"
+PY="${XANESD_PYTHON:-/usr/bin/python3}"
+[ -n "$PY" ] || PY=/usr/bin/python3
+
+# Builds $TARGET (unless XANESD_SKIP_BUILD=1) and sets BIN to it.
+bench_build() {
+  if [ "${XANESD_SKIP_BUILD:-0}" != 1 ]; then
+    echo "== building $TARGET"
+    if ! { cmake -S "$ROOT" -B "$BUILD" >/dev/null && cmake --build "$BUILD" --target "$TARGET" -j2 >/dev/null; }; then
+      echo "$NAME: build failed (rerun 'cmake --build $BUILD --target $TARGET' to see why)"
+      exit 0
+    fi
+  fi
+  BIN="$BUILD/bench/$TARGET"
+  if [ ! -x "$BIN" ]; then echo "$NAME: $BIN not found"; exit 0; fi
+}
+
+# bench_python_needs "numpy, scipy": the baseline side's modules, on $PY.
+bench_python_needs() {
+  if ! "$PY" -c "import $1" 2>/dev/null; then
+    echo "$NAME: $PY lacks $1 (use Debian's /usr/bin/python3 or set XANESD_PYTHON)"
+    exit 0
+  fi
+}
+
+# OUT: XANESD_BENCH_OUT (kept), else a temporary folder removed on exit.
+bench_out_dir() {
+  if [ -n "${XANESD_BENCH_OUT:-}" ]; then
+    OUT="$XANESD_BENCH_OUT"; mkdir -p "$OUT"
+  else
+    OUT="$(mktemp -d)"; trap 'rm -rf "$OUT"' EXIT
+  fi
+}
+
+# Share of the machine's CPU time that was not idle over `1` seconds: other work (builds,
+# other users) skews every figure, the ratios included, so it is printed with them.
+busy() {
+  local a b tot=0 j
+  read -r -a a < <(grep '^cpu ' /proc/stat)
+  sleep "$1"
+  read -r -a b < <(grep '^cpu ' /proc/stat)
+  for j in 1 2 3 4 5 6 7 8; do tot=$((tot + b[j] - a[j])); done
+  echo $(( tot > 0 ? (tot - (b[4] - a[4]) - (b[5] - a[5])) * 100 / tot : 0 ))
+}
+
+# bench_machine_line before|after: the CPUs' other load, printed around a run.
+bench_machine_line() {
+  echo "== $(date -u '+%Y-%m-%d %H:%M:%S UTC'); CPUs busy with other work just $1 the run: $(busy 2)% (load average $(cut -d' ' -f1-3 /proc/loadavg))"
+}
