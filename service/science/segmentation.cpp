@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <cmath>
 #include <map>
-#include <numeric>
 #include <stdexcept>
 #include <thread>
 
@@ -24,13 +23,12 @@ class Normalization {
   Normalization(const std::vector<double>& e, const std::vector<double>& mean, const PreEdgeParams& params) : n_(e.size()) {
     try {
       larch_.emplace(e, pre_edge(e, mean, params));
-      e0_ = larch_->ranges().e0;
       return;
     } catch (const std::exception&) {
     }
-    e0_ = params.e0 ? *params.e0 : find_e0(e, mean);
+    const double e0 = params.e0 ? *params.e0 : find_e0(e, mean);
     for (std::size_t j = 0; j < e.size(); ++j)
-      if (e[j] < e0_ - 10.0) pre_.push_back(j);
+      if (e[j] < e0 - 10.0) pre_.push_back(j);
   }
   double normalize(const double* y, double* norm) const {
     if (larch_) return larch_->normalize(y, norm);
@@ -44,12 +42,10 @@ class Normalization {
     for (std::size_t j = 0; j < n_; ++j) norm[j] = (y[j] - off) / step;
     return step;
   }
-  bool larch() const { return larch_.has_value(); }
 
  private:
   std::size_t n_;
   std::optional<PixelNormalizer> larch_;
-  double e0_ = 0;
   std::vector<std::size_t> pre_;
 };
 
@@ -107,8 +103,8 @@ class ShapeTransform {
   Eigen::VectorXd direction_;
 };
 
-// The feature map: PCA scores of the normalized spectrum, then position, then XRF channels;
-// each block scaled to total variance weight² over the sample, so weights mean what they say.
+// The feature map: PCA scores of the shape, then XRF channels, then position; each block
+// scaled to total variance weight² over the sample, so weights mean what they say.
 struct FeatureSpace {
   Eigen::VectorXd mean;     // Eu
   Eigen::MatrixXd basis;    // Eu × r
@@ -119,13 +115,6 @@ struct FeatureSpace {
   bool spatial = false;
   int dims() const { return r + (spatial ? 2 : 0) + xrf; }
 
-  void operator()(const double* norm, std::size_t p, int cols, const float* xrf_planes, std::size_t npix, double* f) const {
-    const auto Eu = mean.size();
-    Eigen::Map<const Eigen::VectorXd> x(norm, Eu);
-    Eigen::Map<Eigen::VectorXd>(f, r).noalias() = basis.transpose() * (x - mean);
-    for (int i = 0; i < r; ++i) f[i] *= spectral_scale;
-    extras(p, cols, xrf_planes, npix, f);
-  }
   // The XRF and position blocks (after the r spectral features). Measured blocks (spectra,
   // XRF) come first: the automatic k compares their scatter with their noise; position has no
   // noise to compare with.
@@ -816,7 +805,8 @@ std::vector<ClusterSummary> summarize_clusters(const ClusterSums& sums, const st
 
 // 8. Target transformation (Malinowski): the shapes are scaled spectra, so the data span
 // span{mean shape, principal components}; a reference that can be a component of the sample
-// has its shape in that span. Residual as RMS per point on unit-norm shapes and as a share.
+// has its shape in that span. Residual as RMS per point (shape units, as noise_sigma) and as a
+// share of the shape's norm.
 void target_transformation(const Eigen::MatrixXd& refs_u, const FeatureSpace& fs, const ShapeTransform& shape, PcaDiagnostics& pca) {
   const Eigen::Index Ev = fs.mean.size();
   const int r = fs.r;

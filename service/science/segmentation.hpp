@@ -1,7 +1,8 @@
 // Online image segmentation, MPIS style (science.md §4): domains first, then what they are.
 // Each update: the energies most pixels have so far, every pixel reduced to its spectral shape
-// (linear background removed, unit norm: thickness-free), a PCA of a pixel sample (seeded from the references while too few pixels
-// have data), features = PCA scores (+ position, + XRF), each block standardized and weighted,
+// (linear background removed, divided by its size along the image's mean shape: thickness-free),
+// a PCA of a pixel sample (seeded from the references while too few pixels have data),
+// features = PCA scores (+ XRF, + position), each block standardized and weighted, trimmed
 // k-means warm-started from the previous update's clusters (so a domain keeps its id), every
 // pixel labelled, and each cluster's mean spectrum fitted against the references.
 #pragma once
@@ -29,7 +30,8 @@ struct SegmentationSettings {
   int max_components = 8;
   double spectral_weight = 1, spatial_weight = 0, xrf_weight = 0;
   int sample = 20000;        // pixels the PCA and k-means are fitted on (all pixels are labelled)
-  // Automatic k: within-cluster spectral scatter per component at most this × the noise floor.
+  // Automatic k: within-cluster scatter per measured feature (PCA scores, XRF) at most this ×
+  // their noise (measured from adjacent pixels).
   double noise_ratio = 1.3;
   std::uint64_t seed = 1;
   int interval_ms = 1000;    // while a scan runs, at most one update per interval (the pipeline's schedule)
@@ -58,10 +60,10 @@ struct PcaDiagnostics {
   std::vector<double> explained;        // explained-variance ratio per component (scree), descending
   int components = 0;                   // components used as features
   int significant = 0;                  // eigenvalues above the noise floor (Marchenko–Pastur edge)
-  double noise_sigma = 0;               // per-point noise of the unit-norm shapes (median eigenvalue)
+  double noise_sigma = 0;               // per-point noise of the shapes (√ of the median eigenvalue)
   bool seeded_from_references = false;  // too few pixels: PCA of reference mixtures instead
-  // Target transformation per reference: RMS per point of the part of its unit-norm shape
-  // outside span{mean shape, components}, and that part's norm (a share of 1). Small: the
+  // Target transformation per reference: RMS per point of the part of its shape outside
+  // span{mean shape, components}, and that part's share of the shape's norm. Small: the
   // reference can be a component of this sample.
   std::vector<double> tt_residual, tt_ratio;
   std::vector<std::uint8_t> tt_plausible;  // tt_residual < 3 × noise_sigma
