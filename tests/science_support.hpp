@@ -50,4 +50,22 @@ inline sim::Params hxn_scan(int rows, int cols) {
   return p;
 }
 
+// A scene like a real chemical map (the simulator's scene layout) from `species` of the 11-reference
+// library: S counts per unit edge step, background 0.002, I0 recorded as an ion chamber
+// would (1e5 units per unit beam).
+inline sim::Params scene_scan(int rows, int cols, double counts, std::uint64_t seed = 1) {
+  auto p = hxn_scan(rows, cols);
+  p.layout = sim::Params::Layout::scene;
+  p.counts = counts;
+  p.background = 0.002;
+  p.i0_units = 1e5;
+  p.seed = seed;
+  return p;
+}
+
+inline const std::vector<std::string>& scene_species() {
+  static const std::vector<std::string> names{"Magnetite", "Goethite", "Pyrite", "Hematite_NP"};
+  return names;
+}
+
 }  // namespace xanesd::test

@@ -228,3 +228,42 @@ TEST_CASE("Poisson weighting (maximum likelihood for counts) beats unweighted LC
     CHECK(e_weighted.thickness_rel < e_plain.thickness_rel * 0.9);
   }
 }
+
+namespace {
+
+// Fraction RMSE of the truth's species over material pixels (truth thickness > 0), masked or
+// not: the fit's reference named like each truth species, 0 where the fit lacks it.
+double fraction_rmse(const Scan& scan, const sim::Scan& truth) {
+  const auto& maps = scan.fit()->maps();
+  const auto& names = scan.fit()->model().reference_names;
+  const std::size_t P = truth.pixels();
+  double se = 0;
+  std::size_t n = 0;
+  for (std::size_t k = 0; k < truth.reference_names.size(); ++k) {
+    const auto it = std::find(names.begin(), names.end(), truth.reference_names[k]);
+    const auto fk = static_cast<std::size_t>(it - names.begin());
+    for (std::size_t p = 0; p < P; ++p) {
+      if (truth.thickness[p] <= 0) continue;
+      const double est = it == names.end() ? 0.0 : maps.fractions[fk * P + p];
+      se += (est - truth.fractions[k * P + p]) * (est - truth.fractions[k * P + p]), ++n;
+    }
+  }
+  return std::sqrt(se / static_cast<double>(n));
+}
+
+}  // namespace
+
+TEST_CASE("scene: Poisson weighting against unweighted with an ion-chamber I0") {
+  const auto refs = pick(load_reference_file(test::fe_library()), test::scene_species());
+  for (double counts : {5000.0, 500.0})
+    for (double units : {0.0, 1e5, 1.0}) {
+      auto p = test::scene_scan(64, 64, counts, 3);
+      p.i0_units = units;
+      const auto truth = sim::simulate(refs, p);
+      auto plain = default_settings();
+      auto weighted = plain;
+      weighted.poisson_weighting = true;
+      MESSAGE(counts << " counts, I0 units " << units << ": RMSE unweighted " << fraction_rmse(*run_scan(truth, refs, plain), truth)
+                     << ", Poisson " << fraction_rmse(*run_scan(truth, refs, weighted), truth));
+    }
+}

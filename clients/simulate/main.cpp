@@ -11,7 +11,8 @@ static int usage() {
   std::fprintf(stderr,
                "usage: xanes-simulate --refs FILE [--refs FILE ...] [--use NAME,NAME,...] --energies FILE\n"
                "                      [--shape ROWSxCOLS] [--mode fluorescence|transmission] [--counts N]\n"
-               "                      [--thickness T] [--dark D] [--seed S] [--no-noise] [--layout regions|domains]\n"
+               "                      [--thickness T] [--dark D] [--seed S] [--no-noise] [--layout regions|domains|scene]\n"
+               "                      [--background B] [--i0-units U] [--gain G]\n"
                "                      --out SCAN.h5\n");
   return 2;
 }
@@ -46,8 +47,12 @@ int main(int argc, char** argv) {
         const std::string l = next();
         if (l == "regions") p.layout = sim::Params::Layout::regions;
         else if (l == "domains") p.layout = sim::Params::Layout::domains;
-        else throw std::invalid_argument("--layout is 'regions' or 'domains'");
+        else if (l == "scene") p.layout = sim::Params::Layout::scene;
+        else throw std::invalid_argument("--layout is 'regions', 'domains' or 'scene'");
       }
+      else if (a == "--background") p.background = std::stod(next());
+      else if (a == "--i0-units") p.i0_units = std::stod(next());
+      else if (a == "--gain") p.detector_gain = std::stod(next());
       else if (a == "--out") out = next();
       else return usage();
     }

@@ -52,7 +52,60 @@ std::vector<double> domain_fractions(int domain, int K) {
   return f;
 }
 
+// Scene layout: Voronoi domains, each of a dominant species d (every species dominates at least
+// one domain when there are enough) drifting smoothly toward species d+1 (0 to 35 % across
+// the image, a different direction per domain), a thin disk (a tenth of the thickness) and
+// a one-pixel-wide vertical stripe of pure species d+2 through the middle.
+struct SceneLayout {
+  struct Domain {
+    double u, v, du, dv, phase;
+    int species;
+  };
+  std::vector<Domain> domains;
+  double thin_u = 0, thin_v = 0, thin_r = 0;
+  int K = 1;
+
+  SceneLayout(int K_, int n, std::uint64_t seed) : K(K_) {
+    std::mt19937_64 g(seed ^ 0x5ce7eULL);
+    std::uniform_real_distribution<double> U(0.0, 1.0);
+    for (int i = 0; i < n; ++i)
+      domains.push_back({0.08 + 0.84 * U(g), 0.08 + 0.84 * U(g), U(g) * 2 - 1, U(g) * 2 - 1, 6.28 * U(g), i % K});
+    thin_u = 0.25 + 0.5 * U(g), thin_v = 0.25 + 0.5 * U(g), thin_r = 0.1;
+  }
+  const Domain& domain_at(double u, double v) const {
+    std::size_t best = 0;
+    double bd = 1e300;
+    for (std::size_t i = 0; i < domains.size(); ++i) {
+      const double d = (u - domains[i].u) * (u - domains[i].u) + (v - domains[i].v) * (v - domains[i].v);
+      if (d < bd) bd = d, best = i;
+    }
+    return domains[best];
+  }
+  // Fractions and the dominant species at (u, v); on the stripe, the stripe's species.
+  std::vector<double> fractions(double u, double v, bool on_stripe, int& dominant) const {
+    std::vector<double> f(static_cast<std::size_t>(K), 0.0);
+    const Domain& d = domain_at(u, v);
+    dominant = on_stripe ? (d.species + 2) % K : d.species;
+    if (on_stripe || K == 1) {
+      f[static_cast<std::size_t>(dominant)] = 1.0;
+      return f;
+    }
+    const double g = 0.175 * (1.0 + std::sin(3.0 * (d.du * u + d.dv * v) + d.phase));  // 0..0.35
+    f[static_cast<std::size_t>(d.species)] = 1.0 - g;
+    f[static_cast<std::size_t>((d.species + 1) % K)] += g;
+    return f;
+  }
+  double thickness_factor(double u, double v) const {
+    return (u - thin_u) * (u - thin_u) + (v - thin_v) * (v - thin_v) < thin_r * thin_r ? 0.1 : 1.0;
+  }
+};
+
 }  // namespace
+
+double signal_scale(const Params& p) {
+  if (p.mode == protocol::Mode::transmission) return 1.0;
+  return p.counts * p.detector_gain / (p.i0_units > 0 ? p.i0_units : p.counts);
+}
 
 Scan simulate(const std::vector<science::Reference>& refs, const Params& p) {
   Scan s;
@@ -72,6 +125,9 @@ Scan simulate(const std::vector<science::Reference>& refs, const Params& p) {
     for (int i = 0; i < 8; ++i) seeds.emplace_back(static_cast<double>(g() % 1000) / 1000.0, static_cast<double>(g() % 1000) / 1000.0);
     s.domains.assign(P, 0);
   }
+  const SceneLayout scene(static_cast<int>(K), p.scene_domains, p.seed);
+  if (p.layout == Params::Layout::scene) s.domains.assign(P, 0), s.stripe.assign(P, 0);
+  const int stripe_col = p.cols / 2 + p.cols / 9;
   for (int r = 0; r < p.rows; ++r)
     for (int c = 0; c < p.cols; ++c) {
       const std::size_t px = static_cast<std::size_t>(r) * p.cols + c;
@@ -79,7 +135,14 @@ Scan simulate(const std::vector<science::Reference>& refs, const Params& p) {
       const bool border = p.empty_border && (r < p.rows / 16 || c < p.cols / 16 || r >= p.rows - p.rows / 16 ||
                                              c >= p.cols - p.cols / 16);
       std::vector<double> f;
-      if (p.layout == Params::Layout::domains) {
+      double thin = 1.0;
+      if (p.layout == Params::Layout::scene) {
+        const bool on_stripe = c == stripe_col && r >= p.rows / 5 && r < p.rows - p.rows / 5;
+        int dominant = 0;
+        f = scene.fractions(u, v, on_stripe, dominant);
+        thin = on_stripe ? 1.0 : scene.thickness_factor(u, v);
+        if (!border) s.domains[px] = static_cast<std::uint8_t>(dominant + 1), s.stripe[px] = on_stripe;
+      } else if (p.layout == Params::Layout::domains) {
         const int d = domain_at(u, v, seeds);
         if (!border) s.domains[px] = static_cast<std::uint8_t>(d);
         f = domain_fractions(d, static_cast<int>(K));
@@ -89,25 +152,32 @@ Scan simulate(const std::vector<science::Reference>& refs, const Params& p) {
       for (std::size_t k = 0; k < K; ++k) s.fractions[k * P + px] = border ? 0.f : static_cast<float>(f[k]);
       // Thickness: smooth hills between 0.3 and 1 of the maximum.
       const double t = 0.65 + 0.35 * std::sin(6.0 * u + 1.0) * std::cos(4.0 * v);
-      s.thickness[px] = border ? 0.f : static_cast<float>(p.max_thickness * t);
+      s.thickness[px] = border ? 0.f : static_cast<float>(p.max_thickness * t * thin);
     }
 
   std::mt19937_64 rng(p.seed);
+  // Recorded counts: the detector's gain times Poisson photon counts.
   auto poisson = [&](double mean) -> float {
-    if (!p.noise) return static_cast<float>(mean);
+    if (!p.noise) return static_cast<float>(p.detector_gain * mean);
     if (mean <= 0) return 0.f;
-    return static_cast<float>(std::poisson_distribution<long long>(mean)(rng));
+    return static_cast<float>(p.detector_gain * static_cast<double>(std::poisson_distribution<long long>(mean)(rng)));
   };
+  // beam[e]: expected counts per unit signal at energy e; the recorded I0 is the same relative
+  // intensity in the monitor's own units.
+  std::vector<double> beam(E);
   s.i0.resize(E);
+  const double i0_units = p.i0_units > 0 ? p.i0_units : p.counts;
   for (std::size_t e = 0; e < E; ++e) {  // slow drift plus a ripple, as storage-ring I0 does
     const double x = E > 1 ? static_cast<double>(e) / static_cast<double>(E - 1) : 0.0;
-    s.i0[e] = p.counts * (1.0 - p.i0_drift * x + 0.3 * p.i0_drift * std::sin(17.0 * x));
+    const double rel = 1.0 - p.i0_drift * x + 0.3 * p.i0_drift * std::sin(17.0 * x);
+    beam[e] = p.counts * rel;
+    s.i0[e] = i0_units * rel;
   }
   s.counts.assign(E * P, 0.f);
   const bool trans = p.mode == protocol::Mode::transmission;
   if (trans) {
     s.flat.assign(E * P, 0.f);
-    if (p.dark > 0) s.dark.assign(P, static_cast<float>(p.dark));
+    if (p.dark > 0) s.dark.assign(P, static_cast<float>(p.detector_gain * p.dark));
   }
   for (std::size_t e = 0; e < E; ++e) {
     const double de = (p.energies_eV[e] - e0) / 100.0;
@@ -117,13 +187,13 @@ Scan simulate(const std::vector<science::Reference>& refs, const Params& p) {
       const double signal = s.thickness[px] * mix;
       if (trans) {
         // Beam profile across the field of view, times I0 drift; substrate absorbs a little.
-        const double beam = s.i0[e] * (0.8 + 0.2 * std::cos(3.0 * static_cast<double>(px % p.cols) / p.cols));
+        const double profile = beam[e] * (0.8 + 0.2 * std::cos(3.0 * static_cast<double>(px % p.cols) / p.cols));
         const double mu = p.background * (1.0 - 0.5 * de) + signal;
-        s.flat[e * P + px] = poisson(beam + p.dark);
-        s.counts[e * P + px] = poisson(beam * std::exp(-mu) + p.dark);
+        s.flat[e * P + px] = poisson(profile + p.dark);
+        s.counts[e * P + px] = poisson(profile * std::exp(-mu) + p.dark);
       } else {
         const double y = p.background * (1.0 + 0.5 * de) + signal;
-        s.counts[e * P + px] = poisson(s.i0[e] * std::max(0.0, y));
+        s.counts[e * P + px] = poisson(beam[e] * std::max(0.0, y));
       }
     }
   }
@@ -181,6 +251,7 @@ void write_scan_file(const Scan& s, const std::filesystem::path& path) {
   h5::write(truth, "thickness", s.thickness.data(), hs{R, C});
   h5::write_strings(truth, "reference_names", s.reference_names);
   if (!s.domains.empty()) h5::write(truth, "domains", s.domains.data(), hs{R, C});
+  if (!s.stripe.empty()) h5::write(truth, "stripe", s.stripe.data(), hs{R, C});
 }
 
 std::vector<double> read_energies_file(const std::filesystem::path& path) {
