@@ -23,6 +23,13 @@ const std::vector<ConfigKey>& config_keys() {
       {"references.normalize", "auto", "edge-normalize references as Larch's pre_edge does: 'auto' (only spectra that are not already ~0 before the edge and ~1 at the end: raw μ), 'always', or 'never'"},
       {"references.energy_unit", "auto", "energy unit of reference files: 'auto' (declared in the header, else keV when every energy is below 100), 'eV' or 'keV'"},
       {"references.margin_eV", 20.0, "how far (eV) the scan may extend beyond a reference's energy range; there the reference's end value is held. Beyond it the references are refused for that scan", 0, 1e4},
+      {"references.select", true, "choose the references the sample needs from the whole image (tile means of material pixels, stepwise selection on the pooled misfit: docs/science.md) and fit pixels with those only; revised live, reported on the `references` topic, in status and in the result file. Off: every loaded reference is fitted in every pixel", -1e300, 1e300, true},
+      {"references.select_penalty", 1.0, "reference selection: penalty per tile that uses a reference, × ln(energies) (1: BIC); larger selects fewer", 0, 1e6, true},
+      {"references.select_min_share", 0.02, "reference selection: a reference must explain at least this share of the pooled misfit without it (guards against references that only patch model mismatch)", 0, 1, true},
+      {"references.select_hysteresis", 2.0, "reference selection, live: a selected reference stays until its evidence falls below penalty / h; an unselected one needs h × penalty (no flicker)", 1, 100, true},
+      {"references.select_max_tiles", 1024, "reference selection: the image is cut into at most this many tiles (at least 6×6 pixels each) whose mean spectra are the evidence", 4, 65536, true},
+      {"references.select_stability", 8, "reference selection: random halves of the tiles the selection is repeated on for each reference's stability score (0: none)", 0, 1000, true},
+      {"references.collinear_cos", 0.995, "reference selection: pairs of references more alike than this on the scan's energies (background removed) are reported as indistinguishable", 0, 1, true},
       {"fit.method", "nnls", "'nnls' (species coefficients ≥ 0, background free), 'least_squares', or 'lasso' (positive LASSO for large libraries: selects a few references)", -1e300, 1e300, true},
       {"fit.background", true, "fit a + b·(E−E0) jointly with the references (science.md §3)"},
       {"fit.sum_to_one", false, "constrain Σc = 1: only for edge-normalized spectra (thickness is then fixed at 1)", -1e300, 1e300, true},
@@ -131,6 +138,14 @@ Config build(const nlohmann::json& flat, const std::filesystem::path& base_dir) 
     throw ConfigError("config key 'references.energy_unit' must be 'auto', 'eV' or 'keV', got '" + c.references.energy_unit + "'");
   if (c.references.normalize != "auto" && c.references.normalize != "always" && c.references.normalize != "never")
     throw ConfigError("config key 'references.normalize' must be 'auto', 'always' or 'never', got '" + c.references.normalize + "'");
+  auto& sel = c.references.selection;
+  sel.enabled = flat.at("references.select").get<bool>();
+  sel.penalty = num("references.select_penalty");
+  sel.min_share = num("references.select_min_share");
+  sel.hysteresis = num("references.select_hysteresis");
+  sel.max_tiles = integer("references.select_max_tiles");
+  sel.stability_samples = integer("references.select_stability");
+  sel.collinear_cos = num("references.collinear_cos");
   c.fit = {str("fit.method"), flat.at("fit.background").get<bool>(), flat.at("fit.sum_to_one").get<bool>(),
            num("fit.lasso_alpha"), flat.at("fit.lasso_refit").get<bool>(), integer("fit.threads"), str("fit.weighting")};
   if (c.fit.weighting != "none" && c.fit.weighting != "poisson")

@@ -11,6 +11,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "science/reference_selection.hpp"
 #include "science/segmentation.hpp"
 
 namespace xanesd {
@@ -42,6 +43,7 @@ struct ReferencesConfig {
   double margin_eV = 0;
   std::string normalize;  // auto | always | never
   std::string energy_unit;  // auto | eV | keV
+  science::ReferenceSelectionSettings selection;
 };
 struct FitConfig {
   std::string method;

@@ -51,7 +51,7 @@ bool read_number(const nlohmann::json& req, const char* key, T& out, double lo, 
 // of each cluster's mean spectrum — low noise, and sparse where per-pixel NNLS spreads weight
 // over look-alike references — and every reference with ≥ 5 % in some cluster. Without one:
 // references with ≥ 10 % in at least 10 % of the kept pixels.
-std::vector<int> references_in_use(const Scan& scan, const science::SolveOptions& fit) {
+std::vector<int> references_in_use_by_fit(const Scan& scan, const science::SolveOptions& fit) {
   const auto& model = scan.fit()->model();
   const int K = model.n_refs();
   std::vector<int> used;
@@ -89,6 +89,17 @@ std::vector<int> references_in_use(const Scan& scan, const science::SolveOptions
     if (kept > 0 && strong * 10 >= kept) used.push_back(k);
   }
   return used;
+}
+
+// Names of the references the scan's fit uses (indices of the fit's model are not indices
+// into the loaded list once the image-level selection has chosen a subset).
+std::vector<std::string> references_in_use(const Scan& scan, const science::SolveOptions& fit) {
+  const auto& model = scan.fit()->model();
+  // The image-level selection decided it from the whole image: the fit's references are those.
+  if (const auto* sel = scan.reference_selection(); sel && sel->done()) return model.reference_names;
+  std::vector<std::string> names;
+  for (int k : references_in_use_by_fit(scan, fit)) names.push_back(model.reference_names[static_cast<std::size_t>(k)]);
+  return names;
 }
 
 nlohmann::json subset_json(const science::EnergySubset& s) {
@@ -138,7 +149,10 @@ nlohmann::json select_energies_request(const nlohmann::json& req, const std::vec
       if (source == "in_use") {
         if (!scan || !scan->fit()) return refuse("source 'in_use' needs a fitted scan");
         chosen.clear();
-        for (int k : references_in_use(*scan, scan_settings(cfg).fit)) chosen.push_back(refs[static_cast<std::size_t>(k)]);
+        for (const auto& name : references_in_use(*scan, scan_settings(cfg).fit)) {
+          const auto it = std::find_if(refs.begin(), refs.end(), [&](const auto& r) { return r.name == name; });
+          if (it != refs.end()) chosen.push_back(*it);
+        }
         if (chosen.size() < 2)
           return refuse("the scan uses " + std::to_string(chosen.size()) + " reference(s): nothing to tell apart (source 'references' uses all)");
       }

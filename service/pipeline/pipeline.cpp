@@ -198,11 +198,12 @@ void Pipeline::finish_scan(bool write_file) {
 void Pipeline::publish_cycle(bool final) {
   const auto t0 = std::chrono::steady_clock::now();
   const auto solved = scan_->solve_changed(solve_threads(cfg_));
-  // Segmentation costs more than a solve on big images: refreshed at most every
+  // Reference selection and segmentation cost more than a solve on big images: refreshed at most every
   // segment.interval_ms while the scan runs, always with the final maps.
   const bool segment = final || last_segmentation_ == std::chrono::steady_clock::time_point{} ||
                        t0 >= last_segmentation_ + std::chrono::milliseconds(cfg_.segment.interval_ms);
   if (segment) {
+    scan_->update_reference_selection(solve_threads(cfg_));
     scan_->update_segments(solve_threads(cfg_));
     last_segmentation_ = std::chrono::steady_clock::now();
   }

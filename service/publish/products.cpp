@@ -97,6 +97,14 @@ std::vector<protocol::WireMessage> make_map_messages(const Scan& scan, std::int6
   const auto& maps = fit->maps();
   const std::int64_t R = scan.rows(), C = scan.cols(), K = fit->model().n_refs();
 
+  // The image-level reference selection, on the cycles that revise it (with the segments).
+  if (const auto* sel = scan.reference_selection(); sel && with_segments) {
+    auto m = map_message(scan, "references", version, final);
+    m.header.update(to_json(*sel));
+    m.header["type"] = "references";
+    out.push_back(std::move(m));
+  }
+
   auto fractions = map_message(scan, "maps/fractions", version, final);
   fractions.header["reference_names"] = fit->model().reference_names;
   fractions.header["fit_method"] = science::to_string(fit->method());

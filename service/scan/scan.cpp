@@ -29,11 +29,33 @@ ScanSettings scan_settings(const Config& cfg) {
             given(cfg.edge.norm2_eV), cfg.edge.nnorm >= 0 ? std::optional<int>(cfg.edge.nnorm) : std::nullopt};
   s.mask = {cfg.mask.thickness_min, cfg.mask.thickness_min_relative, cfg.mask.residual_max, cfg.mask.rfactor_max};
   s.segment = cfg.segment;
+  s.selection = cfg.references.selection;
   return s;
 }
 
 int solve_threads(const Config& cfg) {
   return cfg.fit.threads > 0 ? cfg.fit.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+}
+
+nlohmann::json to_json(const science::ReferenceSelection& s) {
+  nlohmann::json refs = nlohmann::json::array();
+  for (const auto& r : s.references)
+    refs.push_back({{"name", r.name},
+                    {"selected", r.selected},
+                    {"delta_chi2", r.delta_chi2},
+                    {"threshold", r.threshold},
+                    {"share", r.share},
+                    {"stability", r.stability},
+                    {"mean_fraction", r.mean_fraction},
+                    {"tiles_used", r.tiles_used}});
+  nlohmann::json collinear = nlohmann::json::array();
+  for (std::size_t i = 0; i < s.collinear.size(); ++i)
+    collinear.push_back({{"a", s.references[static_cast<std::size_t>(s.collinear[i].first)].name},
+                         {"b", s.references[static_cast<std::size_t>(s.collinear[i].second)].name},
+                         {"cos", s.collinear_cos[i]}});
+  return {{"selected", s.selected_names()}, {"references", refs}, {"indistinguishable", collinear},
+          {"tiles", s.tiles},               {"energies", s.energies}, {"pixel_sigma", s.pixel_sigma},
+          {"misfit_per_point", s.misfit_per_point}, {"waiting", s.waiting}};
 }
 
 std::string to_string(ScanState s) {
@@ -46,6 +68,13 @@ std::string to_string(ScanState s) {
 }
 
 namespace {
+bool same_references(const std::vector<science::Reference>& a, const std::vector<science::Reference>& b) {
+  if (a.size() != b.size()) return false;
+  for (std::size_t k = 0; k < a.size(); ++k)
+    if (a[k].name != b[k].name || a[k].energies_eV != b[k].energies_eV || a[k].mu != b[k].mu) return false;
+  return true;
+}
+
 std::vector<float> to_floats(const protocol::Array& a) {
   std::vector<float> v(a.size());
   a.convert_to(std::span<float>(v));
@@ -63,21 +92,34 @@ Scan::Scan(protocol::StartMsg start, const std::vector<science::Reference>& refs
   if (start_.flat) flat_ = to_floats(*start_.flat);
   start_.dark.reset();  // keep the copies above, not the frames
   start_.flat.reset();
-  build_fit(refs);
+  library_ = refs;
+  build_fit();
 }
 
-void Scan::build_fit(const std::vector<science::Reference>& refs) {
+void Scan::build_fit() {
   lcf_.reset();
+  library_model_.reset();
   fit_error_.clear();
-  if (refs.empty()) {
+  if (library_.empty()) {
     fit_error_ = "no references loaded: spectra are recorded but not fitted (load_references)";
     return;
   }
   try {
+    std::vector<science::Reference> refs;
+    for (std::size_t k = 0; k < library_.size(); ++k)
+      if (selected_.empty() || selected_[k]) refs.push_back(library_[k]);
     const auto R = science::resample(refs, start_.energies_eV, settings_.margin_eV);
     std::vector<std::string> names;
     for (const auto& r : refs) names.push_back(r.name);
     auto model = science::make_lcf_model(names, R, start_.energies_eV, settings_.background);
+    if (refs.size() == library_.size()) {
+      library_model_ = model;
+    } else {  // the same E0 and background scale as the fit's model: one design, a subset of its columns
+      std::vector<std::string> all;
+      for (const auto& r : library_) all.push_back(r.name);
+      library_model_ = science::make_lcf_model(all, science::resample(library_, start_.energies_eV, settings_.margin_eV),
+                                               start_.energies_eV, settings_.background);
+    }
     lcf_ = std::make_unique<science::IncrementalLcf>(std::move(model), npix_, settings_.fit);
     if (settings_.poisson_weighting) {
       if (scale_.empty()) scale_.assign(store_.size(), 0.f);
@@ -111,7 +153,14 @@ std::optional<Issue> Scan::extend(const protocol::StartMsg& more, const std::vec
 
 void Scan::refit(const std::vector<science::Reference>& refs, const ScanSettings& settings) {
   settings_ = settings;
-  build_fit(refs);
+  if (!same_references(refs, library_)) selected_.clear(), selection_.reset();  // a new library: choose again
+  library_ = refs;
+  if (!settings_.selection.enabled) selected_.clear(), selection_.reset();
+  build_fit();
+  refill_fit();
+}
+
+void Scan::refill_fit() {
   if (!lcf_) return;
   const auto E = start_.energies_eV.size();
   for (std::size_t e = 0; e < E; ++e)
@@ -317,6 +366,31 @@ std::size_t Scan::solve_changed(int threads) {
   return n;
 }
 
+bool Scan::update_reference_selection(int threads) {
+  if (!lcf_ || !library_model_ || !settings_.selection.enabled || library_.size() < 2) return false;
+  const auto& sel = settings_.selection;
+  auto evidence = science::selection_evidence(*library_model_, store_.data(), npix_, rows(), cols(), mask_.valid.data(),
+                                              sel.max_tiles);
+  const auto previous = selection_ && selection_->done() ? selection_->selected() : std::vector<std::uint8_t>{};
+  auto next = science::select_references(*library_model_, evidence, sel, previous);
+  // Not enough evidence yet (or none of the references explains the data): keep what is fitted.
+  const auto chosen = next.selected();
+  const bool any = std::find(chosen.begin(), chosen.end(), 1) != chosen.end();
+  if (!next.done() || !any) {
+    if (!selection_ || !selection_->done()) selection_ = std::move(next);
+    return false;
+  }
+  selection_ = std::move(next);
+  const bool all = std::find(chosen.begin(), chosen.end(), 0) == chosen.end();
+  const auto wanted = all ? std::vector<std::uint8_t>{} : chosen;
+  if (wanted == selected_) return false;
+  selected_ = wanted;
+  build_fit();
+  refill_fit();
+  solve_changed(threads);
+  return true;
+}
+
 void Scan::update_segments(int threads) {
   if (!settings_.segment.enabled) {
     segmenter_.reset();
@@ -381,7 +455,9 @@ nlohmann::json Scan::summary() const {
           {"last_seq", last_seq_},
           {"missing_seq", (max_seq_ + 1) - static_cast<std::int64_t>(seqs_seen_.size())},
           {"flagged_samples", flags_},
-          {"fit", {{"method", lcf_ ? science::to_string(lcf_->method()) : ""}, {"references", refs}, {"error", fit_error_}}}};
+          {"fit", {{"method", lcf_ ? science::to_string(lcf_->method()) : ""}, {"references", refs}, {"error", fit_error_},
+                   {"library", library_.size()},
+                   {"reference_selection", selection_ ? to_json(*selection_) : nlohmann::json(nullptr)}}}};
 }
 
 }  // namespace xanesd

@@ -16,6 +16,7 @@
 #include "science/incremental_lcf.hpp"
 #include "science/edge_maps.hpp"
 #include "science/masks.hpp"
+#include "science/reference_selection.hpp"
 #include "science/references.hpp"
 #include "science/segmentation.hpp"
 #include "xanesd/protocol/messages.hpp"
@@ -44,6 +45,7 @@ struct ScanSettings {
   bool poisson_weighting = false;
   bool background = true;
   science::SegmentationSettings segment;
+  science::ReferenceSelectionSettings selection;
 };
 
 struct Config;
@@ -51,6 +53,9 @@ struct Config;
 ScanSettings scan_settings(const Config& cfg);
 // Threads to solve pixels with (fit.threads, 0 = one per core).
 int solve_threads(const Config& cfg);
+
+// The reference selection's report as published (`references` topic), in status and in the result file.
+nlohmann::json to_json(const science::ReferenceSelection& s);
 
 enum class ScanState { running, stopped, aborted };
 std::string to_string(ScanState s);
@@ -74,6 +79,13 @@ class Scan : private science::SampleSource {
   void refit(const std::vector<science::Reference>& refs, const ScanSettings& settings);
   // Solves changed pixels and recomputes the quality mask.
   std::size_t solve_changed(int threads);
+  // Image-level reference selection (science/reference_selection): which of the loaded
+  // references the image needs, judged on the current maps' material pixels. When the chosen
+  // set changes, the fit is rebuilt with those references only and solved again. Returns true
+  // if the fit's references changed.
+  bool update_reference_selection(int threads);
+  const science::ReferenceSelection* reference_selection() const { return selection_ ? &*selection_ : nullptr; }
+  const std::vector<science::Reference>& library() const { return library_; }
   const science::QualityMask& mask() const { return mask_; }
   // Per-pixel edge maps (E0, half-step, white line, step) of the pixels the mask keeps (all
   // pixels with data when there is no fit); computed on request (at stop: a full pass).
@@ -110,7 +122,9 @@ class Scan : private science::SampleSource {
   // SampleSource: the pixel's stored samples and count scales, for Poisson weighting.
   void samples(std::size_t p, std::vector<int>& energies, std::vector<double>& y, std::vector<double>& scale) const override;
   bool transmission() const override { return start_.mode == protocol::Mode::transmission; }
-  void build_fit(const std::vector<science::Reference>& refs);
+  // The fit over library_ (all of it, or the selected references when a selection holds).
+  void build_fit();
+  void refill_fit();  // folds every stored sample into a freshly built fit
 
   protocol::StartMsg start_;
   ScanSettings settings_;
@@ -121,6 +135,10 @@ class Scan : private science::SampleSource {
   std::vector<float> scale_;                 // E × P count scale per sample (Poisson weighting only)
   std::vector<float> dark_, flat_;           // P each, from start (empty if absent)
   std::vector<float> xrf_;                   // C × P
+  std::vector<science::Reference> library_;       // every loaded reference
+  std::vector<std::uint8_t> selected_;            // library order; empty: fit them all
+  std::optional<science::LcfModel> library_model_;  // the whole library on the scan's energies (selection evidence)
+  std::optional<science::ReferenceSelection> selection_;
   std::unique_ptr<science::IncrementalLcf> lcf_;
   std::string fit_error_;
   science::QualityMask mask_;

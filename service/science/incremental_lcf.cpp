@@ -337,13 +337,13 @@ void IncrementalLcf::solve_stats(std::size_t p, std::uint32_t set, const double*
       // Lawson–Hanson with cached passive-set inverses.
       mask = free_bits;
       ok = ws.solve_on(set, mask, c.G, st, x);
-      const double tol = 1e-12 * std::max(1.0, c.G.diagonal().maxCoeff());
       for (int outer = 0; ok && outer < 3 * M_; ++outer) {
         ws.w.noalias() = s - c.G * x;
         int best = -1;
-        double wmax = tol;
+        double wmax = 0;
         for (int j = F; j < M_; ++j)
-          if (!(mask & (1u << j)) && ws.w(j) > wmax) wmax = ws.w(j), best = j;
+          if (!(mask & (1u << j)) && ws.w(j) > NnlsTolerance::gradient(c.G, j, q) && ws.w(j) > wmax)
+            wmax = ws.w(j), best = j;
         if (best < 0) break;
         mask |= 1u << best;
         bool added = true;
@@ -364,7 +364,7 @@ void IncrementalLcf::solve_stats(std::size_t p, std::uint32_t set, const double*
           if (feasible) break;
           x += alpha * (ws.z - x);
           for (int j = F; j < M_; ++j)
-            if ((mask & (1u << j)) && x(j) <= tol) mask &= ~(1u << j), x(j) = 0;
+            if ((mask & (1u << j)) && x(j) <= NnlsTolerance::coefficient(c.G, j, q)) mask &= ~(1u << j), x(j) = 0;
         }
         if (!added) break;
         x = ws.z;
@@ -752,12 +752,16 @@ FitResult IncrementalLcf::solve_weighted(std::size_t p, const SetCache& c, const
     G.setZero();
     sw.setZero();
     double qw = 0;
+    // Variance floor, relative to the pixel's own mean prediction so that it holds in any unit
+    // of I0 and any detector gain: a sample predicted near zero cannot take all the weight.
+    double mean_yhat = 0;
+    for (std::size_t j = 0; j < e.size(); ++j) mean_yhat += std::abs(model_.X.row(e[j]).dot(r.theta));
+    const double floor = 1e-3 * mean_yhat / static_cast<double>(std::max<std::size_t>(e.size(), 1)) + 1e-300;
     for (std::size_t j = 0; j < e.size(); ++j) {
       const auto row = model_.X.row(e[j]);
       const double yhat = row.dot(r.theta);
-      // Variance floor: half a count, so a dark or empty sample cannot take all the weight.
-      const double var = trans ? (std::exp(std::min(yhat, 30.0)) + 1.0) / std::max(scale[j], 1.0)
-                               : std::max(yhat, 0.5 / std::max(scale[j], 1e-300)) / std::max(scale[j], 1e-300);
+      const double c = std::max(static_cast<double>(scale[j]), 1e-300);
+      const double var = trans ? (std::exp(std::min(yhat, 30.0)) + 1.0) / c : std::max(yhat, floor) / c;
       const double w = 1.0 / var;
       G.selfadjointView<Eigen::Lower>().rankUpdate(row.transpose(), w);
       sw += w * y[j] * row.transpose();

@@ -105,13 +105,13 @@ FitResult solve_nnls(const Eigen::MatrixXd& G, const Eigen::VectorXd& s, double 
   };
   Eigen::VectorXd x, z;
   if (!solve_subset(G, s, passive_list(), x)) return r;  // background alone undetermined
-  const double tol = 1e-12 * std::max(1.0, G.diagonal().maxCoeff());
   for (int outer = 0; outer < 3 * M; ++outer) {
     const Eigen::VectorXd w = s - G * x;  // −gradient of ½θᵀGθ − sᵀθ
     int best = -1;
-    double wmax = tol;
+    double wmax = 0;
     for (int j = n_free; j < M; ++j)
-      if (!passive[static_cast<std::size_t>(j)] && w(j) > wmax) wmax = w(j), best = j;
+      if (!passive[static_cast<std::size_t>(j)] && w(j) > NnlsTolerance::gradient(G, j, q) && w(j) > wmax)
+        wmax = w(j), best = j;
     if (best < 0) break;  // KKT conditions hold
     passive[static_cast<std::size_t>(best)] = 1;
     for (int inner = 0; inner < 3 * M; ++inner) {
@@ -132,7 +132,8 @@ FitResult solve_nnls(const Eigen::MatrixXd& G, const Eigen::VectorXd& s, double 
       if (feasible) break;
       x += alpha * (z - x);
       for (int j = n_free; j < M; ++j)
-        if (passive[static_cast<std::size_t>(j)] && x(j) <= tol) passive[static_cast<std::size_t>(j)] = 0, x(j) = 0;
+        if (passive[static_cast<std::size_t>(j)] && x(j) <= NnlsTolerance::coefficient(G, j, q))
+          passive[static_cast<std::size_t>(j)] = 0, x(j) = 0;
     }
     x = z;
     for (int j = n_free; j < M; ++j) x(j) = std::max(0.0, x(j));
@@ -231,7 +232,10 @@ FitResult solve(const Eigen::MatrixXd& G0, const Eigen::VectorXd& s0, double q, 
       const auto start = solve_nnls(G, s, qa, opt.n_free);
       if (!start.ok) return start;
       const double thickness = std::max(start.theta.tail(M - opt.n_free).sum(), 1e-12);
-      r = solve_lasso(G, s, qa, opt.n_free, opt.lasso_alpha * n * thickness, start.theta);
+      // α per point: the number of points is Σw (the constant column's G₀₀) when the fit is
+      // weighted, so the penalty scales with the data and the weights as the misfit does.
+      const double points = opt.n_free > 0 ? G0(0, 0) : static_cast<double>(n);
+      r = solve_lasso(G, s, qa, opt.n_free, opt.lasso_alpha * points * thickness, start.theta);
       if (opt.lasso_refit) {
         std::vector<int> keep;
         for (int j = 0; j < M; ++j)

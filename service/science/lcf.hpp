@@ -3,6 +3,8 @@
 // works from G = XᵀX and s = Xᵀy of one pixel, never from its raw spectrum.
 #pragma once
 
+#include <algorithm>
+#include <cmath>
 #include <string>
 #include <vector>
 
@@ -56,6 +58,20 @@ struct SolveOptions {
 
 // One pixel's fit from its statistics: G = XᵀX, s = Xᵀy, q = yᵀy over n energies.
 FitResult solve(const Eigen::MatrixXd& G, const Eigen::VectorXd& s, double q, int n, const SolveOptions& opt);
+
+// Lawson–Hanson's tolerances, free of units: multiplying the data (the unit of I0, a detector
+// gain) or the weights by any constant scales s, q, θ and G so that these scale exactly as the
+// quantities they bound, and the active set, hence the fractions, do not move. A gradient
+// s_j − (Gθ)_j is compared with √(G_jj·q), a coefficient θ_j with √(q/G_jj) (Cauchy–Schwarz bounds).
+struct NnlsTolerance {
+  static constexpr double kRelative = 1e-12;
+  static double gradient(const Eigen::MatrixXd& G, int j, double q) {
+    return kRelative * std::sqrt(std::max(G(j, j), 0.0) * std::max(q, 0.0));
+  }
+  static double coefficient(const Eigen::MatrixXd& G, int j, double q) {
+    return G(j, j) > 0 ? kRelative * std::sqrt(std::max(q, 0.0) / G(j, j)) : 0.0;
+  }
+};
 
 // Unconstrained least squares θ = G⁻¹s (LDLT; refuses rank-deficient G).
 FitResult solve_least_squares(const Eigen::MatrixXd& G, const Eigen::VectorXd& s, double q);

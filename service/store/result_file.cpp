@@ -59,6 +59,32 @@ void write_results(hid_t entry, const Scan& scan) {
   h5::attr_string(results, "title", "species fractions c_k/Σc (per reference)");
 }
 
+// /entry/results/reference_selection: which loaded references the fit uses and the evidence.
+void write_reference_selection(hid_t entry, const Scan& scan) {
+  const auto* sel = scan.reference_selection();
+  if (!sel) return;
+  auto results = h5::open_group(entry, "results");
+  auto g = h5::create_group(results, "reference_selection", "NXcollection");
+  std::vector<std::string> names;
+  std::vector<std::uint8_t> selected;
+  std::vector<double> delta, threshold, stability, mean_fraction;
+  for (const auto& r : sel->references) {
+    names.push_back(r.name);
+    selected.push_back(r.selected);
+    delta.push_back(r.delta_chi2);
+    threshold.push_back(r.threshold);
+    stability.push_back(r.stability);
+    mean_fraction.push_back(r.mean_fraction);
+  }
+  h5::write_strings(g, "library_names", names);
+  h5::write(g, "selected", selected);
+  h5::write(g, "delta_chi2", delta);
+  h5::write(g, "threshold", threshold);
+  h5::write(g, "stability", stability);
+  h5::write(g, "mean_fraction", mean_fraction);
+  h5::write_string(g, "report", to_json(*sel).dump(2));
+}
+
 void write_edge_maps(hid_t entry, const Scan& scan) {
   const auto* edge = scan.edge_maps();
   if (!edge) return;
@@ -168,6 +194,7 @@ void write_result_file(const std::filesystem::path& path, const Scan& scan, cons
     h5::attr_string(entry, "default", "results");
     write_scan_info(entry, scan, config, counters);
     write_results(entry, scan);
+    write_reference_selection(entry, scan);
     write_edge_maps(entry, scan);
     write_segments(entry, scan);
     if (save_spectra) write_spectra(entry, scan);
