@@ -5,54 +5,15 @@
 
 #include <thread>
 
-#include "daemon.hpp"
+#include "live_daemon.hpp"
 #include "store/h5.hpp"
-#include "support.hpp"
 
 using namespace xanesd;
 using namespace xanesd::protocol;
 using namespace std::chrono_literals;
+using xanesd::test::LiveDaemon;
 
 namespace {
-
-struct LiveDaemon {
-  std::filesystem::path dir;
-  Config cfg;
-  std::unique_ptr<Daemon> daemon;
-  zmq::context_t ctx{1};
-  zmq::socket_t push{ctx, zmq::socket_type::push}, sub{ctx, zmq::socket_type::sub};
-
-  explicit LiveDaemon(const std::string& name) : dir(test::scratch(name)) {
-    cfg = make_config(nlohmann::json::object(),
-                      {"ingest.endpoint=tcp://127.0.0.1:*", "publish.endpoint=tcp://127.0.0.1:*",
-                       "control.endpoint=tcp://127.0.0.1:*", "publish.interval_ms=60000", "log.level=off",
-                       "output.directory=" + dir.string(),
-                       "references.files=[\"" + test::fe_library().string() + "\"]"},
-                      "/");
-    daemon = std::make_unique<Daemon>(cfg);
-    daemon->start();
-    push.set(zmq::sockopt::linger, 0);
-    push.connect(daemon->endpoints().ingest);
-    sub.set(zmq::sockopt::subscribe, "");
-    sub.connect(daemon->endpoints().publish);
-    std::this_thread::sleep_for(300ms);  // let the subscription reach the PUB socket
-  }
-  void send_frames(std::vector<zmq::message_t>&& frames) {
-    for (std::size_t i = 0; i < frames.size(); ++i)
-      push.send(frames[i], i + 1 < frames.size() ? zmq::send_flags::sndmore : zmq::send_flags::none);
-  }
-  void send(WireMessage&& m) { protocol::send(push, std::move(m)); }
-  // Waits for the next errors-topic message, skipping maps and status.
-  nlohmann::json next_error() {
-    const auto until = std::chrono::steady_clock::now() + 5s;
-    while (std::chrono::steady_clock::now() < until) {
-      auto m = test::recv_message(sub, 200ms);
-      if (m && m->topic == "errors") return m->header;
-    }
-    return nullptr;
-  }
-  nlohmann::json control(const nlohmann::json& req) { return test::control(ctx, daemon->endpoints().control, req); }
-};
 
 constexpr int kRows = 6, kCols = 8, kE = 12;
 

@@ -54,14 +54,12 @@ StartMsg StartMsg::from_wire(WireMessage&& m) {
   s.scan_id = require_string(m.header, "scan_id");
   if (s.scan_id.empty() || s.scan_id.size() > 200) throw ProtocolError("scan_id must have 1 to 200 characters");
   const auto& shape = require(m.header, "shape");
-  if (!shape.is_array() || shape.size() != 2 || !shape[0].is_number_integer() || !shape[1].is_number_integer())
-    throw ProtocolError("'shape' must be [rows, cols]");
-  s.rows = shape[0].get<int>();
-  s.cols = shape[1].get<int>();
-  if (s.rows <= 0 || s.cols <= 0 || static_cast<long long>(s.rows) * s.cols > (1LL << 26))
-    throw ProtocolError("'shape' must be positive with at most 2^26 pixels");
+  if (!shape.is_array() || shape.size() != 2) throw ProtocolError("'shape' must be [rows, cols]");
+  s.rows = static_cast<int>(checked_int(shape[0], "'shape' rows", 1, kMaxPixels));
+  s.cols = static_cast<int>(checked_int(shape[1], "'shape' cols", 1, kMaxPixels));
+  if (static_cast<std::int64_t>(s.rows) * s.cols > kMaxPixels) throw ProtocolError("'shape' must have at most 2^26 pixels");
   const auto& e = require(m.header, "energies_eV");
-  if (!e.is_array() || e.empty() || e.size() > 4096) throw ProtocolError("'energies_eV' must be a list of 1 to 4096 numbers");
+  if (!e.is_array() || e.empty() || e.size() > static_cast<std::size_t>(kMaxEnergies)) throw ProtocolError("'energies_eV' must be a list of 1 to 4096 numbers");
   for (const auto& v : e) {
     if (!v.is_number()) throw ProtocolError("'energies_eV' must hold numbers");
     s.energies_eV.push_back(v.get<double>());
@@ -112,11 +110,8 @@ FrameMsg FrameMsg::from_wire(WireMessage&& m) {
   expect_type(m, "frame");
   FrameMsg f;
   f.scan_id = require_string(m.header, "scan_id");
-  f.seq = require_int(m.header, "seq");
-  if (f.seq < 0) throw ProtocolError("'seq' must be >= 0");
-  const auto ei = require_int(m.header, "energy_index");
-  if (ei < 0 || ei > 1'000'000) throw ProtocolError("'energy_index' out of range");
-  f.energy_index = static_cast<int>(ei);
+  f.seq = require_int_in(m.header, "seq", 0, kMaxSeq);
+  f.energy_index = static_cast<int>(require_int_in(m.header, "energy_index", 0, kMaxEnergies - 1));
   f.energy_eV = require_number(m.header, "energy_eV");
   const auto& r = require(m.header, "region");
   const auto kind = require_string(r, "kind");
@@ -124,8 +119,9 @@ FrameMsg FrameMsg::from_wire(WireMessage&& m) {
     f.region.kind = Region::Kind::full;
   } else if (kind == "rows") {
     f.region.kind = Region::Kind::rows;
-    const auto row0 = require_int(r, "row0"), nrows = require_int(r, "nrows");
-    if (row0 < 0 || nrows <= 0 || row0 + nrows > (1 << 26)) throw ProtocolError("region rows out of range");
+    // Each bounded before they are added: row0 + nrows cannot overflow.
+    const auto row0 = require_int_in(r, "row0", 0, kMaxPixels - 1), nrows = require_int_in(r, "nrows", 1, kMaxPixels);
+    if (row0 + nrows > kMaxPixels) throw ProtocolError("region rows out of range");
     f.region.row0 = static_cast<int>(row0);
     f.region.nrows = static_cast<int>(nrows);
   } else if (kind == "pixels") {
@@ -153,6 +149,8 @@ FrameMsg FrameMsg::from_wire(WireMessage&& m) {
   if (f.region.kind == Region::Kind::pixels) {
     if (!f.pixels) throw ProtocolError("region 'pixels' needs a 'pixels' array");
     expect_rank(*f.pixels, 1);
+    if (f.pixels->dtype() == DType::float32 || f.pixels->dtype() == DType::float64)
+      throw ProtocolError("'pixels' must have an integer dtype (uint32 or int64), got " + to_string(f.pixels->dtype()));
     if (f.pixels->size() != f.counts.size()) throw ProtocolError("'pixels' and 'counts' differ in length");
   } else if (f.pixels) {
     throw ProtocolError("a 'pixels' array is only allowed with region kind 'pixels'");
@@ -184,7 +182,7 @@ StopMsg StopMsg::from_wire(WireMessage&& m) {
   if (m.header.contains("reason")) s.reason = require_string(m.header, "reason");
   if (s.reason != "completed" && s.reason != "aborted")
     throw ProtocolError("stop reason must be 'completed' or 'aborted'");
-  if (m.header.contains("frames_sent")) s.frames_sent = require_int(m.header, "frames_sent");
+  if (m.header.contains("frames_sent")) s.frames_sent = require_int_in(m.header, "frames_sent", 0, kMaxSeq);
   return s;
 }
 

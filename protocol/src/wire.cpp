@@ -1,5 +1,6 @@
 #include "xanesd/protocol/wire.hpp"
 
+#include <algorithm>
 #include <bit>
 #include <cstring>
 #include <limits>
@@ -261,10 +262,8 @@ WireMessage decode(std::vector<zmq::message_t>&& frames) {
     if (!shape_j.is_array() || shape_j.size() > 8)
       throw ProtocolError("array '" + name + "': shape must be a list of at most 8 ints");
     std::vector<std::int64_t> shape;
-    for (const auto& s : shape_j) {
-      if (!s.is_number_integer()) throw ProtocolError("array '" + name + "': shape entries must be ints");
-      shape.push_back(s.get<std::int64_t>());
-    }
+    for (const auto& s : shape_j)
+      shape.push_back(checked_int(s, "array '" + name + "': shape entry", 0, std::numeric_limits<std::int64_t>::max()));
     // byteorder is optional (default '<'); '|' ("not applicable") only for 1-byte types.
     const std::string bo = d.contains("byteorder") ? require_string(d, "byteorder") : "<";
     if (bo != "<" && bo != ">" && !(bo == "|" && itemsize(dtype) == 1))
@@ -296,10 +295,19 @@ std::string require_string(const nlohmann::json& header, const char* key) {
   if (!v.is_string()) throw ProtocolError(std::string("key '") + key + "' must be a string");
   return v.get<std::string>();
 }
-std::int64_t require_int(const nlohmann::json& header, const char* key) {
-  const auto& v = require(header, key);
-  if (!v.is_number_integer()) throw ProtocolError(std::string("key '") + key + "' must be an integer");
+std::int64_t checked_int(const nlohmann::json& v, const std::string& what, std::int64_t lo, std::int64_t hi) {
+  if (!v.is_number_integer()) throw ProtocolError(what + " must be an integer");
+  // A uint64 above INT64_MAX is out of range, never wrapped into a negative int64.
+  const bool fits = !v.is_number_unsigned() || v.get<std::uint64_t>() <= static_cast<std::uint64_t>(INT64_MAX);
+  if (!fits || v.get<std::int64_t>() < lo || v.get<std::int64_t>() > hi)
+    throw ProtocolError(what + " = " + v.dump() + " is outside [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
   return v.get<std::int64_t>();
+}
+std::int64_t require_int(const nlohmann::json& header, const char* key) {
+  return require_int_in(header, key, std::numeric_limits<std::int64_t>::min(), std::numeric_limits<std::int64_t>::max());
+}
+std::int64_t require_int_in(const nlohmann::json& header, const char* key, std::int64_t lo, std::int64_t hi) {
+  return checked_int(require(header, key), std::string("key '") + key + "'", lo, hi);
 }
 double require_number(const nlohmann::json& header, const char* key) {
   const auto& v = require(header, key);

@@ -6,6 +6,12 @@
 
 namespace xanesd {
 
+std::int64_t max_message_bytes(const IngestConfig& cfg) {
+  constexpr double MiB = 1048576.0;
+  const double bytes = cfg.max_message_MiB > 0 ? cfg.max_message_MiB * MiB : std::min(cfg.max_scan_GiB * 1024.0 * MiB / 8, 512 * MiB);
+  return static_cast<std::int64_t>(std::max(bytes, 2 * MiB));  // a header (at most 1 MiB) always fits
+}
+
 const std::vector<ConfigKey>& config_keys() {
   static const std::vector<ConfigKey> keys = {
       {"ingest.endpoint", "tcp://127.0.0.1:5555", "ZeroMQ endpoint the PULL socket binds for start/frame/stop messages"},
@@ -13,7 +19,8 @@ const std::vector<ConfigKey>& config_keys() {
       {"ingest.rcvhwm", 64, "ZeroMQ receive high-water mark (messages) of the ingest socket", 1, 100000},
       {"ingest.energy_tolerance_eV", 1.0, "largest allowed |frame.energy_eV − planned energy| (eV); frames beyond it are rejected", 0, 1e4},
       {"ingest.min_transmission", 1e-6, "transmission I/F below this (including ≤ 0) is clamped to it before −ln and counted", 1e-300, 1},
-      {"ingest.max_scan_GiB", 16.0, "largest spectral store (rows·cols·energies·4 bytes, plus fit statistics) a start may ask for; bigger scans are refused with an error instead of exhausting memory", 0.001, 1e6},
+      {"ingest.max_scan_GiB", 16.0, "largest scan a start (or an extend) may ask for: the spectral store (rows·cols·energies·4 bytes), fit statistics, XRF channels and Poisson count scales; bigger scans are refused with an error before anything is allocated", 0.001, 1e6},
+      {"ingest.max_message_MiB", 0.0, "largest message part (one array frame) the ingest socket accepts, MiB (ZMQ_MAXMSGSIZE: a larger part drops the sender's connection before it is received whole); 0: derived, an eighth of ingest.max_scan_GiB and at most 512 MiB (a float64 plane of the largest image, 2^26 pixels)", 0, 1e6},
       {"publish.endpoint", "tcp://127.0.0.1:5556", "ZeroMQ endpoint the PUB socket binds for live products"},
       {"publish.interval_ms", 250, "minimum time (ms) between map publications while a scan runs. A cycle (solve + publish) is also never started sooner after the previous one than that one took, so solving uses at most about half of the pipeline's time and ingest keeps up; 0 publishes as often as that allows", 0, 3.6e6, true},
       {"publish.sndhwm", 100, "ZeroMQ send high-water mark (message parts) per subscriber: how much a slow subscriber may have queued (maps are large: keep it modest) before it misses publications and sees a gap in `version`; nothing upstream ever waits", 1, 100000},
@@ -62,8 +69,8 @@ const std::vector<ConfigKey>& config_keys() {
       {"segment.seed", 1, "random seed of the pixel sample and k-means++ (a scan's segmentation is reproducible)", 0, 9.2e18, true},
       {"select.n", 13, "select_energies: energies chosen besides the normalization points (the MPIS work: 13 + 3 of 75)", 1, 1000, true},
       {"select.normalization_points", 3, "select_energies: pre- and post-edge points always included (n/3 post-edge, the rest pre-edge)", 0, 100, true},
-      {"select.train_mixtures", 2000, "select_energies: synthetic mixtures the RFE regression is trained on", 10, 1000000, true},
-      {"select.test_mixtures", 1000, "select_energies: held-out mixtures both selections (and the full grid) are scored on", 10, 1000000, true},
+      {"select.train_mixtures", 2000, "select_energies: synthetic mixtures the RFE regression is trained on; at most 100,000, and candidates × (train + test) ≤ 2·10⁷ per request", 10, 100000, true},
+      {"select.test_mixtures", 1000, "select_energies: held-out mixtures both selections (and the full grid) are scored on; at most 100,000, and candidates × (train + test) ≤ 2·10⁷ per request", 10, 100000, true},
       {"select.noise", 0.0, "select_energies: noise σ per point of the mixtures, on edge-normalized spectra; 0: measured on the current scan (median RMS residual / thickness of the kept pixels), 0.01 without one", 0, 10, true},
       {"select.seed", 1, "select_energies: random seed of the mixtures (a selection is reproducible)", 0, 9.2e18, true},
       {"output.directory", "results", "folder for result files <scan_id>.h5 (relative to the working directory)"},
@@ -123,7 +130,8 @@ Config build(const nlohmann::json& flat, const std::filesystem::path& base_dir) 
   auto num = [&](const char* k) { return flat.at(k).get<double>(); };
   auto integer = [&](const char* k) { return flat.at(k).get<int>(); };
   c.ingest = {str("ingest.endpoint"), integer("ingest.queue_frames"), integer("ingest.rcvhwm"),
-              num("ingest.energy_tolerance_eV"), num("ingest.min_transmission"), num("ingest.max_scan_GiB")};
+              num("ingest.energy_tolerance_eV"), num("ingest.min_transmission"), num("ingest.max_scan_GiB"),
+              num("ingest.max_message_MiB")};
   c.publish = {str("publish.endpoint"), integer("publish.interval_ms"), integer("publish.sndhwm")};
   c.control = {str("control.endpoint"), integer("control.reply_timeout_ms")};
   for (const auto& f : flat.at("references.files")) {

@@ -28,7 +28,11 @@ struct IngestConfig {
   double energy_tolerance_eV = 0;
   double min_transmission = 0;
   double max_scan_GiB = 0;
+  double max_message_MiB = 0;  // 0: derived from max_scan_GiB (max_message_bytes)
 };
+// ZMQ_MAXMSGSIZE of the ingest socket: the largest single message part (one array) a peer may
+// send; a larger one drops its connection before it is received whole.
+std::int64_t max_message_bytes(const IngestConfig& cfg);
 struct PublishConfig {
   std::string endpoint;
   int interval_ms = 0;

@@ -26,18 +26,20 @@ void ControlServer::start() {
 
 namespace {
 zmq::message_t json_frame(const nlohmann::json& j) {
-  const auto s = j.dump();
+  // Invalid UTF-8 (from a file or a peer) is replaced, never a reason for status to fail.
+  const auto s = j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
   return zmq::message_t(s.data(), s.size());
 }
 }  // namespace
 
 std::vector<zmq::message_t> ControlServer::handle(const zmq::message_t& raw) {
   std::vector<zmq::message_t> reply;
-  auto fail = [&](const std::string& why) {
+  // code: a specific issue code (invalid_path …) when the command gave one.
+  auto fail = [&](const std::string& why, const std::string& code = "bad_control_request") {
     counters_.add("control.errors");
-    pipeline_.report({"bad_control_request", why}, "");
+    pipeline_.report({code, why}, "");
     reply.clear();
-    reply.push_back(json_frame({{"ok", false}, {"error", why}}));
+    reply.push_back(json_frame({{"ok", false}, {"error", why}, {"code", code}}));
     return std::move(reply);
   };
   const auto req = nlohmann::json::parse(raw.to_string_view(), nullptr, /*allow_exceptions=*/false);
@@ -73,7 +75,8 @@ std::vector<zmq::message_t> ControlServer::handle(const zmq::message_t& raw) {
   if (fut.wait_for(std::chrono::milliseconds(cfg_.reply_timeout_ms)) != std::future_status::ready)
     return fail("'" + cmd + "' did not finish within control.reply_timeout_ms");
   auto result = fut.get();
-  if (!result.value("ok", false)) return fail(cmd + ": " + result.value("error", "failed"));
+  if (!result.value("ok", false))
+    return fail(cmd + ": " + result.value("error", "failed"), result.value("code", "bad_control_request"));
   reply.push_back(json_frame(result));
   return reply;
 }

@@ -102,6 +102,26 @@ std::vector<std::string> references_in_use(const Scan& scan, const science::Solv
   return names;
 }
 
+// What one selection may cost: RFE refits an A×A system for every A from the candidate count
+// down (~C⁴/12 flops: 1,600 candidates took 80 s), and the mixtures are (train + test) × C
+// doubles, several copies. Beyond these the request is refused before any work.
+constexpr std::size_t kMaxCandidates = 512;
+constexpr double kMaxMixtureValues = 2e7;  // ≈ 160 MB per copy
+
+// Why a candidate grid cannot be selected from (empty when it can).
+std::string grid_error(const std::vector<double>& grid, int n_train, int n_test) {
+  if (grid.empty()) return "the candidate grid is empty";
+  if (grid.size() > kMaxCandidates)
+    return "the candidate grid has " + std::to_string(grid.size()) + " energies, at most " + std::to_string(kMaxCandidates) + " are allowed";
+  for (double e : grid)
+    if (!std::isfinite(e) || e <= 0) return "the candidate grid must hold finite energies > 0 eV";
+  const double values = static_cast<double>(grid.size()) * (static_cast<double>(n_train) + n_test);
+  if (values > kMaxMixtureValues)
+    return "candidates × (train + test mixtures) = " + number(values) + " is more than " + number(kMaxMixtureValues) +
+           ": use fewer candidates or mixtures (select.train_mixtures, select.test_mixtures)";
+  return {};
+}
+
 nlohmann::json subset_json(const science::EnergySubset& s) {
   return {{"energies_eV", s.energies_eV}, {"indices", s.indices}, {"normalization_indices", s.normalization_indices},
           {"fraction_rmse", s.fraction_rmse}, {"seconds", s.seconds}};
@@ -139,6 +159,7 @@ nlohmann::json select_energies_request(const nlohmann::json& req, const std::vec
   } else {
     return refuse("no scan to take candidate energies from: give 'energies_eV'");
   }
+  if (const auto why = grid_error(grid, opt.n_train, opt.n_test); !why.empty()) return refuse(why);
 
   std::vector<std::string> names;
   Eigen::MatrixXd spectra;  // grid × K

@@ -10,6 +10,7 @@ Receiver::Receiver(zmq::context_t& ctx, const IngestConfig& cfg, IngestQueue& qu
                    IssueSink report)
     : socket_(ctx, zmq::socket_type::pull), queue_(queue), counters_(counters), report_(std::move(report)) {
   socket_.set(zmq::sockopt::rcvhwm, cfg.rcvhwm);
+  socket_.set(zmq::sockopt::maxmsgsize, max_message_bytes(cfg));  // not received whole, then refused
   socket_.set(zmq::sockopt::linger, 0);
   socket_.set(zmq::sockopt::rcvtimeo, 100);  // so a stop request is noticed
   socket_.bind(cfg.endpoint);

@@ -11,6 +11,9 @@ namespace xanesd {
 Pipeline::Pipeline(Config cfg, std::vector<science::Reference> refs, IngestQueue& queue, Publisher& publisher,
                    Counters& counters)
     : cfg_(std::move(cfg)), refs_(std::move(refs)), queue_(queue), publisher_(publisher), counters_(counters) {
+  // Said at start-up, not discovered at the first stop with a scan to lose.
+  output_error_ = output_directory_error(cfg_.output.directory);
+  if (!output_error_.empty()) spdlog::error("output.directory is not usable: {}", output_error_);
   update_status();
 }
 
@@ -33,11 +36,49 @@ std::future<nlohmann::json> Pipeline::submit(nlohmann::json request) {
   return fut;
 }
 
+namespace {
+
+// Text that came from the wire (ids, names, parser messages quoting them) on its way to a log
+// line or a publication: valid UTF-8 without control characters, at most `max` bytes.
+std::string printable(std::string_view s, std::size_t max = 200) {
+  std::string out;
+  for (std::size_t i = 0; i < s.size() && out.size() < max;) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    const std::size_t len = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xE ? 3 : (c >> 3) == 0x1E ? 4 : 0;
+    bool valid = len > 0 && i + len <= s.size();
+    for (std::size_t k = 1; valid && k < len; ++k) valid = (static_cast<unsigned char>(s[i + k]) >> 6) == 0x2;
+    if (!valid || (len == 1 && (c < 0x20 || c == 0x7F))) {
+      out += '?';
+      ++i;
+      continue;
+    }
+    out.append(s.substr(i, len));
+    i += len;
+  }
+  if (out.size() < s.size() && out.size() >= max) out += "…";
+  return out;
+}
+
+}  // namespace
+
 void Pipeline::report(const Issue& issue, const std::string& scan_id) {
   const auto count = counters_.add("issues." + issue.code);
-  // Flags on accepted data are routine at low counts; rejections are warnings.
-  spdlog::warn("[{}] {}{}", issue.code, scan_id.empty() ? "" : "scan " + scan_id + ": ", issue.message);
-  publisher_.publish(make_error_message(scan_id, issue.code, issue.message, count, ++error_version_));
+  const auto id = printable(scan_id, 128), message = printable(issue.message);
+  // Flags on accepted data are routine at low counts; rejections are warnings. A flood of bad
+  // messages must not flood the log: at most kLogLinesPerSecond lines, the rest counted.
+  bool log = false;
+  std::int64_t suppressed = 0;
+  {
+    std::lock_guard lock(log_mutex_);
+    const auto now = std::chrono::steady_clock::now();
+    if (now - log_window_ >= std::chrono::seconds(1)) log_window_ = now, log_lines_ = 0;
+    log = log_lines_++ < kLogLinesPerSecond;
+    if (log) std::swap(suppressed, log_suppressed_);
+    else ++log_suppressed_;
+  }
+  if (suppressed > 0) spdlog::warn("{} issue log line(s) suppressed (rate limit; every issue is counted in status)", suppressed);
+  if (log) spdlog::warn("[{}] {}{}", issue.code, id.empty() ? "" : "scan " + id + ": ", message);
+  publisher_.publish(make_error_message(id, issue.code, message, count, ++error_version_));
 }
 
 nlohmann::json Pipeline::status() const {
@@ -53,6 +94,7 @@ void Pipeline::update_status() {
                       {"references", refs},
                       {"version", version_},
                       {"result_file", result_file_},
+                      {"output", {{"directory", cfg_.output.directory.string()}, {"writable", output_error_.empty()}, {"error", output_error_}}},
                       {"ingest_queue", queue_.stats()},
                       {"publish_queue", publisher_.stats()}};
   std::lock_guard lock(status_mutex_);
@@ -87,7 +129,11 @@ void Pipeline::run(std::stop_token stop) {
       // Never sooner than the interval, nor sooner than the last cycle took: solving then
       // takes at most about half the pipeline's time, whatever the image size.
       const auto due = last_publish_ + std::max<steady_clock::duration>(milliseconds(cfg_.publish.interval_ms), last_cycle_);
-      if (steady_clock::now() >= due) publish_cycle(false);
+      if (steady_clock::now() >= due && !guarded("publish_failed", [&] { publish_cycle(false); })) {
+        // Not retried at once (it would fail again every 10 ms): at the next frame or interval.
+        changed_since_publish_ = false;
+        last_publish_ = steady_clock::now();
+      }
     }
   }
 }
@@ -103,6 +149,14 @@ void Pipeline::on_message(IngestMessage&& msg) {
       std::move(msg));
 }
 
+std::optional<Issue> Pipeline::budget_issue(const protocol::StartMsg& s, std::size_t energies) const {
+  const double bytes = scan_bytes(s.rows, s.cols, energies, s.xrf_channels.size(), refs_.size(), cfg_.fit.weighting == "poisson");
+  if (bytes <= cfg_.ingest.max_scan_GiB * 1073741824.0) return std::nullopt;
+  return Issue{"scan_too_large", "scan '" + s.scan_id + "' would need " + std::to_string(bytes / 1073741824.0) + " GiB (" +
+                                     std::to_string(energies) + " energies, " + std::to_string(s.xrf_channels.size()) +
+                                     " XRF channels), more than ingest.max_scan_GiB = " + std::to_string(cfg_.ingest.max_scan_GiB)};
+}
+
 void Pipeline::on_start(protocol::StartMsg&& s) {
   if (s.extend) {
     if (!scan_ || scan_->id() != s.scan_id) {
@@ -110,7 +164,10 @@ void Pipeline::on_start(protocol::StartMsg&& s) {
       report({"unknown_scan", "cannot extend scan '" + s.scan_id + "': it is not the current or last scan"}, s.scan_id);
       return;
     }
-    if (auto issue = scan_->extend(s, refs_)) {
+    // Checked before the store grows: an extended plan counts against the same budget.
+    auto issue = budget_issue(scan_->start(), scan_->energies().size() + s.energies_eV.size());
+    if (!issue) issue = scan_->extend(s, refs_);
+    if (issue) {
       counters_.add("ingest.rejected.start");
       report(*issue, s.scan_id);
       return;
@@ -129,14 +186,25 @@ void Pipeline::on_start(protocol::StartMsg&& s) {
            s.scan_id);
     return;
   }
-  // Store (float32 per sample) plus fit statistics (doubles per pixel): refuse what would not fit.
-  const double pixels = static_cast<double>(s.rows) * s.cols;
-  const double bytes = pixels * (4.0 * static_cast<double>(s.energies_eV.size()) + 8.0 * (refs_.size() + 4) + 64.0);
-  if (bytes > cfg_.ingest.max_scan_GiB * 1073741824.0) {
+  if (auto issue = budget_issue(s, s.energies_eV.size())) {
     counters_.add("ingest.rejected.start");
-    report({"scan_too_large", "start for scan '" + s.scan_id + "' needs " + std::to_string(bytes / 1073741824.0) +
-                                  " GiB, more than ingest.max_scan_GiB = " + std::to_string(cfg_.ingest.max_scan_GiB)},
-           s.scan_id);
+    report(*issue, s.scan_id);
+    return;
+  }
+  if (auto why = path_name_error(s.scan_id); !why.empty()) {
+    counters_.add("ingest.rejected.start");
+    report({"invalid_scan_id", "scan_id " + why}, "");
+    return;
+  }
+  for (const auto& ch : s.xrf_channels)
+    if (auto why = path_name_error(ch); !why.empty() || std::count(s.xrf_channels.begin(), s.xrf_channels.end(), ch) > 1) {
+      counters_.add("ingest.rejected.start");
+      report({"invalid_xrf_channels", why.empty() ? "XRF channel '" + ch + "' is named twice" : "XRF channel name " + why}, s.scan_id);
+      return;
+    }
+  if (auto issue = plan_issue(s.energies_eV)) {
+    counters_.add("ingest.rejected.start");
+    report(*issue, s.scan_id);
     return;
   }
   const auto id = s.scan_id;
@@ -183,8 +251,22 @@ void Pipeline::on_stop(protocol::StopMsg&& s) {
   finish_scan(cfg_.output.write_on_stop);
 }
 
+bool Pipeline::guarded(const char* code, const std::function<void()>& step) {
+  try {
+    step();
+    return true;
+  } catch (const std::exception& e) {
+    counters_.add("internal_errors");
+    report({code, e.what()}, scan_ ? scan_->id() : "");
+  } catch (...) {
+    counters_.add("internal_errors");
+    report({code, "unknown exception"}, scan_ ? scan_->id() : "");
+  }
+  return false;
+}
+
 void Pipeline::finish_scan(bool write_file) {
-  publish_cycle(true);
+  guarded("publish_failed", [&] { publish_cycle(true); });  // the result file is still written
   spdlog::info("scan {} {} ({}): {} frames applied", scan_->id(), to_string(scan_->state()), scan_->stop_reason(),
                scan_->frames_applied());
   if (write_file) {
@@ -200,14 +282,15 @@ void Pipeline::publish_cycle(bool final) {
   const auto solved = scan_->solve_changed(solve_threads(cfg_));
   // Reference selection and segmentation cost more than a solve on big images: refreshed at most every
   // segment.interval_ms while the scan runs, always with the final maps.
-  const bool segment = final || last_segmentation_ == std::chrono::steady_clock::time_point{} ||
+  bool segment = final || last_segmentation_ == std::chrono::steady_clock::time_point{} ||
                        t0 >= last_segmentation_ + std::chrono::milliseconds(cfg_.segment.interval_ms);
   if (segment) {
-    scan_->update_reference_selection(solve_threads(cfg_));
-    scan_->update_segments(solve_threads(cfg_));
+    guarded("reference_selection_failed", [&] { scan_->update_reference_selection(solve_threads(cfg_)); });
+    // A failed segmentation costs its own products (not published this cycle), not the maps.
+    segment = guarded("segmentation_failed", [&] { scan_->update_segments(solve_threads(cfg_)); });
     last_segmentation_ = std::chrono::steady_clock::now();
   }
-  if (final) scan_->compute_edge_maps(solve_threads(cfg_));
+  if (final) guarded("edge_maps_failed", [&] { scan_->compute_edge_maps(solve_threads(cfg_)); });
   ++version_;
   for (auto& m : make_map_messages(*scan_, version_, final, segment)) publisher_.publish(std::move(m));
   update_status();
@@ -223,18 +306,26 @@ void Pipeline::publish_cycle(bool final) {
 void Pipeline::refresh_finished_scan() {
   // A finished scan refitted (new references or settings): publish its new final maps and,
   // if the scan wrote a result file at stop, rewrite it so file and maps agree.
-  publish_cycle(true);
+  guarded("publish_failed", [&] { publish_cycle(true); });
   if (!result_file_.empty()) {
-    const auto reply = save(result_file_);
+    const auto reply = save_to(result_file_);
     if (!reply.value("ok", false)) report({"save_failed", reply.value("error", "")}, scan_->id());
   }
 }
 
-nlohmann::json Pipeline::save(const std::string& path) {
+nlohmann::json Pipeline::save(const std::string& requested) {
   if (!scan_) return {{"ok", false}, {"error", "no scan to save"}};
-  scan_->solve_changed(solve_threads(cfg_));
-  const std::filesystem::path out = path.empty() ? cfg_.output.directory / (scan_->id() + ".h5") : std::filesystem::path(path);
   try {
+    return save_to(result_path(cfg_.output.directory, requested, scan_->id()));
+  } catch (const std::invalid_argument& e) {
+    counters_.add("control.rejected.path");
+    return {{"ok", false}, {"code", "invalid_path"}, {"error", e.what()}};
+  }
+}
+
+nlohmann::json Pipeline::save_to(const std::filesystem::path& out) {
+  try {
+    scan_->solve_changed(solve_threads(cfg_));
     write_result_file(out, *scan_, cfg_.effective, counters_.to_json(), cfg_.output.save_spectra);
   } catch (const std::exception& e) {
     return {{"ok", false}, {"error", "cannot write '" + out.string() + "': " + e.what()}};

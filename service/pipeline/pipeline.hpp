@@ -5,6 +5,7 @@
 #pragma once
 
 #include <atomic>
+#include <functional>
 #include <future>
 #include <memory>
 #include <mutex>
@@ -42,13 +43,22 @@ class Pipeline {
   void run(std::stop_token stop);
   void on_message(IngestMessage&& msg);
   void on_start(protocol::StartMsg&& s);
+  // scan_too_large when a scan shaped as `s` with `energies` planned energies would exceed
+  // ingest.max_scan_GiB (store, fit statistics, XRF, count scales), checked before allocating.
+  std::optional<Issue> budget_issue(const protocol::StartMsg& s, std::size_t energies) const;
   void on_frame(protocol::FrameMsg&& f);
   void on_stop(protocol::StopMsg&& s);
   void finish_scan(bool write_file);
+  // Runs one step of the pipeline's loop (a publication cycle, a segmentation, a save …): an
+  // exception becomes an issue `code` on the errors topic and a counter, never std::terminate.
+  // Returns false when the step threw.
+  bool guarded(const char* code, const std::function<void()>& step);
   void publish_cycle(bool final);
   void update_status();
   nlohmann::json handle(const nlohmann::json& request);
-  nlohmann::json save(const std::string& path);
+  // `save`: a path relative to output.directory (empty: <scan_id>.h5), refused outside it.
+  nlohmann::json save(const std::string& requested);
+  nlohmann::json save_to(const std::filesystem::path& out);
   void refresh_finished_scan();
 
   Config cfg_;
@@ -59,6 +69,7 @@ class Pipeline {
   std::unique_ptr<Scan> scan_;  // the running scan, or the last one (for save)
   std::int64_t version_ = 0;
   std::string result_file_;  // last result file written for scan_, for status
+  std::string output_error_;  // why output.directory cannot take result files (checked at start-up), or empty
   bool changed_since_publish_ = false;
   std::chrono::steady_clock::time_point last_publish_{};
   std::chrono::steady_clock::duration last_cycle_{};  // how long the last publication cycle took
@@ -66,6 +77,11 @@ class Pipeline {
   std::int64_t energies_version_ = 0;
   std::chrono::steady_clock::time_point last_segmentation_{};  // of the current scan  // energy selections published since start
 
+  static constexpr int kLogLinesPerSecond = 20;
+  std::mutex log_mutex_;  // guards the log rate limit below (report runs on any thread)
+  std::chrono::steady_clock::time_point log_window_{};
+  int log_lines_ = 0;
+  std::int64_t log_suppressed_ = 0;
   std::mutex commands_mutex_;  // guards commands_
   std::deque<std::shared_ptr<Command>> commands_;
   mutable std::mutex status_mutex_;  // guards status_

@@ -1,6 +1,8 @@
 #include "scan/scan.hpp"
 
+#include <algorithm>
 #include <cmath>
+#include <functional>
 #include <sstream>
 
 #include <thread>
@@ -65,6 +67,27 @@ std::string to_string(ScanState s) {
     case ScanState::aborted: return "aborted";
   }
   return "?";
+}
+
+double scan_bytes(int rows, int cols, std::size_t energies, std::size_t xrf_channels, std::size_t references,
+                  bool poisson_weighting) {
+  const double pixels = static_cast<double>(rows) * cols, E = static_cast<double>(energies);
+  return pixels * (4.0 * E * (poisson_weighting ? 2 : 1) + 8.0 * (static_cast<double>(references) + 4) + 64.0 +
+                   4.0 * static_cast<double>(xrf_channels));
+}
+
+std::optional<Issue> plan_issue(const std::vector<double>& e) {
+  for (std::size_t i = 0; i < e.size(); ++i)
+    if (!std::isfinite(e[i]) || !(e[i] > 0) || e[i] > 1e6) {
+      std::ostringstream m;
+      m << "planned energy " << i << " = " << e[i] << " eV is not a finite energy in (0, 10^6] eV";
+      return Issue{"invalid_plan", m.str()};
+    }
+  // The background a + b·(E − E0) alone needs two distinct energies; all equal fits nothing.
+  if (std::adjacent_find(e.begin(), e.end(), std::not_equal_to<>()) == e.end())
+    return Issue{"invalid_plan", "the plan has " + std::to_string(e.size()) +
+                                     " energies but fewer than 2 distinct ones: nothing can be fitted"};
+  return std::nullopt;
 }
 
 namespace {
@@ -133,8 +156,13 @@ void Scan::build_fit() {
 std::optional<Issue> Scan::extend(const protocol::StartMsg& more, const std::vector<science::Reference>& refs) {
   if (more.rows != start_.rows || more.cols != start_.cols || more.mode != start_.mode)
     return Issue{"bad_extension", "extension of scan '" + id() + "' must keep its shape and mode"};
-  if (start_.energies_eV.size() + more.energies_eV.size() > 4096)
-    return Issue{"bad_extension", "extension would make more than 4096 energies"};
+  if (start_.energies_eV.size() + more.energies_eV.size() > static_cast<std::size_t>(protocol::kMaxEnergies))
+    return Issue{"bad_extension", "extension would make more than " + std::to_string(protocol::kMaxEnergies) + " energies"};
+  {
+    auto plan = start_.energies_eV;
+    plan.insert(plan.end(), more.energies_eV.begin(), more.energies_eV.end());
+    if (auto issue = plan_issue(plan)) return issue;
+  }
   const std::size_t added = more.energies_eV.size() * npix_;
   start_.energies_eV.insert(start_.energies_eV.end(), more.energies_eV.begin(), more.energies_eV.end());
   store_.resize(store_.size() + added, NAN);
@@ -238,17 +266,6 @@ FrameOutcome Scan::apply(protocol::FrameMsg& f) {
     out.issues.push_back(*issue);
     return out;
   }
-  // Sequence bookkeeping: gaps are flagged, the frame is still applied.
-  if (f.seq > max_seq_ + 1) {
-    std::ostringstream m;
-    m << "missing seq " << max_seq_ + 1 << (f.seq - 1 > max_seq_ + 1 ? ".." + std::to_string(f.seq - 1) : "")
-      << " before seq " << f.seq;
-    out.issues.push_back({"missing_seq", m.str()});
-  }
-  seqs_seen_.insert(f.seq);
-  max_seq_ = std::max(max_seq_, f.seq);
-  last_seq_ = f.seq;
-
   const std::size_t n = f.counts.size();
   // Zero-copy when the detector already sends native float32; converted otherwise.
   std::vector<float> converted;
@@ -268,6 +285,19 @@ FrameOutcome Scan::apply(protocol::FrameMsg& f) {
   if (f.i0) i0 = to_floats(*f.i0);
   if (f.dark) dark = to_floats(*f.dark);
   if (f.flat) flat = to_floats(*f.flat);
+  const auto x = f.xrf ? to_floats(*f.xrf) : std::vector<float>{};
+  // Sequence bookkeeping only now that every conversion that can throw is done: a frame that
+  // fails before storing anything must not make the genuine frame with its seq a duplicate.
+  // Gaps are flagged, the frame is still applied.
+  if (f.seq > max_seq_ + 1) {
+    std::ostringstream m;
+    m << "missing seq " << max_seq_ + 1 << (f.seq - 1 > max_seq_ + 1 ? ".." + std::to_string(f.seq - 1) : "")
+      << " before seq " << f.seq;
+    out.issues.push_back({"missing_seq", m.str()});
+  }
+  seqs_seen_.insert(f.seq);
+  max_seq_ = std::max(max_seq_, f.seq);
+  last_seq_ = f.seq;
   const double i0_scalar = f.i0_scalar.value_or(1.0);
   const bool transmission = start_.mode == Mode::transmission;
   const int e = f.energy_index;
@@ -318,7 +348,6 @@ FrameOutcome Scan::apply(protocol::FrameMsg& f) {
     ++out.samples_stored;
   }
   if (f.xrf) {
-    const auto x = to_floats(*f.xrf);
     for (std::size_t ch = 0; ch < start_.xrf_channels.size(); ++ch)
       for (std::size_t i = 0; i < n; ++i) xrf_[ch * npix_ + pixel_of(i)] = x[ch * n + i];
   }

@@ -57,6 +57,15 @@ int solve_threads(const Config& cfg);
 // The reference selection's report as published (`references` topic), in status and in the result file.
 nlohmann::json to_json(const science::ReferenceSelection& s);
 
+// Why a plan of energies cannot be fitted (non-finite or non-positive energies, fewer than two
+// distinct ones), or nothing. Checked at start and for an extended plan, before any allocation.
+std::optional<Issue> plan_issue(const std::vector<double>& energies_eV);
+
+// What a scan of this size allocates (ingest.max_scan_GiB covers all of it): the float32 store,
+// the fit statistics per pixel (doubles), the XRF channels, and the Poisson count scales.
+double scan_bytes(int rows, int cols, std::size_t energies, std::size_t xrf_channels, std::size_t references,
+                  bool poisson_weighting);
+
 enum class ScanState { running, stopped, aborted };
 std::string to_string(ScanState s);
 

@@ -1,5 +1,12 @@
 #include "science/references.hpp"
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
 #include "science/edge_normalize.hpp"
 
 #include <algorithm>
@@ -78,9 +85,39 @@ EnergyUnit energy_unit_from_string(const std::string& s) {
   throw ReferenceError("energy unit must be 'auto', 'eV' or 'keV', got '" + s + "'");
 }
 
+namespace {
+
+// The control socket names these files: opened without blocking (a FIFO or a device never
+// stalls the pipeline), checked on the open descriptor to be a regular file of bounded size,
+// then read whole. Errors name the path, never what is in it.
+std::string read_reference_text(const std::filesystem::path& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) throw ReferenceError("cannot open reference file '" + path.string() + "': " + std::strerror(errno));
+  struct Closer {
+    int fd;
+    ~Closer() { ::close(fd); }
+  } closer{fd};
+  struct stat st {};
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode))
+    throw ReferenceError("reference file '" + path.string() + "' is not a regular file");
+  if (st.st_size > kMaxReferenceFileBytes)
+    throw ReferenceError("reference file '" + path.string() + "' is larger than " + std::to_string(kMaxReferenceFileBytes >> 20) + " MiB");
+  std::string text(static_cast<std::size_t>(st.st_size), '\0');
+  std::size_t got = 0;
+  while (got < text.size()) {
+    const auto n = ::read(fd, text.data() + got, text.size() - got);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    got += static_cast<std::size_t>(n);
+  }
+  text.resize(got);
+  return text;
+}
+
+}  // namespace
+
 std::vector<Reference> load_reference_file(const std::filesystem::path& path, NormalizeMode normalize, EnergyUnit unit) {
-  std::ifstream in(path);
-  if (!in) throw ReferenceError("cannot open reference file '" + path.string() + "'");
+  std::istringstream in(read_reference_text(path));
   std::map<int, std::string> xdi_columns;  // XDI "# Column.N: name"
   std::string last_comment, declared_name, line;
   EnergyUnit declared_unit = EnergyUnit::automatic;
@@ -136,7 +173,7 @@ std::vector<Reference> load_reference_file(const std::filesystem::path& path, No
     }
     if (!bad.empty()) {
       if (rows.empty()) continue;  // a header line without '#' (e.g. "=====") before the data
-      throw ReferenceError(path.string() + ":" + std::to_string(lineno) + ": '" + bad + "' is not a number");
+      throw ReferenceError(path.string() + ":" + std::to_string(lineno) + ": a value is not a number");  // not quoted: no file contents in errors
     }
     if (!rows.empty() && vals.size() != rows.front().size())
       throw ReferenceError(path.string() + ":" + std::to_string(lineno) + ": " + std::to_string(vals.size()) +
@@ -195,6 +232,7 @@ double interpolate(const std::vector<double>& x, const std::vector<double>& y, d
 Eigen::MatrixXd resample(const std::vector<Reference>& refs, const std::vector<double>& energies_eV,
                          double margin_eV) {
   if (refs.empty()) throw ReferenceError("no references loaded");
+  if (energies_eV.empty()) throw ReferenceError("no energies to resample the references onto");
   const auto [lo, hi] = std::minmax_element(energies_eV.begin(), energies_eV.end());
   Eigen::MatrixXd out(static_cast<Eigen::Index>(energies_eV.size()), static_cast<Eigen::Index>(refs.size()));
   for (std::size_t k = 0; k < refs.size(); ++k) {

@@ -39,6 +39,9 @@ EnergyUnit energy_unit_from_string(const std::string& s);  // "auto", "eV", "keV
 
 // unit: declared by the caller, or (automatic) declared in the file (XDI "Column.1: energy keV",
 // a header line "# ... units: keV"), or detected (all energies below 100 → keV).
+// The file must be a regular file of at most kMaxReferenceFileBytes (never a FIFO or a device);
+// errors name the path and line, never the file's contents.
+inline constexpr long kMaxReferenceFileBytes = 64L << 20;
 std::vector<Reference> load_reference_file(const std::filesystem::path& path,
                                            NormalizeMode normalize = NormalizeMode::automatic,
                                            EnergyUnit unit = EnergyUnit::automatic);

@@ -26,7 +26,10 @@ class Normalization {
       return;
     } catch (const std::exception&) {
     }
-    const double e0 = params.e0 ? *params.e0 : find_e0(e, mean);
+    // find_e0 needs 5 points; with 4 energies in use the steepest rise over what there is.
+    const double e0 = params.e0          ? *params.e0
+                      : e.size() >= 5 ? find_e0(e, mean)
+                                      : edge_energy(e, Eigen::Map<const Eigen::VectorXd>(mean.data(), static_cast<Eigen::Index>(mean.size())));
     for (std::size_t j = 0; j < e.size(); ++j)
       if (e[j] < e0 - 10.0) pre_.push_back(j);
   }

@@ -1,6 +1,10 @@
 #include "store/result_file.hpp"
 
+#include <algorithm>
+#include <cctype>
 #include <chrono>
+#include <fstream>
+#include <stdexcept>
 #include <cmath>
 
 #include "store/h5.hpp"
@@ -20,8 +24,10 @@ void write_scan_info(hid_t entry, const Scan& scan, const nlohmann::json& config
     h5::Handle ds(H5Dopen2(entry, "energy", H5P_DEFAULT), H5Dclose, "open energy");
     h5::attr_string(ds, "units", "eV");
   }
-  h5::write_string(entry, "config", config.dump(2));
-  h5::write_string(entry, "status", nlohmann::json{{"scan", scan.summary()}, {"counters", counters}}.dump(2));
+  // Replace, not throw, on invalid UTF-8 (a reference name from a file): the scan is worth more.
+  constexpr auto replace = nlohmann::json::error_handler_t::replace;
+  h5::write_string(entry, "config", config.dump(2, ' ', false, replace));
+  h5::write_string(entry, "status", nlohmann::json{{"scan", scan.summary()}, {"counters", counters}}.dump(2, ' ', false, replace));
 }
 
 void write_results(hid_t entry, const Scan& scan) {
@@ -182,10 +188,65 @@ void write_xrf(hid_t entry, const Scan& scan) {
 
 }  // namespace
 
+std::string path_name_error(std::string_view name) {
+  if (name.empty() || name.size() > 128) return "must have 1 to 128 characters";
+  if (name.front() == '.') return "must not start with '.'";
+  for (unsigned char c : name)
+    if (!(std::isalnum(c) || c == '.' || c == '_' || c == '-') || c >= 0x80)
+      return "may only hold the characters A–Z a–z 0–9 . _ - (no separators, spaces, control characters or non-ASCII)";
+  return {};
+}
+
+std::filesystem::path result_path(const std::filesystem::path& directory, const std::string& requested,
+                                  const std::string& scan_id) {
+  const std::filesystem::path rel = requested.empty() ? std::filesystem::path(scan_id + ".h5") : std::filesystem::path(requested);
+  if (rel.is_absolute() || rel.has_root_name()) throw std::invalid_argument("save path must be relative to output.directory");
+  for (const auto& part : rel)
+    if (const auto why = path_name_error(part.string()); !why.empty())
+      throw std::invalid_argument("save path component '" + part.string().substr(0, 64) + "' " + why);
+  const auto root = std::filesystem::weakly_canonical(std::filesystem::absolute(directory));
+  const auto out = std::filesystem::weakly_canonical(root / rel);
+  // A symlink inside the folder must not lead out of it.
+  const auto [end, _] = std::mismatch(root.begin(), root.end(), out.begin(), out.end());
+  if (end != root.end()) throw std::invalid_argument("save path leads outside output.directory");
+  return out;
+}
+
+std::string output_directory_error(const std::filesystem::path& directory) {
+  std::error_code ec;
+  std::filesystem::create_directories(directory, ec);
+  if (ec) return "cannot create '" + directory.string() + "': " + ec.message();
+  const auto probe = directory / ".xanesd-write-probe";
+  const bool ok = static_cast<bool>(std::ofstream(probe) << "probe");
+  std::filesystem::remove(probe, ec);
+  return ok ? std::string() : "cannot write in '" + directory.string() + "'";
+}
+
+namespace {
+bool is_hdf5_file(const std::filesystem::path& p) {
+  static constexpr char kSignature[8] = {'\x89', 'H', 'D', 'F', '\r', '\n', '\x1a', '\n'};
+  if (!std::filesystem::is_regular_file(p)) return false;
+  char head[8] = {};
+  std::ifstream in(p, std::ios::binary);
+  return in.read(head, 8) && std::equal(head, head + 8, kSignature);
+}
+}  // namespace
+
 void write_result_file(const std::filesystem::path& path, const Scan& scan, const nlohmann::json& config,
                        const nlohmann::json& counters, bool save_spectra) {
   if (path.has_parent_path()) std::filesystem::create_directories(path.parent_path());
+  if (std::filesystem::exists(std::filesystem::symlink_status(path)) && !is_hdf5_file(path))
+    throw std::runtime_error("'" + path.string() + "' exists and is not an HDF5 file: not replaced");
   const auto tmp = path.string() + ".partial";
+  // Debris would fill the disk and make the next write fail: a failed write removes its own.
+  struct RemoveOnFailure {
+    std::string tmp;
+    bool armed = true;
+    ~RemoveOnFailure() {
+      std::error_code ec;
+      if (armed) std::filesystem::remove(tmp, ec);
+    }
+  } cleanup{tmp};
   {
     auto file = h5::create_file(tmp);
     h5::attr_string(file, "default", "entry");
@@ -201,6 +262,7 @@ void write_result_file(const std::filesystem::path& path, const Scan& scan, cons
     write_xrf(entry, scan);
   }
   std::filesystem::rename(tmp, path);
+  cleanup.armed = false;
 }
 
 }  // namespace xanesd

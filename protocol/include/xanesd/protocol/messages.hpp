@@ -12,6 +12,11 @@
 
 namespace xanesd::protocol {
 
+// Wire limits: every integer a message carries is range-checked against these before use.
+inline constexpr std::int64_t kMaxPixels = std::int64_t{1} << 26;  // rows·cols of a scan
+inline constexpr std::int64_t kMaxEnergies = 4096;                 // planned energies of a scan
+inline constexpr std::int64_t kMaxSeq = std::int64_t{1} << 53;     // exact as a double (Python, JSON)
+
 enum class Mode { fluorescence, transmission };
 enum class Order { energy_major, pixel_major };
 std::string to_string(Mode m);

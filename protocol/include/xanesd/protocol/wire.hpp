@@ -115,7 +115,12 @@ bool send(zmq::socket_ref socket, WireMessage&& msg, bool dontwait = false);
 // Typed accessors for headers with errors that name the key.
 const nlohmann::json& require(const nlohmann::json& header, const char* key);
 std::string require_string(const nlohmann::json& header, const char* key);
+// Any int64 (a msgpack uint above INT64_MAX is refused, never wrapped).
 std::int64_t require_int(const nlohmann::json& header, const char* key);
+// An integer in [lo, hi]; every wire integer that becomes an int, a size or an index goes
+// through here, so narrowing casts after it cannot truncate.
+std::int64_t require_int_in(const nlohmann::json& header, const char* key, std::int64_t lo, std::int64_t hi);
+std::int64_t checked_int(const nlohmann::json& v, const std::string& what, std::int64_t lo, std::int64_t hi);
 double require_number(const nlohmann::json& header, const char* key);
 
 }  // namespace xanesd::protocol
