@@ -136,6 +136,8 @@ struct Options {
   std::vector<int> keepup_samples = {2000, 20000, 200000};
   int threads = 2;
   std::uint64_t seed = 1;
+  double smoothing = -1;  // keepup: segment.smoothing (−1: the default)
+  int merge = -1;         // keepup: segment.merge 0/1 (−1: the default)
 };
 
 void features_part(const Options& o, const std::vector<Reference>& refs, const std::vector<double>& hxn) {
@@ -313,6 +315,8 @@ void keepup_part(const Options& o, const std::vector<Reference>& refs, const std
       SegmentationSettings ss = base.segment;
       ss.sample = sample;
       ss.seed = o.seed;
+      if (o.smoothing >= 0) ss.smoothing = o.smoothing;
+      if (o.merge >= 0) ss.merge = o.merge != 0;
       OnlineSegmenter seg(ss);
       t0 = Clock::now();
       seg.update(in);
@@ -468,6 +472,8 @@ int main(int argc, char** argv) try {
     else if (a == "--keepup-size") o.keepup_size = std::stoi(next());
     else if (a == "--keepup-energies") o.keepup_energies = parse_ints(next());
     else if (a == "--keepup-samples") o.keepup_samples = parse_ints(next());
+    else if (a == "--segment-smoothing") o.smoothing = std::stod(next());
+    else if (a == "--segment-merge") o.merge = std::stoi(next());
     else if (a == "--scene-counts") o.scene_counts = parse_ints(next());
     else if (a == "--scene-seeds") o.scene_seeds = parse_ints(next());
     else if (a == "--threads") o.threads = std::stoi(next());
@@ -477,7 +483,8 @@ int main(int argc, char** argv) try {
           "usage: bench_segment [--out DIR] [--only features|keepup|scene] [--sizes 256,1024] [--noisy-sizes 1024|none]\n"
           "                     [--noisy-counts 100] [--repeats 3]\n"
           "                     [--keepup-size 2048] [--keepup-energies 25,73] [--keepup-samples 2000,20000,200000]\n"
-          "                     [--scene-counts 5000,500] [--scene-seeds 1,2,3] [--threads 2] [--seed 1]\n");
+          "                     [--scene-counts 5000,500] [--scene-seeds 1,2,3] [--threads 2] [--seed 1]\n"
+          "                     [--segment-smoothing X] [--segment-merge 0|1] (keep-up: settings other than the defaults)\n");
       return 0;
     } else throw std::runtime_error("unknown option '" + a + "'");
   }
