@@ -121,7 +121,12 @@ double ari_on_material(const std::vector<std::uint8_t>& labels, const std::vecto
 
 struct Options {
   fs::path out;
-  bool features = true, keepup = true;
+  bool features = true, keepup = true, scene = true;
+  // scene part: 155×160 scene-layout scans (Voronoi domains drifting toward a second species,
+  // thin disk, one-pixel stripe) of the four scene species, at these counts and seeds.
+  std::vector<int> scene_counts = {5000, 500};
+  std::vector<int> scene_seeds = {1, 2, 3};
+  int scene_rows = 155, scene_cols = 160;
   std::vector<int> sizes = {256, 1024};
   std::vector<int> noisy_sizes = {1024};  // again at --noisy-counts: clusters that overlap
   double noisy_counts = 100;
@@ -131,6 +136,8 @@ struct Options {
   std::vector<int> keepup_samples = {2000, 20000, 200000};
   int threads = 2;
   std::uint64_t seed = 1;
+  double smoothing = -1;  // keepup: segment.smoothing (−1: the default)
+  int merge = -1;         // keepup: segment.merge 0/1 (−1: the default)
 };
 
 void features_part(const Options& o, const std::vector<Reference>& refs, const std::vector<double>& hxn) {
@@ -308,6 +315,8 @@ void keepup_part(const Options& o, const std::vector<Reference>& refs, const std
       SegmentationSettings ss = base.segment;
       ss.sample = sample;
       ss.seed = o.seed;
+      if (o.smoothing >= 0) ss.smoothing = o.smoothing;
+      if (o.merge >= 0) ss.merge = o.merge != 0;
       OnlineSegmenter seg(ss);
       t0 = Clock::now();
       seg.update(in);
@@ -337,6 +346,106 @@ void keepup_part(const Options& o, const std::vector<Reference>& refs, const std
   }
 }
 
+const std::vector<std::string> kSceneSpecies = {"Magnetite", "Goethite", "Pyrite", "Hematite_NP"};
+
+std::vector<Reference> pick(const std::vector<std::string>& names) {
+  const auto all = load_reference_file(kRefs / "fe_k_library_normalized.nor");
+  std::vector<Reference> out;
+  for (const auto& n : names) {
+    auto it = std::find_if(all.begin(), all.end(), [&](const auto& r) { return r.name == n; });
+    if (it == all.end()) throw std::runtime_error("reference " + n + " not in the library");
+    out.push_back(*it);
+  }
+  return out;
+}
+
+// Stripe survival: the share of the one-pixel stripe's pixels labelled as their species is
+// labelled elsewhere (the label most pixels of that truth class carry): a stripe swallowed by
+// the domains it crosses scores 0.
+double stripe_survival(const std::vector<std::uint8_t>& labels, const sim::Scan& truth) {
+  std::map<int, std::map<int, int>> votes;
+  for (std::size_t p = 0; p < truth.pixels(); ++p)
+    if (truth.domains[p] > 0 && !truth.stripe[p]) ++votes[truth.domains[p]][labels[p]];
+  std::map<int, int> majority;
+  for (auto& [d, v] : votes)
+    majority[d] = std::max_element(v.begin(), v.end(), [](auto& x, auto& y) { return x.second < y.second; })->first;
+  int n = 0, ok = 0;
+  for (std::size_t p = 0; p < truth.pixels(); ++p)
+    if (truth.stripe[p] && truth.domains[p] > 0) ++n, ok += majority.count(truth.domains[p]) && labels[p] == majority[truth.domains[p]];
+  return n ? static_cast<double>(ok) / n : 0.0;
+}
+
+// Scene part: the realistic scene (issue 11 part 2) at each count level and seed, segmented by
+// the daemon's default (automatic k) and told k = the number of species; the automatic run's
+// features go to .npy for scikit-learn's KMeans(n_clusters = true k) on the same rows.
+void scene_part(const Options& o, const std::vector<double>& hxn) {
+  const auto refs = pick(kSceneSpecies);
+  const int K = static_cast<int>(refs.size());
+  std::printf("\n== scene: %d×%d scene-layout fluorescence scans (%d species, 73 HXN energies, background 0.002, I0 in 1e5 units), "
+              "ARI against the dominant-species map over material pixels\n",
+              o.scene_rows, o.scene_cols, K);
+  std::printf("  %7s %5s | %-28s | %-28s\n", "counts", "seed", "automatic k: k   ARI  stripe  s", "told k: ARI  stripe  s");
+  for (const int counts : o.scene_counts)
+    for (const int seed : o.scene_seeds) {
+      sim::Params p;
+      p.rows = o.scene_rows, p.cols = o.scene_cols;
+      p.energies_eV = hxn;
+      p.layout = sim::Params::Layout::scene;
+      p.counts = counts;
+      p.background = 0.002;
+      p.i0_units = 1e5;
+      p.seed = static_cast<std::uint64_t>(seed);
+      const auto truth = sim::simulate(refs, p);
+      const std::size_t P = truth.pixels();
+      ScanSettings settings = default_settings();
+      settings.segment.sample = static_cast<int>(P);  // the features of every labelled pixel, in pixel order
+      settings.segment.seed = o.seed;
+      auto scan = run_scan(truth, refs, settings);
+      auto t0 = Clock::now();
+      OnlineSegmenter seg(settings.segment);
+      seg.update(scan->segment_input(o.threads));
+      const double t_auto = since(t0);
+      const Segmentation r = seg.result();
+      if (!r.waiting.empty()) throw std::runtime_error("segmentation waiting: " + r.waiting);
+      SegmentationSettings told = settings.segment;
+      told.k = K;
+      OnlineSegmenter seg_k(told);
+      t0 = Clock::now();
+      seg_k.update(scan->segment_input(o.threads));
+      const double t_told = since(t0);
+      const double ari = ari_on_material(r.labels, truth.domains), ari_k = ari_on_material(seg_k.result().labels, truth.domains);
+      const double st = stripe_survival(r.labels, truth), st_k = stripe_survival(seg_k.result().labels, truth);
+      const int k = static_cast<int>(r.clusters.size());
+      std::printf("  %7d %5d | %13d %6.4f %6.2f %5.3f | %12.4f %6.2f %5.3f\n", counts, seed, k, ari, st, t_auto, ari_k, st_k, t_told);
+      const std::string key = "scene_c" + std::to_string(counts) + "_s" + std::to_string(seed);
+      std::printf("RESULT cxx_%s_k=%d\nRESULT cxx_%s_ari_auto=%.6g\nRESULT cxx_%s_ari_told=%.6g\nRESULT cxx_%s_stripe_auto=%.6g\n"
+                  "RESULT cxx_%s_stripe_told=%.6g\nRESULT cxx_%s_auto_s=%.6g\n",
+                  key.c_str(), k, key.c_str(), ari, key.c_str(), ari_k, key.c_str(), st, key.c_str(), st_k, key.c_str(), t_auto);
+      if (!o.out.empty()) {
+        // Rows: the pixels the automatic run sampled (every pixel with material, in pixel order).
+        const FeatureMatrix& F = seg.sample_features();
+        std::vector<int> row_px, material_truth, seg_all, stripe;
+        for (std::size_t q = 0; q < P; ++q)
+          if (r.labels[q] != kBackground && r.labels[q] != kUnassigned) row_px.push_back(static_cast<int>(q));
+        if (row_px.size() != static_cast<std::size_t>(F.rows()))
+          throw std::runtime_error("scene: sample features do not match the labelled pixels");
+        for (std::size_t q = 0; q < P; ++q) {
+          material_truth.push_back(truth.domains[q]);
+          seg_all.push_back(r.labels[q]);
+          stripe.push_back(truth.stripe[q]);
+        }
+        bench::write_npy(o.out / (key + "_features.npy"), Eigen::MatrixXd(F));
+        bench::write_npy(o.out / (key + "_rows.npy"), column(row_px));
+        bench::write_npy(o.out / (key + "_truth.npy"), column(material_truth));
+        bench::write_npy(o.out / (key + "_stripe.npy"), column(stripe));
+        bench::write_npy(o.out / (key + "_segmenter_labels.npy"), column(seg_all));
+        nlohmann::json meta = {{"key", key}, {"counts", counts}, {"seed", seed}, {"k_true", K}, {"rows", p.rows}, {"cols", p.cols},
+                               {"ari_auto", ari}, {"ari_told", ari_k}, {"k_auto", k}, {"kmeans_seed", o.seed}};
+        std::ofstream(o.out / (key + "_scene.json")) << meta.dump(1) << "\n";
+      }
+    }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) try {
@@ -351,8 +460,8 @@ int main(int argc, char** argv) try {
     if (a == "--out") o.out = next();
     else if (a == "--only") {
       const auto v = next();
-      if (v != "features" && v != "keepup") throw std::runtime_error("--only takes features or keepup");
-      o.features = v == "features", o.keepup = v == "keepup";
+      if (v != "features" && v != "keepup" && v != "scene") throw std::runtime_error("--only takes features, keepup or scene");
+      o.features = v == "features", o.keepup = v == "keepup", o.scene = v == "scene";
     } else if (a == "--sizes") o.sizes = parse_ints(next());
     else if (a == "--noisy-sizes") {
       const auto v = next();
@@ -363,14 +472,19 @@ int main(int argc, char** argv) try {
     else if (a == "--keepup-size") o.keepup_size = std::stoi(next());
     else if (a == "--keepup-energies") o.keepup_energies = parse_ints(next());
     else if (a == "--keepup-samples") o.keepup_samples = parse_ints(next());
+    else if (a == "--segment-smoothing") o.smoothing = std::stod(next());
+    else if (a == "--segment-merge") o.merge = std::stoi(next());
+    else if (a == "--scene-counts") o.scene_counts = parse_ints(next());
+    else if (a == "--scene-seeds") o.scene_seeds = parse_ints(next());
     else if (a == "--threads") o.threads = std::stoi(next());
     else if (a == "--seed") o.seed = std::stoull(next());
     else if (a == "-h" || a == "--help") {
       std::printf(
-          "usage: bench_segment [--out DIR] [--only features|keepup] [--sizes 256,1024] [--noisy-sizes 1024|none]\n"
+          "usage: bench_segment [--out DIR] [--only features|keepup|scene] [--sizes 256,1024] [--noisy-sizes 1024|none]\n"
           "                     [--noisy-counts 100] [--repeats 3]\n"
           "                     [--keepup-size 2048] [--keepup-energies 25,73] [--keepup-samples 2000,20000,200000]\n"
-          "                     [--threads 2] [--seed 1]\n");
+          "                     [--scene-counts 5000,500] [--scene-seeds 1,2,3] [--threads 2] [--seed 1]\n"
+          "                     [--segment-smoothing X] [--segment-merge 0|1] (keep-up: settings other than the defaults)\n");
       return 0;
     } else throw std::runtime_error("unknown option '" + a + "'");
   }
@@ -382,6 +496,7 @@ int main(int argc, char** argv) try {
   const auto hxn = sim::read_energies_file(kRefs / "fe_k_energies_hxn.txt");
   if (o.features) features_part(o, refs, hxn);
   if (o.keepup) keepup_part(o, refs, hxn);
+  if (o.scene) scene_part(o, hxn);
   return 0;
 } catch (const std::exception& e) {
   std::fprintf(stderr, "bench_segment: %s\n", e.what());

@@ -5,7 +5,7 @@
 # adjusted Rand indices; then whether one segmentation update keeps up with a 2048² scan.
 # A benchmark, not a test: it always exits 0. See bench/README.md.
 #
-#   bench/run_segment_benchmark.sh [--repeats N] [--sizes 256,1024] [--only features|keepup] [-- bench_segment options]
+#   bench/run_segment_benchmark.sh [--repeats N] [--sizes 256,1024] [--only features|keepup|scene] [-- bench_segment options]
 #
 # Environment: XANESD_BUILD_DIR (default <repo>/build), XANESD_PYTHON (default /usr/bin/python3,
 # Debian's, with numpy and scikit-learn), XANESD_SKIP_BUILD=1 to use the existing binary,
@@ -34,9 +34,14 @@ bench_out_dir
 bench_machine_line before
 "$BIN" --out "$OUT" --repeats "$REPEATS" "${ARGS[@]}" | tee "$OUT/xanesd.txt" || { echo "run_segment_benchmark: bench_segment failed"; exit 0; }
 : > "$OUT/sklearn.txt"
-if [ "$ONLY" != keepup ]; then
+if [ "$ONLY" != keepup ] && [ "$ONLY" != scene ]; then
   echo
   "$PY" "$ROOT/bench/sklearn_kmeans_baseline.py" "$OUT" --repeats "$REPEATS" | tee "$OUT/sklearn.txt" || { echo "run_segment_benchmark: the scikit-learn side failed"; exit 0; }
+fi
+if [ "$ONLY" != keepup ] && [ "$ONLY" != features ]; then
+  echo
+  # The realistic scenes: scikit-learn KMeans told the true k on the same features.
+  "$PY" "$ROOT/bench/sklearn_scene_baseline.py" "$OUT" | tee -a "$OUT/sklearn.txt" || echo "run_segment_benchmark: the scikit-learn scene side failed"
 fi
 echo
 bench_machine_line after

@@ -59,6 +59,9 @@ const std::vector<ConfigKey>& config_keys() {
       {"segment.k", 0, "number of clusters (domains with material); 0: the smallest k whose within-cluster scatter of the measured features (spectral, XRF) is at most segment.noise_ratio × their noise (k = 1 when the image's own scatter is), re-judged at each update; the previous clusters are kept while they pass and one fewer would not", 0, 254, true},
       {"segment.k_max", 6, "largest k the automatic choice considers", 2, 254, true},
       {"segment.noise_ratio", 1.3, "automatic k: largest within-cluster scatter per measured feature (PCA scores, XRF), as a multiple of the noise (half the squared feature difference of adjacent pixels, median); larger: fewer clusters", 1, 100, true},
+      {"segment.merge", true, "automatic k groups its k-means clusters (up to 2·segment.k_max) into domains: clusters whose pixels fill the segment between their centres (one cloud), and, with references and no XRF/position features, clusters whose mean spectra have the same majority reference (≥ 50 %) and together need at most two references (≥ segment.merge_fraction) or the same ones: one composition drifting smoothly is one domain. false: each cluster is a domain", -1e300, 1e300, true},
+      {"segment.merge_fraction", 0.05, "automatic k with segment.merge: a reference is needed by a cluster's mean spectrum when its fraction is at least this", 0.001, 0.5, true},
+      {"segment.smoothing", 1.0, "spatially coherent labels: Potts prior over 4-neighbours (ICM), cost per neighbour in another domain in units of the data term's log-likelihood, whose noise is measured per pixel (∝ 1/edge size: thin, noisy pixels follow their neighbours; a one-pixel line keeps its own spectrum's label); 0: off", 0, 100, true},
       {"segment.components", 0, "PCA components used as spectral features; 0: enough to explain segment.variance, at most the components above the noise floor and segment.max_components", 0, 64, true},
       {"segment.variance", 0.99, "explained-variance target for the automatic number of components", 0.5, 1, true},
       {"segment.max_components", 8, "cap on the automatic number of components", 1, 64, true},
@@ -167,6 +170,9 @@ Config build(const nlohmann::json& flat, const std::filesystem::path& base_dir) 
   c.segment.k = integer("segment.k");
   c.segment.k_max = integer("segment.k_max");
   c.segment.noise_ratio = num("segment.noise_ratio");
+  c.segment.merge = flat.at("segment.merge").get<bool>();
+  c.segment.merge_fraction = num("segment.merge_fraction");
+  c.segment.smoothing = num("segment.smoothing");
   c.segment.components = integer("segment.components");
   c.segment.variance = num("segment.variance");
   c.segment.max_components = integer("segment.max_components");

@@ -1,6 +1,7 @@
 #include "science/segmentation.hpp"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <map>
 #include <stdexcept>
@@ -615,7 +616,8 @@ Clustering choose_clustering(const Rows& F, Clustering kept, const ScatterRatio&
     if (k_prev == settings.k) return kept;
     return fresh_kmeans(F, settings.k, rng);
   }
-  const int k_max = std::max(2, settings.k_max);
+  // With merging, the k-means clusters are bins grouped into domains afterwards: up to 2·k_max.
+  const int k_max = std::min(254, std::max(2, settings.k_max) * (settings.merge ? 2 : 1));
   const double tau = settings.noise_ratio;
   // Search upwards from `from` for the first k that passes (k_max if none does).
   auto first_passing = [&](int from) {
@@ -648,13 +650,134 @@ Clustering choose_clustering(const Rows& F, Clustering kept, const ScatterRatio&
 // clusters; a new clustering inherits ids by overlap, so a domain keeps its id and colour
 // while the map refines. previous_of_sample: the sampled pixels' previous labels (empty on a
 // cold start).
-Clustering cluster_sample(const Rows& F, const std::vector<std::uint8_t>& previous_of_sample, const ScatterRatio& ratio,
-                          const SegmentationSettings& settings, Rng& rng, int& next_id) {
-  Clustering cl = choose_clustering(F, previous_clustering(F, previous_of_sample), ratio, settings, rng);
-  if (cl.ids.size() != static_cast<std::size_t>(cl.centroids.rows())) inherit_ids(cl, previous_of_sample, next_id);
-  cl.silhouette = silhouette(F, cl.assign, static_cast<int>(cl.ids.size()), kSilhouetteSample);
-  return cl;
+Clustering cluster_sample(const Rows& F, const std::vector<std::uint8_t>& previous_bins_of_sample, const ScatterRatio& ratio,
+                          const SegmentationSettings& settings, Rng& rng) {
+  return choose_clustering(F, previous_clustering(F, previous_bins_of_sample), ratio, settings, rng);
 }
+
+// Domains: the k-means bins grouped (merge_bins); group per bin row, ids per group.
+struct Domains {
+  std::vector<int> group;  // per bin (centroid row): its domain, 0..count−1
+  int count = 0;
+  std::vector<int> ids;    // per domain: its cluster id
+};
+
+Domains identity_domains(const Clustering& bins) {
+  Domains d;
+  d.count = static_cast<int>(bins.centroids.rows());
+  for (int i = 0; i < d.count; ++i) d.group.push_back(i);
+  return d;
+}
+
+// The filled-segment test of two bins: project their pixels on the segment between the centres
+// (t = 0 at bin a, 1 at bin b) and compare the density in its middle fifth with that near the
+// less populated end. One continuous cloud that k-means cut (noise, or a composition that
+// drifts continuously through both) fills the middle; two distinct compositions leave it
+// nearly empty (two blobs 4σ apart: ~0.14; a uniform gradient: ~1).
+double fill_ratio(const Rows& F, const Clustering& bins, int a, int b) {
+  const Eigen::Index d = F.cols();
+  const Eigen::RowVectorXd ca = bins.centroids.row(a), v = bins.centroids.row(b) - ca;
+  const double vv = v.squaredNorm();
+  if (!(vv > 0)) return INFINITY;
+  std::size_t mid = 0, end_a = 0, end_b = 0;
+  for (Eigen::Index i = 0; i < F.rows(); ++i) {
+    const int l = bins.assign[static_cast<std::size_t>(i)];
+    if (l != a && l != b) continue;
+    double t = 0;
+    const double* x = F.data() + i * d;
+    for (Eigen::Index j = 0; j < d; ++j) t += (x[j] - ca(j)) * v(j);
+    t /= vv;
+    mid += t > 0.4 && t < 0.6;
+    end_a += t > -0.1 && t < 0.1;
+    end_b += t > 0.9 && t < 1.1;
+  }
+  return static_cast<double>(mid) / static_cast<double>(std::max<std::size_t>(1, std::min(end_a, end_b)));
+}
+
+constexpr double kFillMerge = 0.3;
+
+void fit_mean(const Eigen::VectorXd& mu, const Eigen::MatrixXd& Xu, const SegmentInput& in, ClusterSummary& s);
+
+// Groups the bins into domains (automatic k): union of pairs whose segment is filled
+// (fill_ratio), and, with references, of bins whose mean spectra need the same references
+// (the LCF support of each bin's mean, fractions ≥ merge_fraction: a composition drifting
+// smoothly between the same species, whereas a domain of other species, or of one species
+// more or fewer, needs a different set).
+Domains merge_bins(const Rows& F, const Clustering& bins, const Rows& Y, const std::vector<double>& sizes, const Normalization& norm,
+                   const Eigen::MatrixXd& Xu, const SegmentInput& in, double merge_fraction, bool chemistry) {
+  const int k = static_cast<int>(bins.centroids.rows());
+  std::vector<int> parent(static_cast<std::size_t>(k));
+  for (int i = 0; i < k; ++i) parent[static_cast<std::size_t>(i)] = i;
+  auto find = [&](int a) {
+    while (parent[static_cast<std::size_t>(a)] != a) a = parent[static_cast<std::size_t>(a)] = parent[static_cast<std::size_t>(parent[static_cast<std::size_t>(a)])];
+    return a;
+  };
+  auto unite = [&](int a, int b) { parent[static_cast<std::size_t>(find(a))] = find(b); };
+  // Chemistry: each bin's mean spectrum (spectra brought to a common edge size) fitted.
+  std::vector<std::vector<int>> support(static_cast<std::size_t>(k));
+  std::vector<int> dominant(static_cast<std::size_t>(k), -1);
+  if (Xu.size() > 0) {
+    Eigen::MatrixXd sum = Eigen::MatrixXd::Zero(Y.cols(), k);
+    std::vector<std::size_t> count(static_cast<std::size_t>(k), 0);
+    for (Eigen::Index i = 0; i < Y.rows(); ++i) {
+      const int l = bins.assign[static_cast<std::size_t>(i)];
+      sum.col(l) += Y.row(i).transpose() / sizes[static_cast<std::size_t>(i)];
+      ++count[static_cast<std::size_t>(l)];
+    }
+    for (int c = 0; c < k; ++c) {
+      if (count[static_cast<std::size_t>(c)] < 3) continue;
+      const Eigen::VectorXd raw = sum.col(c) / static_cast<double>(count[static_cast<std::size_t>(c)]);
+      Eigen::VectorXd mu(raw.size());
+      if (!(norm.normalize(raw.data(), mu.data()) > 0)) continue;
+      ClusterSummary s;
+      fit_mean(mu, Xu, in, s);
+      if (!s.fitted) continue;
+      for (std::size_t r = 0; r < s.fractions.size(); ++r) {
+        if (s.fractions[r] >= merge_fraction) support[static_cast<std::size_t>(c)].push_back(static_cast<int>(r));
+        if (s.fractions[r] >= 0.5) dominant[static_cast<std::size_t>(c)] = static_cast<int>(r);
+      }
+    }
+  }
+  for (int a = 0; a < k; ++a)
+    for (int b = a + 1; b < k; ++b) {
+      const auto& sa = support[static_cast<std::size_t>(a)];
+      const auto& sb = support[static_cast<std::size_t>(b)];
+      // One composition drifting between two species: the same majority species and, together,
+      // no more than two species (e.g. pure A, A + 3 % B and A + 30 % B).
+      std::vector<int> both = sa;
+      both.insert(both.end(), sb.begin(), sb.end());
+      std::sort(both.begin(), both.end());
+      both.erase(std::unique(both.begin(), both.end()), both.end());
+      const bool same_majority = dominant[static_cast<std::size_t>(a)] >= 0 && dominant[static_cast<std::size_t>(a)] == dominant[static_cast<std::size_t>(b)];
+      const bool drift = chemistry && same_majority && (sa == sb || both.size() <= 2);
+      if (drift || fill_ratio(F, bins, a, b) >= kFillMerge) unite(a, b);
+    }
+  Domains d;
+  std::map<int, int> index;
+  for (int i = 0; i < k; ++i) {
+    auto [it, fresh] = index.try_emplace(find(i), static_cast<int>(index.size()));
+    d.group.push_back(it->second);
+  }
+  d.count = static_cast<int>(index.size());
+  return d;
+}
+
+// Per domain: ids by overlap of the sampled pixels' domains with their previous labels.
+void domain_ids(Domains& d, const Clustering& bins, const std::vector<std::uint8_t>& previous_of_sample, int& next_id) {
+  Clustering tmp;
+  tmp.centroids.resize(d.count, 1);
+  for (int a : bins.assign) tmp.assign.push_back(d.group[static_cast<std::size_t>(a)]);
+  inherit_ids(tmp, previous_of_sample, next_id);
+  d.ids = tmp.ids;
+}
+
+// What the spatial smoothing needs per labelled pixel: the data cost of each domain and the
+// edge size.
+struct PixelEvidence {
+  std::vector<float> cost;  // P × domains
+  std::vector<float> size;  // P
+  double inv_two_var_at_unit_size = 0;  // 1/(2σ²) at edge size 1: σ² = noise_var · median size / size
+};
 
 // Per cluster: its pixels, and the sums of their spectra brought to a common edge size and of
 // those spectra's squares.
@@ -681,8 +804,9 @@ struct ClusterSums {
 class PixelLabeller {
  public:
   PixelLabeller(const SegmentInput& in, const std::vector<int>& used, const ShapeTransform& shape, const FeatureSpace& fs,
-                const Clustering& cl, double size_min)
-      : in_(in), used_(used), fs_(fs), cl_(cl), size_min_(size_min), basis_mean_(fs.basis.transpose() * fs.mean) {
+                const Clustering& cl, const Domains& dom, double size_min, PixelEvidence* evidence)
+      : in_(in), used_(used), fs_(fs), cl_(cl), dom_(dom), size_min_(size_min), evidence_(evidence),
+        basis_mean_(fs.basis.transpose() * fs.mean) {
     Eigen::MatrixXd stacked(fs.r + 1, fs.mean.size());
     stacked.row(0) = shape.direction().transpose();
     stacked.bottomRows(fs.r) = fs.basis.transpose();
@@ -690,7 +814,9 @@ class PixelLabeller {
   }
 
   // Labels pixels [b, en) into labels and adds the clustered ones to a.
-  void label(std::size_t b, std::size_t en, std::vector<std::uint8_t>& labels, ClusterSums& a) const {
+  void label(std::size_t b, std::size_t en, std::vector<std::uint8_t>& labels, std::vector<std::uint8_t>& bins, ClusterSums& a) const {
+    const auto G = static_cast<std::size_t>(dom_.count);
+    const Eigen::Index d = cl_.centroids.cols();
     constexpr std::size_t kBlock = 256;
     const int r = fs_.r;
     const auto Ev = static_cast<Eigen::Index>(used_.size());
@@ -706,6 +832,7 @@ class PixelLabeller {
       for (std::size_t j = 0; j < nb; ++j) {
         const std::size_t p = p0 + j;
         const auto ji = static_cast<Eigen::Index>(j);
+        bins[p] = 0;
         if (!complete[j]) {
           labels[p] = kUnassigned;
           continue;
@@ -719,13 +846,30 @@ class PixelLabeller {
         for (int i = 0; i < r; ++i) f[static_cast<std::size_t>(i)] = (Pb(1 + i, ji) * inv_w - basis_mean_(i)) * fs_.spectral_scale;
         fs_.extras(p, in_.cols, in_.xrf, in_.npix, f.data());
         const int c = nearest(cl_.centroids, f.data());
-        labels[p] = static_cast<std::uint8_t>(cl_.ids[static_cast<std::size_t>(c)]);
-        ++a.count[static_cast<std::size_t>(c)];
+        const auto g = static_cast<std::size_t>(dom_.group[static_cast<std::size_t>(c)]);
+        labels[p] = static_cast<std::uint8_t>(dom_.ids[g]);
+        bins[p] = static_cast<std::uint8_t>(c + 1);
+        ++a.count[g];
+        if (evidence_) {
+          // The data term of the spatial smoothing: per domain, the squared distance to its
+          // nearest bin over 2σ², σ² the noise at this pixel's edge size (shape noise ∝ 1/√size).
+          float* D = evidence_->cost.data() + p * G;
+          std::fill(D, D + G, std::numeric_limits<float>::infinity());
+          const double scale = w * evidence_->inv_two_var_at_unit_size;
+          for (Eigen::Index cc = 0; cc < cl_.centroids.rows(); ++cc) {
+            const double* z = cl_.centroids.data() + cc * d;
+            double s2 = 0;
+            for (Eigen::Index i = 0; i < d; ++i) s2 += (f[static_cast<std::size_t>(i)] - z[i]) * (f[static_cast<std::size_t>(i)] - z[i]);
+            float& slot = D[dom_.group[static_cast<std::size_t>(cc)]];
+            slot = std::min(slot, static_cast<float>(s2 * scale));
+          }
+          evidence_->size[p] = static_cast<float>(w);
+        }
         // The cluster mean is of spectra brought to a common edge size (not of shapes, which
         // lost their background): it stays a spectrum the references can fit.
         yw = Yb.col(ji).cast<double>() * inv_w;
-        a.sum.col(c) += yw;
-        a.sumsq.col(c) += yw.cwiseAbs2();
+        a.sum.col(static_cast<Eigen::Index>(g)) += yw;
+        a.sumsq.col(static_cast<Eigen::Index>(g)) += yw.cwiseAbs2();
       }
     }
   }
@@ -735,18 +879,84 @@ class PixelLabeller {
   const std::vector<int>& used_;
   const FeatureSpace& fs_;
   const Clustering& cl_;
+  const Domains& dom_;
   double size_min_;
+  PixelEvidence* evidence_;
   Eigen::MatrixXf project_;     // (r + 1) × Eu: [dirᵀ; Vᵀ]·(I − BQ)
   Eigen::VectorXd basis_mean_;  // Vᵀ·mean, the mean shape's scores
 };
 
 // 6. Label every pixel (in parallel) and accumulate each cluster's normalized spectra.
-ClusterSums label_pixels(const SegmentInput& in, const PixelLabeller& labeller, Eigen::Index Eu, std::size_t k, std::vector<std::uint8_t>& labels) {
+ClusterSums label_pixels(const SegmentInput& in, const PixelLabeller& labeller, Eigen::Index Eu, std::size_t k, std::vector<std::uint8_t>& labels,
+                         std::vector<std::uint8_t>& bins) {
   const int threads = std::max(1, in.threads);
   std::vector<ClusterSums> sums(static_cast<std::size_t>(threads), ClusterSums(Eu, k));
-  parallel_for(in.npix, threads, [&](int t, std::size_t b, std::size_t en) { labeller.label(b, en, labels, sums[static_cast<std::size_t>(t)]); });
+  parallel_for(in.npix, threads, [&](int t, std::size_t b, std::size_t en) { labeller.label(b, en, labels, bins, sums[static_cast<std::size_t>(t)]); });
   for (std::size_t t = 1; t < sums.size(); ++t) sums[0] += sums[t];
   return sums[0];
+}
+
+// Spatially coherent labels: ICM (Besag 1986) on a Potts model over 4-neighbours. Each
+// labelled pixel takes the domain minimizing its data cost (evidence) + beta × the number of its
+// labelled 4-neighbours in another domain, in raster sweeps until nothing changes (at most 5).
+// 4-neighbours, not 8: a one-pixel line has as many neighbours along it as across it, so the
+// prior is neutral on it and its own spectrum decides: thin features survive. The pixels that
+// change are moved between the domains' spectral sums (their spectra re-read).
+std::size_t smooth_labels(const SegmentInput& in, const std::vector<int>& used, const Domains& dom, const PixelEvidence& ev, double beta,
+                          std::vector<std::uint8_t>& labels, std::vector<std::uint8_t>& bins, ClusterSums& sums) {
+  const auto G = static_cast<std::size_t>(dom.count);
+  const int rows = in.rows, cols = in.cols;
+  if (G < 2 || rows <= 0 || cols <= 0 || static_cast<std::size_t>(rows) * static_cast<std::size_t>(cols) != in.npix) return 0;
+  std::array<int, 256> group_of;
+  group_of.fill(-1);
+  for (std::size_t g = 0; g < G; ++g) group_of[static_cast<std::size_t>(dom.ids[g])] = static_cast<int>(g);
+  const std::vector<std::uint8_t> before = labels;
+  std::vector<int> n(G);
+  std::vector<double> cost(G);
+  for (int sweep = 0; sweep < 5; ++sweep) {
+    std::size_t changed = 0;
+    for (int r = 0; r < rows; ++r)
+      for (int c = 0; c < cols; ++c) {
+        const std::size_t p = static_cast<std::size_t>(r) * static_cast<std::size_t>(cols) + static_cast<std::size_t>(c);
+        const int own = group_of[labels[p]];
+        if (own < 0) continue;
+        std::fill(n.begin(), n.end(), 0);
+        int nn = 0;
+        auto look = [&](std::size_t q) {
+          const int g = group_of[labels[q]];
+          if (g >= 0) ++n[static_cast<std::size_t>(g)], ++nn;
+        };
+        if (r > 0) look(p - static_cast<std::size_t>(cols));
+        if (r + 1 < rows) look(p + static_cast<std::size_t>(cols));
+        if (c > 0) look(p - 1);
+        if (c + 1 < cols) look(p + 1);
+        if (nn == 0) continue;
+        const float* D = ev.cost.data() + p * G;
+        std::size_t best = static_cast<std::size_t>(own);
+        double bc = INFINITY;
+        for (std::size_t g = 0; g < G; ++g) {
+          const double v = static_cast<double>(D[g]) + beta * (nn - n[g]);
+          if (v < bc) bc = v, best = g;
+        }
+        if (static_cast<int>(best) != own) labels[p] = static_cast<std::uint8_t>(dom.ids[best]), ++changed;
+      }
+    if (changed == 0) break;
+  }
+  // Move the changed pixels' spectra between the domains' sums.
+  std::size_t moved = 0;
+  const std::size_t Eu = used.size();
+  Eigen::VectorXd yw(static_cast<Eigen::Index>(Eu));
+  for (std::size_t p = 0; p < in.npix; ++p) {
+    if (labels[p] == before[p]) continue;
+    const auto a = static_cast<Eigen::Index>(group_of[before[p]]), b = static_cast<Eigen::Index>(group_of[labels[p]]);
+    for (std::size_t i = 0; i < Eu; ++i) yw(static_cast<Eigen::Index>(i)) = in.planes[static_cast<std::size_t>(used[i]) * in.npix + p];
+    yw /= static_cast<double>(ev.size[p]);
+    sums.sum.col(a) -= yw, sums.sumsq.col(a) -= yw.cwiseAbs2(), --sums.count[static_cast<std::size_t>(a)];
+    sums.sum.col(b) += yw, sums.sumsq.col(b) += yw.cwiseAbs2(), ++sums.count[static_cast<std::size_t>(b)];
+    bins[p] = 0;  // its bin is no longer its domain's: left out of the next warm start
+    ++moved;
+  }
+  return moved;
 }
 
 // Cluster c's edge-normalized mean spectrum and its standard error on the scan's E energies
@@ -867,19 +1077,49 @@ void OnlineSegmenter::update(const SegmentInput& in) {
   const Rows F = features_of(fs, sample, in);
   const double noise_var = feature_noise(F, fs.measured_dims(), sample.pixels, in.cols, pca.sigma2 * fs.spectral_scale * fs.spectral_scale);
 
-  std::vector<std::uint8_t> previous_of_sample;  // 5.
+  std::vector<std::uint8_t> previous_of_sample, previous_bins_of_sample;  // 5.
+  const bool warm_bins = warm && bin_labels_.size() == in.npix;
   if (warm)
-    for (auto p : sample.pixels) previous_of_sample.push_back(previous[p]);
+    for (auto p : sample.pixels) {
+      previous_of_sample.push_back(previous[p]);
+      previous_bins_of_sample.push_back(warm_bins ? bin_labels_[p] : kBackground);
+    }
   const ScatterRatio ratio{F, fs.measured_dims(), noise_var};
-  const Clustering cl = cluster_sample(F, previous_of_sample, ratio, settings_, rng_, next_id_);
+  Clustering cl = cluster_sample(F, previous_bins_of_sample, ratio, settings_, rng_);  // the bins
+  cl.ids.clear();
+  for (Eigen::Index i = 0; i < cl.centroids.rows(); ++i) cl.ids.push_back(static_cast<int>(i) + 1);  // bin keys (bin_labels_)
   out.scatter_ratio = ratio(cl);
+  out.bins = static_cast<int>(cl.centroids.rows());
   features_ = F;
-  out.silhouette = cl.silhouette;
+  // Automatic k: the bins grouped into domains; told k: each bin is one.
+  Domains dom = settings_.k <= 0 && settings_.merge ? merge_bins(F, cl, sample.Y, sample.sizes, norm, model.X, in, settings_.merge_fraction,
+                                                               /* chemistry only when the spectra alone are clustered: XRF or position
+                                                                  blocks separate what the spectra cannot */
+                                                               fs.dims() == fs.r)
+                                                    : identity_domains(cl);
+  domain_ids(dom, cl, previous_of_sample, next_id_);
+  {
+    std::vector<int> by_domain;
+    for (int a : cl.assign) by_domain.push_back(dom.group[static_cast<std::size_t>(a)]);
+    out.silhouette = silhouette(F, by_domain, dom.count, kSilhouetteSample);
+  }
 
-  const auto k = static_cast<std::size_t>(cl.centroids.rows());  // 6.
-  const ClusterSums sums = label_pixels(in, PixelLabeller(in, eu.index, shape, fs, cl, size_min), static_cast<Eigen::Index>(eu.size()), k, out.labels);
+  const auto k = static_cast<std::size_t>(dom.count);  // 6.
+  std::optional<PixelEvidence> evidence;
+  if (settings_.smoothing > 0 && dom.count >= 2 && noise_var > 0) {
+    evidence.emplace();
+    evidence->cost.resize(in.npix * k);
+    evidence->size.resize(in.npix);
+    std::vector<double> sizes = sample.sizes;
+    std::nth_element(sizes.begin(), sizes.begin() + static_cast<std::ptrdiff_t>(sizes.size() / 2), sizes.end());
+    evidence->inv_two_var_at_unit_size = 1.0 / (2.0 * noise_var * sizes[sizes.size() / 2]);
+  }
+  bin_labels_.assign(in.npix, 0);
+  ClusterSums sums = label_pixels(in, PixelLabeller(in, eu.index, shape, fs, cl, dom, size_min, evidence ? &*evidence : nullptr),
+                                  static_cast<Eigen::Index>(eu.size()), k, out.labels, bin_labels_);
+  out.smoothed = evidence ? smooth_labels(in, eu.index, dom, *evidence, settings_.smoothing, out.labels, bin_labels_, sums) : 0;
 
-  out.clusters = summarize_clusters(sums, cl.ids, in, eu.index, norm, model.X);  // 7.
+  out.clusters = summarize_clusters(sums, dom.ids, in, eu.index, norm, model.X);  // 7.
   out.labelled = 0;
   for (const auto& c : out.clusters) out.labelled += c.pixels;
 
@@ -891,7 +1131,8 @@ bool same_clustering(const SegmentationSettings& a, const SegmentationSettings& 
   return a.k == b.k && a.k_max == b.k_max && a.components == b.components && a.variance == b.variance &&
          a.max_components == b.max_components && a.spectral_weight == b.spectral_weight &&
          a.spatial_weight == b.spatial_weight && a.xrf_weight == b.xrf_weight && a.sample == b.sample &&
-         a.noise_ratio == b.noise_ratio && a.seed == b.seed;
+         a.noise_ratio == b.noise_ratio && a.seed == b.seed && a.merge == b.merge && a.merge_fraction == b.merge_fraction &&
+         a.smoothing == b.smoothing;
 }
 
 }  // namespace xanesd::science

@@ -33,6 +33,17 @@ struct SegmentationSettings {
   // Automatic k: within-cluster scatter per measured feature (PCA scores, XRF) at most this ×
   // their noise (measured from adjacent pixels).
   double noise_ratio = 1.3;
+  // Automatic k groups those k-means clusters ("bins", up to 2·k_max) into domains: bins
+  // whose pixels fill the segment between their centres (one continuous cloud split by
+  // k-means), and, with references, bins whose mean spectra need the same references (the
+  // LCF support: fractions ≥ merge_fraction) as one composition drifting smoothly. false: every
+  // bin is a domain (the k-means clusters as they are).
+  bool merge = true;
+  double merge_fraction = 0.05;
+  // Spatially coherent labels: a Potts prior over 4-neighbours (ICM sweeps), in units of the
+  // data term's log-likelihood, whose noise is measured per pixel (σ² ∝ noise/edge size: thin,
+  // noisy pixels lean on their neighbours, thick ones on their own spectrum). 0: off.
+  double smoothing = 1.0;
   std::uint64_t seed = 1;
   int interval_ms = 1000;    // while a scan runs, at most one update per interval (the pipeline's schedule)
 };
@@ -74,6 +85,8 @@ struct Segmentation {
   std::vector<ClusterSummary> clusters;
   PcaDiagnostics pca;
   double silhouette = 0;             // mean silhouette of the chosen clustering on a sample
+  int bins = 0;                      // k-means clusters grouped into the domains (automatic k)
+  std::size_t smoothed = 0;          // pixels whose label the spatial smoothing changed
   double scatter_ratio = 0;          // within-cluster spectral scatter / noise floor
   std::size_t labelled = 0;          // pixels with a cluster id
   std::int64_t updates = 0;
@@ -110,6 +123,7 @@ class OnlineSegmenter {
   Rng rng_;
   Segmentation result_;
   FeatureMatrix features_;
+  std::vector<std::uint8_t> bin_labels_;  // per pixel: its k-means bin + 1 (0: none), for the warm start
   int next_id_ = 1;
 };
 
