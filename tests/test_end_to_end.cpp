@@ -5,6 +5,7 @@
 #include <doctest/doctest.h>
 
 #include <fstream>
+#include <numeric>
 #include <map>
 #include <thread>
 
@@ -352,7 +353,8 @@ TEST_CASE("adaptive sub-spectra loop: full scan, select_energies, a scan at the 
   // 2. Energies for the references this sample uses; bad requests are answered, not fatal.
   CHECK_FALSE(control_retry(ctx, d.control, {{"cmd", "select_energies"}, {"n", 500}}).value("ok", true));
   CHECK_FALSE(control_retry(ctx, d.control, {{"cmd", "select_energies"}, {"source", "nonsense"}}).value("ok", true));
-  const auto sel = control_retry(ctx, d.control, {{"cmd", "select_energies"}, {"source", "in_use"}, {"n", 13}});
+  // xanes-replay measures every energy of the file once (fixed counts): select for even dwell.
+  const auto sel = control_retry(ctx, d.control, {{"cmd", "select_energies"}, {"source", "in_use"}, {"n", 13}, {"objective", "equal_dwell"}});
   INFO(sel.dump());
   REQUIRE(sel.value("ok", false));
   const auto energies = sel.at("energies_eV").get<std::vector<double>>();
@@ -372,6 +374,28 @@ TEST_CASE("adaptive sub-spectra loop: full scan, select_energies, a scan at the 
   const auto& arr = published->arrays.at(0);
   REQUIRE(arr.size() == energies.size());
   for (std::size_t i = 0; i < energies.size(); ++i) CHECK(arr.at(i) == energies[i]);
+  CHECK(sel.at("dwell_weights").get<std::vector<double>>() == std::vector<double>(16, 1.0));
+  // The default objective: energies with dwell weights for the full scan's beam time.
+  const auto timed = control_retry(ctx, d.control, {{"cmd", "select_energies"}, {"source", "in_use"}, {"n", 13}});
+  INFO(timed.dump());
+  REQUIRE(timed.value("ok", false));
+  CHECK(timed.at("method") == "a_optimal_dwell");
+  CHECK(timed.at("variance") == "poisson");
+  CHECK(timed.at("expected_spectrum") == "scan mean");
+  const auto w = timed.at("dwell_weights").get<std::vector<double>>();
+  REQUIRE(w.size() == 16);
+  CHECK(std::accumulate(w.begin(), w.end(), 0.0) == doctest::Approx(16.0));
+  CHECK(timed.at("ratio_equal_time").get<double>() < 0.8);
+  const auto republished = test::recv_message(sub, 5s);
+  REQUIRE(republished.has_value());
+  CHECK(republished->header.at("dwell_weights") == timed.at("dwell_weights"));
+  const auto autos = control_retry(ctx, d.control, {{"cmd", "select_energies"}, {"source", "in_use"}, {"n", "auto"}});
+  INFO(autos.dump());
+  REQUIRE(autos.value("ok", false));
+  CHECK(autos.at("n_auto") == true);
+  CHECK(autos.at("n").get<int>() <= 13);
+  CHECK_FALSE(control_retry(ctx, d.control, {{"cmd", "select_energies"}, {"n", "all"}}).value("ok", true));
+  CHECK_FALSE(control_retry(ctx, d.control, {{"cmd", "select_energies"}, {"n", "auto"}, {"objective", "equal_dwell"}}).value("ok", true));
 
   auto accuracy = [&](const std::string& name, const std::vector<std::string>& order) {
     auto f = h5::open_file(dir / "results" / (name + ".h5"));

@@ -4,11 +4,14 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <numeric>
+#include <random>
 
 #include "science/energy_selection.hpp"
 #include "science/references.hpp"
+#include "simulate/dwell_eval.hpp"
 #include "simulate/simulate.hpp"
-#include "support.hpp"
+#include "science_support.hpp"
 
 using namespace xanesd;
 using namespace xanesd::science;
@@ -218,4 +221,94 @@ TEST_CASE("the building blocks refuse what they cannot do") {
   CHECK_THROWS_AS(fraction_rmse(model, {}, m), std::invalid_argument);
   CHECK_THROWS_AS(make_mixtures(model, 0, o, 1), std::invalid_argument);
   CHECK(rfe_select(m, {0, 4, 72}, 70).size() == 73u);  // nothing to eliminate: every energy
+}
+
+// ---- equal beam time (issue 11 part 3, science.md §7) ----------------------------------------
+
+namespace {
+
+// The scene of test::scene_scan (155×160, the four scene species, background 0.002 under the
+// edge) measured as sim::DwellScene does: Poisson counts ∝ dwell, the daemon's Poisson-weighted NNLS.
+struct Scene : sim::DwellScene {
+  Scene(int rows, int cols, std::uint64_t seed)
+      : sim::DwellScene(test::pick(load_reference_file(test::fe_library()), test::scene_species()),
+                        test::scene_scan(rows, cols, 5000, seed)) {}
+  double rmse(const std::vector<int>& idx, const std::vector<double>& dwell, double S, bool weighted, std::uint64_t seed) const {
+    return fraction_rmse(idx, dwell, S, weighted, seed);
+  }
+};
+
+std::vector<double> times(const std::vector<double>& w, double total) {
+  const double sum = std::accumulate(w.begin(), w.end(), 0.0);
+  std::vector<double> t;
+  for (double x : w) t.push_back(x * total / sum);
+  return t;
+}
+
+std::vector<int> evenly(int E, int n) {
+  std::vector<int> even;
+  for (int i = 0; i < n; ++i) even.push_back(static_cast<int>(std::lround(static_cast<double>(i) * (E - 1) / (n - 1))));
+  return even;
+}
+
+}  // namespace
+
+TEST_CASE("equal beam time: 13 + 3 energies with dwell weights beat the full grid on a simulated scene") {
+  const Scene scene(155, 160, 1);
+  Library lib;
+  lib.names = scene.names, lib.refs = scene.refs, lib.grid = scene.grid;
+  const int E = static_cast<int>(lib.grid.size());
+  EnergySelectionOptions o;
+  const auto d = select_dwell(lib.names, lib.refs, lib.grid, {}, o, DwellOptions{});
+  REQUIRE(d.indices.size() == 16u);
+  REQUIRE(d.dwell_weights.size() == 16u);
+  CHECK(std::accumulate(d.dwell_weights.begin(), d.dwell_weights.end(), 0.0) == doctest::Approx(16.0));
+  for (int n : d.normalization_indices) CHECK(std::binary_search(d.indices.begin(), d.indices.end(), n));
+  const auto old = select_energies(lib.names, lib.refs, lib.grid, o);
+  const auto& old_best = old.best == "rfe" ? old.rfe : old.a_optimal;
+  std::vector<int> all(static_cast<std::size_t>(E));
+  std::iota(all.begin(), all.end(), 0);
+  const auto even = evenly(E, 16);
+  const std::vector<double> ones(16, 1.0);
+  std::string energies;
+  for (std::size_t i = 0; i < d.indices.size(); ++i)
+    energies += " " + std::to_string(static_cast<int>(std::lround(d.energies_eV[i]))) + "×" + std::to_string(d.dwell_weights[i]).substr(0, 4);
+  MESSAGE("dwell design (eV × relative dwell):" << energies << "; " << d.seconds * 1e3 << " ms");
+  for (const double S : {5000.0, 500.0}) {
+    CAPTURE(S);
+    const double full = scene.rmse(all, std::vector<double>(all.size(), 1.0), S, true, 11);
+    const double full_unw = scene.rmse(all, std::vector<double>(all.size(), 1.0), S, false, 11);
+    const double eq_time = scene.rmse(d.indices, times(d.dwell_weights, E), S, true, 12);
+    const double eq_dwell = scene.rmse(d.indices, times(d.dwell_weights, 16), S, true, 13);
+    const double even_dwell_here = scene.rmse(d.indices, ones, S, true, 14);
+    const double old_eq_dwell = scene.rmse(old_best.indices, ones, S, true, 15);
+    const double old_eq_time = scene.rmse(old_best.indices, times(ones, E), S, true, 16);
+    const double even_eq_dwell = scene.rmse(even, ones, S, true, 17);
+    const double even_eq_time = scene.rmse(even, times(ones, E), S, true, 18);
+    MESSAGE(S << " counts per unit edge step: full grid fraction RMSE " << full << " (unweighted fit " << full_unw
+            << "); equal total time: dwell design " << eq_time / full << "×, old " << old.best << " at even dwell "
+            << old_eq_time / full << "×, 16 evenly spaced " << even_eq_time / full << "×; equal dwell per point: dwell design "
+            << eq_dwell / full << "× (its energies at even dwell " << even_dwell_here / full << "×), old " << old_eq_dwell / full
+            << "×, evenly spaced " << even_eq_dwell / full << "×");
+    CHECK(eq_time <= 0.65 * full);
+    CHECK(eq_dwell <= 1.4 * full);
+    CHECK(eq_time < old_eq_time);
+    CHECK(eq_time < even_eq_time);
+  }
+  // n auto: the smallest n within 5 % of the best linear prediction along the path.
+  const auto a = select_dwell(lib.names, lib.refs, lib.grid, {}, o, DwellOptions{}, 0.05);
+  CHECK(a.n_auto);
+  REQUIRE(a.indices.size() == static_cast<std::size_t>(a.n_select + 3));
+  double best = 1e300, at_n = 0, below = 0;
+  for (const auto& [n, r] : a.curve) {
+    best = std::min(best, r);
+    if (n == a.n_select) at_n = r;
+    if (n == a.n_select - 1) below = r;
+  }
+  CHECK(at_n <= 1.05 * best);
+  if (below > 0) CHECK(below > 1.05 * best);
+  CHECK(a.n_select < 13);
+  CHECK(a.rmse_equal_time <= 0.7 * a.full_grid_rmse);
+  MESSAGE("n auto (5 %): " << a.n_select << " + 3 energies, held-out mixtures at equal time " << a.rmse_equal_time / a.full_grid_rmse
+          << "× the full grid (n = 13: " << d.rmse_equal_time / d.full_grid_rmse << "×)");
 }

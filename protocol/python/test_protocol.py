@@ -486,6 +486,34 @@ class Sockets(unittest.TestCase):
             rep.close(linger=0)
             c.close()
 
+    def test_select_energies_arguments(self):
+        import threading
+        zmq = self.zmq
+        rep = self.ctx.socket(zmq.REP)
+        rep.setsockopt(zmq.LINGER, 0)
+        rep.bind("tcp://127.0.0.1:*")
+        endpoint = rep.getsockopt_string(zmq.LAST_ENDPOINT)
+
+        def serve():
+            for _ in range(3):
+                if not rep.poll(5000):
+                    return
+                rep.send(json.dumps({"ok": True, "echo": json.loads(rep.recv())}).encode())
+
+        t = threading.Thread(target=serve, daemon=True)
+        t.start()
+        c = xp.Client(endpoint, timeout_ms=3000)
+        try:
+            self.assertEqual(c.select_energies(13)["echo"], {"cmd": "select_energies", "n": 13})
+            self.assertEqual(c.select_energies("auto", n_tolerance=0.1)["echo"],
+                             {"cmd": "select_energies", "n": "auto", "n_tolerance": 0.1})
+            self.assertEqual(c.select_energies(objective="equal_dwell")["echo"],
+                             {"cmd": "select_energies", "objective": "equal_dwell"})
+            t.join()
+        finally:
+            rep.close(linger=0)
+            c.close()
+
     def test_subscribe_and_recv(self):
         zmq = self.zmq
         pub = self.ctx.socket(zmq.PUB)

@@ -524,8 +524,14 @@ class Client:
             args["names"] = list(names)
         return self.request("load_references", **args)
 
-    def select_energies(self, n: int) -> dict:
-        return self.request("select_energies", n=int(n))
+    def select_energies(self, n: int | str | None = None, **args) -> dict:
+        """`select_energies`: n an integer, "auto" (the smallest n within `n_tolerance` of the
+        best predicted error at equal beam time) or None (the daemon's `select.n`); other
+        arguments as PROTOCOL.md (objective, source, noise, ...). The reply's `dwell_weights`
+        (mean 1) say how long to stay at each of its `energies_eV`."""
+        if n is not None:
+            args["n"] = n if isinstance(n, str) else int(n)
+        return self.request("select_energies", **args)
 
     def save(self, path: str | None = None) -> dict:
         return self.request("save", **({"path": path} if path else {}))

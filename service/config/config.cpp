@@ -70,12 +70,15 @@ const std::vector<ConfigKey>& config_keys() {
       {"segment.xrf_weight", 0.0, "weight of the XRF block (the scan's XRF channels, each standardized); 0: off", 0, 1e3, true},
       {"segment.sample", 20000, "pixels the PCA and k-means are fitted on at each update (every pixel is then labelled)", 100, 10000000, true},
       {"segment.seed", 1, "random seed of the pixel sample and k-means++ (a scan's segmentation is reproducible)", 0, 9.2e18, true},
-      {"select.n", 13, "select_energies: energies chosen besides the normalization points (the MPIS work: 13 + 3 of 75)", 1, 1000, true},
+      {"select.n", 13, "select_energies: energies chosen besides the normalization points (the MPIS work: 13 + 3 of 75); 0: automatic (objective equal_time: the smallest n whose predicted fraction RMSE at equal beam time is within select.n_tolerance of the best)", 0, 1000, true},
       {"select.normalization_points", 3, "select_energies: pre- and post-edge points always included (n/3 post-edge, the rest pre-edge)", 0, 100, true},
       {"select.train_mixtures", 2000, "select_energies: synthetic mixtures the RFE regression is trained on; at most 100,000, and candidates × (train + test) ≤ 2·10⁷ per request", 10, 100000, true},
       {"select.test_mixtures", 1000, "select_energies: held-out mixtures both selections (and the full grid) are scored on; at most 100,000, and candidates × (train + test) ≤ 2·10⁷ per request", 10, 100000, true},
       {"select.noise", 0.0, "select_energies: noise σ per point of the mixtures, on edge-normalized spectra; 0: measured on the current scan (median RMS residual / thickness of the kept pixels), 0.01 without one", 0, 10, true},
       {"select.seed", 1, "select_energies: random seed of the mixtures (a selection is reproducible)", 0, 9.2e18, true},
+      {"select.objective", "equal_time", "select_energies: 'equal_time' (the default): energies and dwell weights minimizing the fraction error at the full grid's total beam time (A-optimal dwell design, Poisson variances in fluorescence); 'equal_dwell': the best of RFE and A-optimal at even dwell (the selection before dwell weights)", -1e300, 1e300, true},
+      {"select.n_tolerance", 0.05, "select_energies with n auto: the smallest n whose predicted fraction RMSE at equal beam time is at most (1 + this) × the best n's", 0.001, 10, true},
+      {"select.variance_floor", 0.01, "select_energies, objective equal_time: floor of the expected spectrum in the Poisson variance profile (edge-step units: the fluorescence background before the edge)", 1e-6, 10, true},
       {"output.directory", "results", "folder for result files <scan_id>.h5 (relative to the working directory)"},
       {"output.write_on_stop", true, "write the result file when a scan stops"},
       {"output.save_spectra", true, "also write the normalized spectra (/entry/data/spectra, E×rows×cols float32) for reprocessing; 1.6 GB for a 2048² × 100 scan"},
@@ -183,7 +186,10 @@ Config build(const nlohmann::json& flat, const std::filesystem::path& base_dir) 
   c.segment.seed = flat.at("segment.seed").get<std::uint64_t>();
   c.segment.interval_ms = integer("segment.interval_ms");
   c.select = {integer("select.n"), integer("select.normalization_points"), integer("select.train_mixtures"),
-              integer("select.test_mixtures"), num("select.noise"), flat.at("select.seed").get<std::uint64_t>()};
+              integer("select.test_mixtures"), num("select.noise"), flat.at("select.seed").get<std::uint64_t>(),
+              str("select.objective"), num("select.n_tolerance"), num("select.variance_floor")};
+  if (c.select.objective != "equal_time" && c.select.objective != "equal_dwell")
+    throw ConfigError("config key 'select.objective' must be 'equal_time' or 'equal_dwell', got '" + c.select.objective + "'");
   c.output = {str("output.directory"), flat.at("output.write_on_stop").get<bool>(), flat.at("output.save_spectra").get<bool>()};
   c.log_level = str("log.level");
   static const char* levels[] = {"trace", "debug", "info", "warn", "error", "critical", "off"};

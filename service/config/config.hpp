@@ -69,6 +69,9 @@ struct SelectConfig {  // energy selection defaults (control `select_energies` m
   int n = 13, normalization_points = 3, train_mixtures = 2000, test_mixtures = 1000;
   double noise = 0;  // 0: measured on the scan
   std::uint64_t seed = 1;
+  std::string objective = "equal_time";  // "equal_time" (dwell design) or "equal_dwell" (RFE / A-optimal at even dwell)
+  double n_tolerance = 0.05;             // n auto (n = 0 or "auto"): within this of the best predicted RMSE
+  double variance_floor = 0.01;          // Poisson variance profile floor, edge-step units
 };
 struct OutputConfig {
   std::filesystem::path directory;

@@ -21,6 +21,29 @@ double measured_noise(const Scan& scan) {
   return v[v.size() / 2];
 }
 
+Eigen::VectorXd measured_mean_spectrum(const Scan& scan, const std::vector<int>& energy_indices) {
+  const auto* fit = scan.fit();
+  if (!fit) return {};
+  const auto& maps = fit->maps();
+  const auto& valid = scan.mask().valid;
+  const auto& store = scan.spectra();
+  const std::size_t P = scan.pixels();
+  Eigen::VectorXd out(static_cast<Eigen::Index>(energy_indices.size()));
+  for (std::size_t i = 0; i < energy_indices.size(); ++i) {
+    const auto e = static_cast<std::size_t>(energy_indices[i]);
+    double sy = 0, st = 0;
+    for (std::size_t p = 0; p < P; ++p) {
+      if (p >= valid.size() || !valid[p] || !(maps.thickness[p] > 0)) continue;
+      const float y = store[e * P + p];
+      if (std::isnan(y)) continue;
+      sy += y, st += maps.thickness[p];
+    }
+    if (!(st > 0)) return {};  // an energy no kept pixel has: no measured mean
+    out(static_cast<Eigen::Index>(i)) = sy / st;
+  }
+  return out;
+}
+
 namespace {
 
 nlohmann::json refuse(const std::string& why) {
@@ -133,13 +156,27 @@ nlohmann::json select_energies_request(const nlohmann::json& req, const std::vec
                                        const Scan* scan, const Config& cfg) {
   science::EnergySelectionOptions opt;
   opt.n_select = cfg.select.n;
+  bool n_auto = cfg.select.n == 0;
+  if (req.contains("n") && req["n"].is_string()) {
+    if (req["n"].get<std::string>() != "auto") return refuse("'n' must be an integer in [1, 1000] or \"auto\", got " + req["n"].dump());
+    n_auto = true;
+  } else if (req.contains("n")) {
+    n_auto = false;
+  }
+  double n_tolerance = cfg.select.n_tolerance;
+  const std::string objective = req.value("objective", cfg.select.objective);
+  if (objective != "equal_time" && objective != "equal_dwell")
+    return refuse("'objective' must be 'equal_time' or 'equal_dwell', got '" + objective + "'");
+  if (n_auto && objective != "equal_time") return refuse("n \"auto\" needs objective 'equal_time'");
   opt.n_normalization = cfg.select.normalization_points;
   opt.n_train = cfg.select.train_mixtures;
   opt.n_test = cfg.select.test_mixtures;
   opt.seed = cfg.select.seed;
   double noise = cfg.select.noise;
   std::string error;
-  if (!read_number(req, "n", opt.n_select, 1, 1000, error) ||
+  double floor = cfg.select.variance_floor;
+  if ((!n_auto && !read_number(req, "n", opt.n_select, 1, 1000, error)) || !read_number(req, "n_tolerance", n_tolerance, 0.001, 10, error) ||
+      !read_number(req, "variance_floor", floor, 1e-6, 10, error) ||
       !read_number(req, "normalization_points", opt.n_normalization, 0, 100, error) ||
       !read_number(req, "noise", noise, 0, 10, error) || !read_number(req, "seed", opt.seed, 0, 9.2e18, error))
     return refuse(error);
@@ -210,31 +247,103 @@ nlohmann::json select_energies_request(const nlohmann::json& req, const std::vec
   }
   opt.noise = noise;
 
+  // The variance profile (objective equal_time): Poisson in fluorescence, from the scan's
+  // measured mean spectrum per unit edge step when the candidates are the scan's energies,
+  // else from the references' equal mixture; constant in transmission.
+  science::DwellOptions dopt;
+  dopt.variance_floor = floor;
+  dopt.poisson = !(scan && scan->start().mode == protocol::Mode::transmission);
+  Eigen::VectorXd expected;
+  std::string expected_source = dopt.poisson ? "references' equal mixture" : "none (transmission: constant variance)";
+  if (dopt.poisson && scan && scan->fit() && !req.contains("energies_eV")) {
+    std::vector<int> idx;
+    if (source == "clusters") idx = scan->segmentation()->pca.energies;
+    else for (std::size_t j = 0; j < grid.size(); ++j) idx.push_back(static_cast<int>(j));
+    expected = measured_mean_spectrum(*scan, idx);
+    if (expected.size()) expected_source = "scan mean";
+  }
+
   science::EnergySelection sel;
+  science::DwellSelection dwell;
+  const bool equal_time = objective == "equal_time";
   try {
-    sel = science::select_energies(names, spectra, grid, opt);
+    if (!n_auto) sel = science::select_energies(names, spectra, grid, opt);
+    if (equal_time) dwell = science::select_dwell(names, spectra, grid, expected, opt, dopt, n_auto ? n_tolerance : 0.0);
   } catch (const std::exception& e) {
     return refuse(e.what());
   }
-  const auto& best = sel.best == "rfe" ? sel.rfe : sel.a_optimal;
-  return {{"ok", true},
-          {"source", source},
-          {"scan_id", scan ? scan->id() : ""},
-          {"reference_names", names},
-          {"candidates", grid.size()},
-          {"n", opt.n_select},
-          {"normalization_points", opt.n_normalization},
-          {"noise", noise},
-          {"noise_source", noise_source},
-          {"seed", opt.seed},
-          {"method", sel.best},
-          {"energies_eV", best.energies_eV},
-          {"indices", best.indices},
-          {"normalization_indices", best.normalization_indices},
-          {"expected_fraction_rmse", best.fraction_rmse},
-          {"full_grid_fraction_rmse", sel.full_grid_fraction_rmse},
-          {"ratio_to_full_grid", sel.full_grid_fraction_rmse > 0 ? best.fraction_rmse / sel.full_grid_fraction_rmse : 0.0},
-          {"methods", {{"rfe", subset_json(sel.rfe)}, {"a_optimal", subset_json(sel.a_optimal)}}}};
+  const double E = static_cast<double>(grid.size());
+  nlohmann::json reply = {{"ok", true},
+                          {"source", source},
+                          {"scan_id", scan ? scan->id() : ""},
+                          {"reference_names", names},
+                          {"candidates", grid.size()},
+                          {"normalization_points", opt.n_normalization},
+                          {"noise", noise},
+                          {"noise_source", noise_source},
+                          {"seed", opt.seed},
+                          {"objective", objective},
+                          {"variance", dopt.poisson ? "poisson" : "constant"}};
+  nlohmann::json methods = nlohmann::json::object();
+  if (!n_auto) methods = {{"rfe", subset_json(sel.rfe)}, {"a_optimal", subset_json(sel.a_optimal)}};
+  if (equal_time) {
+    const double nt = static_cast<double>(dwell.indices.size());
+    std::vector<double> dwell_full_units;  // per-point dwell in units of the full grid's, for its total time
+    for (double w : dwell.dwell_weights) dwell_full_units.push_back(w * E / nt);
+    nlohmann::json curve = nlohmann::json::array();
+    for (const auto& [n, r] : dwell.curve) curve.push_back({n, r});
+    reply.update({{"n", dwell.n_select},
+                  {"n_auto", n_auto},
+                  {"method", "a_optimal_dwell"},
+                  {"energies_eV", dwell.energies_eV},
+                  {"indices", dwell.indices},
+                  {"normalization_indices", dwell.normalization_indices},
+                  {"dwell_weights", dwell.dwell_weights},
+                  {"dwell_equal_time", dwell_full_units},
+                  {"expected_spectrum", expected_source},
+                  {"variance_floor", floor},
+                  {"expected_fraction_rmse", dwell.rmse_equal_dwell},
+                  {"full_grid_fraction_rmse", dwell.full_grid_rmse},
+                  {"ratio_to_full_grid", dwell.full_grid_rmse > 0 ? dwell.rmse_equal_dwell / dwell.full_grid_rmse : 0.0},
+                  {"predicted_rmse_equal_time", dwell.rmse_equal_time},
+                  {"full_grid_rmse_equal_time", dwell.full_grid_rmse},
+                  {"ratio_equal_time", dwell.full_grid_rmse > 0 ? dwell.rmse_equal_time / dwell.full_grid_rmse : 0.0},
+                  {"even_dwell_rmse_equal_time", dwell.rmse_even_equal_time},
+                  {"optimum_rmse_equal_time", dwell.optimum_rmse_equal_time},
+                  {"cramer_rao", {{"rmse_equal_time", dwell.linear_rmse_equal_time}, {"full_grid_rmse", dwell.linear_full_grid_rmse}}},
+                  {"n_curve", curve}});
+    if (n_auto) reply["n_tolerance"] = n_tolerance;
+    methods["a_optimal_dwell"] = {{"energies_eV", dwell.energies_eV},
+                                  {"indices", dwell.indices},
+                                  {"normalization_indices", dwell.normalization_indices},
+                                  {"dwell_weights", dwell.dwell_weights},
+                                  {"fraction_rmse", dwell.rmse_equal_dwell},
+                                  {"fraction_rmse_equal_time", dwell.rmse_equal_time},
+                                  {"seconds", dwell.seconds}};
+  } else {
+    const auto& best = sel.best == "rfe" ? sel.rfe : sel.a_optimal;
+    const double nt = static_cast<double>(best.indices.size());
+    // Even dwell: at the full grid's total time each point gets E/n of its dwell, and with a
+    // constant variance the error scales as √(n/E).
+    reply.update({{"n", opt.n_select},
+                  {"n_auto", false},
+                  {"method", sel.best},
+                  {"energies_eV", best.energies_eV},
+                  {"indices", best.indices},
+                  {"normalization_indices", best.normalization_indices},
+                  {"dwell_weights", std::vector<double>(best.indices.size(), 1.0)},
+                  {"dwell_equal_time", std::vector<double>(best.indices.size(), E / nt)},
+                  {"expected_fraction_rmse", best.fraction_rmse},
+                  {"full_grid_fraction_rmse", sel.full_grid_fraction_rmse},
+                  {"ratio_to_full_grid", sel.full_grid_fraction_rmse > 0 ? best.fraction_rmse / sel.full_grid_fraction_rmse : 0.0},
+                  {"predicted_rmse_equal_time", best.fraction_rmse * std::sqrt(nt / E)},
+                  {"full_grid_rmse_equal_time", sel.full_grid_fraction_rmse},
+                  {"ratio_equal_time",
+                   sel.full_grid_fraction_rmse > 0 ? best.fraction_rmse * std::sqrt(nt / E) / sel.full_grid_fraction_rmse : 0.0}});
+    reply["variance"] = "constant";
+  }
+  reply["methods"] = methods;
+  return reply;
 }
 
 }  // namespace xanesd

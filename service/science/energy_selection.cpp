@@ -7,6 +7,7 @@
 #include <cmath>
 #include <limits>
 #include <numbers>
+#include <numeric>
 #include <random>
 #include <stdexcept>
 
@@ -312,6 +313,359 @@ EnergySelection select_energies(const std::vector<std::string>& names, const Eig
   for (int j = 0; j < E; ++j) all[static_cast<std::size_t>(j)] = j;
   out.full_grid_fraction_rmse = fraction_rmse(model, all, test);
   out.best = out.a_optimal.fraction_rmse < out.rfe.fraction_rmse ? "a_optimal" : "rfe";
+  return out;
+}
+
+
+// ---- equal beam time ---------------------------------------------------------------------------
+
+Eigen::VectorXd variance_profile(const Eigen::VectorXd& expected, const DwellOptions& o) {
+  if (!o.poisson) return Eigen::VectorXd::Ones(expected.size());
+  if (!(o.variance_floor > 0) || !std::isfinite(o.variance_floor))
+    throw std::invalid_argument("dwell design: the variance floor must be > 0 with Poisson variances");
+  if (!expected.allFinite()) throw std::invalid_argument("dwell design: the expected spectrum has NaN or infinite values");
+  return expected.cwiseMax(o.variance_floor);
+}
+
+Eigen::MatrixXd default_compositions(int K) {
+  Eigen::MatrixXd c(K + 1, K);
+  c.topRows(K).setIdentity();
+  c.row(K).setConstant(1.0 / K);
+  return c;
+}
+
+Eigen::MatrixXd fraction_weight_matrix(int n_background, const Eigen::MatrixXd& compositions) {
+  const auto K = compositions.cols(), N = compositions.rows();
+  if (K < 1 || N < 1) throw std::invalid_argument("fraction_weight_matrix: no compositions");
+  const auto M = n_background + K;
+  Eigen::MatrixXd Q = Eigen::MatrixXd::Zero(M, M);
+  for (Eigen::Index i = 0; i < N; ++i) {
+    Eigen::MatrixXd J = Eigen::MatrixXd::Zero(K, M);
+    J.rightCols(K) = Eigen::MatrixXd::Identity(K, K) - compositions.row(i).transpose() * Eigen::RowVectorXd::Ones(K);
+    Q += J.transpose() * J;
+  }
+  return Q / static_cast<double>(N);
+}
+
+namespace {
+
+struct DwellProblem {
+  Eigen::MatrixXd Xv;  // n × M: rows x_e / sqrt(v_e)
+  Eigen::MatrixXd Q;
+  double ridge = 0;
+};
+
+DwellProblem dwell_problem(const LcfModel& model, const Eigen::VectorXd& variance, const Eigen::MatrixXd& Q,
+                           const std::vector<int>& indices, double ridge_rel) {
+  const int E = static_cast<int>(model.X.rows()), M = model.n_params();
+  if (variance.size() != E) throw std::invalid_argument("dwell design: the variance profile does not match the grid");
+  if (Q.rows() != M || Q.cols() != M) throw std::invalid_argument("dwell design: Q does not match the model's parameters");
+  DwellProblem p;
+  p.Xv.resize(static_cast<Eigen::Index>(indices.size()), M);
+  for (std::size_t i = 0; i < indices.size(); ++i) {
+    const int e = indices[i];
+    if (e < 0 || e >= E) throw std::invalid_argument("dwell design: index " + std::to_string(e) + " outside the grid");
+    if (!(variance(e) > 0)) throw std::invalid_argument("dwell design: the variance profile must be > 0");
+    p.Xv.row(static_cast<Eigen::Index>(i)) = model.X.row(e) / std::sqrt(variance(e));
+  }
+  p.Q = Q;
+  // The ridge is relative to M's scale at uniform weights.
+  p.ridge = ridge_rel * (p.Xv.colwise().squaredNorm().sum() / std::max<Eigen::Index>(1, p.Xv.rows()) / M);
+  return p;
+}
+
+// Φ and d for weights w; false if M is singular.
+bool dwell_eval(const DwellProblem& p, const Eigen::VectorXd& w, double& phi, Eigen::VectorXd* d) {
+  const auto M = p.Xv.cols();
+  Eigen::MatrixXd Mw = p.Xv.transpose() * w.asDiagonal() * p.Xv;
+  Mw.diagonal().array() += p.ridge;
+  Eigen::LLT<Eigen::MatrixXd> llt(Mw);
+  if (llt.info() != Eigen::Success) return false;
+  const Eigen::MatrixXd Minv = llt.solve(Eigen::MatrixXd::Identity(M, M));
+  phi = (p.Q.cwiseProduct(Minv)).sum();  // tr(Q M⁻¹), both symmetric
+  if (!std::isfinite(phi)) return false;
+  if (d) {
+    const Eigen::MatrixXd B = Minv * p.Q * Minv;
+    const Eigen::MatrixXd XB = p.Xv * B;
+    *d = XB.cwiseProduct(p.Xv).rowwise().sum();
+  }
+  return true;
+}
+
+}  // namespace
+
+double dwell_criterion(const LcfModel& model, const Eigen::VectorXd& variance, const Eigen::MatrixXd& Q,
+                       const std::vector<int>& indices, const std::vector<double>& weights) {
+  if (weights.size() != indices.size()) throw std::invalid_argument("dwell_criterion: one weight per index");
+  const auto p = dwell_problem(model, variance, Q, indices, 0.0);
+  double phi = 0;
+  const Eigen::VectorXd w = Eigen::Map<const Eigen::VectorXd>(weights.data(), static_cast<Eigen::Index>(weights.size()));
+  return dwell_eval(p, w, phi, nullptr) ? phi : std::numeric_limits<double>::infinity();
+}
+
+DwellDesign optimal_dwell(const LcfModel& model, const Eigen::VectorXd& variance, const Eigen::MatrixXd& Q,
+                          const std::vector<int>& indices, const std::vector<int>& keep, const DwellOptions& o,
+                          const std::vector<double>& start) {
+  if (indices.empty()) throw std::invalid_argument("optimal_dwell: no energies");
+  const auto n = static_cast<Eigen::Index>(indices.size());
+  const auto p = dwell_problem(model, variance, Q, indices, o.ridge);
+  // Lower bounds (shares of the total time): every point min_weight/n, kept ones keep_min_weight/n.
+  Eigen::VectorXd lb(n);
+  for (Eigen::Index i = 0; i < n; ++i) {
+    const bool kept = std::binary_search(keep.begin(), keep.end(), indices[static_cast<std::size_t>(i)]);
+    lb(i) = std::clamp(kept ? std::max(o.keep_min_weight, o.min_weight) : o.min_weight, 0.0, 1.0) / static_cast<double>(n);
+  }
+  if (lb.sum() > 1.0 - 1e-9) lb *= (1.0 - 1e-9) / lb.sum();
+  Eigen::VectorXd w = Eigen::VectorXd::Constant(n, 1.0 / static_cast<double>(n));
+  if (start.size() == indices.size()) {
+    for (Eigen::Index i = 0; i < n; ++i) w(i) = std::max(start[static_cast<std::size_t>(i)], 0.0);
+    // A point at exactly 0 can never come back in a multiplicative update: give each a little.
+    w = w.cwiseMax(1e-12 * w.sum());
+    w /= w.sum();
+  }
+  std::vector<char> at_bound(static_cast<std::size_t>(n), 0);
+  // Raise points below their bound to it and scale the others to the remaining time; repeat
+  // (scaling down can push another below its bound).
+  auto apply_bounds = [&](Eigen::VectorXd& v) {
+    std::fill(at_bound.begin(), at_bound.end(), 0);
+    for (int round = 0; round <= n; ++round) {
+      double fixed = 0, free = 0;
+      for (Eigen::Index i = 0; i < n; ++i) {
+        if (at_bound[static_cast<std::size_t>(i)] || v(i) <= lb(i)) at_bound[static_cast<std::size_t>(i)] = 1, v(i) = lb(i), fixed += lb(i);
+        else free += v(i);
+      }
+      if (free <= 0) break;
+      bool again = false;
+      for (Eigen::Index i = 0; i < n; ++i)
+        if (!at_bound[static_cast<std::size_t>(i)]) {
+          v(i) *= (1.0 - fixed) / free;
+          again |= v(i) < lb(i);
+        }
+      if (!again) break;
+    }
+  };
+  apply_bounds(w);
+  DwellDesign out;
+  out.indices = indices;
+  Eigen::VectorXd d;
+  double phi = 0;
+  int it = 0;
+  for (; it < o.max_iterations; ++it) {
+    if (!dwell_eval(p, w, phi, &d)) {
+      phi = std::numeric_limits<double>::infinity();
+      break;
+    }
+    // Optimality (Kuhn–Tucker with the bounds): d_e = λ where w_e is above its bound, d_e ≤ λ
+    // where it is at it; λ = Σ w d / Σ w over the points above their bounds (= Φ without bounds).
+    double dmax = 0, wd = 0, wsum = 0;
+    for (Eigen::Index i = 0; i < n; ++i) {
+      dmax = std::max(dmax, d(i));
+      if (!at_bound[static_cast<std::size_t>(i)]) wd += w(i) * d(i), wsum += w(i);
+    }
+    const double lambda = wsum > 0 ? wd / wsum : phi;
+    if (dmax <= (1.0 + o.tolerance) * lambda) break;
+    w = w.cwiseProduct(d) / lambda;
+    apply_bounds(w);
+  }
+  if (std::isfinite(phi)) dwell_eval(p, w, phi, &d);
+  out.criterion = phi;
+  out.iterations = it;
+  out.weights.assign(w.data(), w.data() + n);
+  if (std::isfinite(phi)) out.contributions.assign(n, 0.0);
+  for (Eigen::Index i = 0; std::isfinite(phi) && i < n; ++i) out.contributions[static_cast<std::size_t>(i)] = w(i) * d(i);
+  return out;
+}
+
+std::vector<DwellDesign> dwell_path(const LcfModel& model, const Eigen::VectorXd& variance, const Eigen::MatrixXd& Q,
+                                    const std::vector<int>& keep, int min_select, const DwellOptions& o) {
+  const int E = static_cast<int>(model.X.rows());
+  std::vector<int> sorted_keep = keep;
+  std::sort(sorted_keep.begin(), sorted_keep.end());
+  (void)eliminable(E, sorted_keep, min_select, "dwell_path");
+  std::vector<int> S(static_cast<std::size_t>(E));
+  for (int j = 0; j < E; ++j) S[static_cast<std::size_t>(j)] = j;
+  const std::size_t target = sorted_keep.size() + static_cast<std::size_t>(min_select);
+  std::vector<DwellDesign> path;
+  path.push_back(optimal_dwell(model, variance, Q, S, sorted_keep, o));
+  while (S.size() > target) {
+    const auto& cur = path.back();
+    std::size_t worst = S.size();
+    for (std::size_t i = 0; i < S.size(); ++i) {
+      if (std::binary_search(sorted_keep.begin(), sorted_keep.end(), S[i])) continue;
+      // The least useful energy: the smallest share w_e·d_e of Σ w d (its weight, when no
+      // bound is active; among energies held at a bound, the one that gains least from time).
+      const auto& c = cur.contributions.empty() ? cur.weights : cur.contributions;
+      if (worst == S.size() || c[i] < c[worst]) worst = i;
+    }
+    std::vector<double> start = cur.weights;
+    S.erase(S.begin() + static_cast<std::ptrdiff_t>(worst));
+    start.erase(start.begin() + static_cast<std::ptrdiff_t>(worst));
+    path.push_back(optimal_dwell(model, variance, Q, S, sorted_keep, o, start));
+  }
+  std::reverse(path.begin(), path.end());
+  return path;
+}
+
+double fraction_rmse_dwell(const LcfModel& model, const std::vector<int>& indices, const std::vector<double>& dwell,
+                           const Mixtures& clean, const Eigen::MatrixXd& z, const NoiseModel& noise, bool weighted) {
+  const int K = model.n_refs(), B = model.n_background(), M = model.n_params();
+  const auto E = model.X.rows(), N = clean.spectra.rows();
+  if (indices.empty()) throw std::invalid_argument("fraction_rmse_dwell: no energies to fit on");
+  if (dwell.size() != indices.size()) throw std::invalid_argument("fraction_rmse_dwell: one dwell per energy");
+  if (clean.spectra.cols() != E || clean.fractions.cols() != K || z.rows() != N || z.cols() != E)
+    throw std::invalid_argument("fraction_rmse_dwell: mixtures or noise do not match the model's grid or references");
+  for (std::size_t i = 0; i < indices.size(); ++i) {
+    if (indices[i] < 0 || indices[i] >= E || (i > 0 && indices[i] <= indices[i - 1]))
+      throw std::invalid_argument("fraction_rmse_dwell: energy indices must be strictly increasing and on the grid");
+    if (!(dwell[i] > 0)) throw std::invalid_argument("fraction_rmse_dwell: every dwell must be > 0");
+  }
+  auto profile = [&](double y) { return noise.poisson ? std::max(y, noise.floor) : 1.0; };
+  const Eigen::MatrixXd Xs = rows_of(model.X, indices);
+  const auto n = Xs.rows();
+  const Eigen::MatrixXd G0 = Xs.transpose() * Xs;
+  SolveOptions opt;
+  opt.method = FitMethod::nnls;
+  opt.n_free = B;
+  const double scale = noise.sigma * noise.sigma / noise.mean_profile;
+  double sse = 0;
+  Eigen::VectorXd y(n), w(n);
+  Eigen::MatrixXd G(M, M);
+  for (Eigen::Index i = 0; i < N; ++i) {
+    for (Eigen::Index j = 0; j < n; ++j) {
+      const int e = indices[static_cast<std::size_t>(j)];
+      const double ybar = clean.spectra(i, e);
+      y(j) = ybar + z(i, e) * std::sqrt(scale * profile(ybar) / dwell[static_cast<std::size_t>(j)]);
+    }
+    FitResult r;
+    if (weighted) {  // first pass weighted by the dwell alone (a constant profile)
+      for (Eigen::Index j = 0; j < n; ++j) w(j) = dwell[static_cast<std::size_t>(j)];
+      G.noalias() = Xs.transpose() * w.asDiagonal() * Xs;
+      const Eigen::VectorXd wy = w.cwiseProduct(y);
+      r = solve(G, Xs.transpose() * wy, y.dot(wy), static_cast<int>(n), opt);
+    } else {
+      r = solve(G0, Xs.transpose() * y, y.squaredNorm(), static_cast<int>(n), opt);
+    }
+    if (weighted && r.ok) {
+      for (int round = 0; round < 3; ++round) {
+        const Eigen::VectorXd yhat = Xs * r.theta;
+        for (Eigen::Index j = 0; j < n; ++j) w(j) = dwell[static_cast<std::size_t>(j)] / profile(yhat(j));
+        G.noalias() = Xs.transpose() * w.asDiagonal() * Xs;
+        const Eigen::VectorXd wy = w.cwiseProduct(y);
+        auto next = solve(G, Xs.transpose() * wy, y.dot(wy), static_cast<int>(n), opt);
+        if (!next.ok) break;
+        r = std::move(next);
+      }
+    }
+    Eigen::VectorXd f = Eigen::VectorXd::Constant(K, 1.0 / K);
+    const double T = r.ok ? r.theta.tail(K).sum() : 0.0;
+    if (T > 0) f = r.theta.tail(K) / T;
+    sse += (f - clean.fractions.row(i).transpose()).squaredNorm();
+  }
+  return std::sqrt(sse / (static_cast<double>(N) * K));
+}
+
+DwellSelection select_dwell(const std::vector<std::string>& names, const Eigen::MatrixXd& refs,
+                            const std::vector<double>& grid_eV, const Eigen::VectorXd& expected,
+                            const EnergySelectionOptions& opt, const DwellOptions& dopt, double n_tolerance) {
+  check_grid_and_refs(refs, grid_eV);
+  if (refs.cols() != static_cast<Eigen::Index>(names.size()))
+    throw std::invalid_argument("energy selection: " + std::to_string(names.size()) + " reference names for " +
+                                std::to_string(refs.cols()) + " reference columns");
+  const int E = static_cast<int>(grid_eV.size());
+  if (opt.n_normalization < 0)
+    throw std::invalid_argument("energy selection: n_normalization must be ≥ 0, got " + std::to_string(opt.n_normalization));
+  if (opt.n_test < 1) throw std::invalid_argument("energy selection: n_test must be ≥ 1, got " + std::to_string(opt.n_test));
+  if (!(n_tolerance >= 0) || !std::isfinite(n_tolerance)) throw std::invalid_argument("energy selection: the n tolerance must be ≥ 0");
+  const bool n_auto = n_tolerance > 0;
+  if (expected.size() != 0 && expected.size() != E)
+    throw std::invalid_argument("energy selection: the expected spectrum has " + std::to_string(expected.size()) +
+                                " points but the candidate grid has " + std::to_string(E));
+
+  const auto t0 = Clock::now();
+  const LcfModel model = make_lcf_model(names, refs, grid_eV, opt.background);
+  const int K = model.n_refs(), M = model.n_params();
+  const std::vector<int> norm = normalization_points(grid_eV, refs, opt.n_normalization);
+  const int n_norm = static_cast<int>(norm.size());
+  // At least as many energies as parameters (the design must determine θ).
+  const int min_select = std::max(1, M - n_norm);
+  if (!n_auto) {
+    if (opt.n_select < min_select)
+      throw std::invalid_argument("energy selection: " + std::to_string(opt.n_select) + " + " + std::to_string(n_norm) +
+                                  " energies cannot determine the " + std::to_string(M) +
+                                  " parameters of the fit (references and background): the dwell design needs n ≥ " +
+                                  std::to_string(min_select));
+    if (opt.n_select + n_norm > E)
+      throw std::invalid_argument("energy selection: n_select + n_normalization = " + std::to_string(opt.n_select + n_norm) +
+                                  " is more than the " + std::to_string(E) + " energies of the candidate grid");
+  }
+  if (min_select + n_norm > E)
+    throw std::invalid_argument("energy selection: the candidate grid has " + std::to_string(E) + " energies, fewer than the " +
+                                std::to_string(M) + " parameters of the fit");
+  const Eigen::VectorXd ybar = expected.size() ? expected : Eigen::VectorXd(refs.rowwise().mean());
+  const Eigen::VectorXd v = variance_profile(ybar, dopt);
+  const Eigen::MatrixXd Q = fraction_weight_matrix(model.n_background(), default_compositions(K));
+  const auto path = dwell_path(model, v, Q, norm, min_select, dopt);
+
+  DwellSelection out;
+  out.n_auto = n_auto;
+  out.n_tolerance = n_tolerance;
+  out.normalization_indices = norm;
+  NoiseModel nm;
+  nm.sigma = opt.noise;
+  nm.poisson = dopt.poisson;
+  nm.floor = dopt.variance_floor;
+  nm.mean_profile = v.mean();
+  // Linear prediction at equal time: cov θ = σ²/(v̄·E)·M(w)⁻¹, so RMSE = sqrt(σ²·Φ/(v̄·E·K)).
+  auto linear = [&](double phi) { return std::sqrt(nm.sigma * nm.sigma * phi / (nm.mean_profile * E * K)); };
+  double best = std::numeric_limits<double>::infinity();
+  for (const auto& d : path) {
+    out.curve.emplace_back(static_cast<int>(d.indices.size()) - n_norm, linear(d.criterion));
+    best = std::min(best, linear(d.criterion));
+  }
+  std::size_t pick = 0;
+  if (n_auto) {
+    while (pick + 1 < path.size() && !(out.curve[pick].second <= (1.0 + n_tolerance) * best)) ++pick;
+  } else {
+    pick = static_cast<std::size_t>(opt.n_select - min_select);
+  }
+  const DwellDesign& chosen = path[pick];
+  out.seconds = seconds_since(t0);
+  out.indices = chosen.indices;
+  out.n_select = static_cast<int>(chosen.indices.size()) - n_norm;
+  const double nt = static_cast<double>(chosen.indices.size());
+  for (std::size_t i = 0; i < chosen.indices.size(); ++i) {
+    out.energies_eV.push_back(grid_eV[static_cast<std::size_t>(chosen.indices[i])]);
+    out.dwell_weights.push_back(chosen.weights[i] * nt);
+  }
+  out.linear_rmse_equal_time = linear(chosen.criterion);
+  std::vector<int> all(static_cast<std::size_t>(E));
+  for (int j = 0; j < E; ++j) all[static_cast<std::size_t>(j)] = j;
+  out.linear_full_grid_rmse = linear(dwell_criterion(model, v, Q, all, std::vector<double>(all.size(), 1.0 / E)));
+
+  // Held-out validation: noise-free mixtures, one set of standard normals for every design.
+  EnergySelectionOptions clean_opt = opt;
+  clean_opt.noise = 0;
+  const Mixtures clean = make_mixtures(model, opt.n_test, clean_opt, splitmix64(opt.seed ^ 0xD3E1'7D3E'17D3'E17Dull));
+  Eigen::MatrixXd z(clean.spectra.rows(), E);
+  Rng rng(splitmix64(opt.seed ^ 0x2015'E2015'E2015ull));
+  for (Eigen::Index i = 0; i < z.rows(); ++i)
+    for (Eigen::Index j = 0; j < E; ++j) z(i, j) = rng.normal();
+  auto scaled = [](const std::vector<double>& w, double total) {
+    std::vector<double> t(w.size());
+    for (std::size_t i = 0; i < w.size(); ++i) t[i] = w[i] * total;
+    return t;
+  };
+  out.rmse_equal_time = fraction_rmse_dwell(model, chosen.indices, scaled(chosen.weights, E), clean, z, nm);
+  out.rmse_equal_dwell = fraction_rmse_dwell(model, chosen.indices, scaled(chosen.weights, nt), clean, z, nm);
+  out.rmse_even_equal_time = fraction_rmse_dwell(model, chosen.indices, std::vector<double>(chosen.indices.size(), E / nt), clean, z, nm);
+  out.full_grid_rmse = fraction_rmse_dwell(model, all, std::vector<double>(all.size(), 1.0), clean, z, nm);
+  // The bound: the approximate optimum, without the energies it gives (almost) no time.
+  std::vector<int> opt_idx;
+  std::vector<double> opt_w;
+  for (std::size_t i = 0; i < path.back().indices.size(); ++i)
+    if (path.back().weights[i] > 1e-4) opt_idx.push_back(path.back().indices[i]), opt_w.push_back(path.back().weights[i]);
+  const double opt_sum = std::accumulate(opt_w.begin(), opt_w.end(), 0.0);
+  out.optimum_rmse_equal_time = fraction_rmse_dwell(model, opt_idx, scaled(opt_w, E / opt_sum), clean, z, nm);
   return out;
 }
 

@@ -99,4 +99,128 @@ std::vector<int> a_optimal_select(const LcfModel& model, const std::vector<int>&
 double fraction_rmse(const LcfModel& model, const std::vector<int>& indices, const Mixtures& test,
                      int* failed = nullptr);
 
+
+// ---- Equal beam time: unequal dwell per energy with Poisson variances (science.md §7) --------
+//
+// A scan's noise is set by its beam time, not by its point count: measuring fewer energies
+// for longer each can beat the full grid at the same total time. Fluorescence counts are
+// Poisson, so y at energy e measured for dwell t_e has var ∝ ŷ_e / t_e (ŷ the expected
+// spectrum: low before the edge, high after it). The dwell design is the approximate
+// A-optimal design (Kiefer–Wolfowitz) for the fraction error: weights w_e ≥ 0, Σ w = 1 (the
+// share of the total time spent at e) minimizing Φ(w) = tr(Q M(w)⁻¹), M(w) = Σ_e w_e x_e x_eᵀ / v_e,
+// x_e the LCF design row (background included), v_e the variance profile and Q the fraction
+// block's weight (fraction_weight_matrix). The multiplicative algorithm w_e ← w_e·d_e/Σ_j w_j d_j,
+// d_e = x_eᵀ M⁻¹ Q M⁻¹ x_e / v_e, converges to it (at the optimum max_e d_e = Φ: the
+// equivalence theorem, used as the stopping rule). It is then rounded to n energies by backward
+// removal (drop the energy with the least time, re-optimize the rest), which gives the whole
+// path n = E … M at once: n "auto" is the smallest n whose predicted error is within a
+// tolerance of the best.
+
+struct DwellOptions {
+  // Floor on the expected spectrum in the variance profile, in edge-step units: fluorescence
+  // before the edge is mostly background (scatter, other elements: ~1 % of the edge step), and
+  // a variance of 0 would make a pre-edge point free.
+  double variance_floor = 0.01;
+  bool poisson = true;          // variance ∝ max(ŷ, floor) (fluorescence); false: constant (the old model)
+  // Minimum dwell of a kept (normalization) point, relative to the mean dwell of the design's
+  // energies: the design alone would give them almost no time (the background is fitted), but
+  // edge normalization and the edge maps need them measured.
+  double keep_min_weight = 0.5;
+  // Minimum dwell of every selected energy, relative to the mean: where n is larger than the
+  // optimum's support (~M energies) the extra energies would get no time at all; a little
+  // keeps them measured (robustness to a species or a background the model lacks).
+  double min_weight = 0.1;
+  int max_iterations = 20000;   // multiplicative-algorithm updates per optimization
+  double tolerance = 1e-3;      // stop when max_e d_e ≤ (1 + tolerance)·Φ (the equivalence theorem): Φ within 0.1 % of its optimum
+  double ridge = 1e-9;          // added to M's diagonal (relative to its mean diagonal): keeps M⁻¹ defined
+};
+
+// v_e = max(expected_e, floor) with options.poisson, else 1.
+Eigen::VectorXd variance_profile(const Eigen::VectorXd& expected, const DwellOptions& o);
+
+// Q = mean over the rows f of `compositions` (fractions, N×K) of JᵀJ, J = [0 | I − f·1ᵀ] (K × M,
+// zero on the n_background background columns): the first-order error of c/Σc at thickness 1
+// is J·δθ, so tr(Q·cov θ) is the mean squared fraction error summed over references.
+Eigen::MatrixXd fraction_weight_matrix(int n_background, const Eigen::MatrixXd& compositions);
+
+// Default compositions: each reference pure, and the equal mixture ((K+1) × K).
+Eigen::MatrixXd default_compositions(int K);
+
+struct DwellDesign {
+  std::vector<int> indices;     // sorted, into the grid
+  std::vector<double> weights;  // share of the total time per index, Σ = 1
+  double criterion = 0;         // Φ(w) = tr(Q M(w)⁻¹)
+  std::vector<double> contributions;  // w_e·d_e per index (Σ = Φ without ridge); empty if singular
+  int iterations = 0;
+};
+
+// Φ(w) for `weights` on `indices` (inf if M is singular).
+double dwell_criterion(const LcfModel& model, const Eigen::VectorXd& variance, const Eigen::MatrixXd& Q,
+                       const std::vector<int>& indices, const std::vector<double>& weights);
+
+// The approximate optimum on `indices` (start: `start` if given and of matching size, else uniform).
+// Every index gets at least o.min_weight / indices.size() of the time, those in `keep` (sorted)
+// at least o.keep_min_weight / indices.size().
+DwellDesign optimal_dwell(const LcfModel& model, const Eigen::VectorXd& variance, const Eigen::MatrixXd& Q,
+                          const std::vector<int>& indices, const std::vector<int>& keep, const DwellOptions& o,
+                          const std::vector<double>& start = {});
+
+// Backward removal from every grid energy down to `keep` + min_select (dropping the energy with
+// the smallest contribution w_e·d_e, then re-optimizing from the old weights): element i of the result is
+// the design with keep.size() + min_select + i energies, the last is the approximate optimum
+// on all energies.
+std::vector<DwellDesign> dwell_path(const LcfModel& model, const Eigen::VectorXd& variance, const Eigen::MatrixXd& Q,
+                                    const std::vector<int>& keep, int min_select, const DwellOptions& o);
+
+// The noise of a measurement at relative dwell t (1 = the full grid's per-point dwell): sample e
+// of a spectrum with expected value ȳ_e has σ² = sigma²·p(ȳ_e)/mean_profile/t_e, p(ȳ) = max(ȳ, floor)
+// (poisson) or 1: sigma is the RMS noise per point of the expected spectrum on the full grid at
+// uniform dwell, as `noise` is measured.
+struct NoiseModel {
+  double sigma = 0.01;
+  bool poisson = true;
+  double floor = 0.01;
+  double mean_profile = 1;  // mean of the variance profile over the grid
+};
+
+// Held-out error of a dwell design: each clean mixture (clean.spectra, noise-free) gets noise
+// z·σ_e (z: N × E standard normals, the same for every design compared: common random numbers)
+// at the energies `indices` with relative dwell `dwell` (one per index), and is fitted by NNLS
+// with the background, weighted as the daemon's fit.weighting=poisson does (1/σ_e² from the
+// fit's own prediction, 3 rounds after a first pass weighted by the dwell alone) when
+// `weighted`, else unweighted. Returns the RMSE of c/Σc over mixtures and references.
+double fraction_rmse_dwell(const LcfModel& model, const std::vector<int>& indices, const std::vector<double>& dwell,
+                           const Mixtures& clean, const Eigen::MatrixXd& z, const NoiseModel& noise, bool weighted = true);
+
+struct DwellSelection {
+  std::vector<int> indices;                // sorted, normalization points included
+  std::vector<double> energies_eV;
+  std::vector<int> normalization_indices;
+  std::vector<double> dwell_weights;       // per index, mean 1 (Σ = indices.size())
+  int n_select = 0;                        // energies besides the normalization points
+  bool n_auto = false;
+  double n_tolerance = 0;
+  // n → the linear (Cramér–Rao) fraction RMSE at equal total time, for the whole removal path
+  std::vector<std::pair<int, double>> curve;
+  // Held-out mixtures (fraction_rmse_dwell, weighted):
+  double rmse_equal_time = 0;        // the design, total time = the full grid's (dwell t = E·w)
+  double rmse_equal_dwell = 0;       // the design, mean dwell = the full grid's per point (t = n·w)
+  double rmse_even_equal_time = 0;   // the same energies at even dwell, total = the full grid's
+  double full_grid_rmse = 0;         // every energy at uniform dwell (equal time and equal dwell)
+  double optimum_rmse_equal_time = 0;  // the approximate optimum on every energy (the bound)
+  double linear_rmse_equal_time = 0;   // Cramér–Rao prediction for the design, and for the full grid
+  double linear_full_grid_rmse = 0;
+  double seconds = 0;                // design time (not validation)
+};
+
+// The equal-time selection: the dwell path on the references `refs` (E×K on `grid_eV`) with
+// the expected spectrum `expected` (E, per unit edge step, background included; empty: the
+// references' equal mixture), the normalization points of opt.n_normalization kept, n =
+// opt.n_select or, when n_tolerance > 0, the smallest n whose linear RMSE at equal time is
+// ≤ (1 + n_tolerance)× the best on the path; validated on opt.n_test held-out mixtures at
+// noise opt.noise (NoiseModel.sigma).
+DwellSelection select_dwell(const std::vector<std::string>& names, const Eigen::MatrixXd& refs,
+                            const std::vector<double>& grid_eV, const Eigen::VectorXd& expected,
+                            const EnergySelectionOptions& opt, const DwellOptions& dopt, double n_tolerance = 0);
+
 }  // namespace xanesd::science
