@@ -45,6 +45,7 @@ nlohmann::json run_batch_fit(const Config& cfg, const BatchOptions& opt) {
   if (!scan->fit_error().empty()) throw std::runtime_error(scan->fit_error());
   scan->solve_changed(solve_threads(cfg));
   scan->update_reference_selection(solve_threads(cfg));
+  scan->solve_changed(solve_threads(cfg));  // the final maps: Poisson-weighted once the references are chosen
   scan->update_segments(solve_threads(cfg));
   scan->compute_edge_maps(solve_threads(cfg));
   nlohmann::json counters = nlohmann::json::object();

@@ -217,8 +217,9 @@ TEST_CASE("Poisson weighting (maximum likelihood for counts) beats unweighted LC
     p.seed = 77;
     const auto truth = sim::simulate(refs, p);
     auto plain = default_settings();
+    plain.weighting = ScanSettings::Weighting::none;
     auto weighted = plain;
-    weighted.poisson_weighting = true;
+    weighted.weighting = ScanSettings::Weighting::poisson;
     const auto e_plain = errors(*run_scan(truth, refs, plain), truth);
     const auto e_weighted = errors(*run_scan(truth, refs, weighted), truth);
     MESSAGE(counts << " counts: fraction MAE unweighted " << e_plain.fraction_mae << ", Poisson-weighted "
@@ -271,7 +272,7 @@ TEST_CASE("fractions, uncertainties and masks do not depend on the unit of I0 or
   for (const auto& mode : modes) {
     auto settings = default_settings();
     settings.fit.method = mode.method;
-    settings.poisson_weighting = mode.poisson;
+    settings.weighting = mode.poisson ? ScanSettings::Weighting::poisson : ScanSettings::Weighting::none;
     const auto base_truth = sim::simulate(refs, nominal);
     const auto base = run_scan(base_truth, refs, settings);
     const auto& b = base->fit()->maps();
@@ -307,11 +308,39 @@ TEST_CASE("Poisson weighting is never worse than unweighted on the scenes, with 
   for (double counts : {5000.0, 500.0}) {
     const auto truth = sim::simulate(refs, test::scene_scan(64, 64, counts, 3));
     auto plain = default_settings();
+    plain.weighting = ScanSettings::Weighting::none;
     auto weighted = plain;
-    weighted.poisson_weighting = true;
+    weighted.weighting = ScanSettings::Weighting::poisson;
     const double e_plain = fraction_rmse(*run_scan(truth, refs, plain), truth);
     const double e_weighted = fraction_rmse(*run_scan(truth, refs, weighted), truth);
     MESSAGE(counts << " counts, I0 in 1e5 units: fraction RMSE unweighted " << e_plain << ", Poisson " << e_weighted);
     CHECK(e_weighted <= e_plain);
   }
+}
+
+TEST_CASE("the default weighting: live maps unweighted, the final maps Poisson-weighted (as fit.weighting=poisson)") {
+  const auto refs = pick(load_reference_file(test::fe_library()), test::scene_species());
+  const auto truth = sim::simulate(refs, test::scene_scan(40, 40, 500, 4));
+  auto poisson = default_settings();
+  poisson.weighting = ScanSettings::Weighting::poisson;
+  auto none = default_settings();
+  none.weighting = ScanSettings::Weighting::none;
+  REQUIRE(default_settings().weighting == ScanSettings::Weighting::final_maps);
+  auto live = run_scan(truth, refs, default_settings());
+  const auto unweighted = run_scan(truth, refs, none);
+  CHECK(live->fit()->maps().fractions == unweighted->fit()->maps().fractions);  // while the scan runs
+  protocol::StopMsg stop;
+  stop.scan_id = "accuracy";
+  // The final cycle, as the pipeline and `xanesd fit` run it.
+  auto finish = [&](Scan& scan) {
+    scan.stop(stop);
+    scan.solve_changed(2);
+    scan.update_reference_selection(2);
+    scan.solve_changed(2);
+  };
+  finish(*live);
+  auto weighted = run_scan(truth, refs, poisson);
+  finish(*weighted);
+  CHECK(live->fit()->maps().fractions == weighted->fit()->maps().fractions);
+  CHECK(live->fit()->maps().fractions != unweighted->fit()->maps().fractions);
 }

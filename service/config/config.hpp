@@ -56,7 +56,8 @@ struct FitConfig {
   double lasso_alpha = 5e-4;
   bool lasso_refit = true;
   int threads = 0;  // 0: all cores
-  std::string weighting = "none";  // none | poisson
+  std::string weighting = "auto";  // auto | none | poisson
+  double poisson_max_pixels = 1048576;
 };
 struct EdgeConfig {  // per-pixel edge maps; 0 (nnorm −1) = Larch's automatic choice
   double e0_eV = 0, pre1_eV = 0, pre2_eV = 0, norm1_eV = 0, norm2_eV = 0;

@@ -150,7 +150,7 @@ void Pipeline::on_message(IngestMessage&& msg) {
 }
 
 std::optional<Issue> Pipeline::budget_issue(const protocol::StartMsg& s, std::size_t energies) const {
-  const double bytes = scan_bytes(s.rows, s.cols, energies, s.xrf_channels.size(), refs_.size(), cfg_.fit.weighting == "poisson");
+  const double bytes = scan_bytes(s.rows, s.cols, energies, s.xrf_channels.size(), refs_.size(), keeps_count_scales(scan_settings(cfg_), static_cast<std::size_t>(s.rows) * static_cast<std::size_t>(s.cols)));
   if (bytes <= cfg_.ingest.max_scan_GiB * 1073741824.0) return std::nullopt;
   return Issue{"scan_too_large", "scan '" + s.scan_id + "' would need " + std::to_string(bytes / 1073741824.0) + " GiB (" +
                                      std::to_string(energies) + " energies, " + std::to_string(s.xrf_channels.size()) +

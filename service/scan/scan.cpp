@@ -25,7 +25,10 @@ ScanSettings scan_settings(const Config& cfg) {
   s.fit.lasso_alpha = cfg.fit.lasso_alpha;
   s.fit.lasso_refit = cfg.fit.lasso_refit;
   s.background = cfg.fit.background;
-  s.poisson_weighting = cfg.fit.weighting == "poisson";
+  s.weighting = cfg.fit.weighting == "poisson" ? ScanSettings::Weighting::poisson
+                : cfg.fit.weighting == "auto"  ? ScanSettings::Weighting::final_maps
+                                               : ScanSettings::Weighting::none;
+  s.poisson_max_pixels = cfg.fit.poisson_max_pixels;
   auto given = [](double v) { return v != 0 ? std::optional<double>(v) : std::nullopt; };
   s.edge = {given(cfg.edge.e0_eV), given(cfg.edge.pre1_eV), given(cfg.edge.pre2_eV), given(cfg.edge.norm1_eV),
             given(cfg.edge.norm2_eV), cfg.edge.nnorm >= 0 ? std::optional<int>(cfg.edge.nnorm) : std::nullopt};
@@ -70,9 +73,9 @@ std::string to_string(ScanState s) {
 }
 
 double scan_bytes(int rows, int cols, std::size_t energies, std::size_t xrf_channels, std::size_t references,
-                  bool poisson_weighting) {
+                  bool count_scales) {
   const double pixels = static_cast<double>(rows) * cols, E = static_cast<double>(energies);
-  return pixels * (4.0 * E * (poisson_weighting ? 2 : 1) + 8.0 * (static_cast<double>(references) + 4) + 64.0 +
+  return pixels * (4.0 * E * (count_scales ? 2 : 1) + 8.0 * (static_cast<double>(references) + 4) + 64.0 +
                    4.0 * static_cast<double>(xrf_channels));
 }
 
@@ -115,6 +118,8 @@ Scan::Scan(protocol::StartMsg start, const std::vector<science::Reference>& refs
   if (start_.flat) flat_ = to_floats(*start_.flat);
   start_.dark.reset();  // keep the copies above, not the frames
   start_.flat.reset();
+  // Count scales are kept from the first frame when the fit may ever weight by them.
+  if (keeps_count_scales()) scale_.assign(store_.size(), 0.f);
   library_ = refs;
   build_fit();
 }
@@ -144,10 +149,7 @@ void Scan::build_fit() {
                                                start_.energies_eV, settings_.background);
     }
     lcf_ = std::make_unique<science::IncrementalLcf>(std::move(model), npix_, settings_.fit);
-    if (settings_.poisson_weighting) {
-      if (scale_.empty()) scale_.assign(store_.size(), 0.f);
-      lcf_->set_sample_source(this);
-    }
+    lcf_weighted_ = false;
   } catch (const std::exception& e) {
     fit_error_ = e.what();
   }
@@ -181,7 +183,7 @@ std::optional<Issue> Scan::extend(const protocol::StartMsg& more, const std::vec
 
 void Scan::refit(const std::vector<science::Reference>& refs, const ScanSettings& settings) {
   settings_ = settings;
-  if (!same_references(refs, library_)) selected_.clear(), selection_.reset();  // a new library: choose again
+  if (!same_references(refs, library_)) selected_.clear(), selection_.reset(), selection_tried_ = false;  // a new library: choose again
   library_ = refs;
   if (!settings_.selection.enabled) selected_.clear(), selection_.reset();
   build_fit();
@@ -388,8 +390,29 @@ void Scan::abort(const std::string& why) {
   stop_reason_ = why;
 }
 
+bool keeps_count_scales(const ScanSettings& s, std::size_t pixels) {
+  using W = ScanSettings::Weighting;
+  return s.weighting == W::poisson || (s.weighting == W::final_maps && static_cast<double>(pixels) <= s.poisson_max_pixels);
+}
+
+bool Scan::keeps_count_scales() const { return xanesd::keeps_count_scales(settings_, npix_); }
+
+bool Scan::weighted_solve() const {
+  if (!keeps_count_scales() || scale_.empty()) return false;
+  if (settings_.weighting == ScanSettings::Weighting::poisson) return true;
+  // Final maps only, and not before the image-level selection has looked at this library: the
+  // full library's weighted solve would be thrown away when the selection narrows it.
+  const bool selection_pending = settings_.selection.enabled && library_.size() >= 2 && !selection_tried_;
+  return state_ != ScanState::running && !selection_pending;
+}
+
 std::size_t Scan::solve_changed(int threads) {
   if (!lcf_) return 0;
+  if (const bool w = weighted_solve(); w != lcf_weighted_) {
+    lcf_->set_sample_source(w ? this : nullptr);
+    lcf_->mark_all_changed();
+    lcf_weighted_ = w;
+  }
   const auto n = lcf_->solve_changed(threads);
   mask_ = science::quality_mask(lcf_->maps(), settings_.mask);
   return n;
@@ -397,6 +420,7 @@ std::size_t Scan::solve_changed(int threads) {
 
 bool Scan::update_reference_selection(int threads) {
   if (!lcf_ || !library_model_ || !settings_.selection.enabled || library_.size() < 2) return false;
+  selection_tried_ = true;
   const auto& sel = settings_.selection;
   auto evidence = science::selection_evidence(*library_model_, store_.data(), npix_, rows(), cols(), mask_.valid.data(),
                                               sel.max_tiles);

@@ -42,7 +42,10 @@ struct ScanSettings {
   science::SolveOptions fit;  // method, sum-to-one, LASSO α
   science::MaskSettings mask;
   science::PreEdgeParams edge;
-  bool poisson_weighting = false;
+  // Poisson weighting (fit.weighting): never, always, or for the final maps only (live
+  // cycles unweighted) of scans up to poisson_max_pixels.
+  enum class Weighting { none, poisson, final_maps } weighting = Weighting::none;
+  double poisson_max_pixels = 1048576;
   bool background = true;
   science::SegmentationSettings segment;
   science::ReferenceSelectionSettings selection;
@@ -64,7 +67,9 @@ std::optional<Issue> plan_issue(const std::vector<double>& energies_eV);
 // What a scan of this size allocates (ingest.max_scan_GiB covers all of it): the float32 store,
 // the fit statistics per pixel (doubles), the XRF channels, and the Poisson count scales.
 double scan_bytes(int rows, int cols, std::size_t energies, std::size_t xrf_channels, std::size_t references,
-                  bool poisson_weighting);
+                  bool count_scales);
+// Whether a scan of this many pixels keeps count scales (Poisson weighting may apply).
+bool keeps_count_scales(const ScanSettings& s, std::size_t pixels);
 
 enum class ScanState { running, stopped, aborted };
 std::string to_string(ScanState s);
@@ -131,6 +136,10 @@ class Scan : private science::SampleSource {
   // SampleSource: the pixel's stored samples and count scales, for Poisson weighting.
   void samples(std::size_t p, std::vector<int>& energies, std::vector<double>& y, std::vector<double>& scale) const override;
   bool transmission() const override { return start_.mode == protocol::Mode::transmission; }
+  // Whether this scan may weight at all (count scales are then kept from the first frame), and
+  // whether the next solve does.
+  bool keeps_count_scales() const;
+  bool weighted_solve() const;
   // The fit over library_ (all of it, or the selected references when a selection holds).
   void build_fit();
   void refill_fit();  // folds every stored sample into a freshly built fit
@@ -149,6 +158,8 @@ class Scan : private science::SampleSource {
   std::optional<science::LcfModel> library_model_;  // the whole library on the scan's energies (selection evidence)
   std::optional<science::ReferenceSelection> selection_;
   std::unique_ptr<science::IncrementalLcf> lcf_;
+  bool lcf_weighted_ = false;      // the fit reads count scales (Poisson) in its solves
+  bool selection_tried_ = false;   // the reference selection has run on this fit's library
   std::string fit_error_;
   science::QualityMask mask_;
   std::optional<science::EdgeMaps> edge_maps_;
