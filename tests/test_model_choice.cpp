@@ -2,6 +2,8 @@
 // scenes built from the shipped library, with the whole 11-reference library loaded.
 #include <doctest/doctest.h>
 
+#include <map>
+
 #include "science/reference_selection.hpp"
 #include "science_support.hpp"
 
@@ -33,4 +35,62 @@ TEST_CASE("image-level selection finds the scene's species in the 11-reference l
     std::sort(want.begin(), want.end());
     CHECK(names == want);
   }
+}
+
+TEST_CASE("reference-free fallback: a domain no loaded reference explains is flagged, and its mean spectrum fits it") {
+  const auto library = load_reference_file(test::fe_library());
+  const auto species = pick(library, test::scene_species());  // Hematite_NP is the fourth
+  const auto truth = sim::simulate(species, test::scene_scan(80, 80, 5000, 5));
+  const std::vector<Reference> loaded(species.begin(), species.begin() + 3);  // Hematite_NP missing
+  auto scan = run_scan(truth, loaded, default_settings());
+  scan->update_reference_selection(2);
+  scan->update_segments(2);
+  const auto* seg = scan->segmentation();
+  REQUIRE(seg);
+  REQUIRE(seg->waiting.empty());
+  // The cluster holding most of the Hematite-dominated pixels (truth domain 4), and the one
+  // holding most Magnetite-dominated pixels (domain 1, drifting toward Goethite: both loaded).
+  auto majority_cluster = [&](int domain) {
+    std::map<int, int> count;
+    for (std::size_t p = 0; p < truth.pixels(); ++p)
+      if (truth.domains[p] == domain && !truth.stripe[p]) ++count[seg->labels[p]];
+    return std::max_element(count.begin(), count.end(), [](auto& a, auto& b) { return a.second < b.second; })->first;
+  };
+  const int hematite = majority_cluster(4), magnetite = majority_cluster(1);
+  REQUIRE(hematite != magnetite);
+  auto summary = [&](int id) {
+    for (const auto& c : seg->clusters)
+      if (c.id == id) return c;
+    FAIL("no cluster " << id);
+    return science::ClusterSummary{};
+  };
+  const auto h = summary(hematite), m = summary(magnetite);
+  MESSAGE("Hematite domain: residual " << h.residual << " noise " << h.noise << " thickness " << h.thickness
+                                       << "; Magnetite domain: residual " << m.residual << " noise " << m.noise);
+  CHECK(h.unexplained);
+  CHECK_FALSE(m.unexplained);
+  CHECK(scan->summary()["fit"]["unexplained_clusters"].size() >= 1);
+
+  // Load that domain's mean spectrum as a reference: the misfit of its pixels falls (what is
+  // left is their noise).
+  auto misfit = [&](const Scan& s) {  // mean squared RMS residual of the Hematite-dominated pixels
+    double sum = 0;
+    int n = 0;
+    for (std::size_t p = 0; p < truth.pixels(); ++p)
+      if (truth.domains[p] == 4 && !truth.stripe[p] && s.mask().valid[p])
+        sum += static_cast<double>(s.fit()->maps().residual[p]) * s.fit()->maps().residual[p], ++n;
+    return sum / n;
+  };
+  const double before = misfit(*scan);
+  auto refs = loaded;
+  refs.push_back(scan->cluster_reference(hematite, "domain"));
+  CHECK_THROWS_AS(scan->cluster_reference(250, ""), std::invalid_argument);
+  scan->refit(refs, default_settings());
+  scan->solve_changed(2);
+  scan->update_reference_selection(2);
+  const auto names = scan->fit()->model().reference_names;
+  CHECK(std::find(names.begin(), names.end(), "domain") != names.end());
+  const double after = misfit(*scan);
+  MESSAGE("mean squared residual of the Hematite-dominated pixels: " << before << " → " << after);
+  CHECK(after < 0.7 * before);
 }

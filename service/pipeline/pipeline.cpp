@@ -354,14 +354,23 @@ nlohmann::json Pipeline::handle(const nlohmann::json& req) {
     return {{"ok", true}, {"config", cfg_.effective}};
   }
   if (cmd == "load_references") {
-    const auto& files = req.at("files");
-    if (!files.is_array() || files.empty()) return {{"ok", false}, {"error", "'files' must be a non-empty list of paths"}};
     std::vector<science::Reference> refs;
-    for (const auto& f : files) {
-      auto loaded = science::load_reference_file(
-          f.get<std::string>(), science::normalize_mode_from_string(req.value("normalize", cfg_.references.normalize)),
-          science::energy_unit_from_string(req.value("energy_unit", cfg_.references.energy_unit)));
-      refs.insert(refs.end(), loaded.begin(), loaded.end());
+    if (req.contains("cluster")) {  // reference-free fallback: a domain's own mean spectrum joins the loaded set
+      if (!scan_) return {{"ok", false}, {"error", "load_references from a cluster needs a scan"}};
+      if (!req["cluster"].is_number_integer()) return {{"ok", false}, {"error", "'cluster' must be a cluster id"}};
+      refs = refs_;
+      refs.push_back(scan_->cluster_reference(req["cluster"].get<int>(), req.value("name", "")));
+      for (std::size_t k = 0; k + 1 < refs.size(); ++k)
+        if (refs[k].name == refs.back().name) return {{"ok", false}, {"error", "a reference named '" + refs.back().name + "' is loaded already"}};
+    } else {
+      const auto& files = req.at("files");
+      if (!files.is_array() || files.empty()) return {{"ok", false}, {"error", "'files' must be a non-empty list of paths"}};
+      for (const auto& f : files) {
+        auto loaded = science::load_reference_file(
+            f.get<std::string>(), science::normalize_mode_from_string(req.value("normalize", cfg_.references.normalize)),
+            science::energy_unit_from_string(req.value("energy_unit", cfg_.references.energy_unit)));
+        refs.insert(refs.end(), loaded.begin(), loaded.end());
+      }
     }
     if (req.contains("names")) {  // keep only the named spectra, in the order given
       std::vector<science::Reference> picked;

@@ -55,13 +55,16 @@ void append_segment_messages(const Scan& scan, const science::Segmentation& seg,
   clusters.header["type"] = "clusters";
   clusters.header["cluster_ids"] = ids;
   nlohmann::json pixels = nlohmann::json::array(), fractions = nlohmann::json::array(), sigma = nlohmann::json::array(),
-                 thickness = nlohmann::json::array(), residual = nlohmann::json::array();
+                 thickness = nlohmann::json::array(), residual = nlohmann::json::array(),
+                 noise = nlohmann::json::array(), unexplained = nlohmann::json::array();
   std::vector<double> mean, stderr_;
   for (const auto& c : seg.clusters) {
     pixels.push_back(c.pixels);
     fractions.push_back(c.fractions);
     sigma.push_back(c.fraction_sigma);
     thickness.push_back(c.thickness);
+    noise.push_back(c.noise);
+    if (c.fitted && c.unexplained) unexplained.push_back(c.id);
     residual.push_back(c.residual);
     mean.insert(mean.end(), c.mean.begin(), c.mean.end());
     stderr_.insert(stderr_.end(), c.stderr_.begin(), c.stderr_.end());
@@ -71,6 +74,8 @@ void append_segment_messages(const Scan& scan, const science::Segmentation& seg,
   clusters.header["fraction_sigma"] = sigma;
   clusters.header["thickness"] = thickness;
   clusters.header["residual"] = residual;
+  clusters.header["noise"] = noise;
+  clusters.header["unexplained"] = unexplained;  // ids of domains no loaded reference explains
   clusters.header["reference_names"] = scan.fit() ? scan.fit()->model().reference_names : std::vector<std::string>{};
   const auto& pca = seg.pca;
   clusters.header["pca"] = {{"energy_indices", pca.energies},

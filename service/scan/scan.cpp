@@ -454,6 +454,28 @@ void Scan::update_segments(int threads) {
   segmenter_->update(segment_input(threads));
 }
 
+science::Reference Scan::cluster_reference(int cluster_id, const std::string& name) const {
+  const auto* seg = segmentation();
+  const science::ClusterSummary* cluster = nullptr;
+  if (seg)
+    for (const auto& c : seg->clusters)
+      if (c.id == cluster_id) cluster = &c;
+  if (!cluster) throw std::invalid_argument("scan '" + id() + "' has no cluster " + std::to_string(cluster_id));
+  std::vector<std::pair<double, double>> points;
+  for (std::size_t e = 0; e < cluster->mean.size(); ++e)
+    if (std::isfinite(cluster->mean[e])) points.emplace_back(start_.energies_eV[e], cluster->mean[e]);
+  std::sort(points.begin(), points.end());
+  points.erase(std::unique(points.begin(), points.end(), [](const auto& a, const auto& b) { return a.first == b.first; }),
+               points.end());
+  if (points.size() < 4)
+    throw std::invalid_argument("cluster " + std::to_string(cluster_id) + " has fewer than 4 measured energies");
+  science::Reference r;
+  r.name = name.empty() ? "cluster" + std::to_string(cluster_id) : name;
+  r.source = "cluster " + std::to_string(cluster_id) + " of scan '" + id() + "'";
+  for (const auto& [e, mu] : points) r.energies_eV.push_back(e), r.mu.push_back(mu);
+  return r;
+}
+
 science::SegmentInput Scan::segment_input(int threads) const {
   science::SegmentInput in;
   in.planes = store_.data();
@@ -493,6 +515,11 @@ int Scan::energies_seen() const {
 }
 
 nlohmann::json Scan::summary() const {
+  // Domains no loaded reference explains (reference-free fallback: load_references {cluster}).
+  nlohmann::json unexplained = nlohmann::json::array();
+  if (const auto* seg = segmentation())
+    for (const auto& c : seg->clusters)
+      if (c.fitted && c.unexplained) unexplained.push_back(c.id);
   nlohmann::json refs = nlohmann::json::array();
   if (lcf_)
     for (const auto& r : lcf_->model().reference_names) refs.push_back(r);
@@ -510,7 +537,8 @@ nlohmann::json Scan::summary() const {
           {"flagged_samples", flags_},
           {"fit", {{"method", lcf_ ? science::to_string(lcf_->method()) : ""}, {"references", refs}, {"error", fit_error_},
                    {"library", library_.size()},
-                   {"reference_selection", selection_ ? to_json(*selection_) : nlohmann::json(nullptr)}}}};
+                   {"reference_selection", selection_ ? to_json(*selection_) : nlohmann::json(nullptr)},
+                   {"unexplained_clusters", unexplained}}}};
 }
 
 }  // namespace xanesd

@@ -110,6 +110,10 @@ class Scan : private science::SampleSource {
   void update_segments(int threads);
   // What update_segments gives the segmenter: views of this scan's store, mask, XRF and model.
   science::SegmentInput segment_input(int threads) const;
+  // A domain's edge-normalized mean spectrum as a reference (the reference-free fallback:
+  // a domain no loaded reference explains is fitted with its own spectrum). Throws
+  // std::invalid_argument when there is no such cluster or too few energies.
+  science::Reference cluster_reference(int cluster_id, const std::string& name) const;
   const science::Segmentation* segmentation() const { return segmenter_ ? &segmenter_->result() : nullptr; }
 
   const std::string& id() const { return start_.scan_id; }

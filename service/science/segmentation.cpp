@@ -990,6 +990,12 @@ void fit_mean(const Eigen::VectorXd& mu, const Eigen::MatrixXd& Xu, const Segmen
   const Eigen::VectorXd cvec = fit.theta.tail(K);
   s.thickness = cvec.sum();
   s.residual = std::sqrt(fit.chi2 / static_cast<double>(Eu));
+  double var = 0;
+  int n = 0;
+  for (double e : s.stderr_)
+    if (std::isfinite(e)) var += e * e, ++n;
+  s.noise = n > 0 ? std::sqrt(var / n) : 0.0;
+  s.unexplained = (s.residual > 5.0 * s.noise && s.residual > 0.01) || s.thickness < 0.7 || s.thickness > 1.3;
   if (s.thickness > 0) {
     for (Eigen::Index i = 0; i < K; ++i) s.fractions.push_back(cvec(i) / s.thickness);
     const Eigen::VectorXd sig = fraction_sigma(fit, opt.n_free);

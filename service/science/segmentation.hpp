@@ -64,6 +64,11 @@ struct ClusterSummary {
   std::vector<double> fractions, fraction_sigma;
   double thickness = 0, residual = 0;  // Σc and RMS misfit of the mean
   bool fitted = false;
+  // No loaded reference explains this domain: the mean's misfit is above 5× its own noise (RMS
+  // standard error) and above 1 % of the edge step, or the fit accounts for less than 70 % or
+  // more than 130 % of the edge. Its mean spectrum can then be loaded as a reference.
+  double noise = 0;
+  bool unexplained = false;
 };
 
 struct PcaDiagnostics {

@@ -128,6 +128,7 @@ void write_segments(hid_t entry, const Scan& scan) {
   std::vector<std::int32_t> ids;
   std::vector<std::int64_t> pixels;
   std::vector<double> mean, se, thickness, residual, fractions, sigma;
+  std::vector<std::uint8_t> unexplained;
   const auto K = static_cast<hsize_t>(scan.fit() ? scan.fit()->model().n_refs() : 0);
   for (const auto& c : seg->clusters) {
     ids.push_back(c.id);
@@ -135,6 +136,7 @@ void write_segments(hid_t entry, const Scan& scan) {
     mean.insert(mean.end(), c.mean.begin(), c.mean.end());
     se.insert(se.end(), c.stderr_.begin(), c.stderr_.end());
     thickness.push_back(c.thickness);
+    unexplained.push_back(c.fitted && c.unexplained);
     residual.push_back(c.residual);
     for (hsize_t i = 0; i < K; ++i) {
       fractions.push_back(c.fitted ? c.fractions[i] : std::nan(""));
@@ -150,6 +152,7 @@ void write_segments(hid_t entry, const Scan& scan) {
     h5::write(g, "cluster_fraction_sigma", sigma.data(), hs{k, K});
     h5::write(g, "cluster_thickness", thickness);
     h5::write(g, "cluster_residual", residual);
+    h5::write(g, "cluster_unexplained", unexplained);
     h5::write_strings(g, "reference_names", scan.fit()->model().reference_names);
   }
   h5::write(g, "silhouette", std::vector<double>{seg->silhouette});
