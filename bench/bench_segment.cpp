@@ -51,12 +51,16 @@
 #include <nlohmann/json.hpp>
 
 #include "config/config.hpp"
+#include "args.hpp"
 #include "machine.hpp"
 #include "npy.hpp"
+#include "run_scan.hpp"
+#include "scene_features.hpp"
 #include "scan/scan.hpp"
 #include "science/lcf.hpp"
 #include "science/references.hpp"
 #include "science/segmentation.hpp"
+#include "simulate/scene_truth.hpp"
 #include "simulate/simulate.hpp"
 
 using namespace xanesd;
@@ -72,52 +76,14 @@ const std::vector<std::string> kSpecies = {"Magnetite", "Goethite", "Pyrite"};
 double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
 std::vector<Reference> species() {
-  const auto all = load_reference_file(kRefs / "fe_k_library_normalized.nor");
-  std::vector<Reference> out;
-  for (const auto& n : kSpecies) {
-    auto it = std::find_if(all.begin(), all.end(), [&](const auto& r) { return r.name == n; });
-    if (it == all.end()) throw std::runtime_error("reference " + n + " not in the library");
-    out.push_back(*it);
-  }
-  return out;
+  return sim::pick_references(load_reference_file(kRefs / "fe_k_library_normalized.nor"), kSpecies);
 }
 
-std::vector<int> parse_ints(const std::string& s) {
-  std::vector<int> v;
-  std::stringstream in(s);
-  for (std::string t; std::getline(in, t, ',');) v.push_back(std::stoi(t));
-  if (v.empty()) throw std::runtime_error("empty list '" + s + "'");
-  return v;
-}
-
-Eigen::MatrixXd column(const std::vector<int>& v) {
-  Eigen::MatrixXd m(static_cast<Eigen::Index>(v.size()), 1);
-  for (std::size_t i = 0; i < v.size(); ++i) m(static_cast<Eigen::Index>(i), 0) = v[i];
-  return m;
-}
+using bench::parse_ints;
 
 ScanSettings default_settings() { return scan_settings(make_config(nlohmann::json::object(), {}, "/")); }
 
-// Feeds a simulated scan to a Scan energy-major, frame by frame as the pipeline would, then
-// solves (fit + quality mask), as tests/science_support.hpp's run_scan.
-std::unique_ptr<Scan> run_scan(const sim::Scan& s, const std::vector<Reference>& refs, const ScanSettings& settings) {
-  auto scan = std::make_unique<Scan>(sim::start_message(s, "bench"), refs, settings);
-  if (!scan->fit_error().empty()) throw std::runtime_error("scan: " + scan->fit_error());
-  for (std::size_t e = 0; e < s.params.energies_eV.size(); ++e) {
-    auto f = sim::frame_message(s, "bench", e);
-    if (!scan->apply(f).accepted) throw std::runtime_error("scan: frame rejected");
-  }
-  scan->solve_changed(2);
-  return scan;
-}
-
-// ARI over pixels with material in the truth.
-double ari_on_material(const std::vector<std::uint8_t>& labels, const std::vector<std::uint8_t>& domains) {
-  std::vector<int> a, b;
-  for (std::size_t p = 0; p < domains.size(); ++p)
-    if (domains[p] > 0) a.push_back(labels[p]), b.push_back(domains[p]);
-  return adjusted_rand_index(a, b);
-}
+using bench::run_scan;
 
 struct Options {
   fs::path out;
@@ -194,7 +160,7 @@ void features_part(const Options& o, const std::vector<Reference>& refs, const s
                 t_scan, o.threads, t_update);
     std::printf("  segmenter: k = %d, %d PCA components, %zu of %zu px labelled (%d of them background in the truth), "
                 "ARI vs truth on material %.4f\n",
-                k, r.pca.components, r.labelled, P, truth_background, ari_on_material(r.labels, truth.domains));
+                k, r.pca.components, r.labelled, P, truth_background, sim::ari_on_material(r.labels, truth.domains));
     std::printf("  features: %lld × %lld float64\n", static_cast<long long>(F.rows()), static_cast<long long>(F.cols()));
 
     KMeans km;
@@ -216,9 +182,9 @@ void features_part(const Options& o, const std::vector<Reference>& refs, const s
                 key.c_str(), best, key.c_str(), km.inertia, key.c_str(), t_update, key.c_str(), ari_truth);
     if (!o.out.empty()) {
       bench::write_npy(o.out / (key + "_features.npy"), Eigen::MatrixXd(F));
-      bench::write_npy(o.out / (key + "_truth.npy"), column(truth_rows));
-      bench::write_npy(o.out / (key + "_xanesd_labels.npy"), column(km.labels));
-      bench::write_npy(o.out / (key + "_segmenter_labels.npy"), column(seg_rows));
+      bench::write_npy(o.out / (key + "_truth.npy"), bench::column(truth_rows));
+      bench::write_npy(o.out / (key + "_xanesd_labels.npy"), bench::column(km.labels));
+      bench::write_npy(o.out / (key + "_segmenter_labels.npy"), bench::column(seg_rows));
       nlohmann::json meta = {{"key", key}, {"counts", counts}, {"size", N},       {"k", k},           {"seed", o.seed}, {"n", F.rows()}, {"d", F.cols()},
                              {"cxx_kmeans_s", best}, {"cxx_inertia", km.inertia}, {"update_s", t_update}};
       std::ofstream(o.out / (key + "_meta.json")) << meta.dump(1) << "\n";
@@ -329,7 +295,7 @@ void keepup_part(const Options& o, const std::vector<Reference>& refs, const std
         warm.push_back(since(t0));
       }
       std::sort(warm.begin(), warm.end());
-      const double ari = ari_on_material(seg.result().labels, s.domains);
+      const double ari = sim::ari_on_material(seg.result().labels, s.domains);
       const int k = static_cast<int>(seg.result().clusters.size());
       // k-means alone on this update's sample features, at the chosen k (the update runs it for
       // every k = 1 … chosen while the scatter test fails, so this is a lower bound of its share).
@@ -344,19 +310,6 @@ void keepup_part(const Options& o, const std::vector<Reference>& refs, const std
                   ari);
     }
   }
-}
-
-const std::vector<std::string> kSceneSpecies = {"Magnetite", "Goethite", "Pyrite", "Hematite_NP"};
-
-std::vector<Reference> pick(const std::vector<std::string>& names) {
-  const auto all = load_reference_file(kRefs / "fe_k_library_normalized.nor");
-  std::vector<Reference> out;
-  for (const auto& n : names) {
-    auto it = std::find_if(all.begin(), all.end(), [&](const auto& r) { return r.name == n; });
-    if (it == all.end()) throw std::runtime_error("reference " + n + " not in the library");
-    out.push_back(*it);
-  }
-  return out;
 }
 
 // Stripe survival: the share of the one-pixel stripe's pixels labelled as their species is
@@ -379,7 +332,7 @@ double stripe_survival(const std::vector<std::uint8_t>& labels, const sim::Scan&
 // the daemon's default (automatic k) and told k = the number of species; the automatic run's
 // features go to .npy for scikit-learn's KMeans(n_clusters = true k) on the same rows.
 void scene_part(const Options& o, const std::vector<double>& hxn) {
-  const auto refs = pick(kSceneSpecies);
+  const auto refs = sim::pick_references(load_reference_file(kRefs / "fe_k_library_normalized.nor"), sim::scene_species());
   const int K = static_cast<int>(refs.size());
   std::printf("\n== scene: %d×%d scene-layout fluorescence scans (%d species, 73 HXN energies, background 0.002, I0 in 1e5 units), "
               "ARI against the dominant-species map over material pixels\n",
@@ -387,14 +340,7 @@ void scene_part(const Options& o, const std::vector<double>& hxn) {
   std::printf("  %7s %5s | %-28s | %-28s\n", "counts", "seed", "automatic k: k   ARI  stripe  s", "told k: ARI  stripe  s");
   for (const int counts : o.scene_counts)
     for (const int seed : o.scene_seeds) {
-      sim::Params p;
-      p.rows = o.scene_rows, p.cols = o.scene_cols;
-      p.energies_eV = hxn;
-      p.layout = sim::Params::Layout::scene;
-      p.counts = counts;
-      p.background = 0.002;
-      p.i0_units = 1e5;
-      p.seed = static_cast<std::uint64_t>(seed);
+      const sim::Params p = sim::scene_params(o.scene_rows, o.scene_cols, hxn, counts, static_cast<std::uint64_t>(seed));
       const auto truth = sim::simulate(refs, p);
       const std::size_t P = truth.pixels();
       ScanSettings settings = default_settings();
@@ -413,7 +359,7 @@ void scene_part(const Options& o, const std::vector<double>& hxn) {
       t0 = Clock::now();
       seg_k.update(scan->segment_input(o.threads));
       const double t_told = since(t0);
-      const double ari = ari_on_material(r.labels, truth.domains), ari_k = ari_on_material(seg_k.result().labels, truth.domains);
+      const double ari = sim::ari_on_material(r.labels, truth.domains), ari_k = sim::ari_on_material(seg_k.result().labels, truth.domains);
       const double st = stripe_survival(r.labels, truth), st_k = stripe_survival(seg_k.result().labels, truth);
       const int k = static_cast<int>(r.clusters.size());
       std::printf("  %7d %5d | %13d %6.4f %6.2f %5.3f | %12.4f %6.2f %5.3f\n", counts, seed, k, ari, st, t_auto, ari_k, st_k, t_told);
@@ -421,63 +367,37 @@ void scene_part(const Options& o, const std::vector<double>& hxn) {
       std::printf("RESULT cxx_%s_k=%d\nRESULT cxx_%s_ari_auto=%.6g\nRESULT cxx_%s_ari_told=%.6g\nRESULT cxx_%s_stripe_auto=%.6g\n"
                   "RESULT cxx_%s_stripe_told=%.6g\nRESULT cxx_%s_auto_s=%.6g\n",
                   key.c_str(), k, key.c_str(), ari, key.c_str(), ari_k, key.c_str(), st, key.c_str(), st_k, key.c_str(), t_auto);
-      if (!o.out.empty()) {
-        // Rows: the pixels the automatic run sampled (every pixel with material, in pixel order).
-        const FeatureMatrix& F = seg.sample_features();
-        std::vector<int> row_px, material_truth, seg_all, stripe;
-        for (std::size_t q = 0; q < P; ++q)
-          if (r.labels[q] != kBackground && r.labels[q] != kUnassigned) row_px.push_back(static_cast<int>(q));
-        if (row_px.size() != static_cast<std::size_t>(F.rows()))
-          throw std::runtime_error("scene: sample features do not match the labelled pixels");
-        for (std::size_t q = 0; q < P; ++q) {
-          material_truth.push_back(truth.domains[q]);
-          seg_all.push_back(r.labels[q]);
-          stripe.push_back(truth.stripe[q]);
-        }
-        bench::write_npy(o.out / (key + "_features.npy"), Eigen::MatrixXd(F));
-        bench::write_npy(o.out / (key + "_rows.npy"), column(row_px));
-        bench::write_npy(o.out / (key + "_truth.npy"), column(material_truth));
-        bench::write_npy(o.out / (key + "_stripe.npy"), column(stripe));
-        bench::write_npy(o.out / (key + "_segmenter_labels.npy"), column(seg_all));
-        nlohmann::json meta = {{"key", key}, {"counts", counts}, {"seed", seed}, {"k_true", K}, {"rows", p.rows}, {"cols", p.cols},
-                               {"ari_auto", ari}, {"ari_told", ari_k}, {"k_auto", k}, {"kmeans_seed", o.seed}};
-        std::ofstream(o.out / (key + "_scene.json")) << meta.dump(1) << "\n";
-      }
+      if (!o.out.empty())  // the automatic run sampled every pixel with material, in pixel order
+        bench::write_scene_features(o.out, key, seg, truth, K,
+                                    {{"counts", counts}, {"seed", seed}, {"ari_auto", ari}, {"ari_told", ari_k}, {"kmeans_seed", o.seed}});
     }
 }
 
-}  // namespace
-
-int main(int argc, char** argv) try {
-  std::setvbuf(stdout, nullptr, _IOLBF, 0);  // progress through tee
+int run(int argc, char** argv) {
   Options o;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    auto next = [&]() -> std::string {
-      if (i + 1 >= argc) throw std::runtime_error("option " + a + " needs a value");
-      return argv[++i];
-    };
-    if (a == "--out") o.out = next();
+  for (bench::Args args(argc, argv); args.next();) {
+    const std::string& a = args.option();
+    if (a == "--out") o.out = args.value();
     else if (a == "--only") {
-      const auto v = next();
+      const auto v = args.value();
       if (v != "features" && v != "keepup" && v != "scene") throw std::runtime_error("--only takes features, keepup or scene");
       o.features = v == "features", o.keepup = v == "keepup", o.scene = v == "scene";
-    } else if (a == "--sizes") o.sizes = parse_ints(next());
+    } else if (a == "--sizes") o.sizes = parse_ints(args.value());
     else if (a == "--noisy-sizes") {
-      const auto v = next();
+      const auto v = args.value();
       o.noisy_sizes = v == "none" ? std::vector<int>{} : parse_ints(v);
     }
-    else if (a == "--noisy-counts") o.noisy_counts = std::stod(next());
-    else if (a == "--repeats") o.repeats = std::stoi(next());
-    else if (a == "--keepup-size") o.keepup_size = std::stoi(next());
-    else if (a == "--keepup-energies") o.keepup_energies = parse_ints(next());
-    else if (a == "--keepup-samples") o.keepup_samples = parse_ints(next());
-    else if (a == "--segment-smoothing") o.smoothing = std::stod(next());
-    else if (a == "--segment-merge") o.merge = std::stoi(next());
-    else if (a == "--scene-counts") o.scene_counts = parse_ints(next());
-    else if (a == "--scene-seeds") o.scene_seeds = parse_ints(next());
-    else if (a == "--threads") o.threads = std::stoi(next());
-    else if (a == "--seed") o.seed = std::stoull(next());
+    else if (a == "--noisy-counts") o.noisy_counts = std::stod(args.value());
+    else if (a == "--repeats") o.repeats = std::stoi(args.value());
+    else if (a == "--keepup-size") o.keepup_size = std::stoi(args.value());
+    else if (a == "--keepup-energies") o.keepup_energies = parse_ints(args.value());
+    else if (a == "--keepup-samples") o.keepup_samples = parse_ints(args.value());
+    else if (a == "--segment-smoothing") o.smoothing = std::stod(args.value());
+    else if (a == "--segment-merge") o.merge = std::stoi(args.value());
+    else if (a == "--scene-counts") o.scene_counts = parse_ints(args.value());
+    else if (a == "--scene-seeds") o.scene_seeds = parse_ints(args.value());
+    else if (a == "--threads") o.threads = std::stoi(args.value());
+    else if (a == "--seed") o.seed = std::stoull(args.value());
     else if (a == "-h" || a == "--help") {
       std::printf(
           "usage: bench_segment [--out DIR] [--only features|keepup|scene] [--sizes 256,1024] [--noisy-sizes 1024|none]\n"
@@ -486,7 +406,7 @@ int main(int argc, char** argv) try {
           "                     [--scene-counts 5000,500] [--scene-seeds 1,2,3] [--threads 2] [--seed 1]\n"
           "                     [--segment-smoothing X] [--segment-merge 0|1] (keep-up: settings other than the defaults)\n");
       return 0;
-    } else throw std::runtime_error("unknown option '" + a + "'");
+    } else args.unknown();
   }
   if (o.repeats < 1 || o.threads < 1) throw std::runtime_error("--repeats and --threads must be ≥ 1");
   std::printf("== bench_segment: %d CPUs (%s), %s RAM; Eigen %d.%d.%d\n", xanesd::bench::nproc(), xanesd::bench::cpu_model().c_str(),
@@ -498,7 +418,10 @@ int main(int argc, char** argv) try {
   if (o.keepup) keepup_part(o, refs, hxn);
   if (o.scene) scene_part(o, hxn);
   return 0;
-} catch (const std::exception& e) {
-  std::fprintf(stderr, "bench_segment: %s\n", e.what());
-  return 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  return xanesd::bench::run_main("bench_segment", [&] { return run(argc, argv); });
 }

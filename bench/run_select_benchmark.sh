@@ -38,19 +38,13 @@ echo "== the scikit-learn choices, scored by xanesd's evaluator on the same held
 echo
 bench_machine_line after
 
-"$PY" - "$OUT/xanesd.txt" "$OUT/sklearn.txt" "$OUT/eval.txt" <<'EOF'
+"$PY" - "$ROOT/bench" "$OUT/xanesd.txt" "$OUT/sklearn.txt" "$OUT/eval.txt" <<'EOF'
 import sys
 
-r = {}
-for path in sys.argv[1:]:
-    with open(path) as f:
-        for line in f:
-            if line.startswith("RESULT ") and "=" in line:
-                k, v = line[7:].strip().split("=", 1)
-                try:
-                    r[k] = float(v)
-                except ValueError:
-                    pass
+sys.path.insert(0, sys.argv.pop(1))  # bench/, for bench_results
+from bench_results import read_results  # noqa: E402
+
+r = read_results(sys.argv[1:])
 
 
 def ms(v):

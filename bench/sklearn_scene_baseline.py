@@ -1,7 +1,9 @@
 #!/usr/bin/python3
-"""scikit-learn side of the scene segmentation benchmark (bench/run_segment_benchmark.sh).
+"""scikit-learn side of the scene segmentation benchmarks (bench/run_segment_benchmark.sh,
+bench/run_accuracy_benchmark.sh).
 
-Reads what `bench_segment --only scene --out DIR` wrote per scene (DIR/scene_cC_sS_*.npy: the
+Reads what `bench_segment --only scene --out DIR` or `bench_accuracy --out DIR` wrote per scene
+(bench/scene_features.hpp; DIR/scene_*_*.npy: the
 features xanesd's segmenter clustered, one row per pixel it labelled, `_rows` their pixel
 indices, `_truth` the dominant-species map (0 = no material), `_stripe` the one-pixel stripe,
 `_segmenter_labels` xanesd's labels of every pixel) and runs KMeans(n_clusters = the true number

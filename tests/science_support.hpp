@@ -10,6 +10,7 @@
 
 #include "config/config.hpp"
 #include "scan/scan.hpp"
+#include "simulate/scene_truth.hpp"
 #include "simulate/simulate.hpp"
 #include "support.hpp"
 
@@ -50,22 +51,11 @@ inline sim::Params hxn_scan(int rows, int cols) {
   return p;
 }
 
-// A scene like a real chemical map (the simulator's scene layout) from `species` of the 11-reference
-// library: S counts per unit edge step, background 0.002, I0 recorded as an ion chamber
-// would (1e5 units per unit beam).
+// A scene like a real chemical map (the simulator's scene layout, sim::scene_params) on the HXN grid.
 inline sim::Params scene_scan(int rows, int cols, double counts, std::uint64_t seed = 1) {
-  auto p = hxn_scan(rows, cols);
-  p.layout = sim::Params::Layout::scene;
-  p.counts = counts;
-  p.background = 0.002;
-  p.i0_units = 1e5;
-  p.seed = seed;
-  return p;
+  return sim::scene_params(rows, cols, sim::read_energies_file(hxn_energies()), counts, seed);
 }
 
-inline const std::vector<std::string>& scene_species() {
-  static const std::vector<std::string> names{"Magnetite", "Goethite", "Pyrite", "Hematite_NP"};
-  return names;
-}
+inline const std::vector<std::string>& scene_species() { return sim::scene_species(); }
 
 }  // namespace xanesd::test

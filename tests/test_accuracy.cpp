@@ -235,21 +235,7 @@ namespace {
 // Fraction RMSE of the truth's species over material pixels (truth thickness > 0), masked or
 // not: the fit's reference named like each truth species, 0 where the fit lacks it.
 double fraction_rmse(const Scan& scan, const sim::Scan& truth) {
-  const auto& maps = scan.fit()->maps();
-  const auto& names = scan.fit()->model().reference_names;
-  const std::size_t P = truth.pixels();
-  double se = 0;
-  std::size_t n = 0;
-  for (std::size_t k = 0; k < truth.reference_names.size(); ++k) {
-    const auto it = std::find(names.begin(), names.end(), truth.reference_names[k]);
-    const auto fk = static_cast<std::size_t>(it - names.begin());
-    for (std::size_t p = 0; p < P; ++p) {
-      if (truth.thickness[p] <= 0) continue;
-      const double est = it == names.end() ? 0.0 : maps.fractions[fk * P + p];
-      se += (est - truth.fractions[k * P + p]) * (est - truth.fractions[k * P + p]), ++n;
-    }
-  }
-  return std::sqrt(se / static_cast<double>(n));
+  return sim::fraction_rmse(scan.fit()->maps().fractions, scan.fit()->model().reference_names, truth);
 }
 
 }  // namespace
