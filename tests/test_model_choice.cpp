@@ -3,6 +3,7 @@
 #include <doctest/doctest.h>
 
 #include <map>
+#include <set>
 
 #include "science/reference_selection.hpp"
 #include "science_support.hpp"
@@ -93,4 +94,38 @@ TEST_CASE("reference-free fallback: a domain no loaded reference explains is fla
   const double after = misfit(*scan);
   MESSAGE("mean squared residual of the Hematite-dominated pixels: " << before << " → " << after);
   CHECK(after < 0.7 * before);
+}
+
+TEST_CASE("live: the selection is revised as energies arrive, settles on the true set and does not flicker") {
+  const auto library = load_reference_file(test::fe_library());
+  const auto refs = pick(library, test::scene_species());
+  const auto truth = sim::simulate(refs, test::scene_scan(64, 64, 500, 8));
+  std::vector<std::vector<std::string>> history;
+  auto scan = run_scan(truth, library, default_settings(), [&](Scan& s, std::size_t e) {
+    if (e % 4 != 3) return;  // a segmentation cycle every few frames, as the pipeline's interval gives
+    s.solve_changed(2);
+    s.update_reference_selection(2);
+    if (s.reference_selection() && s.reference_selection()->done())
+      history.push_back(s.fit()->model().reference_names);
+  });
+  REQUIRE(history.size() >= 5);
+  auto want = test::scene_species();
+  std::sort(want.begin(), want.end());
+  auto last = history.back();
+  std::sort(last.begin(), last.end());
+  CHECK(last == want);
+  int changes = 0;
+  for (std::size_t i = 1; i < history.size(); ++i) changes += history[i] != history[i - 1];
+  std::string trace;
+  for (const auto& h : history) trace += std::to_string(h.size()) + " ";
+  MESSAGE(history.size() << " live selections, " << changes << " changes of the fitted set; sizes " << trace);
+  // No flicker: a reference that left the fitted set does not come back.
+  std::set<std::string> left;
+  for (std::size_t i = 1; i < history.size(); ++i) {
+    for (const auto& name : history[i]) CHECK_MESSAGE(!left.count(name), name << " left and came back");
+    for (const auto& name : history[i - 1])
+      if (std::find(history[i].begin(), history[i].end(), name) == history[i].end()) left.insert(name);
+  }
+  // Once the whole edge is measured (the last third of the grid), the set holds.
+  for (std::size_t i = history.size() * 2 / 3; i < history.size(); ++i) CHECK(history[i] == history.back());
 }

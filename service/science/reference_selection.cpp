@@ -274,36 +274,48 @@ SelectionEvidence selection_evidence(const LcfModel& library, const float* plane
   // Square tiles, at least 6 pixels a side, at most max_tiles of them.
   const double area = static_cast<double>(rows) * cols / std::max(1, max_tiles);
   const int side = std::max(6, static_cast<int>(std::ceil(std::sqrt(area))));
+  const int tiles_across = (cols + side - 1) / side, tiles_down = (rows + side - 1) / side;
+  const std::size_t T = static_cast<std::size_t>(tiles_across) * static_cast<std::size_t>(tiles_down);
+  // Which pixels count: material, measured at every energy used (plane by plane: contiguous reads).
+  std::vector<std::uint8_t> use(material, material + npix);
+  for (int e : ev.energies) {
+    const float* plane = planes + static_cast<std::size_t>(e) * npix;
+    for (std::size_t p = 0; p < npix; ++p) use[p] &= std::isfinite(plane[p]) ? 1 : 0;
+  }
+  std::vector<std::uint32_t> tile_of(npix);
+  std::vector<double> count(T, 0.0);
+  for (int r = 0; r < rows; ++r)
+    for (int c = 0; c < cols; ++c) {
+      const std::size_t p = static_cast<std::size_t>(r) * cols + c;
+      tile_of[p] = static_cast<std::uint32_t>((r / side) * tiles_across + c / side);
+      count[tile_of[p]] += use[p];
+    }
+  // Tile sums, plane by plane.
+  Eigen::MatrixXd sums = Eigen::MatrixXd::Zero(n, static_cast<Eigen::Index>(T));
+  for (int i = 0; i < n; ++i) {
+    const float* plane = planes + static_cast<std::size_t>(ev.energies[static_cast<std::size_t>(i)]) * npix;
+    for (std::size_t p = 0; p < npix; ++p)
+      if (use[p]) sums(i, tile_of[p]) += plane[p];
+  }
+  // Noise: the first noise_pixels used pixels of each tile, gathered one by one.
+  std::vector<double> var_sum(T, 0.0);
+  std::vector<int> noise_count(T, 0);
+  Eigen::VectorXd y(n);
+  for (std::size_t p = 0; p < npix; ++p) {
+    const auto t = tile_of[p];
+    if (!use[p] || noise_count[t] >= noise_pixels) continue;
+    for (int i = 0; i < n; ++i) y(i) = planes[static_cast<std::size_t>(ev.energies[static_cast<std::size_t>(i)]) * npix + p];
+    var_sum[t] += std::max(0.0, y.squaredNorm() - (Q.transpose() * y).squaredNorm()) / dof, ++noise_count[t];
+  }
   std::vector<Eigen::VectorXd> means;
   std::vector<double> sigmas;
-  Eigen::VectorXd y(n), sum(n);
-  for (int r0 = 0; r0 < rows; r0 += side)
-    for (int c0 = 0; c0 < cols; c0 += side) {
-      sum.setZero();
-      int count = 0, noise_count = 0;
-      double var_sum = 0;
-      for (int r = r0; r < std::min(rows, r0 + side); ++r)
-        for (int c = c0; c < std::min(cols, c0 + side); ++c) {
-          const std::size_t p = static_cast<std::size_t>(r) * cols + c;
-          if (!material[p]) continue;
-          bool complete = true;
-          for (int i = 0; i < n && complete; ++i) {
-            y(i) = planes[static_cast<std::size_t>(ev.energies[static_cast<std::size_t>(i)]) * npix + p];
-            complete = std::isfinite(y(i));
-          }
-          if (!complete) continue;
-          sum += y, ++count;
-          if (noise_count < noise_pixels) {
-            const double chi2 = std::max(0.0, y.squaredNorm() - (Q.transpose() * y).squaredNorm());
-            var_sum += chi2 / dof, ++noise_count;
-          }
-        }
-      if (count == 0 || var_sum <= 0) continue;
-      means.push_back(sum / count);
-      ev.tile_variance.push_back(var_sum / noise_count / count);
-      ev.tile_pixels.push_back(count);
-      sigmas.push_back(std::sqrt(var_sum / noise_count));
-    }
+  for (std::size_t t = 0; t < T; ++t) {
+    if (count[t] == 0 || var_sum[t] <= 0) continue;
+    means.push_back(sums.col(static_cast<Eigen::Index>(t)) / count[t]);
+    ev.tile_variance.push_back(var_sum[t] / noise_count[t] / count[t]);
+    ev.tile_pixels.push_back(count[t]);
+    sigmas.push_back(std::sqrt(var_sum[t] / noise_count[t]));
+  }
   ev.tile_means.resize(static_cast<Eigen::Index>(means.size()), n);
   for (std::size_t t = 0; t < means.size(); ++t) ev.tile_means.row(static_cast<Eigen::Index>(t)) = means[t].transpose();
   if (!sigmas.empty()) {
