@@ -44,6 +44,10 @@ const std::vector<ConfigKey>& config_keys() {
       {"fit.weighting", "none", "'none', or 'poisson': weight each sample by its counting-statistics variance (fluorescence ŷ/I0, transmission (e^ŷ+1)/flat), reweighted from the fit itself; costs a pass over each pixel's samples per solve and an extra E×P float plane"},
       {"fit.threads", 0, "threads that solve pixels at each publication (0: one per core)", 0, 256},
       {"fit.lasso_refit", true, "after LASSO selects references, re-estimate them by NNLS (removes the shrinkage bias)", -1e300, 1e300, true},
+      {"fit.spatial", true, "edge-preserving spatial estimation of the fractions (science.md §7): each pixel's statistics are averaged with those of neighbours whose thickness-normalized spectra agree with its own within the measured noise (χ² distance), then solved with the same solver; fraction_sigma propagates the weights; thickness, residual and mask stay per pixel. The effective number of pixels averaged is saved (spatial_neighbours)", -1e300, 1e300, true},
+      {"fit.spatial_radius", 3, "spatial estimation: the window is (2r+1)² pixels", 1, 10, true},
+      {"fit.spatial_strength", 1.0, "spatial estimation: kernel width; a neighbour's weight falls to 0 when its χ² distance exceeds the noise expectation (K−1 degrees of freedom) by strength² × that expectation. Larger smooths more", 0.05, 20, true},
+      {"fit.spatial_min_snr", 3.0, "spatial estimation: pixels whose thickness is below this many standard errors (no material) are neither smoothed nor lent to neighbours", 0, 1e6, true},
       {"edge.e0_eV", 0.0, "edge energy for the per-pixel edge maps' normalization ranges (eV); 0: from the image's mean spectrum (maximum of dμ/dE)", 0, 1e6, true},
       {"edge.pre1_eV", 0.0, "pre-edge range start relative to E0 (eV, negative); 0: Larch's rule (second energy − E0, rounded)", -1e4, 0, true},
       {"edge.pre2_eV", 0.0, "pre-edge range end relative to E0 (eV, negative); 0: Larch's rule (≈ pre1/3)", -1e4, 0, true},
@@ -162,6 +166,8 @@ Config build(const nlohmann::json& flat, const std::filesystem::path& base_dir) 
   sel.collinear_cos = num("references.collinear_cos");
   c.fit = {str("fit.method"), flat.at("fit.background").get<bool>(), flat.at("fit.sum_to_one").get<bool>(),
            num("fit.lasso_alpha"), flat.at("fit.lasso_refit").get<bool>(), integer("fit.threads"), str("fit.weighting")};
+  c.fit.spatial = {flat.at("fit.spatial").get<bool>(), integer("fit.spatial_radius"), num("fit.spatial_strength"),
+                   num("fit.spatial_min_snr")};
   if (c.fit.weighting != "none" && c.fit.weighting != "poisson")
     throw ConfigError("config key 'fit.weighting' must be 'none' or 'poisson', got '" + c.fit.weighting + "'");
   if (c.fit.method != "nnls" && c.fit.method != "least_squares" && c.fit.method != "lasso")

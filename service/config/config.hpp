@@ -13,6 +13,7 @@
 
 #include "science/reference_selection.hpp"
 #include "science/segmentation.hpp"
+#include "science/spatial_fit.hpp"
 
 namespace xanesd {
 
@@ -57,6 +58,7 @@ struct FitConfig {
   bool lasso_refit = true;
   int threads = 0;  // 0: all cores
   std::string weighting = "none";  // none | poisson
+  science::SpatialSettings spatial;
 };
 struct EdgeConfig {  // per-pixel edge maps; 0 (nnorm −1) = Larch's automatic choice
   double e0_eV = 0, pre1_eV = 0, pre2_eV = 0, norm1_eV = 0, norm2_eV = 0;

@@ -26,6 +26,7 @@ ScanSettings scan_settings(const Config& cfg) {
   s.fit.lasso_refit = cfg.fit.lasso_refit;
   s.background = cfg.fit.background;
   s.poisson_weighting = cfg.fit.weighting == "poisson";
+  s.spatial = cfg.fit.spatial;
   auto given = [](double v) { return v != 0 ? std::optional<double>(v) : std::nullopt; };
   s.edge = {given(cfg.edge.e0_eV), given(cfg.edge.pre1_eV), given(cfg.edge.pre2_eV), given(cfg.edge.norm1_eV),
             given(cfg.edge.norm2_eV), cfg.edge.nnorm >= 0 ? std::optional<int>(cfg.edge.nnorm) : std::nullopt};
@@ -144,6 +145,7 @@ void Scan::build_fit() {
                                                start_.energies_eV, settings_.background);
     }
     lcf_ = std::make_unique<science::IncrementalLcf>(std::move(model), npix_, settings_.fit);
+    lcf_->set_spatial(settings_.spatial, start_.rows, start_.cols);
     if (settings_.poisson_weighting) {
       if (scale_.empty()) scale_.assign(store_.size(), 0.f);
       lcf_->set_sample_source(this);

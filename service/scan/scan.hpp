@@ -44,6 +44,7 @@ struct ScanSettings {
   science::PreEdgeParams edge;
   bool poisson_weighting = false;
   bool background = true;
+  science::SpatialSettings spatial;  // edge-preserving spatial estimation of the fractions (fit.spatial*)
   science::SegmentationSettings segment;
   science::ReferenceSelectionSettings selection;
 };
