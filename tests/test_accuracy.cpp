@@ -217,6 +217,7 @@ TEST_CASE("Poisson weighting (maximum likelihood for counts) beats unweighted LC
     p.seed = 77;
     const auto truth = sim::simulate(refs, p);
     auto plain = default_settings();
+    plain.spatial.enabled = false;  // the per-pixel fits (with fit.spatial the fractions come from the spatial step)
     auto weighted = plain;
     weighted.poisson_weighting = true;
     const auto e_plain = errors(*run_scan(truth, refs, plain), truth);

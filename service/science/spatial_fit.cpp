@@ -86,14 +86,69 @@ SpatialResult spatial_average(const SpatialInput& in, const SpatialSettings& set
     }
   });
 
-  // Pass 2: each valid pixel's weighted mean of the valid pixels of its window with the same
-  // energy set. d² = ‖z_i − z_j‖²/(v_i + v_j) has about K − 1 degrees of freedom for equal
-  // chemistry (the normalization takes one); the weight w = (1 − e/(h²·dof))², e the excess of
-  // d² over dof, is 1 for what noise explains and 0 beyond (a stripe, a domain edge). Each
-  // neighbour then counts by its precision π_j = 1/v_j (thick pixels know their shape better).
+  // The weight of neighbour j for a centre with whitened coefficients zc and their noise
+  // variance vc: d² = ‖zc − z_j‖²/(vc + v_j) has about K − 1 degrees of freedom for equal
+  // chemistry (the normalization takes one); w = (1 − e/(h²·dof))², e the excess of d² over dof,
+  // is 1 for what noise explains and 0 beyond (a stripe, a domain edge). Each neighbour then
+  // counts by its precision π_j = 1/v_j (thick pixels know their shape better).
   const double dof = std::max(1, K - 1);
   const double inv_width = 1.0 / (std::max(settings.strength, 1e-6) * std::max(settings.strength, 1e-6) * dof);
   const int rad = std::max(0, settings.radius);
+  auto window = [&](std::size_t i, int r, int cc, const float* zc, double vc, int radius, auto&& use) {
+    const auto set = in.set_of[i];
+    for (int dr = -radius; dr <= radius; ++dr) {
+      const int rr = r + dr;
+      if (rr < 0 || rr >= R) continue;
+      for (int dc = -radius; dc <= radius; ++dc) {
+        const int c2 = cc + dc;
+        if (c2 < 0 || c2 >= C) continue;
+        const std::size_t j = static_cast<std::size_t>(rr) * C + c2;
+        if (!valid[j] || in.set_of[j] != set) continue;
+        const float* fj = &feat[j * static_cast<std::size_t>(KF)];
+        double d2 = 0;
+        for (int k = 0; k < K; ++k) d2 += (zc[k] - fj[k]) * static_cast<double>(zc[k] - fj[k]);
+        const double vj = fj[K];
+        d2 /= vc + vj;
+        const double x = std::max(0.0, d2 - dof) * inv_width;
+        if (x >= 1.0) continue;
+        const double w = (1.0 - x) * (1.0 - x);
+        use(j, w, 1.0 / vj);
+      }
+    }
+  };
+
+  // Pass 2, the pilot: weights judged against the pixel's own noisy coefficients select
+  // neighbours whose noise resembles the centre's (the estimate then stays near the centre's
+  // noise and its error exceeds the propagated σ). So first a pilot estimate of each pixel's
+  // coefficients, the weighted mean of z over a 3×3 window, with its variance.
+  std::vector<float> pilot(P * static_cast<std::size_t>(KF), 0.f);
+  parallel_rows(R, in.threads, [&](int r0, int r1) {
+    std::vector<double> zacc(static_cast<std::size_t>(K));
+    for (int r = r0; r < r1; ++r)
+      for (int cc = 0; cc < C; ++cc) {
+        const std::size_t i = static_cast<std::size_t>(r) * C + cc;
+        if (!valid[i]) continue;
+        const float* fi = &feat[i * static_cast<std::size_t>(KF)];
+        std::fill(zacc.begin(), zacc.end(), 0.0);
+        double A = 0, B = 0;
+        window(i, r, cc, fi, fi[K], std::min(rad, settings.pilot_radius), [&](std::size_t j, double w, double pj) {
+          const double wp = w * pj;
+          A += wp, B += w * wp;
+          const float* fj = &feat[j * static_cast<std::size_t>(KF)];
+          for (int k = 0; k < K; ++k) zacc[static_cast<std::size_t>(k)] += wp * fj[k];
+        });
+        float* o = &pilot[i * static_cast<std::size_t>(KF)];
+        if (!(A > 0)) {  // no neighbour agrees: the pixel's own coefficients
+          std::copy_n(fi, KF, o);
+          continue;
+        }
+        for (int k = 0; k < K; ++k) o[k] = static_cast<float>(zacc[static_cast<std::size_t>(k)] / A);
+        o[K] = static_cast<float>(B / (A * A));
+      }
+  });
+
+  // Pass 3: each valid pixel's weighted mean of the statistics of its window (same energy
+  // set), weights judged against the pilot.
   parallel_rows(R, in.threads, [&](int r0, int r1) {
     std::vector<double> acc(S);
     for (int r = r0; r < r1; ++r)
@@ -103,32 +158,19 @@ SpatialResult spatial_average(const SpatialInput& in, const SpatialSettings& set
           if (in.set_of[i] < sets.size() && sets[in.set_of[i]].usable) out.neighbours[i] = 1.f;
           continue;
         }
-        const auto set = in.set_of[i];
-        const float* fi = &feat[i * static_cast<std::size_t>(KF)];
-        const double vi = fi[K];
+        const double vi = feat[i * static_cast<std::size_t>(KF) + static_cast<std::size_t>(K)];
+        const float* zi = settings.pilot_radius > 0 ? &pilot[i * static_cast<std::size_t>(KF)] : &feat[i * static_cast<std::size_t>(KF)];
         std::fill(acc.begin(), acc.end(), 0.0);
         double A = 0, B = 0;  // Σ w π, Σ w² π
-        for (int dr = -rad; dr <= rad; ++dr) {
-          const int rr = r + dr;
-          if (rr < 0 || rr >= R) continue;
-          for (int dc = -rad; dc <= rad; ++dc) {
-            const int c2 = cc + dc;
-            if (c2 < 0 || c2 >= C) continue;
-            const std::size_t j = static_cast<std::size_t>(rr) * C + c2;
-            if (!valid[j] || in.set_of[j] != set) continue;
-            const float* fj = &feat[j * static_cast<std::size_t>(KF)];
-            double d2 = 0;
-            for (int k = 0; k < K; ++k) d2 += (fi[k] - fj[k]) * static_cast<double>(fi[k] - fj[k]);
-            const double vj = fj[K];
-            d2 /= vi + vj;
-            const double x = std::max(0.0, d2 - dof) * inv_width;
-            if (x >= 1.0) continue;
-            const double w = (1.0 - x) * (1.0 - x);
-            const double pj = 1.0 / vj, wp = w * pj;
-            A += wp, B += w * wp;
-            const double* sj = &scaled[j * S];
-            for (std::size_t m = 0; m < S; ++m) acc[m] += wp * sj[m];
-          }
+        window(i, r, cc, zi, zi[K], rad, [&](std::size_t j, double w, double pj) {
+          const double wp = w * pj;
+          A += wp, B += w * wp;
+          const double* sj = &scaled[j * S];
+          for (std::size_t m = 0; m < S; ++m) acc[m] += wp * sj[m];
+        });
+        if (!(A > 0)) {  // nothing agrees with the pilot, not even the pixel: keep its own fit
+          out.neighbours[i] = 1.f;
+          continue;
         }
         const double T = thickness[i];
         double* o = &out.stats[i * S];

@@ -15,14 +15,17 @@ namespace xanesd::science {
 
 struct SpatialSettings {
   bool enabled = true;
-  int radius = 3;          // window (2·radius + 1)² pixels
+  int radius = 2;          // window (2·radius + 1)² pixels
   // Kernel width: a neighbour's weight falls from 1 to 0 as the excess of its χ² distance over
   // the distance expected of pure noise (its degrees of freedom) grows to strength² × that
   // expectation. Larger: more smoothing, softer edges.
-  double strength = 1.0;
+  double strength = 3.0;
   // A pixel whose thickness is below min_snr standard errors (empty background, no material)
   // is neither smoothed nor lent to its neighbours.
   double min_snr = 3.0;
+  // Neighbours are judged against a pilot estimate of the pixel's chemistry (the same weights
+  // over this smaller window) rather than its own noisy fit; 0: against the pixel itself.
+  int pilot_radius = 1;
 };
 
 // One set of measured energies (the pixels that share one Gram matrix G).
