@@ -218,6 +218,7 @@ TEST_CASE("Poisson weighting (maximum likelihood for counts) beats unweighted LC
     const auto truth = sim::simulate(refs, p);
     auto plain = default_settings();
     plain.weighting = ScanSettings::Weighting::none;
+    plain.spatial.enabled = false;  // the per-pixel fits (with fit.spatial the fractions come from the spatial step)
     auto weighted = plain;
     weighted.weighting = ScanSettings::Weighting::poisson;
     const auto e_plain = errors(*run_scan(truth, refs, plain), truth);
@@ -308,11 +309,14 @@ TEST_CASE("the default weighting: live maps unweighted, the final maps Poisson-w
   const auto refs = pick(load_reference_file(test::fe_library()), test::scene_species());
   const auto truth = sim::simulate(refs, test::scene_scan(40, 40, 500, 4));
   auto poisson = default_settings();
+  poisson.spatial.enabled = false;  // the per-pixel fits: with fit.spatial the fractions come from the spatial step
   poisson.weighting = ScanSettings::Weighting::poisson;
-  auto none = default_settings();
+  auto none = poisson;
   none.weighting = ScanSettings::Weighting::none;
+  auto by_default = poisson;
+  by_default.weighting = default_settings().weighting;
   REQUIRE(default_settings().weighting == ScanSettings::Weighting::final_maps);
-  auto live = run_scan(truth, refs, default_settings());
+  auto live = run_scan(truth, refs, by_default);
   const auto unweighted = run_scan(truth, refs, none);
   CHECK(live->fit()->maps().fractions == unweighted->fit()->maps().fractions);  // while the scan runs
   protocol::StopMsg stop;

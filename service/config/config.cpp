@@ -45,6 +45,11 @@ const std::vector<ConfigKey>& config_keys() {
       {"fit.poisson_max_pixels", 1048576, "fit.weighting=auto: largest scan (pixels) whose final maps are Poisson-weighted; larger scans are fitted unweighted (the weighted solve costs ≈10× the unweighted one and doubles the store)", 0, 1e12},
       {"fit.threads", 0, "threads that solve pixels at each publication (0: one per core)", 0, 256},
       {"fit.lasso_refit", true, "after LASSO selects references, re-estimate them by NNLS (removes the shrinkage bias)", -1e300, 1e300, true},
+      {"fit.spatial", true, "edge-preserving spatial estimation of the fractions (science.md §7): each pixel's statistics are averaged with those of neighbours whose thickness-normalized spectra agree with its own within the measured noise (χ² distance), then solved with the same solver; fraction_sigma propagates the weights; thickness, residual and mask stay per pixel. The effective number of pixels averaged is saved (spatial_neighbours)", -1e300, 1e300, true},
+      {"fit.spatial_live_max_pixels", 262144, "fit.spatial: scans up to this many pixels get the spatial step in every live cycle; larger scans only in their final maps (the step costs ≈14× the per-pixel solve of a cycle at 1024²)", 0, 1e12, true},
+      {"fit.spatial_radius", 2, "spatial estimation: the window is (2r+1)² pixels", 1, 10, true},
+      {"fit.spatial_strength", 3.0, "spatial estimation: kernel width; a neighbour's weight falls to 0 when its χ² distance exceeds the noise expectation (K−1 degrees of freedom) by strength² × that expectation. Larger smooths more", 0.05, 20, true},
+      {"fit.spatial_min_snr", 3.0, "spatial estimation: pixels whose thickness is below this many standard errors (no material) are neither smoothed nor lent to neighbours", 0, 1e6, true},
       {"edge.e0_eV", 0.0, "edge energy for the per-pixel edge maps' normalization ranges (eV); 0: from the image's mean spectrum (maximum of dμ/dE)", 0, 1e6, true},
       {"edge.pre1_eV", 0.0, "pre-edge range start relative to E0 (eV, negative); 0: Larch's rule (second energy − E0, rounded)", -1e4, 0, true},
       {"edge.pre2_eV", 0.0, "pre-edge range end relative to E0 (eV, negative); 0: Larch's rule (≈ pre1/3)", -1e4, 0, true},
@@ -163,6 +168,9 @@ Config build(const nlohmann::json& flat, const std::filesystem::path& base_dir) 
   sel.collinear_cos = num("references.collinear_cos");
   c.fit = {str("fit.method"), flat.at("fit.background").get<bool>(), flat.at("fit.sum_to_one").get<bool>(),
            num("fit.lasso_alpha"), flat.at("fit.lasso_refit").get<bool>(), integer("fit.threads"), str("fit.weighting")};
+  c.fit.spatial = {flat.at("fit.spatial").get<bool>(), integer("fit.spatial_radius"), num("fit.spatial_strength"),
+                   num("fit.spatial_min_snr")};
+  c.fit.spatial_live_max_pixels = num("fit.spatial_live_max_pixels");
   if (c.fit.weighting != "none" && c.fit.weighting != "poisson" && c.fit.weighting != "auto")
     throw ConfigError("config key 'fit.weighting' must be 'auto', 'none' or 'poisson', got '" + c.fit.weighting + "'");
   c.fit.poisson_max_pixels = num("fit.poisson_max_pixels");

@@ -13,6 +13,7 @@
 
 #include "science/reference_selection.hpp"
 #include "science/segmentation.hpp"
+#include "science/spatial_fit.hpp"
 
 namespace xanesd {
 
@@ -58,6 +59,8 @@ struct FitConfig {
   int threads = 0;  // 0: all cores
   std::string weighting = "auto";  // auto | none | poisson
   double poisson_max_pixels = 1048576;
+  science::SpatialSettings spatial;
+  double spatial_live_max_pixels = 262144;
 };
 struct EdgeConfig {  // per-pixel edge maps; 0 (nnorm −1) = Larch's automatic choice
   double e0_eV = 0, pre1_eV = 0, pre2_eV = 0, norm1_eV = 0, norm2_eV = 0;

@@ -120,6 +120,9 @@ std::vector<protocol::WireMessage> make_map_messages(const Scan& scan, std::int6
   fractions.arrays.push_back(masked("fractions", maps.fractions, mask.valid, {K, R, C}));
   fractions.arrays.push_back(masked("fraction_sigma", maps.fraction_sigma, mask.valid, {K, R, C}));
   fractions.arrays.push_back(protocol::Array::from<std::uint8_t>("mask", mask.valid, {R, C}));
+  fractions.header["spatial"] = !fit->spatial_neighbours().empty();
+  if (const auto& nb = fit->spatial_neighbours(); !nb.empty())
+    fractions.arrays.push_back(protocol::Array::from<float>("spatial_neighbours", nb, {R, C}));
   out.push_back(std::move(fractions));
 
   auto thickness = map_message(scan, "maps/thickness", version, final);

@@ -29,6 +29,8 @@ ScanSettings scan_settings(const Config& cfg) {
                 : cfg.fit.weighting == "auto"  ? ScanSettings::Weighting::final_maps
                                                : ScanSettings::Weighting::none;
   s.poisson_max_pixels = cfg.fit.poisson_max_pixels;
+  s.spatial = cfg.fit.spatial;
+  s.spatial_live_max_pixels = cfg.fit.spatial_live_max_pixels;
   auto given = [](double v) { return v != 0 ? std::optional<double>(v) : std::nullopt; };
   s.edge = {given(cfg.edge.e0_eV), given(cfg.edge.pre1_eV), given(cfg.edge.pre2_eV), given(cfg.edge.norm1_eV),
             given(cfg.edge.norm2_eV), cfg.edge.nnorm >= 0 ? std::optional<int>(cfg.edge.nnorm) : std::nullopt};
@@ -150,6 +152,7 @@ void Scan::build_fit() {
     }
     lcf_ = std::make_unique<science::IncrementalLcf>(std::move(model), npix_, settings_.fit);
     lcf_weighted_ = false;
+    lcf_spatial_ = false;  // switched on by solve_changed when it applies
   } catch (const std::exception& e) {
     fit_error_ = e.what();
   }
@@ -392,13 +395,22 @@ void Scan::abort(const std::string& why) {
 
 bool keeps_count_scales(const ScanSettings& s, std::size_t pixels) {
   using W = ScanSettings::Weighting;
-  return s.weighting == W::poisson || (s.weighting == W::final_maps && static_cast<double>(pixels) <= s.poisson_max_pixels);
+  // fit.weighting=auto with the spatial step: the fractions come from the step, nothing to weight.
+  return s.weighting == W::poisson ||
+         (s.weighting == W::final_maps && !s.spatial.enabled && static_cast<double>(pixels) <= s.poisson_max_pixels);
 }
 
 bool Scan::keeps_count_scales() const { return xanesd::keeps_count_scales(settings_, npix_); }
 
+bool Scan::spatial_solve() const {
+  if (!settings_.spatial.enabled) return false;
+  return static_cast<double>(npix_) <= settings_.spatial_live_max_pixels || state_ != ScanState::running;
+}
+
 bool Scan::weighted_solve() const {
-  if (!keeps_count_scales() || scale_.empty()) return false;
+  // With the spatial step the fractions come from the averaged (unweighted) statistics: a
+  // weighted per-pixel solve would be paid for and discarded.
+  if (!keeps_count_scales() || scale_.empty() || settings_.spatial.enabled) return false;
   if (settings_.weighting == ScanSettings::Weighting::poisson) return true;
   // Final maps only, and not before the image-level selection has looked at this library: the
   // full library's weighted solve would be thrown away when the selection narrows it.
@@ -412,6 +424,13 @@ std::size_t Scan::solve_changed(int threads) {
     lcf_->set_sample_source(w ? this : nullptr);
     lcf_->mark_all_changed();
     lcf_weighted_ = w;
+  }
+  if (const bool sp = spatial_solve(); sp != lcf_spatial_) {
+    auto spatial = settings_.spatial;
+    spatial.enabled = sp;
+    lcf_->set_spatial(spatial, start_.rows, start_.cols);
+    lcf_->mark_all_changed();
+    lcf_spatial_ = sp;
   }
   const auto n = lcf_->solve_changed(threads);
   mask_ = science::quality_mask(lcf_->maps(), settings_.mask);

@@ -47,6 +47,8 @@ struct ScanSettings {
   enum class Weighting { none, poisson, final_maps } weighting = Weighting::none;
   double poisson_max_pixels = 1048576;
   bool background = true;
+  science::SpatialSettings spatial;  // edge-preserving spatial estimation of the fractions (fit.spatial*)
+  double spatial_live_max_pixels = 262144;  // larger scans: the spatial step in the final maps only
   science::SegmentationSettings segment;
   science::ReferenceSelectionSettings selection;
 };
@@ -144,6 +146,7 @@ class Scan : private science::SampleSource {
   // whether the next solve does.
   bool keeps_count_scales() const;
   bool weighted_solve() const;
+  bool spatial_solve() const;
   // The fit over library_ (all of it, or the selected references when a selection holds).
   void build_fit();
   void refill_fit();  // folds every stored sample into a freshly built fit
@@ -163,6 +166,7 @@ class Scan : private science::SampleSource {
   std::optional<science::ReferenceSelection> selection_;
   std::unique_ptr<science::IncrementalLcf> lcf_;
   bool lcf_weighted_ = false;      // the fit reads count scales (Poisson) in its solves
+  bool lcf_spatial_ = false;       // the fit runs the spatial step in its solves
   bool selection_tried_ = false;   // the reference selection has run on this fit's library
   std::string fit_error_;
   science::QualityMask mask_;

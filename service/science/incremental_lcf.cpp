@@ -298,12 +298,15 @@ void IncrementalLcf::solve_pixel(std::size_t p, Workspace& ws) const {
   solve_stats(p, set_of_[p], &stats_[p * static_cast<std::size_t>(M_ + 1)], ws);
 }
 
-void IncrementalLcf::solve_stats(std::size_t p, std::uint32_t set, const double* st, Workspace& ws) const {
+void IncrementalLcf::solve_stats(std::size_t p, std::uint32_t set, const double* st, Workspace& ws,
+                                 const double* sigma2_override) const {
   const int n = sets_.count(set);
   const int K = model_.n_refs(), F = model_.n_background();
   LcfMaps& maps = const_cast<LcfMaps&>(maps_);  // each pixel writes only its own entries
-  maps.nenergies[p] = static_cast<std::uint16_t>(std::min(n, 65535));
+  const bool spatial = sigma2_override != nullptr;
+  if (!spatial) maps.nenergies[p] = static_cast<std::uint16_t>(std::min(n, 65535));
   auto clear = [&] {
+    if (spatial) return;  // the pixel keeps its own fit
     for (int k = 0; k < K; ++k) {
       maps.fractions[static_cast<std::size_t>(k) * npix_ + p] = 0.f;
       maps.fraction_sigma[static_cast<std::size_t>(k) * npix_ + p] = 0.f;
@@ -319,8 +322,9 @@ void IncrementalLcf::solve_stats(std::size_t p, std::uint32_t set, const double*
   Eigen::VectorXd& x = ws.x;
   std::uint32_t mask = 0;  // passive set of the solution, for the covariance
   bool ok = false;
+  const bool weighted = samples_ && !spatial;
   const bool cached_path =
-      !samples_ && !options_.sum_to_one && options_.method != FitMethod::lasso && M_ <= kCachedNnlsMaxParams;
+      !weighted && !options_.sum_to_one && options_.method != FitMethod::lasso && M_ <= kCachedNnlsMaxParams;
   if (cached_path) {
     const std::uint32_t all = M_ == 32 ? ~0u : ((1u << M_) - 1u), free_bits = (1u << F) - 1u;
     if (c.invertible) {  // the unconstrained optimum: for NNLS also the answer when feasible
@@ -392,16 +396,21 @@ void IncrementalLcf::solve_stats(std::size_t p, std::uint32_t set, const double*
       if (sub.ok) inv = &sub.inv, active_idx = &sub.idx;
     }
   } else if (!cached_path) {  // weighted, sum-to-one, LASSO or very large models
-    auto r = samples_ ? solve_weighted(p, c, s, q, n) : solve(c.G, s, q, n, options_);
+    auto r = weighted ? solve_weighted(p, c, s, q, n) : solve(c.G, s, q, n, options_);
     if (!r.ok) return clear();
     x = r.theta;
     chi2 = r.chi2;
     general_cov = std::move(r.cov);
     sigma2 = 1.0;
+    if (spatial) {  // r.cov is χ²/(n − |A|)·(G_AA)⁻¹: rescale to the propagated variance
+      const double own = n > r.n_active ? r.chi2 / (n - r.n_active) : 0.0;
+      sigma2 = own > 0 ? *sigma2_override / own : 0.0;
+    }
     inv = general_cov.rows() == M_ ? &general_cov : nullptr;
   } else {
     return clear();
   }
+  if (spatial && cached_path) sigma2 = *sigma2_override;
   // Position of each parameter in A (−1 if inactive), for the subset inverse.
   int pos[64];
   if (active_idx) {
@@ -436,6 +445,7 @@ void IncrementalLcf::solve_stats(std::size_t p, std::uint32_t set, const double*
     if (has_material && K <= 64) var = (cov(F + k, F + k) - 2.0 * fk * row_sum[k] + fk * fk * total_cov) / (total * total);
     maps.fraction_sigma[i] = static_cast<float>(std::sqrt(std::max(0.0, var)));
   }
+  if (spatial) return;
   maps.thickness[p] = static_cast<float>(total);
   maps.residual[p] = static_cast<float>(std::sqrt(chi2 / n));
   maps.rfactor[p] = q > 0 ? static_cast<float>(chi2 / q) : 0.f;
@@ -667,9 +677,63 @@ std::size_t IncrementalLcf::solve_changed(int threads) {
     for (int t = 0; t < nthreads; ++t)
       pool.emplace_back(work, n * static_cast<std::size_t>(t) / nthreads, n * static_cast<std::size_t>(t + 1) / nthreads);
   }
+  if (spatial_.enabled && n > 0) solve_spatial(threads);
   for (auto p : changed_list_) changed_[p] = 0;
   changed_list_.clear();
   return n;
+}
+
+void IncrementalLcf::set_spatial(const SpatialSettings& s, int rows, int cols) {
+  spatial_ = s;
+  rows_ = rows, cols_ = cols;
+  if (static_cast<std::size_t>(rows) * static_cast<std::size_t>(cols) != npix_) spatial_.enabled = false;
+  spatial_neighbours_.clear();
+  if (!set_of_.empty()) mark_all_changed();
+}
+
+// The spatial step over the whole image (a changed pixel changes its neighbours' averages):
+// averaged statistics from spatial_average, then the same solver on them. Pixels the step
+// leaves alone (no material, too few energies) keep the per-pixel fit just computed; one that
+// was smoothed last time and is not now gets its own fit back.
+void IncrementalLcf::solve_spatial(int threads) {
+  std::uint32_t last = ~0u;
+  for (std::size_t p = 0; p < npix_; ++p)
+    if (set_of_[p] != last) last = set_of_[p], cache_for(last);
+  SpatialInput in;
+  in.rows = rows_, in.cols = cols_, in.M = M_, in.F = model_.n_background();
+  in.stats = stats_.data();
+  in.set_of = set_of_.data();
+  in.threads = threads;
+  in.sets.resize(sets_.size());
+  for (std::size_t i = 0; i < sets_.size() && i < caches_.size(); ++i) {
+    const auto& c = caches_[i];
+    if (!c.ready || !c.invertible) continue;
+    in.sets[i] = {true, sets_.count(static_cast<std::uint32_t>(i)), c.G_inv.data()};
+  }
+  const auto avg = spatial_average(in, spatial_);
+  if (smoothed_.size() != npix_) smoothed_.assign(npix_, 0);
+  const std::size_t S = static_cast<std::size_t>(M_ + 1);
+  const int nthreads = std::max(1, std::min<int>(threads, static_cast<int>(npix_ / 4096) + 1));
+  auto work = [&](std::size_t begin, std::size_t end) {
+    Workspace ws(M_);
+    for (std::size_t p = begin; p < end; ++p) {
+      if (avg.sigma2[p] >= 0) {
+        solve_stats(p, set_of_[p], &avg.stats[p * S], ws, &avg.sigma2[p]);
+        smoothed_[p] = 1;
+      } else if (smoothed_[p]) {
+        if (!changed_[p]) solve_pixel(p, ws);
+        smoothed_[p] = 0;
+      }
+    }
+  };
+  if (nthreads == 1) {
+    work(0, npix_);
+  } else {
+    std::vector<std::jthread> pool;
+    for (int t = 0; t < nthreads; ++t)
+      pool.emplace_back(work, npix_ * static_cast<std::size_t>(t) / nthreads, npix_ * static_cast<std::size_t>(t + 1) / nthreads);
+  }
+  spatial_neighbours_ = avg.neighbours;
 }
 
 void IncrementalLcf::fit_stack(const float* planes, std::size_t plane_stride, int threads) {

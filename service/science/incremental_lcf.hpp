@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "science/lcf.hpp"
+#include "science/spatial_fit.hpp"
 #include "science/zeroed_allocator.hpp"
 
 namespace xanesd::science {
@@ -94,6 +95,15 @@ class IncrementalLcf {
   // Poisson-weighted fits (iteratively reweighted from the model's own prediction, which
   // avoids the low-count bias of weights from observed counts); nullptr: unweighted.
   void set_sample_source(const SampleSource* source) { samples_ = source; }
+  // Edge-preserving spatial estimation (science/spatial_fit) of the fractions and their errors
+  // on a rows×cols image: after the per-pixel solve, each pixel's fractions come from its
+  // neighbours' averaged statistics (thickness, residual and R-factor stay per pixel). Off by
+  // default here; the scan turns it on from its settings.
+  void set_spatial(const SpatialSettings& s, int rows, int cols);
+  const SpatialSettings& spatial() const { return spatial_; }
+  // Effective number of independent pixels behind each pixel's fractions (1: its own fit only,
+  // 0: no fit); empty when the spatial step is off.
+  const std::vector<float>& spatial_neighbours() const { return spatial_neighbours_; }
 
   const LcfMaps& maps() const { return maps_; }
   const LcfModel& model() const { return model_; }
@@ -114,7 +124,11 @@ class IncrementalLcf {
   void ensure_incremental_state();
   void solve_pixel(std::size_t p, Workspace& ws) const;
   // Solves pixel p from statistics st = [s (M), q] over energy set `set`; writes its maps.
-  void solve_stats(std::size_t p, std::uint32_t set, const double* st, Workspace& ws) const;
+  // With sigma2_override (the spatial step's averaged statistics): unweighted, the noise
+  // variance given instead of χ²/(n − |A|), and only the fractions and their errors written.
+  void solve_stats(std::size_t p, std::uint32_t set, const double* st, Workspace& ws,
+                   const double* sigma2_override = nullptr) const;
+  void solve_spatial(int threads);
   bool block_solvable(const SetCache& c) const;
   struct BlockOut {  // where solve_block writes a block's maps: into maps_ or a scratch block
     float *fractions, *fraction_sigma;  // reference k at [k·k_stride + i]
@@ -144,6 +158,10 @@ class IncrementalLcf {
   std::vector<std::size_t> changed_list_;
   std::vector<SetCache> caches_;
   LcfMaps maps_;
+  SpatialSettings spatial_{.enabled = false};
+  int rows_ = 0, cols_ = 0;
+  std::vector<float> spatial_neighbours_;
+  std::vector<std::uint8_t> smoothed_;  // pixel's fractions came from the spatial step last time
 };
 
 }  // namespace xanesd::science

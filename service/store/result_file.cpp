@@ -60,6 +60,13 @@ void write_results(hid_t entry, const Scan& scan) {
   h5::write(results, "nenergies", maps.nenergies.data(), hs{R, C});
   h5::write(results, "fitted", maps.fitted.data(), hs{R, C});
   h5::write_string(results, "fit_method", science::to_string(fit->method()));
+  if (const auto& nb = fit->spatial_neighbours(); nb.size() == scan.pixels()) {
+    h5::write(results, "spatial_neighbours", nb.data(), hs{R, C});
+    h5::Handle ds(H5Dopen2(results, "spatial_neighbours", H5P_DEFAULT), H5Dclose, "open spatial_neighbours");
+    h5::attr_string(ds, "description",
+                    "fit.spatial: effective number of independent pixels behind each pixel's fractions "
+                    "(σ² own fit / σ² averaged; 1 = own fit only, 0 = no fit)");
+  }
   h5::attr_string(results, "signal", "fractions");
   h5::attr_strings(results, "axes", {".", "y", "x"});
   h5::attr_string(results, "title", "species fractions c_k/Σc (per reference)");

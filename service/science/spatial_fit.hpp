@@ -1,0 +1,62 @@
+// Edge-preserving spatial estimation of the fraction maps (science.md §7, "Neighbours share
+// chemistry"): each pixel's sufficient statistics are replaced by a weighted mean of its
+// neighbours' statistics, brought to the pixel's own thickness, with weights that vanish for
+// neighbours whose normalized spectra differ from the pixel's by more than the measured noise
+// explains (a bilateral / non-local-means weight on a χ² distance). The averaged statistics are
+// then solved with the pixel's own solver (NNLS, the selected references), so a one-pixel stripe
+// of another species keeps its own chemistry while a uniform domain averages its noise away.
+// Pure arrays in, arrays out; no state.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+namespace xanesd::science {
+
+struct SpatialSettings {
+  bool enabled = true;
+  int radius = 2;          // window (2·radius + 1)² pixels
+  // Kernel width: a neighbour's weight falls from 1 to 0 as the excess of its χ² distance over
+  // the distance expected of pure noise (its degrees of freedom) grows to strength² × that
+  // expectation. Larger: more smoothing, softer edges.
+  double strength = 3.0;
+  // A pixel whose thickness is below min_snr standard errors (empty background, no material)
+  // is neither smoothed nor lent to its neighbours.
+  double min_snr = 3.0;
+  // Neighbours are judged against a pilot estimate of the pixel's chemistry (the same weights
+  // over this smaller window) rather than its own noisy fit; 0: against the pixel itself.
+  int pilot_radius = 1;
+};
+
+// One set of measured energies (the pixels that share one Gram matrix G).
+struct SpatialSet {
+  bool usable = false;           // invertible G and at least M + 2 energies
+  int n = 0;                     // energies measured
+  const double* G_inv = nullptr;  // M×M, column-major (symmetric)
+};
+
+struct SpatialInput {
+  int rows = 0, cols = 0;
+  int M = 0, F = 0;                      // parameters per pixel; leading free (background) ones
+  const double* stats = nullptr;         // P × (M+1): s = Xᵀy (M), q = yᵀy
+  const std::uint32_t* set_of = nullptr;  // P: energy set of each pixel (index into sets)
+  std::vector<SpatialSet> sets;
+  int threads = 1;
+};
+
+struct SpatialResult {
+  // P × (M+1): the averaged statistics of each pixel, scaled to its own thickness (solve them
+  // with the pixel's G). Only meaningful where sigma2 ≥ 0.
+  std::vector<double> stats;
+  // P: variance per unit G⁻¹ of the averaged statistics (cov θ = sigma2 · G⁻¹ for least
+  // squares: the weights propagated, Σ ω_j² σ_j² (T_i/T_j)²); −1 where the pixel is not smoothed
+  // (keep its own fit).
+  std::vector<double> sigma2;
+  // P: effective number of independent pixels averaged, σ²(own) / σ²(averaged); 1 where not
+  // smoothed, 0 where the pixel has no fit.
+  std::vector<float> neighbours;
+};
+
+SpatialResult spatial_average(const SpatialInput& in, const SpatialSettings& settings);
+
+}  // namespace xanesd::science

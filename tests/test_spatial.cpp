@@ -1,0 +1,215 @@
+// Edge-preserving spatial estimation (science/spatial_fit, fit.spatial) against known truth on
+// the simulator's scene layout (domains with smooth drift, a thin disk, a one-pixel stripe of
+// another species, empty border; I0 in ion-chamber units), and calibrated uncertainties.
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <string>
+
+#include "config/config.hpp"
+#include "scan/scan.hpp"
+#include "simulate/simulate.hpp"
+#include "science_support.hpp"
+
+using namespace xanesd;
+using namespace xanesd::science;
+using test::default_settings;
+using test::pick;
+using test::run_scan;
+
+namespace {
+
+// Fraction errors over material pixels (truth thickness > 0), masked or not; the edge set is
+// the pixels within 2 px (5×5 window) of a change of dominant species in truth.domains
+// (both sides material); the stripe set is truth.stripe.
+struct Rmse {
+  double all = 0, edge = 0, stripe = 0, neighbours = 0;
+};
+
+Rmse rmse(const Scan& scan, const sim::Scan& truth) {
+  const auto& maps = scan.fit()->maps();
+  const auto& names = scan.fit()->model().reference_names;
+  const int R = truth.params.rows, C = truth.params.cols;
+  const std::size_t P = truth.pixels();
+  std::vector<std::uint8_t> edge(P, 0);
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < C; ++c) {
+      const std::size_t p = static_cast<std::size_t>(r) * C + c;
+      if (!truth.domains[p]) continue;
+      for (int dr = -2; dr <= 2; ++dr)
+        for (int dc = -2; dc <= 2; ++dc) {
+          const int r2 = r + dr, c2 = c + dc;
+          if (r2 < 0 || r2 >= R || c2 < 0 || c2 >= C) continue;
+          const auto d = truth.domains[static_cast<std::size_t>(r2) * C + c2];
+          if (d && d != truth.domains[p]) edge[p] = 1;
+        }
+    }
+  double se[3] = {0, 0, 0}, nb = 0;
+  std::size_t n[3] = {0, 0, 0}, npx = 0;
+  const auto& neigh = scan.fit()->spatial_neighbours();
+  for (std::size_t p = 0; p < P; ++p) {
+    if (truth.thickness[p] <= 0) continue;
+    if (!neigh.empty()) nb += neigh[p];
+    ++npx;
+    for (std::size_t k = 0; k < truth.reference_names.size(); ++k) {
+      const auto it = std::find(names.begin(), names.end(), truth.reference_names[k]);
+      const double est = it == names.end() ? 0.0 : maps.fractions[static_cast<std::size_t>(it - names.begin()) * P + p];
+      const double e2 = (est - truth.fractions[k * P + p]) * (est - truth.fractions[k * P + p]);
+      se[0] += e2, ++n[0];
+      if (edge[p]) se[1] += e2, ++n[1];
+      if (truth.stripe[p]) se[2] += e2, ++n[2];
+    }
+  }
+  auto root = [&](int i) { return n[i] ? std::sqrt(se[i] / static_cast<double>(n[i])) : 0.0; };
+  return {root(0), root(1), root(2), npx ? nb / static_cast<double>(npx) : 0.0};
+}
+
+// z = (estimate − truth)/σ over unmasked material pixels, every species with σ > 0 (a species
+// NNLS set to exactly 0 with σ 0 and truth 0 is counted as covered, z = 0).
+struct ZStats {
+  bool interior = true;
+  double sd = 0, coverage = 0;  // standard deviation of z; share with |z| ≤ 1
+  std::size_t n = 0, skipped = 0;
+  std::vector<double> z;
+  void add(const Scan& scan, const sim::Scan& truth) {
+    const auto& maps = scan.fit()->maps();
+    const auto& names = scan.fit()->model().reference_names;
+    const std::size_t P = truth.pixels();
+    for (std::size_t p = 0; p < P; ++p) {
+      if (truth.thickness[p] <= 0 || !scan.mask().valid[p]) continue;
+      for (std::size_t k = 0; k < truth.reference_names.size(); ++k) {
+        const auto it = std::find(names.begin(), names.end(), truth.reference_names[k]);
+        REQUIRE(it != names.end());
+        const std::size_t i = static_cast<std::size_t>(it - names.begin()) * P + p;
+        const double t = truth.fractions[k * P + p];
+        const double err = maps.fractions[i] - t, sig = maps.fraction_sigma[i];
+        // Interior only: where the truth lies ≥ 2σ inside [0, 1] the constraints (c ≥ 0, hence
+        // 0 ≤ f ≤ 1) do not censor the estimate and a first-order σ can mean what it says.
+        if (interior && !(std::min(t, 1.0 - t) > 2.0 * sig)) continue;
+        if (sig > 0) z.push_back(err / sig);
+        else if (std::abs(err) < 1e-9) z.push_back(0.0);
+        else ++skipped;
+      }
+    }
+    n = z.size();
+    double s2 = 0, in = 0;
+    for (double v : z) s2 += v * v, in += std::abs(v) <= 1.0;
+    sd = std::sqrt(s2 / static_cast<double>(std::max<std::size_t>(n, 1)));
+    coverage = in / static_cast<double>(std::max<std::size_t>(n, 1));
+  }
+};
+
+ScanSettings per_pixel(bool poisson) {
+  auto s = default_settings();
+  s.spatial.enabled = false;
+  s.weighting = poisson ? ScanSettings::Weighting::poisson : ScanSettings::Weighting::none;
+  return s;
+}
+
+ScanSettings spatial(double strength = -1, int radius = -1, int pilot = -1) {
+  auto s = default_settings();
+  if (pilot >= 0) s.spatial.pilot_radius = pilot;
+  s.spatial.enabled = true;
+  if (strength > 0) s.spatial.strength = strength;
+  if (radius > 0) s.spatial.radius = radius;
+  return s;
+}
+
+}  // namespace
+
+TEST_CASE("spatial tuning table (manual: --no-skip)" * doctest::skip()) {
+  const auto refs = pick(load_reference_file(test::fe_library()), test::scene_species());
+  const int size = std::getenv("SPATIAL_SIZE") ? std::atoi(std::getenv("SPATIAL_SIZE")) : 155;
+  for (double counts : {5000.0, 500.0}) {
+    const auto truth = sim::simulate(refs, test::scene_scan(size, size * 160 / 155, counts, 3));
+    auto row = [&](const std::string& name, const ScanSettings& s) {
+      const auto scan = run_scan(truth, refs, s);
+      const auto e = rmse(*scan, truth);
+      ZStats z, zall;
+      zall.interior = false;
+      z.add(*scan, truth);
+      zall.add(*scan, truth);
+      MESSAGE(counts << " " << name << ": RMSE " << e.all << " edge " << e.edge << " stripe " << e.stripe
+                     << " mean neighbours " << e.neighbours << " | z sd " << z.sd << " cov68 " << z.coverage << " n " << z.n
+                     << " | all pairs: z sd " << zall.sd << " cov68 " << zall.coverage << " skipped " << zall.skipped);
+    };
+    row("per-pixel NNLS", per_pixel(false));
+    row("per-pixel Poisson", per_pixel(true));
+    for (int pilot : {1})
+      for (int radius : {2, 3})
+        for (double strength : {2.0, 3.0, 4.0})
+          row("spatial pilot" + std::to_string(pilot) + " r" + std::to_string(radius) + " h" + std::to_string(strength),
+              spatial(strength, radius, pilot));
+  }
+}
+
+TEST_CASE("spatial estimation beats the per-pixel fit at 500 and 5000 counts and keeps the stripe and the domain edges") {
+  const auto refs = pick(load_reference_file(test::fe_library()), test::scene_species());
+  REQUIRE(default_settings().spatial.enabled);  // the default (fit.spatial = true)
+  for (const auto& [counts, gain] : {std::pair{5000.0, 0.05}, std::pair{500.0, 0.25}}) {
+    const auto truth = sim::simulate(refs, test::scene_scan(96, 100, counts, 3));
+    const auto plain = rmse(*run_scan(truth, refs, per_pixel(false)), truth);
+    const auto poisson = rmse(*run_scan(truth, refs, per_pixel(true)), truth);
+    const auto scan = run_scan(truth, refs, default_settings());
+    const auto sp = rmse(*scan, truth);
+    MESSAGE(counts << " counts: fraction RMSE per-pixel NNLS " << plain.all << " (edge " << plain.edge << ", stripe "
+                   << plain.stripe << "), per-pixel Poisson " << poisson.all << " (edge " << poisson.edge << ", stripe "
+                   << poisson.stripe << "), spatial " << sp.all << " (edge " << sp.edge << ", stripe " << sp.stripe
+                   << "), mean effective neighbours " << sp.neighbours);
+    CHECK(sp.all <= (1 - gain) * plain.all);
+    CHECK(sp.all <= (1 - gain) * poisson.all);
+    CHECK(sp.edge <= plain.edge);
+    CHECK(sp.stripe <= plain.stripe);
+    // The map of what it did: 1 outside the material, more than 1 inside.
+    const auto& nb = scan->fit()->spatial_neighbours();
+    REQUIRE(nb.size() == truth.pixels());
+    CHECK(sp.neighbours > 5);
+    CHECK(*std::min_element(nb.begin(), nb.end()) >= 0.f);
+  }
+}
+
+TEST_CASE("fraction_sigma means what it says: z-scores over noise realizations, unweighted, Poisson and spatial") {
+  const auto refs = pick(load_reference_file(test::fe_library()), test::scene_species());
+  struct Mode {
+    const char* name;
+    ScanSettings settings;
+    double sd_max;
+  };
+  // The spatial estimate's error exceeds its propagated σ by ~10–20 % (bias of the averaged
+  // drift and the data-chosen weights are not in σ): checked against a looser bound (see report).
+  const Mode modes[] = {{"per-pixel NNLS", per_pixel(false), 1.15}, {"per-pixel Poisson", per_pixel(true), 1.15},
+                        {"spatial", default_settings(), 1.25}};
+  for (double counts : {5000.0, 500.0})
+    for (const auto& mode : modes) {
+      ZStats z;
+      for (std::uint64_t seed : {21, 22, 23}) {
+        const auto truth = sim::simulate(refs, test::scene_scan(64, 64, counts, seed));
+        z.add(*run_scan(truth, refs, mode.settings), truth);
+      }
+      MESSAGE(counts << " counts, " << std::string(mode.name) << ": z sd " << z.sd << ", |z| ≤ 1 in " << 100 * z.coverage << " % of "
+                     << z.n << " interior estimates");
+      CHECK(z.sd >= 0.9);
+      CHECK(z.sd <= mode.sd_max);
+      CHECK(std::abs(z.coverage - 0.6827) <= (mode.sd_max > 1.15 ? 0.08 : 0.05));
+    }
+}
+
+TEST_CASE("live spatial maps (solved between energies) equal the batch maps at the end") {
+  const auto refs = pick(load_reference_file(test::fe_library()), test::scene_species());
+  const auto truth = sim::simulate(refs, test::scene_scan(40, 44, 500, 5));
+  const auto batch = run_scan(truth, refs, default_settings());
+  int solves = 0;
+  const auto live = run_scan(truth, refs, default_settings(), [&](Scan& s, std::size_t e) {
+    if (e % 7 == 3) s.solve_changed(2), ++solves;
+  });
+  CHECK(solves > 5);
+  const auto& a = batch->fit()->maps();
+  const auto& b = live->fit()->maps();
+  CHECK(a.fractions == b.fractions);
+  CHECK(a.fraction_sigma == b.fraction_sigma);
+  CHECK(a.thickness == b.thickness);
+  CHECK(batch->fit()->spatial_neighbours() == live->fit()->spatial_neighbours());
+  CHECK(batch->mask().valid == live->mask().valid);
+}
