@@ -142,7 +142,12 @@ std::unique_ptr<Scan> run_xanesd(const sim::Scan& truth, const std::vector<Refer
                                  double& seconds) {
   const auto t0 = Clock::now();
   auto scan = bench::run_scan(truth, refs, scan_settings(cfg), threads);
+  protocol::StopMsg stop;
+  stop.scan_id = "bench";
+  scan->stop(stop);  // the final maps: the modes that apply at stop (fit.weighting=auto) apply
+  scan->solve_changed(threads);
   scan->update_reference_selection(threads);
+  scan->solve_changed(threads);
   seconds = since(t0);
   return scan;
 }
@@ -258,7 +263,7 @@ void scene_part(const Options& o, const std::vector<Reference>& library, const s
       std::printf("  %-52s %14s  %14s  %14s  %6s  %9s\n", "", "fraction RMSE", "edge ±2 px", "stripe", "z std", "time");
 
       // Per-pixel NNLS told the true references: the baseline.
-      const Config c_true = config(o, {"references.select=false"});
+      const Config c_true = config(o, {"references.select=false", "fit.spatial=false", "fit.weighting=none"});
       double t = 0;
       const auto s_true = run_xanesd(truth, refs, c_true, o.threads, t);
       const Scores base = score(*s_true, truth, sets, t);
@@ -300,16 +305,16 @@ void scene_part(const Options& o, const std::vector<Reference>& library, const s
                 std::string("selected ") + (chosen.empty() ? "none" : joined(chosen)) + (right ? " (the true set)" : " (NOT the true set)"));
       result(prefix + "_default_true_set", right);
 
-      const Config c_poi = config(o, {"fit.weighting=poisson"});
+      const Config c_poi = config(o, {"fit.weighting=poisson", "fit.spatial=false"});
       const auto s_poi = run_xanesd(truth, library, c_poi, o.threads, t);
       const auto* sel_p = s_poi->reference_selection();
-      print_row(prefix, "poisson", "xanesd fit.weighting=poisson (11 refs, selection)", score(*s_poi, truth, sets, t), base,
+      print_row(prefix, "poisson", "xanesd per-pixel, fit.spatial=false fit.weighting=poisson (11 refs, selection)", score(*s_poi, truth, sets, t), base,
                 "selected " + (sel_p ? joined(sel_p->selected_names()) : std::string("none")));
 
       // Model choice, references: the 11 references in every pixel, NNLS and positive LASSO.
-      const auto s_all = run_xanesd(truth, library, config(o, {"references.select=false"}), o.threads, t);
+      const auto s_all = run_xanesd(truth, library, config(o, {"references.select=false", "fit.spatial=false", "fit.weighting=none"}), o.threads, t);
       print_row(prefix, "nnls_all", "per-pixel NNLS, all 11 refs", score(*s_all, truth, sets, t), base);
-      const auto s_lasso = run_xanesd(truth, library, config(o, {"references.select=false", "fit.method=lasso"}), o.threads, t);
+      const auto s_lasso = run_xanesd(truth, library, config(o, {"references.select=false", "fit.method=lasso", "fit.spatial=false", "fit.weighting=none"}), o.threads, t);
       print_row(prefix, "lasso_all", "per-pixel positive LASSO, all 11 refs", score(*s_lasso, truth, sets, t), base);
 
       // Domains: the default scan's segmentation (automatic k), then again with every pixel
