@@ -14,6 +14,36 @@ namespace xanesd::test {
 
 using namespace std::chrono_literals;
 
+// The small scan the bad-input and hardening tests send: 6×8 pixels, 12 energies 8 eV apart.
+constexpr int kRows = 6, kCols = 8, kE = 12;
+
+inline std::vector<double> plan() {
+  std::vector<double> e;
+  for (int i = 0; i < kE; ++i) e.push_back(7100 + 8.0 * i);
+  return e;
+}
+
+inline protocol::StartMsg start(const std::string& id) {
+  protocol::StartMsg s;
+  s.scan_id = id;
+  s.rows = kRows, s.cols = kCols;
+  s.energies_eV = plan();
+  return s;
+}
+
+// A full frame of scan `id` at energy e, every pixel `value` counts, I0 1000.
+inline protocol::FrameMsg frame(const std::string& id, std::int64_t seq, int e, float value = 100.f) {
+  protocol::FrameMsg f;
+  f.scan_id = id;
+  f.seq = seq;
+  f.energy_index = e;
+  f.energy_eV = plan()[static_cast<std::size_t>(e)];
+  f.i0_scalar = 1000.0;
+  const std::vector<float> counts(kRows * kCols, value);
+  f.counts = protocol::Array::from<float>("counts", counts, {kRows, kCols});
+  return f;
+}
+
 struct LiveDaemon {
   std::filesystem::path dir;
   Config cfg;

@@ -15,25 +15,12 @@ using xanesd::test::LiveDaemon;
 
 namespace {
 
-constexpr int kRows = 6, kCols = 8, kE = 12;
+using test::kCols;
+using test::kE;
+using test::kRows;
+using test::plan;
 
-std::vector<double> plan() {
-  std::vector<double> e;
-  for (int i = 0; i < kE; ++i) e.push_back(7100 + 8.0 * i);
-  return e;
-}
-
-FrameMsg frame(std::int64_t seq, int e, float value = 100.f) {
-  FrameMsg f;
-  f.scan_id = "bad-input";
-  f.seq = seq;
-  f.energy_index = e;
-  f.energy_eV = plan()[static_cast<std::size_t>(e)];
-  f.i0_scalar = 1000.0;
-  const std::vector<float> counts(kRows * kCols, value);
-  f.counts = Array::from<float>("counts", counts, {kRows, kCols});
-  return f;
-}
+FrameMsg frame(std::int64_t seq, int e, float value = 100.f) { return test::frame("bad-input", seq, e, value); }
 
 }  // namespace
 

@@ -18,33 +18,12 @@ using xanesd::test::LiveDaemon;
 
 namespace {
 
-constexpr int kRows = 6, kCols = 8, kE = 12;
-
-std::vector<double> plan() {
-  std::vector<double> e;
-  for (int i = 0; i < kE; ++i) e.push_back(7100 + 8.0 * i);
-  return e;
-}
-
-StartMsg start(const std::string& id) {
-  StartMsg s;
-  s.scan_id = id;
-  s.rows = kRows, s.cols = kCols;
-  s.energies_eV = plan();
-  return s;
-}
-
-FrameMsg frame(const std::string& id, std::int64_t seq, int e, float value = 100.f) {
-  FrameMsg f;
-  f.scan_id = id;
-  f.seq = seq;
-  f.energy_index = e;
-  f.energy_eV = plan()[static_cast<std::size_t>(e)];
-  f.i0_scalar = 1000.0;
-  const std::vector<float> counts(kRows * kCols, value);
-  f.counts = Array::from<float>("counts", counts, {kRows, kCols});
-  return f;
-}
+using test::frame;
+using test::kCols;
+using test::kE;
+using test::kRows;
+using test::plan;
+using test::start;
 
 // Re-encodes a message after `edit` changed its header (values the typed structs cannot hold).
 WireMessage edited(WireMessage&& m, const std::function<void(nlohmann::json&)>& edit) {
