@@ -1,8 +1,13 @@
-// bench_spatial: what fit.spatial adds to a publication cycle's solve (bench/README.md).
-// A size×size image at `energies` of the HXN grid (Magnetite, Goethite, Pyrite, linear
-// background: 5 parameters), a smooth mixture with Gaussian noise, folded into IncrementalLcf
-// energy-major (not timed); then, best of --repeats, solve_changed() after all pixels changed
-// (what the final cycle and every energy-major cycle does) with the spatial step off and on.
+// bench_spatial: what fit.spatial adds to a publication cycle (bench/README.md).
+// Part 1, the solve: a size×size image at `energies` of the HXN grid (Magnetite, Goethite,
+// Pyrite, linear background: 5 parameters), a smooth mixture with Gaussian noise, folded into
+// IncrementalLcf energy-major (not timed); then, best of --repeats, solve_changed() after all
+// pixels changed (what the final cycle and every energy-major cycle does), spatial step off/on.
+// Part 2, the cycle (--cycle-size, 0 to skip): a simulated scene scan (the simulator's scene
+// layout, 4 species, 500 counts) fed to the daemon's Scan energy-major with the default settings
+// and with fit.spatial off; after each of the last frames, what Pipeline::publish_cycle does
+// between segmentations: solve_changed and the map messages. Wall and process CPU time (CPU
+// time is what a loaded machine distorts least).
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -11,20 +16,63 @@
 #include <random>
 #include <string>
 
+#include <ctime>
+
+#include "config/config.hpp"
+#include "publish/products.hpp"
+#include "scan/scan.hpp"
 #include "science/incremental_lcf.hpp"
 #include "science/references.hpp"
+#include "simulate/scene_truth.hpp"
 
 using namespace xanesd::science;
 using Clock = std::chrono::steady_clock;
 
+namespace {
+
+double cpu_seconds() {
+  timespec t{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+  return static_cast<double>(t.tv_sec) + 1e-9 * static_cast<double>(t.tv_nsec);
+}
+
+// Mean wall and CPU seconds of a live cycle (solve + map messages) over the last `cycles`
+// frames of a scene scan, with the spatial step on or off.
+std::pair<double, double> live_cycle(const xanesd::sim::Scan& scan, const std::vector<Reference>& refs, bool spatial,
+                                     int threads, int cycles) {
+  auto settings = xanesd::scan_settings(xanesd::make_config(nlohmann::json::object(), {}, "/"));
+  settings.spatial.enabled = spatial;
+  settings.spatial_live_max_pixels = 1e300;  // the step in every live cycle, whatever the size
+  xanesd::Scan live(xanesd::sim::start_message(scan, "bench"), refs, settings);
+  const std::size_t E = scan.params.energies_eV.size();
+  double wall = 0, cpu = 0;
+  for (std::size_t e = 0; e < E; ++e) {
+    auto f = xanesd::sim::frame_message(scan, "bench", e);
+    if (!live.apply(f).accepted) std::abort();
+    if (e + static_cast<std::size_t>(cycles) < E) continue;
+    const auto t0 = Clock::now();
+    const double c0 = cpu_seconds();
+    live.solve_changed(threads);
+    const auto msgs = xanesd::make_map_messages(live, static_cast<std::int64_t>(e), false, false);
+    wall += std::chrono::duration<double>(Clock::now() - t0).count();
+    cpu += cpu_seconds() - c0;
+    if (msgs.empty()) std::abort();
+  }
+  return {wall / cycles, cpu / cycles};
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
-  int size = 2048, E = 25, threads = 2, repeats = 3;
+  int size = 2048, E = 25, threads = 2, repeats = 3, cycle_size = 2048, cycles = 4;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i];
     if (a == "--size") size = std::atoi(argv[i + 1]);
     else if (a == "--energies") E = std::atoi(argv[i + 1]);
     else if (a == "--threads") threads = std::atoi(argv[i + 1]);
     else if (a == "--repeats") repeats = std::atoi(argv[i + 1]);
+    else if (a == "--cycle-size") cycle_size = std::atoi(argv[i + 1]);
+    else if (a == "--cycles") cycles = std::atoi(argv[i + 1]);
   }
   const std::string src = XANESD_SOURCE_DIR;
   auto lib = load_reference_file(src + "/config/references/fe_k_library_normalized.nor");
@@ -72,6 +120,23 @@ int main(int argc, char** argv) {
     std::printf("RESULT solve_%s_s=%.4f\n", spatial ? "spatial" : "plain", best);
     return best;
   };
-  const double plain = run(false), spatial = run(true);
-  std::printf("spatial step: +%.3f s (%.0f %% of the per-pixel solve)\n", spatial - plain, 100 * (spatial - plain) / plain);
+  if (size > 0) {
+    const double plain = run(false), spatial = run(true);
+    std::printf("spatial step: +%.3f s (%.0f %% of the per-pixel solve)\n", spatial - plain, 100 * (spatial - plain) / plain);
+  }
+  if (cycle_size > 0) {
+    std::vector<Reference> scene_refs;
+    for (const auto& n : xanesd::sim::scene_species())
+      scene_refs.push_back(*std::find_if(lib.begin(), lib.end(), [&](const auto& r) { return r.name == n; }));
+    const auto scan = xanesd::sim::simulate(scene_refs, xanesd::sim::scene_params(cycle_size, cycle_size, energies, 500.0, 7));
+    const auto [off_wall, off_cpu] = live_cycle(scan, scene_refs, false, threads, cycles);
+    const auto [on_wall, on_cpu] = live_cycle(scan, scene_refs, true, threads, cycles);
+    std::printf("%dx%d scene, %d energies, %d threads, live cycle (solve + map messages), mean of the last %d frames:\n"
+                "  fit.spatial=false: %.3f s wall, %.3f s CPU\n  fit.spatial=true : %.3f s wall, %.3f s CPU\n"
+                "  spatial step adds %.0f %% (wall), %.0f %% (CPU) to the cycle\n",
+                cycle_size, cycle_size, E, threads, cycles, off_wall, off_cpu, on_wall, on_cpu,
+                100 * (on_wall - off_wall) / off_wall, 100 * (on_cpu - off_cpu) / off_cpu);
+    std::printf("RESULT cycle_plain_s=%.4f cycle_spatial_s=%.4f cycle_plain_cpu_s=%.4f cycle_spatial_cpu_s=%.4f\n", off_wall,
+                on_wall, off_cpu, on_cpu);
+  }
 }

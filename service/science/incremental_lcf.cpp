@@ -254,13 +254,22 @@ struct IncrementalLcf::Workspace {
     Eigen::MatrixXd inv;
   };
   std::unordered_map<std::uint64_t, Subset> subsets;
-  Eigen::VectorXd x, z, w;
+  // The last energy set's subsets by mask, without hashing (most pixels share one set); the
+  // map's elements do not move, so the pointers stay valid.
+  std::uint32_t flat_set = ~0u;
+  std::vector<Subset*> flat;
+  Eigen::VectorXd x, z;
 
-  explicit Workspace(int M) : x(M), z(M), w(M) {}
+  explicit Workspace(int M) : flat(M <= 12 ? std::size_t{1} << M : 0), x(M), z(M) {}
 
   const Subset& subset(std::uint32_t set, std::uint32_t mask, const Eigen::MatrixXd& G) {
+    if (!flat.empty()) {
+      if (set != flat_set) std::fill(flat.begin(), flat.end(), nullptr), flat_set = set;
+      if (Subset* hit = flat[mask]) return *hit;
+    }
     auto [it, fresh] = subsets.try_emplace((static_cast<std::uint64_t>(set) << 32) | mask);
     Subset& sub = it->second;
+    if (!flat.empty()) flat[mask] = &sub;
     if (!fresh) return sub;
     for (int j = 0; j < static_cast<int>(G.rows()); ++j)
       if (mask & (1u << j)) sub.idx.push_back(j);
@@ -299,7 +308,7 @@ void IncrementalLcf::solve_pixel(std::size_t p, Workspace& ws) const {
 }
 
 void IncrementalLcf::solve_stats(std::size_t p, std::uint32_t set, const double* st, Workspace& ws,
-                                 const double* sigma2_override) const {
+                                 const double* sigma2_override, std::uint32_t warm) const {
   const int n = sets_.count(set);
   const int K = model_.n_refs(), F = model_.n_background();
   LcfMaps& maps = const_cast<LcfMaps&>(maps_);  // each pixel writes only its own entries
@@ -338,16 +347,26 @@ void IncrementalLcf::solve_stats(std::size_t p, std::uint32_t set, const double*
       ok = options_.method == FitMethod::least_squares || x.tail(K).minCoeff() >= 0;
     }
     if (!ok && options_.method == FitMethod::nnls) {
-      // Lawson–Hanson with cached passive-set inverses.
-      mask = free_bits;
-      ok = ws.solve_on(set, mask, c.G, st, x);
+      // Lawson–Hanson with cached passive-set inverses, from the free parameters alone or from a
+      // warm passive set whose solution is feasible (the same answer: it is the solution on the
+      // final passive set, only fewer steps to find that set).
+      ok = false;
+      if ((warm & ~free_bits) && ws.solve_on(set, warm | free_bits, c.G, st, x)) {
+        ok = true;
+        for (int j = F; j < M_ && ok; ++j)
+          if ((warm & (1u << j)) && x(j) <= NnlsTolerance::coefficient(c.G, j, q)) ok = false;
+        if (ok) mask = warm | free_bits;
+      }
+      if (!ok) mask = free_bits, ok = ws.solve_on(set, mask, c.G, st, x);
       for (int outer = 0; ok && outer < 3 * M_; ++outer) {
-        ws.w.noalias() = s - c.G * x;
         int best = -1;
         double wmax = 0;
-        for (int j = F; j < M_; ++j)
-          if (!(mask & (1u << j)) && ws.w(j) > NnlsTolerance::gradient(c.G, j, q) && ws.w(j) > wmax)
-            wmax = ws.w(j), best = j;
+        for (int j = F; j < M_; ++j) {  // the gradient s − Gx where a parameter could enter
+          if (mask & (1u << j)) continue;
+          double wj = st[j];
+          for (int k = 0; k < M_; ++k) wj -= c.G(j, k) * x(k);
+          if (wj > wmax && wj > NnlsTolerance::gradient(c.G, j, q)) wmax = wj, best = j;
+        }
         if (best < 0) break;
         mask |= 1u << best;
         bool added = true;
@@ -528,20 +547,30 @@ void theta_chi2(const double* __restrict gi, int M, std::size_t B, const double*
 struct BlockConsts {  // per energy set: what the maps need from C = (G⁻¹) of the references
   int K, F, n;
   bool nnls;
-  const double* c_kk;     // C_kk
-  const double* row_sum;  // r_k = Σ_b C_kb
-  double total_cov;       // S = Σ_ab C_ab
+  double c_kk[64];     // C_kk
+  double row_sum[64];  // r_k = Σ_b C_kb
+  double total_cov;    // S = Σ_ab C_ab
+  BlockConsts(const Eigen::MatrixXd& G_inv, int K_, int F_, int n_, bool nnls_) : K(K_), F(F_), n(n_), nnls(nnls_) {
+    total_cov = 0;
+    for (int a = 0; a < K; ++a) {
+      c_kk[a] = G_inv(F + a, F + a);
+      row_sum[a] = 0;
+      for (int b = 0; b < K; ++b) row_sum[a] += G_inv(F + a, F + b);
+      total_cov += row_sum[a];
+    }
+  }
 };
 
 // The maps from θ and χ² (chi2 holds q − θᵀs on entry): f_k = c_k/T, var_k = σ²(C_kk − 2f_k r_k
 // + f_k² S)/T², thickness T, residual √(χ²/n), R-factor χ²/q; settled[i] = 0 where the
 // pixel needs solve_stats (NNLS with a negative coefficient, no material, non-finite data).
+// sigma2 (optional): the noise variance per pixel instead of χ²/(n − M) (the spatial step's).
 __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 void block_maps(const BlockConsts& bc, std::size_t B, const double* __restrict theta, const double* __restrict q,
                 double* __restrict chi2, double* __restrict total, double* __restrict var_scale, float* frac,
                 float* sigma, std::size_t k_stride, float* __restrict thickness, float* __restrict residual,
                 float* __restrict rfactor, std::uint16_t* nenergies, std::uint8_t* fitted,
-                std::uint8_t* __restrict settled) {
+                std::uint8_t* __restrict settled, const double* __restrict sigma2 = nullptr) {
   const int K = bc.K, M = bc.F + bc.K;
   const double inv_dof = 1.0 / (bc.n - M), inv_n = 1.0 / bc.n;
   const double* coeffs = theta + static_cast<std::size_t>(bc.F) * kS;
@@ -563,7 +592,7 @@ void block_maps(const BlockConsts& bc, std::size_t B, const double* __restrict t
     rfactor[i] = q[i] > 0 ? static_cast<float>(x2 / q[i]) : 0.f;
     const double it = 1.0 / t;
     total[i] = it;                          // now 1/T
-    var_scale[i] = x2 * inv_dof * it * it;  // now σ²/T²
+    var_scale[i] = (sigma2 ? sigma2[i] : x2 * inv_dof) * it * it;  // now σ²/T²
   }
   for (int k = 0; k < K; ++k) {
     const double* __restrict c = coeffs + static_cast<std::size_t>(k) * kS;
@@ -601,14 +630,7 @@ void IncrementalLcf::solve_block(const SetCache& c, int n, std::size_t B, const 
   double* theta = scratch;  // M × kS, then χ², 1/T and σ²/T² rows
   double* chi2 = theta + static_cast<std::size_t>(M_) * kS;
   theta_chi2(c.G_inv.data(), M_, B, acc, q, theta, chi2);
-  double c_kk[64], row_sum[64], total_cov = 0;
-  for (int a = 0; a < K; ++a) {
-    c_kk[a] = c.G_inv(F + a, F + a);
-    row_sum[a] = 0;
-    for (int b = 0; b < K; ++b) row_sum[a] += c.G_inv(F + a, F + b);
-    total_cov += row_sum[a];
-  }
-  const BlockConsts bc{K, F, n, options_.method == FitMethod::nnls, c_kk, row_sum, total_cov};
+  const BlockConsts bc(c.G_inv, K, F, n, options_.method == FitMethod::nnls);
   block_maps(bc, B, theta, q, chi2, chi2 + kS, chi2 + 2 * kS, out.fractions, out.fraction_sigma, out.k_stride,
              out.thickness, out.residual, out.rfactor, out.nenergies, out.fitted, settled);
 }
@@ -687,7 +709,7 @@ void IncrementalLcf::set_spatial(const SpatialSettings& s, int rows, int cols) {
   spatial_ = s;
   rows_ = rows, cols_ = cols;
   if (static_cast<std::size_t>(rows) * static_cast<std::size_t>(cols) != npix_) spatial_.enabled = false;
-  spatial_neighbours_.clear();
+  spatial_result_ = {};
   if (!set_of_.empty()) mark_all_changed();
 }
 
@@ -710,21 +732,82 @@ void IncrementalLcf::solve_spatial(int threads) {
     if (!c.ready || !c.invertible) continue;
     in.sets[i] = {true, sets_.count(static_cast<std::uint32_t>(i)), c.G_inv.data()};
   }
-  const auto avg = spatial_average(in, spatial_);
+  spatial_average(in, spatial_, spatial_result_);
+  const auto& avg = spatial_result_;
   if (smoothed_.size() != npix_) smoothed_.assign(npix_, 0);
-  const std::size_t S = static_cast<std::size_t>(M_ + 1);
+  const int K = model_.n_refs(), F = model_.n_background();
+  const std::size_t P = npix_;
+  // The averaged fit is least squares on the averaged statistics: the block arithmetic when the
+  // pixel's solver allows it (the constrained cases go to solve_stats with s̄ = G θ̄).
+  auto blockable = [&](std::uint32_t set) {
+    const auto& c = caches_[set];
+    return c.invertible && sets_.count(set) > M_ && K <= 64 && !options_.sum_to_one &&
+           options_.method != FitMethod::lasso;
+  };
   const int nthreads = std::max(1, std::min<int>(threads, static_cast<int>(npix_ / 4096) + 1));
   auto work = [&](std::size_t begin, std::size_t end) {
     Workspace ws(M_);
-    for (std::size_t p = begin; p < end; ++p) {
-      if (avg.sigma2[p] >= 0) {
-        solve_stats(p, set_of_[p], &avg.stats[p * S], ws, &avg.sigma2[p]);
-        smoothed_[p] = 1;
-      } else if (smoothed_[p]) {
-        if (!changed_[p]) solve_pixel(p, ws);
-        smoothed_[p] = 0;
+    constexpr std::size_t S = kStackBlock;
+    std::vector<double> theta(static_cast<std::size_t>(M_) * S), q(S), scratch(3 * S), sigma2(S), st(M_ + 1);
+    std::vector<std::size_t> pixel(S);
+    std::vector<std::uint8_t> settled(S), fitted(S);
+    std::vector<float> fk(2 * static_cast<std::size_t>(K) * S), f3(3 * S);
+    std::vector<std::uint16_t> nen(S);
+    auto solve_one = [&](std::size_t p) {
+      const auto& G = caches_[set_of_[p]].G;
+      for (int r = 0; r < M_; ++r) {
+        double t = 0;
+        for (int k = 0; k < M_; ++k) t += G(r, k) * avg.theta[static_cast<std::size_t>(k) * P + p];
+        st[static_cast<std::size_t>(r)] = t;
       }
+      st[static_cast<std::size_t>(M_)] = avg.q[p];
+      std::uint32_t warm = 0;  // the passive set of the pixel's own fit, a good first guess
+      for (int k = 0; k < K && F + k < 32; ++k)
+        if (maps_.fractions[static_cast<std::size_t>(k) * P + p] > 0) warm |= 1u << (F + k);
+      solve_stats(p, set_of_[p], st.data(), ws, &avg.sigma2[p], warm);
+    };
+    std::size_t B = 0;
+    std::uint32_t block_set = ~0u;
+    auto flush = [&] {
+      if (B == 0) return;
+      const BlockConsts bc(caches_[block_set].G_inv, K, F, sets_.count(block_set), options_.method == FitMethod::nnls);
+      std::fill_n(scratch.data(), B, 0.0);  // χ²: not used, the variance is the propagated one
+      block_maps(bc, B, theta.data(), q.data(), scratch.data(), scratch.data() + S, scratch.data() + 2 * S, fk.data(),
+                 fk.data() + static_cast<std::size_t>(K) * S, S, f3.data(), f3.data() + S, f3.data() + 2 * S, nen.data(),
+                 fitted.data(), settled.data(), sigma2.data());
+      for (std::size_t i = 0; i < B; ++i) {
+        const std::size_t p = pixel[i];
+        if (!settled[i]) {
+          solve_one(p);
+          continue;
+        }
+        for (int k = 0; k < K; ++k) {
+          maps_.fractions[static_cast<std::size_t>(k) * P + p] = fk[static_cast<std::size_t>(k) * S + i];
+          maps_.fraction_sigma[static_cast<std::size_t>(k) * P + p] = fk[static_cast<std::size_t>(K + k) * S + i];
+        }
+      }
+      B = 0;
+    };
+    for (std::size_t p = begin; p < end; ++p) {
+      if (avg.sigma2[p] < 0) {
+        if (smoothed_[p]) {  // smoothed last time, not now: its own fit back
+          if (!changed_[p]) solve_pixel(p, ws);
+          smoothed_[p] = 0;
+        }
+        continue;
+      }
+      smoothed_[p] = 1;
+      const auto set = set_of_[p];
+      if (!blockable(set)) {
+        solve_one(p);
+        continue;
+      }
+      if (set != block_set) flush(), block_set = set;
+      for (int m = 0; m < M_; ++m) theta[static_cast<std::size_t>(m) * S + B] = avg.theta[static_cast<std::size_t>(m) * P + p];
+      q[B] = avg.q[p], sigma2[B] = avg.sigma2[p], pixel[B] = p;
+      if (++B == S) flush();
     }
+    flush();
   };
   if (nthreads == 1) {
     work(0, npix_);
@@ -733,7 +816,6 @@ void IncrementalLcf::solve_spatial(int threads) {
     for (int t = 0; t < nthreads; ++t)
       pool.emplace_back(work, npix_ * static_cast<std::size_t>(t) / nthreads, npix_ * static_cast<std::size_t>(t + 1) / nthreads);
   }
-  spatial_neighbours_ = avg.neighbours;
 }
 
 void IncrementalLcf::fit_stack(const float* planes, std::size_t plane_stride, int threads) {

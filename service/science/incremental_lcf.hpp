@@ -103,7 +103,7 @@ class IncrementalLcf {
   const SpatialSettings& spatial() const { return spatial_; }
   // Effective number of independent pixels behind each pixel's fractions (1: its own fit only,
   // 0: no fit); empty when the spatial step is off.
-  const std::vector<float>& spatial_neighbours() const { return spatial_neighbours_; }
+  const std::vector<float>& spatial_neighbours() const { return spatial_result_.neighbours; }
 
   const LcfMaps& maps() const { return maps_; }
   const LcfModel& model() const { return model_; }
@@ -126,8 +126,9 @@ class IncrementalLcf {
   // Solves pixel p from statistics st = [s (M), q] over energy set `set`; writes its maps.
   // With sigma2_override (the spatial step's averaged statistics): unweighted, the noise
   // variance given instead of χ²/(n − |A|), and only the fractions and their errors written.
+  // warm: a passive set to try first for NNLS (bit j: parameter j), 0 for none.
   void solve_stats(std::size_t p, std::uint32_t set, const double* st, Workspace& ws,
-                   const double* sigma2_override = nullptr) const;
+                   const double* sigma2_override = nullptr, std::uint32_t warm = 0) const;
   void solve_spatial(int threads);
   bool block_solvable(const SetCache& c) const;
   struct BlockOut {  // where solve_block writes a block's maps: into maps_ or a scratch block
@@ -160,7 +161,7 @@ class IncrementalLcf {
   LcfMaps maps_;
   SpatialSettings spatial_{.enabled = false};
   int rows_ = 0, cols_ = 0;
-  std::vector<float> spatial_neighbours_;
+  SpatialResult spatial_result_;  // the last step's averages; its scratch reused every cycle
   std::vector<std::uint8_t> smoothed_;  // pixel's fractions came from the spatial step last time
 };
 

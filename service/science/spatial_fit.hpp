@@ -5,7 +5,8 @@
 // explains (a bilateral / non-local-means weight on a χ² distance). The averaged statistics are
 // then solved with the pixel's own solver (NNLS, the selected references), so a one-pixel stripe
 // of another species keeps its own chemistry while a uniform domain averages its noise away.
-// Pure arrays in, arrays out; no state.
+// Pure arrays in, arrays out; no state. The window sums run a whole image row at a time per
+// window offset over planar float arrays, so they vectorize (it runs in every live cycle).
 #pragma once
 
 #include <cstdint>
@@ -45,9 +46,12 @@ struct SpatialInput {
 };
 
 struct SpatialResult {
-  // P × (M+1): the averaged statistics of each pixel, scaled to its own thickness (solve them
-  // with the pixel's G). Only meaningful where sigma2 ≥ 0.
-  std::vector<double> stats;
+  // Parameter-major (M planes of P): the least-squares coefficients θ̄ = G⁻¹ s̄ of each pixel's
+  // averaged statistics s̄, scaled to its own thickness; s̄ = G θ̄ (the neighbours share the
+  // pixel's G), so a constrained solver can start from them. Only meaningful where sigma2 ≥ 0.
+  std::vector<float> theta;
+  // P: the averaged yᵀy (what the constrained solvers' tolerances scale with).
+  std::vector<float> q;
   // P: variance per unit G⁻¹ of the averaged statistics (cov θ = sigma2 · G⁻¹ for least
   // squares: the weights propagated, Σ ω_j² σ_j² (T_i/T_j)²); −1 where the pixel is not smoothed
   // (keep its own fit).
@@ -55,8 +59,18 @@ struct SpatialResult {
   // P: effective number of independent pixels averaged, σ²(own) / σ²(averaged); 1 where not
   // smoothed, 0 where the pixel has no fit.
   std::vector<float> neighbours;
+
+  // Per-pixel features kept between calls: a live scan runs the step every cycle, and fresh
+  // arrays would fault in new pages each time.
+  struct Scratch {
+    std::vector<float> z, v, prec;  // whitened normalized coefficients (K planes), σ²/T², 1/v
+    std::vector<float> pilot_z, pilot_v;
+    std::vector<float> scaled;      // M + 1 planes: θ/T, q/T²
+    std::vector<double> thickness;
+  } scratch;
 };
 
-SpatialResult spatial_average(const SpatialInput& in, const SpatialSettings& settings);
+// Fills `out` (its arrays resized to the image; its scratch reused).
+void spatial_average(const SpatialInput& in, const SpatialSettings& settings, SpatialResult& out);
 
 }  // namespace xanesd::science
