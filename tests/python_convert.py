@@ -123,6 +123,84 @@ class Convert(unittest.TestCase):
         self.assertEqual(r.returncode, 0, r.stderr)
         self.check_scan(out)
 
+    def test_fxi_layout(self):
+        src = os.path.join(self.dir, "fxi_xanes.h5")
+        with h5py.File(src, "w") as f:  # as NSLS-II FXI writes a XANES scan (PyXAS reads these keys)
+            f["img_xanes"] = self.counts
+            f["X_eng"] = self.energy / 1000.0
+            f["img_bkg"] = self.flat
+            f["img_dark"] = self.dark[None]
+            f["scan_id"] = 1234
+        out = os.path.join(self.dir, "from_fxi.h5")
+        r = self.run_convert("fxi", "--input", src, "--out", out)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.check_scan(out)
+        r = self.run_convert("fxi", "--input", self.sim, "--out", out)
+        self.assertIn("not an FXI XANES file", r.stderr)
+
+    def test_nxstxm(self):
+        # An NXstxm stack of the same scan: transmitted counts I0(E)·T with the ion-chamber I0 in
+        # control/data, T the original's (counts − dark)/(flat − dark).
+        i0 = 5.0e4 * (1 + 0.1 * np.linspace(0, 1, len(self.energy)))
+        t = (self.counts - self.dark) / (self.flat - self.dark)
+        stxm = (i0[:, None, None] * t).astype(np.float32)
+        src = os.path.join(self.dir, "scan.nxstxm.h5")
+        with h5py.File(src, "w") as f:
+            e = f.create_group("entry1")
+            e.attrs["NX_class"] = "NXentry"
+            e["definition"] = "NXstxm"
+            d = e.create_group("Counter0")
+            d.attrs["NX_class"] = "NXdata"
+            d.attrs["signal"] = "data"
+            d.attrs["axes"] = ["energy", "sample_y", "sample_x"]
+            d["data"] = stxm
+            d["energy"] = self.energy
+            d["sample_y"] = np.arange(stxm.shape[1]) * 0.05
+            d["sample_x"] = np.arange(stxm.shape[2]) * 0.05
+            c = e.create_group("control")
+            c.attrs["NX_class"] = "NXmonitor"
+            c["data"] = i0
+        out = os.path.join(self.dir, "from_stxm.h5")
+        r = self.run_convert("stxm", "--input", src, "--out", out)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        with h5py.File(out, "r") as f:
+            self.assertEqual(f.attrs["mode"], "transmission")
+            np.testing.assert_allclose(f["raw/i0"][()], i0)
+        maps = self.fit(out)
+        np.testing.assert_allclose(maps, self.reference_maps, atol=2e-3)  # float32 counts: T rounded
+        self.assertLess(float(np.sqrt(np.mean((maps - self.truth) ** 2))), 0.05)
+        with h5py.File(src, "a") as f:
+            del f["entry1/control"]
+        r = self.run_convert("stxm", "--input", src, "--out", out)
+        self.assertIn("no I0 monitor", r.stderr)
+
+    def test_als_hdr_xim(self):
+        # The same STXM data as ALS STXMs write it: a .hdr naming the energies and a text image
+        # per energy; I0 from a text file.
+        d = os.path.join(self.dir, "xim")
+        os.makedirs(d)
+        i0 = 2.0e4 * np.ones(len(self.energy))
+        t = (self.counts - self.dark) / (self.flat - self.dark)
+        with open(os.path.join(d, "Stack_001.hdr"), "w") as f:
+            f.write('ScanDefinition = { Label = "Stack_001.hdr"; Type = "Image Scan"; Flags = "Image Multi-Region";\n'
+                    '\tRegions = (1,\n{\n\t\t\tPAxis = { Name = "Sample X"; Unit = "um"; Min = 0; Max = 1; Dir = 1;\n'
+                    '\t\t\t\tPoints = (2, 0, 1);\n};\n});\n\n'
+                    '\tStackAxis = { Name = "Energy"; Unit = "eV"; Min = %g; Max = %g; Dir = 1;\n'
+                    '\t\tPoints = (%d, %s);\n};\n\n\tChannels = (1, { Name = "Counter0"; Unit = "counts";});\n};\n'
+                    % (self.energy[0], self.energy[-1], len(self.energy), ", ".join("%.4f" % e for e in self.energy)))
+        for e in range(len(self.energy)):
+            np.savetxt(os.path.join(d, "Stack_001_a%03d.xim" % e), i0[e] * t[e], fmt="%.2f", delimiter="\t")
+        i0_file = os.path.join(d, "i0.txt")
+        np.savetxt(i0_file, i0)
+        out = os.path.join(d, "scan.h5")
+        r = self.run_convert("xim", "--hdr", os.path.join(d, "Stack_001.hdr"), "--i0", i0_file, "--out", out)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        maps = self.fit(out)
+        np.testing.assert_allclose(maps, self.reference_maps, atol=5e-3)  # 2-decimal text counts
+        self.assertLess(float(np.sqrt(np.mean((maps - self.truth) ** 2))), 0.05)
+        r = self.run_convert("xim", "--hdr", os.path.join(d, "Stack_001.hdr"), "--out", out)
+        self.assertIn("need I0", r.stderr)
+
     def test_bad_input_gets_a_clear_message(self):
         d = os.path.join(self.dir, "bad")
         os.makedirs(d)
