@@ -201,6 +201,20 @@ class Convert(unittest.TestCase):
         r = self.run_convert("xim", "--hdr", os.path.join(d, "Stack_001.hdr"), "--out", out)
         self.assertIn("need I0", r.stderr)
 
+    def test_result_file_refitted(self):
+        # A result file (with its spectra) back into a scan file: refitted with the same
+        # references it gives the same maps; with two of them, a two-reference fit.
+        result = self.sim + ".result.h5"  # written by setUpClass's fit
+        out = os.path.join(self.dir, "refit_scan.h5")
+        r = self.run_convert("result", "--input", result, "--out", out)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        np.testing.assert_allclose(self.fit(out), self.reference_maps, atol=2e-3)
+        two = out + ".two.h5"
+        subprocess.run([ARGS.xanesd, "fit", "--input", out, "--refs", self.library, "--names", "Magnetite,Goethite",
+                        "--out", two, "--set", "log.level=warn"], check=True, capture_output=True)
+        with h5py.File(two, "r") as f:
+            self.assertEqual(f["entry/results/fractions"].shape[0], 2)
+
     def test_bad_input_gets_a_clear_message(self):
         d = os.path.join(self.dir, "bad")
         os.makedirs(d)
