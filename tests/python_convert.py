@@ -7,7 +7,6 @@ array with the original, and fitted by `xanesd fit` to maps equal to the origina
 to the simulation's truth. Bad input gets a clear message and a non-zero exit.
 
   python_convert.py --xanesd BIN --simulate BIN --source-dir DIR"""
-import argparse
 import os
 import subprocess
 import sys
@@ -17,6 +16,8 @@ import unittest
 import h5py
 import numpy as np
 import tifffile
+
+import binaries  # noqa: E402  (tests/binaries.py)
 
 ARGS = None
 
@@ -239,9 +240,5 @@ class Convert(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--xanesd", required=True)
-    p.add_argument("--simulate", required=True)
-    p.add_argument("--source-dir", required=True)
-    ARGS, rest = p.parse_known_args()
-    unittest.main(argv=[sys.argv[0]] + rest)
+    ARGS, argv = binaries.parse(__doc__)
+    unittest.main(argv=argv)

@@ -8,7 +8,6 @@ Checks: the default plot chain ends at a valid 2-D NXdata (a named reference's f
 with errors and labelled axes), every reference has one, /entry/results is a valid NXdata whose
 errors silx finds, every numeric dataset has units, the file records the --refs and --names
 it was fitted with, the software version, and the reference spectra used."""
-import argparse
 import json
 import os
 import subprocess
@@ -19,6 +18,8 @@ import unittest
 import h5py
 import numpy as np
 from silx.io import nxdata
+
+import binaries  # noqa: E402  (tests/binaries.py)
 
 ARGS = None
 
@@ -99,9 +100,5 @@ class ResultFile(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--xanesd", required=True)
-    p.add_argument("--simulate", required=True)
-    p.add_argument("--source-dir", required=True)
-    ARGS, rest = p.parse_known_args()
-    unittest.main(argv=[sys.argv[0]] + rest)
+    ARGS, argv = binaries.parse(__doc__)
+    unittest.main(argv=argv)

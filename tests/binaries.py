@@ -1,0 +1,13 @@
+"""Command line of the Python tests that run the built binaries: --xanesd, --simulate, --source-dir
+(CTest passes them); the rest goes to unittest."""
+import argparse
+import sys
+
+
+def parse(doc):
+    p = argparse.ArgumentParser(description=doc.strip().splitlines()[0])
+    p.add_argument("--xanesd", required=True)
+    p.add_argument("--simulate", required=True)
+    p.add_argument("--source-dir", required=True)
+    args, rest = p.parse_known_args()
+    return args, [sys.argv[0]] + rest
