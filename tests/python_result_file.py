@@ -11,7 +11,6 @@ it was fitted with, the software version, and the reference spectra used."""
 import json
 import os
 import subprocess
-import sys
 import tempfile
 import unittest
 
