@@ -107,10 +107,11 @@ class BlueskyBridge(unittest.TestCase):
                 "num_events": {"primary": E}}
         return start, desc, events, stop
 
-    def test_filled_events_and_an_event_page(self):
+    def run_filled(self, scan_id):
+        """A run of filled events, the last three as an event_page; returns the final status."""
         bridge = bluesky.Bridge(self.ingest)
         self.addCleanup(bridge.close)
-        start, desc, events, stop = self.documents(11)
+        start, desc, events, stop = self.documents(scan_id)
         bridge("start", start)
         bridge("descriptor", desc)
         for ev in events[:-3]:
@@ -121,7 +122,10 @@ class BlueskyBridge(unittest.TestCase):
                 "time": [ev["time"] for ev in events[-3:]], "timestamps": {}}
         bridge("event_page", page)
         bridge("stop", stop)
-        st = self.wait_result("xanes_map-11")
+        return self.wait_result(f"xanes_map-{scan_id}")
+
+    def test_filled_events_and_an_event_page(self):
+        st = self.run_filled(11)
         self.assertEqual(st["scan"]["frames_applied"], len(self.energy))
         self.check_maps(st["result_file"])
 
@@ -146,6 +150,50 @@ class BlueskyBridge(unittest.TestCase):
         st = self.wait_result("xanes_map-12")
         self.assertEqual(st["scan"]["frames_applied"], E)
         self.check_maps(st["result_file"])
+
+    def test_agent_suggests_and_submits_to_a_queue_server(self):
+        from xanesd import agent  # noqa: PLC0415
+        import json
+        import threading
+        import zmq
+        # A fake queue server speaking the queue server's ZeroMQ request/reply: JSON
+        # {"method", "params"} in, {"success", "msg", "qsize", "item"} out.
+        address = f"tcp://127.0.0.1:{binaries.free_port()}"
+        ctx = zmq.Context.instance()
+        rep = ctx.socket(zmq.REP)
+        rep.bind(address)
+        received = []
+
+        def serve():
+            msg = json.loads(rep.recv())
+            received.append(msg)
+            item = dict(msg["params"]["item"], item_uid="uid-1")
+            rep.send(json.dumps({"success": True, "msg": "", "qsize": 1, "item": item}).encode())
+        t = threading.Thread(target=serve)
+        t.start()
+        self.run_filled(21)  # the scan the selection is made on
+        a = agent.XanesAgent(self.control, queue=address, timeout_ms=20000,
+                             plan={"name": "xanes_map", "kwargs": {"detectors": ["det"]}, "energies_kwarg": "energies",
+                                   "energy_unit": "keV"},
+                             select={"n": 8, "objective": "equal_dwell", "source": "references"})
+        a.ingest({"energy": 7110.0}, {"image": "…"})
+        suggestion = a.suggest()
+        t.join(timeout=20)
+        rep.close()
+        a.client.close()
+        self.assertEqual(len(received), 1)
+        msg = received[0]
+        self.assertEqual(msg["method"], "queue_item_add")
+        item = msg["params"]["item"]
+        self.assertEqual((item["item_type"], item["name"], item["kwargs"]["detectors"]), ("plan", "xanes_map", ["det"]))
+        energies = suggestion[0]["energies_eV"]
+        self.assertGreaterEqual(len(energies), 8)
+        self.assertEqual(item["kwargs"]["md"]["energies_eV"], energies)
+        self.assertEqual(item["kwargs"]["energies"], [e / 1000 for e in energies])
+        self.assertEqual(suggestion[0]["queue_item_uid"], "uid-1")
+        report = a.report()
+        self.assertEqual((report["measured"], report["submitted"]), (1, 1))
+        self.assertEqual(report["suggested"]["energies_eV"], energies)
 
     def test_bad_documents_and_no_daemon(self):
         bridge = bluesky.Bridge(self.ingest)
