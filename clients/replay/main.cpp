@@ -5,6 +5,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "cli_numbers.hpp"
 #include "replay/replay.hpp"
 
 using namespace xanesd;
@@ -21,26 +22,6 @@ static int usage(int code = 2) {
   return code;
 }
 
-// A whole number or decimal, or an error that names the option and the text.
-static double number(const std::string& option, const std::string& text) {
-  std::size_t used = 0;
-  double v = 0;
-  try {
-    v = std::stod(text, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  if (used == 0 || used != text.size() || !std::isfinite(v))
-    throw std::invalid_argument(option + ": '" + text.substr(0, 64) + "' is not a number");
-  return v;
-}
-
-static int whole(const std::string& option, const std::string& text) {
-  const double v = number(option, text);
-  if (v != std::floor(v) || v < 0 || v > 1e9) throw std::invalid_argument(option + ": '" + text.substr(0, 64) + "' is not a whole number ≥ 0");
-  return static_cast<int>(v);
-}
-
 int main(int argc, char** argv) {
   replay::Options opt;
   try {
@@ -53,10 +34,10 @@ int main(int argc, char** argv) {
       if (a == "--input") opt.input = next();
       else if (a == "--endpoint") opt.endpoint = next();
       else if (a == "--order") opt.order = protocol::order_from_string(next());
-      else if (a == "--rate") opt.rate_fps = number(a, next());
-      else if (a == "--rows-per-frame") opt.rows_per_frame = whole(a, next());
-      else if (a == "--chunk-pixels") opt.chunk_pixels = whole(a, next());
-      else if (a == "--timeout") opt.timeout_ms = static_cast<int>(1000 * number(a, next()));
+      else if (a == "--rate") opt.rate_fps = cli::number(a, next());
+      else if (a == "--rows-per-frame") opt.rows_per_frame = static_cast<int>(cli::whole(a, next()));
+      else if (a == "--chunk-pixels") opt.chunk_pixels = static_cast<int>(cli::whole(a, next()));
+      else if (a == "--timeout") opt.timeout_ms = static_cast<int>(1000 * cli::number(a, next()));
       else if (a == "-h" || a == "--help") return usage(0);
       else if (a == "--scan-id") opt.scan_id = next();
       else if (a == "--no-stop") opt.send_stop = false;
@@ -64,7 +45,7 @@ int main(int argc, char** argv) {
         const std::string list = next();
         for (std::size_t pos = 0; pos < list.size();) {
           const auto comma = list.find(',', pos);
-          opt.only_energies_eV.push_back(number(a, list.substr(pos, comma - pos)));
+          opt.only_energies_eV.push_back(cli::number(a, list.substr(pos, comma - pos)));
           pos = comma == std::string::npos ? list.size() : comma + 1;
         }
       }
