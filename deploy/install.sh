@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs xanesd system-wide: binaries to /usr/local/bin, the Python protocol module to
-# /usr/local/lib/xanesd/python, configs and references to /etc/xanesd, and the systemd unit.
+# /usr/local/lib/python3.X/dist-packages/xanesd (where Debian's python3 finds it), configs and
+# references to /etc/xanesd, and the systemd unit.
 # Idempotent; an existing /etc/xanesd/default.json is kept. Run as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -50,7 +50,13 @@ nlohmann::json run_batch_fit(const Config& cfg, const BatchOptions& opt) {
   scan->compute_edge_maps(solve_threads(cfg));
   nlohmann::json counters = nlohmann::json::object();
   for (const auto& [code, n] : issues) counters["issues." + code] = n;
-  write_result_file(opt.output, *scan, cfg.effective, counters, cfg.output.save_spectra);
+  // The file records the arguments this fit ran with, not only the config's defaults.
+  auto effective = cfg.effective;
+  effective["references.files"] = nlohmann::json::array();
+  for (const auto& f : refs_cfg.files) effective["references.files"].push_back(std::filesystem::absolute(f).lexically_normal().string());
+  if (!opt.reference_names.empty()) effective["references.names"] = opt.reference_names;
+  effective["input"] = std::filesystem::absolute(opt.input).lexically_normal().string();
+  write_result_file(opt.output, *scan, effective, counters, cfg.output.save_spectra);
   return {{"scan", scan->summary()}, {"counters", counters}, {"output", opt.output.string()}};
 }
 
@@ -58,16 +64,20 @@ int batch_main(int argc, char** argv) {
   BatchOptions opt;
   std::filesystem::path config_file;
   std::vector<std::string> overrides;
-  auto usage = [] {
-    std::fprintf(stderr,
+  auto usage = [](int code = 2) {
+    std::fprintf(code ? stderr : stdout,
                  "usage: xanesd fit --input SCAN.h5 [--refs FILE ...] [--names A,B,...] --out RESULT.h5 [--config FILE] [--set key=value ...]\n"
                  "Fits a scan file with the daemon's code and writes the same result file. Without --refs, the\n"
                  "config's references.files are used.\n");
-    return 2;
+    return code;
   };
   for (int i = 2; i < argc; ++i) {
     const std::string a = argv[i];
-    if (i + 1 >= argc) return usage();
+    if (a == "-h" || a == "--help") return usage(0);
+    if (i + 1 >= argc) {
+      std::fprintf(stderr, "xanesd fit: %s needs a value\n", a.c_str());
+      return usage();
+    }
     if (a == "--input") opt.input = argv[++i];
     else if (a == "--out") opt.output = argv[++i];
     else if (a == "--refs") opt.reference_files.emplace_back(argv[++i]);
@@ -77,7 +87,10 @@ int batch_main(int argc, char** argv) {
     }
     else if (a == "--config") config_file = argv[++i];
     else if (a == "--set") overrides.emplace_back(argv[++i]);
-    else return usage();
+    else {
+      std::fprintf(stderr, "xanesd fit: unknown option '%s'\n", a.c_str());
+      return usage();
+    }
   }
   if (opt.input.empty() || opt.output.empty()) return usage();
   try {

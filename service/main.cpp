@@ -16,6 +16,7 @@ int usage(int code) {
                "usage: xanesd --config FILE [--set key=value ...]\n"
                "       xanesd fit --input SCAN.h5 [--refs FILE ...] --out RESULT.h5 [--config FILE] [--set key=value ...]\n"
                "       xanesd --config-keys     (print every config key as a Markdown table)\n"
+               "       xanesd --version\n"
                "Config keys are documented in config/README.md.\n");
   return code;
 }
@@ -32,6 +33,7 @@ int main(int argc, char** argv) {
     else if (a == "--set" && i + 1 < argc) overrides.emplace_back(argv[++i]);
     else if (a == "--config-keys") return std::cout << xanesd::config_keys_markdown(), 0;
     else if (a == "-h" || a == "--help") return usage(0);
+    else if (a == "--version") return std::printf("xanesd %s\n", XANESD_VERSION), 0;
     else {
       std::fprintf(stderr, "xanesd: unknown argument '%s'\n", a.c_str());
       return usage(2);

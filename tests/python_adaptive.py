@@ -37,7 +37,7 @@ def main():
     a = p.parse_args()
     src = os.path.abspath(a.source_dir)
     sys.path.insert(0, os.path.join(src, "protocol", "python"))
-    import xanesd_protocol as xp  # noqa: PLC0415
+    from xanesd import protocol as xp  # noqa: PLC0415
 
     tmp = tempfile.mkdtemp(prefix="xanesd-adaptive-")
     ingest, pub, control = (f"tcp://127.0.0.1:{free_port()}" for _ in range(3))

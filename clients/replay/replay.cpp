@@ -1,5 +1,6 @@
 #include "replay/replay.hpp"
 
+#include <stdexcept>
 #include <thread>
 
 #include "store/scan_file.hpp"
@@ -8,7 +9,11 @@ namespace xanesd::replay {
 
 Report run(const Options& opt, zmq::context_t& ctx, const std::function<void(std::int64_t)>& on_frame) {
   zmq::socket_t push(ctx, zmq::socket_type::push);
-  push.set(zmq::sockopt::linger, -1);  // deliver everything before close
+  // Queue only on a completed connection, and wait at most timeout_ms for one to take a
+  // message: with no daemon listening, the first send fails instead of blocking forever.
+  push.set(zmq::sockopt::immediate, 1);
+  push.set(zmq::sockopt::sndtimeo, opt.timeout_ms);
+  push.set(zmq::sockopt::linger, -1);  // deliver everything before close (all of it went to a live connection)
   push.connect(opt.endpoint);
   const auto t0 = std::chrono::steady_clock::now();
   std::int64_t seq = 0;
@@ -17,7 +22,10 @@ Report run(const Options& opt, zmq::context_t& ctx, const std::function<void(std
     const bool is_frame = std::holds_alternative<protocol::FrameMsg>(msg);
     if (is_frame && opt.rate_fps > 0)  // pace frames as the beamline would
       std::this_thread::sleep_until(t0 + std::chrono::duration<double>(static_cast<double>(seq) / opt.rate_fps));
-    std::visit([&](auto&& m) { protocol::send(push, std::move(m).to_wire()); }, std::move(msg));
+    const bool sent = std::visit([&](auto&& m) { return protocol::send(push, std::move(m).to_wire()); }, std::move(msg));
+    if (!sent)
+      throw std::runtime_error("no xanesd took a message at " + opt.endpoint + " within " + std::to_string(opt.timeout_ms / 1000.0).substr(0, 4) +
+                               " s (is the daemon running, and is this its ingest endpoint?) after " + std::to_string(seq) + " frames");
     if (is_frame) {
       if (on_frame) on_frame(seq);
       ++seq;

@@ -25,6 +25,9 @@ struct Options {
   std::string scan_id;       // default: the file's stem
   bool send_stop = true;
   std::vector<double> only_energies_eV;  // a sub-spectra scan at these energies (eV); empty: all
+  // How long a message may wait for xanesd to take it (no daemon listening, a stalled one):
+  // then run() throws saying so, rather than hanging.
+  int timeout_ms = 30000;
 };
 
 struct Report {

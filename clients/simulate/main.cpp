@@ -3,18 +3,19 @@
 #include <iostream>
 #include <sstream>
 
+#include "cli_numbers.hpp"
 #include "simulate/simulate.hpp"
 
 using namespace xanesd;
 
-static int usage() {
-  std::fprintf(stderr,
+static int usage(int code = 2) {
+  std::fprintf(code ? stderr : stdout,
                "usage: xanes-simulate --refs FILE [--refs FILE ...] [--use NAME,NAME,...] --energies FILE\n"
                "                      [--shape ROWSxCOLS] [--mode fluorescence|transmission] [--counts N]\n"
                "                      [--thickness T] [--dark D] [--seed S] [--no-noise] [--layout regions|domains|scene]\n"
                "                      [--background B] [--i0-units U] [--gain G]\n"
                "                      --out SCAN.h5\n");
-  return 2;
+  return code;
 }
 
 int main(int argc, char** argv) {
@@ -29,6 +30,7 @@ int main(int argc, char** argv) {
         if (i + 1 >= argc) throw std::invalid_argument(a + " needs a value");
         return argv[++i];
       };
+      if (a == "-h" || a == "--help") return usage(0);
       if (a == "--refs") ref_files.push_back(next());
       else if (a == "--use") use = next();
       else if (a == "--energies") energies_file = next();
@@ -36,12 +38,12 @@ int main(int argc, char** argv) {
         const auto v = next();
         const auto x = v.find('x');
         if (x == std::string::npos) throw std::invalid_argument("--shape is ROWSxCOLS");
-        p.rows = std::stoi(v.substr(0, x)), p.cols = std::stoi(v.substr(x + 1));
+        p.rows = static_cast<int>(cli::whole(a, v.substr(0, x), 1, 1 << 16)), p.cols = static_cast<int>(cli::whole(a, v.substr(x + 1), 1, 1 << 16));
       } else if (a == "--mode") p.mode = protocol::mode_from_string(next());
-      else if (a == "--counts") p.counts = std::stod(next());
-      else if (a == "--thickness") p.max_thickness = std::stod(next());
-      else if (a == "--dark") p.dark = std::stod(next());
-      else if (a == "--seed") p.seed = std::stoull(next());
+      else if (a == "--counts") p.counts = cli::number(a, next());
+      else if (a == "--thickness") p.max_thickness = cli::number(a, next());
+      else if (a == "--dark") p.dark = cli::number(a, next());
+      else if (a == "--seed") p.seed = static_cast<std::uint64_t>(cli::whole(a, next(), 0, 1LL << 53));
       else if (a == "--no-noise") p.noise = false;
       else if (a == "--layout") {
         const std::string l = next();
@@ -50,11 +52,14 @@ int main(int argc, char** argv) {
         else if (l == "scene") p.layout = sim::Params::Layout::scene;
         else throw std::invalid_argument("--layout is 'regions', 'domains' or 'scene'");
       }
-      else if (a == "--background") p.background = std::stod(next());
-      else if (a == "--i0-units") p.i0_units = std::stod(next());
-      else if (a == "--gain") p.detector_gain = std::stod(next());
+      else if (a == "--background") p.background = cli::number(a, next());
+      else if (a == "--i0-units") p.i0_units = cli::number(a, next());
+      else if (a == "--gain") p.detector_gain = cli::number(a, next());
       else if (a == "--out") out = next();
-      else return usage();
+      else {
+        std::fprintf(stderr, "xanes-simulate: unknown option '%s'\n", a.c_str());
+        return usage();
+      }
     }
     if (ref_files.empty() || energies_file.empty() || out.empty()) return usage();
     std::vector<science::Reference> all, refs;

@@ -23,7 +23,7 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.realpath(__file__))
 sys.path.insert(0, HERE)
-import xanesd_protocol as xp  # noqa: E402
+from xanesd import protocol as xp  # noqa: E402
 
 
 def expect_for(frames, header_keys):

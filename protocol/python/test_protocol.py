@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Tests of xanesd_protocol.py: encode/decode round trips, the golden fixtures of
+"""Tests of xanesd/protocol.py: encode/decode round trips, the golden fixtures of
 protocol/fixtures (py_* written by make_fixtures.py, cpp_* by the C++ tests), and the
 rejection of malformed messages.
 
@@ -23,7 +23,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.realpath(__file__))
 FIXTURES = os.path.normpath(os.path.join(HERE, "..", "fixtures"))
 sys.path.insert(0, HERE)
-import xanesd_protocol as xp  # noqa: E402
+from xanesd import protocol as xp  # noqa: E402
 
 ALL_DTYPES = ["uint8", "uint16", "uint32", "uint64", "int16", "int32", "int64", "float32", "float64"]
 
@@ -163,6 +163,16 @@ class IngestHelpers(unittest.TestCase):
         self.assertEqual(list(m.arrays), ["dark"])
         with self.assertRaises(ValueError):
             xp.start_message("s", (2, 3), [1.0], "absorption")
+
+    def test_start_references(self):
+        self.assertNotIn("references", xp.decode(xp.start_message("s", (2, 3), [1.0, 2.0], "transmission")).header)
+        one = xp.decode(xp.start_message("s", (2, 3), [1.0, 2.0], "transmission", references="refs/fe_l.txt"))
+        self.assertEqual(one.header["references"], ["refs/fe_l.txt"])
+        two = xp.decode(xp.start_message("s", (2, 3), [1.0, 2.0], "transmission", references=("Goethite", "Pyrite")))
+        self.assertEqual(two.header["references"], ["Goethite", "Pyrite"])
+        for bad in ([], "", ["a", ""]):
+            with self.assertRaises(ValueError):
+                xp.start_message("s", (2, 3), [1.0, 2.0], "transmission", references=bad)
 
     def test_frame_full(self):
         c = np.ones((2, 3), np.float32)

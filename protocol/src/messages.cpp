@@ -43,6 +43,7 @@ WireMessage StartMsg::to_wire() && {
               {"energies_eV", energies_eV}, {"mode", to_string(mode)}, {"order", to_string(order)},
               {"xrf_channels", xrf_channels}};
   if (extend) m.header["extend"] = true;
+  if (!references.empty()) m.header["references"] = references;
   if (dark) m.arrays.push_back(std::move(*dark));
   if (flat) m.arrays.push_back(std::move(*flat));
   return m;
@@ -77,6 +78,19 @@ StartMsg StartMsg::from_wire(WireMessage&& m) {
   if (m.header.contains("extend")) {
     if (!m.header["extend"].is_boolean()) throw ProtocolError("'extend' must be true or false");
     s.extend = m.header["extend"].get<bool>();
+  }
+  if (m.header.contains("references")) {  // one name or path, or a list of them
+    const auto& r = m.header["references"];
+    const auto bad = "'references' must be a name or file path, or a list of 1 to 256 of them";
+    if (r.is_string()) s.references.push_back(r.get<std::string>());
+    else if (r.is_array() && !r.empty() && r.size() <= 256)
+      for (const auto& v : r) {
+        if (!v.is_string()) throw ProtocolError(bad);
+        s.references.push_back(v.get<std::string>());
+      }
+    else throw ProtocolError(bad);
+    for (const auto& v : s.references)
+      if (v.empty() || v.size() > 4096) throw ProtocolError(bad);
   }
   s.dark = take(m, "dark");
   s.flat = take(m, "flat");

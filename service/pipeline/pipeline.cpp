@@ -10,7 +10,7 @@ namespace xanesd {
 
 Pipeline::Pipeline(Config cfg, std::vector<science::Reference> refs, IngestQueue& queue, Publisher& publisher,
                    Counters& counters)
-    : cfg_(std::move(cfg)), refs_(std::move(refs)), queue_(queue), publisher_(publisher), counters_(counters) {
+    : cfg_(std::move(cfg)), refs_(std::move(refs)), library_(refs_), queue_(queue), publisher_(publisher), counters_(counters) {
   // Said at start-up, not discovered at the first stop with a scan to lose.
   output_error_ = output_directory_error(cfg_.output.directory);
   if (!output_error_.empty()) spdlog::error("output.directory is not usable: {}", output_error_);
@@ -208,7 +208,21 @@ void Pipeline::on_start(protocol::StartMsg&& s) {
     return;
   }
   const auto id = s.scan_id;
-  scan_ = std::make_unique<Scan>(std::move(s), refs_, scan_settings(cfg_));
+  std::string refs_error;
+  if (!s.references.empty()) {
+    // The scan names its references: they become the loaded set (as load_references would).
+    // If they cannot be had, the scan is still recorded, not fitted, and says why.
+    try {
+      auto refs = resolve_references(s.references, cfg_.references.normalize, cfg_.references.energy_unit);
+      science::resample(refs, s.energies_eV, cfg_.references.margin_eV);
+      set_references(std::move(refs));
+    } catch (const std::exception& e) {
+      refs_error = std::string("the start's references: ") + e.what();
+    }
+  }
+  scan_ = std::make_unique<Scan>(std::move(s), refs_error.empty() ? refs_ : std::vector<science::Reference>{}, scan_settings(cfg_));
+  if (!refs_error.empty()) scan_->set_fit_error(refs_error + ": spectra are recorded but not fitted");
+  scan_output_.clear();
   counters_.add("scans.started");
   spdlog::info("scan {} started: {}×{} px, {} energies, {}", id, scan_->rows(), scan_->cols(), scan_->energies().size(),
                protocol::to_string(scan_->start().mode));
@@ -316,7 +330,20 @@ void Pipeline::refresh_finished_scan() {
 nlohmann::json Pipeline::save(const std::string& requested) {
   if (!scan_) return {{"ok", false}, {"error", "no scan to save"}};
   try {
-    return save_to(result_path(cfg_.output.directory, requested, scan_->id()));
+    if (!requested.empty()) return save_to(result_path(cfg_.output.directory, requested, scan_->id()));
+    if (!scan_output_.empty()) return save_to(scan_output_);  // this scan's own file, rewritten
+    // A new scan never replaces an earlier scan's file: a reused scan_id gets <id>-2.h5, -3, …
+    auto out = result_path(cfg_.output.directory, "", scan_->id());
+    for (int n = 2; std::filesystem::exists(std::filesystem::symlink_status(out)); ++n) {
+      if (n > 9999) return {{"ok", false}, {"error", "result files " + scan_->id() + ".h5 to -9999.h5 exist already"}};
+      out = result_path(cfg_.output.directory, scan_->id() + "-" + std::to_string(n) + ".h5", scan_->id());
+    }
+    if (out.filename() != scan_->id() + ".h5")
+      report({"scan_id_reused", "a result file for scan_id '" + scan_->id() + "' exists already: this scan is written to " +
+                                    out.filename().string()}, scan_->id());
+    auto reply = save_to(out);
+    if (reply.value("ok", false)) scan_output_ = out;
+    return reply;
   } catch (const std::invalid_argument& e) {
     counters_.add("control.rejected.path");
     return {{"ok", false}, {"code", "invalid_path"}, {"error", e.what()}};
@@ -336,6 +363,38 @@ nlohmann::json Pipeline::save_to(const std::filesystem::path& out) {
   return {{"ok", true}, {"path", result_file_}};
 }
 
+std::vector<science::Reference> Pipeline::resolve_references(const std::vector<std::string>& items, const std::string& normalize,
+                                                                const std::string& energy_unit) const {
+  std::vector<science::Reference> out;
+  for (const auto& item : items) {
+    auto named = [&](const std::vector<science::Reference>& set) {
+      return std::find_if(set.begin(), set.end(), [&](const auto& r) { return r.name == item; });
+    };
+    if (auto it = named(refs_); it != refs_.end()) out.push_back(*it);
+    else if (auto lib = named(library_); lib != library_.end()) out.push_back(*lib);
+    else if (std::error_code ec; std::filesystem::exists(item, ec)) {
+      auto loaded = science::load_reference_file(item, science::normalize_mode_from_string(normalize),
+                                                 science::energy_unit_from_string(energy_unit));
+      out.insert(out.end(), loaded.begin(), loaded.end());
+    } else {
+      throw science::ReferenceError("'" + item.substr(0, 200) + "' is neither a loaded reference, nor one of the start-up library, nor a file the daemon can read");
+    }
+  }
+  for (std::size_t a = 0; a < out.size(); ++a)
+    for (std::size_t b = a + 1; b < out.size(); ++b)
+      if (out[a].name == out[b].name) throw science::ReferenceError("reference '" + out[a].name + "' is named twice");
+  return out;
+}
+
+void Pipeline::set_references(std::vector<science::Reference> refs) {
+  refs_ = std::move(refs);
+  nlohmann::json files = nlohmann::json::array();
+  for (const auto& r : refs_)
+    if (std::find(files.begin(), files.end(), r.source) == files.end()) files.push_back(r.source);
+  cfg_.effective["references.files"] = files;
+  for (const auto& r : refs_) spdlog::info("reference '{}' from {} ({}): {}", r.name, r.source, r.column, r.normalization);
+}
+
 nlohmann::json Pipeline::handle(const nlohmann::json& req) {
   const auto cmd = req.value("cmd", "");
   if (cmd == "save") return save(req.value("path", ""));
@@ -347,9 +406,19 @@ nlohmann::json Pipeline::handle(const nlohmann::json& req) {
   }
   if (cmd == "configure") {
     cfg_ = reconfigure(cfg_, req.value("set", nlohmann::json::object()));
-    if (scan_) scan_->refit(refs_, scan_settings(cfg_));
-    changed_since_publish_ = scan_ != nullptr;
-    if (scan_ && scan_->state() != ScanState::running) refresh_finished_scan();
+    // A finished scan at another edge than the loaded references (loaded for the next scan)
+    // keeps its fit: it is refitted only with references that cover it.
+    bool refit = scan_ != nullptr;
+    if (scan_ && scan_->state() != ScanState::running) {
+      try {
+        science::resample(refs_, scan_->energies(), cfg_.references.margin_eV);
+      } catch (const science::ReferenceError&) {
+        refit = false;
+      }
+    }
+    if (refit) scan_->refit(refs_, scan_settings(cfg_));
+    changed_since_publish_ = refit;
+    if (refit && scan_->state() != ScanState::running) refresh_finished_scan();
     update_status();
     return {{"ok", true}, {"config", cfg_.effective}};
   }
@@ -365,12 +434,18 @@ nlohmann::json Pipeline::handle(const nlohmann::json& req) {
     } else {
       const auto& files = req.at("files");
       if (!files.is_array() || files.empty()) return {{"ok", false}, {"error", "'files' must be a non-empty list of paths"}};
+      std::vector<std::string> paths;
       for (const auto& f : files) {
-        auto loaded = science::load_reference_file(
-            f.get<std::string>(), science::normalize_mode_from_string(req.value("normalize", cfg_.references.normalize)),
-            science::energy_unit_from_string(req.value("energy_unit", cfg_.references.energy_unit)));
-        refs.insert(refs.end(), loaded.begin(), loaded.end());
+        if (!f.is_string()) return {{"ok", false}, {"error", "'files' must be a non-empty list of paths"}};
+        paths.push_back(f.get<std::string>());
       }
+      std::vector<science::Reference> all;
+      for (const auto& p : paths) {  // files only here: a name is not a file
+        auto loaded = science::load_reference_file(p, science::normalize_mode_from_string(req.value("normalize", cfg_.references.normalize)),
+                                                   science::energy_unit_from_string(req.value("energy_unit", cfg_.references.energy_unit)));
+        all.insert(all.end(), loaded.begin(), loaded.end());
+      }
+      refs = std::move(all);
     }
     if (req.contains("names")) {  // keep only the named spectra, in the order given
       std::vector<science::Reference> picked;
@@ -381,9 +456,23 @@ nlohmann::json Pipeline::handle(const nlohmann::json& req) {
       }
       refs = std::move(picked);
     }
-    if (scan_) science::resample(refs, scan_->energies(), cfg_.references.margin_eV);  // throws: refuse, keep the old set
-    refs_ = std::move(refs);
-    if (scan_) {
+    // A running scan must be covered (else refused: the old set stays). A finished scan is
+    // refitted if covered; if not (references for the next scan, at another edge) the set is
+    // taken for the next scan and the finished one keeps its fit.
+    bool refit = scan_ != nullptr;
+    std::string note;
+    if (scan_ && scan_->state() == ScanState::running) {
+      science::resample(refs, scan_->energies(), cfg_.references.margin_eV);  // throws: refuse, keep the old set
+    } else if (scan_) {
+      try {
+        science::resample(refs, scan_->energies(), cfg_.references.margin_eV);
+      } catch (const science::ReferenceError& e) {
+        refit = false;
+        note = std::string("loaded for the next scan; the last scan '") + scan_->id() + "' keeps its fit (" + e.what() + ")";
+      }
+    }
+    set_references(std::move(refs));
+    if (refit) {
       scan_->refit(refs_, scan_settings(cfg_));
       if (scan_->state() == ScanState::running) changed_since_publish_ = true;
       else refresh_finished_scan();
@@ -395,7 +484,12 @@ nlohmann::json Pipeline::handle(const nlohmann::json& req) {
       ranges.push_back({r.energies_eV.front(), r.energies_eV.back()});
       if (r.normalized_here) normalized.push_back(r.name);
     }
-    return {{"ok", true}, {"reference_names", names}, {"energy_range_eV", ranges}, {"normalized_here", normalized}};
+    nlohmann::json normalization = nlohmann::json::object();
+    for (const auto& r : refs_) normalization[r.name] = r.normalization;
+    nlohmann::json reply = {{"ok", true}, {"reference_names", names}, {"energy_range_eV", ranges}, {"normalized_here", normalized},
+                            {"normalization", normalization}, {"refitted", refit}};
+    if (!note.empty()) reply["note"] = note;
+    return reply;
   }
   if (cmd == "select_energies") {
     if (scan_) scan_->solve_changed(solve_threads(cfg_));  // select on current maps (in_use, noise)

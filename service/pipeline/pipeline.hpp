@@ -60,9 +60,18 @@ class Pipeline {
   nlohmann::json save(const std::string& requested);
   nlohmann::json save_to(const std::filesystem::path& out);
   void refresh_finished_scan();
+  // The references `items` name: each a loaded reference, one of the start-up library, or a
+  // reference file (all its spectra). Throws science::ReferenceError naming what was not found.
+  std::vector<science::Reference> resolve_references(const std::vector<std::string>& items, const std::string& normalize,
+                                                     const std::string& energy_unit) const;
+  // Makes `refs` the loaded set and records where they came from in the effective config
+  // (references.files), so status, replies and result files say what is fitted.
+  void set_references(std::vector<science::Reference> refs);
 
   Config cfg_;
   std::vector<science::Reference> refs_;
+  std::vector<science::Reference> library_;  // the start-up set (references.files), for names in start
+  std::filesystem::path scan_output_;        // the result file scan_ writes at stop (chosen at its first write)
   IngestQueue& queue_;
   Publisher& publisher_;
   Counters& counters_;

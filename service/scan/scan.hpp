@@ -128,11 +128,17 @@ class Scan : private science::SampleSource {
   const std::vector<double>& energies() const { return start_.energies_eV; }
   const science::IncrementalLcf* fit() const { return lcf_.get(); }
   const std::string& fit_error() const { return fit_error_; }
+  // Why a scan started without references has no fit (e.g. its start named references that
+  // could not be loaded), in place of the generic "no references loaded".
+  void set_fit_error(std::string why) {
+    if (!lcf_) fit_error_ = std::move(why);
+  }
   // The spectral store: energy-major planes, NaN where a pixel was not measured at that energy.
   const std::vector<float>& spectra() const { return store_; }
   const std::vector<float>& xrf() const { return xrf_; }  // channels × pixels, NaN if absent
 
   std::int64_t frames_applied() const { return frames_applied_; }
+  std::chrono::system_clock::time_point started() const { return started_; }
   std::int64_t last_seq() const { return last_seq_; }
   int energies_seen() const;
   nlohmann::json summary() const;

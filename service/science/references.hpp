@@ -17,23 +17,38 @@ struct Reference {
   std::string source;                // file it came from
   std::vector<double> energies_eV;   // strictly increasing
   std::vector<double> mu;            // same length; edge-normalized after loading
+  std::string column;                // what in the file it is: a column name, "ln(i0/itrans)", an Athena group
   bool normalized_here = false;      // true if xanesd edge-normalized it (it was raw μ)
   double e0_eV = 0, edge_step = 0;   // from the edge normalization check
+  // What normalization did, in words (result files, load_references replies, the log):
+  // "none (never)", "already normalized", "edge step", "pre-edge line subtracted (...)".
+  std::string normalization;
 };
 
 // Raw measured spectra must be edge-normalized before fitting; libraries exported by Athena
-// already are. `auto` normalizes only spectra that are not (pre-edge ≉ 0 or step ≉ 1).
-enum class NormalizeMode { automatic, always, never };
-NormalizeMode normalize_mode_from_string(const std::string& s);  // "auto", "always", "never"
+// already are. `auto` normalizes only spectra that are not (pre-edge ≉ 0 or step ≉ 1), and
+// where a Larch-style edge step means nothing (L2,3 edges in optical density: white lines many
+// times the continuum step over a ~30 eV range; a step ≤ 0; too few points to fit the lines)
+// it does what `background` does. `background` subtracts the pre-edge line and keeps the
+// spectrum's own scale (OD stays OD); the fit's background line absorbs what remains.
+enum class NormalizeMode { automatic, always, never, background };
+NormalizeMode normalize_mode_from_string(const std::string& s);  // "auto", "always", "never", "background"
 
 class ReferenceError : public std::runtime_error {
  public:
   using std::runtime_error::runtime_error;
 };
 
-// Loads every spectrum in a file. Multi-column files give one Reference per column after
-// the energy column; two-column files give one, named from the header (`#%Name:`) or the
-// file name. Energies below 100 are taken as keV and converted to eV.
+// Loads every spectrum in a file (plain, or gzip-compressed):
+// - Athena projects (.prj): one Reference per μ(E) group, named by its label; the Perl text is
+//   parsed as data, never evaluated; χ groups are skipped.
+// - Beamline scans with detector columns (XDI "# Column.N: i0", a header row "energy,i0,it"):
+//   one Reference, from the μ column (norm, flat, mu, mutrans, mufluor, best first) or computed
+//   as ln(i0/itrans) (transmission) or ifluor/i0 (fluorescence). i0 is never a reference.
+// - Libraries (Demeter multi-column exports, CSV with a header row): one Reference per column
+//   other than the energy column, named from XDI Column.N or the header row.
+// - Two-column files: one Reference named from the header (`#%Name:`) or the file name.
+// Separators: spaces, tabs, commas, semicolons. Errors name the file and line.
 enum class EnergyUnit { automatic, eV, keV };
 EnergyUnit energy_unit_from_string(const std::string& s);  // "auto", "eV", "keV"
 

@@ -6,24 +6,67 @@
 #include <fstream>
 #include <stdexcept>
 #include <cmath>
+#include <ctime>
 
 #include "store/h5.hpp"
+#include "xanesd/protocol/messages.hpp"
+
+#ifndef XANESD_VERSION
+#define XANESD_VERSION "unknown"
+#endif
 
 namespace xanesd {
 namespace {
 
 using hs = std::vector<hsize_t>;
+constexpr const char* kVersion = XANESD_VERSION;
+
+// Units of the result file's quantities (NeXus @units; "1" = dimensionless, a ratio or a count).
+constexpr const char* kSignalUnits = "1 (normalized signal: -ln(I/I0) in transmission, counts/I0 in fluorescence)";
+constexpr const char* kThicknessUnits = "1 (reference units: edge steps for edge-normalized references, OD for OD references)";
+
+void units(hid_t loc, const std::string& dataset, const std::string& value) {
+  h5::Handle ds(H5Dopen2(loc, dataset.c_str(), H5P_DEFAULT), H5Dclose, "open " + dataset);
+  h5::attr_string(ds, "units", value);
+}
+
+void units(hid_t loc, std::initializer_list<std::pair<const char*, const char*>> table) {
+  for (const auto& [name, u] : table)
+    if (h5::exists(loc, name)) units(loc, name, u);
+}
+
+std::string iso_time(std::chrono::system_clock::time_point t) {
+  const auto tt = std::chrono::system_clock::to_time_t(t);
+  std::tm tm{};
+  gmtime_r(&tt, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+// A NeXus-safe group name from a reference name: [A-Za-z0-9_], unique among `taken`.
+std::string group_name(const std::string& prefix, const std::string& name, std::vector<std::string>& taken) {
+  std::string n = prefix;
+  for (unsigned char c : name) n += std::isalnum(c) ? static_cast<char>(c) : '_';
+  std::string out = n;
+  for (int k = 2; std::find(taken.begin(), taken.end(), out) != taken.end(); ++k) out = n + "_" + std::to_string(k);
+  taken.push_back(out);
+  return out;
+}
 
 void write_scan_info(hid_t entry, const Scan& scan, const nlohmann::json& config, const nlohmann::json& counters) {
   h5::write_string(entry, "scan_id", scan.id());
   h5::write_string(entry, "definition", "NXxanes_maps");  // informal: documented in protocol/PROTOCOL.md
   h5::write_string(entry, "program_name", "xanesd");
+  {
+    h5::Handle ds(H5Dopen2(entry, "program_name", H5P_DEFAULT), H5Dclose, "open program_name");
+    h5::attr_string(ds, "version", kVersion);
+  }
+  h5::write_string(entry, "start_time", iso_time(scan.started()));
+  h5::write_string(entry, "mode", protocol::to_string(scan.start().mode));
   std::vector<double> e = scan.energies();
   h5::write(entry, "energy", e);
-  {
-    h5::Handle ds(H5Dopen2(entry, "energy", H5P_DEFAULT), H5Dclose, "open energy");
-    h5::attr_string(ds, "units", "eV");
-  }
+  units(entry, "energy", "eV");
   // Replace, not throw, on invalid UTF-8 (a reference name from a file): the scan is worth more.
   constexpr auto replace = nlohmann::json::error_handler_t::replace;
   h5::write_string(entry, "config", config.dump(2, ' ', false, replace));
@@ -38,6 +81,7 @@ void write_results(hid_t entry, const Scan& scan) {
   for (hsize_t i = 0; i < C; ++i) x[i] = static_cast<std::int32_t>(i);
   h5::write(results, "y", y);
   h5::write(results, "x", x);
+  units(results, {{"y", "pixel"}, {"x", "pixel"}});
   const auto* fit = scan.fit();
   if (!fit) {
     h5::write_string(results, "fit_error", scan.fit_error());
@@ -67,9 +111,105 @@ void write_results(hid_t entry, const Scan& scan) {
                     "fit.spatial: effective number of independent pixels behind each pixel's fractions "
                     "(σ² own fit / σ² averaged; 1 = own fit only, 0 = no fit)");
   }
+  // NeXus errors of `fractions` (silx, h5web): the same data under the conventional name.
+  if (H5Lcreate_hard(results, "fraction_sigma", results, "fractions_errors", H5P_DEFAULT, H5P_DEFAULT) < 0)
+    throw std::runtime_error("cannot link fractions_errors");
+  std::vector<std::int32_t> index(K);
+  for (hsize_t k = 0; k < K; ++k) index[k] = static_cast<std::int32_t>(k);
+  h5::write(results, "reference_index", index);
+  {
+    h5::Handle ds(H5Dopen2(results, "reference_index", H5P_DEFAULT), H5Dclose, "open reference_index");
+    h5::attr_string(ds, "long_name", "reference (index into reference_names)");
+  }
+  units(results, {{"fractions", "1"}, {"mask", "1"}, {"thickness", kThicknessUnits}, {"fraction_sigma", "1"},
+                  {"residual", kSignalUnits}, {"rfactor", "1"}, {"nenergies", "1"}, {"fitted", "1"},
+                  {"spatial_neighbours", "1"}, {"reference_index", "1"}});
   h5::attr_string(results, "signal", "fractions");
-  h5::attr_strings(results, "axes", {".", "y", "x"});
+  h5::attr_strings(results, "axes", {"reference_index", "y", "x"});
   h5::attr_string(results, "title", "species fractions c_k/Σc (per reference)");
+}
+
+// One 2-D NXdata per reference (/entry/fraction_<name>): its fraction map with its errors and
+// labelled pixel axes, so silx and h5web plot each species by name. Returns the group names.
+std::vector<std::string> write_fraction_maps(hid_t entry, const Scan& scan) {
+  std::vector<std::string> groups;
+  const auto* fit = scan.fit();
+  if (!fit) return groups;
+  const auto R = static_cast<hsize_t>(scan.rows()), C = static_cast<hsize_t>(scan.cols()), P = R * C;
+  const auto& mask = scan.mask();
+  const auto fractions = science::apply_mask(fit->maps().fractions, mask.valid);
+  const auto sigma = science::apply_mask(fit->maps().fraction_sigma, mask.valid);
+  const auto& names = fit->model().reference_names;
+  std::vector<std::string> taken;
+  for (std::size_t k = 0; k < names.size(); ++k) {
+    const auto name = group_name("fraction_", names[k], taken);
+    auto g = h5::create_group(entry, name, "NXdata");
+    h5::write(g, "fraction", fractions.data() + k * P, hs{R, C});
+    h5::write(g, "fraction_errors", sigma.data() + k * P, hs{R, C});
+    for (const char* axis : {"y", "x"})
+      if (H5Lcreate_soft(("/entry/results/" + std::string(axis)).c_str(), g, axis, H5P_DEFAULT, H5P_DEFAULT) < 0)
+        throw std::runtime_error("cannot link an axis");
+    {
+      h5::Handle ds(H5Dopen2(g, "fraction", H5P_DEFAULT), H5Dclose, "open fraction");
+      h5::attr_string(ds, "long_name", "fraction of " + names[k]);
+    }
+    units(g, {{"fraction", "1"}, {"fraction_errors", "1"}});
+    h5::attr_string(g, "signal", "fraction");
+    h5::attr_strings(g, "axes", {"y", "x"});
+    h5::attr_string(g, "reference", names[k]);
+    h5::attr_string(g, "title", "fraction of " + names[k] + " (c_k/Σc; 0 outside the mask)");
+    groups.push_back(name);
+  }
+  return groups;
+}
+
+// /entry/signal_mean: the mean measured signal per pixel, the default plot when nothing was fitted.
+void write_signal_mean(hid_t entry, const Scan& scan) {
+  const auto P = scan.pixels(), E = scan.energies().size();
+  std::vector<float> mean(P, 0.f);
+  std::vector<std::int32_t> n(P, 0);
+  const auto& s = scan.spectra();
+  for (std::size_t e = 0; e < E; ++e)
+    for (std::size_t p = 0; p < P; ++p)
+      if (const float v = s[e * P + p]; std::isfinite(v)) mean[p] += v, ++n[p];
+  for (std::size_t p = 0; p < P; ++p) mean[p] = n[p] ? mean[p] / static_cast<float>(n[p]) : std::nanf("");
+  auto g = h5::create_group(entry, "signal_mean", "NXdata");
+  h5::write(g, "signal_mean", mean.data(), hs{static_cast<hsize_t>(scan.rows()), static_cast<hsize_t>(scan.cols())});
+  units(g, "signal_mean", kSignalUnits);
+  for (const char* axis : {"y", "x"})
+    if (H5Lcreate_soft(("/entry/results/" + std::string(axis)).c_str(), g, axis, H5P_DEFAULT, H5P_DEFAULT) < 0)
+      throw std::runtime_error("cannot link an axis");
+  h5::attr_string(g, "signal", "signal_mean");
+  h5::attr_strings(g, "axes", {"y", "x"});
+  h5::attr_string(g, "title", "mean normalized signal over the measured energies (no fit: " + scan.fit_error() + ")");
+}
+
+// /entry/references: the spectra the scan was fitted with, as fitted (after normalization), with
+// where each came from and what normalization did: enough to refit the scan without the files.
+void write_references(hid_t entry, const Scan& scan) {
+  const auto& refs = scan.library();
+  if (refs.empty()) return;
+  auto g = h5::create_group(entry, "references", "NXcollection");
+  std::vector<std::string> names, taken;
+  for (const auto& r : refs) names.push_back(r.name);
+  h5::write_strings(g, "names", names);
+  for (const auto& r : refs) {
+    auto d = h5::create_group(g, group_name("", r.name, taken), "NXdata");
+    h5::write_string(d, "name", r.name);
+    h5::write(d, "energy", r.energies_eV);
+    h5::write(d, "mu", r.mu);
+    h5::write_string(d, "source", r.source);
+    h5::write_string(d, "column", r.column);
+    h5::write_string(d, "normalization", r.normalization);
+    h5::write(d, "e0", std::vector<double>{r.e0_eV});
+    h5::write(d, "edge_step", std::vector<double>{r.edge_step});
+    units(d, {{"energy", "eV"}, {"mu", r.normalization.rfind("pre-edge line", 0) == 0 || r.normalization.rfind("none", 0) == 0
+                                            ? "1 (as in the file, e.g. optical density)" : "1 (edge-normalized)"},
+              {"e0", "eV"}, {"edge_step", "1 (as in the file)"}});
+    h5::attr_string(d, "signal", "mu");
+    h5::attr_strings(d, "axes", {"energy"});
+    h5::attr_string(d, "title", "reference " + r.name);
+  }
 }
 
 // /entry/results/reference_selection: which loaded references the fit uses and the evidence.
@@ -96,6 +236,7 @@ void write_reference_selection(hid_t entry, const Scan& scan) {
   h5::write(g, "stability", stability);
   h5::write(g, "mean_fraction", mean_fraction);
   h5::write_string(g, "report", to_json(*sel).dump(2));
+  units(g, {{"selected", "1"}, {"delta_chi2", "1"}, {"threshold", "1"}, {"stability", "1"}, {"mean_fraction", "1"}});
 }
 
 void write_edge_maps(hid_t entry, const Scan& scan) {
@@ -112,6 +253,7 @@ void write_edge_maps(hid_t entry, const Scan& scan) {
   const nlohmann::json ranges = {{"e0_eV", edge->ranges.e0},       {"pre1_eV", edge->ranges.pre1}, {"pre2_eV", edge->ranges.pre2},
                                  {"norm1_eV", edge->ranges.norm1}, {"norm2_eV", edge->ranges.norm2}, {"nnorm", edge->ranges.nnorm}};
   h5::write_string(g, "normalization", ranges.dump());
+  units(g, {{"e0", "eV"}, {"half_step", "eV"}, {"white_line", "eV"}, {"edge_step", kSignalUnits}});
 }
 
 // /entry/results/segments: the label map, each cluster's mean spectrum and fit, PCA diagnostics.
@@ -124,6 +266,7 @@ void write_segments(hid_t entry, const Scan& scan) {
     h5::write_string(g, "waiting", seg->waiting);
     return;
   }
+
   const auto R = static_cast<hsize_t>(scan.rows()), C = static_cast<hsize_t>(scan.cols());
   const auto E = static_cast<hsize_t>(scan.energies().size()), k = static_cast<hsize_t>(seg->clusters.size());
   h5::write(g, "segments", seg->labels.data(), hs{R, C});
@@ -175,6 +318,13 @@ void write_segments(hid_t entry, const Scan& scan) {
     h5::write(pca, "target_transformation_ratio", seg->pca.tt_ratio);
     h5::write(pca, "target_transformation_plausible", seg->pca.tt_plausible);
   }
+  units(g, {{"segments", "1"}, {"cluster_ids", "1"}, {"cluster_pixels", "pixel"}, {"cluster_spectra", kSignalUnits},
+            {"cluster_spectra_stderr", kSignalUnits}, {"cluster_fractions", "1"}, {"cluster_fraction_sigma", "1"},
+            {"cluster_thickness", kThicknessUnits}, {"cluster_residual", kSignalUnits}, {"cluster_unexplained", "1"},
+            {"silhouette", "1"}});
+  units(pca, {{"explained_variance_ratio", "1"}, {"energy_indices", "1"}, {"components", "1"}, {"significant", "1"},
+              {"noise_sigma", kSignalUnits}, {"target_transformation_residual", kSignalUnits},
+              {"target_transformation_ratio", "1"}, {"target_transformation_plausible", "1"}});
 }
 
 void write_spectra(hid_t entry, const Scan& scan) {
@@ -185,14 +335,18 @@ void write_spectra(hid_t entry, const Scan& scan) {
   h5::attr_string(data, "signal", "spectra");
   h5::attr_strings(data, "axes", {"energy", ".", "."});
   h5::attr_string(data, "title", "normalized signal per pixel (NaN = not measured)");
+  units(data, {{"spectra", kSignalUnits}, {"energy", "eV"}});
 }
 
 void write_xrf(hid_t entry, const Scan& scan) {
   if (!scan.start().xrf_channels.empty()) {
     auto xrf = h5::create_group(entry, "xrf", "NXcollection");
     for (std::size_t ch = 0; ch < scan.start().xrf_channels.size(); ++ch)
+    {
       h5::write(xrf, scan.start().xrf_channels[ch], scan.xrf().data() + ch * scan.pixels(),
                 hs{static_cast<hsize_t>(scan.rows()), static_cast<hsize_t>(scan.cols())});
+      units(xrf, scan.start().xrf_channels[ch], "counts (as sent)");
+    }
   }
 }
 
@@ -261,15 +415,20 @@ void write_result_file(const std::filesystem::path& path, const Scan& scan, cons
     auto file = h5::create_file(tmp);
     h5::attr_string(file, "default", "entry");
     h5::attr_string(file, "creator", "xanesd");
+    h5::attr_string(file, "file_time", iso_time(std::chrono::system_clock::now()));
     auto entry = h5::create_group(file, "entry", "NXentry");
-    h5::attr_string(entry, "default", "results");
     write_scan_info(entry, scan, config, counters);
     write_results(entry, scan);
     write_reference_selection(entry, scan);
     write_edge_maps(entry, scan);
     write_segments(entry, scan);
+    write_references(entry, scan);
     if (save_spectra) write_spectra(entry, scan);
     write_xrf(entry, scan);
+    // The default plot: the first reference's fraction map; without a fit, the mean signal.
+    const auto maps = write_fraction_maps(entry, scan);
+    if (maps.empty()) write_signal_mean(entry, scan);
+    h5::attr_string(entry, "default", maps.empty() ? "signal_mean" : maps.front());
   }
   std::filesystem::rename(tmp, path);
   cleanup.armed = false;

@@ -32,6 +32,9 @@ struct StartMsg {
   Order order = Order::energy_major;
   std::vector<std::string> xrf_channels;
   bool extend = false;        // append energies_eV to the plan of scan scan_id (running or stopped)
+  // The scan's references: names of loaded (or start-up library) spectra, or reference files
+  // the daemon can read; empty: the references loaded now.
+  std::vector<std::string> references;
   std::optional<Array> dark;  // rows×cols
   std::optional<Array> flat;  // rows×cols, energy independent
 

@@ -311,9 +311,12 @@ STOP_REASONS = ("completed", "aborted")
 
 
 def start_message(scan_id: str, shape, energies_eV, mode: str, order: str = "energy-major",
-                  xrf_channels: Iterable[str] = (), dark=None, flat=None) -> list[bytes]:
+                  xrf_channels: Iterable[str] = (), dark=None, flat=None,
+                  references: str | Sequence[str] | None = None) -> list[bytes]:
     """`start`: shape (rows, cols), planned energies (eV), mode 'fluorescence' or
-    'transmission'; optional dark (rows×cols, every energy) and flat (rows×cols)."""
+    'transmission'; optional dark (rows×cols, every energy) and flat (rows×cols);
+    optional references: the scan's references, a name or file path or a list of them
+    (names of loaded or start-up library spectra, files the daemon can read)."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if order not in ORDERS:
@@ -328,6 +331,11 @@ def start_message(scan_id: str, shape, energies_eV, mode: str, order: str = "ene
         "order": order,
         "xrf_channels": [str(c) for c in xrf_channels],
     }
+    if references is not None:
+        refs = [references] if isinstance(references, str) else [str(r) for r in references]
+        if not refs or any(not r for r in refs):
+            raise ValueError("references must be a non-empty name or path, or a non-empty list of them")
+        header["references"] = refs
     arrays = []
     if dark is not None:
         arrays.append(("dark", dark))
@@ -518,10 +526,15 @@ class Client:
     def configure(self, settings: dict) -> dict:
         return self.request("configure", set=dict(settings))
 
-    def load_references(self, files: Sequence[str], names: Sequence[str] | None = None) -> dict:
-        args = {"files": list(files)}
+    def load_references(self, files: Sequence[str], names: Sequence[str] | None = None,
+                        normalize: str | None = None, energy_unit: str | None = None) -> dict:
+        args = {"files": [str(f) for f in files]}
         if names:
             args["names"] = list(names)
+        if normalize:
+            args["normalize"] = normalize
+        if energy_unit:
+            args["energy_unit"] = energy_unit
         return self.request("load_references", **args)
 
     def select_energies(self, n: int | str | None = None, **args) -> dict:

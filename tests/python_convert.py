@@ -1,0 +1,302 @@
+#!/usr/bin/python3
+"""xanes-convert against real files: a simulated transmission scan (xanes-simulate) exported
+as a TIFF stack with per-energy flats and a dark (tifffile), as one TIFF per energy, and as a
+generic HDF5 file (the layout of full-field XANES beamlines: /exchange/data, data_white,
+data_dark, energies in keV); each converted back to xanesd's scan file, compared array by
+array with the original, and fitted by `xanesd fit` to maps equal to the original's and close
+to the simulation's truth. Bad input gets a clear message and a non-zero exit.
+
+  python_convert.py --xanesd BIN --simulate BIN --source-dir DIR"""
+import importlib.machinery
+import importlib.util
+import os
+import subprocess
+import sys
+import tempfile
+import unittest
+
+import h5py
+import numpy as np
+import tifffile
+
+import binaries  # noqa: E402  (tests/binaries.py)
+
+ARGS = None
+
+
+class Convert(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        a = ARGS
+        cls.tmp = tempfile.TemporaryDirectory()
+        cls.dir = cls.tmp.name
+        refs = os.path.join(a.source_dir, "config/references")
+        cls.library = os.path.join(refs, "fe_k_library_normalized.nor")
+        cls.convert = os.path.join(a.source_dir, "clients/python/xanes-convert")
+        cls.sim = os.path.join(cls.dir, "sim.h5")
+        subprocess.run([a.simulate, "--refs", cls.library, "--use", "Magnetite,Goethite,Pyrite",
+                        "--energies", os.path.join(refs, "fe_k_energies_hxn.txt"), "--shape", "12x14",
+                        "--mode", "transmission", "--dark", "20", "--layout", "regions", "--seed", "3",
+                        "--out", cls.sim], check=True, capture_output=True)
+        with h5py.File(cls.sim, "r") as f:
+            cls.counts = f["raw/counts"][()]
+            cls.flat = f["raw/flat"][()]
+            cls.dark = f["raw/dark"][()]
+            cls.energy = f["energy"][()]
+            cls.truth = f["truth/fractions"][()]
+            cls.truth_names = [n.decode() if isinstance(n, bytes) else n for n in f["truth/reference_names"][()]]
+        cls.reference_maps = cls.fit(cls.sim)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tmp.cleanup()
+
+    @classmethod
+    def fit(cls, scan):
+        out = scan + ".result.h5"
+        subprocess.run([ARGS.xanesd, "fit", "--input", scan, "--refs", cls.library, "--names", "Magnetite,Goethite,Pyrite",
+                        "--out", out, "--set", "log.level=warn"], check=True, capture_output=True)
+        with h5py.File(out, "r") as f:
+            names = [n.decode() if isinstance(n, bytes) else n for n in f["entry/results/reference_names"][()]]
+            fr = f["entry/results/fractions"][()]
+        return np.stack([fr[names.index(n)] for n in cls.truth_names])
+
+    def run_convert(self, *args):
+        return subprocess.run([sys.executable, self.convert, *args], capture_output=True, text=True)
+
+    def check_scan(self, path, per_energy_flat=True):
+        with h5py.File(path, "r") as f:
+            self.assertEqual(f.attrs["mode"], "transmission")
+            np.testing.assert_allclose(f["energy"][()], self.energy, rtol=0, atol=1e-6)
+            np.testing.assert_array_equal(f["raw/counts"][()], self.counts)
+            np.testing.assert_array_equal(f["raw/dark"][()], self.dark)
+            if per_energy_flat:
+                np.testing.assert_array_equal(f["raw/flat"][()], self.flat)
+        maps = self.fit(path)
+        np.testing.assert_allclose(maps, self.reference_maps, atol=1e-6)
+        rmse = float(np.sqrt(np.mean((maps - self.truth) ** 2)))
+        self.assertLess(rmse, 0.05)
+
+    def write_energies_keV(self, name):
+        path = os.path.join(self.dir, name)
+        with open(path, "w") as f:
+            f.write("# energies in keV\n" + "\n".join("%.9f" % (e / 1000) for e in self.energy) + "\n")
+        return path
+
+    def test_multipage_stack_with_per_energy_flats_and_dark(self):
+        d = os.path.join(self.dir, "stack")
+        os.makedirs(d)
+        tifffile.imwrite(os.path.join(d, "stack.tif"), self.counts.astype(np.float32))
+        flats = []
+        for e in range(len(self.energy)):  # one flat file per energy, unpadded numbers: natural order
+            flats.append(os.path.join(d, f"flat_{e + 1}.tif"))
+            tifffile.imwrite(flats[-1], self.flat[e].astype(np.float32))
+        tifffile.imwrite(os.path.join(d, "dark.tif"), self.dark.astype(np.float32))
+        out = os.path.join(d, "scan.h5")
+        r = self.run_convert("tiff", "--stack", os.path.join(d, "stack.tif"), "--energies", self.write_energies_keV("e.txt"),
+                             "--flat", *reversed(flats), "--dark", os.path.join(d, "dark.tif"), "--out", out)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.check_scan(out)
+
+    def test_one_file_per_energy(self):
+        d = os.path.join(self.dir, "frames")
+        os.makedirs(d)
+        for e in range(len(self.energy)):
+            tifffile.imwrite(os.path.join(d, f"img_{e + 1}.tif"), self.counts[e].astype(np.float32))
+        tifffile.imwrite(os.path.join(d, "flats.tif"), self.flat.astype(np.float32))  # multi-page, a page per energy
+        tifffile.imwrite(os.path.join(d, "dark.tif"), self.dark.astype(np.float32))
+        energies = os.path.join(d, "energies_eV.txt")
+        np.savetxt(energies, self.energy, fmt="%.6f")
+        out = os.path.join(d, "scan.h5")
+        r = self.run_convert("tiff", "--frames", os.path.join(d, "img_*.tif"), "--energies", energies,
+                             "--flat", os.path.join(d, "flats.tif"), "--dark", os.path.join(d, "dark.tif"), "--out", out)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.check_scan(out)
+
+    def test_generic_hdf5_with_dataset_paths(self):
+        src = os.path.join(self.dir, "fullfield.h5")
+        with h5py.File(src, "w") as f:
+            f["exchange/data"] = self.counts
+            f["exchange/data_white"] = self.flat
+            f["exchange/data_dark"] = np.stack([self.dark, self.dark])  # two darks, averaged
+            f["exchange/energy"] = self.energy / 1000.0
+        out = os.path.join(self.dir, "from_hdf5.h5")
+        r = self.run_convert("hdf5", "--input", src, "--counts", "exchange/data", "--energies", "exchange/energy",
+                             "--flat", "exchange/data_white", "--dark", "exchange/data_dark", "--out", out)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.check_scan(out)
+
+    def test_fxi_layout(self):
+        src = os.path.join(self.dir, "fxi_xanes.h5")
+        with h5py.File(src, "w") as f:  # as NSLS-II FXI writes a XANES scan (PyXAS reads these keys)
+            f["img_xanes"] = self.counts
+            f["X_eng"] = self.energy / 1000.0
+            f["img_bkg"] = self.flat
+            f["img_dark"] = self.dark[None]
+            f["scan_id"] = 1234
+        out = os.path.join(self.dir, "from_fxi.h5")
+        r = self.run_convert("fxi", "--input", src, "--out", out)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.check_scan(out)
+        r = self.run_convert("fxi", "--input", self.sim, "--out", out)
+        self.assertIn("not an FXI XANES file", r.stderr)
+
+    def test_nxstxm(self):
+        # An NXstxm stack of the same scan: transmitted counts I0(E)·T with the ion-chamber I0 in
+        # control/data, T the original's (counts − dark)/(flat − dark).
+        i0 = 5.0e4 * (1 + 0.1 * np.linspace(0, 1, len(self.energy)))
+        t = (self.counts - self.dark) / (self.flat - self.dark)
+        stxm = (i0[:, None, None] * t).astype(np.float32)
+        src = os.path.join(self.dir, "scan.nxstxm.h5")
+        with h5py.File(src, "w") as f:
+            e = f.create_group("entry1")
+            e.attrs["NX_class"] = "NXentry"
+            e["definition"] = "NXstxm"
+            d = e.create_group("Counter0")
+            d.attrs["NX_class"] = "NXdata"
+            d.attrs["signal"] = "data"
+            d.attrs["axes"] = ["energy", "sample_y", "sample_x"]
+            d["data"] = stxm
+            d["energy"] = self.energy
+            d["sample_y"] = np.arange(stxm.shape[1]) * 0.05
+            d["sample_x"] = np.arange(stxm.shape[2]) * 0.05
+            c = e.create_group("control")
+            c.attrs["NX_class"] = "NXmonitor"
+            c["data"] = i0
+        out = os.path.join(self.dir, "from_stxm.h5")
+        r = self.run_convert("stxm", "--input", src, "--out", out)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        with h5py.File(out, "r") as f:
+            self.assertEqual(f.attrs["mode"], "transmission")
+            np.testing.assert_allclose(f["raw/i0"][()], i0)
+        maps = self.fit(out)
+        np.testing.assert_allclose(maps, self.reference_maps, atol=2e-3)  # float32 counts: T rounded
+        self.assertLess(float(np.sqrt(np.mean((maps - self.truth) ** 2))), 0.05)
+        with h5py.File(src, "a") as f:
+            del f["entry1/control"]
+        r = self.run_convert("stxm", "--input", src, "--out", out)
+        self.assertIn("no I0 monitor", r.stderr)
+
+    def test_als_hdr_xim(self):
+        # The same STXM data as ALS STXMs write it: a .hdr naming the energies and a text image
+        # per energy; I0 from a text file.
+        d = os.path.join(self.dir, "xim")
+        os.makedirs(d)
+        i0 = 2.0e4 * np.ones(len(self.energy))
+        t = (self.counts - self.dark) / (self.flat - self.dark)
+        with open(os.path.join(d, "Stack_001.hdr"), "w") as f:
+            f.write('ScanDefinition = { Label = "Stack_001.hdr"; Type = "Image Scan"; Flags = "Image Multi-Region";\n'
+                    '\tRegions = (1,\n{\n\t\t\tPAxis = { Name = "Sample X"; Unit = "um"; Min = 0; Max = 1; Dir = 1;\n'
+                    '\t\t\t\tPoints = (2, 0, 1);\n};\n});\n\n'
+                    '\tStackAxis = { Name = "Energy"; Unit = "eV"; Min = %g; Max = %g; Dir = 1;\n'
+                    '\t\tPoints = (%d, %s);\n};\n\n\tChannels = (1, { Name = "Counter0"; Unit = "counts";});\n};\n'
+                    % (self.energy[0], self.energy[-1], len(self.energy), ", ".join("%.4f" % e for e in self.energy)))
+        for e in range(len(self.energy)):
+            np.savetxt(os.path.join(d, "Stack_001_a%03d.xim" % e), i0[e] * t[e], fmt="%.2f", delimiter="\t")
+        i0_file = os.path.join(d, "i0.txt")
+        np.savetxt(i0_file, i0)
+        out = os.path.join(d, "scan.h5")
+        r = self.run_convert("xim", "--hdr", os.path.join(d, "Stack_001.hdr"), "--i0", i0_file, "--out", out)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        maps = self.fit(out)
+        np.testing.assert_allclose(maps, self.reference_maps, atol=5e-3)  # 2-decimal text counts
+        self.assertLess(float(np.sqrt(np.mean((maps - self.truth) ** 2))), 0.05)
+        r = self.run_convert("xim", "--hdr", os.path.join(d, "Stack_001.hdr"), "--out", out)
+        self.assertIn("need I0", r.stderr)
+
+    def test_result_file_refitted(self):
+        # A result file (with its spectra) back into a scan file: refitted with the same
+        # references it gives the same maps; with two of them, a two-reference fit.
+        result = self.sim + ".result.h5"  # written by setUpClass's fit
+        out = os.path.join(self.dir, "refit_scan.h5")
+        r = self.run_convert("result", "--input", result, "--out", out)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        np.testing.assert_allclose(self.fit(out), self.reference_maps, atol=2e-3)
+        two = out + ".two.h5"
+        subprocess.run([ARGS.xanesd, "fit", "--input", out, "--refs", self.library, "--names", "Magnetite,Goethite",
+                        "--out", two, "--set", "log.level=warn"], check=True, capture_output=True)
+        with h5py.File(two, "r") as f:
+            self.assertEqual(f["entry/results/fractions"].shape[0], 2)
+
+    def test_registration_recovers_sample_drift(self):
+        # A full-field stack whose sample drifted by known sub-pixel shifts between energies
+        # (the flats did not: the beam stayed): --register finds the shifts (saved, printed)
+        # and the registered scan fits as well as the undrifted one; unregistered it does not.
+        d = os.path.join(self.dir, "drift")
+        os.makedirs(d)
+        sim = os.path.join(d, "sim.h5")
+        refs = os.path.join(ARGS.source_dir, "config/references")
+        subprocess.run([ARGS.simulate, "--refs", self.library, "--use", "Magnetite,Goethite,Pyrite",
+                        "--energies", os.path.join(refs, "fe_k_energies_hxn.txt"), "--shape", "40x40", "--mode",
+                        "transmission", "--layout", "domains", "--seed", "4", "--out", sim], check=True, capture_output=True)
+        with h5py.File(sim, "r") as f:
+            counts, flat, energy, truth = f["raw/counts"][()], f["raw/flat"][()], f["energy"][()], f["truth/fractions"][()]
+        E = len(energy)
+        rng = np.random.default_rng(11)
+        drift = rng.uniform(-2.5, 2.5, size=(E, 2))
+        drift[-1] = 0  # the reference energy
+        spec = importlib.util.spec_from_loader("xc", importlib.machinery.SourceFileLoader("xc", self.convert))
+        xc = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(xc)
+        moved = np.stack([np.exp(-xc.apply_shift(-np.log(counts[e] / flat[e]), drift[e])) * flat[e] for e in range(E)])
+        tifffile.imwrite(os.path.join(d, "stack.tif"), moved.astype(np.float32))
+        tifffile.imwrite(os.path.join(d, "flat.tif"), flat.astype(np.float32))
+        energies = os.path.join(d, "e.txt")
+        np.savetxt(energies, energy)
+        args = ["tiff", "--stack", os.path.join(d, "stack.tif"), "--energies", energies, "--flat", os.path.join(d, "flat.tif")]
+        r = self.run_convert(*args, "--register", "--out", os.path.join(d, "reg.h5"))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("registered to energy", r.stdout)
+        with h5py.File(os.path.join(d, "reg.h5"), "r") as f:
+            shifts = f["registration/shifts"][()]
+            registered = f["registration/registered"][()].astype(bool)
+            self.assertEqual(f["registration/shifts"].attrs["units"], "pixel")
+        # The simulated sample has nothing but iron: below the edge there is no structure to
+        # align, and those energies are left alone and reported; from the edge on all are shifted.
+        self.assertTrue(registered[energy >= 7125].all())
+        self.assertIn("not shifted", r.stdout)
+        err = np.abs(shifts[registered] + drift[registered])
+        self.assertLess(float(np.median(err)), 0.25)
+        self.assertLess(float(err.max()), 0.75)
+        self.assertEqual(self.run_convert(*args, "--out", os.path.join(d, "raw.h5")).returncode, 0)
+
+        def rmse(scan):
+            out = scan + ".fit.h5"
+            subprocess.run([ARGS.xanesd, "fit", "--input", scan, "--refs", self.library, "--names", "Magnetite,Goethite,Pyrite",
+                            "--out", out, "--set", "log.level=warn"], check=True, capture_output=True)
+            with h5py.File(out, "r") as f:
+                names = [n.decode() if isinstance(n, bytes) else n for n in f["entry/results/reference_names"][()]]
+                fr = f["entry/results/fractions"][()]
+            maps = np.stack([fr[names.index(n)] for n in self.truth_names])
+            inner = (slice(None), slice(4, -4), slice(4, -4))  # the Fourier shift wraps at the borders
+            return float(np.sqrt(np.mean((maps[inner] - truth[inner]) ** 2)))
+        original, registered, unregistered = rmse(sim), rmse(os.path.join(d, "reg.h5")), rmse(os.path.join(d, "raw.h5"))
+        self.assertLess(registered, original + 0.02)
+        self.assertGreater(unregistered, registered + 0.02)
+
+    def test_bad_input_gets_a_clear_message(self):
+        d = os.path.join(self.dir, "bad")
+        os.makedirs(d)
+        tifffile.imwrite(os.path.join(d, "stack.tif"), self.counts[:5].astype(np.float32))
+        out = os.path.join(d, "x.h5")
+        r = self.run_convert("tiff", "--stack", os.path.join(d, "stack.tif"), "--energies", self.write_energies_keV("e2.txt"),
+                             "--flat", os.path.join(d, "stack.tif"), "--out", out)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("energies but 5 images", r.stderr)
+        self.assertFalse(os.path.exists(out))
+        bad = os.path.join(d, "bad.txt")
+        with open(bad, "w") as f:
+            f.write("7100\n7101\nseven\n")
+        r = self.run_convert("tiff", "--stack", os.path.join(d, "stack.tif"), "--energies", bad, "--out", out)
+        self.assertIn("bad.txt:3", r.stderr)
+        r = self.run_convert("tiff", "--stack", os.path.join(d, "stack.tif"), "--energies", bad, "--out", out, "--mode", "x")
+        self.assertEqual(r.returncode, 2)
+        r = self.run_convert("hdf5", "--input", os.path.join(d, "stack.tif"), "--counts", "a", "--energies", "b", "--out", out)
+        self.assertIn("as HDF5", r.stderr)
+        r = self.run_convert("--help")
+        self.assertEqual(r.returncode, 0)
+
+
+if __name__ == "__main__":
+    ARGS, argv = binaries.parse(__doc__)
+    unittest.main(argv=argv)
