@@ -45,18 +45,21 @@ def references(path, names):
     return data[:, 0], [data[:, cols[n]] for n in names]
 
 
-def run_xanesd(cmd):
-    """Wall time and peak RSS (GB) of one xanesd run; raises if it fails."""
+def run_xanesd(cmd, rss_file):
+    """Wall time and peak RSS (GB) of one xanesd run; raises if it fails. The RSS comes from GNU
+    time's own child: a child of this (large) Python process would report Python's peak too,
+    since Linux carries the peak RSS across fork and exec."""
+    gnu_time = os.access("/usr/bin/time", os.X_OK)  # Debian package `time`; without it no RSS figure
     t0 = time.perf_counter()
-    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(p.pid, 0)
+    p = subprocess.run((["/usr/bin/time", "-f", "%M", "-o", rss_file] if gnu_time else []) + cmd,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     t = time.perf_counter() - t0
-    p.returncode = os.waitstatus_to_exitcode(status)
-    err = p.stderr.read()
-    p.stderr.close()
     if p.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} exited with {p.returncode}: {err}")
-    return t, usage.ru_maxrss / 1e6
+        raise RuntimeError(f"{' '.join(cmd)} exited with {p.returncode}: {p.stderr}")
+    if not gnu_time:
+        return t, float("nan")
+    with open(rss_file) as f:
+        return t, int(f.read().split()[-1]) * 1024 / 1e9  # KiB
 
 
 def main():
@@ -109,7 +112,7 @@ def main():
         rss = []
 
         def once():
-            t, r = run_xanesd(cmd)
+            t, r = run_xanesd(cmd, os.path.join(args.out, "rss.txt"))
             rss.append(r)
             return t
 

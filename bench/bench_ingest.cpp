@@ -176,6 +176,7 @@ struct Workload {
   }
   std::size_t frames_per_scan() const { return energies.size() * blocks(); }
   std::size_t frame_bytes() const { return pixels() * sizeof(float) / blocks(); }  // mean
+  std::string shape_id() const { return split == Split::full ? "full" : (split == Split::rows ? "rows" : "pixels") + std::to_string(block); }
   std::string shape() const {
     if (split == Split::rows) return "rows×" + std::to_string(block);
     if (split == Split::pixels) return "pixels×" + std::to_string(block);
@@ -412,7 +413,8 @@ RunResult run_daemon(const Options& o, const Workload& w, int interval_ms, doubl
   const std::size_t total = E * static_cast<std::size_t>(w.scans);
   std::vector<std::string> ids;
   for (int s = 0; s < w.scans; ++s)
-    ids.push_back("bench-" + w.label + "-" + w.shape() + "-i" + std::to_string(interval_ms) + "-" + std::to_string(s));
+    ids.push_back("bench-" + std::to_string(w.rows) + "x" + std::to_string(w.cols) + "-" + w.shape_id() + "-i" +
+                  std::to_string(interval_ms) + "-" + std::to_string(s));  // a scan id: ASCII, no spaces
 
   std::vector<Clock::time_point> handed(total);
   Clock::time_point t_begin;

@@ -400,4 +400,11 @@ TEST_CASE("full frames folded in bulk give the maps of row blocks folded sample 
   send(3, false);       // the bad sample measured again: now stored
   same_maps();
   CHECK(full.fit()->maps().nenergies[5] == E);
+  // status: 4 bytes per sample (8 with the count scales Poisson weighting keeps) plus, per
+  // pixel, the statistics and maps (8 × (3 references + 4) + 64) and 4 per XRF channel.
+  const auto memory = full.summary()["memory"];
+  const bool scales = keeps_count_scales(settings, full.pixels());
+  const double per_sample = (scales ? 8.0 : 4.0) + (8.0 * (3 + 4) + 64.0 + 4.0) / static_cast<double>(E);  // + 1 XRF channel
+  CHECK(memory["bytes_per_pixel_per_energy"].get<double>() == doctest::Approx(per_sample));
+  CHECK(memory["bytes"].get<double>() == doctest::Approx(per_sample * static_cast<double>(full.pixels() * E)));
 }

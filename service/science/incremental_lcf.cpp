@@ -115,7 +115,10 @@ void IncrementalLcf::add_planes(const float* planes, std::size_t stride, const s
     std::vector<double> yd(kBlock);
     for (std::size_t b = b_begin; b < b_end; ++b) {
       const std::size_t p0 = b * kBlock, B = std::min(kBlock, npix_ - p0);
-      std::fill(acc.begin(), acc.end(), 0.0);
+      // Start from the pixels' current sums and add sample by sample, as add() does: the same
+      // rounding, so folding in any grouping of planes gives the same statistics bit for bit.
+      for (std::size_t i = 0; i < B; ++i)
+        for (std::size_t m = 0; m < S; ++m) acc[m * kBlock + i] = stats_[(p0 + i) * S + m];
       std::fill(count.begin(), count.end(), std::uint16_t{0});
       for (int e : energies) {  // plane by plane, in add()'s order: the same sums
         const float* y = planes + static_cast<std::size_t>(e) * stride + p0;
@@ -137,7 +140,7 @@ void IncrementalLcf::add_planes(const float* planes, std::size_t stride, const s
       }
       for (std::size_t i = 0; i < B; ++i) {
         double* st = &stats_[(p0 + i) * S];
-        for (std::size_t m = 0; m < S; ++m) st[m] += acc[m * kBlock + i];
+        for (std::size_t m = 0; m < S; ++m) st[m] = acc[m * kBlock + i];
         if (count[i] != n) partial[static_cast<std::size_t>(t)].push_back(p0 + i);
       }
     }
