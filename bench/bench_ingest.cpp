@@ -621,48 +621,48 @@ int main(int argc, char** argv) {
       const std::string base_label = w.label;
       const int base_scans = w.scans;
       for (const auto& [split, block] : shapes) {
-      w.split = split, w.block = block;
-      w.label = split == Workload::Split::full ? base_label : base_label + " " + w.shape();
-      w.scans = split == Workload::Split::pixels ? 1 : base_scans;
-      const auto intervals = split == Workload::Split::full ? o.intervals : std::vector<int>{default_interval};
-      std::optional<RawResult> raw;
-      if (o.raw) {
-        raw = run_raw(w);
-        std::printf("[%s] raw PUSH→PULL loopback: %zu frames of %.1f MB in %.2f s: %.1f frames/s, %.2f GB/s\n",
-                    w.label.c_str(), raw->frames, static_cast<double>(w.frame_bytes()) / 1e6, raw->seconds, raw->fps,
-                    raw->gbytes_per_s);
-        std::fflush(stdout);
-        rows.push_back({w.label, "raw ZeroMQ, no daemon", raw->frames, raw->fps,
-                        raw->fps * static_cast<double>(w.pixels()) / static_cast<double>(w.blocks()), 100.0, "-", "-", "-", "-"});
-      }
-      auto run = [&](int interval, double rate) {
-        const auto r = run_daemon(o, w, interval, rate);
-        const std::string pace = rate > 0 ? ", paced " + sfmt("%.3g", rate) + "/s" : "";
-        const double pct = raw && rate == 0 ? 100.0 * r.fps / raw->fps : NAN;
-        std::printf("[%s] xanesd, publish.interval_ms=%d%s: %zu frames in %.2f s (last frame handed to ZeroMQ at %.2f s): "
-                    "%.1f frames/s, %s pixel-samples/s, latency median %.1f ms, p99 %.1f ms, max %.1f ms; "
-                    "%zu fraction maps received, %lld publication cycles\n",
-                    w.label.c_str(), interval, pace.c_str(), r.frames, r.seconds, r.sender_done_s, r.fps,
-                    human_rate(r.samples_per_s).c_str(), r.lat_median_ms, r.lat_p99_ms, r.lat_max_ms, r.publications,
-                    static_cast<long long>(r.cycles));
-        for (const auto& wmsg : r.warnings) std::printf("  WARNING: %s\n", wmsg.c_str());
-        std::fflush(stdout);
-        rows.push_back({w.label, "xanesd interval_ms=" + std::to_string(interval) + (rate > 0 ? " paced" : ""), r.frames,
-                        r.fps, r.samples_per_s, pct, sfmt("%.0f", r.lat_median_ms), sfmt("%.0f", r.lat_p99_ms),
-                        sfmt("%.0f", r.lat_max_ms), std::to_string(r.cycles)});
-        if (!std::isnan(pct))
-          summary.push_back(w.label + ", publish.interval_ms=" + std::to_string(interval) + ": xanesd reaches " +
-                            sfmt("%.1f", pct) + "% of raw loopback frame rate");
-        return r;
-      };
-      double slowest = INFINITY;
-      for (int interval : intervals) slowest = std::min(slowest, run(interval, 0).fps);
-      if (split == Workload::Split::full && (w.large ? o.paced_large : o.paced_small)) {
-        const double rate = o.pace_fraction * slowest;
-        std::printf("[%s] paced runs: sender offers %.3g frames/s (%.0f%% of the lowest unpaced rate above)\n", w.label.c_str(),
-                    rate, 100 * o.pace_fraction);
-        for (int interval : intervals) run(interval, rate);
-      }
+        w.split = split, w.block = block;
+        w.label = split == Workload::Split::full ? base_label : base_label + " " + w.shape();
+        w.scans = split == Workload::Split::pixels ? 1 : base_scans;
+        const auto intervals = split == Workload::Split::full ? o.intervals : std::vector<int>{default_interval};
+        std::optional<RawResult> raw;
+        if (o.raw) {
+          raw = run_raw(w);
+          std::printf("[%s] raw PUSH→PULL loopback: %zu frames of %.1f MB in %.2f s: %.1f frames/s, %.2f GB/s\n",
+                      w.label.c_str(), raw->frames, static_cast<double>(w.frame_bytes()) / 1e6, raw->seconds, raw->fps,
+                      raw->gbytes_per_s);
+          std::fflush(stdout);
+          rows.push_back({w.label, "raw ZeroMQ, no daemon", raw->frames, raw->fps,
+                          raw->fps * static_cast<double>(w.pixels()) / static_cast<double>(w.blocks()), 100.0, "-", "-", "-", "-"});
+        }
+        auto run = [&](int interval, double rate) {
+          const auto r = run_daemon(o, w, interval, rate);
+          const std::string pace = rate > 0 ? ", paced " + sfmt("%.3g", rate) + "/s" : "";
+          const double pct = raw && rate == 0 ? 100.0 * r.fps / raw->fps : NAN;
+          std::printf("[%s] xanesd, publish.interval_ms=%d%s: %zu frames in %.2f s (last frame handed to ZeroMQ at %.2f s): "
+                      "%.1f frames/s, %s pixel-samples/s, latency median %.1f ms, p99 %.1f ms, max %.1f ms; "
+                      "%zu fraction maps received, %lld publication cycles\n",
+                      w.label.c_str(), interval, pace.c_str(), r.frames, r.seconds, r.sender_done_s, r.fps,
+                      human_rate(r.samples_per_s).c_str(), r.lat_median_ms, r.lat_p99_ms, r.lat_max_ms, r.publications,
+                      static_cast<long long>(r.cycles));
+          for (const auto& wmsg : r.warnings) std::printf("  WARNING: %s\n", wmsg.c_str());
+          std::fflush(stdout);
+          rows.push_back({w.label, "xanesd interval_ms=" + std::to_string(interval) + (rate > 0 ? " paced" : ""), r.frames,
+                          r.fps, r.samples_per_s, pct, sfmt("%.0f", r.lat_median_ms), sfmt("%.0f", r.lat_p99_ms),
+                          sfmt("%.0f", r.lat_max_ms), std::to_string(r.cycles)});
+          if (!std::isnan(pct))
+            summary.push_back(w.label + ", publish.interval_ms=" + std::to_string(interval) + ": xanesd reaches " +
+                              sfmt("%.1f", pct) + "% of raw loopback frame rate");
+          return r;
+        };
+        double slowest = INFINITY;
+        for (int interval : intervals) slowest = std::min(slowest, run(interval, 0).fps);
+        if (split == Workload::Split::full && (w.large ? o.paced_large : o.paced_small)) {
+          const double rate = o.pace_fraction * slowest;
+          std::printf("[%s] paced runs: sender offers %.3g frames/s (%.0f%% of the lowest unpaced rate above)\n", w.label.c_str(),
+                      rate, 100 * o.pace_fraction);
+          for (int interval : intervals) run(interval, rate);
+        }
       }
       w.label = base_label;
     }
