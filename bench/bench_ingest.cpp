@@ -18,6 +18,9 @@
 #include <cstring>
 #include <fstream>
 #include <map>
+#include <memory>
+#include <numeric>
+#include <tuple>
 #include <optional>
 #include <random>
 #include <string>
@@ -64,6 +67,9 @@ struct Options {
   bool paced_small = true, paced_large = false;
   double pace_fraction = 0.5;
   std::vector<std::string> set;  // extra daemon config overrides (--set KEY=VALUE)
+  // Message shapes besides full frames: row blocks of N rows (energy-major) of the large image,
+  // batches of N pixels (pixel-major, as a fly scan sends them) of one small scan.
+  std::vector<int> large_rows, small_pixels;
 };
 
 int usage(int code) {
@@ -77,6 +83,9 @@ int usage(int code) {
                "  --intervals A,B,...      publish.interval_ms values to run (default 0,250)\n"
                "  --no-raw                 skip the raw ZeroMQ PUSH→PULL baseline\n"
                "  --set KEY=VALUE          daemon config override, repeatable (e.g. segment.enabled=false)\n"
+               "  --large-rows N,...       also send the large image as row blocks of N rows (energy-major)\n"
+               "  --small-pixels N,...     also send one small scan as batches of N pixels (pixel-major; 1 pixel:\n"
+               "                           1.8 M messages)\n"
                "  --paced small|all|none   also run with the sender paced below capacity (default small:\n"
                "                           a paced 2048×2048 run takes several minutes)\n"
                "  --pace-fraction F        paced rate = F × the lowest unpaced frame rate of that size (default 0.5)\n"
@@ -109,6 +118,15 @@ std::optional<Options> parse_args(int argc, char** argv) {
       for (std::size_t p = 0; p <= v.size();) {
         const auto q = std::min(v.find(',', p), v.size());
         o.intervals.push_back(std::stoi(v.substr(p, q - p)));
+        p = q + 1;
+      }
+    } else if (a == "--large-rows" || a == "--small-pixels") {
+      auto& list = a == "--large-rows" ? o.large_rows : o.small_pixels;
+      std::string v = next();
+      for (std::size_t p = 0; p <= v.size();) {
+        const auto q = std::min(v.find(',', p), v.size());
+        list.push_back(std::stoi(v.substr(p, q - p)));
+        if (list.back() < 1) throw std::runtime_error(a + " takes positive counts");
         p = q + 1;
       }
     } else if (a == "--no-raw") o.raw = false;
@@ -146,10 +164,34 @@ struct Workload {
   int scans = 1;
   bool large = false;
   std::string how;            // how the frames were made, for the output
+  // Message shape: full frames (block 0), row blocks of `block` rows, or batches of `block` pixels.
+  enum class Split { full, rows, pixels } split = Split::full;
+  int block = 0;
+  std::shared_ptr<std::vector<std::uint32_t>> pixel_ids;  // 0..P−1, the pixel lists' source
   std::size_t pixels() const { return static_cast<std::size_t>(rows) * static_cast<std::size_t>(cols); }
-  std::size_t frames_per_scan() const { return energies.size(); }
-  std::size_t frame_bytes() const { return pixels() * sizeof(float); }
-  const float* frame(std::size_t e) const { return counts.data() + e * pixels(); }
+  std::size_t blocks() const {  // messages per energy
+    if (split == Split::rows) return (static_cast<std::size_t>(rows) + block - 1) / block;
+    if (split == Split::pixels) return (pixels() + block - 1) / block;
+    return 1;
+  }
+  std::size_t frames_per_scan() const { return energies.size() * blocks(); }
+  std::size_t frame_bytes() const { return pixels() * sizeof(float) / blocks(); }  // mean
+  std::string shape_id() const { return split == Split::full ? "full" : (split == Split::rows ? "rows" : "pixels") + std::to_string(block); }
+  std::string shape() const {
+    if (split == Split::rows) return "rows×" + std::to_string(block);
+    if (split == Split::pixels) return "pixels×" + std::to_string(block);
+    return "full";
+  }
+  // Message i of a scan in sending order: energy-major for full frames and row blocks (all
+  // blocks of an energy, then the next energy), pixel-major for pixel batches (every energy of
+  // a batch, then the next batch). Returns (energy, first element, element count).
+  std::tuple<std::size_t, std::size_t, std::size_t> message(std::size_t i) const {
+    const std::size_t E = energies.size(), per = split == Split::rows ? static_cast<std::size_t>(block) * cols : block;
+    const std::size_t total = split == Split::rows ? static_cast<std::size_t>(rows) * cols : pixels();
+    if (split == Split::full) return {i, 0, pixels()};
+    const std::size_t e = split == Split::rows ? i / blocks() : i % E, b = split == Split::rows ? i % blocks() : i / E;
+    return {e, b * per, std::min(per, total - b * per)};
+  }
 };
 
 std::vector<science::Reference> species_refs(const std::filesystem::path& library) {
@@ -229,16 +271,32 @@ Workload large_workload(const Options& o, const std::vector<science::Reference>&
   return w;
 }
 
-// One frame message; counts are a zero-copy view of the workload's buffer (it outlives the send).
-protocol::WireMessage frame_message(const Workload& w, const std::string& scan_id, std::int64_t seq, std::size_t e) {
+// Message i of a scan (Workload::message); its arrays are zero-copy views of the workload's
+// buffers (they outlive the send).
+protocol::WireMessage frame_message(const Workload& w, const std::string& scan_id, std::int64_t seq, std::size_t i) {
+  const auto [e, first, n] = w.message(i);
   protocol::FrameMsg f;
   f.scan_id = scan_id;
   f.seq = seq;
   f.energy_index = static_cast<int>(e);
   f.energy_eV = w.energies[e];
   f.i0_scalar = w.i0[e];
-  f.counts = protocol::Array("counts", protocol::DType::float32, {w.rows, w.cols}, true,
-                             zmq::message_t(const_cast<float*>(w.frame(e)), w.frame_bytes(), nullptr, nullptr));
+  auto view = [](const std::string& name, const void* data, std::size_t bytes, protocol::DType t, std::vector<std::int64_t> shape) {
+    return protocol::Array(name, t, std::move(shape), true, zmq::message_t(const_cast<void*>(data), bytes, nullptr, nullptr));
+  };
+  const float* counts = w.counts.data() + e * w.pixels() + first;
+  const auto N = static_cast<std::int64_t>(n);
+  if (w.split == Workload::Split::full) {
+    f.counts = view("counts", counts, n * sizeof(float), protocol::DType::float32, {w.rows, w.cols});
+  } else if (w.split == Workload::Split::rows) {
+    const int r0 = static_cast<int>(first / static_cast<std::size_t>(w.cols)), nr = static_cast<int>(n / static_cast<std::size_t>(w.cols));
+    f.region = {protocol::Region::Kind::rows, r0, nr};
+    f.counts = view("counts", counts, n * sizeof(float), protocol::DType::float32, {nr, w.cols});
+  } else {
+    f.region.kind = protocol::Region::Kind::pixels;
+    f.pixels = view("pixels", w.pixel_ids->data() + first, n * sizeof(std::uint32_t), protocol::DType::uint32, {N});
+    f.counts = view("counts", counts, n * sizeof(float), protocol::DType::float32, {N});
+  }
   return std::move(f).to_wire();
 }
 
@@ -279,6 +337,7 @@ RawResult run_raw(const Workload& w) {
   const auto t0 = Clock::now();
   for (std::size_t i = 0; i < n; ++i)
     protocol::send(push, frame_message(w, "raw", static_cast<std::int64_t>(i), i % w.frames_per_scan()));
+  // (n is sized by bytes: small messages get the 30000 cap, enough to time the per-message cost)
   receiver.join();
   RawResult r;
   r.frames = n;
@@ -354,7 +413,8 @@ RunResult run_daemon(const Options& o, const Workload& w, int interval_ms, doubl
   const std::size_t total = E * static_cast<std::size_t>(w.scans);
   std::vector<std::string> ids;
   for (int s = 0; s < w.scans; ++s)
-    ids.push_back("bench-" + w.label + "-i" + std::to_string(interval_ms) + "-" + std::to_string(s));
+    ids.push_back("bench-" + std::to_string(w.rows) + "x" + std::to_string(w.cols) + "-" + w.shape_id() + "-i" +
+                  std::to_string(interval_ms) + "-" + std::to_string(s));  // a scan id: ASCII, no spaces
 
   std::vector<Clock::time_point> handed(total);
   Clock::time_point t_begin;
@@ -462,7 +522,7 @@ RunResult run_daemon(const Options& o, const Workload& w, int interval_ms, doubl
   if (t_end == Clock::time_point{}) t_end = Clock::now();
   r.seconds = seconds(t_end - t_begin);
   r.fps = static_cast<double>(total) / r.seconds;
-  r.samples_per_s = r.fps * static_cast<double>(w.pixels());
+  r.samples_per_s = static_cast<double>(w.energies.size() * w.pixels()) * w.scans / r.seconds;
   r.lat_median_ms = percentile(lat, 0.50);
   r.lat_p99_ms = percentile(lat, 0.99);
   r.lat_max_ms = percentile(lat, 1.0);
@@ -547,52 +607,71 @@ int main(int argc, char** argv) {
     };
     std::vector<Row> rows;
     std::vector<std::string> summary;
-    for (const auto& w : workloads) {
-      std::optional<RawResult> raw;
-      if (o.raw) {
-        raw = run_raw(w);
-        std::printf("[%s] raw PUSH→PULL loopback: %zu frames of %.1f MB in %.2f s: %.1f frames/s, %.2f GB/s\n",
-                    w.label.c_str(), raw->frames, static_cast<double>(w.frame_bytes()) / 1e6, raw->seconds, raw->fps,
-                    raw->gbytes_per_s);
-        std::fflush(stdout);
-        rows.push_back({w.label, "raw ZeroMQ, no daemon", raw->frames, raw->fps, raw->fps * static_cast<double>(w.pixels()),
-                        100.0, "-", "-", "-", "-"});
+    // Each workload as full frames (every interval, paced runs), then in the other message
+    // shapes asked for (the default interval only; pixel batches: one scan).
+    for (auto& w : workloads) {
+      const int default_interval = 250;
+      std::vector<std::pair<Workload::Split, int>> shapes = {{Workload::Split::full, 0}};
+      for (int n : w.large ? o.large_rows : std::vector<int>{}) shapes.push_back({Workload::Split::rows, n});
+      for (int n : w.large ? std::vector<int>{} : o.small_pixels) shapes.push_back({Workload::Split::pixels, n});
+      if (shapes.size() > 1 && !w.pixel_ids) {
+        w.pixel_ids = std::make_shared<std::vector<std::uint32_t>>(w.pixels());
+        std::iota(w.pixel_ids->begin(), w.pixel_ids->end(), 0u);
       }
-      auto run = [&](int interval, double rate) {
-        const auto r = run_daemon(o, w, interval, rate);
-        const std::string pace = rate > 0 ? ", paced " + sfmt("%.3g", rate) + "/s" : "";
-        const double pct = raw && rate == 0 ? 100.0 * r.fps / raw->fps : NAN;
-        std::printf("[%s] xanesd, publish.interval_ms=%d%s: %zu frames in %.2f s (last frame handed to ZeroMQ at %.2f s): "
-                    "%.1f frames/s, %s pixel-samples/s, latency median %.1f ms, p99 %.1f ms, max %.1f ms; "
-                    "%zu fraction maps received, %lld publication cycles\n",
-                    w.label.c_str(), interval, pace.c_str(), r.frames, r.seconds, r.sender_done_s, r.fps,
-                    human_rate(r.samples_per_s).c_str(), r.lat_median_ms, r.lat_p99_ms, r.lat_max_ms, r.publications,
-                    static_cast<long long>(r.cycles));
-        for (const auto& wmsg : r.warnings) std::printf("  WARNING: %s\n", wmsg.c_str());
-        std::fflush(stdout);
-        rows.push_back({w.label, "xanesd interval_ms=" + std::to_string(interval) + (rate > 0 ? " paced" : ""), r.frames,
-                        r.fps, r.samples_per_s, pct, sfmt("%.0f", r.lat_median_ms), sfmt("%.0f", r.lat_p99_ms),
-                        sfmt("%.0f", r.lat_max_ms), std::to_string(r.cycles)});
-        if (!std::isnan(pct))
-          summary.push_back(w.label + ", publish.interval_ms=" + std::to_string(interval) + ": xanesd reaches " +
-                            sfmt("%.1f", pct) + "% of raw loopback frame rate");
-        return r;
-      };
-      double slowest = INFINITY;
-      for (int interval : o.intervals) slowest = std::min(slowest, run(interval, 0).fps);
-      if (w.large ? o.paced_large : o.paced_small) {
-        const double rate = o.pace_fraction * slowest;
-        std::printf("[%s] paced runs: sender offers %.3g frames/s (%.0f%% of the lowest unpaced rate above)\n", w.label.c_str(),
-                    rate, 100 * o.pace_fraction);
-        for (int interval : o.intervals) run(interval, rate);
+      const std::string base_label = w.label;
+      const int base_scans = w.scans;
+      for (const auto& [split, block] : shapes) {
+        w.split = split, w.block = block;
+        w.label = split == Workload::Split::full ? base_label : base_label + " " + w.shape();
+        w.scans = split == Workload::Split::pixels ? 1 : base_scans;
+        const auto intervals = split == Workload::Split::full ? o.intervals : std::vector<int>{default_interval};
+        std::optional<RawResult> raw;
+        if (o.raw) {
+          raw = run_raw(w);
+          std::printf("[%s] raw PUSH→PULL loopback: %zu frames of %.1f MB in %.2f s: %.1f frames/s, %.2f GB/s\n",
+                      w.label.c_str(), raw->frames, static_cast<double>(w.frame_bytes()) / 1e6, raw->seconds, raw->fps,
+                      raw->gbytes_per_s);
+          std::fflush(stdout);
+          rows.push_back({w.label, "raw ZeroMQ, no daemon", raw->frames, raw->fps,
+                          raw->fps * static_cast<double>(w.pixels()) / static_cast<double>(w.blocks()), 100.0, "-", "-", "-", "-"});
+        }
+        auto run = [&](int interval, double rate) {
+          const auto r = run_daemon(o, w, interval, rate);
+          const std::string pace = rate > 0 ? ", paced " + sfmt("%.3g", rate) + "/s" : "";
+          const double pct = raw && rate == 0 ? 100.0 * r.fps / raw->fps : NAN;
+          std::printf("[%s] xanesd, publish.interval_ms=%d%s: %zu frames in %.2f s (last frame handed to ZeroMQ at %.2f s): "
+                      "%.1f frames/s, %s pixel-samples/s, latency median %.1f ms, p99 %.1f ms, max %.1f ms; "
+                      "%zu fraction maps received, %lld publication cycles\n",
+                      w.label.c_str(), interval, pace.c_str(), r.frames, r.seconds, r.sender_done_s, r.fps,
+                      human_rate(r.samples_per_s).c_str(), r.lat_median_ms, r.lat_p99_ms, r.lat_max_ms, r.publications,
+                      static_cast<long long>(r.cycles));
+          for (const auto& wmsg : r.warnings) std::printf("  WARNING: %s\n", wmsg.c_str());
+          std::fflush(stdout);
+          rows.push_back({w.label, "xanesd interval_ms=" + std::to_string(interval) + (rate > 0 ? " paced" : ""), r.frames,
+                          r.fps, r.samples_per_s, pct, sfmt("%.0f", r.lat_median_ms), sfmt("%.0f", r.lat_p99_ms),
+                          sfmt("%.0f", r.lat_max_ms), std::to_string(r.cycles)});
+          if (!std::isnan(pct))
+            summary.push_back(w.label + ", publish.interval_ms=" + std::to_string(interval) + ": xanesd reaches " +
+                              sfmt("%.1f", pct) + "% of raw loopback frame rate");
+          return r;
+        };
+        double slowest = INFINITY;
+        for (int interval : intervals) slowest = std::min(slowest, run(interval, 0).fps);
+        if (split == Workload::Split::full && (w.large ? o.paced_large : o.paced_small)) {
+          const double rate = o.pace_fraction * slowest;
+          std::printf("[%s] paced runs: sender offers %.3g frames/s (%.0f%% of the lowest unpaced rate above)\n", w.label.c_str(),
+                      rate, 100 * o.pace_fraction);
+          for (int interval : intervals) run(interval, rate);
+        }
       }
+      w.label = base_label;
     }
 
-    std::printf("\n%-9s  %-29s %7s %10s %16s %8s %11s %11s %11s %7s\n", "size", "setting", "frames", "frames/s",
+    std::printf("\n%-20s  %-29s %7s %10s %16s %8s %11s %11s %11s %7s\n", "size", "setting", "frames", "frames/s",
                 "pixel-samples/s", "% raw", "lat p50 ms", "lat p99 ms", "lat max ms", "cycles");
-    std::printf("%s\n", std::string(130, '-').c_str());
+    std::printf("%s\n", std::string(141, '-').c_str());
     for (const auto& r : rows)
-      std::printf("%-9s  %-29s %7zu %10.1f %16s %8s %11s %11s %11s %7s\n", r.size.c_str(), r.setting.c_str(), r.frames, r.fps,
+      std::printf("%-20s  %-29s %7zu %10.1f %16s %8s %11s %11s %11s %7s\n", r.size.c_str(), r.setting.c_str(), r.frames, r.fps,
                   (human_rate(r.sps) + "/s").c_str(), std::isnan(r.pct) ? "-" : sfmt("%.1f%%", r.pct).c_str(), r.lat50.c_str(),
                   r.lat99.c_str(), r.latmax.c_str(), r.cycles.c_str());
     std::printf("\n");

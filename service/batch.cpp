@@ -33,7 +33,9 @@ nlohmann::json run_batch_fit(const Config& cfg, const BatchOptions& opt) {
     ++issues[i.code];
     spdlog::warn("[{}] {}", i.code, i.message);
   };
-  read_scan_file(opt.input, {}, [&](protocol::IngestMessage&& msg) {
+  ScanFileOptions read_opt;
+  read_opt.borrow_buffers = true;  // each frame is applied (copied into the store) before the next is read
+  read_scan_file(opt.input, read_opt, [&](protocol::IngestMessage&& msg) {
     if (auto* s = std::get_if<protocol::StartMsg>(&msg)) {
       scan = std::make_unique<Scan>(std::move(*s), refs, scan_settings(cfg));
     } else if (auto* f = std::get_if<protocol::FrameMsg>(&msg)) {
@@ -56,7 +58,11 @@ nlohmann::json run_batch_fit(const Config& cfg, const BatchOptions& opt) {
   for (const auto& f : refs_cfg.files) effective["references.files"].push_back(std::filesystem::absolute(f).lexically_normal().string());
   if (!opt.reference_names.empty()) effective["references.names"] = opt.reference_names;
   effective["input"] = std::filesystem::absolute(opt.input).lexically_normal().string();
-  write_result_file(opt.output, *scan, effective, counters, cfg.output.save_spectra);
+  const bool spectra = cfg.output.save_spectra && static_cast<double>(scan->pixels()) <= cfg.output.batch_spectra_max_pixels;
+  if (cfg.output.save_spectra && !spectra)
+    spdlog::info("{} pixels > output.batch_spectra_max_pixels: the normalized spectra are not written (raise it to opt in)",
+                 scan->pixels());
+  write_result_file(opt.output, *scan, effective, counters, spectra);
   return {{"scan", scan->summary()}, {"counters", counters}, {"output", opt.output.string()}};
 }
 

@@ -4,6 +4,7 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <cstring>
 #include <filesystem>
 #include <numeric>
 #include <random>
@@ -334,4 +335,76 @@ TEST_CASE("the default weighting: live maps unweighted, the final maps Poisson-w
   finish(*weighted);
   CHECK(live->fit()->maps().fractions == weighted->fit()->maps().fractions);
   CHECK(live->fit()->maps().fractions != unweighted->fit()->maps().fractions);
+}
+
+TEST_CASE("full frames folded in bulk give the maps of row blocks folded sample by sample, re-measurement and bad samples included") {
+  const auto refs = pick(load_reference_file(test::fe_library()), {"Magnetite", "Goethite", "Pyrite"});
+  const auto truth = sim::simulate(refs, hxn_scan(37, 41));
+  auto settings = default_settings();
+  settings.spatial.enabled = false;  // compare the per-pixel fits themselves
+  settings.selection.enabled = false;
+  Scan full(sim::start_message(truth, "s"), refs, settings), rows(sim::start_message(truth, "s"), refs, settings);
+  const auto E = truth.params.energies_eV.size();
+  const int R = truth.params.rows, C = truth.params.cols;
+  std::int64_t full_seq = 0, rows_seq = 0;
+  auto send = [&](std::size_t e, bool bad_sample) {
+    auto f = sim::frame_message(truth, "s", e);
+    const auto view = f.counts.native_view<float>();
+    std::vector<float> counts(view.begin(), view.end());
+    if (bad_sample) counts[5] = NAN;  // not stored, counted
+    f.seq = full_seq++;
+    f.counts = protocol::Array::from<float>("counts", std::span<const float>(counts), {R, C});
+    const auto a = full.apply(f);
+    // The same samples as two row blocks: the sample-by-sample path.
+    std::size_t stored = 0, replaced = 0, nonfinite = 0;
+    for (int r0 : {0, R / 2}) {
+      const int n = r0 == 0 ? R / 2 : R - R / 2;
+      auto g = sim::frame_message(truth, "s", e);
+      g.seq = rows_seq++;
+      if (r0 > 0) g.xrf.reset();
+      g.region = {protocol::Region::Kind::rows, r0, n};
+      if (g.xrf) {
+        const auto x = g.xrf->native_view<float>();
+        g.xrf = protocol::Array::from<float>("xrf", x.subspan(0, static_cast<std::size_t>(n) * C), {1, n, C});
+      }
+      g.counts = protocol::Array::from<float>(
+          "counts", std::span<const float>(counts.data() + static_cast<std::size_t>(r0) * C, static_cast<std::size_t>(n) * C), {n, C});
+      const auto b = rows.apply(g);
+      REQUIRE(b.accepted);
+      stored += b.samples_stored, replaced += b.samples_replaced, nonfinite += b.samples_nonfinite;
+    }
+    REQUIRE(a.accepted);
+    CHECK(a.samples_stored == stored);
+    CHECK(a.samples_replaced == replaced);
+    CHECK(a.samples_nonfinite == nonfinite);
+  };
+  auto same_maps = [&] {
+    CHECK(full.solve_changed(2) == rows.solve_changed(2));
+    // Bit for bit (NaN where not measured: == on floats would call every such store different).
+    REQUIRE(full.spectra().size() == rows.spectra().size());
+    CHECK(std::memcmp(full.spectra().data(), rows.spectra().data(), full.spectra().size() * sizeof(float)) == 0);
+    const auto &a = full.fit()->maps(), &b = rows.fit()->maps();
+    CHECK(a.nenergies == b.nenergies);
+    CHECK(a.fitted == b.fitted);
+    int differ = 0;
+    for (std::size_t i = 0; i < a.fractions.size(); ++i) differ += std::abs(a.fractions[i] - b.fractions[i]) > 1e-6f;
+    for (std::size_t p = 0; p < a.thickness.size(); ++p)
+      differ += std::abs(a.thickness[p] - b.thickness[p]) > 1e-6f * std::abs(b.thickness[p]) + 1e-12f;
+    CHECK(differ == 0);
+    CHECK(full.summary()["flagged_samples"] == rows.summary()["flagged_samples"]);
+  };
+  for (std::size_t e = 0; e < E / 2; ++e) send(e, e == 3);
+  same_maps();  // a live cycle folds the pending planes
+  for (std::size_t e = E / 2; e < E; ++e) send(e, false);
+  send(E - 1, false);  // re-measured while its plane is pending: folded first, then replaced sample by sample
+  send(3, false);       // the bad sample measured again: now stored
+  same_maps();
+  CHECK(full.fit()->maps().nenergies[5] == E);
+  // status: 4 bytes per sample (8 with the count scales Poisson weighting keeps) plus, per
+  // pixel, the statistics and maps (8 × (3 references + 4) + 64) and 4 per XRF channel.
+  const auto memory = full.summary()["memory"];
+  const bool scales = keeps_count_scales(settings, full.pixels());
+  const double per_sample = (scales ? 8.0 : 4.0) + (8.0 * (3 + 4) + 64.0 + 4.0) / static_cast<double>(E);  // + 1 XRF channel
+  CHECK(memory["bytes_per_pixel_per_energy"].get<double>() == doctest::Approx(per_sample));
+  CHECK(memory["bytes"].get<double>() == doctest::Approx(per_sample * static_cast<double>(full.pixels() * E)));
 }

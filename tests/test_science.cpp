@@ -82,6 +82,22 @@ Problem fe_problem(const std::vector<std::string>& names) {
   return p;
 }
 
+// An energy-major stack (E planes of P) of random 3-reference mixtures of p with Gaussian noise.
+std::vector<float> mixture_planes(const Problem& p, std::size_t P, unsigned seed) {
+  const auto E = static_cast<int>(p.energies.size());
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<double> u(0, 1);
+  std::normal_distribution<double> noise(0, 0.01);
+  std::vector<float> planes(static_cast<std::size_t>(E) * P);
+  for (std::size_t px = 0; px < P; ++px) {
+    Eigen::VectorXd theta(5);
+    theta << 0.02, 0.01, u(rng), u(rng), u(rng);
+    const Eigen::VectorXd y = p.model.X * theta;
+    for (int e = 0; e < E; ++e) planes[static_cast<std::size_t>(e) * P + px] = static_cast<float>(y(e) + noise(rng));
+  }
+  return planes;
+}
+
 // Exact NNLS optimum by enumerating every active set (small K only): the truth to test against.
 double brute_force_nnls_chi2(const Eigen::MatrixXd& G, const Eigen::VectorXd& s, double q, int n_free) {
   const int M = static_cast<int>(G.rows()), K = M - n_free;
@@ -307,16 +323,7 @@ TEST_CASE("full-stack fit (blocked, fused) equals the incremental path, NaN samp
   const auto p = fe_problem({"Magnetite", "Goethite", "Pyrite"});
   const auto E = static_cast<int>(p.energies.size());
   const std::size_t P = 5000;  // more than one block, not a multiple of it
-  std::mt19937 rng(9);
-  std::uniform_real_distribution<double> u(0, 1);
-  std::normal_distribution<double> noise(0, 0.01);
-  std::vector<float> planes(static_cast<std::size_t>(E) * P);
-  for (std::size_t px = 0; px < P; ++px) {
-    Eigen::VectorXd theta(5);
-    theta << 0.02, 0.01, u(rng), u(rng), u(rng);
-    const Eigen::VectorXd y = p.model.X * theta;
-    for (int e = 0; e < E; ++e) planes[static_cast<std::size_t>(e) * P + px] = static_cast<float>(y(e) + noise(rng));
-  }
+  auto planes = mixture_planes(p, P, 9);
   planes[3 * P + 17] = NAN;  // one bad sample
   for (int e = 0; e < E; ++e) planes[static_cast<std::size_t>(e) * P + P - 1] = NAN;  // nothing usable
   IncrementalLcf stack(p.model, P, {}), incremental(p.model, P, {});
@@ -337,6 +344,46 @@ TEST_CASE("full-stack fit (blocked, fused) equals the incremental path, NaN samp
     CHECK(stack.maps().thickness[px] == doctest::Approx(incremental.maps().thickness[px]).epsilon(1e-4));
     CHECK(stack.maps().residual[px] == doctest::Approx(incremental.maps().residual[px]).epsilon(1e-2).scale(1e-4));
     CHECK(stack.maps().fractions[px] == doctest::Approx(incremental.maps().fractions[px]).epsilon(1e-4).scale(1));
+  }
+}
+
+TEST_CASE("plane folding (add_planes, threads) gives add()'s statistics: NaN samples, earlier energies, unmeasured pixels") {
+  const auto p = fe_problem({"Magnetite", "Goethite", "Pyrite"});
+  const auto E = static_cast<int>(p.energies.size());
+  const std::size_t P = 70000;  // several blocks and more than one thread's share, not a multiple of either
+  auto planes = mixture_planes(p, P, 4);
+  planes[7 * P + 123] = NAN;                                                      // one sample not measured
+  for (int e = 0; e < E; ++e) planes[static_cast<std::size_t>(e) * P + 500] = NAN;  // a pixel never measured
+  // Energies 0..2 one sample at a time first (as a row block would), the rest folded as planes
+  // in two batches, out of order.
+  std::vector<int> first, second;
+  for (int e = 3; e < E; ++e) (e % 2 ? first : second).push_back(e);
+  for (int threads : {1, 2}) {
+    CAPTURE(threads);
+    IncrementalLcf folded(p.model, P, {}), by_sample(p.model, P, {});
+    for (auto* fit : {&folded, &by_sample})
+      for (int e = 0; e < 3; ++e)
+        for (std::size_t px = 0; px < P; ++px)
+          if (const float y = planes[static_cast<std::size_t>(e) * P + px]; !std::isnan(y)) fit->add(px, e, y);
+    folded.add_planes(planes.data(), P, first, threads);
+    folded.add_planes(planes.data(), P, second, threads);
+    for (const auto* list : {&first, &second})
+      for (int e : *list)
+        for (std::size_t px = 0; px < P; ++px)
+          if (const float y = planes[static_cast<std::size_t>(e) * P + px]; !std::isnan(y)) by_sample.add(px, e, y);
+    CHECK(folded.solve_changed(threads) == by_sample.solve_changed(threads));
+    CHECK(folded.energy_sets() == by_sample.energy_sets());
+    CHECK(folded.maps().nenergies[123] == E - 1);
+    CHECK(folded.maps().fitted[500] == 0);
+    CHECK(folded.energies_measured(500) == 0);
+    int differ = 0;
+    for (std::size_t px = 0; px < P; ++px) {
+      differ += folded.maps().nenergies[px] != by_sample.maps().nenergies[px];
+      differ += std::abs(folded.maps().thickness[px] - by_sample.maps().thickness[px]) > 1e-6f * std::abs(by_sample.maps().thickness[px]);
+      for (int k = 0; k < 3; ++k)
+        differ += std::abs(folded.maps().fractions[k * P + px] - by_sample.maps().fractions[k * P + px]) > 1e-6f;
+    }
+    CHECK(differ == 0);
   }
 }
 

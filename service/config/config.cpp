@@ -88,6 +88,7 @@ const std::vector<ConfigKey>& config_keys() {
       {"output.directory", "results", "folder for result files <scan_id>.h5 (relative to the working directory)"},
       {"output.write_on_stop", true, "write the result file when a scan stops"},
       {"output.save_spectra", true, "also write the normalized spectra (/entry/data/spectra, E×rows×cols float32) for reprocessing; 1.6 GB for a 2048² × 100 scan"},
+      {"output.batch_spectra_max_pixels", 262144, "xanesd fit (batch): writes the normalized spectra (with output.save_spectra) only for scans up to this many pixels. A larger batch run opts in by raising it: writing them costs more than reading the scan file, which holds the same data", 0, 1e12},
       {"log.level", "info", "spdlog level: trace, debug, info, warn, error"},
   };
   return keys;
@@ -200,7 +201,8 @@ Config build(const nlohmann::json& flat, const std::filesystem::path& base_dir) 
               str("select.objective"), num("select.n_tolerance"), num("select.variance_floor")};
   if (c.select.objective != "equal_time" && c.select.objective != "equal_dwell")
     throw ConfigError("config key 'select.objective' must be 'equal_time' or 'equal_dwell', got '" + c.select.objective + "'");
-  c.output = {str("output.directory"), flat.at("output.write_on_stop").get<bool>(), flat.at("output.save_spectra").get<bool>()};
+  c.output = {str("output.directory"), flat.at("output.write_on_stop").get<bool>(), flat.at("output.save_spectra").get<bool>(),
+              num("output.batch_spectra_max_pixels")};
   c.log_level = str("log.level");
   static const char* levels[] = {"trace", "debug", "info", "warn", "error", "critical", "off"};
   if (std::find(std::begin(levels), std::end(levels), c.log_level) == std::end(levels))

@@ -81,6 +81,7 @@ struct OutputConfig {
   std::filesystem::path directory;
   bool write_on_stop = true;
   bool save_spectra = true;
+  double batch_spectra_max_pixels = 262144;  // xanesd fit: spectra written only up to this many pixels
 };
 
 struct Config {

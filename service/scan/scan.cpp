@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <functional>
+#include <numeric>
 #include <sstream>
 
 #include <thread>
@@ -37,6 +38,7 @@ ScanSettings scan_settings(const Config& cfg) {
   s.mask = {cfg.mask.thickness_min, cfg.mask.thickness_min_relative, cfg.mask.residual_max, cfg.mask.rfactor_max};
   s.segment = cfg.segment;
   s.selection = cfg.references.selection;
+  s.threads = solve_threads(cfg);
   return s;
 }
 
@@ -194,14 +196,18 @@ void Scan::refit(const std::vector<science::Reference>& refs, const ScanSettings
 }
 
 void Scan::refill_fit() {
+  pending_planes_.clear();  // every stored sample goes in below
   if (!lcf_) return;
-  const auto E = start_.energies_eV.size();
-  for (std::size_t e = 0; e < E; ++e)
-    for (std::size_t p = 0; p < npix_; ++p) {
-      const float y = store_[e * npix_ + p];
-      if (!std::isnan(y)) lcf_->add(p, static_cast<int>(e), y);
-    }
+  std::vector<int> all(start_.energies_eV.size());
+  std::iota(all.begin(), all.end(), 0);
+  lcf_->add_planes(store_.data(), npix_, all, settings_.threads);
   lcf_->mark_all_changed();
+}
+
+void Scan::fold_pending(int threads) {
+  if (pending_planes_.empty()) return;
+  if (lcf_) lcf_->add_planes(store_.data(), npix_, pending_planes_, threads);
+  pending_planes_.clear();
 }
 
 std::optional<Issue> Scan::validate(const protocol::FrameMsg& f) const {
@@ -308,54 +314,106 @@ FrameOutcome Scan::apply(protocol::FrameMsg& f) {
   const int e = f.energy_index;
   float* plane = &store_[static_cast<std::size_t>(e) * npix_];
   std::size_t invalid_i0 = 0;
+  // A full frame at an energy not seen yet replaces nothing: its plane is folded into the fit
+  // later with the other pending ones. Anything else is folded sample by sample, after them.
+  const bool defer = lcf_ && f.region.kind == Region::Kind::full && !f.pixels && !energy_seen_[static_cast<std::size_t>(e)];
+  if (!defer) fold_pending(1);
+  auto* fit = defer ? nullptr : lcf_.get();
 
-  for (std::size_t i = 0; i < n; ++i) {
-    const std::size_t p = pixel_of(i);
-    const double c = counts[i];
-    const double d = !dark.empty() ? dark[i] : (!dark_.empty() ? dark_[p] : 0.0);
-    const double i0v = !i0.empty() ? i0[i] : i0_scalar;
-    if (!std::isfinite(c) || !std::isfinite(d)) {
-      ++out.samples_nonfinite;
-      continue;
-    }
-    double y;
-    if (transmission) {
-      const double ref = !flat.empty() ? flat[i] : (!flat_.empty() ? flat_[p] : i0v);
-      if (!std::isfinite(ref)) {
-        ++out.samples_nonfinite;
+  // Samples [begin, end): their counts go to `o` and `bad_i0`.
+  auto normalize = [&](std::size_t begin, std::size_t end, FrameOutcome& o, std::size_t& bad_i0) {
+    for (std::size_t i = begin; i < end; ++i) {
+      const std::size_t p = pixel_of(i);
+      const double c = counts[i];
+      const double d = !dark.empty() ? dark[i] : (!dark_.empty() ? dark_[p] : 0.0);
+      const double i0v = !i0.empty() ? i0[i] : i0_scalar;
+      if (!std::isfinite(c) || !std::isfinite(d)) {
+        ++o.samples_nonfinite;
         continue;
       }
-      bool clamped = false;
-      y = science::transmission_signal(c, d, ref, settings_.min_transmission, clamped);
-      out.samples_clamped += clamped;
-      if (!scale_.empty()) scale_[static_cast<std::size_t>(e) * npix_ + p] = static_cast<float>(ref - d);
-    } else {
-      if (!(std::isfinite(i0v) && i0v > 0)) {
-        ++invalid_i0;
+      double y;
+      if (transmission) {
+        const double ref = !flat.empty() ? flat[i] : (!flat_.empty() ? flat_[p] : i0v);
+        if (!std::isfinite(ref)) {
+          ++o.samples_nonfinite;
+          continue;
+        }
+        bool clamped = false;
+        y = science::transmission_signal(c, d, ref, settings_.min_transmission, clamped);
+        o.samples_clamped += clamped;
+        if (!scale_.empty()) scale_[static_cast<std::size_t>(e) * npix_ + p] = static_cast<float>(ref - d);
+      } else {
+        if (!(std::isfinite(i0v) && i0v > 0)) {
+          ++bad_i0;
+          continue;
+        }
+        y = science::fluorescence_signal(c, d, i0v);
+        if (!scale_.empty()) scale_[static_cast<std::size_t>(e) * npix_ + p] = static_cast<float>(i0v);
+      }
+      const float yf = static_cast<float>(y);
+      if (!std::isfinite(yf)) {
+        ++o.samples_nonfinite;
         continue;
       }
-      y = science::fluorescence_signal(c, d, i0v);
-      if (!scale_.empty()) scale_[static_cast<std::size_t>(e) * npix_ + p] = static_cast<float>(i0v);
+      float& slot = plane[p];
+      if (!std::isnan(slot)) {
+        ++o.samples_replaced;
+        if (fit) fit->replace(p, e, slot, yf);
+      } else if (fit) {
+        fit->add(p, e, yf);
+      }
+      slot = yf;
+      ++o.samples_stored;
     }
-    const float yf = static_cast<float>(y);
-    if (!std::isfinite(yf)) {
-      ++out.samples_nonfinite;
-      continue;
+  };
+  // A deferred frame touches only its own samples (no fit, nothing replaced): large ones are
+  // normalized on several threads.
+  // The common detector frame (fluorescence, full, one I0, no per-frame dark, nothing to
+  // replace): the same arithmetic as `normalize` without its per-sample choices.
+  const bool plain = defer && !transmission && i0.empty() && dark.empty() && (dark_.empty() || dark_.size() == n);
+  auto normalize_plain = [&](std::size_t begin, std::size_t end, FrameOutcome& o, std::size_t&) {
+    const float* dk = dark_.empty() ? nullptr : dark_.data();
+    std::size_t stored = 0;
+    for (std::size_t i = begin; i < end; ++i) {
+      const double c = counts[i], d = dk ? dk[i] : 0.0;
+      const float yf = static_cast<float>(science::fluorescence_signal(c, d, i0_scalar));
+      const bool ok = std::isfinite(c) && std::isfinite(d) && std::isfinite(yf);
+      plane[i] = ok ? yf : NAN;  // the plane was all NaN: nothing else changes
+      stored += ok;
     }
-    float& slot = plane[p];
-    if (!std::isnan(slot)) {
-      ++out.samples_replaced;
-      if (lcf_) lcf_->replace(p, e, slot, yf);
-    } else if (lcf_) {
-      lcf_->add(p, e, yf);
+    o.samples_stored += stored;
+    o.samples_nonfinite += (end - begin) - stored;
+    if (!scale_.empty()) std::fill(scale_.begin() + static_cast<std::ptrdiff_t>(static_cast<std::size_t>(e) * npix_ + begin),
+                                   scale_.begin() + static_cast<std::ptrdiff_t>(static_cast<std::size_t>(e) * npix_ + end),
+                                   static_cast<float>(i0_scalar));
+  };
+  auto run = [&](std::size_t begin, std::size_t end, FrameOutcome& o, std::size_t& bad_i0) {
+    if (plain) normalize_plain(begin, end, o, bad_i0);
+    else normalize(begin, end, o, bad_i0);
+  };
+  const int nthreads = defer ? std::max(1, std::min<int>(settings_.threads, static_cast<int>(n >> 18))) : 1;
+  if (nthreads == 1) {
+    run(0, n, out, invalid_i0);
+  } else {
+    std::vector<FrameOutcome> part(static_cast<std::size_t>(nthreads));
+    std::vector<std::size_t> part_i0(static_cast<std::size_t>(nthreads), 0);
+    {
+      std::vector<std::jthread> pool;
+      for (int t = 1; t < nthreads; ++t)
+        pool.emplace_back([&, t] { run(n * t / nthreads, n * (t + 1) / nthreads, part[t], part_i0[t]); });
+      run(0, n / nthreads, part[0], part_i0[0]);
     }
-    slot = yf;
-    ++out.samples_stored;
+    for (int t = 0; t < nthreads; ++t) {
+      out.samples_stored += part[t].samples_stored, out.samples_nonfinite += part[t].samples_nonfinite;
+      out.samples_clamped += part[t].samples_clamped, out.samples_replaced += part[t].samples_replaced;
+      invalid_i0 += part_i0[t];
+    }
   }
   if (f.xrf) {
     for (std::size_t ch = 0; ch < start_.xrf_channels.size(); ++ch)
       for (std::size_t i = 0; i < n; ++i) xrf_[ch * npix_ + pixel_of(i)] = x[ch * n + i];
   }
+  if (defer) pending_planes_.push_back(e);
   energy_seen_[static_cast<std::size_t>(e)] = 1;
   ++frames_applied_;
   out.accepted = true;
@@ -420,6 +478,7 @@ bool Scan::weighted_solve() const {
 
 std::size_t Scan::solve_changed(int threads) {
   if (!lcf_) return 0;
+  fold_pending(threads);
   if (const bool w = weighted_solve(); w != lcf_weighted_) {
     lcf_->set_sample_source(w ? this : nullptr);
     lcf_->mark_all_changed();
@@ -554,6 +613,13 @@ nlohmann::json Scan::summary() const {
           {"last_seq", last_seq_},
           {"missing_seq", (max_seq_ + 1) - static_cast<std::int64_t>(seqs_seen_.size())},
           {"flagged_samples", flags_},
+          // What ingest.max_scan_GiB is checked against at start (scan_bytes), and per sample.
+          {"memory", [&] {
+             const double bytes = scan_bytes(rows(), cols(), start_.energies_eV.size(), start_.xrf_channels.size(),
+                                             library_.size(), !scale_.empty());
+             const double samples = static_cast<double>(npix_) * static_cast<double>(start_.energies_eV.size());
+             return nlohmann::json{{"bytes", bytes}, {"bytes_per_pixel_per_energy", samples > 0 ? bytes / samples : 0.0}};
+           }()},
           {"fit", {{"method", lcf_ ? science::to_string(lcf_->method()) : ""}, {"references", refs}, {"error", fit_error_},
                    {"library", library_.size()},
                    {"reference_selection", selection_ ? to_json(*selection_) : nlohmann::json(nullptr)},

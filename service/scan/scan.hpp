@@ -51,6 +51,7 @@ struct ScanSettings {
   double spatial_live_max_pixels = 262144;  // larger scans: the spatial step in the final maps only
   science::SegmentationSettings segment;
   science::ReferenceSelectionSettings selection;
+  int threads = 1;  // for the work of one frame that splits (a large full frame's normalization)
 };
 
 struct Config;
@@ -156,6 +157,9 @@ class Scan : private science::SampleSource {
   // The fit over library_ (all of it, or the selected references when a selection holds).
   void build_fit();
   void refill_fit();  // folds every stored sample into a freshly built fit
+  // Full frames into empty planes are stored at once and folded into the fit later, all
+  // pending planes in one pass (IncrementalLcf::add_planes), before the statistics are read.
+  void fold_pending(int threads);
 
   protocol::StartMsg start_;
   ScanSettings settings_;
@@ -182,6 +186,7 @@ class Scan : private science::SampleSource {
   std::int64_t max_seq_ = -1, last_seq_ = -1, frames_applied_ = 0;
   std::int64_t segment_first_frame_ = 0;  // frames_applied_ when the current segment (start or extension) began
   std::vector<std::uint8_t> energy_seen_;
+  std::vector<int> pending_planes_;  // stored, not yet in the fit's statistics
   std::map<std::string, std::int64_t> flags_;  // flagged sample counts by code
   std::chrono::system_clock::time_point started_ = std::chrono::system_clock::now();
 };

@@ -99,6 +99,82 @@ void IncrementalLcf::replace(std::size_t p, int e, double previous, double y) {
   if (!changed_[p]) changed_[p] = 1, changed_list_.push_back(p);
 }
 
+void IncrementalLcf::add_planes(const float* planes, std::size_t stride, const std::vector<int>& energies, int threads) {
+  if (energies.empty() || npix_ == 0) return;
+  ensure_incremental_state();
+  const std::size_t S = static_cast<std::size_t>(M_ + 1), n = energies.size();
+  constexpr std::size_t kBlock = 512;  // (M+1) double accumulators per pixel stay in L1/L2
+  const std::size_t blocks = (npix_ + kBlock - 1) / kBlock;
+  const int nthreads = std::max(1, std::min<int>(threads, static_cast<int>(npix_ / 65536) + 1));
+  // Pixels not measured at every one of the energies (NaN somewhere): their energy sets are
+  // updated one by one below. Everyone else makes the same transition.
+  std::vector<std::vector<std::size_t>> partial(static_cast<std::size_t>(nthreads));
+  auto work = [&](int t, std::size_t b_begin, std::size_t b_end) {
+    std::vector<double> acc(S * kBlock);
+    std::vector<std::uint16_t> count(kBlock);
+    std::vector<double> yd(kBlock);
+    for (std::size_t b = b_begin; b < b_end; ++b) {
+      const std::size_t p0 = b * kBlock, B = std::min(kBlock, npix_ - p0);
+      // Start from the pixels' current sums and add sample by sample, as add() does: the same
+      // rounding, so folding in any grouping of planes gives the same statistics bit for bit.
+      for (std::size_t i = 0; i < B; ++i)
+        for (std::size_t m = 0; m < S; ++m) acc[m * kBlock + i] = stats_[(p0 + i) * S + m];
+      std::fill(count.begin(), count.end(), std::uint16_t{0});
+      for (int e : energies) {  // plane by plane, in add()'s order: the same sums
+        const float* y = planes + static_cast<std::size_t>(e) * stride + p0;
+        const double* x = &xrows_[static_cast<std::size_t>(e * M_)];
+        // One pass over the plane (NaN → 0, counted), then the sums over that L1-resident copy.
+        double* q = &acc[static_cast<std::size_t>(M_) * kBlock];
+        for (std::size_t i = 0; i < B; ++i) {
+          const bool ok = !std::isnan(y[i]);
+          const double v = ok ? static_cast<double>(y[i]) : 0.0;
+          yd[i] = v;
+          q[i] += v * v;
+          count[i] = static_cast<std::uint16_t>(count[i] + ok);
+        }
+        for (int m = 0; m < M_; ++m) {
+          double* a = &acc[static_cast<std::size_t>(m) * kBlock];
+          const double xm = x[m];
+          for (std::size_t i = 0; i < B; ++i) a[i] += xm * yd[i];
+        }
+      }
+      for (std::size_t i = 0; i < B; ++i) {
+        double* st = &stats_[(p0 + i) * S];
+        for (std::size_t m = 0; m < S; ++m) st[m] = acc[m * kBlock + i];
+        if (count[i] != n) partial[static_cast<std::size_t>(t)].push_back(p0 + i);
+      }
+    }
+  };
+  if (nthreads == 1) {
+    work(0, 0, blocks);
+  } else {
+    std::vector<std::jthread> pool;
+    for (int t = 0; t < nthreads; ++t)
+      pool.emplace_back(work, t, blocks * static_cast<std::size_t>(t) / nthreads, blocks * static_cast<std::size_t>(t + 1) / nthreads);
+  }
+  // Energy sets (EnergySets is not thread-safe): one transition per distinct starting set.
+  std::size_t next_partial = 0;
+  std::vector<std::size_t> all_partial;
+  for (auto& l : partial) all_partial.insert(all_partial.end(), l.begin(), l.end());  // ascending: blocks in order
+  std::uint32_t from = ~0u, to = 0;
+  for (std::size_t p = 0; p < npix_; ++p) {
+    if (next_partial < all_partial.size() && all_partial[next_partial] == p) {
+      ++next_partial;
+      const auto before = set_of_[p];
+      for (int e : energies)
+        if (!std::isnan(planes[static_cast<std::size_t>(e) * stride + p])) set_of_[p] = sets_.with(set_of_[p], e);
+      if (set_of_[p] == before) continue;  // nothing measured here: unchanged, as add() leaves it
+    } else {
+      if (set_of_[p] != from) {
+        from = set_of_[p], to = from;
+        for (int e : energies) to = sets_.with(to, e);
+      }
+      set_of_[p] = to;
+    }
+    if (!changed_[p]) changed_[p] = 1, changed_list_.push_back(p);
+  }
+}
+
 namespace {
 
 constexpr std::size_t kStackBlock = 2048;  // pixels per block: accumulators stay in L1/L2

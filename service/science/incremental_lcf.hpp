@@ -81,6 +81,11 @@ class IncrementalLcf {
   // sample at e, pass it as `previous` and it is taken out first (re-measurement).
   void add(std::size_t p, int e, double y);
   void replace(std::size_t p, int e, double previous, double y);
+  // Folds whole planes at once: for every pixel, the samples of `energies` in an energy-major
+  // store (plane e at planes + e·plane_stride; NaN = not measured, skipped). The same sums as
+  // add() sample by sample, in the same energy order, but a block of pixels at a time, several
+  // planes per pass and on `threads` threads. A pixel must not have a sample at those energies yet.
+  void add_planes(const float* planes, std::size_t plane_stride, const std::vector<int>& energies, int threads = 1);
 
   // Full-stack fit in one pass: accumulates and solves block by block without keeping
   // per-pixel statistics (the batch fit of a complete stack; fastest path). Fills maps() for

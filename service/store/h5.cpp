@@ -178,17 +178,25 @@ std::vector<T> read(hid_t loc, const std::string& name, std::vector<hsize_t>* di
 }
 
 template <class T>
-std::vector<T> read_planes(hid_t loc, const std::string& name, hsize_t first, hsize_t count) {
+void read_planes_into(hid_t loc, const std::string& name, hsize_t first, hsize_t count, std::span<T> out) {
   auto dims = shape(loc, name);
   if (dims.size() != 3 || first + count > dims[0]) throw Error("HDF5: bad plane range for '" + name + "'");
+  if (out.size() != count * dims[1] * dims[2]) throw Error("HDF5: buffer size does not match the planes of '" + name + "'");
   Handle ds(H5Dopen2(loc, name.c_str(), H5P_DEFAULT), H5Dclose, "open dataset '" + name + "'");
   Handle fspace(H5Dget_space(ds), H5Sclose, "get space");
   const hsize_t start[3] = {first, 0, 0}, cnt[3] = {count, dims[1], dims[2]};
   H5Sselect_hyperslab(fspace, H5S_SELECT_SET, start, nullptr, cnt, nullptr);
   Handle mspace(H5Screate_simple(3, cnt, nullptr), H5Sclose, "create memory space");
-  std::vector<T> v(count * dims[1] * dims[2]);
-  if (H5Dread(ds, native_type<T>(), mspace, fspace, H5P_DEFAULT, v.data()) < 0)
+  if (H5Dread(ds, native_type<T>(), mspace, fspace, H5P_DEFAULT, out.data()) < 0)
     throw Error("HDF5: cannot read planes of '" + name + "'");
+}
+
+template <class T>
+std::vector<T> read_planes(hid_t loc, const std::string& name, hsize_t first, hsize_t count) {
+  auto dims = shape(loc, name);
+  if (dims.size() != 3 || first + count > dims[0]) throw Error("HDF5: bad plane range for '" + name + "'");
+  std::vector<T> v(count * dims[1] * dims[2]);
+  read_planes_into<T>(loc, name, first, count, std::span<T>(v));
   return v;
 }
 
@@ -212,7 +220,8 @@ std::vector<std::string> list(hid_t group) {
 #define XANESD_H5_INSTANTIATE(T)                                                                        \
   template void write<T>(hid_t, const std::string&, const T*, const std::vector<hsize_t>&);            \
   template std::vector<T> read<T>(hid_t, const std::string&, std::vector<hsize_t>*);                   \
-  template std::vector<T> read_planes<T>(hid_t, const std::string&, hsize_t, hsize_t);
+  template std::vector<T> read_planes<T>(hid_t, const std::string&, hsize_t, hsize_t); \
+  template void read_planes_into<T>(hid_t, const std::string&, hsize_t, hsize_t, std::span<T>);
 XANESD_H5_INSTANTIATE(float)
 XANESD_H5_INSTANTIATE(double)
 XANESD_H5_INSTANTIATE(std::int32_t)

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <stdexcept>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -69,5 +70,8 @@ std::vector<std::string> list(hid_t group);
 // Reads planes [first, first+count) along axis 0 of a 3-D dataset (for streaming large scans).
 template <class T>
 std::vector<T> read_planes(hid_t loc, const std::string& name, hsize_t first, hsize_t count);
+// The same into `out` (count × plane size elements): a buffer reused across reads.
+template <class T>
+void read_planes_into(hid_t loc, const std::string& name, hsize_t first, hsize_t count, std::span<T> out);
 
 }  // namespace xanesd::h5

@@ -11,7 +11,7 @@ namespace {
 
 using protocol::Array;
 
-Array rows_array(const std::string& name, const float* data, int nrows, int cols) {
+Array rows_array_copy(const std::string& name, const float* data, int nrows, int cols) {
   return Array::from<float>(name, std::span<const float>(data, static_cast<std::size_t>(nrows) * cols), {nrows, cols});
 }
 
@@ -94,12 +94,18 @@ std::int64_t read_scan_file(const std::filesystem::path& path, const ScanFileOpt
 
   if (opt.order == protocol::Order::energy_major) {
     const int block = opt.rows_per_frame > 0 ? std::min(opt.rows_per_frame, R) : R;
+    std::vector<float> counts(P), i0(i0_per_pixel ? P : 0), flat(flat_per_energy ? P : 0);
+    auto rows_array = [&](const std::string& name, float* data, int nrows) {
+      if (!opt.borrow_buffers) return rows_array_copy(name, data, nrows, C);
+      // A constant ZeroMQ message (no free function): a view of the plane buffer.
+      return Array(name, protocol::DType::float32, {nrows, C}, true,
+                   zmq::message_t(data, static_cast<std::size_t>(nrows) * C * sizeof(float), nullptr));
+    };
     for (int j = 0; j < planned; ++j) {
       const int e = plan[static_cast<std::size_t>(j)];
-      const auto counts = h5::read_planes<float>(file, "raw/counts", static_cast<hsize_t>(e), 1);
-      std::vector<float> i0, flat;
-      if (i0_per_pixel) i0 = h5::read_planes<float>(file, "raw/i0", static_cast<hsize_t>(e), 1);
-      if (flat_per_energy) flat = h5::read_planes<float>(file, "raw/flat", static_cast<hsize_t>(e), 1);
+      h5::read_planes_into<float>(file, "raw/counts", static_cast<hsize_t>(e), 1, std::span<float>(counts));
+      if (i0_per_pixel) h5::read_planes_into<float>(file, "raw/i0", static_cast<hsize_t>(e), 1, std::span<float>(i0));
+      if (flat_per_energy) h5::read_planes_into<float>(file, "raw/flat", static_cast<hsize_t>(e), 1, std::span<float>(flat));
       for (int r0 = 0; r0 < R; r0 += block) {
         const int n = std::min(block, R - r0);
         auto f = base_frame(j);
@@ -109,9 +115,9 @@ std::int64_t read_scan_file(const std::filesystem::path& path, const ScanFileOpt
           f.region = {protocol::Region::Kind::rows, r0, n};
         }
         const std::size_t off = static_cast<std::size_t>(r0) * C;
-        f.counts = rows_array("counts", counts.data() + off, n, C);
-        if (!i0.empty()) f.i0 = rows_array("i0", i0.data() + off, n, C);
-        if (!flat.empty()) f.flat = rows_array("flat", flat.data() + off, n, C);
+        f.counts = rows_array("counts", counts.data() + off, n);
+        if (!i0.empty()) f.i0 = rows_array("i0", i0.data() + off, n);
+        if (!flat.empty()) f.flat = rows_array("flat", flat.data() + off, n);
         if (j == 0 && !xrf.empty()) {
           std::vector<float> x;
           for (const auto& ch : xrf) x.insert(x.end(), ch.begin() + static_cast<long>(off), ch.begin() + static_cast<long>(off) + static_cast<long>(n) * C);

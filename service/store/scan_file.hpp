@@ -21,6 +21,10 @@ struct ScanFileOptions {
   // A sub-spectra scan: measure only the file's energies nearest these (eV, each within 1 eV;
   // a scan controller replaying a selected list). Empty: every energy of the file.
   std::vector<double> only_energies_eV;
+  // Energy-major: each frame's arrays point into plane buffers that are read into again for
+  // the next frame (no allocation, page faults or copy per frame). Only for a consumer that is
+  // done with a frame when emit returns (the batch fit), not for one that queues it (a sender).
+  bool borrow_buffers = false;
 };
 
 // Calls `emit` for every message in order; returns how many frames were emitted.
