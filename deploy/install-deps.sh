@@ -4,7 +4,7 @@
 set -euo pipefail
 
 BUILD_PACKAGES=(cmake g++ make pkg-config libzmq3-dev cppzmq-dev libmsgpack-cxx-dev libeigen3-dev
-                libhdf5-dev hdf5-tools nlohmann-json3-dev libspdlog-dev doctest-dev)
+                libhdf5-dev hdf5-tools nlohmann-json3-dev libspdlog-dev doctest-dev zlib1g-dev)
 # Python clients (replayer helpers, viewer, tests) run on Debian's /usr/bin/python3.
 PYTHON_PACKAGES=(python3 python3-zmq python3-msgpack python3-numpy python3-h5py python3-matplotlib
                  python3-scipy python3-sklearn)

@@ -11,7 +11,9 @@ static int usage() {
                "usage: xanes-replay --input SCAN.h5 [--endpoint tcp://127.0.0.1:5555]\n"
                "                    [--order energy-major|pixel-major] [--rate FRAMES_PER_S]\n"
                "                    [--rows-per-frame N] [--chunk-pixels N] [--scan-id ID] [--no-stop]\n"
-               "                    [--energies E1,E2,... (eV: a sub-spectra scan at these energies only)]\n");
+               "                    [--energies E1,E2,... (eV: a sub-spectra scan at these energies only)]\n"
+               "                    [--resume CONTROL_ENDPOINT (after a daemon restart: send only the frames xanesd has not acknowledged)]\n"
+               "                    [--server-key DAEMON.pub --client-key CLIENT.key (CURVE: a daemon with security.server_key)]\n");
   return 2;
 }
 
@@ -32,6 +34,9 @@ int main(int argc, char** argv) {
       else if (a == "--chunk-pixels") opt.chunk_pixels = std::stoi(next());
       else if (a == "--scan-id") opt.scan_id = next();
       else if (a == "--no-stop") opt.send_stop = false;
+      else if (a == "--resume") opt.resume_control = next();
+      else if (a == "--server-key") opt.server_key = next();
+      else if (a == "--client-key") opt.client_key = next();
       else if (a == "--energies") {
         const std::string list = next();
         for (std::size_t pos = 0; pos < list.size();) {
@@ -45,8 +50,9 @@ int main(int argc, char** argv) {
     if (opt.input.empty()) return usage();
     zmq::context_t ctx(1);
     const auto r = replay::run(opt, ctx);
-    std::printf("xanes-replay: sent %lld frames in %.2f s (%.1f frames/s)\n", static_cast<long long>(r.frames), r.seconds,
-                r.seconds > 0 ? static_cast<double>(r.frames) / r.seconds : 0.0);
+    std::printf("xanes-replay: sent %lld frames in %.2f s (%.1f frames/s)%s\n", static_cast<long long>(r.frames), r.seconds,
+                r.seconds > 0 ? static_cast<double>(r.frames) / r.seconds : 0.0,
+                r.skipped ? (", skipped " + std::to_string(r.skipped) + " acknowledged").c_str() : "");
     return 0;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "xanes-replay: %s\n", e.what());

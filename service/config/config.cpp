@@ -88,6 +88,13 @@ const std::vector<ConfigKey>& config_keys() {
       {"output.directory", "results", "folder for result files <scan_id>.h5 (relative to the working directory)"},
       {"output.write_on_stop", true, "write the result file when a scan stops"},
       {"output.save_spectra", true, "also write the normalized spectra (/entry/data/spectra, E×rows×cols float32) for reprocessing; 1.6 GB for a 2048² × 100 scan"},
+      {"security.server_key", "", "CURVE (CurveZMQ) key pair file of the daemon, made by `xanesd keygen --out NAME` (NAME.key; give clients NAME.pub), relative to the config file's folder. Set: every socket (ingest, results, control) requires CURVE and a client key listed below. Empty: no encryption or authentication, and every endpoint must be loopback (127.0.0.1, localhost, ipc://, inproc://)"},
+      {"security.ingest_clients", nlohmann::json::array(), "public key files (NAME.pub from `xanesd keygen`) of the senders allowed on the ingest socket"},
+      {"security.control_clients", nlohmann::json::array(), "public key files of the clients allowed every control command (and the results socket)"},
+      {"security.readonly_clients", nlohmann::json::array(), "public key files of the clients allowed the read-only control commands, status and snapshot (and the results socket)"},
+      {"journal.enabled", true, "crash-safe scans: append every accepted start, frame and stop to a journal, so a daemon killed mid-scan reopens the scan at restart (README: Crash-safe scans). Off: a crash loses the running scan"},
+      {"journal.directory", "", "folder of the scan journal (one file, the current or last scan's; a lock keeps a second daemon out); empty: output.directory/.journal"},
+      {"journal.fsync_ms", 1000, "journal durability: a frame is acknowledged once written to the journal (page cache: survives a crash of the process); fdatasync runs every this many ms in the background, so a power cut loses at most the last interval's frames. 0: fdatasync after every frame (survives power loss, costs ingest throughput); -1: never", -1, 3.6e6},
       {"log.level", "info", "spdlog level: trace, debug, info, warn, error"},
   };
   return keys;
@@ -201,6 +208,22 @@ Config build(const nlohmann::json& flat, const std::filesystem::path& base_dir) 
   if (c.select.objective != "equal_time" && c.select.objective != "equal_dwell")
     throw ConfigError("config key 'select.objective' must be 'equal_time' or 'equal_dwell', got '" + c.select.objective + "'");
   c.output = {str("output.directory"), flat.at("output.write_on_stop").get<bool>(), flat.at("output.save_spectra").get<bool>()};
+  auto paths = [&](const char* key) {
+    std::vector<std::filesystem::path> out;
+    for (const auto& f : flat.at(key)) {
+      if (!f.is_string()) throw ConfigError(std::string("config key '") + key + "' must be a list of paths");
+      std::filesystem::path p = f.get<std::string>();
+      out.push_back(p.is_absolute() ? p : base_dir / p);
+    }
+    return out;
+  };
+  if (const auto key = str("security.server_key"); !key.empty())
+    c.security.server_key = std::filesystem::path(key).is_absolute() ? std::filesystem::path(key) : base_dir / key;
+  c.security.ingest_clients = paths("security.ingest_clients");
+  c.security.control_clients = paths("security.control_clients");
+  c.security.readonly_clients = paths("security.readonly_clients");
+  c.journal = {flat.at("journal.enabled").get<bool>(), str("journal.directory"), integer("journal.fsync_ms")};
+  if (c.journal.directory.empty()) c.journal.directory = c.output.directory / ".journal";  // a scan_id never starts with '.'
   c.log_level = str("log.level");
   static const char* levels[] = {"trace", "debug", "info", "warn", "error", "critical", "off"};
   if (std::find(std::begin(levels), std::end(levels), c.log_level) == std::end(levels))

@@ -83,6 +83,16 @@ struct OutputConfig {
   bool save_spectra = true;
 };
 
+struct SecurityConfig {  // CURVE on every socket when server_key is set (service/security/curve.hpp)
+  std::filesystem::path server_key;  // empty: no CURVE, loopback endpoints only
+  std::vector<std::filesystem::path> ingest_clients, control_clients, readonly_clients;  // public key files
+};
+struct JournalConfig {
+  bool enabled = true;
+  std::filesystem::path directory;  // resolved: output.directory/.journal when not configured
+  int fsync_ms = 1000;              // 0: fdatasync every record; −1: never
+};
+
 struct Config {
   IngestConfig ingest;
   PublishConfig publish;
@@ -94,6 +104,8 @@ struct Config {
   science::SegmentationSettings segment;
   SelectConfig select;
   OutputConfig output;
+  SecurityConfig security;
+  JournalConfig journal;
   std::string log_level;
   nlohmann::json effective;  // the whole config as dotted-key JSON, for status and result files
 };

@@ -6,11 +6,13 @@
 namespace xanesd {
 
 ControlServer::ControlServer(zmq::context_t& ctx, const ControlConfig& cfg, Pipeline& pipeline, Publisher& publisher,
-                             Counters& counters, std::atomic<bool>& shutdown_requested)
+                             Counters& counters, std::atomic<bool>& shutdown_requested, const Authenticator* auth)
     : socket_(ctx, zmq::socket_type::rep), cfg_(cfg), pipeline_(pipeline), publisher_(publisher),
       counters_(counters), shutdown_requested_(shutdown_requested) {
   socket_.set(zmq::sockopt::linger, 0);
   socket_.set(zmq::sockopt::rcvtimeo, 100);
+  if (auth) auth->secure(socket_, "control");
+  authenticated_ = auth && auth->enabled();
   socket_.bind(cfg.endpoint);
 }
 
@@ -47,6 +49,12 @@ std::vector<zmq::message_t> ControlServer::handle(const zmq::message_t& raw) {
   if (!req.contains("cmd") || !req["cmd"].is_string()) return fail("request has no string 'cmd'");
   const auto cmd = req["cmd"].get<std::string>();
   counters_.add("control.requests");
+  if (authenticated_ && cmd != "status" && cmd != "snapshot") {
+    const char* user = const_cast<zmq::message_t&>(raw).gets("User-Id");  // set by the ZAP handler for this key
+    if (!user || std::string_view(user) != "control")
+      return fail("'" + cmd + "' needs a control client key (this key is listed in security.readonly_clients: status and snapshot only)",
+                  "not_authorized");
+  }
 
   if (cmd == "status") {
     auto s = pipeline_.status();

@@ -10,13 +10,14 @@
 #include "pipeline/counters.hpp"
 #include "pipeline/pipeline.hpp"
 #include "publish/publisher.hpp"
+#include "security/curve.hpp"
 
 namespace xanesd {
 
 class ControlServer {
  public:
   ControlServer(zmq::context_t& ctx, const ControlConfig& cfg, Pipeline& pipeline, Publisher& publisher,
-                Counters& counters, std::atomic<bool>& shutdown_requested);
+                Counters& counters, std::atomic<bool>& shutdown_requested, const Authenticator* auth = nullptr);
   ~ControlServer();
   void start();
   // The bound endpoint, with a "*" port resolved (tests bind tcp://127.0.0.1:*).
@@ -33,6 +34,7 @@ class ControlServer {
   Publisher& publisher_;
   Counters& counters_;
   std::atomic<bool>& shutdown_requested_;
+  bool authenticated_ = false;  // CURVE on: requests carry the ZAP user id (control or readonly)
   std::jthread thread_;
 };
 

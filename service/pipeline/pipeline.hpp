@@ -17,6 +17,7 @@
 #include "publish/publisher.hpp"
 #include "scan/scan.hpp"
 #include "science/references.hpp"
+#include "store/journal.hpp"
 
 namespace xanesd {
 
@@ -41,6 +42,11 @@ class Pipeline {
     std::promise<nlohmann::json> reply;
   };
   void run(std::stop_token stop);
+  // At start-up, before any thread runs: replays the scan journal the last process left
+  // (kill -9, power cut) through on_message, and reports what it recovered.
+  void recover_journal();
+  // Reports a journal write failure once (the scan goes on without crash safety).
+  void check_journal();
   void on_message(IngestMessage&& msg);
   void on_start(protocol::StartMsg&& s);
   // scan_too_large when a scan shaped as `s` with `energies` planned energies would exceed
@@ -66,6 +72,9 @@ class Pipeline {
   IngestQueue& queue_;
   Publisher& publisher_;
   Counters& counters_;
+  Journal journal_;
+  bool replaying_ = false;       // recover_journal is feeding the journal back: nothing is journaled or re-reported
+  nlohmann::json recovery_ = nullptr;  // what recover_journal found, for status
   std::unique_ptr<Scan> scan_;  // the running scan, or the last one (for save)
   std::int64_t version_ = 0;
   std::string result_file_;  // last result file written for scan_, for status
