@@ -7,7 +7,10 @@ fdatasync every 1000 ms in the background) and on with fdatasync after every fra
 settings alternate within each repeat, so all of them see the same machine load. Ingest time is
 from the replayer's start until the daemon has accepted every frame (counter
 ingest.frames_accepted, polled every 10 ms); the scan is not stopped, so the final solve and the
-result file are not in it.
+result file are not in it. The daemon also reports the time its pipeline thread spent in the
+journal (status journal.write_seconds: CRC-32, write(2), and fdatasync when it syncs every
+frame): the direct cost, printed next to frames/s because on a busy machine the throughput
+ratio is noisier than the effect.
 
   bench/bench_journal.py --build build [--shape 512x512] [--repeats 3] [--rows-per-frame 0]
 """
@@ -99,7 +102,8 @@ def one_run(args, ctx, scan, frames, work, extra):
         journal = st.get("journal", {})
         request(ctx, control, {"cmd": "shutdown"})
         daemon.wait(60)
-        return {"seconds": seconds, "frames_per_s": frames / seconds, "journal_bytes": journal.get("bytes", 0)}
+        return {"seconds": seconds, "frames_per_s": frames / seconds, "journal_bytes": journal.get("bytes", 0),
+                "journal_seconds": journal.get("write_seconds", 0.0)}
     finally:
         if daemon.poll() is None:
             daemon.kill()
@@ -134,14 +138,20 @@ def main():
             res = one_run(args, ctx, scan, frames, work, extra)
             results[name].append(res)
             print(f"repeat {r + 1}: journal {name:24s} {res['seconds']:7.2f} s  {res['frames_per_s']:7.1f} frames/s"
-                  f"  journal {res['journal_bytes'] / 1e6:8.1f} MB", flush=True)
+                  f"  journal {res['journal_bytes'] / 1e6:8.1f} MB, {res['journal_seconds']:6.3f} s writing it", flush=True)
     base = statistics.median(x["frames_per_s"] for x in results["off"])
     print(f"\n{rows}x{cols} px x {energies} energies, {frames} frames, median of {args.repeats}:")
-    print(f"{'journal':26s} {'frames/s':>9s} {'ratio to off':>13s} {'journal MB':>11s}")
+    print(f"{'journal':26s} {'frames/s':>9s} {'ratio to off':>13s} {'journal MB':>11s} {'write s':>8s} {'share':>6s} {'MB/s':>7s}")
     for name, _ in SETTINGS:
-        fps = statistics.median(x["frames_per_s"] for x in results[name])
-        mb = statistics.median(x["journal_bytes"] for x in results[name]) / 1e6
-        print(f"{name:26s} {fps:9.1f} {fps / base:13.3f} {mb:11.1f}")
+        runs = results[name]
+        fps = statistics.median(x["frames_per_s"] for x in runs)
+        mb = statistics.median(x["journal_bytes"] for x in runs) / 1e6
+        ws = statistics.median(x["journal_seconds"] for x in runs)
+        # The pipeline thread's own time in the journal (CRC + write(2) [+ fdatasync]): the
+        # direct cost, which a loaded machine's noise in frames/s can hide.
+        share = statistics.median(x["journal_seconds"] / x["seconds"] for x in runs)
+        rate = mb / ws if ws > 0 else 0
+        print(f"{name:26s} {fps:9.1f} {fps / base:13.3f} {mb:11.1f} {ws:8.3f} {share:6.1%} {rate:7.0f}")
     if not args.work:
         shutil.rmtree(work, ignore_errors=True)
 

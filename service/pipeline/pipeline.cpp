@@ -30,13 +30,38 @@ void Pipeline::start() {
   pthread_setname_np(thread_.native_handle(), "xanesd-pipe");  // visible in top -H, perf, gdb
 }
 
-std::future<nlohmann::json> Pipeline::submit(nlohmann::json request) {
+Pipeline::Ticket Pipeline::submit(nlohmann::json request) {
   auto cmd = std::make_shared<Command>();
   cmd->request = std::move(request);
-  auto fut = cmd->reply.get_future();
+  Ticket t{cmd->reply.get_future(), cmd->state};
   std::lock_guard lock(commands_mutex_);
   commands_.push_back(std::move(cmd));
-  return fut;
+  return t;
+}
+
+void Pipeline::run_command(Command& c) {
+  auto expected = CommandState::queued;
+  if (!c.state->compare_exchange_strong(expected, CommandState::running)) {  // its request timed out first
+    counters_.add("control.cancelled");
+    c.reply.set_value({{"ok", false}, {"error", "cancelled: its request timed out before it ran"}});
+    return;
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  nlohmann::json reply;
+  try {
+    reply = handle(c.request);
+  } catch (const std::exception& e) {
+    reply = {{"ok", false}, {"error", e.what()}};
+  }
+  expected = CommandState::running;
+  if (!c.state->compare_exchange_strong(expected, CommandState::done)) {  // abandoned: nobody waits for the reply
+    const auto cmd = c.request.value("cmd", "");
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    report({"late_reply", "'" + cmd + "' finished after its request had timed out (it ran " + std::to_string(s) + " s): " +
+                              (reply.value("ok", false) ? std::string("ok") : "failed: " + reply.value("error", std::string()))},
+           scan_ ? scan_->id() : "");
+  }
+  c.reply.set_value(std::move(reply));
 }
 
 namespace {
@@ -95,6 +120,8 @@ nlohmann::json Pipeline::status() const {
     s = status_;
   }
   s["journal"] = journal_.stats();  // live: last_seq is the last acknowledged frame
+  s["ingest_queue"] = queue_.stats();  // live, not as of the last publication
+  s["publish_queue"] = publisher_.stats();
   return s;
 }
 
@@ -179,13 +206,7 @@ void Pipeline::run(std::stop_token stop) {
       std::lock_guard lock(commands_mutex_);
       cmds.swap(commands_);
     }
-    for (auto& c : cmds) {
-      try {
-        c->reply.set_value(handle(c->request));
-      } catch (const std::exception& e) {
-        c->reply.set_value({{"ok", false}, {"error", e.what()}});
-      }
-    }
+    for (auto& c : cmds) run_command(*c);
     if (scan_ && scan_->state() == ScanState::running && changed_since_publish_) {
       // Never sooner than the interval, nor sooner than the last cycle took: solving then
       // takes at most about half the pipeline's time, whatever the image size.

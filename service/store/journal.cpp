@@ -245,7 +245,7 @@ void Journal::begin(const protocol::StartMsg& start) {
     if (fd_ >= 0) ::close(fd_);
     fd_ = -1;
     scan_id_ = start.scan_id;
-    frames_ = 0, last_seq_ = -1, bytes_ = 0, synced_bytes_ = 0;
+    frames_ = 0, last_seq_ = -1, bytes_ = 0, synced_bytes_ = 0, write_seconds_ = 0;
     error_.clear();
     error_new_ = false;
   }
@@ -289,6 +289,7 @@ void Journal::append(const protocol::StopMsg& stop) {
 }
 
 void Journal::write_record(std::vector<zmq::message_t>&& parts, std::optional<std::int64_t> frame_seq) {
+  const auto t0 = std::chrono::steady_clock::now();
   std::unique_lock lock(mutex_);
   if (fd_ < 0) return;  // failed earlier in this scan (reported once)
   RecordHeader h;
@@ -318,6 +319,7 @@ void Journal::write_record(std::vector<zmq::message_t>&& parts, std::optional<st
   bytes_ += sizeof h + h.payload;
   if (settings_.fsync_ms == 0) synced_bytes_ = bytes_;
   if (frame_seq) ++frames_, last_seq_ = *frame_seq;
+  write_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
 void Journal::fail(const std::string& why) {
@@ -341,7 +343,7 @@ nlohmann::json Journal::stats() const {
   return {{"enabled", true},       {"path", path_.string()}, {"fsync_ms", settings_.fsync_ms},
           {"scan_id", scan_id_},   {"frames", frames_},      {"last_seq", last_seq_},
           {"bytes", bytes_},       {"synced_bytes", synced_bytes_}, {"writing", fd_ >= 0},
-          {"error", error_}};
+          {"write_seconds", write_seconds_}, {"error", error_}};
 }
 
 }  // namespace xanesd

@@ -62,7 +62,8 @@ class Journal {
   void append(const protocol::StopMsg& stop);
 
   // Live figures for status: scan_id, frames, last_seq (the last acknowledged frame), bytes,
-  // synced_bytes, fsync_ms, path, error (a failed write disables the journal for the scan).
+  // synced_bytes, fsync_ms, path, write_seconds (the pipeline's time in the journal), error (a
+  // failed write disables the journal for the scan).
   nlohmann::json stats() const;
   // Empty, or why the journal stopped writing (reported once on the errors topic).
   std::string take_new_error();
@@ -84,6 +85,7 @@ class Journal {
   bool unusable_ = false;  // the folder could not be made or locked: no journal at all
   std::int64_t frames_ = 0, last_seq_ = -1;
   std::uint64_t bytes_ = 0, synced_bytes_ = 0;
+  double write_seconds_ = 0;  // pipeline-thread time in write_record (CRC, write, fdatasync when fsync_ms = 0)
   std::condition_variable_any sync_cv_;
   std::jthread sync_thread_;
 };
