@@ -33,21 +33,28 @@ struct DaemonProcess {
   }
 };
 
-// Sends a control request, retrying while the daemon is still starting.
+// Sends a control request once the daemon answers: `status` is retried while it starts (it
+// is answered at once), then `req` is sent once. A request is never re-sent: the control socket
+// serves every request it reads, so a re-sent command would run twice.
 inline nlohmann::json control_retry(zmq::context_t& ctx, const std::string& ep, const nlohmann::json& req) {
+  auto ask = [&](const nlohmann::json& r, int timeout_ms) -> nlohmann::json {
+    zmq::socket_t s(ctx, zmq::socket_type::req);
+    s.set(zmq::sockopt::linger, 0);
+    s.set(zmq::sockopt::rcvtimeo, timeout_ms);
+    s.connect(ep);
+    s.send(zmq::buffer(r.dump()), zmq::send_flags::none);
+    zmq::message_t reply;
+    if (!s.recv(reply)) return nullptr;
+    return nlohmann::json::parse(reply.to_string_view());
+  };
   for (int i = 0;; ++i) {
-    try {
-      zmq::socket_t s(ctx, zmq::socket_type::req);
-      s.set(zmq::sockopt::linger, 0);
-      s.set(zmq::sockopt::rcvtimeo, i < 50 ? 200 : 20000);
-      s.connect(ep);
-      s.send(zmq::buffer(req.dump()), zmq::send_flags::none);
-      zmq::message_t reply;
-      if (s.recv(reply)) return nlohmann::json::parse(reply.to_string_view());
-    } catch (const zmq::error_t&) {
-    }
-    if (i > 60) throw std::runtime_error("xanesd does not answer on " + ep);
+    auto st = ask({{"cmd", "status"}}, 200);
+    if (!st.is_null()) break;
+    if (i > 300) throw std::runtime_error("xanesd does not answer on " + ep);
   }
+  auto reply = ask(req, 120000);
+  if (reply.is_null()) throw std::runtime_error("no reply from " + ep + " to " + req.dump());
+  return reply;
 }
 
 }  // namespace xanesd::test
