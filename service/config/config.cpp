@@ -24,7 +24,7 @@ const std::vector<ConfigKey>& config_keys() {
       {"publish.endpoint", "tcp://127.0.0.1:5556", "ZeroMQ endpoint the PUB socket binds for live products"},
       {"publish.interval_ms", 250, "minimum time (ms) between map publications while a scan runs. A cycle (solve + publish) is also never started sooner after the previous one than that one took, so solving uses at most about half of the pipeline's time and ingest keeps up; 0 publishes as often as that allows", 0, 3.6e6, true},
       {"publish.sndhwm", 100, "ZeroMQ send high-water mark (message parts) per subscriber: how much a slow subscriber may have queued (maps are large: keep it modest) before it misses publications and sees a gap in `version`; nothing upstream ever waits", 1, 100000},
-      {"control.endpoint", "tcp://127.0.0.1:5557", "ZeroMQ endpoint the REP control socket binds"},
+      {"control.endpoint", "tcp://127.0.0.1:5557", "ZeroMQ endpoint the control socket (ROUTER; clients use REQ) binds"},
       {"control.reply_timeout_ms", 60000, "longest a control request waits for the pipeline before it is answered with an error (ms): a command that has not started by then is cancelled (it never runs), one that is running goes on and its outcome is published on the errors topic (late_reply) when it ends. status and snapshot never wait for the pipeline", 100, 3.6e6},
       {"references.files", nlohmann::json::array(), "reference spectra files (XDI .nor multi-column, or two-column eV/keV text), relative to the config file's folder"},
       {"references.normalize", "auto", "edge-normalize references as Larch's pre_edge does: 'auto' (only spectra that are not already ~0 before the edge and ~1 at the end: raw μ), 'always', or 'never'"},
