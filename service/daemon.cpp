@@ -31,12 +31,13 @@ ProcessSetup::ProcessSetup(const Config& cfg) {
 
 Daemon::Daemon(const Config& cfg)
     : setup_(cfg),
+      auth_(ctx_, cfg),
       queue_(static_cast<std::size_t>(cfg.ingest.queue_frames)),
-      publisher_(ctx_, cfg.publish, counters_),
+      publisher_(ctx_, cfg.publish, counters_, &auth_),
       pipeline_(cfg, load_references(cfg.references), queue_, publisher_, counters_),
       receiver_(ctx_, cfg.ingest, queue_, counters_,
-                [this](const Issue& i, const std::string& scan) { pipeline_.report(i, scan); }),
-      control_(ctx_, cfg.control, pipeline_, publisher_, counters_, shutdown_) {
+                [this](const Issue& i, const std::string& scan) { pipeline_.report(i, scan); }, &auth_),
+      control_(ctx_, cfg.control, pipeline_, publisher_, counters_, shutdown_, &auth_) {
   endpoints_ = {receiver_.endpoint(), publisher_.endpoint(), control_.endpoint()};
 }
 

@@ -39,6 +39,7 @@ class Daemon {
  private:
   ProcessSetup setup_;  // first member: runs before anything logs or allocates frames
   zmq::context_t ctx_{1};
+  Authenticator auth_;  // before every socket: checks the endpoints, answers CURVE handshakes
   Counters counters_;
   IngestQueue queue_;
   Publisher publisher_;

@@ -8,6 +8,7 @@
 #include "batch.hpp"
 #include "config/config.hpp"
 #include "daemon.hpp"
+#include "security/curve.hpp"
 
 namespace {
 
@@ -15,6 +16,7 @@ int usage(int code) {
   std::fprintf(code ? stderr : stdout,
                "usage: xanesd --config FILE [--set key=value ...]\n"
                "       xanesd fit --input SCAN.h5 [--refs FILE ...] --out RESULT.h5 [--config FILE] [--set key=value ...]\n"
+               "       xanesd keygen --out NAME  (a CURVE key pair: NAME.key, secret, and NAME.pub, for the config's security.* keys)\n"
                "       xanesd --config-keys     (print every config key as a Markdown table)\n"
                "       xanesd --version\n"
                "Config keys are documented in config/README.md.\n");
@@ -25,6 +27,18 @@ int usage(int code) {
 
 int main(int argc, char** argv) {
   if (argc > 1 && std::string(argv[1]) == "fit") return xanesd::batch_main(argc, argv);
+  if (argc > 1 && std::string(argv[1]) == "keygen") {
+    if (argc != 4 || std::string(argv[2]) != "--out") return usage(2);
+    try {
+      xanesd::protocol::write_key_files(argv[3], xanesd::protocol::make_curve_keys());
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "xanesd keygen: %s\n", e.what());
+      return 1;
+    }
+    std::printf("xanesd keygen: wrote %s.key (secret: keep it on this machine, mode 0600) and %s.pub (give it to the other side)\n",
+                argv[3], argv[3]);
+    return 0;
+  }
   std::string config_file;
   std::vector<std::string> overrides;
   for (int i = 1; i < argc; ++i) {

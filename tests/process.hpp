@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdio>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -17,6 +18,7 @@ namespace xanesd::test {
 class Process {
  public:
   explicit Process(std::vector<std::string> argv, const std::string& log_file = "") {
+    std::fflush(nullptr);  // else the child's freopen writes the parent's buffered output a second time
     pid_ = fork();
     if (pid_ < 0) throw std::runtime_error("fork failed");
     if (pid_ == 0) {

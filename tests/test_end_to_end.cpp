@@ -9,7 +9,7 @@
 #include <map>
 #include <thread>
 
-#include "process.hpp"
+#include "daemon_process.hpp"
 #include "science/segmentation.hpp"
 #include "simulate/simulate.hpp"
 #include "store/h5.hpp"
@@ -67,37 +67,8 @@ Accuracy compare(const std::vector<float>& fractions, const std::vector<float>& 
   return a;
 }
 
-struct Daemon {
-  std::string ingest, pub, control;
-  std::unique_ptr<test::Process> proc;
-  Daemon(const std::filesystem::path& dir, const std::vector<std::string>& extra = {}) {
-    ingest = test::loopback(test::free_port());
-    pub = test::loopback(test::free_port());
-    control = test::loopback(test::free_port());
-    std::vector<std::string> argv = {XANESD_BIN, "--config", (test::source_dir() / "config" / "default.json").string(),
-                                     "--set", "ingest.endpoint=" + ingest, "--set", "publish.endpoint=" + pub,
-                                     "--set", "control.endpoint=" + control, "--set", "output.directory=" + (dir / "results").string()};
-    argv.insert(argv.end(), extra.begin(), extra.end());
-    proc = std::make_unique<test::Process>(argv, (dir / "xanesd.log").string());
-  }
-};
-
-// Sends a control request, retrying while the daemon is still starting.
-nlohmann::json control_retry(zmq::context_t& ctx, const std::string& ep, const nlohmann::json& req) {
-  for (int i = 0;; ++i) {
-    try {
-      zmq::socket_t s(ctx, zmq::socket_type::req);
-      s.set(zmq::sockopt::linger, 0);
-      s.set(zmq::sockopt::rcvtimeo, i < 50 ? 200 : 20000);
-      s.connect(ep);
-      s.send(zmq::buffer(req.dump()), zmq::send_flags::none);
-      zmq::message_t reply;
-      if (s.recv(reply)) return nlohmann::json::parse(reply.to_string_view());
-    } catch (const zmq::error_t&) {
-    }
-    if (i > 60) throw std::runtime_error("xanesd does not answer on " + ep);
-  }
-}
+using Daemon = test::DaemonProcess;
+using test::control_retry;
 
 int replay(const std::filesystem::path& file, const std::string& endpoint, const std::vector<std::string>& extra) {
   std::vector<std::string> argv = {XANES_REPLAY_BIN, "--input", file.string(), "--endpoint", endpoint};

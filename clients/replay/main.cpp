@@ -17,6 +17,8 @@ static int usage(int code = 2) {
                "                    [--rows-per-frame N] [--chunk-pixels N] [--scan-id ID] [--no-stop]\n"
                "                    [--energies E1,E2,... (eV: a sub-spectra scan at these energies only)]\n"
                "                    [--timeout SECONDS (default 30: how long a message may wait for xanesd)]\n"
+               "                    [--resume CONTROL_ENDPOINT (after a daemon restart: send only the frames xanesd has not acknowledged)]\n"
+               "                    [--server-key DAEMON.pub --client-key CLIENT.key (CURVE: a daemon with security.server_key)]\n"
                "Plays a scan file (README \"Scan files\"; xanes-convert makes them from TIFF and HDF5 stacks)\n"
                "into xanesd; prints progress every 5 s.\n");
   return code;
@@ -41,6 +43,9 @@ int main(int argc, char** argv) {
       else if (a == "-h" || a == "--help") return usage(0);
       else if (a == "--scan-id") opt.scan_id = next();
       else if (a == "--no-stop") opt.send_stop = false;
+      else if (a == "--resume") opt.resume_control = next();
+      else if (a == "--server-key") opt.server_key = next();
+      else if (a == "--client-key") opt.client_key = next();
       else if (a == "--energies") {
         const std::string list = next();
         for (std::size_t pos = 0; pos < list.size();) {
@@ -70,8 +75,9 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "xanes-replay: %lld frames sent in %.0f s (%.1f frames/s)\n", static_cast<long long>(seq + 1), s,
                    static_cast<double>(seq + 1) / s);
     });
-    std::printf("xanes-replay: sent %lld frames in %.2f s (%.1f frames/s)\n", static_cast<long long>(r.frames), r.seconds,
-                r.seconds > 0 ? static_cast<double>(r.frames) / r.seconds : 0.0);
+    std::printf("xanes-replay: sent %lld frames in %.2f s (%.1f frames/s)%s\n", static_cast<long long>(r.frames), r.seconds,
+                r.seconds > 0 ? static_cast<double>(r.frames) / r.seconds : 0.0,
+                r.skipped ? (", skipped " + std::to_string(r.skipped) + " acknowledged").c_str() : "");
     return 0;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "xanes-replay: %s\n", e.what());

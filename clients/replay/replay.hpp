@@ -28,10 +28,28 @@ struct Options {
   // How long a message may wait for xanesd to take it (no daemon listening, a stalled one):
   // then run() throws saying so, rather than hanging.
   int timeout_ms = 30000;
+  // Resume after a daemon restart: ask this control endpoint's `status` which frames of the
+  // scan xanesd has acknowledged (journal.last_seq) and send only the rest; nothing if the
+  // scan has stopped already; everything if xanesd does not know the scan.
+  std::string resume_control;
+  double resume_timeout_s = 60;  // how long to wait for the control socket to answer
+  // CURVE (a daemon with security.server_key): the daemon's NAME.pub and this client's NAME.key.
+  std::filesystem::path server_key, client_key;
 };
 
+// Where a resumed replay picks up: the first seq to send, whether to send start.
+struct ResumePoint {
+  bool send_start = true;
+  std::int64_t first_seq = 0;
+  bool done = false;  // the scan has stopped already: nothing to send
+  std::string why;    // said on stdout
+};
+// Asks xanesd's control socket; throws std::runtime_error when it does not answer in time.
+ResumePoint resume_point(const Options& opt, const std::string& scan_id, zmq::context_t& ctx);
+
 struct Report {
-  std::int64_t frames = 0;
+  std::int64_t frames = 0;  // frames sent (a resumed replay skips the acknowledged ones)
+  std::int64_t skipped = 0;  // frames xanesd had acknowledged before a resume
   double seconds = 0;
 };
 

@@ -24,8 +24,8 @@ const std::vector<ConfigKey>& config_keys() {
       {"publish.endpoint", "tcp://127.0.0.1:5556", "ZeroMQ endpoint the PUB socket binds for live products"},
       {"publish.interval_ms", 250, "minimum time (ms) between map publications while a scan runs. A cycle (solve + publish) is also never started sooner after the previous one than that one took, so solving uses at most about half of the pipeline's time and ingest keeps up; 0 publishes as often as that allows", 0, 3.6e6, true},
       {"publish.sndhwm", 100, "ZeroMQ send high-water mark (message parts) per subscriber: how much a slow subscriber may have queued (maps are large: keep it modest) before it misses publications and sees a gap in `version`; nothing upstream ever waits", 1, 100000},
-      {"control.endpoint", "tcp://127.0.0.1:5557", "ZeroMQ endpoint the REP control socket binds"},
-      {"control.reply_timeout_ms", 60000, "longest a control request waits for the pipeline before it is answered with an error (ms)", 100, 3.6e6},
+      {"control.endpoint", "tcp://127.0.0.1:5557", "ZeroMQ endpoint the control socket (ROUTER; clients use REQ) binds"},
+      {"control.reply_timeout_ms", 60000, "longest a control request waits for the pipeline before it is answered with an error (ms): a command that has not started by then is cancelled (it never runs), one that is running goes on and its outcome is published on the errors topic (late_reply) when it ends. status and snapshot never wait for the pipeline", 100, 3.6e6},
       {"references.files", nlohmann::json::array(), "reference spectra files (XDI, Athena/Demeter multi-column exports, beamline scans with i0/itrans/ifluor columns, CSV with a header row, Athena .prj projects, two-column eV/keV text; plain or gzipped), relative to the config file's folder"},
       {"references.normalize", "auto", "edge-normalize references as Larch's pre_edge does: 'auto' (only spectra that are not already ~0 before the edge and ~1 at the end: raw μ; where an edge step means nothing, as at L2,3 edges in optical density, as 'background'), 'always', 'never', or 'background' (subtract the pre-edge line, keep the spectrum's own scale)"},
       {"references.energy_unit", "auto", "energy unit of reference files: 'auto' (declared in the header, else keV when every energy is below 100), 'eV' or 'keV'"},
@@ -89,6 +89,13 @@ const std::vector<ConfigKey>& config_keys() {
       {"output.write_on_stop", true, "write the result file when a scan stops"},
       {"output.save_spectra", true, "also write the normalized spectra (/entry/data/spectra, E×rows×cols float32) for reprocessing; 1.6 GB for a 2048² × 100 scan"},
       {"output.batch_spectra_max_pixels", 262144, "xanesd fit (batch): writes the normalized spectra (with output.save_spectra) only for scans up to this many pixels. A larger batch run opts in by raising it: writing them costs more than reading the scan file, which holds the same data", 0, 1e12},
+      {"security.server_key", "", "CURVE (CurveZMQ) key pair file of the daemon, made by `xanesd keygen --out NAME` (NAME.key; give clients NAME.pub), relative to the config file's folder. Set: every socket (ingest, results, control) requires CURVE and a client key listed below. Empty: no encryption or authentication, and every endpoint must be loopback (127.0.0.1, localhost, ipc://, inproc://)"},
+      {"security.ingest_clients", nlohmann::json::array(), "public key files (NAME.pub from `xanesd keygen`) of the senders allowed on the ingest socket"},
+      {"security.control_clients", nlohmann::json::array(), "public key files of the clients allowed every control command (and the results socket)"},
+      {"security.readonly_clients", nlohmann::json::array(), "public key files of the clients allowed the read-only control commands, status and snapshot (and the results socket)"},
+      {"journal.enabled", true, "crash-safe scans: append every accepted start, frame and stop to a journal, so a daemon killed mid-scan reopens the scan at restart (README: Crash-safe scans). Off: a crash loses the running scan"},
+      {"journal.directory", "", "folder of the scan journal (one file, the current or last scan's; a lock keeps a second daemon out); empty: output.directory/.journal"},
+      {"journal.fsync_ms", 1000, "journal durability: a frame is acknowledged once written to the journal (page cache: survives a crash of the process); fdatasync runs every this many ms in the background, so a power cut loses at most the last interval's frames. 0: fdatasync after every frame (survives power loss, costs ingest throughput); -1: never", -1, 3.6e6},
       {"log.level", "info", "spdlog level: trace, debug, info, warn, error"},
   };
   return keys;
@@ -203,6 +210,22 @@ Config build(const nlohmann::json& flat, const std::filesystem::path& base_dir) 
     throw ConfigError("config key 'select.objective' must be 'equal_time' or 'equal_dwell', got '" + c.select.objective + "'");
   c.output = {str("output.directory"), flat.at("output.write_on_stop").get<bool>(), flat.at("output.save_spectra").get<bool>(),
               num("output.batch_spectra_max_pixels")};
+  auto paths = [&](const char* key) {
+    std::vector<std::filesystem::path> out;
+    for (const auto& f : flat.at(key)) {
+      if (!f.is_string()) throw ConfigError(std::string("config key '") + key + "' must be a list of paths");
+      std::filesystem::path p = f.get<std::string>();
+      out.push_back(p.is_absolute() ? p : base_dir / p);
+    }
+    return out;
+  };
+  if (const auto key = str("security.server_key"); !key.empty())
+    c.security.server_key = std::filesystem::path(key).is_absolute() ? std::filesystem::path(key) : base_dir / key;
+  c.security.ingest_clients = paths("security.ingest_clients");
+  c.security.control_clients = paths("security.control_clients");
+  c.security.readonly_clients = paths("security.readonly_clients");
+  c.journal = {flat.at("journal.enabled").get<bool>(), str("journal.directory"), integer("journal.fsync_ms")};
+  if (c.journal.directory.empty()) c.journal.directory = c.output.directory / ".journal";  // a scan_id never starts with '.'
   c.log_level = str("log.level");
   static const char* levels[] = {"trace", "debug", "info", "warn", "error", "critical", "off"};
   if (std::find(std::begin(levels), std::end(levels), c.log_level) == std::end(levels))

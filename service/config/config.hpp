@@ -84,6 +84,16 @@ struct OutputConfig {
   double batch_spectra_max_pixels = 262144;  // xanesd fit: spectra written only up to this many pixels
 };
 
+struct SecurityConfig {  // CURVE on every socket when server_key is set (service/security/curve.hpp)
+  std::filesystem::path server_key;  // empty: no CURVE, loopback endpoints only
+  std::vector<std::filesystem::path> ingest_clients, control_clients, readonly_clients;  // public key files
+};
+struct JournalConfig {
+  bool enabled = true;
+  std::filesystem::path directory;  // resolved: output.directory/.journal when not configured
+  int fsync_ms = 1000;              // 0: fdatasync every record; −1: never
+};
+
 struct Config {
   IngestConfig ingest;
   PublishConfig publish;
@@ -95,6 +105,8 @@ struct Config {
   science::SegmentationSettings segment;
   SelectConfig select;
   OutputConfig output;
+  SecurityConfig security;
+  JournalConfig journal;
   std::string log_level;
   nlohmann::json effective;  // the whole config as dotted-key JSON, for status and result files
 };

@@ -1,16 +1,19 @@
 #include "control/control_server.hpp"
 
+#include <algorithm>
+
 #include <spdlog/spdlog.h>
 #include <zmq_addon.hpp>
 
 namespace xanesd {
 
 ControlServer::ControlServer(zmq::context_t& ctx, const ControlConfig& cfg, Pipeline& pipeline, Publisher& publisher,
-                             Counters& counters, std::atomic<bool>& shutdown_requested)
-    : socket_(ctx, zmq::socket_type::rep), cfg_(cfg), pipeline_(pipeline), publisher_(publisher),
+                             Counters& counters, std::atomic<bool>& shutdown_requested, const Authenticator* auth)
+    : socket_(ctx, zmq::socket_type::router), cfg_(cfg), pipeline_(pipeline), publisher_(publisher),
       counters_(counters), shutdown_requested_(shutdown_requested) {
   socket_.set(zmq::sockopt::linger, 0);
-  socket_.set(zmq::sockopt::rcvtimeo, 100);
+  if (auth) auth->secure(socket_, "control");
+  authenticated_ = auth && auth->enabled();
   socket_.bind(cfg.endpoint);
 }
 
@@ -32,26 +35,43 @@ zmq::message_t json_frame(const nlohmann::json& j) {
 }
 }  // namespace
 
-std::vector<zmq::message_t> ControlServer::handle(const zmq::message_t& raw) {
+std::vector<zmq::message_t> ControlServer::error_reply(const std::string& why, const std::string& code) {
+  counters_.add("control.errors");
+  pipeline_.report({code, why}, "");
+  std::vector<zmq::message_t> reply;
+  reply.push_back(json_frame({{"ok", false}, {"error", why}, {"code", code}}));
+  return reply;
+}
+
+std::vector<zmq::message_t> ControlServer::result_reply(const std::string& cmd, const nlohmann::json& result) {
+  if (!result.value("ok", false))
+    return error_reply(cmd + ": " + result.value("error", "failed"), result.value("code", "bad_control_request"));
+  std::vector<zmq::message_t> reply;
+  reply.push_back(json_frame(result));
+  return reply;
+}
+
+std::vector<zmq::message_t> ControlServer::handle(const zmq::message_t& raw, std::vector<zmq::message_t>& envelope) {
   std::vector<zmq::message_t> reply;
   // code: a specific issue code (invalid_path …) when the command gave one.
-  auto fail = [&](const std::string& why, const std::string& code = "bad_control_request") {
-    counters_.add("control.errors");
-    pipeline_.report({code, why}, "");
-    reply.clear();
-    reply.push_back(json_frame({{"ok", false}, {"error", why}, {"code", code}}));
-    return std::move(reply);
-  };
+  auto fail = [&](const std::string& why, const std::string& code = "bad_control_request") { return error_reply(why, code); };
   const auto req = nlohmann::json::parse(raw.to_string_view(), nullptr, /*allow_exceptions=*/false);
   if (req.is_discarded() || !req.is_object()) return fail("request is not a JSON object");
   if (!req.contains("cmd") || !req["cmd"].is_string()) return fail("request has no string 'cmd'");
   const auto cmd = req["cmd"].get<std::string>();
   counters_.add("control.requests");
+  if (authenticated_ && cmd != "status" && cmd != "snapshot") {
+    const char* user = const_cast<zmq::message_t&>(raw).gets("User-Id");  // set by the ZAP handler for this key
+    if (!user || std::string_view(user) != "control")
+      return fail("'" + cmd + "' needs a control client key (this key is listed in security.readonly_clients: status and snapshot only)",
+                  "not_authorized");
+  }
 
   if (cmd == "status") {
     auto s = pipeline_.status();
     s["ok"] = true;
     s["counters"] = counters_.to_json();
+    s["control_pending"] = pending_.size();  // pipeline commands waiting for their reply
     reply.push_back(json_frame(s));
     return reply;
   }
@@ -71,42 +91,79 @@ std::vector<zmq::message_t> ControlServer::handle(const zmq::message_t& raw) {
   static const char* pipeline_cmds[] = {"configure", "load_references", "save", "abort", "select_energies"};
   if (std::find(std::begin(pipeline_cmds), std::end(pipeline_cmds), cmd) == std::end(pipeline_cmds))
     return fail("unknown command '" + cmd + "' (status, configure, load_references, snapshot, select_energies, save, abort, shutdown)");
-  auto fut = pipeline_.submit(req);
-  if (fut.wait_for(std::chrono::milliseconds(cfg_.reply_timeout_ms)) != std::future_status::ready)
-    return fail("'" + cmd + "' did not finish within control.reply_timeout_ms");
-  auto result = fut.get();
-  if (!result.value("ok", false))
-    return fail(cmd + ": " + result.value("error", "failed"), result.value("code", "bad_control_request"));
-  reply.push_back(json_frame(result));
-  return reply;
+  pending_.push_back({std::move(envelope), cmd, pipeline_.submit(req),
+                      std::chrono::steady_clock::now() + std::chrono::milliseconds(cfg_.reply_timeout_ms)});
+  return {};
+}
+
+void ControlServer::send(std::vector<zmq::message_t>& envelope, std::vector<zmq::message_t>&& reply) {
+  std::vector<zmq::message_t> frames;
+  frames.reserve(envelope.size() + reply.size());
+  for (auto& e : envelope) frames.push_back(std::move(e));
+  for (auto& r : reply) frames.push_back(std::move(r));
+  (void)zmq::send_multipart(socket_, frames);  // a requester that has gone is dropped by ROUTER
+}
+
+void ControlServer::serve_pending() {
+  using State = Pipeline::CommandState;
+  const auto now = std::chrono::steady_clock::now();
+  for (auto it = pending_.begin(); it != pending_.end();) {
+    auto& p = *it;
+    std::vector<zmq::message_t> reply;
+    if (p.ticket.reply.wait_for(std::chrono::seconds(0)) == std::future_status::ready) {
+      reply = result_reply(p.cmd, p.ticket.reply.get());
+    } else if (now >= p.deadline) {
+      auto expected = State::queued;
+      if (p.ticket.state->compare_exchange_strong(expected, State::cancelled)) {
+        reply = error_reply("'" + p.cmd + "' did not start within control.reply_timeout_ms; it was cancelled and will not run");
+      } else if (expected = State::running; p.ticket.state->compare_exchange_strong(expected, State::abandoned)) {
+        reply = error_reply("'" + p.cmd + "' did not finish within control.reply_timeout_ms; it goes on, and its outcome is "
+                            "published on the errors topic (late_reply) when it completes");
+      } else {
+        ++it;  // it finished just now: answered with its result on the next pass
+        continue;
+      }
+    } else {
+      ++it;
+      continue;
+    }
+    send(p.envelope, std::move(reply));
+    it = pending_.erase(it);
+  }
 }
 
 void ControlServer::run(std::stop_token stop) {
   while (!stop.stop_requested()) {
-    zmq::message_t request;
     try {
-      if (!socket_.recv(request)) continue;
-      // A multipart request is malformed; drain it so the REP state machine can answer.
-      bool extra = false;
-      while (socket_.get(zmq::sockopt::rcvmore)) {
-        zmq::message_t more;
-        (void)socket_.recv(more);
-        extra = true;
-      }
-      std::vector<zmq::message_t> reply;
-      if (extra) {
-        counters_.add("control.errors");
-        reply.push_back(json_frame({{"ok", false}, {"error", "control requests are one frame of JSON"}}));
-      } else {
-        try {
-          reply = handle(request);
-        } catch (const std::exception& e) {
-          counters_.add("control.errors");
-          reply.clear();
-          reply.push_back(json_frame({{"ok", false}, {"error", std::string("internal error: ") + e.what()}}));
+      zmq::pollitem_t item{socket_.handle(), 0, ZMQ_POLLIN, 0};
+      zmq::poll(&item, 1, std::chrono::milliseconds(pending_.empty() ? 100 : 5));
+      if (item.revents & ZMQ_POLLIN) {
+        std::vector<zmq::message_t> frames;
+        if (zmq::recv_multipart(socket_, std::back_inserter(frames), zmq::recv_flags::dontwait)) {
+          // A REQ peer's message: its routing id, an empty delimiter, then the request.
+          const auto delim = std::find_if(frames.begin(), frames.end(), [](const auto& f) { return f.size() == 0; });
+          if (delim != frames.end()) {
+            std::vector<zmq::message_t> envelope;
+            for (auto f = frames.begin(); f <= delim; ++f) envelope.push_back(std::move(*f));
+            const auto body = static_cast<std::size_t>(frames.end() - delim - 1);
+            std::vector<zmq::message_t> reply;
+            if (body != 1) {
+              counters_.add("control.errors");
+              reply.push_back(json_frame({{"ok", false}, {"error", "control requests are one frame of JSON"}}));
+            } else {
+              try {
+                reply = handle(*(delim + 1), envelope);
+              } catch (const std::exception& e) {
+                counters_.add("control.errors");
+                reply.clear();
+                reply.push_back(json_frame({{"ok", false}, {"error", std::string("internal error: ") + e.what()}}));
+              }
+            }
+            if (!reply.empty()) send(envelope, std::move(reply));
+          }
         }
       }
-      (void)zmq::send_multipart(socket_, reply);
+      serve_pending();
     } catch (const zmq::error_t& e) {
       if (e.num() == ETERM) return;
       spdlog::error("control socket: {}", e.what());

@@ -1,4 +1,8 @@
-// The control socket (REP): JSON request → JSON reply, every request answered, errors included.
+// The control socket: JSON request → JSON reply, every request answered, errors included. A
+// ROUTER socket (REQ clients talk to it as to a REP), so replies need not come in request
+// order: status and snapshot are answered at once while a long command (select_energies)
+// runs on the pipeline, and a command that outlives control.reply_timeout_ms is answered with
+// an error then and cancelled if it has not started, else reported (late_reply) when it ends.
 #pragma once
 
 #include <atomic>
@@ -10,13 +14,14 @@
 #include "pipeline/counters.hpp"
 #include "pipeline/pipeline.hpp"
 #include "publish/publisher.hpp"
+#include "security/curve.hpp"
 
 namespace xanesd {
 
 class ControlServer {
  public:
   ControlServer(zmq::context_t& ctx, const ControlConfig& cfg, Pipeline& pipeline, Publisher& publisher,
-                Counters& counters, std::atomic<bool>& shutdown_requested);
+                Counters& counters, std::atomic<bool>& shutdown_requested, const Authenticator* auth = nullptr);
   ~ControlServer();
   void start();
   // The bound endpoint, with a "*" port resolved (tests bind tcp://127.0.0.1:*).
@@ -24,8 +29,23 @@ class ControlServer {
 
  private:
   void run(std::stop_token stop);
-  // Returns the reply frames: JSON first, then (for snapshot) the cached publications.
-  std::vector<zmq::message_t> handle(const zmq::message_t& request);
+  // Returns the reply frames: JSON first, then (for snapshot) the cached publications; empty
+  // when the request went to the pipeline (answered later from pending_).
+  std::vector<zmq::message_t> handle(const zmq::message_t& request, std::vector<zmq::message_t>& envelope);
+  // The reply to a pipeline command's result (ok, or an error counted and published).
+  std::vector<zmq::message_t> result_reply(const std::string& cmd, const nlohmann::json& result);
+  std::vector<zmq::message_t> error_reply(const std::string& why, const std::string& code = "bad_control_request");
+  void send(std::vector<zmq::message_t>& envelope, std::vector<zmq::message_t>&& reply);
+  // Answers pipeline commands that finished or timed out.
+  void serve_pending();
+
+  struct Pending {
+    std::vector<zmq::message_t> envelope;  // the requester's routing id and delimiter
+    std::string cmd;
+    Pipeline::Ticket ticket;
+    std::chrono::steady_clock::time_point deadline;
+  };
+  std::vector<Pending> pending_;
 
   zmq::socket_t socket_;
   ControlConfig cfg_;
@@ -33,6 +53,7 @@ class ControlServer {
   Publisher& publisher_;
   Counters& counters_;
   std::atomic<bool>& shutdown_requested_;
+  bool authenticated_ = false;  // CURVE on: requests carry the ZAP user id (control or readonly)
   std::jthread thread_;
 };
 

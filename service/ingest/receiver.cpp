@@ -7,12 +7,13 @@
 namespace xanesd {
 
 Receiver::Receiver(zmq::context_t& ctx, const IngestConfig& cfg, IngestQueue& queue, Counters& counters,
-                   IssueSink report)
+                   IssueSink report, const Authenticator* auth)
     : socket_(ctx, zmq::socket_type::pull), queue_(queue), counters_(counters), report_(std::move(report)) {
   socket_.set(zmq::sockopt::rcvhwm, cfg.rcvhwm);
   socket_.set(zmq::sockopt::maxmsgsize, max_message_bytes(cfg));  // not received whole, then refused
   socket_.set(zmq::sockopt::linger, 0);
   socket_.set(zmq::sockopt::rcvtimeo, 100);  // so a stop request is noticed
+  if (auth) auth->secure(socket_, "ingest");
   socket_.bind(cfg.endpoint);
 }
 

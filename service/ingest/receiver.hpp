@@ -10,6 +10,7 @@
 #include <zmq.hpp>
 
 #include "config/config.hpp"
+#include "security/curve.hpp"
 #include "pipeline/bounded_queue.hpp"
 #include "pipeline/counters.hpp"
 #include "scan/scan.hpp"
@@ -23,7 +24,8 @@ using IssueSink = std::function<void(const Issue&, const std::string& scan_id)>;
 
 class Receiver {
  public:
-  Receiver(zmq::context_t& ctx, const IngestConfig& cfg, IngestQueue& queue, Counters& counters, IssueSink report);
+  Receiver(zmq::context_t& ctx, const IngestConfig& cfg, IngestQueue& queue, Counters& counters, IssueSink report,
+           const Authenticator* auth = nullptr);
   ~Receiver();
   void start();
   // The bound endpoint, with a "*" port resolved (tests bind tcp://127.0.0.1:*).

@@ -10,10 +10,12 @@ namespace xanesd {
 
 Pipeline::Pipeline(Config cfg, std::vector<science::Reference> refs, IngestQueue& queue, Publisher& publisher,
                    Counters& counters)
-    : cfg_(std::move(cfg)), refs_(std::move(refs)), library_(refs_), queue_(queue), publisher_(publisher), counters_(counters) {
+    : cfg_(std::move(cfg)), refs_(std::move(refs)), library_(refs_), queue_(queue), publisher_(publisher), counters_(counters),
+      journal_(cfg_.journal) {
   // Said at start-up, not discovered at the first stop with a scan to lose.
   output_error_ = output_directory_error(cfg_.output.directory);
   if (!output_error_.empty()) spdlog::error("output.directory is not usable: {}", output_error_);
+  if (const auto j = journal_.stats(); !j.value("error", "").empty()) spdlog::error("no crash-safe scans: {}", j.value("error", ""));
   update_status();
 }
 
@@ -23,17 +25,43 @@ Pipeline::~Pipeline() {
 }
 
 void Pipeline::start() {
+  recover_journal();
   thread_ = std::jthread([this](std::stop_token st) { run(st); });
   pthread_setname_np(thread_.native_handle(), "xanesd-pipe");  // visible in top -H, perf, gdb
 }
 
-std::future<nlohmann::json> Pipeline::submit(nlohmann::json request) {
+Pipeline::Ticket Pipeline::submit(nlohmann::json request) {
   auto cmd = std::make_shared<Command>();
   cmd->request = std::move(request);
-  auto fut = cmd->reply.get_future();
+  Ticket t{cmd->reply.get_future(), cmd->state};
   std::lock_guard lock(commands_mutex_);
   commands_.push_back(std::move(cmd));
-  return fut;
+  return t;
+}
+
+void Pipeline::run_command(Command& c) {
+  auto expected = CommandState::queued;
+  if (!c.state->compare_exchange_strong(expected, CommandState::running)) {  // its request timed out first
+    counters_.add("control.cancelled");
+    c.reply.set_value({{"ok", false}, {"error", "cancelled: its request timed out before it ran"}});
+    return;
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  nlohmann::json reply;
+  try {
+    reply = handle(c.request);
+  } catch (const std::exception& e) {
+    reply = {{"ok", false}, {"error", e.what()}};
+  }
+  expected = CommandState::running;
+  if (!c.state->compare_exchange_strong(expected, CommandState::done)) {  // abandoned: nobody waits for the reply
+    const auto cmd = c.request.value("cmd", "");
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    report({"late_reply", "'" + cmd + "' finished after its request had timed out (it ran " + std::to_string(s) + " s): " +
+                              (reply.value("ok", false) ? std::string("ok") : "failed: " + reply.value("error", std::string()))},
+           scan_ ? scan_->id() : "");
+  }
+  c.reply.set_value(std::move(reply));
 }
 
 namespace {
@@ -62,6 +90,10 @@ std::string printable(std::string_view s, std::size_t max = 200) {
 }  // namespace
 
 void Pipeline::report(const Issue& issue, const std::string& scan_id) {
+  if (replaying_) {  // said when the scan was first received; the recovery summary is reported instead
+    counters_.add("journal.replayed_issues");
+    return;
+  }
   const auto count = counters_.add("issues." + issue.code);
   const auto id = printable(scan_id, 128), message = printable(issue.message);
   // Flags on accepted data are routine at low counts; rejections are warnings. A flood of bad
@@ -82,8 +114,63 @@ void Pipeline::report(const Issue& issue, const std::string& scan_id) {
 }
 
 nlohmann::json Pipeline::status() const {
-  std::lock_guard lock(status_mutex_);
-  return status_;
+  nlohmann::json s;
+  {
+    std::lock_guard lock(status_mutex_);
+    s = status_;
+  }
+  s["journal"] = journal_.stats();  // live: last_seq is the last acknowledged frame
+  s["ingest_queue"] = queue_.stats();  // live, not as of the last publication
+  s["publish_queue"] = publisher_.stats();
+  return s;
+}
+
+void Pipeline::recover_journal() {
+  const auto t0 = std::chrono::steady_clock::now();
+  std::int64_t unreadable = 0;
+  replaying_ = true;
+  const auto rec = journal_.recover([&](std::vector<zmq::message_t>&& parts) {
+    try {
+      on_message(Receiver::parse(std::move(parts)));
+    } catch (const std::exception& e) {  // a record the CRC passed but this build cannot use
+      ++unreadable;
+      spdlog::error("journal: a record cannot be replayed: {}", e.what());
+    }
+  });
+  replaying_ = false;
+  if (!rec.found) return;
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const auto id = scan_ ? scan_->id() : std::string();
+  recovery_ = {{"scan_id", id},
+               {"state", scan_ ? to_string(scan_->state()) : "none"},
+               {"records", rec.records},
+               {"frames", rec.frames},
+               {"last_seq", scan_ ? scan_->last_seq() : -1},
+               {"bytes", rec.bytes},
+               {"truncated_bytes", rec.truncated_bytes},
+               {"truncated_because", rec.error},
+               {"unreadable_records", unreadable},
+               {"seconds", seconds}};
+  counters_.add("journal.recoveries");
+  if (scan_ && scan_->state() == ScanState::running) {
+    report({"scan_recovered", "scan '" + id + "' reopened from the journal after an unclean exit: " + std::to_string(rec.frames) +
+                                  " frames recovered (last seq " + std::to_string(scan_->last_seq()) +
+                                  "); the sender resumes after journal.last_seq in status"},
+           id);
+  } else if (scan_) {
+    spdlog::info("journal: last scan {} ({}) restored: {} frames", id, to_string(scan_->state()), rec.frames);
+  }
+  if (rec.truncated_bytes > 0 || unreadable > 0)
+    report({"journal_truncated", "journal tail cut off at recovery: " + std::to_string(rec.truncated_bytes) + " bytes (" +
+                                     rec.error + "), " + std::to_string(unreadable) + " unreadable record(s); frames in it were never acknowledged"},
+           id);
+  update_status();
+  publisher_.publish(make_status_message(status(), id, version_));
+}
+
+void Pipeline::check_journal() {
+  if (auto why = journal_.take_new_error(); !why.empty())
+    report({"journal_failed", "the scan journal stopped writing, this scan is no longer crash-safe: " + why}, scan_ ? scan_->id() : "");
 }
 
 void Pipeline::update_status() {
@@ -95,6 +182,7 @@ void Pipeline::update_status() {
                       {"version", version_},
                       {"result_file", result_file_},
                       {"output", {{"directory", cfg_.output.directory.string()}, {"writable", output_error_.empty()}, {"error", output_error_}}},
+                      {"recovery", recovery_},
                       {"ingest_queue", queue_.stats()},
                       {"publish_queue", publisher_.stats()}};
   std::lock_guard lock(status_mutex_);
@@ -118,13 +206,7 @@ void Pipeline::run(std::stop_token stop) {
       std::lock_guard lock(commands_mutex_);
       cmds.swap(commands_);
     }
-    for (auto& c : cmds) {
-      try {
-        c->reply.set_value(handle(c->request));
-      } catch (const std::exception& e) {
-        c->reply.set_value({{"ok", false}, {"error", e.what()}});
-      }
-    }
+    for (auto& c : cmds) run_command(*c);
     if (scan_ && scan_->state() == ScanState::running && changed_since_publish_) {
       // Never sooner than the interval, nor sooner than the last cycle took: solving then
       // takes at most about half the pipeline's time, whatever the image size.
@@ -172,6 +254,7 @@ void Pipeline::on_start(protocol::StartMsg&& s) {
       report(*issue, s.scan_id);
       return;
     }
+    if (!replaying_) journal_.append(s), check_journal();
     spdlog::info("scan {} extended to {} energies", s.scan_id, scan_->energies().size());
     result_file_.clear();
     changed_since_publish_ = true;
@@ -224,6 +307,7 @@ void Pipeline::on_start(protocol::StartMsg&& s) {
   if (!refs_error.empty()) scan_->set_fit_error(refs_error + ": spectra are recorded but not fitted");
   scan_output_.clear();
   counters_.add("scans.started");
+  if (!replaying_) journal_.begin(scan_->start()), check_journal();  // replaces the last scan's journal
   spdlog::info("scan {} started: {}×{} px, {} energies, {}", id, scan_->rows(), scan_->cols(), scan_->energies().size(),
                protocol::to_string(scan_->start().mode));
   if (!scan_->fit_error().empty()) report({"references_unusable", scan_->fit_error()}, id);
@@ -253,6 +337,8 @@ void Pipeline::on_frame(protocol::FrameMsg&& f) {
     counters_.add("ingest.rejected.frame");
   }
   for (const auto& issue : outcome.issues) report(issue, f.scan_id);
+  // Acknowledged (journal.last_seq) once written: after this a crash of the process loses nothing of it.
+  if (outcome.accepted && !replaying_) journal_.append(std::move(f)), check_journal();
 }
 
 void Pipeline::on_stop(protocol::StopMsg&& s) {
@@ -262,7 +348,15 @@ void Pipeline::on_stop(protocol::StopMsg&& s) {
     return;
   }
   for (const auto& issue : scan_->stop(s)) report(issue, s.scan_id);
-  finish_scan(cfg_.output.write_on_stop);
+  if (!replaying_) journal_.append(s), check_journal();
+  // Replaying a stopped scan: its result file was written unless the crash came first.
+  const auto written = replaying_ ? result_path(cfg_.output.directory, "", s.scan_id) : std::filesystem::path();
+  if (replaying_ && std::filesystem::exists(written)) {
+    result_file_ = std::filesystem::absolute(written).string();
+    finish_scan(false);
+  } else {
+    finish_scan(cfg_.output.write_on_stop);
+  }
 }
 
 bool Pipeline::guarded(const char* code, const std::function<void()>& step) {
@@ -401,6 +495,9 @@ nlohmann::json Pipeline::handle(const nlohmann::json& req) {
   if (cmd == "abort") {
     if (!scan_ || scan_->state() != ScanState::running) return {{"ok", false}, {"error", "no scan is running"}};
     scan_->abort("aborted by control request");
+    protocol::StopMsg aborted;  // replayed as a stop with reason aborted
+    aborted.scan_id = scan_->id(), aborted.reason = "aborted";
+    journal_.append(aborted), check_journal();
     finish_scan(cfg_.output.write_on_stop);
     return {{"ok", true}, {"scan_id", scan_->id()}};
   }

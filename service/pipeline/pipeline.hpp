@@ -17,6 +17,7 @@
 #include "publish/publisher.hpp"
 #include "scan/scan.hpp"
 #include "science/references.hpp"
+#include "store/journal.hpp"
 
 namespace xanesd {
 
@@ -27,9 +28,17 @@ class Pipeline {
   ~Pipeline();
   void start();
 
+  // Where a submitted command is. The control server moves a command whose request timed out
+  // from queued to cancelled (it never runs) or from running to abandoned (its outcome is
+  // reported on the errors topic as late_reply when it completes): never silently run later.
+  enum class CommandState : int { queued, running, done, cancelled, abandoned };
+  struct Ticket {
+    std::future<nlohmann::json> reply;
+    std::shared_ptr<std::atomic<CommandState>> state;
+  };
   // Runs a command that needs scan state (configure, load_references, save, abort,
   // select_energies) on the pipeline thread; the future holds the JSON reply.
-  std::future<nlohmann::json> submit(nlohmann::json request);
+  Ticket submit(nlohmann::json request);
   // Counts an issue, logs it and publishes it on the errors topic. Any thread.
   void report(const Issue& issue, const std::string& scan_id);
   // Daemon state for `status`: the scan summary as of the last update, plus config. Any thread.
@@ -39,8 +48,15 @@ class Pipeline {
   struct Command {
     nlohmann::json request;
     std::promise<nlohmann::json> reply;
+    std::shared_ptr<std::atomic<CommandState>> state = std::make_shared<std::atomic<CommandState>>(CommandState::queued);
   };
+  void run_command(Command& c);
   void run(std::stop_token stop);
+  // At start-up, before any thread runs: replays the scan journal the last process left
+  // (kill -9, power cut) through on_message, and reports what it recovered.
+  void recover_journal();
+  // Reports a journal write failure once (the scan goes on without crash safety).
+  void check_journal();
   void on_message(IngestMessage&& msg);
   void on_start(protocol::StartMsg&& s);
   // scan_too_large when a scan shaped as `s` with `energies` planned energies would exceed
@@ -75,6 +91,9 @@ class Pipeline {
   IngestQueue& queue_;
   Publisher& publisher_;
   Counters& counters_;
+  Journal journal_;
+  bool replaying_ = false;       // recover_journal is feeding the journal back: nothing is journaled or re-reported
+  nlohmann::json recovery_ = nullptr;  // what recover_journal found, for status
   std::unique_ptr<Scan> scan_;  // the running scan, or the last one (for save)
   std::int64_t version_ = 0;
   std::string result_file_;  // last result file written for scan_, for status

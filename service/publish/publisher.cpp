@@ -4,10 +4,11 @@
 
 namespace xanesd {
 
-Publisher::Publisher(zmq::context_t& ctx, const PublishConfig& cfg, Counters& counters)
+Publisher::Publisher(zmq::context_t& ctx, const PublishConfig& cfg, Counters& counters, const Authenticator* auth)
     : socket_(ctx, zmq::socket_type::pub), counters_(counters), queue_(256) {
   socket_.set(zmq::sockopt::sndhwm, cfg.sndhwm);
   socket_.set(zmq::sockopt::linger, 0);
+  if (auth) auth->secure(socket_, "publish");
   socket_.bind(cfg.endpoint);
 }
 

@@ -10,6 +10,7 @@
 #include <zmq.hpp>
 
 #include "config/config.hpp"
+#include "security/curve.hpp"
 #include "pipeline/bounded_queue.hpp"
 #include "pipeline/counters.hpp"
 #include "xanesd/protocol/wire.hpp"
@@ -18,7 +19,7 @@ namespace xanesd {
 
 class Publisher {
  public:
-  Publisher(zmq::context_t& ctx, const PublishConfig& cfg, Counters& counters);
+  Publisher(zmq::context_t& ctx, const PublishConfig& cfg, Counters& counters, const Authenticator* auth = nullptr);
   ~Publisher();
   void start();
   // The bound endpoint, with a "*" port resolved (tests bind tcp://127.0.0.1:*).

@@ -449,14 +449,50 @@ def send(sock, frames: Sequence, flags: int = 0) -> None:
     sock.send_multipart(list(frames), flags=flags, copy=False)
 
 
+def read_key_file(path: str) -> dict:
+    """A CURVE key file written by `xanesd keygen --out NAME` (NAME.key: public and secret
+    key; NAME.pub: public key), as {"public": bytes, "secret": bytes or None} in Z85."""
+    keys = {"public": None, "secret": None}
+    with open(path, "r", encoding="ascii") as f:
+        for line in f.read(4096).splitlines():
+            name, sep, value = line.partition("=")
+            if line.startswith("#") or not sep:
+                continue
+            if name.strip() == "public-key":
+                keys["public"] = value.strip().encode("ascii")
+            elif name.strip() == "secret-key":
+                keys["secret"] = value.strip().encode("ascii")
+    if keys["public"] is None or len(keys["public"]) != 40:
+        raise ValueError(f"key file '{path}' has no valid public-key (make one with `xanesd keygen --out NAME`)")
+    return keys
+
+
+def curve_client(sock, server_key: str | None, client_key: str | None) -> None:
+    """Makes a socket a CURVE client (before connect) of a daemon with security.server_key:
+    server_key its NAME.pub, client_key this client's NAME.key. No-op when both are None."""
+    if not server_key and not client_key:
+        return
+    if not server_key or not client_key:
+        raise ValueError("CURVE needs both the daemon's public key file and this client's key file")
+    zmq = _zmq()
+    server, client = read_key_file(server_key), read_key_file(client_key)
+    if client["secret"] is None:
+        raise ValueError(f"'{client_key}' has no secret-key (give the client's .key file, not its .pub)")
+    sock.setsockopt(zmq.CURVE_SERVERKEY, server["public"])
+    sock.setsockopt(zmq.CURVE_PUBLICKEY, client["public"])
+    sock.setsockopt(zmq.CURVE_SECRETKEY, client["secret"])
+
+
 class Client:
     """REQ client of the control socket: one JSON frame out, a JSON reply (plus, for
     `snapshot`, the cached publications) back. On timeout the socket is recreated (a REQ
     socket that missed its reply cannot send again) and TimeoutError is raised."""
 
-    def __init__(self, endpoint: str = "tcp://127.0.0.1:5557", timeout_ms: int = 30000, context=None):
+    def __init__(self, endpoint: str = "tcp://127.0.0.1:5557", timeout_ms: int = 30000, context=None,
+                 server_key: str | None = None, client_key: str | None = None):
         zmq = _zmq()
         self.endpoint = endpoint
+        self.server_key, self.client_key = server_key, client_key
         self.timeout_ms = timeout_ms
         self._ctx = context or zmq.Context.instance()
         self._sock = None
@@ -469,6 +505,7 @@ class Client:
         if self.timeout_ms is not None and self.timeout_ms >= 0:
             # a REQ socket without a live peer pipe blocks in send: bound that too
             self._sock.setsockopt(zmq.SNDTIMEO, int(self.timeout_ms))
+        curve_client(self._sock, self.server_key, self.client_key)
         self._sock.connect(self.endpoint)
 
     def close(self):
@@ -568,7 +605,7 @@ def _parse_reply(frame) -> dict:
 
 
 def subscribe(endpoint: str = "tcp://127.0.0.1:5556", topics: Iterable[str] = ("",), context=None,
-              rcvhwm: int | None = None):
+              rcvhwm: int | None = None, server_key: str | None = None, client_key: str | None = None):
     """A SUB socket connected to the results endpoint, subscribed to topic prefixes."""
     zmq = _zmq()
     ctx = context or zmq.Context.instance()
@@ -578,6 +615,7 @@ def subscribe(endpoint: str = "tcp://127.0.0.1:5556", topics: Iterable[str] = ("
         s.setsockopt(zmq.RCVHWM, int(rcvhwm))
     for t in topics:
         s.setsockopt(zmq.SUBSCRIBE, t.encode("utf-8") if isinstance(t, str) else bytes(t))
+    curve_client(s, server_key, client_key)
     s.connect(endpoint)
     return s
 

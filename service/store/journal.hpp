@@ -1,0 +1,93 @@
+// The scan journal: every ingest message the pipeline accepted (start, extension, frame, stop),
+// appended in the order it was applied, so that a daemon killed mid-scan (kill -9, OOM, a
+// power cut) reopens the scan at restart by replaying it through the same code.
+//
+// Durability policy (README "Crash-safe scans"): a frame is acknowledged (counted in
+// `journal.last_seq` of status) once its record has been write(2)n to the journal file, i.e.
+// is in the kernel's page cache: it survives any crash of the process. fdatasync runs every
+// journal.fsync_ms on a background thread (0: after every record, on the pipeline thread),
+// so a power cut loses at most the frames acknowledged in that last interval. A torn or
+// corrupt tail (CRC-32 per record) is cut off at recovery and reported.
+//
+// One journal at a time, `<journal.directory>/scan.journal`: a new scan's start replaces the
+// last scan's journal atomically (rename). A lock file keeps two daemons out of one folder.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+#include <zmq.hpp>
+
+#include "config/config.hpp"
+#include "xanesd/protocol/messages.hpp"
+
+namespace xanesd {
+
+class Journal {
+ public:
+  // Creates the folder and takes its lock; throws std::runtime_error saying why it cannot.
+  explicit Journal(JournalConfig settings);
+  ~Journal();
+  Journal(const Journal&) = delete;
+  Journal& operator=(const Journal&) = delete;
+
+  bool enabled() const { return settings_.enabled; }
+
+  struct Recovery {
+    bool found = false;               // a journal was left by the previous process
+    std::int64_t records = 0, frames = 0;
+    std::uint64_t bytes = 0;          // intact records kept
+    std::uint64_t truncated_bytes = 0;  // torn or corrupt tail cut off
+    std::string error;                // why the tail was cut (empty: the file ended cleanly)
+  };
+  // Reads the journal the previous process left, calling `replay` with each intact record's
+  // message parts in order; cuts off a torn tail and keeps appending after the last good
+  // record. Call once, before any append.
+  Recovery recover(const std::function<void(std::vector<zmq::message_t>&&)>& replay);
+
+  // A new scan: its journal replaces the previous one (atomically) and starts with `start`.
+  void begin(const protocol::StartMsg& start);
+  // Appends to the current scan's journal. `frame` is consumed (its arrays move into the write).
+  void append(const protocol::StartMsg& extension);
+  void append(protocol::FrameMsg&& frame);
+  void append(const protocol::StopMsg& stop);
+
+  // Live figures for status: scan_id, frames, last_seq (the last acknowledged frame), bytes,
+  // synced_bytes, fsync_ms, path, write_seconds (the pipeline's time in the journal), error (a
+  // failed write disables the journal for the scan).
+  nlohmann::json stats() const;
+  // Empty, or why the journal stopped writing (reported once on the errors topic).
+  std::string take_new_error();
+
+ private:
+  void write_record(std::vector<zmq::message_t>&& parts, std::optional<std::int64_t> frame_seq);
+  void note_recovered(const std::vector<zmq::message_t>& parts, Recovery& r);
+  void open_for_append(const std::filesystem::path& path, std::uint64_t size);
+  void fail(const std::string& why);
+  void sync_loop(std::stop_token stop);
+
+  JournalConfig settings_;
+  std::filesystem::path path_;
+  int lock_fd_ = -1;
+  int fd_ = -1;  // the current journal, or -1
+  mutable std::mutex mutex_;  // guards fd_ and the figures below against the sync thread and status
+  std::string scan_id_, error_;
+  bool error_new_ = false;
+  bool unusable_ = false;  // the folder could not be made or locked: no journal at all
+  std::int64_t frames_ = 0, last_seq_ = -1;
+  std::uint64_t bytes_ = 0, synced_bytes_ = 0;
+  double write_seconds_ = 0;  // pipeline-thread time in write_record (CRC, write, fdatasync when fsync_ms = 0)
+  std::condition_variable_any sync_cv_;
+  std::jthread sync_thread_;
+};
+
+}  // namespace xanesd

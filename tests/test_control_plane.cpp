@@ -1,0 +1,103 @@
+// A control plane that stays responsive (issue 12 item 5): status and snapshot are answered
+// while a long command runs on the pipeline; a command whose request timed out is cancelled if
+// it had not started, and reported on the errors topic (late_reply) when it ends if it had.
+#include <doctest/doctest.h>
+
+#include <future>
+
+#include "live_daemon.hpp"
+
+using namespace xanesd;
+using namespace std::chrono_literals;
+
+namespace {
+
+// A selection over a dense candidate grid with many training mixtures: seconds of pipeline time.
+nlohmann::json long_selection() {
+  std::vector<double> grid;
+  for (int i = 0; i < 400; ++i) grid.push_back(7080 + 0.25 * i);
+  return {{"cmd", "select_energies"}, {"energies_eV", grid}, {"n", 12}, {"objective", "equal_dwell"}, {"noise", 0.01}};
+}
+
+// A small finished scan, so that `save` has something to write.
+void run_scan(test::LiveDaemon& d, const std::string& id) {
+  d.send(test::start(id).to_wire());
+  for (int e = 0; e < test::kE; ++e) d.send(test::frame(id, e, e, 100.f + 20.f * static_cast<float>(e)).to_wire());
+  protocol::StopMsg stop;
+  stop.scan_id = id;
+  d.send(std::move(stop).to_wire());
+  REQUIRE(d.wait_stopped(id).value("state", "") == "stopped");
+}
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+}  // namespace
+
+TEST_CASE("status and snapshot are answered while select_energies runs") {
+  test::LiveDaemon d("control-plane-busy", {"select.train_mixtures=40000", "select.test_mixtures=8000"});
+  run_scan(d, "busy");
+  const auto t0 = std::chrono::steady_clock::now();
+  auto selection = std::async(std::launch::async, [&] {  // seconds here; allow a slow machine two minutes
+    return nlohmann::json::parse(test::control_frames(d.ctx, d.daemon->endpoints().control, long_selection(), 120000).at(0).to_string_view());
+  });
+  std::this_thread::sleep_for(300ms);  // the selection is running on the pipeline
+  int answered_while_busy = 0;
+  double slowest = 0;
+  while (selection.wait_for(0ms) != std::future_status::ready && answered_while_busy < 20) {
+    const auto q = std::chrono::steady_clock::now();
+    const auto st = d.control({{"cmd", "status"}});
+    const auto snap = test::control_frames(d.ctx, d.daemon->endpoints().control, {{"cmd", "snapshot"}});
+    slowest = std::max(slowest, seconds_since(q));
+    CHECK(st.value("ok", false));
+    CHECK(nlohmann::json::parse(snap.at(0).to_string_view()).value("ok", false));
+    if (selection.wait_for(0ms) != std::future_status::ready) {
+      CHECK(st.value("control_pending", 0) == 1);
+      ++answered_while_busy;
+    }
+    std::this_thread::sleep_for(50ms);
+  }
+  const auto reply = selection.get();
+  const double busy = seconds_since(t0);
+  MESSAGE("select_energies took " << busy << " s; " << answered_while_busy << " status+snapshot pairs answered meanwhile, slowest "
+                                   << slowest << " s");
+  CHECK(reply.value("ok", false));
+  CHECK(answered_while_busy >= 3);  // the selection ran long enough to ask, and every request was answered
+  CHECK(slowest < 1.0);
+}
+
+TEST_CASE("a timed-out command is cancelled if it had not started, reported when it ends if it had") {
+  test::LiveDaemon d("control-plane-timeout",
+                     {"select.train_mixtures=40000", "select.test_mixtures=8000", "control.reply_timeout_ms=300"});
+  run_scan(d, "slow");
+  const auto t0 = std::chrono::steady_clock::now();
+  auto selection = std::async(std::launch::async, [&] { return d.control(long_selection()); });
+  std::this_thread::sleep_for(100ms);
+  // Queued behind the selection: it times out before it starts, so it must never run.
+  auto save = std::async(std::launch::async, [&] { return d.control({{"cmd", "save"}, {"path", "never.h5"}}); });
+  const auto sel_reply = selection.get(), save_reply = save.get();
+  CHECK(seconds_since(t0) < 3.0);  // answered at the timeout, not when the work ends
+  CHECK_FALSE(sel_reply.value("ok", true));
+  CHECK(sel_reply.value("error", "").find("late_reply") != std::string::npos);
+  CHECK_FALSE(save_reply.value("ok", true));
+  CHECK(save_reply.value("error", "").find("cancelled") != std::string::npos);
+  // The selection's outcome arrives on the errors topic when it ends; the save never ran.
+  nlohmann::json late;
+  const auto until = std::chrono::steady_clock::now() + 120s;
+  while (late.is_null() && std::chrono::steady_clock::now() < until) {
+    auto e = d.next_error();
+    if (!e.is_null() && e.value("code", "") == "late_reply") late = e;
+  }
+  REQUIRE_FALSE(late.is_null());
+  CHECK(late.value("message", "").find("select_energies") != std::string::npos);
+  nlohmann::json st;
+  for (int i = 0; i < 40; ++i) {  // the pipeline drops the cancelled save at its next turn
+    st = d.control({{"cmd", "status"}});
+    if (st.at("counters").value("control.cancelled", 0) > 0) break;
+    std::this_thread::sleep_for(50ms);
+  }
+  CHECK(st.at("counters").value("control.cancelled", 0) == 1);
+  CHECK_FALSE(std::filesystem::exists(d.dir / "never.h5"));
+  CHECK(d.serves_a_valid_scan());
+}

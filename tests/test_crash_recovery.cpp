@@ -1,0 +1,226 @@
+// Crash-safe scans: the real xanesd binary killed with SIGKILL at random moments during one
+// scan, restarted on the same ports and folders, the real xanes-replay resuming after the last
+// acknowledged seq each time. No accepted frame may be lost, and the final result file must
+// hold the same maps as an uninterrupted run of the same scan.
+#include <doctest/doctest.h>
+
+#include <random>
+#include <thread>
+
+#include "daemon_process.hpp"
+#include "simulate/simulate.hpp"
+#include "store/h5.hpp"
+
+using namespace xanesd;
+using namespace std::chrono_literals;
+
+namespace {
+
+// 32×32 px at the 73 HXN energies, sent as 4-row blocks: 584 frames (at 40 frames/s, 20 kills at most
+// 0.7 s apart cannot reach the end of the scan).
+std::filesystem::path make_scan(const std::filesystem::path& dir) {
+  std::vector<science::Reference> refs;
+  for (const auto& r : science::load_reference_file(test::fe_library()))
+    if (r.name == "Magnetite" || r.name == "Goethite" || r.name == "Pyrite") refs.push_back(r);
+  sim::Params p;
+  p.rows = 32, p.cols = 32;
+  p.energies_eV = sim::read_energies_file(test::hxn_energies());
+  p.counts = 1000;
+  p.seed = 12;
+  const auto file = dir / "crash.h5";
+  sim::write_scan_file(sim::simulate(refs, p), file);
+  return file;
+}
+
+constexpr std::int64_t kFrames = 73 * 8;
+
+// Deterministic maps whatever the timing: no live reference selection (its hysteresis depends
+// on when the live cycles fell), frequent cycles so kills land between and inside them.
+const std::vector<std::string> kSettings = {"--set", "references.select=false", "--set", "publish.interval_ms=50"};
+
+std::vector<std::string> replay_args(const std::filesystem::path& file, const test::DaemonProcess& d, double rate) {
+  return {XANES_REPLAY_BIN, "--input", file.string(), "--endpoint", d.ingest, "--scan-id", "crash",
+          "--rows-per-frame", "4", "--rate", std::to_string(rate), "--resume", d.control};
+}
+
+// Status within `timeout`, or null (the daemon is starting, replaying its journal, or gone).
+nlohmann::json quick_status(zmq::context_t& ctx, const std::string& ep, int timeout_ms) {
+  zmq::socket_t s(ctx, zmq::socket_type::req);
+  s.set(zmq::sockopt::linger, 0);
+  s.set(zmq::sockopt::rcvtimeo, timeout_ms);
+  s.connect(ep);
+  s.send(zmq::buffer(std::string(R"({"cmd":"status"})")), zmq::send_flags::none);
+  zmq::message_t reply;
+  if (!s.recv(reply)) return nullptr;
+  return nlohmann::json::parse(reply.to_string_view());
+}
+
+nlohmann::json wait_stopped(zmq::context_t& ctx, const std::string& ep) {
+  nlohmann::json st;
+  for (int i = 0; i < 600; ++i) {
+    st = test::control_retry(ctx, ep, {{"cmd", "status"}});
+    if (st.value("state", "") == "stopped" && !st.value("result_file", "").empty()) break;
+    std::this_thread::sleep_for(100ms);
+  }
+  return st;
+}
+
+struct Maps {
+  std::vector<float> fractions, thickness, residual;
+  std::vector<std::uint16_t> nenergies;
+};
+Maps read_maps(const std::filesystem::path& file) {
+  auto f = h5::open_file(file);
+  auto r = h5::open_group(f, "entry/results");
+  return {h5::read<float>(r, "fractions"), h5::read<float>(r, "thickness"), h5::read<float>(r, "residual"),
+          h5::read<std::uint16_t>(r, "nenergies")};
+}
+
+double max_diff(const std::vector<float>& a, const std::vector<float>& b) {
+  REQUIRE(a.size() == b.size());
+  double m = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) m = std::max(m, static_cast<double>(std::abs(a[i] - b[i])));
+  return m;
+}
+
+}  // namespace
+
+TEST_CASE("kill -9 twenty times during one scan: no accepted frame lost, the same maps as an uninterrupted run") {
+  const auto dir = test::scratch("crash-recovery");
+  const auto file = make_scan(dir);
+  zmq::context_t ctx(1);
+
+  // The reference: the same scan, uninterrupted.
+  Maps clean;
+  {
+    std::filesystem::create_directories(dir / "clean");
+    test::DaemonProcess d(dir / "clean", kSettings);
+    REQUIRE(test::control_retry(ctx, d.control, {{"cmd", "status"}}).value("ok", false));
+    test::Process replay(replay_args(file, d, 0));
+    REQUIRE(replay.wait(120s) == 0);
+    const auto st = wait_stopped(ctx, d.control);
+    REQUIRE(st.value("state", "") == "stopped");
+    CHECK(st.at("scan").value("frames_applied", 0) == kFrames);
+    clean = read_maps(st.value("result_file", ""));
+    CHECK(test::control_retry(ctx, d.control, {{"cmd", "shutdown"}}).value("ok", false));
+    CHECK(d.proc->wait(10s) == 0);
+  }
+
+  std::filesystem::create_directories(dir / "killed");
+  test::DaemonProcess d(dir / "killed", kSettings);
+  std::mt19937 rng(20261129);
+  std::uniform_int_distribution<int> delay_ms(0, 700);
+  std::int64_t acknowledged = 0;  // frames the daemon said were in its journal before a kill
+  int kills = 0, kills_while_sending = 0, recoveries_checked = 0;
+  for (int round = 0; round < 20; ++round) {
+    test::Process replay(replay_args(file, d, 40), (dir / "killed" / ("replay-" + std::to_string(round) + ".log")).string());
+    std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms(rng)));
+    // The moment: a status (when the daemon answers at once) then SIGKILL.
+    const auto st = quick_status(ctx, d.control, 100);
+    d.proc->signal(SIGKILL);
+    REQUIRE(d.proc->wait(10s).has_value());
+    ++kills;
+    replay.signal(SIGKILL);  // the sender notices and resumes (here: started again with --resume)
+    (void)replay.wait(10s);
+    if (!st.is_null()) {
+      INFO("round " << round << ": " << st.dump());
+      // Idle only before the first start arrived; stopped would mean the kills came too late.
+      REQUIRE((st.value("state", "") == "running" || (st.value("state", "") == "idle" && acknowledged == 0)));
+      const auto frames = st.at("journal").value("frames", std::int64_t{0});
+      CHECK(frames >= acknowledged);
+      if (frames > acknowledged) ++kills_while_sending;  // frames arrived since the restart
+      acknowledged = std::max(acknowledged, frames);
+    }
+    d.launch("xanesd-" + std::to_string(round + 1) + ".log");
+    // The restarted daemon reopens the scan with every acknowledged frame.
+    const auto after = test::control_retry(ctx, d.control, {{"cmd", "status"}});
+    INFO("after kill " << kills << ": " << after.dump());
+    if (acknowledged > 0) {
+      REQUIRE(after.value("state", "") == "running");
+      CHECK(after.at("scan").value("scan_id", "") == "crash");
+      CHECK(after.at("recovery").value("frames", std::int64_t{-1}) >= acknowledged);
+      CHECK(after.at("scan").value("frames_applied", std::int64_t{-1}) >= acknowledged);
+      CHECK(after.at("journal").value("last_seq", std::int64_t{-2}) + 1 == after.at("journal").value("frames", std::int64_t{-1}));
+      acknowledged = after.at("journal").value("frames", std::int64_t{0});
+      ++recoveries_checked;
+    }
+  }
+  CHECK(kills == 20);
+  MESSAGE(kills_while_sending << " of " << kills << " kills while frames were arriving; " << acknowledged
+                              << " of " << kFrames << " frames acknowledged before the last restart");
+  CHECK(kills_while_sending >= 10);
+  CHECK(acknowledged < kFrames);  // the scan was still running at the last kill
+
+  // The sender resumes once more and finishes the scan.
+  test::Process replay(replay_args(file, d, 0), (dir / "killed" / "replay-final.log").string());
+  REQUIRE(replay.wait(120s) == 0);
+  const auto st = wait_stopped(ctx, d.control);
+  REQUIRE(st.value("state", "") == "stopped");
+  INFO(st.dump());
+  CHECK(st.at("scan").value("frames_applied", 0) == kFrames);
+  const auto& counters = st.at("counters");
+  CHECK(counters.value("issues.missing_seq", 0) == 0);
+  CHECK(counters.value("issues.duplicate_seq", 0) == 0);
+  CHECK(counters.value("issues.frames_sent_mismatch", 0) == 0);
+  const auto killed = read_maps(st.value("result_file", ""));
+  CHECK(killed.nenergies == clean.nenergies);
+  CHECK(max_diff(killed.fractions, clean.fractions) < 1e-6);
+  CHECK(max_diff(killed.thickness, clean.thickness) < 1e-6);
+  CHECK(max_diff(killed.residual, clean.residual) < 1e-6);
+  CHECK(test::control_retry(ctx, d.control, {{"cmd", "shutdown"}}).value("ok", false));
+  CHECK(d.proc->wait(10s) == 0);
+}
+
+TEST_CASE("a torn journal tail is cut off and reported; the frames before it are recovered") {
+  const auto dir = test::scratch("crash-torn");
+  const auto file = make_scan(dir);
+  zmq::context_t ctx(1);
+  test::DaemonProcess d(dir, kSettings);
+  REQUIRE(test::control_retry(ctx, d.control, {{"cmd", "status"}}).value("ok", false));
+  {
+    auto args = replay_args(file, d, 0);
+    args.insert(args.end(), {"--no-stop"});
+    test::Process replay(args);
+    REQUIRE(replay.wait(120s) == 0);
+  }
+  nlohmann::json st;
+  for (int i = 0; i < 100; ++i) {  // every frame acknowledged
+    st = test::control_retry(ctx, d.control, {{"cmd", "status"}});
+    if (st.at("journal").value("frames", 0) == kFrames) break;
+    std::this_thread::sleep_for(50ms);
+  }
+  REQUIRE(st.at("journal").value("frames", 0) == kFrames);
+  d.proc->signal(SIGKILL);
+  REQUIRE(d.proc->wait(10s).has_value());
+  // A power cut in the middle of the last record: the file ends inside it.
+  const auto journal = dir / "results" / ".journal" / "scan.journal";
+  REQUIRE(std::filesystem::exists(journal));
+  std::filesystem::resize_file(journal, std::filesystem::file_size(journal) - 100);
+  d.launch("xanesd-2.log");
+  const auto after = test::control_retry(ctx, d.control, {{"cmd", "status"}});
+  INFO(after.dump());
+  CHECK(after.value("state", "") == "running");
+  CHECK(after.at("recovery").value("frames", 0) == kFrames - 1);
+  CHECK(after.at("recovery").value("truncated_bytes", 0) > 0);
+  CHECK(after.at("journal").value("last_seq", 0) == kFrames - 2);
+  CHECK(after.at("counters").value("issues.journal_truncated", 0) == 1);
+  CHECK(after.at("counters").value("issues.scan_recovered", 0) == 1);
+  // The sender resends the one frame that was lost with the tail, and stops the scan.
+  test::Process replay(replay_args(file, d, 0));
+  REQUIRE(replay.wait(120s) == 0);
+  const auto done = wait_stopped(ctx, d.control);
+  CHECK(done.at("scan").value("frames_applied", 0) == kFrames);
+  CHECK(done.at("counters").value("issues.missing_seq", 0) == 0);
+  CHECK(done.at("counters").value("issues.duplicate_seq", 0) == 0);
+  // The stopped scan is restored, not reopened, after another restart; no second result file write.
+  CHECK(test::control_retry(ctx, d.control, {{"cmd", "shutdown"}}).value("ok", false));
+  CHECK(d.proc->wait(10s) == 0);
+  d.launch("xanesd-3.log");
+  const auto restored = test::control_retry(ctx, d.control, {{"cmd", "status"}});
+  CHECK(restored.value("state", "") == "stopped");
+  CHECK(restored.at("counters").value("issues.scan_recovered", 0) == 0);
+  CHECK(restored.at("counters").value("results.files_written", 0) == 0);
+  CHECK(restored.value("result_file", "") == done.value("result_file", ""));
+  CHECK(test::control_retry(ctx, d.control, {{"cmd", "shutdown"}}).value("ok", false));
+  CHECK(d.proc->wait(10s) == 0);
+}
