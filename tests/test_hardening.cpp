@@ -386,3 +386,8 @@ TEST_CASE("[fuzz] a scan file whose datasets do not match /raw/counts is refused
   nan.only_energies_eV = {std::nan("")};
   CHECK_THROWS_AS(read_scan_file(ok, nan, [](protocol::IngestMessage&&) {}), std::runtime_error);
 }
+
+TEST_CASE("[fuzz] a --set value of the wrong type with invalid UTF-8 is a ConfigError, not a JSON exception") {
+  // "50\xB0" is not JSON, so it is taken as a string; quoting it in the error threw type_error 316.
+  CHECK_THROWS_AS(make_config(nlohmann::json::object(), {"publish.interval_ms=50\xB0"}, "/"), ConfigError);
+}
