@@ -5,6 +5,9 @@ set -euo pipefail
 
 BUILD_PACKAGES=(cmake g++ make pkg-config libzmq3-dev cppzmq-dev libmsgpack-cxx-dev libeigen3-dev
                 libhdf5-dev hdf5-tools nlohmann-json3-dev libspdlog-dev doctest-dev zlib1g-dev)
+# Hardening (deploy/fuzz.sh): clang 14 and its runtime libraries, which hold libFuzzer and the
+# sanitizer runtimes clang links (README "Hardening").
+FUZZ_PACKAGES=(clang-14 libclang-rt-14-dev)
 # Python clients (replayer helpers, viewer, tests) run on Debian's /usr/bin/python3.
 PYTHON_PACKAGES=(python3 python3-zmq python3-msgpack python3-numpy python3-h5py python3-matplotlib
                  python3-scipy python3-sklearn python3-silx python3-tifffile)
@@ -12,7 +15,7 @@ PYTHON_PACKAGES=(python3 python3-zmq python3-msgpack python3-numpy python3-h5py 
 # python3-tifffile: xanes-convert reads TIFF stacks with it (no hand-written TIFF decoder).
 
 missing=()
-for pkg in "${BUILD_PACKAGES[@]}" "${PYTHON_PACKAGES[@]}"; do
+for pkg in "${BUILD_PACKAGES[@]}" "${FUZZ_PACKAGES[@]}" "${PYTHON_PACKAGES[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
     missing+=("$pkg")
   fi

@@ -10,6 +10,8 @@
 #include <sys/stat.h>
 
 #include "live_daemon.hpp"
+#include "store/h5.hpp"
+#include "store/scan_file.hpp"
 
 using namespace xanesd;
 using namespace xanesd::protocol;
@@ -326,4 +328,66 @@ TEST_CASE("[8] load_references never blocks on a FIFO or a device, reads no unbo
   CHECK(r.dump().find("hunter2") == std::string::npos);
   CHECK(d.control({{"cmd", "status"}}).at("references").size() == 11);  // the loaded set is kept
   CHECK(d.serves_a_valid_scan());
+}
+
+// Findings of the fuzzers (tests/fuzz, README "Hardening"), each replayed here as well.
+
+TEST_CASE("[fuzz] a reference file with a bare '#' header line loads like the same file without it") {
+  const auto dir = test::scratch("fuzz_bare_hash");
+  std::ifstream in(test::fe_library());
+  std::string first, rest((std::istreambuf_iterator<char>(std::getline(in, first))), std::istreambuf_iterator<char>());
+  const auto file = dir / "bare_hash.nor";
+  std::ofstream(file) << first << "\n#\n#%\n" << rest;
+  std::vector<science::Reference> with, without;
+  REQUIRE_NOTHROW(with = science::load_reference_file(file));  // threw std::out_of_range (substr of npos)
+  without = science::load_reference_file(test::fe_library());
+  REQUIRE(with.size() == without.size());
+  for (std::size_t k = 0; k < with.size(); ++k) {
+    CHECK(with[k].name == without[k].name);
+    CHECK(with[k].mu == without[k].mu);
+  }
+}
+
+TEST_CASE("[fuzz] a scan file whose datasets do not match /raw/counts is refused, naming the dataset") {
+  const auto dir = test::scratch("fuzz_scan_file");
+  constexpr hsize_t E = 3, C = 4;  // and 2 rows
+  // A valid 3×2×4 file plus one broken dataset; before the checks each of these read out of
+  // bounds (a short I0, dark or XRF channel) or emitted a start the daemon refuses (0 rows).
+  auto make = [&](const std::string& name, const std::function<void(hid_t)>& spoil, hsize_t rows = 2) {
+    const auto path = dir / (name + ".h5");
+    auto f = h5::create_file(path);
+    h5::attr_string(f, "mode", "fluorescence");
+    h5::write<double>(f, "energy", std::vector<double>{7100, 7110, 7120});
+    auto raw = h5::create_group(f, "raw");
+    h5::write<float>(raw, "counts", std::vector<float>(E * rows * C, 100.f), {E, rows, C});
+    spoil(f);
+    return path;
+  };
+  auto refused = [](const std::filesystem::path& p) {
+    try {
+      read_scan_file(p, {}, [](protocol::IngestMessage&&) {});
+    } catch (const std::runtime_error& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  const auto ok = make("ok", [](hid_t) {});
+  CHECK(read_scan_file(ok, {}, [](protocol::IngestMessage&&) {}) == static_cast<std::int64_t>(E));
+  CHECK(refused(make("short_i0", [](hid_t f) { h5::write<float>(f, "raw/i0", std::vector<float>{1000.f}); })).find("/raw/i0") != std::string::npos);
+  CHECK(refused(make("small_dark", [](hid_t f) { h5::write<float>(f, "raw/dark", std::vector<float>(4, 1.f), {2, 2}); })).find("/raw/dark") != std::string::npos);
+  CHECK(refused(make("small_flat", [](hid_t f) { h5::write<float>(f, "raw/flat", std::vector<float>(E * 4, 1.f), {E, 2, 2}); })).find("/raw/flat") != std::string::npos);
+  CHECK(refused(make("short_xrf", [](hid_t f) {
+          auto g = h5::create_group(f, "xrf");
+          h5::write<float>(g, "Fe", std::vector<float>(3, 1.f));
+        })).find("/xrf/Fe") != std::string::npos);
+  CHECK(refused(make("no_rows", [](hid_t) {}, 0)).find("/raw/counts") != std::string::npos);
+  // A requested energy that is not a number is not "within 1 eV" of any.
+  ScanFileOptions nan;
+  nan.only_energies_eV = {std::nan("")};
+  CHECK_THROWS_AS(read_scan_file(ok, nan, [](protocol::IngestMessage&&) {}), std::runtime_error);
+}
+
+TEST_CASE("[fuzz] a --set value of the wrong type with invalid UTF-8 is a ConfigError, not a JSON exception") {
+  // "50\xB0" is not JSON, so it is taken as a string; quoting it in the error threw type_error 316.
+  CHECK_THROWS_AS(make_config(nlohmann::json::object(), {"publish.interval_ms=50\xB0"}, "/"), ConfigError);
 }

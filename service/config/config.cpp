@@ -132,7 +132,8 @@ std::string type_name(const nlohmann::json& fallback) {
 
 void check_value(const ConfigKey& spec, const nlohmann::json& v) {
   if (!same_type(spec.fallback, v))
-    throw ConfigError("config key '" + spec.key + "' must be " + type_name(spec.fallback) + ", got " + v.dump());
+    throw ConfigError("config key '" + spec.key + "' must be " + type_name(spec.fallback) + ", got " +
+                      v.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));  // --set text may be any bytes
   if (v.is_number()) {
     const double d = v.get<double>();
     if (!(d >= spec.min && d <= spec.max)) {

@@ -410,8 +410,8 @@ std::vector<Reference> load_reference_file(const std::filesystem::path& path, No
     const auto t = trim(line);
     if (t.empty()) continue;
     if (t[0] == '#') {
-      const auto first = t.find_first_not_of("#%");
-      const auto body = first == std::string::npos ? std::string() : trim(t.substr(first));
+      const auto text_at = t.find_first_not_of("#%");  // npos for a bare "#" line (fuzz_references)
+      const auto body = text_at == std::string::npos ? std::string() : trim(t.substr(text_at));
       if (body.rfind("Column.", 0) == 0) {
         const auto colon = body.find(':');
         if (colon != std::string::npos) {

@@ -11,6 +11,11 @@ namespace {
 
 using protocol::Array;
 
+// A dataset of the file must have exactly this shape; the reader indexes by it.
+void require_shape(hid_t file, const std::string& name, const std::vector<hsize_t>& want, const std::string& what) {
+  if (h5::shape(file, name) != want) throw std::runtime_error("/" + name + " must be " + what);
+}
+
 Array rows_array_copy(const std::string& name, const float* data, int nrows, int cols) {
   return Array::from<float>(name, std::span<const float>(data, static_cast<std::size_t>(nrows) * cols), {nrows, cols});
 }
@@ -25,8 +30,16 @@ std::int64_t read_scan_file(const std::filesystem::path& path, const ScanFileOpt
   const auto dims = h5::shape(file, "raw/counts");
   if (dims.size() != 3 || dims[0] != energies.size())
     throw std::runtime_error("/raw/counts must be E×rows×cols with E = len(/energy)");
+  // Within the wire limits before any narrowing: every message this reader emits must be one the
+  // daemon accepts (found by tests/fuzz/fuzz_scan_file).
+  const auto max_pixels = static_cast<hsize_t>(protocol::kMaxPixels);
+  if (dims[0] < 1 || dims[0] > static_cast<hsize_t>(protocol::kMaxEnergies) || dims[1] < 1 || dims[2] < 1 ||
+      dims[1] > max_pixels || dims[2] > max_pixels || dims[1] * dims[2] > max_pixels)
+    throw std::runtime_error("/raw/counts must be E×rows×cols with 1 ≤ E ≤ " + std::to_string(protocol::kMaxEnergies) +
+                             " and 1 ≤ rows·cols ≤ " + std::to_string(protocol::kMaxPixels));
   const int E = static_cast<int>(dims[0]), R = static_cast<int>(dims[1]), C = static_cast<int>(dims[2]);
   const std::size_t P = static_cast<std::size_t>(R) * C;
+  const std::vector<hsize_t> image{dims[1], dims[2]};
   // The energies this scan measures: all, or the file's nearest to each requested one.
   std::vector<int> plan;
   if (opt.only_energies_eV.empty()) {
@@ -34,7 +47,7 @@ std::int64_t read_scan_file(const std::filesystem::path& path, const ScanFileOpt
   } else {
     for (double want : opt.only_energies_eV) {
       const auto it = std::min_element(energies.begin(), energies.end(), [&](double a, double b) { return std::abs(a - want) < std::abs(b - want); });
-      if (std::abs(*it - want) > 1.0)
+      if (!(std::abs(*it - want) <= 1.0))  // NaN too
         throw std::runtime_error("energy " + std::to_string(want) + " eV is not in the scan file (nearest " + std::to_string(*it) + " eV)");
       const int e = static_cast<int>(it - energies.begin());
       if (std::find(plan.begin(), plan.end(), e) == plan.end()) plan.push_back(e);
@@ -47,8 +60,13 @@ std::int64_t read_scan_file(const std::filesystem::path& path, const ScanFileOpt
   bool i0_per_pixel = false, flat_per_energy = false;
   if (h5::exists(file, "raw/i0")) {
     const auto d = h5::shape(file, "raw/i0");
-    if (d.size() == 1) i0_scalar = h5::read<double>(file, "raw/i0");
-    else i0_per_pixel = true;
+    if (d.size() == 1) {
+      require_shape(file, "raw/i0", {dims[0]}, "one I0 per energy, or E×rows×cols like /raw/counts");
+      i0_scalar = h5::read<double>(file, "raw/i0");
+    } else {
+      require_shape(file, "raw/i0", dims, "one I0 per energy, or E×rows×cols like /raw/counts");
+      i0_per_pixel = true;
+    }
   }
   protocol::StartMsg start;
   start.scan_id = opt.scan_id.empty() ? path.stem().string() : opt.scan_id;
@@ -57,17 +75,20 @@ std::int64_t read_scan_file(const std::filesystem::path& path, const ScanFileOpt
   start.mode = mode;
   start.order = opt.order;
   if (h5::exists(file, "raw/dark")) {
+    require_shape(file, "raw/dark", image, "rows×cols like a plane of /raw/counts");
     const auto d = h5::read<float>(file, "raw/dark");
     start.dark = Array::from<float>("dark", d, {R, C});
   }
   if (h5::exists(file, "raw/flat")) {
-    if (h5::shape(file, "raw/flat").size() == 3) flat_per_energy = true;
-    else start.flat = Array::from<float>("flat", h5::read<float>(file, "raw/flat"), {R, C});
+    flat_per_energy = h5::shape(file, "raw/flat").size() == 3;
+    require_shape(file, "raw/flat", flat_per_energy ? dims : image, "rows×cols, or E×rows×cols like /raw/counts");
+    if (!flat_per_energy) start.flat = Array::from<float>("flat", h5::read<float>(file, "raw/flat"), {R, C});
   }
   std::vector<std::vector<float>> xrf;
   if (h5::exists(file, "xrf")) {
     auto g = h5::open_group(file, "xrf");
     for (const auto& name : h5::list(g)) {
+      require_shape(file, "xrf/" + name, image, "rows×cols (XRF channel " + name + ")");
       start.xrf_channels.push_back(name);
       xrf.push_back(h5::read<float>(g, name));
     }
