@@ -82,11 +82,15 @@ struct LiveDaemon {
   }
   nlohmann::json control(const nlohmann::json& req) { return test::control(ctx, daemon->endpoints().control, req); }
   // Waits until status shows scan `id` stopped with its result file written; returns that status.
-  nlohmann::json wait_stopped(const std::string& id) {
+  // Waits until scan `id` has stopped and written its file; `started`: wait also until at least
+  // this many scans have started (status is answered at once, so a reused id's earlier scan
+  // could otherwise pass for the new one).
+  nlohmann::json wait_stopped(const std::string& id, int started = 0) {
     nlohmann::json st;
     for (int i = 0; i < 200; ++i) {
       st = control({{"cmd", "status"}});
-      if (st.value("state", "") == "stopped" && st.at("scan").value("scan_id", "") == id && !st.value("result_file", "").empty())
+      if (st.value("state", "") == "stopped" && st.at("scan").value("scan_id", "") == id && !st.value("result_file", "").empty() &&
+          st.at("counters").value("scans.started", 0) >= started)
         break;
       std::this_thread::sleep_for(50ms);
     }
@@ -96,6 +100,7 @@ struct LiveDaemon {
   // still runs to a result file, and status still answers.
   bool serves_a_valid_scan(const std::string& id = "after") {
     constexpr int R = 4, C = 5, E = 8;
+    const int started = control({{"cmd", "status"}}).at("counters").value("scans.started", 0) + 1;
     protocol::StartMsg s;
     s.scan_id = id, s.rows = R, s.cols = C;
     for (int e = 0; e < E; ++e) s.energies_eV.push_back(7100 + 8.0 * e);
@@ -111,7 +116,7 @@ struct LiveDaemon {
     protocol::StopMsg stop;
     stop.scan_id = id, stop.frames_sent = E;
     send(std::move(stop).to_wire());
-    const auto st = wait_stopped(id);
+    const auto st = wait_stopped(id, started);
     return st.value("state", "") == "stopped" && st.at("scan").value("frames_applied", 0) == E &&
            std::filesystem::exists(dir / (id + ".h5"));
   }

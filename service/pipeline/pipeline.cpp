@@ -306,7 +306,6 @@ void Pipeline::on_start(protocol::StartMsg&& s) {
   scan_ = std::make_unique<Scan>(std::move(s), refs_error.empty() ? refs_ : std::vector<science::Reference>{}, scan_settings(cfg_));
   if (!refs_error.empty()) scan_->set_fit_error(refs_error + ": spectra are recorded but not fitted");
   scan_output_.clear();
-  counters_.add("scans.started");
   if (!replaying_) journal_.begin(scan_->start()), check_journal();  // replaces the last scan's journal
   spdlog::info("scan {} started: {}×{} px, {} energies, {}", id, scan_->rows(), scan_->cols(), scan_->energies().size(),
                protocol::to_string(scan_->start().mode));
@@ -317,6 +316,9 @@ void Pipeline::on_start(protocol::StartMsg&& s) {
   last_segmentation_ = {};
   last_cycle_ = {};  // the last scan's final cycle (segmentation, edge maps, file) does not pace this one
   update_status();
+  // Counted after the status snapshot shows the new scan: status is answered from that snapshot
+  // (with live counters), so a client that sees the count sees the scan too.
+  counters_.add("scans.started");
   publisher_.publish(make_status_message(status(), id, version_));
 }
 
