@@ -70,6 +70,8 @@ Rmse rmse(const Scan& scan, const sim::Scan& truth) {
 // NNLS set to exactly 0 with σ 0 and truth 0 is counted as covered, z = 0).
 struct ZStats {
   bool interior = true;
+  // 1: only pixels within 2 px of a domain edge; 0: only pixels farther; −1: all.
+  int edge_filter = -1;
   double sd = 0, coverage = 0;  // standard deviation of z; share with |z| ≤ 1
   std::size_t n = 0, skipped = 0;
   std::vector<double> z;
@@ -77,8 +79,10 @@ struct ZStats {
     const auto& maps = scan.fit()->maps();
     const auto& names = scan.fit()->model().reference_names;
     const std::size_t P = truth.pixels();
+    const auto edges = sim::edge_band(truth, 2);
     for (std::size_t p = 0; p < P; ++p) {
       if (truth.thickness[p] <= 0 || !scan.mask().valid[p]) continue;
+      if (edge_filter >= 0 && edges[p] != edge_filter) continue;
       for (std::size_t k = 0; k < truth.reference_names.size(); ++k) {
         const auto it = std::find(names.begin(), names.end(), truth.reference_names[k]);
         REQUIRE(it != names.end());
@@ -183,11 +187,14 @@ TEST_CASE("fraction_sigma means what it says: z-scores over noise realizations, 
                         {"spatial", default_settings(), 1.25}};
   for (double counts : {5000.0, 500.0})
     for (const auto& mode : modes) {
-      ZStats z;
+      ZStats z, near_edges{.edge_filter = 1}, away{.edge_filter = 0};
       for (std::uint64_t seed : {21, 22, 23}) {
         const auto truth = sim::simulate(refs, test::scene_scan(64, 64, counts, seed));
-        z.add(*run_scan(truth, refs, mode.settings), truth);
+        const auto scan = run_scan(truth, refs, mode.settings);
+        z.add(*scan, truth), near_edges.add(*scan, truth), away.add(*scan, truth);
       }
+      MESSAGE(counts << " counts, " << std::string(mode.name) << ": z sd within 2 px of a domain edge " << near_edges.sd << " ("
+                     << near_edges.n << "), farther " << away.sd << " (" << away.n << ")");
       MESSAGE(counts << " counts, " << std::string(mode.name) << ": z sd " << z.sd << ", |z| ≤ 1 in " << 100 * z.coverage << " % of "
                      << z.n << " interior estimates");
       CHECK(z.sd >= 0.9);

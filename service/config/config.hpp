@@ -60,7 +60,7 @@ struct FitConfig {
   std::string weighting = "auto";  // auto | none | poisson
   double poisson_max_pixels = 1048576;
   science::SpatialSettings spatial;
-  double spatial_live_max_pixels = 262144;
+  double spatial_live_max_pixels = 1048576;
 };
 struct EdgeConfig {  // per-pixel edge maps; 0 (nnorm −1) = Larch's automatic choice
   double e0_eV = 0, pre1_eV = 0, pre2_eV = 0, norm1_eV = 0, norm2_eV = 0;

@@ -48,7 +48,7 @@ struct ScanSettings {
   double poisson_max_pixels = 1048576;
   bool background = true;
   science::SpatialSettings spatial;  // edge-preserving spatial estimation of the fractions (fit.spatial*)
-  double spatial_live_max_pixels = 262144;  // larger scans: the spatial step in the final maps only
+  double spatial_live_max_pixels = 1048576;  // larger scans: the spatial step in the final maps only
   science::SegmentationSettings segment;
   science::ReferenceSelectionSettings selection;
   int threads = 1;  // for the work of one frame that splits (a large full frame's normalization)
