@@ -2,6 +2,9 @@
 
 #include <malloc.h>
 
+#include <chrono>
+#include <future>
+
 #include <spdlog/spdlog.h>
 
 namespace xanesd {
@@ -50,6 +53,26 @@ void Daemon::start() {
   control_.start();
   spdlog::info("xanesd listening: ingest {} · results {} · control {}", endpoints_.ingest, endpoints_.publish,
                endpoints_.control);
+}
+
+std::string Daemon::save_interrupted_scan(const std::string& why) {
+  const auto st = pipeline_.status();
+  if (st.value("state", "") != "running") return "";
+  const std::string id = st.at("scan").value("scan_id", "");
+  auto ticket = pipeline_.submit({{"cmd", "save"}});
+  if (ticket.reply.wait_for(std::chrono::seconds(120)) != std::future_status::ready)
+    return "scan " + id + " was running; saving it took more than 120 s, stopped without a result file (the journal keeps the scan)";
+  const auto reply = ticket.reply.get();
+  std::string line = "scan " + id + " was running (" + why + "): ";
+  if (!reply.value("ok", false)) {
+    line += "its partial result could not be saved (" + reply.value("error", std::string("unknown error")) + ")";
+  } else {
+    line += "saved as a partial result to " + reply.value("path", std::string("?")) + " (" +
+            std::to_string(st.at("scan").value("frames_applied", 0)) +
+            " frames; /entry/status records state 'running'); a restarted xanesd resumes it from the journal";
+  }
+  pipeline_.report({"scan_interrupted", line}, id);
+  return line;
 }
 
 }  // namespace xanesd

@@ -34,6 +34,10 @@ class Daemon {
   ~Daemon();
   void start();
   bool shutdown_requested() const { return shutdown_; }
+  // Before a stop by signal: a running scan is saved as a partial result (its journal still
+  // holds it, so a restarted daemon resumes it and rewrites the file when it ends). Returns a
+  // line for the log, empty when no scan runs.
+  std::string save_interrupted_scan(const std::string& why);
   const Endpoints& endpoints() const { return endpoints_; }
 
  private:

@@ -72,6 +72,8 @@ int main(int argc, char** argv) {
       const int sig = sigtimedwait(&signals, nullptr, &tick);
       if (sig == SIGINT || sig == SIGTERM) {
         spdlog::info("signal {}: shutting down", sig);
+        if (const auto saved = daemon.save_interrupted_scan(sig == SIGINT ? "SIGINT" : "SIGTERM"); !saved.empty())
+          spdlog::warn("{}", saved);
         break;
       }
     }

@@ -4,6 +4,7 @@
 // hold the same maps as an uninterrupted run of the same scan.
 #include <doctest/doctest.h>
 
+#include <fstream>
 #include <random>
 #include <thread>
 
@@ -221,6 +222,56 @@ TEST_CASE("a torn journal tail is cut off and reported; the frames before it are
   CHECK(restored.at("counters").value("issues.scan_recovered", 0) == 0);
   CHECK(restored.at("counters").value("results.files_written", 0) == 0);
   CHECK(restored.value("result_file", "") == done.value("result_file", ""));
+  CHECK(test::control_retry(ctx, d.control, {{"cmd", "shutdown"}}).value("ok", false));
+  CHECK(d.proc->wait(10s) == 0);
+}
+
+TEST_CASE("SIGTERM mid-scan saves the running scan as a partial result and says so; a restart resumes it") {
+  const auto dir = test::scratch("crash-sigterm");
+  const auto file = make_scan(dir);
+  zmq::context_t ctx(1);
+  test::DaemonProcess d(dir, kSettings);
+  REQUIRE(test::control_retry(ctx, d.control, {{"cmd", "status"}}).value("ok", false));
+  {  // every frame but the stop
+    auto args = replay_args(file, d, 0);
+    args.insert(args.end(), {"--no-stop"});
+    test::Process replay(args);
+    REQUIRE(replay.wait(120s) == 0);
+  }
+  nlohmann::json st;
+  for (int i = 0; i < 100; ++i) {
+    st = test::control_retry(ctx, d.control, {{"cmd", "status"}});
+    if (st.at("journal").value("frames", 0) == kFrames) break;
+    std::this_thread::sleep_for(50ms);
+  }
+  REQUIRE(st.value("state", "") == "running");
+  d.proc->signal(SIGTERM);
+  REQUIRE(d.proc->wait(60s) == 0);
+  const auto partial = dir / "results" / "crash.h5";
+  REQUIRE(std::filesystem::exists(partial));
+  {
+    const auto h = h5::open_file(partial);
+    const auto status = nlohmann::json::parse(h5::read_string(h, "entry/status"));
+    CHECK(status.at("scan").value("state", "") == "running");
+    CHECK(status.at("scan").value("frames_applied", 0) == kFrames);
+  }
+  std::ifstream log_file(dir / "xanesd.log");
+  const std::string log((std::istreambuf_iterator<char>(log_file)), std::istreambuf_iterator<char>());
+  CHECK(log.find("saved as a partial result to") != std::string::npos);
+  // The restarted daemon resumes the scan from its journal; the stop finishes it and the file
+  // is rewritten as a complete result.
+  d.launch("xanesd-2.log");
+  CHECK(test::control_retry(ctx, d.control, {{"cmd", "status"}}).value("state", "") == "running");
+  test::Process replay(replay_args(file, d, 0));
+  REQUIRE(replay.wait(120s) == 0);
+  const auto done = wait_stopped(ctx, d.control);
+  CHECK(done.at("scan").value("frames_applied", 0) == kFrames);
+  CHECK(std::filesystem::path(done.value("result_file", "")).filename() == "crash.h5");
+  CHECK(!std::filesystem::exists(dir / "results" / "crash-2.h5"));
+  {
+    const auto h = h5::open_file(partial);
+    CHECK(nlohmann::json::parse(h5::read_string(h, "entry/status")).at("scan").value("state", "") == "stopped");
+  }
   CHECK(test::control_retry(ctx, d.control, {{"cmd", "shutdown"}}).value("ok", false));
   CHECK(d.proc->wait(10s) == 0);
 }

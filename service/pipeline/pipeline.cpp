@@ -139,6 +139,12 @@ void Pipeline::recover_journal() {
   });
   replaying_ = false;
   if (!rec.found) return;
+  // A scan saved as a partial result when the last process was stopped by a signal: that file
+  // is this scan's own, rewritten when the scan ends (not a reused scan_id's earlier file).
+  if (scan_ && scan_->state() == ScanState::running) {
+    const auto own = result_path(cfg_.output.directory, "", scan_->id());
+    if (is_partial_result(own, scan_->id())) scan_output_ = own;
+  }
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   const auto id = scan_ ? scan_->id() : std::string();
   recovery_ = {{"scan_id", id},

@@ -434,4 +434,16 @@ void write_result_file(const std::filesystem::path& path, const Scan& scan, cons
   cleanup.armed = false;
 }
 
+bool is_partial_result(const std::filesystem::path& path, const std::string& scan_id) {
+  try {
+    if (!std::filesystem::is_regular_file(path)) return false;
+    const auto f = h5::open_file(path);
+    if (h5::read_string(f, "entry/scan_id") != scan_id) return false;
+    const auto status = nlohmann::json::parse(h5::read_string(f, "entry/status"));
+    return status.at("scan").value("state", "") == "running";
+  } catch (const std::exception&) {
+    return false;
+  }
+}
+
 }  // namespace xanesd

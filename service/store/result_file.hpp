@@ -32,4 +32,8 @@ std::string output_directory_error(const std::filesystem::path& directory);
 void write_result_file(const std::filesystem::path& path, const Scan& scan, const nlohmann::json& config,
                        const nlohmann::json& counters, bool save_spectra);
 
+// True if `path` is a result file of scan `scan_id` written while it was still running (a
+// partial result, e.g. saved when the daemon was stopped by a signal). Never throws.
+bool is_partial_result(const std::filesystem::path& path, const std::string& scan_id);
+
 }  // namespace xanesd
