@@ -66,6 +66,25 @@ nlohmann::json wait_stopped(zmq::context_t& ctx, const std::string& ep) {
   return st;
 }
 
+// Plays every frame of the scan but its stop (the real replayer, as fast as xanesd takes
+// them) and waits until the journal holds them all; returns the last status.
+nlohmann::json send_all_but_stop(zmq::context_t& ctx, const std::filesystem::path& file, const test::DaemonProcess& d) {
+  REQUIRE(test::control_retry(ctx, d.control, {{"cmd", "status"}}).value("ok", false));
+  {
+    auto args = replay_args(file, d, 0);
+    args.insert(args.end(), {"--no-stop"});
+    test::Process replay(args);
+    REQUIRE(replay.wait(120s) == 0);
+  }
+  nlohmann::json st;
+  for (int i = 0; i < 100; ++i) {
+    st = test::control_retry(ctx, d.control, {{"cmd", "status"}});
+    if (st.at("journal").value("frames", 0) == kFrames) break;
+    std::this_thread::sleep_for(50ms);
+  }
+  return st;
+}
+
 struct Maps {
   std::vector<float> fractions, thickness, residual;
   std::vector<std::uint16_t> nenergies;
@@ -177,19 +196,7 @@ TEST_CASE("a torn journal tail is cut off and reported; the frames before it are
   const auto file = make_scan(dir);
   zmq::context_t ctx(1);
   test::DaemonProcess d(dir, kSettings);
-  REQUIRE(test::control_retry(ctx, d.control, {{"cmd", "status"}}).value("ok", false));
-  {
-    auto args = replay_args(file, d, 0);
-    args.insert(args.end(), {"--no-stop"});
-    test::Process replay(args);
-    REQUIRE(replay.wait(120s) == 0);
-  }
-  nlohmann::json st;
-  for (int i = 0; i < 100; ++i) {  // every frame acknowledged
-    st = test::control_retry(ctx, d.control, {{"cmd", "status"}});
-    if (st.at("journal").value("frames", 0) == kFrames) break;
-    std::this_thread::sleep_for(50ms);
-  }
+  const auto st = send_all_but_stop(ctx, file, d);
   REQUIRE(st.at("journal").value("frames", 0) == kFrames);
   d.proc->signal(SIGKILL);
   REQUIRE(d.proc->wait(10s).has_value());
@@ -231,19 +238,8 @@ TEST_CASE("SIGTERM mid-scan saves the running scan as a partial result and says 
   const auto file = make_scan(dir);
   zmq::context_t ctx(1);
   test::DaemonProcess d(dir, kSettings);
-  REQUIRE(test::control_retry(ctx, d.control, {{"cmd", "status"}}).value("ok", false));
-  {  // every frame but the stop
-    auto args = replay_args(file, d, 0);
-    args.insert(args.end(), {"--no-stop"});
-    test::Process replay(args);
-    REQUIRE(replay.wait(120s) == 0);
-  }
-  nlohmann::json st;
-  for (int i = 0; i < 100; ++i) {
-    st = test::control_retry(ctx, d.control, {{"cmd", "status"}});
-    if (st.at("journal").value("frames", 0) == kFrames) break;
-    std::this_thread::sleep_for(50ms);
-  }
+  const auto st = send_all_but_stop(ctx, file, d);
+  REQUIRE(st.at("journal").value("frames", 0) == kFrames);
   REQUIRE(st.value("state", "") == "running");
   d.proc->signal(SIGTERM);
   REQUIRE(d.proc->wait(60s) == 0);
