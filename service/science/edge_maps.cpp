@@ -1,4 +1,5 @@
 #include "science/edge_maps.hpp"
+#include "science/parallel.hpp"
 
 #include <cmath>
 #include <optional>
@@ -141,11 +142,7 @@ EdgeMaps compute_edge_maps(const std::vector<float>& planes, const std::vector<d
       }
     }
   };
-  const int nthreads = std::max(1, std::min<int>(threads, static_cast<int>(npix / 4096) + 1));
-  {
-    std::vector<std::jthread> pool;
-    for (int t = 0; t < nthreads; ++t) pool.emplace_back(work, npix * static_cast<std::size_t>(t) / nthreads, npix * static_cast<std::size_t>(t + 1) / nthreads);
-  }
+  parallel_ranges(npix, threads, 4096, [&](int, std::size_t begin, std::size_t end) { work(begin, end); });
   m.computed = n;
   return m;
 }

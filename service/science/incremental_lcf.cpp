@@ -1,4 +1,5 @@
 #include "science/incremental_lcf.hpp"
+#include "science/parallel.hpp"
 
 #include <bit>
 #include <cmath>
@@ -718,7 +719,6 @@ std::size_t IncrementalLcf::solve_changed(int threads) {
   std::uint32_t last = ~0u;
   for (auto p : changed_list_)
     if (set_of_[p] != last) last = set_of_[p], cache_for(last);
-  const int nthreads = std::max(1, std::min<int>(threads, static_cast<int>(n / 4096) + 1));
   // Energy-major scans: every changed pixel is in the same set, so blocks share G⁻¹.
   bool one_set = n > 0;
   for (std::size_t i = 1; one_set && i < n; ++i) one_set = set_of_[changed_list_[i]] == set_of_[changed_list_[0]];
@@ -768,13 +768,7 @@ std::size_t IncrementalLcf::solve_changed(int threads) {
       }
     }
   };
-  if (nthreads == 1) {
-    work(0, n);
-  } else {
-    std::vector<std::jthread> pool;
-    for (int t = 0; t < nthreads; ++t)
-      pool.emplace_back(work, n * static_cast<std::size_t>(t) / nthreads, n * static_cast<std::size_t>(t + 1) / nthreads);
-  }
+  parallel_ranges(n, threads, 4096, [&](int, std::size_t begin, std::size_t end) { work(begin, end); });
   if (spatial_.enabled && n > 0) solve_spatial(threads);
   for (auto p : changed_list_) changed_[p] = 0;
   changed_list_.clear();
@@ -820,7 +814,6 @@ void IncrementalLcf::solve_spatial(int threads) {
     return c.invertible && sets_.count(set) > M_ && K <= 64 && !options_.sum_to_one &&
            options_.method != FitMethod::lasso;
   };
-  const int nthreads = std::max(1, std::min<int>(threads, static_cast<int>(npix_ / 4096) + 1));
   auto work = [&](std::size_t begin, std::size_t end) {
     Workspace ws(M_);
     constexpr std::size_t S = kStackBlock;
@@ -885,13 +878,7 @@ void IncrementalLcf::solve_spatial(int threads) {
     }
     flush();
   };
-  if (nthreads == 1) {
-    work(0, npix_);
-  } else {
-    std::vector<std::jthread> pool;
-    for (int t = 0; t < nthreads; ++t)
-      pool.emplace_back(work, npix_ * static_cast<std::size_t>(t) / nthreads, npix_ * static_cast<std::size_t>(t + 1) / nthreads);
-  }
+  parallel_ranges(npix_, threads, 4096, [&](int, std::size_t begin, std::size_t end) { work(begin, end); });
 }
 
 void IncrementalLcf::fit_stack(const float* planes, std::size_t plane_stride, int threads) {

@@ -1,4 +1,5 @@
 #include "science/segmentation.hpp"
+#include "science/parallel.hpp"
 
 #include <algorithm>
 #include <array>
@@ -240,13 +241,6 @@ void drop_empty(Clustering& c) {
   c.ids = std::move(ids);
 }
 
-template <class Fn>
-void parallel_for(std::size_t n, int threads, Fn&& fn) {
-  const int t = std::max(1, std::min<int>(threads, static_cast<int>(n / 16384) + 1));
-  std::vector<std::jthread> pool;
-  for (int i = 0; i < t; ++i) pool.emplace_back(fn, i, n * static_cast<std::size_t>(i) / t, n * static_cast<std::size_t>(i + 1) / t);
-}
-
 // The energies in use: indices into the scan's energies and their values.
 struct EnergiesInUse {
   std::vector<int> index;
@@ -259,7 +253,7 @@ std::vector<std::size_t> measured_per_energy(const SegmentInput& in) {
   const std::size_t E = in.energies->size(), P = in.npix;
   std::vector<std::size_t> measured(E, 0);
   std::vector<std::vector<std::size_t>> part(static_cast<std::size_t>(std::max(1, in.threads)), std::vector<std::size_t>(E, 0));
-  parallel_for(P, in.threads, [&](int t, std::size_t b, std::size_t en) {
+  parallel_ranges(P, in.threads, 16384, [&](int t, std::size_t b, std::size_t en) {
     for (std::size_t j = 0; j < E; ++j) {
       const float* plane = in.planes + j * P;
       std::size_t c = 0;
@@ -891,7 +885,7 @@ ClusterSums label_pixels(const SegmentInput& in, const PixelLabeller& labeller, 
                          std::vector<std::uint8_t>& bins) {
   const int threads = std::max(1, in.threads);
   std::vector<ClusterSums> sums(static_cast<std::size_t>(threads), ClusterSums(Eu, k));
-  parallel_for(in.npix, threads, [&](int t, std::size_t b, std::size_t en) { labeller.label(b, en, labels, bins, sums[static_cast<std::size_t>(t)]); });
+  parallel_ranges(in.npix, threads, 16384, [&](int t, std::size_t b, std::size_t en) { labeller.label(b, en, labels, bins, sums[static_cast<std::size_t>(t)]); });
   for (std::size_t t = 1; t < sums.size(); ++t) sums[0] += sums[t];
   return sums[0];
 }

@@ -1,4 +1,5 @@
 #include "science/spatial_fit.hpp"
+#include "science/parallel.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -10,12 +11,11 @@ namespace xanesd::science {
 
 namespace {
 
+// f(r0, r1) on ranges of image rows, at least 8 rows per thread.
 template <class F>
 void parallel_rows(int rows, int threads, const F& f) {
-  const int n = std::max(1, std::min(threads, rows / 8 + 1));
-  if (n == 1) return f(0, rows);
-  std::vector<std::jthread> pool;
-  for (int t = 0; t < n; ++t) pool.emplace_back(f, rows * t / n, rows * (t + 1) / n);
+  parallel_ranges(static_cast<std::size_t>(rows), threads, 8,
+                  [&](int, std::size_t r0, std::size_t r1) { f(static_cast<int>(r0), static_cast<int>(r1)); });
 }
 
 struct SetConsts {
