@@ -268,7 +268,25 @@ void spatial_average(const SpatialInput& in, const SpatialSettings& settings, Sp
                       out.theta[static_cast<std::size_t>(m) * P + i] =
                           static_cast<float>(T * acc[static_cast<std::size_t>(m) * C + cc] / a);
                     out.q[i] = static_cast<float>(T * T * acc[static_cast<std::size_t>(M) * C + cc] / a);
-                    out.sigma2[i] = T * T * b / (a * a);
+                    double var = b / (a * a);
+                    if (pilot_rad > 0) {
+                      // The smoothing bias (a neighbour across an edge or up a gradient admitted
+                      // by the kernel) is not in the propagated variance. It shows as the move of
+                      // the estimate away from the narrower pilot beyond what the noise of that
+                      // difference explains (nested windows: v_pilot − v); added per component.
+                      // Without it z-scores spread 1.2–1.3 near domain edges at high counts.
+                      const auto& W = sets[set].W;
+                      double d2 = 0;
+                      for (int ka = 0; ka < K; ++ka) {
+                        double za = 0;
+                        for (int kb = ka; kb < K; ++kb) za += W(ka, kb) * acc[static_cast<std::size_t>(F + kb) * C + cc] / a;
+                        const double t = za - sc.pilot_z[static_cast<std::size_t>(ka) * P + i];
+                        d2 += t * t;
+                      }
+                      const double noise = std::max(0.0, static_cast<double>(sc.pilot_v[i]) - var);
+                      var += std::max(0.0, d2 / std::max(1, K - 1) - noise);
+                    }
+                    out.sigma2[i] = T * T * var;
                     out.neighbours[i] = static_cast<float>(feat.v[i] * a * a / b);
                   }
                 });

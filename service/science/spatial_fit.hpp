@@ -53,8 +53,8 @@ struct SpatialResult {
   // P: the averaged yᵀy (what the constrained solvers' tolerances scale with).
   std::vector<float> q;
   // P: variance per unit G⁻¹ of the averaged statistics (cov θ = sigma2 · G⁻¹ for least
-  // squares: the weights propagated, Σ ω_j² σ_j² (T_i/T_j)²); −1 where the pixel is not smoothed
-  // (keep its own fit).
+  // squares): the weights propagated, Σ ω_j² σ_j² (T_i/T_j)², plus the smoothing bias seen
+  // against the pilot; −1 where the pixel is not smoothed (keep its own fit).
   std::vector<double> sigma2;
   // P: effective number of independent pixels averaged, σ²(own) / σ²(averaged); 1 where not
   // smoothed, 0 where the pixel has no fit.
@@ -66,6 +66,7 @@ struct SpatialResult {
     std::vector<float> z, v, prec;  // whitened normalized coefficients (K planes), σ²/T², 1/v
     std::vector<float> pilot_z, pilot_v;
     std::vector<float> scaled;      // M + 1 planes: θ/T, q/T²
+    std::vector<float> own_sigma2;  // each pixel's own σ̂² (0: no fit), before pooling
     std::vector<double> thickness;
   } scratch;
 };
