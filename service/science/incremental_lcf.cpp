@@ -385,7 +385,7 @@ void IncrementalLcf::solve_pixel(std::size_t p, Workspace& ws) const {
 }
 
 void IncrementalLcf::solve_stats(std::size_t p, std::uint32_t set, const double* st, Workspace& ws,
-                                 const double* sigma2_override, std::uint32_t warm) const {
+                                 const double* sigma2_override) const {
   const int n = sets_.count(set);
   const int K = model_.n_refs(), F = model_.n_background();
   LcfMaps& maps = const_cast<LcfMaps&>(maps_);  // each pixel writes only its own entries
@@ -424,14 +424,21 @@ void IncrementalLcf::solve_stats(std::size_t p, std::uint32_t set, const double*
       ok = options_.method == FitMethod::least_squares || x.tail(K).minCoeff() >= 0;
     }
     if (!ok && options_.method == FitMethod::nnls) {
-      // Lawson–Hanson with cached passive-set inverses, from the free parameters alone or from a
-      // warm passive set whose solution is feasible (the same answer: it is the solution on the
-      // final passive set, only fewer steps to find that set).
+      // Lawson–Hanson with cached passive-set inverses, started from the references the
+      // unconstrained optimum gives a positive coefficient: a set whose solution is infeasible
+      // loses its non-positive members and is solved again (each solve a cached inverse), and
+      // the outer loop adds whatever the gradient asks for. The answer is the same as from the
+      // free parameters alone (the solution on the final passive set, unique), in fewer steps.
+      std::uint32_t warm = 0;
+      if (c.invertible)
+        for (int j = F; j < M_; ++j)
+          if (x(j) > 0) warm |= 1u << j;
       ok = false;
-      if ((warm & ~free_bits) && ws.solve_on(set, warm | free_bits, c.G, st, x)) {
+      for (int tries = 0; warm && !ok && tries < K; ++tries) {
+        if (!ws.solve_on(set, warm | free_bits, c.G, st, x)) break;
         ok = true;
-        for (int j = F; j < M_ && ok; ++j)
-          if ((warm & (1u << j)) && x(j) <= NnlsTolerance::coefficient(c.G, j, q)) ok = false;
+        for (int j = F; j < M_; ++j)
+          if ((warm & (1u << j)) && x(j) <= NnlsTolerance::coefficient(c.G, j, q)) ok = false, warm &= ~(1u << j);
         if (ok) mask = warm | free_bits;
       }
       if (!ok) mask = free_bits, ok = ws.solve_on(set, mask, c.G, st, x);
@@ -830,10 +837,7 @@ void IncrementalLcf::solve_spatial(int threads) {
         st[static_cast<std::size_t>(r)] = t;
       }
       st[static_cast<std::size_t>(M_)] = avg.q[p];
-      std::uint32_t warm = 0;  // the passive set of the pixel's own fit, a good first guess
-      for (int k = 0; k < K && F + k < 32; ++k)
-        if (maps_.fractions[static_cast<std::size_t>(k) * P + p] > 0) warm |= 1u << (F + k);
-      solve_stats(p, set_of_[p], st.data(), ws, &avg.sigma2[p], warm);
+      solve_stats(p, set_of_[p], st.data(), ws, &avg.sigma2[p]);
     };
     std::size_t B = 0;
     std::uint32_t block_set = ~0u;

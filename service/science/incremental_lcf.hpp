@@ -131,9 +131,8 @@ class IncrementalLcf {
   // Solves pixel p from statistics st = [s (M), q] over energy set `set`; writes its maps.
   // With sigma2_override (the spatial step's averaged statistics): unweighted, the noise
   // variance given instead of χ²/(n − |A|), and only the fractions and their errors written.
-  // warm: a passive set to try first for NNLS (bit j: parameter j), 0 for none.
   void solve_stats(std::size_t p, std::uint32_t set, const double* st, Workspace& ws,
-                   const double* sigma2_override = nullptr, std::uint32_t warm = 0) const;
+                   const double* sigma2_override = nullptr) const;
   void solve_spatial(int threads);
   bool block_solvable(const SetCache& c) const;
   struct BlockOut {  // where solve_block writes a block's maps: into maps_ or a scratch block
