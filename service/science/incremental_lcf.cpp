@@ -106,10 +106,9 @@ void IncrementalLcf::add_planes(const float* planes, std::size_t stride, const s
   const std::size_t S = static_cast<std::size_t>(M_ + 1), n = energies.size();
   constexpr std::size_t kBlock = 512;  // (M+1) double accumulators per pixel stay in L1/L2
   const std::size_t blocks = (npix_ + kBlock - 1) / kBlock;
-  const int nthreads = std::max(1, std::min<int>(threads, static_cast<int>(npix_ / 65536) + 1));
   // Pixels not measured at every one of the energies (NaN somewhere): their energy sets are
   // updated one by one below. Everyone else makes the same transition.
-  std::vector<std::vector<std::size_t>> partial(static_cast<std::size_t>(nthreads));
+  std::vector<std::vector<std::size_t>> partial(static_cast<std::size_t>(std::max(1, threads)));
   auto work = [&](int t, std::size_t b_begin, std::size_t b_end) {
     std::vector<double> acc(S * kBlock);
     std::vector<std::uint16_t> count(kBlock);
@@ -146,13 +145,7 @@ void IncrementalLcf::add_planes(const float* planes, std::size_t stride, const s
       }
     }
   };
-  if (nthreads == 1) {
-    work(0, 0, blocks);
-  } else {
-    std::vector<std::jthread> pool;
-    for (int t = 0; t < nthreads; ++t)
-      pool.emplace_back(work, t, blocks * static_cast<std::size_t>(t) / nthreads, blocks * static_cast<std::size_t>(t + 1) / nthreads);
-  }
+  parallel_ranges(blocks, threads, 65536 / kBlock, work);  // threads for 64 k pixels or more
   // Energy sets (EnergySets is not thread-safe): one transition per distinct starting set.
   std::size_t next_partial = 0;
   std::vector<std::size_t> all_partial;
@@ -898,8 +891,7 @@ void IncrementalLcf::fit_stack(const float* planes, std::size_t plane_stride, in
   const bool block_path = block_solvable(full_cache) && E > M_;
   const int K = model_.n_refs();
   const std::size_t blocks = (npix_ + kStackBlock - 1) / kStackBlock;
-  const int nthreads = std::max(1, std::min<int>(threads, static_cast<int>(blocks)));
-  std::vector<std::vector<std::size_t>> nonfinite(static_cast<std::size_t>(nthreads));  // per thread
+  std::vector<std::vector<std::size_t>> nonfinite(static_cast<std::size_t>(std::max(1, threads)));  // per thread
   auto work = [&](int t, std::size_t begin, std::size_t end) {
     Workspace ws(M_);
     std::vector<float> acc(static_cast<std::size_t>(M_) * kStackBlock);
@@ -927,12 +919,9 @@ void IncrementalLcf::fit_stack(const float* planes, std::size_t plane_stride, in
       }
     }
   };
-  {
-    std::vector<std::jthread> pool;
-    for (int t = 0; t < nthreads; ++t)
-      pool.emplace_back(work, t, std::min(npix_, blocks * static_cast<std::size_t>(t) / nthreads * kStackBlock),
-                        std::min(npix_, blocks * static_cast<std::size_t>(t + 1) / nthreads * kStackBlock));
-  }
+  parallel_ranges(blocks, threads, 1, [&](int t, std::size_t b0, std::size_t b1) {
+    work(t, std::min(npix_, b0 * kStackBlock), std::min(npix_, b1 * kStackBlock));  // whole blocks
+  });
   // Pixels with a NaN/Inf sample: cleared (the block solve wrote them), then their finite
   // samples through the incremental path.
   for (const auto& list : nonfinite)
