@@ -1,5 +1,6 @@
 #include "batch.hpp"
 
+#include <chrono>
 #include <cstdio>
 #include <iostream>
 #include <map>
@@ -79,7 +80,11 @@ int batch_command(const std::filesystem::path& config_file, const std::vector<st
     const Config cfg = config_file.empty() ? make_config(nlohmann::json::object(), overrides, std::filesystem::current_path())
                                            : load_config(config_file, overrides);
     spdlog::set_level(spdlog::level::from_str(cfg.log_level));
+    const auto t0 = std::chrono::steady_clock::now();
     const auto summary = run_batch_fit(cfg, opt);
+    if (!opt.quiet)
+      std::fprintf(stderr, "xanesd fit: wrote %s in %.1f s\n", opt.output.string().c_str(),
+                   std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     std::cout << summary.dump(2) << "\n";
     return 0;
   } catch (const ConfigError& e) {

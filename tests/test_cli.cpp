@@ -105,6 +105,7 @@ TEST_CASE("options keep their meaning: repeated --set and --refs, a comma list, 
                         "fit-loud");
   CHECK_MESSAGE(loud.code == 0, loud.output);
   CHECK_MESSAGE(loud.output.find("xanesd fit: 8 frames read; final fit of 20 pixels") != std::string::npos, loud.output);
+  CHECK_MESSAGE(loud.output.find("xanesd fit: wrote " + (dir / "loud.h5").string() + " in ") != std::string::npos, loud.output);
   const auto quiet = run({XANESD_BIN, "fit", "--quiet", "--input", (dir / "scan.h5").string(), "--out", (dir / "quiet.h5").string(),
                           "--refs", lib, "--names", "Goethite,Magnetite", "--set", "log.level=warn"},
                          "fit-quiet");
