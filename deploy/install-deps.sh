@@ -4,7 +4,9 @@
 set -euo pipefail
 
 BUILD_PACKAGES=(cmake g++ make pkg-config libzmq3-dev cppzmq-dev libmsgpack-cxx-dev libeigen3-dev
-                libhdf5-dev hdf5-tools nlohmann-json3-dev libspdlog-dev doctest-dev zlib1g-dev)
+                libhdf5-dev hdf5-tools nlohmann-json3-dev libspdlog-dev doctest-dev zlib1g-dev
+                libcli11-dev)
+# libcli11-dev: CLI11, header-only, the one command-line parser of the C++ tools (service/cli.hpp).
 # Hardening (deploy/fuzz.sh): clang 14 and its runtime libraries, which hold libFuzzer and the
 # sanitizer runtimes clang links (README "Hardening").
 FUZZ_PACKAGES=(clang-14 libclang-rt-14-dev)

@@ -1,13 +1,14 @@
 #include "batch.hpp"
 
+#include <chrono>
 #include <cstdio>
 #include <iostream>
 #include <map>
-#include <sstream>
 
 #include <spdlog/spdlog.h>
 
 #include "daemon.hpp"
+#include "progress.hpp"
 #include "scan/scan.hpp"
 #include "store/result_file.hpp"
 #include "store/scan_file.hpp"
@@ -35,16 +36,24 @@ nlohmann::json run_batch_fit(const Config& cfg, const BatchOptions& opt) {
   };
   ScanFileOptions read_opt;
   read_opt.borrow_buffers = true;  // each frame is applied (copied into the store) before the next is read
+  // Frames are read and fitted as they come (the incremental fit), so frames read is the fit's progress.
+  Progress progress("xanesd fit", "frames", opt.quiet);
+  std::int64_t frames = 0;
   read_scan_file(opt.input, read_opt, [&](protocol::IngestMessage&& msg) {
     if (auto* s = std::get_if<protocol::StartMsg>(&msg)) {
+      progress.set_total(scan_file_frames(*s, read_opt));
       scan = std::make_unique<Scan>(std::move(*s), refs, scan_settings(cfg));
     } else if (auto* f = std::get_if<protocol::FrameMsg>(&msg)) {
       for (const auto& i : scan->apply(*f).issues) note(i);
+      progress.update(++frames);
     } else {
       for (const auto& i : scan->stop(std::get<protocol::StopMsg>(msg))) note(i);
     }
   });
   if (!scan->fit_error().empty()) throw std::runtime_error(scan->fit_error());
+  if (!opt.quiet)
+    std::fprintf(stderr, "xanesd fit: %lld frames read; final fit of %lld pixels, reference selection, segments, edge maps\n",
+                 static_cast<long long>(frames), static_cast<long long>(scan->pixels()));
   scan->solve_changed(solve_threads(cfg));
   scan->update_reference_selection(solve_threads(cfg));
   scan->solve_changed(solve_threads(cfg));  // the final maps: Poisson-weighted once the references are chosen
@@ -66,44 +75,16 @@ nlohmann::json run_batch_fit(const Config& cfg, const BatchOptions& opt) {
   return {{"scan", scan->summary()}, {"counters", counters}, {"output", opt.output.string()}};
 }
 
-int batch_main(int argc, char** argv) {
-  BatchOptions opt;
-  std::filesystem::path config_file;
-  std::vector<std::string> overrides;
-  auto usage = [](int code = 2) {
-    std::fprintf(code ? stderr : stdout,
-                 "usage: xanesd fit --input SCAN.h5 [--refs FILE ...] [--names A,B,...] --out RESULT.h5 [--config FILE] [--set key=value ...]\n"
-                 "Fits a scan file with the daemon's code and writes the same result file. Without --refs, the\n"
-                 "config's references.files are used.\n");
-    return code;
-  };
-  for (int i = 2; i < argc; ++i) {
-    const std::string a = argv[i];
-    if (a == "-h" || a == "--help") return usage(0);
-    if (i + 1 >= argc) {
-      std::fprintf(stderr, "xanesd fit: %s needs a value\n", a.c_str());
-      return usage();
-    }
-    if (a == "--input") opt.input = argv[++i];
-    else if (a == "--out") opt.output = argv[++i];
-    else if (a == "--refs") opt.reference_files.emplace_back(argv[++i]);
-    else if (a == "--names") {
-      std::stringstream names(argv[++i]);
-      for (std::string n; std::getline(names, n, ',');) opt.reference_names.push_back(n);
-    }
-    else if (a == "--config") config_file = argv[++i];
-    else if (a == "--set") overrides.emplace_back(argv[++i]);
-    else {
-      std::fprintf(stderr, "xanesd fit: unknown option '%s'\n", a.c_str());
-      return usage();
-    }
-  }
-  if (opt.input.empty() || opt.output.empty()) return usage();
+int batch_command(const std::filesystem::path& config_file, const std::vector<std::string>& overrides, const BatchOptions& opt) {
   try {
     const Config cfg = config_file.empty() ? make_config(nlohmann::json::object(), overrides, std::filesystem::current_path())
                                            : load_config(config_file, overrides);
     spdlog::set_level(spdlog::level::from_str(cfg.log_level));
+    const auto t0 = std::chrono::steady_clock::now();
     const auto summary = run_batch_fit(cfg, opt);
+    if (!opt.quiet)
+      std::fprintf(stderr, "xanesd fit: wrote %s in %.1f s\n", opt.output.string().c_str(),
+                   std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     std::cout << summary.dump(2) << "\n";
     return 0;
   } catch (const ConfigError& e) {

@@ -16,13 +16,15 @@ struct BatchOptions {
   std::filesystem::path input, output;
   std::vector<std::filesystem::path> reference_files;  // empty: references.files of the config
   std::vector<std::string> reference_names;            // keep only these, in this order (empty: all)
+  bool quiet = false;                                   // no progress lines on stderr
 };
 
 // Fits the scan and writes the result file; returns a summary (scan, counters by issue code).
 // Throws ConfigError / std::runtime_error with a clear message on unusable input.
 nlohmann::json run_batch_fit(const Config& cfg, const BatchOptions& opt);
 
-// The `xanesd fit ...` command line; returns the process exit code.
-int batch_main(int argc, char** argv);
+// `xanesd fit` once its command line is parsed (main.cpp): loads the config (or the defaults),
+// fits, prints the summary; returns the process exit code.
+int batch_command(const std::filesystem::path& config_file, const std::vector<std::string>& overrides, const BatchOptions& opt);
 
 }  // namespace xanesd

@@ -6,54 +6,56 @@
 #include <spdlog/spdlog.h>
 
 #include "batch.hpp"
+#include "cli.hpp"
 #include "config/config.hpp"
 #include "daemon.hpp"
 #include "security/curve.hpp"
 
-namespace {
-
-int usage(int code) {
-  std::fprintf(code ? stderr : stdout,
-               "usage: xanesd --config FILE [--set key=value ...]\n"
-               "       xanesd fit --input SCAN.h5 [--refs FILE ...] --out RESULT.h5 [--config FILE] [--set key=value ...]\n"
-               "       xanesd keygen --out NAME  (a CURVE key pair: NAME.key, secret, and NAME.pub, for the config's security.* keys)\n"
-               "       xanesd --config-keys     (print every config key as a Markdown table)\n"
-               "       xanesd --version\n"
-               "Config keys are documented in config/README.md.\n");
-  return code;
-}
-
-}  // namespace
-
 int main(int argc, char** argv) {
-  if (argc > 1 && std::string(argv[1]) == "fit") return xanesd::batch_main(argc, argv);
-  if (argc > 1 && std::string(argv[1]) == "keygen") {
-    if (argc != 4 || std::string(argv[2]) != "--out") return usage(2);
+  CLI::App app("xanesd: live XANES speciation daemon. Config keys are documented in config/README.md.", "xanesd");
+  app.set_version_flag("--version", std::string("xanesd ") + XANESD_VERSION);
+  std::string config_file;
+  std::vector<std::string> overrides;
+  bool config_keys = false;
+  app.add_option("--config", config_file, "the daemon's config file (JSON)");
+  app.add_option("--set", overrides, "override a config key: key=value (repeatable)")->allow_extra_args(false);
+  app.add_flag("--config-keys", config_keys, "print every config key as a Markdown table");
+
+  auto* fit = app.add_subcommand("fit", "fit a scan file (or a result file) with the daemon's code and write the same result file");
+  xanesd::BatchOptions fit_opt;
+  std::string fit_config;
+  std::vector<std::string> fit_overrides;
+  fit->add_option("--input", fit_opt.input, "scan file (README \"Scan files\") or an xanesd result file")->required();
+  fit->add_option("--out", fit_opt.output, "result file to write")->required();
+  fit->add_option("--refs", fit_opt.reference_files, "reference file (repeatable); default: the config's references.files")
+      ->allow_extra_args(false);
+  fit->add_option("--names", fit_opt.reference_names, "keep only these references, in this order: A,B,...")->delimiter(',');
+  fit->add_option("--config", fit_config, "config file (default: the built-in defaults)");
+  fit->add_option("--set", fit_overrides, "override a config key: key=value (repeatable)")->allow_extra_args(false);
+  fit->add_flag("--quiet", fit_opt.quiet, "no progress lines on stderr");
+
+  auto* keygen = app.add_subcommand("keygen", "make a CURVE key pair: NAME.key (secret) and NAME.pub, for the config's security.* keys");
+  std::string key_name;
+  keygen->add_option("--out", key_name, "NAME")->required();
+
+  if (auto code = xanesd::cli::parse(app, argc, argv)) return *code;
+  if (*fit) return xanesd::batch_command(fit_config, fit_overrides, fit_opt);
+  if (*keygen) {
     try {
-      xanesd::protocol::write_key_files(argv[3], xanesd::protocol::make_curve_keys());
+      xanesd::protocol::write_key_files(key_name, xanesd::protocol::make_curve_keys());
     } catch (const std::exception& e) {
       std::fprintf(stderr, "xanesd keygen: %s\n", e.what());
       return 1;
     }
     std::printf("xanesd keygen: wrote %s.key (secret: keep it on this machine, mode 0600) and %s.pub (give it to the other side)\n",
-                argv[3], argv[3]);
+                key_name.c_str(), key_name.c_str());
     return 0;
   }
-  std::string config_file;
-  std::vector<std::string> overrides;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    if (a == "--config" && i + 1 < argc) config_file = argv[++i];
-    else if (a == "--set" && i + 1 < argc) overrides.emplace_back(argv[++i]);
-    else if (a == "--config-keys") return std::cout << xanesd::config_keys_markdown(), 0;
-    else if (a == "-h" || a == "--help") return usage(0);
-    else if (a == "--version") return std::printf("xanesd %s\n", XANESD_VERSION), 0;
-    else {
-      std::fprintf(stderr, "xanesd: unknown argument '%s'\n", a.c_str());
-      return usage(2);
-    }
+  if (config_keys) return std::cout << xanesd::config_keys_markdown(), 0;
+  if (config_file.empty()) {
+    std::fprintf(stderr, "xanesd: --config is required (see --help)\n");
+    return 2;
   }
-  if (config_file.empty()) return usage(2);
 
   // Block the stop signals in every thread; main waits for them below.
   sigset_t signals;

@@ -6,6 +6,7 @@ scans whose result files equal `xanesd fit` of the same scan file. With no daemo
 the bridge raises a clear error instead of hanging. Bluesky itself is not needed.
 
   python_bluesky.py --xanesd BIN --simulate BIN --source-dir DIR"""
+import json
 import os
 import subprocess
 import sys
@@ -112,6 +113,7 @@ class BlueskyBridge(unittest.TestCase):
         bridge = bluesky.Bridge(self.ingest)
         self.addCleanup(bridge.close)
         start, desc, events, stop = self.documents(scan_id)
+        self.last_start = start
         bridge("start", start)
         bridge("descriptor", desc)
         for ev in events[:-3]:
@@ -128,6 +130,16 @@ class BlueskyBridge(unittest.TestCase):
         st = self.run_filled(11)
         self.assertEqual(st["scan"]["frames_applied"], len(self.energy))
         self.check_maps(st["result_file"])
+        # The result file names the run (its start document's uid) and when the scan ran.
+        with h5py.File(st["result_file"], "r") as f:
+            self.assertEqual(f["entry/entry_identifier"][()].decode(), self.last_start["uid"])
+            md = json.loads(f["entry/start_metadata"][()])
+            self.assertEqual(md["uid"], self.last_start["uid"])
+            self.assertEqual(md["plan_name"], "xanes_map")
+            start_time, end_time = (f[f"entry/{k}"][()].decode() for k in ("start_time", "end_time"))
+            self.assertRegex(start_time, r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+            self.assertRegex(end_time, r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+            self.assertLessEqual(start_time, end_time)
 
     def test_stream_resource_and_datum_from_hdf5(self):
         bridge = bluesky.Bridge(self.ingest)

@@ -7,7 +7,8 @@ python3-silx, python3-h5py): a scan made by xanes-simulate, fitted by `xanesd fi
 Checks: the default plot chain ends at a valid 2-D NXdata (a named reference's fraction map
 with errors and labelled axes), every reference has one, /entry/results is a valid NXdata whose
 errors silx finds, every numeric dataset has units, the file records the --refs and --names
-it was fitted with, the software version, and the reference spectra used."""
+it was fitted with, the software version, the reference spectra used, the input file and the
+start and end times."""
 import json
 import os
 import subprocess
@@ -96,6 +97,14 @@ class ResultFile(unittest.TestCase):
         self.assertEqual(g["energy"].shape, g["mu"].shape)
         self.assertEqual(g["normalization"][()].decode(), "already normalized")
         self.assertTrue(nxdata.NXdata(g).is_valid)
+
+    def test_input_and_times(self):
+        """What was fitted and when: the input file and ISO 8601 UTC start and end times."""
+        self.assertEqual(self.f["entry/input_file"][()].decode(), os.path.abspath(os.path.join(self.tmp.name, "scan.h5")))
+        times = [self.f[f"entry/{k}"][()].decode() for k in ("start_time", "end_time")]
+        for t in times:
+            self.assertRegex(t, r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+        self.assertLessEqual(times[0], times[1])
 
 
 if __name__ == "__main__":

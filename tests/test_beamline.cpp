@@ -71,6 +71,16 @@ double worst_fe2_error(const fs::path& file) {
   return worst;
 }
 
+// Sends a start of scan `id` naming `references`; returns the errors-topic message it gets.
+nlohmann::json start_error(LiveDaemon& d, const std::string& id, const std::vector<std::string>& references) {
+  while (test::recv_message(d.sub, 50ms)) {  // what came before
+  }
+  protocol::StartMsg s = start(id);
+  s.references = references;
+  d.send(std::move(s).to_wire());
+  return d.next_error();
+}
+
 }  // namespace
 
 TEST_CASE("start names its references: an Fe L-edge scan in OD is fitted with files named at start, defaults otherwise") {
@@ -92,12 +102,7 @@ TEST_CASE("start names its references: an Fe L-edge scan in OD is fitted with fi
 
   // A name of the start-up library and a name that is nothing: the second scan is recorded, not
   // fitted, and says why on the errors topic.
-  while (test::recv_message(d.sub, 50ms)) {
-  }
-  protocol::StartMsg k = start("k-named");
-  k.references = {"no-such-reference"};
-  d.send(std::move(k).to_wire());
-  auto err = d.next_error();
+  auto err = start_error(d, "k-named", {"no-such-reference"});
   REQUIRE(err.is_object());
   CHECK(err.value("code", "") == "references_unusable");
   CHECK(err.value("message", "").find("no-such-reference") != std::string::npos);
@@ -200,10 +205,61 @@ TEST_CASE("a reused scan_id does not overwrite the earlier scan's file: the new 
   CHECK(d.control({{"cmd", "status"}}).at("counters").value("issues.scan_id_reused", 0) == 1);
 }
 
+TEST_CASE("output.reused_scan_id=refuse: a start with a used scan_id is rejected, named and counted; nothing is recorded") {
+  LiveDaemon d("beamline-refuse", {"output.reused_scan_id=refuse"});
+  REQUIRE(d.serves_a_valid_scan("same"));
+  const auto first = fs::last_write_time(d.dir / "same.h5");
+  while (test::recv_message(d.sub, 50ms)) {
+  }
+  d.send(start("same").to_wire());
+  const auto err = d.next_error();
+  REQUIRE(err.is_object());
+  CHECK(err.value("code", "") == "scan_id_exists");
+  CHECK(err.value("message", "").find("same.h5 exists already") != std::string::npos);
+  const auto st = d.control({{"cmd", "status"}});
+  CHECK(st.at("counters").value("issues.scan_id_exists", 0) == 1);
+  CHECK(st.at("counters").value("ingest.rejected.start", 0) == 1);
+  CHECK(st.at("counters").value("scans.started", 0) == 1);
+  CHECK(fs::last_write_time(d.dir / "same.h5") == first);
+  CHECK_FALSE(fs::exists(d.dir / "same-2.h5"));
+  REQUIRE(d.serves_a_valid_scan("other"));  // a new scan_id is served as before
+}
+
+TEST_CASE("start names a library of references.libraries (a folder or files); one that does not cover the scan is told at start") {
+  const auto lib = scratch("beamline-libraries-folder");
+  fs::copy_file(l_edge("feii"), lib / "feii.txt", fs::copy_options::overwrite_existing);
+  fs::copy_file(l_edge("feiii"), lib / "feiii.txt", fs::copy_options::overwrite_existing);
+  const nlohmann::json libraries = {{"fe-l", lib.string()},
+                                    {"fe-l-files", {l_edge("feii").string(), l_edge("feiii").string()}},
+                                    {"gone", "/no/such/library"}};
+  LiveDaemon d("beamline-libraries", {"references.libraries=" + libraries.dump()});
+  send_l_scan(d, "l-folder", {"fe-l"});
+  const auto st = d.wait_stopped("l-folder");
+  REQUIRE(st.value("state", "") == "stopped");
+  CHECK(st.at("references") == nlohmann::json::array({"FeII_L", "FeIII_L"}));
+  CHECK(st.at("scan").at("fit").value("error", "x").empty());
+  CHECK(worst_fe2_error(d.dir / "l-folder.h5") < 0.03);
+  send_l_scan(d, "l-files", {"fe-l-files"});
+  REQUIRE(d.wait_stopped("l-files").value("state", "") == "stopped");
+  CHECK(worst_fe2_error(d.dir / "l-files.h5") < 0.03);
+
+  // At the Fe K edge the L-edge library covers nothing: the scan is told at start, recorded, not fitted.
+  auto err = start_error(d, "k-with-l", {"fe-l"});
+  REQUIRE(err.is_object());
+  CHECK(err.value("code", "") == "references_unusable");
+  CHECK(err.value("scan_id", "") == "k-with-l");
+  CHECK(d.control({{"cmd", "abort"}}).value("ok", false));
+  // A library whose folder is gone is named in the error.
+  err = start_error(d, "k-gone", {"gone"});
+  REQUIRE(err.is_object());
+  CHECK(err.value("code", "") == "references_unusable");
+  CHECK(err.value("message", "").find("reference library 'gone'") != std::string::npos);
+}
+
 #include "process.hpp"
 #include "simulate/simulate.hpp"
 
-TEST_CASE("xanes-replay with no daemon listening exits with a clear error instead of hanging; --help exits 0") {
+TEST_CASE("xanes-replay with no daemon listening exits with a clear error instead of hanging") {
   const auto dir = scratch("beamline-replay-timeout");
   sim::Params p;
   p.rows = 4, p.cols = 5;
@@ -221,16 +277,4 @@ TEST_CASE("xanes-replay with no daemon listening exits with a clear error instea
   std::ifstream log(dir / "replay.log");
   const std::string text{std::istreambuf_iterator<char>(log), {}};
   CHECK(text.find("no xanesd took a message at " + endpoint) != std::string::npos);
-
-  Process help({XANES_REPLAY_BIN, "--help"}, (dir / "help.log").string());
-  CHECK(help.wait(10s) == 0);
-  Process bad({XANES_REPLAY_BIN, "--input", "x.h5", "--rate", "fast"}, (dir / "bad.log").string());
-  CHECK(bad.wait(10s) == 1);
-  std::ifstream bad_log(dir / "bad.log");
-  const std::string bad_text{std::istreambuf_iterator<char>(bad_log), {}};
-  CHECK(bad_text.find("--rate: 'fast' is not a number") != std::string::npos);
-  Process fit_help({XANESD_BIN, "fit", "--help"}, (dir / "fit-help.log").string());
-  CHECK(fit_help.wait(10s) == 0);
-  Process version({XANESD_BIN, "--version"}, (dir / "version.log").string());
-  CHECK(version.wait(10s) == 0);
 }

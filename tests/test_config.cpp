@@ -53,3 +53,24 @@ TEST_CASE("config/README.md documents every key") {
     CHECK(ss.str().find("`" + k.key + "`") != std::string::npos);
   }
 }
+
+TEST_CASE("named reference libraries: a nested object stays whole, paths resolve next to the config, bad entries are named") {
+  const auto cfg = make_config({{"references", {{"libraries", {{"fe-l", {"l/a.txt", "/abs/b.txt"}}, {"fe-k", "k"}}}}}}, {}, "/cfg");
+  REQUIRE(cfg.references.libraries.size() == 2);
+  CHECK(cfg.references.libraries.at("fe-l") == std::vector<std::filesystem::path>{"/cfg/l/a.txt", "/abs/b.txt"});
+  CHECK(cfg.references.libraries.at("fe-k") == std::vector<std::filesystem::path>{"/cfg/k"});
+  CHECK(cfg.effective.at("references.libraries").at("fe-k") == "k");
+  const auto set = make_config(nlohmann::json::object(), {R"(references.libraries={"x": ["a.nor"]})"}, "/y");
+  CHECK(set.references.libraries.at("x").at(0) == std::filesystem::path("/y/a.nor"));
+  CHECK_THROWS_WITH_AS(make_config({{"references", {{"libraries", {{"bad", 3}}}}}}, {}, "/"), doctest::Contains("'bad'"), ConfigError);
+  CHECK_THROWS_WITH_AS(make_config(nlohmann::json::object(), {"references.libraries=[]"}, "/"),
+                       doctest::Contains("references.libraries"), ConfigError);
+  CHECK_THROWS_WITH_AS(library_files("gone", {"/no/such/folder"}), doctest::Contains("'gone'"), ConfigError);
+}
+
+TEST_CASE("output.reused_scan_id is suffix (default) or refuse") {
+  CHECK(make_config(nlohmann::json::object(), {}, "/").output.reused_scan_id == "suffix");
+  CHECK(make_config(nlohmann::json::object(), {"output.reused_scan_id=refuse"}, "/").output.reused_scan_id == "refuse");
+  CHECK_THROWS_WITH_AS(make_config(nlohmann::json::object(), {"output.reused_scan_id=overwrite"}, "/"),
+                       doctest::Contains("output.reused_scan_id"), ConfigError);
+}

@@ -1,79 +1,52 @@
 // xanes-replay: plays a scan file into xanesd as a detector and scan controller would.
-#include <chrono>
-#include <cmath>
 #include <cstdio>
 #include <stdexcept>
 #include <string>
 
-#include "cli_numbers.hpp"
+#include "cli.hpp"
+#include "progress.hpp"
 #include "replay/replay.hpp"
 
 using namespace xanesd;
 
-static int usage(int code = 2) {
-  std::fprintf(code ? stderr : stdout,
-               "usage: xanes-replay --input SCAN.h5 [--endpoint tcp://127.0.0.1:5555]\n"
-               "                    [--order energy-major|pixel-major] [--rate FRAMES_PER_S]\n"
-               "                    [--rows-per-frame N] [--chunk-pixels N] [--scan-id ID] [--no-stop]\n"
-               "                    [--energies E1,E2,... (eV: a sub-spectra scan at these energies only)]\n"
-               "                    [--timeout SECONDS (default 30: how long a message may wait for xanesd)]\n"
-               "                    [--resume CONTROL_ENDPOINT (after a daemon restart: send only the frames xanesd has not acknowledged)]\n"
-               "                    [--server-key DAEMON.pub --client-key CLIENT.key (CURVE: a daemon with security.server_key)]\n"
-               "Plays a scan file (README \"Scan files\"; xanes-convert makes them from TIFF and HDF5 stacks)\n"
-               "into xanesd; prints progress every 5 s.\n");
-  return code;
-}
-
 int main(int argc, char** argv) {
+  CLI::App app(
+      "Plays a scan file (README \"Scan files\"; xanes-convert makes them from TIFF, HDF5 and STXM stacks) into xanesd\n"
+      "as a detector and scan controller would; prints progress (frames sent, ETA) on stderr every 5 s.",
+      "xanes-replay");
   replay::Options opt;
+  std::string order = "energy-major";
+  double timeout_s = opt.timeout_ms / 1000.0;
+  bool quiet = false;
+  app.add_option("--input", opt.input, "the scan file")->required();
+  app.add_option("--endpoint", opt.endpoint, "xanesd's ingest endpoint")->capture_default_str();
+  app.add_option("--order", order, "frame order")->check(CLI::IsMember({"energy-major", "pixel-major"}))->capture_default_str();
+  app.add_option("--rate", opt.rate_fps, "frames per second (0: as fast as xanesd takes them)")
+      ->check(cli::non_negative());
+  app.add_option("--rows-per-frame", opt.rows_per_frame, "energy-major: rows per frame (0: whole images)")->check(cli::non_negative());
+  app.add_option("--chunk-pixels", opt.chunk_pixels, "pixel-major: pixels per frame (0: one image row)")->check(cli::non_negative());
+  app.add_option("--scan-id", opt.scan_id, "scan id (default: the file's stem)");
+  app.add_flag("--no-stop", [&](std::int64_t) { opt.send_stop = false; }, "do not send stop");
+  app.add_option("--energies", opt.only_energies_eV, "eV: a sub-spectra scan at these energies only: E1,E2,...")
+      ->delimiter(',')
+      ->check(cli::number());
+  app.add_option("--timeout", timeout_s, "seconds a message may wait for xanesd before xanes-replay gives up")
+      ->check(cli::positive())
+      ->capture_default_str();
+  app.add_option("--resume", opt.resume_control,
+                 "CONTROL_ENDPOINT: after a daemon restart, send only the frames xanesd has not acknowledged");
+  app.add_option("--server-key", opt.server_key, "DAEMON.pub (CURVE: a daemon with security.server_key)");
+  app.add_option("--client-key", opt.client_key, "CLIENT.key (CURVE)");
+  app.add_flag("--quiet", quiet, "no progress lines");
+  if (auto code = cli::parse(app, argc, argv)) return *code;
+  opt.order = protocol::order_from_string(order);
+  opt.timeout_ms = static_cast<int>(1000 * timeout_s);
   try {
-    for (int i = 1; i < argc; ++i) {
-      const std::string a = argv[i];
-      auto next = [&]() -> std::string {
-        if (i + 1 >= argc) throw std::invalid_argument(a + " needs a value");
-        return argv[++i];
-      };
-      if (a == "--input") opt.input = next();
-      else if (a == "--endpoint") opt.endpoint = next();
-      else if (a == "--order") opt.order = protocol::order_from_string(next());
-      else if (a == "--rate") opt.rate_fps = cli::number(a, next());
-      else if (a == "--rows-per-frame") opt.rows_per_frame = static_cast<int>(cli::whole(a, next()));
-      else if (a == "--chunk-pixels") opt.chunk_pixels = static_cast<int>(cli::whole(a, next()));
-      else if (a == "--timeout") opt.timeout_ms = static_cast<int>(1000 * cli::number(a, next()));
-      else if (a == "-h" || a == "--help") return usage(0);
-      else if (a == "--scan-id") opt.scan_id = next();
-      else if (a == "--no-stop") opt.send_stop = false;
-      else if (a == "--resume") opt.resume_control = next();
-      else if (a == "--server-key") opt.server_key = next();
-      else if (a == "--client-key") opt.client_key = next();
-      else if (a == "--energies") {
-        const std::string list = next();
-        for (std::size_t pos = 0; pos < list.size();) {
-          const auto comma = list.find(',', pos);
-          opt.only_energies_eV.push_back(cli::number(a, list.substr(pos, comma - pos)));
-          pos = comma == std::string::npos ? list.size() : comma + 1;
-        }
-      }
-      else {
-        std::fprintf(stderr, "xanes-replay: unknown option '%s'\n", a.c_str());
-        return usage();
-      }
-    }
-    if (opt.input.empty()) {
-      std::fprintf(stderr, "xanes-replay: --input is required\n");
-      return usage();
-    }
-    if (opt.timeout_ms <= 0) throw std::invalid_argument("--timeout must be positive");
     zmq::context_t ctx(1);
-    auto last = std::chrono::steady_clock::now();
-    const auto t0 = last;
-    const auto r = replay::run(opt, ctx, [&](std::int64_t seq) {
-      const auto now = std::chrono::steady_clock::now();
-      if (now - last < std::chrono::seconds(5)) return;
-      last = now;
-      const double s = std::chrono::duration<double>(now - t0).count();
-      std::fprintf(stderr, "xanes-replay: %lld frames sent in %.0f s (%.1f frames/s)\n", static_cast<long long>(seq + 1), s,
-                   static_cast<double>(seq + 1) / s);
+    Progress progress("xanes-replay", "frames sent", quiet, std::chrono::seconds(5));
+    const auto r = replay::run(opt, ctx, [&](std::int64_t sent, std::int64_t total) {
+      progress.set_total(total);
+      progress.update(sent);
     });
     std::printf("xanes-replay: sent %lld frames in %.2f s (%.1f frames/s)%s\n", static_cast<long long>(r.frames), r.seconds,
                 r.seconds > 0 ? static_cast<double>(r.frames) / r.seconds : 0.0,

@@ -56,7 +56,7 @@ ResumePoint resume_point(const Options& opt, const std::string& scan_id, zmq::co
   return r;
 }
 
-Report run(const Options& opt, zmq::context_t& ctx, const std::function<void(std::int64_t)>& on_frame) {
+Report run(const Options& opt, zmq::context_t& ctx, const std::function<void(std::int64_t, std::int64_t)>& on_frame) {
   ResumePoint from;
   if (!opt.resume_control.empty()) {
     from = resume_point(opt, opt.scan_id.empty() ? opt.input.stem().string() : opt.scan_id, ctx);
@@ -72,9 +72,10 @@ Report run(const Options& opt, zmq::context_t& ctx, const std::function<void(std
   secure(push, opt);
   push.connect(opt.endpoint);
   const auto t0 = std::chrono::steady_clock::now();
-  std::int64_t seq = 0, skipped = 0;
+  std::int64_t seq = 0, skipped = 0, total = 0;
   ScanFileOptions read_opt{opt.order, opt.rows_per_frame, opt.chunk_pixels, opt.scan_id, opt.send_stop, opt.only_energies_eV};
   read_scan_file(opt.input, read_opt, [&](protocol::IngestMessage&& msg) {
+    if (const auto* s = std::get_if<protocol::StartMsg>(&msg)) total = scan_file_frames(*s, read_opt) - from.first_seq;
     const bool is_frame = std::holds_alternative<protocol::FrameMsg>(msg);
     if (is_frame && std::get<protocol::FrameMsg>(msg).seq < from.first_seq) return void(++skipped);  // acknowledged
     if (!from.send_start && std::holds_alternative<protocol::StartMsg>(msg)) return;  // the scan runs already
@@ -85,8 +86,8 @@ Report run(const Options& opt, zmq::context_t& ctx, const std::function<void(std
       throw std::runtime_error("no xanesd took a message at " + opt.endpoint + " within " + std::to_string(opt.timeout_ms / 1000.0).substr(0, 4) +
                                " s (is the daemon running, and is this its ingest endpoint?) after " + std::to_string(seq) + " frames");
     if (is_frame) {
-      if (on_frame) on_frame(seq);
       ++seq;
+      if (on_frame) on_frame(seq, total);
     }
   });
   push.close();  // linger -1: returns once everything is handed to the peer

@@ -53,8 +53,8 @@ struct Report {
   double seconds = 0;
 };
 
-// Sends the scan; `on_frame(seq)` is called right after each frame is handed to ZeroMQ
-// (the benchmark uses it to time frame-to-map latency).
-Report run(const Options& opt, zmq::context_t& ctx, const std::function<void(std::int64_t)>& on_frame = {});
+// Sends the scan; `on_frame(sent, total)` is called right after each frame is handed to ZeroMQ,
+// with the frames sent so far and the frames this replay sends in all (progress, ETA).
+Report run(const Options& opt, zmq::context_t& ctx, const std::function<void(std::int64_t, std::int64_t)>& on_frame = {});
 
 }  // namespace xanesd::replay

@@ -1,67 +1,49 @@
 // xanes-simulate: writes a synthetic scan file (with /truth) from real reference spectra.
 #include <cstdio>
 #include <iostream>
-#include <sstream>
 
-#include "cli_numbers.hpp"
+#include "cli.hpp"
 #include "simulate/simulate.hpp"
 
 using namespace xanesd;
 
-static int usage(int code = 2) {
-  std::fprintf(code ? stderr : stdout,
-               "usage: xanes-simulate --refs FILE [--refs FILE ...] [--use NAME,NAME,...] --energies FILE\n"
-               "                      [--shape ROWSxCOLS] [--mode fluorescence|transmission] [--counts N]\n"
-               "                      [--thickness T] [--dark D] [--seed S] [--no-noise] [--layout regions|domains|scene]\n"
-               "                      [--background B] [--i0-units U] [--gain G]\n"
-               "                      --out SCAN.h5\n");
-  return code;
-}
-
 int main(int argc, char** argv) {
-  std::vector<std::string> ref_files;
-  std::string use, energies_file, out;
+  CLI::App app("Writes a synthetic scan file (with /truth) from real reference spectra.", "xanes-simulate");
+  std::vector<std::string> ref_files, use;
+  std::string energies_file, out, shape = "155x160", mode = "fluorescence", layout = "regions";
   sim::Params p;
-  p.rows = 155, p.cols = 160;
-  try {
-    for (int i = 1; i < argc; ++i) {
-      const std::string a = argv[i];
-      auto next = [&]() -> std::string {
-        if (i + 1 >= argc) throw std::invalid_argument(a + " needs a value");
-        return argv[++i];
-      };
-      if (a == "-h" || a == "--help") return usage(0);
-      if (a == "--refs") ref_files.push_back(next());
-      else if (a == "--use") use = next();
-      else if (a == "--energies") energies_file = next();
-      else if (a == "--shape") {
-        const auto v = next();
+  app.add_option("--refs", ref_files, "reference file (repeatable)")->required()->allow_extra_args(false);
+  app.add_option("--use", use, "the species: NAME,NAME,... (default: the first 3 references)")->delimiter(',');
+  app.add_option("--energies", energies_file, "text file of energies (eV)")->required();
+  // ROWSxCOLS, each 1 to 65536
+  const CLI::Validator shape_check(
+      [](std::string& v) -> std::string {
         const auto x = v.find('x');
-        if (x == std::string::npos) throw std::invalid_argument("--shape is ROWSxCOLS");
-        p.rows = static_cast<int>(cli::whole(a, v.substr(0, x), 1, 1 << 16)), p.cols = static_cast<int>(cli::whole(a, v.substr(x + 1), 1, 1 << 16));
-      } else if (a == "--mode") p.mode = protocol::mode_from_string(next());
-      else if (a == "--counts") p.counts = cli::number(a, next());
-      else if (a == "--thickness") p.max_thickness = cli::number(a, next());
-      else if (a == "--dark") p.dark = cli::number(a, next());
-      else if (a == "--seed") p.seed = static_cast<std::uint64_t>(cli::whole(a, next(), 0, 1LL << 53));
-      else if (a == "--no-noise") p.noise = false;
-      else if (a == "--layout") {
-        const std::string l = next();
-        if (l == "regions") p.layout = sim::Params::Layout::regions;
-        else if (l == "domains") p.layout = sim::Params::Layout::domains;
-        else if (l == "scene") p.layout = sim::Params::Layout::scene;
-        else throw std::invalid_argument("--layout is 'regions', 'domains' or 'scene'");
-      }
-      else if (a == "--background") p.background = cli::number(a, next());
-      else if (a == "--i0-units") p.i0_units = cli::number(a, next());
-      else if (a == "--gain") p.detector_gain = cli::number(a, next());
-      else if (a == "--out") out = next();
-      else {
-        std::fprintf(stderr, "xanes-simulate: unknown option '%s'\n", a.c_str());
-        return usage();
-      }
-    }
-    if (ref_files.empty() || energies_file.empty() || out.empty()) return usage();
+        auto side = [](const std::string& t) {
+          return !t.empty() && t.size() <= 5 && t.find_first_not_of("0123456789") == std::string::npos && std::stoi(t) >= 1 &&
+                 std::stoi(t) <= 65536;
+        };
+        return x != std::string::npos && side(v.substr(0, x)) && side(v.substr(x + 1)) ? "" : "'" + v + "' is not ROWSxCOLS (each 1 to 65536)";
+      },
+      "ROWSxCOLS");
+  app.add_option("--shape", shape, "image size")->check(shape_check)->capture_default_str();
+  app.add_option("--mode", mode, "measurement mode")->check(CLI::IsMember({"fluorescence", "transmission"}))->capture_default_str();
+  app.add_option("--counts", p.counts, "counts scale")->check(cli::number())->capture_default_str();
+  app.add_option("--thickness", p.max_thickness, "maximum thickness")->check(cli::number())->capture_default_str();
+  app.add_option("--dark", p.dark, "dark counts")->check(cli::number())->capture_default_str();
+  app.add_option("--seed", p.seed, "random seed")->check(cli::non_negative())->capture_default_str();
+  app.add_flag("--no-noise", [&](std::int64_t) { p.noise = false; }, "no counting noise");
+  app.add_option("--layout", layout, "species layout")->check(CLI::IsMember({"regions", "domains", "scene"}))->capture_default_str();
+  app.add_option("--background", p.background, "background counts")->check(cli::number())->capture_default_str();
+  app.add_option("--i0-units", p.i0_units, "I0 scale")->check(cli::number())->capture_default_str();
+  app.add_option("--gain", p.detector_gain, "detector gain")->check(cli::number())->capture_default_str();
+  app.add_option("--out", out, "the scan file to write")->required();
+  if (auto code = cli::parse(app, argc, argv)) return *code;
+  const auto x = shape.find('x');
+  p.rows = std::stoi(shape.substr(0, x)), p.cols = std::stoi(shape.substr(x + 1));
+  p.mode = protocol::mode_from_string(mode);
+  p.layout = layout == "scene" ? sim::Params::Layout::scene : layout == "domains" ? sim::Params::Layout::domains : sim::Params::Layout::regions;
+  try {
     std::vector<science::Reference> all, refs;
     for (const auto& f : ref_files) {
       auto r = science::load_reference_file(f);
@@ -70,9 +52,7 @@ int main(int argc, char** argv) {
     if (use.empty()) {
       refs.assign(all.begin(), all.begin() + std::min<std::size_t>(3, all.size()));
     } else {
-      std::stringstream ss(use);
-      std::string name;
-      while (std::getline(ss, name, ',')) {
+      for (const auto& name : use) {
         auto it = std::find_if(all.begin(), all.end(), [&](const auto& r) { return r.name == name; });
         if (it == all.end()) throw std::invalid_argument("no reference named '" + name + "'");
         refs.push_back(*it);

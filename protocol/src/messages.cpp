@@ -44,6 +44,7 @@ WireMessage StartMsg::to_wire() && {
               {"xrf_channels", xrf_channels}};
   if (extend) m.header["extend"] = true;
   if (!references.empty()) m.header["references"] = references;
+  if (!metadata.empty()) m.header["metadata"] = metadata;
   if (dark) m.arrays.push_back(std::move(*dark));
   if (flat) m.arrays.push_back(std::move(*flat));
   return m;
@@ -91,6 +92,12 @@ StartMsg StartMsg::from_wire(WireMessage&& m) {
     else throw ProtocolError(bad);
     for (const auto& v : s.references)
       if (v.empty() || v.size() > 4096) throw ProtocolError(bad);
+  }
+  if (m.header.contains("metadata")) {
+    auto& md = m.header["metadata"];
+    if (!md.is_object() || md.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).size() > 65536)
+      throw ProtocolError("'metadata' must be a map of at most 64 KiB");
+    s.metadata = std::move(md);
   }
   s.dark = take(m, "dark");
   s.flat = take(m, "flat");

@@ -28,6 +28,7 @@ const std::vector<ConfigKey>& config_keys() {
       {"control.reply_timeout_ms", 60000, "longest a control request waits for the pipeline before it is answered with an error (ms): a command that has not started by then is cancelled (it never runs), one that is running goes on and its outcome is published on the errors topic (late_reply) when it ends. status and snapshot never wait for the pipeline", 100, 3.6e6},
       {"references.files", nlohmann::json::array(), "reference spectra files (XDI, Athena/Demeter multi-column exports, beamline scans with i0/itrans/ifluor columns, CSV with a header row, Athena .prj projects, two-column eV/keV text; plain or gzipped), relative to the config file's folder"},
       {"references.normalize", "auto", "edge-normalize references as Larch's pre_edge does: 'auto' (only spectra that are not already ~0 before the edge and ~1 at the end: raw μ; where an edge step means nothing, as at L2,3 edges in optical density, as 'background'), 'always', 'never', or 'background' (subtract the pre-edge line, keep the spectrum's own scale)"},
+      {"references.libraries", nlohmann::json::object(), "named reference sets a start may name in its references (e.g. \"references\": \"fe-l\"): {\"fe-k\": \"refs/fe-k\", \"fe-l\": [\"a.xdi\", \"b.csv\"]}, each a folder (every file in it) or reference files, relative to the config file's folder; read when a start names them (normalized with references.normalize)"},
       {"references.energy_unit", "auto", "energy unit of reference files: 'auto' (declared in the header, else keV when every energy is below 100), 'eV' or 'keV'"},
       {"references.margin_eV", 20.0, "how far (eV) the scan may extend beyond a reference's energy range; there the reference's end value is held. Beyond it the references are refused for that scan", 0, 1e4},
       {"references.select", true, "choose the references the sample needs from the whole image (tile means of material pixels, stepwise selection on the pooled misfit: docs/science.md) and fit pixels with those only; revised live, reported on the `references` topic, in status and in the result file. Off: every loaded reference is fitted in every pixel", -1e300, 1e300, true},
@@ -87,6 +88,7 @@ const std::vector<ConfigKey>& config_keys() {
       {"select.variance_floor", 0.01, "select_energies, objective equal_time: floor of the expected spectrum in the Poisson variance profile (edge-step units: the fluorescence background before the edge)", 1e-6, 10, true},
       {"output.directory", "results", "folder for result files <scan_id>.h5 (relative to the working directory)"},
       {"output.write_on_stop", true, "write the result file when a scan stops"},
+      {"output.reused_scan_id", "suffix", "a start whose scan_id has a result file in output.directory already: 'suffix' (the new scan is written to <scan_id>-2.h5, -3, …; scan_id_reused says so) or 'refuse' (the start is rejected with scan_id_exists; nothing is recorded)"},
       {"output.save_spectra", true, "also write the normalized spectra (/entry/data/spectra, E×rows×cols float32) for reprocessing; 1.6 GB for a 2048² × 100 scan"},
       {"output.batch_spectra_max_pixels", 262144, "xanesd fit (batch): writes the normalized spectra (with output.save_spectra) only for scans up to this many pixels. A larger batch run opts in by raising it: writing them costs more than reading the scan file, which holds the same data", 0, 1e12},
       {"security.server_key", "", "CURVE (CurveZMQ) key pair file of the daemon, made by `xanesd keygen --out NAME` (NAME.key; give clients NAME.pub), relative to the config file's folder. Set: every socket (ingest, results, control) requires CURVE and a client key listed below. Empty: no encryption or authentication, and every endpoint must be loopback (127.0.0.1, localhost, ipc://, inproc://)"},
@@ -112,7 +114,8 @@ const ConfigKey* find_key(const std::string& key) {
 void flatten(const nlohmann::json& j, const std::string& prefix, nlohmann::json& out) {
   for (const auto& [k, v] : j.items()) {
     const std::string key = prefix.empty() ? k : prefix + "." + k;
-    if (v.is_object()) flatten(v, key, out);
+    const auto* spec = find_key(key);
+    if (v.is_object() && !(spec && spec->fallback.is_object())) flatten(v, key, out);  // references.libraries stays whole
     else out[key] = v;
   }
 }
@@ -159,6 +162,16 @@ Config build(const nlohmann::json& flat, const std::filesystem::path& base_dir) 
     if (!f.is_string()) throw ConfigError("config key 'references.files' must be a list of paths");
     std::filesystem::path p = f.get<std::string>();
     c.references.files.push_back(p.is_absolute() ? p : base_dir / p);
+  }
+  for (const auto& [name, v] : flat.at("references.libraries").items()) {
+    const auto bad = "config key 'references.libraries': '" + name + "' must name a folder or reference files (a path or a list of paths)";
+    if (name.empty() || !(v.is_string() || (v.is_array() && !v.empty()))) throw ConfigError(bad);
+    auto& files = c.references.libraries[name];
+    for (const auto& f : v.is_string() ? nlohmann::json::array({v}) : v) {
+      if (!f.is_string() || f.get<std::string>().empty()) throw ConfigError(bad);
+      std::filesystem::path p = f.get<std::string>();
+      files.push_back(p.is_absolute() ? p : base_dir / p);
+    }
   }
   c.references.margin_eV = num("references.margin_eV");
   c.references.normalize = str("references.normalize");
@@ -210,7 +223,9 @@ Config build(const nlohmann::json& flat, const std::filesystem::path& base_dir) 
   if (c.select.objective != "equal_time" && c.select.objective != "equal_dwell")
     throw ConfigError("config key 'select.objective' must be 'equal_time' or 'equal_dwell', got '" + c.select.objective + "'");
   c.output = {str("output.directory"), flat.at("output.write_on_stop").get<bool>(), flat.at("output.save_spectra").get<bool>(),
-              num("output.batch_spectra_max_pixels")};
+              num("output.batch_spectra_max_pixels"), str("output.reused_scan_id")};
+  if (c.output.reused_scan_id != "suffix" && c.output.reused_scan_id != "refuse")
+    throw ConfigError("config key 'output.reused_scan_id' must be 'suffix' or 'refuse', got '" + c.output.reused_scan_id + "'");
   auto paths = [&](const char* key) {
     std::vector<std::filesystem::path> out;
     for (const auto& f : flat.at(key)) {
@@ -285,6 +300,26 @@ Config reconfigure(const Config& current, const nlohmann::json& changes) {
   Config c = build(flat, "/");
   c.references = current.references;  // paths were resolved at start-up
   return c;
+}
+
+std::vector<std::filesystem::path> library_files(const std::string& name, const std::vector<std::filesystem::path>& paths) {
+  std::vector<std::filesystem::path> out;
+  for (const auto& p : paths) {
+    std::error_code ec;
+    if (std::filesystem::is_directory(p, ec)) {
+      std::vector<std::filesystem::path> in_folder;
+      for (const auto& e : std::filesystem::directory_iterator(p, ec))
+        if (e.is_regular_file() && e.path().filename().string().front() != '.') in_folder.push_back(e.path());
+      std::sort(in_folder.begin(), in_folder.end());
+      if (in_folder.empty()) throw ConfigError("reference library '" + name + "': folder '" + p.string() + "' has no files");
+      out.insert(out.end(), in_folder.begin(), in_folder.end());
+    } else if (std::filesystem::exists(p, ec)) {
+      out.push_back(p);
+    } else {
+      throw ConfigError("reference library '" + name + "': '" + p.string() + "' does not exist");
+    }
+  }
+  return out;
 }
 
 std::string config_keys_markdown() {

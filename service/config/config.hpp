@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <map>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -45,6 +46,7 @@ struct ControlConfig {
 };
 struct ReferencesConfig {
   std::vector<std::filesystem::path> files;  // resolved against the config file's folder
+  std::map<std::string, std::vector<std::filesystem::path>> libraries;  // named sets a start may ask for (folders or files)
   double margin_eV = 0;
   std::string normalize;  // auto | always | never
   std::string energy_unit;  // auto | eV | keV
@@ -82,6 +84,7 @@ struct OutputConfig {
   bool write_on_stop = true;
   bool save_spectra = true;
   double batch_spectra_max_pixels = 262144;  // xanesd fit: spectra written only up to this many pixels
+  std::string reused_scan_id = "suffix";     // suffix | refuse
 };
 
 struct SecurityConfig {  // CURVE on every socket when server_key is set (service/security/curve.hpp)
@@ -119,6 +122,10 @@ struct ConfigKey {
   bool runtime = false;              // may be changed with the control `configure` command
 };
 const std::vector<ConfigKey>& config_keys();
+
+// The files of a named reference library (references.libraries): each folder's regular files,
+// sorted by name, and the files given. Throws ConfigError for a path that does not exist.
+std::vector<std::filesystem::path> library_files(const std::string& name, const std::vector<std::filesystem::path>& paths);
 
 // Builds a Config from a (possibly nested) JSON object plus "key=value" overrides (value
 // parsed as JSON, else taken as a string). base_dir resolves relative reference paths.

@@ -296,6 +296,14 @@ void Pipeline::on_start(protocol::StartMsg&& s) {
     report(*issue, s.scan_id);
     return;
   }
+  if (cfg_.output.reused_scan_id == "refuse" && !replaying_ &&
+      std::filesystem::exists(std::filesystem::symlink_status(result_path(cfg_.output.directory, "", s.scan_id)))) {
+    counters_.add("ingest.rejected.start");
+    report({"scan_id_exists", "start for scan '" + s.scan_id + "' refused: " + s.scan_id + ".h5 exists already in " +
+                                  cfg_.output.directory.string() + " (output.reused_scan_id = refuse): start it with a new scan_id"},
+           s.scan_id);
+    return;
+  }
   const auto id = s.scan_id;
   std::string refs_error;
   if (!s.references.empty()) {
@@ -469,6 +477,14 @@ std::vector<science::Reference> Pipeline::resolve_references(const std::vector<s
                                                                 const std::string& energy_unit) const {
   std::vector<science::Reference> out;
   for (const auto& item : items) {
+    if (const auto lib = cfg_.references.libraries.find(item); lib != cfg_.references.libraries.end()) {  // references.libraries
+      for (const auto& f : library_files(lib->first, lib->second)) {
+        auto loaded = science::load_reference_file(f, science::normalize_mode_from_string(normalize),
+                                                   science::energy_unit_from_string(energy_unit));
+        out.insert(out.end(), loaded.begin(), loaded.end());
+      }
+      continue;
+    }
     auto named = [&](const std::vector<science::Reference>& set) {
       return std::find_if(set.begin(), set.end(), [&](const auto& r) { return r.name == item; });
     };
@@ -479,7 +495,7 @@ std::vector<science::Reference> Pipeline::resolve_references(const std::vector<s
                                                  science::energy_unit_from_string(energy_unit));
       out.insert(out.end(), loaded.begin(), loaded.end());
     } else {
-      throw science::ReferenceError("'" + item.substr(0, 200) + "' is neither a loaded reference, nor one of the start-up library, nor a file the daemon can read");
+      throw science::ReferenceError("'" + item.substr(0, 200) + "' is neither a library of references.libraries, nor a loaded reference, nor one of the start-up library, nor a file the daemon can read");
     }
   }
   for (std::size_t a = 0; a < out.size(); ++a)

@@ -177,6 +177,7 @@ std::optional<Issue> Scan::extend(const protocol::StartMsg& more, const std::vec
   energy_seen_.resize(start_.energies_eV.size(), 0);
   state_ = ScanState::running;
   stop_reason_.clear();
+  ended_.reset();
   edge_maps_.reset();
   // The extension is a new segment: its sender numbers frames from 0 again.
   seqs_seen_.clear();
@@ -435,6 +436,7 @@ FrameOutcome Scan::apply(protocol::FrameMsg& f) {
 std::vector<Issue> Scan::stop(const protocol::StopMsg& s) {
   std::vector<Issue> issues;
   state_ = s.reason == "aborted" ? ScanState::aborted : ScanState::stopped;
+  ended_ = std::chrono::system_clock::now();
   stop_reason_ = s.reason;
   const auto missing = (max_seq_ + 1) - static_cast<std::int64_t>(seqs_seen_.size());
   if (missing > 0)
@@ -448,6 +450,7 @@ std::vector<Issue> Scan::stop(const protocol::StopMsg& s) {
 
 void Scan::abort(const std::string& why) {
   state_ = ScanState::aborted;
+  ended_ = std::chrono::system_clock::now();
   stop_reason_ = why;
 }
 

@@ -140,6 +140,8 @@ class Scan : private science::SampleSource {
 
   std::int64_t frames_applied() const { return frames_applied_; }
   std::chrono::system_clock::time_point started() const { return started_; }
+  // When the scan stopped or was aborted (the result file's end_time); none while it runs.
+  std::optional<std::chrono::system_clock::time_point> ended() const { return ended_; }
   std::int64_t last_seq() const { return last_seq_; }
   int energies_seen() const;
   nlohmann::json summary() const;
@@ -189,6 +191,7 @@ class Scan : private science::SampleSource {
   std::vector<int> pending_planes_;  // stored, not yet in the fit's statistics
   std::map<std::string, std::int64_t> flags_;  // flagged sample counts by code
   std::chrono::system_clock::time_point started_ = std::chrono::system_clock::now();
+  std::optional<std::chrono::system_clock::time_point> ended_;
 };
 
 }  // namespace xanesd

@@ -63,6 +63,18 @@ void write_scan_info(hid_t entry, const Scan& scan, const nlohmann::json& config
     h5::attr_string(ds, "version", kVersion);
   }
   h5::write_string(entry, "start_time", iso_time(scan.started()));
+  if (const auto ended = scan.ended()) h5::write_string(entry, "end_time", iso_time(*ended));
+  // What was fitted: the scan file of `xanesd fit`, or the run a live scan belongs to (its start's metadata).
+  if (config.contains("input") && config["input"].is_string()) h5::write_string(entry, "input_file", config["input"].get<std::string>());
+  constexpr auto replace_bad = nlohmann::json::error_handler_t::replace;
+  if (const auto& md = scan.start().metadata; md.is_object() && !md.empty()) {
+    h5::write_string(entry, "start_metadata", md.dump(2, ' ', false, replace_bad));
+    for (const char* key : {"run_id", "uid"})
+      if (md.contains(key) && md[key].is_string()) {
+        h5::write_string(entry, "entry_identifier", md[key].get<std::string>());
+        break;
+      }
+  }
   h5::write_string(entry, "mode", protocol::to_string(scan.start().mode));
   std::vector<double> e = scan.energies();
   h5::write(entry, "energy", e);

@@ -20,7 +20,23 @@ Array rows_array_copy(const std::string& name, const float* data, int nrows, int
   return Array::from<float>(name, std::span<const float>(data, static_cast<std::size_t>(nrows) * cols), {nrows, cols});
 }
 
+// Rows of an energy-major frame; pixels of a pixel-major one.
+int frame_rows(const ScanFileOptions& opt, int rows) { return opt.rows_per_frame > 0 ? std::min(opt.rows_per_frame, rows) : rows; }
+std::size_t frame_pixels(const ScanFileOptions& opt, int cols) {
+  return opt.chunk_pixels > 0 ? static_cast<std::size_t>(opt.chunk_pixels) : static_cast<std::size_t>(cols);
+}
 }  // namespace
+
+std::int64_t scan_file_frames(const protocol::StartMsg& start, const ScanFileOptions& opt) {
+  const auto energies = static_cast<std::int64_t>(start.energies_eV.size());
+  if (start.rows <= 0 || start.cols <= 0) return 0;
+  if (opt.order == protocol::Order::energy_major) {
+    const int block = frame_rows(opt, start.rows);
+    return energies * ((start.rows + block - 1) / block);
+  }
+  const auto pixels = static_cast<std::size_t>(start.rows) * static_cast<std::size_t>(start.cols), chunk = frame_pixels(opt, start.cols);
+  return energies * static_cast<std::int64_t>((pixels + chunk - 1) / chunk);
+}
 
 std::int64_t read_scan_file(const std::filesystem::path& path, const ScanFileOptions& opt,
                             const std::function<void(protocol::IngestMessage&&)>& emit) {
@@ -114,7 +130,7 @@ std::int64_t read_scan_file(const std::filesystem::path& path, const ScanFileOpt
   };
 
   if (opt.order == protocol::Order::energy_major) {
-    const int block = opt.rows_per_frame > 0 ? std::min(opt.rows_per_frame, R) : R;
+    const int block = frame_rows(opt, R);
     std::vector<float> counts(P), i0(i0_per_pixel ? P : 0), flat(flat_per_energy ? P : 0);
     auto rows_array = [&](const std::string& name, float* data, int nrows) {
       if (!opt.borrow_buffers) return rows_array_copy(name, data, nrows, C);
@@ -153,7 +169,7 @@ std::int64_t read_scan_file(const std::filesystem::path& path, const ScanFileOpt
     std::vector<float> all_i0, all_flat;
     if (i0_per_pixel) all_i0 = h5::read<float>(file, "raw/i0");
     if (flat_per_energy) all_flat = h5::read<float>(file, "raw/flat");
-    const std::size_t chunk = opt.chunk_pixels > 0 ? static_cast<std::size_t>(opt.chunk_pixels) : static_cast<std::size_t>(C);
+    const std::size_t chunk = frame_pixels(opt, C);
     for (std::size_t p0 = 0; p0 < P; p0 += chunk) {
       const std::size_t n = std::min(chunk, P - p0);
       std::vector<std::uint32_t> pix(n);

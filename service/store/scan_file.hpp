@@ -27,6 +27,9 @@ struct ScanFileOptions {
   bool borrow_buffers = false;
 };
 
+// How many frames read_scan_file emits for the scan its start message describes (progress, ETA).
+std::int64_t scan_file_frames(const protocol::StartMsg& start, const ScanFileOptions& opt);
+
 // Calls `emit` for every message in order; returns how many frames were emitted.
 std::int64_t read_scan_file(const std::filesystem::path& path, const ScanFileOptions& opt,
                             const std::function<void(protocol::IngestMessage&&)>& emit);

@@ -93,7 +93,10 @@ class Bridge:
             raise BridgeError(f"'{self.image}' has shape {keys[self.image].get('shape')}: expected a 2-D image")
         self.descriptor = doc["uid"]
         refs = self.run.get(self.references_key)
-        self._send(xp.start_message(self.scan_id, shape, self.plan, self.mode, references=refs or None))
+        # The run's identity goes into the result file (/entry/entry_identifier, /entry/start_metadata).
+        metadata = {k: self.run[k] for k in ("uid", "scan_id", "plan_name", "time", "sample", "proposal") if k in self.run}
+        self._send(xp.start_message(self.scan_id, shape, self.plan, self.mode, references=refs or None,
+                                    metadata=metadata))
         self.started = True
 
     def _frame(self, energy, i0, image):

@@ -312,11 +312,13 @@ STOP_REASONS = ("completed", "aborted")
 
 def start_message(scan_id: str, shape, energies_eV, mode: str, order: str = "energy-major",
                   xrf_channels: Iterable[str] = (), dark=None, flat=None,
-                  references: str | Sequence[str] | None = None) -> list[bytes]:
+                  references: str | Sequence[str] | None = None, metadata: dict | None = None) -> list[bytes]:
     """`start`: shape (rows, cols), planned energies (eV), mode 'fluorescence' or
     'transmission'; optional dark (rows×cols, every energy) and flat (rows×cols);
     optional references: the scan's references, a name or file path or a list of them
-    (names of loaded or start-up library spectra, files the daemon can read)."""
+    (names of loaded or start-up library spectra, a references.libraries name, files the
+    daemon can read); optional metadata: a JSON-able map of the run (`run_id` or `uid`
+    identifies it), kept in the result file."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if order not in ORDERS:
@@ -336,6 +338,10 @@ def start_message(scan_id: str, shape, energies_eV, mode: str, order: str = "ene
         if not refs or any(not r for r in refs):
             raise ValueError("references must be a non-empty name or path, or a non-empty list of them")
         header["references"] = refs
+    if metadata:
+        if not isinstance(metadata, dict):
+            raise ValueError("metadata must be a map")
+        header["metadata"] = metadata
     arrays = []
     if dark is not None:
         arrays.append(("dark", dark))

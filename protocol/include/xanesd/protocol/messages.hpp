@@ -35,6 +35,9 @@ struct StartMsg {
   // The scan's references: names of loaded (or start-up library) spectra, or reference files
   // the daemon can read; empty: the references loaded now.
   std::vector<std::string> references;
+  // What the scan controller knows of the run (e.g. a Bluesky run's uid, a proposal, a sample):
+  // a JSON object kept in the result file; `run_id` or `uid` identify the run.
+  nlohmann::json metadata = nlohmann::json::object();
   std::optional<Array> dark;  // rows×cols
   std::optional<Array> flat;  // rows×cols, energy independent
 
