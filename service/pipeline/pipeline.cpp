@@ -204,7 +204,11 @@ void Pipeline::run(std::stop_token stop) {
       try {
         // During a live cycle only frames the scan can stage go in; anything else waits for it.
         const auto* frame = std::get_if<protocol::FrameMsg>(&*msg);
-        if (cycle_.joinable() && !(frame && scan_->state() == ScanState::running && scan_->stageable(*frame))) wait_cycle();
+        if (cycle_.joinable() && !(frame && scan_->state() == ScanState::running && scan_->stageable(*frame))) {
+          // The final cycle after a stop redoes everything: the live one stops after its current step.
+          if (std::holds_alternative<protocol::StopMsg>(*msg)) cycle_cancel_ = true;
+          wait_cycle();
+        }
         on_message(std::move(*msg));
       } catch (const std::exception& e) {  // a bug, not bad input: count it and keep serving
         counters_.add("internal_errors");
@@ -411,7 +415,7 @@ Pipeline::CycleStart Pipeline::begin_cycle(bool final) {
   return {++version_, segment, t0};
 }
 
-void Pipeline::cycle_work(bool final, bool segment, std::int64_t version, ScanProgress at) {
+bool Pipeline::cycle_work(bool final, bool segment, std::int64_t version, ScanProgress at) {
   using clock = std::chrono::steady_clock;
   const int threads = solve_threads(cfg_);
   auto t = clock::now();
@@ -424,29 +428,40 @@ void Pipeline::cycle_work(bool final, bool segment, std::int64_t version, ScanPr
   lap("fold");
   const auto solved = scan_->solve_changed(threads);
   lap("solve");
+  auto publish = [&](std::vector<protocol::WireMessage>&& messages) {
+    lap("encode");
+    for (auto& m : messages) publisher_.publish(std::move(m));
+    lap("publish");
+  };
+  // Live, the fit's maps go out as soon as they are solved, not after the reference selection
+  // and the segmentation (several times the solve on small images): the map latency is the
+  // fold and solve's. They go out again if the selection changed the fit's references.
+  if (!final && cycle_cancel_) return false;  // the final cycle publishes the final maps now
+  bool fit_published = false;
+  if (segment && !final) publish(make_map_messages(*scan_, version, false, false, &at)), fit_published = true;
   if (segment) {
-    guarded("reference_selection_failed", [&] { scan_->update_reference_selection(threads); });
+    bool refitted = false;
+    guarded("reference_selection_failed", [&] { refitted = scan_->update_reference_selection(threads); });
+    fit_published = fit_published && !refitted;
     lap("reference_selection");
     // A failed segmentation costs its own products (not published this cycle), not the maps.
     segment = guarded("segmentation_failed", [&] { scan_->update_segments(threads); });
     lap("segmentation");
   }
   if (final) guarded("edge_maps_failed", [&] { scan_->compute_edge_maps(threads); }), lap("edge_maps");
-  auto messages = make_map_messages(*scan_, version, final, segment, &at);
-  lap("encode");
-  for (auto& m : messages) publisher_.publish(std::move(m));
-  lap("publish");
+  publish(make_map_messages(*scan_, version, final, segment, &at, !fit_published));
   spdlog::debug("cycle {}: solved {} pixels", version, solved);
+  return true;
 }
 
-void Pipeline::end_cycle(const CycleStart& c) {
+void Pipeline::end_cycle(const CycleStart& c, bool published) {
   counters_.add("time_us.ingest.apply", std::exchange(ingest_us_.apply, 0));
   counters_.add("time_us.ingest.journal", std::exchange(ingest_us_.journal, 0));
   update_status();
   publisher_.publish(make_status_message(status(), scan_->id(), c.version));
   last_publish_ = std::chrono::steady_clock::now();
   last_cycle_ = last_publish_ - c.t0;
-  counters_.add("publish.cycles");
+  counters_.add(published ? "publish.cycles" : "publish.cycles_cancelled");
   counters_.add("time_us.cycle.total", std::chrono::duration_cast<std::chrono::microseconds>(last_cycle_).count());
   spdlog::debug("cycle {} took {:.1f} ms", c.version, std::chrono::duration<double, std::milli>(last_cycle_).count());
 }
@@ -456,15 +471,17 @@ void Pipeline::publish_cycle(bool final) {
   const auto c = begin_cycle(final);
   // A failed cycle is not retried at once (it would fail again): at the next frame or interval.
   guarded("publish_failed", [&] { cycle_work(final, c.segment, c.version, scan_->progress()); });
-  end_cycle(c);
+  end_cycle(c, true);
 }
 
 void Pipeline::start_cycle() {
   cycle_start_ = begin_cycle(false);
   scan_->begin_staging();
   cycle_done_ = false;
+  cycle_cancel_ = false;
+  cycle_published_ = true;  // unless it throws before publishing (reported) or is cancelled
   cycle_ = std::jthread([this, c = cycle_start_, at = scan_->progress()] {
-    guarded("publish_failed", [&] { cycle_work(false, c.segment, c.version, at); });
+    guarded("publish_failed", [&] { cycle_published_ = cycle_work(false, c.segment, c.version, at); });
     cycle_done_ = true;
   });
   pthread_setname_np(cycle_.native_handle(), "xanesd-cycle");
@@ -477,7 +494,7 @@ void Pipeline::wait_cycle() {
   counters_.add("time_us.pipeline.waited_for_cycle",
                 std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0).count());
   counters_.add("ingest.frames_staged", static_cast<std::int64_t>(scan_->commit_staged()));
-  end_cycle(cycle_start_);
+  end_cycle(cycle_start_, cycle_published_);
 }
 
 void Pipeline::refresh_finished_scan() {

@@ -78,8 +78,9 @@ class Pipeline {
   void wait_cycle();
   // What a cycle does with the scan, on whichever thread runs it: the fold of pending planes,
   // the solve, the selection and segmentation when `segment`, the edge maps when `final`, and
-  // the map messages (stamped with `at`). It touches nothing a staged frame does.
-  void cycle_work(bool final, bool segment, std::int64_t version, ScanProgress at);
+  // the map messages (stamped with `at`). It touches nothing a staged frame does. Returns
+  // false when a live cycle was cancelled (by a stop) after its solve, with nothing published.
+  bool cycle_work(bool final, bool segment, std::int64_t version, ScanProgress at);
   // The pipeline thread's part of a cycle, before and after cycle_work.
   struct CycleStart {
     std::int64_t version;
@@ -87,7 +88,7 @@ class Pipeline {
     std::chrono::steady_clock::time_point t0;
   };
   CycleStart begin_cycle(bool final);
-  void end_cycle(const CycleStart& c);
+  void end_cycle(const CycleStart& c, bool published);
   void update_status();
   nlohmann::json handle(const nlohmann::json& request);
   // `save`: a path relative to output.directory (empty: <scan_id>.h5), refused outside it.
@@ -134,6 +135,8 @@ class Pipeline {
   nlohmann::json status_;
   std::jthread cycle_;                   // the running live cycle, if joinable
   std::atomic<bool> cycle_done_{false};  // cycle_ has finished its work (join it)
+  std::atomic<bool> cycle_cancel_{false};  // a stop came: cycle_ publishes nothing after its solve
+  bool cycle_published_ = true;            // written by cycle_, read after joining it
   CycleStart cycle_start_{};
   struct {
     std::int64_t apply = 0, journal = 0;  // µs frames spent in Scan::apply and the journal, since the last cycle

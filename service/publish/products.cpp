@@ -95,7 +95,7 @@ void append_segment_messages(const Scan& scan, const ScanProgress& at, const sci
 }  // namespace
 
 std::vector<protocol::WireMessage> make_map_messages(const Scan& scan, std::int64_t version, bool final, bool with_segments,
-                                                     const ScanProgress* progress) {
+                                                     const ScanProgress* progress, bool with_fit) {
   const ScanProgress at = progress ? *progress : scan.progress();
   std::vector<protocol::WireMessage> out;
   // Segmentation needs no references: published even when there is no fit.
@@ -112,6 +112,7 @@ std::vector<protocol::WireMessage> make_map_messages(const Scan& scan, std::int6
     m.header["type"] = "references";
     out.push_back(std::move(m));
   }
+  if (!with_fit) return out;
 
   auto fractions = map_message(scan, at, "maps/fractions", version, final);
   fractions.header["reference_names"] = fit->model().reference_names;
