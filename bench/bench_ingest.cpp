@@ -9,6 +9,7 @@
 #include "machine.hpp"
 #include <sched.h>
 #include <sys/utsname.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -369,6 +370,8 @@ struct RunResult {
   std::size_t publications = 0;   // maps/fractions messages received (incl. the final ones)
   std::int64_t cycles = 0;        // daemon publish.cycles
   double sender_done_s = 0;       // when the last frame was handed to ZeroMQ (from first send)
+  double ingest_fps = 0;          // frames / (first frame sent → daemon has accepted every frame)
+  std::string breakdown;          // where the daemon's time went (its time_us.* counters)
   std::vector<std::string> warnings;
 };
 
@@ -379,10 +382,29 @@ double percentile(std::vector<double> v, double q) {  // nearest rank
   return v[std::clamp<std::size_t>(rank, 1, v.size()) - 1];
 }
 
+std::string sfmt(const char* f, double v) {
+  char b[64];
+  std::snprintf(b, sizeof b, f, v);
+  return b;
+}
+
 // rate_fps = 0: the sender sends as fast as ZeroMQ accepts; otherwise frame i is sent at
 // t_begin + i / rate_fps (or as soon after as back-pressure allows).
 RunResult run_daemon(const Options& o, const Workload& w, int interval_ms, double rate_fps) {
-  std::vector<std::string> overrides = {"ingest.endpoint=tcp://127.0.0.1:*", "publish.endpoint=tcp://127.0.0.1:*",
+  // A journal of its own, new for every row: the shared default (output.directory/.journal)
+  // would replay the previous run's scan at start-up (its frames counted as accepted) and its
+  // lock would keep a second benchmark on the machine from journaling at all.
+  static int run_number = 0;
+  const auto journal_dir = std::filesystem::temp_directory_path() /
+                           ("xanesd-bench-journal-" + std::to_string(getpid()) + "-" + std::to_string(++run_number));
+  struct Remove {
+    std::filesystem::path dir;
+    ~Remove() {
+      std::error_code ec;
+      std::filesystem::remove_all(dir, ec);
+    }
+  } remove_journal{journal_dir};
+  std::vector<std::string> overrides = {"journal.directory=" + journal_dir.string(),"ingest.endpoint=tcp://127.0.0.1:*", "publish.endpoint=tcp://127.0.0.1:*",
                                         "control.endpoint=tcp://127.0.0.1:*", "publish.interval_ms=" + std::to_string(interval_ms),
                                         "output.write_on_stop=false", "output.directory=/tmp", "log.level=warn",
                                         "references.files=[" + nlohmann::json(o.library.string()).dump() + "]"};
@@ -418,7 +440,7 @@ RunResult run_daemon(const Options& o, const Workload& w, int interval_ms, doubl
 
   std::vector<Clock::time_point> handed(total);
   Clock::time_point t_begin;
-  std::atomic<bool> sender_ok{true};
+  std::atomic<bool> sender_ok{true}, begun{false};
   std::string sender_error;
   std::thread sender([&] {
     auto send = [&](protocol::WireMessage&& m) {
@@ -441,6 +463,7 @@ RunResult run_daemon(const Options& o, const Workload& w, int interval_ms, doubl
             t_begin = Clock::now();
           send(frame_message(w, ids[static_cast<std::size_t>(s)], static_cast<std::int64_t>(e), e));
           handed[static_cast<std::size_t>(s) * E + e] = Clock::now();
+          begun = true;
         }
         protocol::StopMsg stop;
         stop.scan_id = ids[static_cast<std::size_t>(s)];
@@ -459,6 +482,21 @@ RunResult run_daemon(const Options& o, const Workload& w, int interval_ms, doubl
     bool final;
     Clock::time_point t;
   };
+  // When the daemon has accepted every frame (its ingest, apart from the final maps): status
+  // polled every 10 ms on its own socket; status is answered without the pipeline thread.
+  std::atomic<bool> polling{true};
+  Clock::time_point t_accepted{};
+  std::thread poller([&] {
+    while (polling) {
+      std::this_thread::sleep_for(10ms);
+      if (!begun) continue;
+      const auto st = control(ctx, eps.control, {{"cmd", "status"}});
+      if (st.at("counters").value("ingest.frames_accepted", std::int64_t{0}) >= static_cast<std::int64_t>(total)) {
+        t_accepted = Clock::now();
+        return;
+      }
+    }
+  });
   std::vector<Pub> pubs;
   std::map<std::string, std::size_t> scan_index;
   for (std::size_t s = 0; s < ids.size(); ++s) scan_index[ids[s]] = s;
@@ -489,6 +527,8 @@ RunResult run_daemon(const Options& o, const Workload& w, int interval_ms, doubl
     }
   }
   sender.join();
+  polling = false;
+  poller.join();
   if (!sender_ok) throw std::runtime_error("sender failed: " + sender_error);
 
   // Latency of frame (scan s, seq q): first publication of scan s with last_seq ≥ q.
@@ -528,17 +568,30 @@ RunResult run_daemon(const Options& o, const Workload& w, int interval_ms, doubl
   r.lat_max_ms = percentile(lat, 1.0);
   r.publications = pubs.size();
   r.cycles = counter("publish.cycles");
-  if (r.cycles != static_cast<std::int64_t>(r.publications))
+  // More maps than cycles is normal: a cycle whose reference selection changed the fitted
+  // references publishes the fit's maps again after it.
+  if (static_cast<std::int64_t>(r.publications) < r.cycles)
     r.warnings.push_back("received " + std::to_string(r.publications) + " fraction maps of " + std::to_string(r.cycles) +
                          " publication cycles (subscriber too slow?)");
   r.sender_done_s = seconds(handed.back() - t_begin);
+  r.ingest_fps = t_accepted == Clock::time_point{} ? NAN : static_cast<double>(total) / seconds(t_accepted - t_begin);
+  {
+    // Per frame: Scan::apply (validate, normalize, store) and the journal; per cycle: its phases.
+    const double n = static_cast<double>(std::max<std::int64_t>(1, counter("ingest.frames_accepted")));
+    const double cyc = static_cast<double>(std::max<std::int64_t>(1, r.cycles));
+    auto ms = [&](const char* k) { return static_cast<double>(counter(k)) / 1000.0; };
+    r.breakdown = "per frame: apply " + sfmt("%.2f", ms("time_us.ingest.apply") / n) + " ms, journal " +
+                  sfmt("%.2f", ms("time_us.ingest.journal") / n) + " ms; " + std::to_string(counter("ingest.frames_staged")) +
+                  " frames staged during cycles, pipeline waited " + sfmt("%.0f", ms("time_us.pipeline.waited_for_cycle")) +
+                  " ms for cycles; per cycle (" + std::to_string(r.cycles) + "): total " + sfmt("%.0f", ms("time_us.cycle.total") / cyc) +
+                  " ms = fold " + sfmt("%.0f", ms("time_us.cycle.fold") / cyc) + ", solve " +
+                  sfmt("%.0f", ms("time_us.cycle.solve") / cyc) + ", reference selection " +
+                  sfmt("%.0f", ms("time_us.cycle.reference_selection") / cyc) + ", segmentation " +
+                  sfmt("%.0f", ms("time_us.cycle.segmentation") / cyc) + ", edge maps " + sfmt("%.0f", ms("time_us.cycle.edge_maps") / cyc) +
+                  ", encode " + sfmt("%.0f", ms("time_us.cycle.encode") / cyc) + ", publish " +
+                  sfmt("%.0f", ms("time_us.cycle.publish") / cyc) + " ms";
+  }
   return r;
-}
-
-std::string sfmt(const char* f, double v) {
-  char b[64];
-  std::snprintf(b, sizeof b, f, v);
-  return b;
 }
 
 std::string human_rate(double v) {  // 1.23 M, 456 k …
@@ -604,6 +657,7 @@ int main(int argc, char** argv) {
       std::size_t frames;
       double fps, sps, pct;
       std::string lat50, lat99, latmax, cycles;
+      double ingest_fps = NAN;
     };
     std::vector<Row> rows;
     std::vector<std::string> summary;
@@ -645,11 +699,12 @@ int main(int argc, char** argv) {
                       w.label.c_str(), interval, pace.c_str(), r.frames, r.seconds, r.sender_done_s, r.fps,
                       human_rate(r.samples_per_s).c_str(), r.lat_median_ms, r.lat_p99_ms, r.lat_max_ms, r.publications,
                       static_cast<long long>(r.cycles));
+          std::printf("  ingest: every frame accepted at %.1f frames/s; %s\n", r.ingest_fps, r.breakdown.c_str());
           for (const auto& wmsg : r.warnings) std::printf("  WARNING: %s\n", wmsg.c_str());
           std::fflush(stdout);
           rows.push_back({w.label, "xanesd interval_ms=" + std::to_string(interval) + (rate > 0 ? " paced" : ""), r.frames,
                           r.fps, r.samples_per_s, pct, sfmt("%.0f", r.lat_median_ms), sfmt("%.0f", r.lat_p99_ms),
-                          sfmt("%.0f", r.lat_max_ms), std::to_string(r.cycles)});
+                          sfmt("%.0f", r.lat_max_ms), std::to_string(r.cycles), r.ingest_fps});
           if (!std::isnan(pct))
             summary.push_back(w.label + ", publish.interval_ms=" + std::to_string(interval) + ": xanesd reaches " +
                               sfmt("%.1f", pct) + "% of raw loopback frame rate");
@@ -667,16 +722,18 @@ int main(int argc, char** argv) {
       w.label = base_label;
     }
 
-    std::printf("\n%-20s  %-29s %7s %10s %16s %8s %11s %11s %11s %7s\n", "size", "setting", "frames", "frames/s",
-                "pixel-samples/s", "% raw", "lat p50 ms", "lat p99 ms", "lat max ms", "cycles");
-    std::printf("%s\n", std::string(141, '-').c_str());
+    std::printf("\n%-20s  %-29s %7s %10s %16s %8s %11s %11s %11s %11s %7s\n", "size", "setting", "frames", "frames/s",
+                "pixel-samples/s", "% raw", "ingest f/s", "lat p50 ms", "lat p99 ms", "lat max ms", "cycles");
+    std::printf("%s\n", std::string(153, '-').c_str());
     for (const auto& r : rows)
-      std::printf("%-20s  %-29s %7zu %10.1f %16s %8s %11s %11s %11s %7s\n", r.size.c_str(), r.setting.c_str(), r.frames, r.fps,
-                  (human_rate(r.sps) + "/s").c_str(), std::isnan(r.pct) ? "-" : sfmt("%.1f%%", r.pct).c_str(), r.lat50.c_str(),
-                  r.lat99.c_str(), r.latmax.c_str(), r.cycles.c_str());
+      std::printf("%-20s  %-29s %7zu %10.1f %16s %8s %11s %11s %11s %11s %7s\n", r.size.c_str(), r.setting.c_str(), r.frames,
+                  r.fps, (human_rate(r.sps) + "/s").c_str(), std::isnan(r.pct) ? "-" : sfmt("%.1f%%", r.pct).c_str(),
+                  std::isnan(r.ingest_fps) ? "-" : sfmt("%.1f", r.ingest_fps).c_str(), r.lat50.c_str(), r.lat99.c_str(),
+                  r.latmax.c_str(), r.cycles.c_str());
     std::printf("\n");
     for (const auto& s : summary) std::printf("%s\n", s.c_str());
     std::printf("\nframes/s, pixel-samples/s: all frames of the run (× pixels per frame) / (first frame sent → final map received)\n"
+                "ingest f/s: all frames / (first frame sent → the daemon has accepted the last one; its final maps not included)\n"
                 "latency: frame handed to ZeroMQ by the sender → arrival of the first maps/fractions publication whose\n"
                 "  last_seq covers it. Unpaced rows: the sender outruns xanesd, so this is mostly time spent queued\n"
                 "  behind earlier frames (ZeroMQ buffers + ingest queue). Paced rows: the sender offers a fixed rate\n"

@@ -198,32 +198,39 @@ void Pipeline::update_status() {
 void Pipeline::run(std::stop_token stop) {
   using namespace std::chrono;
   while (!stop.stop_requested()) {
-    // Frames first, in arrival order; a short wait keeps commands and publication responsive.
-    if (auto msg = queue_.pop_for(milliseconds(10))) {
+    // Frames first, in arrival order; a short wait keeps commands and publication responsive
+    // (shorter while a cycle runs, to commit it and start the next one soon after it ends).
+    if (auto msg = queue_.pop_for(milliseconds(cycle_.joinable() ? 1 : 10))) {
       try {
+        // During a live cycle only frames the scan can stage go in; anything else waits for it.
+        const auto* frame = std::get_if<protocol::FrameMsg>(&*msg);
+        if (cycle_.joinable() && !(frame && scan_->state() == ScanState::running && scan_->stageable(*frame))) {
+          // The final cycle after a stop redoes everything: the live one stops after its current step.
+          if (std::holds_alternative<protocol::StopMsg>(*msg)) cycle_cancel_ = true;
+          wait_cycle();
+        }
         on_message(std::move(*msg));
       } catch (const std::exception& e) {  // a bug, not bad input: count it and keep serving
         counters_.add("internal_errors");
         report({"internal_error", std::string("while handling a message: ") + e.what()}, scan_ ? scan_->id() : "");
       }
     }
+    if (cycle_.joinable() && cycle_done_.load()) wait_cycle();
     std::deque<std::shared_ptr<Command>> cmds;
     {
       std::lock_guard lock(commands_mutex_);
       cmds.swap(commands_);
     }
+    if (!cmds.empty()) wait_cycle();
     for (auto& c : cmds) run_command(*c);
-    if (scan_ && scan_->state() == ScanState::running && changed_since_publish_) {
-      // Never sooner than the interval, nor sooner than the last cycle took: solving then
-      // takes at most about half the pipeline's time, whatever the image size.
+    if (!cycle_.joinable() && scan_ && scan_->state() == ScanState::running && changed_since_publish_) {
+      // Never sooner than the interval after the last cycle ended, nor sooner than that cycle
+      // took: cycles use at most about half the cores' time, whatever the image size.
       const auto due = last_publish_ + std::max<steady_clock::duration>(milliseconds(cfg_.publish.interval_ms), last_cycle_);
-      if (steady_clock::now() >= due && !guarded("publish_failed", [&] { publish_cycle(false); })) {
-        // Not retried at once (it would fail again every 10 ms): at the next frame or interval.
-        changed_since_publish_ = false;
-        last_publish_ = steady_clock::now();
-      }
+      if (steady_clock::now() >= due) start_cycle();
     }
   }
+  wait_cycle();
 }
 
 void Pipeline::on_message(IngestMessage&& msg) {
@@ -344,7 +351,10 @@ void Pipeline::on_frame(protocol::FrameMsg&& f) {
            f.scan_id);
     return;
   }
+  const auto t0 = std::chrono::steady_clock::now();
   auto outcome = scan_->apply(f);
+  const auto t1 = std::chrono::steady_clock::now();
+  ingest_us_.apply += std::chrono::duration_cast<std::chrono::microseconds>(t1 - t0).count();
   if (outcome.accepted) {
     counters_.add("ingest.frames_accepted");
     counters_.add("ingest.samples_stored", static_cast<std::int64_t>(outcome.samples_stored));
@@ -355,6 +365,7 @@ void Pipeline::on_frame(protocol::FrameMsg&& f) {
   for (const auto& issue : outcome.issues) report(issue, f.scan_id);
   // Acknowledged (journal.last_seq) once written: after this a crash of the process loses nothing of it.
   if (outcome.accepted && !replaying_) journal_.append(std::move(f)), check_journal();
+  ingest_us_.journal += std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t1).count();
 }
 
 void Pipeline::on_stop(protocol::StopMsg&& s) {
@@ -401,30 +412,97 @@ void Pipeline::finish_scan(bool write_file) {
   publisher_.publish(make_status_message(status(), scan_->id(), version_));
 }
 
-void Pipeline::publish_cycle(bool final) {
+Pipeline::CycleStart Pipeline::begin_cycle(bool final) {
   const auto t0 = std::chrono::steady_clock::now();
-  const auto solved = scan_->solve_changed(solve_threads(cfg_));
   // Reference selection and segmentation cost more than a solve on big images: refreshed at most every
   // segment.interval_ms while the scan runs, always with the final maps.
-  bool segment = final || last_segmentation_ == std::chrono::steady_clock::time_point{} ||
+  const bool segment = final || last_segmentation_ == std::chrono::steady_clock::time_point{} ||
                        t0 >= last_segmentation_ + std::chrono::milliseconds(cfg_.segment.interval_ms);
+  if (segment) last_segmentation_ = t0;
+  changed_since_publish_ = false;  // frames from now on make the next cycle
+  return {++version_, segment, t0};
+}
+
+bool Pipeline::cycle_work(bool final, bool segment, std::int64_t version, ScanProgress at) {
+  using clock = std::chrono::steady_clock;
+  const int threads = solve_threads(cfg_);
+  auto t = clock::now();
+  auto lap = [&](const char* phase) {  // cumulative time per phase in status (counters time_us.cycle.*)
+    const auto now = clock::now();
+    counters_.add(std::string("time_us.cycle.") + phase, std::chrono::duration_cast<std::chrono::microseconds>(now - t).count());
+    t = now;
+  };
+  scan_->fold(threads);
+  lap("fold");
+  const auto solved = scan_->solve_changed(threads);
+  lap("solve");
+  auto publish = [&](std::vector<protocol::WireMessage>&& messages) {
+    lap("encode");
+    for (auto& m : messages) publisher_.publish(std::move(m));
+    lap("publish");
+  };
+  // Live, the fit's maps go out as soon as they are solved, not after the reference selection
+  // and the segmentation (several times the solve on small images): the map latency is the
+  // fold and solve's. They go out again if the selection changed the fit's references.
+  if (!final && cycle_cancel_) return false;  // the final cycle publishes the final maps now
+  bool fit_published = false;
+  if (segment && !final) publish(make_map_messages(*scan_, version, false, false, &at)), fit_published = true;
   if (segment) {
-    guarded("reference_selection_failed", [&] { scan_->update_reference_selection(solve_threads(cfg_)); });
+    bool refitted = false;
+    guarded("reference_selection_failed", [&] { refitted = scan_->update_reference_selection(threads); });
+    fit_published = fit_published && !refitted;
+    lap("reference_selection");
     // A failed segmentation costs its own products (not published this cycle), not the maps.
-    segment = guarded("segmentation_failed", [&] { scan_->update_segments(solve_threads(cfg_)); });
-    last_segmentation_ = std::chrono::steady_clock::now();
+    segment = guarded("segmentation_failed", [&] { scan_->update_segments(threads); });
+    lap("segmentation");
   }
-  if (final) guarded("edge_maps_failed", [&] { scan_->compute_edge_maps(solve_threads(cfg_)); });
-  ++version_;
-  for (auto& m : make_map_messages(*scan_, version_, final, segment)) publisher_.publish(std::move(m));
+  if (final) guarded("edge_maps_failed", [&] { scan_->compute_edge_maps(threads); }), lap("edge_maps");
+  publish(make_map_messages(*scan_, version, final, segment, &at, !fit_published));
+  spdlog::debug("cycle {}: solved {} pixels", version, solved);
+  return true;
+}
+
+void Pipeline::end_cycle(const CycleStart& c, bool published) {
+  counters_.add("time_us.ingest.apply", std::exchange(ingest_us_.apply, 0));
+  counters_.add("time_us.ingest.journal", std::exchange(ingest_us_.journal, 0));
   update_status();
-  publisher_.publish(make_status_message(status(), scan_->id(), version_));
-  changed_since_publish_ = false;
+  publisher_.publish(make_status_message(status(), scan_->id(), c.version));
   last_publish_ = std::chrono::steady_clock::now();
-  last_cycle_ = last_publish_ - t0;
-  counters_.add("publish.cycles");
-  spdlog::debug("cycle {}: solved {} pixels in {:.1f} ms", version_, solved,
-                std::chrono::duration<double, std::milli>(last_publish_ - t0).count());
+  last_cycle_ = last_publish_ - c.t0;
+  counters_.add(published ? "publish.cycles" : "publish.cycles_cancelled");
+  counters_.add("time_us.cycle.total", std::chrono::duration_cast<std::chrono::microseconds>(last_cycle_).count());
+  spdlog::debug("cycle {} took {:.1f} ms", c.version, std::chrono::duration<double, std::milli>(last_cycle_).count());
+}
+
+void Pipeline::publish_cycle(bool final) {
+  wait_cycle();
+  const auto c = begin_cycle(final);
+  // A failed cycle is not retried at once (it would fail again): at the next frame or interval.
+  guarded("publish_failed", [&] { cycle_work(final, c.segment, c.version, scan_->progress()); });
+  end_cycle(c, true);
+}
+
+void Pipeline::start_cycle() {
+  cycle_start_ = begin_cycle(false);
+  scan_->begin_staging();
+  cycle_done_ = false;
+  cycle_cancel_ = false;
+  cycle_published_ = true;  // unless it throws before publishing (reported) or is cancelled
+  cycle_ = std::jthread([this, c = cycle_start_, at = scan_->progress()] {
+    guarded("publish_failed", [&] { cycle_published_ = cycle_work(false, c.segment, c.version, at); });
+    cycle_done_ = true;
+  });
+  pthread_setname_np(cycle_.native_handle(), "xanesd-cycle");
+}
+
+void Pipeline::wait_cycle() {
+  if (!cycle_.joinable()) return;
+  const auto t0 = std::chrono::steady_clock::now();
+  cycle_.join();
+  counters_.add("time_us.pipeline.waited_for_cycle",
+                std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0).count());
+  counters_.add("ingest.frames_staged", static_cast<std::int64_t>(scan_->commit_staged()));
+  end_cycle(cycle_start_, cycle_published_);
 }
 
 void Pipeline::refresh_finished_scan() {

@@ -69,7 +69,26 @@ class Pipeline {
   // exception becomes an issue `code` on the errors topic and a counter, never std::terminate.
   // Returns false when the step threw.
   bool guarded(const char* code, const std::function<void()>& step);
+  // A publication cycle run to its end on the pipeline thread (final maps, refits).
   void publish_cycle(bool final);
+  // A live cycle on its own thread (cycle_): ingest goes on staging frames meanwhile.
+  void start_cycle();
+  // Joins the live cycle if one runs, commits the frames staged during it and publishes the
+  // status; everything but a staged frame calls this before it touches the scan.
+  void wait_cycle();
+  // What a cycle does with the scan, on whichever thread runs it: the fold of pending planes,
+  // the solve, the selection and segmentation when `segment`, the edge maps when `final`, and
+  // the map messages (stamped with `at`). It touches nothing a staged frame does. Returns
+  // false when a live cycle was cancelled (by a stop) after its solve, with nothing published.
+  bool cycle_work(bool final, bool segment, std::int64_t version, ScanProgress at);
+  // The pipeline thread's part of a cycle, before and after cycle_work.
+  struct CycleStart {
+    std::int64_t version;
+    bool segment;
+    std::chrono::steady_clock::time_point t0;
+  };
+  CycleStart begin_cycle(bool final);
+  void end_cycle(const CycleStart& c, bool published);
   void update_status();
   nlohmann::json handle(const nlohmann::json& request);
   // `save`: a path relative to output.directory (empty: <scan_id>.h5), refused outside it.
@@ -114,6 +133,14 @@ class Pipeline {
   std::deque<std::shared_ptr<Command>> commands_;
   mutable std::mutex status_mutex_;  // guards status_
   nlohmann::json status_;
+  std::jthread cycle_;                   // the running live cycle, if joinable
+  std::atomic<bool> cycle_done_{false};  // cycle_ has finished its work (join it)
+  std::atomic<bool> cycle_cancel_{false};  // a stop came: cycle_ publishes nothing after its solve
+  bool cycle_published_ = true;            // written by cycle_, read after joining it
+  CycleStart cycle_start_{};
+  struct {
+    std::int64_t apply = 0, journal = 0;  // µs frames spent in Scan::apply and the journal, since the last cycle
+  } ingest_us_;
   std::jthread thread_;
 };
 

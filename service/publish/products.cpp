@@ -9,7 +9,8 @@ double now_unix() {
   return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
 }
 
-protocol::WireMessage map_message(const Scan& scan, const std::string& topic, std::int64_t version, bool final) {
+protocol::WireMessage map_message(const Scan& scan, const ScanProgress& at, const std::string& topic, std::int64_t version,
+                                  bool final) {
   protocol::WireMessage m;
   m.topic = topic;
   m.header = {{"type", "map"},
@@ -18,9 +19,9 @@ protocol::WireMessage map_message(const Scan& scan, const std::string& topic, st
               {"time_unix", now_unix()},
               {"rows", scan.rows()},
               {"cols", scan.cols()},
-              {"frames_applied", scan.frames_applied()},
-              {"last_seq", scan.last_seq()},
-              {"energies_measured", scan.energies_seen()},
+              {"frames_applied", at.frames_applied},
+              {"last_seq", at.last_seq},
+              {"energies_measured", at.energies_seen},
               {"final", final}};
   return m;
 }
@@ -34,10 +35,10 @@ protocol::Array masked(std::string name, std::span<const float> per_pixel_k, con
 }
 
 // maps/segments (the label map) and clusters (per-cluster spectra, fits, PCA diagnostics).
-void append_segment_messages(const Scan& scan, const science::Segmentation& seg, std::int64_t version, bool final,
-                             std::vector<protocol::WireMessage>& out) {
+void append_segment_messages(const Scan& scan, const ScanProgress& at, const science::Segmentation& seg, std::int64_t version,
+                             bool final, std::vector<protocol::WireMessage>& out) {
   const std::int64_t R = scan.rows(), C = scan.cols(), E = static_cast<std::int64_t>(scan.energies().size());
-  auto segments = map_message(scan, "maps/segments", version, final);
+  auto segments = map_message(scan, at, "maps/segments", version, final);
   segments.header["waiting"] = seg.waiting;
   if (!seg.waiting.empty() || seg.labels.empty()) {
     out.push_back(std::move(segments));  // says why there is no map yet
@@ -51,7 +52,7 @@ void append_segment_messages(const Scan& scan, const science::Segmentation& seg,
   segments.arrays.push_back(protocol::Array::from<std::uint8_t>("segments", seg.labels, {R, C}));
   out.push_back(std::move(segments));
 
-  auto clusters = map_message(scan, "clusters", version, final);
+  auto clusters = map_message(scan, at, "clusters", version, final);
   clusters.header["type"] = "clusters";
   clusters.header["cluster_ids"] = ids;
   nlohmann::json pixels = nlohmann::json::array(), fractions = nlohmann::json::array(), sigma = nlohmann::json::array(),
@@ -93,10 +94,12 @@ void append_segment_messages(const Scan& scan, const science::Segmentation& seg,
 
 }  // namespace
 
-std::vector<protocol::WireMessage> make_map_messages(const Scan& scan, std::int64_t version, bool final, bool with_segments) {
+std::vector<protocol::WireMessage> make_map_messages(const Scan& scan, std::int64_t version, bool final, bool with_segments,
+                                                     const ScanProgress* progress, bool with_fit) {
+  const ScanProgress at = progress ? *progress : scan.progress();
   std::vector<protocol::WireMessage> out;
   // Segmentation needs no references: published even when there is no fit.
-  if (const auto* seg = scan.segmentation(); seg && with_segments) append_segment_messages(scan, *seg, version, final, out);
+  if (const auto* seg = scan.segmentation(); seg && with_segments) append_segment_messages(scan, at, *seg, version, final, out);
   const auto* fit = scan.fit();
   if (!fit) return out;
   const auto& maps = fit->maps();
@@ -104,13 +107,14 @@ std::vector<protocol::WireMessage> make_map_messages(const Scan& scan, std::int6
 
   // The image-level reference selection, on the cycles that revise it (with the segments).
   if (const auto* sel = scan.reference_selection(); sel && with_segments) {
-    auto m = map_message(scan, "references", version, final);
+    auto m = map_message(scan, at, "references", version, final);
     m.header.update(to_json(*sel));
     m.header["type"] = "references";
     out.push_back(std::move(m));
   }
+  if (!with_fit) return out;
 
-  auto fractions = map_message(scan, "maps/fractions", version, final);
+  auto fractions = map_message(scan, at, "maps/fractions", version, final);
   fractions.header["reference_names"] = fit->model().reference_names;
   fractions.header["fit_method"] = science::to_string(fit->method());
   // Fractions where the quality mask holds (0 elsewhere), with the mask itself.
@@ -125,17 +129,17 @@ std::vector<protocol::WireMessage> make_map_messages(const Scan& scan, std::int6
     fractions.arrays.push_back(protocol::Array::from<float>("spatial_neighbours", nb, {R, C}));
   out.push_back(std::move(fractions));
 
-  auto thickness = map_message(scan, "maps/thickness", version, final);
+  auto thickness = map_message(scan, at, "maps/thickness", version, final);
   thickness.arrays.push_back(protocol::Array::from<float>("thickness", maps.thickness, {R, C}));
   out.push_back(std::move(thickness));
 
-  auto residual = map_message(scan, "maps/residual", version, final);
+  auto residual = map_message(scan, at, "maps/residual", version, final);
   residual.arrays.push_back(protocol::Array::from<float>("residual", maps.residual, {R, C}));
   residual.arrays.push_back(protocol::Array::from<float>("rfactor", maps.rfactor, {R, C}));
   out.push_back(std::move(residual));
 
   if (const auto* edge = scan.edge_maps()) {
-    auto m = map_message(scan, "maps/edge", version, final);
+    auto m = map_message(scan, at, "maps/edge", version, final);
     m.header["e0_scan_eV"] = edge->ranges.e0;
     m.header["pixels_computed"] = edge->computed;
     m.arrays.push_back(protocol::Array::from<float>("e0", edge->e0, {R, C}));
@@ -145,7 +149,7 @@ std::vector<protocol::WireMessage> make_map_messages(const Scan& scan, std::int6
     out.push_back(std::move(m));
   }
 
-  auto nenergies = map_message(scan, "maps/nenergies", version, final);
+  auto nenergies = map_message(scan, at, "maps/nenergies", version, final);
   nenergies.arrays.push_back(protocol::Array::from<std::uint16_t>("nenergies", maps.nenergies, {R, C}));
   out.push_back(std::move(nenergies));
   return out;

@@ -211,6 +211,28 @@ void Scan::fold_pending(int threads) {
   pending_planes_.clear();
 }
 
+bool Scan::stageable(const protocol::FrameMsg& f) const {
+  // Bounded: past this the pipeline waits for the cycle instead (one staged plane per frame).
+  constexpr double kMaxStagedBytes = 1073741824.0;
+  const bool in_plan = f.energy_index >= 0 && static_cast<std::size_t>(f.energy_index) < energy_seen_.size();
+  return f.region.kind == Region::Kind::full && !f.pixels && !f.xrf && scale_.empty() &&
+         (!in_plan || !energy_seen_[static_cast<std::size_t>(f.energy_index)]) &&
+         static_cast<double>(staged_.size() + 1) * static_cast<double>(npix_) * sizeof(float) <= kMaxStagedBytes;
+}
+
+std::size_t Scan::commit_staged() {
+  staging_ = false;
+  const std::size_t n = staged_.size();
+  for (auto& [e, plane] : staged_) {
+    std::copy(plane.begin(), plane.end(), store_.begin() + static_cast<std::ptrdiff_t>(static_cast<std::size_t>(e) * npix_));
+    if (lcf_) pending_planes_.push_back(e);
+    spare_planes_.push_back(std::move(plane));
+  }
+  staged_.clear();
+  if (state_ != ScanState::running) spare_planes_.clear();  // no more frames: give the memory back
+  return n;
+}
+
 std::optional<Issue> Scan::validate(const protocol::FrameMsg& f) const {
   std::ostringstream m;
   if (f.scan_id != start_.scan_id)
@@ -313,11 +335,20 @@ FrameOutcome Scan::apply(protocol::FrameMsg& f) {
   const double i0_scalar = f.i0_scalar.value_or(1.0);
   const bool transmission = start_.mode == Mode::transmission;
   const int e = f.energy_index;
-  float* plane = &store_[static_cast<std::size_t>(e) * npix_];
+  // Staged (a cycle is reading the store): into a spare plane, committed after the cycle. lcf_
+  // is not looked at, the cycle may be rebuilding it.
+  std::vector<float>* staged = nullptr;
+  if (staging_) {
+    if (spare_planes_.empty()) spare_planes_.emplace_back(npix_);
+    staged = &staged_.emplace_back(e, std::move(spare_planes_.back())).second;
+    spare_planes_.pop_back();
+  }
+  float* plane = staged ? staged->data() : &store_[static_cast<std::size_t>(e) * npix_];
   std::size_t invalid_i0 = 0;
   // A full frame at an energy not seen yet replaces nothing: its plane is folded into the fit
   // later with the other pending ones. Anything else is folded sample by sample, after them.
-  const bool defer = lcf_ && f.region.kind == Region::Kind::full && !f.pixels && !energy_seen_[static_cast<std::size_t>(e)];
+  const bool defer =
+      staged || (lcf_ && f.region.kind == Region::Kind::full && !f.pixels && !energy_seen_[static_cast<std::size_t>(e)]);
   if (!defer) fold_pending(1);
   auto* fit = defer ? nullptr : lcf_.get();
 
@@ -372,6 +403,7 @@ FrameOutcome Scan::apply(protocol::FrameMsg& f) {
   // The common detector frame (fluorescence, full, one I0, no per-frame dark, nothing to
   // replace): the same arithmetic as `normalize` without its per-sample choices.
   const bool plain = defer && !transmission && i0.empty() && dark.empty() && (dark_.empty() || dark_.size() == n);
+  if (staged && !plain) std::fill(staged->begin(), staged->end(), NAN);  // normalize skips what it does not store
   auto normalize_plain = [&](std::size_t begin, std::size_t end, FrameOutcome& o, std::size_t&) {
     const float* dk = dark_.empty() ? nullptr : dark_.data();
     std::size_t stored = 0;
@@ -414,7 +446,7 @@ FrameOutcome Scan::apply(protocol::FrameMsg& f) {
     for (std::size_t ch = 0; ch < start_.xrf_channels.size(); ++ch)
       for (std::size_t i = 0; i < n; ++i) xrf_[ch * npix_ + pixel_of(i)] = x[ch * n + i];
   }
-  if (defer) pending_planes_.push_back(e);
+  if (defer && !staged) pending_planes_.push_back(e);
   energy_seen_[static_cast<std::size_t>(e)] = 1;
   ++frames_applied_;
   out.accepted = true;
@@ -438,6 +470,7 @@ std::vector<Issue> Scan::stop(const protocol::StopMsg& s) {
   state_ = s.reason == "aborted" ? ScanState::aborted : ScanState::stopped;
   ended_ = std::chrono::system_clock::now();
   stop_reason_ = s.reason;
+  spare_planes_.clear();  // no more frames to stage
   const auto missing = (max_seq_ + 1) - static_cast<std::int64_t>(seqs_seen_.size());
   if (missing > 0)
     issues.push_back({"missing_seq", std::to_string(missing) + " sequence number(s) never arrived in scan '" + id() + "'"});
@@ -452,6 +485,7 @@ void Scan::abort(const std::string& why) {
   state_ = ScanState::aborted;
   ended_ = std::chrono::system_clock::now();
   stop_reason_ = why;
+  spare_planes_.clear();
 }
 
 bool keeps_count_scales(const ScanSettings& s, std::size_t pixels) {

@@ -75,6 +75,12 @@ double scan_bytes(int rows, int cols, std::size_t energies, std::size_t xrf_chan
 bool keeps_count_scales(const ScanSettings& s, std::size_t pixels);
 
 enum class ScanState { running, stopped, aborted };
+
+// How far ingest had got when a publication cycle took its snapshot (stamped on its maps).
+struct ScanProgress {
+  std::int64_t frames_applied = 0, last_seq = -1;
+  int energies_seen = 0;
+};
 std::string to_string(ScanState s);
 
 class Scan : private science::SampleSource {
@@ -84,6 +90,18 @@ class Scan : private science::SampleSource {
   Scan(protocol::StartMsg start, const std::vector<science::Reference>& refs, const ScanSettings& settings);
 
   FrameOutcome apply(protocol::FrameMsg& frame);
+
+  // A publication cycle on another thread (Pipeline) reads the store, the fit and what derives
+  // from them. Between begin_staging() and commit_staged() apply() takes only the frames
+  // stageable() accepts (full frames into an energy not seen yet, no XRF, no count scales): they
+  // are validated and counted at once, normalized into spare planes the cycle never reads, and
+  // commit_staged() (after the cycle) copies them into the store and queues them for the fit in
+  // arrival order, so the final statistics are the same whatever the cycles overlapped.
+  bool stageable(const protocol::FrameMsg& f) const;
+  void begin_staging() { staging_ = true; }
+  std::size_t commit_staged();
+  std::size_t staged() const { return staged_.size(); }
+  ScanProgress progress() const { return {frames_applied_, last_seq_, energies_seen()}; }
   // Ends the scan; returns flags (frames_sent mismatch, missing sequence numbers).
   std::vector<Issue> stop(const protocol::StopMsg& stop);
   void abort(const std::string& why);
@@ -94,8 +112,10 @@ class Scan : private science::SampleSource {
 
   // Rebuilds the fit from the stored spectra with new references or settings.
   void refit(const std::vector<science::Reference>& refs, const ScanSettings& settings);
-  // Solves changed pixels and recomputes the quality mask.
+  // Solves changed pixels and recomputes the quality mask (folding pending planes first;
+  // fold() does only that, for a cycle that times its steps).
   std::size_t solve_changed(int threads);
+  void fold(int threads) { fold_pending(threads); }
   // Image-level reference selection (science/reference_selection): which of the loaded
   // references the image needs, judged on the current maps' material pixels. When the chosen
   // set changes, the fit is rebuilt with those references only and solved again. Returns true
@@ -189,6 +209,9 @@ class Scan : private science::SampleSource {
   std::int64_t segment_first_frame_ = 0;  // frames_applied_ when the current segment (start or extension) began
   std::vector<std::uint8_t> energy_seen_;
   std::vector<int> pending_planes_;  // stored, not yet in the fit's statistics
+  bool staging_ = false;
+  std::vector<std::pair<int, std::vector<float>>> staged_;  // (energy, normalized plane) in arrival order
+  std::vector<std::vector<float>> spare_planes_;  // staged planes' buffers, reused: no new pages per frame
   std::map<std::string, std::int64_t> flags_;  // flagged sample counts by code
   std::chrono::system_clock::time_point started_ = std::chrono::system_clock::now();
   std::optional<std::chrono::system_clock::time_point> ended_;
