@@ -60,6 +60,7 @@ for h in "${HARNESSES[@]}"; do
     failed+=("$h")
   fi
 done
+echo "fuzz: logs, grown corpora and crashing inputs are in $OUT/<harness>/ (crashes/: inputs to replay with tests/fuzz/<harness> FILE)"
 if [ ${#failed[@]} -ne 0 ]; then
   echo "fuzz: failures in ${failed[*]}"
   exit 1

@@ -6,9 +6,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD=build-asan
-# The suites that feed the daemon bad and hostile input, the wire contract and the config
-# parser. See README "Hardening" for why the others are not here by default (time under ASan).
-DEFAULT_TESTS="test_hardening test_daemon_bad_input test_protocol test_config"
+# The suites that feed the daemon bad and hostile input, the wire contract, the config parser
+# and the control socket. See README "Hardening" for why the others are not here by default
+# (time under ASan).
+DEFAULT_TESTS="test_hardening test_daemon_bad_input test_protocol test_config test_control_plane"
 TESTS=${SANITIZE_TESTS:-$DEFAULT_TESTS}
 
 bash deploy/install-deps.sh
@@ -25,4 +26,7 @@ fi
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:detect_stack_use_after_return=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 cd "$BUILD"
-ctest --output-on-failure --timeout 1800 "${filter[@]}"
+if ! ctest --output-on-failure --timeout 1800 "${filter[@]}"; then
+  echo "sanitize: failures; the full output (sanitizer reports included) is in $PWD/Testing/Temporary/LastTest.log"
+  exit 1
+fi

@@ -271,3 +271,47 @@ TEST_CASE("SIGTERM mid-scan saves the running scan as a partial result and says 
   CHECK(test::control_retry(ctx, d.control, {{"cmd", "shutdown"}}).value("ok", false));
   CHECK(d.proc->wait(10s) == 0);
 }
+
+TEST_CASE("references and config changed mid-scan survive kill -9: the recovered scan is fitted with them") {
+  const auto dir = test::scratch("crash-fit-state");
+  const auto file = make_scan(dir);
+  zmq::context_t ctx(1);
+  test::DaemonProcess d(dir, kSettings);
+  const auto st = send_all_but_stop(ctx, file, d);
+  REQUIRE(st.at("journal").value("frames", 0) == kFrames);
+  const auto library = st.at("references");  // the start-up library: every Fe reference
+  REQUIRE(library.size() > 3);
+  // Mid-scan: three references of the library instead of all of it, and another mask threshold.
+  const std::vector<std::string> three = {"Magnetite", "Goethite", "Pyrite"};
+  const auto loaded = test::control_retry(
+      ctx, d.control, {{"cmd", "load_references"}, {"files", {test::fe_library().string()}}, {"names", three}});
+  REQUIRE(loaded.value("ok", false));
+  const auto configured =
+      test::control_retry(ctx, d.control, {{"cmd", "configure"}, {"set", {{"mask.thickness_min_relative", 0.2}}}});
+  REQUIRE(configured.value("ok", false));
+  const auto journaled = test::control_retry(ctx, d.control, {{"cmd", "status"}}).at("journal");
+  MESSAGE("journal: " << st.at("journal").value("bytes", 0) << " bytes for the start (with the fit state of "
+                      << library.size() << " references) and " << kFrames << " frames of 4×32 px; the two fit-state records of 3 references: "
+                      << journaled.value("bytes", 0) - st.at("journal").value("bytes", 0) << " bytes");
+  d.proc->signal(SIGKILL);
+  REQUIRE(d.proc->wait(10s).has_value());
+
+  d.launch("xanesd-2.log");
+  const auto after = test::control_retry(ctx, d.control, {{"cmd", "status"}});
+  INFO(after.dump());
+  REQUIRE(after.value("state", "") == "running");
+  CHECK(after.at("recovery").value("frames", 0) == kFrames);
+  CHECK(after.at("recovery").value("unreadable_records", -1) == 0);
+  CHECK(after.at("references") == nlohmann::json(three));  // not the start-up library
+  test::Process replay(replay_args(file, d, 0));  // resumes: nothing left to send but the stop
+  REQUIRE(replay.wait(120s) == 0);
+  const auto done = wait_stopped(ctx, d.control);
+  REQUIRE(done.value("state", "") == "stopped");
+  CHECK(done.at("scan").value("frames_applied", 0) == kFrames);
+  const auto h = h5::open_file(done.value("result_file", ""));
+  CHECK(h5::read_strings(h5::open_group(h, "entry/results"), "reference_names") == three);
+  const auto config = nlohmann::json::parse(h5::read_string(h, "entry/config"));
+  CHECK(config.value("mask.thickness_min_relative", 0.0) == doctest::Approx(0.2));
+  CHECK(test::control_retry(ctx, d.control, {{"cmd", "shutdown"}}).value("ok", false));
+  CHECK(d.proc->wait(10s) == 0);
+}

@@ -101,11 +101,12 @@ void convert_all(const Array& a, std::span<Out> out, bool swap) {
   const std::size_t n = a.size();
   auto run = [&](auto tag) {
     using T = decltype(tag);
-    if (!swap) {
-      const T* src = reinterpret_cast<const T*>(p);  // frames are allocated aligned by libzmq
+    if (!swap && reinterpret_cast<std::uintptr_t>(p) % alignof(T) == 0) {
+      const T* src = reinterpret_cast<const T*>(p);
       for (std::size_t i = 0; i < n; ++i) out[i] = static_cast<Out>(src[i]);
-    } else {
-      for (std::size_t i = 0; i < n; ++i) out[i] = static_cast<Out>(load<T>(p + i * sizeof(T), true));
+    } else {  // byte-swapped, or a frame not aligned for T: libzmq's zero-copy receive leaves a
+              // frame wherever it lies in its batch buffer (fuzz_control found it under UBSan)
+      for (std::size_t i = 0; i < n; ++i) out[i] = static_cast<Out>(load<T>(p + i * sizeof(T), swap));
     }
   };
   switch (a.dtype()) {

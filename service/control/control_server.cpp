@@ -35,17 +35,20 @@ zmq::message_t json_frame(const nlohmann::json& j) {
 }
 }  // namespace
 
-std::vector<zmq::message_t> ControlServer::error_reply(const std::string& why, const std::string& code) {
+std::vector<zmq::message_t> ControlServer::error_reply(const std::string& why, const std::string& code, const nlohmann::json& request_id) {
   counters_.add("control.errors");
   pipeline_.report({code, why}, "");
+  nlohmann::json j = {{"ok", false}, {"error", why}, {"code", code}};
+  if (!request_id.is_null()) j["request_id"] = request_id;
   std::vector<zmq::message_t> reply;
-  reply.push_back(json_frame({{"ok", false}, {"error", why}, {"code", code}}));
+  reply.push_back(json_frame(j));
   return reply;
 }
 
-std::vector<zmq::message_t> ControlServer::result_reply(const std::string& cmd, const nlohmann::json& result) {
+std::vector<zmq::message_t> ControlServer::result_reply(const std::string& cmd, nlohmann::json result, const nlohmann::json& request_id) {
   if (!result.value("ok", false))
-    return error_reply(cmd + ": " + result.value("error", "failed"), result.value("code", "bad_control_request"));
+    return error_reply(cmd + ": " + result.value("error", "failed"), result.value("code", "bad_control_request"), request_id);
+  if (!request_id.is_null()) result["request_id"] = request_id;
   std::vector<zmq::message_t> reply;
   reply.push_back(json_frame(result));
   return reply;
@@ -91,8 +94,33 @@ std::vector<zmq::message_t> ControlServer::handle(const zmq::message_t& raw, std
   static const char* pipeline_cmds[] = {"configure", "load_references", "save", "abort", "select_energies"};
   if (std::find(std::begin(pipeline_cmds), std::end(pipeline_cmds), cmd) == std::end(pipeline_cmds))
     return fail("unknown command '" + cmd + "' (status, configure, load_references, snapshot, select_energies, save, abort, shutdown)");
+  // A client that retries (its own timeout, a lost reply) re-sends the same request_id: the
+  // command runs once. The key is the client's routing id, so two clients never collide.
+  nlohmann::json request_id = nullptr;
+  std::string key;
+  if (req.contains("request_id")) {
+    request_id = req["request_id"];
+    if (!(request_id.is_string() && !request_id.get<std::string>().empty() && request_id.get<std::string>().size() <= 128) &&
+        !request_id.is_number_integer())
+      return fail("'request_id' must be an integer or a string of 1–128 bytes");
+    key = envelope.front().to_string() + '\0' + request_id.dump();
+    const auto running = std::find_if(pending_.begin(), pending_.end(), [&](const Pending& p) { return p.key == key; });
+    if (running != pending_.end()) {
+      counters_.add("control.duplicate_requests");
+      running->envelope = std::move(envelope);  // one reply, to the copy the client waits for now
+      return {};
+    }
+    const auto done = std::find_if(answered_.begin(), answered_.end(), [&](const auto& a) { return a.first == key; });
+    if (done != answered_.end()) {
+      counters_.add("control.duplicate_requests");
+      auto again = done->second;
+      again["duplicate"] = true;  // the reply it was given before; the command did not run again
+      reply.push_back(json_frame(again));
+      return reply;
+    }
+  }
   pending_.push_back({std::move(envelope), cmd, pipeline_.submit(req),
-                      std::chrono::steady_clock::now() + std::chrono::milliseconds(cfg_.reply_timeout_ms)});
+                      std::chrono::steady_clock::now() + std::chrono::milliseconds(cfg_.reply_timeout_ms), key, request_id});
   return {};
 }
 
@@ -111,14 +139,16 @@ void ControlServer::serve_pending() {
     auto& p = *it;
     std::vector<zmq::message_t> reply;
     if (p.ticket.reply.wait_for(std::chrono::seconds(0)) == std::future_status::ready) {
-      reply = result_reply(p.cmd, p.ticket.reply.get());
+      reply = result_reply(p.cmd, p.ticket.reply.get(), p.request_id);
     } else if (now >= p.deadline) {
       auto expected = State::queued;
       if (p.ticket.state->compare_exchange_strong(expected, State::cancelled)) {
-        reply = error_reply("'" + p.cmd + "' did not start within control.reply_timeout_ms; it was cancelled and will not run");
+        reply = error_reply("'" + p.cmd + "' did not start within control.reply_timeout_ms; it was cancelled and will not run",
+                            "bad_control_request", p.request_id);
       } else if (expected = State::running; p.ticket.state->compare_exchange_strong(expected, State::abandoned)) {
-        reply = error_reply("'" + p.cmd + "' did not finish within control.reply_timeout_ms; it goes on, and its outcome is "
-                            "published on the errors topic (late_reply) when it completes");
+        reply = error_reply("'" + p.cmd + "' did not finish within control.reply_timeout_ms; it is cancelled at its next step "
+                            "where it can be (select_energies), else it goes on; its outcome is published on the errors topic "
+                            "(late_reply) when it ends", "bad_control_request", p.request_id);
       } else {
         ++it;  // it finished just now: answered with its result on the next pass
         continue;
@@ -126,6 +156,10 @@ void ControlServer::serve_pending() {
     } else {
       ++it;
       continue;
+    }
+    if (!p.key.empty()) {
+      answered_.emplace_back(p.key, nlohmann::json::parse(reply.front().to_string_view()));
+      if (answered_.size() > kAnsweredKept) answered_.pop_front();
     }
     send(p.envelope, std::move(reply));
     it = pending_.erase(it);

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <sstream>
 
+#include "science/cancel.hpp"
 #include "science/energy_selection.hpp"
 
 namespace xanesd {
@@ -269,6 +270,8 @@ nlohmann::json select_energies_request(const nlohmann::json& req, const std::vec
   try {
     if (!n_auto) sel = science::select_energies(names, spectra, grid, opt);
     if (equal_time) dwell = science::select_dwell(names, spectra, grid, expected, opt, dopt, n_auto ? n_tolerance : 0.0);
+  } catch (const science::Cancelled&) {
+    throw;  // not a refusal: the pipeline reports it as a cancelled command
   } catch (const std::exception& e) {
     return refuse(e.what());
   }

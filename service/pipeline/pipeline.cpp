@@ -4,6 +4,7 @@
 
 #include "control/select_energies.hpp"
 #include "publish/products.hpp"
+#include "science/cancel.hpp"
 #include "store/result_file.hpp"
 
 namespace xanesd {
@@ -39,7 +40,7 @@ Pipeline::Ticket Pipeline::submit(nlohmann::json request) {
   return t;
 }
 
-void Pipeline::run_command(Command& c) {
+void Pipeline::run_command(Command& c, std::stop_token stop) {
   auto expected = CommandState::queued;
   if (!c.state->compare_exchange_strong(expected, CommandState::running)) {  // its request timed out first
     counters_.add("control.cancelled");
@@ -49,7 +50,14 @@ void Pipeline::run_command(Command& c) {
   const auto t0 = std::chrono::steady_clock::now();
   nlohmann::json reply;
   try {
+    // Long work (select_energies) stops at its next step once nobody waits for it: its
+    // request timed out (abandoned) or the daemon is stopping.
+    science::CancelScope scope([&] { return c.state->load() == CommandState::abandoned || stop.stop_requested(); });
     reply = handle(c.request);
+  } catch (const science::Cancelled&) {
+    counters_.add("control.cancelled");
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    reply = {{"ok", false}, {"error", "cancelled after " + std::to_string(s) + " s: its request timed out or the daemon is stopping"}};
   } catch (const std::exception& e) {
     reply = {{"ok", false}, {"error", e.what()}};
   }
@@ -131,7 +139,10 @@ void Pipeline::recover_journal() {
   replaying_ = true;
   const auto rec = journal_.recover([&](std::vector<zmq::message_t>&& parts) {
     try {
-      on_message(Receiver::parse(std::move(parts)));
+      if (parts.size() == 2 && parts[0].to_string_view() == Journal::kFitStateTopic)
+        apply_fit_state(nlohmann::json::from_msgpack(parts[1].data<std::uint8_t>(), parts[1].data<std::uint8_t>() + parts[1].size()));
+      else
+        on_message(Receiver::parse(std::move(parts)));
     } catch (const std::exception& e) {  // a record the CRC passed but this build cannot use
       ++unreadable;
       spdlog::error("journal: a record cannot be replayed: {}", e.what());
@@ -222,7 +233,7 @@ void Pipeline::run(std::stop_token stop) {
       cmds.swap(commands_);
     }
     if (!cmds.empty()) wait_cycle();
-    for (auto& c : cmds) run_command(*c);
+    for (auto& c : cmds) run_command(*c, stop);
     if (!cycle_.joinable() && scan_ && scan_->state() == ScanState::running && changed_since_publish_) {
       // Never sooner than the interval after the last cycle ended, nor sooner than that cycle
       // took: cycles use at most about half the cores' time, whatever the image size.
@@ -328,6 +339,7 @@ void Pipeline::on_start(protocol::StartMsg&& s) {
   if (!refs_error.empty()) scan_->set_fit_error(refs_error + ": spectra are recorded but not fitted");
   scan_output_.clear();
   if (!replaying_) journal_.begin(scan_->start()), check_journal();  // replaces the last scan's journal
+  journal_fit_state();
   spdlog::info("scan {} started: {}×{} px, {} energies, {}", id, scan_->rows(), scan_->cols(), scan_->energies().size(),
                protocol::to_string(scan_->start().mode));
   if (!scan_->fit_error().empty()) report({"references_unusable", scan_->fit_error()}, id);
@@ -582,6 +594,37 @@ std::vector<science::Reference> Pipeline::resolve_references(const std::vector<s
   return out;
 }
 
+void Pipeline::journal_fit_state() {
+  if (replaying_ || !scan_ || scan_->state() != ScanState::running) return;
+  nlohmann::json set = nlohmann::json::object(), refs = nlohmann::json::array();
+  for (const auto& k : config_keys())
+    if (k.runtime && cfg_.effective.contains(k.key)) set[k.key] = cfg_.effective[k.key];
+  for (const auto& r : refs_)
+    refs.push_back({{"name", r.name}, {"source", r.source}, {"energies_eV", r.energies_eV}, {"mu", r.mu}, {"column", r.column},
+                    {"normalized_here", r.normalized_here}, {"e0_eV", r.e0_eV}, {"edge_step", r.edge_step},
+                    {"normalization", r.normalization}});
+  journal_.append_fit_state({{"set", set}, {"references", refs}});
+  check_journal();
+}
+
+void Pipeline::apply_fit_state(const nlohmann::json& state) {
+  cfg_ = reconfigure(cfg_, state.at("set"));
+  std::vector<science::Reference> refs;
+  for (const auto& j : state.at("references")) {
+    science::Reference r;
+    r.name = j.at("name").get<std::string>(), r.source = j.at("source").get<std::string>();
+    r.energies_eV = j.at("energies_eV").get<std::vector<double>>(), r.mu = j.at("mu").get<std::vector<double>>();
+    r.column = j.at("column").get<std::string>(), r.normalized_here = j.at("normalized_here").get<bool>();
+    r.e0_eV = j.at("e0_eV").get<double>(), r.edge_step = j.at("edge_step").get<double>();
+    r.normalization = j.at("normalization").get<std::string>();
+    refs.push_back(std::move(r));
+  }
+  set_references(std::move(refs));
+  if (scan_) scan_->refit(refs_, scan_settings(cfg_));
+  changed_since_publish_ = scan_ != nullptr;
+  update_status();
+}
+
 void Pipeline::set_references(std::vector<science::Reference> refs) {
   refs_ = std::move(refs);
   nlohmann::json files = nlohmann::json::array();
@@ -618,6 +661,7 @@ nlohmann::json Pipeline::handle(const nlohmann::json& req) {
     if (refit) scan_->refit(refs_, scan_settings(cfg_));
     changed_since_publish_ = refit;
     if (refit && scan_->state() != ScanState::running) refresh_finished_scan();
+    journal_fit_state();
     update_status();
     return {{"ok", true}, {"config", cfg_.effective}};
   }
@@ -676,6 +720,7 @@ nlohmann::json Pipeline::handle(const nlohmann::json& req) {
       if (scan_->state() == ScanState::running) changed_since_publish_ = true;
       else refresh_finished_scan();
     }
+    journal_fit_state();
     update_status();
     nlohmann::json names = nlohmann::json::array(), ranges = nlohmann::json::array(), normalized = nlohmann::json::array();
     for (const auto& r : refs_) {

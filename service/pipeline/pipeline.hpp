@@ -50,7 +50,7 @@ class Pipeline {
     std::promise<nlohmann::json> reply;
     std::shared_ptr<std::atomic<CommandState>> state = std::make_shared<std::atomic<CommandState>>(CommandState::queued);
   };
-  void run_command(Command& c);
+  void run_command(Command& c, std::stop_token stop);
   void run(std::stop_token stop);
   // At start-up, before any thread runs: replays the scan journal the last process left
   // (kill -9, power cut) through on_message, and reports what it recovered.
@@ -102,6 +102,11 @@ class Pipeline {
   // Makes `refs` the loaded set and records where they came from in the effective config
   // (references.files), so status, replies and result files say what is fitted.
   void set_references(std::vector<science::Reference> refs);
+  // The running scan's fit state (runtime config keys, loaded references) into its journal:
+  // after its start and after each configure / load_references while it runs.
+  void journal_fit_state();
+  // Replays such a record: the recovered scan is fitted with what it was fitted with before.
+  void apply_fit_state(const nlohmann::json& state);
 
   Config cfg_;
   std::vector<science::Reference> refs_;

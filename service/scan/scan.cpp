@@ -304,6 +304,9 @@ FrameOutcome Scan::apply(protocol::FrameMsg& f) {
   // Zero-copy when the detector already sends native float32; converted otherwise.
   std::vector<float> converted;
   std::span<const float> counts = f.counts.native_view<float>();
+  // libzmq's zero-copy receive leaves a frame wherever it lies in its batch buffer: a frame not
+  // aligned for float is converted, never read through a misaligned pointer (fuzz_control).
+  if (reinterpret_cast<std::uintptr_t>(counts.data()) % alignof(float) != 0) counts = {};
   if (counts.empty() && n > 0) {
     converted = to_floats(f.counts);
     counts = converted;

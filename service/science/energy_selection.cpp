@@ -1,5 +1,6 @@
 #include "science/energy_selection.hpp"
 
+#include "science/cancel.hpp"
 #include "science/random.hpp"
 
 #include <algorithm>
@@ -85,6 +86,7 @@ Mixtures make_mixtures(const LcfModel& model, int n, const EnergySelectionOption
   Eigen::MatrixXd theta = Eigen::MatrixXd::Zero(model.n_params(), n);  // [a, b, T·f] per mixture
   std::vector<int> order(static_cast<std::size_t>(K));
   for (int i = 0; i < n; ++i) {
+    if (i % 1024 == 0) throw_if_cancelled();
     auto f = m.fractions.row(i);
     if (rng.uniform() < opt.sparse_share) {
       // 1–3 distinct references by a partial Fisher–Yates shuffle
@@ -106,8 +108,10 @@ Mixtures make_mixtures(const LcfModel& model, int n, const EnergySelectionOption
     theta.col(i).tail(K) = thickness * f.transpose();
   }
   m.spectra = (model.X * theta).transpose();
-  for (int i = 0; i < n; ++i)
+  for (int i = 0; i < n; ++i) {
+    if (i % 1024 == 0) throw_if_cancelled();
     for (int j = 0; j < E; ++j) m.spectra(i, j) += opt.noise * rng.normal();
+  }
   return m;
 }
 
@@ -166,6 +170,7 @@ std::vector<int> rfe_select(const Mixtures& train, const std::vector<int>& keep,
 
   // Standardized features and centred targets: the intercept then decouples, and |coef| on
   // standardized features compares energies whose spectra vary by very different amounts.
+  throw_if_cancelled();
   Eigen::MatrixXd Z = rows_of(train.spectra.transpose(), cand).transpose();  // N × F
   const Eigen::RowVectorXd mean = Z.colwise().mean();
   Z.rowwise() -= mean;
@@ -174,7 +179,9 @@ std::vector<int> rfe_select(const Mixtures& train, const std::vector<int>& keep,
     if (sd > 0) Z.col(j) /= sd;  // a constant feature stays 0: its coefficient is 0 and it goes first
   }
   const Eigen::MatrixXd Yc = train.fractions.rowwise() - train.fractions.colwise().mean();
-  // Every refit is a sub-block of the same normal equations: form them once.
+  // Every refit is a sub-block of the same normal equations: form them once (one product, not
+  // cancellable midway: the longest step without a cancellation check).
+  throw_if_cancelled();
   const Eigen::MatrixXd C = Z.transpose() * Z;   // F × F
   const Eigen::MatrixXd R = Z.transpose() * Yc;  // F × K
   const double ridge = 1e-8 * static_cast<double>(N);
@@ -182,6 +189,7 @@ std::vector<int> rfe_select(const Mixtures& train, const std::vector<int>& keep,
   std::vector<int> active(static_cast<std::size_t>(F));  // positions into cand
   for (int j = 0; j < F; ++j) active[static_cast<std::size_t>(j)] = j;
   while (static_cast<int>(active.size()) > n_select) {
+    throw_if_cancelled();  // each refit is O(A³): 1,600 candidates took 80 s in all
     const auto A = static_cast<Eigen::Index>(active.size());
     Eigen::MatrixXd Ca(A, A), Ra(A, R.cols());
     for (Eigen::Index i = 0; i < A; ++i) {
@@ -211,6 +219,7 @@ std::vector<int> a_optimal_select(const LcfModel& model, const std::vector<int>&
   const int target = n_select + static_cast<int>(std::count(is_kept.begin(), is_kept.end(), 1));
   const Eigen::MatrixXd Ridge = ridge * Eigen::MatrixXd::Identity(M, M);
   while (static_cast<int>(S.size()) > target) {
+    throw_if_cancelled();
     const Eigen::MatrixXd Xs = rows_of(model.X, S);  // |S| × M
     // A fresh inverse each step (M ≤ ~70: cheap, and no drift from chained downdates); the
     // candidates are scored with the rank-one downdate formula: removing row x gives
@@ -259,6 +268,7 @@ double fraction_rmse(const LcfModel& model, const std::vector<int>& indices, con
   int bad = 0;
   const auto N = test.spectra.rows();
   for (Eigen::Index i = 0; i < N; ++i) {
+    if (i % 1024 == 0) throw_if_cancelled();
     const auto r = solve(G, Sx.col(i), Ys.col(i).squaredNorm(), static_cast<int>(indices.size()), opt);
     Eigen::VectorXd f = Eigen::VectorXd::Constant(K, 1.0 / K);
     const double T = r.ok ? r.theta.tail(K).sum() : 0.0;
@@ -488,6 +498,7 @@ std::vector<DwellDesign> dwell_path(const LcfModel& model, const Eigen::VectorXd
   std::vector<DwellDesign> path;
   path.push_back(optimal_dwell(model, variance, Q, S, sorted_keep, o));
   while (S.size() > target) {
+    throw_if_cancelled();
     const auto& cur = path.back();
     std::size_t worst = S.size();
     for (std::size_t i = 0; i < S.size(); ++i) {
@@ -531,6 +542,7 @@ double fraction_rmse_dwell(const LcfModel& model, const std::vector<int>& indice
   Eigen::VectorXd y(n), w(n);
   Eigen::MatrixXd G(M, M);
   for (Eigen::Index i = 0; i < N; ++i) {
+    if (i % 1024 == 0) throw_if_cancelled();
     for (Eigen::Index j = 0; j < n; ++j) {
       const int e = indices[static_cast<std::size_t>(j)];
       const double ybar = clean.spectra(i, e);

@@ -281,6 +281,15 @@ void Journal::append(protocol::FrameMsg&& frame) {
   write_record(protocol::encode(std::move(frame).to_wire()), seq);
 }
 
+void Journal::append_fit_state(const nlohmann::json& state) {
+  if (!settings_.enabled) return;
+  const auto packed = nlohmann::json::to_msgpack(state);  // doubles exact, spectra compact
+  std::vector<zmq::message_t> parts;
+  parts.emplace_back(kFitStateTopic.data(), kFitStateTopic.size());
+  parts.emplace_back(packed.data(), packed.size());
+  write_record(std::move(parts), std::nullopt);
+}
+
 void Journal::append(const protocol::StopMsg& stop) {
   if (!settings_.enabled) return;
   auto copy = stop;

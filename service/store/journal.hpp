@@ -1,5 +1,6 @@
-// The scan journal: every ingest message the pipeline accepted (start, extension, frame, stop),
-// appended in the order it was applied, so that a daemon killed mid-scan (kill -9, OOM, a
+// The scan journal: every ingest message the pipeline accepted (start, extension, frame, stop)
+// and the fit state it was fitted with (config, references), appended in the order it was
+// applied, so that a daemon killed mid-scan (kill -9, OOM, a
 // power cut) reopens the scan at restart by replaying it through the same code.
 //
 // Durability policy (README "Crash-safe scans"): a frame is acknowledged (counted in
@@ -60,6 +61,12 @@ class Journal {
   void append(const protocol::StartMsg& extension);
   void append(protocol::FrameMsg&& frame);
   void append(const protocol::StopMsg& stop);
+  // What the scan is fitted with (runtime config and loaded references), recorded after the
+  // start and after each configure / load_references while the scan runs, so a recovered scan
+  // is fitted as before the crash. Replayed as a record whose first part is kFitStateTopic and
+  // whose second is the state as msgpack.
+  static constexpr std::string_view kFitStateTopic = "xanesd/fit_state";
+  void append_fit_state(const nlohmann::json& state);
 
   // Live figures for status: scan_id, frames, last_seq (the last acknowledged frame), bytes,
   // synced_bytes, fsync_ms, path, write_seconds (the pipeline's time in the journal), error (a
