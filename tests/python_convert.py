@@ -204,6 +204,41 @@ class Convert(unittest.TestCase):
         r = self.run_convert("xim", "--hdr", os.path.join(d, "Stack_001.hdr"), "--out", out)
         self.assertIn("need I0", r.stderr)
 
+    def test_shipped_fixtures_convert_and_fit(self):
+        # The small files in tests/data/formats (tests/data/make_format_fixtures.py): a TIFF stack
+        # with per-energy flats and a dark, an NXstxm file and an ALS .hdr/.xim pair of one
+        # simulated scan; each converted and fitted to the simulation's fractions.
+        src = os.path.join(ARGS.source_dir, "tests/data/formats")
+        with h5py.File(os.path.join(src, "truth.h5"), "r") as f:
+            truth = f["fractions"][()]
+            names = [n.decode() if isinstance(n, bytes) else n for n in f["reference_names"][()]]
+        tiff = os.path.join(src, "tiff")
+        runs = {
+            "tiff": ["tiff", "--stack", os.path.join(tiff, "stack.tif"), "--energies", os.path.join(tiff, "energies_keV.txt"),
+                     "--flat", os.path.join(tiff, "flat.tif"), "--dark", os.path.join(tiff, "dark.tif")],
+            "stxm": ["stxm", "--input", os.path.join(src, "stxm/scan.nxstxm.h5")],
+            "xim": ["xim", "--hdr", os.path.join(src, "xim/Stack_001.hdr"), "--i0", os.path.join(src, "xim/i0.txt")],
+        }
+        maps = {}
+        for kind, args in runs.items():
+            with self.subTest(kind):
+                out = os.path.join(self.dir, "shipped_" + kind + ".h5")
+                r = self.run_convert(*args, "--out", out)
+                self.assertEqual(r.returncode, 0, r.stderr)
+                result = out + ".result.h5"
+                subprocess.run([ARGS.xanesd, "fit", "--input", out, "--refs", self.library, "--names", ",".join(names),
+                                "--out", result, "--set", "log.level=warn", "--quiet"], check=True, capture_output=True)
+                with h5py.File(result, "r") as f:
+                    got = [n.decode() if isinstance(n, bytes) else n for n in f["entry/results/reference_names"][()]]
+                    fr = f["entry/results/fractions"][()]
+                maps[kind] = np.stack([fr[got.index(n)] for n in names])
+                rmse = float(np.sqrt(np.mean((maps[kind] - truth) ** 2)))
+                print(f"shipped {kind}: fraction RMSE {rmse:.4f}", file=sys.stderr)
+                self.assertLess(rmse, 0.05, kind)
+        # The three carry the same transmissions (text and float32 rounding apart): the same maps.
+        np.testing.assert_allclose(maps["stxm"], maps["tiff"], atol=5e-3)
+        np.testing.assert_allclose(maps["xim"], maps["tiff"], atol=5e-3)
+
     def test_result_file_refitted(self):
         # A result file (with its spectra) back into a scan file: refitted with the same
         # references it gives the same maps; with two of them, a two-reference fit.
