@@ -21,6 +21,9 @@ import tifffile
 
 import binaries  # noqa: E402  (tests/binaries.py)
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "data"))
+from make_format_fixtures import write_als_stack, write_nxstxm  # noqa: E402  (the fixtures' writers)
+
 ARGS = None
 
 
@@ -52,14 +55,16 @@ class Convert(unittest.TestCase):
         cls.tmp.cleanup()
 
     @classmethod
-    def fit(cls, scan):
+    def fit(cls, scan, species=None):
+        """`xanesd fit` of a scan file: the fraction maps of `species` (default the truth's), in that order."""
+        species = species or cls.truth_names
         out = scan + ".result.h5"
-        subprocess.run([ARGS.xanesd, "fit", "--input", scan, "--refs", cls.library, "--names", "Magnetite,Goethite,Pyrite",
-                        "--out", out, "--set", "log.level=warn"], check=True, capture_output=True)
+        subprocess.run([ARGS.xanesd, "fit", "--input", scan, "--refs", cls.library, "--names", ",".join(species),
+                        "--out", out, "--set", "log.level=warn", "--quiet"], check=True, capture_output=True)
         with h5py.File(out, "r") as f:
             names = [n.decode() if isinstance(n, bytes) else n for n in f["entry/results/reference_names"][()]]
             fr = f["entry/results/fractions"][()]
-        return np.stack([fr[names.index(n)] for n in cls.truth_names])
+        return np.stack([fr[names.index(n)] for n in species])
 
     def run_convert(self, *args):
         return subprocess.run([sys.executable, self.convert, *args], capture_output=True, text=True)
@@ -146,23 +151,8 @@ class Convert(unittest.TestCase):
         # control/data, T the original's (counts − dark)/(flat − dark).
         i0 = 5.0e4 * (1 + 0.1 * np.linspace(0, 1, len(self.energy)))
         t = (self.counts - self.dark) / (self.flat - self.dark)
-        stxm = (i0[:, None, None] * t).astype(np.float32)
         src = os.path.join(self.dir, "scan.nxstxm.h5")
-        with h5py.File(src, "w") as f:
-            e = f.create_group("entry1")
-            e.attrs["NX_class"] = "NXentry"
-            e["definition"] = "NXstxm"
-            d = e.create_group("Counter0")
-            d.attrs["NX_class"] = "NXdata"
-            d.attrs["signal"] = "data"
-            d.attrs["axes"] = ["energy", "sample_y", "sample_x"]
-            d["data"] = stxm
-            d["energy"] = self.energy
-            d["sample_y"] = np.arange(stxm.shape[1]) * 0.05
-            d["sample_x"] = np.arange(stxm.shape[2]) * 0.05
-            c = e.create_group("control")
-            c.attrs["NX_class"] = "NXmonitor"
-            c["data"] = i0
+        write_nxstxm(src, self.energy, t, i0)
         out = os.path.join(self.dir, "from_stxm.h5")
         r = self.run_convert("stxm", "--input", src, "--out", out)
         self.assertEqual(r.returncode, 0, r.stderr)
@@ -184,17 +174,8 @@ class Convert(unittest.TestCase):
         os.makedirs(d)
         i0 = 2.0e4 * np.ones(len(self.energy))
         t = (self.counts - self.dark) / (self.flat - self.dark)
-        with open(os.path.join(d, "Stack_001.hdr"), "w") as f:
-            f.write('ScanDefinition = { Label = "Stack_001.hdr"; Type = "Image Scan"; Flags = "Image Multi-Region";\n'
-                    '\tRegions = (1,\n{\n\t\t\tPAxis = { Name = "Sample X"; Unit = "um"; Min = 0; Max = 1; Dir = 1;\n'
-                    '\t\t\t\tPoints = (2, 0, 1);\n};\n});\n\n'
-                    '\tStackAxis = { Name = "Energy"; Unit = "eV"; Min = %g; Max = %g; Dir = 1;\n'
-                    '\t\tPoints = (%d, %s);\n};\n\n\tChannels = (1, { Name = "Counter0"; Unit = "counts";});\n};\n'
-                    % (self.energy[0], self.energy[-1], len(self.energy), ", ".join("%.4f" % e for e in self.energy)))
-        for e in range(len(self.energy)):
-            np.savetxt(os.path.join(d, "Stack_001_a%03d.xim" % e), i0[e] * t[e], fmt="%.2f", delimiter="\t")
+        write_als_stack(d, self.energy, t, i0)
         i0_file = os.path.join(d, "i0.txt")
-        np.savetxt(i0_file, i0)
         out = os.path.join(d, "scan.h5")
         r = self.run_convert("xim", "--hdr", os.path.join(d, "Stack_001.hdr"), "--i0", i0_file, "--out", out)
         self.assertEqual(r.returncode, 0, r.stderr)
@@ -225,13 +206,7 @@ class Convert(unittest.TestCase):
                 out = os.path.join(self.dir, "shipped_" + kind + ".h5")
                 r = self.run_convert(*args, "--out", out)
                 self.assertEqual(r.returncode, 0, r.stderr)
-                result = out + ".result.h5"
-                subprocess.run([ARGS.xanesd, "fit", "--input", out, "--refs", self.library, "--names", ",".join(names),
-                                "--out", result, "--set", "log.level=warn", "--quiet"], check=True, capture_output=True)
-                with h5py.File(result, "r") as f:
-                    got = [n.decode() if isinstance(n, bytes) else n for n in f["entry/results/reference_names"][()]]
-                    fr = f["entry/results/fractions"][()]
-                maps[kind] = np.stack([fr[got.index(n)] for n in names])
+                maps[kind] = self.fit(out, names)
                 rmse = float(np.sqrt(np.mean((maps[kind] - truth) ** 2)))
                 print(f"shipped {kind}: fraction RMSE {rmse:.4f}", file=sys.stderr)
                 self.assertLess(rmse, 0.05, kind)
@@ -296,13 +271,7 @@ class Convert(unittest.TestCase):
         self.assertEqual(self.run_convert(*args, "--out", os.path.join(d, "raw.h5")).returncode, 0)
 
         def rmse(scan):
-            out = scan + ".fit.h5"
-            subprocess.run([ARGS.xanesd, "fit", "--input", scan, "--refs", self.library, "--names", "Magnetite,Goethite,Pyrite",
-                            "--out", out, "--set", "log.level=warn"], check=True, capture_output=True)
-            with h5py.File(out, "r") as f:
-                names = [n.decode() if isinstance(n, bytes) else n for n in f["entry/results/reference_names"][()]]
-                fr = f["entry/results/fractions"][()]
-            maps = np.stack([fr[names.index(n)] for n in self.truth_names])
+            maps = self.fit(scan)
             inner = (slice(None), slice(4, -4), slice(4, -4))  # the Fourier shift wraps at the borders
             return float(np.sqrt(np.mean((maps[inner] - truth[inner]) ** 2)))
         original, registered, unregistered = rmse(sim), rmse(os.path.join(d, "reg.h5")), rmse(os.path.join(d, "raw.h5"))

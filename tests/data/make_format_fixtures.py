@@ -26,6 +26,41 @@ out = here / "formats"
 SPECIES = "Magnetite,Goethite,Pyrite"
 
 
+def write_nxstxm(path, energy, transmission, i0):
+    """An NXstxm stack: transmitted counts I0(E)·T in Counter0/data, the I0 monitor in control/."""
+    with h5py.File(path, "w") as f:
+        e = f.create_group("entry1")
+        e.attrs["NX_class"] = "NXentry"
+        e["definition"] = "NXstxm"
+        g = e.create_group("Counter0")
+        g.attrs["NX_class"] = "NXdata"
+        g.attrs["signal"] = "data"
+        g.attrs["axes"] = ["energy", "sample_y", "sample_x"]
+        g["data"] = (i0[:, None, None] * transmission).astype(np.float32)
+        g["energy"] = energy
+        g["sample_y"] = np.arange(transmission.shape[1]) * 0.05
+        g["sample_x"] = np.arange(transmission.shape[2]) * 0.05
+        c = e.create_group("control")
+        c.attrs["NX_class"] = "NXmonitor"
+        c["data"] = i0
+
+
+def write_als_stack(directory, energy, transmission, i0):
+    """The same data as ALS STXMs write it: Stack_001.hdr naming the energies, a text image
+    Stack_001_aNNN.xim of I0·T per energy, and I0 in i0.txt."""
+    directory = pathlib.Path(directory)
+    with open(directory / "Stack_001.hdr", "w") as f:
+        f.write('ScanDefinition = { Label = "Stack_001.hdr"; Type = "Image Scan"; Flags = "Image Multi-Region";\n'
+                '\tRegions = (1,\n{\n\t\t\tPAxis = { Name = "Sample X"; Unit = "um"; Min = 0; Max = 1; Dir = 1;\n'
+                '\t\t\t\tPoints = (2, 0, 1);\n};\n});\n\n'
+                '\tStackAxis = { Name = "Energy"; Unit = "eV"; Min = %g; Max = %g; Dir = 1;\n'
+                '\t\tPoints = (%d, %s);\n};\n\n\tChannels = (1, { Name = "Counter0"; Unit = "counts";});\n};\n'
+                % (energy[0], energy[-1], len(energy), ", ".join("%.4f" % e for e in energy)))
+    for e in range(len(energy)):
+        np.savetxt(directory / ("Stack_001_a%03d.xim" % e), i0[e] * transmission[e], fmt="%.2f", delimiter="\t")
+    np.savetxt(directory / "i0.txt", i0)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--simulate", required=True, help="the xanes-simulate binary")
@@ -52,38 +87,11 @@ def main():
     tifffile.imwrite(d / "dark.tif", dark.astype(np.float32))
     np.savetxt(d / "energies_keV.txt", energy / 1000, fmt="%.7f", header="energies in keV")
 
-    d = out / "stxm"
-    d.mkdir(exist_ok=True)
+    (out / "stxm").mkdir(exist_ok=True)
     i0 = 5.0e4 * (1 + 0.1 * np.linspace(0, 1, len(energy)))  # an ion chamber's drifting I0
-    with h5py.File(d / "scan.nxstxm.h5", "w") as f:
-        e = f.create_group("entry1")
-        e.attrs["NX_class"] = "NXentry"
-        e["definition"] = "NXstxm"
-        g = e.create_group("Counter0")
-        g.attrs["NX_class"] = "NXdata"
-        g.attrs["signal"] = "data"
-        g.attrs["axes"] = ["energy", "sample_y", "sample_x"]
-        g["data"] = (i0[:, None, None] * transmission).astype(np.float32)
-        g["energy"] = energy
-        g["sample_y"] = np.arange(counts.shape[1]) * 0.05
-        g["sample_x"] = np.arange(counts.shape[2]) * 0.05
-        c = e.create_group("control")
-        c.attrs["NX_class"] = "NXmonitor"
-        c["data"] = i0
-
-    d = out / "xim"
-    d.mkdir(exist_ok=True)
-    i0 = 2.0e4 * np.ones(len(energy))
-    with open(d / "Stack_001.hdr", "w") as f:
-        f.write('ScanDefinition = { Label = "Stack_001.hdr"; Type = "Image Scan"; Flags = "Image Multi-Region";\n'
-                '\tRegions = (1,\n{\n\t\t\tPAxis = { Name = "Sample X"; Unit = "um"; Min = 0; Max = 1; Dir = 1;\n'
-                '\t\t\t\tPoints = (2, 0, 1);\n};\n});\n\n'
-                '\tStackAxis = { Name = "Energy"; Unit = "eV"; Min = %g; Max = %g; Dir = 1;\n'
-                '\t\tPoints = (%d, %s);\n};\n\n\tChannels = (1, { Name = "Counter0"; Unit = "counts";});\n};\n'
-                % (energy[0], energy[-1], len(energy), ", ".join("%.4f" % e for e in energy)))
-    for e in range(len(energy)):
-        np.savetxt(d / ("Stack_001_a%03d.xim" % e), i0[e] * transmission[e], fmt="%.2f", delimiter="\t")
-    np.savetxt(d / "i0.txt", i0)
+    write_nxstxm(out / "stxm" / "scan.nxstxm.h5", energy, transmission, i0)
+    (out / "xim").mkdir(exist_ok=True)
+    write_als_stack(out / "xim", energy, transmission, 2.0e4 * np.ones(len(energy)))
 
     with h5py.File(out / "truth.h5", "w") as f:
         f["fractions"] = truth
