@@ -188,7 +188,8 @@ TEST_CASE("fraction_sigma means what it says: z-scores over noise realizations, 
   for (const auto layout : {sim::Params::Layout::scene, sim::Params::Layout::domains})
   for (double counts : {5000.0, 500.0})
     for (const auto& mode : modes) {
-      ZStats z, near_edges{.edge_filter = 1}, away{.edge_filter = 0};
+      ZStats z, near_edges, away;
+      near_edges.edge_filter = 1, away.edge_filter = 0;
       for (std::uint64_t seed : {21, 22, 23}) {
         auto params = test::scene_scan(64, 64, counts, seed);
         params.layout = layout;
@@ -225,3 +226,36 @@ TEST_CASE("live spatial maps (solved between energies) equal the batch maps at t
   CHECK(batch->mask().valid == live->mask().valid);
 }
 
+
+// A smoothed pixel's residual is its own data's misfit to the averaged model, which is
+// nonnegative in the references: its own NNLS fit minimizes that misfit over all such models,
+// so the residual can only grow. By how much: the own fit absorbs M of the n noise dimensions
+// (χ² ≈ σ²(n − M)), a model fitted on the neighbours absorbs none of the pixel's (≈ σ²n), so
+// in domains the ratio is about √(n/(n − M)), plus what smoothing bias adds.
+TEST_CASE("a smoothed pixel's residual is its own data against the averaged model") {
+  const auto refs = pick(load_reference_file(test::fe_library()), test::scene_species());
+  const auto truth = sim::simulate(refs, test::scene_scan(48, 48, 5000, 3));
+  const auto own = run_scan(truth, refs, per_pixel(false));
+  const auto smoothed = run_scan(truth, refs, default_settings());
+  const auto& a = own->fit()->maps();
+  const auto& b = smoothed->fit()->maps();
+  const auto& neighbours = smoothed->fit()->spatial_neighbours();
+  std::size_t n = 0, below = 0;
+  std::vector<double> ratio;
+  for (std::size_t p = 0; p < truth.pixels(); ++p) {
+    if (!(neighbours[p] > 1.5) || !a.fitted[p]) continue;
+    ++n;
+    below += b.residual[p] < a.residual[p] * (1 - 1e-5);
+    if (!truth.stripe[p]) ratio.push_back(b.residual[p] / a.residual[p]);
+  }
+  std::nth_element(ratio.begin(), ratio.begin() + static_cast<std::ptrdiff_t>(ratio.size() / 2), ratio.end());
+  const auto& model = smoothed->fit()->model();
+  const double E = static_cast<double>(model.X.rows()), M = static_cast<double>(model.X.cols());
+  const double expected = std::sqrt(E / (E - M));
+  MESSAGE(n << " smoothed pixels; residual below the own NNLS fit's in " << below << "; median ratio "
+            << ratio[ratio.size() / 2] << " (noise alone: " << expected << ")");
+  CHECK(n > truth.pixels() / 3);
+  CHECK(below == 0);
+  CHECK(ratio[ratio.size() / 2] >= 1.0);
+  CHECK(ratio[ratio.size() / 2] < expected + 0.03);
+}

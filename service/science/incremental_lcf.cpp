@@ -377,21 +377,22 @@ void IncrementalLcf::solve_pixel(std::size_t p, Workspace& ws) const {
   solve_stats(p, set_of_[p], &stats_[p * static_cast<std::size_t>(M_ + 1)], ws);
 }
 
-void IncrementalLcf::solve_stats(std::size_t p, std::uint32_t set, const double* st, Workspace& ws,
-                                 const double* sigma2_override) const {
+bool IncrementalLcf::solve_stats(std::size_t p, std::uint32_t set, const double* st, Workspace& ws,
+                                 const SpatialSolve* sp) const {
   const int n = sets_.count(set);
   const int K = model_.n_refs(), F = model_.n_background();
   LcfMaps& maps = const_cast<LcfMaps&>(maps_);  // each pixel writes only its own entries
-  const bool spatial = sigma2_override != nullptr;
+  const bool spatial = sp != nullptr;
   if (!spatial) maps.nenergies[p] = static_cast<std::uint16_t>(std::min(n, 65535));
   auto clear = [&] {
-    if (spatial) return;  // the pixel keeps its own fit
+    if (spatial) return false;  // the pixel keeps its own fit
     for (int k = 0; k < K; ++k) {
       maps.fractions[static_cast<std::size_t>(k) * npix_ + p] = 0.f;
       maps.fraction_sigma[static_cast<std::size_t>(k) * npix_ + p] = 0.f;
     }
     maps.thickness[p] = maps.residual[p] = maps.rfactor[p] = 0.f;
     maps.fitted[p] = 0;
+    return true;
   };
   if (n < M_) return clear();  // fewer energies than parameters: nothing to say yet
   const auto& c = caches_[set];
@@ -500,13 +501,13 @@ void IncrementalLcf::solve_stats(std::size_t p, std::uint32_t set, const double*
     sigma2 = 1.0;
     if (spatial) {  // r.cov is χ²/(n − |A|)·(G_AA)⁻¹: rescale to the propagated variance
       const double own = n > r.n_active ? r.chi2 / (n - r.n_active) : 0.0;
-      sigma2 = own > 0 ? *sigma2_override / own : 0.0;
+      sigma2 = own > 0 ? sp->sigma2 / own : 0.0;
     }
     inv = general_cov.rows() == M_ ? &general_cov : nullptr;
   } else {
     return clear();
   }
-  if (spatial && cached_path) sigma2 = *sigma2_override;
+  if (spatial && cached_path) sigma2 = sp->sigma2;
   // Position of each parameter in A (−1 if inactive), for the subset inverse.
   int pos[64];
   if (active_idx) {
@@ -541,11 +542,24 @@ void IncrementalLcf::solve_stats(std::size_t p, std::uint32_t set, const double*
     if (has_material && K <= 64) var = (cov(F + k, F + k) - 2.0 * fk * row_sum[k] + fk * fk * total_cov) / (total * total);
     maps.fraction_sigma[i] = static_cast<float>(std::sqrt(std::max(0.0, var)));
   }
-  if (spatial) return;
+  double q_data = q;
+  if (spatial) {  // the pixel's own data against the averaged model: χ² = q − 2θᵀs + θᵀGθ
+    const double* own = sp->own;
+    double xs = 0, xgx = 0;
+    for (int a = 0; a < M_; ++a) {
+      double g = 0;
+      for (int b = 0; b < M_; ++b) g += c.G(a, b) * x(b);
+      xs += x(a) * own[a], xgx += x(a) * g;
+    }
+    q_data = own[M_];
+    chi2 = std::max(0.0, q_data - 2 * xs + xgx);
+    maps.nenergies[p] = static_cast<std::uint16_t>(std::min(n, 65535));
+  }
   maps.thickness[p] = static_cast<float>(total);
   maps.residual[p] = static_cast<float>(std::sqrt(chi2 / n));
-  maps.rfactor[p] = q > 0 ? static_cast<float>(chi2 / q) : 0.f;
+  maps.rfactor[p] = q_data > 0 ? static_cast<float>(chi2 / q_data) : 0.f;
   maps.fitted[p] = 1;
+  return true;
 }
 
 bool IncrementalLcf::block_solvable(const SetCache& c) const {
@@ -724,6 +738,7 @@ std::size_t IncrementalLcf::solve_changed(int threads) {
   for (std::size_t i = 1; one_set && i < n; ++i) one_set = set_of_[changed_list_[i]] == set_of_[changed_list_[0]];
   const std::uint32_t common = n > 0 ? set_of_[changed_list_[0]] : 0;
   const bool block_path = one_set && sets_.count(common) > M_ && block_solvable(caches_[common]);
+  if (spatial_.enabled && own_pending_.size() != npix_) own_pending_.assign(npix_, 0);
   auto work = [&](std::size_t begin, std::size_t end) {
     Workspace ws(M_);
     if (!block_path) {
@@ -741,6 +756,7 @@ std::size_t IncrementalLcf::solve_changed(int threads) {
     const BlockOut out{fk.data(), fk.data() + static_cast<std::size_t>(K) * S, S, f3.data(), f3.data() + S,
                        f3.data() + 2 * S, nen.data(), fitted.data()};
     LcfMaps& maps = maps_;
+    const bool defer = spatial_.enabled;
     for (std::size_t b0 = begin; b0 < end; b0 += S) {
       const std::size_t B = std::min(S, end - b0);
       const std::size_t* pixels = &changed_list_[b0];
@@ -753,7 +769,8 @@ std::size_t IncrementalLcf::solve_changed(int threads) {
       for (std::size_t i = 0; i < B; ++i) {
         const std::size_t p = pixels[i];
         if (!settled[i]) {
-          solve_pixel(p, ws);
+          if (defer) own_pending_[p] = 1;
+          else solve_pixel(p, ws);
           continue;
         }
         for (int k = 0; k < K; ++k) {
@@ -784,9 +801,11 @@ void IncrementalLcf::set_spatial(const SpatialSettings& s, int rows, int cols) {
 }
 
 // The spatial step over the whole image (a changed pixel changes its neighbours' averages):
-// averaged statistics from spatial_average, then the same solver on them. Pixels the step
-// leaves alone (no material, too few energies) keep the per-pixel fit just computed; one that
-// was smoothed last time and is not now gets its own fit back.
+// averaged statistics from spatial_average, then the same solver on them. A smoothed pixel's
+// maps all come from that solve (fractions, thickness, and its own data's misfit to the
+// averaged model), so its own constrained fit is never needed: solve_changed leaves it pending.
+// Pixels the step leaves alone (no material, too few energies) get their own fit: the one just
+// computed, the pending one solved now, or, smoothed last time and not now, solved again.
 void IncrementalLcf::solve_spatial(int threads) {
   std::uint32_t last = ~0u;
   for (std::size_t p = 0; p < npix_; ++p)
@@ -805,8 +824,9 @@ void IncrementalLcf::solve_spatial(int threads) {
   spatial_average(in, spatial_, spatial_result_);
   const auto& avg = spatial_result_;
   if (smoothed_.size() != npix_) smoothed_.assign(npix_, 0);
+  if (own_pending_.size() != npix_) own_pending_.assign(npix_, 0);
   const int K = model_.n_refs(), F = model_.n_background();
-  const std::size_t P = npix_;
+  const std::size_t P = npix_, S1 = static_cast<std::size_t>(M_ + 1);
   // The averaged fit is least squares on the averaged statistics: the block arithmetic when the
   // pixel's solver allows it (the constrained cases go to solve_stats with s̄ = G θ̄).
   auto blockable = [&](std::uint32_t set) {
@@ -814,10 +834,11 @@ void IncrementalLcf::solve_spatial(int threads) {
     return c.invertible && sets_.count(set) > M_ && K <= 64 && !options_.sum_to_one &&
            options_.method != FitMethod::lasso;
   };
+  LcfMaps& maps = maps_;
   auto work = [&](std::size_t begin, std::size_t end) {
     Workspace ws(M_);
     constexpr std::size_t S = kStackBlock;
-    std::vector<double> theta(static_cast<std::size_t>(M_) * S), q(S), scratch(3 * S), sigma2(S), st(M_ + 1);
+    std::vector<double> theta(static_cast<std::size_t>(M_) * S), q(S), chi2(S), scratch(2 * S), sigma2(S), st(S1);
     std::vector<std::size_t> pixel(S);
     std::vector<std::uint8_t> settled(S), fitted(S);
     std::vector<float> fk(2 * static_cast<std::size_t>(K) * S), f3(3 * S);
@@ -830,15 +851,32 @@ void IncrementalLcf::solve_spatial(int threads) {
         st[static_cast<std::size_t>(r)] = t;
       }
       st[static_cast<std::size_t>(M_)] = avg.q[p];
-      solve_stats(p, set_of_[p], st.data(), ws, &avg.sigma2[p]);
+      const SpatialSolve sp{avg.sigma2[p], &stats_[p * S1]};
+      if (!solve_stats(p, set_of_[p], st.data(), ws, &sp)) {  // no averaged solution: its own fit
+        solve_pixel(p, ws);
+        smoothed_[p] = 0;
+      }
     };
     std::size_t B = 0;
     std::uint32_t block_set = ~0u;
     auto flush = [&] {
       if (B == 0) return;
+      const auto& G = caches_[block_set].G;
+      // Each pixel's own data against its averaged model: χ² = q − 2θ̄ᵀs + θ̄ᵀGθ̄.
+      for (std::size_t i = 0; i < B; ++i) {
+        const double* own = &stats_[pixel[i] * S1];
+        double xs = 0, xgx = 0;
+        for (int a = 0; a < M_; ++a) {
+          const double ta = theta[static_cast<std::size_t>(a) * S + i];
+          double g = 0;
+          for (int b = 0; b < M_; ++b) g += G(a, b) * theta[static_cast<std::size_t>(b) * S + i];
+          xs += ta * own[a], xgx += ta * g;
+        }
+        q[i] = own[M_];
+        chi2[i] = q[i] - 2 * xs + xgx;
+      }
       const BlockConsts bc(caches_[block_set].G_inv, K, F, sets_.count(block_set), options_.method == FitMethod::nnls);
-      std::fill_n(scratch.data(), B, 0.0);  // χ²: not used, the variance is the propagated one
-      block_maps(bc, B, theta.data(), q.data(), scratch.data(), scratch.data() + S, scratch.data() + 2 * S, fk.data(),
+      block_maps(bc, B, theta.data(), q.data(), chi2.data(), scratch.data(), scratch.data() + S, fk.data(),
                  fk.data() + static_cast<std::size_t>(K) * S, S, f3.data(), f3.data() + S, f3.data() + 2 * S, nen.data(),
                  fitted.data(), settled.data(), sigma2.data());
       for (std::size_t i = 0; i < B; ++i) {
@@ -848,18 +886,23 @@ void IncrementalLcf::solve_spatial(int threads) {
           continue;
         }
         for (int k = 0; k < K; ++k) {
-          maps_.fractions[static_cast<std::size_t>(k) * P + p] = fk[static_cast<std::size_t>(k) * S + i];
-          maps_.fraction_sigma[static_cast<std::size_t>(k) * P + p] = fk[static_cast<std::size_t>(K + k) * S + i];
+          maps.fractions[static_cast<std::size_t>(k) * P + p] = fk[static_cast<std::size_t>(k) * S + i];
+          maps.fraction_sigma[static_cast<std::size_t>(k) * P + p] = fk[static_cast<std::size_t>(K + k) * S + i];
         }
+        maps.thickness[p] = f3[i];
+        maps.residual[p] = f3[S + i];
+        maps.rfactor[p] = f3[2 * S + i];
+        maps.nenergies[p] = nen[i];
+        maps.fitted[p] = fitted[i];
       }
       B = 0;
     };
     for (std::size_t p = begin; p < end; ++p) {
+      const bool pending = own_pending_[p];
+      own_pending_[p] = 0;
       if (avg.sigma2[p] < 0) {
-        if (smoothed_[p]) {  // smoothed last time, not now: its own fit back
-          if (!changed_[p]) solve_pixel(p, ws);
-          smoothed_[p] = 0;
-        }
+        if (pending || (smoothed_[p] && !changed_[p])) solve_pixel(p, ws);
+        smoothed_[p] = 0;
         continue;
       }
       smoothed_[p] = 1;
@@ -870,7 +913,7 @@ void IncrementalLcf::solve_spatial(int threads) {
       }
       if (set != block_set) flush(), block_set = set;
       for (int m = 0; m < M_; ++m) theta[static_cast<std::size_t>(m) * S + B] = avg.theta[static_cast<std::size_t>(m) * P + p];
-      q[B] = avg.q[p], sigma2[B] = avg.sigma2[p], pixel[B] = p;
+      sigma2[B] = avg.sigma2[p], pixel[B] = p;
       if (++B == S) flush();
     }
     flush();

@@ -101,9 +101,9 @@ class IncrementalLcf {
   // avoids the low-count bias of weights from observed counts); nullptr: unweighted.
   void set_sample_source(const SampleSource* source) { samples_ = source; }
   // Edge-preserving spatial estimation (science/spatial_fit) of the fractions and their errors
-  // on a rows×cols image: after the per-pixel solve, each pixel's fractions come from its
-  // neighbours' averaged statistics (thickness, residual and R-factor stay per pixel). Off by
-  // default here; the scan turns it on from its settings.
+  // on a rows×cols image: each pixel's fractions come from its neighbours' averaged statistics,
+  // scaled to its own thickness; its residual and R-factor are its own data against that model.
+  // Off by default here; the scan turns it on from its settings.
   void set_spatial(const SpatialSettings& s, int rows, int cols);
   const SpatialSettings& spatial() const { return spatial_; }
   // Effective number of independent pixels behind each pixel's fractions (1: its own fit only,
@@ -128,11 +128,18 @@ class IncrementalLcf {
   // Per-pixel statistics exist only once samples arrive one by one: fit_stack never needs them.
   void ensure_incremental_state();
   void solve_pixel(std::size_t p, Workspace& ws) const;
-  // Solves pixel p from statistics st = [s (M), q] over energy set `set`; writes its maps.
-  // With sigma2_override (the spatial step's averaged statistics): unweighted, the noise
-  // variance given instead of χ²/(n − |A|), and only the fractions and their errors written.
-  void solve_stats(std::size_t p, std::uint32_t set, const double* st, Workspace& ws,
-                   const double* sigma2_override = nullptr) const;
+  // The spatial step's solve of a pixel: the noise variance its averaged statistics carry
+  // (instead of χ²/(n − |A|)) and the pixel's own statistics [s, q], against which the
+  // averaged model's residual and R-factor are reported.
+  struct SpatialSolve {
+    double sigma2;
+    const double* own;
+  };
+  // Solves pixel p from statistics st = [s (M), q] over energy set `set` and writes its maps;
+  // with `spatial`, st are averaged statistics (solved unweighted). Returns false when it wrote
+  // nothing (a spatial solve without a solution: the pixel's own fit must stand).
+  bool solve_stats(std::size_t p, std::uint32_t set, const double* st, Workspace& ws,
+                   const SpatialSolve* spatial = nullptr) const;
   void solve_spatial(int threads);
   bool block_solvable(const SetCache& c) const;
   struct BlockOut {  // where solve_block writes a block's maps: into maps_ or a scratch block
@@ -167,6 +174,9 @@ class IncrementalLcf {
   int rows_ = 0, cols_ = 0;
   SpatialResult spatial_result_;  // the last step's averages; its scratch reused every cycle
   std::vector<std::uint8_t> smoothed_;  // pixel's fractions came from the spatial step last time
+  // Changed pixels whose own fit needs the constrained solver, left for the spatial step: a
+  // pixel it smooths never needs that fit (its maps come from the averaged statistics).
+  std::vector<std::uint8_t> own_pending_;
 };
 
 }  // namespace xanesd::science

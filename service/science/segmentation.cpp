@@ -417,6 +417,42 @@ Eigen::MatrixXd spread_rows(const Rows& X) {
   return basis_data;
 }
 
+// The rows without the wildest kTrim of them, for the PCA: a zinger (one energy many times too
+// bright) is a direction of its own with a large eigenvalue, and a few of them push the real
+// domains' differences out of the leading components (the features k-means sees). A row's
+// wildness is its largest robust z-score over the energies, |x − median| / (1.4826·MAD) per
+// column; real domains differ from the median by a few such units, a zinger by hundreds.
+Eigen::MatrixXd without_wild_rows(const Eigen::MatrixXd& data) {
+  const Eigen::Index n = data.rows(), m = data.cols();
+  if (n < 50) return data;
+  Eigen::RowVectorXd median(m), scale(m);
+  std::vector<double> col(static_cast<std::size_t>(n));
+  auto median_of = [&](std::vector<double>& v) {
+    const auto mid = v.begin() + static_cast<std::ptrdiff_t>(v.size() / 2);
+    std::nth_element(v.begin(), mid, v.end());
+    return *mid;
+  };
+  for (Eigen::Index j = 0; j < m; ++j) {
+    for (Eigen::Index i = 0; i < n; ++i) col[static_cast<std::size_t>(i)] = data(i, j);
+    median(j) = median_of(col);
+    for (Eigen::Index i = 0; i < n; ++i) col[static_cast<std::size_t>(i)] = std::abs(data(i, j) - median(j));
+    scale(j) = 1.4826 * median_of(col);
+  }
+  const double floor = 1e-12 * std::max(1e-300, scale.maxCoeff());
+  std::vector<double> wild(static_cast<std::size_t>(n));
+  for (Eigen::Index i = 0; i < n; ++i)
+    wild[static_cast<std::size_t>(i)] = ((data.row(i) - median).cwiseAbs().array() / scale.array().max(floor)).maxCoeff();
+  std::vector<double> sorted = wild;
+  const auto keep = static_cast<std::size_t>(std::ceil((1.0 - kTrim) * static_cast<double>(n)));
+  std::nth_element(sorted.begin(), sorted.begin() + static_cast<std::ptrdiff_t>(keep - 1), sorted.end());
+  const double limit = sorted[keep - 1];
+  Eigen::MatrixXd kept(static_cast<Eigen::Index>(keep), m);
+  Eigen::Index r = 0;
+  for (Eigen::Index i = 0; i < n && r < kept.rows(); ++i)
+    if (wild[static_cast<std::size_t>(i)] <= limit) kept.row(r++) = data.row(i);
+  return kept.topRows(r);
+}
+
 struct Pca {
   Eigen::RowVectorXd mean;  // of the rows it was computed from
   Eigen::VectorXd lambda;   // eigenvalues, descending, ≥ 0
@@ -484,7 +520,8 @@ Pca fit_pca(const Rows& X, const Eigen::MatrixXd& refs_u, const ShapeTransform& 
             PcaDiagnostics& diag) {
   const Eigen::Index n = X.rows(), Ev = X.cols();
   diag.seeded_from_references = n < 10 * Ev && refs_u.cols() > 1;
-  Pca pca = principal_components(diag.seeded_from_references ? reference_mixtures(refs_u, shape, rng) : spread_rows(X));
+  Pca pca = principal_components(diag.seeded_from_references ? reference_mixtures(refs_u, shape, rng)
+                                                                : without_wild_rows(spread_rows(X)));
   for (Eigen::Index i = 0; i < Ev; ++i) diag.explained.push_back(pca.total > 0 ? pca.lambda(i) / pca.total : 0.0);
   pca.sigma2 = noise_floor(pca, X, refs_u.cols(), diag.seeded_from_references);
   diag.noise_sigma = std::sqrt(pca.sigma2);
