@@ -1,6 +1,7 @@
 #include "science/incremental_lcf.hpp"
 #include "science/parallel.hpp"
 
+#include <algorithm>
 #include <bit>
 #include <cmath>
 #include <cstring>
@@ -329,6 +330,29 @@ struct IncrementalLcf::Workspace {
   std::uint32_t flat_set = ~0u;
   std::vector<Subset*> flat;
   Eigen::VectorXd x, z;
+  // nnls_block's buffers: one passive-set group of a block, contiguous (rows of kStackBlock).
+  struct Group {
+    std::vector<std::pair<std::uint32_t, std::uint32_t>> order, retry;  // (passive set, pixel in block)
+    std::vector<std::uint32_t> count;
+    std::vector<double> s, q, theta, chi2, scratch, own, own_q, sigma2;
+    std::vector<float> fk, f3;
+    std::vector<std::uint16_t> nen;
+    std::vector<std::uint8_t> fitted, settled, ok;
+    Eigen::MatrixXd padded;  // (G_AA)⁻¹ in the rows and columns of A, 0 elsewhere
+    void size_for(int M, int K) {
+      if (!s.empty()) return;
+      const std::size_t S = kStackBlock, MS = static_cast<std::size_t>(M) * S;
+      s.resize(MS), theta.resize(MS), own.resize(MS), q.resize(S), chi2.resize(S), scratch.resize(2 * S);
+      own_q.resize(S), sigma2.resize(S), fk.resize(2 * static_cast<std::size_t>(K) * S), f3.resize(3 * S);
+      nen.resize(S), fitted.resize(S), settled.resize(S), ok.resize(S);
+    }
+  } group;
+  struct List {  // solve_listed's block buffers
+    std::vector<double> acc, q, scratch;
+    std::vector<std::uint8_t> settled, todo, fitted;
+    std::vector<float> fk, f3;
+    std::vector<std::uint16_t> nen;
+  } list;
 
   explicit Workspace(int M) : flat(M <= 12 ? std::size_t{1} << M : 0), x(M), z(M) {}
 
@@ -638,10 +662,12 @@ void theta_chi2(const double* __restrict gi, int M, std::size_t B, const double*
 struct BlockConsts {  // per energy set: what the maps need from C = (G⁻¹) of the references
   int K, F, n;
   bool nnls;
+  int active;          // parameters fitted: M, or the passive set's size (C zero outside it)
   double c_kk[64];     // C_kk
   double row_sum[64];  // r_k = Σ_b C_kb
   double total_cov;    // S = Σ_ab C_ab
-  BlockConsts(const Eigen::MatrixXd& G_inv, int K_, int F_, int n_, bool nnls_) : K(K_), F(F_), n(n_), nnls(nnls_) {
+  BlockConsts(const Eigen::MatrixXd& G_inv, int K_, int F_, int n_, bool nnls_, int active_ = -1)
+      : K(K_), F(F_), n(n_), nnls(nnls_), active(active_ < 0 ? F_ + K_ : active_) {
     total_cov = 0;
     for (int a = 0; a < K; ++a) {
       c_kk[a] = G_inv(F + a, F + a);
@@ -663,7 +689,7 @@ void block_maps(const BlockConsts& bc, std::size_t B, const double* __restrict t
                 float* __restrict rfactor, std::uint16_t* nenergies, std::uint8_t* fitted,
                 std::uint8_t* __restrict settled, const double* __restrict sigma2 = nullptr) {
   const int K = bc.K, M = bc.F + bc.K;
-  const double inv_dof = 1.0 / (bc.n - M), inv_n = 1.0 / bc.n;
+  const double inv_dof = 1.0 / (bc.n - bc.active), inv_n = 1.0 / bc.n;
   const double* coeffs = theta + static_cast<std::size_t>(bc.F) * kS;
   std::fill_n(total, B, 0.0);
   std::fill_n(var_scale, B, 0.0);  // the smallest coefficient, for now
@@ -681,9 +707,7 @@ void block_maps(const BlockConsts& bc, std::size_t B, const double* __restrict t
     thickness[i] = static_cast<float>(t);
     residual[i] = std::sqrt(static_cast<float>(x2 * inv_n));  // float root: the maps are float
     rfactor[i] = q[i] > 0 ? static_cast<float>(x2 / q[i]) : 0.f;
-    const double it = 1.0 / t;
-    total[i] = it;                          // now 1/T
-    var_scale[i] = (sigma2 ? sigma2[i] : x2 * inv_dof) * it * it;  // now σ²/T²
+    var_scale[i] = (sigma2 ? sigma2[i] : x2 * inv_dof) / (t * t);  // now σ²/T²
   }
   for (int k = 0; k < K; ++k) {
     const double* __restrict c = coeffs + static_cast<std::size_t>(k) * kS;
@@ -691,7 +715,9 @@ void block_maps(const BlockConsts& bc, std::size_t B, const double* __restrict t
     float* __restrict f_out = frac + static_cast<std::size_t>(k) * k_stride;
     float* __restrict s_out = sigma + static_cast<std::size_t>(k) * k_stride;
     for (std::size_t i = 0; i < B; ++i) {
-      const double f = c[i] * total[i];
+      // c/T, not c·(1/T): a pixel with one reference in its passive set has f = 1 exactly and
+      // then σ = 0 exactly (as solve_stats gives), not a rounding residue.
+      const double f = c[i] / total[i];
       const double var = var_scale[i] * (ckk - 2.0 * f * rk + f * f * S);
       f_out[i] = static_cast<float>(f);
       s_out[i] = std::sqrt(std::max(0.f, static_cast<float>(var)));
@@ -726,6 +752,175 @@ void IncrementalLcf::solve_block(const SetCache& c, int n, std::size_t B, const 
              out.thickness, out.residual, out.rfactor, out.nenergies, out.fitted, settled);
 }
 
+// NNLS for the pixels of a block (one energy set) whose unconstrained optimum has a negative
+// coefficient: Lawson–Hanson's warm start (as in solve_stats) for the whole block at once.
+// Each pixel's passive set is the references its unconstrained optimum gives a positive
+// coefficient; the pixels sharing one are solved together, one product with that set's cached
+// inverse (zero-padded to M×M, so the block arithmetic applies unchanged). Where the solution
+// is feasible (every passive coefficient above tolerance) and optimal (no reference outside
+// has a positive gradient s − Gθ), it is the NNLS optimum (unique): its maps go to `out` at
+// the pixel's place and settled[i] = 1. The rest (a passive set that needs changing) are left
+// to solve_stats. s, q: the statistics solved (M rows of kStackBlock); theta: their
+// unconstrained optimum; todo[i]: try pixel i. With `own` (the spatial step): s are averaged
+// statistics, own/own_q the pixel's own (its χ² is its own data's misfit), sigma2 the variance.
+void IncrementalLcf::nnls_block(std::uint32_t set, std::size_t B, const double* s, const double* q,
+                                const double* theta, const std::uint8_t* todo, const BlockOut& out,
+                                std::uint8_t* settled, Workspace& ws, const double* own, const double* own_q,
+                                const double* sigma2) const {
+  const int K = model_.n_refs(), F = model_.n_background(), n = sets_.count(set);
+  if (options_.method != FitMethod::nnls || K > 16 || M_ > kCachedNnlsMaxParams) return;
+  const auto& c = caches_[set];
+  constexpr std::size_t S = kStackBlock;
+  auto& g = ws.group;
+  g.size_for(M_, K);
+  const std::uint32_t free_bits = (1u << F) - 1u;
+  g.order.clear();
+  for (std::size_t i = 0; i < B; ++i) {
+    if (!todo[i] || !(std::abs(q[i]) <= std::numeric_limits<double>::max())) continue;
+    std::uint32_t warm = free_bits;
+    for (int j = F; j < M_; ++j)
+      if (theta[static_cast<std::size_t>(j) * S + i] > 0) warm |= 1u << j;
+    if (warm != free_bits) g.order.emplace_back(warm, static_cast<std::uint32_t>(i));
+  }
+  // NnlsTolerance's thresholds with the square roots taken once per reference and pixel.
+  double sqrt_g[64], inv_sqrt_g[64];
+  for (int j = 0; j < M_; ++j) {
+    const double d = c.G(j, j);
+    sqrt_g[j] = std::sqrt(std::max(d, 0.0));
+    inv_sqrt_g[j] = d > 0 ? 1.0 / std::sqrt(d) : 0.0;
+  }
+  const double* G = c.G.data();  // column-major, symmetric
+  // Rounds: a pixel whose passive coefficients are not all positive drops the non-positive
+  // ones and joins the group of its smaller set in the next round (solve_stats's warm loop).
+  for (int round = 0; round < K && !g.order.empty(); ++round) {
+    if (K <= 10) {  // counting sort by passive set (its reference bits): 2^K buckets
+      g.count.assign((std::size_t{1} << K) + 1, 0);
+      for (const auto& [mask, i] : g.order) ++g.count[(mask >> F) + 1];
+      for (std::size_t b = 1; b < g.count.size(); ++b) g.count[b] += g.count[b - 1];
+      g.retry.resize(g.order.size());
+      for (const auto& e : g.order) g.retry[g.count[e.first >> F]++] = e;
+      std::swap(g.order, g.retry);
+    } else {
+      std::sort(g.order.begin(), g.order.end());
+    }
+    g.retry.clear();
+    for (std::size_t a = 0; a < g.order.size();) {
+      const std::uint32_t mask = g.order[a].first;
+      std::size_t b = a;
+      while (b < g.order.size() && g.order[b].first == mask) ++b;
+      const std::size_t Bg = b - a, first = a;
+      a = b;
+      const int active = std::popcount(mask);
+      const auto& sub = ws.subset(set, mask, c.G);
+      if (!sub.ok || n <= active) continue;
+      g.padded.setZero(M_, M_);
+      for (std::size_t r = 0; r < sub.idx.size(); ++r)
+        for (std::size_t k = 0; k < sub.idx.size(); ++k)
+          g.padded(sub.idx[r], sub.idx[k]) = sub.inv(static_cast<Eigen::Index>(r), static_cast<Eigen::Index>(k));
+      for (std::size_t t = 0; t < Bg; ++t) {
+        const std::size_t i = g.order[first + t].second;
+        for (int m = 0; m < M_; ++m) g.s[static_cast<std::size_t>(m) * S + t] = s[static_cast<std::size_t>(m) * S + i];
+        g.q[t] = q[i];
+      }
+      theta_chi2(g.padded.data(), M_, Bg, g.s.data(), g.q.data(), g.theta.data(), g.chi2.data());
+      for (std::size_t t = 0; t < Bg; ++t) {
+        const double rq = NnlsTolerance::kRelative * std::sqrt(std::max(g.q[t], 0.0));
+        std::uint32_t keep = mask;
+        for (int j = F; j < M_; ++j)
+          if ((mask & (1u << j)) && !(g.theta[static_cast<std::size_t>(j) * S + t] > rq * inv_sqrt_g[j])) keep &= ~(1u << j);
+        g.ok[t] = keep == mask;
+        if (keep != mask) {  // infeasible: a smaller passive set next round
+          if (keep != free_bits) g.retry.emplace_back(keep, g.order[first + t].second);
+          continue;
+        }
+        for (int j = F; j < M_ && g.ok[t]; ++j) {  // optimal: no gradient asks a reference in
+          if (mask & (1u << j)) continue;
+          double w = g.s[static_cast<std::size_t>(j) * S + t];
+          for (int k = 0; k < M_; ++k) w -= G[static_cast<std::size_t>(k) * M_ + j] * g.theta[static_cast<std::size_t>(k) * S + t];
+          g.ok[t] = !(w > rq * sqrt_g[j]);
+        }
+      }
+      const double* q_maps = g.q.data();
+      if (own) {  // χ² of the pixel's own data: q − 2θᵀs_own + θᵀGθ, and θᵀGθ = θᵀs on A
+        for (std::size_t t = 0; t < Bg; ++t) {
+          const std::size_t i = g.order[first + t].second;
+          double x2 = own_q[i];
+          for (int m = 0; m < M_; ++m) {
+            const double th = g.theta[static_cast<std::size_t>(m) * S + t];
+            x2 += th * (g.s[static_cast<std::size_t>(m) * S + t] - 2 * own[static_cast<std::size_t>(m) * S + i]);
+          }
+          g.chi2[t] = x2, g.own_q[t] = own_q[i], g.sigma2[t] = sigma2[i];
+        }
+        q_maps = g.own_q.data();
+      }
+      const BlockConsts bc(g.padded, K, F, n, true, active);
+      block_maps(bc, Bg, g.theta.data(), q_maps, g.chi2.data(), g.scratch.data(), g.scratch.data() + S, g.fk.data(),
+                 g.fk.data() + static_cast<std::size_t>(K) * S, S, g.f3.data(), g.f3.data() + S, g.f3.data() + 2 * S,
+                 g.nen.data(), g.fitted.data(), g.settled.data(), own ? g.sigma2.data() : nullptr);
+      for (std::size_t t = 0; t < Bg; ++t) {
+        if (!g.ok[t] || !g.settled[t]) continue;
+        const std::size_t i = g.order[first + t].second;
+        for (int k = 0; k < K; ++k) {
+          out.fractions[static_cast<std::size_t>(k) * out.k_stride + i] = g.fk[static_cast<std::size_t>(k) * S + t];
+          out.fraction_sigma[static_cast<std::size_t>(k) * out.k_stride + i] = g.fk[static_cast<std::size_t>(K + k) * S + t];
+        }
+        out.thickness[i] = g.f3[t], out.residual[i] = g.f3[S + t], out.rfactor[i] = g.f3[2 * S + t];
+        out.nenergies[i] = g.nen[t], out.fitted[i] = g.fitted[t];
+        settled[i] = 1;
+      }
+    }
+    std::swap(g.order, g.retry);
+  }
+}
+
+// Solves the listed pixels (at most kStackBlock, all of block-solvable energy set `set`) from
+// their own statistics by block: least squares, then the NNLS groups, then solve_stats for
+// what is left. With `defer` (the spatial step follows) the pixels that need the constrained
+// solver are only marked pending: the step decides whether their own fit is needed.
+void IncrementalLcf::solve_listed(const std::size_t* pixels, std::size_t B, std::uint32_t set, Workspace& ws,
+                                  bool defer) {
+  const int K = model_.n_refs();
+  constexpr std::size_t S = kStackBlock;
+  auto& l = ws.list;
+  if (l.q.empty()) {
+    l.acc.resize(static_cast<std::size_t>(M_) * S), l.q.resize(S), l.scratch.resize(block_scratch(M_));
+    l.settled.resize(S), l.todo.resize(S), l.fk.resize(2 * static_cast<std::size_t>(K) * S), l.f3.resize(3 * S);
+    l.nen.resize(S), l.fitted.resize(S);
+  }
+  // Scattered pixels: the block's maps go to a scratch block first, then to their pixels.
+  const BlockOut out{l.fk.data(), l.fk.data() + static_cast<std::size_t>(K) * S, S, l.f3.data(), l.f3.data() + S,
+                     l.f3.data() + 2 * S, l.nen.data(), l.fitted.data()};
+  for (std::size_t i = 0; i < B; ++i) {  // gather the block's statistics, parameter-major
+    const double* st = &stats_[pixels[i] * static_cast<std::size_t>(M_ + 1)];
+    for (int m = 0; m < M_; ++m) l.acc[static_cast<std::size_t>(m) * S + i] = st[m];
+    l.q[i] = st[M_];
+  }
+  solve_block(caches_[set], sets_.count(set), B, l.acc.data(), l.q.data(), out, l.scratch.data(), l.settled.data());
+  if (!defer) {
+    for (std::size_t i = 0; i < B; ++i) l.todo[i] = !l.settled[i];
+    // solve_block leaves the unconstrained θ in the first M rows of its scratch.
+    nnls_block(set, B, l.acc.data(), l.q.data(), l.scratch.data(), l.todo.data(), out, l.settled.data(), ws);
+  }
+  LcfMaps& maps = maps_;
+  for (std::size_t i = 0; i < B; ++i) {
+    const std::size_t p = pixels[i];
+    if (!l.settled[i]) {
+      if (defer) own_pending_[p] = 1;
+      else solve_pixel(p, ws);
+      continue;
+    }
+    for (int k = 0; k < K; ++k) {
+      maps.fractions[static_cast<std::size_t>(k) * npix_ + p] = out.fractions[static_cast<std::size_t>(k) * S + i];
+      maps.fraction_sigma[static_cast<std::size_t>(k) * npix_ + p] = out.fraction_sigma[static_cast<std::size_t>(k) * S + i];
+    }
+    maps.thickness[p] = out.thickness[i];
+    maps.residual[p] = out.residual[i];
+    maps.rfactor[p] = out.rfactor[i];
+    maps.nenergies[p] = out.nenergies[i];
+    maps.fitted[p] = out.fitted[i];
+  }
+}
+
 std::size_t IncrementalLcf::solve_changed(int threads) {
   const std::size_t n = changed_list_.size();
   // Shared per-set data first (serially): the threads only read it.
@@ -745,45 +940,8 @@ std::size_t IncrementalLcf::solve_changed(int threads) {
       for (std::size_t i = begin; i < end; ++i) solve_pixel(changed_list_[i], ws);
       return;
     }
-    const int K = model_.n_refs();
-    constexpr std::size_t S = kStackBlock;
-    std::vector<double> acc(static_cast<std::size_t>(M_) * S), q(S), scratch(block_scratch(M_));
-    std::vector<std::uint8_t> settled(S);
-    // Scattered pixels: the block's maps go to a scratch block first, then to their pixels.
-    std::vector<float> fk(2 * static_cast<std::size_t>(K) * S), f3(3 * S);
-    std::vector<std::uint16_t> nen(S);
-    std::vector<std::uint8_t> fitted(S);
-    const BlockOut out{fk.data(), fk.data() + static_cast<std::size_t>(K) * S, S, f3.data(), f3.data() + S,
-                       f3.data() + 2 * S, nen.data(), fitted.data()};
-    LcfMaps& maps = maps_;
-    const bool defer = spatial_.enabled;
-    for (std::size_t b0 = begin; b0 < end; b0 += S) {
-      const std::size_t B = std::min(S, end - b0);
-      const std::size_t* pixels = &changed_list_[b0];
-      for (std::size_t i = 0; i < B; ++i) {  // gather the block's statistics, parameter-major
-        const double* st = &stats_[pixels[i] * static_cast<std::size_t>(M_ + 1)];
-        for (int m = 0; m < M_; ++m) acc[static_cast<std::size_t>(m) * S + i] = st[m];
-        q[i] = st[M_];
-      }
-      solve_block(caches_[common], sets_.count(common), B, acc.data(), q.data(), out, scratch.data(), settled.data());
-      for (std::size_t i = 0; i < B; ++i) {
-        const std::size_t p = pixels[i];
-        if (!settled[i]) {
-          if (defer) own_pending_[p] = 1;
-          else solve_pixel(p, ws);
-          continue;
-        }
-        for (int k = 0; k < K; ++k) {
-          maps.fractions[static_cast<std::size_t>(k) * npix_ + p] = out.fractions[static_cast<std::size_t>(k) * S + i];
-          maps.fraction_sigma[static_cast<std::size_t>(k) * npix_ + p] = out.fraction_sigma[static_cast<std::size_t>(k) * S + i];
-        }
-        maps.thickness[p] = out.thickness[i];
-        maps.residual[p] = out.residual[i];
-        maps.rfactor[p] = out.rfactor[i];
-        maps.nenergies[p] = out.nenergies[i];
-        maps.fitted[p] = out.fitted[i];
-      }
-    }
+    for (std::size_t b0 = begin; b0 < end; b0 += kStackBlock)
+      solve_listed(&changed_list_[b0], std::min(kStackBlock, end - b0), common, ws, spatial_.enabled);
   };
   parallel_ranges(n, threads, 4096, [&](int, std::size_t begin, std::size_t end) { work(begin, end); });
   if (spatial_.enabled && n > 0) solve_spatial(threads);
@@ -838,11 +996,15 @@ void IncrementalLcf::solve_spatial(int threads) {
   auto work = [&](std::size_t begin, std::size_t end) {
     Workspace ws(M_);
     constexpr std::size_t S = kStackBlock;
-    std::vector<double> theta(static_cast<std::size_t>(M_) * S), q(S), chi2(S), scratch(2 * S), sigma2(S), st(S1);
-    std::vector<std::size_t> pixel(S);
-    std::vector<std::uint8_t> settled(S), fitted(S);
+    const std::size_t MS = static_cast<std::size_t>(M_) * S;
+    // Per block: θ̄, s̄ = Gθ̄ and the pixels' own statistics (M rows each), then per pixel.
+    std::vector<double> theta(MS), s_avg(MS), own(MS), q_avg(S), q_own(S), chi2(S), scratch(2 * S), sigma2(S), st(S1);
+    std::vector<std::size_t> pixel(S), pending(S);
+    std::vector<std::uint8_t> settled(S), todo(S), fitted(S);
     std::vector<float> fk(2 * static_cast<std::size_t>(K) * S), f3(3 * S);
     std::vector<std::uint16_t> nen(S);
+    const BlockOut out{fk.data(), fk.data() + static_cast<std::size_t>(K) * S, S, f3.data(), f3.data() + S,
+                       f3.data() + 2 * S, nen.data(), fitted.data()};
     auto solve_one = [&](std::size_t p) {
       const auto& G = caches_[set_of_[p]].G;
       for (int r = 0; r < M_; ++r) {
@@ -857,28 +1019,52 @@ void IncrementalLcf::solve_spatial(int threads) {
         smoothed_[p] = 0;
       }
     };
+    // Pixels left alone whose own constrained fit was pending: solved by block as solve_changed would.
+    std::size_t n_pending = 0;
+    std::uint32_t pending_set = ~0u;
+    auto flush_pending = [&] {
+      if (n_pending == 0) return;
+      if (sets_.count(pending_set) > M_ && block_solvable(caches_[pending_set]))
+        solve_listed(pending.data(), n_pending, pending_set, ws, false);
+      else
+        for (std::size_t i = 0; i < n_pending; ++i) solve_pixel(pending[i], ws);
+      n_pending = 0;
+    };
     std::size_t B = 0;
     std::uint32_t block_set = ~0u;
     auto flush = [&] {
       if (B == 0) return;
-      const auto& G = caches_[block_set].G;
-      // Each pixel's own data against its averaged model: χ² = q − 2θ̄ᵀs + θ̄ᵀGθ̄.
+      const double* G = caches_[block_set].G.data();  // column-major, symmetric
       for (std::size_t i = 0; i < B; ++i) {
-        const double* own = &stats_[pixel[i] * S1];
-        double xs = 0, xgx = 0;
-        for (int a = 0; a < M_; ++a) {
-          const double ta = theta[static_cast<std::size_t>(a) * S + i];
-          double g = 0;
-          for (int b = 0; b < M_; ++b) g += G(a, b) * theta[static_cast<std::size_t>(b) * S + i];
-          xs += ta * own[a], xgx += ta * g;
+        const double* o = &stats_[pixel[i] * S1];
+        for (int m = 0; m < M_; ++m) own[static_cast<std::size_t>(m) * S + i] = o[m];
+        q_own[i] = o[M_];
+        q_avg[i] = avg.q[pixel[i]];
+      }
+      for (int r = 0; r < M_; ++r) {  // s̄ = Gθ̄: the averaged statistics the NNLS groups solve
+        double* __restrict sr = s_avg.data() + static_cast<std::size_t>(r) * S;
+        std::fill_n(sr, B, 0.0);
+        for (int k = 0; k < M_; ++k) {
+          const double g = G[static_cast<std::size_t>(k) * M_ + r];
+          const double* __restrict tk = theta.data() + static_cast<std::size_t>(k) * S;
+          for (std::size_t i = 0; i < B; ++i) sr[i] += g * tk[i];
         }
-        q[i] = own[M_];
-        chi2[i] = q[i] - 2 * xs + xgx;
+      }
+      // Each pixel's own data against its averaged model: χ² = q − 2θ̄ᵀs + θ̄ᵀGθ̄ (= θ̄ᵀs̄).
+      std::copy_n(q_own.data(), B, chi2.data());
+      for (int m = 0; m < M_; ++m) {
+        const double* __restrict tm = theta.data() + static_cast<std::size_t>(m) * S;
+        const double* __restrict om = own.data() + static_cast<std::size_t>(m) * S;
+        const double* __restrict sm = s_avg.data() + static_cast<std::size_t>(m) * S;
+        for (std::size_t i = 0; i < B; ++i) chi2[i] += tm[i] * (sm[i] - 2 * om[i]);
       }
       const BlockConsts bc(caches_[block_set].G_inv, K, F, sets_.count(block_set), options_.method == FitMethod::nnls);
-      block_maps(bc, B, theta.data(), q.data(), chi2.data(), scratch.data(), scratch.data() + S, fk.data(),
-                 fk.data() + static_cast<std::size_t>(K) * S, S, f3.data(), f3.data() + S, f3.data() + 2 * S, nen.data(),
-                 fitted.data(), settled.data(), sigma2.data());
+      block_maps(bc, B, theta.data(), q_own.data(), chi2.data(), scratch.data(), scratch.data() + S, out.fractions,
+                 out.fraction_sigma, S, out.thickness, out.residual, out.rfactor, out.nenergies, out.fitted,
+                 settled.data(), sigma2.data());
+      for (std::size_t i = 0; i < B; ++i) todo[i] = !settled[i];
+      nnls_block(block_set, B, s_avg.data(), q_avg.data(), theta.data(), todo.data(), out, settled.data(), ws,
+                 own.data(), q_own.data(), sigma2.data());
       for (std::size_t i = 0; i < B; ++i) {
         const std::size_t p = pixel[i];
         if (!settled[i]) {
@@ -898,15 +1084,21 @@ void IncrementalLcf::solve_spatial(int threads) {
       B = 0;
     };
     for (std::size_t p = begin; p < end; ++p) {
-      const bool pending = own_pending_[p];
+      const bool was_pending = own_pending_[p];
       own_pending_[p] = 0;
+      const auto set = set_of_[p];
       if (avg.sigma2[p] < 0) {
-        if (pending || (smoothed_[p] && !changed_[p])) solve_pixel(p, ws);
+        if (was_pending) {
+          if (set != pending_set) flush_pending(), pending_set = set;
+          pending[n_pending] = p;
+          if (++n_pending == S) flush_pending();
+        } else if (smoothed_[p] && !changed_[p]) {
+          solve_pixel(p, ws);  // smoothed last time, not now: its own fit back
+        }
         smoothed_[p] = 0;
         continue;
       }
       smoothed_[p] = 1;
-      const auto set = set_of_[p];
       if (!blockable(set)) {
         solve_one(p);
         continue;
@@ -917,6 +1109,7 @@ void IncrementalLcf::solve_spatial(int threads) {
       if (++B == S) flush();
     }
     flush();
+    flush_pending();
   };
   parallel_ranges(npix_, threads, 4096, [&](int, std::size_t begin, std::size_t end) { work(begin, end); });
 }
