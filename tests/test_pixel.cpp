@@ -11,9 +11,8 @@
 #include <thread>
 
 #include "daemon_process.hpp"
-#include "simulate/simulate.hpp"
+#include "science_support.hpp"
 #include "store/h5.hpp"
-#include "support.hpp"
 
 using namespace xanesd;
 using namespace std::chrono_literals;
@@ -23,17 +22,11 @@ namespace {
 const std::vector<std::string> kSpecies = {"Magnetite", "Goethite", "Pyrite"};
 
 std::filesystem::path make_scan(const std::filesystem::path& dir) {
-  std::vector<science::Reference> refs;
-  for (const auto& r : science::load_reference_file(test::fe_library()))
-    if (std::find(kSpecies.begin(), kSpecies.end(), r.name) != kSpecies.end()) refs.push_back(r);
-  sim::Params p;
-  p.rows = 24, p.cols = 30;
-  p.energies_eV = sim::read_energies_file(test::hxn_energies());
-  p.counts = 2000;
+  auto p = test::hxn_scan(24, 30);
   p.layout = sim::Params::Layout::domains;
   p.seed = 15;
   const auto file = dir / "pixel-scan.h5";
-  sim::write_scan_file(sim::simulate(refs, p), file);
+  sim::write_scan_file(sim::simulate(test::pick(science::load_reference_file(test::fe_library()), kSpecies), p), file);
   return file;
 }
 
