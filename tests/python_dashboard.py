@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -241,6 +242,74 @@ class Dashboard(unittest.TestCase):
         self.assertEqual(reply.get("code"), "invalid_pixel")
         print(f"dashboard: maps v{v1} -> v{v2} live, final v{final_version}; {drawn} panels drawn; late joiner "
               f"{late:.2f} s; relay {json.dumps(st['stats'])}", flush=True)
+
+    def test_slow_browser(self):
+        """A browser that reads nothing while a 192×192 scan streams: the relay drops its stale
+        map versions (one pending message per topic), its memory stays bounded, and once the
+        browser reads again it gets the newest maps."""
+        import asyncio  # noqa: PLC0415
+        import threading  # noqa: PLC0415
+        import aiohttp  # noqa: PLC0415
+
+        wait_for("the daemon live", lambda: self.stats().get("daemon") == "live", timeout=20)
+        refs = os.path.join(ARGS.source_dir, "config/references")
+        big = os.path.join(self.tmp.name, "big.h5")
+        subprocess.run([ARGS.simulate, "--refs", os.path.join(refs, "fe_k_library_normalized.nor"),
+                        "--use", "Magnetite,Goethite,Pyrite", "--energies", os.path.join(refs, "fe_k_energies_hxn.txt"),
+                        "--shape", "192x192", "--layout", "domains", "--seed", "16", "--out", big],
+                       check=True, capture_output=True)
+        loop = asyncio.new_event_loop()
+        threading.Thread(target=loop.run_forever, daemon=True).start()
+
+        def run(coro, timeout=60):
+            return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout)
+
+        async def connect():
+            session = aiohttp.ClientSession()
+            ws = await session.ws_connect(self.url.replace("http", "ws") + "/ws", max_msg_size=0)
+            # A small receive buffer, so that megabytes of kernel buffers do not hide the slowness.
+            ws.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            return session, ws
+
+        # aiohttp stops reading the socket while its queue is unread: the receive buffer fills,
+        # then the relay's sends wait, as for a browser that cannot keep up.
+        session, ws = run(connect())
+        rss = lambda: int(next(l.split()[1] for l in open(f"/proc/{self.dash.pid}/status") if l.startswith("VmRSS")))  # noqa: E731
+        rss0 = rss()
+        replay = self.spawn([ARGS.replay, "--input", big, "--endpoint", self.ingest, "--rate", "25", "--scan-id", "big",
+                             "--quiet"], "replay-big.log")
+        peak = rss0
+        while replay.poll() is None:
+            peak = max(peak, rss())
+            time.sleep(0.1)
+        self.assertEqual(replay.returncode, 0)
+        final = wait_for("the big scan's final maps at the relay", lambda: (st := self.stats()) and st.get("scan_id") == "big"
+                         and st["versions"].get("status", 0) >= st["versions"].get("maps/fractions", 1)
+                         and self.js("xanesDash.final && xanesDash.scanId === 'big'") and st, timeout=60)
+        peak = max(peak, rss())
+        slow = max(final["browsers"], key=lambda p: p["replaced"])
+        self.assertGreater(slow["replaced"], 0, final["browsers"])
+        self.assertLessEqual(slow["queued"], 16)
+        # Queued: at most what the relay holds as the current state (the same payloads, shared).
+        self.assertLessEqual(slow["queued_bytes"], final["state_bytes"] + 65536)
+        self.assertLess(peak - rss0, 200 * 1024, f"relay RSS grew {peak - rss0} kB")  # kB
+
+        async def drain():  # reading again (at full speed), the browser ends with the newest maps
+            ws.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+            while True:
+                m = await ws.receive(timeout=20)
+                if m.type == aiohttp.WSMsgType.BINARY:
+                    n = int.from_bytes(m.data[:4], "little")
+                    h = json.loads(m.data[4:4 + n])
+                    if h["topic"] == "maps/fractions" and h["scan_id"] == "big" and h["final"]:
+                        return h
+
+        last = run(drain())
+        self.assertEqual(last["version"], final["versions"]["maps/fractions"])
+        run(session.close())
+        loop.call_soon_threadsafe(loop.stop)
+        print(f"slow browser: {slow['replaced']} stale map versions dropped, queued {slow['queued']} messages "
+              f"({slow['queued_bytes']} B, state {final['state_bytes']} B); relay RSS {rss0} kB -> peak {peak} kB", flush=True)
 
 
 if __name__ == "__main__":
