@@ -130,7 +130,7 @@ class Dashboard(unittest.TestCase):
     def js(self, expr):
         return self.browser.execute_script("return " + expr)
 
-    def test_live_dashboard(self):
+    def test_1_live_dashboard(self):
         b, xp = self.browser, self.xp
         b.get(self.url + "/")
         wait_for("the page to show the daemon live", lambda: self.js("window.xanesDash && window.xanesDash.daemon") == "live")
@@ -243,8 +243,8 @@ class Dashboard(unittest.TestCase):
         print(f"dashboard: maps v{v1} -> v{v2} live, final v{final_version}; {drawn} panels drawn; late joiner "
               f"{late:.2f} s; relay {json.dumps(st['stats'])}", flush=True)
 
-    def test_slow_browser(self):
-        """A browser that reads nothing while a 192×192 scan streams: the relay drops its stale
+    def test_2_slow_browser(self):
+        """A browser that reads nothing while a 256×256 scan streams: the relay drops its stale
         map versions (one pending message per topic), its memory stays bounded, and once the
         browser reads again it gets the newest maps."""
         import asyncio  # noqa: PLC0415
@@ -256,7 +256,7 @@ class Dashboard(unittest.TestCase):
         big = os.path.join(self.tmp.name, "big.h5")
         subprocess.run([ARGS.simulate, "--refs", os.path.join(refs, "fe_k_library_normalized.nor"),
                         "--use", "Magnetite,Goethite,Pyrite", "--energies", os.path.join(refs, "fe_k_energies_hxn.txt"),
-                        "--shape", "192x192", "--layout", "domains", "--seed", "16", "--out", big],
+                        "--shape", "256x256", "--layout", "domains", "--seed", "16", "--out", big],
                        check=True, capture_output=True)
         loop = asyncio.new_event_loop()
         threading.Thread(target=loop.run_forever, daemon=True).start()
@@ -267,8 +267,9 @@ class Dashboard(unittest.TestCase):
         async def connect():
             session = aiohttp.ClientSession()
             ws = await session.ws_connect(self.url.replace("http", "ws") + "/ws", max_msg_size=0)
-            # A small receive buffer, so that megabytes of kernel buffers do not hide the slowness.
-            ws.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            # A receive buffer of 256 KB: no megabytes of autotuned kernel buffer to hide the
+            # slowness, still above the loopback MSS (64 KB; a smaller window stalls TCP).
+            ws.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 256 << 10)
             return session, ws
 
         # aiohttp stops reading the socket while its queue is unread: the receive buffer fills,
@@ -294,22 +295,87 @@ class Dashboard(unittest.TestCase):
         self.assertLessEqual(slow["queued_bytes"], final["state_bytes"] + 65536)
         self.assertLess(peak - rss0, 200 * 1024, f"relay RSS grew {peak - rss0} kB")  # kB
 
-        async def drain():  # reading again (at full speed), the browser ends with the newest maps
-            ws.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        seen = []
+
+        async def drain():  # reading again, the browser ends with the newest maps
             while True:
                 m = await ws.receive(timeout=20)
                 if m.type == aiohttp.WSMsgType.BINARY:
                     n = int.from_bytes(m.data[:4], "little")
                     h = json.loads(m.data[4:4 + n])
+                    seen.append((h["topic"], h["scan_id"], h["version"], h["final"]))
                     if h["topic"] == "maps/fractions" and h["scan_id"] == "big" and h["final"]:
                         return h
+                elif m.type != aiohttp.WSMsgType.TEXT:
+                    raise AssertionError(f"the relay closed the socket: {m}")
 
-        last = run(drain())
+        try:
+            last = run(drain())
+        except TimeoutError:
+            raise AssertionError(f"no final fractions of 'big' after the client read again; it got {seen}; "
+                                 f"relay now {self.stats()}") from None
+
         self.assertEqual(last["version"], final["versions"]["maps/fractions"])
         run(session.close())
         loop.call_soon_threadsafe(loop.stop)
         print(f"slow browser: {slow['replaced']} stale map versions dropped, queued {slow['queued']} messages "
               f"({slow['queued_bytes']} B, state {final['state_bytes']} B); relay RSS {rss0} kB -> peak {peak} kB", flush=True)
+
+    def test_3_controls(self):
+        """--allow-control: the page shows the controls; each asks for confirmation first, and
+        nothing reaches the daemon when it is declined."""
+        b = self.browser
+        port = binaries.free_port()
+        self.spawn([sys.executable, os.path.join(ARGS.source_dir, "clients/dashboard/xanes-dashboard"), "--results", self.pub,
+                    "--control", self.control, "--port", str(port), "--allow-control", "--quiet"], "dashboard-control.log")
+        url = f"http://127.0.0.1:{port}"
+        wait_for("the controlling dashboard", lambda: (get_json(url + "/api/stats")[1].get("daemon") == "live")
+                 if self._answers(url) else False)
+        b.get(url + "/")
+        wait_for("the page with controls", lambda: self.js("window.xanesDash && xanesDash.allowControl && xanesDash.state === 'stopped'"))
+        self.assertTrue(b.find_element("id", "btn-save").is_displayed())
+
+        def sent(cmd):  # commands the relay passed on to the daemon
+            return get_json(url + "/api/stats")[1]["stats"].get("control_" + cmd, 0)
+
+        def click(button, accept):
+            b.find_element("id", button).click()
+            confirm = wait_for("the confirm dialog", lambda: self._alert())
+            self.assertIn("Really", confirm.text)
+            if not accept:
+                confirm.dismiss()
+                return None
+            confirm.accept()
+            done = wait_for("the outcome", lambda: self._alert())
+            text = done.text
+            done.accept()
+            return text
+
+        self.assertIsNone(click("btn-save", accept=False))
+        time.sleep(0.3)  # a request would have been sent at once: give it the time to arrive
+        self.assertEqual(sent("save"), 0, "a declined save reached the daemon")
+        result = os.path.join(self.results, "big.h5")
+        mtime = os.path.getmtime(result)
+        self.assertEqual(click("btn-save", accept=True), "save: done")
+        self.assertGreater(os.path.getmtime(result), mtime)
+        self.assertEqual(sent("save"), 1)
+        self.assertIn("abort failed", click("btn-abort", accept=True))  # no scan is running
+
+    def _answers(self, url):
+        try:
+            get_json(url + "/api/stats")
+            return True
+        except (urllib.error.URLError, ConnectionError):
+            return False
+
+    def _alert(self):
+        from selenium.common.exceptions import NoAlertPresentException  # noqa: PLC0415
+        try:
+            a = self.browser.switch_to.alert
+            a.text  # noqa: B018  (raises when there is none)
+            return a
+        except NoAlertPresentException:
+            return None
 
 
 if __name__ == "__main__":
