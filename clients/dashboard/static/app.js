@@ -6,6 +6,8 @@
 const dash = (window.xanesDash = {
   versions: {},      // topic -> newest version received
   drawn: 0,          // map panels drawn (frames), for the keep-up measure
+  draws: {},         // panel id -> times drawn
+  mapsReceived: {},  // topic -> map messages received
   received: 0,       // map messages received
   daemon: "connecting",
   relay: "connecting",
@@ -107,7 +109,12 @@ function setPanel(p, header, data, extra) {
 
 function drawDirty() {
   dirtyFrame = false;
-  for (const p of panels.values()) if (p.dirty) { drawPanel(p); p.dirty = false; dash.drawn++; }
+  for (const p of panels.values()) if (p.dirty) {
+    drawPanel(p);
+    p.dirty = false;
+    dash.drawn++;
+    dash.draws[p.id] = (dash.draws[p.id] || 0) + 1;
+  }
 }
 
 function drawPanel(p) {
@@ -166,6 +173,7 @@ function hover(p, e) {
 
 function onMap(header, arrays) {
   dash.received++;
+  dash.mapsReceived[header.topic] = (dash.mapsReceived[header.topic] || 0) + 1;
   dash.versions[header.topic] = header.version;
   dash.final = !!header.final;
   document.getElementById("version").textContent =
