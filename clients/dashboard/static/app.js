@@ -36,6 +36,10 @@ const LUT = (() => {
   return lut;
 })();
 
+const rgba32 = (rgb) => (rgb[0] | (rgb[1] << 8) | (rgb[2] << 16) | (255 << 24)) >>> 0;
+const LUT32 = Uint32Array.from({ length: 256 }, (_, i) => rgba32([LUT[i * 3], LUT[i * 3 + 1], LUT[i * 3 + 2]]));
+const MASKED32 = rgba32(MASKED);
+
 // A distinct colour per cluster id that never changes with the others present: golden-angle
 // hues, three lightness levels so that more than ten ids stay apart.
 function segmentColour(id) {
@@ -48,6 +52,8 @@ function segmentColour(id) {
   };
   return [f(0), f(8), f(4)];
 }
+
+const SEGMENT32 = Uint32Array.from({ length: 256 }, (_, id) => rgba32(segmentColour(id)));
 
 function drawColourbar() {
   const c = document.getElementById("colorbar"), ctx = c.getContext("2d"), img = ctx.createImageData(c.width, c.height);
@@ -121,21 +127,24 @@ function drawPanel(p) {
   const { h, w, data } = p;
   if (!h || !w) return;
   if (p.canvas.width !== w || p.canvas.height !== h) { p.canvas.width = w; p.canvas.height = h; }
-  const ctx = p.canvas.getContext("2d"), img = ctx.createImageData(w, h), out = img.data;
+  const ctx = p.canvas.getContext("2d"), img = ctx.createImageData(w, h);
+  const out = new Uint32Array(img.data.buffer);  // one write per pixel (RGBA bytes, little-endian)
   let lo = 0, hi = 1;
   if (p.kind === "scaled") hi = upperScale(data, p.mask);
   if (p.kind === "count") hi = Math.max(1, dash.health?.scan?.energies_planned || upperScale(data));
   p.range.textContent = p.kind === "segments" ? `${p.header.cluster_ids?.length ?? 0} domains` :
     p.kind === "fraction" ? "0 … 1" : p.kind === "count" ? `0 … ${hi}` : `0 … ${fmt(hi)}`;
-  for (let i = 0; i < w * h; i++) {
-    let rgb;
-    if (p.kind === "segments") rgb = segmentColour(data[i]);
-    else if ((p.mask && !p.mask[i]) || !Number.isFinite(data[i])) rgb = MASKED;
-    else {
-      const k = Math.max(0, Math.min(255, Math.round(((data[i] - lo) / (hi - lo || 1)) * 255))) * 3;
-      rgb = [LUT[k], LUT[k + 1], LUT[k + 2]];
+  const n = w * h, mask = p.mask;
+  if (p.kind === "segments") {
+    for (let i = 0; i < n; i++) out[i] = SEGMENT32[data[i] & 255];
+  } else {
+    const scale = 255 / (hi - lo || 1);
+    for (let i = 0; i < n; i++) {
+      const v = data[i];
+      if ((mask && !mask[i]) || v !== v) { out[i] = MASKED32; continue; }  // v !== v: NaN
+      const k = (v - lo) * scale;
+      out[i] = LUT32[k <= 0 ? 0 : k >= 255 ? 255 : Math.round(k)];
     }
-    out[i * 4] = rgb[0]; out[i * 4 + 1] = rgb[1]; out[i * 4 + 2] = rgb[2]; out[i * 4 + 3] = 255;
   }
   ctx.putImageData(img, 0, 0);
   const r = dash.pixel, step = p.header.step || 1;
@@ -174,6 +183,7 @@ function hover(p, e) {
 function onMap(header, arrays) {
   dash.received++;
   dash.mapsReceived[header.topic] = (dash.mapsReceived[header.topic] || 0) + 1;
+  if (header.topic === "maps/fractions") dash.fractionVersions = [...(dash.fractionVersions || []).slice(-99), header.version];
   dash.versions[header.topic] = header.version;
   dash.final = !!header.final;
   document.getElementById("version").textContent =
