@@ -83,7 +83,7 @@ class Dashboard(unittest.TestCase):
         from selenium.webdriver.chrome.service import Service  # noqa: PLC0415
         opts = webdriver.ChromeOptions()
         opts.binary_location = "/usr/bin/chromium"
-        for o in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1500,1250"):
+        for o in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1500,1500"):
             opts.add_argument(o)
         cls.browser = webdriver.Chrome(options=opts, service=Service("/usr/bin/chromedriver"))
         cls.browser.set_script_timeout(10)
@@ -173,8 +173,19 @@ class Dashboard(unittest.TestCase):
             sigma = f["entry/results/fraction_sigma"][()]
             file_names = [n.decode() if isinstance(n, bytes) else n for n in f["entry/results/reference_names"][()]]
             spectra = f["entry/data/spectra"][()]
+            cluster_ids = f["entry/results/segments/cluster_ids"][()].tolist()
+            cluster_fractions = f["entry/results/segments/cluster_fractions"][()]
         self.assertEqual(file_names, names)
         rows, cols = mask.shape
+        # The domains: one row per cluster of the final segmentation, its fractions as in the file.
+        wait_for("the domains table", lambda: self.js("document.querySelectorAll('#cluster-table tr.cluster').length")
+                 == len(cluster_ids))
+        table = b.find_elements("css selector", "#cluster-table tr.cluster")
+        self.assertEqual([int(r.get_attribute("data-id")) for r in table], cluster_ids)
+        for r, fr in zip(table, cluster_fractions):
+            for v in fr[np.isfinite(fr)]:  # NaN: a domain the fit could not explain at all
+                self.assertIn(f"{v:.2f}", r.text)
+        self.assertTrue(self.js("!!document.querySelector('#cluster-plot .uplot canvas')"))
         ys, xs = np.nonzero(mask)
         pick = int(np.argmin((ys - rows / 2) ** 2 + (xs - cols / 3) ** 2))  # a kept pixel away from the edges
         y, x = int(ys[pick]), int(xs[pick])

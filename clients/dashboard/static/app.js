@@ -256,8 +256,7 @@ function onHealth(h) {
   if (q.capacity) row(t, "ingest queue", `${q.size ?? q.depth ?? 0} / ${q.capacity}`);
   row(t, "references", (sc.fit?.references || []).join(", ") || sc.fit?.error || "–");
   if (h.result_file) row(t, "result file", h.result_file);
-  const missed = (h.relay_gaps || 0);
-  if (missed) row(t, "gaps healed", missed, "gap");
+  if (h.relay_gaps) row(t, "gaps healed", `${h.relay_gaps} (${h.relay_missed_cycles} cycles missed, reloaded by snapshot)`, "gap");
   drawEnergies(sc);
   const rj = document.getElementById("rejects");
   rj.innerHTML = "";
@@ -370,6 +369,67 @@ function showPixel(r) {
   }, data, document.getElementById("spectrum"));
 }
 
+// --- domains (clusters topic) ----------------------------------------------------------
+let clusterPlot = null;
+
+function onClusters(h, arrays) {
+  dash.versions.clusters = h.version;
+  dash.clusters = h;
+  const ids = h.cluster_ids || [], names = h.reference_names || [];
+  const box = document.getElementById("domains");
+  box.hidden = ids.length === 0;
+  if (!ids.length) return;
+  const unexplained = new Set(h.unexplained || []);
+  document.getElementById("domains-note").textContent =
+    `${ids.length} domains · v${h.version}${unexplained.size ? ` · not explained by the references: ${[...unexplained].join(", ")}` : ""}`;
+  const t = document.getElementById("cluster-table");
+  t.innerHTML = "";
+  const head = t.insertRow();
+  for (const c of ["domain", "pixels", ...names, "residual", ""]) {
+    const th = document.createElement("th");
+    th.textContent = c;
+    head.append(th);
+  }
+  ids.forEach((id, i) => {
+    const tr = t.insertRow();
+    tr.className = "cluster";
+    tr.dataset.id = id;
+    const c0 = tr.insertCell(), sw = document.createElement("span");
+    sw.className = "swatch-id";
+    sw.style.background = `rgb(${segmentColour(id).join(",")})`;
+    c0.append(sw, String(id));
+    tr.insertCell().textContent = h.pixels?.[i] ?? "";
+    names.forEach((_, k) => {
+      const f = h.fractions?.[i]?.[k], s = h.fraction_sigma?.[i]?.[k];
+      tr.insertCell().textContent = f === undefined || f === null ? "–" : `${fmt(f, 2)} ± ${fmt(s, 2)}`;
+    });
+    tr.insertCell().textContent = fmt(h.residual?.[i], 4);
+    tr.insertCell().textContent = unexplained.has(id) ? "unexplained" : "";
+  });
+  const pca = h.pca || {};
+  const scree = (pca.explained_variance_ratio || []).slice(0, 6).map((v) => fmt(v, 3)).join(", ");
+  const tt = pca.target_transformation || {};
+  const plausible = tt.plausible || [];
+  const verdicts = plausible.length === names.length
+    ? plausible.map((ok, k) => `${names[k]} ${ok ? "plausible" : "implausible"}`).join("; ")
+    : plausible.length ? `${plausible.filter(Boolean).length} of ${plausible.length} references plausible` : "";
+  document.getElementById("pca").textContent =
+    `scree ${scree}; ${pca.significant ?? "?"} components above the noise floor (σ ${fmt(pca.noise_sigma)})` +
+    (verdicts ? `; target transformation: ${verdicts}` : "");
+  // Mean spectra on the planned energies (NaN: not in use) when the plan is known.
+  const e = dash.health?.scan?.energies_eV, mean = arrays.mean_spectra;
+  if (!e || !mean || mean.length !== ids.length * e.length) return;
+  const data = [e];
+  const series = [{ label: "E (eV)" }];
+  ids.forEach((id, i) => {
+    data.push(Array.from(mean.subarray(i * e.length, (i + 1) * e.length), (v) => (Number.isFinite(v) ? v : null)));
+    series.push({ label: `domain ${id}`, stroke: `rgb(${segmentColour(id).join(",")})`, width: 2, spanGaps: true });
+  });
+  if (clusterPlot) { clusterPlot.destroy(); clusterPlot = null; }
+  clusterPlot = new uPlot({ width: 520, height: 240, series, scales: { x: { time: false } },
+    axes: [{ label: "energy (eV)" }, { label: "edge-normalized" }] }, data, document.getElementById("cluster-plot"));
+}
+
 // --- controls -------------------------------------------------------------------------
 async function control(cmd) {
   const what = { save: "write the result file now", abort: "ABORT the running scan",
@@ -397,7 +457,8 @@ function connect() {
   ws.onmessage = (ev) => {
     if (typeof ev.data !== "string") {
       const { header, arrays } = decodeBinary(ev.data);
-      onMap(header, arrays);
+      if (header.type === "clusters") onClusters(header, arrays);
+      else onMap(header, arrays);
       return;
     }
     const m = JSON.parse(ev.data);
