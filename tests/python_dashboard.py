@@ -371,6 +371,11 @@ class Dashboard(unittest.TestCase):
         self.assertGreater(os.path.getmtime(result), mtime)
         self.assertEqual(sent("save"), 1)
         self.assertIn("abort failed", click("btn-abort", accept=True))  # no scan is running
+        # A new energy selection: published on `energies`, shown over the domains' mean spectra.
+        self.assertEqual(click("btn-select", accept=True), "select_energies: done")
+        shown = wait_for("the selection on the page", lambda: self.js("xanesDash.selection && xanesDash.selection.energies_eV"))
+        self.assertGreaterEqual(len(shown), 3)
+        self.assertIn(f"{len(shown)} energies", b.find_element("id", "selection").text)
 
     def _answers(self, url):
         try:

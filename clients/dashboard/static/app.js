@@ -375,6 +375,7 @@ let clusterPlot = null;
 function onClusters(h, arrays) {
   dash.versions.clusters = h.version;
   dash.clusters = h;
+  dash.clusterArrays = arrays;
   const ids = h.cluster_ids || [], names = h.reference_names || [];
   const box = document.getElementById("domains");
   box.hidden = ids.length === 0;
@@ -427,7 +428,23 @@ function onClusters(h, arrays) {
   });
   if (clusterPlot) { clusterPlot.destroy(); clusterPlot = null; }
   clusterPlot = new uPlot({ width: 520, height: 240, series, scales: { x: { time: false } },
-    axes: [{ label: "energy (eV)" }, { label: "edge-normalized" }] }, data, document.getElementById("cluster-plot"));
+    axes: [{ label: "energy (eV)" }, { label: "edge-normalized" }], hooks: { draw: [selectionMarks] } },
+  data, document.getElementById("cluster-plot"));
+}
+
+// The last select_energies result over the mean spectra: a dashed line at each selected energy.
+function selectionMarks(u) {
+  const e = dash.selection?.energies_eV;
+  if (!e) return;
+  const ctx = u.ctx, top = u.bbox.top, bottom = u.bbox.top + u.bbox.height;
+  ctx.save();
+  ctx.strokeStyle = "#c05621";
+  ctx.setLineDash([3, 3]);
+  for (const v of e) {
+    const x = u.valToPos(v, "x", true);
+    ctx.beginPath(); ctx.moveTo(x, top); ctx.lineTo(x, bottom); ctx.stroke();
+  }
+  ctx.restore();
 }
 
 // --- controls -------------------------------------------------------------------------
@@ -441,6 +458,8 @@ async function control(cmd) {
 }
 
 function onSelection(s) {
+  dash.selection = s;
+  if (dash.clusters) onClusters(dash.clusters, dash.clusterArrays || {});  // its markers on the mean spectra
   const e = s.energies_eV || [];
   document.getElementById("selection").textContent =
     `${e.length} energies (${s.method || ""}, ${s.source || ""}${s.scan_id ? ", scan " + s.scan_id : ""}): ` +
