@@ -25,7 +25,7 @@ import urllib.request
 
 HERE = os.path.dirname(os.path.realpath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
-import binaries  # noqa: E402  (tests/binaries.py: free_port)
+import binaries  # noqa: E402  (tests/binaries.py: free_port, stop, headless_chromium)
 
 
 def cpu_seconds(pid):
@@ -115,13 +115,7 @@ def main():
             except OSError:
                 pass
             time.sleep(0.1)
-        from selenium import webdriver  # noqa: PLC0415
-        from selenium.webdriver.chrome.service import Service  # noqa: PLC0415
-        opts = webdriver.ChromeOptions()
-        opts.binary_location = "/usr/bin/chromium"
-        for o in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1500,1100"):
-            opts.add_argument(o)
-        browser = webdriver.Chrome(options=opts, service=Service("/usr/bin/chromedriver"))
+        browser = binaries.headless_chromium()
         browser.get(url + "/")
         for _ in range(100):
             if browser.execute_script("return window.xanesDash && xanesDash.daemon") == "live":
@@ -172,19 +166,13 @@ def main():
               f"({st['stats'].get('missed_cycles', 0)} cycles missed on its SUB socket)")
         print(f"  frames drawn per map the page received     {drawn / max(1, got):.2f}")
         print(f"  relay counters                             {json.dumps(st['stats'])}")
-        print(f"  relay CPU                                  {cpu:.1f} s ({cpu / final * 1000:.0f} ms per publication cycle)")
+        print(f"  relay CPU                                  {cpu:.1f} s ({cpu / max(1, published) * 1000:.0f} ms per publication)")
         print(f"  relay RSS                                  {rss0:.0f} MB -> peak {peak:.0f} MB")
         print(f"  frames drawn per publication               {ratio:.2f}   target >= 0.9   {'MET' if ratio >= 0.9 else 'NOT MET'}")
     finally:
         if browser:
             browser.quit()
-        for pr in procs:
-            if pr.poll() is None:
-                pr.terminate()
-                try:
-                    pr.wait(10)
-                except subprocess.TimeoutExpired:
-                    pr.kill()
+        binaries.stop(procs)
         for log in logs:
             log.close()
         if not a.out:

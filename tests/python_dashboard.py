@@ -79,13 +79,7 @@ class Dashboard(unittest.TestCase):
                              "dashboard.log")
         wait_for("the dashboard to reach the daemon", lambda: cls.stats().get("daemon") == "live")
 
-        from selenium import webdriver  # noqa: PLC0415
-        from selenium.webdriver.chrome.service import Service  # noqa: PLC0415
-        opts = webdriver.ChromeOptions()
-        opts.binary_location = "/usr/bin/chromium"
-        for o in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1500,1500"):
-            opts.add_argument(o)
-        cls.browser = webdriver.Chrome(options=opts, service=Service("/usr/bin/chromedriver"))
+        cls.browser = binaries.headless_chromium(1500, 1500)
         cls.browser.set_script_timeout(10)
 
     @classmethod
@@ -115,13 +109,7 @@ class Dashboard(unittest.TestCase):
         browser = getattr(cls, "browser", None)
         if browser:
             browser.quit()
-        for p in cls.procs:
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+        binaries.stop(cls.procs)
         if os.environ.get("KEEP"):
             print("kept", cls.tmp.name)
         else:
