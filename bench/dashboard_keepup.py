@@ -117,10 +117,15 @@ def main():
             time.sleep(0.1)
         browser = binaries.headless_chromium()
         browser.get(url + "/")
-        for _ in range(100):
-            if browser.execute_script("return window.xanesDash && xanesDash.daemon") == "live":
-                break
+        # The page must be connected before the scan starts, else it joins late (with the
+        # current state, not the first maps): no cap that a loaded machine could exceed.
+        t_page = time.monotonic()
+        while browser.execute_script("return window.xanesDash && xanesDash.daemon") != "live":
+            if time.monotonic() - t_page > 120:
+                print("dashboard_keepup: the page did not connect within 120 s")
+                return 0
             time.sleep(0.1)
+        print(f"page connected in {time.monotonic() - t_page:.1f} s", flush=True)
 
         cpu0, rss0 = cpu_seconds(dash.pid), rss_mb(dash.pid)
         peak = rss0
