@@ -87,10 +87,13 @@ def main():
         return procs[-1]
 
     browser = None
+    # A fresh output folder: the journal of an earlier run would be recovered as a scan.
+    results = os.path.join(out, "results")
+    subprocess.run(["rm", "-rf", results])
     try:
         spawn([a.xanesd, "--config", os.path.join(a.source_dir, "config/default.json"), "--set", f"ingest.endpoint={ingest}",
                "--set", f"publish.endpoint={pub}", "--set", f"control.endpoint={control}",
-               "--set", f"output.directory={os.path.join(out, 'results')}", "--set", "publish.interval_ms=250",
+               "--set", f"output.directory={results}", "--set", "publish.interval_ms=250",
                "--set", "log.level=warn"] + [x for kv in a.set for x in ("--set", kv)], "xanesd.log")
         with xp.Client(control, timeout_ms=30000) as c:
             for _ in range(100):

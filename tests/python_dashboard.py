@@ -365,6 +365,24 @@ class Dashboard(unittest.TestCase):
         self.assertGreaterEqual(len(shown), 3)
         self.assertIn(f"{len(shown)} energies", b.find_element("id", "selection").text)
 
+    def test_4_reused_scan_id(self):
+        """A scan that reuses the current scan's id (the daemon writes <id>-2.h5) starts its
+        versions over: the page shows it from version 1, not the earlier scan's maps."""
+        b = self.browser
+        b.get(self.url + "/")
+        wait_for("the page with the last scan", lambda: self.js("window.xanesDash && xanesDash.scanId === 'big' && xanesDash.final"))
+        self.js("(xanesDash.fractionVersions = [], true)")
+        restarts = self.stats()["stats"].get("scan_restarts", 0)
+        replay = self.spawn([ARGS.replay, "--input", self.scan, "--endpoint", self.ingest, "--rate", "15", "--scan-id", "big",
+                             "--quiet"], "replay-again.log")
+        self.assertEqual(replay.wait(60), 0)
+        h = wait_for("the new scan's final maps", lambda: (h := self.js("xanesDash.fractionHeader")) and h["final"]
+                     and h["rows"] == 48 and h)
+        self.assertEqual(h["scan_id"], "big")
+        # The earlier scan's versions went up to ~15: none of the new scan's was dropped as stale.
+        self.assertEqual(self.js("xanesDash.fractionVersions")[0], 1, (self.js("xanesDash.fractionVersions"), self.stats()))
+        self.assertEqual(self.stats()["stats"].get("scan_restarts"), restarts + 1)
+
     def _answers(self, url):
         try:
             get_json(url + "/api/stats")

@@ -183,7 +183,10 @@ function hover(p, e) {
 function onMap(header, arrays) {
   dash.received++;
   dash.mapsReceived[header.topic] = (dash.mapsReceived[header.topic] || 0) + 1;
-  if (header.topic === "maps/fractions") dash.fractionVersions = [...(dash.fractionVersions || []).slice(-99), header.version];
+  if (header.topic === "maps/fractions") {
+    dash.fractionVersions = [...(dash.fractionVersions || []).slice(-99), header.version];
+    dash.fractionHeader = { version: header.version, final: header.final, rows: header.rows, cols: header.cols, scan_id: header.scan_id };
+  }
   dash.versions[header.topic] = header.version;
   dash.final = !!header.final;
   document.getElementById("version").textContent =
