@@ -4,8 +4,16 @@
 # recorded in ion-chamber units; domains of four species with composition gradients, a thin
 # region and a one-pixel stripe) is made from the Fe K-edge references shipped in config/references; xanesd runs with
 # config/default.json; the viewer prints each live update and writes a PNG of the maps.
+# --dashboard: also start xanes-dashboard (http://127.0.0.1:8750/, read-only), replay at 2 energies
+# per second so the page fills in visibly, and keep daemon and page up until Ctrl-C.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+dashboard=0
+case "${1:-}" in
+  --dashboard) dashboard=1 ;;
+  "") ;;
+  *) echo "usage: deploy/demo.sh [--dashboard]" >&2; exit 2 ;;
+esac
 bash deploy/build.sh
 OUT=demo-out
 mkdir -p "$OUT/scan" "$OUT/results"
@@ -19,13 +27,27 @@ daemon=$!
 trap 'kill $daemon 2>/dev/null || true' EXIT
 /usr/bin/python3 clients/python/xanesctl status > /dev/null  # waits until the daemon answers
 
+rate=8
+if [ "$dashboard" = 1 ]; then
+  /usr/bin/python3 clients/dashboard/xanes-dashboard --quiet &
+  dash=$!
+  trap 'kill $dash $daemon 2>/dev/null || true' EXIT
+  rate=2
+  echo "open http://127.0.0.1:8750/ in a browser on this machine (the scan starts in 10 s)"
+  sleep 10
+fi
+
 /usr/bin/python3 clients/python/xanes-view --scan-id demo-scan --png "$OUT/demo-maps.png" --png-every 2 \
   --until-final --timeout 120 &
 viewer=$!
 sleep 0.5  # let the viewer subscribe before the first frame
-# 8 energies per second: a ~9 s scan, so the maps visibly fill in energy by energy.
-build/clients/xanes-replay --input "$OUT/scan/demo-scan.h5" --rate 8
+# 8 energies per second (2 with the dashboard): a ~9 s scan, so the maps visibly fill in energy by energy.
+build/clients/xanes-replay --input "$OUT/scan/demo-scan.h5" --rate "$rate"
 wait $viewer
+if [ "$dashboard" = 1 ]; then
+  echo "the dashboard stays at http://127.0.0.1:8750/ (click a pixel to inspect it); Ctrl-C ends the demo"
+  wait $dash || true
+fi
 /usr/bin/python3 clients/python/xanesctl shutdown > /dev/null
 wait $daemon || true
 trap - EXIT

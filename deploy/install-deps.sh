@@ -15,9 +15,13 @@ PYTHON_PACKAGES=(python3 python3-zmq python3-msgpack python3-numpy python3-h5py 
                  python3-scipy python3-sklearn python3-silx python3-tifffile)
 # python3-silx: the result-file test reads files with silx's NXdata API, as beamline users view them.
 # python3-tifffile: xanes-convert reads TIFF stacks with it (no hand-written TIFF decoder).
+# python3-aiohttp: xanes-dashboard's web server (HTTP and WebSocket in one asyncio library, Debian-packaged).
+# Browser test of the dashboard (tests/python_dashboard.py): Debian's chromium and chromium-driver,
+# driven by python3-selenium.
+WEB_PACKAGES=(python3-aiohttp python3-selenium chromium chromium-driver)
 
 missing=()
-for pkg in "${BUILD_PACKAGES[@]}" "${FUZZ_PACKAGES[@]}" "${PYTHON_PACKAGES[@]}"; do
+for pkg in "${BUILD_PACKAGES[@]}" "${FUZZ_PACKAGES[@]}" "${PYTHON_PACKAGES[@]}" "${WEB_PACKAGES[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
     missing+=("$pkg")
   fi

@@ -2,6 +2,7 @@
 (CTest passes them); the rest goes to unittest."""
 import argparse
 import socket
+import subprocess
 import sys
 
 
@@ -18,3 +19,26 @@ def free_port():
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def stop(procs, timeout=10):
+    """Ends the child processes still running: SIGTERM, then SIGKILL after `timeout` s."""
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+            try:
+                p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def headless_chromium(width=1500, height=1100):
+    """Debian's chromium, headless, driven by python3-selenium through chromium-driver (CI runs
+    as root: --no-sandbox)."""
+    from selenium import webdriver  # noqa: PLC0415  (only the browser tests need it)
+    from selenium.webdriver.chrome.service import Service  # noqa: PLC0415
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = "/usr/bin/chromium"
+    for o in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", f"--window-size={width},{height}"):
+        opts.add_argument(o)
+    return webdriver.Chrome(options=opts, service=Service("/usr/bin/chromedriver"))

@@ -314,6 +314,29 @@ class Fixtures(unittest.TestCase):
             with self.subTest(fixture=os.path.basename(p)):
                 self.check_fixture(p)
 
+    def test_cpp_pixel_reply(self):
+        # the golden `pixel` reply test_pixel (C++) took from the real daemon
+        path = os.path.join(FIXTURES, "cpp_pixel.reply.json")
+        if not os.path.exists(path):
+            self.skipTest("no cpp_pixel.reply.json in protocol/fixtures yet")
+        with open(path) as f:
+            raw = json.load(f)
+        with open(os.path.join(FIXTURES, "cpp_pixel.request.json")) as f:
+            req = json.load(f)
+        self.assertEqual((req["cmd"], req["x"], req["y"]), ("pixel", raw["x"], raw["y"]))
+        r = xp.pixel_reply(raw)
+        n, k = len(r["energies_eV"]), len(r["reference_names"])
+        self.assertGreater(n, 2)
+        self.assertEqual(r["contributions"].shape, (k, n))
+        np.testing.assert_allclose(r["model"], r["background"] + r["contributions"].sum(axis=0), rtol=1e-12, atol=0)
+        self.assertTrue(r["mask"])
+        self.assertAlmostEqual(float(r["fractions"].sum()), 1.0, places=5)
+        rms = float(np.sqrt(np.mean((r["spectrum"] - r["model"]) ** 2)))
+        self.assertAlmostEqual(rms / r["residual"], 1.0, places=3)
+        bad = dict(raw, spectrum=raw["spectrum"][:-1])
+        with self.assertRaises(xp.ProtocolError):
+            xp.pixel_reply(bad)
+
     def test_other_fixtures(self):
         files = [p for p in self.fixture_files("") if not os.path.basename(p).startswith(("py_", "cpp_"))]
         if not files:

@@ -63,10 +63,10 @@ std::vector<zmq::message_t> ControlServer::handle(const zmq::message_t& raw, std
   if (!req.contains("cmd") || !req["cmd"].is_string()) return fail("request has no string 'cmd'");
   const auto cmd = req["cmd"].get<std::string>();
   counters_.add("control.requests");
-  if (authenticated_ && cmd != "status" && cmd != "snapshot") {
+  if (authenticated_ && cmd != "status" && cmd != "snapshot" && cmd != "pixel") {
     const char* user = const_cast<zmq::message_t&>(raw).gets("User-Id");  // set by the ZAP handler for this key
     if (!user || std::string_view(user) != "control")
-      return fail("'" + cmd + "' needs a control client key (this key is listed in security.readonly_clients: status and snapshot only)",
+      return fail("'" + cmd + "' needs a control client key (this key is listed in security.readonly_clients: status, snapshot and pixel only)",
                   "not_authorized");
   }
 
@@ -91,9 +91,9 @@ std::vector<zmq::message_t> ControlServer::handle(const zmq::message_t& raw, std
     reply.push_back(json_frame({{"ok", true}}));
     return reply;
   }
-  static const char* pipeline_cmds[] = {"configure", "load_references", "save", "abort", "select_energies"};
+  static const char* pipeline_cmds[] = {"configure", "load_references", "save", "abort", "select_energies", "pixel"};
   if (std::find(std::begin(pipeline_cmds), std::end(pipeline_cmds), cmd) == std::end(pipeline_cmds))
-    return fail("unknown command '" + cmd + "' (status, configure, load_references, snapshot, select_energies, save, abort, shutdown)");
+    return fail("unknown command '" + cmd + "' (status, configure, load_references, snapshot, select_energies, pixel, save, abort, shutdown)");
   // A client that retries (its own timeout, a lost reply) re-sends the same request_id: the
   // command runs once. The key is the client's routing id, so two clients never collide.
   nlohmann::json request_id = nullptr;

@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "control/pixel.hpp"
 #include "control/select_energies.hpp"
 #include "publish/products.hpp"
 #include "science/cancel.hpp"
@@ -735,6 +736,7 @@ nlohmann::json Pipeline::handle(const nlohmann::json& req) {
     if (!note.empty()) reply["note"] = note;
     return reply;
   }
+  if (cmd == "pixel") return pixel_request(req, scan_.get(), version_);
   if (cmd == "select_energies") {
     if (scan_) scan_->solve_changed(solve_threads(cfg_));  // select on current maps (in_use, noise)
     auto reply = select_energies_request(req, refs_, scan_.get(), cfg_);

@@ -649,6 +649,14 @@ nlohmann::json Scan::summary() const {
           {"order", protocol::to_string(start_.order)},
           {"energies_planned", start_.energies_eV.size()},
           {"energies_seen", energies_seen()},
+          // Which, for a dashboard's energy panel: the plan (eV) and the indices measured so far.
+          {"energies_eV", start_.energies_eV},
+          {"energy_indices_seen", [&] {
+             std::vector<int> seen;
+             for (std::size_t e = 0; e < energy_seen_.size(); ++e)
+               if (energy_seen_[e]) seen.push_back(static_cast<int>(e));
+             return seen;
+           }()},
           {"frames_applied", frames_applied_},
           {"last_seq", last_seq_},
           {"missing_seq", (max_seq_ + 1) - static_cast<std::int64_t>(seqs_seen_.size())},

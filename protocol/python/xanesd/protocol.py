@@ -589,6 +589,14 @@ class Client:
             args["n"] = n if isinstance(n, str) else int(n)
         return self.request("select_energies", **args)
 
+    def pixel(self, x: int, y: int) -> dict:
+        """`pixel`: one pixel of the current or last scan (x column, y row), checked and with its
+        lists as numpy arrays (pixel_reply). Raises ProtocolError for a reply that is not ok."""
+        reply = self.request("pixel", x=int(x), y=int(y))
+        if not reply.get("ok", False):
+            raise ProtocolError(f"pixel ({x}, {y}): {reply.get('code', '')}: {reply.get('error', 'failed')}")
+        return pixel_reply(reply)
+
     def save(self, path: str | None = None) -> dict:
         return self.request("save", **({"path": path} if path else {}))
 
@@ -597,6 +605,34 @@ class Client:
 
     def shutdown(self) -> dict:
         return self.request("shutdown")
+
+
+_PIXEL_POINTS = ("energies_eV", "spectrum", "sigma", "model", "background")
+
+
+def pixel_reply(reply: dict) -> dict:
+    """Checks an ok `pixel` reply (PROTOCOL.md) and returns a copy whose per-point lists
+    (`energies_eV`, `spectrum`, `sigma`, `model`, `background`: one value per measured energy;
+    `contributions`: K×n) and `fractions`, `fraction_sigma` are float64 numpy arrays."""
+    for key in ("scan_id", "x", "y", "energies_eV", "spectrum", "segment"):
+        _require(reply, key)
+    out = dict(reply)
+    n = len(reply["energies_eV"])
+    for key in _PIXEL_POINTS:
+        if key in reply:
+            out[key] = np.asarray(reply[key], dtype=np.float64)
+            if out[key].shape != (n,):
+                raise ProtocolError(f"pixel reply: '{key}' has {out[key].size} values for {n} measured energies")
+    names = reply.get("reference_names", [])
+    for key in ("fractions", "fraction_sigma"):
+        if key in reply:
+            out[key] = np.asarray(reply[key], dtype=np.float64)
+            if out[key].shape != (len(names),):
+                raise ProtocolError(f"pixel reply: '{key}' has {out[key].size} values for {len(names)} references")
+    if "contributions" in reply:
+        c = np.asarray(reply["contributions"], dtype=np.float64).reshape(len(names), n)
+        out["contributions"] = c
+    return out
 
 
 def _parse_reply(frame) -> dict:

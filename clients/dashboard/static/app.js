@@ -1,0 +1,540 @@
+// xanes-dashboard page: live maps from the relay's WebSocket (binary float32 maps, JSON
+// events), the scan and health panel, and a pixel inspector (uPlot). State the tests read is
+// kept in window.xanesDash.
+"use strict";
+
+const dash = (window.xanesDash = {
+  versions: {},      // topic -> newest version received
+  drawn: 0,          // map panels drawn (frames), for the keep-up measure
+  draws: {},         // panel id -> times drawn
+  mapsReceived: {},  // topic -> map messages received
+  received: 0,       // map messages received
+  daemon: "connecting",
+  relay: "connecting",
+  scanId: null,
+  state: null,
+  final: false,
+  referenceNames: [],
+  pixel: null,       // the last pixel reply shown
+  health: null,
+  errors: [],
+  allowControl: false,
+});
+
+const MASKED = [154, 165, 177];   // grey: masked / no material
+const UNMEASURED = [228, 231, 235];
+const PANEL_ORDER = ["fraction", "thickness", "residual", "segments", "nenergies"];
+
+// --- colour ---------------------------------------------------------------------------
+const VIRIDIS = [[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]];
+const LUT = (() => {
+  const lut = new Uint8ClampedArray(256 * 3);
+  for (let i = 0; i < 256; i++) {
+    const t = (i / 255) * (VIRIDIS.length - 1), k = Math.min(Math.floor(t), VIRIDIS.length - 2), f = t - k;
+    for (let c = 0; c < 3; c++) lut[i * 3 + c] = VIRIDIS[k][c] + f * (VIRIDIS[k + 1][c] - VIRIDIS[k][c]);
+  }
+  return lut;
+})();
+
+const rgba32 = (rgb) => (rgb[0] | (rgb[1] << 8) | (rgb[2] << 16) | (255 << 24)) >>> 0;
+const LUT32 = Uint32Array.from({ length: 256 }, (_, i) => rgba32([LUT[i * 3], LUT[i * 3 + 1], LUT[i * 3 + 2]]));
+const MASKED32 = rgba32(MASKED);
+
+// A distinct colour per cluster id that never changes with the others present: golden-angle
+// hues, three lightness levels so that more than ten ids stay apart.
+function segmentColour(id) {
+  if (id === 0) return MASKED;
+  if (id === 255) return UNMEASURED;
+  const h = (id * 137.508) % 360, l = [0.5, 0.35, 0.65][id % 3], s = 0.7;
+  const a = s * Math.min(l, 1 - l), f = (n) => {
+    const k = (n + h / 30) % 12;
+    return Math.round(255 * (l - a * Math.max(-1, Math.min(k - 3, 9 - k, 1))));
+  };
+  return [f(0), f(8), f(4)];
+}
+
+const SEGMENT32 = Uint32Array.from({ length: 256 }, (_, id) => rgba32(segmentColour(id)));
+
+function drawColourbar() {
+  const c = document.getElementById("colorbar"), ctx = c.getContext("2d"), img = ctx.createImageData(c.width, c.height);
+  for (let x = 0; x < c.width; x++) {
+    const i = Math.round((x / (c.width - 1)) * 255);
+    for (let y = 0; y < c.height; y++) img.data.set([LUT[i * 3], LUT[i * 3 + 1], LUT[i * 3 + 2], 255], (y * c.width + x) * 4);
+  }
+  ctx.putImageData(img, 0, 0);
+}
+
+// The value below which 99 % of the finite, positive-mask values lie (robust colour scale).
+function upperScale(values, mask) {
+  const v = [];
+  const stride = Math.max(1, Math.floor(values.length / 20000));
+  for (let i = 0; i < values.length; i += stride) if (Number.isFinite(values[i]) && (!mask || mask[i])) v.push(values[i]);
+  if (!v.length) return 1;
+  v.sort((a, b) => a - b);
+  return v[Math.min(v.length - 1, Math.floor(v.length * 0.99))] || 1;
+}
+
+// --- map panels -----------------------------------------------------------------------
+const panels = new Map();  // id -> {canvas, title, range, data, mask, sigma, kind, h, w, header, dirty}
+let dirtyFrame = false;
+
+function panel(id, title, kind, order) {
+  let p = panels.get(id);
+  if (p) return p;
+  const div = document.createElement("div");
+  div.className = "panel";
+  div.dataset.order = order;
+  div.id = "panel-" + id.replace(/[^A-Za-z0-9_-]/g, "_");
+  const h = document.createElement("h3");
+  const name = document.createElement("span");
+  name.textContent = title;
+  const range = document.createElement("span");
+  range.className = "range";
+  h.append(name, range);
+  const canvas = document.createElement("canvas");
+  canvas.dataset.panel = id;
+  div.append(h, canvas);
+  const grid = document.getElementById("map-grid");
+  const after = [...grid.children].find((c) => c.dataset.order > order);
+  grid.insertBefore(div, after || null);
+  p = { id, div, canvas, range, kind, title };
+  canvas.addEventListener("click", (e) => inspect(p, e));
+  canvas.addEventListener("mousemove", (e) => hover(p, e));
+  panels.set(id, p);
+  return p;
+}
+
+function dropPanels(keep) {
+  for (const [id, p] of panels) if (!keep(id)) { p.div.remove(); panels.delete(id); }
+}
+
+function setPanel(p, header, data, extra) {
+  Object.assign(p, { header, data, h: header.h, w: header.w, dirty: true }, extra);
+  if (!dirtyFrame) { dirtyFrame = true; requestAnimationFrame(drawDirty); }
+}
+
+function drawDirty() {
+  dirtyFrame = false;
+  for (const p of panels.values()) if (p.dirty) {
+    drawPanel(p);
+    p.dirty = false;
+    dash.drawn++;
+    dash.draws[p.id] = (dash.draws[p.id] || 0) + 1;
+  }
+}
+
+function drawPanel(p) {
+  const { h, w, data } = p;
+  if (!h || !w) return;
+  if (p.canvas.width !== w || p.canvas.height !== h) { p.canvas.width = w; p.canvas.height = h; }
+  const ctx = p.canvas.getContext("2d"), img = ctx.createImageData(w, h);
+  const out = new Uint32Array(img.data.buffer);  // one write per pixel (RGBA bytes, little-endian)
+  let lo = 0, hi = 1;
+  if (p.kind === "scaled") hi = upperScale(data, p.mask);
+  if (p.kind === "count") hi = Math.max(1, dash.health?.scan?.energies_planned || upperScale(data));
+  p.range.textContent = p.kind === "segments" ? `${p.header.cluster_ids?.length ?? 0} domains` :
+    p.kind === "fraction" ? "0 … 1" : p.kind === "count" ? `0 … ${hi}` : `0 … ${fmt(hi)}`;
+  const n = w * h, mask = p.mask;
+  if (p.kind === "segments") {
+    for (let i = 0; i < n; i++) out[i] = SEGMENT32[data[i] & 255];
+  } else {
+    const scale = 255 / (hi - lo || 1);
+    for (let i = 0; i < n; i++) {
+      const v = data[i];
+      if ((mask && !mask[i]) || v !== v) { out[i] = MASKED32; continue; }  // v !== v: NaN
+      const k = (v - lo) * scale;
+      out[i] = LUT32[k <= 0 ? 0 : k >= 255 ? 255 : Math.round(k)];
+    }
+  }
+  ctx.putImageData(img, 0, 0);
+  const r = dash.pixel, step = p.header.step || 1;
+  if (r && r.scan_id === dash.scanId) {  // the inspected pixel, on every map
+    ctx.strokeStyle = "#e53e3e";
+    ctx.lineWidth = Math.max(1, w / 120);
+    const s = Math.max(3, w / 30);
+    ctx.strokeRect(r.x / step + 0.5 - s / 2, r.y / step + 0.5 - s / 2, s, s);
+  }
+}
+
+function fmt(v, digits = 3) {
+  if (v === null || v === undefined || Number.isNaN(v)) return "–";
+  if (typeof v !== "number") return String(v);
+  if (v !== 0 && (Math.abs(v) >= 1e4 || Math.abs(v) < 1e-3)) return v.toExponential(2);
+  return v.toFixed(digits);
+}
+
+// Full-resolution pixel under the mouse (maps may be sent every step-th pixel).
+function pixelAt(p, e) {
+  const r = p.canvas.getBoundingClientRect(), step = p.header.step || 1;
+  const i = Math.min(p.h - 1, Math.max(0, Math.floor(((e.clientY - r.top) / r.height) * p.h)));
+  const j = Math.min(p.w - 1, Math.max(0, Math.floor(((e.clientX - r.left) / r.width) * p.w)));
+  return { i, j, x: Math.min(p.header.cols - 1, j * step), y: Math.min(p.header.rows - 1, i * step) };
+}
+
+function hover(p, e) {
+  if (!p.data) return;
+  const { i, j, x, y } = pixelAt(p, e), k = i * p.w + j;
+  let text = `${p.title} (x ${x}, y ${y}): ${fmt(p.data[k])}`;
+  if (p.sigma) text += ` ± ${fmt(p.sigma[k])}`;
+  if (p.mask && !p.mask[k]) text += " (masked)";
+  document.getElementById("hover").textContent = text;
+}
+
+function onMap(header, arrays) {
+  dash.received++;
+  dash.mapsReceived[header.topic] = (dash.mapsReceived[header.topic] || 0) + 1;
+  if (header.topic === "maps/fractions") {
+    dash.fractionVersions = [...(dash.fractionVersions || []).slice(-99), header.version];
+    dash.fractionHeader = { version: header.version, final: header.final, rows: header.rows, cols: header.cols, scan_id: header.scan_id };
+  }
+  dash.versions[header.topic] = header.version;
+  dash.final = !!header.final;
+  document.getElementById("version").textContent =
+    `v${header.version}${header.final ? " final" : ""} · ${header.energies_measured} energies · ${header.frames_applied} frames`;
+  if (header.time_unix) dash.latency = Date.now() / 1000 - header.time_unix;
+  if (header.topic === "maps/fractions") {
+    dash.referenceNames = header.reference_names || [];
+    const mask = arrays.mask;
+    dropPanels((id) => !id.startsWith("fraction:") || dash.referenceNames.includes(id.slice(9)));
+    dash.referenceNames.forEach((name, k) => {
+      const p = panel("fraction:" + name, name, "fraction", `0-${String(k).padStart(3, "0")}`);
+      setPanel(p, header, arrays["fractions/" + name], { mask, sigma: arrays["fraction_sigma/" + name] });
+    });
+  } else if (header.topic === "maps/thickness") {
+    setPanel(panel("thickness", "thickness (edge step)", "scaled", "1"), header, arrays.thickness, {});
+  } else if (header.topic === "maps/residual") {
+    setPanel(panel("residual", "residual (RMS)", "scaled", "2"), header, arrays.residual, {});
+  } else if (header.topic === "maps/segments") {
+    if (arrays.segments) setPanel(panel("segments", "segments", "segments", "3"), header, arrays.segments, {});
+  } else if (header.topic === "maps/nenergies") {
+    setPanel(panel("nenergies", "energies measured per pixel", "count", "4"), header, arrays.nenergies, {});
+  }
+}
+
+function decodeBinary(buf) {
+  const n = new DataView(buf).getUint32(0, true);
+  const header = JSON.parse(new TextDecoder().decode(new Uint8Array(buf, 4, n)));
+  const base = 4 + n, arrays = {};
+  for (const a of header.arrays) {
+    const size = a.shape.reduce((x, y) => x * y, 1);
+    arrays[a.name] = new Float32Array(buf, base + a.offset * 4, size);
+  }
+  return { header, arrays };
+}
+
+// --- scan and health ------------------------------------------------------------------
+const etaTrack = { t: null, seen: null, rate: null };
+
+function row(table, k, v, cls) {
+  const tr = table.insertRow();
+  tr.insertCell().textContent = k;
+  const td = tr.insertCell();
+  td.textContent = v;
+  if (cls) td.className = cls;
+}
+
+function onHealth(h) {
+  dash.health = h;
+  const sc = h.scan || {};
+  dash.state = h.state;
+  document.getElementById("scan-state").textContent = h.state || "idle";
+  if (sc.scan_id) document.getElementById("scan-id").textContent = sc.scan_id;
+  const t = document.getElementById("health-table");
+  t.innerHTML = "";
+  row(t, "state", `${h.state}${sc.stop_reason ? " (" + sc.stop_reason + ")" : ""}`);
+  if (sc.shape) row(t, "image", `${sc.shape[0]} × ${sc.shape[1]} px, ${sc.mode}`);
+  row(t, "frames applied", sc.frames_applied ?? "–");
+  const seen = sc.energies_seen ?? 0, planned = sc.energies_planned ?? 0;
+  // ETA from the rate at which energies came in.
+  const now = h.time;
+  if (etaTrack.seen !== null && seen > etaTrack.seen && now > etaTrack.t) {
+    const r = (seen - etaTrack.seen) / (now - etaTrack.t);
+    etaTrack.rate = etaTrack.rate === null ? r : 0.7 * etaTrack.rate + 0.3 * r;
+  }
+  if (etaTrack.seen !== seen) { etaTrack.seen = seen; etaTrack.t = now; }
+  const eta = h.state === "running" && etaTrack.rate ? `, ETA ${Math.round((planned - seen) / etaTrack.rate)} s` : "";
+  row(t, "energies", `${seen} / ${planned}${eta}`);
+  if (dash.latency !== undefined) row(t, "publication latency", `${(dash.latency * 1000).toFixed(0)} ms`);
+  const q = h.ingest_queue || {};
+  if (q.capacity) row(t, "ingest queue", `${q.size ?? q.depth ?? 0} / ${q.capacity}`);
+  row(t, "references", (sc.fit?.references || []).join(", ") || sc.fit?.error || "–");
+  if (h.result_file) row(t, "result file", h.result_file);
+  if (h.relay_gaps) row(t, "gaps healed", `${h.relay_gaps} (${h.relay_missed_cycles} cycles missed, reloaded by snapshot)`, "gap");
+  drawEnergies(sc);
+  const rj = document.getElementById("rejects");
+  rj.innerHTML = "";
+  for (const [k, v] of Object.entries(h.counters || {})) if (k.startsWith("issues.") && v > 0) row(rj, k.slice(7), v);
+  if (!rj.rows.length) row(rj, "none", "");
+  const ul = document.getElementById("errors");
+  ul.innerHTML = "";
+  for (const e of (h.errors || []).slice(-8).reverse()) {
+    const li = document.createElement("li");
+    li.textContent = `${e.code}: ${e.message}`;
+    ul.append(li);
+  }
+}
+
+function drawEnergies(sc) {
+  const c = document.getElementById("energies"), ctx = c.getContext("2d");
+  ctx.clearRect(0, 0, c.width, c.height);
+  const e = sc.energies_eV || [], seen = new Set(sc.energy_indices_seen || []);
+  if (e.length < 2) return;
+  const lo = Math.min(...e), hi = Math.max(...e);
+  e.forEach((v, i) => {
+    const x = 4 + ((v - lo) / (hi - lo || 1)) * (c.width - 8);
+    ctx.fillStyle = seen.has(i) ? "#2b6cb0" : "#cbd2d9";
+    ctx.fillRect(Math.round(x), seen.has(i) ? 2 : 14, 2, seen.has(i) ? 32 : 20);
+  });
+  document.getElementById("energies-text").textContent =
+    `${seen.size} of ${e.length} measured, ${lo.toFixed(1)} … ${hi.toFixed(1)} eV`;
+}
+
+function setConnection(text, cls) {
+  const el = document.getElementById("connection");
+  el.textContent = text;
+  el.className = "badge conn-" + cls;
+}
+
+// --- inspector ------------------------------------------------------------------------
+let plot = null;
+
+// Error bars (±σ) on the measured points: uPlot has none built in, so they are drawn here.
+function errorBars(u) {
+  const r = dash.pixel;
+  if (!r || !r.sigma) return;
+  const ctx = u.ctx;
+  ctx.save();
+  ctx.strokeStyle = "#222";
+  ctx.lineWidth = 1;
+  r.energies_eV.forEach((e, j) => {
+    const x = u.valToPos(e, "x", true), y0 = u.valToPos(r.spectrum[j] - r.sigma[j], "y", true),
+      y1 = u.valToPos(r.spectrum[j] + r.sigma[j], "y", true);
+    ctx.beginPath(); ctx.moveTo(x, y0); ctx.lineTo(x, y1); ctx.stroke();
+  });
+  ctx.restore();
+}
+
+async function inspect(p, e) {
+  if (!p.header) return;
+  const { x, y } = pixelAt(p, e);
+  const res = await fetch(`/api/pixel?x=${x}&y=${y}`);
+  const r = await res.json();
+  showPixel(r);
+}
+
+function showPixel(r) {
+  const box = document.getElementById("inspector");
+  box.hidden = false;
+  if (!r.ok) {
+    document.getElementById("pixel-where").textContent = `error: ${r.error}`;
+    return;
+  }
+  dash.pixel = r;
+  for (const p of panels.values()) p.dirty = true;
+  if (!dirtyFrame) { dirtyFrame = true; requestAnimationFrame(drawDirty); }
+  document.getElementById("pixel-where").textContent =
+    `(x ${r.x}, y ${r.y}) · scan ${r.scan_id} v${r.version}${r.mask ? "" : " · masked"}`;
+  const t = document.getElementById("pixel-table");
+  t.innerHTML = "";
+  (r.reference_names || []).forEach((n, k) => {
+    const tr = t.insertRow();
+    tr.className = "fraction";
+    tr.dataset.reference = n;
+    tr.insertCell().textContent = n;
+    tr.insertCell().textContent = `${fmt(r.fractions[k])} ± ${fmt(r.fraction_sigma[k])}`;
+  });
+  row(t, "thickness", fmt(r.thickness));
+  row(t, "residual", fmt(r.residual));
+  row(t, "R-factor", fmt(r.rfactor, 4));
+  row(t, "mask", r.mask ? "kept" : "masked");
+  row(t, "segment", r.segment ?? "–");
+  row(t, "energies", `${r.energies_eV.length}`);
+  row(t, "fit", r.fit_method || r.fit_error || "–");
+
+  const series = [{ label: "E (eV)" }, { label: "measured", stroke: "#222", paths: () => null, points: { show: true, size: 5, fill: "#222" } }];
+  const data = [r.energies_eV, r.spectrum];
+  if (r.model) {
+    series.push({ label: "model", stroke: "#d64545", width: 2 });
+    data.push(r.model);
+    series.push({ label: "background", stroke: "#7b8794", dash: [4, 4] });
+    data.push(r.background);
+    r.reference_names.forEach((n, k) => {
+      series.push({ label: n, stroke: `rgb(${segmentColour(k + 1).join(",")})` });
+      data.push(r.contributions[k]);
+    });
+  }
+  if (plot) { plot.destroy(); plot = null; }
+  plot = new uPlot({
+    width: 640, height: 300, series,
+    scales: { x: { time: false } },
+    axes: [{ label: "energy (eV)" }, { label: "signal" }],
+    hooks: { draw: [errorBars] },
+  }, data, document.getElementById("spectrum"));
+}
+
+// --- domains (clusters topic) ----------------------------------------------------------
+let clusterPlot = null;
+
+function onClusters(h, arrays) {
+  dash.versions.clusters = h.version;
+  dash.clusters = h;
+  dash.clusterArrays = arrays;
+  const ids = h.cluster_ids || [], names = h.reference_names || [];
+  const box = document.getElementById("domains");
+  box.hidden = ids.length === 0;
+  if (!ids.length) return;
+  const unexplained = new Set(h.unexplained || []);
+  document.getElementById("domains-note").textContent =
+    `${ids.length} domains · v${h.version}${unexplained.size ? ` · not explained by the references: ${[...unexplained].join(", ")}` : ""}`;
+  const t = document.getElementById("cluster-table");
+  t.innerHTML = "";
+  const head = t.insertRow();
+  for (const c of ["domain", "pixels", ...names, "residual", ""]) {
+    const th = document.createElement("th");
+    th.textContent = c;
+    head.append(th);
+  }
+  ids.forEach((id, i) => {
+    const tr = t.insertRow();
+    tr.className = "cluster";
+    tr.dataset.id = id;
+    const c0 = tr.insertCell(), sw = document.createElement("span");
+    sw.className = "swatch-id";
+    sw.style.background = `rgb(${segmentColour(id).join(",")})`;
+    c0.append(sw, String(id));
+    tr.insertCell().textContent = h.pixels?.[i] ?? "";
+    names.forEach((_, k) => {
+      const f = h.fractions?.[i]?.[k], s = h.fraction_sigma?.[i]?.[k];
+      tr.insertCell().textContent = f === undefined || f === null ? "–" : `${fmt(f, 2)} ± ${fmt(s, 2)}`;
+    });
+    tr.insertCell().textContent = fmt(h.residual?.[i], 4);
+    tr.insertCell().textContent = unexplained.has(id) ? "unexplained" : "";
+  });
+  const pca = h.pca || {};
+  const scree = (pca.explained_variance_ratio || []).slice(0, 6).map((v) => fmt(v, 3)).join(", ");
+  const tt = pca.target_transformation || {};
+  const plausible = tt.plausible || [];
+  const verdicts = plausible.length === names.length
+    ? plausible.map((ok, k) => `${names[k]} ${ok ? "plausible" : "implausible"}`).join("; ")
+    : plausible.length ? `${plausible.filter(Boolean).length} of ${plausible.length} references plausible` : "";
+  document.getElementById("pca").textContent =
+    `scree ${scree}; ${pca.significant ?? "?"} components above the noise floor (σ ${fmt(pca.noise_sigma)})` +
+    (verdicts ? `; target transformation: ${verdicts}` : "");
+  // Mean spectra on the planned energies (NaN: not in use) when the plan is known.
+  const e = dash.health?.scan?.energies_eV, mean = arrays.mean_spectra;
+  if (!e || !mean || mean.length !== ids.length * e.length) return;
+  const data = [e];
+  const series = [{ label: "E (eV)" }];
+  ids.forEach((id, i) => {
+    data.push(Array.from(mean.subarray(i * e.length, (i + 1) * e.length), (v) => (Number.isFinite(v) ? v : null)));
+    series.push({ label: `domain ${id}`, stroke: `rgb(${segmentColour(id).join(",")})`, width: 2, spanGaps: true });
+  });
+  if (clusterPlot) { clusterPlot.destroy(); clusterPlot = null; }
+  clusterPlot = new uPlot({ width: 520, height: 240, series, scales: { x: { time: false } },
+    axes: [{ label: "energy (eV)" }, { label: "edge-normalized" }], hooks: { draw: [selectionMarks] } },
+  data, document.getElementById("cluster-plot"));
+}
+
+// The last select_energies result over the mean spectra: a dashed line at each selected energy.
+function selectionMarks(u) {
+  const e = dash.selection?.energies_eV;
+  if (!e) return;
+  const ctx = u.ctx, top = u.bbox.top, bottom = u.bbox.top + u.bbox.height;
+  ctx.save();
+  ctx.strokeStyle = "#c05621";
+  ctx.setLineDash([3, 3]);
+  for (const v of e) {
+    const x = u.valToPos(v, "x", true);
+    ctx.beginPath(); ctx.moveTo(x, top); ctx.lineTo(x, bottom); ctx.stroke();
+  }
+  ctx.restore();
+}
+
+// --- controls -------------------------------------------------------------------------
+async function control(cmd) {
+  const what = { save: "write the result file now", abort: "ABORT the running scan",
+    select_energies: "ask the daemon for a new energy selection (it is published to the scan controller)" }[cmd];
+  if (!window.confirm(`Really ${what}?`)) return;
+  const res = await fetch("/api/control", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ cmd }) });
+  const r = await res.json();
+  window.alert(r.ok ? `${cmd}: done` : `${cmd} failed: ${r.error}`);
+}
+
+function onSelection(s) {
+  dash.selection = s;
+  if (dash.clusters) onClusters(dash.clusters, dash.clusterArrays || {});  // its markers on the mean spectra
+  const e = s.energies_eV || [];
+  document.getElementById("selection").textContent =
+    `${e.length} energies (${s.method || ""}, ${s.source || ""}${s.scan_id ? ", scan " + s.scan_id : ""}): ` +
+    e.map((v) => v.toFixed(1)).join(" ");
+}
+
+// --- socket ---------------------------------------------------------------------------
+let drawnReported = 0;
+
+function connect() {
+  const ws = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`);
+  ws.binaryType = "arraybuffer";
+  ws.onopen = () => { dash.relay = "open"; };
+  ws.onmessage = (ev) => {
+    if (typeof ev.data !== "string") {
+      const { header, arrays } = decodeBinary(ev.data);
+      if (header.type === "clusters") onClusters(header, arrays);
+      else onMap(header, arrays);
+      return;
+    }
+    const m = JSON.parse(ev.data);
+    switch (m.type) {
+      case "hello":
+        dash.allowControl = m.allow_control;
+        document.getElementById("controls").hidden = !m.allow_control;
+        break;
+      case "connection":
+        dash.daemon = m.daemon;
+        setConnection(m.daemon === "live" ? "live" : m.daemon === "reconnecting" ? "daemon lost: reconnecting…" : "connecting",
+          m.daemon === "live" ? "live" : "reconnecting");
+        break;
+      case "scan":
+        dash.scanId = m.scan_id;
+        dash.versions = {};
+        dash.final = false;
+        document.getElementById("scan-id").textContent = m.scan_id;
+        dropPanels(() => false);
+        break;
+      case "status":
+        dash.state = m.state;
+        document.getElementById("scan-state").textContent = m.state;
+        dash.versions.status = m.version;
+        break;
+      case "health":
+        onHealth(m);
+        break;
+      case "error":
+        dash.errors.push(m);
+        break;
+      case "energies":
+        onSelection(m);
+        break;
+      default:
+        if (m.version !== undefined) dash.versions[m.type] = m.version;
+    }
+  };
+  ws.onclose = () => {
+    dash.relay = "closed";
+    dash.daemon = "reconnecting";
+    setConnection("dashboard lost: reconnecting…", "reconnecting");
+    setTimeout(connect, 1000);
+  };
+  dash.ws = ws;
+}
+
+setInterval(() => {  // frames drawn, reported to the relay (its /api/stats: frames drawn per publication)
+  if (dash.ws && dash.ws.readyState === 1 && dash.drawn > drawnReported) {
+    dash.ws.send(JSON.stringify({ type: "drawn", count: dash.drawn - drawnReported }));
+    drawnReported = dash.drawn;
+  }
+}, 1000);
+
+for (const b of document.querySelectorAll("#controls button")) b.addEventListener("click", () => control(b.dataset.cmd));
+drawColourbar();
+connect();
