@@ -27,7 +27,9 @@ def run(cmd):
     if p.returncode != 0:
         print(f"failed ({p.returncode}): {' '.join(cmd)}\n{p.stderr[-2000:]}")
         return None
-    t = json.loads(p.stdout)["timing"]
+    summary = json.loads(p.stdout)
+    t = summary["timing"]
+    t["ranks"] = summary.get("rank_timing", [])
     t["cpu"] = cpu_seconds() - c0  # every process of the run: on a busy machine the figure that divides
     return t
 
@@ -65,6 +67,10 @@ def main():
     for name, t in rows.items():
         n = int(name.split()[-1]) if name.startswith("mpirun") else 1
         print(f"  {name:<14}" + "".join(f"{t.get(s, 0.0):10.3f}" for s in STEPS) + f"{t1 / (n * t['total']):12.2f}")
+
+    for name, t in rows.items():
+        for r, rt in enumerate(t["ranks"]):
+            print(f"  {name} rank {r}: " + ", ".join(f"{k} {rt.get(k, 0.0):.3f}" for k in ("read", "apply", "fit", "reduce", "wait")))
 
     # The model: per-rank work (read, apply, fit without its reductions) divides by N; the
     # reductions move a thickness per pixel (all-gather) and the tile sums; the gather moves the

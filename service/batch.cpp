@@ -118,6 +118,7 @@ nlohmann::json run_batch_fit(const Config& cfg, const BatchOptions& opt, const p
   science::ImagePart part;
   int rows = 0, cols = 0, window0 = 0;
   std::vector<std::pair<int, int>> blocks;
+  nlohmann::json rank_timing = nlohmann::json::array();
   if (comm.size() > 1) {
     std::tie(rows, cols) = scan_file_image(opt.input, comm.h5_file_access());
     const bool selecting = settings.selection.enabled && refs.size() >= 2;
@@ -195,7 +196,9 @@ nlohmann::json run_batch_fit(const Config& cfg, const BatchOptions& opt, const p
     image.valid = gather(scan->mask().valid.data(), 1);
     // Issues and flagged samples: every block's (a halo row's samples are counted by both blocks
     // that read it).
-    const auto counts = nlohmann::json{{"issues", issues}, {"flags", scan->flagged_samples()}}.dump() + '\n';
+    // With each rank's step times so far (the summary's rank_timing: which block was slow).
+    const auto counts =
+        nlohmann::json{{"issues", issues}, {"flags", scan->flagged_samples()}, {"timing", times.to_json()}}.dump() + '\n';
     const auto all = comm.gather(std::as_bytes(std::span<const char>(counts)));
     if (root) {
       issues.clear();
@@ -205,6 +208,7 @@ nlohmann::json run_batch_fit(const Config& cfg, const BatchOptions& opt, const p
         const auto j = nlohmann::json::parse(text.substr(at, end - at));
         for (const auto& [code, n] : j["issues"].items()) issues[code] += n.get<std::int64_t>();
         for (const auto& [code, n] : j["flags"].items()) image.flags[code] += n.get<std::int64_t>();
+        rank_timing.push_back(j["timing"]);
       }
     }
     if (!root) return;
@@ -244,7 +248,7 @@ nlohmann::json run_batch_fit(const Config& cfg, const BatchOptions& opt, const p
   nlohmann::json summary = {{"scan", scan->summary()}, {"counters", counters}, {"output", opt.output.string()}};
   // Seconds per step; "fit" includes "reduce" (the image-level statistics of the blocks).
   summary["timing"] = times.to_json();
-  if (comm.size() > 1) summary["ranks"] = comm.size();
+  if (comm.size() > 1) summary["ranks"] = comm.size(), summary["rank_timing"] = rank_timing;
   return summary;
 }
 
