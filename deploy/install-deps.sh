@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian 12 packages xanesd builds, tests and runs with. Idempotent: it asks apt
 # only for what is missing, so a second run is a no-op. Run as root (or with sudo).
+#   bash deploy/install-deps.sh          # the default (serial) build, tests, fuzzing, Python clients
+#   bash deploy/install-deps.sh --mpi    # and the optional MPI build (deploy/mpi.sh)
 set -euo pipefail
 
 BUILD_PACKAGES=(cmake g++ make pkg-config libzmq3-dev cppzmq-dev libmsgpack-cxx-dev libeigen3-dev
@@ -10,6 +12,12 @@ BUILD_PACKAGES=(cmake g++ make pkg-config libzmq3-dev cppzmq-dev libmsgpack-cxx-
 # Hardening (deploy/fuzz.sh): clang 14 and its runtime libraries, which hold libFuzzer and the
 # sanitizer runtimes clang links (README "Hardening").
 FUZZ_PACKAGES=(clang-14 libclang-rt-14-dev)
+# The optional MPI build (deploy/mpi.sh, README "MPI"), only with --mpi (the quick start stays
+# serial and lean): OpenMPI and the HDF5 built for it, which installs beside the serial
+# libhdf5-dev (its own include and library directories; the default build still finds the serial
+# one through h5cc).
+MPI_PACKAGES=()
+if [ "${1:-}" = "--mpi" ]; then MPI_PACKAGES=(libopenmpi-dev openmpi-bin libhdf5-openmpi-dev); fi
 # Python clients (replayer helpers, viewer, tests) run on Debian's /usr/bin/python3.
 PYTHON_PACKAGES=(python3 python3-zmq python3-msgpack python3-numpy python3-h5py python3-matplotlib
                  python3-scipy python3-sklearn python3-silx python3-tifffile)
@@ -21,7 +29,7 @@ PYTHON_PACKAGES=(python3 python3-zmq python3-msgpack python3-numpy python3-h5py 
 WEB_PACKAGES=(python3-aiohttp python3-selenium chromium chromium-driver)
 
 missing=()
-for pkg in "${BUILD_PACKAGES[@]}" "${FUZZ_PACKAGES[@]}" "${PYTHON_PACKAGES[@]}" "${WEB_PACKAGES[@]}"; do
+for pkg in "${BUILD_PACKAGES[@]}" "${FUZZ_PACKAGES[@]}" "${MPI_PACKAGES[@]}" "${PYTHON_PACKAGES[@]}" "${WEB_PACKAGES[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
     missing+=("$pkg")
   fi

@@ -1,6 +1,9 @@
 #include "batch.hpp"
 
 #include <chrono>
+#include <cstring>
+#include <span>
+#include <tuple>
 #include <cstdio>
 #include <iostream>
 #include <map>
@@ -8,6 +11,7 @@
 #include <spdlog/spdlog.h>
 
 #include "daemon.hpp"
+#include "parallel/comm.hpp"
 #include "progress.hpp"
 #include "scan/scan.hpp"
 #include "store/result_file.hpp"
@@ -15,7 +19,82 @@
 
 namespace xanesd {
 
-nlohmann::json run_batch_fit(const Config& cfg, const BatchOptions& opt) {
+namespace {
+
+// The rows of the image each rank owns: contiguous blocks in rank order, each starting on a
+// multiple of `align` rows (the reference selection's tiles: each tile lies in one block).
+std::vector<std::pair<int, int>> row_blocks(int rows, int ranks, int align) {
+  const int units = (rows + align - 1) / align;
+  if (units < ranks)
+    throw ConfigError("the image has " + std::to_string(rows) + " rows, " + std::to_string(units) + " block(s) of " +
+                      std::to_string(align) + " (the reference selection's tiles): run at most " + std::to_string(units) +
+                      " ranks");
+  std::vector<std::pair<int, int>> blocks;
+  for (int r = 0; r < ranks; ++r) {
+    const int u0 = static_cast<int>(static_cast<long long>(units) * r / ranks);
+    const int u1 = static_cast<int>(static_cast<long long>(units) * (r + 1) / ranks);
+    blocks.emplace_back(u0 * align, std::min(rows, u1 * align));
+  }
+  return blocks;
+}
+
+// Rank 0 gets the whole image's values of `planes` per-pixel planes (plane stride `local_npix`
+// here, `image_npix` there) from every rank's own pixels; `own` is [first pixel, count) per
+// rank, in the image, and `local0` the first own pixel in this rank's arrays.
+template <class T>
+std::vector<T> gather_planes(const parallel::Comm& comm, const T* local, std::size_t local_npix, std::size_t local0,
+                             std::size_t planes, const std::vector<std::pair<std::size_t, std::size_t>>& own,
+                             std::size_t image_npix) {
+  const auto [first, count] = own[static_cast<std::size_t>(comm.rank())];
+  std::vector<T> packed(planes * count);
+  for (std::size_t pl = 0; pl < planes; ++pl)
+    std::copy_n(local + pl * local_npix + local0, count, packed.begin() + static_cast<std::ptrdiff_t>(pl * count));
+  const auto bytes = comm.gather(std::as_bytes(std::span<const T>(packed)));
+  std::vector<T> image;
+  if (comm.rank() != 0) return image;
+  image.resize(planes * image_npix);
+  std::size_t at = 0;  // in elements of `bytes`
+  for (const auto& [f, n] : own)
+    for (std::size_t pl = 0; pl < planes; ++pl, at += n)
+      std::memcpy(image.data() + pl * image_npix + f, bytes.data() + at * sizeof(T), n * sizeof(T));
+  return image;
+}
+
+// Seconds spent in each step of the fit (the summary's `timing`: bench/run_mpi_benchmark.sh).
+class StepTimes {
+ public:
+  using Clock = std::chrono::steady_clock;
+  // Runs f and adds its time to `step`.
+  template <class F>
+  decltype(auto) time(const char* step, F&& f) {
+    const auto t0 = Clock::now();
+    struct Add {
+      StepTimes& s;
+      const char* step;
+      Clock::time_point t0;
+      ~Add() { s.seconds_[step] += std::chrono::duration<double>(Clock::now() - t0).count(); }
+    } add{*this, step, t0};
+    return f();
+  }
+  double operator[](const char* step) const {
+    const auto it = seconds_.find(step);
+    return it == seconds_.end() ? 0.0 : it->second;
+  }
+  nlohmann::json to_json() const { return seconds_; }
+  void set(const char* step, double s) { seconds_[step] = s; }
+
+ private:
+  std::map<std::string, double> seconds_;
+};
+
+template <class V>
+void assign(V& to, const std::vector<typename V::value_type>& from) {
+  std::copy(from.begin(), from.end(), to.begin());
+}
+
+}  // namespace
+
+nlohmann::json run_batch_fit(const Config& cfg, const BatchOptions& opt, const parallel::Comm& comm) {
   ReferencesConfig refs_cfg = cfg.references;
   if (!opt.reference_files.empty()) refs_cfg.files = opt.reference_files;
   auto refs = load_references(refs_cfg);
@@ -28,37 +107,130 @@ nlohmann::json run_batch_fit(const Config& cfg, const BatchOptions& opt) {
     }
     refs = std::move(picked);
   }
+  const bool root = comm.rank() == 0, quiet = opt.quiet || !root;
+  const auto settings = scan_settings(cfg);
+  ScanFileOptions read_opt;
+  read_opt.borrow_buffers = true;  // each frame is applied (copied into the store) before the next is read
+  // Several ranks (README "MPI"): each reads and fits its block of rows plus the halo rows the
+  // spatial step reads, the image-level steps combine every block's own pixels.
+  StepTimes times;
+  const auto t_start = StepTimes::Clock::now();
+  science::ImagePart part;
+  int rows = 0, cols = 0, window0 = 0;
+  std::vector<std::pair<int, int>> blocks;
+  nlohmann::json rank_timing = nlohmann::json::array();
+  if (comm.size() > 1) {
+    std::tie(rows, cols) = scan_file_image(opt.input, comm.h5_file_access());
+    const bool selecting = settings.selection.enabled && refs.size() >= 2;
+    blocks = row_blocks(rows, comm.size(), selecting ? science::selection_tile_side(rows, cols, settings.selection.max_tiles) : 1);
+    const auto [own0, own1] = blocks[static_cast<std::size_t>(comm.rank())];
+    const int halo = settings.spatial.enabled ? settings.spatial.radius : 0;  // pass 3's window (the pilot's is smaller)
+    window0 = std::max(0, own0 - halo);
+    read_opt.row_begin = window0, read_opt.row_end = std::min(rows, own1 + halo);
+    read_opt.file_access = comm.h5_file_access(), read_opt.transfer = comm.h5_transfer();
+    part.begin = static_cast<std::size_t>(own0 - window0) * static_cast<std::size_t>(cols);
+    part.end = static_cast<std::size_t>(own1 - window0) * static_cast<std::size_t>(cols);
+    part.row0 = own0, part.image_rows = rows;
+    part.gather = [&comm, &times](std::vector<float> v) { return times.time("reduce", [&] { return comm.all_gather(v); }); };
+    part.sum = [&comm, &times](std::span<double> v) { times.time("reduce", [&] { comm.sum(v); }); };
+  }
   std::unique_ptr<Scan> scan;
   std::map<std::string, std::int64_t> issues;
   auto note = [&](const Issue& i) {
     ++issues[i.code];
     spdlog::warn("[{}] {}", i.code, i.message);
   };
-  ScanFileOptions read_opt;
-  read_opt.borrow_buffers = true;  // each frame is applied (copied into the store) before the next is read
   // Frames are read and fitted as they come (the incremental fit), so frames read is the fit's progress.
-  Progress progress("xanesd fit", "frames", opt.quiet);
+  Progress progress("xanesd fit", "frames", quiet);
   std::int64_t frames = 0;
-  read_scan_file(opt.input, read_opt, [&](protocol::IngestMessage&& msg) {
-    if (auto* s = std::get_if<protocol::StartMsg>(&msg)) {
-      progress.set_total(scan_file_frames(*s, read_opt));
-      scan = std::make_unique<Scan>(std::move(*s), refs, scan_settings(cfg));
-    } else if (auto* f = std::get_if<protocol::FrameMsg>(&msg)) {
-      for (const auto& i : scan->apply(*f).issues) note(i);
-      progress.update(++frames);
-    } else {
-      for (const auto& i : scan->stop(std::get<protocol::StopMsg>(msg))) note(i);
-    }
+  // Reading is the reader's time less what applying its messages took (normalization, folds).
+  times.time("read", [&] {
+    read_scan_file(opt.input, read_opt, [&](protocol::IngestMessage&& msg) {
+      times.time("apply", [&] {
+        if (auto* s = std::get_if<protocol::StartMsg>(&msg)) {
+          progress.set_total(scan_file_frames(*s, read_opt));
+          scan = std::make_unique<Scan>(std::move(*s), refs, settings, part);
+        } else if (auto* f = std::get_if<protocol::FrameMsg>(&msg)) {
+          for (const auto& i : scan->apply(*f).issues) note(i);
+          progress.update(++frames);
+        } else {
+          for (const auto& i : scan->stop(std::get<protocol::StopMsg>(msg))) note(i);
+        }
+      });
+    });
   });
+  times.set("read", times["read"] - times["apply"]);
   if (!scan->fit_error().empty()) throw std::runtime_error(scan->fit_error());
-  if (!opt.quiet)
-    std::fprintf(stderr, "xanesd fit: %lld frames read; final fit of %lld pixels, reference selection, segments, edge maps\n",
-                 static_cast<long long>(frames), static_cast<long long>(scan->pixels()));
-  scan->solve_changed(solve_threads(cfg));
-  scan->update_reference_selection(solve_threads(cfg));
-  scan->solve_changed(solve_threads(cfg));  // the final maps: Poisson-weighted once the references are chosen
-  scan->update_segments(solve_threads(cfg));
-  scan->compute_edge_maps(solve_threads(cfg));
+  if (!quiet)
+    std::fprintf(stderr, "xanesd fit: %lld frames read; final fit of %lld pixels%s, reference selection, segments, edge maps\n",
+                 static_cast<long long>(frames), static_cast<long long>(scan->pixels()),
+                 comm.size() > 1 ? " (rank 0's block)" : "");
+  times.time("fit", [&] {
+    scan->solve_changed(solve_threads(cfg));
+    scan->update_reference_selection(solve_threads(cfg));
+    scan->solve_changed(solve_threads(cfg));  // the final maps: Poisson-weighted once the references are chosen
+  });
+  // Rank 0 waits here for the slowest block (the imbalance), so "gather" is the transfer only.
+  times.time("wait", [&] { comm.barrier(); });
+  if (comm.size() > 1) times.time("gather", [&] {
+    // Rank 0 assembles the whole image (each rank's own rows) for the steps that still run on
+    // one process: segmentation, edge maps, the result file (README "MPI").
+    const auto image_npix = static_cast<std::size_t>(rows) * static_cast<std::size_t>(cols);
+    std::vector<std::pair<std::size_t, std::size_t>> own;
+    for (const auto& [r0, r1] : blocks)
+      own.emplace_back(static_cast<std::size_t>(r0) * cols, static_cast<std::size_t>(r1 - r0) * cols);
+    const std::size_t np = scan->pixels(), l0 = part.begin;
+    auto gather = [&](const auto* local, std::size_t planes) { return gather_planes(comm, local, np, l0, planes, own, image_npix); };
+    const auto& maps = scan->fit()->maps();
+    const auto K = static_cast<std::size_t>(scan->fit()->model().n_refs());
+    Scan::ImageResults image;
+    image.store = gather(scan->spectra().data(), scan->energies().size());
+    image.xrf = gather(scan->xrf().data(), scan->start().xrf_channels.size());
+    auto fractions = gather(maps.fractions.data(), K), sigma = gather(maps.fraction_sigma.data(), K);
+    auto thickness = gather(maps.thickness.data(), 1), residual = gather(maps.residual.data(), 1);
+    auto rfactor = gather(maps.rfactor.data(), 1);
+    auto nenergies = gather(maps.nenergies.data(), 1);
+    auto fitted = gather(maps.fitted.data(), 1);
+    const auto& nb = scan->fit()->spatial_neighbours();
+    if (nb.size() == np) image.spatial_neighbours = gather(nb.data(), 1);
+    image.valid = gather(scan->mask().valid.data(), 1);
+    // Issues and flagged samples: every block's (a halo row's samples are counted by both blocks
+    // that read it).
+    // With each rank's step times so far (the summary's rank_timing: which block was slow).
+    const auto counts =
+        nlohmann::json{{"issues", issues}, {"flags", scan->flagged_samples()}, {"timing", times.to_json()}}.dump() + '\n';
+    const auto all = comm.gather(std::as_bytes(std::span<const char>(counts)));
+    if (root) {
+      issues.clear();
+      const std::string text(reinterpret_cast<const char*>(all.data()), all.size());
+      std::size_t at = 0;
+      for (auto end = text.find('\n'); end != std::string::npos; at = end + 1, end = text.find('\n', at)) {
+        const auto j = nlohmann::json::parse(text.substr(at, end - at));
+        for (const auto& [code, n] : j["issues"].items()) issues[code] += n.get<std::int64_t>();
+        for (const auto& [code, n] : j["flags"].items()) image.flags[code] += n.get<std::int64_t>();
+        rank_timing.push_back(j["timing"]);
+      }
+    }
+    if (!root) return;
+    image.maps.resize(image_npix, static_cast<int>(K));
+    assign(image.maps.fractions, fractions), assign(image.maps.fraction_sigma, sigma);
+    assign(image.maps.thickness, thickness), assign(image.maps.residual, residual), assign(image.maps.rfactor, rfactor);
+    assign(image.maps.nenergies, nenergies), assign(image.maps.fitted, fitted);
+    const auto& block = scan->start();  // dark and flat are in the store's signal already
+    protocol::StartMsg whole;
+    whole.scan_id = block.scan_id, whole.rows = rows, whole.cols = cols, whole.energies_eV = block.energies_eV;
+    whole.mode = block.mode, whole.order = block.order, whole.xrf_channels = block.xrf_channels;
+    whole.references = block.references, whole.metadata = block.metadata;
+    auto full = std::make_unique<Scan>(std::move(whole), refs, settings);
+    full->adopt(std::move(image), *scan);
+    scan = std::move(full);
+  });
+  if (!root) {
+    const auto [r0, r1] = blocks[static_cast<std::size_t>(comm.rank())];
+    return {{"rank", comm.rank()}, {"rows", {r0, r1}}, {"timing", times.to_json()}};
+  }
+  times.time("segments", [&] { scan->update_segments(solve_threads(cfg)); });
+  times.time("edge_maps", [&] { scan->compute_edge_maps(solve_threads(cfg)); });
   nlohmann::json counters = nlohmann::json::object();
   for (const auto& [code, n] : issues) counters["issues." + code] = n;
   // The file records the arguments this fit ran with, not only the config's defaults.
@@ -71,28 +243,43 @@ nlohmann::json run_batch_fit(const Config& cfg, const BatchOptions& opt) {
   if (cfg.output.save_spectra && !spectra)
     spdlog::info("{} pixels > output.batch_spectra_max_pixels: the normalized spectra are not written (raise it to opt in)",
                  scan->pixels());
-  write_result_file(opt.output, *scan, effective, counters, spectra);
-  return {{"scan", scan->summary()}, {"counters", counters}, {"output", opt.output.string()}};
+  times.time("write", [&] { write_result_file(opt.output, *scan, effective, counters, spectra); });
+  times.set("total", std::chrono::duration<double>(StepTimes::Clock::now() - t_start).count());
+  nlohmann::json summary = {{"scan", scan->summary()}, {"counters", counters}, {"output", opt.output.string()}};
+  // Seconds per step; "fit" includes "reduce" (the image-level statistics of the blocks).
+  summary["timing"] = times.to_json();
+  if (comm.size() > 1) summary["ranks"] = comm.size(), summary["rank_timing"] = rank_timing;
+  return summary;
 }
 
+nlohmann::json run_batch_fit(const Config& cfg, const BatchOptions& opt) { return run_batch_fit(cfg, opt, parallel::SerialComm()); }
+
 int batch_command(const std::filesystem::path& config_file, const std::vector<std::string>& overrides, const BatchOptions& opt) {
+  const auto comm = parallel::start();  // MPI_COMM_WORLD under mpirun (MPI build), else one process
+  // A rank that fails ends the job: the others would wait for it in a collective.
+  auto fail = [&](int code) {
+    comm->abort(code);
+    return code;
+  };
   try {
     const Config cfg = config_file.empty() ? make_config(nlohmann::json::object(), overrides, std::filesystem::current_path())
                                            : load_config(config_file, overrides);
     spdlog::set_level(spdlog::level::from_str(cfg.log_level));
     const auto t0 = std::chrono::steady_clock::now();
-    const auto summary = run_batch_fit(cfg, opt);
+    const auto summary = run_batch_fit(cfg, opt, *comm);
+    if (comm->rank() != 0) return 0;
     if (!opt.quiet)
       std::fprintf(stderr, "xanesd fit: wrote %s in %.1f s\n", opt.output.string().c_str(),
                    std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     std::cout << summary.dump(2) << "\n";
     return 0;
   } catch (const ConfigError& e) {
-    std::fprintf(stderr, "xanesd fit: configuration error: %s\n", e.what());
-    return 2;
+    if (comm->rank() == 0) std::fprintf(stderr, "xanesd fit: configuration error: %s\n", e.what());
+    return 2;  // every rank finds the same configuration error
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "xanesd fit: %s\n", e.what());
-    return 1;
+    std::fprintf(stderr, "xanesd fit: %s%s\n", comm->size() > 1 ? ("rank " + std::to_string(comm->rank()) + ": ").c_str() : "",
+                 e.what());
+    return fail(1);
   }
 }
 

@@ -10,6 +10,10 @@
 
 #include "config/config.hpp"
 
+namespace xanesd::parallel {
+class Comm;
+}
+
 namespace xanesd {
 
 struct BatchOptions {
@@ -22,6 +26,9 @@ struct BatchOptions {
 // Fits the scan and writes the result file; returns a summary (scan, counters by issue code).
 // Throws ConfigError / std::runtime_error with a clear message on unusable input.
 nlohmann::json run_batch_fit(const Config& cfg, const BatchOptions& opt);
+// The same on every rank of `comm` (xanesd fit under mpirun, README "MPI"): each rank reads and
+// fits its block of rows; rank 0 writes the result file, equal to the one-process fit's.
+nlohmann::json run_batch_fit(const Config& cfg, const BatchOptions& opt, const parallel::Comm& comm);
 
 // `xanesd fit` once its command line is parsed (main.cpp): loads the config (or the defaults),
 // fits, prints the summary; returns the process exit code.

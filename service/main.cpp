@@ -9,11 +9,12 @@
 #include "cli.hpp"
 #include "config/config.hpp"
 #include "daemon.hpp"
+#include "parallel/comm.hpp"
 #include "security/curve.hpp"
 
 int main(int argc, char** argv) {
   CLI::App app("xanesd: live XANES speciation daemon. Config keys are documented in config/README.md.", "xanesd");
-  app.set_version_flag("--version", std::string("xanesd ") + XANESD_VERSION);
+  app.set_version_flag("--version", std::string("xanesd ") + XANESD_VERSION + (xanesd::parallel::mpi_build() ? " (MPI)" : ""));
   std::string config_file;
   std::vector<std::string> overrides;
   bool config_keys = false;
@@ -21,7 +22,8 @@ int main(int argc, char** argv) {
   app.add_option("--set", overrides, "override a config key: key=value (repeatable)")->allow_extra_args(false);
   app.add_flag("--config-keys", config_keys, "print every config key as a Markdown table");
 
-  auto* fit = app.add_subcommand("fit", "fit a scan file (or a result file) with the daemon's code and write the same result file");
+  auto* fit = app.add_subcommand("fit", std::string("fit a scan file (or a result file) with the daemon's code and write the same result file") +
+                                            (xanesd::parallel::mpi_build() ? "; under mpirun -np N each rank fits a block of rows (README \"MPI\")" : ""));
   xanesd::BatchOptions fit_opt;
   std::string fit_config;
   std::vector<std::string> fit_overrides;

@@ -112,8 +112,9 @@ std::vector<float> to_floats(const protocol::Array& a) {
 }
 }  // namespace
 
-Scan::Scan(protocol::StartMsg start, const std::vector<science::Reference>& refs, const ScanSettings& settings)
-    : start_(std::move(start)), settings_(settings),
+Scan::Scan(protocol::StartMsg start, const std::vector<science::Reference>& refs, const ScanSettings& settings,
+           science::ImagePart part)
+    : start_(std::move(start)), settings_(settings), part_(std::move(part)),
       npix_(static_cast<std::size_t>(start_.rows) * static_cast<std::size_t>(start_.cols)),
       store_(start_.energies_eV.size() * npix_, NAN),
       xrf_(start_.xrf_channels.size() * npix_, NAN),
@@ -498,7 +499,10 @@ bool keeps_count_scales(const ScanSettings& s, std::size_t pixels) {
          (s.weighting == W::final_maps && !s.spatial.enabled && static_cast<double>(pixels) <= s.poisson_max_pixels);
 }
 
-bool Scan::keeps_count_scales() const { return xanesd::keeps_count_scales(settings_, npix_); }
+bool Scan::keeps_count_scales() const {
+  const std::size_t image = part_.image_rows > 0 ? static_cast<std::size_t>(part_.image_rows) * static_cast<std::size_t>(start_.cols) : npix_;
+  return xanesd::keeps_count_scales(settings_, image);
+}
 
 bool Scan::spatial_solve() const {
   if (!settings_.spatial.enabled) return false;
@@ -532,7 +536,7 @@ std::size_t Scan::solve_changed(int threads) {
     lcf_spatial_ = sp;
   }
   const auto n = lcf_->solve_changed(threads);
-  mask_ = science::quality_mask(lcf_->maps(), settings_.mask);
+  mask_ = science::quality_mask(lcf_->maps(), settings_.mask, part_);
   return n;
 }
 
@@ -541,7 +545,7 @@ bool Scan::update_reference_selection(int threads) {
   selection_tried_ = true;
   const auto& sel = settings_.selection;
   auto evidence = science::selection_evidence(*library_model_, store_.data(), npix_, rows(), cols(), mask_.valid.data(),
-                                              sel.max_tiles);
+                                              sel.max_tiles, 64, part_);
   const auto previous = selection_ && selection_->done() ? selection_->selected() : std::vector<std::uint8_t>{};
   auto next = science::select_references(*library_model_, evidence, sel, previous);
   // Not enough evidence yet (or none of the references explains the data): keep what is fitted.
@@ -560,6 +564,23 @@ bool Scan::update_reference_selection(int threads) {
   refill_fit();
   solve_changed(threads);
   return true;
+}
+
+void Scan::adopt(ImageResults&& image, const Scan& block) {
+  store_ = std::move(image.store);
+  xrf_ = std::move(image.xrf);
+  state_ = block.state_, stop_reason_ = block.stop_reason_, started_ = block.started_, ended_ = block.ended_;
+  seqs_seen_ = block.seqs_seen_, max_seq_ = block.max_seq_, last_seq_ = block.last_seq_;
+  frames_applied_ = block.frames_applied_, segment_first_frame_ = block.segment_first_frame_;
+  energy_seen_ = block.energy_seen_, flags_ = std::move(image.flags);
+  selected_ = block.selected_, selection_ = block.selection_, selection_tried_ = block.selection_tried_;
+  build_fit();  // the references the blocks fitted
+  pending_planes_.clear();
+  if (lcf_) lcf_->adopt_maps(std::move(image.maps), std::move(image.spatial_neighbours));
+  lcf_weighted_ = block.lcf_weighted_, lcf_spatial_ = block.lcf_spatial_;
+  mask_.valid = std::move(image.valid);
+  mask_.thickness_threshold = block.mask_.thickness_threshold;
+  mask_.n_valid = static_cast<std::size_t>(std::count(mask_.valid.begin(), mask_.valid.end(), 1));
 }
 
 void Scan::update_segments(int threads) {

@@ -13,6 +13,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "science/image_part.hpp"
 #include "science/incremental_lcf.hpp"
 #include "science/edge_maps.hpp"
 #include "science/masks.hpp"
@@ -87,7 +88,26 @@ class Scan : private science::SampleSource {
  public:
   // The references are resampled onto the scan's energies; if that fails the scan still
   // records every frame and `fit_error()` says why there are no maps.
-  Scan(protocol::StartMsg start, const std::vector<science::Reference>& refs, const ScanSettings& settings);
+  // `part`: this scan is one row block of an image several processes fit (xanes fit under MPI,
+  // service/parallel): its mask percentile and reference selection are the whole image's, and
+  // the choices made by image size (Poisson weighting) are the image's.
+  Scan(protocol::StartMsg start, const std::vector<science::Reference>& refs, const ScanSettings& settings,
+       science::ImagePart part = {});
+
+  // The whole image's per-pixel state, assembled from the row blocks of such a job.
+  struct ImageResults {
+    std::vector<float> store, xrf;  // E × P, C × P
+    science::LcfMaps maps;
+    std::vector<float> spatial_neighbours;  // P, or empty without the spatial step
+    std::vector<std::uint8_t> valid;        // the quality mask
+    std::map<std::string, std::int64_t> flags;  // flagged samples by code, summed over the blocks
+  };
+  const std::map<std::string, std::int64_t>& flagged_samples() const { return flags_; }
+  // Takes `image` as this (whole-image) scan's per-pixel state, and the image-level state (the
+  // references selected and fitted, the mask threshold, frames, sequence numbers, state) from
+  // `block`, one row block of the same scan (the flagged-sample counts from `image`): segmentation, edge maps and the result file then
+  // run on this scan as on a scan fitted in one process.
+  void adopt(ImageResults&& image, const Scan& block);
 
   FrameOutcome apply(protocol::FrameMsg& frame);
 
@@ -185,6 +205,7 @@ class Scan : private science::SampleSource {
 
   protocol::StartMsg start_;
   ScanSettings settings_;
+  science::ImagePart part_;
   std::size_t npix_;
   ScanState state_ = ScanState::running;
   std::string stop_reason_;

@@ -111,6 +111,12 @@ class IncrementalLcf {
   const std::vector<float>& spatial_neighbours() const { return spatial_result_.neighbours; }
 
   const LcfMaps& maps() const { return maps_; }
+  // The maps of a whole image assembled from row blocks other fits solved (xanesd fit under MPI,
+  // Scan::adopt); this fit's statistics stay as they are (not solved again).
+  void adopt_maps(LcfMaps maps, std::vector<float> spatial_neighbours) {
+    maps_ = std::move(maps);
+    spatial_result_.neighbours = std::move(spatial_neighbours);
+  }
   const LcfModel& model() const { return model_; }
   const SolveOptions& options() const { return options_; }
   FitMethod method() const { return options_.method; }

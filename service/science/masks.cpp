@@ -4,15 +4,17 @@
 
 namespace xanesd::science {
 
-QualityMask quality_mask(const LcfMaps& maps, const MaskSettings& s) {
+QualityMask quality_mask(const LcfMaps& maps, const MaskSettings& s, const ImagePart& part) {
   const std::size_t P = maps.thickness.size();
   QualityMask m;
   m.thickness_threshold = s.thickness_min;
   if (s.thickness_min_relative > 0) {
     std::vector<float> t;
-    t.reserve(P);
-    for (std::size_t p = 0; p < P; ++p)
+    const std::size_t own0 = std::min(part.begin, P), own1 = std::min(part.end, P);
+    t.reserve(own1 - own0);
+    for (std::size_t p = own0; p < own1; ++p)
       if (maps.fitted[p]) t.push_back(maps.thickness[p]);
+    if (part.gather) t = part.gather(std::move(t));  // the whole image's, in pixel order
     if (!t.empty()) {
       const auto k = static_cast<std::ptrdiff_t>(static_cast<double>(t.size() - 1) * 0.99);
       std::nth_element(t.begin(), t.begin() + k, t.end());

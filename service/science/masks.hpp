@@ -7,6 +7,7 @@
 #include <span>
 #include <vector>
 
+#include "science/image_part.hpp"
 #include "science/incremental_lcf.hpp"
 
 namespace xanesd::science {
@@ -24,7 +25,9 @@ struct QualityMask {
   std::size_t n_valid = 0;
 };
 
-QualityMask quality_mask(const LcfMaps& maps, const MaskSettings& s);
+// `part`: the maps are one part of the image; the percentile is the whole image's (its own
+// pixels gathered from every part), the mask covers every pixel of the maps.
+QualityMask quality_mask(const LcfMaps& maps, const MaskSettings& s, const ImagePart& part = {});
 
 // fractions (K·P) with masked pixels set to 0.
 std::vector<float> apply_mask(std::span<const float> per_pixel_k, const std::vector<std::uint8_t>& valid);

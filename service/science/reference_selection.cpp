@@ -4,6 +4,7 @@
 #include <cmath>
 #include <numeric>
 #include <stdexcept>
+#include <string>
 #include <thread>
 
 #include "science/random.hpp"
@@ -249,19 +250,38 @@ ReferenceSelection select_references(const LcfModel& library, const SelectionEvi
   return out;
 }
 
-SelectionEvidence selection_evidence(const LcfModel& library, const float* planes, std::size_t npix, int rows, int cols,
-                                     const std::uint8_t* material, int max_tiles, int noise_pixels) {
+int selection_tile_side(int rows, int cols, int max_tiles) {
+  const double area = static_cast<double>(rows) * cols / std::max(1, max_tiles);
+  return std::max(6, static_cast<int>(std::ceil(std::sqrt(area))));
+}
+
+SelectionEvidence selection_evidence(const LcfModel& library, const float* all_planes, std::size_t npix, int rows, int cols,
+                                     const std::uint8_t* all_material, int max_tiles, int noise_pixels, const ImagePart& part) {
   SelectionEvidence ev;
   const int E = static_cast<int>(library.X.rows()), M = library.n_params();
-  std::size_t n_material = 0;
-  for (std::size_t p = 0; p < npix; ++p) n_material += material[p] != 0;
-  if (n_material == 0) return ev;
+  // This part's own pixels: `own` of them from pixel own0, plane e at planes + e·npix.
+  const std::size_t own0 = std::min(part.begin, npix), own = std::min(part.end, npix) - own0;
+  const float* planes = all_planes + own0;
+  const std::uint8_t* material = all_material + own0;
+  const int own_rows = cols > 0 ? static_cast<int>(own / static_cast<std::size_t>(cols)) : 0;
+  const int image_rows = part.image_rows > 0 ? part.image_rows : rows, row0 = part.row0;
+  auto sum = [&](std::span<double> v) {
+    if (part.sum) part.sum(v);
+  };
+  // Counts over the whole image: material pixels, then those measured at each energy.
+  std::vector<double> measured(static_cast<std::size_t>(E) + 1, 0.0);
+  for (std::size_t p = 0; p < own; ++p) measured[static_cast<std::size_t>(E)] += material[p] != 0;
   for (int e = 0; e < E; ++e) {
     const float* plane = planes + static_cast<std::size_t>(e) * npix;
     std::size_t n = 0;
-    for (std::size_t p = 0; p < npix; ++p) n += material[p] && !std::isnan(plane[p]);
-    if (n * 10 >= n_material * 9) ev.energies.push_back(e);
+    for (std::size_t p = 0; p < own; ++p) n += material[p] && !std::isnan(plane[p]);
+    measured[static_cast<std::size_t>(e)] = static_cast<double>(n);
   }
+  sum(measured);
+  const auto n_material = static_cast<std::size_t>(measured[static_cast<std::size_t>(E)]);
+  if (n_material == 0) return ev;
+  for (int e = 0; e < E; ++e)
+    if (static_cast<std::size_t>(measured[static_cast<std::size_t>(e)]) * 10 >= n_material * 9) ev.energies.push_back(e);
   const int n = static_cast<int>(ev.energies.size());
   if (n < M + 3) return ev;
 
@@ -273,22 +293,25 @@ SelectionEvidence selection_evidence(const LcfModel& library, const float* plane
   const double dof = n - M;
 
   // Square tiles, at least 6 pixels a side, at most max_tiles of them.
-  const double area = static_cast<double>(rows) * cols / std::max(1, max_tiles);
-  const int side = std::max(6, static_cast<int>(std::ceil(std::sqrt(area))));
-  const int tiles_across = (cols + side - 1) / side, tiles_down = (rows + side - 1) / side;
+  const int side = selection_tile_side(image_rows, cols, max_tiles);
+  if (row0 % side != 0 || ((row0 + own_rows) % side != 0 && row0 + own_rows != image_rows))
+    throw std::invalid_argument("selection_evidence: image rows " + std::to_string(row0) + ".." +
+                                std::to_string(row0 + own_rows - 1) + " do not start and end on tiles of " +
+                                std::to_string(side) + " rows");
+  const int tiles_across = (cols + side - 1) / side, tiles_down = (image_rows + side - 1) / side;
   const std::size_t T = static_cast<std::size_t>(tiles_across) * static_cast<std::size_t>(tiles_down);
   // Which pixels count: material, measured at every energy used (plane by plane: contiguous reads).
-  std::vector<std::uint8_t> use(material, material + npix);
+  std::vector<std::uint8_t> use(material, material + own);
   for (int e : ev.energies) {
     const float* plane = planes + static_cast<std::size_t>(e) * npix;
-    for (std::size_t p = 0; p < npix; ++p) use[p] &= std::isfinite(plane[p]) ? 1 : 0;
+    for (std::size_t p = 0; p < own; ++p) use[p] &= std::isfinite(plane[p]) ? 1 : 0;
   }
-  std::vector<std::uint32_t> tile_of(npix);
+  std::vector<std::uint32_t> tile_of(own);
   std::vector<double> count(T, 0.0);
-  for (int r = 0; r < rows; ++r)
+  for (int r = 0; r < own_rows; ++r)
     for (int c = 0; c < cols; ++c) {
       const std::size_t p = static_cast<std::size_t>(r) * cols + c;
-      tile_of[p] = static_cast<std::uint32_t>((r / side) * tiles_across + c / side);
+      tile_of[p] = static_cast<std::uint32_t>(((row0 + r) / side) * tiles_across + c / side);
       count[tile_of[p]] += use[p];
     }
   // Tile sums, plane by plane: each row's run of `side` pixels summed at once (a contiguous,
@@ -297,8 +320,8 @@ SelectionEvidence selection_evidence(const LcfModel& library, const float* plane
   auto tile_sums = [&](int i_begin, int i_end) {
     for (int i = i_begin; i < i_end; ++i) {
       const float* plane = planes + static_cast<std::size_t>(ev.energies[static_cast<std::size_t>(i)]) * npix;
-      for (int r = 0; r < rows; ++r)
-        for (int c0 = 0, t = (r / side) * tiles_across; c0 < cols; c0 += side, ++t) {
+      for (int r = 0; r < own_rows; ++r)
+        for (int c0 = 0, t = ((row0 + r) / side) * tiles_across; c0 < cols; c0 += side, ++t) {
           const std::size_t p0 = static_cast<std::size_t>(r) * cols + c0, len = static_cast<std::size_t>(std::min(side, cols - c0));
           double s = 0;
           for (std::size_t k = 0; k < len; ++k) s += use[p0 + k] ? static_cast<double>(plane[p0 + k]) : 0.0;
@@ -306,22 +329,26 @@ SelectionEvidence selection_evidence(const LcfModel& library, const float* plane
         }
     }
   };
-  if (npix >= 65536 && n >= 2) {
+  if (own >= 65536 && n >= 2) {
     std::jthread other(tile_sums, n / 2, n);
     tile_sums(0, n / 2);
   } else {
     tile_sums(0, n);
   }
   // Noise: the first noise_pixels used pixels of each tile, gathered one by one.
-  std::vector<double> var_sum(T, 0.0);
-  std::vector<int> noise_count(T, 0);
+  std::vector<double> var_sum(T, 0.0), noise_count(T, 0.0);
   Eigen::VectorXd y(n);
-  for (std::size_t p = 0; p < npix; ++p) {
+  for (std::size_t p = 0; p < own; ++p) {
     const auto t = tile_of[p];
     if (!use[p] || noise_count[t] >= noise_pixels) continue;
     for (int i = 0; i < n; ++i) y(i) = planes[static_cast<std::size_t>(ev.energies[static_cast<std::size_t>(i)]) * npix + p];
     var_sum[t] += std::max(0.0, y.squaredNorm() - (Q.transpose() * y).squaredNorm()) / dof, ++noise_count[t];
   }
+  // Every tile is in one part: the other parts add zeros.
+  sum(count);
+  sum(std::span<double>(sums.data(), static_cast<std::size_t>(sums.size())));
+  sum(var_sum);
+  sum(noise_count);
   std::vector<Eigen::VectorXd> means;
   std::vector<double> sigmas;
   for (std::size_t t = 0; t < T; ++t) {

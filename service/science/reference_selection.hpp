@@ -18,6 +18,7 @@
 
 #include <Eigen/Dense>
 
+#include "science/image_part.hpp"
 #include "science/lcf.hpp"
 
 namespace xanesd::science {
@@ -82,7 +83,15 @@ ReferenceSelection select_references(const LcfModel& library, const SelectionEvi
 // them, and each tile's noise from the residual of an unconstrained fit of its pixels against
 // the whole library (at most `noise_pixels` per tile). Fewer energies than parameters + 3 or no
 // material: empty evidence.
+// `part`: the planes are one part of the image (npix pixels, `rows` rows with its halo); only its
+// own pixels are read, and the tile statistics of every part are summed (`part.sum`). Each tile
+// lies in one part when parts start at multiples of selection_tile_side, so the sums add zeros
+// and the evidence is the whole image's bit for bit. Throws std::invalid_argument otherwise.
 SelectionEvidence selection_evidence(const LcfModel& library, const float* planes, std::size_t npix, int rows,
-                                     int cols, const std::uint8_t* material, int max_tiles, int noise_pixels = 64);
+                                     int cols, const std::uint8_t* material, int max_tiles, int noise_pixels = 64,
+                                     const ImagePart& part = {});
+// The side of the evidence's square tiles for an image of rows × cols (at least 6 pixels, at
+// most max_tiles tiles).
+int selection_tile_side(int rows, int cols, int max_tiles);
 
 }  // namespace xanesd::science

@@ -31,8 +31,8 @@ Handle create_file(const std::filesystem::path& path) {
   return Handle(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), H5Fclose,
                 "create file '" + path.string() + "'");
 }
-Handle open_file(const std::filesystem::path& path) {
-  return Handle(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose, "open file '" + path.string() + "'");
+Handle open_file(const std::filesystem::path& path, hid_t access) {
+  return Handle(H5Fopen(path.c_str(), H5F_ACC_RDONLY, access), H5Fclose, "open file '" + path.string() + "'");
 }
 Handle create_group(hid_t loc, const std::string& name, const std::string& nx_class) {
   Handle g(H5Gcreate2(loc, name.c_str(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Gclose, "create group '" + name + "'");
@@ -178,16 +178,19 @@ std::vector<T> read(hid_t loc, const std::string& name, std::vector<hsize_t>* di
 }
 
 template <class T>
-void read_planes_into(hid_t loc, const std::string& name, hsize_t first, hsize_t count, std::span<T> out) {
+void read_planes_into(hid_t loc, const std::string& name, hsize_t first, hsize_t count, std::span<T> out,
+                      hsize_t row_begin, hsize_t row_count, hid_t transfer) {
   auto dims = shape(loc, name);
   if (dims.size() != 3 || first + count > dims[0]) throw Error("HDF5: bad plane range for '" + name + "'");
-  if (out.size() != count * dims[1] * dims[2]) throw Error("HDF5: buffer size does not match the planes of '" + name + "'");
+  if (row_count == 0) row_begin = 0, row_count = dims[1];
+  if (row_begin + row_count > dims[1]) throw Error("HDF5: bad row range for '" + name + "'");
+  if (out.size() != count * row_count * dims[2]) throw Error("HDF5: buffer size does not match the planes of '" + name + "'");
   Handle ds(H5Dopen2(loc, name.c_str(), H5P_DEFAULT), H5Dclose, "open dataset '" + name + "'");
   Handle fspace(H5Dget_space(ds), H5Sclose, "get space");
-  const hsize_t start[3] = {first, 0, 0}, cnt[3] = {count, dims[1], dims[2]};
+  const hsize_t start[3] = {first, row_begin, 0}, cnt[3] = {count, row_count, dims[2]};
   H5Sselect_hyperslab(fspace, H5S_SELECT_SET, start, nullptr, cnt, nullptr);
   Handle mspace(H5Screate_simple(3, cnt, nullptr), H5Sclose, "create memory space");
-  if (H5Dread(ds, native_type<T>(), mspace, fspace, H5P_DEFAULT, out.data()) < 0)
+  if (H5Dread(ds, native_type<T>(), mspace, fspace, transfer, out.data()) < 0)
     throw Error("HDF5: cannot read planes of '" + name + "'");
 }
 
@@ -221,7 +224,7 @@ std::vector<std::string> list(hid_t group) {
   template void write<T>(hid_t, const std::string&, const T*, const std::vector<hsize_t>&);            \
   template std::vector<T> read<T>(hid_t, const std::string&, std::vector<hsize_t>*);                   \
   template std::vector<T> read_planes<T>(hid_t, const std::string&, hsize_t, hsize_t); \
-  template void read_planes_into<T>(hid_t, const std::string&, hsize_t, hsize_t, std::span<T>);
+  template void read_planes_into<T>(hid_t, const std::string&, hsize_t, hsize_t, std::span<T>, hsize_t, hsize_t, hid_t);
 XANESD_H5_INSTANTIATE(float)
 XANESD_H5_INSTANTIATE(double)
 XANESD_H5_INSTANTIATE(std::int32_t)

@@ -37,7 +37,8 @@ class Handle {
 };
 
 Handle create_file(const std::filesystem::path& path);  // truncates
-Handle open_file(const std::filesystem::path& path);    // read-only
+// Read-only; `access`: a file access property list (an MPI-IO one from service/parallel).
+Handle open_file(const std::filesystem::path& path, hid_t access = H5P_DEFAULT);
 Handle create_group(hid_t loc, const std::string& name, const std::string& nx_class = "");
 Handle open_group(hid_t loc, const std::string& name);
 bool exists(hid_t loc, const std::string& path);
@@ -70,8 +71,11 @@ std::vector<std::string> list(hid_t group);
 // Reads planes [first, first+count) along axis 0 of a 3-D dataset (for streaming large scans).
 template <class T>
 std::vector<T> read_planes(hid_t loc, const std::string& name, hsize_t first, hsize_t count);
-// The same into `out` (count × plane size elements): a buffer reused across reads.
+// The same into `out` (count × plane size elements): a buffer reused across reads. Only rows
+// [row_begin, row_begin + row_count) of each plane when row_count > 0 (an MPI rank's block),
+// read with the transfer property list `transfer` (collective under MPI).
 template <class T>
-void read_planes_into(hid_t loc, const std::string& name, hsize_t first, hsize_t count, std::span<T> out);
+void read_planes_into(hid_t loc, const std::string& name, hsize_t first, hsize_t count, std::span<T> out,
+                      hsize_t row_begin = 0, hsize_t row_count = 0, hid_t transfer = H5P_DEFAULT);
 
 }  // namespace xanesd::h5

@@ -38,9 +38,15 @@ std::int64_t scan_file_frames(const protocol::StartMsg& start, const ScanFileOpt
   return energies * static_cast<std::int64_t>((pixels + chunk - 1) / chunk);
 }
 
+std::pair<int, int> scan_file_image(const std::filesystem::path& path, hid_t file_access) {
+  const auto dims = h5::shape(h5::open_file(path, file_access), "raw/counts");
+  if (dims.size() != 3) throw std::runtime_error("/raw/counts must be E×rows×cols with E = len(/energy)");
+  return {static_cast<int>(dims[1]), static_cast<int>(dims[2])};
+}
+
 std::int64_t read_scan_file(const std::filesystem::path& path, const ScanFileOptions& opt,
                             const std::function<void(protocol::IngestMessage&&)>& emit) {
-  auto file = h5::open_file(path);
+  auto file = h5::open_file(path, opt.file_access);
   const auto mode = protocol::mode_from_string(h5::read_attr_string(file, "mode"));
   const auto energies = h5::read<double>(file, "energy");
   const auto dims = h5::shape(file, "raw/counts");
@@ -53,9 +59,20 @@ std::int64_t read_scan_file(const std::filesystem::path& path, const ScanFileOpt
       dims[1] > max_pixels || dims[2] > max_pixels || dims[1] * dims[2] > max_pixels)
     throw std::runtime_error("/raw/counts must be E×rows×cols with 1 ≤ E ≤ " + std::to_string(protocol::kMaxEnergies) +
                              " and 1 ≤ rows·cols ≤ " + std::to_string(protocol::kMaxPixels));
-  const int E = static_cast<int>(dims[0]), R = static_cast<int>(dims[1]), C = static_cast<int>(dims[2]);
-  const std::size_t P = static_cast<std::size_t>(R) * C;
+  const int E = static_cast<int>(dims[0]), C = static_cast<int>(dims[2]);
   const std::vector<hsize_t> image{dims[1], dims[2]};
+  // The rows this reader covers (all but for an MPI rank's block); R of them from row W0.
+  const int W0 = opt.row_begin, R = (opt.row_end < 0 ? static_cast<int>(dims[1]) : opt.row_end) - W0;
+  if (W0 < 0 || R < 1 || W0 + R > static_cast<int>(dims[1]))
+    throw std::runtime_error("rows " + std::to_string(W0) + ".." + std::to_string(W0 + R - 1) + " are not rows of /raw/counts");
+  const bool window = R != static_cast<int>(dims[1]);
+  if (window && opt.order != protocol::Order::energy_major) throw std::runtime_error("a row block is read energy-major only");
+  const std::size_t P = static_cast<std::size_t>(R) * C;
+  // A whole-image 2-D array cut to the rows read.
+  auto cut = [&](std::vector<float> v) {
+    if (window) v = std::vector<float>(v.begin() + static_cast<long>(W0) * C, v.begin() + static_cast<long>(W0 + R) * C);
+    return v;
+  };
   // The energies this scan measures: all, or the file's nearest to each requested one.
   std::vector<int> plan;
   if (opt.only_energies_eV.empty()) {
@@ -92,13 +109,13 @@ std::int64_t read_scan_file(const std::filesystem::path& path, const ScanFileOpt
   start.order = opt.order;
   if (h5::exists(file, "raw/dark")) {
     require_shape(file, "raw/dark", image, "rows×cols like a plane of /raw/counts");
-    const auto d = h5::read<float>(file, "raw/dark");
+    const auto d = cut(h5::read<float>(file, "raw/dark"));
     start.dark = Array::from<float>("dark", d, {R, C});
   }
   if (h5::exists(file, "raw/flat")) {
     flat_per_energy = h5::shape(file, "raw/flat").size() == 3;
     require_shape(file, "raw/flat", flat_per_energy ? dims : image, "rows×cols, or E×rows×cols like /raw/counts");
-    if (!flat_per_energy) start.flat = Array::from<float>("flat", h5::read<float>(file, "raw/flat"), {R, C});
+    if (!flat_per_energy) start.flat = Array::from<float>("flat", cut(h5::read<float>(file, "raw/flat")), {R, C});
   }
   std::vector<std::vector<float>> xrf;
   if (h5::exists(file, "xrf")) {
@@ -106,7 +123,7 @@ std::int64_t read_scan_file(const std::filesystem::path& path, const ScanFileOpt
     for (const auto& name : h5::list(g)) {
       require_shape(file, "xrf/" + name, image, "rows×cols (XRF channel " + name + ")");
       start.xrf_channels.push_back(name);
-      xrf.push_back(h5::read<float>(g, name));
+      xrf.push_back(cut(h5::read<float>(g, name)));
     }
   }
 
@@ -140,9 +157,13 @@ std::int64_t read_scan_file(const std::filesystem::path& path, const ScanFileOpt
     };
     for (int j = 0; j < planned; ++j) {
       const int e = plan[static_cast<std::size_t>(j)];
-      h5::read_planes_into<float>(file, "raw/counts", static_cast<hsize_t>(e), 1, std::span<float>(counts));
-      if (i0_per_pixel) h5::read_planes_into<float>(file, "raw/i0", static_cast<hsize_t>(e), 1, std::span<float>(i0));
-      if (flat_per_energy) h5::read_planes_into<float>(file, "raw/flat", static_cast<hsize_t>(e), 1, std::span<float>(flat));
+      auto read_plane = [&](const char* name, std::vector<float>& into) {
+        h5::read_planes_into<float>(file, name, static_cast<hsize_t>(e), 1, std::span<float>(into), static_cast<hsize_t>(W0),
+                                    static_cast<hsize_t>(R), opt.transfer);
+      };
+      read_plane("raw/counts", counts);
+      if (i0_per_pixel) read_plane("raw/i0", i0);
+      if (flat_per_energy) read_plane("raw/flat", flat);
       for (int r0 = 0; r0 < R; r0 += block) {
         const int n = std::min(block, R - r0);
         auto f = base_frame(j);

@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include <hdf5.h>
+
 #include "xanesd/protocol/messages.hpp"
 
 namespace xanesd {
@@ -25,7 +27,16 @@ struct ScanFileOptions {
   // the next frame (no allocation, page faults or copy per frame). Only for a consumer that is
   // done with a frame when emit returns (the batch fit), not for one that queues it (a sender).
   bool borrow_buffers = false;
+  // Energy-major: only image rows [row_begin, row_end) (row_end < 0: to the last), as a scan of
+  // that many rows (start, dark, flat, XRF and frames cut to them): an MPI rank's block of the
+  // image (service/parallel). The planes' rows are read with hyperslab selections using these
+  // HDF5 property lists (MPI-IO file access, collective transfer; default: serial).
+  int row_begin = 0, row_end = -1;
+  hid_t file_access = H5P_DEFAULT, transfer = H5P_DEFAULT;
 };
+
+// The image shape (rows, cols) of a scan file's /raw/counts, without reading it.
+std::pair<int, int> scan_file_image(const std::filesystem::path& path, hid_t file_access = H5P_DEFAULT);
 
 // How many frames read_scan_file emits for the scan its start message describes (progress, ETA).
 std::int64_t scan_file_frames(const protocol::StartMsg& start, const ScanFileOptions& opt);

@@ -1,0 +1,55 @@
+// The thin layer between `xanesd fit` and MPI (README "MPI"): what the batch fit needs of a
+// communicator, nothing more. One process is the identity (SerialComm); the MPI build adds
+// MpiComm (comm_mpi.cpp, MPI_COMM_WORLD), so no MPI header or #ifdef reaches the science.
+#pragma once
+
+#include <hdf5.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <vector>
+
+namespace xanesd::parallel {
+
+class Comm {
+ public:
+  virtual ~Comm() = default;
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+  // Returns when every rank has called it.
+  virtual void barrier() const = 0;
+  // Each element summed over the ranks, in place, on every rank.
+  virtual void sum(std::span<double> v) const = 0;
+  // Every rank's `local` concatenated in rank order, on every rank.
+  virtual std::vector<float> all_gather(std::span<const float> local) const = 0;
+  // Every rank's bytes concatenated in rank order on rank 0 (empty elsewhere).
+  virtual std::vector<std::byte> gather(std::span<const std::byte> local) const = 0;
+  // HDF5 property lists for reading one file from every rank: MPI-IO file access and
+  // collective transfers under MPI, H5P_DEFAULT in one process.
+  virtual hid_t h5_file_access() const { return H5P_DEFAULT; }
+  virtual hid_t h5_transfer() const { return H5P_DEFAULT; }
+  // Ends the whole job (an error on one rank would leave the others waiting in a collective).
+  virtual void abort(int code) const = 0;
+};
+
+class SerialComm final : public Comm {
+ public:
+  int rank() const override { return 0; }
+  int size() const override { return 1; }
+  void barrier() const override {}
+  void sum(std::span<double>) const override {}
+  std::vector<float> all_gather(std::span<const float> local) const override { return {local.begin(), local.end()}; }
+  std::vector<std::byte> gather(std::span<const std::byte> local) const override { return {local.begin(), local.end()}; }
+  void abort(int) const override {}
+};
+
+// The job's communicator: MPI_COMM_WORLD in the MPI build (MPI initialized here, finalized when
+// it is destroyed), SerialComm otherwise. Only `xanesd fit` starts one; the daemon never does.
+std::unique_ptr<Comm> start();
+
+// Whether this build has MPI (xanesd --version says so).
+bool mpi_build();
+
+}  // namespace xanesd::parallel

@@ -1,0 +1,96 @@
+// The MPI build (-DXANESD_MPI=ON): MPI_COMM_WORLD and parallel HDF5's MPI-IO driver.
+#include <mpi.h>
+
+#include <cstdio>
+#include <stdexcept>
+#include <string>
+
+#include "parallel/comm.hpp"
+
+namespace xanesd::parallel {
+
+namespace {
+
+void check(int rc, const char* what) {
+  if (rc != MPI_SUCCESS) throw std::runtime_error(std::string("MPI: ") + what + " failed");
+}
+
+class MpiComm final : public Comm {
+ public:
+  MpiComm() {
+    int initialized = 0;
+    MPI_Initialized(&initialized);
+    // Only the main thread calls MPI (the science's own threads never do).
+    int provided = 0;
+    if (!initialized) check(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided), "MPI_Init_thread");
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank_);
+    MPI_Comm_size(MPI_COMM_WORLD, &size_);
+    access_ = H5Pcreate(H5P_FILE_ACCESS);
+    H5Pset_fapl_mpio(access_, MPI_COMM_WORLD, MPI_INFO_NULL);
+    transfer_ = H5Pcreate(H5P_DATASET_XFER);
+    H5Pset_dxpl_mpio(transfer_, H5FD_MPIO_COLLECTIVE);
+  }
+  ~MpiComm() override {
+    H5Pclose(access_);
+    H5Pclose(transfer_);
+    int finalized = 0;
+    MPI_Finalized(&finalized);
+    if (!finalized) MPI_Finalize();
+  }
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+  void barrier() const override { check(MPI_Barrier(MPI_COMM_WORLD), "MPI_Barrier"); }
+  void sum(std::span<double> v) const override {
+    check(MPI_Allreduce(MPI_IN_PLACE, v.data(), static_cast<int>(v.size()), MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD),
+          "MPI_Allreduce");
+  }
+  std::vector<float> all_gather(std::span<const float> local) const override {
+    const auto counts = counts_of(static_cast<int>(local.size()));
+    std::vector<int> displs(counts.size(), 0);
+    for (std::size_t r = 1; r < counts.size(); ++r) displs[r] = displs[r - 1] + counts[r - 1];
+    std::vector<float> all(static_cast<std::size_t>(displs.back() + counts.back()));
+    check(MPI_Allgatherv(local.data(), static_cast<int>(local.size()), MPI_FLOAT, all.data(), counts.data(), displs.data(),
+                         MPI_FLOAT, MPI_COMM_WORLD),
+          "MPI_Allgatherv");
+    return all;
+  }
+  std::vector<std::byte> gather(std::span<const std::byte> local) const override {
+    // Counts as int: a block above 2 GiB per rank would need MPI 4's large counts.
+    if (local.size() > static_cast<std::size_t>(INT32_MAX)) throw std::runtime_error("MPI: a rank's block exceeds 2 GiB");
+    const auto counts = counts_of(static_cast<int>(local.size()));
+    std::vector<int> displs(counts.size(), 0);
+    std::size_t total = counts.empty() ? 0 : static_cast<std::size_t>(counts[0]);
+    for (std::size_t r = 1; r < counts.size(); ++r) {
+      if (total + static_cast<std::size_t>(counts[r]) > static_cast<std::size_t>(INT32_MAX))
+        throw std::runtime_error("MPI: the gathered image exceeds 2 GiB");
+      displs[r] = static_cast<int>(total);
+      total += static_cast<std::size_t>(counts[r]);
+    }
+    std::vector<std::byte> all(rank_ == 0 ? total : 0);
+    check(MPI_Gatherv(local.data(), static_cast<int>(local.size()), MPI_BYTE, all.data(), counts.data(), displs.data(),
+                      MPI_BYTE, 0, MPI_COMM_WORLD),
+          "MPI_Gatherv");
+    return all;
+  }
+  hid_t h5_file_access() const override { return access_; }
+  hid_t h5_transfer() const override { return transfer_; }
+  void abort(int code) const override {
+    if (size_ > 1) MPI_Abort(MPI_COMM_WORLD, code);
+  }
+
+ private:
+  std::vector<int> counts_of(int n) const {
+    std::vector<int> counts(static_cast<std::size_t>(size_));
+    check(MPI_Allgather(&n, 1, MPI_INT, counts.data(), 1, MPI_INT, MPI_COMM_WORLD), "MPI_Allgather");
+    return counts;
+  }
+  int rank_ = 0, size_ = 1;
+  hid_t access_ = H5I_INVALID_HID, transfer_ = H5I_INVALID_HID;
+};
+
+}  // namespace
+
+std::unique_ptr<Comm> start() { return std::make_unique<MpiComm>(); }
+bool mpi_build() { return true; }
+
+}  // namespace xanesd::parallel
