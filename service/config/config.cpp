@@ -281,7 +281,7 @@ Config load_config(const std::filesystem::path& file, const std::vector<std::str
   nlohmann::json j;
   try {
     j = nlohmann::json::parse(in, nullptr, true, /*ignore_comments=*/true);
-  } catch (const nlohmann::json::parse_error& e) {
+  } catch (const nlohmann::json::exception& e) {  // parse_error, and out_of_range for a number that overflows
     throw ConfigError("config file '" + file.string() + "' is not valid JSON: " + e.what());
   }
   return make_config(j, overrides, std::filesystem::absolute(file).parent_path());
