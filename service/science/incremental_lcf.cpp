@@ -998,7 +998,7 @@ void IncrementalLcf::solve_spatial(int threads) {
     constexpr std::size_t S = kStackBlock;
     const std::size_t MS = static_cast<std::size_t>(M_) * S;
     // Per block: θ̄, s̄ = Gθ̄ and the pixels' own statistics (M rows each), then per pixel.
-    std::vector<double> theta(MS), s_avg(MS), own(MS), q_avg(S), q_own(S), chi2(S), scratch(2 * S), sigma2(S), st(S1);
+    std::vector<double> theta(MS), s_avg(MS), own(MS), q_own(S), chi2(S), scratch(2 * S), sigma2(S), st(S1);
     std::vector<std::size_t> pixel(S), pending(S);
     std::vector<std::uint8_t> settled(S), todo(S), fitted(S);
     std::vector<float> fk(2 * static_cast<std::size_t>(K) * S), f3(3 * S);
@@ -1012,7 +1012,7 @@ void IncrementalLcf::solve_spatial(int threads) {
         for (int k = 0; k < M_; ++k) t += G(r, k) * avg.theta[static_cast<std::size_t>(k) * P + p];
         st[static_cast<std::size_t>(r)] = t;
       }
-      st[static_cast<std::size_t>(M_)] = avg.q[p];
+      st[static_cast<std::size_t>(M_)] = stats_[p * S1 + static_cast<std::size_t>(M_)];  // tolerances: own yᵀy
       const SpatialSolve sp{avg.sigma2[p], &stats_[p * S1]};
       if (!solve_stats(p, set_of_[p], st.data(), ws, &sp)) {  // no averaged solution: its own fit
         solve_pixel(p, ws);
@@ -1039,7 +1039,6 @@ void IncrementalLcf::solve_spatial(int threads) {
         const double* o = &stats_[pixel[i] * S1];
         for (int m = 0; m < M_; ++m) own[static_cast<std::size_t>(m) * S + i] = o[m];
         q_own[i] = o[M_];
-        q_avg[i] = avg.q[pixel[i]];
       }
       for (int r = 0; r < M_; ++r) {  // s̄ = Gθ̄: the averaged statistics the NNLS groups solve
         double* __restrict sr = s_avg.data() + static_cast<std::size_t>(r) * S;
@@ -1063,7 +1062,7 @@ void IncrementalLcf::solve_spatial(int threads) {
                  out.fraction_sigma, S, out.thickness, out.residual, out.rfactor, out.nenergies, out.fitted,
                  settled.data(), sigma2.data());
       for (std::size_t i = 0; i < B; ++i) todo[i] = !settled[i];
-      nnls_block(block_set, B, s_avg.data(), q_avg.data(), theta.data(), todo.data(), out, settled.data(), ws,
+      nnls_block(block_set, B, s_avg.data(), q_own.data(), theta.data(), todo.data(), out, settled.data(), ws,
                  own.data(), q_own.data(), sigma2.data());
       for (std::size_t i = 0; i < B; ++i) {
         const std::size_t p = pixel[i];

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <thread>
 
 #include <Eigen/Dense>
@@ -22,6 +23,7 @@ struct SetConsts {
   bool usable = false;
   int n = 0;
   Eigen::MatrixXd W;    // K×K: ‖W c‖² = cᵀ (C_cc)⁻¹ c, C = G⁻¹ (the metric of the coefficients' noise)
+  std::vector<double> W_upper;  // W, row-major (upper triangular)
   double total_var = 0;  // 1ᵀ C_cc 1: variance of the thickness per unit σ²
 };
 
@@ -76,8 +78,104 @@ void window_offset(const Kernel kern, int K, std::size_t P, std::ptrdiff_t i0, s
   }
 }
 
+// The same sums for 8 centres at once with every accumulator in registers, all window offsets
+// in turn: a neighbour's values are read once per offset and nothing else touches memory (the
+// row-at-a-time form above streams its accumulator rows through the cache at every offset,
+// which made the window sums half of the spatial step). The arithmetic per centre, and its
+// order over the offsets, is window_offset's. K and NX known at compile time keep the sums in
+// registers; only interior centres (the whole window inside the row).
+using Vf8 = float __attribute__((vector_size(32)));
+using Vi8 = std::int32_t __attribute__((vector_size(32)));
+
+// The helpers are always inlined, so the vectors never cross a call (GCC warns about the ABI
+// of such calls for targets without AVX, at the end of the file: the warning stays off).
+#pragma GCC diagnostic ignored "-Wpsabi"
+__attribute__((always_inline)) inline Vf8 load8(const float* p) {
+  Vf8 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+__attribute__((always_inline)) inline void store8(float* p, Vf8 v) { std::memcpy(p, &v, sizeof v); }
+__attribute__((always_inline)) inline Vf8 max0(Vf8 a) {  // std::max(0.f, a): 0 for NaN too
+  return reinterpret_cast<Vf8>(reinterpret_cast<Vi8>(a) & (a > 0.f));
+}
+
+template <int K, int NX, bool Sets>
+__attribute__((always_inline)) inline void window_chunk8(const Kernel kern, std::size_t P, int R, int C, int radius,
+                                                         int r, int c, const float* zc, const float* vc,
+                                                         const float* z, const float* v, const float* prec,
+                                                         const std::uint32_t* set, const float* x, float* A, float* B,
+                                                         float* acc, std::size_t acc_stride) {
+  const std::ptrdiff_t i = static_cast<std::ptrdiff_t>(r) * C + c;
+  Vf8 centre[K];
+  for (int k = 0; k < K; ++k) centre[k] = load8(zc + static_cast<std::size_t>(k) * P + i);
+  const Vf8 centre_v = load8(vc + i);
+  Vi8 centre_set = {};
+  if constexpr (Sets) std::memcpy(&centre_set, set + i, sizeof centre_set);
+  Vf8 a = {}, b = {}, sums[NX] = {};
+  for (int rr = std::max(0, r - radius); rr <= std::min(R - 1, r + radius); ++rr) {
+    for (int dc = -radius; dc <= radius; ++dc) {
+      const std::ptrdiff_t j = static_cast<std::ptrdiff_t>(rr) * C + c + dc;
+      Vf8 d2 = {};
+#pragma GCC unroll 8
+      for (int k = 0; k < K; ++k) {
+        const Vf8 t = centre[k] - load8(z + static_cast<std::size_t>(k) * P + j);
+        d2 += t * t;
+      }
+      const Vf8 e = max0(d2 / (centre_v + load8(v + j)) - kern.dof) * kern.inv_width;
+      const Vf8 t = max0(1.f - e);
+      Vf8 w = t * t;
+      if constexpr (Sets) {
+        Vi8 s;
+        std::memcpy(&s, set + j, sizeof s);
+        w = reinterpret_cast<Vf8>(reinterpret_cast<Vi8>(w) & (centre_set == s));
+      }
+      const Vf8 p = w * load8(prec + j);
+      a += p;
+      b += w * p;
+#pragma GCC unroll 8
+      for (int m = 0; m < NX; ++m) sums[m] += p * load8(x + static_cast<std::size_t>(m) * P + j);
+    }
+  }
+  store8(A + c, a);
+  store8(B + c, b);
+  for (int m = 0; m < NX; ++m) store8(acc + static_cast<std::size_t>(m) * acc_stride + c, sums[m]);
+}
+
+// Centres [c0, c1) of row r (c1 − c0 a multiple of 8, whole windows inside the row) for
+// K ≤ 6 features and NX ∈ [K, K + 2] planes (the pilot, and M with up to 2 background
+// parameters); false (nothing done) otherwise.
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+bool window_row_fused(const Kernel kern, int K, int nx, std::size_t P, int R, int C, int radius, int r, int c0, int c1,
+                      const float* zc, const float* vc, const float* z, const float* v, const float* prec,
+                      const std::uint32_t* set, const float* x, float* A, float* B, float* acc,
+                      std::size_t acc_stride) {
+#define XANESD_WINDOW_CASE(KC, XC)                                                                               \
+  case KC * 16 + XC:                                                                                             \
+    for (int c = c0; c < c1; c += 8) {                                                                           \
+      if (set) window_chunk8<KC, XC, true>(kern, P, R, C, radius, r, c, zc, vc, z, v, prec, set, x, A, B, acc, acc_stride); \
+      else window_chunk8<KC, XC, false>(kern, P, R, C, radius, r, c, zc, vc, z, v, prec, set, x, A, B, acc, acc_stride); \
+    }                                                                                                            \
+    return true;
+#define XANESD_WINDOW_CASES(KC) \
+  XANESD_WINDOW_CASE(KC, KC) XANESD_WINDOW_CASE(KC, KC + 1) XANESD_WINDOW_CASE(KC, KC + 2)
+  switch (K * 16 + nx) {
+    XANESD_WINDOW_CASES(1)
+    XANESD_WINDOW_CASES(2)
+    XANESD_WINDOW_CASES(3)
+    XANESD_WINDOW_CASES(4)
+    XANESD_WINDOW_CASES(5)
+    XANESD_WINDOW_CASES(6)
+    default: return false;
+  }
+#undef XANESD_WINDOW_CASES
+#undef XANESD_WINDOW_CASE
+}
+
 // The weighted window sums of `nx` planes x for every centre of rows [r0, r1), handed row by
-// row to `done(r, A, B, acc)` (acc: nx rows of C).
+// row to `done(r, A, B, acc)` (acc: nx rows of C). Interior centres in registers
+// (window_row_fused) where K and nx allow; the columns within `radius` of the image's sides,
+// and other sizes, an offset at a time.
 template <class Done>
 void window_sums(const Kernel kern, int K, int R, int C, int radius, const float* zc, const float* vc,
                  const Features& f, const std::uint32_t* set, int nx, const float* x, int r0, int r1,
@@ -85,10 +183,19 @@ void window_sums(const Kernel kern, int K, int R, int C, int radius, const float
   const std::size_t P = static_cast<std::size_t>(R) * static_cast<std::size_t>(C);
   const std::size_t Cs = static_cast<std::size_t>(C);
   std::vector<float> d2(Cs), wp(Cs), A(Cs), B(Cs), acc(static_cast<std::size_t>(nx) * Cs);
+  const int inner0 = radius, inner1 = radius + std::max(0, C - 2 * radius) / 8 * 8;
   for (int r = r0; r < r1; ++r) {
-    std::fill(A.begin(), A.end(), 0.f);
-    std::fill(B.begin(), B.end(), 0.f);
-    std::fill(acc.begin(), acc.end(), 0.f);
+    const bool fused = inner1 > inner0 && window_row_fused(kern, K, nx, P, R, C, radius, r, inner0, inner1, zc, vc, f.z, f.v,
+                                                           f.prec, set, x, A.data(), B.data(), acc.data(), Cs);
+    // The rest: every column when not fused, else the sides [0, inner0) and [inner1, C).
+    const int spans[2][2] = {{0, fused ? inner0 : C}, {fused ? inner1 : C, C}};
+    for (const auto& span : spans) {
+      if (span[0] >= span[1]) continue;
+      std::fill(A.begin() + span[0], A.begin() + span[1], 0.f);
+      std::fill(B.begin() + span[0], B.begin() + span[1], 0.f);
+      for (int m = 0; m < nx; ++m)
+        std::fill_n(acc.begin() + static_cast<std::ptrdiff_t>(m * Cs) + span[0], span[1] - span[0], 0.f);
+    }
     const auto i0 = static_cast<std::ptrdiff_t>(r) * C;
     for (int dr = -radius; dr <= radius; ++dr) {
       const int rr = r + dr;
@@ -97,38 +204,144 @@ void window_sums(const Kernel kern, int K, int R, int C, int radius, const float
         // j = i + (dr, dc) for centre column c: index rr·C + c + dc, written as j0 + c (j0 may be
         // negative; j0 + c is not, for c in the range given).
         const auto j0 = static_cast<std::ptrdiff_t>(rr) * C + dc;
-        window_offset(kern, K, P, i0, j0, std::max(0, -dc), std::min(C, C - dc), zc, vc, f.z, f.v, f.prec, set, nx, x, d2.data(), wp.data(), A.data(), B.data(), acc.data(), Cs);
+        for (const auto& span : spans) {
+          const int c0 = std::max({0, -dc, span[0]}), c1 = std::min({C, C - dc, span[1]});
+          if (c0 < c1)
+            window_offset(kern, K, P, i0, j0, c0, c1, zc, vc, f.z, f.v, f.prec, set, nx, x, d2.data(), wp.data(),
+                          A.data(), B.data(), acc.data(), Cs);
+        }
       }
     }
     done(r, A.data(), B.data(), acc.data());
   }
 }
 
-// Pass 1 for one pixel with M parameters (a compile-time constant for the common sizes, so the
-// small products unroll): θ = G⁻¹ s, χ² = q − θᵀs.
-template <int Mc>
-void pixel_fit(int M_rt, const double* gi, const double* st, double* theta, double& chi2) {
-  const int M = Mc > 0 ? Mc : M_rt;
-  chi2 = st[M];
-  for (int r = 0; r < M; ++r) {
-    double t = 0;
-    for (int k = 0; k < M; ++k) t += gi[k * M + r] * st[k];
-    theta[r] = t;
-    chi2 -= t * st[r];
+// Pass 1 for a run of pixels of one energy set: the planar outputs (plane k of a quantity at
+// [k·P + p]) and the block's first pixel.
+struct Pass1Out {
+  float *z, *v, *prec, *scaled;
+  double* thickness;
+  std::size_t P;
+};
+constexpr std::size_t kPass1Block = 256;
+
+// B ≤ kPass1Block pixels from p0, statistics pixel-major (M + 1 per pixel): the least-squares
+// θ = G⁻¹ s, χ² = q − θᵀs, σ² = χ²/dof, T = Σ c; valid when T > 0, σ² finite and positive and
+// T² ≥ snr2_var·σ² (the thickness above min_snr of its standard error); then z = W c/T,
+// v = σ²/T², prec = 1/v, θ/T; invalid pixels get z = 0, v = 1, prec = 0, θ/T = 0, T = 0.
+// Gi null: the set is unusable, every pixel invalid. The pixels are the inner loop (the
+// statistics transposed first), so it vectorizes; `work`: (2M + 4)·kPass1Block doubles.
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+void pass1_block(int M, int F, std::size_t B, const double* __restrict stats, const double* Gi,
+                 const double* __restrict W, int dof, double snr2_var, double* __restrict work, const Pass1Out out,
+                 std::size_t p0) {
+  const int K = M - F;
+  const std::size_t S = static_cast<std::size_t>(M) + 1, N = kPass1Block, P = out.P;
+  double* __restrict s = work;                                  // M + 1 rows: s, then q
+  double* __restrict th = work + S * N;                         // M rows: θ
+  double* __restrict inv_t = work + (S + static_cast<std::size_t>(M)) * N;  // 1/T where valid, else 0
+  double* __restrict ratio = inv_t + N;                         // σ²/T² where valid, else 1
+  double* __restrict thick = ratio + N;                         // T where valid, else 0
+  if (Gi) {
+    for (std::size_t i = 0; i < B; ++i)
+      for (std::size_t m = 0; m < S; ++m) s[m * N + i] = stats[i * S + m];
+    for (int r = 0; r < M; ++r) {
+      double* __restrict tr = th + static_cast<std::size_t>(r) * N;
+      for (std::size_t i = 0; i < B; ++i) tr[i] = 0;
+      for (int k = 0; k < M; ++k) {
+        const double g = Gi[static_cast<std::size_t>(k) * M + r];
+        const double* __restrict sk = s + static_cast<std::size_t>(k) * N;
+        for (std::size_t i = 0; i < B; ++i) tr[i] += g * sk[i];
+      }
+    }
+    const double* __restrict q = s + static_cast<std::size_t>(M) * N;
+    for (std::size_t i = 0; i < B; ++i) {
+      double chi2 = q[i], T = 0;
+      for (int m = 0; m < M; ++m) chi2 -= th[static_cast<std::size_t>(m) * N + i] * s[static_cast<std::size_t>(m) * N + i];
+      for (int k = F; k < M; ++k) T += th[static_cast<std::size_t>(k) * N + i];
+      const double sigma2 = chi2 / dof;
+      const bool valid = T > 0 && sigma2 > 0 && sigma2 < HUGE_VAL && T * T >= snr2_var * sigma2;
+      const double it = 1.0 / T;
+      inv_t[i] = valid ? it : 0.0;
+      ratio[i] = valid ? sigma2 * it * it : 1.0;
+      thick[i] = valid ? T : 0.0;
+    }
+  } else {
+    for (std::size_t i = 0; i < B; ++i) inv_t[i] = 0, ratio[i] = 1, thick[i] = 0;
+    for (std::size_t i = 0; i < static_cast<std::size_t>(M) * N; ++i) th[i] = 0;
+  }
+  for (int a = 0; a < K; ++a) {  // W is upper triangular
+    float* __restrict za = out.z + static_cast<std::size_t>(a) * P + p0;
+    for (std::size_t i = 0; i < B; ++i) {
+      double t = 0;
+      if (Gi)
+        for (int b = a; b < K; ++b) t += W[static_cast<std::size_t>(a) * K + b] * th[static_cast<std::size_t>(F + b) * N + i];
+      za[i] = static_cast<float>(t * inv_t[i]);
+    }
+  }
+  for (int m = 0; m < M; ++m) {
+    float* __restrict sm = out.scaled + static_cast<std::size_t>(m) * P + p0;
+    const double* __restrict tm = th + static_cast<std::size_t>(m) * N;
+    for (std::size_t i = 0; i < B; ++i) sm[i] = static_cast<float>(tm[i] * inv_t[i]);
+  }
+  for (std::size_t i = 0; i < B; ++i) {
+    out.v[p0 + i] = static_cast<float>(ratio[i]);
+    out.prec[p0 + i] = inv_t[i] != 0 ? static_cast<float>(1.0 / ratio[i]) : 0.f;
+    out.thickness[p0 + i] = thick[i];
   }
 }
 
-using PixelFit = void (*)(int, const double*, const double*, double*, double&);
+// Pass 3's last step for the centres [c0, c1) of one row (one energy set, W null if unusable):
+// from the window sums A = Σ w π, B = Σ w² π, acc (M rows of the row) to the pixel's averaged
+// coefficients at its thickness, their variance per unit G⁻¹ and the effective number of
+// pixels averaged. A pixel not valid, or with nothing agreeing with its pilot, keeps its own
+// fit (sigma2 stays −1). Branch-free over the centres so it vectorizes.
+struct FinishIn {
+  const float *A, *B, *acc;
+  std::size_t acc_stride;
+  const float *prec, *v;
+  const double* thickness;
+  const float* pilot_z;  // K planes (stride P); null: no pilot
+  const float* pilot_v;
+  std::size_t P;
+};
+struct FinishOut {
+  float* theta;  // M planes (stride P)
+  double* sigma2;
+  float* neighbours;
+  std::size_t P;
+};
 
-PixelFit pixel_fit_for(int M) {
-  switch (M) {
-    case 3: return pixel_fit<3>;
-    case 4: return pixel_fit<4>;
-    case 5: return pixel_fit<5>;
-    case 6: return pixel_fit<6>;
-    case 7: return pixel_fit<7>;
-    case 8: return pixel_fit<8>;
-    default: return pixel_fit<0>;
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+void finish_span(int M, int F, const double* __restrict W, const FinishIn in, const FinishOut out, int c0, int c1) {
+  const int K = M - F;
+  for (int c = c0; c < c1; ++c) {
+    const double a = in.A[c], b = in.B[c];
+    const bool smooth = W && in.prec[c] > 0 && a > 0 && b > 0;
+    const double inv_a = smooth ? 1.0 / a : 0.0, T = in.thickness[c];
+    for (int m = 0; m < M; ++m)
+      out.theta[static_cast<std::size_t>(m) * out.P + c] =
+          static_cast<float>(T * in.acc[static_cast<std::size_t>(m) * in.acc_stride + c] * inv_a);
+    double var = b * inv_a * inv_a;
+    if (in.pilot_z && W) {
+      // The smoothing bias (a neighbour across an edge or up a gradient admitted by the kernel)
+      // is not in the propagated variance. It shows as the move of the estimate away from the
+      // narrower pilot beyond what the noise of that difference explains (nested windows:
+      // v_pilot − v); added per component. Without it z-scores spread 1.2–1.3 near domain
+      // edges at high counts.
+      double d2 = 0;
+      for (int ka = 0; ka < K; ++ka) {
+        double za = 0;
+        for (int kb = ka; kb < K; ++kb)
+          za += W[static_cast<std::size_t>(ka) * K + kb] * in.acc[static_cast<std::size_t>(F + kb) * in.acc_stride + c];
+        const double t = za * inv_a - in.pilot_z[static_cast<std::size_t>(ka) * in.P + c];
+        d2 += t * t;
+      }
+      const double noise = std::max(0.0, static_cast<double>(in.pilot_v[c]) - var);
+      var += std::max(0.0, d2 / std::max(1, K - 1) - noise);
+    }
+    out.sigma2[c] = smooth ? T * T * var : -1.0;
+    out.neighbours[c] = smooth ? static_cast<float>(in.v[c] * a * a / b) : (W ? 1.f : 0.f);
   }
 }
 
@@ -148,12 +361,11 @@ void spatial_average(const SpatialInput& in, const SpatialSettings& settings, Sp
   std::fill(out.neighbours.begin(), out.neighbours.end(), 0.f);
   if (P == 0 || K < 1 || M > 64 || !settings.enabled) return;
   resize_to(out.theta, static_cast<std::size_t>(M) * P, 0.f);
-  resize_to(out.q, P, 0.f);
   auto& sc = out.scratch;
   resize_to(sc.z, static_cast<std::size_t>(K) * P, 0.f);
   resize_to(sc.v, P, 1.f);
   resize_to(sc.prec, P, 0.f);
-  resize_to(sc.scaled, S * P, 0.f);
+  resize_to(sc.scaled, static_cast<std::size_t>(M) * P, 0.f);
   resize_to(sc.thickness, P, 0.0);
 
   std::vector<SetConsts> sets(in.sets.size());
@@ -165,6 +377,9 @@ void spatial_average(const SpatialInput& in, const SpatialSettings& settings, Sp
     Eigen::LLT<Eigen::MatrixXd> llt(Ccc.inverse());
     if (llt.info() != Eigen::Success) continue;
     sets[i].W = llt.matrixL().transpose();
+    sets[i].W_upper.resize(static_cast<std::size_t>(K) * K);
+    for (int a = 0; a < K; ++a)
+      for (int b = 0; b < K; ++b) sets[i].W_upper[static_cast<std::size_t>(a) * K + b] = sets[i].W(a, b);
     sets[i].total_var = Ccc.sum();
     sets[i].n = s.n;
     sets[i].usable = sets[i].total_var > 0;
@@ -177,40 +392,21 @@ void spatial_average(const SpatialInput& in, const SpatialSettings& settings, Sp
   // Pass 1, per pixel: the least-squares fit (linear, unbiased: the right thing to compare),
   // its noise σ² = χ²/(n − M), thickness T = Σc, the whitened normalized coefficients z = W c/T
   // (‖z_i − z_j‖² ~ (v_i + v_j)·χ² for equal chemistry, v = σ²/T²), and what is averaged:
-  // θ/T and q/T², a neighbour's fit brought to unit thickness (θ is linear in the statistics, so
+  // θ/T, a neighbour's fit brought to unit thickness (θ is linear in the statistics, so
   // averaging θ/T is averaging s/T and solving once). Every pixel's entries are written.
   const double snr2 = settings.min_snr * settings.min_snr;
-  const PixelFit fit = pixel_fit_for(M);
+  const Pass1Out planes{sc.z.data(), sc.v.data(), sc.prec.data(), sc.scaled.data(), sc.thickness.data(), P};
   parallel_rows(R, in.threads, [&](int r0, int r1) {
-    double theta[64];
-    for (std::size_t p = static_cast<std::size_t>(r0) * C; p < static_cast<std::size_t>(r1) * C; ++p) {
-      const auto set = in.set_of[p];
-      double chi2 = 0, T = 0, sigma2 = 0;
-      bool valid = set < sets.size() && sets[set].usable;
-      if (valid) {
-        fit(M, in.sets[set].G_inv, in.stats + p * S, theta, chi2);
-        sigma2 = chi2 / (sets[set].n - M);
-        for (int k = F; k < M; ++k) T += theta[k];
-        valid = T > 0 && sigma2 > 0 && std::isfinite(sigma2) && T * T >= snr2 * sigma2 * sets[set].total_var;
-      }
-      if (!valid) {
-        for (int k = 0; k < K; ++k) sc.z[static_cast<std::size_t>(k) * P + p] = 0.f;
-        for (std::size_t m = 0; m < S; ++m) sc.scaled[m * P + p] = 0.f;
-        sc.v[p] = 1.f, sc.prec[p] = 0.f, sc.thickness[p] = 0.0;
-        continue;
-      }
-      const auto& W = sets[set].W;
-      for (int a = 0; a < K; ++a) {  // W is upper triangular
-        double za = 0;
-        for (int b = a; b < K; ++b) za += W(a, b) * theta[F + b];
-        sc.z[static_cast<std::size_t>(a) * P + p] = static_cast<float>(za / T);
-      }
-      const double v = sigma2 / (T * T);
-      sc.v[p] = static_cast<float>(v);
-      sc.prec[p] = static_cast<float>(1.0 / v);
-      for (int m = 0; m < M; ++m) sc.scaled[static_cast<std::size_t>(m) * P + p] = static_cast<float>(theta[m] / T);
-      sc.scaled[static_cast<std::size_t>(M) * P + p] = static_cast<float>(in.stats[p * S + static_cast<std::size_t>(M)] / (T * T));
-      sc.thickness[p] = T;
+    std::vector<double> work(static_cast<std::size_t>(2 * M + 4) * kPass1Block);
+    const std::size_t end = static_cast<std::size_t>(r1) * C;
+    for (std::size_t p = static_cast<std::size_t>(r0) * C, next; p < end; p = next) {
+      const auto set = in.set_of[p];  // a run of pixels of one set, at most kPass1Block
+      next = p + 1;
+      while (next < end && next - p < kPass1Block && in.set_of[next] == set) ++next;
+      const bool usable = set < sets.size() && sets[set].usable;
+      const SetConsts* c = usable ? &sets[set] : nullptr;
+      pass1_block(M, F, next - p, in.stats + p * S, c ? in.sets[set].G_inv : nullptr, c ? c->W_upper.data() : nullptr,
+                  c ? c->n - M : 1, c ? snr2 * c->total_var : 0.0, work.data(), planes, p);
     }
   });
   const Features feat{sc.z.data(), sc.v.data(), sc.prec.data()};
@@ -249,45 +445,18 @@ void spatial_average(const SpatialInput& in, const SpatialSettings& settings, Sp
   // Pass 3: each valid pixel's weighted mean of its window's scaled fits (same energy set),
   // weights judged against the pilot, brought back to the pixel's thickness.
   parallel_rows(R, in.threads, [&](int r0, int r1) {
-    window_sums(kern, K, R, C, rad, centre_z, centre_v, feat, set_check, M + 1, sc.scaled.data(), r0, r1,
+    window_sums(kern, K, R, C, rad, centre_z, centre_v, feat, set_check, M, sc.scaled.data(), r0, r1,
                 [&](int r, const float* A, const float* B, const float* acc) {
-                  for (int cc = 0; cc < C; ++cc) {
-                    const std::size_t i = static_cast<std::size_t>(r) * C + cc;
-                    const auto set = in.set_of[i];
-                    if (!(feat.prec[i] > 0)) {
-                      if (set < sets.size() && sets[set].usable) out.neighbours[i] = 1.f;
-                      continue;
-                    }
-                    const double a = A[cc], b = B[cc];
-                    if (!(a > 0) || !(b > 0)) {  // nothing agrees with the pilot: keep the pixel's own fit
-                      out.neighbours[i] = 1.f;
-                      continue;
-                    }
-                    const double T = sc.thickness[i];
-                    for (int m = 0; m < M; ++m)
-                      out.theta[static_cast<std::size_t>(m) * P + i] =
-                          static_cast<float>(T * acc[static_cast<std::size_t>(m) * C + cc] / a);
-                    out.q[i] = static_cast<float>(T * T * acc[static_cast<std::size_t>(M) * C + cc] / a);
-                    double var = b / (a * a);
-                    if (pilot_rad > 0) {
-                      // The smoothing bias (a neighbour across an edge or up a gradient admitted
-                      // by the kernel) is not in the propagated variance. It shows as the move of
-                      // the estimate away from the narrower pilot beyond what the noise of that
-                      // difference explains (nested windows: v_pilot − v); added per component.
-                      // Without it z-scores spread 1.2–1.3 near domain edges at high counts.
-                      const auto& W = sets[set].W;
-                      double d2 = 0;
-                      for (int ka = 0; ka < K; ++ka) {
-                        double za = 0;
-                        for (int kb = ka; kb < K; ++kb) za += W(ka, kb) * acc[static_cast<std::size_t>(F + kb) * C + cc] / a;
-                        const double t = za - sc.pilot_z[static_cast<std::size_t>(ka) * P + i];
-                        d2 += t * t;
-                      }
-                      const double noise = std::max(0.0, static_cast<double>(sc.pilot_v[i]) - var);
-                      var += std::max(0.0, d2 / std::max(1, K - 1) - noise);
-                    }
-                    out.sigma2[i] = T * T * var;
-                    out.neighbours[i] = static_cast<float>(feat.v[i] * a * a / b);
+                  const std::size_t row = static_cast<std::size_t>(r) * C;
+                  for (int c0 = 0, c1; c0 < C; c0 = c1) {  // runs of one energy set (one W)
+                    const auto set = in.set_of[row + c0];
+                    for (c1 = c0 + 1; c1 < C && in.set_of[row + c1] == set;) ++c1;
+                    const bool usable = set < sets.size() && sets[set].usable;
+                    const FinishIn fin{A, B, acc, static_cast<std::size_t>(C), feat.prec + row, feat.v + row,
+                                       sc.thickness.data() + row, pilot_rad > 0 ? sc.pilot_z.data() + row : nullptr,
+                                       sc.pilot_v.data() + row, P};
+                    const FinishOut fout{out.theta.data() + row, out.sigma2.data() + row, out.neighbours.data() + row, P};
+                    finish_span(M, F, usable ? sets[set].W_upper.data() : nullptr, fin, fout, c0, c1);
                   }
                 });
   });

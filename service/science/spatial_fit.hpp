@@ -49,9 +49,9 @@ struct SpatialResult {
   // Parameter-major (M planes of P): the least-squares coefficients θ̄ = G⁻¹ s̄ of each pixel's
   // averaged statistics s̄, scaled to its own thickness; s̄ = G θ̄ (the neighbours share the
   // pixel's G), so a constrained solver can start from them. Only meaningful where sigma2 ≥ 0.
+  // No averaged yᵀy: the solvers' tolerances scale with the pixel's own (the same size: the
+  // neighbours are brought to its thickness), and its χ² is its own data's.
   std::vector<float> theta;
-  // P: the averaged yᵀy (what the constrained solvers' tolerances scale with).
-  std::vector<float> q;
   // P: variance per unit G⁻¹ of the averaged statistics (cov θ = sigma2 · G⁻¹ for least
   // squares): the weights propagated, Σ ω_j² σ_j² (T_i/T_j)², plus the smoothing bias seen
   // against the pilot; −1 where the pixel is not smoothed (keep its own fit).
@@ -65,8 +65,7 @@ struct SpatialResult {
   struct Scratch {
     std::vector<float> z, v, prec;  // whitened normalized coefficients (K planes), σ²/T², 1/v
     std::vector<float> pilot_z, pilot_v;
-    std::vector<float> scaled;      // M + 1 planes: θ/T, q/T²
-    std::vector<float> own_sigma2;  // each pixel's own σ̂² (0: no fit), before pooling
+    std::vector<float> scaled;      // M planes: θ/T
     std::vector<double> thickness;
   } scratch;
 };
