@@ -567,16 +567,9 @@ bool IncrementalLcf::solve_stats(std::size_t p, std::uint32_t set, const double*
     maps.fraction_sigma[i] = static_cast<float>(std::sqrt(std::max(0.0, var)));
   }
   double q_data = q;
-  if (spatial) {  // the pixel's own data against the averaged model: χ² = q − 2θᵀs + θᵀGθ
-    const double* own = sp->own;
-    double xs = 0, xgx = 0;
-    for (int a = 0; a < M_; ++a) {
-      double g = 0;
-      for (int b = 0; b < M_; ++b) g += c.G(a, b) * x(b);
-      xs += x(a) * own[a], xgx += x(a) * g;
-    }
-    q_data = own[M_];
-    chi2 = std::max(0.0, q_data - 2 * xs + xgx);
+  if (spatial) {  // the pixel's own data against the averaged model
+    q_data = sp->own[M_];
+    chi2 = chi_squared(c.G, Eigen::Map<const Eigen::VectorXd>(sp->own, M_), q_data, x);
     maps.nenergies[p] = static_cast<std::uint16_t>(std::min(n, 65535));
   }
   maps.thickness[p] = static_cast<float>(total);
@@ -657,6 +650,21 @@ __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 void theta_chi2(const double* __restrict gi, int M, std::size_t B, const double* __restrict acc,
                 const double* __restrict q, double* __restrict theta, double* __restrict chi2) {
   theta_chi2_impl(gi, M, B, acc, q, theta, chi2);
+}
+
+// The spatial step's misfit of each pixel's own data (own: M rows of s = Xᵀy, own_q: yᵀy)
+// against the model it is given, θ with s̄ = Gθ on θ's passive set (least squares on the
+// averaged statistics s̄): χ² = q − 2θᵀs + θᵀGθ = q + Σ_m θ_m (s̄_m − 2 s_m).
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+void own_chi2(int M, std::size_t B, const double* __restrict theta, const double* __restrict s_bar,
+              const double* __restrict own, const double* __restrict own_q, double* __restrict chi2) {
+  std::copy_n(own_q, B, chi2);
+  for (int m = 0; m < M; ++m) {
+    const double* __restrict tm = theta + static_cast<std::size_t>(m) * kS;
+    const double* __restrict sm = s_bar + static_cast<std::size_t>(m) * kS;
+    const double* __restrict om = own + static_cast<std::size_t>(m) * kS;
+    for (std::size_t i = 0; i < B; ++i) chi2[i] += tm[i] * (sm[i] - 2 * om[i]);
+  }
 }
 
 struct BlockConsts {  // per energy set: what the maps need from C = (G⁻¹) of the references
@@ -841,16 +849,13 @@ void IncrementalLcf::nnls_block(std::uint32_t set, std::size_t B, const double* 
         }
       }
       const double* q_maps = g.q.data();
-      if (own) {  // χ² of the pixel's own data: q − 2θᵀs_own + θᵀGθ, and θᵀGθ = θᵀs on A
+      if (own) {  // χ² of the pixel's own data against the group's solution
         for (std::size_t t = 0; t < Bg; ++t) {
           const std::size_t i = g.order[first + t].second;
-          double x2 = own_q[i];
-          for (int m = 0; m < M_; ++m) {
-            const double th = g.theta[static_cast<std::size_t>(m) * S + t];
-            x2 += th * (g.s[static_cast<std::size_t>(m) * S + t] - 2 * own[static_cast<std::size_t>(m) * S + i]);
-          }
-          g.chi2[t] = x2, g.own_q[t] = own_q[i], g.sigma2[t] = sigma2[i];
+          for (int m = 0; m < M_; ++m) g.own[static_cast<std::size_t>(m) * S + t] = own[static_cast<std::size_t>(m) * S + i];
+          g.own_q[t] = own_q[i], g.sigma2[t] = sigma2[i];
         }
+        own_chi2(M_, Bg, g.theta.data(), g.s.data(), g.own.data(), g.own_q.data(), g.chi2.data());
         q_maps = g.own_q.data();
       }
       const BlockConsts bc(g.padded, K, F, n, true, active);
@@ -1040,23 +1045,11 @@ void IncrementalLcf::solve_spatial(int threads) {
         for (int m = 0; m < M_; ++m) own[static_cast<std::size_t>(m) * S + i] = o[m];
         q_own[i] = o[M_];
       }
-      for (int r = 0; r < M_; ++r) {  // s̄ = Gθ̄: the averaged statistics the NNLS groups solve
-        double* __restrict sr = s_avg.data() + static_cast<std::size_t>(r) * S;
-        std::fill_n(sr, B, 0.0);
-        for (int k = 0; k < M_; ++k) {
-          const double g = G[static_cast<std::size_t>(k) * M_ + r];
-          const double* __restrict tk = theta.data() + static_cast<std::size_t>(k) * S;
-          for (std::size_t i = 0; i < B; ++i) sr[i] += g * tk[i];
-        }
-      }
-      // Each pixel's own data against its averaged model: χ² = q − 2θ̄ᵀs + θ̄ᵀGθ̄ (= θ̄ᵀs̄).
-      std::copy_n(q_own.data(), B, chi2.data());
-      for (int m = 0; m < M_; ++m) {
-        const double* __restrict tm = theta.data() + static_cast<std::size_t>(m) * S;
-        const double* __restrict om = own.data() + static_cast<std::size_t>(m) * S;
-        const double* __restrict sm = s_avg.data() + static_cast<std::size_t>(m) * S;
-        for (std::size_t i = 0; i < B; ++i) chi2[i] += tm[i] * (sm[i] - 2 * om[i]);
-      }
+      // s̄ = Gθ̄, the averaged statistics the NNLS groups solve (theta_chi2's product with G in
+      // place of G⁻¹; its χ² output is not wanted here), then each pixel's own data against its
+      // averaged model.
+      theta_chi2(G, M_, B, theta.data(), q_own.data(), s_avg.data(), chi2.data());
+      own_chi2(M_, B, theta.data(), s_avg.data(), own.data(), q_own.data(), chi2.data());
       const BlockConsts bc(caches_[block_set].G_inv, K, F, sets_.count(block_set), options_.method == FitMethod::nnls);
       block_maps(bc, B, theta.data(), q_own.data(), chi2.data(), scratch.data(), scratch.data() + S, out.fractions,
                  out.fraction_sigma, S, out.thickness, out.residual, out.rfactor, out.nenergies, out.fitted,

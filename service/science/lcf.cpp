@@ -55,7 +55,8 @@ LcfModel make_lcf_model(const std::vector<std::string>& names, const Eigen::Matr
   return m;
 }
 
-double chi_squared(const Eigen::MatrixXd& G, const Eigen::VectorXd& s, double q, const Eigen::VectorXd& theta) {
+double chi_squared(const Eigen::MatrixXd& G, const Eigen::Ref<const Eigen::VectorXd>& s, double q,
+                   const Eigen::Ref<const Eigen::VectorXd>& theta) {
   return std::max(0.0, q - 2.0 * theta.dot(s) + theta.dot(G * theta));
 }
 

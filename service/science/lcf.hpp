@@ -89,6 +89,7 @@ FitResult solve_lasso(const Eigen::MatrixXd& G, const Eigen::VectorXd& s, double
 Eigen::VectorXd fraction_sigma(const FitResult& r, int n_free);
 
 // χ² = q − 2θᵀs + θᵀGθ, clamped at 0 against round-off.
-double chi_squared(const Eigen::MatrixXd& G, const Eigen::VectorXd& s, double q, const Eigen::VectorXd& theta);
+double chi_squared(const Eigen::MatrixXd& G, const Eigen::Ref<const Eigen::VectorXd>& s, double q,
+                   const Eigen::Ref<const Eigen::VectorXd>& theta);
 
 }  // namespace xanesd::science

@@ -254,30 +254,40 @@ void pass1_block(int M, int F, std::size_t B, const double* __restrict stats, co
         for (std::size_t i = 0; i < B; ++i) tr[i] += g * sk[i];
       }
     }
-    const double* __restrict q = s + static_cast<std::size_t>(M) * N;
+    // χ² (in q's row) and T (in thick) a parameter at a time, so the loops over the pixels
+    // vectorize; then the validity test per pixel.
+    double* __restrict chi2 = s + static_cast<std::size_t>(M) * N;
+    for (std::size_t i = 0; i < B; ++i) thick[i] = 0;
+    for (int m = 0; m < M; ++m) {
+      const double* __restrict tm = th + static_cast<std::size_t>(m) * N;
+      const double* __restrict sm = s + static_cast<std::size_t>(m) * N;
+      for (std::size_t i = 0; i < B; ++i) chi2[i] -= tm[i] * sm[i];
+      if (m >= F)
+        for (std::size_t i = 0; i < B; ++i) thick[i] += tm[i];
+    }
     for (std::size_t i = 0; i < B; ++i) {
-      double chi2 = q[i], T = 0;
-      for (int m = 0; m < M; ++m) chi2 -= th[static_cast<std::size_t>(m) * N + i] * s[static_cast<std::size_t>(m) * N + i];
-      for (int k = F; k < M; ++k) T += th[static_cast<std::size_t>(k) * N + i];
-      const double sigma2 = chi2 / dof;
-      const bool valid = T > 0 && sigma2 > 0 && sigma2 < HUGE_VAL && T * T >= snr2_var * sigma2;
-      const double it = 1.0 / T;
+      const double sigma2 = chi2[i] / dof, t = thick[i];
+      const bool valid = t > 0 && sigma2 > 0 && sigma2 < HUGE_VAL && t * t >= snr2_var * sigma2;
+      const double it = 1.0 / t;
       inv_t[i] = valid ? it : 0.0;
       ratio[i] = valid ? sigma2 * it * it : 1.0;
-      thick[i] = valid ? T : 0.0;
+      thick[i] = valid ? t : 0.0;
     }
   } else {
     for (std::size_t i = 0; i < B; ++i) inv_t[i] = 0, ratio[i] = 1, thick[i] = 0;
     for (std::size_t i = 0; i < static_cast<std::size_t>(M) * N; ++i) th[i] = 0;
   }
+  double* __restrict za = s;  // s is no longer needed: the rows of z = W c/T
   for (int a = 0; a < K; ++a) {  // W is upper triangular
-    float* __restrict za = out.z + static_cast<std::size_t>(a) * P + p0;
-    for (std::size_t i = 0; i < B; ++i) {
-      double t = 0;
-      if (Gi)
-        for (int b = a; b < K; ++b) t += W[static_cast<std::size_t>(a) * K + b] * th[static_cast<std::size_t>(F + b) * N + i];
-      za[i] = static_cast<float>(t * inv_t[i]);
+    double* __restrict zr = za + static_cast<std::size_t>(a) * N;
+    for (std::size_t i = 0; i < B; ++i) zr[i] = 0;
+    for (int b = a; Gi && b < K; ++b) {
+      const double w = W[static_cast<std::size_t>(a) * K + b];
+      const double* __restrict tb = th + static_cast<std::size_t>(F + b) * N;
+      for (std::size_t i = 0; i < B; ++i) zr[i] += w * tb[i];
     }
+    float* __restrict zo = out.z + static_cast<std::size_t>(a) * P + p0;
+    for (std::size_t i = 0; i < B; ++i) zo[i] = static_cast<float>(zr[i] * inv_t[i]);
   }
   for (int m = 0; m < M; ++m) {
     float* __restrict sm = out.scaled + static_cast<std::size_t>(m) * P + p0;
@@ -315,33 +325,57 @@ struct FinishOut {
 __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 void finish_span(int M, int F, const double* __restrict W, const FinishIn in, const FinishOut out, int c0, int c1) {
   const int K = M - F;
-  for (int c = c0; c < c1; ++c) {
-    const double a = in.A[c], b = in.B[c];
-    const bool smooth = W && in.prec[c] > 0 && a > 0 && b > 0;
-    const double inv_a = smooth ? 1.0 / a : 0.0, T = in.thickness[c];
-    for (int m = 0; m < M; ++m)
-      out.theta[static_cast<std::size_t>(m) * out.P + c] =
-          static_cast<float>(T * in.acc[static_cast<std::size_t>(m) * in.acc_stride + c] * inv_a);
-    double var = b * inv_a * inv_a;
+  constexpr int kChunk = 256;  // columns per step: the loops below run over them, parameter by parameter
+  double inv_a[kChunk], var[kChunk], d2[kChunk], za[kChunk];
+  for (int b0 = c0; b0 < c1; b0 += kChunk) {
+    const int n = std::min(kChunk, c1 - b0);
+    const float *A = in.A + b0, *B = in.B + b0, *prec = in.prec + b0;
+    for (int c = 0; c < n; ++c) {
+      const double a = A[c], b = B[c];
+      const bool smooth = W && prec[c] > 0 && a > 0 && b > 0;
+      inv_a[c] = smooth ? 1.0 / a : 0.0;
+      var[c] = b * inv_a[c] * inv_a[c];
+      d2[c] = 0;
+    }
+    const double* T = in.thickness + b0;
+    for (int m = 0; m < M; ++m) {
+      const float* __restrict am = in.acc + static_cast<std::size_t>(m) * in.acc_stride + b0;
+      float* __restrict tm = out.theta + static_cast<std::size_t>(m) * out.P + b0;
+      for (int c = 0; c < n; ++c) tm[c] = static_cast<float>(T[c] * am[c] * inv_a[c]);
+    }
     if (in.pilot_z && W) {
       // The smoothing bias (a neighbour across an edge or up a gradient admitted by the kernel)
       // is not in the propagated variance. It shows as the move of the estimate away from the
       // narrower pilot beyond what the noise of that difference explains (nested windows:
       // v_pilot − v); added per component. Without it z-scores spread 1.2–1.3 near domain
       // edges at high counts.
-      double d2 = 0;
       for (int ka = 0; ka < K; ++ka) {
-        double za = 0;
-        for (int kb = ka; kb < K; ++kb)
-          za += W[static_cast<std::size_t>(ka) * K + kb] * in.acc[static_cast<std::size_t>(F + kb) * in.acc_stride + c];
-        const double t = za * inv_a - in.pilot_z[static_cast<std::size_t>(ka) * in.P + c];
-        d2 += t * t;
+        for (int c = 0; c < n; ++c) za[c] = 0;
+        for (int kb = ka; kb < K; ++kb) {
+          const double w = W[static_cast<std::size_t>(ka) * K + kb];
+          const float* __restrict ab = in.acc + static_cast<std::size_t>(F + kb) * in.acc_stride + b0;
+          for (int c = 0; c < n; ++c) za[c] += w * ab[c];
+        }
+        const float* __restrict pz = in.pilot_z + static_cast<std::size_t>(ka) * in.P + b0;
+        for (int c = 0; c < n; ++c) {
+          const double t = za[c] * inv_a[c] - pz[c];
+          d2[c] += t * t;
+        }
       }
-      const double noise = std::max(0.0, static_cast<double>(in.pilot_v[c]) - var);
-      var += std::max(0.0, d2 / std::max(1, K - 1) - noise);
+      const float* pv = in.pilot_v + b0;
+      const double dof = std::max(1, K - 1);
+      for (int c = 0; c < n; ++c) {
+        const double noise = std::max(0.0, static_cast<double>(pv[c]) - var[c]);
+        var[c] += std::max(0.0, d2[c] / dof - noise);
+      }
     }
-    out.sigma2[c] = smooth ? T * T * var : -1.0;
-    out.neighbours[c] = smooth ? static_cast<float>(in.v[c] * a * a / b) : (W ? 1.f : 0.f);
+    const float* v = in.v + b0;
+    for (int c = 0; c < n; ++c) {
+      const bool smooth = inv_a[c] != 0;
+      out.sigma2[b0 + c] = smooth ? T[c] * T[c] * var[c] : -1.0;
+      const double a = A[c];
+      out.neighbours[b0 + c] = smooth ? static_cast<float>(v[c] * a * a / B[c]) : (W ? 1.f : 0.f);
+    }
   }
 }
 
