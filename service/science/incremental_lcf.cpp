@@ -880,10 +880,8 @@ void IncrementalLcf::nnls_block(std::uint32_t set, std::size_t B, const double* 
 
 // Solves the listed pixels (at most kStackBlock, all of block-solvable energy set `set`) from
 // their own statistics by block: least squares, then the NNLS groups, then solve_stats for
-// what is left. With `defer` (the spatial step follows) the pixels that need the constrained
-// solver are only marked pending: the step decides whether their own fit is needed.
-void IncrementalLcf::solve_listed(const std::size_t* pixels, std::size_t B, std::uint32_t set, Workspace& ws,
-                                  bool defer) {
+// what is left.
+void IncrementalLcf::solve_listed(const std::size_t* pixels, std::size_t B, std::uint32_t set, Workspace& ws) {
   const int K = model_.n_refs();
   constexpr std::size_t S = kStackBlock;
   auto& l = ws.list;
@@ -901,17 +899,14 @@ void IncrementalLcf::solve_listed(const std::size_t* pixels, std::size_t B, std:
     l.q[i] = st[M_];
   }
   solve_block(caches_[set], sets_.count(set), B, l.acc.data(), l.q.data(), out, l.scratch.data(), l.settled.data());
-  if (!defer) {
-    for (std::size_t i = 0; i < B; ++i) l.todo[i] = !l.settled[i];
-    // solve_block leaves the unconstrained θ in the first M rows of its scratch.
-    nnls_block(set, B, l.acc.data(), l.q.data(), l.scratch.data(), l.todo.data(), out, l.settled.data(), ws);
-  }
+  for (std::size_t i = 0; i < B; ++i) l.todo[i] = !l.settled[i];
+  // solve_block leaves the unconstrained θ in the first M rows of its scratch.
+  nnls_block(set, B, l.acc.data(), l.q.data(), l.scratch.data(), l.todo.data(), out, l.settled.data(), ws);
   LcfMaps& maps = maps_;
   for (std::size_t i = 0; i < B; ++i) {
     const std::size_t p = pixels[i];
     if (!l.settled[i]) {
-      if (defer) own_pending_[p] = 1;
-      else solve_pixel(p, ws);
+      solve_pixel(p, ws);
       continue;
     }
     for (int k = 0; k < K; ++k) {
@@ -945,8 +940,12 @@ std::size_t IncrementalLcf::solve_changed(int threads) {
       for (std::size_t i = begin; i < end; ++i) solve_pixel(changed_list_[i], ws);
       return;
     }
+    if (spatial_.enabled) {  // the step solves each pixel once: averaged, or its own where it leaves it
+      for (std::size_t i = begin; i < end; ++i) own_pending_[changed_list_[i]] = 1;
+      return;
+    }
     for (std::size_t b0 = begin; b0 < end; b0 += kStackBlock)
-      solve_listed(&changed_list_[b0], std::min(kStackBlock, end - b0), common, ws, spatial_.enabled);
+      solve_listed(&changed_list_[b0], std::min(kStackBlock, end - b0), common, ws);
   };
   parallel_ranges(n, threads, 4096, [&](int, std::size_t begin, std::size_t end) { work(begin, end); });
   if (spatial_.enabled && n > 0) solve_spatial(threads);
@@ -966,9 +965,9 @@ void IncrementalLcf::set_spatial(const SpatialSettings& s, int rows, int cols) {
 // The spatial step over the whole image (a changed pixel changes its neighbours' averages):
 // averaged statistics from spatial_average, then the same solver on them. A smoothed pixel's
 // maps all come from that solve (fractions, thickness, and its own data's misfit to the
-// averaged model), so its own constrained fit is never needed: solve_changed leaves it pending.
-// Pixels the step leaves alone (no material, too few energies) get their own fit: the one just
-// computed, the pending one solved now, or, smoothed last time and not now, solved again.
+// averaged model), so its own fit is never needed: solve_changed leaves changed pixels pending.
+// Pixels the step leaves alone (no material, too few energies) get their own fit: solved now if
+// pending, solved again if smoothed last time and not now, else the one they have.
 void IncrementalLcf::solve_spatial(int threads) {
   std::uint32_t last = ~0u;
   for (std::size_t p = 0; p < npix_; ++p)
@@ -1030,7 +1029,7 @@ void IncrementalLcf::solve_spatial(int threads) {
     auto flush_pending = [&] {
       if (n_pending == 0) return;
       if (sets_.count(pending_set) > M_ && block_solvable(caches_[pending_set]))
-        solve_listed(pending.data(), n_pending, pending_set, ws, false);
+        solve_listed(pending.data(), n_pending, pending_set, ws);
       else
         for (std::size_t i = 0; i < n_pending; ++i) solve_pixel(pending[i], ws);
       n_pending = 0;

@@ -160,7 +160,7 @@ class IncrementalLcf {
   template <class T>
   void solve_block(const SetCache& c, int n, std::size_t B, const T* acc, const double* q, const BlockOut& out,
                    double* scratch, std::uint8_t* settled) const;
-  void solve_listed(const std::size_t* pixels, std::size_t B, std::uint32_t set, Workspace& ws, bool defer);
+  void solve_listed(const std::size_t* pixels, std::size_t B, std::uint32_t set, Workspace& ws);
   void nnls_block(std::uint32_t set, std::size_t B, const double* s, const double* q, const double* theta,
                   const std::uint8_t* todo, const BlockOut& out, std::uint8_t* settled, Workspace& ws,
                   const double* own = nullptr, const double* own_q = nullptr, const double* sigma2 = nullptr) const;
@@ -184,8 +184,8 @@ class IncrementalLcf {
   int rows_ = 0, cols_ = 0;
   SpatialResult spatial_result_;  // the last step's averages; its scratch reused every cycle
   std::vector<std::uint8_t> smoothed_;  // pixel's fractions came from the spatial step last time
-  // Changed pixels whose own fit needs the constrained solver, left for the spatial step: a
-  // pixel it smooths never needs that fit (its maps come from the averaged statistics).
+  // Changed pixels whose own fit is left to the spatial step: a pixel it smooths never needs
+  // that fit (its maps come from the averaged statistics).
   std::vector<std::uint8_t> own_pending_;
 };
 
