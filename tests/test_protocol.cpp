@@ -184,6 +184,19 @@ TEST_CASE("malformed messages are rejected with a message that names the problem
     frames[1] = zmq::message_t(b.data(), b.size());
     CHECK_THROWS_WITH_AS(decode(std::move(frames)), doctest::Contains("protocol version"), ProtocolError);
   }
+  SUBCASE("protocol version that is not valid UTF-8 text, or is long (found by fuzz_wire)") {
+    auto h = decode_header(frames[1].data(), frames[1].size());
+    h["protocol"] = nlohmann::json::array({std::string("\x91\x91\x01"), std::string(1000, 'x')});
+    const auto b = encode_header(h);
+    frames[1] = zmq::message_t(b.data(), b.size());
+    try {
+      decode(std::move(frames));
+      FAIL("accepted");
+    } catch (const ProtocolError& e) {
+      CHECK(std::string(e.what()).find("protocol version") != std::string::npos);
+      CHECK(std::string(e.what()).size() < 200);
+    }
+  }
   SUBCASE("unknown dtype") {
     auto h = decode_header(frames[1].data(), frames[1].size());
     h["arrays"][0]["dtype"] = "complex64";

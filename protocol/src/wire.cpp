@@ -246,7 +246,7 @@ WireMessage decode(std::vector<zmq::message_t>&& frames) {
   m.header = decode_header(frames[1].data(), frames[1].size());
   const auto& version = require(m.header, "protocol");
   if (!version.is_number_integer() || version.get<std::int64_t>() != kProtocolVersion)
-    throw ProtocolError("unsupported protocol version " + version.dump() + " (this is version " +
+    throw ProtocolError("unsupported protocol version " + quoted(version) + " (this is version " +
                         std::to_string(kProtocolVersion) + ")");
   const nlohmann::json empty = nlohmann::json::array();
   const auto& descs = m.header.contains("arrays") ? m.header["arrays"] : empty;
@@ -296,12 +296,19 @@ std::string require_string(const nlohmann::json& header, const char* key) {
   if (!v.is_string()) throw ProtocolError(std::string("key '") + key + "' must be a string");
   return v.get<std::string>();
 }
+std::string quoted(const nlohmann::json& v) {
+  constexpr std::size_t kMax = 64;
+  auto s = v.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  if (s.size() > kMax) s = s.substr(0, kMax) + "…";
+  return s;
+}
+
 std::int64_t checked_int(const nlohmann::json& v, const std::string& what, std::int64_t lo, std::int64_t hi) {
   if (!v.is_number_integer()) throw ProtocolError(what + " must be an integer");
   // A uint64 above INT64_MAX is out of range, never wrapped into a negative int64.
   const bool fits = !v.is_number_unsigned() || v.get<std::uint64_t>() <= static_cast<std::uint64_t>(INT64_MAX);
   if (!fits || v.get<std::int64_t>() < lo || v.get<std::int64_t>() > hi)
-    throw ProtocolError(what + " = " + v.dump() + " is outside [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
+    throw ProtocolError(what + " = " + quoted(v) + " is outside [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
   return v.get<std::int64_t>();
 }
 std::int64_t require_int(const nlohmann::json& header, const char* key) {

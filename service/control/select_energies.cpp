@@ -6,6 +6,7 @@
 
 #include "science/cancel.hpp"
 #include "science/energy_selection.hpp"
+#include "xanesd/protocol/wire.hpp"
 
 namespace xanesd {
 
@@ -64,7 +65,7 @@ bool read_number(const nlohmann::json& req, const char* key, T& out, double lo, 
   const auto& v = req[key];
   if (!v.is_number() || (std::is_integral_v<T> && !v.is_number_integer()) || v.get<double>() < lo || v.get<double>() > hi) {
     error = std::string("'") + key + "' must be " + (std::is_integral_v<T> ? "an integer" : "a number") + " in [" + number(lo) + ", " +
-            number(hi) + "], got " + v.dump();
+            number(hi) + "], got " + protocol::quoted(v);
     return false;
   }
   out = v.get<T>();
@@ -159,7 +160,7 @@ nlohmann::json select_energies_request(const nlohmann::json& req, const std::vec
   opt.n_select = cfg.select.n;
   bool n_auto = cfg.select.n == 0;
   if (req.contains("n") && req["n"].is_string()) {
-    if (req["n"].get<std::string>() != "auto") return refuse("'n' must be an integer in [1, 1000] or \"auto\", got " + req["n"].dump());
+    if (req["n"].get<std::string>() != "auto") return refuse("'n' must be an integer in [1, 1000] or \"auto\", got " + protocol::quoted(req["n"]));
     n_auto = true;
   } else if (req.contains("n")) {
     n_auto = false;
@@ -189,7 +190,7 @@ nlohmann::json select_energies_request(const nlohmann::json& req, const std::vec
   if (req.contains("energies_eV")) {
     if (!req["energies_eV"].is_array()) return refuse("'energies_eV' must be a list of energies (eV)");
     for (const auto& e : req["energies_eV"]) {
-      if (!e.is_number()) return refuse("'energies_eV' must hold numbers, got " + e.dump());
+      if (!e.is_number()) return refuse("'energies_eV' must hold numbers, got " + protocol::quoted(e));
       grid.push_back(e.get<double>());
     }
   } else if (scan) {

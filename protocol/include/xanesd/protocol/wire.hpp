@@ -122,5 +122,8 @@ std::int64_t require_int(const nlohmann::json& header, const char* key);
 std::int64_t require_int_in(const nlohmann::json& header, const char* key, std::int64_t lo, std::int64_t hi);
 std::int64_t checked_int(const nlohmann::json& v, const std::string& what, std::int64_t lo, std::int64_t hi);
 double require_number(const nlohmann::json& header, const char* key);
+// A peer's value quoted in an error message: JSON text with invalid UTF-8 replaced (dump()
+// would throw on it) and cut to 64 characters (the log and the errors topic stay small).
+std::string quoted(const nlohmann::json& v);
 
 }  // namespace xanesd::protocol
