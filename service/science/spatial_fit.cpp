@@ -107,6 +107,15 @@ __attribute__((always_inline)) inline void window_chunk8(const Kernel kern, std:
                                                          const std::uint32_t* set, const float* x, float* A, float* B,
                                                          float* acc, std::size_t acc_stride) {
   const std::ptrdiff_t i = static_cast<std::ptrdiff_t>(r) * C + c;
+  bool any_valid = false;  // centres without a valid fit (no material) are never smoothed: skip them
+  for (int l = 0; l < 8; ++l) any_valid |= prec[i + l] > 0;
+  if (!any_valid) {
+    const Vf8 zero = {};
+    store8(A + c, zero);
+    store8(B + c, zero);
+    for (int m = 0; m < NX; ++m) store8(acc + static_cast<std::size_t>(m) * acc_stride + c, zero);
+    return;
+  }
   Vf8 centre[K];
   for (int k = 0; k < K; ++k) centre[k] = load8(zc + static_cast<std::size_t>(k) * P + i);
   const Vf8 centre_v = load8(vc + i);
