@@ -19,6 +19,24 @@ bench_build() {
   if [ ! -x "$BIN" ]; then echo "$NAME: $BIN not found"; exit 0; fi
 }
 
+# bench_options "--size=SIZE --repeats=REPEATS" "$@": each `--flag VALUE` of the command line
+# sets the variable the spec names for it; anything else is printed with the options known and
+# the script exits 0.
+bench_options() {
+  local spec="$1" var pair
+  shift
+  while [ $# -gt 0 ]; do
+    var=""
+    for pair in $spec; do [ "${pair%%=*}" = "$1" ] && var="${pair#*=}"; done
+    if [ -z "$var" ] || [ $# -lt 2 ]; then
+      echo "$NAME: unknown option or missing value: $1 (options: $(echo "$spec" | sed 's/=[A-Z_]*//g'))"
+      exit 0
+    fi
+    printf -v "$var" '%s' "$2"
+    shift 2
+  done
+}
+
 # bench_python_needs "numpy, scipy": the baseline side's modules, on $PY.
 bench_python_needs() {
   if ! "$PY" -c "import $1" 2>/dev/null; then

@@ -16,14 +16,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 SIZE=512
 RANKS=1,2
 REPEATS=3
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --size) SIZE="$2"; shift 2 ;;
-    --ranks) RANKS="$2"; shift 2 ;;
-    --repeats) REPEATS="$2"; shift 2 ;;
-    *) echo "$NAME: unknown option $1 (--size N, --ranks 1,2, --repeats N)"; exit 0 ;;
-  esac
-done
+bench_options "--size=SIZE --ranks=RANKS --repeats=REPEATS" "$@"
 
 if [ "${XANESD_SKIP_BUILD:-0}" != 1 ]; then
   echo "== building xanesd and xanes-simulate (MPI) in $BUILD"
