@@ -5,8 +5,9 @@
 // explains (a bilateral / non-local-means weight on a χ² distance). The averaged statistics are
 // then solved with the pixel's own solver (NNLS, the selected references), so a one-pixel stripe
 // of another species keeps its own chemistry while a uniform domain averages its noise away.
-// Pure arrays in, arrays out; no state. The window sums run a whole image row at a time per
-// window offset over planar float arrays, so they vectorize (it runs in every live cycle).
+// Pure arrays in, arrays out; no state. It runs in every live cycle, so every pass is written
+// to vectorize over planar float arrays: the window sums keep 8 centres' sums in registers over
+// all window offsets, the per-pixel passes loop over pixels a parameter at a time.
 #pragma once
 
 #include <cstdint>
