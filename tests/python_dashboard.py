@@ -32,7 +32,7 @@ import binaries  # noqa: E402  (tests/binaries.py)
 ARGS = None
 
 
-def wait_for(what, cond, timeout=20.0, interval=0.05):
+def wait_for(what, cond, timeout=40.0, interval=0.05):
     """Polls cond() until it returns something truthy; fails the test with `what` on timeout."""
     until = time.monotonic() + timeout
     while True:
@@ -205,15 +205,18 @@ class Dashboard(unittest.TestCase):
         b.save_screenshot(os.path.join(ARGS.build_dir, "dashboard.png"))
 
         # -- a late joiner gets the state at once ---------------------------------------
+        # The scan is over, so nothing is published any more: the page can only get the final
+        # maps from the relay's state (snapshot). The time bound is loose on purpose: a new
+        # Chromium tab on a loaded 2-core CI machine took over 10 s once.
         first = b.current_window_handle
         b.switch_to.new_window("tab")
         t0 = time.monotonic()
         b.get(self.url + "/")
         wait_for("the late joiner's final maps", lambda: self.js(
             f"window.xanesDash && xanesDash.versions['maps/fractions'] === {final_version} && xanesDash.final "
-            f"&& xanesDash.drawn >= {len(panels)}"), timeout=10)
+            f"&& xanesDash.drawn >= {len(panels)}"), timeout=30)
         late = time.monotonic() - t0
-        self.assertLess(late, 10)
+        self.assertLess(late, 30)
         self.assertEqual(self.js("xanesDash.referenceNames"), names)
         self.assertEqual(len(b.find_elements("css selector", "#map-grid canvas")), len(panels))
         st = self.stats()
@@ -226,10 +229,10 @@ class Dashboard(unittest.TestCase):
         # -- a daemon restart: "reconnecting", then live again --------------------------
         self.daemon.send_signal(signal.SIGTERM)
         self.daemon.wait(20)
-        wait_for("the page to show reconnecting", lambda: "reconnecting" in b.find_element("id", "connection").text, timeout=15)
+        wait_for("the page to show reconnecting", lambda: "reconnecting" in b.find_element("id", "connection").text, timeout=30)
         b.save_screenshot(os.path.join(ARGS.build_dir, "dashboard-reconnecting.png"))
         self.start_daemon()
-        wait_for("the page to show the daemon live again", lambda: b.find_element("id", "connection").text == "live", timeout=20)
+        wait_for("the page to show the daemon live again", lambda: b.find_element("id", "connection").text == "live", timeout=40)
 
         # -- read-only by default ------------------------------------------------------
         code, reply = get_json(self.url + "/api/control", {"cmd": "abort"})

@@ -64,8 +64,9 @@ inline std::vector<zmq::message_t> control_frames(zmq::context_t& ctx, const std
   return frames;
 }
 
-inline nlohmann::json control(zmq::context_t& ctx, const std::string& endpoint, const nlohmann::json& req) {
-  auto frames = control_frames(ctx, endpoint, req);
+inline nlohmann::json control(zmq::context_t& ctx, const std::string& endpoint, const nlohmann::json& req,
+                              int timeout_ms = 20000) {
+  auto frames = control_frames(ctx, endpoint, req, timeout_ms);
   return nlohmann::json::parse(frames.at(0).to_string_view());
 }
 

@@ -109,8 +109,10 @@ TEST_CASE("[2] select_energies refuses empty, non-finite and too large candidate
   CHECK(r.value("ok", true) == false);
   CHECK(r.value("error", "").find("mixtures") != std::string::npos);
   REQUIRE(d.control({{"cmd", "configure"}, {"set", {{"select.train_mixtures", 2000}, {"select.test_mixtures", 1000}}}}).value("ok", false));
-  // A sensible request still works.
-  r = d.control({{"cmd", "select_energies"}, {"energies_eV", grid}, {"n", 10}});
+  // A sensible request still works (a few seconds; 10–20× that in the ASan/UBSan build, so a
+  // longer wait than control()'s 20 s).
+  r = test::control(d.ctx, d.daemon->endpoints().control, {{"cmd", "select_energies"}, {"energies_eV", grid}, {"n", 10}},
+                    120000);
   CHECK_MESSAGE(r.value("ok", false), r.dump());
   CHECK(d.serves_a_valid_scan());
 }

@@ -60,23 +60,39 @@ nlohmann::json to_json(const msgpack::object& o, int depth) {
   }
 }
 
-void pack_json(msgpack::packer<msgpack::sbuffer>& pk, const nlohmann::json& j) {
+// A double as msgpack float64, written to the buffer directly. msgpack-c's pack_double first
+// tries an integer encoding for integral values up to double(UINT64_MAX), which rounds up to
+// 2^64, so for 2^64 itself it converts out of range (undefined behaviour; fuzz_wire found it
+// under UBSan). Only values it would mis-handle come here.
+void pack_float64(msgpack::sbuffer& buf, double d) {
+  const auto bits = std::bit_cast<std::uint64_t>(d);
+  char bytes[9] = {static_cast<char>(0xcb)};
+  for (int i = 0; i < 8; ++i) bytes[1 + i] = static_cast<char>((bits >> (56 - 8 * i)) & 0xffu);
+  buf.write(bytes, sizeof bytes);
+}
+
+void pack_json(msgpack::sbuffer& buf, msgpack::packer<msgpack::sbuffer>& pk, const nlohmann::json& j) {
   switch (j.type()) {
     case nlohmann::json::value_t::null: pk.pack_nil(); break;
     case nlohmann::json::value_t::boolean: pk.pack(j.get<bool>()); break;
     case nlohmann::json::value_t::number_integer: pk.pack(j.get<std::int64_t>()); break;
     case nlohmann::json::value_t::number_unsigned: pk.pack(j.get<std::uint64_t>()); break;
-    case nlohmann::json::value_t::number_float: pk.pack(j.get<double>()); break;
+    case nlohmann::json::value_t::number_float: {
+      const double d = j.get<double>();
+      if (d >= 0x1p64) pack_float64(buf, d);  // beyond every uint64 (see pack_float64)
+      else pk.pack(d);
+      break;
+    }
     case nlohmann::json::value_t::string: pk.pack(j.get_ref<const std::string&>()); break;
     case nlohmann::json::value_t::array:
       pk.pack_array(static_cast<std::uint32_t>(j.size()));
-      for (const auto& v : j) pack_json(pk, v);
+      for (const auto& v : j) pack_json(buf, pk, v);
       break;
     case nlohmann::json::value_t::object:
       pk.pack_map(static_cast<std::uint32_t>(j.size()));
       for (const auto& [k, v] : j.items()) {
         pk.pack(k);
-        pack_json(pk, v);
+        pack_json(buf, pk, v);
       }
       break;
     default: throw ProtocolError("header value cannot be encoded");
@@ -201,7 +217,7 @@ const Array* WireMessage::find(const std::string& name) const {
 std::vector<std::uint8_t> encode_header(const nlohmann::json& header) {
   msgpack::sbuffer buf;
   msgpack::packer<msgpack::sbuffer> pk(buf);
-  pack_json(pk, header);
+  pack_json(buf, pk, header);
   return {reinterpret_cast<const std::uint8_t*>(buf.data()),
           reinterpret_cast<const std::uint8_t*>(buf.data()) + buf.size()};
 }
