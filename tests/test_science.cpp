@@ -237,18 +237,26 @@ TEST_CASE("the image solver (cached passive sets, threads) matches the reference
     for (std::size_t px = 0; px < P; ++px) lcf.add(px, e, spectra[px](e));
   CHECK(lcf.solve_changed(2) == P);
   const Eigen::MatrixXd G = p.model.X.transpose() * p.model.X;
-  int negative = 0;
+  int negative = 0, no_material = 0;
   for (std::size_t px = 0; px < P; px += 97) {
     const auto r = solve_nnls(G, p.model.X.transpose() * spectra[px], spectra[px].squaredNorm(), 2);
     const double total = r.theta.tail(6).sum();
     CHECK(lcf.maps().thickness[px] == doctest::Approx(total).epsilon(1e-5));
+    CHECK(lcf.maps().fitted[px] == 1);
+    CHECK(lcf.maps().residual[px] == doctest::Approx(std::sqrt(r.chi2 / E)).epsilon(1e-4));
+    no_material += total == 0;
     for (int k = 0; k < 6; ++k) {
       const float f = lcf.maps().fractions[static_cast<std::size_t>(k) * P + px];
       negative += f < 0;
       if (total > 1e-6) CHECK(f == doctest::Approx(r.theta(2 + k) / total).epsilon(1e-4).scale(1));
+      if (total == 0) {  // no reference in the solution: fractions and their errors 0, as per pixel
+        CHECK(f == 0.f);
+        CHECK(lcf.maps().fraction_sigma[static_cast<std::size_t>(k) * P + px] == 0.f);
+      }
     }
   }
   CHECK(negative == 0);
+  CHECK(no_material > 0);  // the background-only solution is among the cases compared
 }
 
 #include <fstream>

@@ -788,7 +788,7 @@ void IncrementalLcf::nnls_block(std::uint32_t set, std::size_t B, const double* 
     std::uint32_t warm = free_bits;
     for (int j = F; j < M_; ++j)
       if (theta[static_cast<std::size_t>(j) * S + i] > 0) warm |= 1u << j;
-    if (warm != free_bits) g.order.emplace_back(warm, static_cast<std::uint32_t>(i));
+    if (warm != free_bits || F > 0) g.order.emplace_back(warm, static_cast<std::uint32_t>(i));
   }
   // NnlsTolerance's thresholds with the square roots taken once per reference and pixel.
   double sqrt_g[64], inv_sqrt_g[64];
@@ -800,7 +800,9 @@ void IncrementalLcf::nnls_block(std::uint32_t set, std::size_t B, const double* 
   const double* G = c.G.data();  // column-major, symmetric
   // Rounds: a pixel whose passive coefficients are not all positive drops the non-positive
   // ones and joins the group of its smaller set in the next round (solve_stats's warm loop).
-  for (int round = 0; round < K && !g.order.empty(); ++round) {
+  // The last group a pixel can reach holds the background parameters alone (no reference in the
+  // solution: no material, e.g. the empty regions around a sample).
+  for (int round = 0; round <= K && !g.order.empty(); ++round) {
     if (K <= 10) {  // counting sort by passive set (its reference bits): 2^K buckets
       g.count.assign((std::size_t{1} << K) + 1, 0);
       for (const auto& [mask, i] : g.order) ++g.count[(mask >> F) + 1];
@@ -838,7 +840,7 @@ void IncrementalLcf::nnls_block(std::uint32_t set, std::size_t B, const double* 
           if ((mask & (1u << j)) && !(g.theta[static_cast<std::size_t>(j) * S + t] > rq * inv_sqrt_g[j])) keep &= ~(1u << j);
         g.ok[t] = keep == mask;
         if (keep != mask) {  // infeasible: a smaller passive set next round
-          if (keep != free_bits) g.retry.emplace_back(keep, g.order[first + t].second);
+          if (keep != free_bits || F > 0) g.retry.emplace_back(keep, g.order[first + t].second);
           continue;
         }
         for (int j = F; j < M_ && g.ok[t]; ++j) {  // optimal: no gradient asks a reference in
@@ -862,6 +864,15 @@ void IncrementalLcf::nnls_block(std::uint32_t set, std::size_t B, const double* 
       block_maps(bc, Bg, g.theta.data(), q_maps, g.chi2.data(), g.scratch.data(), g.scratch.data() + S, g.fk.data(),
                  g.fk.data() + static_cast<std::size_t>(K) * S, S, g.f3.data(), g.f3.data() + S, g.f3.data() + 2 * S,
                  g.nen.data(), g.fitted.data(), g.settled.data(), own ? g.sigma2.data() : nullptr);
+      if (mask == free_bits) {  // no material: fractions, their errors and thickness 0 (as solve_stats)
+        const bool solvable = n > M_;
+        for (std::size_t t = 0; t < Bg; ++t) {
+          for (int k = 0; k < K; ++k)
+            g.fk[static_cast<std::size_t>(k) * S + t] = g.fk[static_cast<std::size_t>(K + k) * S + t] = 0.f;
+          g.f3[t] = 0.f;
+          g.settled[t] = solvable && std::abs(q_maps[t]) <= std::numeric_limits<double>::max();
+        }
+      }
       for (std::size_t t = 0; t < Bg; ++t) {
         if (!g.ok[t] || !g.settled[t]) continue;
         const std::size_t i = g.order[first + t].second;

@@ -27,11 +27,17 @@ struct SetConsts {
   double total_var = 0;  // 1ᵀ C_cc 1: variance of the thickness per unit σ²
 };
 
-// The per-pixel features, planar (plane k at [k·P + p]) so the window sums vectorize along rows.
-struct Features {
-  const float* z;     // K planes: whitened normalized coefficients W c/T
-  const float* v;     // σ²/T², the noise variance of z per component (1 where not valid)
-  const float* prec;  // 1/v: how much the pixel counts when lent; 0 where not valid
+// Pass 1's per-pixel features of one image row, planes of C floats: z (K planes: the whitened
+// normalized coefficients W c/T), v (σ²/T², the noise variance of z per component; 1 where not
+// valid), prec (1/v: how much the pixel counts when lent; 0 where not valid), then the M planes
+// averaged (θ/T). The window passes read rows of these through a ring (RowRing below).
+struct RowLayout {
+  int K, M;
+  std::size_t C;
+  std::size_t v() const { return static_cast<std::size_t>(K) * C; }
+  std::size_t prec() const { return static_cast<std::size_t>(K + 1) * C; }
+  std::size_t scaled() const { return static_cast<std::size_t>(K + 2) * C; }
+  std::size_t floats() const { return static_cast<std::size_t>(K + 2 + M) * C; }
 };
 
 // The kernel of the weights: for equal chemistry d² = ‖z_c − z_j‖²/(v_c + v_j) has about `dof`
@@ -41,40 +47,49 @@ struct Kernel {
   float dof, inv_width;
 };
 
-// One window offset (dr, dc) for the centres of one row: with j = i + offset,
-//   A_i += w π_j,  B_i += w² π_j,  acc_m,i += w π_j x_m,j   (m < nx)
-// over centres c ∈ [c0, c1). `zc`, `vc`: the centres' features (planar, stride P); `z`, `v`,
-// `prec`, `x`: the neighbours'; `set`: energy set per pixel (null: all pixels share one set).
+// One window row of a centre row: the neighbours' feature rows (RowLayout), null outside the
+// image, and their energy sets (null: all pixels share one set).
+struct WindowRows {
+  const float* const* rows;            // 2·radius + 1, top to bottom
+  const std::uint32_t* const* sets;    // same, or null
+};
+
+// One window offset (row d of the window, column offset dc) for the centres [c0, c1) of a row:
+// with j = c + dc,
+//   A_c += w π_j,  B_c += w² π_j,  acc_m,c += w π_j x_m,j   (m < nx)
+// `ctr`: the centres' z (K planes) and v (the plane after), plane stride C; `nb`: the neighbour
+// row (RowLayout), x its planes from `xoff`; `set_c`, `set_n`: energy sets (null: one set).
 // Branch-free so the loops vectorize; compiled for wider vectors too.
 __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-void window_offset(const Kernel kern, int K, std::size_t P, std::ptrdiff_t i0, std::ptrdiff_t j0, int c0, int c1,
-                   const float* __restrict zc, const float* __restrict vc, const float* __restrict z,
-                   const float* __restrict v, const float* __restrict prec, const std::uint32_t* __restrict set,
-                   int nx, const float* __restrict x, float* __restrict d2, float* __restrict wp,
-                   float* __restrict A, float* __restrict B, float* __restrict acc, std::size_t acc_stride) {
+void window_offset(const Kernel kern, const RowLayout L, const float* __restrict ctr, const float* __restrict nb,
+                   int dc, const std::uint32_t* __restrict set_c, const std::uint32_t* __restrict set_n, int c0, int c1,
+                   int nx, std::size_t xoff, float* __restrict d2, float* __restrict wp, float* __restrict A,
+                   float* __restrict B, float* __restrict acc) {
+  const std::size_t C = L.C;
   for (int c = c0; c < c1; ++c) d2[c] = 0.f;
-  for (int k = 0; k < K; ++k) {
-    const float* __restrict a = zc + static_cast<std::size_t>(k) * P;
-    const float* __restrict b = z + static_cast<std::size_t>(k) * P;
+  for (int k = 0; k < L.K; ++k) {
+    const float* __restrict a = ctr + static_cast<std::size_t>(k) * C;
+    const float* __restrict b = nb + static_cast<std::size_t>(k) * C;
     for (int c = c0; c < c1; ++c) {
-      const float t = a[i0 + c] - b[j0 + c];
+      const float t = a[c] - b[c + dc];
       d2[c] += t * t;
     }
   }
+  const float *vc = ctr + L.v(), *v = nb + L.v(), *prec = nb + L.prec();
   for (int c = c0; c < c1; ++c) {
-    const float e = std::max(0.f, d2[c] / (vc[i0 + c] + v[j0 + c]) - kern.dof) * kern.inv_width;
+    const float e = std::max(0.f, d2[c] / (vc[c] + v[c + dc]) - kern.dof) * kern.inv_width;
     const float t = std::max(0.f, 1.f - e);
     float w = t * t;
-    if (set) w = set[i0 + c] == set[j0 + c] ? w : 0.f;
-    const float p = w * prec[j0 + c];
+    if (set_c) w = set_c[c] == set_n[c + dc] ? w : 0.f;
+    const float p = w * prec[c + dc];
     A[c] += p;
     B[c] += w * p;
     wp[c] = p;
   }
   for (int m = 0; m < nx; ++m) {
-    const float* __restrict xm = x + static_cast<std::size_t>(m) * P;
-    float* __restrict am = acc + static_cast<std::size_t>(m) * acc_stride;
-    for (int c = c0; c < c1; ++c) am[c] += wp[c] * xm[j0 + c];
+    const float* __restrict xm = nb + xoff + static_cast<std::size_t>(m) * C;
+    float* __restrict am = acc + static_cast<std::size_t>(m) * C;
+    for (int c = c0; c < c1; ++c) am[c] += wp[c] * xm[c + dc];
   }
 }
 
@@ -101,74 +116,75 @@ __attribute__((always_inline)) inline Vf8 max0(Vf8 a) {  // std::max(0.f, a): 0 
 }
 
 template <int K, int NX, bool Sets>
-__attribute__((always_inline)) inline void window_chunk8(const Kernel kern, std::size_t P, int R, int C, int radius,
-                                                         int r, int c, const float* zc, const float* vc,
-                                                         const float* z, const float* v, const float* prec,
-                                                         const std::uint32_t* set, const float* x, float* A, float* B,
-                                                         float* acc, std::size_t acc_stride) {
-  const std::ptrdiff_t i = static_cast<std::ptrdiff_t>(r) * C + c;
+__attribute__((always_inline)) inline void window_chunk8(const Kernel kern, const RowLayout L, int radius, int c,
+                                                         const float* ctr, const WindowRows W,
+                                                         const std::uint32_t* set_c, std::size_t xoff, float* A,
+                                                         float* B, float* acc) {
+  const std::size_t C = L.C;
+  const float* prec_c = W.rows[radius] + L.prec();
   bool any_valid = false;  // centres without a valid fit (no material) are never smoothed: skip them
-  for (int l = 0; l < 8; ++l) any_valid |= prec[i + l] > 0;
+  for (int l = 0; l < 8; ++l) any_valid |= prec_c[c + l] > 0;
   if (!any_valid) {
     const Vf8 zero = {};
     store8(A + c, zero);
     store8(B + c, zero);
-    for (int m = 0; m < NX; ++m) store8(acc + static_cast<std::size_t>(m) * acc_stride + c, zero);
+    for (int m = 0; m < NX; ++m) store8(acc + static_cast<std::size_t>(m) * C + c, zero);
     return;
   }
   Vf8 centre[K];
-  for (int k = 0; k < K; ++k) centre[k] = load8(zc + static_cast<std::size_t>(k) * P + i);
-  const Vf8 centre_v = load8(vc + i);
+  for (int k = 0; k < K; ++k) centre[k] = load8(ctr + static_cast<std::size_t>(k) * C + c);
+  const Vf8 centre_v = load8(ctr + L.v() + c);
   Vi8 centre_set = {};
-  if constexpr (Sets) std::memcpy(&centre_set, set + i, sizeof centre_set);
+  if constexpr (Sets) std::memcpy(&centre_set, set_c + c, sizeof centre_set);
   Vf8 a = {}, b = {}, sums[NX] = {};
-  for (int rr = std::max(0, r - radius); rr <= std::min(R - 1, r + radius); ++rr) {
+  for (int d = 0; d <= 2 * radius; ++d) {
+    const float* row = W.rows[d];
+    if (!row) continue;
     for (int dc = -radius; dc <= radius; ++dc) {
-      const std::ptrdiff_t j = static_cast<std::ptrdiff_t>(rr) * C + c + dc;
+      const int j = c + dc;
       Vf8 d2 = {};
 #pragma GCC unroll 8
       for (int k = 0; k < K; ++k) {
-        const Vf8 t = centre[k] - load8(z + static_cast<std::size_t>(k) * P + j);
+        const Vf8 t = centre[k] - load8(row + static_cast<std::size_t>(k) * C + j);
         d2 += t * t;
       }
-      const Vf8 e = max0(d2 / (centre_v + load8(v + j)) - kern.dof) * kern.inv_width;
+      const Vf8 e = max0(d2 / (centre_v + load8(row + L.v() + j)) - kern.dof) * kern.inv_width;
       const Vf8 t = max0(1.f - e);
       Vf8 w = t * t;
       if constexpr (Sets) {
         Vi8 s;
-        std::memcpy(&s, set + j, sizeof s);
+        std::memcpy(&s, W.sets[d] + j, sizeof s);
         w = reinterpret_cast<Vf8>(reinterpret_cast<Vi8>(w) & (centre_set == s));
       }
-      const Vf8 p = w * load8(prec + j);
+      const Vf8 p = w * load8(row + L.prec() + j);
       a += p;
       b += w * p;
 #pragma GCC unroll 8
-      for (int m = 0; m < NX; ++m) sums[m] += p * load8(x + static_cast<std::size_t>(m) * P + j);
+      for (int m = 0; m < NX; ++m) sums[m] += p * load8(row + xoff + static_cast<std::size_t>(m) * C + j);
     }
   }
   store8(A + c, a);
   store8(B + c, b);
-  for (int m = 0; m < NX; ++m) store8(acc + static_cast<std::size_t>(m) * acc_stride + c, sums[m]);
+  for (int m = 0; m < NX; ++m) store8(acc + static_cast<std::size_t>(m) * C + c, sums[m]);
 }
 
-// Centres [c0, c1) of row r (c1 − c0 a multiple of 8, whole windows inside the row) for
-// K ≤ 6 features and NX ∈ [K, K + 2] planes (the pilot, and M with up to 2 background
-// parameters); false (nothing done) otherwise.
+// Centres [c0, c1) of a row (c1 − c0 a multiple of 8, whole windows inside the row) for K ≤ 6
+// features and NX ∈ [K, K + 2] planes (the pilot, and M with up to 2 background parameters);
+// false (nothing done) otherwise.
 __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-bool window_row_fused(const Kernel kern, int K, int nx, std::size_t P, int R, int C, int radius, int r, int c0, int c1,
-                      const float* zc, const float* vc, const float* z, const float* v, const float* prec,
-                      const std::uint32_t* set, const float* x, float* A, float* B, float* acc,
-                      std::size_t acc_stride) {
-#define XANESD_WINDOW_CASE(KC, XC)                                                                               \
-  case KC * 16 + XC:                                                                                             \
-    for (int c = c0; c < c1; c += 8) {                                                                           \
-      if (set) window_chunk8<KC, XC, true>(kern, P, R, C, radius, r, c, zc, vc, z, v, prec, set, x, A, B, acc, acc_stride); \
-      else window_chunk8<KC, XC, false>(kern, P, R, C, radius, r, c, zc, vc, z, v, prec, set, x, A, B, acc, acc_stride); \
-    }                                                                                                            \
+bool window_row_fused(const Kernel kern, const RowLayout L, int nx, int radius, int c0, int c1, const float* ctr,
+                      const WindowRows W, const std::uint32_t* set_c, std::size_t xoff, float* A, float* B,
+                      float* acc) {
+#define XANESD_WINDOW_CASE(KC, XC)                                                               \
+  case KC * 16 + XC:                                                                             \
+    for (int c = c0; c < c1; c += 8) {                                                           \
+      if (set_c) window_chunk8<KC, XC, true>(kern, L, radius, c, ctr, W, set_c, xoff, A, B, acc); \
+      else window_chunk8<KC, XC, false>(kern, L, radius, c, ctr, W, set_c, xoff, A, B, acc);      \
+    }                                                                                            \
     return true;
 #define XANESD_WINDOW_CASES(KC) \
   XANESD_WINDOW_CASE(KC, KC) XANESD_WINDOW_CASE(KC, KC + 1) XANESD_WINDOW_CASE(KC, KC + 2)
-  switch (K * 16 + nx) {
+  switch (L.K * 16 + nx) {
     XANESD_WINDOW_CASES(1)
     XANESD_WINDOW_CASES(2)
     XANESD_WINDOW_CASES(3)
@@ -181,52 +197,44 @@ bool window_row_fused(const Kernel kern, int K, int nx, std::size_t P, int R, in
 #undef XANESD_WINDOW_CASE
 }
 
-// The weighted window sums of `nx` planes x for every centre of rows [r0, r1), handed row by
-// row to `done(r, A, B, acc)` (acc: nx rows of C). Interior centres in registers
-// (window_row_fused) where K and nx allow; the columns within `radius` of the image's sides,
-// and other sizes, an offset at a time.
-template <class Done>
-void window_sums(const Kernel kern, int K, int R, int C, int radius, const float* zc, const float* vc,
-                 const Features& f, const std::uint32_t* set, int nx, const float* x, int r0, int r1,
-                 const Done& done) {
-  const std::size_t P = static_cast<std::size_t>(R) * static_cast<std::size_t>(C);
-  const std::size_t Cs = static_cast<std::size_t>(C);
-  std::vector<float> d2(Cs), wp(Cs), A(Cs), B(Cs), acc(static_cast<std::size_t>(nx) * Cs);
+// Buffers of the window sums of one row: A, B and nx rows of acc, indexed by column.
+struct WindowSums {
+  std::vector<float> d2, wp, A, B, acc;
+  WindowSums(std::size_t C, int nx) : d2(C), wp(C), A(C), B(C), acc(static_cast<std::size_t>(nx) * C) {}
+};
+
+// The weighted window sums of `nx` planes (from `xoff` in the neighbour rows) for every centre
+// of one row, into `out`. Interior centres in registers (window_row_fused) where K and nx
+// allow; the columns within `radius` of the image's sides, and other sizes, an offset at a time.
+void window_row(const Kernel kern, const RowLayout L, int radius, const float* ctr, const WindowRows W,
+                const std::uint32_t* set_c, int nx, std::size_t xoff, WindowSums& out) {
+  const int C = static_cast<int>(L.C);
   const int inner0 = radius, inner1 = radius + std::max(0, C - 2 * radius) / 8 * 8;
-  for (int r = r0; r < r1; ++r) {
-    const bool fused = inner1 > inner0 && window_row_fused(kern, K, nx, P, R, C, radius, r, inner0, inner1, zc, vc, f.z, f.v,
-                                                           f.prec, set, x, A.data(), B.data(), acc.data(), Cs);
-    // The rest: every column when not fused, else the sides [0, inner0) and [inner1, C).
-    const int spans[2][2] = {{0, fused ? inner0 : C}, {fused ? inner1 : C, C}};
-    for (const auto& span : spans) {
-      if (span[0] >= span[1]) continue;
-      std::fill(A.begin() + span[0], A.begin() + span[1], 0.f);
-      std::fill(B.begin() + span[0], B.begin() + span[1], 0.f);
-      for (int m = 0; m < nx; ++m)
-        std::fill_n(acc.begin() + static_cast<std::ptrdiff_t>(m * Cs) + span[0], span[1] - span[0], 0.f);
-    }
-    const auto i0 = static_cast<std::ptrdiff_t>(r) * C;
-    for (int dr = -radius; dr <= radius; ++dr) {
-      const int rr = r + dr;
-      if (rr < 0 || rr >= R) continue;
-      for (int dc = -radius; dc <= radius; ++dc) {
-        // j = i + (dr, dc) for centre column c: index rr·C + c + dc, written as j0 + c (j0 may be
-        // negative; j0 + c is not, for c in the range given).
-        const auto j0 = static_cast<std::ptrdiff_t>(rr) * C + dc;
-        for (const auto& span : spans) {
-          const int c0 = std::max({0, -dc, span[0]}), c1 = std::min({C, C - dc, span[1]});
-          if (c0 < c1)
-            window_offset(kern, K, P, i0, j0, c0, c1, zc, vc, f.z, f.v, f.prec, set, nx, x, d2.data(), wp.data(),
-                          A.data(), B.data(), acc.data(), Cs);
-        }
+  const bool fused = inner1 > inner0 && window_row_fused(kern, L, nx, radius, inner0, inner1, ctr, W, set_c, xoff,
+                                                         out.A.data(), out.B.data(), out.acc.data());
+  // The rest: every column when not fused, else the sides [0, inner0) and [inner1, C).
+  const int spans[2][2] = {{0, fused ? inner0 : C}, {fused ? inner1 : C, C}};
+  for (const auto& span : spans) {
+    if (span[0] >= span[1]) continue;
+    std::fill(out.A.begin() + span[0], out.A.begin() + span[1], 0.f);
+    std::fill(out.B.begin() + span[0], out.B.begin() + span[1], 0.f);
+    for (int m = 0; m < nx; ++m)
+      std::fill_n(out.acc.begin() + static_cast<std::ptrdiff_t>(m) * C + span[0], span[1] - span[0], 0.f);
+  }
+  for (int d = 0; d <= 2 * radius; ++d) {
+    if (!W.rows[d]) continue;
+    for (int dc = -radius; dc <= radius; ++dc)
+      for (const auto& span : spans) {
+        const int c0 = std::max({0, -dc, span[0]}), c1 = std::min({C, C - dc, span[1]});
+        if (c0 < c1)
+          window_offset(kern, L, ctr, W.rows[d], dc, set_c, set_c ? W.sets[d] : nullptr, c0, c1, nx, xoff,
+                        out.d2.data(), out.wp.data(), out.A.data(), out.B.data(), out.acc.data());
       }
-    }
-    done(r, A.data(), B.data(), acc.data());
   }
 }
 
 // Pass 1 for a run of pixels of one energy set: the planar outputs (plane k of a quantity at
-// [k·P + p]) and the block's first pixel.
+// [k·P + p]: a row's planes, P = C) and the block's first column.
 struct Pass1Out {
   float *z, *v, *prec, *scaled;
   double* thickness;
@@ -322,7 +330,7 @@ struct FinishIn {
   const double* thickness;
   const float* pilot_z;  // K planes (stride P); null: no pilot
   const float* pilot_v;
-  std::size_t P;
+  std::size_t P;  // the pilot's plane stride
 };
 struct FinishOut {
   float* theta;  // M planes (stride P)
@@ -400,17 +408,12 @@ void spatial_average(const SpatialInput& in, const SpatialSettings& settings, Sp
   const std::size_t P = static_cast<std::size_t>(R) * static_cast<std::size_t>(C), S = static_cast<std::size_t>(M + 1);
   resize_to(out.sigma2, P, -1.0);
   resize_to(out.neighbours, P, 0.f);
-  std::fill(out.sigma2.begin(), out.sigma2.end(), -1.0);
-  std::fill(out.neighbours.begin(), out.neighbours.end(), 0.f);
-  if (P == 0 || K < 1 || M > 64 || !settings.enabled) return;
+  if (P == 0 || K < 1 || M > 64 || !settings.enabled) {
+    std::fill(out.sigma2.begin(), out.sigma2.end(), -1.0);
+    std::fill(out.neighbours.begin(), out.neighbours.end(), 0.f);
+    return;
+  }
   resize_to(out.theta, static_cast<std::size_t>(M) * P, 0.f);
-  auto& sc = out.scratch;
-  resize_to(sc.z, static_cast<std::size_t>(K) * P, 0.f);
-  resize_to(sc.v, P, 1.f);
-  resize_to(sc.prec, P, 0.f);
-  resize_to(sc.scaled, static_cast<std::size_t>(M) * P, 0.f);
-  resize_to(sc.thickness, P, 0.0);
-
   std::vector<SetConsts> sets(in.sets.size());
   for (std::size_t i = 0; i < in.sets.size(); ++i) {
     const auto& s = in.sets[i];
@@ -432,76 +435,105 @@ void spatial_average(const SpatialInput& in, const SpatialSettings& settings, Sp
   for (std::size_t p = 1; p < P && one_set; ++p) one_set = in.set_of[p] == in.set_of[0];
   const std::uint32_t* set_check = one_set ? nullptr : in.set_of;
 
-  // Pass 1, per pixel: the least-squares fit (linear, unbiased: the right thing to compare),
-  // its noise σ² = χ²/(n − M), thickness T = Σc, the whitened normalized coefficients z = W c/T
-  // (‖z_i − z_j‖² ~ (v_i + v_j)·χ² for equal chemistry, v = σ²/T²), and what is averaged:
-  // θ/T, a neighbour's fit brought to unit thickness (θ is linear in the statistics, so
-  // averaging θ/T is averaging s/T and solving once). Every pixel's entries are written.
   const double snr2 = settings.min_snr * settings.min_snr;
-  const Pass1Out planes{sc.z.data(), sc.v.data(), sc.prec.data(), sc.scaled.data(), sc.thickness.data(), P};
-  parallel_rows(R, in.threads, [&](int r0, int r1) {
-    std::vector<double> work(static_cast<std::size_t>(2 * M + 4) * kPass1Block);
-    const std::size_t end = static_cast<std::size_t>(r1) * C;
-    for (std::size_t p = static_cast<std::size_t>(r0) * C, next; p < end; p = next) {
-      const auto set = in.set_of[p];  // a run of pixels of one set, at most kPass1Block
-      next = p + 1;
-      while (next < end && next - p < kPass1Block && in.set_of[next] == set) ++next;
-      const bool usable = set < sets.size() && sets[set].usable;
-      const SetConsts* c = usable ? &sets[set] : nullptr;
-      pass1_block(M, F, next - p, in.stats + p * S, c ? in.sets[set].G_inv : nullptr, c ? c->W_upper.data() : nullptr,
-                  c ? c->n - M : 1, c ? snr2 * c->total_var : 0.0, work.data(), planes, p);
-    }
-  });
-  const Features feat{sc.z.data(), sc.v.data(), sc.prec.data()};
   const Kernel kern{static_cast<float>(std::max(1, K - 1)),
                     static_cast<float>(1.0 / (std::max(settings.strength, 1e-3) * std::max(settings.strength, 1e-3) *
                                               std::max(1, K - 1)))};
   const int rad = std::max(0, settings.radius), pilot_rad = std::min(rad, std::max(0, settings.pilot_radius));
+  const RowLayout L{K, M, static_cast<std::size_t>(C)};
+  const std::size_t Cs = L.C;
 
-  // Pass 2, the pilot: weights judged against the pixel's own noisy coefficients select
-  // neighbours whose noise resembles the centre's (the estimate then stays near the centre's
-  // noise and its error exceeds the propagated σ). So first a pilot estimate of each pixel's
-  // coefficients, the weighted mean of z over a small window, with its variance.
-  if (pilot_rad > 0) {
-    resize_to(sc.pilot_z, static_cast<std::size_t>(K) * P, 0.f);
-    resize_to(sc.pilot_v, P, 1.f);
-    parallel_rows(R, in.threads, [&](int r0, int r1) {
-      window_sums(kern, K, R, C, pilot_rad, feat.z, feat.v, feat, set_check, K, feat.z, r0, r1,
-                  [&](int r, const float* A, const float* B, const float* acc) {
-                    for (int cc = 0; cc < C; ++cc) {
-                      const std::size_t i = static_cast<std::size_t>(r) * C + cc;
-                      if (!(A[cc] > 0)) {  // not valid, or no neighbour agrees: its own coefficients
-                        for (int k = 0; k < K; ++k) sc.pilot_z[static_cast<std::size_t>(k) * P + i] = feat.z[static_cast<std::size_t>(k) * P + i];
-                        sc.pilot_v[i] = feat.v[i];
-                        continue;
-                      }
-                      for (int k = 0; k < K; ++k)
-                        sc.pilot_z[static_cast<std::size_t>(k) * P + i] = acc[static_cast<std::size_t>(k) * C + cc] / A[cc];
-                      sc.pilot_v[i] = B[cc] / (A[cc] * A[cc]);
-                    }
-                  });
-    });
-  }
-  const float* centre_z = pilot_rad > 0 ? sc.pilot_z.data() : feat.z;
-  const float* centre_v = pilot_rad > 0 ? sc.pilot_v.data() : feat.v;
-
-  // Pass 3: each valid pixel's weighted mean of its window's scaled fits (same energy set),
-  // weights judged against the pilot, brought back to the pixel's thickness.
+  // The three passes run row by row through a ring of the last 2·radius + 1 rows of pass 1's
+  // features, so the features never leave the cache: the step reads the statistics and writes
+  // its results, and nothing else goes to memory (the passes over whole-image feature planes
+  // spent their time waiting for memory). Each thread computes pass 1 for the radius rows
+  // beside its band again.
   parallel_rows(R, in.threads, [&](int r0, int r1) {
-    window_sums(kern, K, R, C, rad, centre_z, centre_v, feat, set_check, M, sc.scaled.data(), r0, r1,
-                [&](int r, const float* A, const float* B, const float* acc) {
-                  const std::size_t row = static_cast<std::size_t>(r) * C;
-                  for (int c0 = 0, c1; c0 < C; c0 = c1) {  // runs of one energy set (one W)
-                    const auto set = in.set_of[row + c0];
-                    for (c1 = c0 + 1; c1 < C && in.set_of[row + c1] == set;) ++c1;
-                    const bool usable = set < sets.size() && sets[set].usable;
-                    const FinishIn fin{A, B, acc, static_cast<std::size_t>(C), feat.prec + row, feat.v + row,
-                                       sc.thickness.data() + row, pilot_rad > 0 ? sc.pilot_z.data() + row : nullptr,
-                                       sc.pilot_v.data() + row, P};
-                    const FinishOut fout{out.theta.data() + row, out.sigma2.data() + row, out.neighbours.data() + row, P};
-                    finish_span(M, F, usable ? sets[set].W_upper.data() : nullptr, fin, fout, c0, c1);
-                  }
-                });
+    const int slots = 2 * rad + 1;
+    std::vector<float> ring(static_cast<std::size_t>(slots) * L.floats());
+    std::vector<double> ring_thickness(static_cast<std::size_t>(slots) * Cs);
+    std::vector<double> work(static_cast<std::size_t>(2 * M + 4) * kPass1Block);
+    std::vector<float> pilot(static_cast<std::size_t>(K + 1) * Cs);  // the centre row's pilot z (K planes), v
+    WindowSums pilot_sums(Cs, K), sums(Cs, M);
+    std::vector<const float*> rows(static_cast<std::size_t>(slots));
+    std::vector<const std::uint32_t*> set_rows(static_cast<std::size_t>(slots));
+    auto slot = [&](int r) { return static_cast<std::size_t>(r % slots); };
+    auto features = [&](int r) { return ring.data() + slot(r) * L.floats(); };
+
+    // Pass 1 for row r, per pixel: the least-squares fit (linear, unbiased: the right thing to
+    // compare), its noise σ² = χ²/(n − M), thickness T = Σc, the whitened normalized
+    // coefficients z = W c/T (‖z_i − z_j‖² ~ (v_i + v_j)·χ² for equal chemistry, v = σ²/T²), and
+    // what is averaged: θ/T, a neighbour's fit brought to unit thickness (θ is linear in the
+    // statistics, so averaging θ/T is averaging s/T and solving once).
+    auto pass1_row = [&](int r) {
+      float* f = features(r);
+      const Pass1Out planes{f, f + L.v(), f + L.prec(), f + L.scaled(), ring_thickness.data() + slot(r) * Cs, Cs};
+      const std::size_t row = static_cast<std::size_t>(r) * Cs;
+      for (std::size_t c = 0, next; c < Cs; c = next) {
+        const auto set = in.set_of[row + c];  // a run of pixels of one set, at most kPass1Block
+        next = c + 1;
+        while (next < Cs && next - c < kPass1Block && in.set_of[row + next] == set) ++next;
+        const bool usable = set < sets.size() && sets[set].usable;
+        const SetConsts* sc = usable ? &sets[set] : nullptr;
+        pass1_block(M, F, next - c, in.stats + (row + c) * S, sc ? in.sets[set].G_inv : nullptr,
+                    sc ? sc->W_upper.data() : nullptr, sc ? sc->n - M : 1, sc ? snr2 * sc->total_var : 0.0,
+                    work.data(), planes, c);
+      }
+    };
+    // The window rows around centre row r (radius ≤ rad): the ring's rows, null outside the image.
+    auto window = [&](int r, int radius) {
+      for (int d = 0; d <= 2 * radius; ++d) {
+        const int rr = r - radius + d;
+        const bool inside = rr >= 0 && rr < R;
+        rows[static_cast<std::size_t>(d)] = inside ? features(rr) : nullptr;
+        set_rows[static_cast<std::size_t>(d)] = inside && set_check ? set_check + static_cast<std::size_t>(rr) * Cs : nullptr;
+      }
+      return WindowRows{rows.data(), set_check ? set_rows.data() : nullptr};
+    };
+
+    for (int r = std::max(0, r0 - rad); r < std::min(R, r0 + rad); ++r) pass1_row(r);
+    for (int r = r0; r < r1; ++r) {
+      if (r + rad < R) pass1_row(r + rad);
+      const float* centre = features(r);
+      const std::uint32_t* set_c = set_check ? set_check + static_cast<std::size_t>(r) * Cs : nullptr;
+
+      // Pass 2, the pilot: weights judged against the pixel's own noisy coefficients select
+      // neighbours whose noise resembles the centre's (the estimate then stays near the centre's
+      // noise and its error exceeds the propagated σ). So first a pilot estimate of each pixel's
+      // coefficients, the weighted mean of z over a small window, with its variance.
+      const float* judge = centre;  // what the neighbours are judged against: z (K planes), v
+      if (pilot_rad > 0) {
+        window_row(kern, L, pilot_rad, centre, window(r, pilot_rad), set_c, K, 0, pilot_sums);
+        const float *A = pilot_sums.A.data(), *B = pilot_sums.B.data(), *acc = pilot_sums.acc.data();
+        for (std::size_t c = 0; c < Cs; ++c) {
+          if (!(A[c] > 0)) {  // not valid, or no neighbour agrees: its own coefficients
+            for (int k = 0; k < K; ++k) pilot[static_cast<std::size_t>(k) * Cs + c] = centre[static_cast<std::size_t>(k) * Cs + c];
+            pilot[L.v() + c] = centre[L.v() + c];
+            continue;
+          }
+          for (int k = 0; k < K; ++k)
+            pilot[static_cast<std::size_t>(k) * Cs + c] = acc[static_cast<std::size_t>(k) * Cs + c] / A[c];
+          pilot[L.v() + c] = B[c] / (A[c] * A[c]);
+        }
+        judge = pilot.data();
+      }
+
+      // Pass 3: each valid pixel's weighted mean of its window's scaled fits (same energy set),
+      // weights judged against the pilot, brought back to the pixel's thickness.
+      window_row(kern, L, rad, judge, window(r, rad), set_c, M, L.scaled(), sums);
+      const std::size_t row = static_cast<std::size_t>(r) * Cs;
+      for (std::size_t c0 = 0, c1; c0 < Cs; c0 = c1) {  // runs of one energy set (one W)
+        const auto set = in.set_of[row + c0];
+        for (c1 = c0 + 1; c1 < Cs && in.set_of[row + c1] == set;) ++c1;
+        const bool usable = set < sets.size() && sets[set].usable;
+        const FinishIn fin{sums.A.data(), sums.B.data(), sums.acc.data(), Cs, centre + L.prec(), centre + L.v(),
+                           ring_thickness.data() + slot(r) * Cs, pilot_rad > 0 ? pilot.data() : nullptr,
+                           pilot.data() + L.v(), Cs};
+        const FinishOut fout{out.theta.data() + row, out.sigma2.data() + row, out.neighbours.data() + row, P};
+        finish_span(M, F, usable ? sets[set].W_upper.data() : nullptr, fin, fout, static_cast<int>(c0),
+                    static_cast<int>(c1));
+      }
+    }
   });
 }
 

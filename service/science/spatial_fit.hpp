@@ -5,9 +5,10 @@
 // explains (a bilateral / non-local-means weight on a χ² distance). The averaged statistics are
 // then solved with the pixel's own solver (NNLS, the selected references), so a one-pixel stripe
 // of another species keeps its own chemistry while a uniform domain averages its noise away.
-// Pure arrays in, arrays out; no state. It runs in every live cycle, so every pass is written
-// to vectorize over planar float arrays: the window sums keep 8 centres' sums in registers over
-// all window offsets, the per-pixel passes loop over pixels a parameter at a time.
+// Pure arrays in, arrays out; no state. It runs in every live cycle, so it streams: the passes
+// run row by row over a ring of per-pixel features that stays in cache, and every pass is
+// written to vectorize over planar float rows (the window sums keep 8 centres' sums in registers
+// over all window offsets, the per-pixel passes loop over pixels a parameter at a time).
 #pragma once
 
 #include <cstdint>
@@ -60,18 +61,9 @@ struct SpatialResult {
   // P: effective number of independent pixels averaged, σ²(own) / σ²(averaged); 1 where not
   // smoothed, 0 where the pixel has no fit.
   std::vector<float> neighbours;
-
-  // Per-pixel features kept between calls: a live scan runs the step every cycle, and fresh
-  // arrays would fault in new pages each time.
-  struct Scratch {
-    std::vector<float> z, v, prec;  // whitened normalized coefficients (K planes), σ²/T², 1/v
-    std::vector<float> pilot_z, pilot_v;
-    std::vector<float> scaled;      // M planes: θ/T
-    std::vector<double> thickness;
-  } scratch;
 };
 
-// Fills `out` (its arrays resized to the image; its scratch reused).
+// Fills `out` (its arrays resized to the image, their pages reused from the last call).
 void spatial_average(const SpatialInput& in, const SpatialSettings& settings, SpatialResult& out);
 
 }  // namespace xanesd::science
