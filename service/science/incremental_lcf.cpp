@@ -5,6 +5,7 @@
 #include <bit>
 #include <cmath>
 #include <cstring>
+#include <memory>
 #include <limits>
 #include <thread>
 #include <unordered_map>
@@ -969,14 +970,15 @@ void IncrementalLcf::set_spatial(const SpatialSettings& s, int rows, int cols) {
   spatial_ = s;
   rows_ = rows, cols_ = cols;
   if (static_cast<std::size_t>(rows) * static_cast<std::size_t>(cols) != npix_) spatial_.enabled = false;
-  spatial_result_ = {};
+  spatial_neighbours_.clear();
   if (!set_of_.empty()) mark_all_changed();
 }
 
 // The spatial step over the whole image (a changed pixel changes its neighbours' averages):
-// averaged statistics from spatial_average, then the same solver on them. A smoothed pixel's
-// maps all come from that solve (fractions, thickness, and its own data's misfit to the
-// averaged model), so its own fit is never needed: solve_changed leaves changed pixels pending.
+// averaged statistics from spatial_average, row by row as it finishes them, then the same
+// solver on them. A smoothed pixel's maps all come from that solve (fractions, thickness, and
+// its own data's misfit to the averaged model), so its own fit is never needed: solve_changed
+// leaves changed pixels pending.
 // Pixels the step leaves alone (no material, too few energies) get their own fit: solved now if
 // pending, solved again if smoothed last time and not now, else the one they have.
 void IncrementalLcf::solve_spatial(int threads) {
@@ -994,12 +996,11 @@ void IncrementalLcf::solve_spatial(int threads) {
     if (!c.ready || !c.invertible) continue;
     in.sets[i] = {true, sets_.count(static_cast<std::uint32_t>(i)), c.G_inv.data()};
   }
-  spatial_average(in, spatial_, spatial_result_);
-  const auto& avg = spatial_result_;
   if (smoothed_.size() != npix_) smoothed_.assign(npix_, 0);
   if (own_pending_.size() != npix_) own_pending_.assign(npix_, 0);
+  if (spatial_neighbours_.size() != npix_) spatial_neighbours_.assign(npix_, 0.f);
   const int K = model_.n_refs(), F = model_.n_background();
-  const std::size_t P = npix_, S1 = static_cast<std::size_t>(M_ + 1);
+  const std::size_t P = npix_, S1 = static_cast<std::size_t>(M_ + 1), C = static_cast<std::size_t>(cols_);
   // The averaged fit is least squares on the averaged statistics: the block arithmetic when the
   // pixel's solver allows it (the constrained cases go to solve_stats with s̄ = G θ̄).
   auto blockable = [&](std::uint32_t set) {
@@ -1008,28 +1009,38 @@ void IncrementalLcf::solve_spatial(int threads) {
            options_.method != FitMethod::lasso;
   };
   LcfMaps& maps = maps_;
-  auto work = [&](std::size_t begin, std::size_t end) {
-    Workspace ws(M_);
+  // Per thread: its buffers, and the solve of each row the step hands over.
+  struct RowState {
+    Workspace ws;
+    std::vector<double> theta, s_avg, own, q_own, chi2, scratch, sigma2, st;
+    std::vector<std::size_t> pixel, pending;
+    std::vector<std::uint8_t> settled, todo, fitted;
+    std::vector<float> fk, f3;
+    std::vector<std::uint16_t> nen;
+    RowState(int M, int K)
+        : ws(M), theta(static_cast<std::size_t>(M) * kStackBlock), s_avg(theta.size()), own(theta.size()),
+          q_own(kStackBlock), chi2(kStackBlock), scratch(2 * kStackBlock), sigma2(kStackBlock),
+          st(static_cast<std::size_t>(M) + 1), pixel(kStackBlock), pending(kStackBlock), settled(kStackBlock),
+          todo(kStackBlock), fitted(kStackBlock), fk(2 * static_cast<std::size_t>(K) * kStackBlock),
+          f3(3 * kStackBlock), nen(kStackBlock) {}
+  };
+  auto solve_row = [&](RowState& b, const SpatialRow& row) {
     constexpr std::size_t S = kStackBlock;
-    const std::size_t MS = static_cast<std::size_t>(M_) * S;
-    // Per block: θ̄, s̄ = Gθ̄ and the pixels' own statistics (M rows each), then per pixel.
-    std::vector<double> theta(MS), s_avg(MS), own(MS), q_own(S), chi2(S), scratch(2 * S), sigma2(S), st(S1);
-    std::vector<std::size_t> pixel(S), pending(S);
-    std::vector<std::uint8_t> settled(S), todo(S), fitted(S);
-    std::vector<float> fk(2 * static_cast<std::size_t>(K) * S), f3(3 * S);
-    std::vector<std::uint16_t> nen(S);
-    const BlockOut out{fk.data(), fk.data() + static_cast<std::size_t>(K) * S, S, f3.data(), f3.data() + S,
-                       f3.data() + 2 * S, nen.data(), fitted.data()};
+    auto& ws = b.ws;
+    const std::size_t row0 = static_cast<std::size_t>(row.r) * C;
+    const BlockOut out{b.fk.data(), b.fk.data() + static_cast<std::size_t>(K) * S, S, b.f3.data(), b.f3.data() + S,
+                       b.f3.data() + 2 * S, b.nen.data(), b.fitted.data()};
     auto solve_one = [&](std::size_t p) {
+      const std::size_t c = p - row0;
       const auto& G = caches_[set_of_[p]].G;
       for (int r = 0; r < M_; ++r) {
         double t = 0;
-        for (int k = 0; k < M_; ++k) t += G(r, k) * avg.theta[static_cast<std::size_t>(k) * P + p];
-        st[static_cast<std::size_t>(r)] = t;
+        for (int k = 0; k < M_; ++k) t += G(r, k) * row.theta[static_cast<std::size_t>(k) * C + c];
+        b.st[static_cast<std::size_t>(r)] = t;
       }
-      st[static_cast<std::size_t>(M_)] = stats_[p * S1 + static_cast<std::size_t>(M_)];  // tolerances: own yᵀy
-      const SpatialSolve sp{avg.sigma2[p], &stats_[p * S1]};
-      if (!solve_stats(p, set_of_[p], st.data(), ws, &sp)) {  // no averaged solution: its own fit
+      b.st[static_cast<std::size_t>(M_)] = stats_[p * S1 + static_cast<std::size_t>(M_)];  // tolerances: own yᵀy
+      const SpatialSolve sp{row.sigma2[c], &stats_[p * S1]};
+      if (!solve_stats(p, set_of_[p], b.st.data(), ws, &sp)) {  // no averaged solution: its own fit
         solve_pixel(p, ws);
         smoothed_[p] = 0;
       }
@@ -1040,9 +1051,9 @@ void IncrementalLcf::solve_spatial(int threads) {
     auto flush_pending = [&] {
       if (n_pending == 0) return;
       if (sets_.count(pending_set) > M_ && block_solvable(caches_[pending_set]))
-        solve_listed(pending.data(), n_pending, pending_set, ws);
+        solve_listed(b.pending.data(), n_pending, pending_set, ws);
       else
-        for (std::size_t i = 0; i < n_pending; ++i) solve_pixel(pending[i], ws);
+        for (std::size_t i = 0; i < n_pending; ++i) solve_pixel(b.pending[i], ws);
       n_pending = 0;
     };
     std::size_t B = 0;
@@ -1051,48 +1062,50 @@ void IncrementalLcf::solve_spatial(int threads) {
       if (B == 0) return;
       const double* G = caches_[block_set].G.data();  // column-major, symmetric
       for (std::size_t i = 0; i < B; ++i) {
-        const double* o = &stats_[pixel[i] * S1];
-        for (int m = 0; m < M_; ++m) own[static_cast<std::size_t>(m) * S + i] = o[m];
-        q_own[i] = o[M_];
+        const double* o = &stats_[b.pixel[i] * S1];
+        for (int m = 0; m < M_; ++m) b.own[static_cast<std::size_t>(m) * S + i] = o[m];
+        b.q_own[i] = o[M_];
       }
       // s̄ = Gθ̄, the averaged statistics the NNLS groups solve (theta_chi2's product with G in
       // place of G⁻¹; its χ² output is not wanted here), then each pixel's own data against its
       // averaged model.
-      theta_chi2(G, M_, B, theta.data(), q_own.data(), s_avg.data(), chi2.data());
-      own_chi2(M_, B, theta.data(), s_avg.data(), own.data(), q_own.data(), chi2.data());
+      theta_chi2(G, M_, B, b.theta.data(), b.q_own.data(), b.s_avg.data(), b.chi2.data());
+      own_chi2(M_, B, b.theta.data(), b.s_avg.data(), b.own.data(), b.q_own.data(), b.chi2.data());
       const BlockConsts bc(caches_[block_set].G_inv, K, F, sets_.count(block_set), options_.method == FitMethod::nnls);
-      block_maps(bc, B, theta.data(), q_own.data(), chi2.data(), scratch.data(), scratch.data() + S, out.fractions,
-                 out.fraction_sigma, S, out.thickness, out.residual, out.rfactor, out.nenergies, out.fitted,
-                 settled.data(), sigma2.data());
-      for (std::size_t i = 0; i < B; ++i) todo[i] = !settled[i];
-      nnls_block(block_set, B, s_avg.data(), q_own.data(), theta.data(), todo.data(), out, settled.data(), ws,
-                 own.data(), q_own.data(), sigma2.data());
+      block_maps(bc, B, b.theta.data(), b.q_own.data(), b.chi2.data(), b.scratch.data(), b.scratch.data() + S,
+                 out.fractions, out.fraction_sigma, S, out.thickness, out.residual, out.rfactor, out.nenergies,
+                 out.fitted, b.settled.data(), b.sigma2.data());
+      for (std::size_t i = 0; i < B; ++i) b.todo[i] = !b.settled[i];
+      nnls_block(block_set, B, b.s_avg.data(), b.q_own.data(), b.theta.data(), b.todo.data(), out, b.settled.data(),
+                 ws, b.own.data(), b.q_own.data(), b.sigma2.data());
       for (std::size_t i = 0; i < B; ++i) {
-        const std::size_t p = pixel[i];
-        if (!settled[i]) {
+        const std::size_t p = b.pixel[i];
+        if (!b.settled[i]) {
           solve_one(p);
           continue;
         }
         for (int k = 0; k < K; ++k) {
-          maps.fractions[static_cast<std::size_t>(k) * P + p] = fk[static_cast<std::size_t>(k) * S + i];
-          maps.fraction_sigma[static_cast<std::size_t>(k) * P + p] = fk[static_cast<std::size_t>(K + k) * S + i];
+          maps.fractions[static_cast<std::size_t>(k) * P + p] = b.fk[static_cast<std::size_t>(k) * S + i];
+          maps.fraction_sigma[static_cast<std::size_t>(k) * P + p] = b.fk[static_cast<std::size_t>(K + k) * S + i];
         }
-        maps.thickness[p] = f3[i];
-        maps.residual[p] = f3[S + i];
-        maps.rfactor[p] = f3[2 * S + i];
-        maps.nenergies[p] = nen[i];
-        maps.fitted[p] = fitted[i];
+        maps.thickness[p] = b.f3[i];
+        maps.residual[p] = b.f3[S + i];
+        maps.rfactor[p] = b.f3[2 * S + i];
+        maps.nenergies[p] = b.nen[i];
+        maps.fitted[p] = b.fitted[i];
       }
       B = 0;
     };
-    for (std::size_t p = begin; p < end; ++p) {
+    for (std::size_t c = 0; c < C; ++c) {
+      const std::size_t p = row0 + c;
+      spatial_neighbours_[p] = row.neighbours[c];
       const bool was_pending = own_pending_[p];
       own_pending_[p] = 0;
       const auto set = set_of_[p];
-      if (avg.sigma2[p] < 0) {
+      if (row.sigma2[c] < 0) {
         if (was_pending) {
           if (set != pending_set) flush_pending(), pending_set = set;
-          pending[n_pending] = p;
+          b.pending[n_pending] = p;
           if (++n_pending == S) flush_pending();
         } else if (smoothed_[p] && !changed_[p]) {
           solve_pixel(p, ws);  // smoothed last time, not now: its own fit back
@@ -1106,14 +1119,17 @@ void IncrementalLcf::solve_spatial(int threads) {
         continue;
       }
       if (set != block_set) flush(), block_set = set;
-      for (int m = 0; m < M_; ++m) theta[static_cast<std::size_t>(m) * S + B] = avg.theta[static_cast<std::size_t>(m) * P + p];
-      sigma2[B] = avg.sigma2[p], pixel[B] = p;
+      for (int m = 0; m < M_; ++m) b.theta[static_cast<std::size_t>(m) * S + B] = row.theta[static_cast<std::size_t>(m) * C + c];
+      b.sigma2[B] = row.sigma2[c], b.pixel[B] = p;
       if (++B == S) flush();
     }
-    flush();
+    flush();  // the row's values are gone after this call
     flush_pending();
   };
-  parallel_ranges(npix_, threads, 4096, [&](int, std::size_t begin, std::size_t end) { work(begin, end); });
+  spatial_average(in, spatial_, [&]() -> SpatialRowSink {
+    auto state = std::make_shared<RowState>(M_, K);
+    return [&solve_row, state](const SpatialRow& row) { solve_row(*state, row); };
+  });
 }
 
 void IncrementalLcf::fit_stack(const float* planes, std::size_t plane_stride, int threads) {

@@ -108,14 +108,14 @@ class IncrementalLcf {
   const SpatialSettings& spatial() const { return spatial_; }
   // Effective number of independent pixels behind each pixel's fractions (1: its own fit only,
   // 0: no fit); empty when the spatial step is off.
-  const std::vector<float>& spatial_neighbours() const { return spatial_result_.neighbours; }
+  const std::vector<float>& spatial_neighbours() const { return spatial_neighbours_; }
 
   const LcfMaps& maps() const { return maps_; }
   // The maps of a whole image assembled from row blocks other fits solved (xanesd fit under MPI,
   // Scan::adopt); this fit's statistics stay as they are (not solved again).
   void adopt_maps(LcfMaps maps, std::vector<float> spatial_neighbours) {
     maps_ = std::move(maps);
-    spatial_result_.neighbours = std::move(spatial_neighbours);
+    spatial_neighbours_ = std::move(spatial_neighbours);
   }
   const LcfModel& model() const { return model_; }
   const SolveOptions& options() const { return options_; }
@@ -182,7 +182,7 @@ class IncrementalLcf {
   LcfMaps maps_;
   SpatialSettings spatial_{.enabled = false};
   int rows_ = 0, cols_ = 0;
-  SpatialResult spatial_result_;  // the last step's averages; its scratch reused every cycle
+  std::vector<float> spatial_neighbours_;  // the last step's (SpatialRow::neighbours)
   std::vector<std::uint8_t> smoothed_;  // pixel's fractions came from the spatial step last time
   // Changed pixels whose own fit is left to the spatial step: a pixel it smooths never needs
   // that fit (its maps come from the averaged statistics).

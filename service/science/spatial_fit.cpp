@@ -396,24 +396,23 @@ void finish_span(int M, int F, const double* __restrict W, const FinishIn in, co
   }
 }
 
-template <class T>
-void resize_to(std::vector<T>& v, std::size_t n, T value) {  // reuses the pages already there
-  if (v.size() != n) v.assign(n, value);
-}
 
 }  // namespace
 
-void spatial_average(const SpatialInput& in, const SpatialSettings& settings, SpatialResult& out) {
+void spatial_average(const SpatialInput& in, const SpatialSettings& settings,
+                     const std::function<SpatialRowSink()>& make_sink) {
   const int M = in.M, F = in.F, K = M - F, R = in.rows, C = in.cols;
   const std::size_t P = static_cast<std::size_t>(R) * static_cast<std::size_t>(C), S = static_cast<std::size_t>(M + 1);
-  resize_to(out.sigma2, P, -1.0);
-  resize_to(out.neighbours, P, 0.f);
-  if (P == 0 || K < 1 || M > 64 || !settings.enabled) {
-    std::fill(out.sigma2.begin(), out.sigma2.end(), -1.0);
-    std::fill(out.neighbours.begin(), out.neighbours.end(), 0.f);
+  if (P == 0) return;
+  if (K < 1 || M > 64 || !settings.enabled) {  // nothing smoothed
+    parallel_rows(R, in.threads, [&](int r0, int r1) {
+      const auto sink = make_sink();
+      const std::vector<double> sigma2(static_cast<std::size_t>(C), -1.0);
+      const std::vector<float> neighbours(static_cast<std::size_t>(C), 0.f);
+      for (int r = r0; r < r1; ++r) sink({r, nullptr, sigma2.data(), neighbours.data()});
+    });
     return;
   }
-  resize_to(out.theta, static_cast<std::size_t>(M) * P, 0.f);
   std::vector<SetConsts> sets(in.sets.size());
   for (std::size_t i = 0; i < in.sets.size(); ++i) {
     const auto& s = in.sets[i];
@@ -455,6 +454,9 @@ void spatial_average(const SpatialInput& in, const SpatialSettings& settings, Sp
     std::vector<double> work(static_cast<std::size_t>(2 * M + 4) * kPass1Block);
     std::vector<float> pilot(static_cast<std::size_t>(K + 1) * Cs);  // the centre row's pilot z (K planes), v
     WindowSums pilot_sums(Cs, K), sums(Cs, M);
+    std::vector<float> theta(static_cast<std::size_t>(M) * Cs), neighbours(Cs);  // the row's results
+    std::vector<double> sigma2(Cs);
+    const auto sink = make_sink();
     std::vector<const float*> rows(static_cast<std::size_t>(slots));
     std::vector<const std::uint32_t*> set_rows(static_cast<std::size_t>(slots));
     auto slot = [&](int r) { return static_cast<std::size_t>(r % slots); };
@@ -529,10 +531,11 @@ void spatial_average(const SpatialInput& in, const SpatialSettings& settings, Sp
         const FinishIn fin{sums.A.data(), sums.B.data(), sums.acc.data(), Cs, centre + L.prec(), centre + L.v(),
                            ring_thickness.data() + slot(r) * Cs, pilot_rad > 0 ? pilot.data() : nullptr,
                            pilot.data() + L.v(), Cs};
-        const FinishOut fout{out.theta.data() + row, out.sigma2.data() + row, out.neighbours.data() + row, P};
+        const FinishOut fout{theta.data(), sigma2.data(), neighbours.data(), Cs};
         finish_span(M, F, usable ? sets[set].W_upper.data() : nullptr, fin, fout, static_cast<int>(c0),
                     static_cast<int>(c1));
       }
+      sink({r, theta.data(), sigma2.data(), neighbours.data()});
     }
   });
 }

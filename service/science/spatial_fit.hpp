@@ -12,6 +12,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 namespace xanesd::science {
@@ -47,23 +48,31 @@ struct SpatialInput {
   int threads = 1;
 };
 
-struct SpatialResult {
-  // Parameter-major (M planes of P): the least-squares coefficients θ̄ = G⁻¹ s̄ of each pixel's
-  // averaged statistics s̄, scaled to its own thickness; s̄ = G θ̄ (the neighbours share the
-  // pixel's G), so a constrained solver can start from them. Only meaningful where sigma2 ≥ 0.
-  // No averaged yᵀy: the solvers' tolerances scale with the pixel's own (the same size: the
-  // neighbours are brought to its thickness), and its χ² is its own data's.
-  std::vector<float> theta;
-  // P: variance per unit G⁻¹ of the averaged statistics (cov θ = sigma2 · G⁻¹ for least
-  // squares): the weights propagated, Σ ω_j² σ_j² (T_i/T_j)², plus the smoothing bias seen
-  // against the pilot; −1 where the pixel is not smoothed (keep its own fit).
-  std::vector<double> sigma2;
-  // P: effective number of independent pixels averaged, σ²(own) / σ²(averaged); 1 where not
-  // smoothed, 0 where the pixel has no fit.
-  std::vector<float> neighbours;
+// One row of the step's result, handed to the caller as soon as it is done (the caller solves
+// it while its values are in cache: nothing image-sized is written). Only meaningful where
+// sigma2 ≥ 0:
+// - theta (M planes of C floats): the least-squares coefficients θ̄ = G⁻¹ s̄ of each pixel's
+//   averaged statistics s̄, scaled to its own thickness; s̄ = G θ̄ (the neighbours share the
+//   pixel's G), so a constrained solver can start from them. No averaged yᵀy: the solvers'
+//   tolerances scale with the pixel's own (the same size: the neighbours are brought to its
+//   thickness), and its χ² is its own data's.
+// - sigma2 (C): variance per unit G⁻¹ of the averaged statistics (cov θ = sigma2 · G⁻¹ for
+//   least squares): the weights propagated, Σ ω_j² σ_j² (T_i/T_j)², plus the smoothing bias
+//   seen against the pilot; −1 where the pixel is not smoothed (keep its own fit).
+// - neighbours (C): effective number of independent pixels averaged, σ²(own) / σ²(averaged);
+//   1 where not smoothed, 0 where the pixel has no fit.
+struct SpatialRow {
+  int r = 0;
+  const float* theta = nullptr;
+  const double* sigma2 = nullptr;
+  const float* neighbours = nullptr;
 };
+using SpatialRowSink = std::function<void(const SpatialRow&)>;
 
-// Fills `out` (its arrays resized to the image, their pages reused from the last call).
-void spatial_average(const SpatialInput& in, const SpatialSettings& settings, SpatialResult& out);
+// Runs the step on in.threads threads; each calls make_sink() once and hands its rows, in
+// order, to the sink it got. With the step off (or a model it cannot take) every row comes
+// with sigma2 = −1 (nothing smoothed).
+void spatial_average(const SpatialInput& in, const SpatialSettings& settings,
+                     const std::function<SpatialRowSink()>& make_sink);
 
 }  // namespace xanesd::science
