@@ -8,7 +8,8 @@ Checks: the page shows one fraction panel per fitted reference and the maps upda
 scan is replayed (their version increases); clicking a pixel shows its spectrum, model and
 fractions, equal to the daemon's `pixel` reply and to the result file; a page opened after the
 scan gets the final state at once; a daemon restart shows "reconnecting" and then "live" again;
-the read-only dashboard refuses control commands. Saves dashboard.png (and
+the read-only dashboard refuses control commands; a relay frozen while a scan streams sees the
+version gap and heals it with `snapshot`. Saves dashboard.png (and
 dashboard-reconnecting.png) in the build folder.
 """
 import argparse
@@ -52,6 +53,17 @@ def get_json(url, data=None):
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read())
+
+
+def final_version(xp, control, scan_id):
+    """The version of the scan's final maps, from the daemon itself once the scan is stopped and
+    its result file written (the relay's own view may still lag behind on the PUB socket)."""
+    with xp.Client(control, timeout_ms=10000) as c:
+        def done():
+            s = c.status()
+            return s.get("state") == "stopped" and (s.get("scan") or {}).get("scan_id") == scan_id \
+                and s.get("result_file") and s
+        return wait_for(f"'{scan_id}' stopped with its result file", done, timeout=60)["version"]
 
 
 class Dashboard(unittest.TestCase):
@@ -286,8 +298,9 @@ class Dashboard(unittest.TestCase):
             peak = max(peak, rss())
             time.sleep(0.1)
         self.assertEqual(replay.returncode, 0)
+        version = final_version(self.xp, self.control, "big")
         final = wait_for("the big scan's final maps at the relay", lambda: (st := self.stats()) and st.get("scan_id") == "big"
-                         and st["versions"].get("status", 0) >= st["versions"].get("maps/fractions", 1)
+                         and st["versions"].get("maps/fractions") == version
                          and self.js("xanesDash.final && xanesDash.scanId === 'big'") and st, timeout=60)
         peak = max(peak, rss())
         slow = max(final["browsers"], key=lambda p: p["replaced"])
@@ -385,6 +398,50 @@ class Dashboard(unittest.TestCase):
         # The earlier scan's versions went up to ~15: none of the new scan's was dropped as stale.
         self.assertEqual(self.js("xanesDash.fractionVersions")[0], 1, (self.js("xanesDash.fractionVersions"), self.stats()))
         self.assertEqual(self.stats()["stats"].get("scan_restarts"), restarts + 1)
+
+    def test_5_forced_gap(self):
+        """A relay that stops reading while a scan streams misses publications for real: its own
+        daemon keeps 4 message parts for it (publish.sndhwm=4) and the relay is frozen
+        (SIGSTOP) for 2 s. After it resumes it sees the jump in the cycle version, reloads the
+        state with `snapshot`, and ends with the daemon's final maps."""
+        ingest, pub, control = (f"tcp://127.0.0.1:{binaries.free_port()}" for _ in range(3))
+        results = os.path.join(self.tmp.name, "results-gap")
+        self.spawn([ARGS.xanesd, "--config", os.path.join(ARGS.source_dir, "config/default.json"),
+                    "--set", f"ingest.endpoint={ingest}", "--set", f"publish.endpoint={pub}",
+                    "--set", f"control.endpoint={control}", "--set", f"output.directory={results}",
+                    "--set", "publish.sndhwm=4", "--set", "log.level=warn"], "xanesd-gap.log")
+        port = binaries.free_port()
+        url = f"http://127.0.0.1:{port}"
+        relay = self.spawn([sys.executable, os.path.join(ARGS.source_dir, "clients/dashboard/xanes-dashboard"),
+                            "--results", pub, "--control", control, "--port", str(port), "--quiet"], "dashboard-gap.log")
+        stats = lambda: get_json(url + "/api/stats")[1] if self._answers(url) else {}  # noqa: E731
+        wait_for("the relay live", lambda: stats().get("daemon") == "live")
+        big = os.path.join(self.tmp.name, "big-gap.h5")  # 256×256: maps of 256 KB, so 4 parts fill fast
+        refs = os.path.join(ARGS.source_dir, "config/references")
+        subprocess.run([ARGS.simulate, "--refs", os.path.join(refs, "fe_k_library_normalized.nor"),
+                        "--use", "Magnetite,Goethite,Pyrite", "--energies", os.path.join(refs, "fe_k_energies_hxn.txt"),
+                        "--shape", "256x256", "--layout", "domains", "--seed", "17", "--out", big],
+                       check=True, capture_output=True)
+        replay = self.spawn([ARGS.replay, "--input", big, "--endpoint", ingest, "--rate", "25", "--scan-id", "gap",
+                             "--quiet"], "replay-gap.log")
+        wait_for("the first maps at the relay", lambda: stats().get("versions", {}).get("maps/fractions", 0) >= 1, timeout=30)
+        relay.send_signal(signal.SIGSTOP)
+        try:
+            time.sleep(2.0)
+        finally:
+            relay.send_signal(signal.SIGCONT)
+        self.assertEqual(replay.wait(120), 0)
+        version = final_version(self.xp, control, "gap")
+        final = wait_for("the final maps at the relay", lambda: (st := stats()) and st.get("scan_id") == "gap"
+                         and st["versions"].get("maps/fractions") == version and st, timeout=60)
+        self.assertGreaterEqual(final["stats"].get("gaps", 0), 1, final["stats"])
+        self.assertGreaterEqual(final["stats"].get("snapshots_gap", 0), 1, final["stats"])
+        self.assertGreater(final["stats"].get("missed_cycles", 0), 0, final["stats"])
+        with h5py.File(os.path.join(results, "gap.h5"), "r") as f:
+            self.assertEqual(f["entry/results/fractions"].shape[1:], (256, 256))
+        print(f"forced gap: {final['stats'].get('gaps')} gaps, {final['stats'].get('missed_cycles')} cycles missed, "
+              f"{final['stats'].get('snapshots_gap')} snapshots; final version {final['versions'].get('maps/fractions')}",
+              flush=True)
 
     def _answers(self, url):
         try:
