@@ -451,11 +451,36 @@ function selectionMarks(u) {
 }
 
 // --- controls -------------------------------------------------------------------------
+// The request for one button: its arguments from the inputs beside it and the sentence the
+// confirm dialog asks about; null (with the reason shown) when an input is missing.
+function controlRequest(cmd) {
+  const list = (id) => document.getElementById(id).value.split(",").map((x) => x.trim()).filter((x) => x);
+  if (cmd === "configure") {
+    const text = document.getElementById("config-set").value.trim();
+    const eq = text.indexOf("=");
+    if (eq < 1) return { error: "type key=value first (a runtime key, e.g. publish.interval_ms=500)" };
+    const key = text.slice(0, eq).trim(), raw = text.slice(eq + 1).trim();
+    let value;
+    try { value = JSON.parse(raw); } catch { value = raw; }  // numbers, true/false, null; else a string
+    return { body: { cmd, set: { [key]: value } }, what: `set ${key} = ${JSON.stringify(value)} in the running daemon` };
+  }
+  if (cmd === "load_references") {
+    const files = list("ref-files"), names = list("ref-names");
+    if (!files.length) return { error: "type the reference files first (paths the daemon can read)" };
+    const body = { cmd, files };
+    if (names.length) body.names = names;
+    return { body, what: `load references from ${files.join(", ")}${names.length ? ` (keeping ${names.join(", ")})` : ""}; ` +
+      "the current or last scan is refitted with them if they cover it" };
+  }
+  return { body: { cmd }, what: { save: "write the result file now", abort: "ABORT the running scan",
+    select_energies: "ask the daemon for a new energy selection (it is published to the scan controller)" }[cmd] };
+}
+
 async function control(cmd) {
-  const what = { save: "write the result file now", abort: "ABORT the running scan",
-    select_energies: "ask the daemon for a new energy selection (it is published to the scan controller)" }[cmd];
-  if (!window.confirm(`Really ${what}?`)) return;
-  const res = await fetch("/api/control", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ cmd }) });
+  const req = controlRequest(cmd);
+  if (req.error) { window.alert(`${cmd}: ${req.error}`); return; }
+  if (!window.confirm(`Really ${req.what}?`)) return;
+  const res = await fetch("/api/control", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(req.body) });
   const r = await res.json();
   window.alert(r.ok ? `${cmd}: done` : `${cmd} failed: ${r.error}`);
 }
