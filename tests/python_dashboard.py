@@ -110,9 +110,9 @@ class Dashboard(unittest.TestCase):
                                 "--set", "log.level=warn"], "xanesd.log")
 
     @classmethod
-    def stats(cls):
+    def stats(cls, url=None):
         try:
-            return get_json(cls.url + "/api/stats")[1]
+            return get_json((url or cls.url) + "/api/stats")[1]
         except (urllib.error.URLError, ConnectionError, json.JSONDecodeError):
             return {}
 
@@ -459,7 +459,7 @@ class Dashboard(unittest.TestCase):
         url = f"http://127.0.0.1:{port}"
         relay = self.spawn([sys.executable, os.path.join(ARGS.source_dir, "clients/dashboard/xanes-dashboard"),
                             "--results", pub, "--control", control, "--port", str(port), "--quiet"], "dashboard-gap.log")
-        stats = lambda: get_json(url + "/api/stats")[1] if self._answers(url) else {}  # noqa: E731
+        stats = lambda: self.stats(url)  # noqa: E731
         wait_for("the relay live", lambda: stats().get("daemon") == "live")
         big = os.path.join(self.tmp.name, "big-gap.h5")  # 256×256: maps of 256 KB, so 4 parts fill fast
         refs = os.path.join(ARGS.source_dir, "config/references")

@@ -220,8 +220,6 @@ TEST_CASE("malformed messages are rejected with a message that names the problem
   }
 }
 
-// Golden fixtures: the Python module writes py_*.frames, this test writes cpp_*.frames when
-// XANESD_WRITE_FIXTURES is set; both languages decode both sets against .expect.json.
 TEST_CASE("a header float of 2^64 or more survives encode → decode (fuzz_wire: msgpack-c's pack_double converted 2^64 to uint64)") {
   for (const double d : {0x1p64, 0x1p64 * 3, 1e300, 0x1p63, 12.5}) {
     const nlohmann::json h = {{"value", d}};
@@ -230,6 +228,8 @@ TEST_CASE("a header float of 2^64 or more survives encode → decode (fuzz_wire:
   }
 }
 
+// Golden fixtures: the Python module writes py_*.frames, this test writes cpp_*.frames when
+// XANESD_WRITE_FIXTURES is set; both languages decode both sets against .expect.json.
 TEST_CASE("golden fixtures decode to their expectations") {
   const auto dir = test::source_dir() / "protocol" / "fixtures";
   if (std::getenv("XANESD_WRITE_FIXTURES")) {

@@ -5,8 +5,8 @@
 #include <bit>
 #include <cmath>
 #include <cstring>
-#include <memory>
 #include <limits>
+#include <memory>
 #include <thread>
 #include <unordered_map>
 
@@ -789,6 +789,7 @@ void IncrementalLcf::nnls_block(std::uint32_t set, std::size_t B, const double* 
     std::uint32_t warm = free_bits;
     for (int j = F; j < M_; ++j)
       if (theta[static_cast<std::size_t>(j) * S + i] > 0) warm |= 1u << j;
+    // Background parameters alone are a group too (no material); without any, nothing to solve.
     if (warm != free_bits || F > 0) g.order.emplace_back(warm, static_cast<std::uint32_t>(i));
   }
   // NnlsTolerance's thresholds with the square roots taken once per reference and pixel.
