@@ -7,7 +7,7 @@
 // layout, 4 species, 500 counts) fed to the daemon's Scan energy-major with the default settings
 // and with fit.spatial off, a cycle after every frame as a live scan runs them; timed after each
 // of the last frames, what Pipeline::publish_cycle does between segmentations: solve_changed and
-// the map messages. Wall and process CPU time (CPU
+// the map messages (--only plain or spatial: one mode, for a profiler). Wall and process CPU time (CPU
 // time is what a loaded machine distorts least).
 #include <algorithm>
 #include <chrono>
@@ -38,15 +38,18 @@ double cpu_seconds() {
 }
 
 // Mean wall and CPU seconds of a live cycle (solve + map messages) over the last `cycles`
-// frames of a scene scan, with the spatial step on or off.
-std::pair<double, double> live_cycle(const xanesd::sim::Scan& scan, const std::vector<Reference>& refs, bool spatial,
+// frames of a scene scan, with the spatial step on or off, and the solve's share of the wall time.
+struct CycleTimes {
+  double wall = 0, cpu = 0, solve_wall = 0;
+};
+CycleTimes live_cycle(const xanesd::sim::Scan& scan, const std::vector<Reference>& refs, bool spatial,
                                      int threads, int cycles) {
   auto settings = xanesd::scan_settings(xanesd::make_config(nlohmann::json::object(), {}, "/"));
   settings.spatial.enabled = spatial;
   settings.spatial_live_max_pixels = 1e300;  // the step in every live cycle, whatever the size
   xanesd::Scan live(xanesd::sim::start_message(scan, "bench"), refs, settings);
   const std::size_t E = scan.params.energies_eV.size();
-  double wall = 0, cpu = 0;
+  CycleTimes t;
   for (std::size_t e = 0; e < E; ++e) {
     auto f = xanesd::sim::frame_message(scan, "bench", e);
     if (!live.apply(f).accepted) std::abort();
@@ -58,18 +61,21 @@ std::pair<double, double> live_cycle(const xanesd::sim::Scan& scan, const std::v
     const auto t0 = Clock::now();
     const double c0 = cpu_seconds();
     live.solve_changed(threads);
+    t.solve_wall += std::chrono::duration<double>(Clock::now() - t0).count();
     const auto msgs = xanesd::make_map_messages(live, static_cast<std::int64_t>(e), false, false);
-    wall += std::chrono::duration<double>(Clock::now() - t0).count();
-    cpu += cpu_seconds() - c0;
+    t.wall += std::chrono::duration<double>(Clock::now() - t0).count();
+    t.cpu += cpu_seconds() - c0;
     if (msgs.empty()) std::abort();
   }
-  return {wall / cycles, cpu / cycles};
+  t.wall /= cycles, t.cpu /= cycles, t.solve_wall /= cycles;
+  return t;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
   int size = 2048, E = 25, threads = 2, repeats = 3, cycle_size = 2048, cycles = 4;
+  std::string only;  // "plain" or "spatial": that mode's cycle alone (for a profiler); no ratio printed
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i];
     if (a == "--size") size = std::atoi(argv[i + 1]);
@@ -78,6 +84,7 @@ int main(int argc, char** argv) {
     else if (a == "--repeats") repeats = std::atoi(argv[i + 1]);
     else if (a == "--cycle-size") cycle_size = std::atoi(argv[i + 1]);
     else if (a == "--cycles") cycles = std::atoi(argv[i + 1]);
+    else if (a == "--only") only = argv[i + 1];
   }
   const std::string src = XANESD_SOURCE_DIR;
   auto lib = load_reference_file(src + "/config/references/fe_k_library_normalized.nor");
@@ -134,12 +141,20 @@ int main(int argc, char** argv) {
     for (const auto& n : xanesd::sim::scene_species())
       scene_refs.push_back(*std::find_if(lib.begin(), lib.end(), [&](const auto& r) { return r.name == n; }));
     const auto scan = xanesd::sim::simulate(scene_refs, xanesd::sim::scene_params(cycle_size, cycle_size, energies, 500.0, 7));
-    const auto [off_wall, off_cpu] = live_cycle(scan, scene_refs, false, threads, cycles);
-    const auto [on_wall, on_cpu] = live_cycle(scan, scene_refs, true, threads, cycles);
+    if (!only.empty()) {
+      const auto t = live_cycle(scan, scene_refs, only == "spatial", threads, cycles);
+      std::printf("fit.spatial=%s live cycle: %.3f s wall (solve %.3f s), %.3f s CPU\n", only == "spatial" ? "true" : "false",
+                  t.wall, t.solve_wall, t.cpu);
+      return 0;
+    }
+    const auto off = live_cycle(scan, scene_refs, false, threads, cycles);
+    const auto on = live_cycle(scan, scene_refs, true, threads, cycles);
+    const double off_wall = off.wall, off_cpu = off.cpu, on_wall = on.wall, on_cpu = on.cpu;
     std::printf("%dx%d scene, %d energies, %d threads, live cycle (solve + map messages), mean of the last %d frames:\n"
-                "  fit.spatial=false: %.3f s wall, %.3f s CPU\n  fit.spatial=true : %.3f s wall, %.3f s CPU\n"
+                "  fit.spatial=false: %.3f s wall (solve %.3f s), %.3f s CPU\n"
+                "  fit.spatial=true : %.3f s wall (solve %.3f s), %.3f s CPU\n"
                 "  spatial step adds %.0f %% (wall), %.0f %% (CPU) to the cycle\n",
-                cycle_size, cycle_size, E, threads, cycles, off_wall, off_cpu, on_wall, on_cpu,
+                cycle_size, cycle_size, E, threads, cycles, off_wall, off.solve_wall, off_cpu, on_wall, on.solve_wall, on_cpu,
                 100 * (on_wall - off_wall) / off_wall, 100 * (on_cpu - off_cpu) / off_cpu);
     std::printf("RESULT cycle_plain_s=%.4f cycle_spatial_s=%.4f cycle_plain_cpu_s=%.4f cycle_spatial_cpu_s=%.4f\n", off_wall,
                 on_wall, off_cpu, on_cpu);

@@ -915,23 +915,31 @@ void IncrementalLcf::solve_listed(const std::size_t* pixels, std::size_t B, std:
   for (std::size_t i = 0; i < B; ++i) l.todo[i] = !l.settled[i];
   // solve_block leaves the unconstrained θ in the first M rows of its scratch.
   nnls_block(set, B, l.acc.data(), l.q.data(), l.scratch.data(), l.todo.data(), out, l.settled.data(), ws);
-  LcfMaps& maps = maps_;
-  for (std::size_t i = 0; i < B; ++i) {
-    const std::size_t p = pixels[i];
-    if (!l.settled[i]) {
-      solve_pixel(p, ws);
-      continue;
-    }
-    for (int k = 0; k < K; ++k) {
-      maps.fractions[static_cast<std::size_t>(k) * npix_ + p] = out.fractions[static_cast<std::size_t>(k) * S + i];
-      maps.fraction_sigma[static_cast<std::size_t>(k) * npix_ + p] = out.fraction_sigma[static_cast<std::size_t>(k) * S + i];
-    }
-    maps.thickness[p] = out.thickness[i];
-    maps.residual[p] = out.residual[i];
-    maps.rfactor[p] = out.rfactor[i];
-    maps.nenergies[p] = out.nenergies[i];
-    maps.fitted[p] = out.fitted[i];
+  scatter_block(out, pixels, B, l.settled.data());
+  for (std::size_t i = 0; i < B; ++i)
+    if (!l.settled[i]) solve_pixel(pixels[i], ws);
+}
+
+// A map at a time, not a pixel at a time: the maps' planes lie a power-of-two apart at the
+// common image sizes, so a pixel's 2K + 5 values all fall in one cache set, more than its ways
+// hold; a pixel at a time every store missed the L1 and L2 caches.
+void IncrementalLcf::scatter_block(const BlockOut& out, const std::size_t* pixels, std::size_t B,
+                                   const std::uint8_t* settled) {
+  const int K = model_.n_refs();
+  auto scatter = [&](auto* dst, const auto* src) {
+    for (std::size_t i = 0; i < B; ++i)
+      if (settled[i]) dst[pixels[i]] = src[i];
+  };
+  for (int k = 0; k < K; ++k) {
+    const std::size_t o = static_cast<std::size_t>(k) * npix_, ob = static_cast<std::size_t>(k) * out.k_stride;
+    scatter(maps_.fractions.data() + o, out.fractions + ob);
+    scatter(maps_.fraction_sigma.data() + o, out.fraction_sigma + ob);
   }
+  scatter(maps_.thickness.data(), out.thickness);
+  scatter(maps_.residual.data(), out.residual);
+  scatter(maps_.rfactor.data(), out.rfactor);
+  scatter(maps_.nenergies.data(), out.nenergies);
+  scatter(maps_.fitted.data(), out.fitted);
 }
 
 std::size_t IncrementalLcf::solve_changed(int threads) {
@@ -1001,7 +1009,7 @@ void IncrementalLcf::solve_spatial(int threads) {
   if (own_pending_.size() != npix_) own_pending_.assign(npix_, 0);
   if (spatial_neighbours_.size() != npix_) spatial_neighbours_.assign(npix_, 0.f);
   const int K = model_.n_refs(), F = model_.n_background();
-  const std::size_t P = npix_, S1 = static_cast<std::size_t>(M_ + 1), C = static_cast<std::size_t>(cols_);
+  const std::size_t S1 = static_cast<std::size_t>(M_ + 1), C = static_cast<std::size_t>(cols_);
   // The averaged fit is least squares on the averaged statistics: the block arithmetic when the
   // pixel's solver allows it (the constrained cases go to solve_stats with s̄ = G θ̄).
   auto blockable = [&](std::uint32_t set) {
@@ -1009,7 +1017,6 @@ void IncrementalLcf::solve_spatial(int threads) {
     return c.invertible && sets_.count(set) > M_ && K <= 64 && !options_.sum_to_one &&
            options_.method != FitMethod::lasso;
   };
-  LcfMaps& maps = maps_;
   // Per thread: its buffers, and the solve of each row the step hands over.
   struct RowState {
     Workspace ws;
@@ -1036,7 +1043,7 @@ void IncrementalLcf::solve_spatial(int threads) {
       const auto& G = caches_[set_of_[p]].G;
       for (int r = 0; r < M_; ++r) {
         double t = 0;
-        for (int k = 0; k < M_; ++k) t += G(r, k) * row.theta[static_cast<std::size_t>(k) * C + c];
+        for (int k = 0; k < M_; ++k) t += G(r, k) * row.theta[static_cast<std::size_t>(k) * row.theta_stride + c];
         b.st[static_cast<std::size_t>(r)] = t;
       }
       b.st[static_cast<std::size_t>(M_)] = stats_[p * S1 + static_cast<std::size_t>(M_)];  // tolerances: own yᵀy
@@ -1079,22 +1086,9 @@ void IncrementalLcf::solve_spatial(int threads) {
       for (std::size_t i = 0; i < B; ++i) b.todo[i] = !b.settled[i];
       nnls_block(block_set, B, b.s_avg.data(), b.q_own.data(), b.theta.data(), b.todo.data(), out, b.settled.data(),
                  ws, b.own.data(), b.q_own.data(), b.sigma2.data());
-      for (std::size_t i = 0; i < B; ++i) {
-        const std::size_t p = b.pixel[i];
-        if (!b.settled[i]) {
-          solve_one(p);
-          continue;
-        }
-        for (int k = 0; k < K; ++k) {
-          maps.fractions[static_cast<std::size_t>(k) * P + p] = b.fk[static_cast<std::size_t>(k) * S + i];
-          maps.fraction_sigma[static_cast<std::size_t>(k) * P + p] = b.fk[static_cast<std::size_t>(K + k) * S + i];
-        }
-        maps.thickness[p] = b.f3[i];
-        maps.residual[p] = b.f3[S + i];
-        maps.rfactor[p] = b.f3[2 * S + i];
-        maps.nenergies[p] = b.nen[i];
-        maps.fitted[p] = b.fitted[i];
-      }
+      scatter_block(out, b.pixel.data(), B, b.settled.data());
+      for (std::size_t i = 0; i < B; ++i)
+        if (!b.settled[i]) solve_one(b.pixel[i]);
       B = 0;
     };
     for (std::size_t c = 0; c < C; ++c) {
@@ -1120,7 +1114,8 @@ void IncrementalLcf::solve_spatial(int threads) {
         continue;
       }
       if (set != block_set) flush(), block_set = set;
-      for (int m = 0; m < M_; ++m) b.theta[static_cast<std::size_t>(m) * S + B] = row.theta[static_cast<std::size_t>(m) * C + c];
+      for (int m = 0; m < M_; ++m)
+        b.theta[static_cast<std::size_t>(m) * S + B] = row.theta[static_cast<std::size_t>(m) * row.theta_stride + c];
       b.sigma2[B] = row.sigma2[c], b.pixel[B] = p;
       if (++B == S) flush();
     }

@@ -161,6 +161,8 @@ class IncrementalLcf {
   void solve_block(const SetCache& c, int n, std::size_t B, const T* acc, const double* q, const BlockOut& out,
                    double* scratch, std::uint8_t* settled) const;
   void solve_listed(const std::size_t* pixels, std::size_t B, std::uint32_t set, Workspace& ws);
+  // The settled pixels of a block solved into a scratch BlockOut, to their places in maps_.
+  void scatter_block(const BlockOut& out, const std::size_t* pixels, std::size_t B, const std::uint8_t* settled);
   void nnls_block(std::uint32_t set, std::size_t B, const double* s, const double* q, const double* theta,
                   const std::uint8_t* todo, const BlockOut& out, std::uint8_t* settled, Workspace& ws,
                   const double* own = nullptr, const double* own_q = nullptr, const double* sigma2 = nullptr) const;

@@ -27,18 +27,30 @@ struct SetConsts {
   double total_var = 0;  // 1ᵀ C_cc 1: variance of the thickness per unit σ²
 };
 
-// Pass 1's per-pixel features of one image row, planes of C floats: z (K planes: the whitened
-// normalized coefficients W c/T), v (σ²/T², the noise variance of z per component; 1 where not
-// valid), prec (1/v: how much the pixel counts when lent; 0 where not valid), then the M planes
-// averaged (θ/T). The window passes read rows of these through a ring (RowRing below).
+// Pass 1's per-pixel features of one image row, planes of `cols` floats `stride` apart: z (K
+// planes: the whitened normalized coefficients W c/T), v (σ²/T², the noise variance of z per
+// component; 1 where not valid), prec (1/v: how much the pixel counts when lent; 0 where not
+// valid), then the M planes averaged (θ/T). The window passes read rows of these through a ring
+// (RowRing below).
 struct RowLayout {
-  int K, M;
-  std::size_t C;
-  std::size_t v() const { return static_cast<std::size_t>(K) * C; }
-  std::size_t prec() const { return static_cast<std::size_t>(K + 1) * C; }
-  std::size_t scaled() const { return static_cast<std::size_t>(K + 2) * C; }
-  std::size_t floats() const { return static_cast<std::size_t>(K + 2 + M) * C; }
+  int K, M, cols;
+  std::size_t stride;
+  std::size_t v() const { return static_cast<std::size_t>(K) * stride; }
+  std::size_t prec() const { return static_cast<std::size_t>(K + 1) * stride; }
+  std::size_t scaled() const { return static_cast<std::size_t>(K + 2) * stride; }
+  std::size_t floats() const { return static_cast<std::size_t>(K + 2 + M) * stride; }
 };
+
+// The plane stride for rows of `cols` floats: an odd number of 64-byte lines. The window sums
+// read some 60 planes at once, a line or two of each; with a stride of a multiple of 4 KiB
+// (any power-of-two width ≥ 1024) they all fall in the same sets of the L1 and L2 caches,
+// which then hold only 8 of them, and every read goes to L3 (the kernel ran 4× slower at
+// 2048² than at 2000²). Odd line counts spread the planes over all sets.
+std::size_t padded_stride(int cols) {
+  std::size_t lines = (static_cast<std::size_t>(std::max(cols, 1)) + 15) / 16;
+  if (lines % 2 == 0) ++lines;
+  return lines * 16;
+}
 
 // The kernel of the weights: for equal chemistry d² = ‖z_c − z_j‖²/(v_c + v_j) has about `dof`
 // degrees of freedom; w = (1 − e/(h²·dof))², e the excess of d² over dof, is 1 for what noise
@@ -57,15 +69,16 @@ struct WindowRows {
 // One window offset (row d of the window, column offset dc) for the centres [c0, c1) of a row:
 // with j = c + dc,
 //   A_c += w π_j,  B_c += w² π_j,  acc_m,c += w π_j x_m,j   (m < nx)
-// `ctr`: the centres' z (K planes) and v (the plane after), plane stride C; `nb`: the neighbour
-// row (RowLayout), x its planes from `xoff`; `set_c`, `set_n`: energy sets (null: one set).
+// `ctr`: the centres' z (K planes) and v (the plane after); `nb`: the neighbour row (RowLayout),
+// x its planes from `xoff`; `acc`: nx planes; all planes L.stride apart. `set_c`, `set_n`:
+// energy sets (null: one set).
 // Branch-free so the loops vectorize; compiled for wider vectors too.
 __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 void window_offset(const Kernel kern, const RowLayout L, const float* __restrict ctr, const float* __restrict nb,
                    int dc, const std::uint32_t* __restrict set_c, const std::uint32_t* __restrict set_n, int c0, int c1,
                    int nx, std::size_t xoff, float* __restrict d2, float* __restrict wp, float* __restrict A,
                    float* __restrict B, float* __restrict acc) {
-  const std::size_t C = L.C;
+  const std::size_t C = L.stride;
   for (int c = c0; c < c1; ++c) d2[c] = 0.f;
   for (int k = 0; k < L.K; ++k) {
     const float* __restrict a = ctr + static_cast<std::size_t>(k) * C;
@@ -120,7 +133,7 @@ __attribute__((always_inline)) inline void window_chunk8(const Kernel kern, cons
                                                          const float* ctr, const WindowRows W,
                                                          const std::uint32_t* set_c, std::size_t xoff, float* A,
                                                          float* B, float* acc) {
-  const std::size_t C = L.C;
+  const std::size_t C = L.stride;
   const float* prec_c = W.rows[radius] + L.prec();
   bool any_valid = false;  // centres without a valid fit (no material) are never smoothed: skip them
   for (int l = 0; l < 8; ++l) any_valid |= prec_c[c + l] > 0;
@@ -197,10 +210,12 @@ bool window_row_fused(const Kernel kern, const RowLayout L, int nx, int radius, 
 #undef XANESD_WINDOW_CASE
 }
 
-// Buffers of the window sums of one row: A, B and nx rows of acc, indexed by column.
+// Buffers of the window sums of one row: A, B and nx rows of acc (L.stride apart), indexed by
+// column.
 struct WindowSums {
   std::vector<float> d2, wp, A, B, acc;
-  WindowSums(std::size_t C, int nx) : d2(C), wp(C), A(C), B(C), acc(static_cast<std::size_t>(nx) * C) {}
+  WindowSums(const RowLayout& L, int nx)
+      : d2(L.stride), wp(L.stride), A(L.stride), B(L.stride), acc(static_cast<std::size_t>(nx) * L.stride) {}
 };
 
 // The weighted window sums of `nx` planes (from `xoff` in the neighbour rows) for every centre
@@ -208,7 +223,7 @@ struct WindowSums {
 // allow; the columns within `radius` of the image's sides, and other sizes, an offset at a time.
 void window_row(const Kernel kern, const RowLayout L, int radius, const float* ctr, const WindowRows W,
                 const std::uint32_t* set_c, int nx, std::size_t xoff, WindowSums& out) {
-  const int C = static_cast<int>(L.C);
+  const int C = L.cols;
   const int inner0 = radius, inner1 = radius + std::max(0, C - 2 * radius) / 8 * 8;
   const bool fused = inner1 > inner0 && window_row_fused(kern, L, nx, radius, inner0, inner1, ctr, W, set_c, xoff,
                                                          out.A.data(), out.B.data(), out.acc.data());
@@ -219,7 +234,7 @@ void window_row(const Kernel kern, const RowLayout L, int radius, const float* c
     std::fill(out.A.begin() + span[0], out.A.begin() + span[1], 0.f);
     std::fill(out.B.begin() + span[0], out.B.begin() + span[1], 0.f);
     for (int m = 0; m < nx; ++m)
-      std::fill_n(out.acc.begin() + static_cast<std::ptrdiff_t>(m) * C + span[0], span[1] - span[0], 0.f);
+      std::fill_n(out.acc.begin() + static_cast<std::ptrdiff_t>(m * L.stride) + span[0], span[1] - span[0], 0.f);
   }
   for (int d = 0; d <= 2 * radius; ++d) {
     if (!W.rows[d]) continue;
@@ -409,7 +424,7 @@ void spatial_average(const SpatialInput& in, const SpatialSettings& settings,
       const auto sink = make_sink();
       const std::vector<double> sigma2(static_cast<std::size_t>(C), -1.0);
       const std::vector<float> neighbours(static_cast<std::size_t>(C), 0.f);
-      for (int r = r0; r < r1; ++r) sink({r, nullptr, sigma2.data(), neighbours.data()});
+      for (int r = r0; r < r1; ++r) sink({r, nullptr, 0, sigma2.data(), neighbours.data()});
     });
     return;
   }
@@ -439,8 +454,8 @@ void spatial_average(const SpatialInput& in, const SpatialSettings& settings,
                     static_cast<float>(1.0 / (std::max(settings.strength, 1e-3) * std::max(settings.strength, 1e-3) *
                                               std::max(1, K - 1)))};
   const int rad = std::max(0, settings.radius), pilot_rad = std::min(rad, std::max(0, settings.pilot_radius));
-  const RowLayout L{K, M, static_cast<std::size_t>(C)};
-  const std::size_t Cs = L.C;
+  const RowLayout L{K, M, C, padded_stride(C)};
+  const std::size_t Cs = static_cast<std::size_t>(C), Ps = L.stride;  // columns, plane stride
 
   // The three passes run row by row through a ring of the last 2·radius + 1 rows of pass 1's
   // features, so the features never leave the cache: the step reads the statistics and writes
@@ -452,9 +467,9 @@ void spatial_average(const SpatialInput& in, const SpatialSettings& settings,
     std::vector<float> ring(static_cast<std::size_t>(slots) * L.floats());
     std::vector<double> ring_thickness(static_cast<std::size_t>(slots) * Cs);
     std::vector<double> work(static_cast<std::size_t>(2 * M + 4) * kPass1Block);
-    std::vector<float> pilot(static_cast<std::size_t>(K + 1) * Cs);  // the centre row's pilot z (K planes), v
-    WindowSums pilot_sums(Cs, K), sums(Cs, M);
-    std::vector<float> theta(static_cast<std::size_t>(M) * Cs), neighbours(Cs);  // the row's results
+    std::vector<float> pilot(static_cast<std::size_t>(K + 1) * Ps);  // the centre row's pilot z (K planes), v
+    WindowSums pilot_sums(L, K), sums(L, M);
+    std::vector<float> theta(static_cast<std::size_t>(M) * Ps), neighbours(Cs);  // the row's results
     std::vector<double> sigma2(Cs);
     const auto sink = make_sink();
     std::vector<const float*> rows(static_cast<std::size_t>(slots));
@@ -469,7 +484,7 @@ void spatial_average(const SpatialInput& in, const SpatialSettings& settings,
     // statistics, so averaging θ/T is averaging s/T and solving once).
     auto pass1_row = [&](int r) {
       float* f = features(r);
-      const Pass1Out planes{f, f + L.v(), f + L.prec(), f + L.scaled(), ring_thickness.data() + slot(r) * Cs, Cs};
+      const Pass1Out planes{f, f + L.v(), f + L.prec(), f + L.scaled(), ring_thickness.data() + slot(r) * Cs, Ps};
       const std::size_t row = static_cast<std::size_t>(r) * Cs;
       for (std::size_t c = 0, next; c < Cs; c = next) {
         const auto set = in.set_of[row + c];  // a run of pixels of one set, at most kPass1Block
@@ -509,12 +524,12 @@ void spatial_average(const SpatialInput& in, const SpatialSettings& settings,
         const float *A = pilot_sums.A.data(), *B = pilot_sums.B.data(), *acc = pilot_sums.acc.data();
         for (std::size_t c = 0; c < Cs; ++c) {
           if (!(A[c] > 0)) {  // not valid, or no neighbour agrees: its own coefficients
-            for (int k = 0; k < K; ++k) pilot[static_cast<std::size_t>(k) * Cs + c] = centre[static_cast<std::size_t>(k) * Cs + c];
+            for (int k = 0; k < K; ++k) pilot[static_cast<std::size_t>(k) * Ps + c] = centre[static_cast<std::size_t>(k) * Ps + c];
             pilot[L.v() + c] = centre[L.v() + c];
             continue;
           }
           for (int k = 0; k < K; ++k)
-            pilot[static_cast<std::size_t>(k) * Cs + c] = acc[static_cast<std::size_t>(k) * Cs + c] / A[c];
+            pilot[static_cast<std::size_t>(k) * Ps + c] = acc[static_cast<std::size_t>(k) * Ps + c] / A[c];
           pilot[L.v() + c] = B[c] / (A[c] * A[c]);
         }
         judge = pilot.data();
@@ -528,14 +543,14 @@ void spatial_average(const SpatialInput& in, const SpatialSettings& settings,
         const auto set = in.set_of[row + c0];
         for (c1 = c0 + 1; c1 < Cs && in.set_of[row + c1] == set;) ++c1;
         const bool usable = set < sets.size() && sets[set].usable;
-        const FinishIn fin{sums.A.data(), sums.B.data(), sums.acc.data(), Cs, centre + L.prec(), centre + L.v(),
+        const FinishIn fin{sums.A.data(), sums.B.data(), sums.acc.data(), Ps, centre + L.prec(), centre + L.v(),
                            ring_thickness.data() + slot(r) * Cs, pilot_rad > 0 ? pilot.data() : nullptr,
-                           pilot.data() + L.v(), Cs};
-        const FinishOut fout{theta.data(), sigma2.data(), neighbours.data(), Cs};
+                           pilot.data() + L.v(), Ps};
+        const FinishOut fout{theta.data(), sigma2.data(), neighbours.data(), Ps};
         finish_span(M, F, usable ? sets[set].W_upper.data() : nullptr, fin, fout, static_cast<int>(c0),
                     static_cast<int>(c1));
       }
-      sink({r, theta.data(), sigma2.data(), neighbours.data()});
+      sink({r, theta.data(), Ps, sigma2.data(), neighbours.data()});
     }
   });
 }

@@ -63,7 +63,8 @@ struct SpatialInput {
 //   1 where not smoothed, 0 where the pixel has no fit.
 struct SpatialRow {
   int r = 0;
-  const float* theta = nullptr;
+  const float* theta = nullptr;  // M planes, theta_stride apart
+  std::size_t theta_stride = 0;
   const double* sigma2 = nullptr;
   const float* neighbours = nullptr;
 };
