@@ -256,19 +256,22 @@ struct Pass1Out {
   std::size_t P;
 };
 constexpr std::size_t kPass1Block = 256;
+// The stride of pass1_block's work rows: a line more than a block, so a row's stores and the
+// next row's loads are not 4 KiB apart (the load would wait for the store: 4K aliasing).
+constexpr std::size_t kPass1Stride = kPass1Block + 8;
 
 // B ≤ kPass1Block pixels from p0, statistics pixel-major (M + 1 per pixel): the least-squares
 // θ = G⁻¹ s, χ² = q − θᵀs, σ² = χ²/dof, T = Σ c; valid when T > 0, σ² finite and positive and
 // T² ≥ snr2_var·σ² (the thickness above min_snr of its standard error); then z = W c/T,
 // v = σ²/T², prec = 1/v, θ/T; invalid pixels get z = 0, v = 1, prec = 0, θ/T = 0, T = 0.
 // Gi null: the set is unusable, every pixel invalid. The pixels are the inner loop (the
-// statistics transposed first), so it vectorizes; `work`: (2M + 4)·kPass1Block doubles.
+// statistics transposed first), so it vectorizes; `work`: (2M + 4)·kPass1Stride doubles.
 __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 void pass1_block(int M, int F, std::size_t B, const double* __restrict stats, const double* Gi,
                  const double* __restrict W, int dof, double snr2_var, double* __restrict work, const Pass1Out out,
                  std::size_t p0) {
   const int K = M - F;
-  const std::size_t S = static_cast<std::size_t>(M) + 1, N = kPass1Block, P = out.P;
+  const std::size_t S = static_cast<std::size_t>(M) + 1, N = kPass1Stride, P = out.P;
   double* __restrict s = work;                                  // M + 1 rows: s, then q
   double* __restrict th = work + S * N;                         // M rows: θ
   double* __restrict inv_t = work + (S + static_cast<std::size_t>(M)) * N;  // 1/T where valid, else 0
@@ -297,9 +300,9 @@ void pass1_block(int M, int F, std::size_t B, const double* __restrict stats, co
       if (m >= F)
         for (std::size_t i = 0; i < B; ++i) thick[i] += tm[i];
     }
-    for (std::size_t i = 0; i < B; ++i) {
+    for (std::size_t i = 0; i < B; ++i) {  // & not &&: no branches, so it vectorizes
       const double sigma2 = chi2[i] / dof, t = thick[i];
-      const bool valid = t > 0 && sigma2 > 0 && sigma2 < HUGE_VAL && t * t >= snr2_var * sigma2;
+      const bool valid = (t > 0) & (sigma2 > 0) & (sigma2 < HUGE_VAL) & (t * t >= snr2_var * sigma2);
       const double it = 1.0 / t;
       inv_t[i] = valid ? it : 0.0;
       ratio[i] = valid ? sigma2 * it * it : 1.0;
@@ -330,6 +333,27 @@ void pass1_block(int M, int F, std::size_t B, const double* __restrict stats, co
     out.v[p0 + i] = static_cast<float>(ratio[i]);
     out.prec[p0 + i] = inv_t[i] != 0 ? static_cast<float>(1.0 / ratio[i]) : 0.f;
     out.thickness[p0 + i] = thick[i];
+  }
+}
+
+// The pilot of a row from its window sums: z̄ = acc/A (K planes), v̄ = B/A²; where A is not
+// positive (not valid, or no neighbour agrees) the pixel's own z and v from `own`. Branch-free
+// (the division on 1 where A ≤ 0) so the loops vectorize.
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+void pilot_from_sums(const RowLayout L, const float* __restrict A, const float* __restrict B,
+                     const float* __restrict acc, const float* __restrict own, float* __restrict pilot) {
+  for (int k = 0; k <= L.K; ++k) {  // plane K: v
+    const std::size_t o = static_cast<std::size_t>(k) * L.stride;
+    const float* __restrict num = k < L.K ? acc + o : B;
+    const float* __restrict mine = own + o;
+    float* __restrict out = pilot + o;
+    const bool squared = k == L.K;
+    for (int c = 0; c < L.cols; ++c) {
+      const bool pos = A[c] > 0;
+      const float inv = 1.f / (pos ? A[c] : 1.f);
+      const float x = num[c] * inv * (squared ? inv : 1.f);
+      out[c] = pos ? x : mine[c];
+    }
   }
 }
 
@@ -466,7 +490,7 @@ void spatial_average(const SpatialInput& in, const SpatialSettings& settings,
     const int slots = 2 * rad + 1;
     std::vector<float> ring(static_cast<std::size_t>(slots) * L.floats());
     std::vector<double> ring_thickness(static_cast<std::size_t>(slots) * Cs);
-    std::vector<double> work(static_cast<std::size_t>(2 * M + 4) * kPass1Block);
+    std::vector<double> work(static_cast<std::size_t>(2 * M + 4) * kPass1Stride);
     std::vector<float> pilot(static_cast<std::size_t>(K + 1) * Ps);  // the centre row's pilot z (K planes), v
     WindowSums pilot_sums(L, K), sums(L, M);
     std::vector<float> theta(static_cast<std::size_t>(M) * Ps), neighbours(Cs);  // the row's results
@@ -521,17 +545,7 @@ void spatial_average(const SpatialInput& in, const SpatialSettings& settings,
       const float* judge = centre;  // what the neighbours are judged against: z (K planes), v
       if (pilot_rad > 0) {
         window_row(kern, L, pilot_rad, centre, window(r, pilot_rad), set_c, K, 0, pilot_sums);
-        const float *A = pilot_sums.A.data(), *B = pilot_sums.B.data(), *acc = pilot_sums.acc.data();
-        for (std::size_t c = 0; c < Cs; ++c) {
-          if (!(A[c] > 0)) {  // not valid, or no neighbour agrees: its own coefficients
-            for (int k = 0; k < K; ++k) pilot[static_cast<std::size_t>(k) * Ps + c] = centre[static_cast<std::size_t>(k) * Ps + c];
-            pilot[L.v() + c] = centre[L.v() + c];
-            continue;
-          }
-          for (int k = 0; k < K; ++k)
-            pilot[static_cast<std::size_t>(k) * Ps + c] = acc[static_cast<std::size_t>(k) * Ps + c] / A[c];
-          pilot[L.v() + c] = B[c] / (A[c] * A[c]);
-        }
+        pilot_from_sums(L, pilot_sums.A.data(), pilot_sums.B.data(), pilot_sums.acc.data(), centre, pilot.data());
         judge = pilot.data();
       }
 
