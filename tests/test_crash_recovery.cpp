@@ -315,3 +315,32 @@ TEST_CASE("references and config changed mid-scan survive kill -9: the recovered
   CHECK(test::control_retry(ctx, d.control, {{"cmd", "shutdown"}}).value("ok", false));
   CHECK(d.proc->wait(10s) == 0);
 }
+
+TEST_CASE("the journal's writer thread writes the same journal as writing on the pipeline thread") {
+  const auto dir = test::scratch("crash-writer-thread");
+  const auto file = make_scan(dir);
+  zmq::context_t ctx(1);
+  auto journal_of = [&](const std::string& name, const std::vector<std::string>& extra) {
+    std::filesystem::create_directories(dir / name);
+    auto settings = kSettings;
+    settings.insert(settings.end(), extra.begin(), extra.end());
+    test::DaemonProcess d(dir / name, settings);
+    const auto st = send_all_but_stop(ctx, file, d);
+    CHECK(st.at("journal").value("frames", 0) == kFrames);
+    CHECK(st.at("journal").value("last_seq", -1) + 1 == kFrames);  // every frame acknowledged, in order
+    CHECK(st.at("journal").value("queued_records", -1) == 0);
+    CHECK(st.at("journal").value("queued_bytes", -1) == 0);
+    CHECK(test::control_retry(ctx, d.control, {{"cmd", "shutdown"}}).value("ok", false));
+    CHECK(d.proc->wait(10s) == 0);
+    std::ifstream in(dir / name / "results" / ".journal" / "scan.journal", std::ios::binary);
+    return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  };
+  const auto threaded = journal_of("threaded", {});
+  // A queue smaller than one frame (~100 bytes): each frame waits for the one before it to be
+  // written (the full-queue path); and no writer thread.
+  const auto full_queue = journal_of("full-queue", {"--set", "journal.queue_MiB=0.0001"});
+  const auto no_thread = journal_of("no-thread", {"--set", "journal.queue_MiB=0"});
+  REQUIRE(threaded.size() > static_cast<std::size_t>(kFrames) * 512);
+  CHECK(threaded == full_queue);
+  CHECK(threaded == no_thread);
+}

@@ -98,6 +98,7 @@ const std::vector<ConfigKey>& config_keys() {
       {"journal.enabled", true, "crash-safe scans: append every accepted start, frame and stop to a journal, so a daemon killed mid-scan reopens the scan at restart (README: Crash-safe scans). Off: a crash loses the running scan"},
       {"journal.directory", "", "folder of the scan journal (one file, the current or last scan's; a lock keeps a second daemon out); empty: output.directory/.journal"},
       {"journal.fsync_ms", 1000, "journal durability: a frame is acknowledged once written to the journal (page cache: survives a crash of the process); fdatasync runs every this many ms in the background, so a power cut loses at most the last interval's frames. 0: fdatasync after every frame (survives power loss, costs ingest throughput); -1: never", -1, 3.6e6},
+      {"journal.queue_MiB", 256.0, "records (frames) waiting for the journal's writer thread, which computes their checksums and writes them while the pipeline goes on with the next frame; a frame is acknowledged (journal.last_seq) once written. When this much is waiting the pipeline waits (nothing is dropped). 0: no writer thread, each record written by the pipeline before the next message", 0, 65536},
       {"log.level", "info", "spdlog level: trace, debug, info, warn, error"},
   };
   return keys;
@@ -240,7 +241,8 @@ Config build(const nlohmann::json& flat, const std::filesystem::path& base_dir) 
   c.security.ingest_clients = paths("security.ingest_clients");
   c.security.control_clients = paths("security.control_clients");
   c.security.readonly_clients = paths("security.readonly_clients");
-  c.journal = {flat.at("journal.enabled").get<bool>(), str("journal.directory"), integer("journal.fsync_ms")};
+  c.journal = {flat.at("journal.enabled").get<bool>(), str("journal.directory"), integer("journal.fsync_ms"),
+               static_cast<std::size_t>(num("journal.queue_MiB") * 1048576.0)};
   if (c.journal.directory.empty()) c.journal.directory = c.output.directory / ".journal";  // a scan_id never starts with '.'
   c.log_level = str("log.level");
   static const char* levels[] = {"trace", "debug", "info", "warn", "error", "critical", "off"};

@@ -95,6 +95,7 @@ struct JournalConfig {
   bool enabled = true;
   std::filesystem::path directory;  // resolved: output.directory/.journal when not configured
   int fsync_ms = 1000;              // 0: fdatasync every record; −1: never
+  std::size_t queue_bytes = 256u << 20;  // records waiting for the writer thread; 0: no thread, written on append
 };
 
 struct Config {

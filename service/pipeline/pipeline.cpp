@@ -367,7 +367,7 @@ void Pipeline::on_frame(protocol::FrameMsg&& f) {
   const auto t0 = std::chrono::steady_clock::now();
   auto outcome = scan_->apply(f);
   const auto t1 = std::chrono::steady_clock::now();
-  ingest_us_.apply += std::chrono::duration_cast<std::chrono::microseconds>(t1 - t0).count();
+  counters_.add("time_us.ingest.apply", std::chrono::duration_cast<std::chrono::microseconds>(t1 - t0).count());
   if (outcome.accepted) {
     counters_.add("ingest.frames_accepted");
     counters_.add("ingest.samples_stored", static_cast<std::int64_t>(outcome.samples_stored));
@@ -376,9 +376,11 @@ void Pipeline::on_frame(protocol::FrameMsg&& f) {
     counters_.add("ingest.rejected.frame");
   }
   for (const auto& issue : outcome.issues) report(issue, f.scan_id);
-  // Acknowledged (journal.last_seq) once written: after this a crash of the process loses nothing of it.
+  // Acknowledged (journal.last_seq) once the journal's writer has written it: from then on a
+  // crash of the process loses nothing of it.
   if (outcome.accepted && !replaying_) journal_.append(std::move(f)), check_journal();
-  ingest_us_.journal += std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t1).count();
+  counters_.add("time_us.ingest.journal",
+                std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t1).count());
 }
 
 void Pipeline::on_stop(protocol::StopMsg&& s) {
@@ -476,8 +478,6 @@ bool Pipeline::cycle_work(bool final, bool segment, std::int64_t version, ScanPr
 }
 
 void Pipeline::end_cycle(const CycleStart& c, bool published) {
-  counters_.add("time_us.ingest.apply", std::exchange(ingest_us_.apply, 0));
-  counters_.add("time_us.ingest.journal", std::exchange(ingest_us_.journal, 0));
   update_status();
   publisher_.publish(make_status_message(status(), scan_->id(), c.version));
   last_publish_ = std::chrono::steady_clock::now();

@@ -143,9 +143,6 @@ class Pipeline {
   std::atomic<bool> cycle_cancel_{false};  // a stop came: cycle_ publishes nothing after its solve
   bool cycle_published_ = true;            // written by cycle_, read after joining it
   CycleStart cycle_start_{};
-  struct {
-    std::int64_t apply = 0, journal = 0;  // µs frames spent in Scan::apply and the journal, since the last cycle
-  } ingest_us_;
   std::jthread thread_;
 };
 

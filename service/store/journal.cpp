@@ -112,9 +112,16 @@ Journal::Journal(JournalConfig settings) : settings_(std::move(settings)) {
     throw ConfigError("journal.directory '" + settings_.directory.string() +
                              "' is in use by another xanesd (each daemon needs its own output.directory or journal.directory)");
   if (settings_.fsync_ms > 0) sync_thread_ = std::jthread([this](std::stop_token st) { sync_loop(st); });
+  if (settings_.queue_bytes > 0) writer_thread_ = std::jthread([this](std::stop_token st) { writer_loop(st); });
 }
 
 Journal::~Journal() {
+  if (writer_thread_.joinable()) {  // what was queued is written first: a clean exit loses nothing
+    drain();
+    writer_thread_.request_stop();
+    queue_cv_.notify_all();
+    writer_thread_.join();
+  }
   if (sync_thread_.joinable()) {
     sync_thread_.request_stop();
     sync_cv_.notify_all();
@@ -232,7 +239,50 @@ void Journal::open_for_append(const std::filesystem::path& path, std::uint64_t s
   synced_bytes_ = 0;
 }
 
+void Journal::submit(Pending&& p) {
+  if (!writer_thread_.joinable()) return write_pending(p);
+  std::unique_lock lock(queue_mutex_);
+  // Room for it, or an empty queue (one record larger than the limit still goes).
+  queue_cv_.wait(lock, [&] { return queue_.empty() || queued_bytes_ + p.bytes <= settings_.queue_bytes; });
+  queued_bytes_ += p.bytes;
+  queue_.push_back(std::move(p));
+  queue_cv_.notify_all();
+}
+
+void Journal::write_pending(Pending& p) {
+  write_record(std::move(p.parts), p.frame_seq);
+  std::lock_guard lock(mutex_);
+  if (p.resets_seq) last_seq_ = -1;
+  if (p.sync_after && fd_ >= 0 && settings_.fsync_ms >= 0) (void)::fdatasync(fd_);  // once per scan
+}
+
+void Journal::writer_loop(std::stop_token stop) {
+  std::unique_lock lock(queue_mutex_);
+  while (true) {
+    queue_cv_.wait(lock, stop, [&] { return !queue_.empty(); });
+    if (queue_.empty()) return;  // stopped (the destructor drained the queue first)
+    Pending p = std::move(queue_.front());
+    queue_.pop_front();
+    writing_ = true;
+    lock.unlock();
+    write_pending(p);
+    const std::size_t bytes = p.bytes;
+    p = Pending{};  // the frame's buffers are freed before the queue says there is room
+    lock.lock();
+    queued_bytes_ -= bytes;
+    writing_ = false;
+    queue_cv_.notify_all();
+  }
+}
+
+void Journal::drain() {
+  if (!writer_thread_.joinable()) return;
+  std::unique_lock lock(queue_mutex_);
+  queue_cv_.wait(lock, [&] { return queue_.empty() && !writing_; });
+}
+
 void Journal::begin(const protocol::StartMsg& start) {
+  drain();  // the last scan's records go to the last scan's journal, before it is replaced
   if (unusable_) {
     std::lock_guard lock(mutex_);
     error_new_ = true;  // each scan that starts without crash safety says so
@@ -268,33 +318,48 @@ void Journal::begin(const protocol::StartMsg& start) {
   if (settings_.fsync_ms >= 0) sync_directory(settings_.directory);
 }
 
+namespace {
+std::size_t total_bytes(const std::vector<zmq::message_t>& parts) {
+  std::size_t n = 0;
+  for (const auto& p : parts) n += p.size();
+  return n;
+}
+}  // namespace
+
 void Journal::append(const protocol::StartMsg& extension) {
   if (!settings_.enabled) return;
-  write_record(encode_copy(extension), std::nullopt);
-  std::lock_guard lock(mutex_);
-  last_seq_ = -1;  // the extension's frames number from 0 again
+  Pending p{encode_copy(extension), std::nullopt, true, false, 0};
+  p.bytes = total_bytes(p.parts);
+  submit(std::move(p));
+  drain();
 }
 
 void Journal::append(protocol::FrameMsg&& frame) {
   if (!settings_.enabled) return;
   const auto seq = frame.seq;
-  write_record(protocol::encode(std::move(frame).to_wire()), seq);
+  Pending p{protocol::encode(std::move(frame).to_wire()), seq, false, false, 0};
+  p.bytes = total_bytes(p.parts);
+  submit(std::move(p));
 }
 
 void Journal::append_fit_state(const nlohmann::json& state) {
   if (!settings_.enabled) return;
   const auto packed = nlohmann::json::to_msgpack(state);  // doubles exact, spectra compact
-  std::vector<zmq::message_t> parts;
-  parts.emplace_back(kFitStateTopic.data(), kFitStateTopic.size());
-  parts.emplace_back(packed.data(), packed.size());
-  write_record(std::move(parts), std::nullopt);
+  Pending p;
+  p.parts.emplace_back(kFitStateTopic.data(), kFitStateTopic.size());
+  p.parts.emplace_back(packed.data(), packed.size());
+  p.bytes = total_bytes(p.parts);
+  submit(std::move(p));
+  drain();  // written before the configure or load_references that changed it is answered
 }
 
 void Journal::append(const protocol::StopMsg& stop) {
   if (!settings_.enabled) return;
   auto copy = stop;
-  write_record(protocol::encode(std::move(copy).to_wire()), std::nullopt);
-  if (fd_ >= 0 && settings_.fsync_ms >= 0) (void)::fdatasync(fd_);  // once per scan
+  Pending p{protocol::encode(std::move(copy).to_wire()), std::nullopt, false, true, 0};
+  p.bytes = total_bytes(p.parts);
+  submit(std::move(p));
+  drain();
 }
 
 void Journal::write_record(std::vector<zmq::message_t>&& parts, std::optional<std::int64_t> frame_seq) {
@@ -348,11 +413,17 @@ std::string Journal::take_new_error() {
 
 nlohmann::json Journal::stats() const {
   if (!settings_.enabled) return {{"enabled", false}, {"error", error_}};
+  std::size_t queued_records = 0, queued_bytes = 0;
+  {
+    std::lock_guard lock(queue_mutex_);
+    queued_records = queue_.size() + (writing_ ? 1 : 0), queued_bytes = queued_bytes_;
+  }
   std::lock_guard lock(mutex_);
   return {{"enabled", true},       {"path", path_.string()}, {"fsync_ms", settings_.fsync_ms},
           {"scan_id", scan_id_},   {"frames", frames_},      {"last_seq", last_seq_},
           {"bytes", bytes_},       {"synced_bytes", synced_bytes_}, {"writing", fd_ >= 0},
-          {"write_seconds", write_seconds_}, {"error", error_}};
+          {"write_seconds", write_seconds_}, {"queued_records", queued_records}, {"queued_bytes", queued_bytes},
+          {"error", error_}};
 }
 
 }  // namespace xanesd

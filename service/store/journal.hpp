@@ -6,9 +6,17 @@
 // Durability policy (README "Crash-safe scans"): a frame is acknowledged (counted in
 // `journal.last_seq` of status) once its record has been write(2)n to the journal file, i.e.
 // is in the kernel's page cache: it survives any crash of the process. fdatasync runs every
-// journal.fsync_ms on a background thread (0: after every record, on the pipeline thread),
+// journal.fsync_ms on a background thread (0: after every record, before it is acknowledged),
 // so a power cut loses at most the frames acknowledged in that last interval. A torn or
 // corrupt tail (CRC-32 per record) is cut off at recovery and reported.
+//
+// Records are written by a writer thread (journal.queue_MiB > 0): append queues the encoded
+// record (a frame's arrays move in, nothing is copied) and returns, so checksum and write(2)
+// (half the pipeline's time per 2048² frame) overlap the next frame's work. A full queue makes
+// append wait. A frame applied but not yet written is not acknowledged: after a crash the
+// sender resends from journal.last_seq + 1, as for a frame still in flight. Every other record
+// (an extension, a stop, a fit state) is written before its append returns, as before: a
+// control command's change is in the journal when it is answered.
 //
 // One journal at a time, `<journal.directory>/scan.journal`: a new scan's start replaces the
 // last scan's journal atomically (rename). A lock file keeps two daemons out of one folder.
@@ -17,6 +25,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <deque>
 #include <filesystem>
 #include <functional>
 #include <mutex>
@@ -69,13 +78,27 @@ class Journal {
   void append_fit_state(const nlohmann::json& state);
 
   // Live figures for status: scan_id, frames, last_seq (the last acknowledged frame), bytes,
-  // synced_bytes, fsync_ms, path, write_seconds (the pipeline's time in the journal), error (a
-  // failed write disables the journal for the scan).
+  // synced_bytes, fsync_ms, path, write_seconds (time writing records), queued_records and
+  // queued_bytes (waiting for the writer), error (a failed write disables the journal for the
+  // scan).
   nlohmann::json stats() const;
   // Empty, or why the journal stopped writing (reported once on the errors topic).
   std::string take_new_error();
+  // Waits until every queued record is written (a new scan, shutdown; tests).
+  void drain();
 
  private:
+  // A record on its way to the file: what write_record takes, and what to do once it is written.
+  struct Pending {
+    std::vector<zmq::message_t> parts;
+    std::optional<std::int64_t> frame_seq;
+    bool resets_seq = false;   // an extension: its frames number from 0 again
+    bool sync_after = false;   // a stop: fdatasync once per scan
+    std::size_t bytes = 0;
+  };
+  void submit(Pending&& p);  // to the writer thread, or written now without one
+  void write_pending(Pending& p);
+  void writer_loop(std::stop_token stop);
   void write_record(std::vector<zmq::message_t>&& parts, std::optional<std::int64_t> frame_seq);
   void note_recovered(const std::vector<zmq::message_t>& parts, Recovery& r);
   void open_for_append(const std::filesystem::path& path, std::uint64_t size);
@@ -95,6 +118,13 @@ class Journal {
   double write_seconds_ = 0;  // pipeline-thread time in write_record (CRC, write, fdatasync when fsync_ms = 0)
   std::condition_variable_any sync_cv_;
   std::jthread sync_thread_;
+
+  mutable std::mutex queue_mutex_;  // guards queue_, queued_bytes_, writing_
+  std::condition_variable_any queue_cv_;  // the writer waits for records; append for room; drain for the end
+  std::deque<Pending> queue_;
+  std::size_t queued_bytes_ = 0;
+  bool writing_ = false;  // the writer holds a record it took off the queue
+  std::jthread writer_thread_;
 };
 
 }  // namespace xanesd
