@@ -260,6 +260,25 @@ constexpr std::size_t kPass1Block = 256;
 // next row's loads are not 4 KiB apart (the load would wait for the store: 4K aliasing).
 constexpr std::size_t kPass1Stride = kPass1Block + 8;
 
+// θ = G⁻¹ s for B pixels (rows of stride N): with M known, a pixel's M sums stay in registers
+// and each s value is read once (the row-at-a-time loop reads and writes θ's rows M times).
+template <int M>
+__attribute__((always_inline)) inline void theta_rows(std::size_t B, std::size_t N, const double* Gi,
+                                                      const double* __restrict s, double* __restrict th) {
+  double g[M][M];  // g[r][k] = G⁻¹(r, k), column-major input
+  for (int r = 0; r < M; ++r)
+    for (int k = 0; k < M; ++k) g[r][k] = Gi[static_cast<std::size_t>(k) * M + r];
+  for (std::size_t i = 0; i < B; ++i) {
+    double sv[M];
+    for (int k = 0; k < M; ++k) sv[k] = s[static_cast<std::size_t>(k) * N + i];
+    for (int r = 0; r < M; ++r) {
+      double t = 0;
+      for (int k = 0; k < M; ++k) t += g[r][k] * sv[k];
+      th[static_cast<std::size_t>(r) * N + i] = t;
+    }
+  }
+}
+
 // B ≤ kPass1Block pixels from p0, statistics pixel-major (M + 1 per pixel): the least-squares
 // θ = G⁻¹ s, χ² = q − θᵀs, σ² = χ²/dof, T = Σ c; valid when T > 0, σ² finite and positive and
 // T² ≥ snr2_var·σ² (the thickness above min_snr of its standard error); then z = W c/T,
@@ -280,7 +299,17 @@ void pass1_block(int M, int F, std::size_t B, const double* __restrict stats, co
   if (Gi) {
     for (std::size_t i = 0; i < B; ++i)
       for (std::size_t m = 0; m < S; ++m) s[m * N + i] = stats[i * S + m];
-    for (int r = 0; r < M; ++r) {
+    bool done = false;
+    switch (M) {  // the usual sizes with θ's M sums in registers
+      case 3: done = (theta_rows<3>(B, N, Gi, s, th), true); break;
+      case 4: done = (theta_rows<4>(B, N, Gi, s, th), true); break;
+      case 5: done = (theta_rows<5>(B, N, Gi, s, th), true); break;
+      case 6: done = (theta_rows<6>(B, N, Gi, s, th), true); break;
+      case 7: done = (theta_rows<7>(B, N, Gi, s, th), true); break;
+      case 8: done = (theta_rows<8>(B, N, Gi, s, th), true); break;
+      default: break;
+    }
+    for (int r = 0; !done && r < M; ++r) {
       double* __restrict tr = th + static_cast<std::size_t>(r) * N;
       for (std::size_t i = 0; i < B; ++i) tr[i] = 0;
       for (int k = 0; k < M; ++k) {
