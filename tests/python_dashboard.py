@@ -482,8 +482,9 @@ class Dashboard(unittest.TestCase):
                     time.sleep(1.0)
             finally:
                 relay.send_signal(signal.SIGCONT)
-            if not until_stopped:
-                wait_for("the gap seen", lambda: stats().get("stats", {}).get("gaps", 0) >= 1, timeout=30)
+            if not until_stopped:  # seen and healed before the next freeze (which would stall the snapshot)
+                wait_for("the gap seen and healed", lambda: (g := stats().get("stats", {})).get("gaps", 0) >= 1
+                         and g.get("snapshots_gap", 0) >= 1, timeout=30)
         try:
             final = wait_for("the final maps at the relay", lambda: (st := stats()) and st.get("scan_id") == "gap"
                              and st["versions"].get("maps/fractions") == version and st, timeout=60)

@@ -102,6 +102,37 @@ void IncrementalLcf::replace(std::size_t p, int e, double previous, double y) {
   if (!changed_[p]) changed_[p] = 1, changed_list_.push_back(p);
 }
 
+namespace {
+// add_planes' sums for one block of B pixels from p0 (acc: M + 1 rows of kBlock, q last),
+// plane by plane in add()'s order. Wider vectors (target_clones), but no fused multiply-add:
+// add() rounds the product and the sum separately, and folding must give its statistics bit for
+// bit whatever the grouping of planes.
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"), optimize("fp-contract=off")))
+void fold_block(const float* planes, std::size_t stride, std::size_t p0, std::size_t B, const int* energies,
+                std::size_t n, const double* xrows, int M, std::size_t kBlock, double* __restrict acc,
+                std::uint16_t* __restrict count, double* __restrict yd) {
+  for (std::size_t j = 0; j < n; ++j) {
+    const int e = energies[j];
+    const float* __restrict y = planes + static_cast<std::size_t>(e) * stride + p0;
+    const double* x = xrows + static_cast<std::size_t>(e) * static_cast<std::size_t>(M);
+    // One pass over the plane (NaN → 0, counted), then the sums over that L1-resident copy.
+    double* __restrict q = acc + static_cast<std::size_t>(M) * kBlock;
+    for (std::size_t i = 0; i < B; ++i) {
+      const bool ok = !std::isnan(y[i]);
+      const double v = ok ? static_cast<double>(y[i]) : 0.0;
+      yd[i] = v;
+      q[i] += v * v;
+      count[i] = static_cast<std::uint16_t>(count[i] + ok);
+    }
+    for (int m = 0; m < M; ++m) {
+      double* __restrict a = acc + static_cast<std::size_t>(m) * kBlock;
+      const double xm = x[m];
+      for (std::size_t i = 0; i < B; ++i) a[i] += xm * yd[i];
+    }
+  }
+}
+}  // namespace
+
 void IncrementalLcf::add_planes(const float* planes, std::size_t stride, const std::vector<int>& energies, int threads) {
   if (energies.empty() || npix_ == 0) return;
   ensure_incremental_state();
@@ -122,24 +153,8 @@ void IncrementalLcf::add_planes(const float* planes, std::size_t stride, const s
       for (std::size_t i = 0; i < B; ++i)
         for (std::size_t m = 0; m < S; ++m) acc[m * kBlock + i] = stats_[(p0 + i) * S + m];
       std::fill(count.begin(), count.end(), std::uint16_t{0});
-      for (int e : energies) {  // plane by plane, in add()'s order: the same sums
-        const float* y = planes + static_cast<std::size_t>(e) * stride + p0;
-        const double* x = &xrows_[static_cast<std::size_t>(e * M_)];
-        // One pass over the plane (NaN → 0, counted), then the sums over that L1-resident copy.
-        double* q = &acc[static_cast<std::size_t>(M_) * kBlock];
-        for (std::size_t i = 0; i < B; ++i) {
-          const bool ok = !std::isnan(y[i]);
-          const double v = ok ? static_cast<double>(y[i]) : 0.0;
-          yd[i] = v;
-          q[i] += v * v;
-          count[i] = static_cast<std::uint16_t>(count[i] + ok);
-        }
-        for (int m = 0; m < M_; ++m) {
-          double* a = &acc[static_cast<std::size_t>(m) * kBlock];
-          const double xm = x[m];
-          for (std::size_t i = 0; i < B; ++i) a[i] += xm * yd[i];
-        }
-      }
+      fold_block(planes, stride, p0, B, energies.data(), n, xrows_.data(), M_, kBlock, acc.data(), count.data(),
+                 yd.data());
       for (std::size_t i = 0; i < B; ++i) {
         double* st = &stats_[(p0 + i) * S];
         for (std::size_t m = 0; m < S; ++m) st[m] = acc[m * kBlock + i];
