@@ -251,9 +251,15 @@ void Journal::submit(Pending&& p) {
 
 void Journal::write_pending(Pending& p) {
   write_record(std::move(p.parts), p.frame_seq);
-  std::lock_guard lock(mutex_);
-  if (p.resets_seq) last_seq_ = -1;
-  if (p.sync_after && fd_ >= 0 && settings_.fsync_ms >= 0) (void)::fdatasync(fd_);  // once per scan
+  int sync_fd = -1;
+  {
+    std::lock_guard lock(mutex_);
+    if (p.resets_seq) last_seq_ = -1;
+    if (p.sync_after && settings_.fsync_ms >= 0) sync_fd = fd_;
+  }
+  // Once per scan, outside the lock so status is not held up. Only this thread (or begin, once
+  // the queue is drained) closes fd_, so it stays open meanwhile.
+  if (sync_fd >= 0) (void)::fdatasync(sync_fd);
 }
 
 void Journal::writer_loop(std::stop_token stop) {
