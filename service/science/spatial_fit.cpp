@@ -249,7 +249,7 @@ void window_row(const Kernel kern, const RowLayout L, int radius, const float* c
 }
 
 // Pass 1 for a run of pixels of one energy set: the planar outputs (plane k of a quantity at
-// [k·P + p]: a row's planes, P = C) and the block's first column.
+// [k·P + p]: a row's planes, P its plane stride) and the block's first column.
 struct Pass1Out {
   float *z, *v, *prec, *scaled;
   double* thickness;
