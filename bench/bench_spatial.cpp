@@ -149,14 +149,13 @@ int main(int argc, char** argv) {
     }
     const auto off = live_cycle(scan, scene_refs, false, threads, cycles);
     const auto on = live_cycle(scan, scene_refs, true, threads, cycles);
-    const double off_wall = off.wall, off_cpu = off.cpu, on_wall = on.wall, on_cpu = on.cpu;
     std::printf("%dx%d scene, %d energies, %d threads, live cycle (solve + map messages), mean of the last %d frames:\n"
                 "  fit.spatial=false: %.3f s wall (solve %.3f s), %.3f s CPU\n"
                 "  fit.spatial=true : %.3f s wall (solve %.3f s), %.3f s CPU\n"
                 "  spatial step adds %.0f %% (wall), %.0f %% (CPU) to the cycle\n",
-                cycle_size, cycle_size, E, threads, cycles, off_wall, off.solve_wall, off_cpu, on_wall, on.solve_wall, on_cpu,
-                100 * (on_wall - off_wall) / off_wall, 100 * (on_cpu - off_cpu) / off_cpu);
-    std::printf("RESULT cycle_plain_s=%.4f cycle_spatial_s=%.4f cycle_plain_cpu_s=%.4f cycle_spatial_cpu_s=%.4f\n", off_wall,
-                on_wall, off_cpu, on_cpu);
+                cycle_size, cycle_size, E, threads, cycles, off.wall, off.solve_wall, off.cpu, on.wall, on.solve_wall, on.cpu,
+                100 * (on.wall - off.wall) / off.wall, 100 * (on.cpu - off.cpu) / off.cpu);
+    std::printf("RESULT cycle_plain_s=%.4f cycle_spatial_s=%.4f cycle_plain_cpu_s=%.4f cycle_spatial_cpu_s=%.4f\n", off.wall,
+                on.wall, off.cpu, on.cpu);
   }
 }

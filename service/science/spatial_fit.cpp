@@ -44,8 +44,8 @@ struct RowLayout {
 // The plane stride for rows of `cols` floats: an odd number of 64-byte lines. The window sums
 // read some 60 planes at once, a line or two of each; with a stride of a multiple of 4 KiB
 // (any power-of-two width ≥ 1024) they all fall in the same sets of the L1 and L2 caches,
-// which then hold only 8 of them, and every read goes to L3 (the kernel ran 4× slower at
-// 2048² than at 2000²). Odd line counts spread the planes over all sets.
+// which then hold only 8 of them, and the reads go to L3 (at 2048² the padding cut the window
+// kernel's profile samples by 45 %). Odd line counts spread the planes over all sets.
 std::size_t padded_stride(int cols) {
   std::size_t lines = (static_cast<std::size_t>(std::max(cols, 1)) + 15) / 16;
   if (lines % 2 == 0) ++lines;
@@ -263,8 +263,8 @@ constexpr std::size_t kPass1Stride = kPass1Block + 8;
 // θ = G⁻¹ s for B pixels (rows of stride N): with M known, a pixel's M sums stay in registers
 // and each s value is read once (the row-at-a-time loop reads and writes θ's rows M times).
 template <int M>
-__attribute__((always_inline)) inline void theta_rows(std::size_t B, std::size_t N, const double* Gi,
-                                                      const double* __restrict s, double* __restrict th) {
+__attribute__((always_inline)) inline void theta_rows_fixed(std::size_t B, std::size_t N, const double* Gi,
+                                                            const double* __restrict s, double* __restrict th) {
   double g[M][M];  // g[r][k] = G⁻¹(r, k), column-major input
   for (int r = 0; r < M; ++r)
     for (int k = 0; k < M; ++k) g[r][k] = Gi[static_cast<std::size_t>(k) * M + r];
@@ -275,6 +275,28 @@ __attribute__((always_inline)) inline void theta_rows(std::size_t B, std::size_t
       double t = 0;
       for (int k = 0; k < M; ++k) t += g[r][k] * sv[k];
       th[static_cast<std::size_t>(r) * N + i] = t;
+    }
+  }
+}
+// θ = G⁻¹ s for B pixels: theta_rows_fixed for M from 3 to 8, else a row of θ at a time.
+__attribute__((always_inline)) inline void theta_rows(int M, std::size_t B, std::size_t N, const double* Gi,
+                                                      const double* __restrict s, double* __restrict th) {
+  switch (M) {
+    case 3: return theta_rows_fixed<3>(B, N, Gi, s, th);
+    case 4: return theta_rows_fixed<4>(B, N, Gi, s, th);
+    case 5: return theta_rows_fixed<5>(B, N, Gi, s, th);
+    case 6: return theta_rows_fixed<6>(B, N, Gi, s, th);
+    case 7: return theta_rows_fixed<7>(B, N, Gi, s, th);
+    case 8: return theta_rows_fixed<8>(B, N, Gi, s, th);
+    default: break;
+  }
+  for (int r = 0; r < M; ++r) {
+    double* __restrict tr = th + static_cast<std::size_t>(r) * N;
+    for (std::size_t i = 0; i < B; ++i) tr[i] = 0;
+    for (int k = 0; k < M; ++k) {
+      const double g = Gi[static_cast<std::size_t>(k) * M + r];
+      const double* __restrict sk = s + static_cast<std::size_t>(k) * N;
+      for (std::size_t i = 0; i < B; ++i) tr[i] += g * sk[i];
     }
   }
 }
@@ -299,25 +321,7 @@ void pass1_block(int M, int F, std::size_t B, const double* __restrict stats, co
   if (Gi) {
     for (std::size_t i = 0; i < B; ++i)
       for (std::size_t m = 0; m < S; ++m) s[m * N + i] = stats[i * S + m];
-    bool done = false;
-    switch (M) {  // the usual sizes with θ's M sums in registers
-      case 3: done = (theta_rows<3>(B, N, Gi, s, th), true); break;
-      case 4: done = (theta_rows<4>(B, N, Gi, s, th), true); break;
-      case 5: done = (theta_rows<5>(B, N, Gi, s, th), true); break;
-      case 6: done = (theta_rows<6>(B, N, Gi, s, th), true); break;
-      case 7: done = (theta_rows<7>(B, N, Gi, s, th), true); break;
-      case 8: done = (theta_rows<8>(B, N, Gi, s, th), true); break;
-      default: break;
-    }
-    for (int r = 0; !done && r < M; ++r) {
-      double* __restrict tr = th + static_cast<std::size_t>(r) * N;
-      for (std::size_t i = 0; i < B; ++i) tr[i] = 0;
-      for (int k = 0; k < M; ++k) {
-        const double g = Gi[static_cast<std::size_t>(k) * M + r];
-        const double* __restrict sk = s + static_cast<std::size_t>(k) * N;
-        for (std::size_t i = 0; i < B; ++i) tr[i] += g * sk[i];
-      }
-    }
+    theta_rows(M, B, N, Gi, s, th);
     // χ² (in q's row) and T (in thick) a parameter at a time, so the loops over the pixels
     // vectorize; then the validity test per pixel.
     double* __restrict chi2 = s + static_cast<std::size_t>(M) * N;
