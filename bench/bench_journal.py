@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,6 +32,8 @@ import zmq
 
 HERE = os.path.dirname(os.path.realpath(__file__))
 SOURCE = os.path.dirname(HERE)
+sys.path.insert(0, os.path.join(SOURCE, "tests"))
+from binaries import free_port  # noqa: E402  (tests/binaries.py)
 
 SETTINGS = [
     ("off", ["journal.enabled=false"]),
@@ -40,12 +41,6 @@ SETTINGS = [
     ("on, no writer thread", ["journal.enabled=true", "journal.fsync_ms=1000", "journal.queue_MiB=0"]),
     ("on (fsync every frame)", ["journal.enabled=true", "journal.fsync_ms=0"]),
 ]
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def status(ctx, endpoint, timeout_ms=2000):

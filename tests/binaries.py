@@ -1,9 +1,12 @@
 """Command line of the Python tests that run the built binaries: --xanesd, --simulate, --source-dir
 (CTest passes them); the rest goes to unittest."""
 import argparse
+import os
+import random
 import socket
 import subprocess
 import sys
+import time
 
 
 def parse(doc):
@@ -16,6 +19,24 @@ def parse(doc):
 
 
 def free_port():
+    """A loopback TCP port free now, picked below the kernel's ephemeral range: ports of that range
+    go to outgoing connections, so a parallel test's client could take one picked there before the
+    daemon binds it (tests/support.hpp free_port says the same for the C++ tests)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            ephemeral_low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 32768
+    lo = max(1024, ephemeral_low // 2)
+    rng = random.Random(os.getpid() * 1000003 + time.monotonic_ns())
+    for _ in range(64 if ephemeral_low > lo else 0):
+        port = rng.randrange(lo, ephemeral_low)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

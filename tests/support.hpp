@@ -1,11 +1,16 @@
 // Shared test helpers: repository paths, loopback endpoints, and small socket utilities.
 #pragma once
 
+#include <algorithm>
+#include <atomic>
 #include <chrono>
+#include <fstream>
 #include <filesystem>
 #include <optional>
 #include <string>
 #include <vector>
+
+#include <unistd.h>
 
 #include <nlohmann/json.hpp>
 #include <zmq.hpp>
@@ -29,10 +34,30 @@ inline std::filesystem::path scratch(const std::string& name) {
   return p;
 }
 
-// A loopback TCP port that was free a moment ago (the OS picks it).
+// A loopback TCP port that is free now, picked below the kernel's ephemeral range
+// (/proc/sys/net/ipv4/ip_local_port_range): the kernel gives ports of that range to outgoing
+// connections, so a parallel test's client could take one picked there before the daemon binds
+// it ("Address already in use"); below the range only an explicit bind takes a port. The start
+// point differs per process and call, so parallel tests do not try the same ports.
 inline int free_port() {
+  int ephemeral_low = 32768;
+  if (std::ifstream range("/proc/sys/net/ipv4/ip_local_port_range"); range) range >> ephemeral_low;
+  const int lo = std::max(1024, ephemeral_low / 2), span = ephemeral_low - lo;
+  static std::atomic<unsigned> call{0};
+  const unsigned start = static_cast<unsigned>(::getpid()) * 2654435761u + 7919u * call++;
   zmq::context_t ctx(1);
-  zmq::socket_t s(ctx, zmq::socket_type::rep);
+  for (int attempt = 0; span > 0 && attempt < 64; ++attempt) {
+    const int port = lo + static_cast<int>((start + 104729u * static_cast<unsigned>(attempt)) % static_cast<unsigned>(span));
+    try {
+      zmq::socket_t s(ctx, zmq::socket_type::rep);
+      s.set(zmq::sockopt::linger, 0);
+      s.bind("tcp://127.0.0.1:" + std::to_string(port));
+      return port;
+    } catch (const zmq::error_t&) {
+      // taken: try another
+    }
+  }
+  zmq::socket_t s(ctx, zmq::socket_type::rep);  // no free port below the range: let the OS pick
   s.set(zmq::sockopt::linger, 0);
   s.bind("tcp://127.0.0.1:*");
   const auto ep = s.get(zmq::sockopt::last_endpoint);
