@@ -5,7 +5,10 @@
 #include <memory>
 #include <thread>
 
+#include <doctest/doctest.h>
+
 #include "xanesd/protocol/messages.hpp"
+#include "xanesd/protocol/products.hpp"
 
 #include "daemon.hpp"
 #include "support.hpp"
@@ -76,7 +79,10 @@ struct LiveDaemon {
     const auto until = std::chrono::steady_clock::now() + 5s;
     while (std::chrono::steady_clock::now() < until) {
       auto m = test::recv_message(sub, 200ms);
-      if (m && m->topic == "errors") return m->header;
+      if (m && m->topic == "errors") {
+        CHECK_NOTHROW(protocol::ErrorProduct::from_wire(test::copy_of(*m)));  // the typed contract holds
+        return m->header;
+      }
     }
     return nullptr;
   }

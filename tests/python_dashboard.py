@@ -233,6 +233,8 @@ class Dashboard(unittest.TestCase):
         self.assertEqual(len(b.find_elements("css selector", "#map-grid canvas")), len(panels))
         st = self.stats()
         self.assertEqual(len(st["browsers"]), 2)
+        # every publication the relay took kept the typed contract (xp.check_product)
+        self.assertEqual(st["stats"].get("bad_messages", 0), 0)
         for peer in st["browsers"]:  # bounded: at most one pending message per topic, plus events
             self.assertLessEqual(peer["queued"], 16)
         b.close()

@@ -66,6 +66,16 @@ inline int free_port() {
 
 inline std::string loopback(int port) { return "tcp://127.0.0.1:" + std::to_string(port); }
 
+// A deep copy of a message (its array frames copied), for checks that consume a message.
+inline protocol::WireMessage copy_of(const protocol::WireMessage& m) {
+  protocol::WireMessage c;
+  c.topic = m.topic;
+  c.header = m.header;
+  for (const auto& a : m.arrays)
+    c.arrays.emplace_back(a.name(), a.dtype(), a.shape(), a.little_endian(), zmq::message_t(a.bytes(), a.nbytes()));
+  return c;
+}
+
 // Receives one message within `timeout`, or nothing.
 inline std::optional<protocol::WireMessage> recv_message(zmq::socket_t& s, std::chrono::milliseconds timeout) {
   zmq::pollitem_t item{s.handle(), 0, ZMQ_POLLIN, 0};

@@ -14,6 +14,7 @@
 #include "simulate/simulate.hpp"
 #include "store/h5.hpp"
 #include "support.hpp"
+#include "xanesd/protocol/products.hpp"
 
 using namespace xanesd;
 using namespace std::chrono_literals;
@@ -110,6 +111,8 @@ TEST_CASE("live fluorescence scan: maps on the PUB socket while it runs, result 
   while ((!final_fractions || !final_thickness || !final_segments || !final_clusters) && std::chrono::steady_clock::now() < until) {
     auto m = test::recv_message(sub, 500ms);
     if (!m || m->header.value("scan_id", "") != "fluo") continue;
+    // Every publication keeps the typed contract (xanesd/protocol/products.hpp).
+    CHECK_NOTHROW(protocol::parse_product(test::copy_of(*m)));
     const auto v = m->header.at("version").get<std::int64_t>();
     CHECK(v >= last_version[m->topic]);  // versions never go back
     last_version[m->topic] = v;
@@ -233,6 +236,7 @@ TEST_CASE("live fluorescence scan: maps on the PUB socket while it runs, result 
       std::vector<zmq::message_t> one;
       for (std::size_t j = 0; j < parts; ++j) one.push_back(std::move(frames.at(i + j)));
       auto m = protocol::decode(std::move(one));
+      CHECK_NOTHROW(protocol::parse_product(test::copy_of(m)));
       latest.emplace(m.topic, std::move(m));
       i += parts;
     }
@@ -341,6 +345,7 @@ TEST_CASE("adaptive sub-spectra loop: full scan, select_energies, a scan at the 
   const auto published = test::recv_message(sub, 5s);
   REQUIRE(published.has_value());
   CHECK(published->topic == "energies");
+  CHECK(protocol::EnergiesProduct::from_wire(test::copy_of(*published)).energies_eV == energies);
   CHECK(published->header.at("scan_id") == "full");
   const auto& arr = published->arrays.at(0);
   REQUIRE(arr.size() == energies.size());

@@ -7,6 +7,7 @@
 
 #include "support.hpp"
 #include "xanesd/protocol/messages.hpp"
+#include "xanesd/protocol/products.hpp"
 
 using namespace xanesd;
 using namespace xanesd::protocol;
@@ -228,6 +229,166 @@ TEST_CASE("a header float of 2^64 or more survives encode → decode (fuzz_wire:
   }
 }
 
+// Result products (xanesd/protocol/products.hpp): a small maps/fractions and clusters, as the
+// daemon would publish them for a 2×3 image fitted with 2 references.
+MapHeader sample_map_header() {
+  return {.scan_id = "s1", .version = 4, .time_unix = 1.7e9, .rows = 2, .cols = 3, .frames_applied = 9,
+          .last_seq = 8, .energies_measured = 9, .final = true};
+}
+FractionsProduct sample_fractions() {
+  const std::vector<float> f = {0.1f, 0.2f, 0.3f, 0.4f, 0.5f, 0.6f, 0.9f, 0.8f, 0.7f, 0.6f, 0.5f, 0.4f};
+  const std::vector<float> sigma(12, 0.01f), neighbours = {1, 2, 3, 4, 5, 6};
+  const std::vector<std::uint8_t> mask = {1, 1, 1, 0, 1, 1};
+  return {.map = sample_map_header(), .reference_names = {"Magnetite", "Goethite"}, .fit_method = "nnls",
+          .mask_thickness_threshold = 0.05, .mask_valid_pixels = 5,
+          .fractions = Array::from<float>("fractions", f, {2, 2, 3}),
+          .fraction_sigma = Array::from<float>("fraction_sigma", sigma, {2, 2, 3}),
+          .mask = Array::from<std::uint8_t>("mask", mask, {2, 3}),
+          .spatial_neighbours = Array::from<float>("spatial_neighbours", neighbours, {2, 3})};
+}
+ClustersProduct sample_clusters() {
+  const std::vector<double> mean = {0.1, 0.5, 1.0, 0.2, 0.6, 1.1}, err(6, 0.01);
+  return {.map = sample_map_header(), .cluster_ids = {1, 2}, .pixels = {4, 2}, .unexplained = {2},
+          .fractions = {{0.25, 0.75}, {}}, .fraction_sigma = {{0.01, 0.01}, {}},
+          .thickness = {1.0, 0.5}, .residual = {0.01, 0.2}, .noise = {0.005, 0.006},
+          .reference_names = {"Magnetite", "Goethite"}, .pca = {{"significant", 2}},
+          .mean_spectra = Array::from<double>("mean_spectra", mean, {2, 3}),
+          .stderr_spectra = Array::from<double>("stderr_spectra", err, {2, 3})};
+}
+ErrorProduct sample_error() {
+  return {.scan_id = "s1", .code = "shape_mismatch", .message = "counts is 2×2, the scan is 2×3", .count = 3, .version = 7,
+          .time_unix = 1.7e9};
+}
+// Through the wire and back: encode, decode, parse.
+WireMessage over_the_wire(WireMessage&& m) { return decode(encode(std::move(m))); }
+
+TEST_CASE("result products round-trip through the wire, typed") {
+  const auto fr = FractionsProduct::from_wire(over_the_wire(sample_fractions().to_wire()));
+  CHECK(fr.map.scan_id == "s1");
+  CHECK(fr.map.version == 4);
+  CHECK(fr.map.rows == 2);
+  CHECK(fr.map.cols == 3);
+  CHECK(fr.map.last_seq == 8);
+  CHECK(fr.map.final);
+  CHECK(fr.reference_names == std::vector<std::string>{"Magnetite", "Goethite"});
+  CHECK(fr.mask_valid_pixels == 5);
+  REQUIRE(fr.spatial_neighbours.has_value());
+  CHECK(fr.fractions.at(6) == doctest::Approx(0.9));
+  CHECK(fr.spatial_neighbours->at(5) == 6.0);
+
+  const auto cl = ClustersProduct::from_wire(over_the_wire(sample_clusters().to_wire()));
+  CHECK(cl.cluster_ids == std::vector<std::int64_t>{1, 2});
+  CHECK(cl.fractions[0] == std::vector<double>{0.25, 0.75});
+  CHECK(cl.fractions[1].empty());
+  CHECK(cl.unexplained == std::vector<std::int64_t>{2});
+  CHECK(cl.mean_spectra.at(5) == 1.1);
+
+  const auto er = ErrorProduct::from_wire(over_the_wire(sample_error().to_wire()));
+  CHECK(er.code == "shape_mismatch");
+  CHECK(er.count == 3);
+
+  const std::vector<float> t = {1, 2, 3, 4, 5, 6};
+  const auto th = std::get<ThicknessProduct>(
+      parse_product(over_the_wire(ThicknessProduct{sample_map_header(), Array::from<float>("thickness", t, {2, 3})}.to_wire())));
+  CHECK(th.thickness.at(2) == 3.0);
+
+  auto waiting = SegmentsProduct{.map = sample_map_header(), .waiting = "fewer than 5 energies measured"};
+  const auto sg = std::get<SegmentsProduct>(parse_product(over_the_wire(std::move(waiting).to_wire())));
+  CHECK(sg.waiting == "fewer than 5 energies measured");
+  CHECK_FALSE(sg.segments.has_value());
+
+  const auto st = StatusProduct::from_wire(over_the_wire(
+      StatusProduct{.scan_id = "s1", .version = 4, .time_unix = 1.7e9, .state = "running",
+                    .details = {{"scan", nullptr}, {"references", {"Magnetite"}}, {"ingest_queue", {{"depth", 0}}}}}
+          .to_wire()));
+  CHECK(st.state == "running");
+  CHECK(st.details.at("ingest_queue").at("depth") == 0);
+  CHECK_FALSE(st.details.contains("type"));
+
+  const auto en = EnergiesProduct::from_wire(over_the_wire(
+      EnergiesProduct{.scan_id = "s1", .version = 1, .time_unix = 1.7e9, .energies_eV = {7100, 7120.5, 7200},
+                      .selection = {{"ok", true}, {"method", "rfe"}, {"energies_eV", {7100, 7120.5, 7200}}}}
+          .to_wire()));
+  CHECK(en.energies_eV == std::vector<double>{7100, 7120.5, 7200});
+  CHECK(en.selection.at("method") == "rfe");
+  CHECK_FALSE(en.selection.contains("ok"));
+}
+
+TEST_CASE("a product that breaks its contract is refused with the reason") {
+  auto refused = [](WireMessage&& m, const std::string& why) {
+    INFO(why);
+    try {
+      (void)parse_product(over_the_wire(std::move(m)));
+      FAIL("accepted");
+    } catch (const ProtocolError& e) {
+      CHECK(std::string(e.what()).find(why) != std::string::npos);
+    }
+  };
+  {  // K × rows × cols: a third reference name without its maps
+    auto f = sample_fractions();
+    f.reference_names.push_back("Pyrite");
+    refused(std::move(f).to_wire(), "array 'fractions' must have shape 3×2×3");
+  }
+  {
+    auto m = sample_fractions().to_wire();
+    m.arrays.erase(m.arrays.begin() + 2);  // the mask
+    refused(std::move(m), "no array 'mask'");
+  }
+  {
+    auto m = sample_fractions().to_wire();
+    m.header["spatial"] = false;
+    refused(std::move(m), "'spatial' must say whether");
+  }
+  {
+    auto m = sample_fractions().to_wire();
+    m.header["rows"] = 3;
+    refused(std::move(m), "must have shape");
+  }
+  {
+    auto m = sample_fractions().to_wire();
+    m.header["version"] = -1;
+    refused(std::move(m), "version");
+  }
+  {
+    auto m = sample_fractions().to_wire();
+    m.header["final"] = 1;
+    refused(std::move(m), "'final' must be true or false");
+  }
+  {
+    auto c = sample_clusters();
+    c.thickness.pop_back();
+    refused(std::move(c).to_wire(), "one entry per cluster");
+  }
+  {
+    auto c = sample_clusters();
+    c.unexplained = {9};
+    refused(std::move(c).to_wire(), "'unexplained' names a cluster id");
+  }
+  {
+    auto c = sample_clusters();
+    c.fractions[0].push_back(0.0);
+    refused(std::move(c).to_wire(), "must hold 2 numbers or none");
+  }
+  {
+    auto e = sample_error();
+    e.count = 0;
+    refused(std::move(e).to_wire(), "count");
+  }
+  {
+    auto m = sample_error().to_wire();
+    m.topic = "maps/unknown";
+    refused(std::move(m), "unknown result topic");
+  }
+  {
+    auto m = StatusProduct{.scan_id = "", .state = "sleeping", .details = {{"scan", nullptr}, {"references", nlohmann::json::array()}}}.to_wire();
+    refused(std::move(m), "'state' must be");
+  }
+  {
+    auto m = EnergiesProduct{.scan_id = "s1", .energies_eV = {7200, 7100}}.to_wire();
+    refused(std::move(m), "must be sorted");
+  }
+}
+
 // Golden fixtures: the Python module writes py_*.frames, this test writes cpp_*.frames when
 // XANESD_WRITE_FIXTURES is set; both languages decode both sets against .expect.json.
 TEST_CASE("golden fixtures decode to their expectations") {
@@ -249,6 +410,21 @@ TEST_CASE("golden fixtures decode to their expectations") {
     st.scan_id = "s1";
     st.frames_sent = 12;
     write_frames_file(dir / "cpp_stop.frames", encode(std::move(st).to_wire()));
+    // Result products: the expectations are the products' own headers and arrays.
+    auto write_product = [&](const std::string& name, WireMessage&& m) {
+      nlohmann::json arrays = nlohmann::json::array();
+      for (const auto& a : m.arrays) {
+        std::vector<double> values(a.size());
+        a.convert_to(std::span<double>(values));
+        arrays.push_back({{"name", a.name()}, {"dtype", to_string(a.dtype())}, {"shape", a.shape()}, {"values", values}});
+      }
+      const nlohmann::json expect = {{"topic", m.topic}, {"header", m.header}, {"arrays", arrays}};
+      write_frames_file(dir / ("cpp_" + name + ".frames"), encode(std::move(m)));
+      std::ofstream(dir / ("cpp_" + name + ".expect.json")) << expect.dump(2);
+    };
+    write_product("maps_fractions", sample_fractions().to_wire());
+    write_product("clusters", sample_clusters().to_wire());
+    write_product("errors", sample_error().to_wire());
     std::ofstream(dir / "cpp_stop.expect.json")
         << nlohmann::json{{"topic", "stop"}, {"header", {{"type", "stop"}, {"scan_id", "s1"}, {"reason", "completed"}, {"frames_sent", 12}}}, {"arrays", nlohmann::json::array()}}.dump(2);
   }
@@ -266,6 +442,8 @@ TEST_CASE("golden fixtures decode to their expectations") {
     if (m.topic == "frame") CHECK_NOTHROW(FrameMsg::from_wire(decode(std::move(frames))));
     if (m.topic == "start") CHECK_NOTHROW(StartMsg::from_wire(decode(std::move(frames))));
     if (m.topic == "stop") CHECK_NOTHROW(StopMsg::from_wire(decode(std::move(frames))));
+    if (std::ranges::find(product_topics(), m.topic) != product_topics().end())
+      CHECK_NOTHROW(parse_product(decode(std::move(frames))));
     ++checked;
     from_python += entry.path().filename().string().rfind("py_", 0) == 0;
   }

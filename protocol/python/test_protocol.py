@@ -314,6 +314,51 @@ class Fixtures(unittest.TestCase):
             with self.subTest(fixture=os.path.basename(p)):
                 self.check_fixture(p)
 
+    def test_cpp_products_keep_their_contract(self):
+        # the result products test_protocol (C++) wrote, checked by the Python contract
+        files = [p for p in self.fixture_files("cpp_")
+                 if xp.decode(xp.read_frames_file(p)).topic in xp.PRODUCT_TOPICS]
+        self.assertGreaterEqual(len(files), 3, "run test_protocol with XANESD_WRITE_FIXTURES=1")
+        for p in files:
+            with self.subTest(fixture=os.path.basename(p)):
+                m = xp.check_product(xp.decode(xp.read_frames_file(p)))
+                if m.topic == "maps/fractions":
+                    k = len(m["reference_names"])
+                    self.assertEqual(m.arrays["fractions"].shape, (k, m["rows"], m["cols"]))
+
+    def test_products_that_break_their_contract_are_refused(self):
+        def fixture(name):
+            return xp.decode(xp.read_frames_file(os.path.join(FIXTURES, f"cpp_{name}.frames")))
+
+        def refused(msg, why):
+            with self.assertRaisesRegex(xp.ProtocolError, why):
+                xp.check_product(msg)
+
+        m = fixture("maps_fractions")
+        m.header["reference_names"] = m.header["reference_names"] + ["Pyrite"]
+        refused(m, "'fractions' must have shape 3×2×3")
+        m = fixture("maps_fractions")
+        del m.arrays["mask"]
+        refused(m, "no array 'mask'")
+        m = fixture("maps_fractions")
+        m.header["spatial"] = False
+        refused(m, "'spatial' must say")
+        m = fixture("maps_fractions")
+        m.header["final"] = 1
+        refused(m, "'final' must be a bool")
+        m = fixture("clusters")
+        m.header["thickness"] = m.header["thickness"][:1]
+        refused(m, "one entry per cluster")
+        m = fixture("clusters")
+        m.header["unexplained"] = [9]
+        refused(m, "'unexplained' names")
+        m = fixture("errors")
+        m.header["count"] = 0
+        refused(m, "'count' must be an int >= 1")
+        m = fixture("errors")
+        m.topic = "maps/unknown"
+        refused(m, "unknown result topic")
+
     def test_cpp_pixel_reply(self):
         # the golden `pixel` reply test_pixel (C++) took from the real daemon
         path = os.path.join(FIXTURES, "cpp_pixel.reply.json")

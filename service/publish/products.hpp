@@ -1,11 +1,12 @@
-// The messages one publication cycle sends (PROTOCOL.md "Results"): built from the scan's
-// current maps, copied into frames so the pipeline can go on updating the originals.
+// The messages one publication cycle sends (PROTOCOL.md "Results"): the typed products of
+// xanesd/protocol/products.hpp, filled from the scan's current maps and copied into frames so
+// the pipeline can go on updating the originals.
 #pragma once
 
 #include <vector>
 
 #include "scan/scan.hpp"
-#include "xanesd/protocol/wire.hpp"
+#include "xanesd/protocol/products.hpp"
 
 namespace xanesd {
 

@@ -282,6 +282,135 @@ def decode(frames: Sequence) -> Message:
     return Message(topic, header, arrays)
 
 
+# ---------------------------------------------------------------------------------------
+# Result products (PROTOCOL.md "Results"): the checks of the C++ parse_product
+# (xanesd/protocol/products.hpp), so a subscriber can index a product's arrays without its own.
+
+PRODUCT_TOPICS = ("status", "maps/fractions", "maps/thickness", "maps/residual", "maps/edge",
+                  "maps/nenergies", "maps/segments", "references", "clusters", "energies", "errors")
+_MAP_TOPIC_TYPE = {"maps/fractions": "map", "maps/thickness": "map", "maps/residual": "map",
+                   "maps/edge": "map", "maps/nenergies": "map", "maps/segments": "map",
+                   "clusters": "clusters", "references": "references"}
+
+
+def _typed(h: dict, key: str, kind: str, lo=None):
+    v = _require(h, key)
+    ok = {"int": _is_int(v), "number": isinstance(v, (int, float)) and not isinstance(v, bool),
+          "bool": isinstance(v, bool), "str": isinstance(v, str), "list": isinstance(v, list)}[kind]
+    if not ok or (lo is not None and v < lo):
+        raise ProtocolError(f"'{key}' must be {'a' if kind != 'int' else 'an'} {kind}"
+                            + (f" >= {lo}" if lo is not None else "") + f", got {v!r:.64}")
+    return v
+
+
+def _product_array(msg: Message, name: str, dtype: str, shape) -> np.ndarray:
+    if name not in msg.arrays:
+        raise ProtocolError(f"{msg.topic}: no array '{name}'")
+    a = msg.arrays[name]
+    if a.dtype.name != dtype:
+        raise ProtocolError(f"{msg.topic}: array '{name}' must be {dtype}, is {a.dtype.name}")
+    if tuple(a.shape) != tuple(shape):
+        raise ProtocolError(f"{msg.topic}: array '{name}' must have shape "
+                            + "×".join(str(d) for d in shape))
+    return a
+
+
+def check_product(msg: Message) -> Message:
+    """Checks a result publication against its contract: the header keys of its topic with
+    their types, and each array's dtype and shape (K references × rows × cols …). Returns the
+    message; raises ProtocolError naming what is wrong."""
+    h, topic = msg.header, msg.topic
+    if topic not in PRODUCT_TOPICS:
+        raise ProtocolError(f"unknown result topic {topic!r:.64}")
+    expected_type = _MAP_TOPIC_TYPE.get(topic) or {"errors": "error"}.get(topic, topic)
+    if _require_string(h, "type") != expected_type:
+        raise ProtocolError(f"{topic}: header type must be '{expected_type}'")
+    _typed(h, "scan_id", "str")
+    _typed(h, "time_unix", "number")
+    _typed(h, "version", "int", 1 if topic == "errors" else 0)
+    if topic in _MAP_TOPIC_TYPE:
+        image = (_typed(h, "rows", "int", 1), _typed(h, "cols", "int", 1))
+        _typed(h, "frames_applied", "int", 0)
+        _typed(h, "last_seq", "int", -1)
+        _typed(h, "energies_measured", "int", 0)
+        _typed(h, "final", "bool")
+    if topic == "maps/fractions":
+        names = _typed(h, "reference_names", "list")
+        if not names or not all(isinstance(n, str) for n in names):
+            raise ProtocolError("maps/fractions: 'reference_names' must be a non-empty list of names")
+        _typed(h, "fit_method", "str")
+        _typed(h, "mask_thickness_threshold", "number")
+        _typed(h, "mask_valid_pixels", "int", 0)
+        for name in ("fractions", "fraction_sigma"):
+            _product_array(msg, name, "float32", (len(names),) + image)
+        _product_array(msg, "mask", "uint8", image)
+        if _typed(h, "spatial", "bool") != ("spatial_neighbours" in msg.arrays):
+            raise ProtocolError("maps/fractions: 'spatial' must say whether 'spatial_neighbours' is there")
+        if h["spatial"]:
+            _product_array(msg, "spatial_neighbours", "float32", image)
+    elif topic in ("maps/thickness", "maps/residual", "maps/edge", "maps/nenergies"):
+        names = {"maps/thickness": ("thickness",), "maps/residual": ("residual", "rfactor"),
+                 "maps/edge": ("e0", "half_step", "white_line", "edge_step"),
+                 "maps/nenergies": ("nenergies",)}[topic]
+        for name in names:
+            _product_array(msg, name, "uint16" if topic == "maps/nenergies" else "float32", image)
+        if topic == "maps/edge":
+            _typed(h, "e0_scan_eV", "number")
+            _typed(h, "pixels_computed", "int", 0)
+    elif topic == "maps/segments":
+        if _typed(h, "waiting", "str"):
+            if "segments" in msg.arrays:
+                raise ProtocolError("maps/segments: a 'waiting' message carries no map")
+        else:
+            ids = _typed(h, "cluster_ids", "list")
+            if not all(_is_int(i) and 1 <= i <= 254 for i in ids):
+                raise ProtocolError("maps/segments: cluster ids are 1–254")
+            _typed(h, "labelled_pixels", "int", 0)
+            _typed(h, "silhouette", "number")
+            _product_array(msg, "segments", "uint8", image)
+    elif topic == "clusters":
+        ids = _typed(h, "cluster_ids", "list")
+        k, n_refs = len(ids), len(_typed(h, "reference_names", "list"))
+        for key in ("pixels", "thickness", "residual", "noise", "fractions", "fraction_sigma"):
+            if len(_typed(h, key, "list")) != k:
+                raise ProtocolError(f"clusters: '{key}' must have one entry per cluster")
+        for key in ("fractions", "fraction_sigma"):
+            if any(len(row) not in (0, n_refs) for row in h[key]):
+                raise ProtocolError(f"clusters: '{key}' lists must hold {n_refs} numbers or none")
+        if not set(_typed(h, "unexplained", "list")) <= set(ids):
+            raise ProtocolError("clusters: 'unexplained' names a cluster id not in 'cluster_ids'")
+        if not isinstance(_require(h, "pca"), dict):
+            raise ProtocolError("clusters: 'pca' must be a map")
+        mean = msg.arrays.get("mean_spectra")
+        if mean is None or mean.ndim != 2:
+            raise ProtocolError("clusters: 'mean_spectra' must be k×E")
+        for name in ("mean_spectra", "stderr_spectra"):
+            _product_array(msg, name, "float64", (k, mean.shape[1]))
+    elif topic == "references":
+        _typed(h, "selected", "list")
+        for r in _typed(h, "references", "list"):
+            if not isinstance(r, dict) or not isinstance(r.get("name"), str) or not isinstance(r.get("selected"), bool):
+                raise ProtocolError("references: each of 'references' must be a map with 'name' and 'selected'")
+    elif topic == "status":
+        if _typed(h, "state", "str") not in ("idle", "running", "stopped", "aborted"):
+            raise ProtocolError("status: 'state' must be idle, running, stopped or aborted")
+        if not (h.get("scan") is None or isinstance(h["scan"], dict)) or "scan" not in h:
+            raise ProtocolError("status: 'scan' must be a map or null")
+        _typed(h, "references", "list")
+    elif topic == "energies":
+        e = msg.arrays.get("energies_eV")
+        if e is None or e.dtype.name != "float64" or e.ndim != 1 or not 1 <= e.size <= 4096:
+            raise ProtocolError("energies: 'energies_eV' must be a float64 list of 1 to 4096 energies")
+        if np.any(np.diff(e) < 0):
+            raise ProtocolError("energies: 'energies_eV' must be sorted")
+    elif topic == "errors":
+        if not _typed(h, "code", "str"):
+            raise ProtocolError("errors: 'code' is empty")
+        _typed(h, "message", "str")
+        _typed(h, "count", "int", 1)
+    return msg
+
+
 def split_messages(frames: Sequence) -> list[list]:
     """Splits concatenated messages (topic, header, arrays...)* into per-message frame lists,
     using each header's `arrays` length (the layout of the `snapshot` reply)."""
