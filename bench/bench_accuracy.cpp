@@ -342,7 +342,7 @@ void scene_part(const Options& o, const std::vector<Reference>& library, const s
       // Energies: the daemon's select_energies (source in_use) against 16 evenly spaced,
       // refitted on this scene at S.
       t0 = Clock::now();
-      const auto reply = select_energies_request({{"source", "in_use"}}, library, s_def.get(), c_def);
+      const auto reply = select_energies_request({.source = "in_use"}, library, s_def.get(), c_def);
       const double t_sel = since(t0);
       if (!reply.value("ok", false)) {
         std::printf("  energies: select_energies refused: %s\n", reply.value("error", std::string("?")).c_str());

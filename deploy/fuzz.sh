@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # CI step (README "Hardening"): builds the libFuzzer harnesses of tests/fuzz with clang, ASan and
-# UBSan (-DXANESD_FUZZ=ON, in build-fuzz/), replays the committed regression inputs, then runs
+# UBSan (deploy/hardening-build.sh, in build-hardening/), replays the committed regression inputs, then runs
 # each harness for FUZZ_SECONDS (default 60) from its seed corpus. Fails on any crash, sanitizer
 # report, undocumented exception or timeout. Artefacts (logs, grown corpora, crashing inputs)
-# stay in build-fuzz/fuzz-out/.
+# stay in build-hardening/fuzz-out/.
 #   FUZZ_SECONDS=600 bash deploy/fuzz.sh            # longer runs
 #   FUZZ_ONLY="fuzz_wire" bash deploy/fuzz.sh       # one harness
 set -euo pipefail
@@ -11,15 +11,10 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 SECONDS_EACH=${FUZZ_SECONDS:-60}
 HARNESSES=(${FUZZ_ONLY:-fuzz_wire fuzz_control fuzz_config fuzz_scan_file fuzz_references})
-BUILD=$ROOT/build-fuzz
+BUILD=$ROOT/build-hardening
 OUT=$BUILD/fuzz-out
 
-bash deploy/install-deps.sh
-cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DXANESD_FUZZ=ON \
-      -DCMAKE_C_COMPILER=clang-14 -DCMAKE_CXX_COMPILER=clang++-14 > "$ROOT/fuzz-configure.log" 2>&1 \
-  || { cat "$ROOT/fuzz-configure.log"; exit 1; }
-rm -f "$ROOT/fuzz-configure.log"
-cmake --build "$BUILD" -j"$(nproc)" --target "${HARNESSES[@]}"
+bash deploy/hardening-build.sh "${HARNESSES[@]}"
 
 # Seeds: the golden wire fixtures, the shipped config and reference files (the first byte of a
 # reference input picks normalize mode and unit: 0 = auto, auto), and tests/fuzz/corpus/.

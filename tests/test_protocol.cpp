@@ -7,6 +7,7 @@
 
 #include "support.hpp"
 #include "xanesd/protocol/messages.hpp"
+#include "xanesd/protocol/control.hpp"
 #include "xanesd/protocol/products.hpp"
 
 using namespace xanesd;
@@ -387,6 +388,55 @@ TEST_CASE("a product that breaks its contract is refused with the reason") {
     auto m = EnergiesProduct{.scan_id = "s1", .energies_eV = {7200, 7100}}.to_wire();
     refused(std::move(m), "must be sorted");
   }
+}
+
+// Control requests (xanesd/protocol/control.hpp): the golden table protocol/fixtures/
+// control_requests.json lists valid requests and invalid ones with their code and reason; the
+// Python tests read the same table.
+TEST_CASE("control requests parse to typed arguments, or are refused with their code") {
+  const auto table = nlohmann::json::parse(std::ifstream(test::source_dir() / "protocol" / "fixtures" / "control_requests.json"));
+  REQUIRE(table.size() >= 30);
+  for (const auto& row : table) {
+    INFO(row.dump());
+    if (row.at("ok").get<bool>()) {
+      const auto r = ControlRequest::parse(row.at("request"));
+      // to_json writes back exactly what was parsed: a client built from the types sends the same.
+      CHECK(r.to_json() == row.at("request"));
+      CHECK(ControlRequest::parse(r.to_json()).to_json() == r.to_json());
+    } else {
+      try {
+        (void)ControlRequest::parse(row.at("request"));
+        FAIL("accepted");
+      } catch (const RequestError& e) {
+        CHECK(e.code() == row.at("code").get<std::string>());
+        CHECK(std::string(e.what()).find(row.at("error").get<std::string>()) != std::string::npos);
+      }
+    }
+  }
+  const auto sel = std::get<SelectEnergiesArgs>(ControlRequest::parse(nlohmann::json{{"cmd", "select_energies"}, {"n", "auto"}}).args);
+  CHECK(sel.n_auto);
+  CHECK_FALSE(sel.n.has_value());
+  const auto px = std::get<PixelArgs>(ControlRequest::parse(nlohmann::json{{"cmd", "pixel"}, {"x", 1}, {"y", 12}}).args);
+  CHECK(px.x == 1);
+  CHECK(px.y == 12);
+  CHECK_THROWS_AS(ControlRequest::parse(std::string_view("{not json")), RequestError);
+}
+
+TEST_CASE("control replies: the envelope around a command's own keys") {
+  ControlReply failed;
+  failed.ok = false, failed.error = "no scan to save", failed.request_id = 7;
+  const auto j = failed.to_json();
+  CHECK(j.at("ok") == false);
+  CHECK(j.at("code") == "bad_control_request");
+  CHECK(j.at("request_id") == 7);
+  const auto back = ControlReply::from_json(j);
+  CHECK(back.error == "no scan to save");
+  CHECK(back.body.empty());
+  const auto pixel = ControlReply::from_json(nlohmann::json::parse(std::ifstream(test::source_dir() / "protocol" / "fixtures" / "cpp_pixel.reply.json")));
+  CHECK(pixel.ok);
+  CHECK(pixel.body.contains("spectrum"));
+  CHECK_THROWS_AS(ControlReply::from_json(nlohmann::json{{"ok", false}}), ProtocolError);  // a failure says why
+  CHECK_THROWS_AS(ControlReply::from_json(nlohmann::json{{"ok", "yes"}}), ProtocolError);
 }
 
 // Golden fixtures: the Python module writes py_*.frames, this test writes cpp_*.frames when

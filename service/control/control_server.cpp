@@ -5,6 +5,8 @@
 #include <spdlog/spdlog.h>
 #include <zmq_addon.hpp>
 
+#include "xanesd/protocol/control.hpp"
+
 namespace xanesd {
 
 ControlServer::ControlServer(zmq::context_t& ctx, const ControlConfig& cfg, Pipeline& pipeline, Publisher& publisher,
@@ -38,19 +40,20 @@ zmq::message_t json_frame(const nlohmann::json& j) {
 std::vector<zmq::message_t> ControlServer::error_reply(const std::string& why, const std::string& code, const nlohmann::json& request_id) {
   counters_.add("control.errors");
   pipeline_.report({code, why}, "");
-  nlohmann::json j = {{"ok", false}, {"error", why}, {"code", code}};
-  if (!request_id.is_null()) j["request_id"] = request_id;
   std::vector<zmq::message_t> reply;
-  reply.push_back(json_frame(j));
+  protocol::ControlReply failed;
+  failed.ok = false, failed.error = why, failed.code = code, failed.request_id = request_id;
+  reply.push_back(json_frame(failed.to_json()));
   return reply;
 }
 
 std::vector<zmq::message_t> ControlServer::result_reply(const std::string& cmd, nlohmann::json result, const nlohmann::json& request_id) {
   if (!result.value("ok", false))
     return error_reply(cmd + ": " + result.value("error", "failed"), result.value("code", "bad_control_request"), request_id);
-  if (!request_id.is_null()) result["request_id"] = request_id;
   std::vector<zmq::message_t> reply;
-  reply.push_back(json_frame(result));
+  protocol::ControlReply done;
+  done.request_id = request_id, done.body = std::move(result);
+  reply.push_back(json_frame(done.to_json()));
   return reply;
 }
 
@@ -58,17 +61,25 @@ std::vector<zmq::message_t> ControlServer::handle(const zmq::message_t& raw, std
   std::vector<zmq::message_t> reply;
   // code: a specific issue code (invalid_path …) when the command gave one.
   auto fail = [&](const std::string& why, const std::string& code = "bad_control_request") { return error_reply(why, code); };
-  const auto req = nlohmann::json::parse(raw.to_string_view(), nullptr, /*allow_exceptions=*/false);
-  if (req.is_discarded() || !req.is_object()) return fail("request is not a JSON object");
-  if (!req.contains("cmd") || !req["cmd"].is_string()) return fail("request has no string 'cmd'");
-  const auto cmd = req["cmd"].get<std::string>();
-  counters_.add("control.requests");
-  if (authenticated_ && cmd != "status" && cmd != "snapshot" && cmd != "pixel") {
+  const auto json = nlohmann::json::parse(raw.to_string_view(), nullptr, /*allow_exceptions=*/false);
+  // Authorization before the arguments are looked at: a read-only key learns nothing more of a
+  // state-changing command than that it may not send it.
+  if (authenticated_ && json.is_object() && json.contains("cmd") && json["cmd"].is_string() &&
+      !protocol::ControlRequest::read_only(json["cmd"].get<std::string>())) {
     const char* user = const_cast<zmq::message_t&>(raw).gets("User-Id");  // set by the ZAP handler for this key
     if (!user || std::string_view(user) != "control")
-      return fail("'" + cmd + "' needs a control client key (this key is listed in security.readonly_clients: status, snapshot and pixel only)",
+      return fail("'" + json["cmd"].get<std::string>() +
+                      "' needs a control client key (this key is listed in security.readonly_clients: status, snapshot and pixel only)",
                   "not_authorized");
   }
+  protocol::ControlRequest req;
+  try {
+    req = protocol::ControlRequest::parse(json.is_discarded() ? nlohmann::json() : json);
+  } catch (const protocol::RequestError& e) {
+    return fail(e.what(), e.code());
+  }
+  const auto& cmd = req.cmd;
+  counters_.add("control.requests");
 
   if (cmd == "status") {
     auto s = pipeline_.status();
@@ -91,18 +102,11 @@ std::vector<zmq::message_t> ControlServer::handle(const zmq::message_t& raw, std
     reply.push_back(json_frame({{"ok", true}}));
     return reply;
   }
-  static const char* pipeline_cmds[] = {"configure", "load_references", "save", "abort", "select_energies", "pixel"};
-  if (std::find(std::begin(pipeline_cmds), std::end(pipeline_cmds), cmd) == std::end(pipeline_cmds))
-    return fail("unknown command '" + cmd + "' (status, configure, load_references, snapshot, select_energies, pixel, save, abort, shutdown)");
   // A client that retries (its own timeout, a lost reply) re-sends the same request_id: the
   // command runs once. The key is the client's routing id, so two clients never collide.
-  nlohmann::json request_id = nullptr;
+  const auto& request_id = req.request_id;
   std::string key;
-  if (req.contains("request_id")) {
-    request_id = req["request_id"];
-    if (!(request_id.is_string() && !request_id.get<std::string>().empty() && request_id.get<std::string>().size() <= 128) &&
-        !request_id.is_number_integer())
-      return fail("'request_id' must be an integer or a string of 1–128 bytes");
+  if (!request_id.is_null()) {
     key = envelope.front().to_string() + '\0' + request_id.dump();
     const auto running = std::find_if(pending_.begin(), pending_.end(), [&](const Pending& p) { return p.key == key; });
     if (running != pending_.end()) {
@@ -119,7 +123,7 @@ std::vector<zmq::message_t> ControlServer::handle(const zmq::message_t& raw, std
       return reply;
     }
   }
-  pending_.push_back({std::move(envelope), cmd, pipeline_.submit(req),
+  pending_.push_back({std::move(envelope), cmd, pipeline_.submit(req.to_json()),
                       std::chrono::steady_clock::now() + std::chrono::milliseconds(cfg_.reply_timeout_ms), key, request_id});
   return {};
 }

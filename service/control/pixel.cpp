@@ -6,21 +6,18 @@
 
 namespace xanesd {
 
-nlohmann::json pixel_request(const nlohmann::json& req, const Scan* scan, std::int64_t version) {
+nlohmann::json pixel_request(const protocol::PixelArgs& req, const Scan* scan, std::int64_t version) {
   auto bad = [](const std::string& why) { return nlohmann::json{{"ok", false}, {"code", "invalid_pixel"}, {"error", why}}; };
   if (!scan) return {{"ok", false}, {"error", "no scan yet: 'pixel' reads the current or last scan"}};
-  const auto coordinate = [&](const char* key, int size, int& out) -> std::string {
-    if (!req.contains(key) || !req[key].is_number_integer())
-      return std::string("'") + key + "' must be an integer pixel index";
-    const auto v = req[key].get<std::int64_t>();
-    if (v < 0 || v >= size)
-      return std::string("'") + key + "' = " + std::to_string(v) + " is outside the image (0 to " + std::to_string(size - 1) + ")";
-    out = static_cast<int>(v);
-    return {};
+  // Integers already (protocol::ControlRequest::parse); here: inside this scan's image.
+  const auto inside = [&](const char* key, std::int64_t v, int size) -> std::string {
+    if (v >= 0 && v < size) return {};
+    return std::string("'") + key + "' = " + std::to_string(v) + " is outside the image (0 to " + std::to_string(size - 1) +
+           ") (x: column, y: row)";
   };
-  int x = 0, y = 0;
-  if (auto why = coordinate("x", scan->cols(), x); !why.empty()) return bad(why + " (x: column, y: row)");
-  if (auto why = coordinate("y", scan->rows(), y); !why.empty()) return bad(why + " (x: column, y: row)");
+  if (auto why = inside("x", req.x, scan->cols()); !why.empty()) return bad(why);
+  if (auto why = inside("y", req.y, scan->rows()); !why.empty()) return bad(why);
+  const int x = static_cast<int>(req.x), y = static_cast<int>(req.y);
   const std::size_t P = scan->pixels(), p = static_cast<std::size_t>(y) * static_cast<std::size_t>(scan->cols()) + static_cast<std::size_t>(x);
 
   nlohmann::json reply = {{"ok", true}, {"scan_id", scan->id()}, {"version", version}, {"state", to_string(scan->state())},

@@ -8,11 +8,12 @@
 #include <nlohmann/json.hpp>
 
 #include "scan/scan.hpp"
+#include "xanesd/protocol/control.hpp"
 
 namespace xanesd {
 
 // scan may be nullptr. `version`: the publication cycle the maps come from. Returns
 // {"ok": false, "code": "invalid_pixel", …} for coordinates that are not a pixel of the scan.
-nlohmann::json pixel_request(const nlohmann::json& request, const Scan* scan, std::int64_t version);
+nlohmann::json pixel_request(const protocol::PixelArgs& request, const Scan* scan, std::int64_t version);
 
 }  // namespace xanesd

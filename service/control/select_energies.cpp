@@ -59,19 +59,6 @@ std::string number(double v) {
   return o.str();
 }
 
-template <class T>
-bool read_number(const nlohmann::json& req, const char* key, T& out, double lo, double hi, std::string& error) {
-  if (!req.contains(key)) return true;
-  const auto& v = req[key];
-  if (!v.is_number() || (std::is_integral_v<T> && !v.is_number_integer()) || v.get<double>() < lo || v.get<double>() > hi) {
-    error = std::string("'") + key + "' must be " + (std::is_integral_v<T> ? "an integer" : "a number") + " in [" + number(lo) + ", " +
-            number(hi) + "], got " + protocol::quoted(v);
-    return false;
-  }
-  out = v.get<T>();
-  return true;
-}
-
 // References the sample is made of. With a segmentation: a positive LASSO fit (NNLS refit)
 // of each cluster's mean spectrum — low noise, and sparse where per-pixel NNLS spreads weight
 // over look-alike references — and every reference with ≥ 5 % in some cluster. Without one:
@@ -154,45 +141,29 @@ nlohmann::json subset_json(const science::EnergySubset& s) {
 
 }  // namespace
 
-nlohmann::json select_energies_request(const nlohmann::json& req, const std::vector<science::Reference>& refs,
+nlohmann::json select_energies_request(const protocol::SelectEnergiesArgs& req, const std::vector<science::Reference>& refs,
                                        const Scan* scan, const Config& cfg) {
+  // The request's arguments were type- and range-checked by protocol::ControlRequest::parse;
+  // the config gives what it leaves out.
   science::EnergySelectionOptions opt;
-  opt.n_select = cfg.select.n;
-  bool n_auto = cfg.select.n == 0;
-  if (req.contains("n") && req["n"].is_string()) {
-    if (req["n"].get<std::string>() != "auto") return refuse("'n' must be an integer in [1, 1000] or \"auto\", got " + protocol::quoted(req["n"]));
-    n_auto = true;
-  } else if (req.contains("n")) {
-    n_auto = false;
-  }
-  double n_tolerance = cfg.select.n_tolerance;
-  const std::string objective = req.value("objective", cfg.select.objective);
-  if (objective != "equal_time" && objective != "equal_dwell")
-    return refuse("'objective' must be 'equal_time' or 'equal_dwell', got '" + objective + "'");
+  const bool n_auto = req.n_auto || (!req.n && cfg.select.n == 0);
+  opt.n_select = static_cast<int>(req.n.value_or(cfg.select.n));
+  const double n_tolerance = req.n_tolerance.value_or(cfg.select.n_tolerance);
+  const std::string objective = req.objective.value_or(cfg.select.objective);
   if (n_auto && objective != "equal_time") return refuse("n \"auto\" needs objective 'equal_time'");
-  opt.n_normalization = cfg.select.normalization_points;
+  opt.n_normalization = static_cast<int>(req.normalization_points.value_or(cfg.select.normalization_points));
   opt.n_train = cfg.select.train_mixtures;
   opt.n_test = cfg.select.test_mixtures;
-  opt.seed = cfg.select.seed;
-  double noise = cfg.select.noise;
-  std::string error;
-  double floor = cfg.select.variance_floor;
-  if ((!n_auto && !read_number(req, "n", opt.n_select, 1, 1000, error)) || !read_number(req, "n_tolerance", n_tolerance, 0.001, 10, error) ||
-      !read_number(req, "variance_floor", floor, 1e-6, 10, error) ||
-      !read_number(req, "normalization_points", opt.n_normalization, 0, 100, error) ||
-      !read_number(req, "noise", noise, 0, 10, error) || !read_number(req, "seed", opt.seed, 0, 9.2e18, error))
-    return refuse(error);
-  const std::string source = req.value("source", "references");
+  opt.seed = req.seed ? static_cast<decltype(opt.seed)>(*req.seed) : cfg.select.seed;
+  double noise = req.noise.value_or(cfg.select.noise);
+  const double floor = req.variance_floor.value_or(cfg.select.variance_floor);
+  const std::string source = req.source.value_or("references");
   opt.background = cfg.fit.background;
 
   // The candidate grid: given, or the scan's.
   std::vector<double> grid;
-  if (req.contains("energies_eV")) {
-    if (!req["energies_eV"].is_array()) return refuse("'energies_eV' must be a list of energies (eV)");
-    for (const auto& e : req["energies_eV"]) {
-      if (!e.is_number()) return refuse("'energies_eV' must hold numbers, got " + protocol::quoted(e));
-      grid.push_back(e.get<double>());
-    }
+  if (req.energies_eV) {
+    grid = *req.energies_eV;
   } else if (scan) {
     grid = scan->energies();
   } else {
@@ -222,7 +193,7 @@ nlohmann::json select_energies_request(const nlohmann::json& req, const std::vec
       const auto* seg = scan ? scan->segmentation() : nullptr;
       if (!seg || !seg->waiting.empty() || seg->clusters.size() < 2)
         return refuse("source 'clusters' needs a segmented scan with at least 2 clusters");
-      if (req.contains("energies_eV")) return refuse("source 'clusters' selects among the scan's own measured energies");
+      if (req.energies_eV) return refuse("source 'clusters' selects among the scan's own measured energies");
       grid.clear();
       for (int j : seg->pca.energies) grid.push_back(scan->energies()[static_cast<std::size_t>(j)]);
       spectra.resize(static_cast<Eigen::Index>(grid.size()), static_cast<Eigen::Index>(seg->clusters.size()));
@@ -231,15 +202,13 @@ nlohmann::json select_energies_request(const nlohmann::json& req, const std::vec
         for (std::size_t i = 0; i < grid.size(); ++i)
           spectra(static_cast<Eigen::Index>(i), static_cast<Eigen::Index>(c)) = seg->clusters[c].mean[static_cast<std::size_t>(seg->pca.energies[i])];
       }
-    } else {
-      return refuse("'source' must be 'references', 'in_use' or 'clusters', got '" + source + "'");
     }
   } catch (const std::exception& e) {
     return refuse(e.what());
   }
 
   std::string noise_source = "request";
-  if (!req.contains("noise")) {
+  if (!req.noise) {
     noise_source = "config";
     if (noise <= 0) {
       noise = scan ? measured_noise(*scan) : 0.0;
@@ -257,7 +226,7 @@ nlohmann::json select_energies_request(const nlohmann::json& req, const std::vec
   dopt.poisson = !(scan && scan->start().mode == protocol::Mode::transmission);
   Eigen::VectorXd expected;
   std::string expected_source = dopt.poisson ? "references' equal mixture" : "none (transmission: constant variance)";
-  if (dopt.poisson && scan && scan->fit() && !req.contains("energies_eV")) {
+  if (dopt.poisson && scan && scan->fit() && !req.energies_eV) {
     std::vector<int> idx;
     if (source == "clusters") idx = scan->segmentation()->pca.energies;
     else for (std::size_t j = 0; j < grid.size(); ++j) idx.push_back(static_cast<int>(j));

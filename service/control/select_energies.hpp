@@ -15,11 +15,12 @@
 #include "config/config.hpp"
 #include "scan/scan.hpp"
 #include "science/references.hpp"
+#include "xanesd/protocol/control.hpp"
 
 namespace xanesd {
 
 // scan may be nullptr. Returns {"ok": false, "error": …} for a request that cannot be served.
-nlohmann::json select_energies_request(const nlohmann::json& request, const std::vector<science::Reference>& refs,
+nlohmann::json select_energies_request(const protocol::SelectEnergiesArgs& request, const std::vector<science::Reference>& refs,
                                        const Scan* scan, const Config& cfg);
 
 // The per-point noise of edge-normalized spectra in a fitted scan: the median over kept pixels

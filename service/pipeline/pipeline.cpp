@@ -635,9 +635,15 @@ void Pipeline::set_references(std::vector<science::Reference> refs) {
   for (const auto& r : refs_) spdlog::info("reference '{}' from {} ({}): {}", r.name, r.source, r.column, r.normalization);
 }
 
-nlohmann::json Pipeline::handle(const nlohmann::json& req) {
-  const auto cmd = req.value("cmd", "");
-  if (cmd == "save") return save(req.value("path", ""));
+nlohmann::json Pipeline::handle(const nlohmann::json& json) {
+  protocol::ControlRequest request;
+  try {
+    request = protocol::ControlRequest::parse(json);
+  } catch (const protocol::RequestError& e) {
+    return {{"ok", false}, {"code", e.code()}, {"error", e.what()}};
+  }
+  const auto& cmd = request.cmd;
+  if (cmd == "save") return save(std::get<protocol::SaveArgs>(request.args).path);
   if (cmd == "abort") {
     if (!scan_ || scan_->state() != ScanState::running) return {{"ok", false}, {"error", "no scan is running"}};
     scan_->abort("aborted by control request");
@@ -648,7 +654,7 @@ nlohmann::json Pipeline::handle(const nlohmann::json& req) {
     return {{"ok", true}, {"scan_id", scan_->id()}};
   }
   if (cmd == "configure") {
-    cfg_ = reconfigure(cfg_, req.value("set", nlohmann::json::object()));
+    cfg_ = reconfigure(cfg_, std::get<protocol::ConfigureArgs>(request.args).set);
     // A finished scan at another edge than the loaded references (loaded for the next scan)
     // keeps its fit: it is refitted only with references that cover it.
     bool refit = scan_ != nullptr;
@@ -667,35 +673,26 @@ nlohmann::json Pipeline::handle(const nlohmann::json& req) {
     return {{"ok", true}, {"config", cfg_.effective}};
   }
   if (cmd == "load_references") {
+    const auto& req = std::get<protocol::LoadReferencesArgs>(request.args);
     std::vector<science::Reference> refs;
-    if (req.contains("cluster")) {  // reference-free fallback: a domain's own mean spectrum joins the loaded set
+    if (req.cluster) {  // reference-free fallback: a domain's own mean spectrum joins the loaded set
       if (!scan_) return {{"ok", false}, {"error", "load_references from a cluster needs a scan"}};
-      if (!req["cluster"].is_number_integer()) return {{"ok", false}, {"error", "'cluster' must be a cluster id"}};
       refs = refs_;
-      refs.push_back(scan_->cluster_reference(req["cluster"].get<int>(), req.value("name", "")));
+      refs.push_back(scan_->cluster_reference(static_cast<int>(*req.cluster), req.name));
       for (std::size_t k = 0; k + 1 < refs.size(); ++k)
         if (refs[k].name == refs.back().name) return {{"ok", false}, {"error", "a reference named '" + refs.back().name + "' is loaded already"}};
     } else {
-      const auto& files = req.at("files");
-      if (!files.is_array() || files.empty()) return {{"ok", false}, {"error", "'files' must be a non-empty list of paths"}};
-      std::vector<std::string> paths;
-      for (const auto& f : files) {
-        if (!f.is_string()) return {{"ok", false}, {"error", "'files' must be a non-empty list of paths"}};
-        paths.push_back(f.get<std::string>());
+      for (const auto& p : req.files) {  // files only here: a name is not a file
+        auto loaded = science::load_reference_file(p, science::normalize_mode_from_string(req.normalize.value_or(cfg_.references.normalize)),
+                                                   science::energy_unit_from_string(req.energy_unit.value_or(cfg_.references.energy_unit)));
+        refs.insert(refs.end(), loaded.begin(), loaded.end());
       }
-      std::vector<science::Reference> all;
-      for (const auto& p : paths) {  // files only here: a name is not a file
-        auto loaded = science::load_reference_file(p, science::normalize_mode_from_string(req.value("normalize", cfg_.references.normalize)),
-                                                   science::energy_unit_from_string(req.value("energy_unit", cfg_.references.energy_unit)));
-        all.insert(all.end(), loaded.begin(), loaded.end());
-      }
-      refs = std::move(all);
     }
-    if (req.contains("names")) {  // keep only the named spectra, in the order given
+    if (req.names) {  // keep only the named spectra, in the order given
       std::vector<science::Reference> picked;
-      for (const auto& n : req["names"]) {
-        auto it = std::find_if(refs.begin(), refs.end(), [&](const auto& r) { return r.name == n.get<std::string>(); });
-        if (it == refs.end()) return {{"ok", false}, {"error", "no reference named '" + n.get<std::string>() + "' in the files"}};
+      for (const auto& n : *req.names) {
+        auto it = std::find_if(refs.begin(), refs.end(), [&](const auto& r) { return r.name == n; });
+        if (it == refs.end()) return {{"ok", false}, {"error", "no reference named '" + n + "' in the files"}};
         picked.push_back(*it);
       }
       refs = std::move(picked);
@@ -736,10 +733,10 @@ nlohmann::json Pipeline::handle(const nlohmann::json& req) {
     if (!note.empty()) reply["note"] = note;
     return reply;
   }
-  if (cmd == "pixel") return pixel_request(req, scan_.get(), version_);
+  if (cmd == "pixel") return pixel_request(std::get<protocol::PixelArgs>(request.args), scan_.get(), version_);
   if (cmd == "select_energies") {
     if (scan_) scan_->solve_changed(solve_threads(cfg_));  // select on current maps (in_use, noise)
-    auto reply = select_energies_request(req, refs_, scan_.get(), cfg_);
+    auto reply = select_energies_request(std::get<protocol::SelectEnergiesArgs>(request.args), refs_, scan_.get(), cfg_);
     if (reply.value("ok", false)) {
       publisher_.publish(make_energies_message(reply, ++energies_version_));
       counters_.add("control.energy_selections");
