@@ -62,7 +62,7 @@
 #include <nlohmann/json.hpp>
 
 #include "config/config.hpp"
-#include "control/select_energies.hpp"
+#include "commands/select_energies.hpp"
 #include "args.hpp"
 #include "machine.hpp"
 #include "run_scan.hpp"

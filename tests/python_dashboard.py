@@ -445,8 +445,8 @@ class Dashboard(unittest.TestCase):
     def test_5_forced_gap(self):
         """A relay that stops reading while a scan streams misses publications for real: its own
         daemon keeps 4 message parts for it (publish.sndhwm=4) and publishes as often as it can
-        (publish.interval_ms=0, tens of MB of maps), and the relay is frozen (SIGSTOP) for 1 s
-        mid-scan, then again until the scan has stopped. It sees the jump in the cycle version
+        (publish.interval_ms=0, tens of MB of maps), and the relay is frozen (SIGSTOP) mid-scan
+        while 4 cycles are published, then again until the scan has stopped. It sees the jump in the cycle version
         after the first, and the stopped scan's newer version in `status` after the second (the
         final maps dropped); each time it reloads the state with `snapshot`, and it ends with the
         final maps."""
@@ -469,24 +469,34 @@ class Dashboard(unittest.TestCase):
                         "--use", "Magnetite,Goethite,Pyrite", "--energies", os.path.join(refs, "fe_k_energies_hxn.txt"),
                         "--shape", "256x256", "--layout", "domains", "--seed", "17", "--out", big],
                        check=True, capture_output=True)
-        replay = self.spawn([ARGS.replay, "--input", big, "--endpoint", ingest, "--rate", "25", "--scan-id", "gap",
+        replay = self.spawn([ARGS.replay, "--input", big, "--endpoint", ingest, "--rate", "10", "--scan-id", "gap",
                              "--quiet"], "replay-gap.log")
         wait_for("the first maps at the relay", lambda: stats().get("versions", {}).get("maps/fractions", 0) >= 1, timeout=30)
-        # Frozen for 1 s mid-scan (the replay runs ≥ 2.9 s at 25 frames/s): the cycles after it
-        # show the jump. Then frozen again until the scan has stopped: its final maps are lost.
-        for until_stopped in (False, True):
+        # Frozen mid-scan until the daemon has published 4 more cycles (≈ 2 MB each: more than
+        # the 4 parts and the loopback socket buffers hold), so the cycles after it show the jump
+        # whatever the machine's speed. Then frozen until the scan has stopped: its final maps
+        # are lost.
+        def healed():
+            g = stats().get("stats", {})
+            return g.get("gaps", 0) >= 1 and g.get("snapshots_gap", 0) >= 1
+
+        with self.xp.Client(control, timeout_ms=10000) as daemon:
+            first = daemon.status()["version"]
             relay.send_signal(signal.SIGSTOP)
             try:
-                if until_stopped:
-                    self.assertEqual(replay.wait(120), 0)
-                    version = final_version(self.xp, control, "gap")
-                else:
-                    time.sleep(1.0)
+                wait_for("4 cycles published while the relay is frozen",
+                         lambda: daemon.status()["version"] >= first + 4 or replay.poll() is not None, timeout=60)
             finally:
                 relay.send_signal(signal.SIGCONT)
-            if not until_stopped:  # seen and healed before the next freeze (which would stall the snapshot)
-                wait_for("the gap seen and healed", lambda: (g := stats().get("stats", {})).get("gaps", 0) >= 1
-                         and g.get("snapshots_gap", 0) >= 1, timeout=30)
+        self.assertIsNone(replay.poll(), "the scan ended before 4 cycles passed: slow the replay down")
+        # seen and healed before the next freeze (which would stall the snapshot)
+        wait_for("the gap seen and healed", healed, timeout=30)
+        relay.send_signal(signal.SIGSTOP)
+        try:
+            self.assertEqual(replay.wait(120), 0)
+            version = final_version(self.xp, control, "gap")
+        finally:
+            relay.send_signal(signal.SIGCONT)
         try:
             final = wait_for("the final maps at the relay", lambda: (st := stats()) and st.get("scan_id") == "gap"
                              and st["versions"].get("maps/fractions") == version and st, timeout=60)

@@ -15,7 +15,7 @@
 #include <zmq.hpp>
 
 #include "config/config.hpp"
-#include "pipeline/counters.hpp"
+#include "common/counters.hpp"
 #include "pipeline/pipeline.hpp"
 #include "publish/publisher.hpp"
 #include "security/curve.hpp"

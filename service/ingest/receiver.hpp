@@ -11,8 +11,8 @@
 
 #include "config/config.hpp"
 #include "security/curve.hpp"
-#include "pipeline/bounded_queue.hpp"
-#include "pipeline/counters.hpp"
+#include "common/bounded_queue.hpp"
+#include "common/counters.hpp"
 #include "scan/scan.hpp"
 #include "xanesd/protocol/messages.hpp"
 

@@ -2,8 +2,8 @@
 
 #include <spdlog/spdlog.h>
 
-#include "control/pixel.hpp"
-#include "control/select_energies.hpp"
+#include "commands/pixel.hpp"
+#include "commands/select_energies.hpp"
 #include "publish/products.hpp"
 #include "science/cancel.hpp"
 #include "store/result_file.hpp"

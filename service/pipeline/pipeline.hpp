@@ -13,7 +13,7 @@
 
 #include "config/config.hpp"
 #include "ingest/receiver.hpp"
-#include "pipeline/counters.hpp"
+#include "common/counters.hpp"
 #include "publish/publisher.hpp"
 #include "scan/scan.hpp"
 #include "science/references.hpp"

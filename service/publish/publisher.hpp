@@ -11,8 +11,8 @@
 
 #include "config/config.hpp"
 #include "security/curve.hpp"
-#include "pipeline/bounded_queue.hpp"
-#include "pipeline/counters.hpp"
+#include "common/bounded_queue.hpp"
+#include "common/counters.hpp"
 #include "xanesd/protocol/wire.hpp"
 
 namespace xanesd {

@@ -1,4 +1,4 @@
-#include "control/select_energies.hpp"
+#include "commands/select_energies.hpp"
 
 #include <algorithm>
 #include <cmath>

@@ -1,4 +1,4 @@
-#include "control/pixel.hpp"
+#include "commands/pixel.hpp"
 
 #include <cmath>
 
