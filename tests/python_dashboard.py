@@ -444,7 +444,7 @@ class Dashboard(unittest.TestCase):
 
     def test_5_forced_gap(self):
         """A relay that stops reading while a scan streams misses publications for real: its own
-        daemon keeps 4 message parts for it (publish.sndhwm=4) and publishes as often as it can
+        daemon keeps 4 messages for it (publish.sndhwm=4) and publishes as often as it can
         (publish.interval_ms=0, tens of MB of maps), and the relay is frozen (SIGSTOP) mid-scan
         while 4 cycles are published, then again until the scan has stopped. It sees the jump in the cycle version
         after the first, and the stopped scan's newer version in `status` after the second (the
@@ -463,7 +463,7 @@ class Dashboard(unittest.TestCase):
                             "--results", pub, "--control", control, "--port", str(port), "--quiet"], "dashboard-gap.log")
         stats = lambda: self.stats(url)  # noqa: E731
         wait_for("the relay live", lambda: stats().get("daemon") == "live")
-        big = os.path.join(self.tmp.name, "big-gap.h5")  # 256×256: maps of 256 KB, so 4 parts fill fast
+        big = os.path.join(self.tmp.name, "big-gap.h5")  # 256×256: maps of 256 KB, so 4 messages fill fast
         refs = os.path.join(ARGS.source_dir, "config/references")
         subprocess.run([ARGS.simulate, "--refs", os.path.join(refs, "fe_k_library_normalized.nor"),
                         "--use", "Magnetite,Goethite,Pyrite", "--energies", os.path.join(refs, "fe_k_energies_hxn.txt"),
@@ -473,7 +473,7 @@ class Dashboard(unittest.TestCase):
                              "--quiet"], "replay-gap.log")
         wait_for("the first maps at the relay", lambda: stats().get("versions", {}).get("maps/fractions", 0) >= 1, timeout=30)
         # Frozen mid-scan until the daemon has published 4 more cycles (≈ 2 MB each: more than
-        # the 4 parts and the loopback socket buffers hold), so the cycles after it show the jump
+        # the 4 messages and the loopback socket buffers hold), so the cycles after it show the jump
         # whatever the machine's speed. Then frozen until the scan has stopped: its final maps
         # are lost.
         def healed():
