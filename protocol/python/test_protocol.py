@@ -359,6 +359,21 @@ class Fixtures(unittest.TestCase):
         m.topic = "maps/unknown"
         refused(m, "unknown result topic")
 
+    def test_control_requests_table(self):
+        # the golden table the C++ ControlRequest::parse reads too: the same verdicts and codes
+        with open(os.path.join(FIXTURES, "control_requests.json")) as f:
+            table = json.load(f)
+        self.assertGreaterEqual(len(table), 30)
+        for row in table:
+            with self.subTest(request=row["request"]):
+                if row["ok"]:
+                    self.assertIs(xp.check_request(row["request"]), row["request"])
+                else:
+                    with self.assertRaises(xp.RequestError) as e:
+                        xp.check_request(row["request"])
+                    self.assertEqual(e.exception.code, row["code"])
+                    self.assertIn(row["error"], str(e.exception))
+
     def test_cpp_pixel_reply(self):
         # the golden `pixel` reply test_pixel (C++) took from the real daemon
         path = os.path.join(FIXTURES, "cpp_pixel.reply.json")

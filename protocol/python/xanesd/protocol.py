@@ -543,6 +543,119 @@ def stop_message(scan_id: str, reason: str = "completed", frames_sent: int | Non
 
 
 # ---------------------------------------------------------------------------------------
+# Control requests (PROTOCOL.md "Control"): the checks of the C++ ControlRequest::parse
+# (xanesd/protocol/control.hpp), for a client that wants to refuse a request before sending it.
+
+CONTROL_COMMANDS = ("status", "configure", "load_references", "snapshot", "select_energies",
+                    "pixel", "save", "abort", "shutdown")
+
+
+class RequestError(ProtocolError):
+    """A control request that breaks the contract; `code` is the daemon's error code for it."""
+
+    def __init__(self, code: str, why: str):
+        super().__init__(why)
+        self.code = code
+
+
+def _refuse(why: str):
+    raise RequestError("bad_control_request", why)
+
+
+def _number_arg(req: dict, key: str, lo, hi, integer: bool):
+    if key not in req:
+        return
+    v = req[key]
+    ok = (_is_int(v) if integer else isinstance(v, (int, float)) and not isinstance(v, bool))
+    if not ok or not lo <= v <= hi:
+        _refuse(f"'{key}' must be {'an integer' if integer else 'a number'} in [{lo:g}, {hi:g}], got {v!r:.64}")
+
+
+def _string_list_arg(req: dict, key: str, max_items: int):
+    v = req[key]
+    if not isinstance(v, list) or not 0 < len(v) <= max_items or \
+            not all(isinstance(x, str) and 0 < len(x.encode()) <= 4096 for x in v):
+        _refuse(f"'{key}' must be a non-empty list of at most {max_items} strings")
+
+
+def _string_arg(req: dict, key: str, max_bytes: int, choices=None):
+    if key not in req:
+        return
+    v = req[key]
+    if not isinstance(v, str) or len(v.encode()) > max_bytes:
+        _refuse(f"'{key}' must be a string of at most {max_bytes} bytes, got {v!r:.64}")
+    if choices and v not in choices:
+        _refuse(f"'{key}' must be " + ", ".join(f"'{c}'" for c in choices) + f", got {v!r:.64}")
+
+
+def check_request(req) -> dict:
+    """Checks a control request's command, request_id and arguments' types and ranges as the
+    daemon does before anything runs; returns it, or raises RequestError with the daemon's code.
+    What depends on the daemon's state (a pixel inside the image, a path inside
+    output.directory, a config key) is left to the daemon."""
+    if not isinstance(req, dict):
+        _refuse("request is not a JSON object")
+    cmd = req.get("cmd")
+    if not isinstance(cmd, str):
+        _refuse("request has no string 'cmd'")
+    if cmd not in CONTROL_COMMANDS:
+        _refuse(f"unknown command {cmd!r:.64} ({', '.join(CONTROL_COMMANDS)})")
+    if "request_id" in req:
+        rid = req["request_id"]
+        if not (_is_int(rid) or (isinstance(rid, str) and 0 < len(rid.encode()) <= 128)):
+            _refuse("'request_id' must be an integer or a string of 1–128 bytes")
+    if cmd == "configure":
+        if "set" not in req:
+            _refuse("configure needs 'set': {\"dotted.key\": value, …}")
+        if not isinstance(req["set"], dict):
+            _refuse("'set' must be a map of dotted config keys to values")
+    elif cmd == "load_references":
+        if "cluster" in req:
+            if "files" in req:
+                _refuse("give either 'cluster' or 'files', not both")
+            _number_arg(req, "cluster", 1, 254, integer=True)
+            _string_arg(req, "name", 128)
+        elif "files" not in req:
+            _refuse("load_references needs 'files' (paths) or 'cluster' (a cluster id)")
+        else:
+            _string_list_arg(req, "files", 256)
+        if "names" in req:
+            _string_list_arg(req, "names", 256)
+        _string_arg(req, "normalize", 64)
+        _string_arg(req, "energy_unit", 64)
+    elif cmd == "select_energies":
+        if isinstance(req.get("n"), str):
+            if req["n"] != "auto":
+                _refuse(f"'n' must be an integer in [1, 1000] or \"auto\", got {req['n']!r:.64}")
+        else:
+            _number_arg(req, "n", 1, 1000, integer=True)
+        _number_arg(req, "n_tolerance", 0.001, 10, integer=False)
+        _number_arg(req, "variance_floor", 1e-6, 10, integer=False)
+        _number_arg(req, "normalization_points", 0, 100, integer=True)
+        _number_arg(req, "noise", 0, 10, integer=False)
+        _number_arg(req, "seed", 0, 9.2e18, integer=True)
+        _string_arg(req, "objective", 64, ("equal_time", "equal_dwell"))
+        _string_arg(req, "source", 64, ("references", "in_use", "clusters"))
+        if "energies_eV" in req:
+            e = req["energies_eV"]
+            if not isinstance(e, list):
+                _refuse("'energies_eV' must be a list of energies (eV)")
+            for v in e:
+                if not isinstance(v, (int, float)) or isinstance(v, bool):
+                    _refuse(f"'energies_eV' must hold numbers, got {v!r:.64}")
+    elif cmd == "pixel":
+        for key in ("x", "y"):
+            v = req.get(key)
+            if not _is_int(v):
+                raise RequestError("invalid_pixel", f"'{key}' must be an integer pixel index (x: column, y: row)")
+            if v > 1 << 26:
+                raise RequestError("invalid_pixel", f"'{key}' is outside any image (x: column, y: row)")
+    elif cmd == "save":
+        _string_arg(req, "path", 4096)
+    return req
+
+
+# ---------------------------------------------------------------------------------------
 # Golden-message container (.frames): per frame, a little-endian uint32 length + the bytes.
 
 
