@@ -76,7 +76,8 @@ TEST_CASE("pixel: one pixel's spectrum, model and map values equal the result fi
   for (int y = 0; y < R; ++y) pixels.emplace_back(C / 3, y);
   int kept = 0, dropped = 0, models = 0;
   nlohmann::json golden;
-  for (const auto& [x, y] : pixels) {
+  for (const auto& pixel : pixels) {  // no structured binding: CAPTURE captures it (clang 14)
+    const int x = pixel.first, y = pixel.second;
     CAPTURE(x);
     CAPTURE(y);
     const auto r = test::control(ctx, d.control, {{"cmd", "pixel"}, {"x", x}, {"y", y}});

@@ -45,7 +45,9 @@ void write_frames_file(const std::filesystem::path& p, const std::vector<zmq::me
 // Checks a decoded message against a fixture's .expect.json (header fields and array values).
 void check_expectation(const WireMessage& m, const nlohmann::json& expect) {
   CHECK(m.topic == expect.at("topic").get<std::string>());
-  for (const auto& [k, v] : expect.at("header").items()) {
+  for (const auto& item : expect.at("header").items()) {  // no structured binding: INFO captures it (clang 14)
+    const auto& k = item.key();
+    const auto& v = item.value();
     INFO("header key " << k);
     REQUIRE(m.header.contains(k));
     if (v.is_number()) CHECK(m.header[k].get<double>() == doctest::Approx(v.get<double>()));
