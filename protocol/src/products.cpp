@@ -21,20 +21,16 @@ bool require_bool(const nlohmann::json& h, const char* key) {
   return v.get<bool>();
 }
 
-template <class T, class Check>
-std::vector<T> require_list(const nlohmann::json& h, const char* key, const char* what, Check check) {
+std::vector<std::string> string_list(const nlohmann::json& h, const char* key) {
   const auto& v = require(h, key);
-  if (!v.is_array()) throw ProtocolError(std::string("'") + key + "' must be a list of " + what);
-  std::vector<T> out;
-  out.reserve(v.size());
+  const auto bad = std::string("'") + key + "' must be a list of strings";
+  if (!v.is_array()) throw ProtocolError(bad);
+  std::vector<std::string> out;
   for (const auto& x : v) {
-    if (!check(x)) throw ProtocolError(std::string("'") + key + "' must be a list of " + what);
-    out.push_back(x.template get<T>());
+    if (!x.is_string()) throw ProtocolError(bad);
+    out.push_back(x.get<std::string>());
   }
   return out;
-}
-std::vector<std::string> string_list(const nlohmann::json& h, const char* key) {
-  return require_list<std::string>(h, key, "strings", [](const nlohmann::json& x) { return x.is_string(); });
 }
 // JSON has no NaN: nlohmann writes a NaN as null, so null reads back as NaN.
 std::vector<double> number_list(const nlohmann::json& h, const char* key) {
@@ -85,7 +81,6 @@ Array take_array(WireMessage& m, const std::string& name, DType dtype, const std
   }
   throw ProtocolError(m.topic + ": no array '" + name + "'");
 }
-bool has_array(const WireMessage& m, const std::string& name) { return m.find(name) != nullptr; }
 
 nlohmann::json map_header(const MapHeader& h, const char* type) {
   return {{"type", type},
@@ -155,7 +150,7 @@ FractionsProduct FractionsProduct::from_wire(WireMessage&& m) {
   p.fractions = take_array(m, "fractions", DType::float32, krc);
   p.fraction_sigma = take_array(m, "fraction_sigma", DType::float32, krc);
   p.mask = take_array(m, "mask", DType::uint8, image(p.map));
-  if (spatial != has_array(m, "spatial_neighbours"))
+  if (spatial != (m.find("spatial_neighbours") != nullptr))
     throw ProtocolError("maps/fractions: 'spatial' must say whether 'spatial_neighbours' is there");
   if (spatial) p.spatial_neighbours = take_array(m, "spatial_neighbours", DType::float32, image(p.map));
   return p;
@@ -233,7 +228,7 @@ SegmentsProduct SegmentsProduct::from_wire(WireMessage&& m) {
   p.map = read_map_header(m, "maps/segments", "map");
   p.waiting = require_string(m.header, "waiting");
   if (!p.waiting.empty()) {
-    if (has_array(m, "segments")) throw ProtocolError("maps/segments: a 'waiting' message carries no map");
+    if (m.find("segments")) throw ProtocolError("maps/segments: a 'waiting' message carries no map");
     return p;
   }
   p.cluster_ids = count_list(m.header, "cluster_ids");
