@@ -59,7 +59,7 @@ std::string Daemon::save_interrupted_scan(const std::string& why) {
   const auto st = pipeline_.status();
   if (st.value("state", "") != "running") return "";
   const std::string id = st.at("scan").value("scan_id", "");
-  auto ticket = pipeline_.submit({{"cmd", "save"}});
+  auto ticket = pipeline_.submit({.cmd = "save", .request_id = nullptr, .args = protocol::SaveArgs{}});
   if (ticket.reply.wait_for(std::chrono::seconds(120)) != std::future_status::ready)
     return "scan " + id + " was running; saving it took more than 120 s, stopped without a result file (the journal keeps the scan)";
   const auto reply = ticket.reply.get();

@@ -4,10 +4,12 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstdlib>
 #include <fstream>
 #include <filesystem>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <unistd.h>
@@ -62,6 +64,26 @@ inline int free_port() {
   s.bind("tcp://127.0.0.1:*");
   const auto ep = s.get(zmq::sockopt::last_endpoint);
   return std::stoi(ep.substr(ep.rfind(':') + 1));
+}
+
+// How many times slower than a Release build this run is (XANESD_TEST_SLOWDOWN, set by
+// deploy/sanitize.sh): bounds on how fast the daemon answers are multiplied by it, so a sanitizer
+// build still checks that an answer came at the timeout and not when the work ended.
+inline double slowdown() {
+  const char* v = std::getenv("XANESD_TEST_SLOWDOWN");
+  const double f = v ? std::atof(v) : 1.0;
+  return f >= 1.0 ? f : 1.0;
+}
+
+// Waits for a file the daemon writes by atomic rename (so it is complete once it exists). The deadline is
+// generous because it is only reached on failure: sanitizer builds finish a scan many times slower.
+inline bool wait_for_file(const std::filesystem::path& path, std::chrono::seconds deadline = std::chrono::seconds(180)) {
+  const auto until = std::chrono::steady_clock::now() + deadline;
+  while (!std::filesystem::exists(path)) {
+    if (std::chrono::steady_clock::now() > until) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return true;
 }
 
 inline std::string loopback(int port) { return "tcp://127.0.0.1:" + std::to_string(port); }

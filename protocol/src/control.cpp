@@ -1,18 +1,11 @@
 #include "xanesd/protocol/control.hpp"
 
 #include <algorithm>
-#include <sstream>
 
 namespace xanesd::protocol {
 namespace {
 
 [[noreturn]] void refuse(const std::string& why) { throw RequestError("bad_control_request", why); }
-
-std::string number(double v) {
-  std::ostringstream o;
-  o << v;
-  return o.str();
-}
 
 // An optional number argument within [lo, hi]; integral when T is.
 template <class T>
@@ -20,8 +13,8 @@ std::optional<T> number_arg(const nlohmann::json& req, const char* key, double l
   if (!req.contains(key)) return std::nullopt;
   const auto& v = req[key];
   if (!v.is_number() || (std::is_integral_v<T> && !v.is_number_integer()) || !(v.get<double>() >= lo) || v.get<double>() > hi)
-    refuse(std::string("'") + key + "' must be " + (std::is_integral_v<T> ? "an integer" : "a number") + " in [" + number(lo) +
-           ", " + number(hi) + "], got " + quoted(v));
+    refuse(std::string("'") + key + "' must be " + (std::is_integral_v<T> ? "an integer" : "a number") + " in [" + number_text(lo) +
+           ", " + number_text(hi) + "], got " + quoted(v));
   return v.get<T>();
 }
 

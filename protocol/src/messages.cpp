@@ -3,12 +3,6 @@
 namespace xanesd::protocol {
 namespace {
 
-std::optional<Array> take(WireMessage& m, const std::string& name) {
-  for (auto& a : m.arrays)
-    if (a.name() == name) return std::move(a);
-  return std::nullopt;
-}
-
 void expect_type(const WireMessage& m, const char* type) {
   if (m.topic != type) throw ProtocolError("topic '" + m.topic + "' is not '" + type + "'");
   if (require_string(m.header, "type") != type)
@@ -99,8 +93,8 @@ StartMsg StartMsg::from_wire(WireMessage&& m) {
       throw ProtocolError("'metadata' must be a map of at most 64 KiB");
     s.metadata = std::move(md);
   }
-  s.dark = take(m, "dark");
-  s.flat = take(m, "flat");
+  s.dark = m.take("dark");
+  s.flat = m.take("flat");
   for (auto* a : {&s.dark, &s.flat}) {
     if (!*a) continue;
     if ((*a)->shape() != std::vector<std::int64_t>{s.rows, s.cols})
@@ -153,14 +147,14 @@ FrameMsg FrameMsg::from_wire(WireMessage&& m) {
   if (m.header.contains("i0")) {
     f.i0_scalar = require_number(m.header, "i0");
   }
-  auto counts = take(m, "counts");
+  auto counts = m.take("counts");
   if (!counts) throw ProtocolError("frame has no 'counts' array");
   f.counts = std::move(*counts);
-  f.i0 = take(m, "i0");
-  f.dark = take(m, "dark");
-  f.flat = take(m, "flat");
-  f.pixels = take(m, "pixels");
-  f.xrf = take(m, "xrf");
+  f.i0 = m.take("i0");
+  f.dark = m.take("dark");
+  f.flat = m.take("flat");
+  f.pixels = m.take("pixels");
+  f.xrf = m.take("xrf");
   // Shape rules that need no scan context; the service checks them against the scan's shape.
   const std::size_t rank = f.region.kind == Region::Kind::pixels ? 1 : 2;
   expect_rank(f.counts, rank);

@@ -68,18 +68,16 @@ std::vector<std::vector<double>> number_rows(const nlohmann::json& h, const char
 
 // The array `name` with this dtype and shape, moved out of the message.
 Array take_array(WireMessage& m, const std::string& name, DType dtype, const std::vector<std::int64_t>& shape) {
-  for (auto& a : m.arrays) {
-    if (a.name() != name) continue;
-    if (a.dtype() != dtype)
-      throw ProtocolError(m.topic + ": array '" + name + "' must be " + to_string(dtype) + ", is " + to_string(a.dtype()));
-    if (a.shape() != shape) {
-      std::string want;
-      for (auto d : shape) want += (want.empty() ? "" : "×") + std::to_string(d);
-      throw ProtocolError(m.topic + ": array '" + name + "' must have shape " + want);
-    }
-    return std::move(a);
+  auto a = m.take(name);
+  if (!a) throw ProtocolError(m.topic + ": no array '" + name + "'");
+  if (a->dtype() != dtype)
+    throw ProtocolError(m.topic + ": array '" + name + "' must be " + to_string(dtype) + ", is " + to_string(a->dtype()));
+  if (a->shape() != shape) {
+    std::string want;
+    for (auto d : shape) want += (want.empty() ? "" : "×") + std::to_string(d);
+    throw ProtocolError(m.topic + ": array '" + name + "' must have shape " + want);
   }
-  throw ProtocolError(m.topic + ": no array '" + name + "'");
+  return std::move(*a);
 }
 
 nlohmann::json map_header(const MapHeader& h, const char* type) {

@@ -4,6 +4,7 @@
 #include <bit>
 #include <cstring>
 #include <limits>
+#include <sstream>
 
 #include <msgpack.hpp>
 
@@ -214,6 +215,12 @@ const Array* WireMessage::find(const std::string& name) const {
   return nullptr;
 }
 
+std::optional<Array> WireMessage::take(const std::string& name) {
+  for (auto& a : arrays)
+    if (a.name() == name) return std::move(a);
+  return std::nullopt;
+}
+
 std::vector<std::uint8_t> encode_header(const nlohmann::json& header) {
   msgpack::sbuffer buf;
   msgpack::packer<msgpack::sbuffer> pk(buf);
@@ -317,6 +324,12 @@ std::string quoted(const nlohmann::json& v) {
   auto s = v.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
   if (s.size() > kMax) s = s.substr(0, kMax) + "…";
   return s;
+}
+
+std::string number_text(double v) {
+  std::ostringstream o;
+  o << v;
+  return o.str();
 }
 
 std::int64_t checked_int(const nlohmann::json& v, const std::string& what, std::int64_t lo, std::int64_t hi) {

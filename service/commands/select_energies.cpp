@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <sstream>
 
 #include "science/cancel.hpp"
 #include "science/energy_selection.hpp"
@@ -51,12 +50,6 @@ namespace {
 nlohmann::json refuse(const std::string& why) {
   const std::string prefix = "select_energies: ";
   return {{"ok", false}, {"error", why.rfind(prefix, 0) == 0 ? why : prefix + why}};
-}
-
-std::string number(double v) {
-  std::ostringstream o;
-  o << v;
-  return o.str();
 }
 
 // References the sample is made of. With a segmentation: a positive LASSO fit (NNLS refit)
@@ -129,7 +122,7 @@ std::string grid_error(const std::vector<double>& grid, int n_train, int n_test)
     if (!std::isfinite(e) || e <= 0) return "the candidate grid must hold finite energies > 0 eV";
   const double values = static_cast<double>(grid.size()) * (static_cast<double>(n_train) + n_test);
   if (values > kMaxMixtureValues)
-    return "candidates × (train + test mixtures) = " + number(values) + " is more than " + number(kMaxMixtureValues) +
+    return "candidates × (train + test mixtures) = " + protocol::number_text(values) + " is more than " + protocol::number_text(kMaxMixtureValues) +
            ": use fewer candidates or mixtures (select.train_mixtures, select.test_mixtures)";
   return {};
 }

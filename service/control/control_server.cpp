@@ -68,8 +68,8 @@ std::vector<zmq::message_t> ControlServer::handle(const zmq::message_t& raw, std
       !protocol::ControlRequest::read_only(json["cmd"].get<std::string>())) {
     const char* user = const_cast<zmq::message_t&>(raw).gets("User-Id");  // set by the ZAP handler for this key
     if (!user || std::string_view(user) != "control")
-      return fail("'" + json["cmd"].get<std::string>() +
-                      "' needs a control client key (this key is listed in security.readonly_clients: status, snapshot and pixel only)",
+      return fail(protocol::quoted(json["cmd"]) +
+                      " needs a control client key (this key is listed in security.readonly_clients: status, snapshot and pixel only)",
                   "not_authorized");
   }
   protocol::ControlRequest req;
@@ -123,8 +123,10 @@ std::vector<zmq::message_t> ControlServer::handle(const zmq::message_t& raw, std
       return reply;
     }
   }
-  pending_.push_back({std::move(envelope), cmd, pipeline_.submit(req.to_json()),
-                      std::chrono::steady_clock::now() + std::chrono::milliseconds(cfg_.reply_timeout_ms), key, request_id});
+  Pending p{std::move(envelope), cmd, {}, std::chrono::steady_clock::now() + std::chrono::milliseconds(cfg_.reply_timeout_ms),
+            key, request_id};
+  p.ticket = pipeline_.submit(std::move(req));  // after the copies above: `cmd` and `request_id` refer into req
+  pending_.push_back(std::move(p));
   return {};
 }
 

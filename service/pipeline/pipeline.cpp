@@ -32,7 +32,7 @@ void Pipeline::start() {
   pthread_setname_np(thread_.native_handle(), "xanesd-pipe");  // visible in top -H, perf, gdb
 }
 
-Pipeline::Ticket Pipeline::submit(nlohmann::json request) {
+Pipeline::Ticket Pipeline::submit(protocol::ControlRequest request) {
   auto cmd = std::make_shared<Command>();
   cmd->request = std::move(request);
   Ticket t{cmd->reply.get_future(), cmd->state};
@@ -64,7 +64,7 @@ void Pipeline::run_command(Command& c, std::stop_token stop) {
   }
   expected = CommandState::running;
   if (!c.state->compare_exchange_strong(expected, CommandState::done)) {  // abandoned: nobody waits for the reply
-    const auto cmd = c.request.value("cmd", "");
+    const auto& cmd = c.request.cmd;
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     report({"late_reply", "'" + cmd + "' finished after its request had timed out (it ran " + std::to_string(s) + " s): " +
                               (reply.value("ok", false) ? std::string("ok") : "failed: " + reply.value("error", std::string()))},
@@ -635,13 +635,7 @@ void Pipeline::set_references(std::vector<science::Reference> refs) {
   for (const auto& r : refs_) spdlog::info("reference '{}' from {} ({}): {}", r.name, r.source, r.column, r.normalization);
 }
 
-nlohmann::json Pipeline::handle(const nlohmann::json& json) {
-  protocol::ControlRequest request;
-  try {
-    request = protocol::ControlRequest::parse(json);
-  } catch (const protocol::RequestError& e) {
-    return {{"ok", false}, {"code", e.code()}, {"error", e.what()}};
-  }
+nlohmann::json Pipeline::handle(const protocol::ControlRequest& request) {
   const auto& cmd = request.cmd;
   if (cmd == "save") return save(std::get<protocol::SaveArgs>(request.args).path);
   if (cmd == "abort") {

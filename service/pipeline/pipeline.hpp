@@ -18,6 +18,7 @@
 #include "scan/scan.hpp"
 #include "science/references.hpp"
 #include "store/journal.hpp"
+#include "xanesd/protocol/control.hpp"
 
 namespace xanesd {
 
@@ -38,7 +39,8 @@ class Pipeline {
   };
   // Runs a command that needs scan state (configure, load_references, save, abort,
   // select_energies) on the pipeline thread; the future holds the JSON reply.
-  Ticket submit(nlohmann::json request);
+  // The request was parsed (ControlRequest::parse) by the caller: handlers read typed fields.
+  Ticket submit(protocol::ControlRequest request);
   // Counts an issue, logs it and publishes it on the errors topic. Any thread.
   void report(const Issue& issue, const std::string& scan_id);
   // Daemon state for `status`: the scan summary as of the last update, plus config. Any thread.
@@ -46,7 +48,7 @@ class Pipeline {
 
  private:
   struct Command {
-    nlohmann::json request;
+    protocol::ControlRequest request;
     std::promise<nlohmann::json> reply;
     std::shared_ptr<std::atomic<CommandState>> state = std::make_shared<std::atomic<CommandState>>(CommandState::queued);
   };
@@ -90,7 +92,7 @@ class Pipeline {
   CycleStart begin_cycle(bool final);
   void end_cycle(const CycleStart& c, bool published);
   void update_status();
-  nlohmann::json handle(const nlohmann::json& request);
+  nlohmann::json handle(const protocol::ControlRequest& request);
   // `save`: a path relative to output.directory (empty: <scan_id>.h5), refused outside it.
   nlohmann::json save(const std::string& requested);
   nlohmann::json save_to(const std::filesystem::path& out);

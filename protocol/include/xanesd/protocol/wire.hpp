@@ -5,6 +5,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <stdexcept>
 #include <string>
@@ -96,6 +97,8 @@ struct WireMessage {
 
   // The array called `name`, or nullptr.
   const Array* find(const std::string& name) const;
+  // The array called `name` moved out of the message, or nullopt.
+  std::optional<Array> take(const std::string& name);
 };
 
 // msgpack <-> JSON for headers. decode_header throws ProtocolError on malformed input and
@@ -125,5 +128,7 @@ double require_number(const nlohmann::json& header, const char* key);
 // A peer's value quoted in an error message: JSON text with invalid UTF-8 replaced (dump()
 // would throw on it) and cut to 64 characters (the log and the errors topic stay small).
 std::string quoted(const nlohmann::json& v);
+// A number in an error message, as a reader writes it (6 significant digits: 1e+06, 0.25).
+std::string number_text(double v);
 
 }  // namespace xanesd::protocol
