@@ -170,18 +170,32 @@ TEST_CASE("live energy-major updates: a domain keeps its cluster id from one pub
   CHECK(aris.back() > 0.95);
 }
 
+// A property of the method, not of one noise realization: swept over seeds. At 150 counts the
+// automatic k sometimes calls the pure-species domain and its 70/30 neighbour one (k = 3, the
+// merged cluster's scatter within segment.noise_ratio of the noise): 1 of seeds 1–12 here
+// (README "Segmentation", known limits); a clang build's libstdc++ draws other realizations.
 TEST_CASE("low counts: cluster-then-fit fractions beat per-pixel LCF against the truth") {
-  const auto truth = domain_scan(150, 5);
-  auto scan = test::run_scan(truth, test::pick(load_reference_file(test::fe_library()), kSpecies), fixed_composition_settings());
-  scan->update_segments(2);
-  const auto* seg = scan->segmentation();
-  REQUIRE(seg->waiting.empty());
-  const double ari = ari_on_material(*seg, truth);
-  const auto [pixel_mae, cluster_mae] = fraction_errors(*scan, truth);
-  MESSAGE("150 counts: ARI " << ari << ", k " << seg->clusters.size() << ", fraction MAE per-pixel " << pixel_mae
-                            << ", cluster-then-fit " << cluster_mae);
-  CHECK(ari > 0.8);
-  CHECK(cluster_mae < 0.5 * pixel_mae);
+  const auto refs = test::pick(load_reference_file(test::fe_library()), kSpecies);
+  constexpr int kSeeds = 10;
+  int good = 0;
+  std::vector<double> aris, ratios;
+  for (std::uint64_t seed = 1; seed <= kSeeds; ++seed) {
+    const auto truth = domain_scan(150, seed);
+    auto scan = test::run_scan(truth, refs, fixed_composition_settings());
+    scan->update_segments(2);
+    const auto* seg = scan->segmentation();
+    REQUIRE(seg->waiting.empty());
+    const double ari = ari_on_material(*seg, truth);
+    const auto [pixel_mae, cluster_mae] = fraction_errors(*scan, truth);
+    MESSAGE("150 counts, seed " << seed << ": ARI " << ari << ", k " << seg->clusters.size() << ", fraction MAE per-pixel "
+                                << pixel_mae << ", cluster-then-fit " << cluster_mae);
+    aris.push_back(ari), ratios.push_back(cluster_mae / pixel_mae);
+    good += seg->clusters.size() == 4 && ari > 0.9 && cluster_mae < pixel_mae;
+  }
+  std::sort(aris.begin(), aris.end()), std::sort(ratios.begin(), ratios.end());
+  CHECK(good >= kSeeds - 2);  // k = 4, ARI > 0.9 and cluster-then-fit below per-pixel in 8 of 10
+  CHECK(aris[kSeeds / 2] > 0.95);   // median
+  CHECK(ratios[kSeeds / 2] < 0.5);  // median: cluster-then-fit at most half the per-pixel error
 }
 
 TEST_CASE("segmentation without references: edge-normalized spectra, no fits, same domains") {
