@@ -5,15 +5,17 @@
 // pixels changed (what the final cycle and every energy-major cycle does), spatial step off/on.
 // Part 2, the cycle (--cycle-size, 0 to skip): a simulated scene scan (the simulator's scene
 // layout, 4 species, 500 counts) fed to the daemon's Scan energy-major with the default settings
-// and with fit.spatial off, a cycle after every frame as a live scan runs them; timed after each
-// of the last frames, what Pipeline::publish_cycle does between segmentations: solve_changed and
-// the map messages (--only plain or spatial: one mode, for a profiler). Wall and process CPU time (CPU
+// and with fit.spatial off, the two in turn frame by frame, a cycle after every frame as a live scan
+// runs them; timed after each of the last --cycles frames, what Pipeline::publish_cycle does
+// between segmentations: solve_changed and the map messages; medians, and the median of the
+// per-frame ratios (--only plain or spatial: one mode, for a profiler). Wall and process CPU time (CPU
 // time is what a loaded machine distorts least).
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <memory>
 #include <random>
 #include <string>
 
@@ -37,44 +39,56 @@ double cpu_seconds() {
   return static_cast<double>(t.tv_sec) + 1e-9 * static_cast<double>(t.tv_nsec);
 }
 
-// Mean wall and CPU seconds of a live cycle (solve + map messages) over the last `cycles`
-// frames of a scene scan, with the spatial step on or off, and the solve's share of the wall time.
+// Wall and CPU seconds of each timed live cycle (solve + map messages), and the solve's wall time.
 struct CycleTimes {
-  double wall = 0, cpu = 0, solve_wall = 0;
+  std::vector<double> wall, cpu, solve_wall;
 };
-CycleTimes live_cycle(const xanesd::sim::Scan& scan, const std::vector<Reference>& refs, bool spatial,
-                                     int threads, int cycles) {
-  auto settings = xanesd::scan_settings(xanesd::make_config(nlohmann::json::object(), {}, "/"));
-  settings.spatial.enabled = spatial;
-  settings.spatial_live_max_pixels = 1e300;  // the step in every live cycle, whatever the size
-  xanesd::Scan live(xanesd::sim::start_message(scan, "bench"), refs, settings);
-  const std::size_t E = scan.params.energies_eV.size();
-  CycleTimes t;
-  for (std::size_t e = 0; e < E; ++e) {
-    auto f = xanesd::sim::frame_message(scan, "bench", e);
-    if (!live.apply(f).accepted) std::abort();
-    if (e + static_cast<std::size_t>(cycles) < E) {  // a live scan runs a cycle after every frame: untimed
-      live.solve_changed(threads);
-      if (xanesd::make_map_messages(live, static_cast<std::int64_t>(e), false, false).empty()) std::abort();
-      continue;
-    }
-    const auto t0 = Clock::now();
-    const double c0 = cpu_seconds();
-    live.solve_changed(threads);
-    t.solve_wall += std::chrono::duration<double>(Clock::now() - t0).count();
-    const auto msgs = xanesd::make_map_messages(live, static_cast<std::int64_t>(e), false, false);
-    t.wall += std::chrono::duration<double>(Clock::now() - t0).count();
-    t.cpu += cpu_seconds() - c0;
-    if (msgs.empty()) std::abort();
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const std::size_t n = v.size();
+  return n == 0 ? NAN : n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+// The scan fed energy-major to one Scan per mode (spatial step off, on), a cycle after every
+// frame as a live scan runs them; the last `cycles` frames' cycles are timed. The modes take
+// turns frame by frame, so a busy moment of the machine falls on both alike and the per-frame
+// ratio on/off is a paired comparison (run one after the other, the modes differed by up to
+// 20 points between runs).
+std::vector<CycleTimes> live_cycles(const xanesd::sim::Scan& scan, const std::vector<Reference>& refs,
+                                    const std::vector<bool>& modes, int threads, int cycles) {
+  std::vector<std::unique_ptr<xanesd::Scan>> live;
+  for (bool spatial : modes) {
+    auto settings = xanesd::scan_settings(xanesd::make_config(nlohmann::json::object(), {}, "/"));
+    settings.spatial.enabled = spatial;
+    settings.spatial_live_max_pixels = 1e300;  // the step in every live cycle, whatever the size
+    live.push_back(std::make_unique<xanesd::Scan>(xanesd::sim::start_message(scan, "bench"), refs, settings));
   }
-  t.wall /= cycles, t.cpu /= cycles, t.solve_wall /= cycles;
+  const std::size_t E = scan.params.energies_eV.size();
+  std::vector<CycleTimes> t(modes.size());
+  for (std::size_t e = 0; e < E; ++e) {
+    for (std::size_t m = 0; m < modes.size(); ++m) {
+      auto f = xanesd::sim::frame_message(scan, "bench", e);
+      if (!live[m]->apply(f).accepted) std::abort();
+      const bool timed = e + static_cast<std::size_t>(cycles) >= E;
+      const auto t0 = Clock::now();
+      const double c0 = cpu_seconds();
+      live[m]->solve_changed(threads);
+      const double solve = std::chrono::duration<double>(Clock::now() - t0).count();
+      const auto msgs = xanesd::make_map_messages(*live[m], static_cast<std::int64_t>(e), false, false);
+      if (msgs.empty()) std::abort();
+      if (!timed) continue;
+      t[m].wall.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
+      t[m].cpu.push_back(cpu_seconds() - c0);
+      t[m].solve_wall.push_back(solve);
+    }
+  }
   return t;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  int size = 2048, E = 25, threads = 2, repeats = 3, cycle_size = 2048, cycles = 4;
+  int size = 2048, E = 25, threads = 2, repeats = 3, cycle_size = 2048, cycles = 6;
   std::string only;  // "plain" or "spatial": that mode's cycle alone (for a profiler); no ratio printed
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i];
@@ -142,20 +156,28 @@ int main(int argc, char** argv) {
       scene_refs.push_back(*std::find_if(lib.begin(), lib.end(), [&](const auto& r) { return r.name == n; }));
     const auto scan = xanesd::sim::simulate(scene_refs, xanesd::sim::scene_params(cycle_size, cycle_size, energies, 500.0, 7));
     if (!only.empty()) {
-      const auto t = live_cycle(scan, scene_refs, only == "spatial", threads, cycles);
-      std::printf("fit.spatial=%s live cycle: %.3f s wall (solve %.3f s), %.3f s CPU\n", only == "spatial" ? "true" : "false",
-                  t.wall, t.solve_wall, t.cpu);
+      const auto t = live_cycles(scan, scene_refs, {only == "spatial"}, threads, cycles).at(0);
+      std::printf("fit.spatial=%s live cycle, median of %d: %.3f s wall (solve %.3f s), %.3f s CPU\n",
+                  only == "spatial" ? "true" : "false", cycles, median(t.wall), median(t.solve_wall), median(t.cpu));
       return 0;
     }
-    const auto off = live_cycle(scan, scene_refs, false, threads, cycles);
-    const auto on = live_cycle(scan, scene_refs, true, threads, cycles);
-    std::printf("%dx%d scene, %d energies, %d threads, live cycle (solve + map messages), mean of the last %d frames:\n"
+    const auto t = live_cycles(scan, scene_refs, {false, true}, threads, cycles);
+    const auto &off = t[0], &on = t[1];
+    std::vector<double> wall_ratio, cpu_ratio;
+    for (std::size_t i = 0; i < off.wall.size(); ++i)
+      wall_ratio.push_back(on.wall[i] / off.wall[i]), cpu_ratio.push_back(on.cpu[i] / off.cpu[i]);
+    const auto [lo, hi] = std::minmax_element(wall_ratio.begin(), wall_ratio.end());
+    std::printf("%dx%d scene, %d energies, %d threads, live cycle (solve + map messages), the modes in turn, median of the "
+                "last %d frames:\n"
                 "  fit.spatial=false: %.3f s wall (solve %.3f s), %.3f s CPU\n"
                 "  fit.spatial=true : %.3f s wall (solve %.3f s), %.3f s CPU\n"
-                "  spatial step adds %.0f %% (wall), %.0f %% (CPU) to the cycle\n",
-                cycle_size, cycle_size, E, threads, cycles, off.wall, off.solve_wall, off.cpu, on.wall, on.solve_wall, on.cpu,
-                100 * (on.wall - off.wall) / off.wall, 100 * (on.cpu - off.cpu) / off.cpu);
-    std::printf("RESULT cycle_plain_s=%.4f cycle_spatial_s=%.4f cycle_plain_cpu_s=%.4f cycle_spatial_cpu_s=%.4f\n", off.wall,
-                on.wall, off.cpu, on.cpu);
+                "  spatial step adds %.0f %% (wall; frames %.0f to %.0f %%), %.0f %% (CPU) to the cycle\n",
+                cycle_size, cycle_size, E, threads, cycles, median(off.wall), median(off.solve_wall), median(off.cpu),
+                median(on.wall), median(on.solve_wall), median(on.cpu), 100 * (median(wall_ratio) - 1), 100 * (*lo - 1),
+                100 * (*hi - 1), 100 * (median(cpu_ratio) - 1));
+    std::printf("RESULT cycle_plain_s=%.4f cycle_spatial_s=%.4f cycle_plain_cpu_s=%.4f cycle_spatial_cpu_s=%.4f "
+                "cycle_added_wall=%.3f cycle_added_cpu=%.3f\n",
+                median(off.wall), median(on.wall), median(off.cpu), median(on.cpu), median(wall_ratio) - 1,
+                median(cpu_ratio) - 1);
   }
 }

@@ -819,7 +819,7 @@ void IncrementalLcf::nnls_block(std::uint32_t set, std::size_t B, const double* 
   // ones and joins the group of its smaller set in the next round (solve_stats's warm loop).
   // The last group a pixel can reach holds the background parameters alone (no reference in the
   // solution: no material, e.g. the empty regions around a sample).
-  for (int round = 0; round <= K && !g.order.empty(); ++round) {
+  for (int round = 0; round <= 2 * K + 1 && !g.order.empty(); ++round) {
     if (K <= 10) {  // counting sort by passive set (its reference bits): 2^K buckets
       g.count.assign((std::size_t{1} << K) + 1, 0);
       for (const auto& [mask, i] : g.order) ++g.count[(mask >> F) + 1];
@@ -860,12 +860,19 @@ void IncrementalLcf::nnls_block(std::uint32_t set, std::size_t B, const double* 
           if (keep != free_bits || F > 0) g.retry.emplace_back(keep, g.order[first + t].second);
           continue;
         }
-        for (int j = F; j < M_ && g.ok[t]; ++j) {  // optimal: no gradient asks a reference in
+        // Optimal when no gradient asks a reference in; else the one that asks most joins the
+        // passive set for the next round (a Lawson–Hanson step), instead of a per-pixel solve.
+        int join = -1;
+        double most = 0;
+        for (int j = F; j < M_; ++j) {
           if (mask & (1u << j)) continue;
           double w = g.s[static_cast<std::size_t>(j) * S + t];
           for (int k = 0; k < M_; ++k) w -= G[static_cast<std::size_t>(k) * M_ + j] * g.theta[static_cast<std::size_t>(k) * S + t];
-          g.ok[t] = !(w > rq * sqrt_g[j]);
+          if (!(w > rq * sqrt_g[j])) continue;
+          if (join < 0 || w * inv_sqrt_g[j] > most) most = w * inv_sqrt_g[j], join = j;
         }
+        g.ok[t] = join < 0;
+        if (join >= 0) g.retry.emplace_back(mask | (1u << join), g.order[first + t].second);
       }
       const double* q_maps = g.q.data();
       if (own) {  // χ² of the pixel's own data against the group's solution
