@@ -88,7 +88,7 @@ std::vector<CycleTimes> live_cycles(const xanesd::sim::Scan& scan, const std::ve
 }  // namespace
 
 int main(int argc, char** argv) {
-  int size = 2048, E = 25, threads = 2, repeats = 3, cycle_size = 2048, cycles = 6;
+  int size = 2048, E = 25, threads = 2, repeats = 3, cycle_size = 2048, cycles = 12;
   std::string only;  // "plain" or "spatial": that mode's cycle alone (for a profiler); no ratio printed
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i];

@@ -142,3 +142,41 @@ TEST_CASE("frames in random order, cycles every 0, 10 or 250 ms: the same final 
   // The decoupling was exercised: frames went in while cycles ran.
   CHECK(staged_at_0 > 0);
 }
+
+#include "publish/frame_pool.hpp"
+
+TEST_CASE("map frames are reused once released; small ones bypass the pool; the kept bytes stay under the cap") {
+  FramePool pool(1024, 3 * 4096);
+  void* first = nullptr;
+  {
+    auto a = pool.take(4096);
+    first = a.data();
+    std::memset(a.data(), 7, a.size());
+  }  // released: kept for the next frame of its size
+  CHECK(pool.kept_bytes() == 4096);
+  {
+    auto b = pool.take(4096);
+    CHECK(b.data() == first);  // the same, already mapped buffer
+    CHECK(pool.kept_bytes() == 0);
+    auto c = pool.take(4096);  // a second one while the first is out: a new buffer
+    CHECK(c.data() != first);
+    // A message copy shares the frame: it comes back when the last holder lets go.
+    zmq::message_t shared;
+    shared.copy(c);
+    c = zmq::message_t();
+    CHECK(pool.kept_bytes() == 0);
+  }
+  CHECK(pool.kept_bytes() == 2 * 4096);
+  {
+    auto big = pool.take(8192);  // another image size: the cap makes room by dropping the others
+  }
+  CHECK(pool.kept_bytes() == 8192 + 4096);
+  {
+    auto small = pool.take(100);
+    CHECK(small.size() == 100);
+  }
+  CHECK(pool.kept_bytes() == 8192 + 4096);  // small frames are plain messages
+  const auto arr = pool.array<float>("x", std::vector<float>(1024, 2.f), {1024});
+  CHECK(arr.native_view<float>()[1023] == 2.f);
+  CHECK(pool.kept_bytes() == 8192);  // the 4096-byte frame it took
+}

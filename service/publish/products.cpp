@@ -2,6 +2,8 @@
 
 #include <chrono>
 
+#include "publish/frame_pool.hpp"
+
 namespace xanesd {
 namespace {
 
@@ -24,7 +26,7 @@ protocol::MapHeader map_header(const Scan& scan, const ScanProgress& at, std::in
 // K maps with masked pixels set to 0, written straight into the frame (one copy, not two).
 protocol::Array masked(std::string name, std::span<const float> per_pixel_k, const std::vector<std::uint8_t>& valid,
                        std::vector<std::int64_t> shape) {
-  zmq::message_t frame(per_pixel_k.size() * sizeof(float));
+  auto frame = FramePool::maps().take(per_pixel_k.size() * sizeof(float));
   science::apply_mask(per_pixel_k, valid, std::span<float>(static_cast<float*>(frame.data()), per_pixel_k.size()));
   return protocol::Array(std::move(name), protocol::DType::float32, std::move(shape), true, std::move(frame));
 }
@@ -55,7 +57,7 @@ void append_segment_messages(const Scan& scan, const protocol::MapHeader& header
   segments.cluster_ids = clusters.cluster_ids;
   segments.labelled_pixels = seg.labelled;
   segments.silhouette = seg.silhouette;
-  segments.segments = protocol::Array::from<std::uint8_t>("segments", seg.labels, {R, C});
+  segments.segments = FramePool::maps().array<std::uint8_t>("segments", seg.labels, {R, C});
   out.push_back(std::move(segments).to_wire());
 
   if (scan.fit()) clusters.reference_names = scan.fit()->model().reference_names;
@@ -103,25 +105,25 @@ std::vector<protocol::WireMessage> make_map_messages(const Scan& scan, std::int6
                                        .mask_valid_pixels = static_cast<std::int64_t>(mask.n_valid),
                                        .fractions = masked("fractions", maps.fractions, mask.valid, {K, R, C}),
                                        .fraction_sigma = masked("fraction_sigma", maps.fraction_sigma, mask.valid, {K, R, C}),
-                                       .mask = protocol::Array::from<std::uint8_t>("mask", mask.valid, {R, C})};
+                                       .mask = FramePool::maps().array<std::uint8_t>("mask", mask.valid, {R, C})};
   if (const auto& nb = fit->spatial_neighbours(); !nb.empty())
-    fractions.spatial_neighbours = protocol::Array::from<float>("spatial_neighbours", nb, {R, C});
+    fractions.spatial_neighbours = FramePool::maps().array<float>("spatial_neighbours", nb, {R, C});
   out.push_back(std::move(fractions).to_wire());
 
-  out.push_back(protocol::ThicknessProduct{header, protocol::Array::from<float>("thickness", maps.thickness, {R, C})}.to_wire());
-  out.push_back(protocol::ResidualProduct{header, protocol::Array::from<float>("residual", maps.residual, {R, C}),
-                                          protocol::Array::from<float>("rfactor", maps.rfactor, {R, C})}
+  out.push_back(protocol::ThicknessProduct{header, FramePool::maps().array<float>("thickness", maps.thickness, {R, C})}.to_wire());
+  out.push_back(protocol::ResidualProduct{header, FramePool::maps().array<float>("residual", maps.residual, {R, C}),
+                                          FramePool::maps().array<float>("rfactor", maps.rfactor, {R, C})}
                     .to_wire());
   if (const auto* edge = scan.edge_maps())
     out.push_back(protocol::EdgeProduct{.map = header,
                                         .e0_scan_eV = edge->ranges.e0,
                                         .pixels_computed = static_cast<std::int64_t>(edge->computed),
-                                        .e0 = protocol::Array::from<float>("e0", edge->e0, {R, C}),
-                                        .half_step = protocol::Array::from<float>("half_step", edge->half_step, {R, C}),
-                                        .white_line = protocol::Array::from<float>("white_line", edge->white_line, {R, C}),
-                                        .edge_step = protocol::Array::from<float>("edge_step", edge->edge_step, {R, C})}
+                                        .e0 = FramePool::maps().array<float>("e0", edge->e0, {R, C}),
+                                        .half_step = FramePool::maps().array<float>("half_step", edge->half_step, {R, C}),
+                                        .white_line = FramePool::maps().array<float>("white_line", edge->white_line, {R, C}),
+                                        .edge_step = FramePool::maps().array<float>("edge_step", edge->edge_step, {R, C})}
                       .to_wire());
-  out.push_back(protocol::NenergiesProduct{header, protocol::Array::from<std::uint16_t>("nenergies", maps.nenergies, {R, C})}.to_wire());
+  out.push_back(protocol::NenergiesProduct{header, FramePool::maps().array<std::uint16_t>("nenergies", maps.nenergies, {R, C})}.to_wire());
   return out;
 }
 
