@@ -26,6 +26,9 @@ struct Endpoints {
 // allocator policy for large blocks.
 struct ProcessSetup {
   explicit ProcessSetup(const Config& cfg);
+  // The allocator policy alone; a program that holds a Daemon calls it first thing in main():
+  // the arena limit holds only for threads started after it.
+  static void tune_allocator();
 };
 
 class Daemon {

@@ -336,7 +336,11 @@ void Pipeline::on_start(protocol::StartMsg&& s) {
       refs_error = std::string("the start's references: ") + e.what();
     }
   }
-  scan_ = std::make_unique<Scan>(std::move(s), refs_error.empty() ? refs_ : std::vector<science::Reference>{}, scan_settings(cfg_));
+  // The last scan's buffers go to this one (a beamline runs scan after scan of one size).
+  auto recycled = scan_ ? std::move(*scan_).take_buffers() : Scan::Buffers{};
+  scan_.reset();
+  scan_ = std::make_unique<Scan>(std::move(s), refs_error.empty() ? refs_ : std::vector<science::Reference>{},
+                                 scan_settings(cfg_), science::ImagePart{}, std::move(recycled));
   if (!refs_error.empty()) scan_->set_fit_error(refs_error + ": spectra are recorded but not fitted");
   scan_output_.clear();
   if (!replaying_) journal_.begin(scan_->start()), check_journal();  // replaces the last scan's journal

@@ -113,20 +113,34 @@ std::vector<float> to_floats(const protocol::Array& a) {
 }  // namespace
 
 Scan::Scan(protocol::StartMsg start, const std::vector<science::Reference>& refs, const ScanSettings& settings,
-           science::ImagePart part)
+           science::ImagePart part, Buffers recycled)
     : start_(std::move(start)), settings_(settings), part_(std::move(part)),
       npix_(static_cast<std::size_t>(start_.rows) * static_cast<std::size_t>(start_.cols)),
-      store_(start_.energies_eV.size() * npix_, NAN),
       xrf_(start_.xrf_channels.size() * npix_, NAN),
       energy_seen_(start_.energies_eV.size(), 0) {
+  // Every sample starts as not measured (NaN). A recycled store of the same size is refilled
+  // in place: the writes then find their pages (at 2048² × 25 energies the kernel's zeroing
+  // of 420 MB of fresh pages was a sixth of a scan's ingest profile).
+  const std::size_t samples = start_.energies_eV.size() * npix_;
+  if (recycled.store.size() == samples) store_ = std::move(recycled.store);
+  store_.assign(samples, NAN);
+  for (auto& plane : recycled.spare_planes)
+    if (plane.size() == npix_) spare_planes_.push_back(std::move(plane));
   if (start_.dark) dark_ = to_floats(*start_.dark);
   if (start_.flat) flat_ = to_floats(*start_.flat);
   start_.dark.reset();  // keep the copies above, not the frames
   start_.flat.reset();
   // Count scales are kept from the first frame when the fit may ever weight by them.
-  if (keeps_count_scales()) scale_.assign(store_.size(), 0.f);
+  if (keeps_count_scales()) scale_ = science::ZeroedVector<float>(store_.size());
   library_ = refs;
   build_fit();
+}
+
+Scan::Buffers Scan::take_buffers() && {
+  Buffers b{std::move(store_), std::move(spare_planes_)};
+  for (auto& [e, plane] : staged_) b.spare_planes.push_back(std::move(plane));
+  store_.clear(), spare_planes_.clear(), staged_.clear();
+  return b;
 }
 
 void Scan::build_fit() {
@@ -230,7 +244,6 @@ std::size_t Scan::commit_staged() {
     spare_planes_.push_back(std::move(plane));
   }
   staged_.clear();
-  if (state_ != ScanState::running) spare_planes_.clear();  // no more frames: give the memory back
   return n;
 }
 
@@ -341,9 +354,9 @@ FrameOutcome Scan::apply(protocol::FrameMsg& f) {
   const int e = f.energy_index;
   // Staged (a cycle is reading the store): into a spare plane, committed after the cycle. lcf_
   // is not looked at, the cycle may be rebuilding it.
-  std::vector<float>* staged = nullptr;
+  science::ZeroedVector<float>* staged = nullptr;
   if (staging_) {
-    if (spare_planes_.empty()) spare_planes_.emplace_back(npix_);
+    if (spare_planes_.empty()) spare_planes_.emplace_back(npix_);  // not written: every sample is, below
     staged = &staged_.emplace_back(e, std::move(spare_planes_.back())).second;
     spare_planes_.pop_back();
   }
@@ -474,7 +487,6 @@ std::vector<Issue> Scan::stop(const protocol::StopMsg& s) {
   state_ = s.reason == "aborted" ? ScanState::aborted : ScanState::stopped;
   ended_ = std::chrono::system_clock::now();
   stop_reason_ = s.reason;
-  spare_planes_.clear();  // no more frames to stage
   const auto missing = (max_seq_ + 1) - static_cast<std::int64_t>(seqs_seen_.size());
   if (missing > 0)
     issues.push_back({"missing_seq", std::to_string(missing) + " sequence number(s) never arrived in scan '" + id() + "'"});
@@ -489,7 +501,6 @@ void Scan::abort(const std::string& why) {
   state_ = ScanState::aborted;
   ended_ = std::chrono::system_clock::now();
   stop_reason_ = why;
-  spare_planes_.clear();
 }
 
 bool keeps_count_scales(const ScanSettings& s, std::size_t pixels) {
@@ -567,8 +578,8 @@ bool Scan::update_reference_selection(int threads) {
 }
 
 void Scan::adopt(ImageResults&& image, const Scan& block) {
-  store_ = std::move(image.store);
-  xrf_ = std::move(image.xrf);
+  store_.assign(image.store.begin(), image.store.end());  // into huge pages (gathered from the ranks)
+  xrf_.assign(image.xrf.begin(), image.xrf.end());
   state_ = block.state_, stop_reason_ = block.stop_reason_, started_ = block.started_, ended_ = block.ended_;
   seqs_seen_ = block.seqs_seen_, max_seq_ = block.max_seq_, last_seq_ = block.last_seq_;
   frames_applied_ = block.frames_applied_, segment_first_frame_ = block.segment_first_frame_;

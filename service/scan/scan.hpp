@@ -91,8 +91,16 @@ class Scan : private science::SampleSource {
   // `part`: this scan is one row block of an image several processes fit (xanes fit under MPI,
   // service/parallel): its mask percentile and reference selection are the whole image's, and
   // the choices made by image size (Poisson weighting) are the image's.
+  // Image-sized buffers one scan hands to the next (Pipeline, at start): their pages are
+  // already faulted in. Used where the sizes match, dropped otherwise.
+  struct Buffers {
+    science::ZeroedVector<float> store;
+    std::vector<science::ZeroedVector<float>> spare_planes;
+  };
   Scan(protocol::StartMsg start, const std::vector<science::Reference>& refs, const ScanSettings& settings,
-       science::ImagePart part = {});
+       science::ImagePart part = {}, Buffers recycled = {});
+  // This scan's buffers for the next one; the scan is left without its spectra.
+  Buffers take_buffers() &&;
 
   // The whole image's per-pixel state, assembled from the row blocks of such a job.
   struct ImageResults {
@@ -175,8 +183,8 @@ class Scan : private science::SampleSource {
     if (!lcf_) fit_error_ = std::move(why);
   }
   // The spectral store: energy-major planes, NaN where a pixel was not measured at that energy.
-  const std::vector<float>& spectra() const { return store_; }
-  const std::vector<float>& xrf() const { return xrf_; }  // channels × pixels, NaN if absent
+  const science::ZeroedVector<float>& spectra() const { return store_; }
+  const science::ZeroedVector<float>& xrf() const { return xrf_; }  // channels × pixels, NaN if absent
 
   std::int64_t frames_applied() const { return frames_applied_; }
   std::chrono::system_clock::time_point started() const { return started_; }
@@ -209,10 +217,12 @@ class Scan : private science::SampleSource {
   std::size_t npix_;
   ScanState state_ = ScanState::running;
   std::string stop_reason_;
-  std::vector<float> store_;                 // E × P
-  std::vector<float> scale_;                 // E × P count scale per sample (Poisson weighting only)
+  // Image-sized buffers on huge pages (science::ZeroedVector): a 2048² × 25 store is 420 MB,
+  // and faulting it in 4 KiB at a time cost more than a frame's normalization.
+  science::ZeroedVector<float> store_;       // E × P
+  science::ZeroedVector<float> scale_;       // E × P count scale per sample (Poisson weighting only)
   std::vector<float> dark_, flat_;           // P each, from start (empty if absent)
-  std::vector<float> xrf_;                   // C × P
+  science::ZeroedVector<float> xrf_;        // C × P
   std::vector<science::Reference> library_;       // every loaded reference
   std::vector<std::uint8_t> selected_;            // library order; empty: fit them all
   std::optional<science::LcfModel> library_model_;  // the whole library on the scan's energies (selection evidence)
@@ -231,8 +241,8 @@ class Scan : private science::SampleSource {
   std::vector<std::uint8_t> energy_seen_;
   std::vector<int> pending_planes_;  // stored, not yet in the fit's statistics
   bool staging_ = false;
-  std::vector<std::pair<int, std::vector<float>>> staged_;  // (energy, normalized plane) in arrival order
-  std::vector<std::vector<float>> spare_planes_;  // staged planes' buffers, reused: no new pages per frame
+  std::vector<std::pair<int, science::ZeroedVector<float>>> staged_;  // (energy, normalized plane) in arrival order
+  std::vector<science::ZeroedVector<float>> spare_planes_;  // staged planes' buffers, reused: no new pages per frame
   std::map<std::string, std::int64_t> flags_;  // flagged sample counts by code
   std::chrono::system_clock::time_point started_ = std::chrono::system_clock::now();
   std::optional<std::chrono::system_clock::time_point> ended_;

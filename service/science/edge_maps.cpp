@@ -52,7 +52,7 @@ double PixelNormalizer::normalize(const double* y, double* norm) const {
   return step;
 }
 
-EdgeMaps compute_edge_maps(const std::vector<float>& planes, const std::vector<double>& e, std::size_t npix,
+EdgeMaps compute_edge_maps(std::span<const float> planes, const std::vector<double>& e, std::size_t npix,
                            const std::vector<std::uint8_t>& selected, const PreEdgeParams& params, int threads) {
   EdgeMaps m;
   m.e0.assign(npix, 0.f);

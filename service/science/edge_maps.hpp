@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
 #include <vector>
 
 #include "science/edge_normalize.hpp"
@@ -45,7 +46,7 @@ struct EdgeMaps {
 
 // planes: E×P energy-major (NaN = not measured); only pixels with `selected[p]` and every
 // energy measured are computed.
-EdgeMaps compute_edge_maps(const std::vector<float>& planes, const std::vector<double>& energies_eV, std::size_t npix,
+EdgeMaps compute_edge_maps(std::span<const float> planes, const std::vector<double>& energies_eV, std::size_t npix,
                            const std::vector<std::uint8_t>& selected, const PreEdgeParams& params, int threads);
 
 }  // namespace xanesd::science

@@ -78,9 +78,11 @@ IncrementalLcf::IncrementalLcf(LcfModel model, std::size_t npix, SolveOptions op
 
 void IncrementalLcf::ensure_incremental_state() {
   if (!set_of_.empty() || npix_ == 0) return;
-  set_of_.assign(npix_, EnergySets::kEmpty);
-  stats_.assign(npix_ * static_cast<std::size_t>(M_ + 1), 0.0);
-  changed_.assign(npix_, 0);
+  // Fresh zeroed (huge) pages, touched first by the threads that fold planes into them.
+  static_assert(EnergySets::kEmpty == 0);
+  set_of_ = ZeroedVector<std::uint32_t>(npix_);
+  stats_ = ZeroedVector<double>(npix_ * static_cast<std::size_t>(M_ + 1));
+  changed_ = ZeroedVector<std::uint8_t>(npix_);
 }
 
 void IncrementalLcf::add(std::size_t p, int e, double y) {

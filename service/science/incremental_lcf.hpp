@@ -176,9 +176,9 @@ class IncrementalLcf {
   const SampleSource* samples_ = nullptr;
   std::vector<double> xrows_;          // E × M design matrix, row-major for the hot loop
   EnergySets sets_;
-  std::vector<std::uint32_t> set_of_;  // pixel → its energy set
-  std::vector<double> stats_;          // pixel → [s (M), q]
-  std::vector<std::uint8_t> changed_;
+  ZeroedVector<std::uint32_t> set_of_;  // pixel → its energy set
+  ZeroedVector<double> stats_;          // pixel → [s (M), q]
+  ZeroedVector<std::uint8_t> changed_;
   std::vector<std::size_t> changed_list_;
   std::vector<SetCache> caches_;
   LcfMaps maps_;
