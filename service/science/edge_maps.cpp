@@ -2,6 +2,7 @@
 #include "science/parallel.hpp"
 
 #include <cmath>
+#include <cstring>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -10,6 +11,19 @@
 #include <Eigen/Dense>
 
 namespace xanesd::science {
+
+namespace {
+// Two doubles (GCC vector extensions: one SSE2 register, plain x86-64's width; wider vectors
+// are lowered element by element there, blends included).
+using Vd2 = double __attribute__((vector_size(16)));
+__attribute__((always_inline)) inline Vd2 load2(const double* p) {
+  Vd2 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+__attribute__((always_inline)) inline void store2(double* p, Vd2 v) { std::memcpy(p, &v, sizeof v); }
+__attribute__((always_inline)) inline Vd2 splat2(double x) { return Vd2{x, x}; }
+}  // namespace
 
 PixelNormalizer::Projector PixelNormalizer::make(const std::vector<double>& e, double e0, double lo, double hi, int deg) {
   Projector pr;
@@ -50,6 +64,35 @@ double PixelNormalizer::normalize(const double* y, double* norm) const {
   const double inv = 1.0 / step;
   for (std::size_t j = 0; j < de_.size(); ++j) norm[j] = (y[j] - pre[0] - pre[1] * de_[j]) * inv;
   return step;
+}
+
+void PixelNormalizer::normalize_block(const double* y, std::size_t stride, std::size_t n, double* norm,
+                                      double* step) const {
+  // The polynomial coefficients of every pixel, a projector row at a time.
+  auto coefficients = [&](const Projector& pr, Eigen::Index row, double* __restrict c) {
+    for (std::size_t i = 0; i < n; ++i) c[i] = 0;
+    for (std::size_t j = 0; j < pr.idx.size(); ++j) {
+      const double w = pr.P(row, static_cast<Eigen::Index>(j));
+      const double* __restrict yj = y + static_cast<std::size_t>(pr.idx[j]) * stride;
+      for (std::size_t i = 0; i < n; ++i) c[i] += w * yj[i];
+    }
+  };
+  // pre[0], pre[1] and post[0] per pixel in the first rows of norm's storage would alias the
+  // output; three small buffers instead.
+  std::vector<double> pre0(n), pre1(n), inv(n);
+  coefficients(pre_, 0, pre0.data());
+  coefficients(pre_, 1, pre1.data());
+  coefficients(post_, 0, step);
+  for (std::size_t i = 0; i < n; ++i) {
+    step[i] -= pre0[i];  // both polynomials at E0
+    inv[i] = 1.0 / step[i];
+  }
+  for (std::size_t j = 0; j < de_.size(); ++j) {
+    const double* __restrict yj = y + j * stride;
+    double* __restrict nj = norm + j * stride;
+    const double dej = de_[j];
+    for (std::size_t i = 0; i < n; ++i) nj[i] = (yj[i] - pre0[i] - pre1[i] * dej) * inv[i];
+  }
 }
 
 EdgeMaps compute_edge_maps(std::span<const float> planes, const std::vector<double>& e, std::size_t npix,
@@ -108,37 +151,82 @@ EdgeMaps compute_edge_maps(std::span<const float> planes, const std::vector<doub
   // 1 / (energy span) of each smoothed derivative below: the same for every pixel.
   std::vector<double> inv_span(E, 0.0);
   for (std::size_t j = 2; j + 2 < E; ++j) inv_span[j] = 1.0 / (e[j + 2] + e[j + 1] - e[j - 1] - e[j - 2]);
+  // Blocks of pixels, plane-major (a plane's values of the block side by side), each step a
+  // loop over the block's pixels so it vectorizes; each pixel's arithmetic is the one-pixel
+  // form's (PixelNormalizer::normalize, white_line_energy), in the same order.
+  const double half_from = e0 + m.ranges.pre2;
   auto work = [&](std::size_t begin, std::size_t end) {
-    constexpr std::size_t kBlock = 256;  // pixels copied plane by plane, then one by one
-    std::vector<double> block(kBlock * E), norm(E);
+    constexpr std::size_t kBlock = 256;
+    std::vector<double> y_buf(kBlock * E), norm_buf(kBlock * E), per_pixel(6 * kBlock);
+    double* __restrict step = per_pixel.data();
+    double* __restrict best = step + kBlock;   // steepest rise so far
+    double* __restrict pe0 = best + kBlock;    // its energy
+    double* __restrict half = pe0 + kBlock;    // half-step energy (0: none yet)
+    double* __restrict peak = half + kBlock;   // highest normalized value at or above E0
+    double* __restrict peak_at = peak + kBlock;  // its energy index (E: none), as a double to blend with the rest
     for (std::size_t p0 = begin; p0 < end; p0 += kBlock) {
       const std::size_t nb = std::min(kBlock, end - p0);
       for (std::size_t j = 0; j < E; ++j) {
-        const float* plane = planes.data() + j * npix + p0;
-        for (std::size_t i = 0; i < nb; ++i) block[i * E + j] = plane[i];
+        const float* __restrict plane = planes.data() + j * npix + p0;
+        double* __restrict yj = y_buf.data() + j * kBlock;
+        for (std::size_t i = 0; i < nb; ++i) yj[i] = plane[i];
+        for (std::size_t i = nb; i < kBlock; ++i) yj[i] = 0;
+      }
+      normalizer->normalize_block(y_buf.data(), kBlock, kBlock, norm_buf.data(), step);
+      const double* norm = norm_buf.data();
+      auto at = [&](std::size_t j) { return norm + j * kBlock; };
+      // The three scans below run over 2 pixels at a time with explicit blends: GCC would make
+      // the selects conditional stores, which it does not vectorize for plain x86-64. The tail of
+      // the block computes on padding (zeros) and is not written out.
+      const std::size_t nv = (nb + 1) / 2 * 2;
+      // E0: steepest rise of a 3-point smoothed spectrum (noise makes raw differences jumpy).
+      for (std::size_t i = 0; i < nv; i += 2) store2(best + i, splat2(-INFINITY)), store2(pe0 + i, splat2(e0));
+      for (std::size_t j = 2; j + 2 < E; ++j) {
+        const double *a = at(j - 2), *b = at(j - 1), *c = at(j + 1), *d = at(j + 2);
+        const Vd2 ej = splat2(e[j]), s = splat2(inv_span[j]);
+        for (std::size_t i = 0; i < nv; i += 2) {
+          const Vd2 rise = ((load2(c + i) + load2(d + i)) - (load2(b + i) + load2(a + i))) * s, top = load2(best + i);
+          const auto steeper = rise > top;
+          store2(best + i, steeper ? rise : top);
+          store2(pe0 + i, steeper ? ej : load2(pe0 + i));
+        }
+      }
+      // Half step: the first crossing of 0.5 above the pre-edge range (0 without one).
+      for (std::size_t i = 0; i < nv; i += 2) store2(half + i, splat2(0));
+      const Vd2 one_half = splat2(0.5), zero = splat2(0);
+      for (std::size_t j = 1; j < E; ++j) {
+        if (e[j] < half_from) continue;
+        const double *lo = at(j - 1), *hi = at(j);
+        const Vd2 ea = splat2(e[j - 1]), de = splat2(e[j] - e[j - 1]);
+        for (std::size_t i = 0; i < nv; i += 2) {
+          const Vd2 l = load2(lo + i), h = load2(hi + i), was = load2(half + i);
+          const auto cross = (was == zero) & (h >= one_half) & (l < one_half);
+          store2(half + i, cross ? ea + (one_half - l) / (h - l) * de : was);
+        }
+      }
+      // White line: the maximum at or above each pixel's E0, then its parabola.
+      for (std::size_t i = 0; i < nv; i += 2) store2(peak + i, splat2(-INFINITY)), store2(peak_at + i, splat2(double(E)));
+      for (std::size_t j = 0; j < E; ++j) {
+        const double* nj = at(j);
+        const Vd2 ej = splat2(e[j]), jd = splat2(static_cast<double>(j));
+        for (std::size_t i = 0; i < nv; i += 2) {
+          const Vd2 v = load2(nj + i), top = load2(peak + i);
+          const auto higher = (ej >= load2(pe0 + i)) & (v > top);
+          store2(peak + i, higher ? v : top);
+          store2(peak_at + i, higher ? jd : load2(peak_at + i));
+        }
       }
       for (std::size_t i = 0; i < nb; ++i) {
         const std::size_t p = p0 + i;
-        if (!use[p]) continue;
-        const double* y = block.data() + i * E;
-        const double step = normalizer->normalize(y, norm.data());
-        if (!(step > 0)) continue;  // no edge in this pixel
-        // E0: steepest rise of a 3-point smoothed spectrum (noise makes raw differences jumpy).
-        double best = -INFINITY, pe0 = e0;
-        for (std::size_t j = 2; j + 2 < E; ++j) {
-          const double d = ((norm[j + 1] + norm[j + 2]) - (norm[j - 1] + norm[j - 2])) * inv_span[j];
-          if (d > best) best = d, pe0 = e[j];
-        }
-        double half = 0;
-        for (std::size_t j = 1; j < E; ++j)
-          if (e[j] >= e0 + m.ranges.pre2 && norm[j] >= 0.5 && norm[j - 1] < 0.5) {
-            half = e[j - 1] + (0.5 - norm[j - 1]) / (norm[j] - norm[j - 1]) * (e[j] - e[j - 1]);
-            break;
-          }
-        m.e0[p] = static_cast<float>(pe0);
-        m.half_step[p] = static_cast<float>(half);
-        m.white_line[p] = static_cast<float>(white_line_energy(e, norm, pe0));
-        m.edge_step[p] = static_cast<float>(step);
+        if (!use[p] || !(step[i] > 0)) continue;  // not selected, or no edge in this pixel
+        const auto k = static_cast<std::size_t>(peak_at[i]);
+        const double wl = k == E ? pe0[i]
+                                 : white_line_vertex(e, k, k > 0 ? at(k - 1)[i] : 0.0, peak[i],
+                                                     k + 1 < E ? at(k + 1)[i] : 0.0);
+        m.e0[p] = static_cast<float>(pe0[i]);
+        m.half_step[p] = static_cast<float>(half[i]);
+        m.white_line[p] = static_cast<float>(wl);
+        m.edge_step[p] = static_cast<float>(step[i]);
       }
     }
   };

@@ -89,10 +89,13 @@ double white_line_energy(const std::vector<double>& e, const std::vector<double>
   for (std::size_t i = 0; i < e.size(); ++i)
     if (e[i] >= e0 && (best == e.size() || mu[i] > mu[best])) best = i;
   if (best == e.size()) return e0;
+  return white_line_vertex(e, best, best > 0 ? mu[best - 1] : 0.0, mu[best], best + 1 < e.size() ? mu[best + 1] : 0.0);
+}
+
+double white_line_vertex(const std::vector<double>& e, std::size_t best, double y0, double y1, double y2) {
   if (best == 0 || best + 1 >= e.size()) return e[best];
   // Parabola through three (possibly unevenly spaced) points.
   const double x0 = e[best - 1], x1 = e[best], x2 = e[best + 1];
-  const double y0 = mu[best - 1], y1 = mu[best], y2 = mu[best + 1];
   const double d = (x0 - x1) * (x0 - x2) * (x1 - x2);
   const double a = (x2 * (y1 - y0) + x1 * (y0 - y2) + x0 * (y2 - y1)) / d;
   const double b = (x2 * x2 * (y0 - y1) + x1 * x1 * (y2 - y0) + x0 * x0 * (y1 - y2)) / d;

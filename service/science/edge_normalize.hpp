@@ -39,5 +39,8 @@ PreEdgeResult pre_edge(const std::vector<double>& energies, const std::vector<do
 // White-line peak energy: the vertex of a parabola through the maximum of μ above E0 and its
 // two neighbours (the measured maximum if it sits at an end).
 double white_line_energy(const std::vector<double>& energies, const std::vector<double>& mu, double e0);
+// The same vertex once the maximum is found: at energies[best], with μ y0, y1, y2 at best − 1,
+// best, best + 1 (y0 unused at the first energy, y2 at the last).
+double white_line_vertex(const std::vector<double>& energies, std::size_t best, double y0, double y1, double y2);
 
 }  // namespace xanesd::science
