@@ -9,8 +9,10 @@ scan is replayed (their version increases); clicking a pixel shows its spectrum,
 fractions, equal to the daemon's `pixel` reply and to the result file; a page opened after the
 scan gets the final state at once; a daemon restart shows "reconnecting" and then "live" again;
 the read-only dashboard refuses control commands; a relay frozen while a scan streams sees the
-version gap and heals it with `snapshot`. Saves dashboard.png (and
-dashboard-reconnecting.png) in the build folder.
+version gap and heals it with `snapshot`; a map zoomed while a scan streams shows the region at
+full resolution, with the result file's values, on every map, and a click there inspects the
+pixel under the mouse. Saves dashboard.png (and dashboard-reconnecting.png, dashboard-zoom.png)
+in the build folder.
 """
 import argparse
 import json
@@ -513,6 +515,114 @@ class Dashboard(unittest.TestCase):
         print(f"forced gap: {st.get('gaps', 0)} gaps ({st.get('missed_cycles', 0)} cycles missed), "
               f"{st.get('gaps_after_stop', 0)} after the stop; snapshots {st.get('snapshots_gap', 0)} + "
               f"{st.get('snapshots_stopped', 0)}; final version {final['versions'].get('maps/fractions')}", flush=True)
+
+    def test_6_zoom(self):
+        """A relay with --max-display 16 sends the 48×40 maps every 3rd pixel. A rectangle
+        dragged on one map while a scan streams makes every map show that region at full
+        resolution, and the live publications keep refreshing it up to the final maps, whose
+        values are the result file's; a click there inspects the pixel under the mouse; the wheel
+        zooms out (every 2nd pixel); "reset zoom" shows the full image again; a malformed view
+        is refused."""
+        from selenium.webdriver.common.action_chains import ActionChains  # noqa: PLC0415
+        from selenium.webdriver.common.actions.wheel_input import ScrollOrigin  # noqa: PLC0415
+        b = self.browser
+        port = binaries.free_port()
+        self.spawn([sys.executable, os.path.join(ARGS.source_dir, "clients/dashboard/xanes-dashboard"), "--results", self.pub,
+                    "--control", self.control, "--port", str(port), "--max-display", "16", "--quiet"], "dashboard-zoom.log")
+        url = f"http://127.0.0.1:{port}"
+        wait_for("the zooming dashboard", lambda: self._answers(url) and get_json(url + "/api/stats")[1].get("daemon") == "live")
+        b.get(url + "/")
+        wait_for("the page live", lambda: self.js("window.xanesDash && xanesDash.daemon") == "live")
+        replay = self.spawn([ARGS.replay, "--input", self.scan, "--endpoint", self.ingest, "--rate", "10", "--scan-id", "zoom",
+                             "--quiet"], "replay-zoom.log")
+        wait_for("the first maps of 'zoom'", lambda: self.js("xanesDash.scanId === 'zoom' && !!xanesDash.fractionHeader "
+                                                             "&& xanesDash.fractionHeader.scan_id === 'zoom'"), timeout=30)
+
+        def panels():  # the fitted references may change while the scan starts (reference selection)
+            return [f"fraction:{n}" for n in self.js("xanesDash.referenceNames")] + ["thickness", "residual", "segments",
+                                                                                    "nenergies"]
+
+        def shown(panel):  # the region a panel shows, and its version
+            return self.js(f"(p => p && p.header && (({{x0, y0, x1, y1, step, w, h, version, final}}) => "
+                           f"({{x0, y0, x1, y1, step, w, h, version, final}}))(p.header))(xanesDash.panels.get('{panel}'))")
+
+        def region(panel):
+            h = shown(panel)
+            return h and (h["x0"], h["y0"], h["x1"], h["y1"], h["step"])
+
+        def all_show(r):
+            return all(region(i) == r for i in panels())
+
+        full = (0, 0, 40, 48, 3)  # x0 y0 x1 y1 step: the scan is 48 rows × 40 columns
+        wait_for("every map, full image every 3rd pixel", lambda: all_show(full), timeout=20)
+        ids = panels()
+        canvas = b.find_element("css selector", f"canvas[data-panel='{ids[0]}']")
+
+        def offset(x, y):  # from the canvas centre (selenium 4) to image point (x, y), full-resolution pixels
+            h, size = shown(ids[0]), canvas.size
+            return (int((x - h["x0"]) * size["width"] / (h["w"] * h["step"]) - size["width"] / 2),
+                    int((y - h["y0"]) * size["height"] / (h["h"] * h["step"]) - size["height"] / 2))
+
+        # Drag from image point (10.5, 12.5) to (21.5, 21.5): the region x 10–21, y 12–21, 12×10 pixels.
+        (ax, ay), (bx, by) = offset(10.5, 12.5), offset(21.5, 21.5)
+        ActionChains(b).move_to_element_with_offset(canvas, ax, ay).click_and_hold().move_by_offset(bx - ax, by - ay) \
+            .release().perform()
+        zoomed = (10, 12, 22, 22, 1)
+        wait_for("every map zoomed into x 10–21, y 12–21 at full resolution", lambda: all_show(zoomed), timeout=20)
+        self.assertEqual(self.js("xanesDash.view"), [10, 12, 22, 22])
+        self.assertIsNone(self.js("xanesDash.pixel"), "the drag inspected a pixel")
+        v_zoom = shown(ids[0])["version"]
+        self.assertEqual(replay.wait(60), 0)
+        version = final_version(self.xp, self.control, "zoom")
+        wait_for("the final maps, still zoomed", lambda: all((h := shown(i)) and h["final"] and h["version"] == version
+                                                             and region(i) == zoomed for i in panels()), timeout=30)
+        self.assertGreater(version, v_zoom, "the zoomed region was not refreshed by a later publication")
+        with self.xp.Client(self.control, timeout_ms=10000) as c:
+            result_file = c.status()["result_file"]
+        with h5py.File(result_file, "r") as f:
+            fractions = f["entry/results/fractions"][()]
+            sigma = f["entry/results/fraction_sigma"][()]
+            mask = f["entry/results/mask"][()]
+            thickness = f["entry/results/thickness"][()]
+            file_names = [n.decode() if isinstance(n, bytes) else n for n in f["entry/results/reference_names"][()]]
+        names = self.js("xanesDash.referenceNames")
+        self.assertEqual(file_names, names)
+
+        def received(panel, key="data"):  # the panel's values, as the image rows × columns it shows
+            h = shown(panel)
+            return np.float32(self.js(f"Array.from(xanesDash.panels.get('{panel}').{key})")).reshape(h["h"], h["w"])
+
+        window = np.s_[12:22, 10:22]
+        for k, n in enumerate(names):
+            np.testing.assert_array_equal(received(f"fraction:{n}"), fractions[k][window], n)
+            np.testing.assert_array_equal(received(f"fraction:{n}", "sigma"), sigma[k][window], n)
+        np.testing.assert_array_equal(received(ids[0], "mask"), mask[window])
+        np.testing.assert_array_equal(received("thickness"), thickness[window])
+
+        # A click in the zoomed view: pixel (15, 17), as the inspector and the hover say.
+        x, y = 15, 17
+        ActionChains(b).move_to_element_with_offset(canvas, *offset(x + 0.5, y + 0.5)).click().perform()
+        pixel = wait_for("the clicked pixel's inspector", lambda: (p := self.js("xanesDash.pixel")) and p["x"] == x and p["y"] == y
+                         and p, timeout=20)
+        np.testing.assert_array_equal(np.float32(pixel["fractions"]), fractions[:, y, x])
+        self.assertIn(f"(x {x}, y {y})", b.find_element("id", "hover").text)
+        b.save_screenshot(os.path.join(ARGS.build_dir, "dashboard-zoom.png"))
+
+        # The wheel (towards you) zooms out around the mouse: 1.5 times the region, every 2nd pixel.
+        ActionChains(b).scroll_from_origin(ScrollOrigin.from_element(canvas), 0, 100).perform()
+        out = wait_for("every map zoomed out", lambda: (r := region(ids[0])) and r != zoomed and all_show(r) and r, timeout=20)
+        x0, y0, x1, y1, step = out
+        self.assertTrue(x0 <= 10 and y0 <= 12 and x1 >= 22 and y1 >= 22 and step == 2, out)
+        np.testing.assert_array_equal(received(ids[0]), fractions[0, y0:y1:2, x0:x1:2])
+
+        b.find_element("id", "btn-reset-zoom").click()
+        wait_for("every map, full image again", lambda: all_show(full), timeout=20)
+        self.assertIsNone(self.js("xanesDash.view"))
+        np.testing.assert_array_equal(received(ids[0]), fractions[0, ::3, ::3])
+        self.js("xanesDash.ws.send(JSON.stringify({type: 'view', region: [1, 2]}))")
+        wait_for("the malformed view refused", lambda: self.js("xanesDash.errors.some((e) => e.code === 'invalid_view')"))
+        print(f"zoom: maps every 3rd pixel, zoomed to x 10–21, y 12–21 at v{v_zoom}, refreshed to final v{version}; "
+              f"wheel out to {out}", flush=True)
 
     def _answers(self, url):
         try:

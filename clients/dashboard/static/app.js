@@ -1,6 +1,7 @@
 // xanes-dashboard page: live maps from the relay's WebSocket (binary float32 maps, JSON
-// events), the scan and health panel, and a pixel inspector (uPlot). State the tests read is
-// kept in window.xanesDash.
+// events), the scan and health panel, and a pixel inspector (uPlot). Maps zoom (drag a
+// rectangle or turn the wheel on one): the relay then sends every map of the region, at full
+// resolution up to its --max-display. State the tests read is kept in window.xanesDash.
 "use strict";
 
 const dash = (window.xanesDash = {
@@ -19,11 +20,16 @@ const dash = (window.xanesDash = {
   health: null,
   errors: [],
   allowControl: false,
+  view: null,        // the region asked of the relay, [x0, y0, x1, y1] in pixels; null: the full image
+  shape: null,       // [rows, cols] of the last map
 });
 
 const MASKED = [154, 165, 177];   // grey: masked / no material
 const UNMEASURED = [228, 231, 235];
-const PANEL_ORDER = ["fraction", "thickness", "residual", "segments", "nenergies"];
+const PANEL_SIZE = 240;  // CSS pixels of a map's longer side
+const DRAG_MIN = 4;      // CSS pixels a press must move to be a zoom rectangle, not a click
+const WHEEL_ZOOM = 1.5;  // the region's size changes by this factor per wheel step
+const ZOOM_MIN = 4;      // image pixels of the smallest region's longer side
 
 // --- colour ---------------------------------------------------------------------------
 const VIRIDIS = [[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]];
@@ -76,6 +82,7 @@ function upperScale(values, mask) {
 
 // --- map panels -----------------------------------------------------------------------
 const panels = new Map();  // id -> {canvas, title, range, data, mask, sigma, kind, h, w, header, dirty}
+dash.panels = panels;
 let dirtyFrame = false;
 
 function panel(id, title, kind, order) {
@@ -93,13 +100,17 @@ function panel(id, title, kind, order) {
   h.append(name, range);
   const canvas = document.createElement("canvas");
   canvas.dataset.panel = id;
-  div.append(h, canvas);
+  const marker = document.createElement("div");  // the inspected pixel, in CSS pixels: thin at any zoom
+  marker.className = "pixel-marker";
+  marker.hidden = true;
+  div.append(h, canvas, marker);
   const grid = document.getElementById("map-grid");
   const after = [...grid.children].find((c) => c.dataset.order > order);
   grid.insertBefore(div, after || null);
-  p = { id, div, canvas, range, kind, title };
-  canvas.addEventListener("click", (e) => inspect(p, e));
+  p = { id, div, canvas, marker, range, kind, title };
+  canvas.addEventListener("mousedown", (e) => startDrag(p, e));
   canvas.addEventListener("mousemove", (e) => hover(p, e));
+  canvas.addEventListener("wheel", (e) => wheelZoom(p, e), { passive: false });
   panels.set(id, p);
   return p;
 }
@@ -126,7 +137,13 @@ function drawDirty() {
 function drawPanel(p) {
   const { h, w, data } = p;
   if (!h || !w) return;
-  if (p.canvas.width !== w || p.canvas.height !== h) { p.canvas.width = w; p.canvas.height = h; }
+  if (p.canvas.width !== w || p.canvas.height !== h) {
+    p.canvas.width = w;
+    p.canvas.height = h;
+    const scale = PANEL_SIZE / Math.max(w, h);  // a small zoomed region is shown as large as the full image
+    p.canvas.style.width = `${w * scale}px`;
+    p.canvas.style.height = `${h * scale}px`;
+  }
   const ctx = p.canvas.getContext("2d"), img = ctx.createImageData(w, h);
   const out = new Uint32Array(img.data.buffer);  // one write per pixel (RGBA bytes, little-endian)
   let lo = 0, hi = 1;
@@ -147,13 +164,19 @@ function drawPanel(p) {
     }
   }
   ctx.putImageData(img, 0, 0);
-  const r = dash.pixel, step = p.header.step || 1;
-  if (r && r.scan_id === dash.scanId) {  // the inspected pixel, on every map
-    ctx.strokeStyle = "#e53e3e";
-    ctx.lineWidth = Math.max(1, w / 120);
-    const s = Math.max(3, w / 30);
-    ctx.strokeRect(r.x / step + 0.5 - s / 2, r.y / step + 0.5 - s / 2, s, s);
-  }
+  placeMarker(p);
+}
+
+// The inspected pixel's frame on a map that shows it: the map sample it is in, at least 9 CSS
+// pixels wide.
+function placeMarker(p) {
+  const r = dash.pixel, h = p.header;
+  p.marker.hidden = !(r && r.scan_id === dash.scanId && r.x >= h.x0 && r.x < h.x1 && r.y >= h.y0 && r.y < h.y1);
+  if (p.marker.hidden) return;
+  const scale = p.canvas.clientWidth / p.w, size = Math.max(9, scale);  // CSS pixels per map sample
+  const cx = p.canvas.offsetLeft + (Math.floor((r.x - h.x0) / h.step) + 0.5) * scale;
+  const cy = p.canvas.offsetTop + (Math.floor((r.y - h.y0) / h.step) + 0.5) * scale;
+  Object.assign(p.marker.style, { left: `${cx - size / 2}px`, top: `${cy - size / 2}px`, width: `${size}px`, height: `${size}px` });
 }
 
 function fmt(v, digits = 3) {
@@ -163,12 +186,19 @@ function fmt(v, digits = 3) {
   return v.toFixed(digits);
 }
 
-// Full-resolution pixel under the mouse (maps may be sent every step-th pixel).
+// The image point under the mouse, in full-resolution pixels (fractional): a map shows the
+// region from (x0, y0), every step-th pixel.
+function imagePoint(p, e) {
+  const r = p.canvas.getBoundingClientRect(), { x0, y0, step } = p.header;
+  return { fx: x0 + ((e.clientX - r.left) / r.width) * p.w * step, fy: y0 + ((e.clientY - r.top) / r.height) * p.h * step };
+}
+
+// The map sample under the mouse (i row, j column of the data) and its full-resolution pixel.
 function pixelAt(p, e) {
-  const r = p.canvas.getBoundingClientRect(), step = p.header.step || 1;
-  const i = Math.min(p.h - 1, Math.max(0, Math.floor(((e.clientY - r.top) / r.height) * p.h)));
-  const j = Math.min(p.w - 1, Math.max(0, Math.floor(((e.clientX - r.left) / r.width) * p.w)));
-  return { i, j, x: Math.min(p.header.cols - 1, j * step), y: Math.min(p.header.rows - 1, i * step) };
+  const { fx, fy } = imagePoint(p, e), { x0, y0, step } = p.header;
+  const i = Math.min(p.h - 1, Math.max(0, Math.floor((fy - y0) / step)));
+  const j = Math.min(p.w - 1, Math.max(0, Math.floor((fx - x0) / step)));
+  return { i, j, x: x0 + j * step, y: y0 + i * step };
 }
 
 function hover(p, e) {
@@ -178,6 +208,76 @@ function hover(p, e) {
   if (p.sigma) text += ` ± ${fmt(p.sigma[k])}`;
   if (p.mask && !p.mask[k]) text += " (masked)";
   document.getElementById("hover").textContent = text;
+}
+
+// --- zoom (linked: the relay sends every map of the one region) ------------------------
+function setView(region) {
+  dash.view = region;
+  if (dash.ws && dash.ws.readyState === 1) dash.ws.send(JSON.stringify({ type: "view", region }));
+  document.getElementById("btn-reset-zoom").disabled = !region;
+}
+
+// The region [x0, y0, x1, y1] of at least ZOOM_MIN pixels around the given corners, inside the
+// image; null when it is the whole image.
+function clampView(ax, ay, bx, by, cols, rows) {
+  let x0 = Math.floor(Math.min(ax, bx)), y0 = Math.floor(Math.min(ay, by));
+  let x1 = Math.ceil(Math.max(ax, bx)), y1 = Math.ceil(Math.max(ay, by));
+  const grow = (lo, hi, n) => {  // widen to ZOOM_MIN, shift inside [0, n]
+    const size = Math.min(n, Math.max(ZOOM_MIN, hi - lo)), mid = (lo + hi) / 2;
+    lo = Math.min(n - size, Math.max(0, Math.round(mid - size / 2)));
+    return [lo, lo + size];
+  };
+  [x0, x1] = grow(x0, x1, cols);
+  [y0, y1] = grow(y0, y1, rows);
+  return x0 === 0 && y0 === 0 && x1 === cols && y1 === rows ? null : [x0, y0, x1, y1];
+}
+
+// A press on a map: released where it started, it inspects that pixel; dragged, it draws the
+// rectangle to zoom into.
+function startDrag(p, down) {
+  if (!p.header || down.button !== 0) return;
+  down.preventDefault();
+  const box = document.createElement("div");
+  box.className = "zoom-box";
+  p.div.append(box);
+  const move = (e) => {
+    const r = p.canvas.getBoundingClientRect(), d = p.div.getBoundingClientRect();
+    const cx = (v) => Math.min(r.right, Math.max(r.left, v)), cy = (v) => Math.min(r.bottom, Math.max(r.top, v));
+    const ax = cx(down.clientX), bx = cx(e.clientX), ay = cy(down.clientY), by = cy(e.clientY);
+    Object.assign(box.style, { left: `${Math.min(ax, bx) - d.left}px`, top: `${Math.min(ay, by) - d.top}px`,
+      width: `${Math.abs(bx - ax)}px`, height: `${Math.abs(by - ay)}px` });
+  };
+  const up = (e) => {
+    window.removeEventListener("mousemove", move);
+    window.removeEventListener("mouseup", up);
+    box.remove();
+    if (Math.abs(e.clientX - down.clientX) < DRAG_MIN && Math.abs(e.clientY - down.clientY) < DRAG_MIN) {
+      inspect(p, down);
+      return;
+    }
+    const a = imagePoint(p, down), b = imagePoint(p, e), { cols, rows } = p.header;
+    const clamp = (v, n) => Math.min(n, Math.max(0, v));
+    setView(clampView(clamp(a.fx, cols), clamp(a.fy, rows), clamp(b.fx, cols), clamp(b.fy, rows), cols, rows));
+  };
+  window.addEventListener("mousemove", move);
+  window.addEventListener("mouseup", up);
+}
+
+// The wheel zooms in (away from you) or out around the point under the mouse.
+function wheelZoom(p, e) {
+  if (!p.header || !e.deltaY) return;
+  e.preventDefault();
+  const { fx, fy } = imagePoint(p, e), { cols, rows } = p.header;
+  const [x0, y0, x1, y1] = dash.view || [0, 0, cols, rows];
+  const f = e.deltaY < 0 ? 1 / WHEEL_ZOOM : WHEEL_ZOOM;
+  setView(clampView(fx - (fx - x0) * f, fy - (fy - y0) * f, fx + (x1 - fx) * f, fy + (y1 - fy) * f, cols, rows));
+}
+
+function showZoom(h) {
+  const full = h.x0 === 0 && h.y0 === 0 && h.x1 === h.cols && h.y1 === h.rows;
+  document.getElementById("zoom").textContent =
+    (full ? `full image, ${h.rows} × ${h.cols} px` : `x ${h.x0}–${h.x1 - 1}, y ${h.y0}–${h.y1 - 1} of ${h.rows} × ${h.cols} px`) +
+    (h.step > 1 ? `, one pixel in ${h.step} each way` : ", full resolution");
 }
 
 function onMap(header, arrays) {
@@ -192,6 +292,10 @@ function onMap(header, arrays) {
   document.getElementById("version").textContent =
     `v${header.version}${header.final ? " final" : ""} · ${header.energies_measured} energies · ${header.frames_applied} frames`;
   if (header.time_unix) dash.latency = Date.now() / 1000 - header.time_unix;
+  // The zoom stays for the next scan of the same field of view; an image of another size resets it.
+  if (dash.view && dash.shape && (header.rows !== dash.shape[0] || header.cols !== dash.shape[1])) setView(null);
+  dash.shape = [header.rows, header.cols];
+  showZoom(header);
   if (header.topic === "maps/fractions") {
     dash.referenceNames = header.reference_names || [];
     const mask = arrays.mask;
@@ -330,8 +434,7 @@ function showPixel(r) {
     return;
   }
   dash.pixel = r;
-  for (const p of panels.values()) p.dirty = true;
-  if (!dirtyFrame) { dirtyFrame = true; requestAnimationFrame(drawDirty); }
+  for (const p of panels.values()) if (p.header) placeMarker(p);
   document.getElementById("pixel-where").textContent =
     `(x ${r.x}, y ${r.y}) · scan ${r.scan_id} v${r.version}${r.mask ? "" : " · masked"}`;
   const t = document.getElementById("pixel-table");
@@ -500,7 +603,10 @@ let drawnReported = 0;
 function connect() {
   const ws = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`);
   ws.binaryType = "arraybuffer";
-  ws.onopen = () => { dash.relay = "open"; };
+  ws.onopen = () => {
+    dash.relay = "open";
+    if (dash.view) setView(dash.view);  // a new connection starts with the full image
+  };
   ws.onmessage = (ev) => {
     if (typeof ev.data !== "string") {
       const { header, arrays } = decodeBinary(ev.data);
@@ -561,5 +667,6 @@ setInterval(() => {  // frames drawn, reported to the relay (its /api/stats: fra
 }, 1000);
 
 for (const b of document.querySelectorAll("#controls button")) b.addEventListener("click", () => control(b.dataset.cmd));
+document.getElementById("btn-reset-zoom").addEventListener("click", () => setView(null));
 drawColourbar();
 connect();
