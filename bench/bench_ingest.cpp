@@ -604,7 +604,7 @@ std::string human_rate(double v) {  // 1.23 M, 456 k …
 }  // namespace
 
 int main(int argc, char** argv) {
-  xanesd::ProcessSetup::tune_allocator();  // as xanesd's main has it, before any thread starts
+  xanesd::ProcessSetup::tune_allocator();  // as xanesd's main() does
   Options o;
   try {
     auto parsed = parse_args(argc, argv);

@@ -14,6 +14,21 @@ Target: frames drawn per publication >= 0.9 for one fraction panel (the page dra
 once per animation frame, so a map that arrives while another waits replaces it: both the
 relay and the page drop stale versions, never the newest).
 
+With --paced-publisher MS the daemon does not fit: a publisher process of this script sends
+synthetic but protocol-correct cycles (the daemon's topics in its order: maps/fractions,
+maps/thickness, maps/residual, maps/nenergies, then status; the headers and array layout
+xanesd's publish/products.cpp makes and xanesd.protocol.check_product checks, SIZE² with
+--references K, the arrays encoded once and only the headers renewed) every MS milliseconds,
+--count times, the last one final, on a PUB socket of its own with the daemon's send high-water
+mark (20 messages). The relay subscribes to it, and asks `status` and `snapshot` of a real,
+idle xanesd (no scan: its snapshot holds nothing of the synthetic scan), so its control side runs
+as it does live. This is the issue's pace, which the daemon's own cycle at 2048² (0.5–2 s here)
+cannot reach on a 2-core machine. Measured besides: the CPU time of each process (relay, page =
+Chromium's processes, publisher, idle daemon, this script with chromedriver) and of the whole
+machine over the run (/proc), and the relay's RSS and queued bytes (/api/stats) over it; with
+--cpu-throttle R the page runs R× slower (DevTools Emulation.setCPUThrottlingRate), a slow
+browser, to show the relay's memory stays bounded.
+
 A benchmark, not a test: it prints its figures and always exits 0.
 """
 import argparse
@@ -41,10 +56,134 @@ def rss_mb(pid):
         return next(int(l.split()[1]) for l in f if l.startswith("VmRSS")) / 1024
 
 
+def children_of(pid):
+    """Every process below pid (Chromium's browser, renderer, GPU and utility processes below chromedriver)."""
+    parent = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    parent[int(d)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                pass
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        kids = [c for c, pp in parent.items() if pp == p]
+        found += kids
+        todo += kids
+    return found
+
+
+def tree_cpu(pids):
+    """CPU seconds of these processes (those that ended meanwhile count 0)."""
+    total = 0.0
+    for p in pids:
+        try:
+            total += cpu_seconds(p)
+        except OSError:
+            pass
+    return total
+
+
+def machine_busy():
+    """(busy, total) CPU seconds of the machine since boot, summed over its cores (/proc/stat)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    tck = os.sysconf("SC_CLK_TCK")
+    return (sum(v[:8]) - v[3] - v[4]) / tck, sum(v[:8]) / tck
+
+
+def uptime():
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
+
+def publish_paced(endpoint, size, n_refs, period_ms, count, scan_id):
+    """The --paced-publisher process: binds a PUB socket at endpoint, says "ready" on stdout,
+    waits for a line on stdin, then publishes count cycles every period_ms on a fixed schedule
+    (a late cycle is sent at once, not skipped), and reports what it sent on stdout."""
+    import numpy as np  # noqa: PLC0415
+    import zmq  # noqa: PLC0415
+    from xanesd import protocol as xp  # noqa: PLC0415
+    N, K = size, n_refs
+    names = [f"Ref{k + 1}" for k in range(K)]
+    rng = np.random.default_rng(3)
+    # Domains-like content: smooth blocks plus noise (the relay's and page's cost does not depend on it).
+    yy, xx = np.mgrid[0:N, 0:N]
+    dom = ((yy // max(1, N // 4)) + (xx // max(1, N // 4))) % K
+    fr = np.stack([(dom == k).astype(np.float32) * 0.8 + 0.1 for k in range(K)])
+    fr += rng.random(fr.shape, dtype=np.float32) * 0.05
+    sg = rng.random((K, N, N), dtype=np.float32) * 0.01
+    mask = np.ones((N, N), np.uint8)
+    thick = (0.5 + rng.random((N, N), dtype=np.float32)).astype(np.float32)
+    resid = rng.random((N, N), dtype=np.float32) * 0.01
+    rfac = rng.random((N, N), dtype=np.float32) * 0.001
+    nen = np.full((N, N), 24, np.uint16)
+    del yy, xx, dom
+    pixels = N * N
+
+    def map_header(v, final):
+        return dict(type="map", scan_id=scan_id, version=v, time_unix=time.time(), rows=N, cols=N,
+                    frames_applied=v * pixels, last_seq=v * pixels - 1, energies_measured=min(24, v), final=final)
+
+    # The arrays encoded once (their frames reused, copy=False); each cycle renews the headers.
+    templates = [
+        xp.encode("maps/fractions", dict(map_header(1, False), reference_names=names, fit_method="nnls",
+                                         mask_thickness_threshold=0.0, mask_valid_pixels=pixels, spatial=False),
+                  [("fractions", fr), ("fraction_sigma", sg), ("mask", mask)]),
+        xp.encode("maps/thickness", map_header(1, False), [("thickness", thick)]),
+        xp.encode("maps/residual", map_header(1, False), [("residual", resid), ("rfactor", rfac)]),
+        xp.encode("maps/nenergies", map_header(1, False), [("nenergies", nen)]),
+    ]
+    for t in templates:  # the contract the relay checks
+        xp.check_product(xp.decode(t))
+
+    def status(v, state):
+        return xp.encode("status", dict(type="status", scan_id=scan_id, version=v, time_unix=time.time(), state=state,
+                                        scan={"scan_id": scan_id, "rows": N, "cols": N}, references=names))
+
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.PUB)
+    pub.setsockopt(zmq.SNDHWM, 20)  # xanesd's publish.sndhwm default
+    pub.setsockopt(zmq.LINGER, 5000)
+    pub.bind(endpoint)
+    print("ready", flush=True)
+    sys.stdin.readline()
+    pub.send_multipart(status(0, "running"))  # the scan's start
+    sent_bytes, late = 0, 0
+    t0 = time.monotonic()
+    for v in range(1, count + 1):
+        final = v == count
+        for t in templates:
+            h = xp.decode_header(t[1])
+            h.update(version=v, time_unix=time.time(), final=final, frames_applied=v * pixels, last_seq=v * pixels - 1,
+                     energies_measured=min(24, v))
+            pub.send_multipart([t[0], xp.encode_header(h)] + t[2:], copy=False)
+            sent_bytes += sum(len(f) for f in t[2:])
+        pub.send_multipart(status(v, "stopped" if final else "running"))
+        wait = t0 + v * period_ms / 1000 - time.monotonic()
+        if wait < 0:
+            late += 1
+        time.sleep(max(0.0, wait))
+    wall = time.monotonic() - t0
+    print(json.dumps({"sent": count, "wall": wall, "late": late, "bytes_per_cycle": sent_bytes / count}), flush=True)
+    time.sleep(2)  # let the last frames leave
+    pub.close()
+    ctx.term()
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for opt in ("--xanesd", "--simulate", "--replay", "--source-dir"):
+    for opt in ("--xanesd", "--source-dir"):
         p.add_argument(opt, required=True)
+    p.add_argument("--simulate", help="xanes-simulate (not with --paced-publisher)")
+    p.add_argument("--replay", help="xanes-replay (not with --paced-publisher)")
+    p.add_argument("--paced-publisher", type=float, metavar="MS",
+                   help="publish synthetic SIZE² cycles every MS ms instead of the daemon's scan (the daemon answers control only)")
+    p.add_argument("--count", type=int, default=60, help="cycles with --paced-publisher (default 60)")
+    p.add_argument("--references", type=int, default=3, help="references in the synthetic maps (default 3)")
+    p.add_argument("--cpu-throttle", type=float, metavar="R", help="the page runs R× slower (DevTools CPU throttling): a slow browser")
+    p.add_argument("--publish-child", metavar="ENDPOINT", help=argparse.SUPPRESS)  # the paced publisher process itself
     p.add_argument("--size", type=int, default=2048)
     p.add_argument("--energies", type=int, default=24)
     p.add_argument("--rate", type=float, default=1.0, help="energies per second (default 1)")
@@ -58,6 +197,13 @@ def main():
     a = p.parse_args()
     sys.path.insert(0, os.path.join(a.source_dir, "protocol", "python"))
     from xanesd import protocol as xp  # noqa: PLC0415
+    if a.publish_child:
+        publish_paced(a.publish_child, a.size, a.references, a.paced_publisher, a.count, "paced")
+        return 0
+    if a.paced_publisher:
+        return run_paced(a, xp)
+    if not (a.simulate and a.replay):
+        p.error("--simulate and --replay are needed unless --paced-publisher is given")
 
     out = a.out or tempfile.mkdtemp(prefix="xanes-dash-bench-")
     os.makedirs(out, exist_ok=True)
@@ -201,6 +347,156 @@ def main():
               f"the first {between[0] * 1000:.0f} ms)")
         print(f"  relay RSS                                  {rss0:.0f} MB -> peak {peak:.0f} MB")
         print(f"  frames drawn per publication               {ratio:.2f}   target >= 0.9   {'MET' if ratio >= 0.9 else 'NOT MET'}")
+    finally:
+        if browser:
+            browser.quit()
+        binaries.stop(procs)
+        for log in logs:
+            log.close()
+        if not a.out:
+            subprocess.run(["rm", "-rf", out])
+    return 0
+
+
+def run_paced(a, xp):
+    """The relay and page fed by the paced publisher; a real, idle xanesd answers control."""
+    out = a.out or tempfile.mkdtemp(prefix="xanes-dash-bench-")
+    os.makedirs(out, exist_ok=True)
+    results = os.path.join(out, "results")
+    subprocess.run(["rm", "-rf", results])
+    pub, control, synth = (f"tcp://127.0.0.1:{binaries.free_port()}" for _ in range(3))
+    port = binaries.free_port()
+    url = f"http://127.0.0.1:{port}"
+    procs, logs, browser = [], [], None
+
+    def spawn(argv, name, **kw):
+        log = open(os.path.join(out, name), "w")
+        logs.append(log)
+        procs.append(subprocess.Popen(argv, stderr=log, **({"stdout": log} | kw)))
+        return procs[-1]
+
+    def stats():
+        with urllib.request.urlopen(url + "/api/stats", timeout=10) as r:
+            return json.loads(r.read())
+
+    print(f"uptime at the start: {uptime()}", flush=True)
+    try:
+        daemon = spawn([a.xanesd, "--config", os.path.join(a.source_dir, "config/default.json"),
+                        "--set", f"ingest.endpoint=tcp://127.0.0.1:{binaries.free_port()}", "--set", f"publish.endpoint={pub}",
+                        "--set", f"control.endpoint={control}", "--set", f"output.directory={results}", "--set", "log.level=warn"],
+                       "xanesd.log")
+        with xp.Client(control, timeout_ms=30000) as c:
+            for _ in range(100):
+                try:
+                    c.status()
+                    break
+                except TimeoutError:
+                    time.sleep(0.1)
+        publisher = spawn([sys.executable, os.path.realpath(__file__), "--xanesd", a.xanesd, "--source-dir", a.source_dir,
+                           "--publish-child", synth, "--paced-publisher", str(a.paced_publisher), "--count", str(a.count),
+                           "--size", str(a.size), "--references", str(a.references)], "publisher.log",
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        if publisher.stdout.readline().strip() != "ready":
+            print("dashboard_keepup: the publisher did not start")
+            return 0
+        dash = spawn([sys.executable, os.path.join(a.source_dir, "clients/dashboard/xanes-dashboard"), "--results", synth,
+                      "--control", control, "--port", str(port), "--quiet"], "dashboard.log")
+        for _ in range(100):
+            try:
+                if stats()["daemon"] == "live":
+                    break
+            except OSError:
+                pass
+            time.sleep(0.1)
+        browser = binaries.headless_chromium()
+        browser.get(url + "/")
+        t_page = time.monotonic()
+        while browser.execute_script("return window.xanesDash && xanesDash.daemon") != "live":
+            if time.monotonic() - t_page > 120:
+                print("dashboard_keepup: the page did not connect within 120 s")
+                return 0
+            time.sleep(0.1)
+        print(f"page connected in {time.monotonic() - t_page:.1f} s", flush=True)
+        if a.zoom:
+            x0 = (a.size - a.zoom) // 2
+            browser.execute_script(f"setView([{x0}, {x0}, {x0 + a.zoom}, {x0 + a.zoom}])")
+        if a.cpu_throttle:
+            browser.execute_cdp_cmd("Emulation.setCPUThrottlingRate", {"rate": a.cpu_throttle})
+        time.sleep(1.0)
+        driver = browser.service.process.pid
+        chromium = children_of(driver)
+        others = {"relay": [dash.pid], "page (Chromium)": chromium, "publisher": [publisher.pid], "xanesd (idle, control)": [daemon.pid],
+                  "bench + chromedriver": [os.getpid(), driver]}
+        cpu0 = {k: tree_cpu(v) for k, v in others.items()}
+        busy0, total0 = machine_busy()
+        rss0, load0, up0 = rss_mb(dash.pid), os.getloadavg()[0], uptime()
+        peak, qpeak, qbrowser_peak = rss0, 0, 0
+        t0 = time.monotonic()
+        publisher.stdin.write("go\n")
+        publisher.stdin.flush()
+        final = None
+        next_stats = 0.0
+        samples = []  # (s since the start, relay RSS MB)
+        while time.monotonic() - t0 < 60 + a.count * a.paced_publisher / 1000 * 3:
+            samples.append((time.monotonic() - t0, rss_mb(dash.pid)))
+            peak = max(peak, samples[-1][1])
+            if time.monotonic() >= next_stats:  # the relay's queued bytes, twice a second
+                st = stats()
+                qpeak = max(qpeak, st["state_bytes"])
+                qbrowser_peak = max([qbrowser_peak] + [b["queued_bytes"] for b in st["browsers"]])
+                next_stats = time.monotonic() + 0.5
+            if browser.execute_script("return xanesDash.final && xanesDash.scanId === 'paced'"):
+                final = browser.execute_script("return xanesDash.versions['maps/fractions']")
+                break
+            time.sleep(0.1)
+        wall = time.monotonic() - t0
+        time.sleep(1.0)  # the last draws
+        cpu = {k: tree_cpu(v) - cpu0[k] for k, v in others.items()}
+        busy1, total1 = machine_busy()
+        span = time.monotonic() - t0  # what the CPU times cover: the run and the second after it
+        rss_end = rss_mb(dash.pid)
+        done = json.loads(publisher.stdout.readline() or "{}")
+        page = browser.execute_script("return {draws: xanesDash.draws, maps: xanesDash.mapsReceived, names: xanesDash.referenceNames}")
+        st = stats()
+        up1 = uptime()
+        if final is None:
+            print("dashboard_keepup: the final maps did not reach the page")
+        first = "fraction:" + (page["names"] or ["?"])[0]
+        drawn = page["draws"].get(first, 0)
+        got = page["maps"].get("maps/fractions", 0)
+        taken = st["stats"].get("pub maps/fractions", 0)
+        sent = done.get("sent", a.count)
+        peer = max(st["browsers"], key=lambda b: b["sent"])
+        n_cores = os.cpu_count()
+        machine = (busy1 - busy0) / max(1e-9, (total1 - total0)) * 100
+        throttle = f"throttled {a.cpu_throttle:g}×" if a.cpu_throttle else "not throttled"
+        print(f"  paced publisher                            {a.size}² × {a.references} references every {a.paced_publisher:.0f} ms, "
+              f"{done.get('bytes_per_cycle', 0) / 1e6:.0f} MB of arrays a cycle; page {throttle}{', zoom ' + str(a.zoom) if a.zoom else ''}")
+        print(f"  uptime                                     start: {up0}")
+        print(f"                                             end:   {up1}")
+        print(f"  publications sent                          {sent} in {done.get('wall', 0):.1f} s ({done.get('late', 0)} sent late)")
+        print(f"  taken by the relay                         {taken}   (gaps {st['stats'].get('gaps', 0)}, "
+              f"{st['stats'].get('missed_cycles', 0)} versions missed)")
+        print(f"  received by the page                       {got}   (stale versions the relay dropped for it: {peer['replaced']})")
+        print(f"  drawn ({first})                   {drawn}")
+        ratio = drawn / max(1, sent)
+        print(f"  frames drawn per publication               {ratio:.2f}   target >= 0.9   {'MET' if ratio >= 0.9 else 'NOT MET'}"
+              f"   (per publication the relay took: {drawn / max(1, taken):.2f})")
+        print(f"  relay RSS                                  start {rss0:.0f} MB, peak {peak:.0f} MB, end {rss_end:.0f} MB")
+        quarters = [max([r for t, r in samples if q * wall / 4 <= t < (q + 1) * wall / 4] or [0]) for q in range(4)]
+        print(f"  relay RSS peak in each quarter of the run  {' / '.join(f'{r:.0f}' for r in quarters)} MB")
+        # /api/stats counts a queued map's full-resolution arrays, which it shares with the held state.
+        print(f"  relay held / queued for the page (stats)   held peak {qpeak / 1e6:.0f} MB, end {st['state_bytes'] / 1e6:.0f} MB; "
+              f"queued peak {qbrowser_peak / 1e6:.0f} MB, end {sum(b['queued_bytes'] for b in st['browsers']) / 1e6:.0f} MB "
+              f"(a queued map is the held one, not a copy)")
+        print(f"  CPU over {span:.1f} s, until the page had the final map ({wall:.1f} s) and 1 s more "
+              f"(% of one core; {n_cores} cores, the machine {machine:.0f} % busy)")
+        for k, v in cpu.items():
+            print(f"    {k:<28} {v:6.1f} s  {v / span * 100:4.0f} %  {v / max(1, sent) * 1000:5.0f} ms per publication")
+        rest = busy1 - busy0 - sum(cpu.values())
+        print(f"    {'other processes and kernel':<28} {rest:6.1f} s  {rest / span * 100:4.0f} %")
+        print(f"    {'all processes on the machine':<28} {busy1 - busy0:6.1f} s  {(busy1 - busy0) / span * 100:4.0f} %")
+        print(f"  relay counters                             {json.dumps(st['stats'])}")
     finally:
         if browser:
             browser.quit()

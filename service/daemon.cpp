@@ -34,12 +34,10 @@ void ProcessSetup::tune_allocator() {
   // clearing was a third of the bench_ingest profile at 2048²). Keep them in the heap for reuse.
   mallopt(M_MMAP_THRESHOLD, 32 * 1024 * 1024);  // glibc's maximum; a 2048² float32 frame is 16 MB
   mallopt(M_TRIM_THRESHOLD, 1024 * 1024 * 1024);
-  // One arena: ZeroMQ's I/O thread allocates each received frame and the pipeline thread frees
-  // it. In a per-thread arena a freed frame often emptied one of the arena's 64 MB heaps, which
-  // glibc then unmaps whatever the trim threshold, so the next frame faulted in fresh pages
-  // (bench_ingest at 2048²: Scan::apply 117 → 59 ms a frame, 3.2 → 4.7 frames/s). The threads
-  // allocate rarely and in large blocks, so one lock costs nothing measurable.
-  mallopt(M_ARENA_MAX, 1);
+  // Per-thread arenas stay: limiting them to one (so the pages of a frame the pipeline thread
+  // frees serve the next frame ZeroMQ's I/O thread receives) made a 2048² scan no faster once
+  // the image-sized buffers moved to huge pages, and cost small messages a third of their rate
+  // (bench_ingest, 10-pixel batches, lock contention between the two threads).
 }
 
 Daemon::Daemon(const Config& cfg)
