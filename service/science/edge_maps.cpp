@@ -107,9 +107,10 @@ EdgeMaps compute_edge_maps(std::span<const float> planes, const std::vector<doub
   // The scan-level ranges from the mean spectrum of the selected, complete pixels. Plane by
   // plane (contiguous reads): a pixel's spectrum is one float per plane, planes far apart.
   std::vector<std::uint8_t> use(selected);
-  for (std::size_t j = 0; j < E; ++j) {
-    const float* plane = planes.data() + j * npix;
-    for (std::size_t p = 0; p < npix; ++p) use[p] &= !std::isnan(plane[p]);
+  for (std::size_t j = 0; j < E; ++j) {  // restrict: see selection_evidence's same loop
+    const float* __restrict plane = planes.data() + j * npix;
+    std::uint8_t* __restrict u = use.data();
+    for (std::size_t p = 0; p < npix; ++p) u[p] &= plane[p] == plane[p];  // not NaN
   }
   std::size_t n = 0;
   for (auto u : use) n += u;
