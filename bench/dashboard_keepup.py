@@ -32,6 +32,7 @@ browser, to show the relay's memory stays bounded.
 A benchmark, not a test: it prints its figures and always exits 0.
 """
 import argparse
+import functools
 import json
 import os
 import subprocess
@@ -172,6 +173,48 @@ def publish_paced(endpoint, size, n_refs, period_ms, count, scan_id):
     ctx.term()
 
 
+def relay_stats(port):
+    """The relay's /api/stats."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/stats", timeout=10) as r:
+        return json.loads(r.read())
+
+
+def open_page(a, spawn, results, control, port):
+    """The relay on a results and a control endpoint, once it reports the daemon live, and the
+    page in headless Chromium, connected before anything is published (else it would join late,
+    with the current state rather than the first maps; no cap a loaded machine could exceed but
+    120 s), zoomed into the middle a.zoom² pixels when asked. (relay process, browser, stats
+    function), or None when the page did not connect; the caller quits the browser it gets."""
+    dash = spawn([sys.executable, os.path.join(a.source_dir, "clients/dashboard/xanes-dashboard"), "--results", results,
+                  "--control", control, "--port", str(port), "--quiet"], "dashboard.log")
+    stats = functools.partial(relay_stats, port)
+    for _ in range(100):
+        try:
+            if stats()["daemon"] == "live":
+                break
+        except OSError:
+            pass
+        time.sleep(0.1)
+    browser = binaries.headless_chromium()
+    try:
+        browser.get(f"http://127.0.0.1:{port}/")
+        t_page = time.monotonic()
+        while browser.execute_script("return window.xanesDash && xanesDash.daemon") != "live":
+            if time.monotonic() - t_page > 120:
+                print("dashboard_keepup: the page did not connect within 120 s")
+                browser.quit()
+                return None
+            time.sleep(0.1)
+        print(f"page connected in {time.monotonic() - t_page:.1f} s", flush=True)
+        if a.zoom:  # the page's own zoom call: the relay keeps the view for the maps to come
+            x0 = (a.size - a.zoom) // 2
+            browser.execute_script(f"setView([{x0}, {x0}, {x0 + a.zoom}, {x0 + a.zoom}])")
+    except BaseException:
+        browser.quit()
+        raise
+    return dash, browser, stats
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     for opt in ("--xanesd", "--source-dir"):
@@ -252,35 +295,10 @@ def main():
                 except TimeoutError:
                     time.sleep(0.1)
             c.load_references([library], names=["Magnetite", "Goethite", "Pyrite"])
-        dash = spawn([sys.executable, os.path.join(a.source_dir, "clients/dashboard/xanes-dashboard"), "--results", pub,
-                      "--control", control, "--port", str(port), "--quiet"], "dashboard.log")
-        url = f"http://127.0.0.1:{port}"
-
-        def stats():
-            with urllib.request.urlopen(url + "/api/stats", timeout=10) as r:
-                return json.loads(r.read())
-
-        for _ in range(100):
-            try:
-                if stats()["daemon"] == "live":
-                    break
-            except OSError:
-                pass
-            time.sleep(0.1)
-        browser = binaries.headless_chromium()
-        browser.get(url + "/")
-        # The page must be connected before the scan starts, else it joins late (with the
-        # current state, not the first maps): no cap that a loaded machine could exceed.
-        t_page = time.monotonic()
-        while browser.execute_script("return window.xanesDash && xanesDash.daemon") != "live":
-            if time.monotonic() - t_page > 120:
-                print("dashboard_keepup: the page did not connect within 120 s")
-                return 0
-            time.sleep(0.1)
-        print(f"page connected in {time.monotonic() - t_page:.1f} s", flush=True)
-        if a.zoom:  # the page's own zoom call: the relay keeps the view for the scan to come
-            x0 = (a.size - a.zoom) // 2
-            browser.execute_script(f"setView([{x0}, {x0}, {x0 + a.zoom}, {x0 + a.zoom}])")
+        opened = open_page(a, spawn, pub, control, port)
+        if opened is None:
+            return 0
+        dash, browser, stats = opened
 
         cpu0, rss0, load0 = cpu_seconds(dash.pid), rss_mb(dash.pid), os.getloadavg()[0]
         peak = rss0
@@ -366,7 +384,7 @@ def run_paced(a, xp):
     subprocess.run(["rm", "-rf", results])
     pub, control, synth = (f"tcp://127.0.0.1:{binaries.free_port()}" for _ in range(3))
     port = binaries.free_port()
-    url = f"http://127.0.0.1:{port}"
+    stats = functools.partial(relay_stats, port)
     procs, logs, browser = [], [], None
 
     def spawn(argv, name, **kw):
@@ -374,10 +392,6 @@ def run_paced(a, xp):
         logs.append(log)
         procs.append(subprocess.Popen(argv, stderr=log, **({"stdout": log} | kw)))
         return procs[-1]
-
-    def stats():
-        with urllib.request.urlopen(url + "/api/stats", timeout=10) as r:
-            return json.loads(r.read())
 
     print(f"uptime at the start: {uptime()}", flush=True)
     try:
@@ -399,27 +413,10 @@ def run_paced(a, xp):
         if publisher.stdout.readline().strip() != "ready":
             print("dashboard_keepup: the publisher did not start")
             return 0
-        dash = spawn([sys.executable, os.path.join(a.source_dir, "clients/dashboard/xanes-dashboard"), "--results", synth,
-                      "--control", control, "--port", str(port), "--quiet"], "dashboard.log")
-        for _ in range(100):
-            try:
-                if stats()["daemon"] == "live":
-                    break
-            except OSError:
-                pass
-            time.sleep(0.1)
-        browser = binaries.headless_chromium()
-        browser.get(url + "/")
-        t_page = time.monotonic()
-        while browser.execute_script("return window.xanesDash && xanesDash.daemon") != "live":
-            if time.monotonic() - t_page > 120:
-                print("dashboard_keepup: the page did not connect within 120 s")
-                return 0
-            time.sleep(0.1)
-        print(f"page connected in {time.monotonic() - t_page:.1f} s", flush=True)
-        if a.zoom:
-            x0 = (a.size - a.zoom) // 2
-            browser.execute_script(f"setView([{x0}, {x0}, {x0 + a.zoom}, {x0 + a.zoom}])")
+        opened = open_page(a, spawn, synth, control, port)
+        if opened is None:
+            return 0
+        dash, browser, _ = opened
         if a.cpu_throttle:
             browser.execute_cdp_cmd("Emulation.setCPUThrottlingRate", {"rate": a.cpu_throttle})
         time.sleep(1.0)
@@ -429,7 +426,7 @@ def run_paced(a, xp):
                   "bench + chromedriver": [os.getpid(), driver]}
         cpu0 = {k: tree_cpu(v) for k, v in others.items()}
         busy0, total0 = machine_busy()
-        rss0, load0, up0 = rss_mb(dash.pid), os.getloadavg()[0], uptime()
+        rss0, up0 = rss_mb(dash.pid), uptime()
         peak, qpeak, qbrowser_peak = rss0, 0, 0
         t0 = time.monotonic()
         publisher.stdin.write("go\n")
