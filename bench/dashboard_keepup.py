@@ -173,6 +173,29 @@ def publish_paced(endpoint, size, n_refs, period_ms, count, scan_id):
     ctx.term()
 
 
+def tear_down(browser, procs, logs, scratch):
+    """The end of a run: the browser, the processes, their logs, and the scratch folder (None: kept)."""
+    if browser:
+        browser.quit()
+    binaries.stop(procs)
+    for log in logs:
+        log.close()
+    if scratch:
+        subprocess.run(["rm", "-rf", scratch])
+
+
+def wait_for_daemon(xp, control):
+    """A control client of the daemon once it answers `status` (10 s at most), open."""
+    c = xp.Client(control, timeout_ms=30000)
+    for _ in range(100):
+        try:
+            c.status()
+            break
+        except TimeoutError:
+            time.sleep(0.1)
+    return c
+
+
 def relay_stats(port):
     """The relay's /api/stats."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/stats", timeout=10) as r:
@@ -287,13 +310,7 @@ def main():
                "--set", f"publish.endpoint={pub}", "--set", f"control.endpoint={control}",
                "--set", f"output.directory={results}", "--set", "publish.interval_ms=250",
                "--set", "log.level=warn"] + [x for kv in a.set for x in ("--set", kv)], "xanesd.log")
-        with xp.Client(control, timeout_ms=30000) as c:
-            for _ in range(100):
-                try:
-                    c.status()
-                    break
-                except TimeoutError:
-                    time.sleep(0.1)
+        with wait_for_daemon(xp, control) as c:
             c.load_references([library], names=["Magnetite", "Goethite", "Pyrite"])
         opened = open_page(a, spawn, pub, control, port)
         if opened is None:
@@ -366,13 +383,7 @@ def main():
         print(f"  relay RSS                                  {rss0:.0f} MB -> peak {peak:.0f} MB")
         print(f"  frames drawn per publication               {ratio:.2f}   target >= 0.9   {'MET' if ratio >= 0.9 else 'NOT MET'}")
     finally:
-        if browser:
-            browser.quit()
-        binaries.stop(procs)
-        for log in logs:
-            log.close()
-        if not a.out:
-            subprocess.run(["rm", "-rf", out])
+        tear_down(browser, procs, logs, None if a.out else out)
     return 0
 
 
@@ -399,13 +410,7 @@ def run_paced(a, xp):
                         "--set", f"ingest.endpoint=tcp://127.0.0.1:{binaries.free_port()}", "--set", f"publish.endpoint={pub}",
                         "--set", f"control.endpoint={control}", "--set", f"output.directory={results}", "--set", "log.level=warn"],
                        "xanesd.log")
-        with xp.Client(control, timeout_ms=30000) as c:
-            for _ in range(100):
-                try:
-                    c.status()
-                    break
-                except TimeoutError:
-                    time.sleep(0.1)
+        wait_for_daemon(xp, control).close()
         publisher = spawn([sys.executable, os.path.realpath(__file__), "--xanesd", a.xanesd, "--source-dir", a.source_dir,
                            "--publish-child", synth, "--paced-publisher", str(a.paced_publisher), "--count", str(a.count),
                            "--size", str(a.size), "--references", str(a.references)], "publisher.log",
@@ -495,13 +500,7 @@ def run_paced(a, xp):
         print(f"    {'all processes on the machine':<28} {busy1 - busy0:6.1f} s  {(busy1 - busy0) / span * 100:4.0f} %")
         print(f"  relay counters                             {json.dumps(st['stats'])}")
     finally:
-        if browser:
-            browser.quit()
-        binaries.stop(procs)
-        for log in logs:
-            log.close()
-        if not a.out:
-            subprocess.run(["rm", "-rf", out])
+        tear_down(browser, procs, logs, None if a.out else out)
     return 0
 
 
