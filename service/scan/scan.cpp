@@ -356,7 +356,7 @@ FrameOutcome Scan::apply(protocol::FrameMsg& f) {
   // is not looked at, the cycle may be rebuilding it.
   science::ZeroedVector<float>* staged = nullptr;
   if (staging_) {
-    if (spare_planes_.empty()) spare_planes_.emplace_back(npix_);  // not written: every sample is, below
+    if (spare_planes_.empty()) spare_planes_.emplace_back(npix_);  // not filled: the frame writes every sample, or NaN-fills it first (below)
     staged = &staged_.emplace_back(e, std::move(spare_planes_.back())).second;
     spare_planes_.pop_back();
   }

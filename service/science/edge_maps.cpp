@@ -48,50 +48,40 @@ PixelNormalizer::PixelNormalizer(const std::vector<double>& e, const PreEdgeResu
 }
 
 double PixelNormalizer::normalize(const double* y, double* norm) const {
-  auto coefficients = [&](const Projector& pr, double* c) {
-    const auto n = pr.P.rows();
-    for (Eigen::Index i = 0; i < n; ++i) {
-      double v = 0;
-      for (std::size_t j = 0; j < pr.idx.size(); ++j) v += pr.P(i, static_cast<Eigen::Index>(j)) * y[pr.idx[j]];
-      c[i] = v;
-    }
-  };
-  double pre[2], post[3];
-  coefficients(pre_, pre);
-  coefficients(post_, post);
-  const double step = post[0] - pre[0];  // both polynomials at E0
-  if (!(step > 0)) return step;
-  const double inv = 1.0 / step;
-  for (std::size_t j = 0; j < de_.size(); ++j) norm[j] = (y[j] - pre[0] - pre[1] * de_[j]) * inv;
+  double step;
+  normalize_block(y, 1, 1, norm, &step);
   return step;
 }
 
 void PixelNormalizer::normalize_block(const double* y, std::size_t stride, std::size_t n, double* norm,
                                       double* step) const {
-  // The polynomial coefficients of every pixel, a projector row at a time.
-  auto coefficients = [&](const Projector& pr, Eigen::Index row, double* __restrict c) {
-    for (std::size_t i = 0; i < n; ++i) c[i] = 0;
-    for (std::size_t j = 0; j < pr.idx.size(); ++j) {
-      const double w = pr.P(row, static_cast<Eigen::Index>(j));
-      const double* __restrict yj = y + static_cast<std::size_t>(pr.idx[j]) * stride;
-      for (std::size_t i = 0; i < n; ++i) c[i] += w * yj[i];
+  constexpr std::size_t kChunk = 256;  // pixels per pass: the per-pixel coefficients stay on the stack
+  double pre0[kChunk], pre1[kChunk], inv[kChunk];
+  for (std::size_t i0 = 0; i0 < n; i0 += kChunk) {
+    const std::size_t m = std::min(kChunk, n - i0);
+    // The polynomial coefficients of the chunk's pixels, a projector row at a time.
+    auto coefficients = [&](const Projector& pr, Eigen::Index row, double* __restrict c) {
+      for (std::size_t i = 0; i < m; ++i) c[i] = 0;
+      for (std::size_t j = 0; j < pr.idx.size(); ++j) {
+        const double w = pr.P(row, static_cast<Eigen::Index>(j));
+        const double* __restrict yj = y + static_cast<std::size_t>(pr.idx[j]) * stride + i0;
+        for (std::size_t i = 0; i < m; ++i) c[i] += w * yj[i];
+      }
+    };
+    double* __restrict st = step + i0;
+    coefficients(pre_, 0, pre0);
+    coefficients(pre_, 1, pre1);
+    coefficients(post_, 0, st);
+    for (std::size_t i = 0; i < m; ++i) {
+      st[i] -= pre0[i];  // both polynomials at E0
+      inv[i] = 1.0 / st[i];
     }
-  };
-  // pre[0], pre[1] and post[0] per pixel in the first rows of norm's storage would alias the
-  // output; three small buffers instead.
-  std::vector<double> pre0(n), pre1(n), inv(n);
-  coefficients(pre_, 0, pre0.data());
-  coefficients(pre_, 1, pre1.data());
-  coefficients(post_, 0, step);
-  for (std::size_t i = 0; i < n; ++i) {
-    step[i] -= pre0[i];  // both polynomials at E0
-    inv[i] = 1.0 / step[i];
-  }
-  for (std::size_t j = 0; j < de_.size(); ++j) {
-    const double* __restrict yj = y + j * stride;
-    double* __restrict nj = norm + j * stride;
-    const double dej = de_[j];
-    for (std::size_t i = 0; i < n; ++i) nj[i] = (yj[i] - pre0[i] - pre1[i] * dej) * inv[i];
+    for (std::size_t j = 0; j < de_.size(); ++j) {
+      const double* __restrict yj = y + j * stride + i0;
+      double* __restrict nj = norm + j * stride + i0;
+      const double dej = de_[j];
+      for (std::size_t i = 0; i < m; ++i) nj[i] = (yj[i] - pre0[i] - pre1[i] * dej) * inv[i];
+    }
   }
 }
 
@@ -153,8 +143,8 @@ EdgeMaps compute_edge_maps(std::span<const float> planes, const std::vector<doub
   std::vector<double> inv_span(E, 0.0);
   for (std::size_t j = 2; j + 2 < E; ++j) inv_span[j] = 1.0 / (e[j + 2] + e[j + 1] - e[j - 1] - e[j - 2]);
   // Blocks of pixels, plane-major (a plane's values of the block side by side), each step a
-  // loop over the block's pixels so it vectorizes; each pixel's arithmetic is the one-pixel
-  // form's (PixelNormalizer::normalize, white_line_energy), in the same order.
+  // loop over the block's pixels so it vectorizes; each pixel's arithmetic in the order of the
+  // one-pixel forms (white_line_energy), so the maps do not depend on the blocking.
   const double half_from = e0 + m.ranges.pre2;
   auto work = [&](std::size_t begin, std::size_t end) {
     constexpr std::size_t kBlock = 256;

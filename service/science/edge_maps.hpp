@@ -20,11 +20,11 @@ class PixelNormalizer {
   // energies: the energies every normalized pixel has; ranges: pre_edge() of the mean spectrum
   // on them. Throws std::invalid_argument when a range holds too few energies.
   PixelNormalizer(const std::vector<double>& energies, const PreEdgeResult& ranges);
-  // norm = (y − pre-edge line)/step; returns the step (not > 0: no edge, norm left undefined).
+  // norm = (y − pre-edge line)/step; returns the step (not > 0: no edge, norm meaningless).
   double normalize(const double* y, double* norm) const;
   // The same for n pixels at once, plane-major (energy j of pixel i at [j·stride + i], in y and
-  // norm), each pixel's arithmetic in normalize's order (the same results), the loops over the
-  // pixels so they vectorize. step: n values; norm where step ≤ 0 is meaningless.
+  // norm), the loops over the pixels so they vectorize (normalize is the case n = 1). step: n
+  // values; norm where step ≤ 0 is meaningless.
   void normalize_block(const double* y, std::size_t stride, std::size_t n, double* norm, double* step) const;
   const PreEdgeResult& ranges() const { return ranges_; }
 
