@@ -76,6 +76,57 @@ def children_of(pid):
     return found
 
 
+def process_kind(pid):
+    """Chromium's process type from its command line (--type=renderer, gpu-process, utility …;
+    none: the browser process), else the program's name. (Chromium rewrites its argv: one string.)"""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().replace(b"\0", b" ").decode(errors="replace").split()
+    except OSError:
+        return "gone"
+    kinds = [x[7:] for x in argv if x.startswith("--type=")]
+    sub = [x[19:].rsplit(".", 1)[-1] for x in argv if x.startswith("--utility-sub-type=")]
+    if kinds:
+        return kinds[0] + (f" ({sub[0]})" if sub else "")
+    return "browser" if argv and "chromium" in argv[0].lower() else os.path.basename(argv[0]) if argv else "?"
+
+
+# The page's own time, measured the same way for any version of app.js: its top-level functions
+# are properties of window, and the page calls them by name, so wrapping them times every call.
+PAGE_TIMERS = """
+const t = (window.__bench = {draw_ms: 0, draw_calls: 0, draw_max_ms: 0, map_ms: 0, decode_ms: 0});
+const wrap = (name, key, calls) => {
+  const f = window[name];
+  if (typeof f !== "function") return false;
+  window[name] = function (...args) {
+    const t0 = performance.now();
+    try { return f.apply(this, args); } finally {
+      const ms = performance.now() - t0;
+      t[key] += ms;
+      if (calls) { t[calls]++; t.draw_max_ms = Math.max(t.draw_max_ms, ms); }
+    }
+  };
+  return true;
+};
+return [wrap("drawDirty", "draw_ms", "draw_calls"), wrap("onMap", "map_ms"), wrap("decodeBinary", "decode_ms")];
+"""
+
+
+def thread_cpu(pid):
+    """CPU seconds of each thread of pid, by thread name (ZeroMQ's I/O thread is ZMQbg/IO/0)."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                name = f.read().strip()
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return out
+
+
 def tree_cpu(pids):
     """CPU seconds of these processes (those that ended meanwhile count 0)."""
     total = 0.0
@@ -194,6 +245,11 @@ def wait_for_daemon(xp, control):
         except TimeoutError:
             time.sleep(0.1)
     return c
+
+
+def page_metrics(browser):
+    """The renderer's cumulative CDP Performance metrics (TaskDuration, ScriptDuration …, seconds)."""
+    return {m["name"]: m["value"] for m in browser.execute_cdp_cmd("Performance.getMetrics", {})["metrics"]}
 
 
 def relay_stats(port):
@@ -424,9 +480,17 @@ def run_paced(a, xp):
         dash, browser, _ = opened
         if a.cpu_throttle:
             browser.execute_cdp_cmd("Emulation.setCPUThrottlingRate", {"rate": a.cpu_throttle})
+        wrapped = browser.execute_script(PAGE_TIMERS)
+        browser.execute_cdp_cmd("Performance.enable", {})
         time.sleep(1.0)
         driver = browser.service.process.pid
         chromium = children_of(driver)
+        kinds = {}
+        for c in chromium:
+            kinds.setdefault(process_kind(c), []).append(c)
+        kind_cpu0 = {k: tree_cpu(v) for k, v in kinds.items()}
+        perf0 = page_metrics(browser)
+        relay_threads0 = thread_cpu(dash.pid)
         others = {"relay": [dash.pid], "page (Chromium)": chromium, "publisher": [publisher.pid], "xanesd (idle, control)": [daemon.pid],
                   "bench + chromedriver": [os.getpid(), driver]}
         cpu0 = {k: tree_cpu(v) for k, v in others.items()}
@@ -454,11 +518,17 @@ def run_paced(a, xp):
         wall = time.monotonic() - t0
         time.sleep(1.0)  # the last draws
         cpu = {k: tree_cpu(v) - cpu0[k] for k, v in others.items()}
+        kind_cpu = {k: tree_cpu(v) - kind_cpu0[k] for k, v in kinds.items()}
+        relay_threads = {k: v - relay_threads0.get(k, 0.0) for k, v in thread_cpu(dash.pid).items()}
+        perf = {k: v - perf0.get(k, 0) for k, v in page_metrics(browser).items()}
+        timers = browser.execute_script("return window.__bench")
+        gl = browser.execute_script("return window.xanesDash && xanesDash.renderer || null")
         busy1, total1 = machine_busy()
         span = time.monotonic() - t0  # what the CPU times cover: the run and the second after it
         rss_end = rss_mb(dash.pid)
         done = json.loads(publisher.stdout.readline() or "{}")
-        page = browser.execute_script("return {draws: xanesDash.draws, maps: xanesDash.mapsReceived, names: xanesDash.referenceNames}")
+        page = browser.execute_script("return {draws: xanesDash.draws, maps: xanesDash.mapsReceived, names: xanesDash.referenceNames, "
+                                      "versions: xanesDash.fractionVersions || []}")
         st = stats()
         up1 = uptime()
         if final is None:
@@ -480,6 +550,9 @@ def run_paced(a, xp):
         print(f"  taken by the relay                         {taken}   (gaps {st['stats'].get('gaps', 0)}, "
               f"{st['stats'].get('missed_cycles', 0)} versions missed)")
         print(f"  received by the page                       {got}   (stale versions the relay dropped for it: {peer['replaced']})")
+        if a.count <= 100:  # the page keeps the last 100 versions it received
+            missing = sorted(set(range(1, sent + 1)) - set(page["versions"]))
+            print(f"  versions the page did not receive          {missing}")
         print(f"  drawn ({first})                   {drawn}")
         ratio = drawn / max(1, sent)
         print(f"  frames drawn per publication               {ratio:.2f}   target >= 0.9   {'MET' if ratio >= 0.9 else 'NOT MET'}"
@@ -495,6 +568,21 @@ def run_paced(a, xp):
               f"(% of one core; {n_cores} cores, the machine {machine:.0f} % busy)")
         for k, v in cpu.items():
             print(f"    {k:<28} {v:6.1f} s  {v / span * 100:4.0f} %  {v / max(1, sent) * 1000:5.0f} ms per publication")
+        print(f"    relay by thread: " + ", ".join(f"{k} {v / max(1, sent) * 1000:.0f}" for k, v in
+                                                 sorted(relay_threads.items(), key=lambda kv: -kv[1]) if v > 0) + " ms per publication")
+        print(f"    page by Chromium process: " + ", ".join(f"{k} {v / max(1, sent) * 1000:.0f}" for k, v in
+                                                         sorted(kind_cpu.items(), key=lambda kv: -kv[1])) + " ms per publication")
+        # The renderer's main thread (CDP Performance metrics) and the page's own functions.
+        print(f"    page main thread: tasks {perf.get('TaskDuration', 0) / max(1, sent) * 1000:.0f} ms per publication "
+              f"(script {perf.get('ScriptDuration', 0) / max(1, sent) * 1000:.0f}, "
+              f"layout+style {(perf.get('LayoutDuration', 0) + perf.get('RecalcStyleDuration', 0)) / max(1, sent) * 1000:.0f})")
+        if timers and all(wrapped):
+            print(f"    page functions: drawing {timers['draw_ms'] / max(1, sent):.1f} ms per publication "
+                  f"({timers['draw_calls']} animation frames drew, {timers['draw_ms'] / max(1, timers['draw_calls']):.1f} ms each, "
+                  f"longest {timers['draw_max_ms']:.0f} ms); onMap {timers['map_ms'] / max(1, sent):.1f}, "
+                  f"decodeBinary {timers['decode_ms'] / max(1, sent):.1f} ms per publication; map renderer: {gl or '2d (no report)'}")
+        else:
+            print(f"    page functions: not timed (wrapped drawDirty, onMap, decodeBinary: {wrapped})")
         rest = busy1 - busy0 - sum(cpu.values())
         print(f"    {'other processes and kernel':<28} {rest:6.1f} s  {rest / span * 100:4.0f} %")
         print(f"    {'all processes on the machine':<28} {busy1 - busy0:6.1f} s  {(busy1 - busy0) / span * 100:4.0f} %")

@@ -1,7 +1,8 @@
-// xanes-dashboard page: live maps from the relay's WebSocket (binary float32 maps, JSON
-// events), the scan and health panel, and a pixel inspector (uPlot). Maps zoom (drag a
-// rectangle or turn the wheel on one): the relay then sends every map of the region, at full
-// resolution up to its --max-display. State the tests read is kept in window.xanesDash.
+// xanes-dashboard page: live maps from the relay's WebSocket (binary maps: float32, the mask
+// and labels uint8, counts uint16; JSON events), the scan and health panel, and a pixel
+// inspector (uPlot). Maps zoom (drag a rectangle or turn the wheel on one): the relay then sends
+// every map of the region, at full resolution up to its --max-display. State the tests read is
+// kept in window.xanesDash.
 "use strict";
 
 const dash = (window.xanesDash = {
@@ -22,6 +23,8 @@ const dash = (window.xanesDash = {
   allowControl: false,
   view: null,        // the region asked of the relay, [x0, y0, x1, y1] in pixels; null: the full image
   shape: null,       // [rows, cols] of the last map
+  renderer: "2d",    // how maps are coloured: one lookup per pixel into an ImageData kept per panel
+  drawMs: 0,         // time spent colouring and putting maps (ms), for the keep-up measure
 });
 
 const MASKED = [154, 165, 177];   // grey: masked / no material
@@ -70,18 +73,20 @@ function drawColourbar() {
   ctx.putImageData(img, 0, 0);
 }
 
-// The value below which 99 % of the finite, positive-mask values lie (robust colour scale).
+// The value below which 99 % of the finite, positive-mask values lie (robust colour scale), from
+// about 20000 samples (a typed array: sorted natively, no comparator call per pair).
 function upperScale(values, mask) {
-  const v = [];
   const stride = Math.max(1, Math.floor(values.length / 20000));
-  for (let i = 0; i < values.length; i += stride) if (Number.isFinite(values[i]) && (!mask || mask[i])) v.push(values[i]);
-  if (!v.length) return 1;
-  v.sort((a, b) => a - b);
-  return v[Math.min(v.length - 1, Math.floor(v.length * 0.99))] || 1;
+  const v = new Float64Array(Math.ceil(values.length / stride));
+  let n = 0;
+  for (let i = 0; i < values.length; i += stride) if (Number.isFinite(values[i]) && (!mask || mask[i])) v[n++] = values[i];
+  if (!n) return 1;
+  const s = v.subarray(0, n).sort();
+  return s[Math.min(n - 1, Math.floor(n * 0.99))] || 1;
 }
 
 // --- map panels -----------------------------------------------------------------------
-const panels = new Map();  // id -> {canvas, title, range, data, mask, sigma, kind, h, w, header, dirty}
+const panels = new Map();  // id -> {canvas, title, range, data, mask, sigma, kind, h, w, header, dirty, img}
 dash.panels = panels;
 let dirtyFrame = false;
 
@@ -110,7 +115,12 @@ function panel(id, title, kind, order) {
   p = { id, div, canvas, marker, range, kind, title };
   canvas.addEventListener("mousedown", (e) => startDrag(p, e));
   canvas.addEventListener("mousemove", (e) => hover(p, e));
+  canvas.addEventListener("mouseleave", () => { hovered = null; });
   canvas.addEventListener("wheel", (e) => wheelZoom(p, e), { passive: false });
+  if (kind === "fraction") {  // the relay sends the σ maps (hover text only) while the mouse is over one
+    canvas.addEventListener("mouseenter", () => wantSigma(true));
+    canvas.addEventListener("mouseleave", () => wantSigma(false));
+  }
   panels.set(id, p);
   return p;
 }
@@ -126,12 +136,15 @@ function setPanel(p, header, data, extra) {
 
 function drawDirty() {
   dirtyFrame = false;
+  const t0 = performance.now();
   for (const p of panels.values()) if (p.dirty) {
     drawPanel(p);
+    if (hovered && hovered.p === p) hover(p, hovered.e);
     p.dirty = false;
     dash.drawn++;
     dash.draws[p.id] = (dash.draws[p.id] || 0) + 1;
   }
+  dash.drawMs += performance.now() - t0;
 }
 
 function drawPanel(p) {
@@ -144,26 +157,34 @@ function drawPanel(p) {
     p.canvas.style.width = `${w * scale}px`;
     p.canvas.style.height = `${h * scale}px`;
   }
-  const ctx = p.canvas.getContext("2d"), img = ctx.createImageData(w, h);
-  const out = new Uint32Array(img.data.buffer);  // one write per pixel (RGBA bytes, little-endian)
+  // The ImageData is kept per panel and size: a new one each draw is a megabyte of fresh pages
+  // at 512², which the kernel faults in one by one (most of a draw's time on a VM).
+  if (!p.img || p.img.width !== w || p.img.height !== h) {
+    p.ctx = p.canvas.getContext("2d");
+    p.img = p.ctx.createImageData(w, h);
+    p.out = new Uint32Array(p.img.data.buffer);  // one write per pixel (RGBA bytes, little-endian)
+  }
+  const out = p.out;
   let lo = 0, hi = 1;
   if (p.kind === "scaled") hi = upperScale(data, p.mask);
   if (p.kind === "count") hi = Math.max(1, dash.health?.scan?.energies_planned || upperScale(data));
-  p.range.textContent = p.kind === "segments" ? `${p.header.cluster_ids?.length ?? 0} domains` :
+  const range = p.kind === "segments" ? `${p.header.cluster_ids?.length ?? 0} domains` :
     p.kind === "fraction" ? "0 … 1" : p.kind === "count" ? `0 … ${hi}` : `0 … ${fmt(hi)}`;
-  const n = w * h, mask = p.mask;
+  if (p.range.textContent !== range) p.range.textContent = range;  // unchanged text: no relayout
+  const n = w * h, mask = p.mask || null;
   if (p.kind === "segments") {
     for (let i = 0; i < n; i++) out[i] = SEGMENT32[data[i] & 255];
   } else {
-    const scale = 255 / (hi - lo || 1);
+    // k + 0.5 truncated is Math.round(k) for k >= 0, without the call per pixel.
+    const scale = 255 / (hi - lo || 1), off = 0.5 - lo * scale;
     for (let i = 0; i < n; i++) {
       const v = data[i];
-      if ((mask && !mask[i]) || v !== v) { out[i] = MASKED32; continue; }  // v !== v: NaN
-      const k = (v - lo) * scale;
-      out[i] = LUT32[k <= 0 ? 0 : k >= 255 ? 255 : Math.round(k)];
+      if (v !== v || (mask !== null && mask[i] === 0)) { out[i] = MASKED32; continue; }  // v !== v: NaN
+      const k = v * scale + off;
+      out[i] = LUT32[k < 1 ? 0 : k >= 255 ? 255 : k | 0];
     }
   }
-  ctx.putImageData(img, 0, 0);
+  p.ctx.putImageData(p.img, 0, 0);
   placeMarker(p);
 }
 
@@ -201,13 +222,22 @@ function pixelAt(p, e) {
   return { i, j, x: x0 + j * step, y: y0 + i * step };
 }
 
+let hovered = null;  // the panel and mouse event of the hover text: it is refreshed when that map is
+
 function hover(p, e) {
   if (!p.data) return;
+  hovered = { p, e };
   const { i, j, x, y } = pixelAt(p, e), k = i * p.w + j;
   let text = `${p.title} (x ${x}, y ${y}): ${fmt(p.data[k])}`;
   if (p.sigma) text += ` ± ${fmt(p.sigma[k])}`;
+  else if (p.kind === "fraction") text += " ± …";  // σ asked for: it comes with the map sent next
   if (p.mask && !p.mask[k]) text += " (masked)";
   document.getElementById("hover").textContent = text;
+}
+
+function wantSigma(want) {
+  dash.wantSigma = want;
+  if (dash.ws && dash.ws.readyState === 1) dash.ws.send(JSON.stringify({ type: "sigma", want }));
 }
 
 // --- zoom (linked: the relay sends every map of the one region) ------------------------
@@ -315,13 +345,16 @@ function onMap(header, arrays) {
   }
 }
 
+// The relay's array types (its pack()): a mask and labels come as uint8, counts as uint16.
+const WIRE_TYPES = { f4: Float32Array, u1: Uint8Array, u2: Uint16Array };
+
 function decodeBinary(buf) {
   const n = new DataView(buf).getUint32(0, true);
   const header = JSON.parse(new TextDecoder().decode(new Uint8Array(buf, 4, n)));
   const base = 4 + n, arrays = {};
   for (const a of header.arrays) {
     const size = a.shape.reduce((x, y) => x * y, 1);
-    arrays[a.name] = new Float32Array(buf, base + a.offset * 4, size);
+    arrays[a.name] = new WIRE_TYPES[a.dtype || "f4"](buf, base + a.offset, size);  // offset: bytes
   }
   return { header, arrays };
 }
@@ -606,6 +639,7 @@ function connect() {
   ws.onopen = () => {
     dash.relay = "open";
     if (dash.view) setView(dash.view);  // a new connection starts with the full image
+    if (dash.wantSigma) wantSigma(true);
   };
   ws.onmessage = (ev) => {
     if (typeof ev.data !== "string") {
