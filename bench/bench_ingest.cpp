@@ -590,6 +590,13 @@ RunResult run_daemon(const Options& o, const Workload& w, int interval_ms, doubl
                   sfmt("%.0f", ms("time_us.cycle.segmentation") / cyc) + ", edge maps " + sfmt("%.0f", ms("time_us.cycle.edge_maps") / cyc) +
                   ", encode " + sfmt("%.0f", ms("time_us.cycle.encode") / cyc) + ", publish " +
                   sfmt("%.0f", ms("time_us.cycle.publish") / cyc) + " ms";
+    // The live reference selection and segmentation, on the analysis thread beside the cycles.
+    const auto runs = counter("analysis.runs");
+    const double an = static_cast<double>(std::max<std::int64_t>(1, runs));
+    r.breakdown += "; " + std::to_string(runs) + " analyses beside the cycles: reference selection " +
+                   sfmt("%.0f", ms("time_us.analysis.reference_selection") / an) + ", segmentation " +
+                   sfmt("%.0f", ms("time_us.analysis.segmentation") / an) + " ms each, pipeline waited " +
+                   sfmt("%.0f", ms("time_us.pipeline.waited_for_analysis")) + " ms for them";
   }
   return r;
 }

@@ -3,7 +3,6 @@
 #include <chrono>
 #include <cstring>
 #include <span>
-#include <tuple>
 #include <cstdio>
 #include <iostream>
 #include <map>
@@ -108,7 +107,7 @@ nlohmann::json run_batch_fit(const Config& cfg, const BatchOptions& opt, const p
     refs = std::move(picked);
   }
   const bool root = comm.rank() == 0, quiet = opt.quiet || !root;
-  const auto settings = scan_settings(cfg);
+  auto settings = scan_settings(cfg);
   ScanFileOptions read_opt;
   read_opt.borrow_buffers = true;  // each frame is applied (copied into the store) before the next is read
   // Several ranks (README "MPI"): each reads and fits its block of rows plus the halo rows the
@@ -116,11 +115,14 @@ nlohmann::json run_batch_fit(const Config& cfg, const BatchOptions& opt, const p
   StepTimes times;
   const auto t_start = StepTimes::Clock::now();
   science::ImagePart part;
-  int rows = 0, cols = 0, window0 = 0;
+  int window0 = 0;
   std::vector<std::pair<int, int>> blocks;
   nlohmann::json rank_timing = nlohmann::json::array();
+  // A volume is fitted as the image of its slices stacked (README "Volumes").
+  const auto shape = scan_file_image(opt.input, comm.h5_file_access());
+  const int rows = shape.rows, cols = shape.cols;
+  settings.slice_rows = shape.slice_rows;
   if (comm.size() > 1) {
-    std::tie(rows, cols) = scan_file_image(opt.input, comm.h5_file_access());
     const bool selecting = settings.selection.enabled && refs.size() >= 2;
     blocks = row_blocks(rows, comm.size(), selecting ? science::selection_tile_side(rows, cols, settings.selection.max_tiles) : 1);
     const auto [own0, own1] = blocks[static_cast<std::size_t>(comm.rank())];

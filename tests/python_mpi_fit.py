@@ -50,6 +50,9 @@ class MpiFit(unittest.TestCase):
         # dark, a flat per energy and an XRF map.
         cls.scene = simulate("scene.h5", "--shape", "67x50", "--layout", "scene", "--mode", "transmission",
                              "--dark", "5", "--seed", "5")
+        # A volume of 3 slices of 20 rows: at -np 3 the blocks are rows 0-17, 18-35, 36-59, so
+        # the middle block's halo (rows 16-37) starts in slice 0 and reaches into slice 1.
+        cls.volume = simulate("volume.h5", "--shape", "60x40", "--layout", "scene", "--slices", "3", "--seed", "9")
 
     @classmethod
     def tearDownClass(cls):
@@ -84,6 +87,11 @@ class MpiFit(unittest.TestCase):
     def test_ranks_that_do_not_divide_the_rows(self):
         self.assert_same(self.scene, 3)
         self.assert_same(self.scene, 2)
+
+    def test_volume(self):
+        self.assert_same(self.volume, 3)
+        with h5py.File(os.path.join(self.dir, "volume-np3.h5"), "r") as f:
+            self.assertEqual(f["entry/results/fractions"].shape, (3, 3, 20, 40))
 
     def test_without_selection_and_spatial_step(self):
         # Blocks of single rows (no tiles to align to), Poisson-weighted final maps per pixel.

@@ -8,7 +8,8 @@ Checks: the default plot chain ends at a valid 2-D NXdata (a named reference's f
 with errors and labelled axes), every reference has one, /entry/results is a valid NXdata whose
 errors silx finds, every numeric dataset has units, the file records the --refs and --names
 it was fitted with, the software version, the reference spectra used, the input file and the
-start and end times."""
+start and end times. A volume (E × Z × Y × X): maps shaped Z × Y × X, each slice fitted as
+its own image."""
 import json
 import os
 import subprocess
@@ -99,12 +100,100 @@ class ResultFile(unittest.TestCase):
         self.assertTrue(nxdata.NXdata(g).is_valid)
 
     def test_input_and_times(self):
-        """What was fitted and when: the input file and ISO 8601 UTC start and end times."""
+        """What was fitted and when: the input file and ISO 8601 UTC start and end times. A volume (E × Z × Y × X): maps shaped Z × Y × X, each slice fitted as
+its own image."""
         self.assertEqual(self.f["entry/input_file"][()].decode(), os.path.abspath(os.path.join(self.tmp.name, "scan.h5")))
         times = [self.f[f"entry/{k}"][()].decode() for k in ("start_time", "end_time")]
         for t in times:
             self.assertRegex(t, r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
         self.assertLessEqual(times[0], times[1])
+
+
+class Volume(unittest.TestCase):
+    """A volume (E × Z × Y × X) is fitted as its slices stacked: maps shaped Z × Y × X, and no
+    step that reads neighbours (the spatial fit's window, label smoothing) crosses a slice."""
+
+    @classmethod
+    def setUpClass(cls):
+        a = ARGS
+        cls.tmp = tempfile.TemporaryDirectory()
+        refs = os.path.join(a.source_dir, "config/references")
+        cls.library = os.path.join(refs, "fe_k_library_normalized.nor")
+        cls.volume = os.path.join(cls.tmp.name, "volume.h5")
+        # Three slices of 20 rows cut from one scene: the domains run on across the cuts, so a
+        # window that crossed them would find neighbours that agree (and change the maps).
+        subprocess.run([a.simulate, "--refs", cls.library, "--use", "Magnetite,Goethite,Pyrite",
+                        "--energies", os.path.join(refs, "fe_k_energies_hxn.txt"), "--shape", "60x40",
+                        "--layout", "scene", "--counts", "500", "--slices", "3", "--seed", "7", "--out", cls.volume],
+                       check=True, capture_output=True)
+        cls.out = cls.fit(cls.volume, "volume-result.h5")
+        cls.f = h5py.File(cls.out, "r")
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.f.close()
+        cls.tmp.cleanup()
+
+    @classmethod
+    def fit(cls, scan, name):
+        out = os.path.join(cls.tmp.name, name)
+        subprocess.run([ARGS.xanesd, "fit", "--input", scan, "--refs", cls.library, "--names", "Magnetite,Goethite,Pyrite",
+                        "--out", out, "--set", "log.level=warn"], check=True, capture_output=True)
+        return out
+
+    def part(self, name, rows=None, z=None):
+        """A scan file of the volume's slice z (an image), or of all its slices as one image
+        (rows = Z·Y)."""
+        path = os.path.join(self.tmp.name, name)
+        with h5py.File(self.volume, "r") as v, h5py.File(path, "w") as f:
+            f.attrs["mode"] = v.attrs["mode"]
+            f["energy"] = v["energy"][()]
+            f["raw/i0"] = v["raw/i0"][()]
+            counts, xrf = v["raw/counts"][()], v["xrf/Fe"][()]
+            if z is not None:
+                f["raw/counts"], f["xrf/Fe"] = counts[:, z], xrf[z]
+            else:
+                f["raw/counts"] = counts.reshape(counts.shape[0], rows, counts.shape[-1])
+                f["xrf/Fe"] = xrf.reshape(rows, xrf.shape[-1])
+        return path
+
+    def test_maps_are_shaped_like_the_volume(self):
+        r = self.f["entry/results"]
+        self.assertEqual(r["fractions"].shape, (3, 3, 20, 40))
+        for name in ("thickness", "mask", "spatial_neighbours", "residual", "segments/segments"):
+            self.assertEqual(r[name].shape, (3, 20, 40), name)
+        self.assertEqual(list(r.attrs["axes"]), ["reference_index", "z", "y", "x"])
+        self.assertEqual(list(r["z"][()]), [0, 1, 2])
+        self.assertEqual(self.f["entry/edge/e0"].shape, (3, 20, 40))
+        self.assertEqual(self.f["entry/xrf/Fe"].shape, (3, 20, 40))
+        self.assertEqual(self.f["entry/data/spectra"].shape, (73, 3, 20, 40))
+        d = nxdata.get_default(self.f)
+        self.assertTrue(d is not None and d.is_valid)
+        self.assertEqual(list(d.axes_dataset_names), ["z", "y", "x"])
+        # The spatial step ran: most material pixels averaged several neighbours.
+        self.assertGreater(np.median(r["spatial_neighbours"][()][r["mask"][()] == 1]), 2.0)
+
+    def test_each_slice_is_fitted_as_its_own_image(self):
+        """Per pixel, a slice's maps are those of the slice fitted alone (the mask's threshold,
+        a percentile of the whole volume, is compared only where both keep the pixel)."""
+        r = self.f["entry/results"]
+        for z in range(3):
+            with h5py.File(self.fit(self.part(f"slice{z}.h5", z=z), f"slice{z}-result.h5"), "r") as s:
+                alone = s["entry/results"]
+                np.testing.assert_array_equal(r["thickness"][z], alone["thickness"][()])
+                np.testing.assert_array_equal(r["spatial_neighbours"][z], alone["spatial_neighbours"][()])
+                both = (r["mask"][z] == 1) & (alone["mask"][()] == 1)
+                self.assertGreater(both.sum(), 300)
+                np.testing.assert_array_equal(r["fractions"][:, z][:, both], alone["fractions"][()][:, both])
+
+    def test_the_same_rows_as_one_image_differ_at_the_cuts(self):
+        """The control: fitted as one 60-row image, the windows cross the cuts, and the rows
+        beside them (only those) change."""
+        with h5py.File(self.fit(self.part("stacked.h5", rows=60), "stacked-result.h5"), "r") as s:
+            stacked = s["entry/results/thickness"][()].reshape(3, 20, 40)
+        differs = np.any(stacked != self.f["entry/results/thickness"][()], axis=(0, 2))
+        self.assertTrue(differs[[0, 1, 18, 19]].any(), differs)
+        self.assertFalse(differs[3:17].any(), differs)
 
 
 if __name__ == "__main__":

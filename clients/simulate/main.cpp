@@ -37,6 +37,9 @@ int main(int argc, char** argv) {
   app.add_option("--background", p.background, "background counts")->check(cli::number())->capture_default_str();
   app.add_option("--i0-units", p.i0_units, "I0 scale")->check(cli::number())->capture_default_str();
   app.add_option("--gain", p.detector_gain, "detector gain")->check(cli::number())->capture_default_str();
+  app.add_option("--slices", p.slices, "write a volume E×Z×Y×X: the image cut into Z slices of rows/Z rows")
+      ->check(CLI::Range(1, 65536))
+      ->capture_default_str();
   app.add_option("--out", out, "the scan file to write")->required();
   if (auto code = cli::parse(app, argc, argv)) return *code;
   const auto x = shape.find('x');
@@ -58,11 +61,13 @@ int main(int argc, char** argv) {
         refs.push_back(*it);
       }
     }
+    if (p.rows % p.slices != 0) throw std::invalid_argument("--slices must divide the image's rows (--shape)");
     p.energies_eV = sim::read_energies_file(energies_file);
     const auto scan = sim::simulate(refs, p);
     sim::write_scan_file(scan, out);
-    std::printf("wrote %s: %d×%d px, %zu energies, %s, species:", out.c_str(), p.rows, p.cols, p.energies_eV.size(),
-                protocol::to_string(p.mode).c_str());
+    if (p.slices > 1) std::printf("wrote %s: %d×%d×%d voxels", out.c_str(), p.slices, p.rows / p.slices, p.cols);
+    else std::printf("wrote %s: %d×%d px", out.c_str(), p.rows, p.cols);
+    std::printf(", %zu energies, %s, species:", p.energies_eV.size(), protocol::to_string(p.mode).c_str());
     for (const auto& n : scan.reference_names) std::printf(" %s", n.c_str());
     std::printf("\n");
     return 0;

@@ -1,5 +1,6 @@
 #include "simulate/simulate.hpp"
 
+#include <optional>
 #include <cmath>
 #include <fstream>
 #include <random>
@@ -232,26 +233,34 @@ void write_scan_file(const Scan& s, const std::filesystem::path& path) {
   using hs = std::vector<hsize_t>;
   const auto E = static_cast<hsize_t>(s.params.energies_eV.size());
   const auto R = static_cast<hsize_t>(s.params.rows), C = static_cast<hsize_t>(s.params.cols);
+  const auto Z = static_cast<hsize_t>(std::max(1, s.params.slices));
+  if (R % Z != 0) throw std::invalid_argument("the image's rows must be a multiple of the slices");
+  // A per-pixel array's shape, after `lead` (energies, references): rows × cols, or Z × Y × X.
+  auto pixels = [&](std::optional<hsize_t> lead = std::nullopt) {
+    hs d = Z > 1 ? hs{Z, R / Z, C} : hs{R, C};
+    if (lead) d.insert(d.begin(), *lead);
+    return d;
+  };
   auto f = h5::create_file(path);
   h5::attr_string(f, "mode", protocol::to_string(s.params.mode));
   h5::attr_string(f, "creator", "xanes-simulate");
   h5::write(f, "energy", s.params.energies_eV);
   auto raw = h5::create_group(f, "raw");
-  h5::write(raw, "counts", s.counts.data(), hs{E, R, C});
+  h5::write(raw, "counts", s.counts.data(), pixels(E));
   if (s.params.mode == protocol::Mode::fluorescence) {
     h5::write(raw, "i0", s.i0);
   } else {
-    h5::write(raw, "flat", s.flat.data(), hs{E, R, C});
-    if (!s.dark.empty()) h5::write(raw, "dark", s.dark.data(), hs{R, C});
+    h5::write(raw, "flat", s.flat.data(), pixels(E));
+    if (!s.dark.empty()) h5::write(raw, "dark", s.dark.data(), pixels());
   }
   auto xrf = h5::create_group(f, "xrf");
-  h5::write(xrf, "Fe", s.xrf.data(), hs{R, C});
+  h5::write(xrf, "Fe", s.xrf.data(), pixels());
   auto truth = h5::create_group(f, "truth");
-  h5::write(truth, "fractions", s.fractions.data(), hs{static_cast<hsize_t>(s.reference_names.size()), R, C});
-  h5::write(truth, "thickness", s.thickness.data(), hs{R, C});
+  h5::write(truth, "fractions", s.fractions.data(), pixels(s.reference_names.size()));
+  h5::write(truth, "thickness", s.thickness.data(), pixels());
   h5::write_strings(truth, "reference_names", s.reference_names);
-  if (!s.domains.empty()) h5::write(truth, "domains", s.domains.data(), hs{R, C});
-  if (!s.stripe.empty()) h5::write(truth, "stripe", s.stripe.data(), hs{R, C});
+  if (!s.domains.empty()) h5::write(truth, "domains", s.domains.data(), pixels());
+  if (!s.stripe.empty()) h5::write(truth, "stripe", s.stripe.data(), pixels());
 }
 
 std::vector<double> read_energies_file(const std::filesystem::path& path) {

@@ -38,6 +38,9 @@ struct Params {
   // another species, empty background (`domains` is then the dominant-species map).
   enum class Layout { regions, domains, scene } layout = Layout::regions;
   int scene_domains = 7;  // scene: number of domains (each species dominates at least one if K allows)
+  // The scan file holds a volume E × Z × (rows/Z) × cols: the simulated image cut into Z slices
+  // of consecutive rows (a test volume for `xanesd fit`, README "Volumes"); 1: an image.
+  int slices = 1;
 };
 
 struct Scan {

@@ -62,7 +62,7 @@ const std::vector<ConfigKey>& config_keys() {
       {"mask.residual_max", 0.0, "mask pixels whose RMS residual exceeds this (signal units); 0: off", 0, 1e30, true},
       {"mask.rfactor_max", 0.0, "mask pixels whose R-factor χ²/Σy² exceeds this; 0: off", 0, 1e30, true},
       {"segment.enabled", true, "segment the image live (science.md §4): PCA features + k-means, cluster-then-fit; published on maps/segments and clusters", -1e300, 1e300, true},
-      {"segment.interval_ms", 1000, "while a scan runs, refresh the segmentation at most this often (ms; it also waits for a publication cycle); always with the final maps. maps/segments and clusters are published on the cycles that refresh them", 0, 3.6e6, true},
+      {"segment.interval_ms", 1000, "while a scan runs, refresh the reference selection and the segmentation at most this often (ms; on their own thread beside the fit's cycles, after the scan's first cycle); always with the final maps. maps/segments, clusters and references go out with the cycle after each refresh", 0, 3.6e6, true},
       {"segment.k", 0, "number of clusters (domains with material); 0: the smallest k whose within-cluster scatter of the measured features (spectral, XRF) is at most segment.noise_ratio × their noise (k = 1 when the image's own scatter is), re-judged at each update; the previous clusters are kept while they pass and one fewer would not", 0, 254, true},
       {"segment.k_max", 6, "largest k the automatic choice considers", 2, 254, true},
       {"segment.noise_ratio", 1.3, "automatic k: largest within-cluster scatter per measured feature (PCA scores, XRF), as a multiple of the noise (half the squared feature difference of adjacent pixels, median); larger: fewer clusters", 1, 100, true},

@@ -212,15 +212,16 @@ void Pipeline::run(std::stop_token stop) {
   while (!stop.stop_requested()) {
     // Frames first, in arrival order; a short wait keeps commands and publication responsive
     // (shorter while a cycle runs, to commit it and start the next one soon after it ends).
-    if (auto msg = queue_.pop_for(milliseconds(cycle_.joinable() ? 1 : 10))) {
+    if (auto msg = queue_.pop_for(milliseconds(cycle_.joinable() || analysis_.joinable() ? 1 : 10))) {
       try {
-        // During a live cycle only frames the scan can stage go in; anything else waits for it.
+        // During a live cycle only frames the scan can stage go in; during an analysis only
+        // frames into planes it does not read. Anything else waits for them.
         const auto* frame = std::get_if<protocol::FrameMsg>(&*msg);
-        if (cycle_.joinable() && !(frame && scan_->state() == ScanState::running && scan_->stageable(*frame))) {
-          // The final cycle after a stop redoes everything: the live one stops after its current step.
-          if (std::holds_alternative<protocol::StopMsg>(*msg)) cycle_cancel_ = true;
-          wait_cycle();
-        }
+        // The final cycle after a stop redoes everything: a live one stops after its current step.
+        if (std::holds_alternative<protocol::StopMsg>(*msg)) cycle_cancel_ = true;
+        if (analysis_.joinable() && !(frame && scan_->state() == ScanState::running && scan_->analysis_safe(*frame, *analysis_job_)))
+          wait_analysis();
+        if (cycle_.joinable() && !(frame && scan_->state() == ScanState::running && scan_->stageable(*frame))) wait_cycle();
         on_message(std::move(*msg));
       } catch (const std::exception& e) {  // a bug, not bad input: count it and keep serving
         counters_.add("internal_errors");
@@ -228,13 +229,17 @@ void Pipeline::run(std::stop_token stop) {
       }
     }
     if (cycle_.joinable() && cycle_done_.load()) wait_cycle();
+    if (analysis_.joinable() && analysis_done_.load() && !cycle_.joinable()) wait_analysis();
     std::deque<std::shared_ptr<Command>> cmds;
     {
       std::lock_guard lock(commands_mutex_);
       cmds.swap(commands_);
     }
-    if (!cmds.empty()) wait_cycle();
+    if (!cmds.empty()) wait_analysis(), wait_cycle();
     for (auto& c : cmds) run_command(*c, stop);
+    // Between two cycles (its inputs are the last cycle's mask and the planes stored so far),
+    // before the next cycle starts beside it.
+    if (!analysis_.joinable() && !cycle_.joinable() && analysis_due()) start_analysis();
     if (!cycle_.joinable() && scan_ && scan_->state() == ScanState::running && changed_since_publish_) {
       // Never sooner than the interval after the last cycle ended, nor sooner than that cycle
       // took: cycles use at most about half the cores' time, whatever the image size.
@@ -242,6 +247,7 @@ void Pipeline::run(std::stop_token stop) {
       if (steady_clock::now() >= due) start_cycle();
     }
   }
+  wait_analysis();
   wait_cycle();
 }
 
@@ -351,7 +357,7 @@ void Pipeline::on_start(protocol::StartMsg&& s) {
   version_ = 0;
   result_file_.clear();
   changed_since_publish_ = false;
-  last_segmentation_ = {};
+  last_analysis_ = {}, analysed_frames_ = -1, analysis_unpublished_.reset();
   last_cycle_ = {};  // the last scan's final cycle (segmentation, edge maps, file) does not pace this one
   update_status();
   // Counted after the status snapshot shows the new scan: status is answered from that snapshot
@@ -433,16 +439,65 @@ void Pipeline::finish_scan(bool write_file) {
 
 Pipeline::CycleStart Pipeline::begin_cycle(bool final) {
   const auto t0 = std::chrono::steady_clock::now();
-  // Reference selection and segmentation cost more than a solve on big images: refreshed at most every
-  // segment.interval_ms while the scan runs, always with the final maps.
-  const bool segment = final || last_segmentation_ == std::chrono::steady_clock::time_point{} ||
-                       t0 >= last_segmentation_ + std::chrono::milliseconds(cfg_.segment.interval_ms);
-  if (segment) last_segmentation_ = t0;
+  // The reference selection and the segmentation run with the final maps; while the scan runs,
+  // on the analysis thread (start_analysis).
   changed_since_publish_ = false;  // frames from now on make the next cycle
-  return {++version_, segment, t0};
+  version_ += final ? 2 : 1;  // the final cycle publishes its fit maps first, with a version of their own
+  return {version_, t0};
 }
 
-bool Pipeline::cycle_work(bool final, bool segment, std::int64_t version, ScanProgress at) {
+bool Pipeline::analysis_due() const {
+  if (!scan_ || scan_->state() != ScanState::running || scan_->frames_applied() <= analysed_frames_) return false;
+  if (!scan_->fit() && !cfg_.segment.enabled) return false;
+  // Reference selection and segmentation cost more than a solve on big images: at most every
+  // segment.interval_ms, and after the scan's first cycle (its mask).
+  return version_ > 0 && (last_analysis_ == std::chrono::steady_clock::time_point{} ||
+                          std::chrono::steady_clock::now() >= last_analysis_ + std::chrono::milliseconds(cfg_.segment.interval_ms));
+}
+
+void Pipeline::start_analysis() {
+  last_analysis_ = std::chrono::steady_clock::now();
+  analysed_frames_ = scan_->frames_applied();
+  // Half the cores: the fit's cycles and ingest keep the rest.
+  analysis_job_ = scan_->begin_analysis(std::max(1, solve_threads(cfg_) / 2));
+  analysis_done_ = false;
+  analysis_ = std::jthread([this] {
+    using clock = std::chrono::steady_clock;
+    auto& a = *analysis_job_;
+    auto t = clock::now();
+    auto lap = [&](const char* phase) {
+      const auto now = clock::now();
+      counters_.add(std::string("time_us.analysis.") + phase, std::chrono::duration_cast<std::chrono::microseconds>(now - t).count());
+      t = now;
+    };
+    if (!guarded("reference_selection_failed", [&] { scan_->run_selection(a); })) a.selection.reset();
+    lap("reference_selection");
+    if (!guarded("segmentation_failed", [&] { scan_->run_segmentation(a); })) a.segmenter.reset();
+    lap("segmentation");
+    analysis_done_ = true;
+  });
+  pthread_setname_np(analysis_.native_handle(), "xanesd-analyse");
+}
+
+void Pipeline::wait_analysis() {
+  if (!analysis_.joinable()) return;
+  const auto t0 = std::chrono::steady_clock::now();
+  analysis_.join();
+  wait_cycle();  // a refit must not run beside a cycle
+  counters_.add("time_us.pipeline.waited_for_analysis",
+                std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0).count());
+  auto job = std::move(*analysis_job_);
+  analysis_job_.reset();
+  const auto at = job.at;
+  if (!guarded("reference_selection_failed", [&] { scan_->commit_analysis(std::move(job), solve_threads(cfg_)); })) return;
+  counters_.add("analysis.runs");
+  // Its products go out with the next cycle's maps (a refit's too), which runs now: each
+  // topic's versions increase, and a cycle's products share its version (PROTOCOL.md).
+  analysis_unpublished_ = at;
+  changed_since_publish_ = true;
+}
+
+bool Pipeline::cycle_work(bool final, std::int64_t version, ScanProgress at, std::optional<ScanProgress> analysis_at) {
   using clock = std::chrono::steady_clock;
   const int threads = solve_threads(cfg_);
   auto t = clock::now();
@@ -460,23 +515,24 @@ bool Pipeline::cycle_work(bool final, bool segment, std::int64_t version, ScanPr
     for (auto& m : messages) publisher_.publish(std::move(m));
     lap("publish");
   };
-  // Live, the fit's maps go out as soon as they are solved, not after the reference selection
-  // and the segmentation (several times the solve on small images): the map latency is the
-  // fold and solve's. They go out again if the selection changed the fit's references.
   if (!final && cycle_cancel_) return false;  // the final cycle publishes the final maps now
-  bool fit_published = false;
-  if (segment && !final) publish(make_map_messages(*scan_, version, false, false, &at)), fit_published = true;
-  if (segment) {
-    bool refitted = false;
-    guarded("reference_selection_failed", [&] { refitted = scan_->update_reference_selection(threads); });
-    fit_published = fit_published && !refitted;
+  // The fit's maps go out as soon as they are solved, then the analysis's products if it has
+  // refreshed them since the last cycle. The final cycle's fit maps (not final yet, with the
+  // first of its two versions) go out before its reference selection, segmentation and edge
+  // maps, several times the solve on small images: the last frames' latency is the fold and
+  // solve's, as live.
+  publish(make_map_messages(*scan_, final ? version - 1 : version, false, false, &at));
+  if (analysis_at) publish(make_map_messages(*scan_, version, false, true, &*analysis_at, false));
+  if (final) {
+    guarded("reference_selection_failed", [&] { scan_->update_reference_selection(threads); });
     lap("reference_selection");
     // A failed segmentation costs its own products (not published this cycle), not the maps.
-    segment = guarded("segmentation_failed", [&] { scan_->update_segments(threads); });
+    const bool segmented = guarded("segmentation_failed", [&] { scan_->update_segments(threads); });
     lap("segmentation");
+    guarded("edge_maps_failed", [&] { scan_->compute_edge_maps(threads); });
+    lap("edge_maps");
+    publish(make_map_messages(*scan_, version, true, segmented, &at));
   }
-  if (final) guarded("edge_maps_failed", [&] { scan_->compute_edge_maps(threads); }), lap("edge_maps");
-  publish(make_map_messages(*scan_, version, final, segment, &at, !fit_published));
   spdlog::debug("cycle {}: solved {} pixels", version, solved);
   return true;
 }
@@ -492,10 +548,12 @@ void Pipeline::end_cycle(const CycleStart& c, bool published) {
 }
 
 void Pipeline::publish_cycle(bool final) {
+  wait_analysis();
   wait_cycle();
   const auto c = begin_cycle(final);
   // A failed cycle is not retried at once (it would fail again): at the next frame or interval.
-  guarded("publish_failed", [&] { cycle_work(final, c.segment, c.version, scan_->progress()); });
+  guarded("publish_failed", [&] { cycle_work(final, c.version, scan_->progress(), std::nullopt); });
+  analysis_unpublished_.reset();
   end_cycle(c, true);
 }
 
@@ -505,8 +563,8 @@ void Pipeline::start_cycle() {
   cycle_done_ = false;
   cycle_cancel_ = false;
   cycle_published_ = true;  // unless it throws before publishing (reported) or is cancelled
-  cycle_ = std::jthread([this, c = cycle_start_, at = scan_->progress()] {
-    guarded("publish_failed", [&] { cycle_published_ = cycle_work(false, c.segment, c.version, at); });
+  cycle_ = std::jthread([this, c = cycle_start_, at = scan_->progress(), analysis_at = std::exchange(analysis_unpublished_, std::nullopt)] {
+    guarded("publish_failed", [&] { cycle_published_ = cycle_work(false, c.version, at, analysis_at); });
     cycle_done_ = true;
   });
   pthread_setname_np(cycle_.native_handle(), "xanesd-cycle");

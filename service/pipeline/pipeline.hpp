@@ -79,14 +79,24 @@ class Pipeline {
   // status; everything but a staged frame calls this before it touches the scan.
   void wait_cycle();
   // What a cycle does with the scan, on whichever thread runs it: the fold of pending planes,
-  // the solve, the selection and segmentation when `segment`, the edge maps when `final`, and
-  // the map messages (stamped with `at`). It touches nothing a staged frame does. Returns
-  // false when a live cycle was cancelled (by a stop) after its solve, with nothing published.
-  bool cycle_work(bool final, bool segment, std::int64_t version, ScanProgress at);
+  // the solve and the fit's map messages (stamped with `at`), the analysis's products when
+  // there are new ones (stamped with what it saw, `analysis_at`); when `final`, then the reference selection, segmentation and edge maps
+  // (live, the analysis thread does the first two) and the final maps. It touches nothing a
+  // staged frame does. Returns false when a live cycle was cancelled (by a stop) after its
+  // solve, with nothing published.
+  bool cycle_work(bool final, std::int64_t version, ScanProgress at, std::optional<ScanProgress> analysis_at);
+  // The image-level analysis of a running scan (Scan::Analysis: the reference selection and
+  // the segmentation) on its own thread, at most every segment.interval_ms: the fit's cycles
+  // and ingest go on meanwhile, so the fit maps' latency is the fold and solve's alone.
+  void start_analysis();
+  bool analysis_due() const;
+  // Joins the analysis if one runs, then (after the live cycle, if one runs) commits it to the
+  // scan; what it refreshed (segments, the selection, the maps of a refit) goes out with the
+  // next cycle.
+  void wait_analysis();
   // The pipeline thread's part of a cycle, before and after cycle_work.
   struct CycleStart {
     std::int64_t version;
-    bool segment;
     std::chrono::steady_clock::time_point t0;
   };
   CycleStart begin_cycle(bool final);
@@ -128,8 +138,9 @@ class Pipeline {
   std::chrono::steady_clock::time_point last_publish_{};
   std::chrono::steady_clock::duration last_cycle_{};  // how long the last publication cycle took
   std::atomic<std::int64_t> error_version_{0};
-  std::int64_t energies_version_ = 0;
-  std::chrono::steady_clock::time_point last_segmentation_{};  // of the current scan  // energy selections published since start
+  std::int64_t energies_version_ = 0;  // energy selections published since start
+  std::chrono::steady_clock::time_point last_analysis_{};  // when the current scan's last analysis began
+  std::int64_t analysed_frames_ = -1;  // frames applied when it began: with no new frame, no new analysis
 
   static constexpr int kLogLinesPerSecond = 20;
   std::mutex log_mutex_;  // guards the log rate limit below (report runs on any thread)
@@ -145,6 +156,10 @@ class Pipeline {
   std::atomic<bool> cycle_cancel_{false};  // a stop came: cycle_ publishes nothing after its solve
   bool cycle_published_ = true;            // written by cycle_, read after joining it
   CycleStart cycle_start_{};
+  std::jthread analysis_;                   // the running analysis, if joinable
+  std::atomic<bool> analysis_done_{false};  // analysis_ has finished its work (join it)
+  std::optional<Scan::Analysis> analysis_job_;  // its inputs and results
+  std::optional<ScanProgress> analysis_unpublished_;  // committed, its products not yet published: what it saw
   std::jthread thread_;
 };
 

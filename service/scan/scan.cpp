@@ -143,6 +143,16 @@ Scan::Buffers Scan::take_buffers() && {
   return b;
 }
 
+science::LcfModel Scan::fit_model(const std::vector<std::uint8_t>& selected) const {
+  std::vector<science::Reference> refs;
+  for (std::size_t k = 0; k < library_.size(); ++k)
+    if (selected.empty() || selected[k]) refs.push_back(library_[k]);
+  const auto R = science::resample(refs, start_.energies_eV, settings_.margin_eV);
+  std::vector<std::string> names;
+  for (const auto& r : refs) names.push_back(r.name);
+  return science::make_lcf_model(names, R, start_.energies_eV, settings_.background);
+}
+
 void Scan::build_fit() {
   lcf_.reset();
   library_model_.reset();
@@ -152,14 +162,8 @@ void Scan::build_fit() {
     return;
   }
   try {
-    std::vector<science::Reference> refs;
-    for (std::size_t k = 0; k < library_.size(); ++k)
-      if (selected_.empty() || selected_[k]) refs.push_back(library_[k]);
-    const auto R = science::resample(refs, start_.energies_eV, settings_.margin_eV);
-    std::vector<std::string> names;
-    for (const auto& r : refs) names.push_back(r.name);
-    auto model = science::make_lcf_model(names, R, start_.energies_eV, settings_.background);
-    if (refs.size() == library_.size()) {
+    auto model = fit_model(selected_);
+    if (model.n_refs() == static_cast<int>(library_.size())) {
       library_model_ = model;
     } else {  // the same E0 and background scale as the fit's model: one design, a subset of its columns
       std::vector<std::string> all;
@@ -542,7 +546,7 @@ std::size_t Scan::solve_changed(int threads) {
   if (const bool sp = spatial_solve(); sp != lcf_spatial_) {
     auto spatial = settings_.spatial;
     spatial.enabled = sp;
-    lcf_->set_spatial(spatial, start_.rows, start_.cols);
+    lcf_->set_spatial(spatial, start_.rows, start_.cols, slice_layout());
     lcf_->mark_all_changed();
     lcf_spatial_ = sp;
   }
@@ -552,29 +556,81 @@ std::size_t Scan::solve_changed(int threads) {
 }
 
 bool Scan::update_reference_selection(int threads) {
-  if (!lcf_ || !library_model_ || !settings_.selection.enabled || library_.size() < 2) return false;
-  selection_tried_ = true;
+  return take_selection(judge_references(nullptr, mask_.valid.data()), threads);
+}
+
+std::optional<science::ReferenceSelection> Scan::judge_references(const std::uint8_t* ready, const std::uint8_t* mask) const {
+  if (!lcf_ || !library_model_ || !settings_.selection.enabled || library_.size() < 2) return std::nullopt;
   const auto& sel = settings_.selection;
-  auto evidence = science::selection_evidence(*library_model_, store_.data(), npix_, rows(), cols(), mask_.valid.data(),
-                                              sel.max_tiles, 64, part_);
+  auto evidence = science::selection_evidence(*library_model_, store_.data(), npix_, rows(), cols(), mask, sel.max_tiles, 64,
+                                              part_, ready);
   const auto previous = selection_ && selection_->done() ? selection_->selected() : std::vector<std::uint8_t>{};
-  auto next = science::select_references(*library_model_, evidence, sel, previous);
+  return science::select_references(*library_model_, evidence, sel, previous);
+}
+
+std::optional<std::vector<std::uint8_t>> Scan::fitted_set(const science::ReferenceSelection& verdict) const {
   // Not enough evidence yet (or none of the references explains the data): keep what is fitted.
-  const auto chosen = next.selected();
-  const bool any = std::find(chosen.begin(), chosen.end(), 1) != chosen.end();
-  if (!next.done() || !any) {
+  const auto chosen = verdict.selected();
+  if (!verdict.done() || std::find(chosen.begin(), chosen.end(), 1) == chosen.end()) return std::nullopt;
+  const bool all = std::find(chosen.begin(), chosen.end(), 0) == chosen.end();
+  return all ? std::vector<std::uint8_t>{} : chosen;
+}
+
+bool Scan::take_selection(std::optional<science::ReferenceSelection> next, int threads) {
+  if (!next) return false;
+  selection_tried_ = true;
+  const auto wanted = fitted_set(*next);
+  if (!wanted) {
     if (!selection_ || !selection_->done()) selection_ = std::move(next);
     return false;
   }
   selection_ = std::move(next);
-  const bool all = std::find(chosen.begin(), chosen.end(), 0) == chosen.end();
-  const auto wanted = all ? std::vector<std::uint8_t>{} : chosen;
-  if (wanted == selected_) return false;
-  selected_ = wanted;
+  if (*wanted == selected_) return false;
+  selected_ = *wanted;
   build_fit();
   refill_fit();
   solve_changed(threads);
   return true;
+}
+
+Scan::Analysis Scan::begin_analysis(int threads) const {
+  Analysis a;
+  a.ready = energy_seen_;
+  a.mask = mask_.valid;
+  if (lcf_) a.model = lcf_->model();
+  if (settings_.segment.enabled)
+    a.segmenter = segmenter_ && same_clustering(segmenter_->settings(), settings_.segment) ? *segmenter_
+                                                                                           : science::OnlineSegmenter(settings_.segment);
+  a.at = progress();
+  a.threads = threads;
+  return a;
+}
+
+// The copies, not the scan's mask and model: a fit cycle may replace those meanwhile.
+void Scan::run_selection(Analysis& a) const {
+  a.selection = judge_references(a.ready.data(), a.mask.size() == npix_ ? a.mask.data() : nullptr);
+  // The segmentation fits its clusters with the references the commit will fit.
+  if (const auto wanted = a.selection ? fitted_set(*a.selection) : std::nullopt; wanted && *wanted != selected_)
+    a.model = fit_model(*wanted);
+}
+
+void Scan::run_segmentation(Analysis& a) const {
+  if (!a.segmenter) return;
+  auto in = segment_input(a.threads, lcf_ && a.mask.size() == npix_ ? a.mask.data() : nullptr, a.model ? &*a.model : nullptr);
+  in.ready = a.ready.data();
+  a.segmenter->update(in);
+}
+
+bool Scan::commit_analysis(Analysis&& a, int threads) {
+  const bool refitted = take_selection(std::move(a.selection), threads);
+  if (!settings_.segment.enabled) segmenter_.reset();
+  else if (a.segmenter) segmenter_ = std::move(a.segmenter);
+  return refitted;
+}
+
+bool Scan::analysis_safe(const protocol::FrameMsg& f, const Analysis& a) const {
+  return !f.xrf && f.energy_index >= 0 && static_cast<std::size_t>(f.energy_index) < a.ready.size() &&
+         !a.ready[static_cast<std::size_t>(f.energy_index)];
 }
 
 void Scan::adopt(ImageResults&& image, const Scan& block) {
@@ -626,16 +682,26 @@ science::Reference Scan::cluster_reference(int cluster_id, const std::string& na
   return r;
 }
 
+science::SliceLayout Scan::slice_layout() const {
+  const auto halo_rows = static_cast<int>(std::min(part_.begin, npix_) / static_cast<std::size_t>(std::max(1, start_.cols)));
+  return {settings_.slice_rows, part_.row0 - halo_rows};
+}
+
 science::SegmentInput Scan::segment_input(int threads) const {
+  return segment_input(threads, lcf_ ? mask_.valid.data() : nullptr, lcf_ ? &lcf_->model() : nullptr);
+}
+
+science::SegmentInput Scan::segment_input(int threads, const std::uint8_t* material, const science::LcfModel* model) const {
   science::SegmentInput in;
   in.planes = store_.data();
   in.npix = npix_;
   in.rows = rows(), in.cols = cols();
+  in.slices = slice_layout();
   in.energies = &start_.energies_eV;
-  in.material = lcf_ ? mask_.valid.data() : nullptr;
+  in.material = material;
   in.xrf = xrf_.empty() ? nullptr : xrf_.data();
   in.xrf_channels = static_cast<int>(start_.xrf_channels.size());
-  in.model = lcf_ ? &lcf_->model() : nullptr;
+  in.model = model;
   in.fit = settings_.fit;
   in.edge = settings_.edge;
   in.threads = threads;

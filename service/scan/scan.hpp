@@ -53,6 +53,10 @@ struct ScanSettings {
   science::SegmentationSettings segment;
   science::ReferenceSelectionSettings selection;
   int threads = 1;  // for the work of one frame that splits (a large full frame's normalization)
+  // A volume (E × Z × Y × X, `xanesd fit`) is fitted as an image of its Z slices stacked: Y image
+  // rows per slice, which the neighbour steps (spatial fit, label smoothing) do not cross and the
+  // result file's maps are shaped by (Z × Y × X). 0: an image.
+  int slice_rows = 0;
 };
 
 struct Config;
@@ -159,6 +163,31 @@ class Scan : private science::SampleSource {
   // Live segmentation (science.md §4) over what is stored so far; call after solve_changed so
   // the thickness mask is current. nullptr when segmentation is off.
   void update_segments(int threads);
+
+  // The image-level analysis (the reference selection's evidence and choice, the segmentation)
+  // on a thread of its own while frames and the fit's cycles go on (Pipeline): a live scan's
+  // fit maps then never wait for it. begin_analysis (on the scan's thread, no cycle running)
+  // takes what it needs: the energies whose planes hold data now (it reads only those planes,
+  // so frames into other energies may be stored meanwhile: analysis_safe), a copy of the mask,
+  // of the fit's model and of the segmenter. run_selection and run_segmentation read the store
+  // and the library on any thread; commit_analysis (the scan's thread, no cycle running) takes the results: a new
+  // choice of references refits the scan (returns true), the segmenter replaces the scan's.
+  struct Analysis {
+    std::vector<std::uint8_t> ready;  // per energy: its plane may be read
+    std::vector<std::uint8_t> mask;   // the quality mask when it began
+    std::optional<science::LcfModel> model;
+    std::optional<science::OnlineSegmenter> segmenter;
+    std::optional<science::ReferenceSelection> selection;  // the selection's verdict, if it ran
+    ScanProgress at;  // the frames it saw
+    int threads = 1;
+  };
+  Analysis begin_analysis(int threads) const;
+  void run_selection(Analysis& a) const;
+  void run_segmentation(Analysis& a) const;
+  bool commit_analysis(Analysis&& a, int threads);
+  // Whether applying `f` leaves alone everything a running analysis reads (an energy it does
+  // not read, no XRF).
+  bool analysis_safe(const protocol::FrameMsg& f, const Analysis& a) const;
   // What update_segments gives the segmenter: views of this scan's store, mask, XRF and model.
   science::SegmentInput segment_input(int threads) const;
   // A domain's edge-normalized mean spectrum as a reference (the reference-free fallback:
@@ -172,6 +201,10 @@ class Scan : private science::SampleSource {
   ScanState state() const { return state_; }
   const std::string& stop_reason() const { return stop_reason_; }
   int rows() const { return start_.rows; }
+  // Image rows per slice of a volume (ScanSettings::slice_rows), 0 for an image; and where this
+  // scan's rows lie among the slices.
+  int slice_rows() const { return settings_.slice_rows; }
+  science::SliceLayout slice_layout() const;
   int cols() const { return start_.cols; }
   std::size_t pixels() const { return npix_; }
   const std::vector<double>& energies() const { return start_.energies_eV; }
@@ -204,6 +237,15 @@ class Scan : private science::SampleSource {
   bool keeps_count_scales() const;
   bool weighted_solve() const;
   bool spatial_solve() const;
+  // The selection's verdict on the stored planes (those `ready` marks; null: all) and `mask`,
+  // and taking it: the fit is rebuilt and solved when the chosen set changes (returns true).
+  std::optional<science::ReferenceSelection> judge_references(const std::uint8_t* ready, const std::uint8_t* mask) const;
+  bool take_selection(std::optional<science::ReferenceSelection> next, int threads);
+  // The references (library order; empty: all) a verdict has the scan fit, or none: keep the set fitted.
+  std::optional<std::vector<std::uint8_t>> fitted_set(const science::ReferenceSelection& verdict) const;
+  // The fit's model of the library's references `selected` marks (empty: all).
+  science::LcfModel fit_model(const std::vector<std::uint8_t>& selected) const;
+  science::SegmentInput segment_input(int threads, const std::uint8_t* material, const science::LcfModel* model) const;
   // The fit over library_ (all of it, or the selected references when a selection holds).
   void build_fit();
   void refill_fit();  // folds every stored sample into a freshly built fit

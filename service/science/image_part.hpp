@@ -23,4 +23,15 @@ struct ImagePart {
   std::function<void(std::span<double>)> sum;
 };
 
+// A volume fitted as one image of its Z slices stacked (Z·Y rows, `xanesd fit` of an
+// E × Z × Y × X file): the steps that read a pixel's neighbours (the spatial fit's window, the
+// segment labels' smoothing) never reach into another slice.
+struct SliceLayout {
+  int slice_rows = 0;  // image rows per slice (Y); 0: an image, no slices
+  int first_row = 0;   // the image row of the arrays' row 0 (an MPI rank's block with its halo)
+  bool same_slice(int r, int q) const {
+    return slice_rows <= 0 || (first_row + r) / slice_rows == (first_row + q) / slice_rows;
+  }
+};
+
 }  // namespace xanesd::science

@@ -999,9 +999,9 @@ std::size_t IncrementalLcf::solve_changed(int threads) {
   return n;
 }
 
-void IncrementalLcf::set_spatial(const SpatialSettings& s, int rows, int cols) {
+void IncrementalLcf::set_spatial(const SpatialSettings& s, int rows, int cols, SliceLayout slices) {
   spatial_ = s;
-  rows_ = rows, cols_ = cols;
+  rows_ = rows, cols_ = cols, slices_ = slices;
   if (static_cast<std::size_t>(rows) * static_cast<std::size_t>(cols) != npix_) spatial_.enabled = false;
   spatial_neighbours_.clear();
   if (!set_of_.empty()) mark_all_changed();
@@ -1019,7 +1019,7 @@ void IncrementalLcf::solve_spatial(int threads) {
   for (std::size_t p = 0; p < npix_; ++p)
     if (set_of_[p] != last) last = set_of_[p], cache_for(last);
   SpatialInput in;
-  in.rows = rows_, in.cols = cols_, in.M = M_, in.F = model_.n_background();
+  in.rows = rows_, in.cols = cols_, in.slices = slices_, in.M = M_, in.F = model_.n_background();
   in.stats = stats_.data();
   in.set_of = set_of_.data();
   in.threads = threads;

@@ -104,7 +104,7 @@ class IncrementalLcf {
   // on a rows×cols image: each pixel's fractions come from its neighbours' averaged statistics,
   // scaled to its own thickness; its residual and R-factor are its own data against that model.
   // Off by default here; the scan turns it on from its settings.
-  void set_spatial(const SpatialSettings& s, int rows, int cols);
+  void set_spatial(const SpatialSettings& s, int rows, int cols, SliceLayout slices = {});
   const SpatialSettings& spatial() const { return spatial_; }
   // Effective number of independent pixels behind each pixel's fractions (1: its own fit only,
   // 0: no fit); empty when the spatial step is off.
@@ -184,6 +184,7 @@ class IncrementalLcf {
   LcfMaps maps_;
   SpatialSettings spatial_{.enabled = false};
   int rows_ = 0, cols_ = 0;
+  SliceLayout slices_;  // a volume's slices: the spatial window stays in one
   std::vector<float> spatial_neighbours_;  // the last step's (SpatialRow::neighbours)
   std::vector<std::uint8_t> smoothed_;  // pixel's fractions came from the spatial step last time
   // Changed pixels whose own fit is left to the spatial step: a pixel it smooths never needs

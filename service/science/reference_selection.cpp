@@ -257,7 +257,8 @@ int selection_tile_side(int rows, int cols, int max_tiles) {
 }
 
 SelectionEvidence selection_evidence(const LcfModel& library, const float* all_planes, std::size_t npix, int rows, int cols,
-                                     const std::uint8_t* all_material, int max_tiles, int noise_pixels, const ImagePart& part) {
+                                     const std::uint8_t* all_material, int max_tiles, int noise_pixels, const ImagePart& part,
+                                     const std::uint8_t* ready) {
   SelectionEvidence ev;
   const int E = static_cast<int>(library.X.rows()), M = library.n_params();
   // This part's own pixels: `own` of them from pixel own0, plane e at planes + e·npix.
@@ -273,6 +274,7 @@ SelectionEvidence selection_evidence(const LcfModel& library, const float* all_p
   std::vector<double> measured(static_cast<std::size_t>(E) + 1, 0.0);
   for (std::size_t p = 0; p < own; ++p) measured[static_cast<std::size_t>(E)] += material[p] != 0;
   for (int e = 0; e < E; ++e) {
+    if (ready && !ready[e]) continue;  // never read: not measured here
     const float* plane = planes + static_cast<std::size_t>(e) * npix;
     std::size_t n = 0;
     // Branch-free (& of comparisons; v == v is false for NaN) so it vectorizes: a pass over the stack.

@@ -87,9 +87,11 @@ ReferenceSelection select_references(const LcfModel& library, const SelectionEvi
 // own pixels are read, and the tile statistics of every part are summed (`part.sum`). Each tile
 // lies in one part when parts start at multiples of selection_tile_side, so the sums add zeros
 // and the evidence is the whole image's bit for bit. Throws std::invalid_argument otherwise.
+// `ready` (E, or null: all): the planes that may be read; the others count as not measured (a
+// scan's analysis running beside ingest: science.md, Scan::begin_analysis).
 SelectionEvidence selection_evidence(const LcfModel& library, const float* planes, std::size_t npix, int rows,
                                      int cols, const std::uint8_t* material, int max_tiles, int noise_pixels = 64,
-                                     const ImagePart& part = {});
+                                     const ImagePart& part = {}, const std::uint8_t* ready = nullptr);
 // The side of the evidence's square tiles for an image of rows × cols (at least 6 pixels, at
 // most max_tiles tiles).
 int selection_tile_side(int rows, int cols, int max_tiles);

@@ -255,6 +255,7 @@ std::vector<std::size_t> measured_per_energy(const SegmentInput& in) {
   std::vector<std::vector<std::size_t>> part(static_cast<std::size_t>(std::max(1, in.threads)), std::vector<std::size_t>(E, 0));
   parallel_ranges(P, in.threads, 16384, [&](int t, std::size_t b, std::size_t en) {
     for (std::size_t j = 0; j < E; ++j) {
+      if (in.ready && !in.ready[j]) continue;  // counted as not measured: never read
       const float* plane = in.planes + j * P;
       std::size_t c = 0;
       for (std::size_t p = b; p < en; ++p) c += !std::isnan(plane[p]);
@@ -957,8 +958,8 @@ std::size_t smooth_labels(const SegmentInput& in, const std::vector<int>& used, 
           const int g = group_of[labels[q]];
           if (g >= 0) ++n[static_cast<std::size_t>(g)], ++nn;
         };
-        if (r > 0) look(p - static_cast<std::size_t>(cols));
-        if (r + 1 < rows) look(p + static_cast<std::size_t>(cols));
+        if (r > 0 && in.slices.same_slice(r, r - 1)) look(p - static_cast<std::size_t>(cols));
+        if (r + 1 < rows && in.slices.same_slice(r, r + 1)) look(p + static_cast<std::size_t>(cols));
         if (c > 0) look(p - 1);
         if (c + 1 < cols) look(p + 1);
         if (nn == 0) continue;

@@ -15,6 +15,7 @@
 #include <Eigen/Dense>
 
 #include "science/edge_normalize.hpp"
+#include "science/image_part.hpp"
 #include "science/kmeans.hpp"
 #include "science/lcf.hpp"
 #include "science/random.hpp"
@@ -103,8 +104,12 @@ struct SegmentInput {
   const float* planes = nullptr;           // E × P energy-major, NaN = not measured
   std::size_t npix = 0;
   int rows = 0, cols = 0;
+  SliceLayout slices;  // a volume's slices: label smoothing stays within each
   const std::vector<double>* energies = nullptr;
   const std::uint8_t* material = nullptr;  // P: 1 where the pixel holds material; nullptr: from the edge step
+  // E: 1 where a plane may be read (a scan's analysis running beside ingest reads only the
+  // planes that held data when it began); nullptr: every plane.
+  const std::uint8_t* ready = nullptr;
   const float* xrf = nullptr;              // C × P (NaN where absent); nullptr or C = 0: none
   int xrf_channels = 0;
   const LcfModel* model = nullptr;         // references (rows = energies) for cluster fits and TT

@@ -554,11 +554,12 @@ void spatial_average(const SpatialInput& in, const SpatialSettings& settings,
                     work.data(), planes, c);
       }
     };
-    // The window rows around centre row r (radius ≤ rad): the ring's rows, null outside the image.
+    // The window rows around centre row r (radius ≤ rad): the ring's rows, null outside the image
+    // (or the centre's slice of a volume).
     auto window = [&](int r, int radius) {
       for (int d = 0; d <= 2 * radius; ++d) {
         const int rr = r - radius + d;
-        const bool inside = rr >= 0 && rr < R;
+        const bool inside = rr >= 0 && rr < R && in.slices.same_slice(r, rr);
         rows[static_cast<std::size_t>(d)] = inside ? features(rr) : nullptr;
         set_rows[static_cast<std::size_t>(d)] = inside && set_check ? set_check + static_cast<std::size_t>(rr) * Cs : nullptr;
       }

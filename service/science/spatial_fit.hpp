@@ -15,6 +15,8 @@
 #include <functional>
 #include <vector>
 
+#include "science/image_part.hpp"
+
 namespace xanesd::science {
 
 struct SpatialSettings {
@@ -41,6 +43,7 @@ struct SpatialSet {
 
 struct SpatialInput {
   int rows = 0, cols = 0;
+  SliceLayout slices;
   int M = 0, F = 0;                      // parameters per pixel; leading free (background) ones
   const double* stats = nullptr;         // P × (M+1): s = Xᵀy (M), q = yᵀy
   const std::uint32_t* set_of = nullptr;  // P: energy set of each pixel (index into sets)

@@ -1,5 +1,6 @@
 #include "store/h5.hpp"
 
+#include <algorithm>
 #include <numeric>
 
 namespace xanesd::h5 {
@@ -181,15 +182,32 @@ template <class T>
 void read_planes_into(hid_t loc, const std::string& name, hsize_t first, hsize_t count, std::span<T> out,
                       hsize_t row_begin, hsize_t row_count, hid_t transfer) {
   auto dims = shape(loc, name);
-  if (dims.size() != 3 || first + count > dims[0]) throw Error("HDF5: bad plane range for '" + name + "'");
-  if (row_count == 0) row_begin = 0, row_count = dims[1];
-  if (row_begin + row_count > dims[1]) throw Error("HDF5: bad row range for '" + name + "'");
-  if (out.size() != count * row_count * dims[2]) throw Error("HDF5: buffer size does not match the planes of '" + name + "'");
+  if ((dims.size() != 3 && dims.size() != 4) || first + count > dims[0])
+    throw Error("HDF5: bad plane range for '" + name + "'");
+  // A volume (planes × Z × Y × X) is read as planes of Z·Y rows: row r is row r % Y of slice r / Y.
+  const hsize_t slice_rows = dims.size() == 4 ? dims[2] : dims[1], slices = dims.size() == 4 ? dims[1] : 1;
+  const hsize_t rows = slices * slice_rows, cols = dims.back();
+  if (row_count == 0) row_begin = 0, row_count = rows;
+  if (row_begin + row_count > rows) throw Error("HDF5: bad row range for '" + name + "'");
+  if (out.size() != count * row_count * cols) throw Error("HDF5: buffer size does not match the planes of '" + name + "'");
   Handle ds(H5Dopen2(loc, name.c_str(), H5P_DEFAULT), H5Dclose, "open dataset '" + name + "'");
   Handle fspace(H5Dget_space(ds), H5Sclose, "get space");
-  const hsize_t start[3] = {first, row_begin, 0}, cnt[3] = {count, row_count, dims[2]};
-  H5Sselect_hyperslab(fspace, H5S_SELECT_SET, start, nullptr, cnt, nullptr);
-  Handle mspace(H5Screate_simple(3, cnt, nullptr), H5Sclose, "create memory space");
+  if (dims.size() == 3) {
+    const hsize_t start[3] = {first, row_begin, 0}, cnt[3] = {count, row_count, cols};
+    H5Sselect_hyperslab(fspace, H5S_SELECT_SET, start, nullptr, cnt, nullptr);
+  } else {
+    // The rows' part of each slice they cross, one hyperslab per slice; HDF5 transfers a
+    // union in the file's order (plane, slice, row, column): the flattened rows in order.
+    H5Sselect_none(fspace);
+    for (hsize_t r = row_begin; r < row_begin + row_count;) {
+      const hsize_t z = r / slice_rows, y = r % slice_rows, n = std::min(slice_rows - y, row_begin + row_count - r);
+      const hsize_t start[4] = {first, z, y, 0}, cnt[4] = {count, 1, n, cols};
+      H5Sselect_hyperslab(fspace, H5S_SELECT_OR, start, nullptr, cnt, nullptr);
+      r += n;
+    }
+  }
+  const hsize_t elements = count * row_count * cols;
+  Handle mspace(H5Screate_simple(1, &elements, nullptr), H5Sclose, "create memory space");
   if (H5Dread(ds, native_type<T>(), mspace, fspace, transfer, out.data()) < 0)
     throw Error("HDF5: cannot read planes of '" + name + "'");
 }
@@ -197,8 +215,9 @@ void read_planes_into(hid_t loc, const std::string& name, hsize_t first, hsize_t
 template <class T>
 std::vector<T> read_planes(hid_t loc, const std::string& name, hsize_t first, hsize_t count) {
   auto dims = shape(loc, name);
-  if (dims.size() != 3 || first + count > dims[0]) throw Error("HDF5: bad plane range for '" + name + "'");
-  std::vector<T> v(count * dims[1] * dims[2]);
+  if ((dims.size() != 3 && dims.size() != 4) || first + count > dims[0])
+    throw Error("HDF5: bad plane range for '" + name + "'");
+  std::vector<T> v(count * std::accumulate(dims.begin() + 1, dims.end(), hsize_t{1}, std::multiplies<>()));
   read_planes_into<T>(loc, name, first, count, std::span<T>(v));
   return v;
 }

@@ -68,7 +68,8 @@ std::vector<std::string> read_strings(hid_t loc, const std::string& name);
 std::string read_string(hid_t loc, const std::string& name);
 std::vector<std::string> list(hid_t group);
 
-// Reads planes [first, first+count) along axis 0 of a 3-D dataset (for streaming large scans).
+// Reads planes [first, first+count) along axis 0 of a 3-D dataset (for streaming large scans),
+// or of a 4-D one (a volume: planes × Z × Y × X) as planes of Z·Y rows.
 template <class T>
 std::vector<T> read_planes(hid_t loc, const std::string& name, hsize_t first, hsize_t count);
 // The same into `out` (count × plane size elements): a buffer reused across reads. Only rows

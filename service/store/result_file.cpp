@@ -4,6 +4,7 @@
 #include <cctype>
 #include <chrono>
 #include <fstream>
+#include <optional>
 #include <stdexcept>
 #include <cmath>
 #include <ctime>
@@ -19,6 +20,27 @@ namespace xanesd {
 namespace {
 
 using hs = std::vector<hsize_t>;
+
+// The shape of a per-pixel map and its NeXus axes: rows × cols (y, x), or for a volume fitted as
+// its slices stacked Z × Y × X (z, y, x). `leading`: a dimension before the pixels (references,
+// energies) and its axis name.
+struct PixelGrid {
+  hs dims;
+  std::vector<std::string> axes;
+};
+PixelGrid pixel_grid(const Scan& scan, std::optional<std::pair<hsize_t, std::string>> leading = std::nullopt) {
+  const auto R = static_cast<hsize_t>(scan.rows()), C = static_cast<hsize_t>(scan.cols());
+  const auto Y = static_cast<hsize_t>(scan.slice_rows());
+  PixelGrid g = Y > 0 && R % Y == 0 ? PixelGrid{{R / Y, Y, C}, {"z", "y", "x"}} : PixelGrid{{R, C}, {"y", "x"}};
+  if (leading) g.dims.insert(g.dims.begin(), leading->first), g.axes.insert(g.axes.begin(), leading->second);
+  return g;
+}
+// Soft links in `g` to /entry/results' pixel axes, so each NXdata group plots on its own.
+void link_pixel_axes(hid_t g, const Scan& scan) {
+  for (const auto& axis : pixel_grid(scan).axes)
+    if (H5Lcreate_soft(("/entry/results/" + axis).c_str(), g, axis.c_str(), H5P_DEFAULT, H5P_DEFAULT) < 0)
+      throw std::runtime_error("cannot link an axis");
+}
 constexpr const char* kVersion = XANESD_VERSION;
 
 // Units of the result file's quantities (NeXus @units; "1" = dimensionless, a ratio or a count).
@@ -87,13 +109,13 @@ void write_scan_info(hid_t entry, const Scan& scan, const nlohmann::json& config
 
 void write_results(hid_t entry, const Scan& scan) {
   auto results = h5::create_group(entry, "results", "NXdata");
-  const auto R = static_cast<hsize_t>(scan.rows()), C = static_cast<hsize_t>(scan.cols());
-  std::vector<std::int32_t> y(R), x(C);
-  for (hsize_t i = 0; i < R; ++i) y[i] = static_cast<std::int32_t>(i);
-  for (hsize_t i = 0; i < C; ++i) x[i] = static_cast<std::int32_t>(i);
-  h5::write(results, "y", y);
-  h5::write(results, "x", x);
-  units(results, {{"y", "pixel"}, {"x", "pixel"}});
+  const auto grid = pixel_grid(scan);
+  for (std::size_t a = 0; a < grid.axes.size(); ++a) {
+    std::vector<std::int32_t> index(grid.dims[a]);
+    for (hsize_t i = 0; i < grid.dims[a]; ++i) index[i] = static_cast<std::int32_t>(i);
+    h5::write(results, grid.axes[a], index);
+    units(results, grid.axes[a], "pixel");
+  }
   const auto* fit = scan.fit();
   if (!fit) {
     h5::write_string(results, "fit_error", scan.fit_error());
@@ -101,23 +123,24 @@ void write_results(hid_t entry, const Scan& scan) {
   }
   const auto& maps = fit->maps();
   const auto K = static_cast<hsize_t>(fit->model().n_refs());
+  const auto per_reference = pixel_grid(scan, std::pair<hsize_t, std::string>{K, "reference_index"});
   const auto& mask = scan.mask();
-  h5::write(results, "fractions", science::apply_mask(maps.fractions, mask.valid).data(), hs{K, R, C});
-  h5::write(results, "mask", mask.valid.data(), hs{R, C});
+  h5::write(results, "fractions", science::apply_mask(maps.fractions, mask.valid).data(), per_reference.dims);
+  h5::write(results, "mask", mask.valid.data(), grid.dims);
   {
     h5::Handle ds(H5Dopen2(results, "mask", H5P_DEFAULT), H5Dclose, "open mask");
     h5::attr_string(ds, "description", "1 = fitted and passes the mask.* thresholds (fractions are 0 elsewhere)");
   }
   h5::write_strings(results, "reference_names", fit->model().reference_names);
-  h5::write(results, "thickness", maps.thickness.data(), hs{R, C});
-  h5::write(results, "fraction_sigma", science::apply_mask(maps.fraction_sigma, mask.valid).data(), hs{K, R, C});
-  h5::write(results, "residual", maps.residual.data(), hs{R, C});
-  h5::write(results, "rfactor", maps.rfactor.data(), hs{R, C});
-  h5::write(results, "nenergies", maps.nenergies.data(), hs{R, C});
-  h5::write(results, "fitted", maps.fitted.data(), hs{R, C});
+  h5::write(results, "thickness", maps.thickness.data(), grid.dims);
+  h5::write(results, "fraction_sigma", science::apply_mask(maps.fraction_sigma, mask.valid).data(), per_reference.dims);
+  h5::write(results, "residual", maps.residual.data(), grid.dims);
+  h5::write(results, "rfactor", maps.rfactor.data(), grid.dims);
+  h5::write(results, "nenergies", maps.nenergies.data(), grid.dims);
+  h5::write(results, "fitted", maps.fitted.data(), grid.dims);
   h5::write_string(results, "fit_method", science::to_string(fit->method()));
   if (const auto& nb = fit->spatial_neighbours(); nb.size() == scan.pixels()) {
-    h5::write(results, "spatial_neighbours", nb.data(), hs{R, C});
+    h5::write(results, "spatial_neighbours", nb.data(), grid.dims);
     h5::Handle ds(H5Dopen2(results, "spatial_neighbours", H5P_DEFAULT), H5Dclose, "open spatial_neighbours");
     h5::attr_string(ds, "description",
                     "fit.spatial: effective number of independent pixels behind each pixel's fractions "
@@ -137,7 +160,7 @@ void write_results(hid_t entry, const Scan& scan) {
                   {"residual", kSignalUnits}, {"rfactor", "1"}, {"nenergies", "1"}, {"fitted", "1"},
                   {"spatial_neighbours", "1"}, {"reference_index", "1"}});
   h5::attr_string(results, "signal", "fractions");
-  h5::attr_strings(results, "axes", {"reference_index", "y", "x"});
+  h5::attr_strings(results, "axes", per_reference.axes);
   h5::attr_string(results, "title", "species fractions c_k/Σc (per reference)");
 }
 
@@ -147,7 +170,8 @@ std::vector<std::string> write_fraction_maps(hid_t entry, const Scan& scan) {
   std::vector<std::string> groups;
   const auto* fit = scan.fit();
   if (!fit) return groups;
-  const auto R = static_cast<hsize_t>(scan.rows()), C = static_cast<hsize_t>(scan.cols()), P = R * C;
+  const auto grid = pixel_grid(scan);
+  const auto P = scan.pixels();
   const auto& mask = scan.mask();
   const auto fractions = science::apply_mask(fit->maps().fractions, mask.valid);
   const auto sigma = science::apply_mask(fit->maps().fraction_sigma, mask.valid);
@@ -156,18 +180,16 @@ std::vector<std::string> write_fraction_maps(hid_t entry, const Scan& scan) {
   for (std::size_t k = 0; k < names.size(); ++k) {
     const auto name = group_name("fraction_", names[k], taken);
     auto g = h5::create_group(entry, name, "NXdata");
-    h5::write(g, "fraction", fractions.data() + k * P, hs{R, C});
-    h5::write(g, "fraction_errors", sigma.data() + k * P, hs{R, C});
-    for (const char* axis : {"y", "x"})
-      if (H5Lcreate_soft(("/entry/results/" + std::string(axis)).c_str(), g, axis, H5P_DEFAULT, H5P_DEFAULT) < 0)
-        throw std::runtime_error("cannot link an axis");
+    h5::write(g, "fraction", fractions.data() + k * P, grid.dims);
+    h5::write(g, "fraction_errors", sigma.data() + k * P, grid.dims);
+    link_pixel_axes(g, scan);
     {
       h5::Handle ds(H5Dopen2(g, "fraction", H5P_DEFAULT), H5Dclose, "open fraction");
       h5::attr_string(ds, "long_name", "fraction of " + names[k]);
     }
     units(g, {{"fraction", "1"}, {"fraction_errors", "1"}});
     h5::attr_string(g, "signal", "fraction");
-    h5::attr_strings(g, "axes", {"y", "x"});
+    h5::attr_strings(g, "axes", grid.axes);
     h5::attr_string(g, "reference", names[k]);
     h5::attr_string(g, "title", "fraction of " + names[k] + " (c_k/Σc; 0 outside the mask)");
     groups.push_back(name);
@@ -186,13 +208,12 @@ void write_signal_mean(hid_t entry, const Scan& scan) {
       if (const float v = s[e * P + p]; std::isfinite(v)) mean[p] += v, ++n[p];
   for (std::size_t p = 0; p < P; ++p) mean[p] = n[p] ? mean[p] / static_cast<float>(n[p]) : std::nanf("");
   auto g = h5::create_group(entry, "signal_mean", "NXdata");
-  h5::write(g, "signal_mean", mean.data(), hs{static_cast<hsize_t>(scan.rows()), static_cast<hsize_t>(scan.cols())});
+  const auto grid = pixel_grid(scan);
+  h5::write(g, "signal_mean", mean.data(), grid.dims);
   units(g, "signal_mean", kSignalUnits);
-  for (const char* axis : {"y", "x"})
-    if (H5Lcreate_soft(("/entry/results/" + std::string(axis)).c_str(), g, axis, H5P_DEFAULT, H5P_DEFAULT) < 0)
-      throw std::runtime_error("cannot link an axis");
+  link_pixel_axes(g, scan);
   h5::attr_string(g, "signal", "signal_mean");
-  h5::attr_strings(g, "axes", {"y", "x"});
+  h5::attr_strings(g, "axes", grid.axes);
   h5::attr_string(g, "title", "mean normalized signal over the measured energies (no fit: " + scan.fit_error() + ")");
 }
 
@@ -255,7 +276,7 @@ void write_edge_maps(hid_t entry, const Scan& scan) {
   const auto* edge = scan.edge_maps();
   if (!edge) return;
   auto g = h5::create_group(entry, "edge", "NXdata");
-  const hs dims{static_cast<hsize_t>(scan.rows()), static_cast<hsize_t>(scan.cols())};
+  const auto dims = pixel_grid(scan).dims;
   h5::write(g, "e0", edge->e0.data(), dims);
   h5::write(g, "half_step", edge->half_step.data(), dims);
   h5::write(g, "white_line", edge->white_line.data(), dims);
@@ -279,9 +300,8 @@ void write_segments(hid_t entry, const Scan& scan) {
     return;
   }
 
-  const auto R = static_cast<hsize_t>(scan.rows()), C = static_cast<hsize_t>(scan.cols());
   const auto E = static_cast<hsize_t>(scan.energies().size()), k = static_cast<hsize_t>(seg->clusters.size());
-  h5::write(g, "segments", seg->labels.data(), hs{R, C});
+  h5::write(g, "segments", seg->labels.data(), pixel_grid(scan).dims);
   {
     h5::Handle ds(H5Dopen2(g, "segments", H5P_DEFAULT), H5Dclose, "open segments");
     h5::attr_string(ds, "description", "cluster id per pixel: 0 = no material (mask), 255 = not measured, else cluster_ids");
@@ -342,10 +362,13 @@ void write_segments(hid_t entry, const Scan& scan) {
 void write_spectra(hid_t entry, const Scan& scan) {
   auto data = h5::create_group(entry, "data", "NXdata");
   const auto E = static_cast<hsize_t>(scan.energies().size());
-  h5::write(data, "spectra", scan.spectra().data(), hs{E, static_cast<hsize_t>(scan.rows()), static_cast<hsize_t>(scan.cols())});
+  const auto grid = pixel_grid(scan, std::pair<hsize_t, std::string>{E, "energy"});
+  h5::write(data, "spectra", scan.spectra().data(), grid.dims);
   h5::write(data, "energy", scan.energies());
   h5::attr_string(data, "signal", "spectra");
-  h5::attr_strings(data, "axes", {"energy", ".", "."});
+  std::vector<std::string> axes(grid.axes.size(), ".");
+  axes[0] = "energy";
+  h5::attr_strings(data, "axes", axes);
   h5::attr_string(data, "title", "normalized signal per pixel (NaN = not measured)");
   units(data, {{"spectra", kSignalUnits}, {"energy", "eV"}});
 }
@@ -355,8 +378,7 @@ void write_xrf(hid_t entry, const Scan& scan) {
     auto xrf = h5::create_group(entry, "xrf", "NXcollection");
     for (std::size_t ch = 0; ch < scan.start().xrf_channels.size(); ++ch)
     {
-      h5::write(xrf, scan.start().xrf_channels[ch], scan.xrf().data() + ch * scan.pixels(),
-                hs{static_cast<hsize_t>(scan.rows()), static_cast<hsize_t>(scan.cols())});
+      h5::write(xrf, scan.start().xrf_channels[ch], scan.xrf().data() + ch * scan.pixels(), pixel_grid(scan).dims);
       units(xrf, scan.start().xrf_channels[ch], "counts (as sent)");
     }
   }

@@ -38,10 +38,32 @@ std::int64_t scan_file_frames(const protocol::StartMsg& start, const ScanFileOpt
   return energies * static_cast<std::int64_t>((pixels + chunk - 1) / chunk);
 }
 
-std::pair<int, int> scan_file_image(const std::filesystem::path& path, hid_t file_access) {
-  const auto dims = h5::shape(h5::open_file(path, file_access), "raw/counts");
-  if (dims.size() != 3) throw std::runtime_error("/raw/counts must be E×rows×cols with E = len(/energy)");
-  return {static_cast<int>(dims[1]), static_cast<int>(dims[2])};
+namespace {
+// /raw/counts: E × rows × cols, or a volume E × Z × Y × X (its slices stacked as Z·Y rows).
+// The dataset's shape, checked, and the image it is read as.
+std::vector<hsize_t> counts_shape(hid_t file, ScanImage& image) {
+  const auto dims = h5::shape(file, "raw/counts");
+  const char* what = "/raw/counts must be E×rows×cols (an image) or E×Z×Y×X (a volume) with E = len(/energy)";
+  if (dims.size() != 3 && dims.size() != 4) throw std::runtime_error(what);
+  const hsize_t slice_rows = dims[dims.size() - 2], slices = dims.size() == 4 ? dims[1] : 1;
+  // Within the wire limits before any narrowing: every message this reader emits must be one the
+  // daemon accepts (found by tests/fuzz/fuzz_scan_file).
+  const auto max_pixels = static_cast<hsize_t>(protocol::kMaxPixels);
+  const hsize_t rows = slices * slice_rows, cols = dims.back();
+  if (dims[0] < 1 || dims[0] > static_cast<hsize_t>(protocol::kMaxEnergies) || slices < 1 || slice_rows < 1 || cols < 1 ||
+      slices > max_pixels || slice_rows > max_pixels || rows > max_pixels || cols > max_pixels || rows * cols > max_pixels)
+    throw std::runtime_error(std::string(what) + ", 1 ≤ E ≤ " + std::to_string(protocol::kMaxEnergies) +
+                             " and 1 ≤ rows·cols ≤ " + std::to_string(protocol::kMaxPixels));
+  image.rows = static_cast<int>(rows), image.cols = static_cast<int>(cols);
+  image.slice_rows = dims.size() == 4 ? static_cast<int>(slice_rows) : 0;
+  return dims;
+}
+}  // namespace
+
+ScanImage scan_file_image(const std::filesystem::path& path, hid_t file_access) {
+  ScanImage image;
+  counts_shape(h5::open_file(path, file_access), image);
+  return image;
 }
 
 std::int64_t read_scan_file(const std::filesystem::path& path, const ScanFileOptions& opt,
@@ -49,23 +71,17 @@ std::int64_t read_scan_file(const std::filesystem::path& path, const ScanFileOpt
   auto file = h5::open_file(path, opt.file_access);
   const auto mode = protocol::mode_from_string(h5::read_attr_string(file, "mode"));
   const auto energies = h5::read<double>(file, "energy");
-  const auto dims = h5::shape(file, "raw/counts");
-  if (dims.size() != 3 || dims[0] != energies.size())
-    throw std::runtime_error("/raw/counts must be E×rows×cols with E = len(/energy)");
-  // Within the wire limits before any narrowing: every message this reader emits must be one the
-  // daemon accepts (found by tests/fuzz/fuzz_scan_file).
-  const auto max_pixels = static_cast<hsize_t>(protocol::kMaxPixels);
-  if (dims[0] < 1 || dims[0] > static_cast<hsize_t>(protocol::kMaxEnergies) || dims[1] < 1 || dims[2] < 1 ||
-      dims[1] > max_pixels || dims[2] > max_pixels || dims[1] * dims[2] > max_pixels)
-    throw std::runtime_error("/raw/counts must be E×rows×cols with 1 ≤ E ≤ " + std::to_string(protocol::kMaxEnergies) +
-                             " and 1 ≤ rows·cols ≤ " + std::to_string(protocol::kMaxPixels));
-  const int E = static_cast<int>(dims[0]), C = static_cast<int>(dims[2]);
-  const std::vector<hsize_t> image{dims[1], dims[2]};
+  ScanImage shape;
+  const auto dims = counts_shape(file, shape);
+  if (dims[0] != energies.size()) throw std::runtime_error("/raw/counts must have E = len(/energy) planes");
+  const int E = static_cast<int>(dims[0]), C = shape.cols;
+  // A plane's shape (rows × cols, or Z × Y × X): dark, flat and XRF have it.
+  const std::vector<hsize_t> image(dims.begin() + 1, dims.end());
   // The rows this reader covers (all but for an MPI rank's block); R of them from row W0.
-  const int W0 = opt.row_begin, R = (opt.row_end < 0 ? static_cast<int>(dims[1]) : opt.row_end) - W0;
-  if (W0 < 0 || R < 1 || W0 + R > static_cast<int>(dims[1]))
+  const int W0 = opt.row_begin, R = (opt.row_end < 0 ? shape.rows : opt.row_end) - W0;
+  if (W0 < 0 || R < 1 || W0 + R > shape.rows)
     throw std::runtime_error("rows " + std::to_string(W0) + ".." + std::to_string(W0 + R - 1) + " are not rows of /raw/counts");
-  const bool window = R != static_cast<int>(dims[1]);
+  const bool window = R != shape.rows;
   if (window && opt.order != protocol::Order::energy_major) throw std::runtime_error("a row block is read energy-major only");
   const std::size_t P = static_cast<std::size_t>(R) * C;
   // A whole-image 2-D array cut to the rows read.
@@ -94,10 +110,10 @@ std::int64_t read_scan_file(const std::filesystem::path& path, const ScanFileOpt
   if (h5::exists(file, "raw/i0")) {
     const auto d = h5::shape(file, "raw/i0");
     if (d.size() == 1) {
-      require_shape(file, "raw/i0", {dims[0]}, "one I0 per energy, or E×rows×cols like /raw/counts");
+      require_shape(file, "raw/i0", {dims[0]}, "one I0 per energy, or shaped like /raw/counts");
       i0_scalar = h5::read<double>(file, "raw/i0");
     } else {
-      require_shape(file, "raw/i0", dims, "one I0 per energy, or E×rows×cols like /raw/counts");
+      require_shape(file, "raw/i0", dims, "one I0 per energy, or shaped like /raw/counts");
       i0_per_pixel = true;
     }
   }
@@ -108,20 +124,20 @@ std::int64_t read_scan_file(const std::filesystem::path& path, const ScanFileOpt
   start.mode = mode;
   start.order = opt.order;
   if (h5::exists(file, "raw/dark")) {
-    require_shape(file, "raw/dark", image, "rows×cols like a plane of /raw/counts");
+    require_shape(file, "raw/dark", image, "shaped like a plane of /raw/counts");
     const auto d = cut(h5::read<float>(file, "raw/dark"));
     start.dark = Array::from<float>("dark", d, {R, C});
   }
   if (h5::exists(file, "raw/flat")) {
-    flat_per_energy = h5::shape(file, "raw/flat").size() == 3;
-    require_shape(file, "raw/flat", flat_per_energy ? dims : image, "rows×cols, or E×rows×cols like /raw/counts");
+    flat_per_energy = h5::shape(file, "raw/flat").size() == dims.size();
+    require_shape(file, "raw/flat", flat_per_energy ? dims : image, "shaped like a plane of /raw/counts, or like /raw/counts");
     if (!flat_per_energy) start.flat = Array::from<float>("flat", cut(h5::read<float>(file, "raw/flat")), {R, C});
   }
   std::vector<std::vector<float>> xrf;
   if (h5::exists(file, "xrf")) {
     auto g = h5::open_group(file, "xrf");
     for (const auto& name : h5::list(g)) {
-      require_shape(file, "xrf/" + name, image, "rows×cols (XRF channel " + name + ")");
+      require_shape(file, "xrf/" + name, image, "shaped like a plane of /raw/counts (XRF channel " + name + ")");
       start.xrf_channels.push_back(name);
       xrf.push_back(cut(h5::read<float>(g, name)));
     }

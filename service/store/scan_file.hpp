@@ -35,8 +35,12 @@ struct ScanFileOptions {
   hid_t file_access = H5P_DEFAULT, transfer = H5P_DEFAULT;
 };
 
-// The image shape (rows, cols) of a scan file's /raw/counts, without reading it.
-std::pair<int, int> scan_file_image(const std::filesystem::path& path, hid_t file_access = H5P_DEFAULT);
+// The image a scan file's /raw/counts holds, without reading it: E × rows × cols, or a volume
+// E × Z × Y × X read as an image of Z·Y rows (slice_rows = Y; 0 for an image).
+struct ScanImage {
+  int rows = 0, cols = 0, slice_rows = 0;
+};
+ScanImage scan_file_image(const std::filesystem::path& path, hid_t file_access = H5P_DEFAULT);
 
 // How many frames read_scan_file emits for the scan its start message describes (progress, ETA).
 std::int64_t scan_file_frames(const protocol::StartMsg& start, const ScanFileOptions& opt);
