@@ -143,6 +143,73 @@ TEST_CASE("frames in random order, cycles every 0, 10 or 250 ms: the same final 
   CHECK(staged_at_0 > 0);
 }
 
+TEST_CASE("the reference selection and segmentation run beside the cycles: live segments, every topic's versions increasing") {
+  // The whole library loaded (the selection has work to do), an analysis as often as it can.
+  test::LiveDaemon d("cycles-analysis", {"publish.interval_ms=0", "segment.interval_ms=0", "fit.threads=2"});
+  const auto refs = test::pick(science::load_reference_file(test::fe_library()), test::scene_species());
+  const auto s = sim::simulate(refs, test::scene_scan(64, 64, 2000));
+  d.send(sim::start_message(s, "analysis").to_wire());
+  const auto E = s.params.energies_eV.size();
+  for (std::size_t e = 0; e < E; ++e) {
+    auto f = sim::frame_message(s, "analysis", e);
+    f.seq = static_cast<std::int64_t>(e);
+    d.send(std::move(f).to_wire());
+    std::this_thread::sleep_for(15ms);  // a scan of ~1 s: several cycles and analyses
+  }
+  protocol::StopMsg stop;
+  stop.scan_id = "analysis", stop.frames_sent = static_cast<std::int64_t>(E);
+  d.send(std::move(stop).to_wire());
+
+  std::map<std::string, std::vector<std::int64_t>> versions;  // per topic, in arrival order
+  std::map<std::int64_t, std::int64_t> fit_frames;               // maps/fractions version -> frames_applied
+  std::vector<std::pair<std::int64_t, std::int64_t>> live_segments;  // (version, frames_applied) before the final maps
+  std::optional<std::int64_t> final_version, preview_version;
+  const auto until = std::chrono::steady_clock::now() + 60s;
+  while (!final_version && std::chrono::steady_clock::now() < until) {
+    auto m = test::recv_message(d.sub, 200ms);
+    if (!m || m->header.value("scan_id", "") != "analysis" || m->topic == "status" || m->topic == "errors") continue;
+    const auto v = m->header.at("version").get<std::int64_t>();
+    const bool final = m->header.value("final", false);
+    versions[m->topic].push_back(v);
+    const auto frames = m->header.value("frames_applied", std::int64_t{-1});
+    if (m->topic == "maps/fractions") {
+      fit_frames[v] = frames;
+      if (final) final_version = v;
+      else preview_version = v;
+    }
+    if (m->topic == "maps/segments" && !final && m->header.value("waiting", "").empty()) live_segments.emplace_back(v, frames);
+  }
+  REQUIRE(final_version);
+  const auto st = d.wait_stopped("analysis", 1);
+  const auto& c = st.at("counters");
+  CHECK(c.value("internal_errors", 0) == 0);
+  CHECK(c.value("ingest.frames_accepted", std::int64_t{0}) == static_cast<std::int64_t>(E));
+  const auto runs = c.value("analysis.runs", std::int64_t{0});
+  MESSAGE(runs << " analyses, " << c.value("publish.cycles", 0) << " cycles, " << live_segments.size()
+                << " live segment maps; the pipeline waited "
+                << c.value("time_us.pipeline.waited_for_analysis", std::int64_t{0}) / 1000 << " ms for analyses");
+  CHECK(runs >= 1);
+  // Within a topic versions only increase (a subscriber keeps the highest: PROTOCOL.md).
+  for (const auto& [topic, vs] : versions) {
+    CAPTURE(topic);
+    CHECK(std::adjacent_find(vs.begin(), vs.end(), std::greater_equal<>()) == vs.end());
+  }
+  // The analysis's products went out while the scan ran, with a cycle's fit maps, stamped with
+  // the frames it saw (no more than that cycle's).
+  REQUIRE(!live_segments.empty());
+  for (const auto& [v, frames] : live_segments) {
+    CAPTURE(v);
+    REQUIRE(fit_frames.count(v));
+    CHECK(frames >= 1);
+    CHECK(frames <= fit_frames[v]);
+  }
+  // The final cycle: its fit maps as solved (not final), then the final maps with the next version.
+  REQUIRE(preview_version);
+  CHECK(*preview_version == *final_version - 1);
+  CHECK(fit_frames[*preview_version] == static_cast<std::int64_t>(E));
+  CHECK(st.at("scan").at("fit").at("references").size() < 11);  // the selection narrowed the library
+}
+
 #include "publish/frame_pool.hpp"
 
 TEST_CASE("map frames are reused once released; small ones bypass the pool; the kept bytes stay under the cap") {

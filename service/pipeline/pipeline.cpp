@@ -461,7 +461,8 @@ void Pipeline::start_analysis() {
   // Half the cores: the fit's cycles and ingest keep the rest.
   analysis_job_ = scan_->begin_analysis(std::max(1, solve_threads(cfg_) / 2));
   analysis_done_ = false;
-  analysis_ = std::jthread([this] {
+  // The scan outlives the thread: a start or stop waits for it (run) before it replaces or ends the scan.
+  analysis_ = std::jthread([this, scan = scan_.get()] {
     using clock = std::chrono::steady_clock;
     auto& a = *analysis_job_;
     auto t = clock::now();
@@ -470,9 +471,9 @@ void Pipeline::start_analysis() {
       counters_.add(std::string("time_us.analysis.") + phase, std::chrono::duration_cast<std::chrono::microseconds>(now - t).count());
       t = now;
     };
-    if (!guarded("reference_selection_failed", [&] { scan_->run_selection(a); })) a.selection.reset();
+    if (!guarded("reference_selection_failed", [&] { scan->run_selection(a); })) a.selection.reset();
     lap("reference_selection");
-    if (!guarded("segmentation_failed", [&] { scan_->run_segmentation(a); })) a.segmenter.reset();
+    if (!guarded("segmentation_failed", [&] { scan->run_segmentation(a); })) a.segmenter.reset();
     lap("segmentation");
     analysis_done_ = true;
   });
@@ -483,9 +484,9 @@ void Pipeline::wait_analysis() {
   if (!analysis_.joinable()) return;
   const auto t0 = std::chrono::steady_clock::now();
   analysis_.join();
-  wait_cycle();  // a refit must not run beside a cycle
   counters_.add("time_us.pipeline.waited_for_analysis",
                 std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0).count());
+  wait_cycle();  // a refit must not run beside a cycle
   auto job = std::move(*analysis_job_);
   analysis_job_.reset();
   const auto at = job.at;
