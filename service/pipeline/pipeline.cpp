@@ -218,7 +218,7 @@ void Pipeline::run(std::stop_token stop) {
         // frames into planes it does not read. Anything else waits for them.
         const auto* frame = std::get_if<protocol::FrameMsg>(&*msg);
         // The final cycle after a stop redoes everything: a live one stops after its current step.
-        if (std::holds_alternative<protocol::StopMsg>(*msg)) cycle_cancel_ = true;
+        if (std::holds_alternative<protocol::StopMsg>(*msg)) cycle_cancel_ = true, analysis_cancel_ = true;
         if (analysis_.joinable() && !(frame && scan_->state() == ScanState::running && scan_->analysis_safe(*frame, *analysis_job_)))
           wait_analysis();
         if (cycle_.joinable() && !(frame && scan_->state() == ScanState::running && scan_->stageable(*frame))) wait_cycle();
@@ -461,6 +461,7 @@ void Pipeline::start_analysis() {
   // Half the cores: the fit's cycles and ingest keep the rest.
   analysis_job_ = scan_->begin_analysis(std::max(1, solve_threads(cfg_) / 2));
   analysis_done_ = false;
+  analysis_cancel_ = false;
   // The scan outlives the thread: a start or stop waits for it (run) before it replaces or ends the scan.
   analysis_ = std::jthread([this, scan = scan_.get()] {
     using clock = std::chrono::steady_clock;
@@ -471,9 +472,20 @@ void Pipeline::start_analysis() {
       counters_.add(std::string("time_us.analysis.") + phase, std::chrono::duration_cast<std::chrono::microseconds>(now - t).count());
       t = now;
     };
-    if (!guarded("reference_selection_failed", [&] { scan->run_selection(a); })) a.selection.reset();
+    // A stop cancels it between its steps (the final cycle redoes both on all the data).
+    const science::CancelScope cancel([this] { return analysis_cancel_.load(); });
+    auto step = [&](const char* code, auto&& run) {
+      return guarded(code, [&] {
+        try {
+          run();
+        } catch (const science::Cancelled&) {
+          a.cancelled = true;
+        }
+      });
+    };
+    if (!step("reference_selection_failed", [&] { scan->run_selection(a); })) a.selection.reset();
     lap("reference_selection");
-    if (!guarded("segmentation_failed", [&] { scan->run_segmentation(a); })) a.segmenter.reset();
+    if (!a.cancelled && !step("segmentation_failed", [&] { scan->run_segmentation(a); })) a.segmenter.reset();
     lap("segmentation");
     analysis_done_ = true;
   });
@@ -489,6 +501,10 @@ void Pipeline::wait_analysis() {
   wait_cycle();  // a refit must not run beside a cycle
   auto job = std::move(*analysis_job_);
   analysis_job_.reset();
+  if (job.cancelled) {
+    counters_.add("analysis.cancelled");
+    return;
+  }
   const auto at = job.at;
   if (!guarded("reference_selection_failed", [&] { scan_->commit_analysis(std::move(job), solve_threads(cfg_)); })) return;
   counters_.add("analysis.runs");

@@ -158,6 +158,7 @@ class Pipeline {
   CycleStart cycle_start_{};
   std::jthread analysis_;                   // the running analysis, if joinable
   std::atomic<bool> analysis_done_{false};  // analysis_ has finished its work (join it)
+  std::atomic<bool> analysis_cancel_{false};  // a stop came: analysis_ stops after its current step
   std::optional<Scan::Analysis> analysis_job_;  // its inputs and results
   std::optional<ScanProgress> analysis_unpublished_;  // committed, its products not yet published: what it saw
   std::jthread thread_;

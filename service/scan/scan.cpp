@@ -1,4 +1,5 @@
 #include "scan/scan.hpp"
+#include "science/cancel.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -609,6 +610,7 @@ Scan::Analysis Scan::begin_analysis(int threads) const {
 // The copies, not the scan's mask and model: a fit cycle may replace those meanwhile.
 void Scan::run_selection(Analysis& a) const {
   a.selection = judge_references(a.ready.data(), a.mask.size() == npix_ ? a.mask.data() : nullptr);
+  science::throw_if_cancelled();
   // The segmentation fits its clusters with the references the commit will fit.
   if (const auto wanted = a.selection ? fitted_set(*a.selection) : std::nullopt; wanted && *wanted != selected_)
     a.model = fit_model(*wanted);

@@ -1,4 +1,5 @@
 #include "science/segmentation.hpp"
+#include "science/cancel.hpp"
 #include "science/parallel.hpp"
 
 #include <algorithm>
@@ -1093,6 +1094,7 @@ void OnlineSegmenter::update(const SegmentInput& in) {
     return;
   }
   Sample sample = draw_sample(in, eu.index, static_cast<std::size_t>(std::max(1, settings_.sample)), rng_);  // 2.
+  throw_if_cancelled();  // between the steps: a live scan's analysis stops when the scan does
   const int k_floor = settings_.k > 0 ? settings_.k : 2;
   if (sample.Y.rows() < std::max(20, 4 * k_floor)) {
     out.waiting = "too few pixels with material measured at the energies in use (" + std::to_string(sample.Y.rows()) + ")";
@@ -1114,6 +1116,7 @@ void OnlineSegmenter::update(const SegmentInput& in) {
   const FeatureSpace fs = feature_space(pca, out.pca.components, settings_, in, sample.pixels);
   const Rows F = features_of(fs, sample, in);
   const double noise_var = feature_noise(F, fs.measured_dims(), sample.pixels, in.cols, pca.sigma2 * fs.spectral_scale * fs.spectral_scale);
+  throw_if_cancelled();
 
   std::vector<std::uint8_t> previous_of_sample, previous_bins_of_sample;  // 5.
   const bool warm_bins = warm && bin_labels_.size() == in.npix;
@@ -1142,6 +1145,7 @@ void OnlineSegmenter::update(const SegmentInput& in) {
     out.silhouette = silhouette(F, by_domain, dom.count, kSilhouetteSample);
   }
 
+  throw_if_cancelled();
   const auto k = static_cast<std::size_t>(dom.count);  // 6.
   std::optional<PixelEvidence> evidence;
   if (settings_.smoothing > 0 && dom.count >= 2 && noise_var > 0) {
@@ -1157,6 +1161,7 @@ void OnlineSegmenter::update(const SegmentInput& in) {
                                   static_cast<Eigen::Index>(eu.size()), k, out.labels, bin_labels_);
   out.smoothed = evidence ? smooth_labels(in, eu.index, dom, *evidence, settings_.smoothing, out.labels, bin_labels_, sums) : 0;
 
+  throw_if_cancelled();
   out.clusters = summarize_clusters(sums, dom.ids, in, eu.index, norm, model.X);  // 7.
   out.labelled = 0;
   for (const auto& c : out.clusters) out.labelled += c.pixels;
