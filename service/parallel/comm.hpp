@@ -5,6 +5,7 @@
 
 #include <hdf5.h>
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -26,6 +27,10 @@ class Comm {
   virtual std::vector<float> all_gather(std::span<const float> local) const = 0;
   // Every rank's bytes concatenated in rank order on rank 0 (empty elsewhere).
   virtual std::vector<std::byte> gather(std::span<const std::byte> local) const = 0;
+  // Every rank's `local` bytes into rank 0's `out` at that rank's `offset` (bytes; the ranks'
+  // ranges do not overlap): straight into the final array, no staging copy. `out` is used on
+  // rank 0 only.
+  virtual void gather_into(std::span<const std::byte> local, std::size_t offset, std::span<std::byte> out) const = 0;
   // HDF5 property lists for reading one file from every rank: MPI-IO file access and
   // collective transfers under MPI, H5P_DEFAULT in one process.
   virtual hid_t h5_file_access() const { return H5P_DEFAULT; }
@@ -42,6 +47,9 @@ class SerialComm final : public Comm {
   void sum(std::span<double>) const override {}
   std::vector<float> all_gather(std::span<const float> local) const override { return {local.begin(), local.end()}; }
   std::vector<std::byte> gather(std::span<const std::byte> local) const override { return {local.begin(), local.end()}; }
+  void gather_into(std::span<const std::byte> local, std::size_t offset, std::span<std::byte> out) const override {
+    std::copy(local.begin(), local.end(), out.begin() + static_cast<std::ptrdiff_t>(offset));
+  }
   void abort(int) const override {}
 };
 

@@ -72,6 +72,17 @@ class MpiComm final : public Comm {
           "MPI_Gatherv");
     return all;
   }
+  void gather_into(std::span<const std::byte> local, std::size_t offset, std::span<std::byte> out) const override {
+    if (local.size() > static_cast<std::size_t>(INT32_MAX) || offset > static_cast<std::size_t>(INT32_MAX))
+      throw std::runtime_error("MPI: a gathered plane exceeds 2 GiB");
+    const auto counts = counts_of(static_cast<int>(local.size()));
+    std::vector<int> displs(counts.size());
+    const int at = static_cast<int>(offset);
+    check(MPI_Gather(&at, 1, MPI_INT, displs.data(), 1, MPI_INT, 0, MPI_COMM_WORLD), "MPI_Gather");
+    check(MPI_Gatherv(local.data(), static_cast<int>(local.size()), MPI_BYTE, out.data(), counts.data(), displs.data(), MPI_BYTE,
+                      0, MPI_COMM_WORLD),
+          "MPI_Gatherv");
+  }
   hid_t h5_file_access() const override { return access_; }
   hid_t h5_transfer() const override { return transfer_; }
   void abort(int code) const override {

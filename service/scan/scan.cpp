@@ -636,8 +636,8 @@ bool Scan::analysis_safe(const protocol::FrameMsg& f, const Analysis& a) const {
 }
 
 void Scan::adopt(ImageResults&& image, const Scan& block) {
-  store_.assign(image.store.begin(), image.store.end());  // into huge pages (gathered from the ranks)
-  xrf_.assign(image.xrf.begin(), image.xrf.end());
+  store_ = std::move(image.store);  // gathered from the ranks into huge pages
+  xrf_ = std::move(image.xrf);
   state_ = block.state_, stop_reason_ = block.stop_reason_, started_ = block.started_, ended_ = block.ended_;
   seqs_seen_ = block.seqs_seen_, max_seq_ = block.max_seq_, last_seq_ = block.last_seq_;
   frames_applied_ = block.frames_applied_, segment_first_frame_ = block.segment_first_frame_;

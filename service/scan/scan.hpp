@@ -108,7 +108,7 @@ class Scan : private science::SampleSource {
 
   // The whole image's per-pixel state, assembled from the row blocks of such a job.
   struct ImageResults {
-    std::vector<float> store, xrf;  // E × P, C × P
+    science::ZeroedVector<float> store, xrf;  // E × P, C × P (taken as the scan's own)
     science::LcfMaps maps;
     std::vector<float> spatial_neighbours;  // P, or empty without the spatial step
     std::vector<std::uint8_t> valid;        // the quality mask
