@@ -23,22 +23,35 @@ from silx.io import nxdata
 import binaries  # noqa: E402  (tests/binaries.py)
 
 ARGS = None
+SPECIES = "Magnetite,Goethite,Pyrite"
+
+
+def library():
+    return os.path.join(ARGS.source_dir, "config/references/fe_k_library_normalized.nor")
+
+
+def simulate(out, *options):
+    """A scan file of the three species on the HXN grid (xanes-simulate `options`)."""
+    subprocess.run([ARGS.simulate, "--refs", library(), "--use", SPECIES, "--energies",
+                    os.path.join(ARGS.source_dir, "config/references/fe_k_energies_hxn.txt"), *options, "--out", out],
+                   check=True, capture_output=True)
+    return out
+
+
+def fit(scan, out):
+    """`xanesd fit` of `scan` with the three species."""
+    subprocess.run([ARGS.xanesd, "fit", "--input", scan, "--refs", library(), "--names", SPECIES,
+                    "--out", out, "--set", "log.level=warn"], check=True, capture_output=True)
+    return out
 
 
 class ResultFile(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        a = ARGS
         cls.tmp = tempfile.TemporaryDirectory()
-        refs = os.path.join(a.source_dir, "config/references")
-        cls.library = os.path.join(refs, "fe_k_library_normalized.nor")
-        scan = os.path.join(cls.tmp.name, "scan.h5")
-        cls.out = os.path.join(cls.tmp.name, "result.h5")
-        subprocess.run([a.simulate, "--refs", cls.library, "--use", "Magnetite,Goethite,Pyrite",
-                        "--energies", os.path.join(refs, "fe_k_energies_hxn.txt"), "--shape", "16x16",
-                        "--layout", "regions", "--seed", "5", "--out", scan], check=True, capture_output=True)
-        subprocess.run([a.xanesd, "fit", "--input", scan, "--refs", cls.library, "--names", "Magnetite,Goethite,Pyrite",
-                        "--out", cls.out, "--set", "log.level=warn"], check=True, capture_output=True)
+        cls.library = library()
+        scan = simulate(os.path.join(cls.tmp.name, "scan.h5"), "--shape", "16x16", "--layout", "regions", "--seed", "5")
+        cls.out = fit(scan, os.path.join(cls.tmp.name, "result.h5"))
         cls.f = h5py.File(cls.out, "r")
 
     @classmethod
@@ -115,17 +128,11 @@ class Volume(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
-        a = ARGS
         cls.tmp = tempfile.TemporaryDirectory()
-        refs = os.path.join(a.source_dir, "config/references")
-        cls.library = os.path.join(refs, "fe_k_library_normalized.nor")
-        cls.volume = os.path.join(cls.tmp.name, "volume.h5")
         # Three slices of 20 rows cut from one scene: the domains run on across the cuts, so a
         # window that crossed them would find neighbours that agree (and change the maps).
-        subprocess.run([a.simulate, "--refs", cls.library, "--use", "Magnetite,Goethite,Pyrite",
-                        "--energies", os.path.join(refs, "fe_k_energies_hxn.txt"), "--shape", "60x40",
-                        "--layout", "scene", "--counts", "500", "--slices", "3", "--seed", "7", "--out", cls.volume],
-                       check=True, capture_output=True)
+        cls.volume = simulate(os.path.join(cls.tmp.name, "volume.h5"), "--shape", "60x40", "--layout", "scene",
+                              "--counts", "500", "--slices", "3", "--seed", "7")
         cls.out = cls.fit(cls.volume, "volume-result.h5")
         cls.f = h5py.File(cls.out, "r")
 
@@ -136,10 +143,7 @@ class Volume(unittest.TestCase):
 
     @classmethod
     def fit(cls, scan, name):
-        out = os.path.join(cls.tmp.name, name)
-        subprocess.run([ARGS.xanesd, "fit", "--input", scan, "--refs", cls.library, "--names", "Magnetite,Goethite,Pyrite",
-                        "--out", out, "--set", "log.level=warn"], check=True, capture_output=True)
-        return out
+        return fit(scan, os.path.join(cls.tmp.name, name))
 
     def part(self, name, rows=None, z=None):
         """A scan file of the volume's slice z (an image), or of all its slices as one image

@@ -492,12 +492,15 @@ void Pipeline::start_analysis() {
   pthread_setname_np(analysis_.native_handle(), "xanesd-analyse");
 }
 
+void Pipeline::join_timed(std::jthread& thread, const char* counter) {
+  const auto t0 = std::chrono::steady_clock::now();
+  thread.join();
+  counters_.add(counter, std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0).count());
+}
+
 void Pipeline::wait_analysis() {
   if (!analysis_.joinable()) return;
-  const auto t0 = std::chrono::steady_clock::now();
-  analysis_.join();
-  counters_.add("time_us.pipeline.waited_for_analysis",
-                std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0).count());
+  join_timed(analysis_, "time_us.pipeline.waited_for_analysis");
   wait_cycle();  // a refit must not run beside a cycle
   auto job = std::move(*analysis_job_);
   analysis_job_.reset();
@@ -589,10 +592,7 @@ void Pipeline::start_cycle() {
 
 void Pipeline::wait_cycle() {
   if (!cycle_.joinable()) return;
-  const auto t0 = std::chrono::steady_clock::now();
-  cycle_.join();
-  counters_.add("time_us.pipeline.waited_for_cycle",
-                std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0).count());
+  join_timed(cycle_, "time_us.pipeline.waited_for_cycle");
   counters_.add("ingest.frames_staged", static_cast<std::int64_t>(scan_->commit_staged()));
   end_cycle(cycle_start_, cycle_published_);
 }

@@ -94,6 +94,8 @@ class Pipeline {
   // scan; what it refreshed (segments, the selection, the maps of a refit) goes out with the
   // next cycle.
   void wait_analysis();
+  // Joins `thread`, adding the microseconds the pipeline waited to `counter`.
+  void join_timed(std::jthread& thread, const char* counter);
   // The pipeline thread's part of a cycle, before and after cycle_work.
   struct CycleStart {
     std::int64_t version;
