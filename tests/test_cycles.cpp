@@ -190,14 +190,17 @@ TEST_CASE("the reference selection and segmentation run beside the cycles: live 
                 << c.value("time_us.pipeline.waited_for_analysis", std::int64_t{0}) / 1000 << " ms for analyses");
   CHECK(runs >= 1);
   // Within a topic versions only increase (a subscriber keeps the highest: PROTOCOL.md).
-  for (const auto& [topic, vs] : versions) {
+  for (const auto& entry : versions) {  // no structured bindings: CAPTURE's lambda cannot take them (clang)
+    const auto& topic = entry.first;
+    const auto& vs = entry.second;
     CAPTURE(topic);
     CHECK(std::adjacent_find(vs.begin(), vs.end(), std::greater_equal<>()) == vs.end());
   }
   // The analysis's products went out while the scan ran, with a cycle's fit maps, stamped with
   // the frames it saw (no more than that cycle's).
   REQUIRE(!live_segments.empty());
-  for (const auto& [v, frames] : live_segments) {
+  for (const auto& segment : live_segments) {
+    const std::int64_t v = segment.first, frames = segment.second;
     CAPTURE(v);
     REQUIRE(fit_frames.count(v));
     CHECK(frames >= 1);
