@@ -149,36 +149,45 @@ TEST_CASE("the reference selection and segmentation run beside the cycles: live 
   const auto refs = test::pick(science::load_reference_file(test::fe_library()), test::scene_species());
   const auto s = sim::simulate(refs, test::scene_scan(64, 64, 2000));
   d.send(sim::start_message(s, "analysis").to_wire());
-  const auto E = s.params.energies_eV.size();
-  for (std::size_t e = 0; e < E; ++e) {
-    auto f = sim::frame_message(s, "analysis", e);
-    f.seq = static_cast<std::int64_t>(e);
-    d.send(std::move(f).to_wire());
-    std::this_thread::sleep_for(15ms);  // a scan of ~1 s: several cycles and analyses
-  }
-  protocol::StopMsg stop;
-  stop.scan_id = "analysis", stop.frames_sent = static_cast<std::int64_t>(E);
-  d.send(std::move(stop).to_wire());
-
   std::map<std::string, std::vector<std::int64_t>> versions;  // per topic, in arrival order
   std::map<std::int64_t, std::int64_t> fit_frames;               // maps/fractions version -> frames_applied
   std::vector<std::pair<std::int64_t, std::int64_t>> live_segments;  // (version, frames_applied) before the final maps
   std::optional<std::int64_t> final_version, preview_version;
-  const auto until = std::chrono::steady_clock::now() + 60s;
-  while (!final_version && std::chrono::steady_clock::now() < until) {
-    auto m = test::recv_message(d.sub, 200ms);
-    if (!m || m->header.value("scan_id", "") != "analysis" || m->topic == "status" || m->topic == "errors") continue;
-    const auto v = m->header.at("version").get<std::int64_t>();
-    const bool final = m->header.value("final", false);
-    versions[m->topic].push_back(v);
-    const auto frames = m->header.value("frames_applied", std::int64_t{-1});
-    if (m->topic == "maps/fractions") {
-      fit_frames[v] = frames;
-      if (final) final_version = v;
-      else preview_version = v;
+  // Reads the PUB socket until `done` (or a minute: a sanitizer build is slow).
+  auto read_until = [&](const std::function<bool()>& done) {
+    const auto until = std::chrono::steady_clock::now() + 60s;
+    while (!done() && std::chrono::steady_clock::now() < until) {
+      auto m = test::recv_message(d.sub, 200ms);
+      if (!m || m->header.value("scan_id", "") != "analysis" || m->topic == "status" || m->topic == "errors") continue;
+      const auto v = m->header.at("version").get<std::int64_t>();
+      const bool final = m->header.value("final", false);
+      versions[m->topic].push_back(v);
+      const auto frames = m->header.value("frames_applied", std::int64_t{-1});
+      if (m->topic == "maps/fractions") {
+        fit_frames[v] = frames;
+        if (final) final_version = v;
+        else preview_version = v;
+      }
+      if (m->topic == "maps/segments" && !final && m->header.value("waiting", "").empty()) live_segments.emplace_back(v, frames);
     }
-    if (m->topic == "maps/segments" && !final && m->header.value("waiting", "").empty()) live_segments.emplace_back(v, frames);
-  }
+  };
+  const auto E = s.params.energies_eV.size();
+  auto send = [&](std::size_t e0, std::size_t e1) {
+    for (std::size_t e = e0; e < e1; ++e) {
+      auto f = sim::frame_message(s, "analysis", e);
+      f.seq = static_cast<std::int64_t>(e);
+      d.send(std::move(f).to_wire());
+      std::this_thread::sleep_for(15ms);
+    }
+  };
+  // Half the energies, then frames again once a live segment map is out (however slow the build).
+  send(0, E / 2);
+  read_until([&] { return !live_segments.empty(); });
+  send(E / 2, E);
+  protocol::StopMsg stop;
+  stop.scan_id = "analysis", stop.frames_sent = static_cast<std::int64_t>(E);
+  d.send(std::move(stop).to_wire());
+  read_until([&] { return final_version.has_value(); });
   REQUIRE(final_version);
   const auto st = d.wait_stopped("analysis", 1);
   const auto& c = st.at("counters");

@@ -357,7 +357,7 @@ void Pipeline::on_start(protocol::StartMsg&& s) {
   version_ = 0;
   result_file_.clear();
   changed_since_publish_ = false;
-  last_analysis_ = {}, analysed_frames_ = -1, analysis_unpublished_.reset();
+  last_analysis_ = {}, next_analysis_ = {}, analysed_frames_ = -1, analysis_unpublished_.reset();
   last_cycle_ = {};  // the last scan's final cycle (segmentation, edge maps, file) does not pace this one
   update_status();
   // Counted after the status snapshot shows the new scan: status is answered from that snapshot
@@ -449,14 +449,16 @@ Pipeline::CycleStart Pipeline::begin_cycle(bool final) {
 bool Pipeline::analysis_due() const {
   if (!scan_ || scan_->state() != ScanState::running || scan_->frames_applied() <= analysed_frames_) return false;
   if (!scan_->fit() && !cfg_.segment.enabled) return false;
-  // Reference selection and segmentation cost more than a solve on big images: at most every
-  // segment.interval_ms, and after the scan's first cycle (its mask).
-  return version_ > 0 && (last_analysis_ == std::chrono::steady_clock::time_point{} ||
-                          std::chrono::steady_clock::now() >= last_analysis_ + std::chrono::milliseconds(cfg_.segment.interval_ms));
+  // Reference selection and segmentation cost more than a solve on big images: after the scan's
+  // first cycle (its mask), then never sooner than segment.interval_ms after the last one ended,
+  // nor sooner than that one took: frames into the planes it reads (pixel batches, row blocks,
+  // re-measurements) wait for it at most about half the time.
+  return version_ > 0 && std::chrono::steady_clock::now() >= next_analysis_;
 }
 
 void Pipeline::start_analysis() {
   last_analysis_ = std::chrono::steady_clock::now();
+  next_analysis_ = std::chrono::steady_clock::time_point::max();  // set when it ends (wait_analysis)
   analysed_frames_ = scan_->frames_applied();
   // Half the cores: the fit's cycles and ingest keep the rest.
   analysis_job_ = scan_->begin_analysis(std::max(1, solve_threads(cfg_) / 2));
@@ -501,6 +503,9 @@ void Pipeline::join_timed(std::jthread& thread, const char* counter) {
 void Pipeline::wait_analysis() {
   if (!analysis_.joinable()) return;
   join_timed(analysis_, "time_us.pipeline.waited_for_analysis");
+  const auto ended = std::chrono::steady_clock::now();
+  next_analysis_ = ended + std::max<std::chrono::steady_clock::duration>(std::chrono::milliseconds(cfg_.segment.interval_ms),
+                                                                          ended - last_analysis_);
   wait_cycle();  // a refit must not run beside a cycle
   auto job = std::move(*analysis_job_);
   analysis_job_.reset();

@@ -142,6 +142,7 @@ class Pipeline {
   std::atomic<std::int64_t> error_version_{0};
   std::int64_t energies_version_ = 0;  // energy selections published since start
   std::chrono::steady_clock::time_point last_analysis_{};  // when the current scan's last analysis began
+  std::chrono::steady_clock::time_point next_analysis_{};  // not before (analysis_due)
   std::int64_t analysed_frames_ = -1;  // frames applied when it began: with no new frame, no new analysis
 
   static constexpr int kLogLinesPerSecond = 20;
