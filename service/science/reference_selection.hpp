@@ -88,7 +88,7 @@ ReferenceSelection select_references(const LcfModel& library, const SelectionEvi
 // lies in one part when parts start at multiples of selection_tile_side, so the sums add zeros
 // and the evidence is the whole image's bit for bit. Throws std::invalid_argument otherwise.
 // `ready` (E, or null: all): the planes that may be read; the others count as not measured (a
-// scan's analysis running beside ingest: science.md, Scan::begin_analysis).
+// scan's analysis running beside ingest: Scan::begin_analysis).
 SelectionEvidence selection_evidence(const LcfModel& library, const float* planes, std::size_t npix, int rows,
                                      int cols, const std::uint8_t* material, int max_tiles, int noise_pixels = 64,
                                      const ImagePart& part = {}, const std::uint8_t* ready = nullptr);
