@@ -1090,13 +1090,25 @@ void IncrementalLcf::solve_spatial(int threads) {
     };
     std::size_t B = 0;
     std::uint32_t block_set = ~0u;
+    // The block's rows, a parameter at a time (the planes are S doubles apart: a pixel at a
+    // time, its M stores would each land on another page).
     auto flush = [&] {
       if (B == 0) return;
       const double* G = caches_[block_set].G.data();  // column-major, symmetric
-      for (std::size_t i = 0; i < B; ++i) {
-        const double* o = &stats_[b.pixel[i] * S1];
-        for (int m = 0; m < M_; ++m) b.own[static_cast<std::size_t>(m) * S + i] = o[m];
-        b.q_own[i] = o[M_];
+      for (int m = 0; m < M_; ++m) {
+        const float* tm = row.theta + static_cast<std::size_t>(m) * row.theta_stride;
+        double* __restrict to = b.theta.data() + static_cast<std::size_t>(m) * S;
+        for (std::size_t i = 0; i < B; ++i) to[i] = tm[b.pixel[i] - row0];
+      }
+      for (std::size_t i = 0; i < B; ++i) b.sigma2[i] = row.sigma2[b.pixel[i] - row0];
+      // The pixels' own statistics (pixel-major), 64 pixels at a time: their lines stay in L1
+      // while each parameter's plane takes its values.
+      for (std::size_t i0 = 0; i0 < B; i0 += 64) {
+        const std::size_t i1 = std::min(B, i0 + 64);
+        for (std::size_t m = 0; m <= static_cast<std::size_t>(M_); ++m) {
+          double* __restrict om = m < static_cast<std::size_t>(M_) ? b.own.data() + m * S : b.q_own.data();
+          for (std::size_t i = i0; i < i1; ++i) om[i] = stats_[b.pixel[i] * S1 + m];
+        }
       }
       // s̄ = Gθ̄, the averaged statistics the NNLS groups solve (theta_chi2's product with G in
       // place of G⁻¹; its χ² output is not wanted here), then each pixel's own data against its
@@ -1115,6 +1127,7 @@ void IncrementalLcf::solve_spatial(int threads) {
         if (!b.settled[i]) solve_one(b.pixel[i]);
       B = 0;
     };
+    bool block_ok = false;  // blockable(block_set)
     for (std::size_t c = 0; c < C; ++c) {
       const std::size_t p = row0 + c;
       spatial_neighbours_[p] = row.neighbours[c];
@@ -1133,14 +1146,12 @@ void IncrementalLcf::solve_spatial(int threads) {
         continue;
       }
       smoothed_[p] = 1;
-      if (!blockable(set)) {
+      if (set != block_set) flush(), block_set = set, block_ok = blockable(set);
+      if (!block_ok) {
         solve_one(p);
         continue;
       }
-      if (set != block_set) flush(), block_set = set;
-      for (int m = 0; m < M_; ++m)
-        b.theta[static_cast<std::size_t>(m) * S + B] = row.theta[static_cast<std::size_t>(m) * row.theta_stride + c];
-      b.sigma2[B] = row.sigma2[c], b.pixel[B] = p;
+      b.pixel[B] = p;
       if (++B == S) flush();
     }
     flush();  // the row's values are gone after this call

@@ -106,94 +106,106 @@ void window_offset(const Kernel kern, const RowLayout L, const float* __restrict
   }
 }
 
-// The same sums for 8 centres at once with every accumulator in registers, all window offsets
-// in turn: a neighbour's values are read once per offset and nothing else touches memory (the
-// row-at-a-time form above streams its accumulator rows through the cache at every offset,
+// The same sums for a chunk of 8 or 16 centres at once with every accumulator in registers,
+// all window offsets in turn: a neighbour's values are read once per offset and nothing else
+// touches memory (the row-at-a-time form above streams its accumulator rows through the cache at every offset,
 // which made the window sums half of the spatial step). The arithmetic per centre, and its
 // order over the offsets, is window_offset's. K and NX known at compile time keep the sums in
 // registers; only interior centres (the whole window inside the row).
 using Vf8 = float __attribute__((vector_size(32)));
 using Vi8 = std::int32_t __attribute__((vector_size(32)));
+using Vf16 = float __attribute__((vector_size(64)));
+using Vi16 = std::int32_t __attribute__((vector_size(64)));
+template <int Lanes> struct Lane;  // the vector types of a chunk of Lanes centres
+template <> struct Lane<8> { using F = Vf8; using I = Vi8; };
+template <> struct Lane<16> { using F = Vf16; using I = Vi16; };
 
 // The helpers are always inlined, so the vectors never cross a call (GCC warns about the ABI
 // of such calls for targets without AVX, at the end of the file: the warning stays off).
 #pragma GCC diagnostic ignored "-Wpsabi"
-__attribute__((always_inline)) inline Vf8 load8(const float* p) {
-  Vf8 v;
+template <class V>
+__attribute__((always_inline)) inline V load(const float* p) {
+  V v;
   std::memcpy(&v, p, sizeof v);
   return v;
 }
-__attribute__((always_inline)) inline void store8(float* p, Vf8 v) { std::memcpy(p, &v, sizeof v); }
-__attribute__((always_inline)) inline Vf8 max0(Vf8 a) {  // std::max(0.f, a): 0 for NaN too
-  return reinterpret_cast<Vf8>(reinterpret_cast<Vi8>(a) & (a > 0.f));
+template <class V>
+__attribute__((always_inline)) inline void store(float* p, V v) { std::memcpy(p, &v, sizeof v); }
+template <class V, class I>
+__attribute__((always_inline)) inline V max0(V a) {  // std::max(0.f, a): 0 for NaN too
+  return reinterpret_cast<V>(reinterpret_cast<I>(a) & (a > 0.f));
 }
 
-template <int K, int NX, bool Sets>
-__attribute__((always_inline)) inline void window_chunk8(const Kernel kern, const RowLayout L, int radius, int c,
-                                                         const float* ctr, const WindowRows W,
-                                                         const std::uint32_t* set_c, std::size_t xoff, float* A,
-                                                         float* B, float* acc) {
+template <int K, int NX, bool Sets, int Lanes>
+__attribute__((always_inline)) inline void window_chunk(const Kernel kern, const RowLayout L, int radius, int c,
+                                                        const float* ctr, const WindowRows W,
+                                                        const std::uint32_t* set_c, std::size_t xoff, float* A,
+                                                        float* B, float* acc) {
+  using V = typename Lane<Lanes>::F;
+  using I = typename Lane<Lanes>::I;
   const std::size_t C = L.stride;
   const float* prec_c = W.rows[radius] + L.prec();
   bool any_valid = false;  // centres without a valid fit (no material) are never smoothed: skip them
-  for (int l = 0; l < 8; ++l) any_valid |= prec_c[c + l] > 0;
+  for (int l = 0; l < Lanes; ++l) any_valid |= prec_c[c + l] > 0;
   if (!any_valid) {
-    const Vf8 zero = {};
-    store8(A + c, zero);
-    store8(B + c, zero);
-    for (int m = 0; m < NX; ++m) store8(acc + static_cast<std::size_t>(m) * C + c, zero);
+    const V zero = {};
+    store(A + c, zero);
+    store(B + c, zero);
+    for (int m = 0; m < NX; ++m) store(acc + static_cast<std::size_t>(m) * C + c, zero);
     return;
   }
-  Vf8 centre[K];
-  for (int k = 0; k < K; ++k) centre[k] = load8(ctr + static_cast<std::size_t>(k) * C + c);
-  const Vf8 centre_v = load8(ctr + L.v() + c);
-  Vi8 centre_set = {};
+  V centre[K];
+  for (int k = 0; k < K; ++k) centre[k] = load<V>(ctr + static_cast<std::size_t>(k) * C + c);
+  const V centre_v = load<V>(ctr + L.v() + c);
+  I centre_set = {};
   if constexpr (Sets) std::memcpy(&centre_set, set_c + c, sizeof centre_set);
-  Vf8 a = {}, b = {}, sums[NX] = {};
+  V a = {}, b = {}, sums[NX] = {};
   for (int d = 0; d <= 2 * radius; ++d) {
     const float* row = W.rows[d];
     if (!row) continue;
     for (int dc = -radius; dc <= radius; ++dc) {
       const int j = c + dc;
-      Vf8 d2 = {};
+      V d2 = {};
 #pragma GCC unroll 8
       for (int k = 0; k < K; ++k) {
-        const Vf8 t = centre[k] - load8(row + static_cast<std::size_t>(k) * C + j);
+        const V t = centre[k] - load<V>(row + static_cast<std::size_t>(k) * C + j);
         d2 += t * t;
       }
-      const Vf8 e = max0(d2 / (centre_v + load8(row + L.v() + j)) - kern.dof) * kern.inv_width;
-      const Vf8 t = max0(1.f - e);
-      Vf8 w = t * t;
+      const V e = max0<V, I>(d2 / (centre_v + load<V>(row + L.v() + j)) - kern.dof) * kern.inv_width;
+      const V t = max0<V, I>(1.f - e);
+      V w = t * t;
       if constexpr (Sets) {
-        Vi8 s;
+        I s;
         std::memcpy(&s, W.sets[d] + j, sizeof s);
-        w = reinterpret_cast<Vf8>(reinterpret_cast<Vi8>(w) & (centre_set == s));
+        w = reinterpret_cast<V>(reinterpret_cast<I>(w) & (centre_set == s));
       }
-      const Vf8 p = w * load8(row + L.prec() + j);
+      const V p = w * load<V>(row + L.prec() + j);
       a += p;
       b += w * p;
 #pragma GCC unroll 8
-      for (int m = 0; m < NX; ++m) sums[m] += p * load8(row + xoff + static_cast<std::size_t>(m) * C + j);
+      for (int m = 0; m < NX; ++m) sums[m] += p * load<V>(row + xoff + static_cast<std::size_t>(m) * C + j);
     }
   }
-  store8(A + c, a);
-  store8(B + c, b);
-  for (int m = 0; m < NX; ++m) store8(acc + static_cast<std::size_t>(m) * C + c, sums[m]);
+  store(A + c, a);
+  store(B + c, b);
+  for (int m = 0; m < NX; ++m) store(acc + static_cast<std::size_t>(m) * C + c, sums[m]);
 }
 
-// Centres [c0, c1) of a row (c1 − c0 a multiple of 8, whole windows inside the row) for K ≤ 6
-// features and NX ∈ [K, K + 2] planes (the pilot, and M with up to 2 background parameters);
-// false (nothing done) otherwise.
-__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-bool window_row_fused(const Kernel kern, const RowLayout L, int nx, int radius, int c0, int c1, const float* ctr,
-                      const WindowRows W, const std::uint32_t* set_c, std::size_t xoff, float* A, float* B,
-                      float* acc) {
-#define XANESD_WINDOW_CASE(KC, XC)                                                               \
-  case KC * 16 + XC:                                                                             \
-    for (int c = c0; c < c1; c += 8) {                                                           \
-      if (set_c) window_chunk8<KC, XC, true>(kern, L, radius, c, ctr, W, set_c, xoff, A, B, acc); \
-      else window_chunk8<KC, XC, false>(kern, L, radius, c, ctr, W, set_c, xoff, A, B, acc);      \
-    }                                                                                            \
+// Centres [c0, c1) of a row (c1 − c0 ≥ Lanes, whole windows inside the row) for K ≤ 6 features
+// and NX ∈ [K, K + 2] planes (the pilot, and M with up to 2 background parameters); false
+// (nothing done) otherwise. The last chunk ends at c1 and overlaps the one before it: its
+// centres are computed twice, to the same values (each centre's sums are its own).
+template <int Lanes>
+__attribute__((always_inline)) inline bool window_row_chunks(const Kernel kern, const RowLayout L, int nx,
+                                                             int radius, int c0, int c1, const float* ctr,
+                                                             const WindowRows W, const std::uint32_t* set_c,
+                                                             std::size_t xoff, float* A, float* B, float* acc) {
+#define XANESD_WINDOW_CASE(KC, XC)                                                                       \
+  case KC * 16 + XC:                                                                                     \
+    for (int c = c0; c < c1; c = c + Lanes < c1 ? std::min(c + Lanes, c1 - Lanes) : c1) {              \
+      if (set_c) window_chunk<KC, XC, true, Lanes>(kern, L, radius, c, ctr, W, set_c, xoff, A, B, acc); \
+      else window_chunk<KC, XC, false, Lanes>(kern, L, radius, c, ctr, W, set_c, xoff, A, B, acc);      \
+    }                                                                                                    \
     return true;
 #define XANESD_WINDOW_CASES(KC) \
   XANESD_WINDOW_CASE(KC, KC) XANESD_WINDOW_CASE(KC, KC + 1) XANESD_WINDOW_CASE(KC, KC + 2)
@@ -210,6 +222,30 @@ bool window_row_fused(const Kernel kern, const RowLayout L, int nx, int radius, 
 #undef XANESD_WINDOW_CASE
 }
 
+// The chunks 8 centres wide (AVX2, and 4-wide halves without it) and, where the CPU has
+// AVX-512, 16 wide: the window sums are bound by arithmetic, and a core with 512-bit units
+// does twice the centres per instruction.
+__attribute__((target_clones("arch=x86-64-v3", "default")))
+bool window_row_fused8(const Kernel kern, const RowLayout L, int nx, int radius, int c0, int c1, const float* ctr,
+                       const WindowRows W, const std::uint32_t* set_c, std::size_t xoff, float* A, float* B,
+                       float* acc) {
+  return window_row_chunks<8>(kern, L, nx, radius, c0, c1, ctr, W, set_c, xoff, A, B, acc);
+}
+__attribute__((target("arch=x86-64-v4")))
+bool window_row_fused16(const Kernel kern, const RowLayout L, int nx, int radius, int c0, int c1, const float* ctr,
+                        const WindowRows W, const std::uint32_t* set_c, std::size_t xoff, float* A, float* B,
+                        float* acc) {
+  return window_row_chunks<16>(kern, L, nx, radius, c0, c1, ctr, W, set_c, xoff, A, B, acc);
+}
+// Centres per fused chunk on this CPU.
+int fused_lanes() {
+  static const int lanes = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                                   __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")
+                               ? 16
+                               : 8;
+  return lanes;
+}
+
 // Buffers of the window sums of one row: A, B and nx rows of acc (L.stride apart), indexed by
 // column.
 struct WindowSums {
@@ -219,14 +255,15 @@ struct WindowSums {
 };
 
 // The weighted window sums of `nx` planes (from `xoff` in the neighbour rows) for every centre
-// of one row, into `out`. Interior centres in registers (window_row_fused) where K and nx
+// of one row, into `out`. Interior centres in registers (window_row_fused8 or 16) where K and nx
 // allow; the columns within `radius` of the image's sides, and other sizes, an offset at a time.
 void window_row(const Kernel kern, const RowLayout L, int radius, const float* ctr, const WindowRows W,
                 const std::uint32_t* set_c, int nx, std::size_t xoff, WindowSums& out) {
   const int C = L.cols;
-  const int inner0 = radius, inner1 = radius + std::max(0, C - 2 * radius) / 8 * 8;
-  const bool fused = inner1 > inner0 && window_row_fused(kern, L, nx, radius, inner0, inner1, ctr, W, set_c, xoff,
-                                                         out.A.data(), out.B.data(), out.acc.data());
+  const int lanes = fused_lanes(), inner0 = radius, inner1 = C - radius;
+  const bool fused = inner1 - inner0 >= lanes && (lanes == 16 ? window_row_fused16 : window_row_fused8)(
+                                            kern, L, nx, radius, inner0, inner1, ctr, W, set_c, xoff, out.A.data(),
+                                            out.B.data(), out.acc.data());
   // The rest: every column when not fused, else the sides [0, inner0) and [inner1, C).
   const int spans[2][2] = {{0, fused ? inner0 : C}, {fused ? inner1 : C, C}};
   for (const auto& span : spans) {
