@@ -43,6 +43,17 @@ inline std::unique_ptr<Scan> run_scan(const sim::Scan& s, const std::vector<scie
 
 inline ScanSettings default_settings() { return scan_settings(make_config(nlohmann::json::object(), {}, "/")); }
 
+// The final cycle after the last frame, as the pipeline and `xanesd fit` run it: the stop, then
+// the fit, the image-level reference selection on all the data and the refit it may ask for.
+inline void finish_scan(Scan& scan) {
+  protocol::StopMsg stop;
+  stop.scan_id = scan.id();
+  scan.stop(stop);
+  scan.solve_changed(2);
+  scan.update_reference_selection(2);
+  scan.solve_changed(2);
+}
+
 // A rows×cols fluorescence scan on the real HXN grid (the simulator's other defaults).
 inline sim::Params hxn_scan(int rows, int cols) {
   sim::Params p;

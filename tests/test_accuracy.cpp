@@ -321,18 +321,9 @@ TEST_CASE("the default weighting: live maps unweighted, the final maps Poisson-w
   auto live = run_scan(truth, refs, by_default);
   const auto unweighted = run_scan(truth, refs, none);
   CHECK(live->fit()->maps().fractions == unweighted->fit()->maps().fractions);  // while the scan runs
-  protocol::StopMsg stop;
-  stop.scan_id = "accuracy";
-  // The final cycle, as the pipeline and `xanesd fit` run it.
-  auto finish = [&](Scan& scan) {
-    scan.stop(stop);
-    scan.solve_changed(2);
-    scan.update_reference_selection(2);
-    scan.solve_changed(2);
-  };
-  finish(*live);
+  test::finish_scan(*live);
   auto weighted = run_scan(truth, refs, poisson);
-  finish(*weighted);
+  test::finish_scan(*weighted);
   CHECK(live->fit()->maps().fractions == weighted->fit()->maps().fractions);
   CHECK(live->fit()->maps().fractions != unweighted->fit()->maps().fractions);
 }
@@ -407,4 +398,86 @@ TEST_CASE("full frames folded in bulk give the maps of row blocks folded sample 
   const double per_sample = (scales ? 8.0 : 4.0) + (8.0 * (3 + 4) + 64.0 + 4.0) / static_cast<double>(E);  // + 1 XRF channel
   CHECK(memory["bytes_per_pixel_per_energy"].get<double>() == doctest::Approx(per_sample));
   CHECK(memory["bytes"].get<double>() == doctest::Approx(per_sample * static_cast<double>(full.pixels() * E)));
+}
+
+namespace {
+
+// The same measured scan repeated ty × tx times: a larger scan of a periodic sample, every
+// pixel of every copy recorded with the same counts (the same noise draw) as the original.
+sim::Scan tiled(const sim::Scan& s, int ty, int tx) {
+  sim::Scan t = s;
+  const int R = s.params.rows, C = s.params.cols;
+  t.params.rows = R * ty, t.params.cols = C * tx;
+  const std::size_t P = s.pixels(), Pt = t.pixels();
+  auto tile = [&](const auto& v) {
+    std::decay_t<decltype(v)> out(v.size() / P * Pt);
+    for (std::size_t plane = 0; plane < v.size() / P; ++plane)
+      for (int r = 0; r < t.params.rows; ++r)
+        for (int c = 0; c < t.params.cols; ++c)
+          out[plane * Pt + static_cast<std::size_t>(r * t.params.cols + c)] =
+              v[plane * P + static_cast<std::size_t>((r % R) * C + c % C)];
+    return out;
+  };
+  t.counts = tile(s.counts), t.flat = tile(s.flat), t.dark = tile(s.dark);
+  t.fractions = tile(s.fractions), t.thickness = tile(s.thickness), t.xrf = tile(s.xrf);
+  t.domains = tile(s.domains), t.stripe = tile(s.stripe);
+  return t;
+}
+
+}  // namespace
+
+// Property: how much of a sample was scanned around a pixel is the user's choice, not the
+// sample's; the chemistry shown at that pixel must not depend on it. One scene scan (the whole
+// 11-reference library loaded, default config, the final cycle) and larger scans made of copies
+// of it, the same counts in every copy: the same references are selected, and every pixel of
+// the first copy farther from its edges than the spatial step reaches (window radius + pilot
+// radius) gets the fractions and uncertainties it gets in the original scan; over the whole
+// image the error against the truth stays the original's.
+TEST_CASE("fractions do not depend on the scan size: a scene scanned alone or inside a larger scan of copies") {
+  const auto library = load_reference_file(test::fe_library());
+  const auto refs = pick(library, test::scene_species());
+  auto params = test::scene_scan(28, 36, 1000, 21);
+  params.empty_border = false;  // material up to the edges: the copies meet inside material
+  const auto original = sim::simulate(refs, params);
+  const auto settings = default_settings();
+  const int reach = settings.spatial.radius + settings.spatial.pilot_radius;
+  auto base = run_scan(original, library, settings);
+  test::finish_scan(*base);
+  const auto& b = base->fit()->maps();
+  const auto base_names = base->fit()->model().reference_names;
+  auto want = test::scene_species(), got = base_names;
+  std::sort(want.begin(), want.end()), std::sort(got.begin(), got.end());
+  REQUIRE(got == want);  // the selection found the scene's species in the original
+  const double base_rmse = fraction_rmse(*base, original);
+  const int R = original.params.rows, C = original.params.cols;
+  const std::size_t P0 = original.pixels(), K = base_names.size();
+  for (const auto& [ty, tx] : {std::pair{2, 1}, std::pair{1, 3}, std::pair{3, 2}}) {
+    const auto big_truth = tiled(original, ty, tx);
+    auto big = run_scan(big_truth, library, settings);
+    test::finish_scan(*big);
+    const std::string size = std::to_string(R * ty) + "x" + std::to_string(C * tx);
+    REQUIRE_MESSAGE(big->fit()->model().reference_names == base_names, size << ": another reference set selected");
+    const auto& m = big->fit()->maps();
+    const std::size_t P = big->pixels();
+    double df = 0, dsig = 0;
+    std::size_t compared = 0;
+    for (int r = reach; r < R - reach; ++r)
+      for (int c = reach; c < C - reach; ++c) {
+        const std::size_t p0 = static_cast<std::size_t>(r * C + c), p = static_cast<std::size_t>(r * C * tx + c);
+        if (!base->mask().valid[p0] || !big->mask().valid[p]) continue;
+        ++compared;
+        for (std::size_t k = 0; k < K; ++k) {
+          df = std::max(df, static_cast<double>(std::abs(m.fractions[k * P + p] - b.fractions[k * P0 + p0])));
+          dsig = std::max(dsig, std::abs(m.fraction_sigma[k * P + p] - b.fraction_sigma[k * P0 + p0]) /
+                                    (1e-3 + b.fraction_sigma[k * P0 + p0]));
+        }
+      }
+    const double rmse = fraction_rmse(*big, big_truth);
+    MESSAGE(size << ": " << compared << " inner pixels compared, max |Δf| " << df << ", max rel. Δσ " << dsig
+                 << "; fraction RMSE " << rmse << " (original " << base_rmse << ")");
+    CHECK(compared > P0 / 3);
+    CHECK(df < 1e-5);
+    CHECK(dsig < 1e-4);
+    CHECK(std::abs(rmse - base_rmse) < 0.1 * base_rmse);
+  }
 }
