@@ -226,6 +226,27 @@ TEST_CASE("live spatial maps (solved between energies) equal the batch maps at t
   CHECK(batch->mask().valid == live->mask().valid);
 }
 
+// The window sums run 16 centres per vector chunk on a CPU with AVX-512 and 8 otherwise, the
+// last chunk of a row overlapping the one before it; each centre's arithmetic is the same in
+// both, so the maps must be the same bit for bit (an image whose inner width is not a multiple
+// of either, so the overlapping chunks and the side columns are all exercised).
+TEST_CASE("the spatial step's maps do not depend on its vector width (8 or 16 centres per chunk)") {
+  const auto refs = pick(load_reference_file(test::fe_library()), test::scene_species());
+  const auto truth = sim::simulate(refs, test::scene_scan(37, 61, 500, 8));
+  auto narrow = default_settings();
+  narrow.spatial.vector_lanes = 8;
+  const auto widest = run_scan(truth, refs, default_settings());
+  const auto eight = run_scan(truth, refs, narrow);
+  const auto& a = widest->fit()->maps();
+  const auto& b = eight->fit()->maps();
+  CHECK(a.fractions == b.fractions);
+  CHECK(a.fraction_sigma == b.fraction_sigma);
+  CHECK(a.residual == b.residual);
+  CHECK(widest->fit()->spatial_neighbours() == eight->fit()->spatial_neighbours());
+  std::size_t smoothed = 0;
+  for (float n : widest->fit()->spatial_neighbours()) smoothed += n > 1.5f;
+  CHECK(smoothed > truth.pixels() / 3);
+}
 
 // A smoothed pixel's residual is its own data's misfit to the averaged model, which is
 // nonnegative in the references: its own NNLS fit minimizes that misfit over all such models,

@@ -237,7 +237,7 @@ bool window_row_fused16(const Kernel kern, const RowLayout L, int nx, int radius
                         float* acc) {
   return window_row_chunks<16>(kern, L, nx, radius, c0, c1, ctr, W, set_c, xoff, A, B, acc);
 }
-// Centres per fused chunk on this CPU.
+// Centres per fused chunk: the widest this CPU runs.
 int fused_lanes() {
   static const int lanes = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                                    __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")
@@ -257,10 +257,10 @@ struct WindowSums {
 // The weighted window sums of `nx` planes (from `xoff` in the neighbour rows) for every centre
 // of one row, into `out`. Interior centres in registers (window_row_fused8 or 16) where K and nx
 // allow; the columns within `radius` of the image's sides, and other sizes, an offset at a time.
-void window_row(const Kernel kern, const RowLayout L, int radius, const float* ctr, const WindowRows W,
+void window_row(const Kernel kern, const RowLayout L, int lanes, int radius, const float* ctr, const WindowRows W,
                 const std::uint32_t* set_c, int nx, std::size_t xoff, WindowSums& out) {
   const int C = L.cols;
-  const int lanes = fused_lanes(), inner0 = radius, inner1 = C - radius;
+  const int inner0 = radius, inner1 = C - radius;
   const bool fused = inner1 - inner0 >= lanes && (lanes == 16 ? window_row_fused16 : window_row_fused8)(
                                             kern, L, nx, radius, inner0, inner1, ctr, W, set_c, xoff, out.A.data(),
                                             out.B.data(), out.acc.data());
@@ -549,6 +549,7 @@ void spatial_average(const SpatialInput& in, const SpatialSettings& settings,
                                               std::max(1, K - 1)))};
   const int rad = std::max(0, settings.radius), pilot_rad = std::min(rad, std::max(0, settings.pilot_radius));
   const RowLayout L{K, M, C, padded_stride(C)};
+  const int lanes = settings.vector_lanes == 8 ? 8 : fused_lanes();
   const std::size_t Cs = static_cast<std::size_t>(C), Ps = L.stride;  // columns, plane stride
 
   // The three passes run row by row through a ring of the last 2·radius + 1 rows of pass 1's
@@ -615,14 +616,14 @@ void spatial_average(const SpatialInput& in, const SpatialSettings& settings,
       // coefficients, the weighted mean of z over a small window, with its variance.
       const float* judge = centre;  // what the neighbours are judged against: z (K planes), v
       if (pilot_rad > 0) {
-        window_row(kern, L, pilot_rad, centre, window(r, pilot_rad), set_c, K, 0, pilot_sums);
+        window_row(kern, L, lanes, pilot_rad, centre, window(r, pilot_rad), set_c, K, 0, pilot_sums);
         pilot_from_sums(L, pilot_sums.A.data(), pilot_sums.B.data(), pilot_sums.acc.data(), centre, pilot.data());
         judge = pilot.data();
       }
 
       // Pass 3: each valid pixel's weighted mean of its window's scaled fits (same energy set),
       // weights judged against the pilot, brought back to the pixel's thickness.
-      window_row(kern, L, rad, judge, window(r, rad), set_c, M, L.scaled(), sums);
+      window_row(kern, L, lanes, rad, judge, window(r, rad), set_c, M, L.scaled(), sums);
       const std::size_t row = static_cast<std::size_t>(r) * Cs;
       for (std::size_t c0 = 0, c1; c0 < Cs; c0 = c1) {  // runs of one energy set (one W)
         const auto set = in.set_of[row + c0];

@@ -32,6 +32,9 @@ struct SpatialSettings {
   // Neighbours are judged against a pilot estimate of the pixel's chemistry (the same weights
   // over this smaller window) rather than its own noisy fit; 0: against the pixel itself.
   int pilot_radius = 1;
+  // Centres per vector chunk of the window sums: 0, the widest this CPU runs (16 with AVX-512,
+  // else 8); 8 to force the narrower chunks (tests compare the two: equal bit for bit).
+  int vector_lanes = 0;
 };
 
 // One set of measured energies (the pixels that share one Gram matrix G).
