@@ -108,9 +108,9 @@ void window_offset(const Kernel kern, const RowLayout L, const float* __restrict
 
 // The same sums for a chunk of 8 or 16 centres at once with every accumulator in registers,
 // all window offsets in turn: a neighbour's values are read once per offset and nothing else
-// touches memory (the row-at-a-time form above streams its accumulator rows through the cache at every offset,
-// which made the window sums half of the spatial step). The arithmetic per centre, and its
-// order over the offsets, is window_offset's. K and NX known at compile time keep the sums in
+// touches memory (the row-at-a-time form above streams its accumulator rows through the cache
+// at every offset, which made the window sums half of the spatial step). The arithmetic per
+// centre, and its order over the offsets, is window_offset's. K and NX known at compile time keep the sums in
 // registers; only interior centres (the whole window inside the row).
 using Vf8 = float __attribute__((vector_size(32)));
 using Vi8 = std::int32_t __attribute__((vector_size(32)));
