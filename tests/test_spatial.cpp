@@ -228,21 +228,37 @@ TEST_CASE("live spatial maps (solved between energies) equal the batch maps at t
 
 // The window sums run 16 centres per vector chunk on a CPU with AVX-512 and 8 otherwise, the
 // last chunk of a row overlapping the one before it; each centre's arithmetic is the same in
-// both, so the maps must be the same bit for bit (an image whose inner width is not a multiple
-// of either, so the overlapping chunks and the side columns are all exercised).
+// both, so the maps must agree to rounding (bit for bit with GCC; a compiler may fuse a
+// multiply and add in one width and not the other, which moves the last bit of a weight). The
+// image's inner width is not a multiple of either width, and it has material up to its
+// sides: overlapping chunks and the side columns are all exercised.
 TEST_CASE("the spatial step's maps do not depend on its vector width (8 or 16 centres per chunk)") {
   const auto refs = pick(load_reference_file(test::fe_library()), test::scene_species());
-  const auto truth = sim::simulate(refs, test::scene_scan(37, 61, 500, 8));
+  auto params = test::scene_scan(37, 61, 500, 8);
+  params.empty_border = false;  // material in the side columns too
+  const auto truth = sim::simulate(refs, params);
   auto narrow = default_settings();
   narrow.spatial.vector_lanes = 8;
   const auto widest = run_scan(truth, refs, default_settings());
   const auto eight = run_scan(truth, refs, narrow);
   const auto& a = widest->fit()->maps();
   const auto& b = eight->fit()->maps();
-  CHECK(a.fractions == b.fractions);
-  CHECK(a.fraction_sigma == b.fraction_sigma);
-  CHECK(a.residual == b.residual);
-  CHECK(widest->fit()->spatial_neighbours() == eight->fit()->spatial_neighbours());
+  auto max_diff = [](const auto& x, const auto& y, double floor) {
+    REQUIRE(x.size() == y.size());
+    double d = 0;
+    for (std::size_t i = 0; i < x.size(); ++i)
+      d = std::max(d, std::abs(static_cast<double>(x[i]) - y[i]) / (floor + std::abs(static_cast<double>(y[i]))));
+    return d;
+  };
+  const double df = max_diff(a.fractions, b.fractions, 1.0), dsig = max_diff(a.fraction_sigma, b.fraction_sigma, 1e-3),
+               dres = max_diff(a.residual, b.residual, 1e-6),
+               dnb = max_diff(widest->fit()->spatial_neighbours(), eight->fit()->spatial_neighbours(), 1.0);
+  MESSAGE("16 against 8 centres per chunk: max |Δf| " << df << ", max rel. Δσ " << dsig << ", Δresidual " << dres
+                                                      << ", Δneighbours " << dnb);
+  CHECK(df < 1e-5);
+  CHECK(dsig < 1e-3);
+  CHECK(dres < 1e-4);
+  CHECK(dnb < 1e-4);
   std::size_t smoothed = 0;
   for (float n : widest->fit()->spatial_neighbours()) smoothed += n > 1.5f;
   CHECK(smoothed > truth.pixels() / 3);
