@@ -4,6 +4,7 @@
 #include <random>
 
 #include "science/incremental_lcf.hpp"
+#include "science/masks.hpp"
 #include "science/normalize.hpp"
 #include "science/references.hpp"
 #include "support.hpp"
@@ -437,4 +438,83 @@ TEST_CASE("fraction uncertainties match the scatter of fits over noise realizati
     INFO("reference " << k << ": scatter " << std::sqrt(var) << ", reported σ " << mean_sigma);
     CHECK(mean_sigma == doctest::Approx(std::sqrt(var)).epsilon(0.1));
   }
+}
+
+TEST_CASE("the quality mask: its percentile is nth_element's value and its tests the doubles', with any threads") {
+  // Values drawn to stress the two-pass selection: negatives, ±0, duplicates, a crowded bin,
+  // NaN-free; 200 000 pixels, so two and three threads split them.
+  const std::size_t P = 200000;
+  std::mt19937_64 rng(5);
+  std::uniform_real_distribution<float> u(-0.5f, 2.f);
+  LcfMaps maps;
+  maps.resize(P, 1);
+  for (std::size_t p = 0; p < P; ++p) {
+    const auto kind = rng() % 10;
+    maps.thickness[p] = kind == 0 ? 0.f : kind == 1 ? -0.f : kind < 4 ? 1.25f + 1e-6f * static_cast<float>(rng() % 7) : u(rng);
+    maps.residual[p] = std::abs(u(rng)) * 0.01f;
+    maps.rfactor[p] = std::abs(u(rng)) * 0.1f;
+    maps.fitted[p] = rng() % 5 != 0;
+  }
+  for (double q : {0.0, 0.3, 0.99, 1.0}) {
+    std::vector<float> kept;
+    for (std::size_t p = 0; p < P; ++p)
+      if (maps.fitted[p]) kept.push_back(maps.thickness[p]);
+    const auto k = static_cast<std::size_t>(static_cast<double>(kept.size() - 1) * q);
+    std::nth_element(kept.begin(), kept.begin() + static_cast<std::ptrdiff_t>(k), kept.end());
+    for (int threads : {1, 2, 3}) {
+      CAPTURE(q);
+      CAPTURE(threads);
+      const auto got = quantile(maps.thickness, maps.fitted.data(), q, threads);
+      REQUIRE(got.has_value());
+      CHECK(*got == kept[k]);
+    }
+  }
+  // Every value in one bin (a flat image), and nothing included.
+  const std::vector<float> flat(P, 0.75f);
+  CHECK(quantile(flat, nullptr, 0.99, 2) == 0.75f);
+  const std::vector<std::uint8_t> none(P, 0);
+  CHECK_FALSE(quantile(flat, none.data(), 0.99, 2).has_value());
+
+  // The relative threshold: 0.3 × the 99th percentile of the fitted pixels' thickness.
+  QualityMask one, two;
+  update_quality_mask(one, maps, {0.1, 0.3, 0, 0}, {}, 2);
+  {
+    std::vector<float> kept;
+    for (std::size_t p = 0; p < P; ++p)
+      if (maps.fitted[p]) kept.push_back(maps.thickness[p]);
+    const auto k = static_cast<std::size_t>(static_cast<double>(kept.size() - 1) * 0.99);
+    std::nth_element(kept.begin(), kept.begin() + static_cast<std::ptrdiff_t>(k), kept.end());
+    CHECK(one.thickness_threshold == std::max(0.1, 0.3 * static_cast<double>(kept[k])));
+  }
+  // Thresholds no float equals, one rounding down to a float (0.7) and one up (0.0031), with map
+  // values a float step either side of each.
+  const MaskSettings s{0.7, 0, 0.0031, 0.07};
+  for (std::size_t p = 0; p < P; p += 97) {
+    const float f = static_cast<float>(s.thickness_min);
+    maps.thickness[p] = p % 2 ? f : std::nextafter(f, 1.f);
+  }
+  for (std::size_t p = 1; p < P; p += 89) {
+    const float f = static_cast<float>(s.residual_max);
+    maps.residual[p] = p % 2 ? f : std::nextafter(f, 0.f);
+  }
+  update_quality_mask(one, maps, s, {}, 1);
+  update_quality_mask(two, maps, s, {}, 2);
+  CHECK(one.thickness_threshold == 0.7);
+  std::size_t n = 0, mismatched = 0;
+  for (std::size_t p = 0; p < P; ++p) {
+    const bool ok = maps.fitted[p] && static_cast<double>(maps.thickness[p]) >= s.thickness_min &&
+                    static_cast<double>(maps.residual[p]) <= s.residual_max && static_cast<double>(maps.rfactor[p]) <= s.rfactor_max;
+    n += ok;
+    mismatched += (one.valid[p] != ok) + (two.valid[p] != ok);
+  }
+  CHECK(mismatched == 0);
+  CHECK(one.n_valid == n);
+  CHECK(two.n_valid == n);
+  CHECK(n > P / 50);  // neither all kept nor all masked
+  CHECK(n < P / 2);
+  // The mask's buffer is reused: a second call on other maps replaces every value.
+  for (std::size_t p = 0; p < P; ++p) maps.fitted[p] = 0;
+  update_quality_mask(one, maps, s, {}, 2);
+  CHECK(one.n_valid == 0);
+  CHECK(std::count(one.valid.begin(), one.valid.end(), std::uint8_t{0}) == static_cast<std::ptrdiff_t>(P));
 }

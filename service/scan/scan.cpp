@@ -552,7 +552,7 @@ std::size_t Scan::solve_changed(int threads) {
     lcf_spatial_ = sp;
   }
   const auto n = lcf_->solve_changed(threads);
-  mask_ = science::quality_mask(lcf_->maps(), settings_.mask, part_);
+  science::update_quality_mask(mask_, lcf_->maps(), settings_.mask, part_, threads);
   return n;
 }
 

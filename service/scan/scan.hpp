@@ -156,6 +156,8 @@ class Scan : private science::SampleSource {
   const science::ReferenceSelection* reference_selection() const { return selection_ ? &*selection_ : nullptr; }
   const std::vector<science::Reference>& library() const { return library_; }
   const science::QualityMask& mask() const { return mask_; }
+  // Threads for the work of one frame or one set of maps that splits (ScanSettings::threads).
+  int threads() const { return settings_.threads; }
   // Per-pixel edge maps (E0, half-step, white line, step) of the pixels the mask keeps (all
   // pixels with data when there is no fit); computed on request (at stop: a full pass).
   void compute_edge_maps(int threads);

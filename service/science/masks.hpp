@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <vector>
 
@@ -25,13 +26,20 @@ struct QualityMask {
   std::size_t n_valid = 0;
 };
 
-// `part`: the maps are one part of the image; the percentile is the whole image's (its own
-// pixels gathered from every part), the mask covers every pixel of the maps.
-QualityMask quality_mask(const LcfMaps& maps, const MaskSettings& s, const ImagePart& part = {});
+// The mask of `maps` into `m` (its buffer reused: every live cycle makes one). `part`: the maps
+// are one part of the image; the percentile is the whole image's (its own pixels gathered from
+// every part), the mask covers every pixel of the maps.
+void update_quality_mask(QualityMask& m, const LcfMaps& maps, const MaskSettings& s, const ImagePart& part = {},
+                         int threads = 1);
+
+// The q-quantile of the values where `include` is set (null: all): the k-th smallest, k =
+// ⌊(n − 1)·q⌋, exactly (the value std::nth_element gives); none when no value is included.
+std::optional<float> quantile(std::span<const float> values, const std::uint8_t* include, double q, int threads = 1);
 
 // fractions (K·P) with masked pixels set to 0.
 std::vector<float> apply_mask(std::span<const float> per_pixel_k, const std::vector<std::uint8_t>& valid);
 // The same into `out` (per_pixel_k.size() floats): the publisher writes straight into a frame.
-void apply_mask(std::span<const float> per_pixel_k, const std::vector<std::uint8_t>& valid, std::span<float> out);
+void apply_mask(std::span<const float> per_pixel_k, const std::vector<std::uint8_t>& valid, std::span<float> out,
+                int threads = 1);
 
 }  // namespace xanesd::science
