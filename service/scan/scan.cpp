@@ -134,11 +134,14 @@ Scan::Scan(protocol::StartMsg start, const std::vector<science::Reference>& refs
   // Count scales are kept from the first frame when the fit may ever weight by them.
   if (keeps_count_scales()) scale_ = science::ZeroedVector<float>(store_.size());
   library_ = refs;
+  spare_fit_ = std::move(recycled.fit);
   build_fit();
 }
 
 Scan::Buffers Scan::take_buffers() && {
-  Buffers b{std::move(store_), std::move(spare_planes_)};
+  Buffers b{std::move(store_), std::move(spare_planes_), lcf_ ? std::move(*lcf_).take_buffers() : std::move(spare_fit_)};
+  lcf_.reset();
+  spare_fit_ = {};
   for (auto& [e, plane] : staged_) b.spare_planes.push_back(std::move(plane));
   store_.clear(), spare_planes_.clear(), staged_.clear();
   return b;
@@ -155,6 +158,8 @@ science::LcfModel Scan::fit_model(const std::vector<std::uint8_t>& selected) con
 }
 
 void Scan::build_fit() {
+  // The last fit's buffers (a reference selection's refit) or the last scan's go to the new fit.
+  if (lcf_) spare_fit_ = std::move(*lcf_).take_buffers();
   lcf_.reset();
   library_model_.reset();
   fit_error_.clear();
@@ -172,7 +177,7 @@ void Scan::build_fit() {
       library_model_ = science::make_lcf_model(all, science::resample(library_, start_.energies_eV, settings_.margin_eV),
                                                start_.energies_eV, settings_.background);
     }
-    lcf_ = std::make_unique<science::IncrementalLcf>(std::move(model), npix_, settings_.fit);
+    lcf_ = std::make_unique<science::IncrementalLcf>(std::move(model), npix_, settings_.fit, std::exchange(spare_fit_, {}));
     lcf_weighted_ = false;
     lcf_spatial_ = false;  // switched on by solve_changed when it applies
   } catch (const std::exception& e) {

@@ -100,10 +100,11 @@ class Scan : private science::SampleSource {
   struct Buffers {
     science::ZeroedVector<float> store;
     std::vector<science::ZeroedVector<float>> spare_planes;
+    science::IncrementalLcf::Buffers fit;  // the fit's statistics and maps
   };
   Scan(protocol::StartMsg start, const std::vector<science::Reference>& refs, const ScanSettings& settings,
        science::ImagePart part = {}, Buffers recycled = {});
-  // This scan's buffers for the next one; the scan is left without its spectra.
+  // This scan's buffers for the next one; the scan is left without its spectra and fit.
   Buffers take_buffers() &&;
 
   // The whole image's per-pixel state, assembled from the row blocks of such a job.
@@ -273,6 +274,7 @@ class Scan : private science::SampleSource {
   std::optional<science::LcfModel> library_model_;  // the whole library on the scan's energies (selection evidence)
   std::optional<science::ReferenceSelection> selection_;
   std::unique_ptr<science::IncrementalLcf> lcf_;
+  science::IncrementalLcf::Buffers spare_fit_;  // recycled fit buffers while there is no fit (build_fit)
   bool lcf_weighted_ = false;      // the fit reads count scales (Poisson) in its solves
   bool lcf_spatial_ = false;       // the fit runs the spatial step in its solves
   bool selection_tried_ = false;   // the reference selection has run on this fit's library

@@ -55,34 +55,45 @@ std::vector<int> EnergySets::members(std::uint32_t set) const {
   return m;
 }
 
-void LcfMaps::resize(std::size_t npix, int k) {  // new vectors: zero without a fill pass
-  fractions = ZeroedVector<float>(npix * static_cast<std::size_t>(k));
-  fraction_sigma = ZeroedVector<float>(npix * static_cast<std::size_t>(k));
-  thickness = ZeroedVector<float>(npix);
-  residual = ZeroedVector<float>(npix);
-  rfactor = ZeroedVector<float>(npix);
-  nenergies = ZeroedVector<std::uint16_t>(npix);
-  fitted = ZeroedVector<std::uint8_t>(npix);
+void LcfMaps::resize(std::size_t npix, int k, LcfMaps recycled) {
+  const std::size_t nk = npix * static_cast<std::size_t>(k);
+  fractions = reuse_zeroed(std::move(recycled.fractions), nk);
+  fraction_sigma = reuse_zeroed(std::move(recycled.fraction_sigma), nk);
+  thickness = reuse_zeroed(std::move(recycled.thickness), npix);
+  residual = reuse_zeroed(std::move(recycled.residual), npix);
+  rfactor = reuse_zeroed(std::move(recycled.rfactor), npix);
+  nenergies = reuse_zeroed(std::move(recycled.nenergies), npix);
+  fitted = reuse_zeroed(std::move(recycled.fitted), npix);
 }
 
-IncrementalLcf::IncrementalLcf(LcfModel model, std::size_t npix, SolveOptions options)
+IncrementalLcf::IncrementalLcf(LcfModel model, std::size_t npix, SolveOptions options, Buffers recycled)
     : model_(std::move(model)), npix_(npix), M_(model_.n_params()), options_(options),
-      sets_(static_cast<int>(model_.X.rows())) {
+      sets_(static_cast<int>(model_.X.rows())), recycled_(std::move(recycled)) {
   const auto E = model_.X.rows();
   xrows_.resize(static_cast<std::size_t>(E * M_));
   for (Eigen::Index j = 0; j < E; ++j)
     for (int m = 0; m < M_; ++m) xrows_[static_cast<std::size_t>(j * M_ + m)] = model_.X(j, m);
   options_.n_free = model_.n_background();
-  maps_.resize(npix, model_.n_refs());
+  maps_.resize(npix, model_.n_refs(), std::move(recycled_.maps));
+}
+
+IncrementalLcf::Buffers IncrementalLcf::take_buffers() && {
+  // Statistics never allocated (no sample folded yet): the ones this fit was handed.
+  auto pick = [](auto& mine, auto& handed) { return std::move(mine.empty() ? handed : mine); };
+  Buffers b{pick(set_of_, recycled_.set_of), pick(stats_, recycled_.stats), pick(changed_, recycled_.changed), std::move(maps_)};
+  recycled_ = {};
+  return b;
 }
 
 void IncrementalLcf::ensure_incremental_state() {
   if (!set_of_.empty() || npix_ == 0) return;
-  // Fresh zeroed (huge) pages, touched first by the threads that fold planes into them.
+  // Zeroed (huge) pages: the last fit's where sizes match, else fresh ones, touched first by
+  // the threads that fold planes into them.
   static_assert(EnergySets::kEmpty == 0);
-  set_of_ = ZeroedVector<std::uint32_t>(npix_);
-  stats_ = ZeroedVector<double>(npix_ * static_cast<std::size_t>(M_ + 1));
-  changed_ = ZeroedVector<std::uint8_t>(npix_);
+  set_of_ = reuse_zeroed(std::move(recycled_.set_of), npix_);
+  stats_ = reuse_zeroed(std::move(recycled_.stats), npix_ * static_cast<std::size_t>(M_ + 1));
+  changed_ = reuse_zeroed(std::move(recycled_.changed), npix_);
+  recycled_ = {};
 }
 
 void IncrementalLcf::add(std::size_t p, int e, double y) {

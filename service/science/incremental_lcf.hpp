@@ -58,7 +58,8 @@ struct LcfMaps {
   ZeroedVector<float> rfactor;                    // χ²/Σy²
   ZeroedVector<std::uint16_t> nenergies;
   ZeroedVector<std::uint8_t> fitted;  // 1 where the pixel had enough energies and a solution
-  void resize(std::size_t npix, int k);  // fresh, all-zero maps
+  // All-zero maps for npix pixels and k references, in `recycled`'s buffers where sizes match.
+  void resize(std::size_t npix, int k, LcfMaps recycled = {});
 };
 
 // Counting statistics (science.md §3): a pixel's raw samples and the count scale c_j of each,
@@ -75,7 +76,18 @@ class SampleSource {
 
 class IncrementalLcf {
  public:
-  IncrementalLcf(LcfModel model, std::size_t npix, SolveOptions options);
+  // Image-sized buffers one fit hands to the next (a new scan of the same size, the refit after
+  // a reference selection): their pages are mapped already. Each is used where its size
+  // matches (zeroed first), dropped otherwise.
+  struct Buffers {
+    ZeroedVector<std::uint32_t> set_of;
+    ZeroedVector<double> stats;
+    ZeroedVector<std::uint8_t> changed;
+    LcfMaps maps;
+  };
+  IncrementalLcf(LcfModel model, std::size_t npix, SolveOptions options, Buffers recycled = {});
+  // This fit's buffers for the next one; the fit is left without statistics or maps.
+  Buffers take_buffers() &&;
 
   // Folds sample y of pixel p at energy e into the statistics. If the pixel already had a
   // sample at e, pass it as `previous` and it is taken out first (re-measurement).
@@ -179,6 +191,7 @@ class IncrementalLcf {
   ZeroedVector<std::uint32_t> set_of_;  // pixel → its energy set
   ZeroedVector<double> stats_;          // pixel → [s (M), q]
   ZeroedVector<std::uint8_t> changed_;
+  Buffers recycled_;  // the statistics' buffers, until ensure_incremental_state takes them
   std::vector<std::size_t> changed_list_;
   std::vector<SetCache> caches_;
   LcfMaps maps_;
