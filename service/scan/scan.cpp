@@ -124,6 +124,7 @@ Scan::Scan(protocol::StartMsg start, const std::vector<science::Reference>& refs
   // of 420 MB of fresh pages was a sixth of a scan's ingest profile).
   const std::size_t samples = start_.energies_eV.size() * npix_;
   if (recycled.store.size() == samples) store_ = std::move(recycled.store);
+  else recycled.store = {};  // released before the new store is allocated: never both at once
   store_.assign(samples, NAN);
   for (auto& plane : recycled.spare_planes)
     if (plane.size() == npix_) spare_planes_.push_back(std::move(plane));

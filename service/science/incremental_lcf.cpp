@@ -75,6 +75,14 @@ IncrementalLcf::IncrementalLcf(LcfModel model, std::size_t npix, SolveOptions op
     for (int m = 0; m < M_; ++m) xrows_[static_cast<std::size_t>(j * M_ + m)] = model_.X(j, m);
   options_.n_free = model_.n_background();
   maps_.resize(npix, model_.n_refs(), std::move(recycled_.maps));
+  // Buffers of another size are released now, not held until the first sample: a scan of
+  // another size would count them against its memory.
+  auto keep_if = [](auto& v, std::size_t n) {
+    if (v.size() != n) v = {};
+  };
+  keep_if(recycled_.set_of, npix_);
+  keep_if(recycled_.stats, npix_ * static_cast<std::size_t>(M_ + 1));
+  keep_if(recycled_.changed, npix_);
 }
 
 IncrementalLcf::Buffers IncrementalLcf::take_buffers() && {
