@@ -31,7 +31,7 @@ std::optional<float> quantile(std::span<const float> values, const std::uint8_t*
   // bin's values are selected among. Exact: the same value nth_element gives.
   constexpr std::size_t kBins = 65536;
   const std::size_t n = values.size();
-  const int T = std::max(1, std::min<int>(threads, static_cast<int>(n / kGrain) + 1));
+  const int T = range_count(n, threads, kGrain);
   std::vector<std::unique_ptr<std::array<std::uint32_t, kBins>>> hist(static_cast<std::size_t>(T));
   parallel_ranges(n, T, kGrain, [&](int t, std::size_t p0, std::size_t p1) {
     auto h = std::make_unique<std::array<std::uint32_t, kBins>>();
@@ -42,14 +42,13 @@ std::optional<float> quantile(std::span<const float> values, const std::uint8_t*
   });
   std::size_t count = 0;
   for (const auto& h : hist)
-    if (h) for (auto c : *h) count += c;
+    for (auto c : *h) count += c;
   if (count == 0) return std::nullopt;
   const auto k = static_cast<std::size_t>(static_cast<double>(count - 1) * q);
   std::size_t below = 0, bin = 0;
   for (;; ++bin) {
     std::size_t in_bin = 0;
-    for (const auto& h : hist)
-      if (h) in_bin += (*h)[bin];
+    for (const auto& h : hist) in_bin += (*h)[bin];
     if (below + in_bin > k) break;
     below += in_bin;
   }
@@ -99,7 +98,7 @@ void update_quality_mask(QualityMask& m, const LcfMaps& maps, const MaskSettings
   const bool by_thickness = m.thickness_threshold > 0, by_residual = s.residual_max > 0, by_rfactor = s.rfactor_max > 0;
   const float thick_min = at_least(m.thickness_threshold), residual_max = at_most(s.residual_max),
               rfactor_max = at_most(s.rfactor_max);
-  const int T = std::max(1, std::min<int>(threads, static_cast<int>(P / kGrain) + 1));
+  const int T = range_count(P, threads, kGrain);
   std::vector<std::size_t> n_valid(static_cast<std::size_t>(T), 0);
   parallel_ranges(P, T, kGrain, [&](int t, std::size_t p0, std::size_t p1) {
     const std::uint8_t* __restrict fitted = maps.fitted.data();

@@ -9,10 +9,16 @@
 
 namespace xanesd::science {
 
-// Calls fn(t, begin, end) for each range t; returns when all are done.
+// How many ranges parallel_ranges cuts [0, n) into: per-range results can be sized by it.
+inline int range_count(std::size_t n, int threads, std::size_t grain) {
+  return std::max(1, std::min<int>(threads, static_cast<int>(n / std::max<std::size_t>(grain, 1)) + 1));
+}
+
+// Calls fn(t, begin, end) for each range t < range_count(n, threads, grain); returns when all
+// are done.
 template <class Fn>
 void parallel_ranges(std::size_t n, int threads, std::size_t grain, Fn&& fn) {
-  const int t = std::max(1, std::min<int>(threads, static_cast<int>(n / std::max<std::size_t>(grain, 1)) + 1));
+  const int t = range_count(n, threads, grain);
   if (t == 1) return fn(0, std::size_t{0}, n);
   std::vector<std::jthread> pool;
   for (int i = 0; i < t; ++i) pool.emplace_back(fn, i, n * static_cast<std::size_t>(i) / t, n * static_cast<std::size_t>(i + 1) / t);
