@@ -40,12 +40,13 @@ void ProcessSetup::tune_allocator() {
   // (bench_ingest, 10-pixel batches, lock contention between the two threads).
 }
 
-Daemon::Daemon(const Config& cfg)
+Daemon::Daemon(const Config& cfg, const parallel::Comm* comm)
     : setup_(cfg),
       auth_(ctx_, cfg),
       queue_(static_cast<std::size_t>(cfg.ingest.queue_frames)),
       publisher_(ctx_, cfg.publish, counters_, &auth_),
-      pipeline_(cfg, load_references(cfg.references), queue_, publisher_, counters_),
+      pipeline_(cfg, load_references(cfg.references), queue_, publisher_, counters_,
+                comm && comm->size() > 1 ? std::make_unique<parallel::FitShards>(*comm, cfg) : nullptr),
       receiver_(ctx_, cfg.ingest, queue_, counters_,
                 [this](const Issue& i, const std::string& scan) { pipeline_.report(i, scan); }, &auth_),
       control_(ctx_, cfg.control, pipeline_, publisher_, counters_, shutdown_, &auth_) {

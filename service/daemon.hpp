@@ -9,6 +9,7 @@
 
 #include "config/config.hpp"
 #include "control/control_server.hpp"
+#include "parallel/comm.hpp"
 #include "ingest/receiver.hpp"
 #include "pipeline/pipeline.hpp"
 #include "publish/publisher.hpp"
@@ -33,7 +34,8 @@ struct ProcessSetup {
 
 class Daemon {
  public:
-  explicit Daemon(const Config& cfg);
+  // `comm`: the MPI job this daemon is rank 0 of (README "Live sharding"); null or one rank: one process.
+  explicit Daemon(const Config& cfg, const parallel::Comm* comm = nullptr);
   ~Daemon();
   void start();
   bool shutdown_requested() const { return shutdown_; }

@@ -10,6 +10,7 @@
 #include "config/config.hpp"
 #include "daemon.hpp"
 #include "parallel/comm.hpp"
+#include "parallel/shards.hpp"
 #include "security/curve.hpp"
 
 int main(int argc, char** argv) {
@@ -67,10 +68,28 @@ int main(int argc, char** argv) {
   sigaddset(&signals, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
+  // The MPI build's daemon is one rank of a job (mpirun -np N xanesd …; one process without
+  // mpirun): rank 0 is the daemon, the others fit its scans' row blocks (README "Live sharding").
+  std::unique_ptr<xanesd::parallel::Comm> comm;
+  try {
+    if (xanesd::parallel::mpi_build()) comm = xanesd::parallel::start();
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "xanesd: %s\n", e.what());
+    return 1;
+  }
+  // A rank that fails ends the job: the others would wait for it.
+  auto end_job = [&](int code) {
+    if (comm) comm->abort(code);
+    return code;
+  };
   try {
     const auto cfg = xanesd::load_config(config_file, overrides);
     spdlog::set_level(spdlog::level::from_str(cfg.log_level));
-    xanesd::Daemon daemon(cfg);
+    if (comm && comm->rank() > 0) {
+      xanesd::parallel::run_shard_worker(*comm);
+      return 0;
+    }
+    xanesd::Daemon daemon(cfg, comm.get());
     daemon.start();
     const timespec tick{0, 100'000'000};
     while (!daemon.shutdown_requested()) {
@@ -86,12 +105,12 @@ int main(int argc, char** argv) {
     return 0;
   } catch (const xanesd::ConfigError& e) {
     std::fprintf(stderr, "xanesd: configuration error: %s\n", e.what());
-    return 2;
+    return end_job(2);
   } catch (const zmq::error_t& e) {
     std::fprintf(stderr, "xanesd: cannot open sockets: %s\n", e.what());
-    return 3;
+    return end_job(3);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "xanesd: fatal: %s\n", e.what());
-    return 1;
+    return end_job(1);
   }
 }

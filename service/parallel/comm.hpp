@@ -1,5 +1,5 @@
-// The thin layer between `xanesd fit` and MPI (README "MPI"): what the batch fit needs of a
-// communicator, nothing more. One process is the identity (SerialComm); the MPI build adds
+// The thin layer between xanesd and MPI (README "MPI"): what the batch fit and the live shards
+// need of a communicator, nothing more. One process is the identity (SerialComm); the MPI build adds
 // MpiComm (comm_mpi.cpp, MPI_COMM_WORLD), so no MPI header or #ifdef reaches the science.
 #pragma once
 
@@ -31,6 +31,10 @@ class Comm {
   // ranges do not overlap): straight into the final array, no staging copy. `out` is used on
   // rank 0 only.
   virtual void gather_into(std::span<const std::byte> local, std::size_t offset, std::span<std::byte> out) const = 0;
+  // Rank 0's `all` cut at `bounds` (size() + 1 byte offsets; both used on rank 0 only), part r
+  // to rank r: returns this rank's part. A rank waiting here for rank 0 sleeps between polls
+  // instead of spinning on a core (a live shard waits here for the next frame).
+  virtual std::vector<std::byte> scatter(std::span<const std::byte> all, std::span<const std::size_t> bounds) const = 0;
   // HDF5 property lists for reading one file from every rank: MPI-IO file access and
   // collective transfers under MPI, H5P_DEFAULT in one process.
   virtual hid_t h5_file_access() const { return H5P_DEFAULT; }
@@ -50,11 +54,15 @@ class SerialComm final : public Comm {
   void gather_into(std::span<const std::byte> local, std::size_t offset, std::span<std::byte> out) const override {
     std::copy(local.begin(), local.end(), out.begin() + static_cast<std::ptrdiff_t>(offset));
   }
+  std::vector<std::byte> scatter(std::span<const std::byte> all, std::span<const std::size_t> bounds) const override {
+    return {all.begin() + static_cast<std::ptrdiff_t>(bounds[0]), all.begin() + static_cast<std::ptrdiff_t>(bounds[1])};
+  }
   void abort(int) const override {}
 };
 
 // The job's communicator: MPI_COMM_WORLD in the MPI build (MPI initialized here, finalized when
-// it is destroyed), SerialComm otherwise. Only `xanesd fit` starts one; the daemon never does.
+// it is destroyed), SerialComm otherwise. `xanesd fit` and the daemon of an MPI build start one;
+// any thread may call it, one at a time (MPI_THREAD_SERIALIZED: the daemon's pipeline thread).
 std::unique_ptr<Comm> start();
 
 // Whether this build has MPI (xanesd --version says so).

@@ -1,9 +1,11 @@
 // The MPI build (-DXANESD_MPI=ON): MPI_COMM_WORLD and parallel HDF5's MPI-IO driver.
 #include <mpi.h>
 
+#include <chrono>
 #include <cstdio>
 #include <stdexcept>
 #include <string>
+#include <thread>
 
 #include "parallel/comm.hpp"
 
@@ -15,14 +17,30 @@ void check(int rc, const char* what) {
   if (rc != MPI_SUCCESS) throw std::runtime_error(std::string("MPI: ") + what + " failed");
 }
 
+// Completes `request`, polling: a blocking MPI call spins on its core while it waits, and a rank
+// waiting for another (a live shard between frames, a block done before the slowest) would take
+// that core from the ranks still computing on a shared machine.
+void wait_idle(MPI_Request& request, const char* what) {
+  int done = 0;
+  for (int spins = 0; spins < 64 && !done; ++spins) check(MPI_Test(&request, &done, MPI_STATUS_IGNORE), what);
+  while (!done) {
+    std::this_thread::sleep_for(std::chrono::microseconds(100));
+    check(MPI_Test(&request, &done, MPI_STATUS_IGNORE), what);
+  }
+}
+
 class MpiComm final : public Comm {
  public:
   MpiComm() {
     int initialized = 0;
     MPI_Initialized(&initialized);
-    // Only the main thread calls MPI (the science's own threads never do).
+    // One thread at a time calls MPI: the main thread of `xanesd fit`, the pipeline thread of a
+    // live shard (the science's own threads never do).
     int provided = 0;
-    if (!initialized) check(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided), "MPI_Init_thread");
+    if (!initialized) check(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_SERIALIZED, &provided), "MPI_Init_thread");
+    else MPI_Query_thread(&provided);
+    if (provided < MPI_THREAD_SERIALIZED)
+      throw std::runtime_error("MPI: this MPI library does not allow calls from more than one thread (MPI_THREAD_SERIALIZED)");
     MPI_Comm_rank(MPI_COMM_WORLD, &rank_);
     MPI_Comm_size(MPI_COMM_WORLD, &size_);
     access_ = H5Pcreate(H5P_FILE_ACCESS);
@@ -39,7 +57,11 @@ class MpiComm final : public Comm {
   }
   int rank() const override { return rank_; }
   int size() const override { return size_; }
-  void barrier() const override { check(MPI_Barrier(MPI_COMM_WORLD), "MPI_Barrier"); }
+  void barrier() const override {
+    MPI_Request request;
+    check(MPI_Ibarrier(MPI_COMM_WORLD, &request), "MPI_Ibarrier");
+    wait_idle(request, "MPI_Ibarrier");
+  }
   void sum(std::span<double> v) const override {
     check(MPI_Allreduce(MPI_IN_PLACE, v.data(), static_cast<int>(v.size()), MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD),
           "MPI_Allreduce");
@@ -82,6 +104,30 @@ class MpiComm final : public Comm {
     check(MPI_Gatherv(local.data(), static_cast<int>(local.size()), MPI_BYTE, out.data(), counts.data(), displs.data(), MPI_BYTE,
                       0, MPI_COMM_WORLD),
           "MPI_Gatherv");
+  }
+  std::vector<std::byte> scatter(std::span<const std::byte> all, std::span<const std::size_t> bounds) const override {
+    std::vector<unsigned long long> sizes;
+    std::vector<int> counts, displs;
+    if (rank_ == 0) {
+      if (bounds[static_cast<std::size_t>(size_)] > static_cast<std::size_t>(INT32_MAX))
+        throw std::runtime_error("MPI: a scattered message exceeds 2 GiB");
+      for (int r = 0; r < size_; ++r) {
+        const auto b0 = bounds[static_cast<std::size_t>(r)], b1 = bounds[static_cast<std::size_t>(r) + 1];
+        sizes.push_back(b1 - b0);
+        counts.push_back(static_cast<int>(b1 - b0));
+        displs.push_back(static_cast<int>(b0));
+      }
+    }
+    unsigned long long mine = 0;
+    MPI_Request request;
+    check(MPI_Iscatter(sizes.data(), 1, MPI_UNSIGNED_LONG_LONG, &mine, 1, MPI_UNSIGNED_LONG_LONG, 0, MPI_COMM_WORLD, &request),
+          "MPI_Iscatter");
+    wait_idle(request, "MPI_Iscatter");
+    std::vector<std::byte> part(static_cast<std::size_t>(mine));
+    check(MPI_Scatterv(all.data(), counts.data(), displs.data(), MPI_BYTE, part.data(), static_cast<int>(mine), MPI_BYTE, 0,
+                       MPI_COMM_WORLD),
+          "MPI_Scatterv");
+    return part;
   }
   hid_t h5_file_access() const override { return access_; }
   hid_t h5_transfer() const override { return transfer_; }

@@ -11,8 +11,8 @@
 namespace xanesd {
 
 Pipeline::Pipeline(Config cfg, std::vector<science::Reference> refs, IngestQueue& queue, Publisher& publisher,
-                   Counters& counters)
-    : cfg_(std::move(cfg)), refs_(std::move(refs)), library_(refs_), queue_(queue), publisher_(publisher), counters_(counters),
+                   Counters& counters, std::unique_ptr<parallel::FitShards> shards)
+    : cfg_(std::move(cfg)), shards_(std::move(shards)), refs_(std::move(refs)), library_(refs_), queue_(queue), publisher_(publisher), counters_(counters),
       journal_(cfg_.journal) {
   // Said at start-up, not discovered at the first stop with a scan to lose.
   output_error_ = output_directory_error(cfg_.output.directory);
@@ -203,6 +203,7 @@ void Pipeline::update_status() {
                       {"recovery", recovery_},
                       {"ingest_queue", queue_.stats()},
                       {"publish_queue", publisher_.stats()}};
+  if (shards_) s["shards"] = shards_->status();
   std::lock_guard lock(status_mutex_);
   status_ = std::move(s);
 }
@@ -244,7 +245,7 @@ void Pipeline::run(std::stop_token stop) {
       // Never sooner than the interval after the last cycle ended, nor sooner than that cycle
       // took: cycles use at most about half the cores' time, whatever the image size.
       const auto due = last_publish_ + std::max<steady_clock::duration>(milliseconds(cfg_.publish.interval_ms), last_cycle_);
-      if (steady_clock::now() >= due) start_cycle();
+      if (steady_clock::now() >= due) shards_ ? run_cycle_here() : start_cycle();
     }
   }
   wait_analysis();
@@ -345,8 +346,10 @@ void Pipeline::on_start(protocol::StartMsg&& s) {
   // The last scan's buffers go to this one (a beamline runs scan after scan of one size).
   auto recycled = scan_ ? std::move(*scan_).take_buffers() : Scan::Buffers{};
   scan_.reset();
-  scan_ = std::make_unique<Scan>(std::move(s), refs_error.empty() ? refs_ : std::vector<science::Reference>{},
-                                 scan_settings(cfg_), science::ImagePart{}, std::move(recycled));
+  const auto scan_refs = refs_error.empty() ? refs_ : std::vector<science::Reference>{};
+  if (shards_) shards_->start(s, scan_refs);
+  scan_ = std::make_unique<Scan>(std::move(s), scan_refs, scan_settings(cfg_), science::ImagePart{}, std::move(recycled));
+  if (shards_) scan_->delegate_fit(shards_.get());
   if (!refs_error.empty()) scan_->set_fit_error(refs_error + ": spectra are recorded but not fitted");
   scan_output_.clear();
   if (!replaying_) journal_.begin(scan_->start()), check_journal();  // replaces the last scan's journal
@@ -514,8 +517,11 @@ void Pipeline::wait_analysis() {
     return;
   }
   const auto at = job.at;
-  if (!guarded("reference_selection_failed", [&] { scan_->commit_analysis(std::move(job), solve_threads(cfg_)); })) return;
+  bool refitted = false;
+  if (!guarded("reference_selection_failed", [&] { refitted = scan_->commit_analysis(std::move(job), solve_threads(cfg_)); }))
+    return;
   counters_.add("analysis.runs");
+  if (refitted) counters_.add("analysis.refits");  // the selection changed the references fitted
   // Its products go out with the next cycle's maps (a refit's too), which runs now: each
   // topic's versions increase, and a cycle's products share its version (PROTOCOL.md).
   analysis_unpublished_ = at;
@@ -593,6 +599,15 @@ void Pipeline::start_cycle() {
     cycle_done_ = true;
   });
   pthread_setname_np(cycle_.native_handle(), "xanesd-cycle");
+}
+
+void Pipeline::run_cycle_here() {
+  const auto c = begin_cycle(false);
+  bool published = true;
+  guarded("publish_failed", [&] {
+    published = cycle_work(false, c.version, scan_->progress(), std::exchange(analysis_unpublished_, std::nullopt));
+  });
+  end_cycle(c, published);
 }
 
 void Pipeline::wait_cycle() {
@@ -694,6 +709,7 @@ void Pipeline::journal_fit_state() {
 
 void Pipeline::apply_fit_state(const nlohmann::json& state) {
   cfg_ = reconfigure(cfg_, state.at("set"));
+  if (shards_) shards_->set_config(cfg_);
   std::vector<science::Reference> refs;
   for (const auto& j : state.at("references")) {
     science::Reference r;
@@ -733,6 +749,7 @@ nlohmann::json Pipeline::handle(const protocol::ControlRequest& request) {
   }
   if (cmd == "configure") {
     cfg_ = reconfigure(cfg_, std::get<protocol::ConfigureArgs>(request.args).set);
+    if (shards_) shards_->set_config(cfg_);
     // A finished scan at another edge than the loaded references (loaded for the next scan)
     // keeps its fit: it is refitted only with references that cover it.
     bool refit = scan_ != nullptr;

@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "config/config.hpp"
+#include "parallel/shards.hpp"
 #include "ingest/receiver.hpp"
 #include "common/counters.hpp"
 #include "publish/publisher.hpp"
@@ -24,8 +25,10 @@ namespace xanesd {
 
 class Pipeline {
  public:
+  // `shards`: rank 0 of a live MPI job (README "Live sharding"): every scan's fit is folded and
+  // solved by the ranks' row blocks; null in one process.
   Pipeline(Config cfg, std::vector<science::Reference> refs, IngestQueue& queue, Publisher& publisher,
-           Counters& counters);
+           Counters& counters, std::unique_ptr<parallel::FitShards> shards = nullptr);
   ~Pipeline();
   void start();
 
@@ -75,6 +78,9 @@ class Pipeline {
   void publish_cycle(bool final);
   // A live cycle on its own thread (cycle_): ingest goes on staging frames meanwhile.
   void start_cycle();
+  // A live cycle on this thread (live sharding: its solve is an MPI operation, which only this
+  // thread makes): ingest waits for it, the analysis goes on beside it.
+  void run_cycle_here();
   // Joins the live cycle if one runs, commits the frames staged during it and publishes the
   // status; everything but a staged frame calls this before it touches the scan.
   void wait_cycle();
@@ -123,6 +129,7 @@ class Pipeline {
   void apply_fit_state(const nlohmann::json& state);
 
   Config cfg_;
+  std::unique_ptr<parallel::FitShards> shards_;  // declared before the threads: outlives them
   std::vector<science::Reference> refs_;
   std::vector<science::Reference> library_;  // the start-up set (references.files), for names in start
   std::filesystem::path scan_output_;        // the result file scan_ writes at stop (chosen at its first write)

@@ -209,6 +209,7 @@ std::optional<Issue> Scan::extend(const protocol::StartMsg& more, const std::vec
   seqs_seen_.clear();
   max_seq_ = -1;
   segment_first_frame_ = frames_applied_;
+  if (delegate_) delegate_->extend(more, refs);
   refit(refs, settings_);
   return std::nullopt;
 }
@@ -225,6 +226,7 @@ void Scan::refit(const std::vector<science::Reference>& refs, const ScanSettings
 void Scan::refill_fit() {
   pending_planes_.clear();  // every stored sample goes in below
   if (!lcf_) return;
+  if (delegate_) return delegate_->refit(library_, selected_);
   std::vector<int> all(start_.energies_eV.size());
   std::iota(all.begin(), all.end(), 0);
   lcf_->add_planes(store_.data(), npix_, all, settings_.threads);
@@ -233,7 +235,7 @@ void Scan::refill_fit() {
 
 void Scan::fold_pending(int threads) {
   if (pending_planes_.empty()) return;
-  if (lcf_) lcf_->add_planes(store_.data(), npix_, pending_planes_, threads);
+  if (lcf_ && !delegate_) lcf_->add_planes(store_.data(), npix_, pending_planes_, threads);
   pending_planes_.clear();
 }
 
@@ -251,7 +253,7 @@ std::size_t Scan::commit_staged() {
   const std::size_t n = staged_.size();
   for (auto& [e, plane] : staged_) {
     std::copy(plane.begin(), plane.end(), store_.begin() + static_cast<std::ptrdiff_t>(static_cast<std::size_t>(e) * npix_));
-    if (lcf_) pending_planes_.push_back(e);
+    if (lcf_ && !delegate_) pending_planes_.push_back(e);
     spare_planes_.push_back(std::move(plane));
   }
   staged_.clear();
@@ -378,7 +380,7 @@ FrameOutcome Scan::apply(protocol::FrameMsg& f) {
   const bool defer =
       staged || (lcf_ && f.region.kind == Region::Kind::full && !f.pixels && !energy_seen_[static_cast<std::size_t>(e)]);
   if (!defer) fold_pending(1);
-  auto* fit = defer ? nullptr : lcf_.get();
+  auto* fit = defer || delegate_ ? nullptr : lcf_.get();
 
   // Samples [begin, end): their counts go to `o` and `bad_i0`.
   auto normalize = [&](std::size_t begin, std::size_t end, FrameOutcome& o, std::size_t& bad_i0) {
@@ -474,7 +476,7 @@ FrameOutcome Scan::apply(protocol::FrameMsg& f) {
     for (std::size_t ch = 0; ch < start_.xrf_channels.size(); ++ch)
       for (std::size_t i = 0; i < n; ++i) xrf_[ch * npix_ + pixel_of(i)] = x[ch * n + i];
   }
-  if (defer && !staged) pending_planes_.push_back(e);
+  if (defer && !staged && !delegate_) pending_planes_.push_back(e);
   energy_seen_[static_cast<std::size_t>(e)] = 1;
   ++frames_applied_;
   out.accepted = true;
@@ -490,6 +492,7 @@ FrameOutcome Scan::apply(protocol::FrameMsg& f) {
   flag(invalid_i0, "invalid_i0", "with i0 ≤ 0 or non-finite: not stored");
   flag(out.samples_clamped, "clamped_samples", "with transmission ≤ ingest.min_transmission: clamped");
   flag(out.samples_replaced, "remeasured_samples", "measured again: the new value replaces the old");
+  if (delegate_) delegate_->frame(f);
   return out;
 }
 
@@ -498,6 +501,7 @@ std::vector<Issue> Scan::stop(const protocol::StopMsg& s) {
   state_ = s.reason == "aborted" ? ScanState::aborted : ScanState::stopped;
   ended_ = std::chrono::system_clock::now();
   stop_reason_ = s.reason;
+  if (delegate_) delegate_->stop(s);
   const auto missing = (max_seq_ + 1) - static_cast<std::int64_t>(seqs_seen_.size());
   if (missing > 0)
     issues.push_back({"missing_seq", std::to_string(missing) + " sequence number(s) never arrived in scan '" + id() + "'"});
@@ -512,6 +516,7 @@ void Scan::abort(const std::string& why) {
   state_ = ScanState::aborted;
   ended_ = std::chrono::system_clock::now();
   stop_reason_ = why;
+  if (delegate_) delegate_->stop({start_.scan_id, "aborted", std::nullopt});
 }
 
 bool keeps_count_scales(const ScanSettings& s, std::size_t pixels) {
@@ -521,14 +526,15 @@ bool keeps_count_scales(const ScanSettings& s, std::size_t pixels) {
          (s.weighting == W::final_maps && !s.spatial.enabled && static_cast<double>(pixels) <= s.poisson_max_pixels);
 }
 
-bool Scan::keeps_count_scales() const {
-  const std::size_t image = part_.image_rows > 0 ? static_cast<std::size_t>(part_.image_rows) * static_cast<std::size_t>(start_.cols) : npix_;
-  return xanesd::keeps_count_scales(settings_, image);
+std::size_t Scan::image_pixels() const {
+  return part_.image_rows > 0 ? static_cast<std::size_t>(part_.image_rows) * static_cast<std::size_t>(start_.cols) : npix_;
 }
+
+bool Scan::keeps_count_scales() const { return xanesd::keeps_count_scales(settings_, image_pixels()); }
 
 bool Scan::spatial_solve() const {
   if (!settings_.spatial.enabled) return false;
-  return static_cast<double>(npix_) <= settings_.spatial_live_max_pixels || state_ != ScanState::running;
+  return static_cast<double>(image_pixels()) <= settings_.spatial_live_max_pixels || state_ != ScanState::running;
 }
 
 bool Scan::weighted_solve() const {
@@ -544,22 +550,50 @@ bool Scan::weighted_solve() const {
 
 std::size_t Scan::solve_changed(int threads) {
   if (!lcf_) return 0;
-  fold_pending(threads);
-  if (const bool w = weighted_solve(); w != lcf_weighted_) {
-    lcf_->set_sample_source(w ? this : nullptr);
-    lcf_->mark_all_changed();
-    lcf_weighted_ = w;
+  const bool weighted = weighted_solve(), spatial = spatial_solve();
+  std::size_t n = 0;
+  if (delegate_) {
+    auto solved = delegate_->solve(threads, weighted, spatial);
+    lcf_weighted_ = weighted, lcf_spatial_ = spatial;
+    lcf_->adopt_maps(std::move(solved.maps), std::move(solved.spatial_neighbours));
+    n = solved.solved;
+  } else {
+    n = solve_as(threads, weighted, spatial);
   }
-  if (const bool sp = spatial_solve(); sp != lcf_spatial_) {
-    auto spatial = settings_.spatial;
-    spatial.enabled = sp;
-    lcf_->set_spatial(spatial, start_.rows, start_.cols, slice_layout());
-    lcf_->mark_all_changed();
-    lcf_spatial_ = sp;
-  }
-  const auto n = lcf_->solve_changed(threads);
   science::update_quality_mask(mask_, lcf_->maps(), settings_.mask, part_, threads);
   return n;
+}
+
+std::size_t Scan::solve_as(int threads, bool weighted, bool spatial) {
+  if (!lcf_) return 0;
+  fold_pending(threads);
+  if (weighted != lcf_weighted_) {
+    lcf_->set_sample_source(weighted ? this : nullptr);
+    lcf_->mark_all_changed();
+    lcf_weighted_ = weighted;
+  }
+  if (spatial != lcf_spatial_) {
+    auto settings = settings_.spatial;
+    settings.enabled = spatial;
+    lcf_->set_spatial(settings, start_.rows, start_.cols, slice_layout());
+    lcf_->mark_all_changed();
+    lcf_spatial_ = spatial;
+  }
+  return lcf_->solve_changed(threads);
+}
+
+void Scan::delegate_fit(FitDelegate* delegate) {
+  delegate_ = delegate;
+  pending_planes_.clear();
+}
+
+void Scan::follow_fit(const std::vector<science::Reference>& library, const std::vector<std::uint8_t>& selected,
+                      const ScanSettings& settings) {
+  settings_ = settings;
+  library_ = library;
+  selected_ = selected;
+  build_fit();
+  refill_fit();
 }
 
 bool Scan::update_reference_selection(int threads) {

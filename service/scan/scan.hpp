@@ -81,6 +81,28 @@ bool keeps_count_scales(const ScanSettings& s, std::size_t pixels);
 
 enum class ScanState { running, stopped, aborted };
 
+// The fit of a scan whose row blocks other processes fold and solve (live sharding:
+// parallel/shards.hpp). The scan keeps its store, validation and the image-level steps, and hands
+// what changes its fit to the delegate instead of folding it into statistics of its own.
+class FitDelegate {
+ public:
+  virtual ~FitDelegate() = default;
+  virtual void frame(const protocol::FrameMsg& f) = 0;  // a frame the scan accepted
+  virtual void stop(const protocol::StopMsg& s) = 0;
+  virtual void extend(const protocol::StartMsg& more, const std::vector<science::Reference>& refs) = 0;
+  // The fit rebuilt over the references of `library` that `selected` marks (empty: all) with the
+  // scan settings now in force, every stored sample folded in again.
+  virtual void refit(const std::vector<science::Reference>& library, const std::vector<std::uint8_t>& selected) = 0;
+  // Every block's changed pixels solved (Poisson-weighted and with the spatial step as the scan
+  // decided) and the whole image's maps assembled.
+  struct Solved {
+    science::LcfMaps maps;
+    std::vector<float> spatial_neighbours;  // empty without the spatial step
+    std::size_t solved = 0;
+  };
+  virtual Solved solve(int threads, bool weighted, bool spatial) = 0;
+};
+
 // How far ingest had got when a publication cycle took its snapshot (stamped on its maps).
 struct ScanProgress {
   std::int64_t frames_applied = 0, last_seq = -1;
@@ -123,6 +145,16 @@ class Scan : private science::SampleSource {
   void adopt(ImageResults&& image, const Scan& block);
 
   FrameOutcome apply(protocol::FrameMsg& frame);
+
+  // Live sharding (parallel/shards.hpp). On rank 0, the whole image's scan hands its fit to
+  // `delegate` (set before the first frame; it outlives the scan): no statistics here, the maps
+  // are the blocks' gathered each solve. On every rank, a block's scan follows the whole one:
+  // the fit rebuilt with the whole scan's choice of references and settings (follow_fit), solved
+  // as it decided (solve_as; no mask: the whole scan computes it from the gathered maps).
+  void delegate_fit(FitDelegate* delegate);
+  void follow_fit(const std::vector<science::Reference>& library, const std::vector<std::uint8_t>& selected,
+                  const ScanSettings& settings);
+  std::size_t solve_as(int threads, bool weighted, bool spatial);
 
   // A publication cycle on another thread (Pipeline) reads the store, the fit and what derives
   // from them. Between begin_staging() and commit_staged() apply() takes only the frames
@@ -239,6 +271,7 @@ class Scan : private science::SampleSource {
   // Whether this scan may weight at all (count scales are then kept from the first frame), and
   // whether the next solve does.
   bool keeps_count_scales() const;
+  std::size_t image_pixels() const;  // the whole image's (a row block's scan: not its own)
   bool weighted_solve() const;
   bool spatial_solve() const;
   // The selection's verdict on the stored planes (those `ready` marks; null: all) and `mask`,
@@ -274,6 +307,7 @@ class Scan : private science::SampleSource {
   std::optional<science::LcfModel> library_model_;  // the whole library on the scan's energies (selection evidence)
   std::optional<science::ReferenceSelection> selection_;
   std::unique_ptr<science::IncrementalLcf> lcf_;
+  FitDelegate* delegate_ = nullptr;  // live sharding: the blocks fit, lcf_ holds the model and gathered maps
   science::IncrementalLcf::Buffers spare_fit_;  // recycled fit buffers while there is no fit (build_fit)
   bool lcf_weighted_ = false;      // the fit reads count scales (Poisson) in its solves
   bool lcf_spatial_ = false;       // the fit runs the spatial step in its solves
