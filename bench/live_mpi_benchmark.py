@@ -1,6 +1,8 @@
 #!/usr/bin/python3
 """Live sharding (bench/run_live_mpi_benchmark.sh): one daemon against `mpirun -np N xanesd` fed
-the same scan file by xanes-replay as fast as the daemon takes it, in one run. Each daemon gets
+the same scan file by xanes-replay as fast as the daemon takes it, in one run: one daemon on one
+thread (fit.threads=1) and on every core, and N ranks of one thread each (N ranks use N cores,
+as the batch MPI benchmark runs them). Each daemon gets
 the scan twice and the second is timed (the first pays the pages every later scan of that size
 reuses): from the replay's first frame to the result file written at stop. Prints frames/s,
 the publication cycles and where the pipeline's time went (rank 0's counters), and the ratio to
@@ -28,13 +30,14 @@ def cpu_seconds():
     return r.ru_utime + r.ru_stime
 
 
-def one_daemon(a, ranks, out):
+def one_daemon(a, ranks, threads, out):
     """Runs the daemon (ranks 0: one process, no mpirun), two scans; returns the second's figures."""
     ingest, pub, control = (f"tcp://127.0.0.1:{free_port()}" for _ in range(3))
     os.makedirs(out, exist_ok=True)
     cmd = [a.xanesd, "--config", a.config, "--set", f"ingest.endpoint={ingest}", "--set", f"publish.endpoint={pub}",
            "--set", f"control.endpoint={control}", "--set", f"output.directory={out}",
-           "--set", f"journal.directory={os.path.join(out, 'journal')}", "--set", "output.save_spectra=false"]
+           "--set", f"journal.directory={os.path.join(out, 'journal')}", "--set", "output.save_spectra=false",
+           "--set", f"fit.threads={threads}"]
     if ranks:
         cmd = [a.mpiexec, *MPI, "-np", str(ranks), *cmd]
     c0 = cpu_seconds()
@@ -76,6 +79,7 @@ def one_daemon(a, ranks, out):
         client.close()
         log.close()
     figures["cpu"] = cpu_seconds() - c0  # both scans, every rank
+    figures["threads"] = f"{max(1, ranks)}×{threads}"
     return figures
 
 
@@ -85,24 +89,28 @@ def main():
     for name in ("--scan", "--xanesd", "--replay", "--config", "--out", "--source-dir"):
         ap.add_argument(name, required=True)
     ap.add_argument("--mpiexec", default="mpirun")
-    ap.add_argument("--ranks", default="0,2", help="0: one process without mpirun")
+    ap.add_argument("--ranks", default="2", help="ranks of the MPI jobs (one daemon always runs)")
     ap.add_argument("--repeats", type=int, default=2)
     a = ap.parse_args()
     sys.path.insert(0, os.path.join(a.source_dir, "protocol", "python"))
     from xanesd import protocol as xp  # noqa: PLC0415
     rows = {}
-    for n in [int(r) for r in a.ranks.split(",")]:
-        runs = [one_daemon(a, n, os.path.join(a.out, f"np{n}-{i}")) for i in range(a.repeats)]
-        rows["one daemon" if n == 0 else f"mpirun -np {n}"] = min(runs, key=lambda f: f["seconds"])
+    cores = os.cpu_count() or 1
+    configs = [("one daemon", 0, 1), (f"one daemon, {cores} threads", 0, cores)]
+    configs += [(f"mpirun -np {n}", n, 1) for n in (int(r) for r in a.ranks.split(",")) if n > 0]
+    for name, n, threads in configs:
+        runs = [one_daemon(a, n, threads, os.path.join(a.out, f"np{n}-t{threads}-{i}")) for i in range(a.repeats)]
+        rows[name] = min(runs, key=lambda f: f["seconds"])
     base = rows.get("one daemon")
-    print(f"{'daemon':<14} {'s':>7} {'frames/s':>9} {'× one':>6} {'cycles':>6} {'apply s':>8} {'fold s':>7} "
+    print(f"{'daemon':<22} {'threads':>7} {'s':>7} {'frames/s':>9} {'× one':>6} {'cycles':>6} {'apply s':>8} {'fold s':>7} "
           f"{'solve s':>8} {'cycles s':>8} {'CPU s':>7}")
     for name, f in rows.items():
         ratio = base["seconds"] / f["seconds"] if base else float("nan")
-        print(f"{name:<14} {f['seconds']:7.2f} {f['frames'] / f['seconds']:9.1f} {ratio:6.2f} {f['cycles']:6d} "
+        print(f"{name:<22} {f['threads']:>7} {f['seconds']:7.2f} {f['frames'] / f['seconds']:9.1f} {ratio:6.2f} {f['cycles']:6d} "
               f"{f['apply']:8.2f} {f['fold']:7.2f} {f['solve']:8.2f} {f['cycle']:8.2f} {f['cpu']:7.1f}")
-    print("(s: first frame sent to the result file written, the second scan of the daemon; apply, fold, solve and "
-          "cycles: rank 0's pipeline; CPU: every process, both scans)")
+    print("(threads: ranks × fit.threads; × one: against one daemon on one thread; s: first frame sent to the result file "
+          "written (without the spectra), the second scan of the daemon; apply, fold, solve and cycles: rank 0's "
+          "pipeline; CPU: every process, both scans)")
 
 
 if __name__ == "__main__":

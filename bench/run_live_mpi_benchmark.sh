@@ -4,7 +4,7 @@
 # species, the default config and library) by xanes-replay as fast as each takes it
 # (bench/live_mpi_benchmark.py). A benchmark, not a test: it always exits 0.
 #
-#   bench/run_live_mpi_benchmark.sh [--size N] [--ranks 0,2] [--repeats N]
+#   bench/run_live_mpi_benchmark.sh [--size N] [--ranks 2] [--repeats N]
 #
 # Environment: XANESD_BUILD_DIR (default <repo>/build-mpi, configured with -DXANESD_MPI=ON),
 # XANESD_SKIP_BUILD=1 to use the existing binaries, XANESD_BENCH_OUT=DIR to keep the files.
@@ -14,7 +14,7 @@ XANESD_BUILD_DIR="${XANESD_BUILD_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." &
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 SIZE=1024
-RANKS=0,2
+RANKS=2
 REPEATS=2
 bench_options "--size=SIZE --ranks=RANKS --repeats=REPEATS" "$@"
 

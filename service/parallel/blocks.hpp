@@ -35,13 +35,16 @@ inline std::vector<std::pair<int, int>> row_blocks(int rows, int ranks, int alig
 // Rank 0 gets the whole image's values of `planes` per-pixel planes (plane stride `local_npix`
 // here, `image_npix` there) from every rank's own pixels, straight into the image (on huge
 // pages: no zero-fill, a fault per 2 MiB); `own` is [first pixel, count) per rank, in the
-// image, and `local0` the first own pixel in this rank's arrays.
+// image, and `local0` the first own pixel in this rank's arrays. The blocks' own rows cover the
+// image, so every element is written: `reuse` (the last gather's, its pages mapped) serves
+// again when its size matches.
 template <class T>
 science::ZeroedVector<T> gather_planes(const Comm& comm, const T* local, std::size_t local_npix, std::size_t local0,
                                        std::size_t planes, const std::vector<std::pair<std::size_t, std::size_t>>& own,
-                                       std::size_t image_npix) {
+                                       std::size_t image_npix, science::ZeroedVector<T> reuse = {}) {
   const auto [first, count] = own[static_cast<std::size_t>(comm.rank())];
-  science::ZeroedVector<T> image(comm.rank() == 0 ? planes * image_npix : 0);
+  const std::size_t size = comm.rank() == 0 ? planes * image_npix : 0;
+  science::ZeroedVector<T> image = reuse.size() == size ? std::move(reuse) : science::ZeroedVector<T>(size);
   for (std::size_t pl = 0; pl < planes; ++pl) {
     std::span<std::byte> out;
     if (comm.rank() == 0) out = std::as_writable_bytes(std::span<T>(image.data() + pl * image_npix, image_npix));

@@ -1,6 +1,7 @@
 // The MPI build (-DXANESD_MPI=ON): MPI_COMM_WORLD and parallel HDF5's MPI-IO driver.
 #include <mpi.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <stdexcept>
@@ -20,11 +21,15 @@ void check(int rc, const char* what) {
 // Completes `request`, polling: a blocking MPI call spins on its core while it waits, and a rank
 // waiting for another (a live shard between frames, a block done before the slowest) would take
 // that core from the ranks still computing on a shared machine.
+// The pause grows from 50 µs to 1 ms: each test runs MPI's progress engine, which a rank idle for
+// a whole scan (a worker between scans) would otherwise run 10 000 times a second.
 void wait_idle(MPI_Request& request, const char* what) {
   int done = 0;
-  for (int spins = 0; spins < 64 && !done; ++spins) check(MPI_Test(&request, &done, MPI_STATUS_IGNORE), what);
+  for (int spins = 0; spins < 16 && !done; ++spins) check(MPI_Test(&request, &done, MPI_STATUS_IGNORE), what);
+  auto pause = std::chrono::microseconds(50);
   while (!done) {
-    std::this_thread::sleep_for(std::chrono::microseconds(100));
+    std::this_thread::sleep_for(pause);
+    pause = std::min(pause * 2, std::chrono::microseconds(1000));
     check(MPI_Test(&request, &done, MPI_STATUS_IGNORE), what);
   }
 }

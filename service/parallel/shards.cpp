@@ -16,6 +16,23 @@ using protocol::Region;
 using protocol::StartMsg;
 using protocol::StopMsg;
 
+// Every rank's operation, one after another in one buffer: part r, bytes [bounds[r],
+// bounds[r + 1]), goes to rank r.
+struct Parts {
+  std::vector<std::byte> all;
+  std::vector<std::size_t> bounds{0};
+  void end() { bounds.push_back(all.size()); }
+  // The last part again for each of the other ranks (an operation that is the same for all).
+  void repeat(int ranks) {
+    const std::size_t b0 = bounds[bounds.size() - 2], n = bounds.back() - b0;
+    all.reserve(all.size() + n * static_cast<std::size_t>(ranks - 1));
+    for (int r = 1; r < ranks; ++r) {
+      all.insert(all.end(), all.begin() + static_cast<std::ptrdiff_t>(b0), all.begin() + static_cast<std::ptrdiff_t>(b0 + n));
+      end();
+    }
+  }
+};
+
 namespace {
 
 // Elements [begin, end) of each of `groups` runs of `n` (an array of per-sample values, or
@@ -37,12 +54,17 @@ Array take(const Array& a, std::size_t n, const Ranges& keep, std::vector<std::i
 }
 
 // An operation as rank 0 scatters it: its code, a msgpack header, and an ingest message (a
-// block's start, frame or stop) in the wire protocol's own frames.
+// block's start, frame or stop) in the wire protocol's own frames, each frame's bytes 16-byte
+// aligned within the operation so that a rank reads them where they arrived (a float frame
+// aligned for its floats).
 enum class Op : std::uint8_t { start, frame, stop, extend, refit, solve, quit };
 
+constexpr std::size_t kAlign = 16;
+
 struct OpWriter {
-  std::vector<std::byte> bytes;
-  explicit OpWriter(Op op) { bytes.push_back(static_cast<std::byte>(op)); }
+  std::vector<std::byte>& bytes;
+  std::size_t start;
+  OpWriter(Parts& parts, Op op) : bytes(parts.all), start(parts.all.size()) { bytes.push_back(static_cast<std::byte>(op)); }
   void raw(const void* p, std::size_t n) {
     const auto* b = static_cast<const std::byte*>(p);
     bytes.insert(bytes.end(), b, b + n);
@@ -57,11 +79,16 @@ struct OpWriter {
   OpWriter& message(protocol::WireMessage&& m) {
     auto frames = protocol::encode(std::move(m));
     size(frames.size());
-    for (const auto& f : frames) size(f.size()), raw(f.data(), f.size());
+    for (const auto& f : frames) {
+      size(f.size());
+      bytes.resize(start + (bytes.size() - start + kAlign - 1) / kAlign * kAlign);
+      raw(f.data(), f.size());
+    }
     return *this;
   }
 };
 
+// One operation as a rank received it (the scatter's buffer: aligned like the writer's start).
 struct OpReader {
   std::span<const std::byte> bytes;
   std::size_t at = 1;
@@ -73,9 +100,10 @@ struct OpReader {
     at += sizeof n;
     return n;
   }
-  std::span<const std::byte> chunk() {
+  std::span<const std::byte> chunk(bool aligned = false) {
     const auto n = size();
-    if (at + n > bytes.size()) throw std::runtime_error("shards: a truncated operation");
+    if (aligned) at = (at + kAlign - 1) / kAlign * kAlign;
+    if (at > bytes.size() || n > bytes.size() - at) throw std::runtime_error("shards: a truncated operation");
     const auto c = bytes.subspan(at, n);
     at += n;
     return c;
@@ -86,11 +114,12 @@ struct OpReader {
                                         reinterpret_cast<const std::uint8_t*>(c.data()) + c.size());
   }
   bool has_message() const { return at < bytes.size(); }
+  // The message's frames point into `bytes` (no copy): it must not outlive them.
   protocol::WireMessage message() {
     std::vector<zmq::message_t> frames(size());
     for (auto& f : frames) {
-      const auto c = chunk();
-      f = zmq::message_t(c.data(), c.size());
+      const auto c = chunk(true);
+      f = zmq::message_t(const_cast<std::byte*>(c.data()), c.size(), nullptr, nullptr);
     }
     return protocol::decode(std::move(frames));
   }
@@ -246,18 +275,24 @@ class Shard {
     for (const auto& [r0, r1] : own_) own.emplace_back(static_cast<std::size_t>(r0) * cols_, static_cast<std::size_t>(r1 - r0) * cols_);
     const std::size_t np = block_->pixels();
     const std::size_t first = (static_cast<std::size_t>(own_[static_cast<std::size_t>(comm_.rank())].first - window0_)) * cols_;
-    auto planes = [&](const auto* local, std::size_t count) { return gather_planes(comm_, local, np, first, count, own, image); };
+    // Into the last solve's buffers on rank 0 (`solved`): fresh pages each cycle cost more than the transfer.
+    science::LcfMaps maps = solved ? std::move(solved->maps) : science::LcfMaps{};
+    auto planes = [&](const auto* local, std::size_t count, auto& reuse) {
+      return gather_planes(comm_, local, np, first, count, own, image, std::move(reuse));
+    };
     const auto& m = fit->maps();
     const auto K = static_cast<std::size_t>(fit->model().n_refs());
-    science::LcfMaps maps;
-    maps.fractions = planes(m.fractions.data(), K), maps.fraction_sigma = planes(m.fraction_sigma.data(), K);
-    maps.thickness = planes(m.thickness.data(), 1), maps.residual = planes(m.residual.data(), 1);
-    maps.rfactor = planes(m.rfactor.data(), 1), maps.nenergies = planes(m.nenergies.data(), 1);
-    maps.fitted = planes(m.fitted.data(), 1);
+    maps.fractions = planes(m.fractions.data(), K, maps.fractions);
+    maps.fraction_sigma = planes(m.fraction_sigma.data(), K, maps.fraction_sigma);
+    maps.thickness = planes(m.thickness.data(), 1, maps.thickness);
+    maps.residual = planes(m.residual.data(), 1, maps.residual);
+    maps.rfactor = planes(m.rfactor.data(), 1, maps.rfactor);
+    maps.nenergies = planes(m.nenergies.data(), 1, maps.nenergies);
+    maps.fitted = planes(m.fitted.data(), 1, maps.fitted);
     // Every block runs the spatial step or none does (the whole scan decided).
     const auto& nb = fit->spatial_neighbours();
     science::ZeroedVector<float> neighbours;
-    if (nb.size() == np) neighbours = planes(nb.data(), 1);
+    if (nb.size() == np) neighbours = planes(nb.data(), 1, neighbours);
     if (!solved) return;
     solved->maps = std::move(maps);
     solved->spatial_neighbours.assign(neighbours.begin(), neighbours.end());
@@ -275,22 +310,23 @@ FitShards::FitShards(const Comm& comm, const Config& cfg)
 
 FitShards::~FitShards() {
   try {
-    run(same_for_all(OpWriter(Op::quit).bytes));
+    Parts parts;
+    OpWriter(parts, Op::quit);
+    run(same_for_all(std::move(parts)));
   } catch (const std::exception& e) {
     spdlog::error("shards: the other ranks could not be told to end: {}", e.what());
     comm_.abort(1);
   }
 }
 
-std::vector<std::vector<std::byte>> FitShards::same_for_all(std::vector<std::byte> op) const {
-  return std::vector<std::vector<std::byte>>(static_cast<std::size_t>(comm_.size()), op);
+Parts FitShards::same_for_all(Parts parts) const {
+  parts.end();
+  parts.repeat(comm_.size());
+  return parts;
 }
 
-void FitShards::run(std::vector<std::vector<std::byte>> parts, Solved* solved) {
-  std::vector<std::byte> all;
-  std::vector<std::size_t> bounds{0};
-  for (const auto& p : parts) all.insert(all.end(), p.begin(), p.end()), bounds.push_back(all.size());
-  const auto mine = comm_.scatter(all, bounds);
+void FitShards::run(Parts parts, Solved* solved) {
+  const auto mine = comm_.scatter(parts.all, parts.bounds);
   // Rank 0's block failing would leave it out of step with the others: the job ends, as a
   // worker's failure ends it (the restarted job resumes from the journal).
   try {
@@ -306,48 +342,52 @@ void FitShards::start(const StartMsg& whole, const std::vector<science::Referenc
   rows_ = whole.rows, cols_ = whole.cols;
   blocks_ = row_blocks(rows_, comm_.size(), 1);
   const nlohmann::json h = {{"config", config_}, {"refs", to_json(refs)}, {"rows", rows_}, {"cols", cols_}, {"own", blocks_}};
-  std::vector<std::vector<std::byte>> parts;
-  for (const auto& [r0, r1] : blocks_)
-    parts.push_back(OpWriter(Op::start)
-                        .header(h)
-                        .message(start_rows(whole, std::max(0, r0 - kShardHaloRows), std::min(rows_, r1 + kShardHaloRows)).to_wire())
-                        .bytes);
+  Parts parts;
+  for (const auto& [r0, r1] : blocks_) {
+    OpWriter(parts, Op::start).header(h).message(start_rows(whole, window0(r0), window1(r1)).to_wire());
+    parts.end();
+  }
   run(std::move(parts));
 }
 
 void FitShards::frame(const FrameMsg& f) {
-  std::vector<std::vector<std::byte>> parts;
+  Parts parts;
   for (const auto& [r0, r1] : blocks_) {
-    OpWriter op(Op::frame);
-    if (auto part = frame_rows(f, cols_, std::max(0, r0 - kShardHaloRows), std::min(rows_, r1 + kShardHaloRows)))
-      op.message(std::move(*part).to_wire());
-    parts.push_back(std::move(op.bytes));
+    OpWriter op(parts, Op::frame);
+    if (auto part = frame_rows(f, cols_, window0(r0), window1(r1))) op.message(std::move(*part).to_wire());
+    parts.end();
   }
   run(std::move(parts));
 }
 
 void FitShards::stop(const StopMsg& s) {
   auto copy = s;
-  run(same_for_all(OpWriter(Op::stop).message(std::move(copy).to_wire()).bytes));
+  Parts parts;
+  OpWriter(parts, Op::stop).message(std::move(copy).to_wire());
+  run(same_for_all(std::move(parts)));
 }
 
 void FitShards::extend(const StartMsg& more, const std::vector<science::Reference>& refs) {
-  std::vector<std::vector<std::byte>> parts;
-  for (const auto& [r0, r1] : blocks_)
-    parts.push_back(OpWriter(Op::extend)
-                        .header({{"refs", to_json(refs)}})
-                        .message(start_rows(more, std::max(0, r0 - kShardHaloRows), std::min(rows_, r1 + kShardHaloRows)).to_wire())
-                        .bytes);
+  Parts parts;
+  for (const auto& [r0, r1] : blocks_) {
+    OpWriter(parts, Op::extend).header({{"refs", to_json(refs)}}).message(start_rows(more, window0(r0), window1(r1)).to_wire());
+    parts.end();
+  }
   run(std::move(parts));
 }
 
 void FitShards::refit(const std::vector<science::Reference>& library, const std::vector<std::uint8_t>& selected) {
-  run(same_for_all(OpWriter(Op::refit).header({{"config", config_}, {"refs", to_json(library)}, {"selected", selected}}).bytes));
+  Parts parts;
+  OpWriter(parts, Op::refit).header({{"config", config_}, {"refs", to_json(library)}, {"selected", selected}});
+  run(same_for_all(std::move(parts)));
 }
 
-FitDelegate::Solved FitShards::solve(int threads, bool weighted, bool spatial) {
+FitDelegate::Solved FitShards::solve(int threads, bool weighted, bool spatial, science::LcfMaps recycled) {
   Solved solved;
-  run(same_for_all(OpWriter(Op::solve).header({{"threads", threads}, {"weighted", weighted}, {"spatial", spatial}}).bytes), &solved);
+  solved.maps = std::move(recycled);
+  Parts parts;
+  OpWriter(parts, Op::solve).header({{"threads", threads}, {"weighted", weighted}, {"spatial", spatial}});
+  run(same_for_all(std::move(parts)), &solved);
   return solved;
 }
 

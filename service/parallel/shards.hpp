@@ -33,6 +33,7 @@ protocol::StartMsg start_rows(const protocol::StartMsg& s, int w0, int w1);
 inline constexpr int kShardHaloRows = 10;
 
 class Shard;
+struct Parts;
 
 // Rank 0's side. Every call is one operation that all ranks run in the same order: rank 0
 // scatters it (a frame: each rank only its rows), then runs its own block's part of it.
@@ -49,14 +50,18 @@ class FitShards final : public FitDelegate {
   void stop(const protocol::StopMsg& s) override;
   void extend(const protocol::StartMsg& more, const std::vector<science::Reference>& refs) override;
   void refit(const std::vector<science::Reference>& library, const std::vector<std::uint8_t>& selected) override;
-  Solved solve(int threads, bool weighted, bool spatial) override;
+  Solved solve(int threads, bool weighted, bool spatial, science::LcfMaps recycled) override;
   // For status: the ranks and the rows each owns.
   nlohmann::json status() const;
 
  private:
   // Sends part r of `parts` to rank r and runs part 0 here.
-  void run(std::vector<std::vector<std::byte>> parts, Solved* solved = nullptr);
-  std::vector<std::vector<std::byte>> same_for_all(std::vector<std::byte> op) const;
+  void run(Parts parts, Solved* solved = nullptr);
+  // `parts`, one operation being written, ended and repeated for every rank.
+  Parts same_for_all(Parts parts) const;
+  // The rows of the block that owns [r0, r1), with its halo.
+  int window0(int r0) const { return std::max(0, r0 - kShardHaloRows); }
+  int window1(int r1) const { return std::min(rows_, r1 + kShardHaloRows); }
 
   const Comm& comm_;
   nlohmann::json config_;

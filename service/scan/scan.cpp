@@ -553,7 +553,7 @@ std::size_t Scan::solve_changed(int threads) {
   const bool weighted = weighted_solve(), spatial = spatial_solve();
   std::size_t n = 0;
   if (delegate_) {
-    auto solved = delegate_->solve(threads, weighted, spatial);
+    auto solved = delegate_->solve(threads, weighted, spatial, std::move(*lcf_).take_buffers().maps);
     lcf_weighted_ = weighted, lcf_spatial_ = spatial;
     lcf_->adopt_maps(std::move(solved.maps), std::move(solved.spatial_neighbours));
     n = solved.solved;

@@ -94,13 +94,14 @@ class FitDelegate {
   // scan settings now in force, every stored sample folded in again.
   virtual void refit(const std::vector<science::Reference>& library, const std::vector<std::uint8_t>& selected) = 0;
   // Every block's changed pixels solved (Poisson-weighted and with the spatial step as the scan
-  // decided) and the whole image's maps assembled.
+  // decided) and the whole image's maps assembled, in `recycled`'s buffers where sizes match
+  // (the last solve's maps: their pages are mapped already).
   struct Solved {
     science::LcfMaps maps;
     std::vector<float> spatial_neighbours;  // empty without the spatial step
     std::size_t solved = 0;
   };
-  virtual Solved solve(int threads, bool weighted, bool spatial) = 0;
+  virtual Solved solve(int threads, bool weighted, bool spatial, science::LcfMaps recycled) = 0;
 };
 
 // How far ingest had got when a publication cycle took its snapshot (stamped on its maps).
