@@ -69,3 +69,47 @@ busy() {
 bench_machine_line() {
   echo "== $(date -u '+%Y-%m-%d %H:%M:%S UTC'); CPUs busy with other work just $1 the run: $(busy 2)% (load average $(cut -d' ' -f1-3 /proc/loadavg))"
 }
+
+# The machine, for the top of a benchmark's output.
+bench_machine_header() {
+  echo "== machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), $(awk '/MemTotal/ { printf "%.1f GiB RAM", $2 / 1048576 }' /proc/meminfo), kernel $(uname -r)"
+}
+
+# bench_mpi_build TARGET...: builds the targets in the MPI build $BUILD (unless
+# XANESD_SKIP_BUILD=1), checks that xanesd is an MPI build and mpirun exists, and lets mpirun
+# run as root. Sets XANESD, SIM and REPLAY to the binaries.
+bench_mpi_build() {
+  if [ "${XANESD_SKIP_BUILD:-0}" != 1 ]; then
+    echo "== building $* (MPI) in $BUILD"
+    if ! { cmake -S "$ROOT" -B "$BUILD" -DXANESD_MPI=ON >/dev/null && cmake --build "$BUILD" --target "$@" -j2 >/dev/null; }; then
+      echo "$NAME: build failed (rerun 'cmake --build $BUILD --target $*' to see why)"
+      exit 0
+    fi
+  fi
+  XANESD="$BUILD/service/xanesd" SIM="$BUILD/clients/xanes-simulate" REPLAY="$BUILD/clients/xanes-replay"
+  local t
+  for t in "$@"; do
+    case "$t" in
+      xanesd) t="$XANESD" ;; xanes-simulate) t="$SIM" ;; xanes-replay) t="$REPLAY" ;;
+    esac
+    [ -x "$t" ] || { echo "$NAME: $t not found"; exit 0; }
+  done
+  "$XANESD" --version | grep -q MPI || { echo "$NAME: $XANESD is not an MPI build (-DXANESD_MPI=ON)"; exit 0; }
+  command -v mpirun >/dev/null || { echo "$NAME: no mpirun (bash deploy/install-deps.sh --mpi)"; exit 0; }
+  export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+}
+
+# bench_simulate SCAN SIZE ENERGIES: a SIZE² fluorescence scan of the shipped library's
+# Magnetite, Goethite and Pyrite (`domains` layout, seed 1) on the energies of the file ENERGIES,
+# written to SCAN unless it exists (XANESD_BENCH_OUT kept it). Not timed.
+bench_simulate() {
+  if [ -f "$1" ]; then
+    echo "== reusing $1"
+    return
+  fi
+  echo "== simulating a $2×$2 × $(wc -l < "$3") fluorescence scan (not timed)"
+  if ! "$SIM" --refs "$ROOT/config/references/fe_k_library_normalized.nor" --use Magnetite,Goethite,Pyrite \
+      --energies "$3" --shape "$2x$2" --layout domains --seed 1 --out "$1" > "$OUT/simulate.log" 2>&1; then
+    echo "$NAME: xanes-simulate failed:"; cat "$OUT/simulate.log"; rm -f "$1"; exit 0
+  fi
+}

@@ -34,7 +34,7 @@ bench_out_dir
 LIB="$ROOT/config/references/fe_k_library_normalized.nor"
 NAMES=Magnetite,Goethite
 echo "== command: $0 $*"
-echo "== machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), $(awk '/MemTotal/ { printf "%.1f GiB RAM", $2 / 1048576 }' /proc/meminfo), kernel $(uname -r)"
+bench_machine_header
 # Energies evenly over the Fe K-edge library's range (7075–7196 eV, the HXN grid's span).
 awk -v n="$ENERGIES" 'BEGIN { for (i = 0; i < n; ++i) printf "%.3f\n", 7075 + (7196 - 7075) * i / (n - 1) }' > "$OUT/energies.txt"
 SCAN="$OUT/scan-${SIZE}x${ENERGIES}.h5"  # kept in XANESD_BENCH_OUT: the same simulation is reused

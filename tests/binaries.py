@@ -18,6 +18,16 @@ def parse(doc):
     return args, [sys.argv[0]] + rest
 
 
+def simulate_fe(simulate, source_dir, out, *options):
+    """xanes-simulate of the shipped Fe K library's Magnetite, Goethite and Pyrite on the HXN
+    energies into `out` (a scan file), with `options` (shape, layout, mode, seed); returns `out`."""
+    refs = os.path.join(source_dir, "config", "references")
+    subprocess.run([simulate, "--refs", os.path.join(refs, "fe_k_library_normalized.nor"), "--use", "Magnetite,Goethite,Pyrite",
+                    "--energies", os.path.join(refs, "fe_k_energies_hxn.txt"), "--out", out, *options],
+                   check=True, capture_output=True, timeout=240)
+    return out
+
+
 def free_port():
     """A loopback TCP port free now, picked below the kernel's ephemeral range: ports of that range
     go to outgoing connections, so a parallel test's client could take one picked there before the

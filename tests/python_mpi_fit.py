@@ -18,6 +18,8 @@ import numpy as np
 
 ARGS = None
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import binaries  # noqa: E402
 TIMES = ["--skip", "@file_time", "--skip", "entry/start_time", "--skip", "entry/end_time"]
 
 
@@ -33,16 +35,10 @@ class MpiFit(unittest.TestCase):
     def setUpClass(cls):
         cls.tmp = tempfile.TemporaryDirectory(prefix="xanesd-mpi-")
         cls.dir = cls.tmp.name
-        src = ARGS.source_dir
-        cls.config = os.path.join(src, "config", "default.json")
-        refs = os.path.join(src, "config", "references", "fe_k_library_normalized.nor")
-        energies = os.path.join(src, "config", "references", "fe_k_energies_hxn.txt")
+        cls.config = os.path.join(ARGS.source_dir, "config", "default.json")
 
-        def simulate(name, *extra):
-            path = os.path.join(cls.dir, name)
-            run([ARGS.simulate, "--refs", refs, "--use", "Magnetite,Goethite,Pyrite", "--energies", energies,
-                 "--out", path, *extra])
-            return path
+        def simulate(name, *options):
+            return binaries.simulate_fe(ARGS.simulate, ARGS.source_dir, os.path.join(cls.dir, name), *options)
 
         # 48 rows: tiles of 6 rows, 8 blocks, 4 per rank at -np 2.
         cls.domains = simulate("domains.h5", "--shape", "48x40", "--layout", "domains", "--seed", "3")

@@ -123,15 +123,9 @@ class MpiLive(unittest.TestCase):
         from xanesd import protocol as xp  # noqa: PLC0415
         cls.tmp = tempfile.TemporaryDirectory(prefix="xanesd-mpi-live-")
         cls.dir = cls.tmp.name
-        src = ARGS.source_dir
-        refs = os.path.join(src, "config", "references", "fe_k_library_normalized.nor")
-        energies = os.path.join(src, "config", "references", "fe_k_energies_hxn.txt")
 
-        def simulate(name, *extra):
-            path = os.path.join(cls.dir, name)
-            run([ARGS.simulate, "--refs", refs, "--use", "Magnetite,Goethite,Pyrite", "--energies", energies,
-                 "--out", path, *extra])
-            return path
+        def simulate(name, *options):
+            return binaries.simulate_fe(ARGS.simulate, ARGS.source_dir, os.path.join(cls.dir, name), *options)
 
         cls.domains = simulate("domains.h5", "--shape", "48x40", "--layout", "domains", "--seed", "3")
         # 67 rows: the ranks' blocks are 33 and 34 rows; transmission with a dark, a flat per

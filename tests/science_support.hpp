@@ -16,6 +16,23 @@
 
 namespace xanesd::test {
 
+// Two scans' fits and masks equal bit for bit: every map, the spatial step's neighbours, the mask.
+inline void check_same_fit(const Scan& x, const Scan& y) {
+  REQUIRE(x.fit());
+  REQUIRE(y.fit());
+  CHECK(x.fit()->model().reference_names == y.fit()->model().reference_names);
+  const auto &a = x.fit()->maps(), &b = y.fit()->maps();
+  CHECK(a.fractions == b.fractions);
+  CHECK(a.fraction_sigma == b.fraction_sigma);
+  CHECK(a.thickness == b.thickness);
+  CHECK(a.residual == b.residual);
+  CHECK(a.rfactor == b.rfactor);
+  CHECK(a.nenergies == b.nenergies);
+  CHECK(a.fitted == b.fitted);
+  CHECK(x.fit()->spatial_neighbours() == y.fit()->spatial_neighbours());
+  CHECK(x.mask().valid == y.mask().valid);
+}
+
 inline std::vector<science::Reference> pick(const std::vector<science::Reference>& all, const std::vector<std::string>& names) {
   std::vector<science::Reference> out;
   for (const auto& n : names) {

@@ -217,13 +217,7 @@ TEST_CASE("live spatial maps (solved between energies) equal the batch maps at t
     if (e % 7 == 3) s.solve_changed(2), ++solves;
   });
   CHECK(solves > 5);
-  const auto& a = batch->fit()->maps();
-  const auto& b = live->fit()->maps();
-  CHECK(a.fractions == b.fractions);
-  CHECK(a.fraction_sigma == b.fraction_sigma);
-  CHECK(a.thickness == b.thickness);
-  CHECK(batch->fit()->spatial_neighbours() == live->fit()->spatial_neighbours());
-  CHECK(batch->mask().valid == live->mask().valid);
+  test::check_same_fit(*batch, *live);
 }
 
 // The window sums run 16 centres per vector chunk on a CPU with AVX-512 and 8 otherwise, the
