@@ -238,7 +238,11 @@ class Shard {
       case Op::frame:
         if (op.has_message()) {
           auto f = FrameMsg::from_wire(op.message());
-          block_->apply(f);  // rank 0 has validated it: what the block flags, the whole scan reported
+          // Rank 0 accepted it and reported its flags. A block that refuses it would fit other
+          // data than the whole scan holds: the job ends rather than publish such maps.
+          if (auto outcome = block_->apply(f); !outcome.accepted)
+            throw std::runtime_error("rank " + std::to_string(comm_.rank()) + " refused frame seq " + std::to_string(f.seq) +
+                                     " that rank 0 accepted: " + (outcome.issues.empty() ? "" : outcome.issues[0].message));
         }
         return true;
       case Op::stop: block_->stop(StopMsg::from_wire(op.message())); return true;
@@ -270,6 +274,7 @@ class Shard {
   // Every rank's own rows of its block's maps into the whole image's on rank 0.
   void gather(FitDelegate::Solved* solved) {
     const auto* fit = block_->fit();
+    if (!fit) throw std::runtime_error("rank " + std::to_string(comm_.rank()) + " has no fit to solve: " + block_->fit_error());
     const auto image = static_cast<std::size_t>(rows_) * static_cast<std::size_t>(cols_);
     std::vector<std::pair<std::size_t, std::size_t>> own;
     for (const auto& [r0, r1] : own_) own.emplace_back(static_cast<std::size_t>(r0) * cols_, static_cast<std::size_t>(r1 - r0) * cols_);
