@@ -90,10 +90,10 @@ TEST_CASE("row blocks fed their rows of each frame hold the whole scan's samples
   // enough to average, and would be trivially the same).
   const auto library = test::pick(science::load_reference_file(test::fe_library()), test::scene_species());
   const auto s = sim::simulate(library, test::scene_scan(46, 30, 500, 7));
-  const int R = 46, C = 30, H = parallel::kShardHaloRows;
+  const int R = 46, C = 30;
   const auto settings = test::default_settings();
   REQUIRE(settings.spatial.enabled);
-  REQUIRE(settings.spatial.radius <= H);
+  REQUIRE(settings.spatial.radius <= parallel::kShardHaloRows);
   Scan whole(sim::start_message(s, "w"), library, settings);
   struct Block {
     int own0, own1, w0, w1;
@@ -101,7 +101,8 @@ TEST_CASE("row blocks fed their rows of each frame hold the whole scan's samples
   };
   std::vector<Block> blocks;
   for (const auto& [r0, r1] : parallel::row_blocks(R, 3, 1)) {
-    Block b{r0, r1, std::max(0, r0 - H), std::min(R, r1 + H), nullptr};
+    const auto [w0, w1] = parallel::halo_window(r0, r1, R);
+    Block b{r0, r1, w0, w1, nullptr};
     science::ImagePart part;
     part.begin = static_cast<std::size_t>((r0 - b.w0) * C), part.end = static_cast<std::size_t>((r1 - b.w0) * C);
     part.row0 = r0, part.image_rows = R;

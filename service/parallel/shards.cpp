@@ -220,18 +220,17 @@ class Shard {
       case Op::quit: return false;
       case Op::start: {
         const auto h = op.header();
-        settings_ = scan_settings(make_config(h.at("config"), {}, std::filesystem::current_path()));
         rows_ = h.at("rows").get<int>(), cols_ = h.at("cols").get<int>();
         own_ = h.at("own").get<std::vector<std::pair<int, int>>>();
         const auto [r0, r1] = own_[static_cast<std::size_t>(comm_.rank())];
-        window0_ = std::max(0, r0 - kShardHaloRows);
+        window0_ = halo_window(r0, r1, rows_).first;
         science::ImagePart part;
         part.begin = static_cast<std::size_t>(r0 - window0_) * static_cast<std::size_t>(cols_);
         part.end = static_cast<std::size_t>(r1 - window0_) * static_cast<std::size_t>(cols_);
         part.row0 = r0, part.image_rows = rows_;
         Scan::Buffers recycled = block_ ? std::move(*block_).take_buffers() : Scan::Buffers{};
         block_.reset();
-        block_ = std::make_unique<Scan>(StartMsg::from_wire(op.message()), references_of(h.at("refs")), settings_,
+        block_ = std::make_unique<Scan>(StartMsg::from_wire(op.message()), references_of(h.at("refs")), settings_of(h),
                                         std::move(part), std::move(recycled));
         return true;
       }
@@ -253,8 +252,7 @@ class Shard {
       }
       case Op::refit: {
         const auto h = op.header();
-        settings_ = scan_settings(make_config(h.at("config"), {}, std::filesystem::current_path()));
-        block_->follow_fit(references_of(h.at("refs")), h.at("selected").get<std::vector<std::uint8_t>>(), settings_);
+        block_->follow_fit(references_of(h.at("refs")), h.at("selected").get<std::vector<std::uint8_t>>(), settings_of(h));
         return true;
       }
       case Op::solve: {
@@ -271,6 +269,10 @@ class Shard {
   }
 
  private:
+  // The scan settings of the config rank 0 sent (its effective config: the same keys it runs with).
+  static ScanSettings settings_of(const nlohmann::json& header) {
+    return scan_settings(make_config(header.at("config"), {}, std::filesystem::current_path()));
+  }
   // Every rank's own rows of its block's maps into the whole image's on rank 0.
   void gather(FitDelegate::Solved* solved) {
     const auto* fit = block_->fit();
@@ -304,7 +306,6 @@ class Shard {
   }
 
   const Comm& comm_;
-  ScanSettings settings_;
   std::unique_ptr<Scan> block_;
   int rows_ = 0, cols_ = 0, window0_ = 0;
   std::vector<std::pair<int, int>> own_;
@@ -349,7 +350,8 @@ void FitShards::start(const StartMsg& whole, const std::vector<science::Referenc
   const nlohmann::json h = {{"config", config_}, {"refs", to_json(refs)}, {"rows", rows_}, {"cols", cols_}, {"own", blocks_}};
   Parts parts;
   for (const auto& [r0, r1] : blocks_) {
-    OpWriter(parts, Op::start).header(h).message(start_rows(whole, window0(r0), window1(r1)).to_wire());
+    const auto [w0, w1] = halo_window(r0, r1, rows_);
+    OpWriter(parts, Op::start).header(h).message(start_rows(whole, w0, w1).to_wire());
     parts.end();
   }
   run(std::move(parts));
@@ -359,7 +361,8 @@ void FitShards::frame(const FrameMsg& f) {
   Parts parts;
   for (const auto& [r0, r1] : blocks_) {
     OpWriter op(parts, Op::frame);
-    if (auto part = frame_rows(f, cols_, window0(r0), window1(r1))) op.message(std::move(*part).to_wire());
+    const auto [w0, w1] = halo_window(r0, r1, rows_);
+    if (auto part = frame_rows(f, cols_, w0, w1)) op.message(std::move(*part).to_wire());
     parts.end();
   }
   run(std::move(parts));
@@ -375,7 +378,8 @@ void FitShards::stop(const StopMsg& s) {
 void FitShards::extend(const StartMsg& more, const std::vector<science::Reference>& refs) {
   Parts parts;
   for (const auto& [r0, r1] : blocks_) {
-    OpWriter(parts, Op::extend).header({{"refs", to_json(refs)}}).message(start_rows(more, window0(r0), window1(r1)).to_wire());
+    const auto [w0, w1] = halo_window(r0, r1, rows_);
+    OpWriter(parts, Op::extend).header({{"refs", to_json(refs)}}).message(start_rows(more, w0, w1).to_wire());
     parts.end();
   }
   run(std::move(parts));

@@ -7,6 +7,7 @@
 // follow it, so the maps equal one daemon's on the same stream, bit for bit.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -31,6 +32,10 @@ protocol::StartMsg start_rows(const protocol::StartMsg& s, int w0, int w1);
 // Halo rows above and below each block: fit.spatial_radius can be raised at run time up to its
 // maximum, so the blocks always hold what the widest window reads.
 inline constexpr int kShardHaloRows = 10;
+// The rows a block that owns [r0, r1) of an image of `rows` rows holds: its own and its halo.
+inline std::pair<int, int> halo_window(int r0, int r1, int rows) {
+  return {std::max(0, r0 - kShardHaloRows), std::min(rows, r1 + kShardHaloRows)};
+}
 
 class Shard;
 struct Parts;
@@ -59,9 +64,6 @@ class FitShards final : public FitDelegate {
   void run(Parts parts, Solved* solved = nullptr);
   // `parts`, one operation being written, ended and repeated for every rank.
   Parts same_for_all(Parts parts) const;
-  // The rows of the block that owns [r0, r1), with its halo.
-  int window0(int r0) const { return std::max(0, r0 - kShardHaloRows); }
-  int window1(int r1) const { return std::min(rows_, r1 + kShardHaloRows); }
 
   const Comm& comm_;
   nlohmann::json config_;
