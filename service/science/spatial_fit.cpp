@@ -607,6 +607,12 @@ void spatial_average(const SpatialInput& in, const SpatialSettings& settings,
     for (int r = std::max(0, r0 - rad); r < std::min(R, r0 + rad); ++r) pass1_row(r);
     for (int r = r0; r < r1; ++r) {
       if (r + rad < R) pass1_row(r + rad);
+      // The statistics pass 1 reads next: asked for now, they arrive while this row's window
+      // sums compute (read after them, each row's reads began cold and waited on memory).
+      if (r + rad + 1 < R) {
+        const char* next = reinterpret_cast<const char*>(in.stats + static_cast<std::size_t>(r + rad + 1) * Cs * S);
+        for (std::size_t b = 0; b < Cs * S * sizeof(double); b += 64) __builtin_prefetch(next + b, 0, 2);
+      }
       const float* centre = features(r);
       const std::uint32_t* set_c = set_check ? set_check + static_cast<std::size_t>(r) * Cs : nullptr;
 
