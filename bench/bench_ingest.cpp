@@ -586,8 +586,9 @@ RunResult run_daemon(const Options& o, const Workload& w, int interval_ms, doubl
                   " ms for cycles; per cycle (" + std::to_string(r.cycles) + "): total " + sfmt("%.0f", ms("time_us.cycle.total") / cyc) +
                   " ms = fold " + sfmt("%.0f", ms("time_us.cycle.fold") / cyc) + ", solve " +
                   sfmt("%.0f", ms("time_us.cycle.solve") / cyc) + ", reference selection " +
-                  sfmt("%.0f", ms("time_us.cycle.reference_selection") / cyc) + ", segmentation " +
-                  sfmt("%.0f", ms("time_us.cycle.segmentation") / cyc) + ", edge maps " + sfmt("%.0f", ms("time_us.cycle.edge_maps") / cyc) +
+                  sfmt("%.0f", ms("time_us.cycle.reference_selection") / cyc) + ", segmentation beside edge maps " +
+                  sfmt("%.0f", ms("time_us.cycle.analysis") / cyc) + " (segmentation " +
+                  sfmt("%.0f", ms("time_us.cycle.segmentation") / cyc) + ", edge maps " + sfmt("%.0f", ms("time_us.cycle.edge_maps") / cyc) + ")" +
                   ", encode " + sfmt("%.0f", ms("time_us.cycle.encode") / cyc) + ", publish " +
                   sfmt("%.0f", ms("time_us.cycle.publish") / cyc) + " ms";
     // The live reference selection and segmentation, on the analysis thread beside the cycles.

@@ -13,7 +13,7 @@ import sys
 
 import h5py
 
-STEPS = ("read", "apply", "fit", "reduce", "wait", "gather", "segments", "edge_maps", "write", "total", "cpu")
+STEPS = ("read", "apply", "fit", "reduce", "wait", "gather", "segments", "edge_maps", "analysis", "write", "total", "cpu")
 
 
 def cpu_seconds():
@@ -83,7 +83,7 @@ def main():
     gather_bytes = P * (4 * E + 4 * xrf + 4 * (2 * K + 3) + 2 + 1 + 4 + 1)
     s = rows["one process"]
     work = s["read"] + s["apply"] + s["fit"]
-    root = s["segments"] + s["edge_maps"] + s["write"]
+    root = s["analysis"] + s["write"]  # the segmentation beside the edge maps, then the file
     top = rows[f"mpirun -np {max(ranks)}"]
     rate = gather_bytes / top["gather"] if top["gather"] > 0 else float("inf")
     print(f"\n== model for N nodes (one rank each) from these rates: image {R}×{C} × {E} energies, K = {K}")

@@ -200,8 +200,11 @@ nlohmann::json run_batch_fit(const Config& cfg, const BatchOptions& opt, const p
     const auto [r0, r1] = blocks[static_cast<std::size_t>(comm.rank())];
     return {{"rank", comm.rank()}, {"rows", {r0, r1}}, {"timing", times.to_json()}};
   }
-  times.time("segments", [&] { scan->update_segments(solve_threads(cfg)); });
-  times.time("edge_maps", [&] { scan->compute_edge_maps(solve_threads(cfg)); });
+  // Side by side: "segments" and "edge_maps" overlap in time ("analysis" is their wall time).
+  const auto analysis = times.time("analysis", [&] { return scan->segment_and_map_edges(solve_threads(cfg)); });
+  times.set("segments", analysis.segments_s), times.set("edge_maps", analysis.edge_maps_s);
+  for (const auto& error : {analysis.segments_error, analysis.edge_maps_error})
+    if (error) std::rethrow_exception(error);
   nlohmann::json counters = nlohmann::json::object();
   for (const auto& [code, n] : issues) counters["issues." + code] = n;
   // The file records the arguments this fit ran with, not only the config's defaults.

@@ -558,10 +558,16 @@ bool Pipeline::cycle_work(bool final, std::int64_t version, ScanProgress at, std
     guarded("reference_selection_failed", [&] { scan_->update_reference_selection(threads); });
     lap("reference_selection");
     // A failed segmentation costs its own products (not published this cycle), not the maps.
-    const bool segmented = guarded("segmentation_failed", [&] { scan_->update_segments(threads); });
-    lap("segmentation");
-    guarded("edge_maps_failed", [&] { scan_->compute_edge_maps(threads); });
-    lap("edge_maps");
+    // Segmentation and edge maps run side by side: their times overlap, "analysis" is the wall.
+    const auto analysis = scan_->segment_and_map_edges(threads);
+    lap("analysis");
+    counters_.add("time_us.cycle.segmentation", static_cast<std::int64_t>(analysis.segments_s * 1e6));
+    counters_.add("time_us.cycle.edge_maps", static_cast<std::int64_t>(analysis.edge_maps_s * 1e6));
+    auto rethrow = [](const std::exception_ptr& error) {
+      if (error) std::rethrow_exception(error);
+    };
+    const bool segmented = guarded("segmentation_failed", [&] { rethrow(analysis.segments_error); });
+    guarded("edge_maps_failed", [&] { rethrow(analysis.edge_maps_error); });
     publish(make_map_messages(*scan_, version, true, segmented, &at));
   }
   spdlog::debug("cycle {}: solved {} pixels", version, solved);

@@ -702,6 +702,25 @@ void Scan::update_segments(int threads) {
   segmenter_->update(segment_input(threads));
 }
 
+Scan::SideBySide Scan::segment_and_map_edges(int threads) {
+  using clock = std::chrono::steady_clock;
+  SideBySide r;
+  auto timed = [](double& seconds, std::exception_ptr& error, const auto& step) {
+    const auto t0 = clock::now();
+    try {
+      step();
+    } catch (...) {
+      error = std::current_exception();
+    }
+    seconds = std::chrono::duration<double>(clock::now() - t0).count();
+  };
+  {
+    std::jthread edges([&] { timed(r.edge_maps_s, r.edge_maps_error, [&] { compute_edge_maps(std::max(1, threads - 1)); }); });
+    timed(r.segments_s, r.segments_error, [&] { update_segments(threads); });
+  }
+  return r;
+}
+
 science::Reference Scan::cluster_reference(int cluster_id, const std::string& name) const {
   const auto* seg = segmentation();
   const science::ClusterSummary* cluster = nullptr;

@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <exception>
 #include <map>
 #include <memory>
 #include <optional>
@@ -199,6 +200,16 @@ class Scan : private science::SampleSource {
   // Live segmentation (science.md §4) over what is stored so far; call after solve_changed so
   // the thickness mask is current. nullptr when segmentation is off.
   void update_segments(int threads);
+  // The final maps' segmentation and edge maps, side by side. They are independent (both read
+  // the store and the mask) and the segmentation is mostly serial (its sample's PCA and
+  // clustering), so the edge maps take the cores it leaves idle: at 1024² × 100 on 2 cores
+  // 0.37 + 0.17 s in turn (bench/run_batch_benchmark.sh). Each step's exception (null if it
+  // finished) and seconds; the segmentation runs on the calling thread (its cancellation scope).
+  struct SideBySide {
+    std::exception_ptr segments_error, edge_maps_error;
+    double segments_s = 0, edge_maps_s = 0;
+  };
+  SideBySide segment_and_map_edges(int threads);
 
   // The image-level analysis (the reference selection's evidence and choice, the segmentation)
   // on a thread of its own while frames and the fit's cycles go on (Pipeline): a live scan's
