@@ -167,6 +167,15 @@ TEST_CASE("result files: units on every numeric dataset, NeXus errors, one NXdat
   // fraction_sigma is also fractions_errors (same data), the 3-D stack has a reference axis.
   CHECK(h5::read<float>(f, "entry/results/fractions_errors") == h5::read<float>(f, "entry/results/fraction_sigma"));
   CHECK(h5::read<std::int32_t>(f, "entry/results/reference_index") == std::vector<std::int32_t>{0, 1});
+  // Each reference's maps are its planes of the stacks (virtual datasets: stored once).
+  {
+    const auto fractions = h5::read<float>(f, "entry/results/fractions");
+    const auto sigma = h5::read<float>(f, "entry/results/fraction_sigma");
+    const auto P = static_cast<std::ptrdiff_t>(R * C);
+    CHECK(h5::read<float>(plot, "fraction") == std::vector<float>(fractions.begin(), fractions.begin() + P));
+    CHECK(h5::read<float>(entry, "fraction_FeIII_L/fraction") == std::vector<float>(fractions.begin() + P, fractions.end()));
+    CHECK(h5::read<float>(entry, "fraction_FeIII_L/fraction_errors") == std::vector<float>(sigma.begin() + P, sigma.end()));
+  }
   {
     h5::Handle prog(H5Dopen2(entry, "program_name", H5P_DEFAULT), H5Dclose, "open");
     CHECK(h5::read_attr_string(prog, "version").rfind("0.", 0) == 0);

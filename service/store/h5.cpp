@@ -73,6 +73,23 @@ void write(hid_t loc, const std::string& name, const T* data, const std::vector<
     throw Error("HDF5: cannot write dataset '" + name + "'");
 }
 
+void write_plane_view(hid_t loc, const std::string& name, const std::string& source_path,
+                      const std::vector<hsize_t>& source_dims, hsize_t plane, hid_t type) {
+  const std::vector<hsize_t> dims(source_dims.begin() + 1, source_dims.end());
+  Handle view(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr), H5Sclose, "create dataspace");
+  Handle source(H5Screate_simple(static_cast<int>(source_dims.size()), source_dims.data(), nullptr), H5Sclose,
+                "create dataspace");
+  std::vector<hsize_t> start(source_dims.size(), 0), count(source_dims);
+  start[0] = plane, count[0] = 1;
+  if (H5Sselect_hyperslab(source, H5S_SELECT_SET, start.data(), nullptr, count.data(), nullptr) < 0)
+    throw Error("HDF5: cannot select plane " + std::to_string(plane) + " of '" + source_path + "'");
+  Handle dcpl(H5Pcreate(H5P_DATASET_CREATE), H5Pclose, "create dataset properties");
+  if (H5Pset_virtual(dcpl, view, ".", source_path.c_str(), source) < 0)  // ".": this file
+    throw Error("HDF5: cannot map '" + name + "' to '" + source_path + "'");
+  Handle ds(H5Dcreate2(loc, name.c_str(), type, view, H5P_DEFAULT, dcpl, H5P_DEFAULT), H5Dclose,
+            "create virtual dataset '" + name + "'");
+}
+
 namespace {
 Handle string_type() {
   Handle t(H5Tcopy(H5T_C_S1), H5Tclose, "copy string type");

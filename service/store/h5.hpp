@@ -53,6 +53,11 @@ void write(hid_t loc, const std::string& name, const std::vector<T>& v, std::vec
   if (dims.empty()) dims = {v.size()};
   write(loc, name, v.data(), dims);
 }
+// A virtual dataset `name` of shape source_dims[1:]: plane `plane` of the dataset at
+// `source_path` (absolute, in this file) of shape source_dims and type `type`. Readers see a
+// plain dataset; the file holds the values once.
+void write_plane_view(hid_t loc, const std::string& name, const std::string& source_path,
+                      const std::vector<hsize_t>& source_dims, hsize_t plane, hid_t type);
 void write_string(hid_t loc, const std::string& name, const std::string& value);
 void write_strings(hid_t loc, const std::string& name, const std::vector<std::string>& values);
 void attr_string(hid_t obj, const std::string& name, const std::string& value);

@@ -165,23 +165,21 @@ void write_results(hid_t entry, const Scan& scan) {
 }
 
 // One 2-D NXdata per reference (/entry/fraction_<name>): its fraction map with its errors and
-// labelled pixel axes, so silx and h5web plot each species by name. Returns the group names.
+// labelled pixel axes, so silx and h5web plot each species by name. The maps are virtual
+// datasets over the reference's plane of /entry/results' fractions and fraction_sigma (written
+// by write_results): the file holds each value once. Returns the group names.
 std::vector<std::string> write_fraction_maps(hid_t entry, const Scan& scan) {
   std::vector<std::string> groups;
   const auto* fit = scan.fit();
   if (!fit) return groups;
-  const auto grid = pixel_grid(scan);
-  const auto P = scan.pixels();
-  const auto& mask = scan.mask();
-  const auto fractions = science::apply_mask(fit->maps().fractions, mask.valid);
-  const auto sigma = science::apply_mask(fit->maps().fraction_sigma, mask.valid);
   const auto& names = fit->model().reference_names;
+  const auto per_reference = pixel_grid(scan, std::pair<hsize_t, std::string>{names.size(), "reference_index"});
   std::vector<std::string> taken;
   for (std::size_t k = 0; k < names.size(); ++k) {
     const auto name = group_name("fraction_", names[k], taken);
     auto g = h5::create_group(entry, name, "NXdata");
-    h5::write(g, "fraction", fractions.data() + k * P, grid.dims);
-    h5::write(g, "fraction_errors", sigma.data() + k * P, grid.dims);
+    h5::write_plane_view(g, "fraction", "/entry/results/fractions", per_reference.dims, k, H5T_NATIVE_FLOAT);
+    h5::write_plane_view(g, "fraction_errors", "/entry/results/fraction_sigma", per_reference.dims, k, H5T_NATIVE_FLOAT);
     link_pixel_axes(g, scan);
     {
       h5::Handle ds(H5Dopen2(g, "fraction", H5P_DEFAULT), H5Dclose, "open fraction");
@@ -189,7 +187,7 @@ std::vector<std::string> write_fraction_maps(hid_t entry, const Scan& scan) {
     }
     units(g, {{"fraction", "1"}, {"fraction_errors", "1"}});
     h5::attr_string(g, "signal", "fraction");
-    h5::attr_strings(g, "axes", grid.axes);
+    h5::attr_strings(g, "axes", pixel_grid(scan).axes);
     h5::attr_string(g, "reference", names[k]);
     h5::attr_string(g, "title", "fraction of " + names[k] + " (c_k/Σc; 0 outside the mask)");
     groups.push_back(name);
