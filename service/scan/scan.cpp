@@ -714,6 +714,11 @@ Scan::SideBySide Scan::segment_and_map_edges(int threads) {
     }
     seconds = std::chrono::duration<double>(clock::now() - t0).count();
   };
+  if (!settings_.segment.enabled) {  // nothing beside: the edge maps take every thread
+    timed(r.segments_s, r.segments_error, [&] { update_segments(threads); });
+    timed(r.edge_maps_s, r.edge_maps_error, [&] { compute_edge_maps(threads); });
+    return r;
+  }
   {
     std::jthread edges([&] { timed(r.edge_maps_s, r.edge_maps_error, [&] { compute_edge_maps(std::max(1, threads - 1)); }); });
     timed(r.segments_s, r.segments_error, [&] { update_segments(threads); });

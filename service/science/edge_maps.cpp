@@ -66,9 +66,14 @@ double PixelNormalizer::normalize(const double* y, double* norm) const {
   return step;
 }
 
-__attribute__((target_clones("arch=x86-64-v3", "default")))
 void PixelNormalizer::normalize_block(const double* y, std::size_t stride, std::size_t n, double* norm,
                                       double* step) const {
+  normalize_block_inline(y, stride, n, norm, step);
+}
+
+__attribute__((always_inline)) inline void PixelNormalizer::normalize_block_inline(const double* y, std::size_t stride,
+                                                                                   std::size_t n, double* norm,
+                                                                                   double* step) const {
   constexpr std::size_t kChunk = 256;  // pixels per pass: the per-pixel coefficients stay on the stack
   double pre0[kChunk], pre1[kChunk], inv[kChunk];
   for (std::size_t i0 = 0; i0 < n; i0 += kChunk) {
@@ -140,7 +145,7 @@ __attribute__((always_inline)) inline void edge_blocks(const EdgeBlocks& in, std
       for (std::size_t i = 0; i < nb; ++i) yj[i] = plane[i];
       for (std::size_t i = nb; i < kBlock; ++i) yj[i] = 0;
     }
-    in.normalizer.normalize_block(y_buf, kBlock, kBlock, norm_buf, step);
+    in.normalizer.normalize_block_inline(y_buf, kBlock, kBlock, norm_buf, step);
     const double* norm = norm_buf;
     auto at = [&](std::size_t j) { return norm + j * kBlock; };
     // The three scans below run over W pixels at a time with explicit blends: GCC would make
@@ -201,8 +206,9 @@ __attribute__((always_inline)) inline void edge_blocks(const EdgeBlocks& in, std
   }
 }
 
-// edge_blocks in AVX2 vectors where the CPU has them (chosen once).
-__attribute__((target("arch=x86-64-v3"))) void edge_blocks4(const EdgeBlocks& in, std::size_t b, std::size_t e, double* w) {
+// edge_blocks in AVX2 vectors where the CPU has them (chosen once; the features named, not an
+// x86-64-v3 level, which clang 14's __builtin_cpu_supports does not know).
+__attribute__((target("avx2,fma"))) void edge_blocks4(const EdgeBlocks& in, std::size_t b, std::size_t e, double* w) {
   edge_blocks<Vd4>(in, b, e, w);
 }
 void edge_blocks2(const EdgeBlocks& in, std::size_t b, std::size_t e, double* w) { edge_blocks<Vd2>(in, b, e, w); }
@@ -210,7 +216,7 @@ using EdgeBlocksKernel = void (*)(const EdgeBlocks&, std::size_t, std::size_t, d
 EdgeBlocksKernel edge_blocks_kernel() {
   static const EdgeBlocksKernel k = [] {
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("x86-64-v3")) return &edge_blocks4;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return &edge_blocks4;
     return &edge_blocks2;
   }();
   return k;

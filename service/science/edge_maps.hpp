@@ -26,6 +26,9 @@ class PixelNormalizer {
   // norm), the loops over the pixels so they vectorize (normalize is the case n = 1). step: n
   // values; norm where step ≤ 0 is meaningless.
   void normalize_block(const double* y, std::size_t stride, std::size_t n, double* norm, double* step) const;
+  // The same, always inlined: for the edge maps' kernel in this file's translation unit, which
+  // is compiled for wider vectors (AVX2) and takes these loops with it.
+  void normalize_block_inline(const double* y, std::size_t stride, std::size_t n, double* norm, double* step) const;
   const PreEdgeResult& ranges() const { return ranges_; }
 
  private:
