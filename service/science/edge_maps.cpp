@@ -66,11 +66,6 @@ double PixelNormalizer::normalize(const double* y, double* norm) const {
   return step;
 }
 
-void PixelNormalizer::normalize_block(const double* y, std::size_t stride, std::size_t n, double* norm,
-                                      double* step) const {
-  normalize_block_inline(y, stride, n, norm, step);
-}
-
 __attribute__((always_inline)) inline void PixelNormalizer::normalize_block_inline(const double* y, std::size_t stride,
                                                                                    std::size_t n, double* norm,
                                                                                    double* step) const {
@@ -102,6 +97,11 @@ __attribute__((always_inline)) inline void PixelNormalizer::normalize_block_inli
       for (std::size_t i = 0; i < m; ++i) nj[i] = (yj[i] - pre0[i] - pre1[i] * dej) * inv[i];
     }
   }
+}
+
+void PixelNormalizer::normalize_block(const double* y, std::size_t stride, std::size_t n, double* norm,
+                                      double* step) const {
+  normalize_block_inline(y, stride, n, norm, step);
 }
 
 namespace {

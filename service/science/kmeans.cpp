@@ -7,7 +7,7 @@
 
 namespace xanesd::science {
 
-int nearest(const FeatureMatrix& centroids, const double* f, double* dist) {
+int nearest(const FeatureMatrix& centroids, const double* f, double* dist, double* all) {
   int best = 0;
   double bd = INFINITY;
   const auto d = centroids.cols(), k = centroids.rows();
@@ -19,6 +19,7 @@ int nearest(const FeatureMatrix& centroids, const double* f, double* dist) {
       const double t = f[i] - cc[i];
       s += t * t;
     }
+    if (all) all[c] = s;
     if (s < bd) bd = s, best = static_cast<int>(c);
   }
   if (dist) *dist = bd;

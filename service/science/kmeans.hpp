@@ -27,8 +27,9 @@ struct KMeans {
 KMeans kmeans(const FeatureMatrix& features, int k, Rng& rng, int n_init = 3, double trim = 0);
 KMeans kmeans(const FeatureMatrix& features, int k, std::uint64_t seed, int n_init = 3, double trim = 0);
 
-// Index of the centroid nearest to point f (and its squared distance).
-int nearest(const FeatureMatrix& centroids, const double* f, double* dist = nullptr);
+// Index of the centroid nearest to point f (the first of equal minima), its squared distance,
+// and with `all`, the squared distance to every centroid.
+int nearest(const FeatureMatrix& centroids, const double* f, double* dist = nullptr, double* all = nullptr);
 // Adds k-means++ centres to C until it has k rows.
 void add_kmeanspp(const FeatureMatrix& F, FeatureMatrix& C, int k, Rng& rng, double trim = 0);
 // Lloyd iterations from the centres in C until they settle (moves below 1e-4 of the features'

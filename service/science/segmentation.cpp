@@ -860,7 +860,6 @@ class PixelLabeller {
   // Labels pixels [b, en) into labels and adds the clustered ones to a.
   void label(std::size_t b, std::size_t en, std::vector<std::uint8_t>& labels, std::vector<std::uint8_t>& bins, ClusterSums& a) const {
     const auto G = static_cast<std::size_t>(dom_.count);
-    const Eigen::Index d = cl_.centroids.cols();
     constexpr std::size_t kBlock = 256;
     const int r = fs_.r;
     const auto Ev = static_cast<Eigen::Index>(used_.size());
@@ -868,7 +867,7 @@ class PixelLabeller {
     std::vector<std::uint8_t> complete(kBlock);
     std::vector<double> f(static_cast<std::size_t>(fs_.dims()));
     const Eigen::Index bins_k = cl_.centroids.rows();
-    std::vector<double> dist(static_cast<std::size_t>(std::max<Eigen::Index>(bins_k, 1)));
+    std::vector<double> dist(static_cast<std::size_t>(bins_k));
     for (std::size_t p0 = b; p0 < en; p0 += kBlock) {
       const std::size_t nb = std::min(kBlock, en - p0);
       const auto nbi = static_cast<Eigen::Index>(nb);
@@ -892,18 +891,7 @@ class PixelLabeller {
         fs_.extras(p, in_.cols, in_.xrf, in_.npix, f.data());
         // The squared distance to every bin, once: the nearest bin labels the pixel, and all of
         // them give the smoothing's evidence.
-        int c = 0;
-        double nearest_d2 = INFINITY;  // as nearest(): the first of equal minima, never a NaN
-        for (Eigen::Index cc = 0; cc < bins_k; ++cc) {
-          const double* z = cl_.centroids.data() + cc * d;
-          double s2 = 0;
-          for (Eigen::Index i = 0; i < d; ++i) {
-            const double t = f[static_cast<std::size_t>(i)] - z[i];
-            s2 += t * t;
-          }
-          dist[static_cast<std::size_t>(cc)] = s2;
-          if (s2 < nearest_d2) nearest_d2 = s2, c = static_cast<int>(cc);
-        }
+        const int c = nearest(cl_.centroids, f.data(), nullptr, dist.data());
         const auto g = static_cast<std::size_t>(dom_.group[static_cast<std::size_t>(c)]);
         labels[p] = static_cast<std::uint8_t>(dom_.ids[g]);
         bins[p] = static_cast<std::uint8_t>(c + 1);

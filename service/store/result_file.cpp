@@ -173,6 +173,7 @@ std::vector<std::string> write_fraction_maps(hid_t entry, const Scan& scan) {
   const auto* fit = scan.fit();
   if (!fit) return groups;
   const auto& names = fit->model().reference_names;
+  const auto axes = pixel_grid(scan).axes;
   const auto per_reference = pixel_grid(scan, std::pair<hsize_t, std::string>{names.size(), "reference_index"});
   std::vector<std::string> taken;
   for (std::size_t k = 0; k < names.size(); ++k) {
@@ -187,7 +188,7 @@ std::vector<std::string> write_fraction_maps(hid_t entry, const Scan& scan) {
     }
     units(g, {{"fraction", "1"}, {"fraction_errors", "1"}});
     h5::attr_string(g, "signal", "fraction");
-    h5::attr_strings(g, "axes", pixel_grid(scan).axes);
+    h5::attr_strings(g, "axes", axes);
     h5::attr_string(g, "reference", names[k]);
     h5::attr_string(g, "title", "fraction of " + names[k] + " (c_k/Σc; 0 outside the mask)");
     groups.push_back(name);
