@@ -70,7 +70,7 @@ struct Options {
   std::vector<std::string> set;  // extra daemon config overrides (--set KEY=VALUE)
   // Message shapes besides full frames: row blocks of N rows (energy-major) of the large image,
   // batches of N pixels (pixel-major, as a fly scan sends them) of one small scan.
-  std::vector<int> large_rows, small_pixels;
+  std::vector<int> large_rows, small_pixels, small_spectra;
 };
 
 int usage(int code) {
@@ -85,6 +85,9 @@ int usage(int code) {
                "  --no-raw                 skip the raw ZeroMQ PUSH→PULL baseline\n"
                "  --set KEY=VALUE          daemon config override, repeatable (e.g. segment.enabled=false)\n"
                "  --large-rows N,...       also send the large image as row blocks of N rows (energy-major)\n"
+               "  --small-shape RxC        the small image's shape (default 155x160)\n"
+               "  --small-spectra N,...    also send one small scan as spectra batches: N pixels × every energy\n"
+               "                           in one message\n"
                "  --small-pixels N,...     also send one small scan as batches of N pixels (pixel-major; 1 pixel:\n"
                "                           1.8 M messages)\n"
                "  --paced small|all|none   also run with the sender paced below capacity (default small:\n"
@@ -113,6 +116,13 @@ std::optional<Options> parse_args(int argc, char** argv) {
     else if (a == "--large-energies") o.large_energies = std::stoi(next());
     else if (a == "--large-scans") o.large_scans = std::stoi(next());
     else if (a == "--small-scans") o.small_scans = std::stoi(next());
+    else if (a == "--small-shape") {
+      const auto v = next();
+      const auto x = v.find('x');
+      if (x == std::string::npos) throw std::runtime_error("--small-shape takes ROWSxCOLS");
+      o.small_rows = std::stoi(v.substr(0, x)), o.small_cols = std::stoi(v.substr(x + 1));
+      if (o.small_rows < 1 || o.small_cols < 1) throw std::runtime_error("--small-shape takes positive sizes");
+    }
     else if (a == "--intervals") {
       o.intervals.clear();
       std::string v = next();
@@ -121,8 +131,8 @@ std::optional<Options> parse_args(int argc, char** argv) {
         o.intervals.push_back(std::stoi(v.substr(p, q - p)));
         p = q + 1;
       }
-    } else if (a == "--large-rows" || a == "--small-pixels") {
-      auto& list = a == "--large-rows" ? o.large_rows : o.small_pixels;
+    } else if (a == "--large-rows" || a == "--small-pixels" || a == "--small-spectra") {
+      auto& list = a == "--large-rows" ? o.large_rows : (a == "--small-pixels" ? o.small_pixels : o.small_spectra);
       std::string v = next();
       for (std::size_t p = 0; p <= v.size();) {
         const auto q = std::min(v.find(',', p), v.size());
@@ -161,26 +171,33 @@ struct Workload {
   int rows = 0, cols = 0;
   std::vector<double> energies;
   std::vector<float> counts;  // E × P, energy-major
+  std::vector<float> spectra_counts;  // P × E, pixel-major (spectra batches)
   std::vector<double> i0;     // E
   int scans = 1;
   bool large = false;
   std::string how;            // how the frames were made, for the output
   // Message shape: full frames (block 0), row blocks of `block` rows, or batches of `block` pixels.
-  enum class Split { full, rows, pixels } split = Split::full;
+  // Spectra: batches of `block` pixels with every energy in one message.
+  enum class Split { full, rows, pixels, spectra } split = Split::full;
   int block = 0;
   std::shared_ptr<std::vector<std::uint32_t>> pixel_ids;  // 0..P−1, the pixel lists' source
   std::size_t pixels() const { return static_cast<std::size_t>(rows) * static_cast<std::size_t>(cols); }
   std::size_t blocks() const {  // messages per energy
     if (split == Split::rows) return (static_cast<std::size_t>(rows) + block - 1) / block;
-    if (split == Split::pixels) return (pixels() + block - 1) / block;
+    if (split == Split::pixels || split == Split::spectra) return (pixels() + block - 1) / block;
     return 1;
   }
-  std::size_t frames_per_scan() const { return energies.size() * blocks(); }
-  std::size_t frame_bytes() const { return pixels() * sizeof(float) / blocks(); }  // mean
-  std::string shape_id() const { return split == Split::full ? "full" : (split == Split::rows ? "rows" : "pixels") + std::to_string(block); }
+  std::size_t energies_per_message() const { return split == Split::spectra ? energies.size() : 1; }
+  std::size_t frames_per_scan() const { return energies.size() / energies_per_message() * blocks(); }
+  std::size_t frame_bytes() const { return pixels() * energies_per_message() * sizeof(float) / blocks(); }  // mean
+  std::string shape_id() const {
+    static const char* kinds[] = {"full", "rows", "pixels", "spectra"};
+    return split == Split::full ? "full" : kinds[static_cast<int>(split)] + std::to_string(block);
+  }
   std::string shape() const {
     if (split == Split::rows) return "rows×" + std::to_string(block);
     if (split == Split::pixels) return "pixels×" + std::to_string(block);
+    if (split == Split::spectra) return "spectra×" + std::to_string(block);
     return "full";
   }
   // Message i of a scan in sending order: energy-major for full frames and row blocks (all
@@ -190,6 +207,7 @@ struct Workload {
     const std::size_t E = energies.size(), per = split == Split::rows ? static_cast<std::size_t>(block) * cols : block;
     const std::size_t total = split == Split::rows ? static_cast<std::size_t>(rows) * cols : pixels();
     if (split == Split::full) return {i, 0, pixels()};
+    if (split == Split::spectra) return {0, i * static_cast<std::size_t>(block), std::min<std::size_t>(block, pixels() - i * static_cast<std::size_t>(block))};
     const std::size_t e = split == Split::rows ? i / blocks() : i % E, b = split == Split::rows ? i % blocks() : i / E;
     return {e, b * per, std::min(per, total - b * per)};
   }
@@ -293,10 +311,20 @@ protocol::WireMessage frame_message(const Workload& w, const std::string& scan_i
     const int r0 = static_cast<int>(first / static_cast<std::size_t>(w.cols)), nr = static_cast<int>(n / static_cast<std::size_t>(w.cols));
     f.region = {protocol::Region::Kind::rows, r0, nr};
     f.counts = view("counts", counts, n * sizeof(float), protocol::DType::float32, {nr, w.cols});
-  } else {
+  } else if (w.split == Workload::Split::pixels) {
     f.region.kind = protocol::Region::Kind::pixels;
     f.pixels = view("pixels", w.pixel_ids->data() + first, n * sizeof(std::uint32_t), protocol::DType::uint32, {N});
     f.counts = view("counts", counts, n * sizeof(float), protocol::DType::float32, {N});
+  } else {  // a spectra batch: n pixels × every energy
+    const std::size_t E = w.energies.size();
+    f.region.kind = protocol::Region::Kind::pixels;
+    f.pixels = view("pixels", w.pixel_ids->data() + first, n * sizeof(std::uint32_t), protocol::DType::uint32, {N});
+    f.counts = view("counts", w.spectra_counts.data() + first * E, n * E * sizeof(float), protocol::DType::float32,
+                    {N, static_cast<std::int64_t>(E)});
+    f.i0_scalar.reset();
+    for (std::size_t j = 0; j < E; ++j) f.energy_indices.push_back(static_cast<int>(j));
+    f.energies_eV = w.energies;
+    f.i0_scalars = w.i0;
   }
   return std::move(f).to_wire();
 }
@@ -677,16 +705,23 @@ int main(int argc, char** argv) {
       std::vector<std::pair<Workload::Split, int>> shapes = {{Workload::Split::full, 0}};
       for (int n : w.large ? o.large_rows : std::vector<int>{}) shapes.push_back({Workload::Split::rows, n});
       for (int n : w.large ? std::vector<int>{} : o.small_pixels) shapes.push_back({Workload::Split::pixels, n});
+      for (int n : w.large ? std::vector<int>{} : o.small_spectra) shapes.push_back({Workload::Split::spectra, n});
       if (shapes.size() > 1 && !w.pixel_ids) {
         w.pixel_ids = std::make_shared<std::vector<std::uint32_t>>(w.pixels());
         std::iota(w.pixel_ids->begin(), w.pixel_ids->end(), 0u);
+      }
+      if (!w.large && !o.small_spectra.empty() && w.spectra_counts.empty()) {
+        const std::size_t E = w.energies.size(), P = w.pixels();
+        w.spectra_counts.resize(E * P);
+        for (std::size_t e = 0; e < E; ++e)
+          for (std::size_t p = 0; p < P; ++p) w.spectra_counts[p * E + e] = w.counts[e * P + p];
       }
       const std::string base_label = w.label;
       const int base_scans = w.scans;
       for (const auto& [split, block] : shapes) {
         w.split = split, w.block = block;
         w.label = split == Workload::Split::full ? base_label : base_label + " " + w.shape();
-        w.scans = split == Workload::Split::pixels ? 1 : base_scans;
+        w.scans = split == Workload::Split::pixels || split == Workload::Split::spectra ? 1 : base_scans;
         const auto intervals = split == Workload::Split::full ? o.intervals : std::vector<int>{default_interval};
         std::optional<RawResult> raw;
         if (o.raw) {
@@ -696,7 +731,8 @@ int main(int argc, char** argv) {
                       raw->gbytes_per_s);
           std::fflush(stdout);
           rows.push_back({w.label, "raw ZeroMQ, no daemon", raw->frames, raw->fps,
-                          raw->fps * static_cast<double>(w.pixels()) / static_cast<double>(w.blocks()), 100.0, "-", "-", "-", "-"});
+                          raw->fps * static_cast<double>(w.pixels() * w.energies_per_message()) / static_cast<double>(w.blocks()),
+                          100.0, "-", "-", "-", "-"});
         }
         auto run = [&](int interval, double rate) {
           const auto r = run_daemon(o, w, interval, rate);

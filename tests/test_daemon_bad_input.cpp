@@ -105,6 +105,21 @@ TEST_CASE("every kind of bad input is reported and counted; the scan goes on") {
     d.send(std::move(f).to_wire());
     CHECK(d.next_error().value("code", "") == "energy_index_out_of_plan");
   }
+  // A spectra batch with one energy outside the plan: refused whole (not counted as accepted).
+  {
+    auto f = frame(seq, 0);
+    const std::vector<float> counts = {7, 7, 7, 7};  // 2 pixels × 2 energies
+    const std::vector<std::int64_t> pix = {0, 1};
+    f.region.kind = Region::Kind::pixels;
+    f.energy_indices = {1, kE};
+    f.energies_eV = {frame(seq, 1).energy_eV, f.energy_eV};
+    f.counts = Array::from<float>("counts", counts, {2, 2});
+    f.pixels = Array::from<std::int64_t>("pixels", pix, {2});
+    d.send(std::move(f).to_wire());
+    const auto e = d.next_error();
+    CHECK(e.value("code", "") == "energy_index_out_of_plan");
+    CHECK(e.value("message", "").find(std::to_string(kE)) != std::string::npos);
+  }
   // Energy value that does not match the plan.
   {
     auto f = frame(seq, 1);

@@ -221,6 +221,21 @@ TEST_CASE("live fluorescence scan: maps on the PUB socket while it runs, result 
   for (std::size_t i = 0; i < pm.size(); ++i) maxdiff = std::max(maxdiff, static_cast<double>(std::abs(pm[i] - fractions[i])));
   CHECK(maxdiff < 1e-4);
 
+  // So do spectra batches: 100 pixels × every energy in one message (a third scan).
+  REQUIRE(replay(truth.file, d.ingest, {"--spectra", "--chunk-pixels", "100", "--scan-id", "fluo-sb"}) == 0);
+  const auto sb_path = dir / "results" / "fluo-sb.h5";
+  REQUIRE(test::wait_for_file(sb_path));
+  {
+    auto sb_file = h5::open_file(sb_path);
+    const auto sb = h5::read<float>(sb_file, "entry/results/fractions");
+    REQUIRE(sb.size() == fractions.size());
+    maxdiff = 0;
+    for (std::size_t i = 0; i < sb.size(); ++i) maxdiff = std::max(maxdiff, static_cast<double>(std::abs(sb[i] - fractions[i])));
+    CHECK(maxdiff < 1e-4);
+    // Every sample of every batch stored: the spectra equal the pixel-major scan's.
+    CHECK(h5::read<float>(sb_file, "entry/data/spectra") == h5::read<float>(h5::open_file(pm_path), "entry/data/spectra"));
+  }
+
   // Late join: a snapshot from the control socket carries the latest publication of each topic.
   {
     auto frames = test::control_frames(ctx, d.control, {{"cmd", "snapshot"}});
@@ -241,7 +256,7 @@ TEST_CASE("live fluorescence scan: maps on the PUB socket while it runs, result 
     CHECK(i == frames.size());
     REQUIRE(latest.count("maps/fractions"));
     REQUIRE(latest.count("status"));
-    CHECK(latest["maps/fractions"].header.at("scan_id") == "fluo-pm");
+    CHECK(latest["maps/fractions"].header.at("scan_id") == "fluo-sb");
     CHECK(latest["maps/fractions"].header.at("final") == true);
     CHECK(latest["maps/fractions"].header.at("version") == head.at("version"));
   }

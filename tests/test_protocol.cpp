@@ -3,6 +3,7 @@
 #include <doctest/doctest.h>
 
 #include <cstring>
+#include <functional>
 #include <fstream>
 
 #include "support.hpp"
@@ -222,6 +223,79 @@ TEST_CASE("malformed messages are rejected with a message that names the problem
     frames[1] = zmq::message_t(b.data(), b.size());
     CHECK_THROWS_AS(FrameMsg::from_wire(decode(std::move(frames))), ProtocolError);
   }
+}
+
+namespace {
+// 3 pixels × 2 energies, a spectrum per row, with per-energy scalar I0 and XRF per pixel.
+FrameMsg spectra_batch() {
+  FrameMsg f;
+  f.scan_id = "pm";
+  f.seq = 4;
+  f.region.kind = Region::Kind::pixels;
+  f.energy_indices = {1, 0};
+  f.energies_eV = {7110.0, 7100.0};
+  f.i0_scalars = {2.0, 4.0};
+  const std::vector<float> counts{10, 20, 11, 21, 12, 22};
+  const std::vector<std::uint32_t> pixels{5, 6, 9};
+  const std::vector<float> xrf{1, 2, 3};
+  f.counts = Array::from<float>("counts", counts, {3, 2});
+  f.pixels = Array::from<std::uint32_t>("pixels", pixels, {3});
+  f.xrf = Array::from<float>("xrf", xrf, {1, 3});
+  return f;
+}
+}  // namespace
+
+TEST_CASE("a spectra batch round trips and splits into its frames at one energy, in its energy order") {
+  auto f = FrameMsg::from_wire(decode(encode(spectra_batch().to_wire())));
+  REQUIRE(f.spectra());
+  CHECK(f.energy_indices == std::vector<int>{1, 0});
+  CHECK(f.energies_eV == std::vector<double>{7110.0, 7100.0});
+  CHECK(f.i0_scalars == std::vector<double>{2.0, 4.0});
+  CHECK(f.energy_index == 1);
+  auto parts = f.per_energy();
+  REQUIRE(parts.size() == 2);
+  for (std::size_t j = 0; j < 2; ++j) {
+    CHECK(parts[j].seq == 4);
+    CHECK_FALSE(parts[j].spectra());
+    CHECK(parts[j].energy_index == f.energy_indices[j]);
+    CHECK(parts[j].energy_eV == f.energies_eV[j]);
+    CHECK(*parts[j].i0_scalar == f.i0_scalars[j]);
+    REQUIRE(parts[j].counts.shape() == std::vector<std::int64_t>{3});
+    for (std::size_t i = 0; i < 3; ++i) CHECK(parts[j].counts.at(i) == f.counts.at(i * 2 + j));
+    REQUIRE(parts[j].pixels);
+    CHECK(parts[j].pixels->at(2) == 9);
+  }
+  REQUIRE(parts[0].xrf);  // the XRF once, with the first energy
+  CHECK_FALSE(parts[1].xrf);
+  // Each part is a valid frame of its own.
+  for (auto& p : parts) CHECK_NOTHROW(FrameMsg::from_wire(decode(encode(std::move(p).to_wire()))));
+}
+
+TEST_CASE("a malformed spectra batch is refused with its reason") {
+  auto header_edit = [](const std::function<void(nlohmann::json&)>& edit) {
+    auto frames = encode(spectra_batch().to_wire());
+    auto h = decode_header(frames[1].data(), frames[1].size());
+    edit(h);
+    const auto b = encode_header(h);
+    frames[1] = zmq::message_t(b.data(), b.size());
+    return decode(std::move(frames));
+  };
+  CHECK_THROWS_WITH_AS(FrameMsg::from_wire(header_edit([](auto& h) { h["energy_indices"] = {1, 0, 2}; })),
+                       doctest::Contains("as long as"), ProtocolError);
+  CHECK_THROWS_WITH_AS(FrameMsg::from_wire(header_edit([](auto& h) { h["energy_index"] = 0; })), doctest::Contains("either"),
+                       ProtocolError);
+  CHECK_THROWS_WITH_AS(FrameMsg::from_wire(header_edit([](auto& h) { h["region"] = {{"kind", "full"}}; })),
+                       doctest::Contains("region kind 'pixels'"), ProtocolError);
+  CHECK_THROWS_WITH_AS(FrameMsg::from_wire(header_edit([](auto& h) { h["i0"] = {1.0}; })), doctest::Contains("one number per energy"),
+                       ProtocolError);
+  CHECK_THROWS_WITH_AS(FrameMsg::from_wire(header_edit([](auto& h) { h["energy_indices"] = {1, 4096}; })),
+                       doctest::Contains("energy_indices"), ProtocolError);
+  CHECK_THROWS_WITH_AS(FrameMsg::from_wire(header_edit([](auto& h) {
+                         h["energy_indices"] = {1, 0, 2};
+                         h["energies_eV"] = {1.0, 2.0, 3.0};
+                         h.erase("i0");
+                       })),
+                       doctest::Contains("columns"), ProtocolError);
 }
 
 TEST_CASE("a header float of 2^64 or more survives encode → decode (fuzz_wire: msgpack-c's pack_double converted 2^64 to uint64)") {

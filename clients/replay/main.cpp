@@ -25,6 +25,7 @@ int main(int argc, char** argv) {
       ->check(cli::non_negative());
   app.add_option("--rows-per-frame", opt.rows_per_frame, "energy-major: rows per frame (0: whole images)")->check(cli::non_negative());
   app.add_option("--chunk-pixels", opt.chunk_pixels, "pixel-major: pixels per frame (0: one image row)")->check(cli::non_negative());
+  app.add_flag("--spectra", opt.spectra, "pixel-major: send each chunk's whole spectra in one message (a spectra batch)");
   app.add_option("--scan-id", opt.scan_id, "scan id (default: the file's stem)");
   app.add_flag("--no-stop", [&](std::int64_t) { opt.send_stop = false; }, "do not send stop");
   app.add_option("--energies", opt.only_energies_eV, "eV: a sub-spectra scan at these energies only: E1,E2,...")
@@ -39,7 +40,7 @@ int main(int argc, char** argv) {
   app.add_option("--client-key", opt.client_key, "CLIENT.key (CURVE)");
   app.add_flag("--quiet", quiet, "no progress lines");
   if (auto code = cli::parse(app, argc, argv)) return *code;
-  opt.order = protocol::order_from_string(order);
+  opt.order = opt.spectra ? protocol::Order::pixel_major : protocol::order_from_string(order);  // spectra batches are pixel-major
   opt.timeout_ms = static_cast<int>(1000 * timeout_s);
   try {
     zmq::context_t ctx(1);

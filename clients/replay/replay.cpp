@@ -73,7 +73,7 @@ Report run(const Options& opt, zmq::context_t& ctx, const std::function<void(std
   push.connect(opt.endpoint);
   const auto t0 = std::chrono::steady_clock::now();
   std::int64_t seq = 0, skipped = 0, total = 0;
-  ScanFileOptions read_opt{opt.order, opt.rows_per_frame, opt.chunk_pixels, opt.scan_id, opt.send_stop, opt.only_energies_eV};
+  ScanFileOptions read_opt{opt.order, opt.rows_per_frame, opt.chunk_pixels, opt.spectra, opt.scan_id, opt.send_stop, opt.only_energies_eV};
   read_scan_file(opt.input, read_opt, [&](protocol::IngestMessage&& msg) {
     if (const auto* s = std::get_if<protocol::StartMsg>(&msg)) total = scan_file_frames(*s, read_opt) - from.first_seq;
     const bool is_frame = std::holds_alternative<protocol::FrameMsg>(msg);

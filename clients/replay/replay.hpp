@@ -22,6 +22,7 @@ struct Options {
   double rate_fps = 0;       // frames per second; 0 = as fast as xanesd accepts
   int rows_per_frame = 0;    // energy-major: 0 = whole image per frame
   int chunk_pixels = 0;      // pixel-major: pixels per frame (0 = one image row)
+  bool spectra = false;      // pixel-major: each chunk's every energy in one message (a spectra batch)
   std::string scan_id;       // default: the file's stem
   bool send_stop = true;
   std::vector<double> only_energies_eV;  // a sub-spectra scan at these energies (eV); empty: all

@@ -205,6 +205,20 @@ class IngestHelpers(unittest.TestCase):
         m = xp.decode(xp.frame_message("s", 1, 0, 7100.0, [5], region=("pixels", np.array([3], np.int32))))
         self.assertEqual(m.arrays["pixels"].dtype, np.int64)
 
+    def test_spectra_batch(self):
+        counts = np.arange(6, dtype=np.float32).reshape(3, 2)
+        m = xp.decode(xp.spectra_message("s", 2, [1, 0], [7110.0, 7100.0], [4, 5, 6], counts, i0=[2.0, 4.0],
+                                         xrf=np.ones((1, 3), np.float32)))
+        self.assertEqual(m.header["energy_indices"], [1, 0])
+        self.assertEqual(m.header["energies_eV"], [7110.0, 7100.0])
+        self.assertEqual(m.header["i0"], [2.0, 4.0])
+        self.assertNotIn("energy_index", m.header)
+        self.assertEqual(m.header["region"], {"kind": "pixels"})
+        self.assertEqual(m.arrays["counts"].shape, (3, 2))
+        self.assertEqual(m.arrays["pixels"].tolist(), [4, 5, 6])
+        with self.assertRaises(ValueError):
+            xp.spectra_message("s", 2, [1, 0, 2], [1.0, 2.0, 3.0], [4, 5, 6], counts)
+
     def test_stop(self):
         m = xp.decode(xp.stop_message("s"))
         self.assertEqual(m.header["reason"], "completed")

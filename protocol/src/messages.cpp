@@ -1,5 +1,7 @@
 #include "xanesd/protocol/messages.hpp"
 
+#include <cstring>
+
 namespace xanesd::protocol {
 namespace {
 
@@ -112,9 +114,16 @@ WireMessage FrameMsg::to_wire() && {
     case Region::Kind::rows: region = {{"kind", "rows"}, {"row0", this->region.row0}, {"nrows", this->region.nrows}}; break;
     case Region::Kind::pixels: region = {{"kind", "pixels"}}; break;
   }
-  m.header = {{"type", "frame"},        {"scan_id", scan_id},     {"seq", seq},
-              {"energy_index", energy_index}, {"energy_eV", energy_eV}, {"region", region}};
-  if (i0_scalar) m.header["i0"] = *i0_scalar;
+  m.header = {{"type", "frame"}, {"scan_id", scan_id}, {"seq", seq}, {"region", region}};
+  if (spectra()) {
+    m.header["energy_indices"] = energy_indices;
+    m.header["energies_eV"] = energies_eV;
+  } else {
+    m.header["energy_index"] = energy_index;
+    m.header["energy_eV"] = energy_eV;
+  }
+  if (!i0_scalars.empty()) m.header["i0"] = i0_scalars;
+  else if (i0_scalar) m.header["i0"] = *i0_scalar;
   m.arrays.push_back(std::move(counts));
   for (auto* a : {&i0, &dark, &flat, &pixels, &xrf})
     if (*a) m.arrays.push_back(std::move(**a));
@@ -126,8 +135,26 @@ FrameMsg FrameMsg::from_wire(WireMessage&& m) {
   FrameMsg f;
   f.scan_id = require_string(m.header, "scan_id");
   f.seq = require_int_in(m.header, "seq", 0, kMaxSeq);
-  f.energy_index = static_cast<int>(require_int_in(m.header, "energy_index", 0, kMaxEnergies - 1));
-  f.energy_eV = require_number(m.header, "energy_eV");
+  if (m.header.contains("energy_indices")) {  // a spectra batch
+    if (m.header.contains("energy_index") || m.header.contains("energy_eV"))
+      throw ProtocolError("a frame has either 'energy_index' and 'energy_eV' or 'energy_indices' and 'energies_eV'");
+    const auto& idx = require(m.header, "energy_indices");
+    const auto& ev = require(m.header, "energies_eV");
+    if (!idx.is_array() || idx.empty() || idx.size() > static_cast<std::size_t>(kMaxEnergies))
+      throw ProtocolError("'energy_indices' must be a list of 1 to 4096 integers");
+    if (!ev.is_array() || ev.size() != idx.size())
+      throw ProtocolError("'energies_eV' must be a list as long as 'energy_indices'");
+    for (std::size_t j = 0; j < idx.size(); ++j) {
+      f.energy_indices.push_back(static_cast<int>(checked_int(idx[j], "'energy_indices' entry", 0, kMaxEnergies - 1)));
+      if (!ev[j].is_number()) throw ProtocolError("'energies_eV' must hold numbers");
+      f.energies_eV.push_back(ev[j].get<double>());
+    }
+    f.energy_index = f.energy_indices.front();
+    f.energy_eV = f.energies_eV.front();
+  } else {
+    f.energy_index = static_cast<int>(require_int_in(m.header, "energy_index", 0, kMaxEnergies - 1));
+    f.energy_eV = require_number(m.header, "energy_eV");
+  }
   const auto& r = require(m.header, "region");
   const auto kind = require_string(r, "kind");
   if (kind == "full") {
@@ -145,7 +172,16 @@ FrameMsg FrameMsg::from_wire(WireMessage&& m) {
     throw ProtocolError("region kind must be 'full', 'rows' or 'pixels', got '" + kind + "'");
   }
   if (m.header.contains("i0")) {
-    f.i0_scalar = require_number(m.header, "i0");
+    const auto& v = m.header["i0"];
+    if (f.spectra() && v.is_array()) {
+      if (v.size() != f.energy_indices.size()) throw ProtocolError("'i0' as a list must have one number per energy");
+      for (const auto& x : v) {
+        if (!x.is_number()) throw ProtocolError("'i0' must hold numbers");
+        f.i0_scalars.push_back(x.get<double>());
+      }
+    } else {
+      f.i0_scalar = require_number(m.header, "i0");
+    }
   }
   auto counts = m.take("counts");
   if (!counts) throw ProtocolError("frame has no 'counts' array");
@@ -156,6 +192,23 @@ FrameMsg FrameMsg::from_wire(WireMessage&& m) {
   f.pixels = m.take("pixels");
   f.xrf = m.take("xrf");
   // Shape rules that need no scan context; the service checks them against the scan's shape.
+  if (f.spectra()) {
+    if (f.region.kind != Region::Kind::pixels) throw ProtocolError("a spectra batch ('energy_indices') needs region kind 'pixels'");
+    expect_rank(f.counts, 2);
+    if (f.counts.shape()[1] != static_cast<std::int64_t>(f.energy_indices.size()))
+      throw ProtocolError("counts has " + std::to_string(f.counts.shape()[1]) + " columns, 'energy_indices' lists " +
+                          std::to_string(f.energy_indices.size()) + " energies (counts is pixels × energies)");
+    if (!f.pixels) throw ProtocolError("region 'pixels' needs a 'pixels' array");
+    expect_rank(*f.pixels, 1);
+    if (f.pixels->dtype() == DType::float32 || f.pixels->dtype() == DType::float64)
+      throw ProtocolError("'pixels' must have an integer dtype (uint32 or int64), got " + to_string(f.pixels->dtype()));
+    if (f.pixels->shape()[0] != f.counts.shape()[0]) throw ProtocolError("'pixels' and the rows of 'counts' differ in length");
+    for (auto* a : {&f.i0, &f.dark, &f.flat})
+      if (*a && (*a)->shape() != f.counts.shape()) throw ProtocolError("array '" + (*a)->name() + "' must have the shape of 'counts'");
+    if (f.xrf && (f.xrf->shape().size() != 2 || f.xrf->shape()[1] != f.counts.shape()[0]))
+      throw ProtocolError("'xrf' of a spectra batch must be channels × pixels");
+    return f;
+  }
   const std::size_t rank = f.region.kind == Region::Kind::pixels ? 1 : 2;
   expect_rank(f.counts, rank);
   if (f.region.kind == Region::Kind::rows && f.counts.shape()[0] != f.region.nrows)
@@ -199,6 +252,40 @@ StopMsg StopMsg::from_wire(WireMessage&& m) {
     throw ProtocolError("stop reason must be 'completed' or 'aborted'");
   if (m.header.contains("frames_sent")) s.frames_sent = require_int_in(m.header, "frames_sent", 0, kMaxSeq);
   return s;
+}
+
+namespace {
+// Column j of an N × E' array as an array of N (any dtype and byte order: bytes are copied).
+Array column(const Array& a, std::size_t j) {
+  const std::size_t n = static_cast<std::size_t>(a.shape()[0]), cols = static_cast<std::size_t>(a.shape()[1]);
+  const std::size_t w = itemsize(a.dtype());
+  zmq::message_t out(n * w);
+  auto* dst = static_cast<std::byte*>(out.data());
+  const std::byte* src = a.bytes() + j * w;
+  for (std::size_t i = 0; i < n; ++i) std::memcpy(dst + i * w, src + i * cols * w, w);
+  return Array(a.name(), a.dtype(), {static_cast<std::int64_t>(n)}, a.little_endian(), std::move(out));
+}
+Array copy_of(const Array& a) {
+  return Array(a.name(), a.dtype(), a.shape(), a.little_endian(), zmq::message_t(a.bytes(), a.nbytes()));
+}
+}  // namespace
+
+std::vector<FrameMsg> FrameMsg::per_energy() const {
+  std::vector<FrameMsg> out;
+  for (std::size_t j = 0; j < energy_indices.size(); ++j) {
+    FrameMsg f;
+    f.scan_id = scan_id, f.seq = seq, f.region = region;
+    f.energy_index = energy_indices[j], f.energy_eV = energies_eV[j];
+    f.i0_scalar = i0_scalars.empty() ? i0_scalar : std::optional<double>(i0_scalars[j]);
+    f.counts = column(counts, j);
+    if (i0) f.i0 = column(*i0, j);
+    if (dark) f.dark = column(*dark, j);
+    if (flat) f.flat = column(*flat, j);
+    if (pixels) f.pixels = copy_of(*pixels);
+    if (xrf && j == 0) f.xrf = copy_of(*xrf);
+    out.push_back(std::move(f));
+  }
+  return out;
 }
 
 }  // namespace xanesd::protocol

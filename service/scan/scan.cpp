@@ -260,7 +260,7 @@ std::size_t Scan::commit_staged() {
   return n;
 }
 
-std::optional<Issue> Scan::validate(const protocol::FrameMsg& f) const {
+std::optional<Issue> Scan::validate(const protocol::FrameMsg& f, bool pixels_checked) const {
   std::ostringstream m;
   if (f.scan_id != start_.scan_id)
     return Issue{"unknown_scan", "frame for scan '" + f.scan_id + "' but the running scan is '" + start_.scan_id + "'"};
@@ -294,7 +294,7 @@ std::optional<Issue> Scan::validate(const protocol::FrameMsg& f) const {
       }
       break;
     case Region::Kind::pixels: {
-      for (std::size_t i = 0; i < f.pixels->size(); ++i) {
+      for (std::size_t i = 0; !pixels_checked && i < f.pixels->size(); ++i) {
         const double p = f.pixels->at(i);
         if (!(p >= 0 && p < static_cast<double>(npix_))) {
           m << "pixel index " << p << " (entry " << i << ") is outside 0.." << npix_ - 1;
@@ -317,39 +317,56 @@ std::optional<Issue> Scan::validate(const protocol::FrameMsg& f) const {
   return std::nullopt;
 }
 
+// A frame's arrays as floats: native float32 read in place, anything else converted. Made
+// before anything is stored (a conversion may throw).
+struct Scan::Prepared {
+  std::vector<float> converted, i0, dark, flat, xrf;
+  std::span<const float> counts;
+  std::vector<std::int64_t> pix;
+};
+
+Scan::Prepared Scan::prepare(const protocol::FrameMsg& f) const {
+  Prepared in;
+  const std::size_t n = f.counts.size();
+  // Zero-copy when the detector already sends native float32; converted otherwise.
+  in.counts = f.counts.native_view<float>();
+  // libzmq's zero-copy receive leaves a frame wherever it lies in its batch buffer: a frame not
+  // aligned for float is converted, never read through a misaligned pointer (fuzz_control).
+  if (reinterpret_cast<std::uintptr_t>(in.counts.data()) % alignof(float) != 0) in.counts = {};
+  if (in.counts.empty() && n > 0) {
+    in.converted = to_floats(f.counts);
+    in.counts = in.converted;
+  }
+  if (f.pixels) {
+    in.pix.resize(n);
+    f.pixels->convert_to(std::span<std::int64_t>(in.pix));
+  }
+  if (f.i0) in.i0 = to_floats(*f.i0);
+  if (f.dark) in.dark = to_floats(*f.dark);
+  if (f.flat) in.flat = to_floats(*f.flat);
+  if (f.xrf) in.xrf = to_floats(*f.xrf);
+  return in;
+}
+
 FrameOutcome Scan::apply(protocol::FrameMsg& f) {
   FrameOutcome out;
   if (state_ != ScanState::running) {
     out.issues.push_back({"scan_not_running", "frame for scan '" + f.scan_id + "' which is " + to_string(state_)});
     return out;
   }
-  if (auto issue = validate(f)) {
-    out.issues.push_back(*issue);
-    return out;
+  // A spectra batch is its frames at one energy, applied in turn; it is accepted or rejected
+  // whole (one seq).
+  std::vector<protocol::FrameMsg> parts;
+  if (f.spectra()) parts = f.per_energy();
+  const std::span<protocol::FrameMsg> frames = f.spectra() ? std::span<protocol::FrameMsg>(parts) : std::span(&f, 1);
+  for (const auto& part : frames) {
+    if (auto issue = validate(part, &part != frames.data())) {  // a batch's pixels: checked once
+      out.issues.push_back(*issue);
+      return out;
+    }
   }
-  const std::size_t n = f.counts.size();
-  // Zero-copy when the detector already sends native float32; converted otherwise.
-  std::vector<float> converted;
-  std::span<const float> counts = f.counts.native_view<float>();
-  // libzmq's zero-copy receive leaves a frame wherever it lies in its batch buffer: a frame not
-  // aligned for float is converted, never read through a misaligned pointer (fuzz_control).
-  if (reinterpret_cast<std::uintptr_t>(counts.data()) % alignof(float) != 0) counts = {};
-  if (counts.empty() && n > 0) {
-    converted = to_floats(f.counts);
-    counts = converted;
-  }
-  std::vector<std::int64_t> pix;
-  if (f.pixels) {
-    pix.resize(n);
-    f.pixels->convert_to(std::span<std::int64_t>(pix));
-  }
-  const std::size_t base = f.region.kind == Region::Kind::rows ? static_cast<std::size_t>(f.region.row0) * start_.cols : 0;
-  auto pixel_of = [&](std::size_t i) { return f.pixels ? static_cast<std::size_t>(pix[i]) : base + i; };
-  std::vector<float> i0, dark, flat;
-  if (f.i0) i0 = to_floats(*f.i0);
-  if (f.dark) dark = to_floats(*f.dark);
-  if (f.flat) flat = to_floats(*f.flat);
-  const auto x = f.xrf ? to_floats(*f.xrf) : std::vector<float>{};
+  std::vector<Prepared> prepared;
+  for (const auto& part : frames) prepared.push_back(prepare(part));
   // Sequence bookkeeping only now that every conversion that can throw is done: a frame that
   // fails before storing anything must not make the genuine frame with its seq a duplicate.
   // Gaps are flagged, the frame is still applied.
@@ -362,6 +379,33 @@ FrameOutcome Scan::apply(protocol::FrameMsg& f) {
   seqs_seen_.insert(f.seq);
   max_seq_ = std::max(max_seq_, f.seq);
   last_seq_ = f.seq;
+  std::size_t invalid_i0 = 0;
+  for (std::size_t j = 0; j < frames.size(); ++j) store(frames[j], prepared[j], out, invalid_i0);
+  ++frames_applied_;
+  out.accepted = true;
+
+  auto flag = [&](std::size_t count, const char* code, const char* what) {
+    if (!count) return;
+    flags_[code] += static_cast<std::int64_t>(count);
+    std::ostringstream m;
+    m << "seq " << f.seq << ": " << count << " sample(s) " << what;
+    out.issues.push_back({code, m.str()});
+  };
+  flag(out.samples_nonfinite, "nonfinite_samples", "non-finite (NaN/Inf): not stored");
+  flag(invalid_i0, "invalid_i0", "with i0 ≤ 0 or non-finite: not stored");
+  flag(out.samples_clamped, "clamped_samples", "with transmission ≤ ingest.min_transmission: clamped");
+  flag(out.samples_replaced, "remeasured_samples", "measured again: the new value replaces the old");
+  if (delegate_)
+    for (const auto& part : frames) delegate_->frame(part);
+  return out;
+}
+
+void Scan::store(const protocol::FrameMsg& f, const Prepared& in, FrameOutcome& out, std::size_t& invalid_i0) {
+  const std::size_t n = f.counts.size();
+  const std::span<const float> counts = in.counts;
+  const std::vector<float>&i0 = in.i0, &dark = in.dark, &flat = in.flat, &x = in.xrf;
+  const std::size_t base = f.region.kind == Region::Kind::rows ? static_cast<std::size_t>(f.region.row0) * start_.cols : 0;
+  auto pixel_of = [&](std::size_t i) { return f.pixels ? static_cast<std::size_t>(in.pix[i]) : base + i; };
   const double i0_scalar = f.i0_scalar.value_or(1.0);
   const bool transmission = start_.mode == Mode::transmission;
   const int e = f.energy_index;
@@ -374,7 +418,6 @@ FrameOutcome Scan::apply(protocol::FrameMsg& f) {
     spare_planes_.pop_back();
   }
   float* plane = staged ? staged->data() : &store_[static_cast<std::size_t>(e) * npix_];
-  std::size_t invalid_i0 = 0;
   // A full frame at an energy not seen yet replaces nothing: its plane is folded into the fit
   // later with the other pending ones. Anything else is folded sample by sample, after them.
   const bool defer =
@@ -478,22 +521,6 @@ FrameOutcome Scan::apply(protocol::FrameMsg& f) {
   }
   if (defer && !staged && !delegate_) pending_planes_.push_back(e);
   energy_seen_[static_cast<std::size_t>(e)] = 1;
-  ++frames_applied_;
-  out.accepted = true;
-
-  auto flag = [&](std::size_t count, const char* code, const char* what) {
-    if (!count) return;
-    flags_[code] += static_cast<std::int64_t>(count);
-    std::ostringstream m;
-    m << "seq " << f.seq << ": " << count << " sample(s) " << what;
-    out.issues.push_back({code, m.str()});
-  };
-  flag(out.samples_nonfinite, "nonfinite_samples", "non-finite (NaN/Inf): not stored");
-  flag(invalid_i0, "invalid_i0", "with i0 ≤ 0 or non-finite: not stored");
-  flag(out.samples_clamped, "clamped_samples", "with transmission ≤ ingest.min_transmission: clamped");
-  flag(out.samples_replaced, "remeasured_samples", "measured again: the new value replaces the old");
-  if (delegate_) delegate_->frame(f);
-  return out;
 }
 
 std::vector<Issue> Scan::stop(const protocol::StopMsg& s) {
@@ -671,8 +698,10 @@ bool Scan::commit_analysis(Analysis&& a, int threads) {
 }
 
 bool Scan::analysis_safe(const protocol::FrameMsg& f, const Analysis& a) const {
-  return !f.xrf && f.energy_index >= 0 && static_cast<std::size_t>(f.energy_index) < a.ready.size() &&
-         !a.ready[static_cast<std::size_t>(f.energy_index)];
+  auto unread = [&](int e) { return e >= 0 && static_cast<std::size_t>(e) < a.ready.size() && !a.ready[static_cast<std::size_t>(e)]; };
+  if (f.xrf) return false;
+  if (!f.spectra()) return unread(f.energy_index);
+  return std::all_of(f.energy_indices.begin(), f.energy_indices.end(), unread);
 }
 
 void Scan::adopt(ImageResults&& image, const Scan& block) {

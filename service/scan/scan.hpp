@@ -276,7 +276,13 @@ class Scan : private science::SampleSource {
   nlohmann::json summary() const;
 
  private:
-  std::optional<Issue> validate(const protocol::FrameMsg& f) const;
+  // pixels_checked: the pixel list was validated already (the frames of one spectra batch).
+  std::optional<Issue> validate(const protocol::FrameMsg& f, bool pixels_checked = false) const;
+  struct Prepared;
+  Prepared prepare(const protocol::FrameMsg& f) const;
+  // Normalizes and stores a validated frame at one energy (and folds it into the fit or queues
+  // its plane); counts into `out` and `invalid_i0`.
+  void store(const protocol::FrameMsg& f, const Prepared& in, FrameOutcome& out, std::size_t& invalid_i0);
   // SampleSource: the pixel's stored samples and count scales, for Poisson weighting.
   void samples(std::size_t p, std::vector<int>& energies, std::vector<double>& y, std::vector<double>& scale) const override;
   bool transmission() const override { return start_.mode == protocol::Mode::transmission; }

@@ -93,8 +93,7 @@ IncrementalLcf::Buffers IncrementalLcf::take_buffers() && {
   return b;
 }
 
-void IncrementalLcf::ensure_incremental_state() {
-  if (!set_of_.empty() || npix_ == 0) return;
+void IncrementalLcf::allocate_incremental_state() {
   // Zeroed (huge) pages: the last fit's where sizes match, else fresh ones, touched first by
   // the threads that fold planes into them.
   static_assert(EnergySets::kEmpty == 0);
@@ -102,25 +101,6 @@ void IncrementalLcf::ensure_incremental_state() {
   stats_ = reuse_zeroed(std::move(recycled_.stats), npix_ * static_cast<std::size_t>(M_ + 1));
   changed_ = reuse_zeroed(std::move(recycled_.changed), npix_);
   recycled_ = {};
-}
-
-void IncrementalLcf::add(std::size_t p, int e, double y) {
-  ensure_incremental_state();
-  const double* x = &xrows_[static_cast<std::size_t>(e * M_)];
-  double* st = &stats_[p * static_cast<std::size_t>(M_ + 1)];
-  for (int m = 0; m < M_; ++m) st[m] += x[m] * y;
-  st[M_] += y * y;
-  set_of_[p] = sets_.with(set_of_[p], e);
-  if (!changed_[p]) changed_[p] = 1, changed_list_.push_back(p);
-}
-
-void IncrementalLcf::replace(std::size_t p, int e, double previous, double y) {
-  ensure_incremental_state();
-  const double* x = &xrows_[static_cast<std::size_t>(e * M_)];
-  double* st = &stats_[p * static_cast<std::size_t>(M_ + 1)];
-  for (int m = 0; m < M_; ++m) st[m] += x[m] * (y - previous);
-  st[M_] += y * y - previous * previous;
-  if (!changed_[p]) changed_[p] = 1, changed_list_.push_back(p);
 }
 
 namespace {

@@ -91,8 +91,9 @@ class IncrementalLcf {
 
   // Folds sample y of pixel p at energy e into the statistics. If the pixel already had a
   // sample at e, pass it as `previous` and it is taken out first (re-measurement).
-  void add(std::size_t p, int e, double y);
-  void replace(std::size_t p, int e, double previous, double y);
+  // Per sample on the ingest path (defined below the class: inlined into the frame loop).
+  inline void add(std::size_t p, int e, double y);
+  inline void replace(std::size_t p, int e, double previous, double y);
   // Folds whole planes at once: for every pixel, the samples of `energies` in an energy-major
   // store (plane e at planes + e·plane_stride; NaN = not measured, skipped). The same sums as
   // add() sample by sample, in the same energy order, but a block of pixels at a time, several
@@ -144,7 +145,10 @@ class IncrementalLcf {
   struct Workspace;  // per-thread scratch: no heap allocation per pixel on the common paths
   const SetCache& cache_for(std::uint32_t set);
   // Per-pixel statistics exist only once samples arrive one by one: fit_stack never needs them.
-  void ensure_incremental_state();
+  void ensure_incremental_state() {
+    if (set_of_.empty() && npix_ != 0) allocate_incremental_state();
+  }
+  void allocate_incremental_state();
   void solve_pixel(std::size_t p, Workspace& ws) const;
   // The spatial step's solve of a pixel: the noise variance its averaged statistics carry
   // (instead of χ²/(n − |A|)) and the pixel's own statistics [s, q], against which the
@@ -204,5 +208,24 @@ class IncrementalLcf {
   // that fit (its maps come from the averaged statistics).
   std::vector<std::uint8_t> own_pending_;
 };
+
+inline void IncrementalLcf::add(std::size_t p, int e, double y) {
+  ensure_incremental_state();
+  const double* x = &xrows_[static_cast<std::size_t>(e * M_)];
+  double* st = &stats_[p * static_cast<std::size_t>(M_ + 1)];
+  for (int m = 0; m < M_; ++m) st[m] += x[m] * y;
+  st[M_] += y * y;
+  set_of_[p] = sets_.with(set_of_[p], e);
+  if (!changed_[p]) changed_[p] = 1, changed_list_.push_back(p);
+}
+
+inline void IncrementalLcf::replace(std::size_t p, int e, double previous, double y) {
+  ensure_incremental_state();
+  const double* x = &xrows_[static_cast<std::size_t>(e * M_)];
+  double* st = &stats_[p * static_cast<std::size_t>(M_ + 1)];
+  for (int m = 0; m < M_; ++m) st[m] += x[m] * (y - previous);
+  st[M_] += y * y - previous * previous;
+  if (!changed_[p]) changed_[p] = 1, changed_list_.push_back(p);
+}
 
 }  // namespace xanesd::science

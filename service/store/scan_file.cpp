@@ -35,7 +35,7 @@ std::int64_t scan_file_frames(const protocol::StartMsg& start, const ScanFileOpt
     return energies * ((start.rows + block - 1) / block);
   }
   const auto pixels = static_cast<std::size_t>(start.rows) * static_cast<std::size_t>(start.cols), chunk = frame_pixels(opt, start.cols);
-  return energies * static_cast<std::int64_t>((pixels + chunk - 1) / chunk);
+  return (opt.spectra ? 1 : energies) * static_cast<std::int64_t>((pixels + chunk - 1) / chunk);
 }
 
 namespace {
@@ -216,6 +216,38 @@ std::int64_t read_scan_file(const std::filesystem::path& path, const ScanFileOpt
                                   src.begin() + static_cast<long>(static_cast<std::size_t>(e) * P + p0 + n));
       };
       const auto N = static_cast<std::int64_t>(n);
+      auto xrf_of_chunk = [&] {
+        std::vector<float> x;
+        for (const auto& ch : xrf) x.insert(x.end(), ch.begin() + static_cast<long>(p0), ch.begin() + static_cast<long>(p0 + n));
+        return Array::from<float>("xrf", x, {static_cast<std::int64_t>(xrf.size()), N});
+      };
+      if (opt.spectra) {  // one message: N pixels × every planned energy, a spectrum per row
+        auto f = base_frame(0);
+        f.region.kind = protocol::Region::Kind::pixels;
+        f.pixels = Array::from<std::uint32_t>("pixels", pix, {N});
+        f.i0_scalar.reset();
+        const auto Es = static_cast<std::int64_t>(planned);
+        auto spectra_of = [&](const char* name, const std::vector<float>& src) {
+          std::vector<float> out(n * static_cast<std::size_t>(planned));
+          for (int j = 0; j < planned; ++j) {
+            const float* plane = src.data() + static_cast<std::size_t>(plan[static_cast<std::size_t>(j)]) * P + p0;
+            for (std::size_t i = 0; i < n; ++i) out[i * static_cast<std::size_t>(planned) + static_cast<std::size_t>(j)] = plane[i];
+          }
+          return Array::from<float>(name, out, {N, Es});
+        };
+        for (int j = 0; j < planned; ++j) {
+          const int e = plan[static_cast<std::size_t>(j)];
+          f.energy_indices.push_back(j);
+          f.energies_eV.push_back(energies[static_cast<std::size_t>(e)]);
+          if (!i0_scalar.empty()) f.i0_scalars.push_back(i0_scalar[static_cast<std::size_t>(e)]);
+        }
+        f.counts = spectra_of("counts", all_counts);
+        if (!all_i0.empty()) f.i0 = spectra_of("i0", all_i0);
+        if (!all_flat.empty()) f.flat = spectra_of("flat", all_flat);
+        if (!xrf.empty()) f.xrf = xrf_of_chunk();
+        send_frame(std::move(f));
+        continue;
+      }
       for (int j = 0; j < planned; ++j) {
         const int e = plan[static_cast<std::size_t>(j)];
         auto f = base_frame(j);
@@ -224,11 +256,7 @@ std::int64_t read_scan_file(const std::filesystem::path& path, const ScanFileOpt
         f.counts = Array::from<float>("counts", gather(all_counts, e), {N});
         if (!all_i0.empty()) f.i0 = Array::from<float>("i0", gather(all_i0, e), {N});
         if (!all_flat.empty()) f.flat = Array::from<float>("flat", gather(all_flat, e), {N});
-        if (j == 0 && !xrf.empty()) {
-          std::vector<float> x;
-          for (const auto& ch : xrf) x.insert(x.end(), ch.begin() + static_cast<long>(p0), ch.begin() + static_cast<long>(p0 + n));
-          f.xrf = Array::from<float>("xrf", x, {static_cast<std::int64_t>(xrf.size()), N});
-        }
+        if (j == 0 && !xrf.empty()) f.xrf = xrf_of_chunk();
         send_frame(std::move(f));
       }
     }

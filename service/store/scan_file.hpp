@@ -18,6 +18,7 @@ struct ScanFileOptions {
   protocol::Order order = protocol::Order::energy_major;
   int rows_per_frame = 0;  // energy-major: 0 = whole image per frame
   int chunk_pixels = 0;    // pixel-major: pixels per frame (0 = one image row)
+  bool spectra = false;    // pixel-major: each chunk's every energy in one message (a spectra batch)
   std::string scan_id;     // default: the file's stem
   bool include_stop = true;
   // A sub-spectra scan: measure only the file's energies nearest these (eV, each within 1 eV;

@@ -532,6 +532,37 @@ def frame_message(scan_id: str, seq: int, energy_index: int, energy_eV: float, c
     return encode("frame", header, arrays)
 
 
+def spectra_message(scan_id: str, seq: int, energy_indices, energies_eV, pixels, counts,
+                    i0=None, dark=None, flat=None, xrf=None) -> list[bytes]:
+    """A spectra batch: `frame` with several energies of the same pixels in one message, as a
+    pixel-major scan measures them. counts: N pixels × E' energies (a spectrum per row); pixels:
+    the N flat pixel indices; i0: None, one number per energy (header list) or an N × E' array;
+    dark/flat: N × E' arrays; xrf: channels × N."""
+    counts = np.asarray(counts)
+    energy_indices = [int(e) for e in energy_indices]
+    energies_eV = [float(e) for e in energies_eV]
+    if counts.ndim != 2 or counts.shape[1] != len(energy_indices) or len(energies_eV) != len(energy_indices):
+        raise ValueError("counts must be pixels × energies, one energy per entry of energy_indices and energies_eV")
+    pixels = np.asarray(pixels)
+    if pixels.dtype.name not in ("uint32", "int64"):
+        if pixels.dtype.kind not in "iu":
+            raise ValueError("pixel indices must be integers")
+        pixels = pixels.astype(np.int64)
+    header = {"type": "frame", "scan_id": str(scan_id), "seq": int(seq), "energy_indices": energy_indices,
+              "energies_eV": energies_eV, "region": {"kind": "pixels"}}
+    i0_array = None
+    if i0 is not None:
+        if np.ndim(i0) == 1:
+            header["i0"] = [float(v) for v in i0]
+        else:
+            i0_array = np.asarray(i0)
+    arrays = [("counts", counts)]
+    for name, a in (("i0", i0_array), ("dark", dark), ("flat", flat), ("pixels", pixels), ("xrf", xrf)):
+        if a is not None:
+            arrays.append((name, a))
+    return encode("frame", header, arrays)
+
+
 def stop_message(scan_id: str, reason: str = "completed", frames_sent: int | None = None) -> list[bytes]:
     """`stop`: reason 'completed' or 'aborted'; frames_sent lets xanesd report a mismatch."""
     if reason not in STOP_REASONS:

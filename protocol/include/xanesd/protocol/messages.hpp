@@ -59,6 +59,18 @@ struct FrameMsg {
   std::optional<double> i0_scalar;
   Array counts;
   std::optional<Array> i0, dark, flat, pixels, xrf;
+  // A spectra batch (region kind `pixels`, PROTOCOL.md): several energies of the same pixels in
+  // one message, as a pixel-major scan measures them. counts (and the i0, dark, flat arrays) are
+  // N × E', one spectrum per row; xrf is C × N. energy_index and energy_eV are the first energy's.
+  // Empty: a frame at one energy.
+  std::vector<int> energy_indices;
+  std::vector<double> energies_eV;
+  std::vector<double> i0_scalars;  // the header's `i0` as a list, one per energy (else i0_scalar)
+
+  bool spectra() const { return !energy_indices.empty(); }
+  // The frames at one energy a spectra batch holds, in its energy order (each with the batch's
+  // seq; the XRF in the first): the service applies them one by one. Copies the samples.
+  std::vector<FrameMsg> per_energy() const;
 
   WireMessage to_wire() &&;
   static FrameMsg from_wire(WireMessage&& m);
