@@ -17,9 +17,9 @@ namespace {
 const std::vector<std::string> kSpecies = {"Magnetite", "Goethite", "Pyrite"};
 
 // The frames of `s` in a random order of energies (seed), seq = arrival order: most as full
-// frames (stageable during a cycle), every fifth energy as two row blocks (not stageable: the
-// pipeline waits for the cycle), and three energies measured again at the end with the same
-// counts (re-measurement: not stageable either).
+// frames (stageable during a cycle), every fifth energy as two row blocks (stageable too, the
+// second into the first's staged plane), and three energies measured again at the end with the
+// same counts (re-measurement: not stageable, the pipeline waits for the cycle).
 std::vector<protocol::FrameMsg> frames_in_order(const sim::Scan& s, const std::string& id, std::uint64_t seed) {
   const std::size_t E = s.params.energies_eV.size();
   std::vector<std::size_t> order(E);
@@ -307,4 +307,53 @@ TEST_CASE("a scan on the last scan's buffers (store, fit statistics, maps) has a
   std::vector<float> sa(reused->spectra().begin(), reused->spectra().end()), sb(fresh->spectra().begin(), fresh->spectra().end());
   const auto same_or_both_nan = [](float x, float y) { return x == y || (std::isnan(x) && std::isnan(y)); };
   CHECK(std::equal(sa.begin(), sa.end(), sb.begin(), sb.end(), same_or_both_nan));
+}
+
+TEST_CASE("an energy-major row stream is staged during cycles, each energy's rows in one plane: the fit of the same frames as full frames, bit for bit") {
+  const auto library = test::pick(science::load_reference_file(test::fe_library()), test::scene_species());
+  const auto s = sim::simulate(library, test::scene_scan(46, 30, 500, 7));
+  const int R = 46, C = 30, block = 10;
+  auto settings = test::default_settings();
+  settings.weighting = ScanSettings::Weighting::none;  // no count scales: frames can be staged
+  auto rows_of = [&](std::size_t e, int r0, std::int64_t seq) {
+    auto f = sim::frame_message(s, "rows", e);
+    const auto counts = f.counts.native_view<float>();
+    const int n = std::min(block, R - r0);
+    f.seq = seq;
+    f.xrf.reset();  // (frames with XRF are never staged)
+    f.region = {protocol::Region::Kind::rows, r0, n};
+    f.counts = protocol::Array::from<float>("counts", counts.subspan(static_cast<std::size_t>(r0 * C), static_cast<std::size_t>(n * C)), {n, C});
+    return f;
+  };
+  const std::size_t E = s.params.energies_eV.size();
+  // Reference: full frames, each folded as a whole plane.
+  const auto full = test::run_scan(s, library, settings);
+  // The same samples as row blocks, applied at once (each energy's blocks after the first
+  // extend the plane queued for the fit) and with a cycle boundary every 7 blocks.
+  Scan direct(sim::start_message(s, "rows"), library, settings), staged(sim::start_message(s, "rows"), library, settings);
+  std::int64_t seq = 0;
+  std::size_t staged_frames = 0, frames = 0;
+  staged.begin_staging();
+  for (std::size_t e = 0; e < E; ++e)
+    for (int r0 = 0; r0 < R; r0 += block, ++seq, ++frames) {
+      auto a = rows_of(e, r0, seq), b = rows_of(e, r0, seq);
+      REQUIRE(direct.apply(a).accepted);
+      if (seq % 7 == 0) staged_frames += staged.commit_staged(), staged.begin_staging();
+      // Every block is stageable: its energy is new, or it is the energy staged last.
+      CHECK(staged.stageable(b));
+      REQUIRE(staged.apply(b).accepted);
+      if (r0 == 0 && e + 1 < E) {
+        // A block measured again is not (it replaces a sample): the pipeline would wait.
+        auto again = rows_of(e, 0, seq);
+        CHECK_FALSE(staged.stageable(again));
+      }
+    }
+  staged_frames += staged.commit_staged();
+  CHECK(staged_frames == frames);
+  direct.solve_changed(2);
+  staged.solve_changed(2);
+  test::check_same_fit(direct, *full);
+  test::check_same_fit(staged, *full);
+  CHECK(direct.spectra() == full->spectra());
+  CHECK(staged.spectra() == full->spectra());
 }

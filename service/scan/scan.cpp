@@ -143,7 +143,7 @@ Scan::Buffers Scan::take_buffers() && {
   Buffers b{std::move(store_), std::move(spare_planes_), lcf_ ? std::move(*lcf_).take_buffers() : std::move(spare_fit_)};
   lcf_.reset();
   spare_fit_ = {};
-  for (auto& [e, plane] : staged_) b.spare_planes.push_back(std::move(plane));
+  for (auto& staged : staged_) b.spare_planes.push_back(std::move(staged.plane));
   store_.clear(), spare_planes_.clear(), staged_.clear();
   return b;
 }
@@ -240,20 +240,53 @@ void Scan::fold_pending(int threads) {
 }
 
 bool Scan::stageable(const protocol::FrameMsg& f) const {
-  // Bounded: past this the pipeline waits for the cycle instead (one staged plane per frame).
+  // Bounded: past this the pipeline waits for the cycle instead (one staged plane per energy).
   constexpr double kMaxStagedBytes = 1073741824.0;
+  const bool whole = f.region.kind == Region::Kind::full, rows = f.region.kind == Region::Kind::rows;
+  if (!(whole || rows) || f.pixels || f.xrf || f.spectra() || !scale_.empty()) return false;
   const bool in_plan = f.energy_index >= 0 && static_cast<std::size_t>(f.energy_index) < energy_seen_.size();
-  return f.region.kind == Region::Kind::full && !f.pixels && !f.xrf && scale_.empty() &&
-         (!in_plan || !energy_seen_[static_cast<std::size_t>(f.energy_index)]) &&
-         static_cast<double>(staged_.size() + 1) * static_cast<double>(npix_) * sizeof(float) <= kMaxStagedBytes;
+  if (!in_plan) return true;  // refused by validate, nothing stored
+  // More rows of the energy staged last (an energy-major row stream) go into its plane where
+  // they replace nothing: folded with it, they come after every energy staged before, as they
+  // arrived. Anything else at an energy already stored waits for the cycle.
+  const auto e = static_cast<std::size_t>(f.energy_index);
+  if (!staged_.empty() && staged_.back().energy == f.energy_index) return rows && unmeasured(f, staged_.back().plane.data());
+  const bool room = static_cast<double>(staged_.size() + 1) * static_cast<double>(npix_) * sizeof(float) <= kMaxStagedBytes;
+  // The first frame of a cycle may also be rows the store has not got of an energy it has (the
+  // energy a row stream was at when the cycle began; the cycle only reads the store): its
+  // samples are folded one by one at the commit, before anything staged after it.
+  if (staged_.empty() && rows && energy_seen_[e]) return room && unmeasured(f, &store_[e * npix_]);
+  return !energy_seen_[e] && room;
+}
+
+bool Scan::unmeasured(const protocol::FrameMsg& f, const float* plane) const {
+  std::size_t first = 0, n = npix_;
+  if (f.region.kind == Region::Kind::rows) {
+    if (f.region.row0 < 0 || f.region.nrows < 0 || f.region.row0 + f.region.nrows > start_.rows) return false;
+    first = static_cast<std::size_t>(f.region.row0) * start_.cols, n = static_cast<std::size_t>(f.region.nrows) * start_.cols;
+  } else if (f.region.kind != Region::Kind::full) {
+    return false;
+  }
+  return std::all_of(plane + first, plane + first + n, [](float v) { return std::isnan(v); });
 }
 
 std::size_t Scan::commit_staged() {
   staging_ = false;
-  const std::size_t n = staged_.size();
-  for (auto& [e, plane] : staged_) {
-    std::copy(plane.begin(), plane.end(), store_.begin() + static_cast<std::ptrdiff_t>(static_cast<std::size_t>(e) * npix_));
-    if (lcf_ && !delegate_) pending_planes_.push_back(e);
+  const std::size_t n = std::exchange(staged_frames_, 0);
+  for (auto& [e, continues, plane] : staged_) {
+    float* into = &store_[static_cast<std::size_t>(e) * npix_];
+    if (continues) {  // more rows of a plane folded already: sample by sample (stageable())
+      auto* fit = lcf_ && !delegate_ ? lcf_.get() : nullptr;
+      if (fit) fold_pending(1);
+      for (std::size_t p = 0; p < npix_; ++p)
+        if (!std::isnan(plane[p])) {
+          into[p] = plane[p];
+          if (fit) fit->add(p, e, plane[p]);
+        }
+    } else {
+      std::copy(plane.begin(), plane.end(), into);
+      if (lcf_ && !delegate_) pending_planes_.push_back(e);
+    }
     spare_planes_.push_back(std::move(plane));
   }
   staged_.clear();
@@ -412,16 +445,28 @@ void Scan::store(const protocol::FrameMsg& f, const Prepared& in, FrameOutcome& 
   // Staged (a cycle is reading the store): into a spare plane, committed after the cycle. lcf_
   // is not looked at, the cycle may be rebuilding it.
   science::ZeroedVector<float>* staged = nullptr;
+  bool fresh_plane = false;
   if (staging_) {
-    if (spare_planes_.empty()) spare_planes_.emplace_back(npix_);  // not filled: the frame writes every sample, or NaN-fills it first (below)
-    staged = &staged_.emplace_back(e, std::move(spare_planes_.back())).second;
-    spare_planes_.pop_back();
+    ++staged_frames_;
+    if (!staged_.empty() && staged_.back().energy == e) {
+      staged = &staged_.back().plane;  // more rows of the energy staged last (stageable())
+    } else {
+      if (spare_planes_.empty()) spare_planes_.emplace_back(npix_);  // not filled: the frame writes every sample, or NaN-fills it first (below)
+      const bool continues = energy_seen_[static_cast<std::size_t>(e)] != 0;
+      staged = &staged_.emplace_back(StagedPlane{e, continues, std::move(spare_planes_.back())}).plane;
+      spare_planes_.pop_back();
+      fresh_plane = true;
+    }
   }
   float* plane = staged ? staged->data() : &store_[static_cast<std::size_t>(e) * npix_];
-  // A full frame at an energy not seen yet replaces nothing: its plane is folded into the fit
-  // later with the other pending ones. Anything else is folded sample by sample, after them.
-  const bool defer =
-      staged || (lcf_ && f.region.kind == Region::Kind::full && !f.pixels && !energy_seen_[static_cast<std::size_t>(e)]);
+  // A full frame or row block that replaces nothing, at an energy not seen yet or into the plane
+  // queued last for the fit (an energy-major row stream), is only stored: its plane is folded
+  // into the fit later with the other pending ones, in their order, which is the order the
+  // samples arrived in. Anything else is folded sample by sample, after them.
+  const bool whole = f.region.kind == Region::Kind::full, rows_region = f.region.kind == Region::Kind::rows;
+  const bool extends_pending = !pending_planes_.empty() && pending_planes_.back() == e;
+  const bool defer = staged || (lcf_ && (whole || rows_region) &&
+                                (!energy_seen_[static_cast<std::size_t>(e)] || (extends_pending && unmeasured(f, plane))));
   if (!defer) fold_pending(1);
   auto* fit = defer || delegate_ ? nullptr : lcf_.get();
 
@@ -475,8 +520,8 @@ void Scan::store(const protocol::FrameMsg& f, const Prepared& in, FrameOutcome& 
   // normalized on several threads.
   // The common detector frame (fluorescence, full, one I0, no per-frame dark, nothing to
   // replace): the same arithmetic as `normalize` without its per-sample choices.
-  const bool plain = defer && !transmission && i0.empty() && dark.empty() && (dark_.empty() || dark_.size() == n);
-  if (staged && !plain) std::fill(staged->begin(), staged->end(), NAN);  // normalize skips what it does not store
+  const bool plain = defer && whole && !transmission && i0.empty() && dark.empty() && (dark_.empty() || dark_.size() == n);
+  if (fresh_plane && !plain) std::fill(staged->begin(), staged->end(), NAN);  // normalize skips what it does not store
   auto normalize_plain = [&](std::size_t begin, std::size_t end, FrameOutcome& o, std::size_t&) {
     const float* dk = dark_.empty() ? nullptr : dark_.data();
     std::size_t stored = 0;
@@ -519,7 +564,7 @@ void Scan::store(const protocol::FrameMsg& f, const Prepared& in, FrameOutcome& 
     for (std::size_t ch = 0; ch < start_.xrf_channels.size(); ++ch)
       for (std::size_t i = 0; i < n; ++i) xrf_[ch * npix_ + pixel_of(i)] = x[ch * n + i];
   }
-  if (defer && !staged && !delegate_) pending_planes_.push_back(e);
+  if (defer && !staged && !delegate_ && !extends_pending) pending_planes_.push_back(e);
   energy_seen_[static_cast<std::size_t>(e)] = 1;
 }
 

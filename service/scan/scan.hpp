@@ -160,14 +160,14 @@ class Scan : private science::SampleSource {
 
   // A publication cycle on another thread (Pipeline) reads the store, the fit and what derives
   // from them. Between begin_staging() and commit_staged() apply() takes only the frames
-  // stageable() accepts (full frames into an energy not seen yet, no XRF, no count scales): they
-  // are validated and counted at once, normalized into spare planes the cycle never reads, and
-  // commit_staged() (after the cycle) copies them into the store and queues them for the fit in
-  // arrival order, so the final statistics are the same whatever the cycles overlapped.
+  // stageable() accepts (full frames or row blocks into an energy not seen yet, more rows of the
+  // energy staged last, no XRF, no count scales): they are validated and counted at once,
+  // normalized into spare planes the cycle never reads, and commit_staged() (after the cycle;
+  // returns how many frames were staged) copies them into the store and queues them for the fit
+  // in arrival order, so the final statistics are the same whatever the cycles overlapped.
   bool stageable(const protocol::FrameMsg& f) const;
   void begin_staging() { staging_ = true; }
   std::size_t commit_staged();
-  std::size_t staged() const { return staged_.size(); }
   ScanProgress progress() const { return {frames_applied_, last_seq_, energies_seen()}; }
   // Ends the scan; returns flags (frames_sent mismatch, missing sequence numbers).
   std::vector<Issue> stop(const protocol::StopMsg& stop);
@@ -276,6 +276,8 @@ class Scan : private science::SampleSource {
   nlohmann::json summary() const;
 
  private:
+  // Whether the samples a full frame or row block would write into `plane` are all unmeasured.
+  bool unmeasured(const protocol::FrameMsg& f, const float* plane) const;
   // pixels_checked: the pixel list was validated already (the frames of one spectra batch).
   std::optional<Issue> validate(const protocol::FrameMsg& f, bool pixels_checked = false) const;
   struct Prepared;
@@ -340,7 +342,13 @@ class Scan : private science::SampleSource {
   std::vector<std::uint8_t> energy_seen_;
   std::vector<int> pending_planes_;  // stored, not yet in the fit's statistics
   bool staging_ = false;
-  std::vector<std::pair<int, science::ZeroedVector<float>>> staged_;  // (energy, normalized plane) in arrival order
+  struct StagedPlane {
+    int energy = 0;
+    bool continues = false;  // rows of an energy stored before the cycle began (stageable())
+    science::ZeroedVector<float> plane;  // normalized, NaN where nothing was staged
+  };
+  std::vector<StagedPlane> staged_;  // in arrival order
+  std::size_t staged_frames_ = 0;  // the frames in them (a row stream stages several per plane)
   std::vector<science::ZeroedVector<float>> spare_planes_;  // staged planes' buffers, reused: no new pages per frame
   std::map<std::string, std::int64_t> flags_;  // flagged sample counts by code
   std::chrono::system_clock::time_point started_ = std::chrono::system_clock::now();
