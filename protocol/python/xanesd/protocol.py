@@ -483,6 +483,25 @@ def _is_scalar(x) -> bool:
     return isinstance(x, numbers.Real) or (isinstance(x, np.ndarray) and x.ndim == 0)
 
 
+def _pixel_indices(pixels) -> np.ndarray:
+    """Flat pixel indices as sent: uint32 or int64 kept, other integer dtypes as int64."""
+    pixels = np.asarray(pixels)
+    if pixels.dtype.name not in ("uint32", "int64"):
+        if pixels.dtype.kind not in "iu":
+            raise ValueError("pixel indices must be integers")
+        pixels = pixels.astype(np.int64)
+    return pixels
+
+
+def _encode_frame(header, counts, i0, dark, flat, pixels, xrf) -> list[bytes]:
+    """A `frame` with its arrays in PROTOCOL.md's order (those given)."""
+    arrays = [("counts", counts)]
+    for name, a in (("i0", i0), ("dark", dark), ("flat", flat), ("pixels", pixels), ("xrf", xrf)):
+        if a is not None:
+            arrays.append((name, a))
+    return encode("frame", header, arrays)
+
+
 def frame_message(scan_id: str, seq: int, energy_index: int, energy_eV: float, counts,
                   region=None, i0=None, dark=None, flat=None, xrf=None) -> list[bytes]:
     """`frame`. region: None or 'full' (counts rows×cols), ('rows', row0) (counts
@@ -504,11 +523,7 @@ def frame_message(scan_id: str, seq: int, energy_index: int, energy_eV: float, c
             reg = {"kind": "rows", "row0": int(region[1]), "nrows": int(counts.shape[0])}
         elif kind == "pixels":
             reg = {"kind": "pixels"}
-            pixels = np.asarray(region[1])
-            if pixels.dtype.name not in ("uint32", "int64"):
-                if pixels.dtype.kind not in "iu":
-                    raise ValueError("pixel indices must be integers")
-                pixels = pixels.astype(np.int64)
+            pixels = _pixel_indices(region[1])
         else:
             raise ValueError(f"region must be None, 'full', ('rows', row0) or ('pixels', indices), got {region!r}")
     header = {
@@ -525,11 +540,7 @@ def frame_message(scan_id: str, seq: int, energy_index: int, energy_eV: float, c
             header["i0"] = float(i0)
         else:
             i0_array = np.asarray(i0)
-    arrays = [("counts", counts)]
-    for name, a in (("i0", i0_array), ("dark", dark), ("flat", flat), ("pixels", pixels), ("xrf", xrf)):
-        if a is not None:
-            arrays.append((name, a))
-    return encode("frame", header, arrays)
+    return _encode_frame(header, counts, i0_array, dark, flat, pixels, xrf)
 
 
 def spectra_message(scan_id: str, seq: int, energy_indices, energies_eV, pixels, counts,
@@ -543,11 +554,7 @@ def spectra_message(scan_id: str, seq: int, energy_indices, energies_eV, pixels,
     energies_eV = [float(e) for e in energies_eV]
     if counts.ndim != 2 or counts.shape[1] != len(energy_indices) or len(energies_eV) != len(energy_indices):
         raise ValueError("counts must be pixels × energies, one energy per entry of energy_indices and energies_eV")
-    pixels = np.asarray(pixels)
-    if pixels.dtype.name not in ("uint32", "int64"):
-        if pixels.dtype.kind not in "iu":
-            raise ValueError("pixel indices must be integers")
-        pixels = pixels.astype(np.int64)
+    pixels = _pixel_indices(pixels)
     header = {"type": "frame", "scan_id": str(scan_id), "seq": int(seq), "energy_indices": energy_indices,
               "energies_eV": energies_eV, "region": {"kind": "pixels"}}
     i0_array = None
@@ -556,11 +563,7 @@ def spectra_message(scan_id: str, seq: int, energy_indices, energies_eV, pixels,
             header["i0"] = [float(v) for v in i0]
         else:
             i0_array = np.asarray(i0)
-    arrays = [("counts", counts)]
-    for name, a in (("i0", i0_array), ("dark", dark), ("flat", flat), ("pixels", pixels), ("xrf", xrf)):
-        if a is not None:
-            arrays.append((name, a))
-    return encode("frame", header, arrays)
+    return _encode_frame(header, counts, i0_array, dark, flat, pixels, xrf)
 
 
 def stop_message(scan_id: str, reason: str = "completed", frames_sent: int | None = None) -> list[bytes]:
