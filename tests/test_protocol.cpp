@@ -264,6 +264,8 @@ TEST_CASE("a spectra batch round trips and splits into its frames at one energy,
     for (std::size_t i = 0; i < 3; ++i) CHECK(parts[j].counts.at(i) == f.counts.at(i * 2 + j));
     REQUIRE(parts[j].pixels);
     CHECK(parts[j].pixels->at(2) == 9);
+    // The pixel list is shared, not copied per energy: a batch costs its size once more at most.
+    CHECK(parts[j].pixels->bytes() == f.pixels->bytes());
   }
   REQUIRE(parts[0].xrf);  // the XRF once, with the first energy
   CHECK_FALSE(parts[1].xrf);

@@ -265,8 +265,10 @@ Array column(const Array& a, std::size_t j) {
   for (std::size_t i = 0; i < n; ++i) std::memcpy(dst + i * w, src + i * cols * w, w);
   return Array(a.name(), a.dtype(), {static_cast<std::int64_t>(n)}, a.little_endian(), std::move(out));
 }
-Array copy_of(const Array& a) {
-  return Array(a.name(), a.dtype(), a.shape(), a.little_endian(), zmq::message_t(a.bytes(), a.nbytes()));
+// A view of `a` (no copy: a ZeroMQ message without a free function), valid while `a` lives.
+Array view_of(const Array& a) {
+  return Array(a.name(), a.dtype(), a.shape(), a.little_endian(),
+               zmq::message_t(const_cast<std::byte*>(a.bytes()), a.nbytes(), nullptr, nullptr));
 }
 }  // namespace
 
@@ -281,8 +283,8 @@ std::vector<FrameMsg> FrameMsg::per_energy() const {
     if (i0) f.i0 = column(*i0, j);
     if (dark) f.dark = column(*dark, j);
     if (flat) f.flat = column(*flat, j);
-    if (pixels) f.pixels = copy_of(*pixels);
-    if (xrf && j == 0) f.xrf = copy_of(*xrf);
+    if (pixels) f.pixels = view_of(*pixels);
+    if (xrf && j == 0) f.xrf = view_of(*xrf);
     out.push_back(std::move(f));
   }
   return out;

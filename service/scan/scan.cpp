@@ -355,10 +355,11 @@ std::optional<Issue> Scan::validate(const protocol::FrameMsg& f, bool pixels_che
 struct Scan::Prepared {
   std::vector<float> converted, i0, dark, flat, xrf;
   std::span<const float> counts;
-  std::vector<std::int64_t> pix;
+  std::vector<std::int64_t> pix_converted;
+  std::span<const std::int64_t> pix;  // the pixel indices (a spectra batch's parts share one list)
 };
 
-Scan::Prepared Scan::prepare(const protocol::FrameMsg& f) const {
+Scan::Prepared Scan::prepare(const protocol::FrameMsg& f, const Prepared* same_pixels) const {
   Prepared in;
   const std::size_t n = f.counts.size();
   // Zero-copy when the detector already sends native float32; converted otherwise.
@@ -370,9 +371,12 @@ Scan::Prepared Scan::prepare(const protocol::FrameMsg& f) const {
     in.converted = to_floats(f.counts);
     in.counts = in.converted;
   }
-  if (f.pixels) {
-    in.pix.resize(n);
-    f.pixels->convert_to(std::span<std::int64_t>(in.pix));
+  if (f.pixels && same_pixels) {
+    in.pix = same_pixels->pix;
+  } else if (f.pixels) {
+    in.pix_converted.resize(n);
+    f.pixels->convert_to(std::span<std::int64_t>(in.pix_converted));
+    in.pix = in.pix_converted;
   }
   if (f.i0) in.i0 = to_floats(*f.i0);
   if (f.dark) in.dark = to_floats(*f.dark);
@@ -398,8 +402,9 @@ FrameOutcome Scan::apply(protocol::FrameMsg& f) {
       return out;
     }
   }
-  std::vector<Prepared> prepared;
-  for (const auto& part : frames) prepared.push_back(prepare(part));
+  std::vector<Prepared> prepared;  // reserved: never moved, the spans point into its elements' buffers
+  prepared.reserve(frames.size());
+  for (const auto& part : frames) prepared.push_back(prepare(part, prepared.empty() ? nullptr : &prepared.front()));
   // Sequence bookkeeping only now that every conversion that can throw is done: a frame that
   // fails before storing anything must not make the genuine frame with its seq a duplicate.
   // Gaps are flagged, the frame is still applied.

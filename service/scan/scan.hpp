@@ -281,7 +281,9 @@ class Scan : private science::SampleSource {
   // pixels_checked: the pixel list was validated already (the frames of one spectra batch).
   std::optional<Issue> validate(const protocol::FrameMsg& f, bool pixels_checked = false) const;
   struct Prepared;
-  Prepared prepare(const protocol::FrameMsg& f) const;
+  // same_pixels: a prepared frame with the same pixel list (a spectra batch's first part), whose
+  // converted indices this one shares.
+  Prepared prepare(const protocol::FrameMsg& f, const Prepared* same_pixels = nullptr) const;
   // Normalizes and stores a validated frame at one energy (and folds it into the fit or queues
   // its plane); counts into `out` and `invalid_i0`.
   void store(const protocol::FrameMsg& f, const Prepared& in, FrameOutcome& out, std::size_t& invalid_i0);
