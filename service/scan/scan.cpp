@@ -248,13 +248,14 @@ bool Scan::stageable(const protocol::FrameMsg& f) const {
   if (!in_plan) return true;  // refused by validate, nothing stored
   // More rows of the energy staged last (an energy-major row stream) go into its plane where
   // they replace nothing: folded with it, they come after every energy staged before, as they
-  // arrived. Anything else at an energy already stored waits for the cycle.
+  // arrived.
   const auto e = static_cast<std::size_t>(f.energy_index);
   if (!staged_.empty() && staged_.back().energy == f.energy_index) return rows && unmeasured(f, staged_.back().plane.data());
   const bool room = static_cast<double>(staged_.size() + 1) * static_cast<double>(npix_) * sizeof(float) <= kMaxStagedBytes;
   // The first frame of a cycle may also be rows the store has not got of an energy it has (the
   // energy a row stream was at when the cycle began; the cycle only reads the store): its
-  // samples are folded one by one at the commit, before anything staged after it.
+  // samples are folded one by one at the commit, before anything staged after it. Anything else
+  // at an energy already stored waits for the cycle.
   if (staged_.empty() && rows && energy_seen_[e]) return room && unmeasured(f, &store_[e * npix_]);
   return !energy_seen_[e] && room;
 }
