@@ -60,7 +60,7 @@ def main():
                                        a.repeats)
     if any(t is None for t in rows.values()):
         return 0
-    print(f"\n== seconds per step, rank 0, best of {a.repeats} (fit includes reduce; one thread per rank; cpu: user +"
+    print(f"\n== seconds per step, rank 0, best of {a.repeats} (fit and analysis include reduce; one thread per rank; cpu: user +"
           " system seconds of every process of the run, mpirun's included)")
     print(f"  {'run':<14}" + "".join(f"{s:>10}" for s in STEPS) + f"{'efficiency':>12}")
     t1 = rows["one process"]["total"]
@@ -72,22 +72,27 @@ def main():
         for r, rt in enumerate(t["ranks"]):
             print(f"  {name} rank {r}: " + ", ".join(f"{k} {rt.get(k, 0.0):.3f}" for k in ("read", "apply", "fit", "reduce", "wait")))
 
-    # The model: per-rank work (read, apply, fit without its reductions) divides by N; the
-    # reductions move a thickness per pixel (all-gather) and the tile sums; the gather moves the
-    # image's store and maps to rank 0 once; segmentation, edge maps and the file stay on rank 0.
+    # The model: per-rank work (read, apply, fit, segmentation and edge maps) divides by N (an
+    # optimistic bound for the segmentation: every rank fits the same PCA and clusters on the
+    # gathered sample); the reductions move a thickness per pixel (all-gather), the tile sums, the
+    # segmentation's sample and cluster sums; the gather moves the image's maps, labels and edge
+    # maps (and the store when the file gets the spectra) to rank 0 once; the file stays on rank 0.
     with h5py.File(os.path.join(a.out, "serial.h5"), "r") as f:
         E = f["entry/energy"].shape[0]
         K, R, C = f["entry/results/fractions"].shape
         xrf = len(f["entry/xrf"]) if "entry/xrf" in f else 0
+        spectra = "entry/data/spectra" in f
     P = R * C
-    gather_bytes = P * (4 * E + 4 * xrf + 4 * (2 * K + 3) + 2 + 1 + 4 + 1)
+    # maps (2K + 3 floats, counts int16, fitted byte, neighbours float, mask byte), labels, edge maps
+    gather_bytes = P * ((4 * E if spectra else 0) + 4 * xrf + 4 * (2 * K + 3) + 2 + 1 + 4 + 1 + 1 + 16)
     s = rows["one process"]
-    work = s["read"] + s["apply"] + s["fit"]
-    root = s["analysis"] + s["write"]  # the segmentation beside the edge maps, then the file
+    work = s["read"] + s["apply"] + s["fit"] + s["analysis"]
+    root = s["write"]
     top = rows[f"mpirun -np {max(ranks)}"]
     rate = gather_bytes / top["gather"] if top["gather"] > 0 else float("inf")
     print(f"\n== model for N nodes (one rank each) from these rates: image {R}×{C} × {E} energies, K = {K}")
-    print(f"  per-rank work {work:.3f} s at N = 1; rank 0 alone {root:.3f} s (segments, edge maps, file);")
+    print(f"  per-rank work {work:.3f} s at N = 1; rank 0 alone {root:.3f} s (the file; the spectra "
+          f"{'in it' if spectra else 'not in it'});")
     print(f"  gather {gather_bytes / 1e6:.1f} MB to rank 0 at the {rate / 1e9:.2f} GB/s measured here (loopback, "
           f"np {max(ranks)}); reductions {top['reduce']:.3f} s at np {max(ranks)}, taken as constant")
     print(f"  {'N':>5}{'T_N (s)':>10}{'speed-up':>10}{'efficiency':>12}")

@@ -100,6 +100,8 @@ nlohmann::json run_batch_fit(const Config& cfg, const BatchOptions& opt, const p
     part.row0 = own0, part.image_rows = rows;
     part.gather = [&comm, &times](std::vector<float> v) { return times.time("reduce", [&] { return comm.all_gather(v); }); };
     part.sum = [&comm, &times](std::span<double> v) { times.time("reduce", [&] { comm.sum(v); }); };
+    part.send_row = [&comm](int side, std::span<const std::uint8_t> row) { comm.send(comm.rank() + side, std::as_bytes(row)); };
+    part.receive_row = [&comm](int side, std::span<std::uint8_t> row) { comm.receive(comm.rank() + side, std::as_writable_bytes(row)); };
   }
   std::unique_ptr<Scan> scan;
   std::map<std::string, std::int64_t> issues;
@@ -137,12 +139,23 @@ nlohmann::json run_batch_fit(const Config& cfg, const BatchOptions& opt, const p
     scan->update_reference_selection(solve_threads(cfg));
     scan->solve_changed(solve_threads(cfg));  // the final maps: Poisson-weighted once the references are chosen
   });
+  // Side by side: "segments" and "edge_maps" overlap in time ("analysis" is their wall time).
+  // In an MPI job each rank segments and maps its block, the blocks' sample, cluster sums,
+  // smoothing borders and mean spectrum combined (README "MPI").
+  const auto analysis = times.time("analysis", [&] { return scan->segment_and_map_edges(solve_threads(cfg)); });
+  times.set("segments", analysis.segments_s), times.set("edge_maps", analysis.edge_maps_s);
+  for (const auto& error : {analysis.segments_error, analysis.edge_maps_error})
+    if (error) std::rethrow_exception(error);
+  const auto image_npix = static_cast<std::size_t>(rows) * static_cast<std::size_t>(cols);
+  const bool spectra = cfg.output.save_spectra && static_cast<double>(image_npix) <= cfg.output.batch_spectra_max_pixels;
+  if (cfg.output.save_spectra && !spectra && root)
+    spdlog::info("{} pixels > output.batch_spectra_max_pixels: the normalized spectra are not written (raise it to opt in)",
+                 image_npix);
   // Rank 0 waits here for the slowest block (the imbalance), so "gather" is the transfer only.
   times.time("wait", [&] { comm.barrier(); });
   if (comm.size() > 1) times.time("gather", [&] {
-    // Rank 0 assembles the whole image (each rank's own rows) for the steps that still run on
-    // one process: segmentation, edge maps, the result file (README "MPI").
-    const auto image_npix = static_cast<std::size_t>(rows) * static_cast<std::size_t>(cols);
+    // Rank 0 assembles the whole image's maps (each rank's own rows) for the result file, and
+    // the normalized spectra only when the file gets them.
     std::vector<std::pair<std::size_t, std::size_t>> own;
     for (const auto& [r0, r1] : blocks)
       own.emplace_back(static_cast<std::size_t>(r0) * cols, static_cast<std::size_t>(r1 - r0) * cols);
@@ -151,7 +164,7 @@ nlohmann::json run_batch_fit(const Config& cfg, const BatchOptions& opt, const p
     const auto& maps = scan->fit()->maps();
     const auto K = static_cast<std::size_t>(scan->fit()->model().n_refs());
     Scan::ImageResults image;
-    image.store = gather(scan->spectra().data(), scan->energies().size());
+    if (spectra) image.store = gather(scan->spectra().data(), scan->energies().size());
     image.xrf = gather(scan->xrf().data(), scan->start().xrf_channels.size());
     auto fractions = gather(maps.fractions.data(), K), sigma = gather(maps.fraction_sigma.data(), K);
     auto thickness = gather(maps.thickness.data(), 1), residual = gather(maps.residual.data(), 1);
@@ -165,6 +178,21 @@ nlohmann::json run_batch_fit(const Config& cfg, const BatchOptions& opt, const p
     }
     const auto valid = gather(scan->mask().valid.data(), 1);
     image.valid.assign(valid.begin(), valid.end());
+    if (const auto* seg = scan->segmentation()) {
+      const auto labels = gather(seg->labels.data(), 1);
+      image.segmentation = *seg;  // clusters and PCA: the same on every rank
+      image.segmentation->labels.assign(labels.begin(), labels.end());
+    }
+    if (const auto* edge = scan->edge_maps()) {
+      image.edge_maps.emplace();
+      image.edge_maps->ranges = edge->ranges, image.edge_maps->computed = edge->computed;
+      for (auto [to, from] : {std::pair{&image.edge_maps->e0, &edge->e0}, std::pair{&image.edge_maps->half_step, &edge->half_step},
+                              std::pair{&image.edge_maps->white_line, &edge->white_line},
+                              std::pair{&image.edge_maps->edge_step, &edge->edge_step}}) {
+        const auto all = gather(from->data(), 1);
+        to->assign(all.begin(), all.end());
+      }
+    }
     // Issues and flagged samples: every block's (a halo row's samples are counted by both blocks
     // that read it).
     // With each rank's step times so far (the summary's rank_timing: which block was slow).
@@ -192,19 +220,12 @@ nlohmann::json run_batch_fit(const Config& cfg, const BatchOptions& opt, const p
     whole.scan_id = block.scan_id, whole.rows = rows, whole.cols = cols, whole.energies_eV = block.energies_eV;
     whole.mode = block.mode, whole.order = block.order, whole.xrf_channels = block.xrf_channels;
     whole.references = block.references, whole.metadata = block.metadata;
-    auto full = std::make_unique<Scan>(std::move(whole), refs, settings);
-    full->adopt(std::move(image), *scan);
-    scan = std::move(full);
+    scan = Scan::assemble(std::move(whole), refs, settings, std::move(image), *scan);
   });
   if (!root) {
     const auto [r0, r1] = blocks[static_cast<std::size_t>(comm.rank())];
     return {{"rank", comm.rank()}, {"rows", {r0, r1}}, {"timing", times.to_json()}};
   }
-  // Side by side: "segments" and "edge_maps" overlap in time ("analysis" is their wall time).
-  const auto analysis = times.time("analysis", [&] { return scan->segment_and_map_edges(solve_threads(cfg)); });
-  times.set("segments", analysis.segments_s), times.set("edge_maps", analysis.edge_maps_s);
-  for (const auto& error : {analysis.segments_error, analysis.edge_maps_error})
-    if (error) std::rethrow_exception(error);
   nlohmann::json counters = nlohmann::json::object();
   for (const auto& [code, n] : issues) counters["issues." + code] = n;
   // The file records the arguments this fit ran with, not only the config's defaults.
@@ -213,10 +234,6 @@ nlohmann::json run_batch_fit(const Config& cfg, const BatchOptions& opt, const p
   for (const auto& f : refs_cfg.files) effective["references.files"].push_back(std::filesystem::absolute(f).lexically_normal().string());
   if (!opt.reference_names.empty()) effective["references.names"] = opt.reference_names;
   effective["input"] = std::filesystem::absolute(opt.input).lexically_normal().string();
-  const bool spectra = cfg.output.save_spectra && static_cast<double>(scan->pixels()) <= cfg.output.batch_spectra_max_pixels;
-  if (cfg.output.save_spectra && !spectra)
-    spdlog::info("{} pixels > output.batch_spectra_max_pixels: the normalized spectra are not written (raise it to opt in)",
-                 scan->pixels());
   times.time("write", [&] { write_result_file(opt.output, *scan, effective, counters, spectra); });
   times.set("total", std::chrono::duration<double>(StepTimes::Clock::now() - t_start).count());
   nlohmann::json summary = {{"scan", scan->summary()}, {"counters", counters}, {"output", opt.output.string()}};

@@ -1,11 +1,13 @@
 #!/usr/bin/python3
 """Compares two xanesd result files dataset by dataset and attribute by attribute (README "MPI").
 
-    compare_results.py A.h5 B.h5 [--skip PATH ...] [--permuted-labels GROUP]
+    compare_results.py A.h5 B.h5 [--skip PATH ...] [--close PATH ...]
 
 Numeric datasets must be equal bit for bit (NaN equal to NaN), strings equal; the same set of
 objects in both. --skip: a dataset (entry/start_time) or attribute (@file_time,
-entry/x@units) whose values may differ (it must still exist in both): the times of the two runs. Exit status 0 when equal, 1 with one line per difference.
+entry/x@units) whose values may differ (it must still exist in both): the times of the two runs.
+--close: a dataset whose values may differ by rounding (relative 1e-9; sums added in another
+order). Exit status 0 when equal, 1 with one line per difference.
 """
 import argparse
 import sys
@@ -30,11 +32,21 @@ def same(a, b):
     return bool(np.array_equal(a, b))
 
 
+def close(a, b):
+    a, b = np.asarray(a), np.asarray(b)
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if a.dtype.kind not in "fc":
+        return bool(np.array_equal(a, b))
+    return bool(np.allclose(a, b, rtol=1e-9, atol=1e-12, equal_nan=True))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("a")
     ap.add_argument("b")
     ap.add_argument("--skip", action="append", default=[])
+    ap.add_argument("--close", action="append", default=[])
     args = ap.parse_args()
     diffs = []
     with h5py.File(args.a, "r") as fa, h5py.File(args.b, "r") as fb:
@@ -54,7 +66,8 @@ def main():
                     diffs.append(f"/{name}@{key}: differs")
             if isinstance(oa, h5py.Dataset) and name not in args.skip:
                 compared += 1
-                if not same(oa[()], ob[()]):
+                equal = close if name in args.close else same
+                if not equal(oa[()], ob[()]):
                     detail = ""
                     if oa.shape == ob.shape and oa.dtype.kind in "fiub":
                         d = np.asarray(oa[()], dtype=float) != np.asarray(ob[()], dtype=float)

@@ -3,7 +3,9 @@
 
 The result files must be equal dataset by dataset and attribute by attribute (tests/
 compare_results.py), except the times of the two runs: fractions, errors, thickness, residual,
-mask, spatial neighbours, the reference selection, segments, edge maps, spectra, XRF, status.
+mask, spatial neighbours, the reference selection, segment labels, edge maps, spectra, XRF,
+status. The segments' cluster summaries (mean spectra and their fits) are equal to rounding: each
+rank segments its block and the clusters' sums are added over the ranks in another order.
 """
 import argparse
 import json
@@ -21,6 +23,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import binaries  # noqa: E402
 TIMES = ["--skip", "@file_time", "--skip", "entry/start_time", "--skip", "entry/end_time"]
+CLUSTER_SUMS = [arg for name in ("spectra", "spectra_stderr", "fractions", "fraction_sigma", "thickness", "residual")
+                for arg in ("--close", f"entry/results/segments/cluster_{name}")]
 
 
 def run(cmd, check=True):
@@ -64,7 +68,7 @@ class MpiFit(unittest.TestCase):
         return run(cmd, check)
 
     def compare(self, a, b, *skip):
-        return run([sys.executable, os.path.join(HERE, "compare_results.py"), a, b, *TIMES, *skip], check=False)
+        return run([sys.executable, os.path.join(HERE, "compare_results.py"), a, b, *TIMES, *CLUSTER_SUMS, *skip], check=False)
 
     def assert_same(self, scan, ranks, extra=()):
         name = os.path.splitext(os.path.basename(scan))[0]
@@ -79,6 +83,18 @@ class MpiFit(unittest.TestCase):
 
     def test_two_ranks_equal_one_process(self):
         self.assert_same(self.domains, 2)
+
+    def test_sampled_segmentation(self):
+        # A segmentation sample smaller than the image: the ranks draw the same random pixels and
+        # gather their spectra. Without the selection's tiles the scene's 67 rows are cut at rows
+        # 22 and 44 (pixels 1100 and 2200), inside runs of 16 pixels that two ranks then share.
+        self.assert_same(self.domains, 2, ("--set", "segment.sample=300"))
+        extra = ("--set", "segment.sample=300", "--set", "references.select=false")
+        self.assert_same(self.scene, 3, extra)
+        with h5py.File(os.path.join(self.dir, f"scene-np3{'-'.join(extra)}.h5"), "r") as f:
+            labels = f["entry/results/segments/segments"][()]
+            self.assertEqual(f["entry/results/segments/pca/components"][0] > 0, True)
+        self.assertGreater(len(set(np.unique(labels).tolist()) - {0, 255}), 1)  # domains were found
 
     def test_ranks_that_do_not_divide_the_rows(self):
         self.assert_same(self.scene, 3)

@@ -3,7 +3,12 @@
 // Poisson noise, I0 drift and background, fed to the daemon's own Scan energy-major.
 #include <doctest/doctest.h>
 
+#include <barrier>
+#include <condition_variable>
+#include <deque>
 #include <map>
+#include <mutex>
+#include <thread>
 
 #include "science/segmentation.hpp"
 #include "science_support.hpp"
@@ -435,4 +440,142 @@ TEST_CASE("spatial smoothing: noisy pixels follow their neighbours, off changes 
   CHECK(off->segmentation()->smoothed == 0);
   CHECK(a_on >= a_off);
   CHECK(stripe_survival(*on->segmentation(), truth) >= 0.9);
+}
+
+namespace {
+
+// Two parts of one image segmented on two threads, joined as MPI ranks are (ImagePart): sums
+// and gathers meet at a barrier, label rows go through queues.
+class TwoParts {
+ public:
+  science::ImagePart part(int i, std::size_t begin, std::size_t end, int row0, int image_rows) {
+    science::ImagePart p;
+    p.begin = begin, p.end = end, p.row0 = row0, p.image_rows = image_rows;
+    p.sum = [this, i](std::span<double> v) {
+      sums_[i].assign(v.begin(), v.end());
+      meet_.arrive_and_wait();
+      for (std::size_t k = 0; k < v.size(); ++k) v[k] = sums_[0][k] + sums_[1][k];
+      meet_.arrive_and_wait();
+    };
+    p.gather = [this, i](std::vector<float> v) {
+      gathers_[i] = std::move(v);
+      meet_.arrive_and_wait();
+      std::vector<float> all = gathers_[0];
+      all.insert(all.end(), gathers_[1].begin(), gathers_[1].end());
+      meet_.arrive_and_wait();
+      return all;
+    };
+    p.send_row = [this, i](int side, std::span<const std::uint8_t> row) {
+      auto& q = rows_[i + side];  // the queue the part on that side reads from us
+      std::lock_guard lock(q.m);
+      q.rows.emplace_back(row.begin(), row.end());
+      q.cv.notify_one();
+    };
+    p.receive_row = [this, i](int, std::span<std::uint8_t> row) {
+      auto& q = rows_[i];
+      std::unique_lock lock(q.m);
+      q.cv.wait(lock, [&] { return !q.rows.empty(); });
+      std::copy(q.rows.front().begin(), q.rows.front().end(), row.begin());
+      q.rows.pop_front();
+    };
+    return p;
+  }
+
+ private:
+  std::barrier<> meet_{2};
+  std::vector<double> sums_[2];
+  std::vector<float> gathers_[2];
+  struct Queue {  // rows sent to one part (two parts: each has one neighbour)
+    std::mutex m;
+    std::condition_variable cv;
+    std::deque<std::vector<std::uint8_t>> rows;
+  } rows_[2];
+};
+
+// A copy of rows [r0, r1) of `in`'s arrays, as a rank holding them would.
+struct Window {
+  std::vector<float> planes, xrf;
+  std::vector<std::uint8_t> material;
+  SegmentInput in;
+  Window(const SegmentInput& whole, int r0, int r1) : in(whole) {
+    const auto cols = static_cast<std::size_t>(whole.cols), n = static_cast<std::size_t>(r1 - r0) * cols;
+    const auto at = static_cast<std::size_t>(r0) * cols;
+    for (std::size_t e = 0; e < whole.energies->size(); ++e)
+      planes.insert(planes.end(), whole.planes + e * whole.npix + at, whole.planes + e * whole.npix + at + n);
+    for (int c = 0; c < whole.xrf_channels && whole.xrf; ++c)
+      xrf.insert(xrf.end(), whole.xrf + static_cast<std::size_t>(c) * whole.npix + at, whole.xrf + static_cast<std::size_t>(c) * whole.npix + at + n);
+    if (whole.material) material.assign(whole.material + at, whole.material + at + n);
+    in.planes = planes.data(), in.npix = n, in.rows = r1 - r0;
+    in.xrf = xrf.empty() ? nullptr : xrf.data();
+    in.material = whole.material ? material.data() : nullptr;
+    in.slices.first_row = r0;
+  }
+};
+
+}  // namespace
+
+TEST_CASE("an image segmented in two parts (MPI ranks' blocks) gets the labels of the whole; cluster sums to rounding") {
+  // The scene at 500 counts: domains, gradients, the stripe; the smoothing relabels pixels.
+  const auto refs = test::pick(load_reference_file(test::fe_library()), test::scene_species());
+  const auto truth = sim::simulate(refs, test::scene_scan(155, 150, 500, 1));
+  for (const int sample : {40000, 3000}) {  // every pixel, then a random sample
+    CAPTURE(sample);
+    auto settings = test::default_settings();
+    settings.segment.sample = sample;
+    auto scan = test::run_scan(truth, refs, settings);
+    const SegmentInput whole = scan->segment_input(2);
+    OnlineSegmenter one(settings.segment);
+    one.update(whole);
+    REQUIRE(one.result().waiting.empty());
+
+    // Cuts through rows the smoothing changes (so the rows the sweeps pass across them decide
+    // labels), not at multiples of 8 rows (so a run of 16 sampled pixels straddles them).
+    constexpr int halo = 3, rows = 155;
+    const auto cols = static_cast<std::size_t>(whole.cols);
+    auto unsmoothed_settings = settings.segment;
+    unsmoothed_settings.smoothing = 0;
+    OnlineSegmenter unsmoothed(unsmoothed_settings);
+    unsmoothed.update(whole);
+    std::vector<int> cuts;
+    for (int row = 20; row < rows - 20; ++row)
+      for (std::size_t c = 0; c < cols && row % 8 != 0; ++c)
+        if (unsmoothed.result().labels[static_cast<std::size_t>(row) * cols + c] != one.result().labels[static_cast<std::size_t>(row) * cols + c]) {
+          cuts.push_back(row);
+          break;
+        }
+    REQUIRE(cuts.size() >= 6);
+    const auto& r = one.result();
+    for (std::size_t i = 0; i < 6; ++i) {  // 6 of them, spread over the image
+      const int cut = cuts[i * (cuts.size() - 1) / 5];
+      CAPTURE(cut);
+      TwoParts link;
+      Window top(whole, 0, cut + halo), bottom(whole, cut - halo, rows);
+      const auto top_part = link.part(0, 0, cut * cols, 0, rows);
+      const auto bottom_part = link.part(1, halo * cols, static_cast<std::size_t>(rows - cut + halo) * cols, cut, rows);
+      top.in.part = &top_part, bottom.in.part = &bottom_part;
+      OnlineSegmenter a(settings.segment), b(settings.segment);
+      {
+        std::jthread other([&] { b.update(bottom.in); });
+        a.update(top.in);
+      }
+      for (const auto* part : {&a.result(), &b.result()}) {
+        CHECK(part->waiting.empty());
+        CHECK(part->clusters.size() == r.clusters.size());
+        CHECK(part->smoothed == r.smoothed);
+        CHECK(part->labelled == r.labelled);
+        CHECK(part->pca.components == r.pca.components);
+      }
+      std::vector<std::uint8_t> joined(a.result().labels.begin(), a.result().labels.begin() + cut * static_cast<std::ptrdiff_t>(cols));
+      joined.insert(joined.end(), b.result().labels.begin() + halo * static_cast<std::ptrdiff_t>(cols), b.result().labels.end());
+      CHECK(joined == r.labels);
+      for (std::size_t c = 0; c < r.clusters.size() && c < b.result().clusters.size(); ++c) {
+        const auto &x = r.clusters[c], &y = b.result().clusters[c];
+        CHECK(x.id == y.id);
+        CHECK(x.pixels == y.pixels);
+        for (std::size_t e = 0; e < x.mean.size(); ++e)
+          if (std::isfinite(x.mean[e])) CHECK(y.mean[e] == doctest::Approx(x.mean[e]).epsilon(1e-9));
+        for (std::size_t k = 0; k < x.fractions.size(); ++k) CHECK(y.fractions[k] == doctest::Approx(x.fractions[k]).epsilon(1e-9));
+      }
+    }
+  }
 }

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <memory>
 #include <span>
+#include <stdexcept>
 #include <vector>
 
 namespace xanesd::parallel {
@@ -35,6 +36,11 @@ class Comm {
   // to rank r: returns this rank's part. A rank waiting here for rank 0 sleeps between polls
   // instead of spinning on a core (a live shard waits here for the next frame).
   virtual std::vector<std::byte> scatter(std::span<const std::byte> all, std::span<const std::size_t> bounds) const = 0;
+  // Point to point (rows of labels between neighbouring blocks, the segment smoothing's sweeps):
+  // send copies `bytes` and returns at once; receive waits for the next bytes from `from`
+  // (messages from one rank arrive in the order sent). Not used in one process.
+  virtual void send(int to, std::span<const std::byte> bytes) const = 0;
+  virtual void receive(int from, std::span<std::byte> out) const = 0;
   // HDF5 property lists for reading one file from every rank: MPI-IO file access and
   // collective transfers under MPI, H5P_DEFAULT in one process.
   virtual hid_t h5_file_access() const { return H5P_DEFAULT; }
@@ -57,6 +63,8 @@ class SerialComm final : public Comm {
   std::vector<std::byte> scatter(std::span<const std::byte> all, std::span<const std::size_t> bounds) const override {
     return {all.begin() + static_cast<std::ptrdiff_t>(bounds[0]), all.begin() + static_cast<std::ptrdiff_t>(bounds[1])};
   }
+  void send(int, std::span<const std::byte>) const override { throw std::logic_error("send: one process has no other rank"); }
+  void receive(int, std::span<std::byte>) const override { throw std::logic_error("receive: one process has no other rank"); }
   void abort(int) const override {}
 };
 

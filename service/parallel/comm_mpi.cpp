@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <list>
 #include <cstdio>
 #include <stdexcept>
 #include <string>
@@ -54,6 +55,7 @@ class MpiComm final : public Comm {
     H5Pset_dxpl_mpio(transfer_, H5FD_MPIO_COLLECTIVE);
   }
   ~MpiComm() override {
+    for (auto& s : sends_) MPI_Wait(&s.request, MPI_STATUS_IGNORE);
     H5Pclose(access_);
     H5Pclose(transfer_);
     int finalized = 0;
@@ -134,6 +136,22 @@ class MpiComm final : public Comm {
           "MPI_Scatterv");
     return part;
   }
+  void send(int to, std::span<const std::byte> bytes) const override {
+    // Finished sends free their copies; the rest complete when their receiver takes them.
+    for (auto it = sends_.begin(); it != sends_.end();) {
+      int done = 0;
+      check(MPI_Test(&it->request, &done, MPI_STATUS_IGNORE), "MPI_Test");
+      it = done ? sends_.erase(it) : std::next(it);
+    }
+    auto& s = sends_.emplace_back(Send{{bytes.begin(), bytes.end()}, MPI_REQUEST_NULL});
+    check(MPI_Isend(s.bytes.data(), static_cast<int>(s.bytes.size()), MPI_BYTE, to, kPointTag, MPI_COMM_WORLD, &s.request),
+          "MPI_Isend");
+  }
+  void receive(int from, std::span<std::byte> out) const override {
+    MPI_Request request;
+    check(MPI_Irecv(out.data(), static_cast<int>(out.size()), MPI_BYTE, from, kPointTag, MPI_COMM_WORLD, &request), "MPI_Irecv");
+    wait_idle(request, "MPI_Irecv");
+  }
   hid_t h5_file_access() const override { return access_; }
   hid_t h5_transfer() const override { return transfer_; }
   void abort(int code) const override {
@@ -146,6 +164,12 @@ class MpiComm final : public Comm {
     check(MPI_Allgather(&n, 1, MPI_INT, counts.data(), 1, MPI_INT, MPI_COMM_WORLD), "MPI_Allgather");
     return counts;
   }
+  static constexpr int kPointTag = 17;
+  struct Send {
+    std::vector<std::byte> bytes;
+    MPI_Request request;
+  };
+  mutable std::list<Send> sends_;  // sends in flight (send returns before the receiver takes them)
   int rank_ = 0, size_ = 1;
   hid_t access_ = H5I_INVALID_HID, transfer_ = H5I_INVALID_HID;
 };

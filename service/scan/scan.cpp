@@ -114,7 +114,7 @@ std::vector<float> to_floats(const protocol::Array& a) {
 }  // namespace
 
 Scan::Scan(protocol::StartMsg start, const std::vector<science::Reference>& refs, const ScanSettings& settings,
-           science::ImagePart part, Buffers recycled)
+           science::ImagePart part, Buffers recycled, bool allocate_store)
     : start_(std::move(start)), settings_(settings), part_(std::move(part)),
       npix_(static_cast<std::size_t>(start_.rows) * static_cast<std::size_t>(start_.cols)),
       xrf_(start_.xrf_channels.size() * npix_, NAN),
@@ -122,7 +122,7 @@ Scan::Scan(protocol::StartMsg start, const std::vector<science::Reference>& refs
   // Every sample starts as not measured (NaN). A recycled store of the same size is refilled
   // in place: the writes then find their pages (at 2048² × 25 energies the kernel's zeroing
   // of 420 MB of fresh pages was a sixth of a scan's ingest profile).
-  const std::size_t samples = start_.energies_eV.size() * npix_;
+  const std::size_t samples = allocate_store ? start_.energies_eV.size() * npix_ : 0;
   if (recycled.store.size() == samples) store_ = std::move(recycled.store);
   else recycled.store = {};  // released before the new store is allocated: never both at once
   store_.assign(samples, NAN);
@@ -133,7 +133,8 @@ Scan::Scan(protocol::StartMsg start, const std::vector<science::Reference>& refs
   start_.dark.reset();  // keep the copies above, not the frames
   start_.flat.reset();
   // Count scales are kept from the first frame when the fit may ever weight by them.
-  if (keeps_count_scales()) scale_ = science::ZeroedVector<float>(store_.size());
+  counts_scales_ = keeps_count_scales();
+  if (counts_scales_ && allocate_store) scale_ = science::ZeroedVector<float>(store_.size());
   library_ = refs;
   spare_fit_ = std::move(recycled.fit);
   build_fit();
@@ -755,6 +756,13 @@ bool Scan::analysis_safe(const protocol::FrameMsg& f, const Analysis& a) const {
   return std::all_of(f.energy_indices.begin(), f.energy_indices.end(), unread);
 }
 
+std::unique_ptr<Scan> Scan::assemble(protocol::StartMsg whole, const std::vector<science::Reference>& refs,
+                                     const ScanSettings& settings, ImageResults&& image, const Scan& block) {
+  std::unique_ptr<Scan> scan(new Scan(std::move(whole), refs, settings, {}, {}, false));
+  scan->adopt(std::move(image), block);
+  return scan;
+}
+
 void Scan::adopt(ImageResults&& image, const Scan& block) {
   store_ = std::move(image.store);  // gathered from the ranks into huge pages
   xrf_ = std::move(image.xrf);
@@ -770,6 +778,11 @@ void Scan::adopt(ImageResults&& image, const Scan& block) {
   mask_.valid = std::move(image.valid);
   mask_.thickness_threshold = block.mask_.thickness_threshold;
   mask_.n_valid = static_cast<std::size_t>(std::count(mask_.valid.begin(), mask_.valid.end(), 1));
+  edge_maps_ = std::move(image.edge_maps);
+  if (image.segmentation) {
+    segmenter_.emplace(settings_.segment);
+    segmenter_->take_result(std::move(*image.segmentation));
+  }
 }
 
 void Scan::update_segments(int threads) {
@@ -799,10 +812,20 @@ Scan::SideBySide Scan::segment_and_map_edges(int threads) {
     timed(r.edge_maps_s, r.edge_maps_error, [&] { compute_edge_maps(threads); });
     return r;
   }
+  // The edge maps' ranges first, on this thread: in an MPI job their mean spectrum is a
+  // reduction, and the segmentation's run on this thread too (one thread at a time calls MPI).
+  std::optional<science::EdgeMapPlan> plan;
+  double plan_s = 0;
+  timed(plan_s, r.edge_maps_error, [&] { plan = plan_edge_maps(threads); });
   {
-    std::jthread edges([&] { timed(r.edge_maps_s, r.edge_maps_error, [&] { compute_edge_maps(std::max(1, threads - 1)); }); });
+    std::jthread edges([&] {
+      if (plan)
+        timed(r.edge_maps_s, r.edge_maps_error,
+              [&] { edge_maps_ = science::compute_edge_maps(*plan, store_, start_.energies_eV, npix_, std::max(1, threads - 1)); });
+    });
     timed(r.segments_s, r.segments_error, [&] { update_segments(threads); });
   }
+  r.edge_maps_s += plan_s;
   return r;
 }
 
@@ -841,6 +864,7 @@ science::SegmentInput Scan::segment_input(int threads, const std::uint8_t* mater
   science::SegmentInput in;
   in.planes = store_.data();
   in.npix = npix_;
+  in.part = &part_;
   in.rows = rows(), in.cols = cols();
   in.slices = slice_layout();
   in.energies = &start_.energies_eV;
@@ -854,9 +878,13 @@ science::SegmentInput Scan::segment_input(int threads, const std::uint8_t* mater
   return in;
 }
 
-void Scan::compute_edge_maps(int threads) {
+science::EdgeMapPlan Scan::plan_edge_maps(int threads) const {
   const std::vector<std::uint8_t> all(npix_, 1);
-  edge_maps_ = science::compute_edge_maps(store_, start_.energies_eV, npix_, lcf_ ? mask_.valid : all, settings_.edge, threads);
+  return science::plan_edge_maps(store_, start_.energies_eV, npix_, lcf_ ? mask_.valid : all, settings_.edge, threads, &part_);
+}
+
+void Scan::compute_edge_maps(int threads) {
+  edge_maps_ = science::compute_edge_maps(plan_edge_maps(threads), store_, start_.energies_eV, npix_, threads);
 }
 
 void Scan::samples(std::size_t p, std::vector<int>& energies, std::vector<double>& y, std::vector<double>& scale) const {
@@ -908,7 +936,7 @@ nlohmann::json Scan::summary() const {
           // What ingest.max_scan_GiB is checked against at start (scan_bytes), and per sample.
           {"memory", [&] {
              const double bytes = scan_bytes(rows(), cols(), start_.energies_eV.size(), start_.xrf_channels.size(),
-                                             library_.size(), !scale_.empty());
+                                             library_.size(), counts_scales_);
              const double samples = static_cast<double>(npix_) * static_cast<double>(start_.energies_eV.size());
              return nlohmann::json{{"bytes", bytes}, {"bytes_per_pixel_per_energy", samples > 0 ? bytes / samples : 0.0}};
            }()},

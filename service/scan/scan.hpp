@@ -127,7 +127,8 @@ class Scan : private science::SampleSource {
     science::IncrementalLcf::Buffers fit;  // the fit's statistics and maps
   };
   Scan(protocol::StartMsg start, const std::vector<science::Reference>& refs, const ScanSettings& settings,
-       science::ImagePart part = {}, Buffers recycled = {});
+       science::ImagePart part = {}, Buffers recycled = {})
+      : Scan(std::move(start), refs, settings, std::move(part), std::move(recycled), true) {}
   // This scan's buffers for the next one; the scan is left without its spectra and fit.
   Buffers take_buffers() &&;
 
@@ -138,13 +139,19 @@ class Scan : private science::SampleSource {
     std::vector<float> spatial_neighbours;  // P, or empty without the spatial step
     std::vector<std::uint8_t> valid;        // the quality mask
     std::map<std::string, std::int64_t> flags;  // flagged samples by code, summed over the blocks
+    // The blocks' segmentation (its labels the whole image's) and edge maps; store: empty when
+    // the result file does not get the spectra (nothing else reads it after the fit).
+    std::optional<science::Segmentation> segmentation;
+    std::optional<science::EdgeMaps> edge_maps;
   };
   const std::map<std::string, std::int64_t>& flagged_samples() const { return flags_; }
-  // Takes `image` as this (whole-image) scan's per-pixel state, and the image-level state (the
-  // references selected and fitted, the mask threshold, frames, sequence numbers, state) from
-  // `block`, one row block of the same scan (the flagged-sample counts from `image`): segmentation, edge maps and the result file then
-  // run on this scan as on a scan fitted in one process.
-  void adopt(ImageResults&& image, const Scan& block);
+  // The whole image's scan of an MPI job (`whole`: its start), assembled on rank 0: `image` is its
+  // per-pixel state (no store of its own beyond image.store), and the image-level state (the
+  // references selected and fitted, the mask threshold, frames, sequence numbers, state) is
+  // `block`'s, one row block of the same scan (the flagged-sample counts from `image`): the
+  // result file is then written from it as from a scan fitted in one process.
+  static std::unique_ptr<Scan> assemble(protocol::StartMsg whole, const std::vector<science::Reference>& refs,
+                                        const ScanSettings& settings, ImageResults&& image, const Scan& block);
 
   FrameOutcome apply(protocol::FrameMsg& frame);
 
@@ -196,6 +203,8 @@ class Scan : private science::SampleSource {
   // Per-pixel edge maps (E0, half-step, white line, step) of the pixels the mask keeps (all
   // pixels with data when there is no fit); computed on request (at stop: a full pass).
   void compute_edge_maps(int threads);
+  // Their scan-level ranges (in an MPI job's block: from every block's mean spectrum).
+  science::EdgeMapPlan plan_edge_maps(int threads) const;
   const science::EdgeMaps* edge_maps() const { return edge_maps_ ? &*edge_maps_ : nullptr; }
   // Live segmentation (science.md §4) over what is stored so far; call after solve_changed so
   // the thickness mask is current. nullptr when segmentation is off.
@@ -204,7 +213,8 @@ class Scan : private science::SampleSource {
   // the store and the mask) and the segmentation is mostly serial (its sample's PCA and
   // clustering), so the edge maps take the cores it leaves idle: at 1024² × 100 on 2 cores
   // 0.37 + 0.17 s in turn (bench/run_batch_benchmark.sh). Each step's exception (null if it
-  // finished) and seconds; the segmentation runs on the calling thread (its cancellation scope).
+  // finished) and seconds; the segmentation runs on the calling thread (its cancellation scope),
+  // as does anything that combines an MPI job's blocks (the edge maps' ranges first).
   struct SideBySide {
     std::exception_ptr segments_error, edge_maps_error;
     double segments_s = 0, edge_maps_s = 0;
@@ -276,6 +286,10 @@ class Scan : private science::SampleSource {
   nlohmann::json summary() const;
 
  private:
+  // allocate_store false: no store (assemble gives it the gathered one).
+  Scan(protocol::StartMsg start, const std::vector<science::Reference>& refs, const ScanSettings& settings, science::ImagePart part,
+       Buffers recycled, bool allocate_store);
+  void adopt(ImageResults&& image, const Scan& block);
   // Whether the samples a full frame or row block would write into `plane` are all unmeasured.
   bool unmeasured(const protocol::FrameMsg& f, const float* plane) const;
   // pixels_checked: the pixel list was validated already (the frames of one spectra batch).
@@ -336,6 +350,7 @@ class Scan : private science::SampleSource {
   bool selection_tried_ = false;   // the reference selection has run on this fit's library
   std::string fit_error_;
   science::QualityMask mask_;
+  bool counts_scales_ = false;  // decided at start: the store's count scales are kept (in `scale_`, or on the ranks)
   std::optional<science::EdgeMaps> edge_maps_;
   std::optional<science::OnlineSegmenter> segmenter_;
   std::unordered_set<std::int64_t> seqs_seen_;

@@ -224,38 +224,37 @@ EdgeBlocksKernel edge_blocks_kernel() {
 
 }  // namespace
 
-EdgeMaps compute_edge_maps(std::span<const float> planes, const std::vector<double>& e, std::size_t npix,
-                           const std::vector<std::uint8_t>& selected, const PreEdgeParams& params, int threads) {
-  EdgeMaps m;
-  m.e0.assign(npix, 0.f);
-  m.half_step.assign(npix, 0.f);
-  m.white_line.assign(npix, 0.f);
-  m.edge_step.assign(npix, 0.f);
+EdgeMapPlan plan_edge_maps(std::span<const float> planes, const std::vector<double>& e, std::size_t npix,
+                           const std::vector<std::uint8_t>& selected, const PreEdgeParams& params, int threads, const ImagePart* part) {
+  EdgeMapPlan plan;
   const std::size_t E = e.size();
-  if (E < 6) return m;
+  if (E < 6) return plan;
   // The scan-level ranges from the mean spectrum of the selected, complete pixels. Plane by
   // plane (contiguous reads): a pixel's spectrum is one float per plane, planes far apart.
-  std::vector<std::uint8_t> use(selected);
+  plan.use = selected;
+  auto& use = plan.use;
+  if (part && part->shared()) {  // an MPI rank's own rows only: its halo rows are its neighbours'
+    std::fill(use.begin(), use.begin() + static_cast<std::ptrdiff_t>(std::min(part->begin, npix)), 0);
+    std::fill(use.begin() + static_cast<std::ptrdiff_t>(std::min(part->end, npix)), use.end(), 0);
+  }
   for (std::size_t j = 0; j < E; ++j) {  // restrict: see selection_evidence's same loop
     const float* __restrict plane = planes.data() + j * npix;
     std::uint8_t* __restrict u = use.data();
     for (std::size_t p = 0; p < npix; ++p) u[p] &= plane[p] == plane[p];  // not NaN
   }
-  std::size_t n = 0;
-  for (auto u : use) n += u;
-  if (n == 0) return m;
   // The mean spectrum: a full pass over the stack, so branch-free with 8 partial sums (one
   // long dependent chain of additions is latency-bound) and the planes split over the threads.
-  std::vector<double> mean(E, 0.0);
+  std::vector<double> sums(E + 1, 0.0);  // per energy, then the pixels
+  for (auto u : use) sums[E] += u;
   auto plane_sums = [&](std::size_t j_begin, std::size_t j_end) {
     for (std::size_t j = j_begin; j < j_end; ++j) {
       const float* plane = planes.data() + j * npix;
-      double part[8] = {};
+      double part_sum[8] = {};
       std::size_t p = 0;
       for (; p + 8 <= npix; p += 8)
-        for (std::size_t k = 0; k < 8; ++k) part[k] += use[p + k] ? static_cast<double>(plane[p + k]) : 0.0;
-      for (; p < npix; ++p) part[0] += use[p] ? static_cast<double>(plane[p]) : 0.0;
-      mean[j] = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
+        for (std::size_t k = 0; k < 8; ++k) part_sum[k] += use[p + k] ? static_cast<double>(plane[p + k]) : 0.0;
+      for (; p < npix; ++p) part_sum[0] += use[p] ? static_cast<double>(plane[p]) : 0.0;
+      sums[j] = ((part_sum[0] + part_sum[1]) + (part_sum[2] + part_sum[3])) + ((part_sum[4] + part_sum[5]) + (part_sum[6] + part_sum[7]));
     }
   };
   if (threads > 1 && npix >= 65536) {
@@ -264,12 +263,31 @@ EdgeMaps compute_edge_maps(std::span<const float> planes, const std::vector<doub
   } else {
     plane_sums(0, E);
   }
-  for (auto& v : mean) v /= static_cast<double>(n);
+  // Every part's sums: the mean differs from one process's in rounding only, and what the maps
+  // take from it (E0, a measured energy; the ranges, rounded) does not.
+  if (part && part->shared()) part->sum(sums);
+  plan.n = static_cast<std::size_t>(sums[E]);
+  if (plan.n == 0) return plan;
+  std::vector<double> mean(sums.begin(), sums.begin() + static_cast<std::ptrdiff_t>(E));
+  for (auto& v : mean) v /= static_cast<double>(plan.n);
   try {
-    m.ranges = pre_edge(e, mean, params);
+    plan.ranges = pre_edge(e, mean, params);
   } catch (const std::exception&) {
-    return m;  // too few points in a range: no edge maps for this scan
+    // too few points in a range: no edge maps for this scan
   }
+  return plan;
+}
+
+EdgeMaps compute_edge_maps(const EdgeMapPlan& plan, std::span<const float> planes, const std::vector<double>& e, std::size_t npix,
+                           int threads) {
+  EdgeMaps m;
+  m.e0.assign(npix, 0.f);
+  m.half_step.assign(npix, 0.f);
+  m.white_line.assign(npix, 0.f);
+  m.edge_step.assign(npix, 0.f);
+  const std::size_t E = e.size();
+  if (!plan.ranges) return m;
+  m.ranges = *plan.ranges;
   const double e0 = m.ranges.e0;
   std::optional<PixelNormalizer> normalizer;
   try {
@@ -281,15 +299,20 @@ EdgeMaps compute_edge_maps(std::span<const float> planes, const std::vector<doub
   // 1 / (energy span) of each smoothed derivative below: the same for every pixel.
   std::vector<double> inv_span(E, 0.0);
   for (std::size_t j = 2; j + 2 < E; ++j) inv_span[j] = 1.0 / (e[j + 2] + e[j + 1] - e[j - 1] - e[j - 2]);
-  const EdgeBlocks blocks{planes.data(), npix, e, inv_span, *normalizer, e0, e0 + m.ranges.pre2, use.data(), m};
+  const EdgeBlocks blocks{planes.data(), npix, e, inv_span, *normalizer, e0, e0 + m.ranges.pre2, plan.use.data(), m};
   const auto kernel = edge_blocks_kernel();
   auto work = [&](std::size_t begin, std::size_t end) {
     std::vector<double> buffers(2 * kEdgeBlock * E + 6 * kEdgeBlock);
     kernel(blocks, begin, end, buffers.data());
   };
   parallel_ranges(npix, threads, 4096, [&](int, std::size_t begin, std::size_t end) { work(begin, end); });
-  m.computed = n;
+  m.computed = plan.n;
   return m;
+}
+
+EdgeMaps compute_edge_maps(std::span<const float> planes, const std::vector<double>& e, std::size_t npix,
+                           const std::vector<std::uint8_t>& selected, const PreEdgeParams& params, int threads) {
+  return compute_edge_maps(plan_edge_maps(planes, e, npix, selected, params, threads), planes, e, npix, threads);
 }
 
 }  // namespace xanesd::science

@@ -5,10 +5,12 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <vector>
 
 #include "science/edge_normalize.hpp"
+#include "science/image_part.hpp"
 
 namespace xanesd::science {
 
@@ -51,8 +53,22 @@ struct EdgeMaps {
   std::size_t computed = 0;
 };
 
+// What every pixel's edge maps share: the pixels to map and the scan-level ranges.
+struct EdgeMapPlan {
+  std::vector<std::uint8_t> use;        // P: selected, measured at every energy (and own, in a part)
+  std::size_t n = 0;                    // such pixels, in every part
+  std::optional<PreEdgeResult> ranges;  // none: too few energies, pixels or points in a range
+};
+
 // planes: E×P energy-major (NaN = not measured); only pixels with `selected[p]` and every
-// energy measured are computed.
+// energy measured are mapped. `part` shared (an MPI rank's block): its own rows only, the mean
+// spectrum summed over every block (one reduction, on the calling thread).
+EdgeMapPlan plan_edge_maps(std::span<const float> planes, const std::vector<double>& energies_eV, std::size_t npix,
+                           const std::vector<std::uint8_t>& selected, const PreEdgeParams& params, int threads,
+                           const ImagePart* part = nullptr);
+EdgeMaps compute_edge_maps(const EdgeMapPlan& plan, std::span<const float> planes, const std::vector<double>& energies_eV,
+                           std::size_t npix, int threads);
+// Both, in one process.
 EdgeMaps compute_edge_maps(std::span<const float> planes, const std::vector<double>& energies_eV, std::size_t npix,
                            const std::vector<std::uint8_t>& selected, const PreEdgeParams& params, int threads);
 

@@ -1,10 +1,12 @@
 // Part of an image: the row block one process of an MPI job fits (service/parallel). The
-// image-level steps (the mask's thickness percentile, the reference selection's tile evidence)
-// then combine every part's own pixels through `gather` and `sum`; in one process the part is
-// the whole image and both are the identity, so the science has no MPI in it.
+// image-level steps (the mask's thickness percentile, the reference selection's tile evidence,
+// the segmentation's sample, clusters and smoothing, the edge maps' mean spectrum) then combine
+// every part's own pixels through `gather`, `sum` and the label rows; in one process the part is
+// the whole image and none of them is set, so the science has no MPI in it.
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <functional>
 #include <limits>
 #include <span>
@@ -21,6 +23,12 @@ struct ImagePart {
   // Every part's values concatenated in image order; each element summed over the parts.
   std::function<std::vector<float>(std::vector<float>)> gather;
   std::function<void(std::span<double>)> sum;
+  // A row of labels to or from the part above (side −1) or below (+1): the segment smoothing's
+  // sweeps cross the cut. send_row returns at once; receive_row waits for the neighbour's next.
+  std::function<void(int side, std::span<const std::uint8_t>)> send_row;
+  std::function<void(int side, std::span<std::uint8_t>)> receive_row;
+  // Several parts (an MPI rank's block): the image-level steps combine them.
+  bool shared() const { return static_cast<bool>(sum); }
 };
 
 // A volume fitted as one image of its Z slices stacked (Z·Y rows, `xanesd fit` of an

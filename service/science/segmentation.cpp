@@ -124,10 +124,13 @@ struct FeatureSpace {
   // The XRF and position blocks (after the r spectral features). Measured blocks (spectra,
   // XRF) come first: the automatic k compares their scatter with their noise; position has no
   // noise to compare with.
-  void extras(std::size_t p, int cols, const float* xrf_planes, std::size_t npix, double* f) const {
+  // image_p: the pixel's index in the whole image (its position); xrf: its channel 0, channel c
+  // at xrf[c·stride].
+  void extras(std::size_t image_p, int cols, const float* xrf_values, std::size_t stride, double* f) const {
+    const std::size_t p = image_p;
     int d = r;
     for (int c = 0; c < xrf; ++c) {
-      const double v = xrf_planes[static_cast<std::size_t>(c) * npix + p];
+      const double v = xrf_values[static_cast<std::size_t>(c) * stride];
       f[d++] = std::isfinite(v) ? (v - xrf_mean[static_cast<std::size_t>(c)]) * xrf_scale[static_cast<std::size_t>(c)] : 0.0;
     }
     if (spatial) {
@@ -249,12 +252,39 @@ struct EnergiesInUse {
   std::size_t size() const { return index.size(); }
 };
 
+// The pixels this process segments: in one process the whole image; in an MPI job a rank's own
+// rows (its arrays' halo rows belong to its neighbours), the image-level steps combining the
+// ranks' (in.part). Sampled pixels are image indices: local index + offset.
+struct OwnPixels {
+  std::size_t begin = 0, end = 0;  // local pixel indices
+  std::size_t offset = 0;          // image index of local pixel 0
+  std::size_t image_npix = 0;
+  const ImagePart* part = nullptr;  // set when several parts share the image
+  bool shared() const { return part != nullptr; }
+  std::size_t rows_begin(int cols) const { return begin / static_cast<std::size_t>(cols); }
+  std::size_t rows_end(int cols) const { return end / static_cast<std::size_t>(cols); }
+};
+
+OwnPixels own_pixels(const SegmentInput& in) {
+  OwnPixels o;
+  o.end = o.image_npix = in.npix;
+  if (in.part && in.part->shared() && in.cols > 0) {
+    const auto cols = static_cast<std::size_t>(in.cols);
+    o.part = in.part;
+    o.begin = std::min(in.part->begin, in.npix), o.end = std::min(in.part->end, in.npix);
+    o.offset = static_cast<std::size_t>(in.slices.first_row) * cols;
+    o.image_npix = static_cast<std::size_t>(in.part->image_rows) * cols;
+  }
+  return o;
+}
+
 // Pixels measured (not NaN) at each of the scan's energies.
-std::vector<std::size_t> measured_per_energy(const SegmentInput& in) {
+std::vector<std::size_t> measured_per_energy(const SegmentInput& in, const OwnPixels& own) {
   const std::size_t E = in.energies->size(), P = in.npix;
   std::vector<std::size_t> measured(E, 0);
   std::vector<std::vector<std::size_t>> part(static_cast<std::size_t>(std::max(1, in.threads)), std::vector<std::size_t>(E, 0));
-  parallel_ranges(P, in.threads, 16384, [&](int t, std::size_t b, std::size_t en) {
+  parallel_ranges(own.end - own.begin, in.threads, 16384, [&](int t, std::size_t b, std::size_t en) {
+    b += own.begin, en += own.begin;
     for (std::size_t j = 0; j < E; ++j) {
       if (in.ready && !in.ready[j]) continue;  // counted as not measured: never read
       const float* plane = in.planes + j * P;
@@ -263,14 +293,17 @@ std::vector<std::size_t> measured_per_energy(const SegmentInput& in) {
       part[static_cast<std::size_t>(t)][j] = c;
     }
   });
+  std::vector<double> total(E, 0.0);  // counts: exact in doubles
   for (const auto& v : part)
-    for (std::size_t j = 0; j < E; ++j) measured[j] += v[j];
+    for (std::size_t j = 0; j < E; ++j) total[j] += static_cast<double>(v[j]);
+  if (own.shared()) own.part->sum(total);
+  for (std::size_t j = 0; j < E; ++j) measured[j] = static_cast<std::size_t>(total[j]);
   return measured;
 }
 
 // 1. The energies in use: measured by at least half as many pixels as the best-measured one.
-EnergiesInUse energies_in_use(const SegmentInput& in) {
-  const std::vector<std::size_t> measured = measured_per_energy(in);
+EnergiesInUse energies_in_use(const SegmentInput& in, const OwnPixels& own) {
+  const std::vector<std::size_t> measured = measured_per_energy(in, own);
   const std::size_t most = *std::max_element(measured.begin(), measured.end());
   EnergiesInUse u;
   for (std::size_t j = 0; j < measured.size(); ++j)
@@ -295,42 +328,89 @@ void read_block(const SegmentInput& in, const std::vector<int>& used, std::size_
 }
 
 // The sampled pixels the PCA and k-means are fitted on; row i of Y and X and sizes[i] belong
-// to pixel pixels[i].
+// to pixel pixels[i] (an image index).
 struct Sample {
   std::vector<std::size_t> pixels;
   Rows Y;                     // raw spectra on the energies in use
   Rows X;                     // their shapes (ShapeTransform)
   std::vector<double> sizes;  // their edge sizes
+  std::vector<float> xrf;     // C per pixel (in.xrf_channels; empty without XRF)
 };
 
 // 2. A random sample of complete pixels (with material, when the scan has a mask), drawn as
 // runs of kRun consecutive pixels: one cache line per plane per run instead of one per pixel
 // (random single pixels cost a memory miss per energy each), and adjacent pairs within a run
 // measure the noise (feature_noise).
-Sample draw_sample(const SegmentInput& in, const std::vector<int>& used, std::size_t want, Rng& rng) {
+// The runs are drawn over the whole image, a batch of draws at a time: each part marks which of
+// their pixels it owns are usable, the parts' marks are summed, and the draws are then walked in
+// order, so every part (and one process) takes the same pixels and leaves `rng` where one
+// process's draw-by-draw loop would. The chosen pixels' values are then gathered.
+Sample draw_sample(const SegmentInput& in, const OwnPixels& own, const std::vector<int>& used, std::size_t want, Rng& rng) {
   constexpr std::size_t kRun = 16;
-  const std::size_t Eu = used.size(), P = in.npix;
-  Sample s;
-  std::vector<double> rows;  // sampled spectra, Eu each
+  const std::size_t Eu = used.size(), P = own.image_npix, lo = own.offset + own.begin, hi = own.offset + own.end;
   const std::size_t runs = (P + kRun - 1) / kRun;
   const bool all = runs * kRun <= want;
   const std::size_t attempts = all ? runs : std::min<std::size_t>(runs * 2, (want / kRun + 1) * 20);
   std::vector<std::uint8_t> taken(runs, 0);
   std::vector<float> block(Eu * kRun);
   std::vector<std::uint8_t> complete(kRun);
-  for (std::size_t a = 0; a < attempts && s.pixels.size() < want; ++a) {
-    const std::size_t run = all ? a : static_cast<std::size_t>(rng.below(static_cast<std::uint64_t>(runs)));
-    if (taken[run]) continue;
-    taken[run] = 1;
-    const std::size_t p0 = run * kRun, nb = std::min(kRun, P - p0);
-    read_block(in, used, p0, nb, block.data(), complete.data());
-    for (std::size_t j = 0; j < nb && s.pixels.size() < want; ++j) {
-      if (!complete[j] || (in.material && !in.material[p0 + j])) continue;
-      s.pixels.push_back(p0 + j);
-      rows.insert(rows.end(), block.begin() + static_cast<std::ptrdiff_t>(j * Eu), block.begin() + static_cast<std::ptrdiff_t>((j + 1) * Eu));
+  std::vector<std::size_t> chosen;  // image indices, in draw order
+  Rng ahead = rng;
+  std::size_t draws = 0;
+  for (std::size_t a = 0; a < attempts && chosen.size() < want;) {
+    // Enough draws to fill the sample if every pixel of their runs were usable.
+    const std::size_t batch = std::min(attempts - a, std::max<std::size_t>(64, 2 * ((want - chosen.size()) / kRun + 1)));
+    std::vector<std::size_t> run_of(batch, runs);  // runs: a draw of a run already taken
+    for (std::size_t i = 0; i < batch; ++i) {
+      const std::size_t run = all ? a + i : static_cast<std::size_t>(ahead.below(static_cast<std::uint64_t>(runs)));
+      if (!taken[run]) taken[run] = 1, run_of[i] = run;
     }
+    std::vector<double> usable(batch * kRun, 0.0);
+    for (std::size_t i = 0; i < batch; ++i) {
+      if (run_of[i] == runs) continue;
+      const std::size_t p0 = std::max(run_of[i] * kRun, lo), p1 = std::min({run_of[i] * kRun + kRun, P, hi});
+      if (p0 >= p1) continue;
+      const std::size_t local0 = p0 - own.offset;
+      read_block(in, used, local0, p1 - p0, block.data(), complete.data());
+      for (std::size_t j = 0; j < p1 - p0; ++j)
+        usable[i * kRun + (p0 - run_of[i] * kRun) + j] = complete[j] && !(in.material && !in.material[local0 + j]);
+    }
+    if (own.shared()) own.part->sum(usable);
+    for (std::size_t i = 0; i < batch && chosen.size() < want; ++i, ++draws) {
+      if (run_of[i] == runs) continue;
+      for (std::size_t j = 0; j < kRun && chosen.size() < want; ++j)
+        if (usable[i * kRun + j] > 0) chosen.push_back(run_of[i] * kRun + j);
+    }
+    a += batch;
   }
-  s.Y = Eigen::Map<const Rows>(rows.data(), static_cast<Eigen::Index>(s.pixels.size()), static_cast<Eigen::Index>(Eu));
+  if (!all)
+    for (std::size_t i = 0; i < draws; ++i) rng.below(static_cast<std::uint64_t>(runs));
+  // The chosen pixels' spectra and XRF, each part's in image order (the parts' rows are in image
+  // order too), then put in draw order.
+  const std::size_t C = in.xrf && in.xrf_channels > 0 ? static_cast<std::size_t>(in.xrf_channels) : 0, width = Eu + C;
+  std::vector<std::size_t> order(chosen.size());
+  for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::sort(order.begin(), order.end(), [&](std::size_t x, std::size_t y) { return chosen[x] < chosen[y]; });
+  std::vector<float> values;
+  values.reserve(chosen.size() * width);
+  for (std::size_t i : order) {
+    if (chosen[i] < lo || chosen[i] >= hi) continue;
+    const std::size_t p = chosen[i] - own.offset;
+    for (int e : used) values.push_back(in.planes[static_cast<std::size_t>(e) * in.npix + p]);
+    for (std::size_t c = 0; c < C; ++c) values.push_back(in.xrf[c * in.npix + p]);
+  }
+  if (own.shared()) values = own.part->gather(std::move(values));
+  if (values.size() != chosen.size() * width) throw std::logic_error("segmentation: the gathered sample has the wrong size");
+  Sample s;
+  s.pixels = chosen;
+  s.Y.resize(static_cast<Eigen::Index>(chosen.size()), static_cast<Eigen::Index>(Eu));
+  s.xrf.resize(chosen.size() * C);
+  for (std::size_t k = 0; k < order.size(); ++k) {
+    const float* v = values.data() + k * width;
+    const auto row = static_cast<Eigen::Index>(order[k]);
+    for (std::size_t e = 0; e < Eu; ++e) s.Y(row, static_cast<Eigen::Index>(e)) = v[e];
+    std::copy(v + Eu, v + width, s.xrf.begin() + static_cast<std::ptrdiff_t>(order[k] * C));
+  }
   return s;
 }
 
@@ -369,6 +449,11 @@ void keep_with_edge(Sample& s, double size_min) {
     kept.Y.row(static_cast<Eigen::Index>(i)) = s.Y.row(keep[i]);
     kept.pixels.push_back(s.pixels[static_cast<std::size_t>(keep[i])]);
     kept.sizes.push_back(s.sizes[static_cast<std::size_t>(keep[i])]);
+  }
+  const std::size_t C = s.pixels.empty() ? 0 : s.xrf.size() / s.pixels.size();
+  for (auto i : keep) {
+    const auto from = s.xrf.begin() + static_cast<std::ptrdiff_t>(static_cast<std::size_t>(i) * C);
+    kept.xrf.insert(kept.xrf.end(), from, from + static_cast<std::ptrdiff_t>(C));
   }
   s = std::move(kept);
 }
@@ -547,12 +632,13 @@ void scale_position(FeatureSpace& fs, const std::vector<std::size_t>& sample, in
 }
 
 // The XRF block's per-channel centres and scales over the sampled pixels.
-void scale_xrf(FeatureSpace& fs, const std::vector<std::size_t>& sample, const SegmentInput& in, double weight) {
-  fs.xrf = in.xrf_channels;
+void scale_xrf(FeatureSpace& fs, const Sample& sample, int channels, double weight) {
+  fs.xrf = channels;
+  const auto C = static_cast<std::size_t>(channels);
   for (int c = 0; c < fs.xrf; ++c) {
     double s = 0, q = 0, m = 0;
-    for (auto p : sample) {
-      const double v = in.xrf[static_cast<std::size_t>(c) * in.npix + p];
+    for (std::size_t i = 0; i < sample.pixels.size(); ++i) {
+      const double v = sample.xrf[i * C + static_cast<std::size_t>(c)];
       if (std::isfinite(v)) s += v, q += v * v, ++m;
     }
     const double mu = m > 0 ? s / m : 0, var = m > 1 ? q / m - mu * mu : 0;
@@ -563,24 +649,28 @@ void scale_xrf(FeatureSpace& fs, const std::vector<std::size_t>& sample, const S
 
 // The feature space of the first r components, plus position and XRF when they are weighted.
 FeatureSpace feature_space(const Pca& pca, int r, const SegmentationSettings& settings, const SegmentInput& in,
-                           const std::vector<std::size_t>& sample) {
+                           const Sample& sample) {
   FeatureSpace fs;
   fs.mean = pca.mean.transpose();
   fs.basis = pca.vectors.leftCols(r);
   fs.r = r;
   const double spectral_var = pca.lambda.head(r).sum();
   fs.spectral_scale = spectral_var > 0 ? settings.spectral_weight / std::sqrt(spectral_var) : 0.0;
-  if (settings.spatial_weight > 0 && in.cols > 0) scale_position(fs, sample, in.cols, settings.spatial_weight);
-  if (settings.xrf_weight > 0 && in.xrf && in.xrf_channels > 0) scale_xrf(fs, sample, in, settings.xrf_weight);
+  if (settings.spatial_weight > 0 && in.cols > 0) scale_position(fs, sample.pixels, in.cols, settings.spatial_weight);
+  if (settings.xrf_weight > 0 && in.xrf && in.xrf_channels > 0) scale_xrf(fs, sample, in.xrf_channels, settings.xrf_weight);
   return fs;
 }
 
 // The sampled pixels' features, one row each.
-Rows features_of(const FeatureSpace& fs, const Sample& s, const SegmentInput& in) {
+Rows features_of(const FeatureSpace& fs, const Sample& s, int cols) {
   const auto n = static_cast<Eigen::Index>(s.pixels.size());
   Rows F(n, fs.dims());
   F.leftCols(fs.r) = ((s.X.rowwise() - fs.mean.transpose()) * fs.basis) * fs.spectral_scale;
-  for (Eigen::Index i = 0; i < n; ++i) fs.extras(s.pixels[static_cast<std::size_t>(i)], in.cols, in.xrf, in.npix, F.row(i).data());
+  const std::size_t C = s.pixels.empty() ? 0 : s.xrf.size() / s.pixels.size();
+  for (Eigen::Index i = 0; i < n; ++i) {
+    const auto row = static_cast<std::size_t>(i);
+    fs.extras(s.pixels[row], cols, s.xrf.data() + row * C, 1, F.row(i).data());
+  }
   return F;
 }
 
@@ -828,6 +918,23 @@ struct ClusterSums {
   }
 };
 
+// Every part's sums (and pixels the smoothing changed) on every part. The sums then differ from
+// one process's in rounding (added in another order); the counts are exact.
+void reduce(ClusterSums& sums, std::size_t& smoothed, const ImagePart& part) {
+  const std::size_t k = sums.count.size(), n = static_cast<std::size_t>(sums.sum.size());
+  std::vector<double> v;
+  v.reserve(k + 2 * n + 1);
+  for (auto c : sums.count) v.push_back(static_cast<double>(c));
+  v.insert(v.end(), sums.sum.data(), sums.sum.data() + n);
+  v.insert(v.end(), sums.sumsq.data(), sums.sumsq.data() + n);
+  v.push_back(static_cast<double>(smoothed));
+  part.sum(v);
+  for (std::size_t c = 0; c < k; ++c) sums.count[c] = static_cast<std::size_t>(v[c]);
+  std::copy(v.begin() + static_cast<std::ptrdiff_t>(k), v.begin() + static_cast<std::ptrdiff_t>(k + n), sums.sum.data());
+  std::copy(v.begin() + static_cast<std::ptrdiff_t>(k + n), v.begin() + static_cast<std::ptrdiff_t>(k + 2 * n), sums.sumsq.data());
+  smoothed = static_cast<std::size_t>(v.back());
+}
+
 // sum += w·y, sumsq += (w·y)² over n energies: a labelled pixel's spectrum into its cluster's
 // sums (the largest part of labelling: every energy of every pixel), in AVX2 where the CPU has it.
 __attribute__((target_clones("arch=x86-64-v3", "default")))
@@ -847,9 +954,9 @@ void add_scaled(const float* __restrict y, std::size_t n, double w, double* __re
 // spectrum: [dirᵀ; Vᵀ]·(I − BQ)·y, in float (features need no more).
 class PixelLabeller {
  public:
-  PixelLabeller(const SegmentInput& in, const std::vector<int>& used, const ShapeTransform& shape, const FeatureSpace& fs,
-                const Clustering& cl, const Domains& dom, double size_min, PixelEvidence* evidence)
-      : in_(in), used_(used), fs_(fs), cl_(cl), dom_(dom), size_min_(size_min), evidence_(evidence),
+  PixelLabeller(const SegmentInput& in, const OwnPixels& own, const std::vector<int>& used, const ShapeTransform& shape,
+                const FeatureSpace& fs, const Clustering& cl, const Domains& dom, double size_min, PixelEvidence* evidence)
+      : in_(in), offset_(own.offset), used_(used), fs_(fs), cl_(cl), dom_(dom), size_min_(size_min), evidence_(evidence),
         basis_mean_(fs.basis.transpose() * fs.mean) {
     Eigen::MatrixXd stacked(fs.r + 1, fs.mean.size());
     stacked.row(0) = shape.direction().transpose();
@@ -888,7 +995,7 @@ class PixelLabeller {
         }
         const double inv_w = 1.0 / w;
         for (int i = 0; i < r; ++i) f[static_cast<std::size_t>(i)] = (Pb(1 + i, ji) * inv_w - basis_mean_(i)) * fs_.spectral_scale;
-        fs_.extras(p, in_.cols, in_.xrf, in_.npix, f.data());
+        fs_.extras(offset_ + p, in_.cols, in_.xrf ? in_.xrf + p : nullptr, in_.npix, f.data());
         // The squared distance to every bin, once: the nearest bin labels the pixel, and all of
         // them give the smoothing's evidence.
         const int c = nearest(cl_.centroids, f.data(), nullptr, dist.data());
@@ -918,6 +1025,7 @@ class PixelLabeller {
 
  private:
   const SegmentInput& in_;
+  std::size_t offset_;  // image index of local pixel 0 (positions are the image's)
   const std::vector<int>& used_;
   const FeatureSpace& fs_;
   const Clustering& cl_;
@@ -929,11 +1037,13 @@ class PixelLabeller {
 };
 
 // 6. Label every pixel (in parallel) and accumulate each cluster's normalized spectra.
-ClusterSums label_pixels(const SegmentInput& in, const PixelLabeller& labeller, Eigen::Index Eu, std::size_t k, std::vector<std::uint8_t>& labels,
-                         std::vector<std::uint8_t>& bins) {
+ClusterSums label_pixels(const SegmentInput& in, const OwnPixels& own, const PixelLabeller& labeller, Eigen::Index Eu, std::size_t k,
+                         std::vector<std::uint8_t>& labels, std::vector<std::uint8_t>& bins) {
   const int threads = std::max(1, in.threads);
   std::vector<ClusterSums> sums(static_cast<std::size_t>(threads), ClusterSums(Eu, k));
-  parallel_ranges(in.npix, threads, 16384, [&](int t, std::size_t b, std::size_t en) { labeller.label(b, en, labels, bins, sums[static_cast<std::size_t>(t)]); });
+  parallel_ranges(own.end - own.begin, threads, 16384, [&](int t, std::size_t b, std::size_t en) {
+    labeller.label(own.begin + b, own.begin + en, labels, bins, sums[static_cast<std::size_t>(t)]);
+  });
   for (std::size_t t = 1; t < sums.size(); ++t) sums[0] += sums[t];
   return sums[0];
 }
@@ -944,8 +1054,15 @@ ClusterSums label_pixels(const SegmentInput& in, const PixelLabeller& labeller, 
 // 4-neighbours, not 8: a one-pixel line has as many neighbours along it as across it, so the
 // prior is neutral on it and its own spectrum decides: thin features survive. The pixels that
 // change are moved between the domains' spectral sums (their spectra re-read).
-std::size_t smooth_labels(const SegmentInput& in, const std::vector<int>& used, const Domains& dom, const PixelEvidence& ev, double beta,
-                          std::vector<std::uint8_t>& labels, std::vector<std::uint8_t>& bins, ClusterSums& sums) {
+// Parts of one image (MPI ranks) sweep their own rows as one process would sweep the image: a
+// part's first row sees the row above as the part above left it in the same sweep, and its last
+// row sees the row below as the part below left it in the previous sweep; each part passes those
+// rows on as soon as it has them, so the parts' sweeps run as a pipeline. They make all 5 sweeps:
+// a sweep that changes nothing leaves a fixed point, which further sweeps keep, so the labels
+// are those of one process that stopped early.
+std::size_t smooth_labels(const SegmentInput& in, const OwnPixels& own, const std::vector<int>& used, const Domains& dom,
+                          const PixelEvidence& ev, double beta, std::vector<std::uint8_t>& labels, std::vector<std::uint8_t>& bins,
+                          ClusterSums& sums) {
   const auto G = static_cast<std::size_t>(dom.count);
   const int rows = in.rows, cols = in.cols;
   if (G < 2 || rows <= 0 || cols <= 0 || static_cast<std::size_t>(rows) * static_cast<std::size_t>(cols) != in.npix) return 0;
@@ -955,40 +1072,62 @@ std::size_t smooth_labels(const SegmentInput& in, const std::vector<int>& used, 
   const std::vector<std::uint8_t> before = labels;
   std::vector<int> n(G);
   std::vector<double> cost(G);
-  for (int sweep = 0; sweep < 5; ++sweep) {
+  const auto ucols = static_cast<std::size_t>(cols);
+  const int r0 = static_cast<int>(own.rows_begin(cols)), r1 = static_cast<int>(own.rows_end(cols));
+  const bool above = own.shared() && own.offset + own.begin > 0, below = own.shared() && own.offset + own.end < own.image_npix;
+  std::vector<std::uint8_t> up(ucols, kBackground), down(ucols, kBackground);  // the neighbours' rows
+  auto row_at = [&](int r) -> const std::uint8_t* {
+    if (r == r0 - 1) return up.data();
+    if (r == r1) return down.data();
+    return labels.data() + static_cast<std::size_t>(r) * ucols;
+  };
+  auto own_row = [&](int r) { return std::span<const std::uint8_t>(labels.data() + static_cast<std::size_t>(r) * ucols, ucols); };
+  constexpr int kSweeps = 5;
+  if (above) own.part->send_row(-1, own_row(r0));  // the part above's sweep 0 sees this
+  for (int sweep = 0; sweep < kSweeps; ++sweep) {
     std::size_t changed = 0;
-    for (int r = 0; r < rows; ++r)
+    if (above) own.part->receive_row(-1, up);
+    for (int r = r0; r < r1; ++r) {
+      if (r == r1 - 1 && below) own.part->receive_row(+1, down);
+      const bool look_up = (r > r0 || above) && in.slices.same_slice(r, r - 1);
+      const bool look_down = (r + 1 < r1 || below) && in.slices.same_slice(r, r + 1);
+      const std::uint8_t* row = labels.data() + static_cast<std::size_t>(r) * ucols;
+      const std::uint8_t* row_up = look_up ? row_at(r - 1) : nullptr;
+      const std::uint8_t* row_down = look_down ? row_at(r + 1) : nullptr;
       for (int c = 0; c < cols; ++c) {
-        const std::size_t p = static_cast<std::size_t>(r) * static_cast<std::size_t>(cols) + static_cast<std::size_t>(c);
-        const int own = group_of[labels[p]];
-        if (own < 0) continue;
+        const std::size_t p = static_cast<std::size_t>(r) * ucols + static_cast<std::size_t>(c);
+        const int own_group = group_of[labels[p]];
+        if (own_group < 0) continue;
         std::fill(n.begin(), n.end(), 0);
         int nn = 0;
-        auto look = [&](std::size_t q) {
-          const int g = group_of[labels[q]];
+        auto look = [&](std::uint8_t label) {
+          const int g = group_of[label];
           if (g >= 0) ++n[static_cast<std::size_t>(g)], ++nn;
         };
-        if (r > 0 && in.slices.same_slice(r, r - 1)) look(p - static_cast<std::size_t>(cols));
-        if (r + 1 < rows && in.slices.same_slice(r, r + 1)) look(p + static_cast<std::size_t>(cols));
-        if (c > 0) look(p - 1);
-        if (c + 1 < cols) look(p + 1);
+        if (row_up) look(row_up[c]);
+        if (row_down) look(row_down[c]);
+        if (c > 0) look(row[c - 1]);
+        if (c + 1 < cols) look(row[c + 1]);
         if (nn == 0) continue;
         const float* D = ev.cost.data() + p * G;
-        std::size_t best = static_cast<std::size_t>(own);
+        std::size_t best = static_cast<std::size_t>(own_group);
         double bc = INFINITY;
         for (std::size_t g = 0; g < G; ++g) {
           const double v = static_cast<double>(D[g]) + beta * (nn - n[g]);
           if (v < bc) bc = v, best = g;
         }
-        if (static_cast<int>(best) != own) labels[p] = static_cast<std::uint8_t>(dom.ids[best]), ++changed;
+        if (static_cast<int>(best) != own_group) labels[p] = static_cast<std::uint8_t>(dom.ids[best]), ++changed;
       }
-    if (changed == 0) break;
+      if (r == r0 && above && sweep + 1 < kSweeps) own.part->send_row(-1, own_row(r0));
+    }
+    if (below) own.part->send_row(+1, own_row(r1 - 1));
+    if (changed == 0 && !own.shared()) break;
   }
   // Move the changed pixels' spectra between the domains' sums.
   std::size_t moved = 0;
   const std::size_t Eu = used.size();
   Eigen::VectorXd yw(static_cast<Eigen::Index>(Eu));
-  for (std::size_t p = 0; p < in.npix; ++p) {
+  for (std::size_t p = own.begin; p < own.end; ++p) {
     if (labels[p] == before[p]) continue;
     const auto a = static_cast<Eigen::Index>(group_of[before[p]]), b = static_cast<Eigen::Index>(group_of[labels[p]]);
     for (std::size_t i = 0; i < Eu; ++i) yw(static_cast<Eigen::Index>(i)) = in.planes[static_cast<std::size_t>(used[i]) * in.npix + p];
@@ -1094,15 +1233,18 @@ void OnlineSegmenter::update(const SegmentInput& in) {
   Segmentation& out = result_;
   ++out.updates;
   const std::vector<std::uint8_t> previous = out.labels;
-  const bool warm = previous.size() == in.npix;
+  const OwnPixels own = own_pixels(in);
+  // A warm start reads the sampled pixels' previous labels: one process's (the daemon's); the
+  // parts of an MPI job segment once, cold.
+  const bool warm = previous.size() == in.npix && !own.shared();
   if (!warm) out.labels.assign(in.npix, kUnassigned);
 
-  const EnergiesInUse eu = energies_in_use(in);  // 1.
+  const EnergiesInUse eu = energies_in_use(in, own);  // 1.
   if (eu.size() < 4) {
     out.waiting = "fewer than 4 energies measured across the image";
     return;
   }
-  Sample sample = draw_sample(in, eu.index, static_cast<std::size_t>(std::max(1, settings_.sample)), rng_);  // 2.
+  Sample sample = draw_sample(in, own, eu.index, static_cast<std::size_t>(std::max(1, settings_.sample)), rng_);  // 2.
   throw_if_cancelled();  // between the steps: a live scan's analysis stops when the scan does
   const int k_floor = settings_.k > 0 ? settings_.k : 2;
   if (sample.Y.rows() < std::max(20, 4 * k_floor)) {
@@ -1122,8 +1264,8 @@ void OnlineSegmenter::update(const SegmentInput& in) {
   out.pca = {};
   out.pca.energies = eu.index;
   const Pca pca = fit_pca(sample.X, model.refs, shape, settings_, rng_, out.pca);
-  const FeatureSpace fs = feature_space(pca, out.pca.components, settings_, in, sample.pixels);
-  const Rows F = features_of(fs, sample, in);
+  const FeatureSpace fs = feature_space(pca, out.pca.components, settings_, in, sample);
+  const Rows F = features_of(fs, sample, in.cols);
   const double noise_var = feature_noise(F, fs.measured_dims(), sample.pixels, in.cols, pca.sigma2 * fs.spectral_scale * fs.spectral_scale);
   throw_if_cancelled();
 
@@ -1166,9 +1308,10 @@ void OnlineSegmenter::update(const SegmentInput& in) {
     evidence->inv_two_var_at_unit_size = 1.0 / (2.0 * noise_var * sizes[sizes.size() / 2]);
   }
   bin_labels_.assign(in.npix, 0);
-  ClusterSums sums = label_pixels(in, PixelLabeller(in, eu.index, shape, fs, cl, dom, size_min, evidence ? &*evidence : nullptr),
+  ClusterSums sums = label_pixels(in, own, PixelLabeller(in, own, eu.index, shape, fs, cl, dom, size_min, evidence ? &*evidence : nullptr),
                                   static_cast<Eigen::Index>(eu.size()), k, out.labels, bin_labels_);
-  out.smoothed = evidence ? smooth_labels(in, eu.index, dom, *evidence, settings_.smoothing, out.labels, bin_labels_, sums) : 0;
+  out.smoothed = evidence ? smooth_labels(in, own, eu.index, dom, *evidence, settings_.smoothing, out.labels, bin_labels_, sums) : 0;
+  if (own.shared()) reduce(sums, out.smoothed, *own.part);  // every part's pixels
 
   throw_if_cancelled();
   out.clusters = summarize_clusters(sums, dom.ids, in, eu.index, norm, model.X);  // 7.

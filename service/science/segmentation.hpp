@@ -116,6 +116,10 @@ struct SegmentInput {
   SolveOptions fit;
   PreEdgeParams edge;
   int threads = 1;
+  // An MPI rank's block (planes hold its rows plus halo rows; slices.first_row is the image row
+  // of row 0): its own rows are labelled, the sample, the clusters' sums and the smoothing's
+  // border rows combined with the other blocks'. nullptr or not shared(): the whole image.
+  const ImagePart* part = nullptr;
 };
 
 class OnlineSegmenter {
@@ -123,6 +127,8 @@ class OnlineSegmenter {
   explicit OnlineSegmenter(SegmentationSettings s) : settings_(s), rng_(s.seed) {}
   void update(const SegmentInput& in);
   const Segmentation& result() const { return result_; }
+  // A result made elsewhere: the whole image's, assembled from an MPI job's blocks.
+  void take_result(Segmentation r) { result_ = std::move(r); }
   const SegmentationSettings& settings() const { return settings_; }
   // The sampled pixels' features of the last update (rows: pixels, columns: PCA scores, then
   // position and XRF when weighted): what the k-means ran on, for diagnostics and benchmarks.
