@@ -7,6 +7,7 @@
 #include <iostream>
 #include <map>
 
+#include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
 #include "daemon.hpp"
@@ -246,6 +247,8 @@ nlohmann::json run_batch_fit(const Config& cfg, const BatchOptions& opt, const p
 nlohmann::json run_batch_fit(const Config& cfg, const BatchOptions& opt) { return run_batch_fit(cfg, opt, parallel::SerialComm()); }
 
 int batch_command(const std::filesystem::path& config_file, const std::vector<std::string>& overrides, const BatchOptions& opt) {
+  // stdout carries the JSON summary (a script parses it): the log goes to stderr.
+  spdlog::set_default_logger(spdlog::stderr_color_mt("xanesd-fit"));
   const auto comm = parallel::start();  // MPI_COMM_WORLD under mpirun (MPI build), else one process
   // A rank that fails ends the job: the others would wait for it in a collective.
   auto fail = [&](int code) {

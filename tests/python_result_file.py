@@ -59,6 +59,18 @@ class ResultFile(unittest.TestCase):
         cls.f.close()
         cls.tmp.cleanup()
 
+    def test_summary_on_stdout_logs_on_stderr(self):
+        # A log line (here: the spectra left out of a scan above output.batch_spectra_max_pixels)
+        # goes to stderr: stdout is the JSON summary alone, for scripts to parse.
+        out = os.path.join(self.tmp.name, "no-spectra.h5")
+        p = subprocess.run([ARGS.xanesd, "fit", "--input", os.path.join(self.tmp.name, "scan.h5"), "--refs", library(),
+                            "--names", SPECIES, "--out", out, "--quiet", "--set", "output.batch_spectra_max_pixels=10"],
+                           check=True, capture_output=True, text=True)
+        self.assertEqual(json.loads(p.stdout)["output"], out)
+        self.assertIn("batch_spectra_max_pixels", p.stderr)
+        with h5py.File(out, "r") as f:
+            self.assertNotIn("entry/data/spectra", f)
+
     def test_default_plot(self):
         d = nxdata.get_default(self.f)
         self.assertIsNotNone(d, "no valid default NXdata")
