@@ -248,7 +248,7 @@ nlohmann::json run_batch_fit(const Config& cfg, const BatchOptions& opt) { retur
 
 int batch_command(const std::filesystem::path& config_file, const std::vector<std::string>& overrides, const BatchOptions& opt) {
   // stdout carries the JSON summary (a script parses it): the log goes to stderr.
-  spdlog::set_default_logger(spdlog::stderr_color_mt("xanesd-fit"));
+  if (!spdlog::get("xanesd-fit")) spdlog::set_default_logger(spdlog::stderr_color_mt("xanesd-fit"));
   const auto comm = parallel::start();  // MPI_COMM_WORLD under mpirun (MPI build), else one process
   // A rank that fails ends the job: the others would wait for it in a collective.
   auto fail = [&](int code) {

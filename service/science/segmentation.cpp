@@ -124,10 +124,9 @@ struct FeatureSpace {
   // The XRF and position blocks (after the r spectral features). Measured blocks (spectra,
   // XRF) come first: the automatic k compares their scatter with their noise; position has no
   // noise to compare with.
-  // image_p: the pixel's index in the whole image (its position); xrf: its channel 0, channel c
-  // at xrf[c·stride].
-  void extras(std::size_t image_p, int cols, const float* xrf_values, std::size_t stride, double* f) const {
-    const std::size_t p = image_p;
+  // p: the pixel's index in the whole image (its position); xrf_values: its channel 0, channel c
+  // at xrf_values[c·stride].
+  void extras(std::size_t p, int cols, const float* xrf_values, std::size_t stride, double* f) const {
     int d = r;
     for (int c = 0; c < xrf; ++c) {
       const double v = xrf_values[static_cast<std::size_t>(c) * stride];
