@@ -812,16 +812,19 @@ Scan::SideBySide Scan::segment_and_map_edges(int threads) {
     timed(r.edge_maps_s, r.edge_maps_error, [&] { compute_edge_maps(threads); });
     return r;
   }
-  // The edge maps' ranges first, on this thread: in an MPI job their mean spectrum is a
-  // reduction, and the segmentation's run on this thread too (one thread at a time calls MPI).
+  // In an MPI job's block the edge maps' mean spectrum is a reduction, as are the segmentation's
+  // steps on this thread: one thread at a time calls MPI, so the edge maps' ranges come first.
   std::optional<science::EdgeMapPlan> plan;
   double plan_s = 0;
-  timed(plan_s, r.edge_maps_error, [&] { plan = plan_edge_maps(threads); });
+  if (part_.shared()) timed(plan_s, r.edge_maps_error, [&] { plan = plan_edge_maps(threads); });
   {
     std::jthread edges([&] {
-      if (plan)
-        timed(r.edge_maps_s, r.edge_maps_error,
-              [&] { edge_maps_ = science::compute_edge_maps(*plan, store_, start_.energies_eV, npix_, std::max(1, threads - 1)); });
+      if (r.edge_maps_error) return;
+      const int beside = std::max(1, threads - 1);
+      timed(r.edge_maps_s, r.edge_maps_error, [&] {
+        if (!plan) plan = plan_edge_maps(beside);
+        edge_maps_ = science::compute_edge_maps(*plan, store_, start_.energies_eV, npix_, beside);
+      });
     });
     timed(r.segments_s, r.segments_error, [&] { update_segments(threads); });
   }
