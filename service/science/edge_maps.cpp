@@ -310,9 +310,4 @@ EdgeMaps compute_edge_maps(const EdgeMapPlan& plan, std::span<const float> plane
   return m;
 }
 
-EdgeMaps compute_edge_maps(std::span<const float> planes, const std::vector<double>& e, std::size_t npix,
-                           const std::vector<std::uint8_t>& selected, const PreEdgeParams& params, int threads) {
-  return compute_edge_maps(plan_edge_maps(planes, e, npix, selected, params, threads), planes, e, npix, threads);
-}
-
 }  // namespace xanesd::science

@@ -68,8 +68,5 @@ EdgeMapPlan plan_edge_maps(std::span<const float> planes, const std::vector<doub
                            const ImagePart* part = nullptr);
 EdgeMaps compute_edge_maps(const EdgeMapPlan& plan, std::span<const float> planes, const std::vector<double>& energies_eV,
                            std::size_t npix, int threads);
-// Both, in one process.
-EdgeMaps compute_edge_maps(std::span<const float> planes, const std::vector<double>& energies_eV, std::size_t npix,
-                           const std::vector<std::uint8_t>& selected, const PreEdgeParams& params, int threads);
 
 }  // namespace xanesd::science
