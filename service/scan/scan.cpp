@@ -295,20 +295,30 @@ std::size_t Scan::commit_staged() {
   return n;
 }
 
-std::optional<Issue> Scan::validate(const protocol::FrameMsg& f, bool pixels_checked) const {
+std::optional<Issue> Scan::energy_issue(int index, double eV) const {
   std::ostringstream m;
-  if (f.scan_id != start_.scan_id)
-    return Issue{"unknown_scan", "frame for scan '" + f.scan_id + "' but the running scan is '" + start_.scan_id + "'"};
-  if (f.energy_index < 0 || static_cast<std::size_t>(f.energy_index) >= start_.energies_eV.size()) {
-    m << "energy_index " << f.energy_index << " is outside the plan (0.." << start_.energies_eV.size() - 1 << ")";
+  if (index < 0 || static_cast<std::size_t>(index) >= start_.energies_eV.size()) {
+    m << "energy_index " << index << " is outside the plan (0.." << start_.energies_eV.size() - 1 << ")";
     return Issue{"energy_index_out_of_plan", m.str()};
   }
-  const double planned = start_.energies_eV[static_cast<std::size_t>(f.energy_index)];
-  if (!(std::abs(f.energy_eV - planned) <= settings_.energy_tolerance_eV)) {
-    m << "energy " << f.energy_eV << " eV differs from planned " << planned << " eV at index " << f.energy_index
+  const double planned = start_.energies_eV[static_cast<std::size_t>(index)];
+  if (!(std::abs(eV - planned) <= settings_.energy_tolerance_eV)) {
+    m << "energy " << eV << " eV differs from planned " << planned << " eV at index " << index
       << " by more than ingest.energy_tolerance_eV = " << settings_.energy_tolerance_eV;
     return Issue{"energy_mismatch", m.str()};
   }
+  return std::nullopt;
+}
+
+std::optional<Issue> Scan::validate(const protocol::FrameMsg& f) const {
+  std::ostringstream m;
+  if (f.scan_id != start_.scan_id)
+    return Issue{"unknown_scan", "frame for scan '" + f.scan_id + "' but the running scan is '" + start_.scan_id + "'"};
+  if (!f.spectra()) {
+    if (auto issue = energy_issue(f.energy_index, f.energy_eV)) return issue;
+  }
+  for (std::size_t j = 0; j < f.energy_indices.size(); ++j)  // a spectra batch: each of its energies
+    if (auto issue = energy_issue(f.energy_indices[j], f.energies_eV[j])) return issue;
   if (seqs_seen_.count(f.seq)) {
     m << "duplicate seq " << f.seq << " (already applied); frame ignored";
     return Issue{"duplicate_seq", m.str()};
@@ -329,7 +339,7 @@ std::optional<Issue> Scan::validate(const protocol::FrameMsg& f, bool pixels_che
       }
       break;
     case Region::Kind::pixels: {
-      for (std::size_t i = 0; !pixels_checked && i < f.pixels->size(); ++i) {
+      for (std::size_t i = 0; i < f.pixels->size(); ++i) {
         const double p = f.pixels->at(i);
         if (!(p >= 0 && p < static_cast<double>(npix_))) {
           m << "pixel index " << p << " (entry " << i << ") is outside 0.." << npix_ - 1;
@@ -347,21 +357,26 @@ std::optional<Issue> Scan::validate(const protocol::FrameMsg& f, bool pixels_che
     m << "scalar i0 = " << *f.i0_scalar << " must be finite and > 0";
     return Issue{"invalid_i0", m.str()};
   }
-  if (start_.mode == Mode::transmission && !f.flat && flat_.empty() && !f.i0 && !f.i0_scalar)
+  for (const double i0 : f.i0_scalars)
+    if (!(std::isfinite(i0) && i0 > 0)) {
+      m << "scalar i0 = " << i0 << " must be finite and > 0";
+      return Issue{"invalid_i0", m.str()};
+    }
+  if (start_.mode == Mode::transmission && !f.flat && flat_.empty() && !f.i0 && !f.i0_scalar && f.i0_scalars.empty())
     return Issue{"missing_flat", "transmission frame without a flat field or I0: nothing to divide by"};
   return std::nullopt;
 }
 
 // A frame's arrays as floats: native float32 read in place, anything else converted. Made
-// before anything is stored (a conversion may throw).
+// before anything is stored (a conversion may throw). A spectra batch's arrays are pixels ×
+// energies, one spectrum per row.
 struct Scan::Prepared {
   std::vector<float> converted, i0, dark, flat, xrf;
   std::span<const float> counts;
-  std::vector<std::int64_t> pix_converted;
-  std::span<const std::int64_t> pix;  // the pixel indices (a spectra batch's parts share one list)
+  std::vector<std::int64_t> pix;  // the pixel indices
 };
 
-Scan::Prepared Scan::prepare(const protocol::FrameMsg& f, const Prepared* same_pixels) const {
+Scan::Prepared Scan::prepare(const protocol::FrameMsg& f) const {
   Prepared in;
   const std::size_t n = f.counts.size();
   // Zero-copy when the detector already sends native float32; converted otherwise.
@@ -373,12 +388,9 @@ Scan::Prepared Scan::prepare(const protocol::FrameMsg& f, const Prepared* same_p
     in.converted = to_floats(f.counts);
     in.counts = in.converted;
   }
-  if (f.pixels && same_pixels) {
-    in.pix = same_pixels->pix;
-  } else if (f.pixels) {
-    in.pix_converted.resize(n);
-    f.pixels->convert_to(std::span<std::int64_t>(in.pix_converted));
-    in.pix = in.pix_converted;
+  if (f.pixels) {
+    in.pix.resize(f.pixels->size());
+    f.pixels->convert_to(std::span<std::int64_t>(in.pix));
   }
   if (f.i0) in.i0 = to_floats(*f.i0);
   if (f.dark) in.dark = to_floats(*f.dark);
@@ -393,20 +405,12 @@ FrameOutcome Scan::apply(protocol::FrameMsg& f) {
     out.issues.push_back({"scan_not_running", "frame for scan '" + f.scan_id + "' which is " + to_string(state_)});
     return out;
   }
-  // A spectra batch is its frames at one energy, applied in turn; it is accepted or rejected
-  // whole (one seq).
-  std::vector<protocol::FrameMsg> parts;
-  if (f.spectra()) parts = f.per_energy();
-  const std::span<protocol::FrameMsg> frames = f.spectra() ? std::span<protocol::FrameMsg>(parts) : std::span(&f, 1);
-  for (const auto& part : frames) {
-    if (auto issue = validate(part, &part != frames.data())) {  // a batch's pixels: checked once
-      out.issues.push_back(*issue);
-      return out;
-    }
+  // A spectra batch (several energies of the same pixels) is accepted or rejected whole (one seq).
+  if (auto issue = validate(f)) {
+    out.issues.push_back(*issue);
+    return out;
   }
-  std::vector<Prepared> prepared;  // reserved: never moved, the spans point into its elements' buffers
-  prepared.reserve(frames.size());
-  for (const auto& part : frames) prepared.push_back(prepare(part, prepared.empty() ? nullptr : &prepared.front()));
+  const Prepared prepared = prepare(f);
   // Sequence bookkeeping only now that every conversion that can throw is done: a frame that
   // fails before storing anything must not make the genuine frame with its seq a duplicate.
   // Gaps are flagged, the frame is still applied.
@@ -420,7 +424,8 @@ FrameOutcome Scan::apply(protocol::FrameMsg& f) {
   max_seq_ = std::max(max_seq_, f.seq);
   last_seq_ = f.seq;
   std::size_t invalid_i0 = 0;
-  for (std::size_t j = 0; j < frames.size(); ++j) store(frames[j], prepared[j], out, invalid_i0);
+  if (f.spectra()) store_spectra(f, prepared, out, invalid_i0);
+  else store(f, prepared, out, invalid_i0);
   ++frames_applied_;
   out.accepted = true;
 
@@ -435,9 +440,114 @@ FrameOutcome Scan::apply(protocol::FrameMsg& f) {
   flag(invalid_i0, "invalid_i0", "with i0 ≤ 0 or non-finite: not stored");
   flag(out.samples_clamped, "clamped_samples", "with transmission ≤ ingest.min_transmission: clamped");
   flag(out.samples_replaced, "remeasured_samples", "measured again: the new value replaces the old");
-  if (delegate_)
-    for (const auto& part : frames) delegate_->frame(part);
+  if (delegate_ && f.spectra())  // the shards fold frames at one energy
+    for (const auto& part : f.per_energy()) delegate_->frame(part);
+  else if (delegate_)
+    delegate_->frame(f);
   return out;
+}
+
+inline bool Scan::normalize_sample(double c, double d, double i0v, double ref, float* scale, float& y, FrameOutcome& o,
+                                   std::size_t& bad_i0) const {
+  if (!std::isfinite(c) || !std::isfinite(d)) {
+    ++o.samples_nonfinite;
+    return false;
+  }
+  double v;
+  if (start_.mode == Mode::transmission) {
+    if (!std::isfinite(ref)) {
+      ++o.samples_nonfinite;
+      return false;
+    }
+    bool clamped = false;
+    v = science::transmission_signal(c, d, ref, settings_.min_transmission, clamped);
+    o.samples_clamped += clamped;
+    if (scale) *scale = static_cast<float>(ref - d);
+  } else {
+    if (!(std::isfinite(i0v) && i0v > 0)) {
+      ++bad_i0;
+      return false;
+    }
+    v = science::fluorescence_signal(c, d, i0v);
+    if (scale) *scale = static_cast<float>(i0v);
+  }
+  y = static_cast<float>(v);
+  if (!std::isfinite(y)) {
+    ++o.samples_nonfinite;
+    return false;
+  }
+  return true;
+}
+
+namespace {
+// A normalized sample into its slot of the store, and into `fit` (null: folded later, or by the
+// shards): a new sample is added, one measured before replaced.
+inline void keep_sample(float& slot, std::size_t p, int e, float y, science::IncrementalLcf* fit, FrameOutcome& o) {
+  if (!std::isnan(slot)) {
+    ++o.samples_replaced;
+    if (fit) fit->replace(p, e, slot, y);
+  } else if (fit) {
+    fit->add(p, e, y);
+  }
+  slot = y;
+  ++o.samples_stored;
+}
+
+// Strictly increasing or strictly decreasing: no pixel listed twice.
+bool strictly_monotonic(const std::vector<std::int64_t>& v) {
+  const auto up = std::adjacent_find(v.begin(), v.end(), std::greater_equal<>()) == v.end();
+  return up || std::adjacent_find(v.begin(), v.end(), std::less_equal<>()) == v.end();
+}
+}  // namespace
+
+void Scan::store_spectra(const protocol::FrameMsg& f, const Prepared& in, FrameOutcome& out, std::size_t& invalid_i0) {
+  // Pixel by pixel, each pixel's samples in the batch's energy order: its statistics take its
+  // samples in the order its frames at one energy would give them (bit for bit the same sums)
+  // while its row of them stays in cache, and no frame per energy is built. That needs each
+  // pixel once (a pixel listed twice would take its two spectra interleaved otherwise): a list
+  // that is not strictly monotonic, or a batch applied while a cycle reads the store, goes in
+  // as its frames at one energy.
+  if (staging_ || !strictly_monotonic(in.pix)) {
+    for (const auto& part : f.per_energy()) store(part, prepare(part), out, invalid_i0);
+    return;
+  }
+  fold_pending(1);  // planes queued before this batch are folded first, as they arrived
+  auto* fit = delegate_ ? nullptr : lcf_.get();
+  const std::size_t n = in.pix.size(), E = f.energy_indices.size();
+  const bool transmission = start_.mode == Mode::transmission;
+  std::vector<double> i0_of(E);  // the header's I0 of each energy
+  for (std::size_t j = 0; j < E; ++j) i0_of[j] = f.i0_scalars.empty() ? f.i0_scalar.value_or(1.0) : f.i0_scalars[j];
+  const float* counts = in.counts.data();
+  // A pixel's stored samples: their energies, values and the values they replace (NaN: none).
+  std::vector<int> energies(E);
+  std::vector<float> values(E), replaced(E);
+  for (std::size_t i = 0; i < n; ++i) {
+    const auto p = static_cast<std::size_t>(in.pix[i]);
+    // The store lines the pixels 16 on will write, one per energy, asked for now (and the first
+    // pixel's at the start): a pixel's samples lie a plane apart, which no hardware prefetcher
+    // follows (each line's first write waited on memory: half the time of a batch).
+    for (std::size_t ahead = i == 0 ? 0 : 16; i % 16 == 0 && ahead <= 16 && i + ahead < n; ahead += 16)
+      for (const int e : f.energy_indices)
+        __builtin_prefetch(&store_[static_cast<std::size_t>(e) * npix_ + static_cast<std::size_t>(in.pix[i + ahead])], 1);
+    const double own_dark = dark_.empty() ? 0.0 : dark_[p];
+    std::size_t kept = 0;
+    for (std::size_t j = 0, k = i * E; j < E; ++j, ++k) {
+      const int e = f.energy_indices[j];
+      const std::size_t at = static_cast<std::size_t>(e) * npix_ + p;
+      const double d = !in.dark.empty() ? in.dark[k] : own_dark;
+      const double i0v = !in.i0.empty() ? in.i0[k] : i0_of[j];
+      const double ref = transmission ? (!in.flat.empty() ? in.flat[k] : (!flat_.empty() ? flat_[p] : i0v)) : 0.0;
+      float y;
+      if (!normalize_sample(counts[k], d, i0v, ref, scale_.empty() ? nullptr : &scale_[at], y, out, invalid_i0)) continue;
+      energies[kept] = e, values[kept] = y, replaced[kept] = store_[at];
+      keep_sample(store_[at], p, e, y, nullptr, out);
+      ++kept;
+    }
+    if (fit) fit->add_spectrum(p, kept, energies.data(), values.data(), replaced.data());
+  }
+  for (std::size_t ch = 0; !in.xrf.empty() && ch < start_.xrf_channels.size(); ++ch)
+    for (std::size_t i = 0; i < n; ++i) xrf_[ch * npix_ + static_cast<std::size_t>(in.pix[i])] = in.xrf[ch * n + i];
+  for (const int e : f.energy_indices) energy_seen_[static_cast<std::size_t>(e)] = 1;
 }
 
 void Scan::store(const protocol::FrameMsg& f, const Prepared& in, FrameOutcome& out, std::size_t& invalid_i0) {
@@ -484,43 +594,10 @@ void Scan::store(const protocol::FrameMsg& f, const Prepared& in, FrameOutcome& 
       const double c = counts[i];
       const double d = !dark.empty() ? dark[i] : (!dark_.empty() ? dark_[p] : 0.0);
       const double i0v = !i0.empty() ? i0[i] : i0_scalar;
-      if (!std::isfinite(c) || !std::isfinite(d)) {
-        ++o.samples_nonfinite;
-        continue;
-      }
-      double y;
-      if (transmission) {
-        const double ref = !flat.empty() ? flat[i] : (!flat_.empty() ? flat_[p] : i0v);
-        if (!std::isfinite(ref)) {
-          ++o.samples_nonfinite;
-          continue;
-        }
-        bool clamped = false;
-        y = science::transmission_signal(c, d, ref, settings_.min_transmission, clamped);
-        o.samples_clamped += clamped;
-        if (!scale_.empty()) scale_[static_cast<std::size_t>(e) * npix_ + p] = static_cast<float>(ref - d);
-      } else {
-        if (!(std::isfinite(i0v) && i0v > 0)) {
-          ++bad_i0;
-          continue;
-        }
-        y = science::fluorescence_signal(c, d, i0v);
-        if (!scale_.empty()) scale_[static_cast<std::size_t>(e) * npix_ + p] = static_cast<float>(i0v);
-      }
-      const float yf = static_cast<float>(y);
-      if (!std::isfinite(yf)) {
-        ++o.samples_nonfinite;
-        continue;
-      }
-      float& slot = plane[p];
-      if (!std::isnan(slot)) {
-        ++o.samples_replaced;
-        if (fit) fit->replace(p, e, slot, yf);
-      } else if (fit) {
-        fit->add(p, e, yf);
-      }
-      slot = yf;
-      ++o.samples_stored;
+      const double ref = transmission ? (!flat.empty() ? flat[i] : (!flat_.empty() ? flat_[p] : i0v)) : 0.0;
+      float* scale = scale_.empty() ? nullptr : &scale_[static_cast<std::size_t>(e) * npix_ + p];
+      float y;
+      if (normalize_sample(c, d, i0v, ref, scale, y, o, bad_i0)) keep_sample(plane[p], p, e, y, fit, o);
     }
   };
   // A deferred frame touches only its own samples (no fit, nothing replaced): large ones are

@@ -292,15 +292,20 @@ class Scan : private science::SampleSource {
   void adopt(ImageResults&& image, const Scan& block);
   // Whether the samples a full frame or row block would write into `plane` are all unmeasured.
   bool unmeasured(const protocol::FrameMsg& f, const float* plane) const;
-  // pixels_checked: the pixel list was validated already (the frames of one spectra batch).
-  std::optional<Issue> validate(const protocol::FrameMsg& f, bool pixels_checked = false) const;
+  std::optional<Issue> validate(const protocol::FrameMsg& f) const;  // a frame, or a spectra batch
+  std::optional<Issue> energy_issue(int index, double eV) const;     // not in the plan, or not at its energy
   struct Prepared;
-  // same_pixels: a prepared frame with the same pixel list (a spectra batch's first part), whose
-  // converted indices this one shares.
-  Prepared prepare(const protocol::FrameMsg& f, const Prepared* same_pixels = nullptr) const;
+  Prepared prepare(const protocol::FrameMsg& f) const;
   // Normalizes and stores a validated frame at one energy (and folds it into the fit or queues
   // its plane); counts into `out` and `invalid_i0`.
   void store(const protocol::FrameMsg& f, const Prepared& in, FrameOutcome& out, std::size_t& invalid_i0);
+  // The same for a validated spectra batch: every sample as its frames at one energy would be.
+  void store_spectra(const protocol::FrameMsg& f, const Prepared& in, FrameOutcome& out, std::size_t& invalid_i0);
+  // One sample's signal from its counts c, dark d, I0 i0v and (transmission) flat `ref`
+  // (science.md §2), its count scale into *scale (null: none kept); false when it is not
+  // stored, counted in `o` (non-finite) or `bad_i0` (I0 ≤ 0 or not finite). Inline: per sample.
+  inline bool normalize_sample(double c, double d, double i0v, double ref, float* scale, float& y, FrameOutcome& o,
+                        std::size_t& bad_i0) const;
   // SampleSource: the pixel's stored samples and count scales, for Poisson weighting.
   void samples(std::size_t p, std::vector<int>& energies, std::vector<double>& y, std::vector<double>& scale) const override;
   bool transmission() const override { return start_.mode == protocol::Mode::transmission; }

@@ -18,7 +18,7 @@ std::size_t EnergySets::BitsHash::operator()(const std::vector<std::uint64_t>& b
   return h;
 }
 
-EnergySets::EnergySets(int n_energies) : n_energies_(n_energies) {
+EnergySets::EnergySets(int n_energies) : n_energies_(n_energies), last_(static_cast<std::size_t>(std::max(n_energies, 0))) {
   Set empty;
   empty.bits.assign(static_cast<std::size_t>((n_energies + 63) / 64), 0);
   index_[empty.bits] = kEmpty;
@@ -46,6 +46,53 @@ std::uint32_t EnergySets::with_slow(std::uint32_t set, int e) {
   }
   transitions_.emplace(key, id);
   return id;
+}
+
+namespace {
+// add_spectrum's sums with M known (st: M sums, then yᵀy): the same expressions as add() and
+// replace(), in the same order.
+template <int M>
+void fold_spectrum(double* st, const double* xrows, std::size_t n, const int* e, const float* y, const float* previous) {
+  double acc[M + 1];
+  for (int m = 0; m <= M; ++m) acc[m] = st[m];
+  for (std::size_t j = 0; j < n; ++j) {
+    const double* x = xrows + static_cast<std::size_t>(e[j]) * M;
+    const double v = y[j], old = previous[j];
+    if (std::isnan(old)) {
+      for (int m = 0; m < M; ++m) acc[m] += x[m] * v;
+      acc[M] += v * v;
+    } else {
+      for (int m = 0; m < M; ++m) acc[m] += x[m] * (v - old);
+      acc[M] += v * v - old * old;
+    }
+  }
+  for (int m = 0; m <= M; ++m) st[m] = acc[m];
+}
+}  // namespace
+
+void IncrementalLcf::add_spectrum(std::size_t p, std::size_t n, const int* e, const float* y, const float* previous) {
+  if (n == 0) return;
+  ensure_incremental_state();
+  double* st = &stats_[p * static_cast<std::size_t>(M_ + 1)];
+  switch (M_) {
+    case 2: fold_spectrum<2>(st, xrows_.data(), n, e, y, previous); break;
+    case 3: fold_spectrum<3>(st, xrows_.data(), n, e, y, previous); break;
+    case 4: fold_spectrum<4>(st, xrows_.data(), n, e, y, previous); break;
+    case 5: fold_spectrum<5>(st, xrows_.data(), n, e, y, previous); break;
+    case 6: fold_spectrum<6>(st, xrows_.data(), n, e, y, previous); break;
+    case 7: fold_spectrum<7>(st, xrows_.data(), n, e, y, previous); break;
+    case 8: fold_spectrum<8>(st, xrows_.data(), n, e, y, previous); break;
+    default:
+      for (std::size_t j = 0; j < n; ++j)
+        if (std::isnan(previous[j])) add(p, e[j], y[j]);
+        else replace(p, e[j], previous[j], y[j]);
+      return;  // add and replace kept the energy set and the change list
+  }
+  std::uint32_t set = set_of_[p];
+  for (std::size_t j = 0; j < n; ++j)
+    if (std::isnan(previous[j])) set = sets_.with(set, e[j]);
+  set_of_[p] = set;
+  if (!changed_[p]) changed_[p] = 1, changed_list_.push_back(p);
 }
 
 std::vector<int> EnergySets::members(std::uint32_t set) const {

@@ -21,10 +21,11 @@ class EnergySets {
   explicit EnergySets(int n_energies);
   static constexpr std::uint32_t kEmpty = 0;
   std::uint32_t with(std::uint32_t set, int energy) {  // set ∪ {energy}
-    // Consecutive samples of a frame nearly always make the same transition: remember it.
-    if (set == last_from_ && energy == last_energy_) return last_to_;
-    last_from_ = set, last_energy_ = energy, last_to_ = with_slow(set, energy);
-    return last_to_;
+    // The samples of one energy nearly always make the same transition (a frame's pixels, and
+    // each pixel of a spectra batch in turn at that energy): the last one is kept per energy.
+    auto& last = last_[static_cast<std::size_t>(energy)];
+    if (set != last.from) last = {set, with_slow(set, energy)};
+    return last.to;
   }
   bool contains(std::uint32_t set, int energy) const;
   int count(std::uint32_t set) const { return sets_[set].count; }
@@ -41,8 +42,10 @@ class EnergySets {
   };
   std::uint32_t with_slow(std::uint32_t set, int energy);
   int n_energies_;
-  std::uint32_t last_from_ = ~0u, last_to_ = 0;
-  int last_energy_ = -1;
+  struct Transition {
+    std::uint32_t from = ~0u, to = 0;
+  };
+  std::vector<Transition> last_;  // per energy
   std::vector<Set> sets_;
   std::unordered_map<std::vector<std::uint64_t>, std::uint32_t, BitsHash> index_;
   std::unordered_map<std::uint64_t, std::uint32_t> transitions_;  // (set << 32 | energy) → set
@@ -94,6 +97,10 @@ class IncrementalLcf {
   // Per sample on the ingest path (defined below the class: inlined into the frame loop).
   inline void add(std::size_t p, int e, double y);
   inline void replace(std::size_t p, int e, double previous, double y);
+  // One pixel's samples y[j] at energies e[j], j < n, in that order, each new (previous[j]
+  // NaN) or replacing previous[j]: the sums add() and replace() make sample by sample, bit for
+  // bit, with the pixel's statistics held in registers (a spectra batch, a pixel at a time).
+  void add_spectrum(std::size_t p, std::size_t n, const int* e, const float* y, const float* previous);
   // Folds whole planes at once: for every pixel, the samples of `energies` in an energy-major
   // store (plane e at planes + e·plane_stride; NaN = not measured, skipped). The same sums as
   // add() sample by sample, in the same energy order, but a block of pixels at a time, several
