@@ -6,6 +6,7 @@
 #include <cstring>
 #include <random>
 
+#include "common/bounded_queue.hpp"
 #include "live_daemon.hpp"
 #include "science_support.hpp"
 #include "store/h5.hpp"
@@ -458,4 +459,29 @@ TEST_CASE("a spectra batch is folded a pixel at a time: the store, count scales 
     const auto a = std::move(batched).take_buffers(), b = std::move(per_energy).take_buffers();
     CHECK(same_bits(a.fit.stats, b.fit.stats));
   }
+}
+
+TEST_CASE("the ingest queue under back-pressure: a producer that waits on a full queue loses nothing and keeps the order") {
+  BoundedQueue<int> queue(8);
+  constexpr int kItems = 20000;
+  std::atomic<int> refused{0};
+  std::jthread producer([&](std::stop_token stop) {
+    for (int i = 0; i < kItems; ++i) refused += !queue.push(i, stop);
+  });
+  int popped = 0, out_of_order = 0;
+  while (popped < kItems) {
+    const auto item = queue.pop_for(std::chrono::milliseconds(1000));
+    REQUIRE(item.has_value());  // the producer always gets going again
+    out_of_order += *item != popped;
+    ++popped;
+    if (popped % 997 == 0) std::this_thread::sleep_for(std::chrono::milliseconds(2));  // the queue fills meanwhile
+  }
+  producer.join();
+  CHECK(refused == 0);
+  CHECK(out_of_order == 0);
+  const auto stats = queue.stats();
+  CHECK(stats.at("pushed") == kItems);
+  CHECK(stats.at("full_waits").get<int>() > 0);
+  CHECK(stats.at("high_water") == 8);
+  CHECK(queue.empty());
 }

@@ -69,7 +69,7 @@ struct FrameMsg {
 
   bool spectra() const { return !energy_indices.empty(); }
   // The frames at one energy a spectra batch holds, in its energy order (each with the batch's
-  // seq; the XRF in the first): the service applies them one by one. Copies the samples (a
+  // seq; the XRF in the first): what a batch means, and what live shards fold. Copies the samples (a
   // column each); the pixel list and XRF are views of this batch's, valid while it lives.
   std::vector<FrameMsg> per_energy() const;
 
