@@ -6,7 +6,7 @@ Both are fed by xanes-replay on loopback; each writes its result file at stop. T
 equal dataset by dataset and bit for bit (tests/compare_results.py) except the run's times and
 its counters: the fit's maps and errors, the mask, the spatial step's neighbours, the reference
 selection, segments, edge maps, spectra, XRF. Full frames, row blocks that straddle the ranks'
-rows, and pixel-major batches.
+rows, pixel-major batches and spectra batches.
 """
 import argparse
 import json
@@ -179,8 +179,11 @@ class MpiLive(unittest.TestCase):
             self.assertGreater(np.nanmax(fractions), 0.5)
             self.assertIn("spatial_neighbours", f["entry/results"])
 
-    def test_pixel_major_batches(self):
-        self.assert_same("pixels", [(self.domains, "pixels", ("--order", "pixel-major", "--chunk-pixels", "100"))],
+    def test_pixel_major_batches_and_spectra_batches(self):
+        # Pixel batches at one energy, then spectra batches (100 pixels × every energy): rank 0
+        # stores a spectra batch a pixel at a time and hands the ranks its frames at one energy.
+        self.assert_same("pixels", [(self.domains, "pixels", ("--order", "pixel-major", "--chunk-pixels", "100")),
+                                    (self.domains, "spectra", ("--spectra", "--chunk-pixels", "100"))],
                          self.FINAL_ANALYSIS)
 
     def test_without_spatial_step_poisson_final_maps(self):

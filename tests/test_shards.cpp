@@ -16,7 +16,8 @@ namespace {
 
 // The frames of `s`, in three forms by energy: full frames (with the XRF map on the first),
 // two row blocks that straddle any cut near the middle, and shuffled pixel batches with a
-// per-sample I0 array (in I0 units of 1e5: an ion chamber's).
+// per-sample I0 array (in I0 units of 1e5: an ion chamber's); then spectra batches that
+// measure the rows around the middle again.
 std::vector<protocol::FrameMsg> mixed_frames(const sim::Scan& s, const std::string& id) {
   const int R = s.params.rows, C = s.params.cols;
   const auto P = static_cast<std::size_t>(R * C);
@@ -62,6 +63,35 @@ std::vector<protocol::FrameMsg> mixed_frames(const sim::Scan& s, const std::stri
         out.push_back(std::move(f));
       }
     }
+  }
+  // Then the rows around the middle measured again as spectra batches of 41 pixels × every
+  // fifth energy (batches straddle the cuts), 5 % brighter, with a per-sample I0 array.
+  std::vector<int> energies;
+  for (std::size_t e = 0; e < s.params.energies_eV.size(); e += 5) energies.push_back(static_cast<int>(e));
+  const std::size_t E = energies.size(), first = P / 2 - 4 * static_cast<std::size_t>(C), last = P / 2 + 4 * static_cast<std::size_t>(C);
+  for (std::size_t b = first; b < last; b += 41) {
+    const std::size_t n = std::min<std::size_t>(41, last - b);
+    std::vector<std::int64_t> pix(n);
+    std::vector<float> c(n * E), i0(n * E);
+    for (std::size_t i = 0; i < n; ++i) {
+      pix[i] = static_cast<std::int64_t>(b + i);
+      for (std::size_t j = 0; j < E; ++j) {
+        const auto e = static_cast<std::size_t>(energies[j]);
+        c[i * E + j] = 1.05f * s.counts[e * P + b + i];
+        i0[i * E + j] = static_cast<float>(s.i0[e]);
+      }
+    }
+    protocol::FrameMsg f;
+    f.scan_id = id, f.seq = seq++;
+    f.region = {protocol::Region::Kind::pixels, 0, 0};
+    f.energy_indices = energies;
+    for (const int e : energies) f.energies_eV.push_back(s.params.energies_eV[static_cast<std::size_t>(e)]);
+    f.energy_index = energies.front(), f.energy_eV = f.energies_eV.front();
+    const std::vector<std::int64_t> shape{static_cast<std::int64_t>(n), static_cast<std::int64_t>(E)};
+    f.counts = protocol::Array::from<float>("counts", c, shape);
+    f.i0 = protocol::Array::from<float>("i0", i0, shape);
+    f.pixels = protocol::Array::from<std::int64_t>("pixels", pix, {static_cast<std::int64_t>(n)});
+    out.push_back(std::move(f));
   }
   return out;
 }

@@ -147,10 +147,13 @@ std::vector<science::Reference> references_of(const nlohmann::json& j) {
 }  // namespace
 
 std::optional<FrameMsg> frame_rows(const FrameMsg& f, int cols, int w0, int w1) {
-  const std::size_t n = f.counts.size(), C = static_cast<std::size_t>(cols);
+  // A spectra batch's arrays hold a row of E samples per pixel: its pixels are kept whole rows.
+  const std::size_t E = f.spectra() ? f.energy_indices.size() : 1;
+  const std::size_t n = f.counts.size() / E, C = static_cast<std::size_t>(cols);
   FrameMsg out;
   out.scan_id = f.scan_id, out.seq = f.seq, out.energy_index = f.energy_index, out.energy_eV = f.energy_eV;
   out.region = f.region, out.i0_scalar = f.i0_scalar;
+  out.energy_indices = f.energy_indices, out.energies_eV = f.energies_eV, out.i0_scalars = f.i0_scalars;
   Ranges keep;
   std::vector<std::int64_t> shape;
   switch (f.region.kind) {
@@ -182,14 +185,15 @@ std::optional<FrameMsg> frame_rows(const FrameMsg& f, int cols, int w0, int w1) 
       break;
     }
   }
-  out.counts = take(f.counts, n, keep, shape);
+  auto xs = shape;  // XRF: channels × the samples' pixels
+  if (f.xrf) xs.insert(xs.begin(), f.xrf->shape()[0]);
+  Ranges samples = keep;  // the kept pixels' samples: E per pixel in a spectra batch
+  for (auto& [b, e] : samples) b *= E, e *= E;
+  if (f.spectra()) shape.push_back(static_cast<std::int64_t>(E));
+  out.counts = take(f.counts, n * E, samples, shape);
   for (auto [from, to] : {std::pair{&f.i0, &out.i0}, std::pair{&f.dark, &out.dark}, std::pair{&f.flat, &out.flat}})
-    if (*from) *to = take(**from, n, keep, shape);
-  if (f.xrf) {
-    auto xs = shape;
-    xs.insert(xs.begin(), f.xrf->shape()[0]);
-    out.xrf = take(*f.xrf, n, keep, xs);
-  }
+    if (*from) *to = take(**from, n * E, samples, shape);
+  if (f.xrf) out.xrf = take(*f.xrf, n, keep, xs);
   return out;
 }
 

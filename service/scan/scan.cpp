@@ -440,10 +440,7 @@ FrameOutcome Scan::apply(protocol::FrameMsg& f) {
   flag(invalid_i0, "invalid_i0", "with i0 ≤ 0 or non-finite: not stored");
   flag(out.samples_clamped, "clamped_samples", "with transmission ≤ ingest.min_transmission: clamped");
   flag(out.samples_replaced, "remeasured_samples", "measured again: the new value replaces the old");
-  if (delegate_ && f.spectra())  // the shards fold frames at one energy
-    for (const auto& part : f.per_energy()) delegate_->frame(part);
-  else if (delegate_)
-    delegate_->frame(f);
+  if (delegate_) delegate_->frame(f);
   return out;
 }
 
@@ -521,14 +518,18 @@ void Scan::store_spectra(const protocol::FrameMsg& f, const Prepared& in, FrameO
   // A pixel's stored samples: their energies, values and the values they replace (NaN: none).
   std::vector<int> energies(E);
   std::vector<float> values(E), replaced(E);
+  // Asks for the store lines pixel i will write, one per energy: a pixel's samples lie a plane
+  // apart, which no hardware prefetcher follows (each line's first write waited on memory: half
+  // the time of a batch). A line holds 16 pixels: the first pixel's lines at the start, then
+  // every 16 pixels those of the pixel 16 on.
+  auto prefetch = [&](std::size_t i) {
+    for (const int e : f.energy_indices)
+      __builtin_prefetch(&store_[static_cast<std::size_t>(e) * npix_ + static_cast<std::size_t>(in.pix[i])], 1);
+  };
+  if (n > 0) prefetch(0);
   for (std::size_t i = 0; i < n; ++i) {
     const auto p = static_cast<std::size_t>(in.pix[i]);
-    // The store lines the pixels 16 on will write, one per energy, asked for now (and the first
-    // pixel's at the start): a pixel's samples lie a plane apart, which no hardware prefetcher
-    // follows (each line's first write waited on memory: half the time of a batch).
-    for (std::size_t ahead = i == 0 ? 0 : 16; i % 16 == 0 && ahead <= 16 && i + ahead < n; ahead += 16)
-      for (const int e : f.energy_indices)
-        __builtin_prefetch(&store_[static_cast<std::size_t>(e) * npix_ + static_cast<std::size_t>(in.pix[i + ahead])], 1);
+    if (i % 16 == 0 && i + 16 < n) prefetch(i + 16);
     const double own_dark = dark_.empty() ? 0.0 : dark_[p];
     std::size_t kept = 0;
     for (std::size_t j = 0, k = i * E; j < E; ++j, ++k) {
