@@ -69,8 +69,9 @@ struct FrameMsg {
 
   bool spectra() const { return !energy_indices.empty(); }
   // The frames at one energy a spectra batch holds, in its energy order (each with the batch's
-  // seq; the XRF in the first): what a batch means, and what live shards fold. Copies the samples (a
-  // column each); the pixel list and XRF are views of this batch's, valid while it lives.
+  // seq; the XRF in the first): what a batch means (the service stores it as these frames in
+  // turn would be stored). Copies the samples (a column each); the pixel list and XRF are views
+  // of this batch's, valid while it lives.
   std::vector<FrameMsg> per_energy() const;
 
   WireMessage to_wire() &&;
