@@ -20,7 +20,6 @@
 
 namespace xanesd {
 
-using parallel::gather_planes;
 using parallel::row_blocks;
 
 namespace {
@@ -51,11 +50,6 @@ class StepTimes {
  private:
   std::map<std::string, double> seconds_;
 };
-
-template <class V, class W>
-void assign(V& to, const W& from) {
-  std::copy(from.begin(), from.end(), to.begin());
-}
 
 }  // namespace
 
@@ -154,79 +148,46 @@ nlohmann::json run_batch_fit(const Config& cfg, const BatchOptions& opt, const p
                  image_npix);
   // Rank 0 waits here for the slowest block (the imbalance), so "gather" is the transfer only.
   times.time("wait", [&] { comm.barrier(); });
+  // In an MPI job every rank writes its own rows of the result file's per-pixel datasets (the
+  // maps, labels, edge maps, XRF, spectra); rank 0 needs only what is the image's: every block's
+  // issue counts and flagged samples, and a whole-image scan to describe (README "MPI").
+  std::unique_ptr<Scan> image;
   if (comm.size() > 1) times.time("gather", [&] {
-    // Rank 0 assembles the whole image's maps (each rank's own rows) for the result file, and
-    // the normalized spectra only when the file gets them.
-    std::vector<std::pair<std::size_t, std::size_t>> own;
-    for (const auto& [r0, r1] : blocks)
-      own.emplace_back(static_cast<std::size_t>(r0) * cols, static_cast<std::size_t>(r1 - r0) * cols);
-    const std::size_t np = scan->pixels(), l0 = part.begin;
-    auto gather = [&](const auto* local, std::size_t planes) { return gather_planes(comm, local, np, l0, planes, own, image_npix); };
-    const auto& maps = scan->fit()->maps();
-    const auto K = static_cast<std::size_t>(scan->fit()->model().n_refs());
-    Scan::ImageResults image;
-    if (spectra) image.store = gather(scan->spectra().data(), scan->energies().size());
-    image.xrf = gather(scan->xrf().data(), scan->start().xrf_channels.size());
-    auto fractions = gather(maps.fractions.data(), K), sigma = gather(maps.fraction_sigma.data(), K);
-    auto thickness = gather(maps.thickness.data(), 1), residual = gather(maps.residual.data(), 1);
-    auto rfactor = gather(maps.rfactor.data(), 1);
-    auto nenergies = gather(maps.nenergies.data(), 1);
-    auto fitted = gather(maps.fitted.data(), 1);
-    const auto& nb = scan->fit()->spatial_neighbours();
-    if (nb.size() == np) {
-      const auto all = gather(nb.data(), 1);
-      image.spatial_neighbours.assign(all.begin(), all.end());
-    }
-    const auto valid = gather(scan->mask().valid.data(), 1);
-    image.valid.assign(valid.begin(), valid.end());
-    if (const auto* seg = scan->segmentation()) {
-      const auto labels = gather(seg->labels.data(), 1);
-      image.segmentation = *seg;  // clusters and PCA: the same on every rank
-      image.segmentation->labels.assign(labels.begin(), labels.end());
-    }
-    if (const auto* edge = scan->edge_maps()) {
-      image.edge_maps.emplace();
-      image.edge_maps->ranges = edge->ranges, image.edge_maps->computed = edge->computed;
-      for (auto [to, from] : {std::pair{&image.edge_maps->e0, &edge->e0}, std::pair{&image.edge_maps->half_step, &edge->half_step},
-                              std::pair{&image.edge_maps->white_line, &edge->white_line},
-                              std::pair{&image.edge_maps->edge_step, &edge->edge_step}}) {
-        const auto all = gather(from->data(), 1);
-        to->assign(all.begin(), all.end());
-      }
-    }
-    // Issues and flagged samples: every block's (a halo row's samples are counted by both blocks
-    // that read it).
     // With each rank's step times so far (the summary's rank_timing: which block was slow).
     const auto counts =
         nlohmann::json{{"issues", issues}, {"flags", scan->flagged_samples()}, {"timing", times.to_json()}}.dump() + '\n';
     const auto all = comm.gather(std::as_bytes(std::span<const char>(counts)));
-    if (root) {
-      issues.clear();
-      const std::string text(reinterpret_cast<const char*>(all.data()), all.size());
-      std::size_t at = 0;
-      for (auto end = text.find('\n'); end != std::string::npos; at = end + 1, end = text.find('\n', at)) {
-        const auto j = nlohmann::json::parse(text.substr(at, end - at));
-        for (const auto& [code, n] : j["issues"].items()) issues[code] += n.get<std::int64_t>();
-        for (const auto& [code, n] : j["flags"].items()) image.flags[code] += n.get<std::int64_t>();
-        rank_timing.push_back(j["timing"]);
-      }
-    }
     if (!root) return;
-    image.maps.resize(image_npix, static_cast<int>(K));
-    assign(image.maps.fractions, fractions), assign(image.maps.fraction_sigma, sigma);
-    assign(image.maps.thickness, thickness), assign(image.maps.residual, residual), assign(image.maps.rfactor, rfactor);
-    assign(image.maps.nenergies, nenergies), assign(image.maps.fitted, fitted);
+    // Issues and flagged samples: every block's (a halo row's samples are counted by both blocks
+    // that read it).
+    Scan::ImageResults whole_image;
+    issues.clear();
+    const std::string text(reinterpret_cast<const char*>(all.data()), all.size());
+    std::size_t at = 0;
+    for (auto end = text.find('\n'); end != std::string::npos; at = end + 1, end = text.find('\n', at)) {
+      const auto j = nlohmann::json::parse(text.substr(at, end - at));
+      for (const auto& [code, n] : j["issues"].items()) issues[code] += n.get<std::int64_t>();
+      for (const auto& [code, n] : j["flags"].items()) whole_image.flags[code] += n.get<std::int64_t>();
+      rank_timing.push_back(j["timing"]);
+    }
+    // The clusters, PCA and edge ranges are the same on every rank; the per-pixel maps stay
+    // with the blocks.
+    if (const auto* seg = scan->segmentation()) {
+      whole_image.segmentation = *seg;
+      whole_image.segmentation->labels.clear();
+    }
+    if (const auto* edge = scan->edge_maps()) {
+      whole_image.edge_maps.emplace();
+      whole_image.edge_maps->ranges = edge->ranges, whole_image.edge_maps->computed = edge->computed;
+    }
     const auto& block = scan->start();  // dark and flat are in the store's signal already
     protocol::StartMsg whole;
     whole.scan_id = block.scan_id, whole.rows = rows, whole.cols = cols, whole.energies_eV = block.energies_eV;
     whole.mode = block.mode, whole.order = block.order, whole.xrf_channels = block.xrf_channels;
     whole.references = block.references, whole.metadata = block.metadata;
-    scan = Scan::assemble(std::move(whole), refs, settings, std::move(image), *scan);
+    image = Scan::assemble(std::move(whole), refs, settings, std::move(whole_image), *scan);
   });
-  if (!root) {
-    const auto [r0, r1] = blocks[static_cast<std::size_t>(comm.rank())];
-    return {{"rank", comm.rank()}, {"rows", {r0, r1}}, {"timing", times.to_json()}};
-  }
+  const Scan* described = comm.size() > 1 ? image.get() : scan.get();  // null on ranks other than 0
   nlohmann::json counters = nlohmann::json::object();
   for (const auto& [code, n] : issues) counters["issues." + code] = n;
   // The file records the arguments this fit ran with, not only the config's defaults.
@@ -235,9 +196,13 @@ nlohmann::json run_batch_fit(const Config& cfg, const BatchOptions& opt, const p
   for (const auto& f : refs_cfg.files) effective["references.files"].push_back(std::filesystem::absolute(f).lexically_normal().string());
   if (!opt.reference_names.empty()) effective["references.names"] = opt.reference_names;
   effective["input"] = std::filesystem::absolute(opt.input).lexically_normal().string();
-  times.time("write", [&] { write_result_file(opt.output, *scan, effective, counters, spectra); });
+  times.time("write", [&] { write_result_file(opt.output, described, *scan, effective, counters, spectra, comm); });
+  if (!root) {
+    const auto [r0, r1] = blocks[static_cast<std::size_t>(comm.rank())];
+    return {{"rank", comm.rank()}, {"rows", {r0, r1}}, {"timing", times.to_json()}};
+  }
   times.set("total", std::chrono::duration<double>(StepTimes::Clock::now() - t_start).count());
-  nlohmann::json summary = {{"scan", scan->summary()}, {"counters", counters}, {"output", opt.output.string()}};
+  nlohmann::json summary = {{"scan", described->summary()}, {"counters", counters}, {"output", opt.output.string()}};
   // Seconds per step; "fit" includes "reduce" (the image-level statistics of the blocks).
   summary["timing"] = times.to_json();
   if (comm.size() > 1) summary["ranks"] = comm.size(), summary["rank_timing"] = rank_timing;

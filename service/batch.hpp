@@ -27,7 +27,8 @@ struct BatchOptions {
 // Throws ConfigError / std::runtime_error with a clear message on unusable input.
 nlohmann::json run_batch_fit(const Config& cfg, const BatchOptions& opt);
 // The same on every rank of `comm` (xanesd fit under mpirun, README "MPI"): each rank reads and
-// fits its block of rows; rank 0 writes the result file, equal to the one-process fit's.
+// fits its block of rows and writes its rows of the result file (rank 0 its structure), which
+// equals the one-process fit's.
 nlohmann::json run_batch_fit(const Config& cfg, const BatchOptions& opt, const parallel::Comm& comm);
 
 // `xanesd fit` once its command line is parsed (main.cpp): loads the config (or the defaults),

@@ -1,13 +1,16 @@
 // Live sharding (parallel/shards.hpp) in one process: the science behind `mpirun -np N xanesd`
 // (tests/python_mpi_live.py runs the real job). A row block's scan fed its rows of each frame
 // holds the whole scan's samples and solves its maps on its own rows, bit for bit; a scan that
-// hands its fit to FitShards (one rank here) publishes the maps of a scan that fits itself.
+// hands its fit to FitShards (one rank here) publishes the maps of a scan that fits itself; row
+// blocks written into a result dataset by their own rows (as the ranks of `xanesd fit` write
+// their file) make the whole image.
 #include <doctest/doctest.h>
 
 #include <random>
 
 #include "parallel/blocks.hpp"
 #include "parallel/shards.hpp"
+#include "store/h5.hpp"
 #include "science_support.hpp"
 
 using namespace xanesd;
@@ -223,4 +226,51 @@ TEST_CASE("a scan that hands its fit to FitShards (one rank) has the maps, mask 
   test::check_same_fit(*delegated, *own);
   const auto& b = own->fit()->maps();
   CHECK(std::count(b.fitted.begin(), b.fitted.end(), std::uint8_t{1}) > 24 * 30 / 2);
+}
+
+TEST_CASE("row blocks written into a result dataset by their own rows make the whole image and the whole volume") {
+  // What each rank of `mpirun -np N xanesd fit` does with the result file (write_result_file):
+  // its own rows of every plane, from its arrays that also hold halo rows above and below.
+  const auto dir = test::scratch("shards-rows");
+  const auto file_path = dir / "rows.h5";
+  {
+    auto file = h5::create_file(file_path);
+    struct Case {
+      std::string name;
+      std::vector<hsize_t> dims;
+      bool planes;
+    };
+    // An image with planes, a map, a volume with planes (4-row slices), a volume map.
+    for (const auto& c : {Case{"image", {3, 10, 4}, true}, Case{"map", {10, 4}, false}, Case{"volume", {2, 3, 4, 5}, true},
+                          Case{"volume_map", {3, 4, 5}, false}}) {
+      CAPTURE(c.name);
+      const std::size_t lead = c.planes ? 1 : 0;
+      const hsize_t nplanes = c.planes ? c.dims[0] : 1, cols = c.dims.back();
+      hsize_t rows = 1;
+      for (std::size_t a = lead; a + 1 < c.dims.size(); ++a) rows *= c.dims[a];
+      auto value = [&](hsize_t plane, hsize_t row, hsize_t col) { return static_cast<float>(plane * 1000 + row * 10 + col); };
+      h5::create_allocated(file, c.name, H5T_NATIVE_FLOAT, c.dims);
+      // Blocks of 3, 4 and the rest of the rows (the volume's cross its 4-row slices), 2 halo rows.
+      for (const auto& [r0, r1] : {std::pair<hsize_t, hsize_t>{0, 3}, {3, 7}, {7, rows}}) {
+        const hsize_t w0 = r0 >= 2 ? r0 - 2 : 0, w1 = std::min(rows, r1 + 2), stride = (w1 - w0) * cols;
+        std::vector<float> local(nplanes * stride);
+        for (hsize_t pl = 0; pl < nplanes; ++pl)
+          for (hsize_t r = w0; r < w1; ++r)
+            for (hsize_t x = 0; x < cols; ++x) local[pl * stride + (r - w0) * cols + x] = value(pl, r, x);
+        h5::write_rows(file, c.name, H5T_NATIVE_FLOAT, local.data(), c.planes, r0, r1 - r0, (r0 - w0) * cols, stride);
+      }
+      const auto whole = h5::read<float>(file, c.name);
+      REQUIRE(whole.size() == nplanes * rows * cols);
+      std::size_t wrong = 0;
+      for (hsize_t pl = 0; pl < nplanes; ++pl)
+        for (hsize_t r = 0; r < rows; ++r)
+          for (hsize_t x = 0; x < cols; ++x) wrong += whole[(pl * rows + r) * cols + x] != value(pl, r, x);
+      CHECK(wrong == 0);
+    }
+    // Rows past the image, or more values than a plane of the buffer holds, are refused.
+    std::vector<float> buffer(3 * 40);
+    CHECK_THROWS_AS(h5::write_rows(file, "image", H5T_NATIVE_FLOAT, buffer.data(), true, 8, 3, 0, 40), h5::Error);
+    CHECK_THROWS_AS(h5::write_rows(file, "image", H5T_NATIVE_FLOAT, buffer.data(), true, 0, 10, 4, 40), h5::Error);
+  }
+  std::filesystem::remove_all(dir);
 }

@@ -1,6 +1,6 @@
-// How an image is cut into the row blocks of an MPI job's ranks, and how rank 0 assembles the
-// whole image's planes from every rank's own rows: shared by `xanesd fit` (batch.cpp) and the
-// live shards (shards.cpp).
+// How an image is cut into the row blocks of an MPI job's ranks (`xanesd fit`, batch.cpp, and
+// the live shards, shards.cpp), and how rank 0 assembles the whole image's planes from every
+// rank's own rows (the live shards' maps).
 #pragma once
 
 #include <span>

@@ -41,8 +41,8 @@ class Comm {
   // (messages from one rank arrive in the order sent). Not used in one process.
   virtual void send(int to, std::span<const std::byte> bytes) const = 0;
   virtual void receive(int from, std::span<std::byte> out) const = 0;
-  // HDF5 property lists for reading one file from every rank: MPI-IO file access and
-  // collective transfers under MPI, H5P_DEFAULT in one process.
+  // HDF5 property lists for reading or writing one file from every rank: MPI-IO file access
+  // and collective transfers under MPI, H5P_DEFAULT in one process.
   virtual hid_t h5_file_access() const { return H5P_DEFAULT; }
   virtual hid_t h5_transfer() const { return H5P_DEFAULT; }
   // Ends the whole job (an error on one rank would leave the others waiting in a collective).

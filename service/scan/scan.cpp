@@ -117,7 +117,7 @@ Scan::Scan(protocol::StartMsg start, const std::vector<science::Reference>& refs
            science::ImagePart part, Buffers recycled, bool allocate_store)
     : start_(std::move(start)), settings_(settings), part_(std::move(part)),
       npix_(static_cast<std::size_t>(start_.rows) * static_cast<std::size_t>(start_.cols)),
-      xrf_(start_.xrf_channels.size() * npix_, NAN),
+      xrf_(allocate_store ? start_.xrf_channels.size() * npix_ : 0, NAN),
       energy_seen_(start_.energies_eV.size(), 0) {
   // Every sample starts as not measured (NaN). A recycled store of the same size is refilled
   // in place: the writes then find their pages (at 2048² × 25 energies the kernel's zeroing
@@ -683,6 +683,12 @@ bool keeps_count_scales(const ScanSettings& s, std::size_t pixels) {
          (s.weighting == W::final_maps && !s.spatial.enabled && static_cast<double>(pixels) <= s.poisson_max_pixels);
 }
 
+Scan::OwnRows Scan::own_rows() const {
+  const std::size_t begin = std::min(part_.begin, npix_), end = std::min(part_.end, npix_);
+  const auto cols = static_cast<std::size_t>(std::max(1, start_.cols));
+  return {part_.row0, static_cast<int>((end - begin) / cols), begin};
+}
+
 std::size_t Scan::image_pixels() const {
   return part_.image_rows > 0 ? static_cast<std::size_t>(part_.image_rows) * static_cast<std::size_t>(start_.cols) : npix_;
 }
@@ -842,8 +848,6 @@ std::unique_ptr<Scan> Scan::assemble(protocol::StartMsg whole, const std::vector
 }
 
 void Scan::adopt(ImageResults&& image, const Scan& block) {
-  store_ = std::move(image.store);  // gathered from the ranks into huge pages
-  xrf_ = std::move(image.xrf);
   state_ = block.state_, stop_reason_ = block.stop_reason_, started_ = block.started_, ended_ = block.ended_;
   seqs_seen_ = block.seqs_seen_, max_seq_ = block.max_seq_, last_seq_ = block.last_seq_;
   frames_applied_ = block.frames_applied_, segment_first_frame_ = block.segment_first_frame_;
@@ -851,11 +855,8 @@ void Scan::adopt(ImageResults&& image, const Scan& block) {
   selected_ = block.selected_, selection_ = block.selection_, selection_tried_ = block.selection_tried_;
   build_fit();  // the references the blocks fitted
   pending_planes_.clear();
-  if (lcf_) lcf_->adopt_maps(std::move(image.maps), std::move(image.spatial_neighbours));
   lcf_weighted_ = block.lcf_weighted_, lcf_spatial_ = block.lcf_spatial_;
-  mask_.valid = std::move(image.valid);
   mask_.thickness_threshold = block.mask_.thickness_threshold;
-  mask_.n_valid = static_cast<std::size_t>(std::count(mask_.valid.begin(), mask_.valid.end(), 1));
   edge_maps_ = std::move(image.edge_maps);
   if (image.segmentation) {
     segmenter_.emplace(settings_.segment);

@@ -132,24 +132,20 @@ class Scan : private science::SampleSource {
   // This scan's buffers for the next one; the scan is left without its spectra and fit.
   Buffers take_buffers() &&;
 
-  // The whole image's per-pixel state, assembled from the row blocks of such a job.
+  // What an MPI job's rank 0 knows of the whole image beyond its own block: the flagged samples
+  // summed over the blocks, and the image-level results every block holds alike (the clusters
+  // and PCA, the edge maps' ranges). The per-pixel state stays with the blocks, each of which
+  // writes its rows of the result file (write_result_file).
   struct ImageResults {
-    science::ZeroedVector<float> store, xrf;  // E × P, C × P (taken as the scan's own)
-    science::LcfMaps maps;
-    std::vector<float> spatial_neighbours;  // P, or empty without the spatial step
-    std::vector<std::uint8_t> valid;        // the quality mask
-    std::map<std::string, std::int64_t> flags;  // flagged samples by code, summed over the blocks
-    // The blocks' segmentation (its labels the whole image's) and edge maps; store: empty when
-    // the result file does not get the spectra (nothing else reads it after the fit).
-    std::optional<science::Segmentation> segmentation;
-    std::optional<science::EdgeMaps> edge_maps;
+    std::map<std::string, std::int64_t> flags;     // flagged samples by code, summed over the blocks
+    std::optional<science::Segmentation> segmentation;  // without labels
+    std::optional<science::EdgeMaps> edge_maps;         // without maps
   };
   const std::map<std::string, std::int64_t>& flagged_samples() const { return flags_; }
-  // The whole image's scan of an MPI job (`whole`: its start), assembled on rank 0: `image` is its
-  // per-pixel state (no store of its own beyond image.store), and the image-level state (the
+  // The whole image's scan of an MPI job (`whole`: its start), assembled on rank 0 to describe it
+  // in the result file and the summary: no store, no per-pixel maps; the image-level state (the
   // references selected and fitted, the mask threshold, frames, sequence numbers, state) is
-  // `block`'s, one row block of the same scan (the flagged-sample counts from `image`): the
-  // result file is then written from it as from a scan fitted in one process.
+  // `block`'s, one row block of the same scan, the rest `image`'s.
   static std::unique_ptr<Scan> assemble(protocol::StartMsg whole, const std::vector<science::Reference>& refs,
                                         const ScanSettings& settings, ImageResults&& image, const Scan& block);
 
@@ -265,6 +261,14 @@ class Scan : private science::SampleSource {
   science::SliceLayout slice_layout() const;
   int cols() const { return start_.cols; }
   std::size_t pixels() const { return npix_; }
+  // The image rows whose pixels are this scan's own: all its rows in one process, an MPI rank's
+  // block without its halo rows (the result file's rows it writes). first_pixel: the first own
+  // pixel in the scan's arrays.
+  struct OwnRows {
+    int first_row = 0, rows = 0;
+    std::size_t first_pixel = 0;
+  };
+  OwnRows own_rows() const;
   const std::vector<double>& energies() const { return start_.energies_eV; }
   const science::IncrementalLcf* fit() const { return lcf_.get(); }
   const std::string& fit_error() const { return fit_error_; }
@@ -286,7 +290,7 @@ class Scan : private science::SampleSource {
   nlohmann::json summary() const;
 
  private:
-  // allocate_store false: no store (assemble gives it the gathered one).
+  // allocate_store false: no store (assemble: the image of an MPI job, described only).
   Scan(protocol::StartMsg start, const std::vector<science::Reference>& refs, const ScanSettings& settings, science::ImagePart part,
        Buffers recycled, bool allocate_store);
   void adopt(ImageResults&& image, const Scan& block);

@@ -131,8 +131,8 @@ class IncrementalLcf {
   const std::vector<float>& spatial_neighbours() const { return spatial_neighbours_; }
 
   const LcfMaps& maps() const { return maps_; }
-  // The maps of a whole image assembled from row blocks other fits solved (xanesd fit under MPI,
-  // Scan::adopt); this fit's statistics stay as they are (not solved again).
+  // The maps of a whole image assembled from row blocks other fits solved (the live shards'
+  // FitDelegate::solve); this fit's statistics stay as they are (not solved again).
   void adopt_maps(LcfMaps maps, std::vector<float> spatial_neighbours) {
     maps_ = std::move(maps);
     spatial_neighbours_ = std::move(spatial_neighbours);

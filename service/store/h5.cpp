@@ -35,6 +35,9 @@ Handle create_file(const std::filesystem::path& path) {
 Handle open_file(const std::filesystem::path& path, hid_t access) {
   return Handle(H5Fopen(path.c_str(), H5F_ACC_RDONLY, access), H5Fclose, "open file '" + path.string() + "'");
 }
+Handle open_file_for_writing(const std::filesystem::path& path, hid_t access) {
+  return Handle(H5Fopen(path.c_str(), H5F_ACC_RDWR, access), H5Fclose, "open file '" + path.string() + "' for writing");
+}
 Handle create_group(hid_t loc, const std::string& name, const std::string& nx_class) {
   Handle g(H5Gcreate2(loc, name.c_str(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Gclose, "create group '" + name + "'");
   if (!nx_class.empty()) attr_string(g, "NX_class", nx_class);
@@ -42,6 +45,12 @@ Handle create_group(hid_t loc, const std::string& name, const std::string& nx_cl
 }
 Handle open_group(hid_t loc, const std::string& name) {
   return Handle(H5Gopen2(loc, name.c_str(), H5P_DEFAULT), H5Gclose, "open group '" + name + "'");
+}
+Handle require_group(hid_t loc, const std::string& name, const std::string& nx_class) {
+  if (!exists(loc, name)) return create_group(loc, name, nx_class);
+  auto g = open_group(loc, name);
+  if (!nx_class.empty() && !has_attr(g, "NX_class")) attr_string(g, "NX_class", nx_class);
+  return g;
 }
 bool exists(hid_t loc, const std::string& path) {
   // Check each component: H5Lexists fails on a missing intermediate group.
@@ -195,38 +204,82 @@ std::vector<T> read(hid_t loc, const std::string& name, std::vector<hsize_t>* di
   return v;
 }
 
+namespace {
+// Selects rows [row_begin, row_begin + row_count) of planes [first, first + count) of a dataset's
+// space: dims (planes?, rows, cols), or a volume (planes?, Z, Y, cols) whose rows are its slices'
+// stacked (row r is row r % Y of slice r / Y). A volume's rows take one hyperslab per slice they
+// cross; HDF5 transfers the union in the file's order (plane, slice, row, column): the
+// flattened rows in order.
+void select_rows(hid_t space, const std::vector<hsize_t>& dims, bool planes, hsize_t first, hsize_t count, hsize_t row_begin,
+                 hsize_t row_count) {
+  const std::size_t lead = planes ? 1 : 0;
+  const bool volume = dims.size() == lead + 3;
+  const hsize_t slice_rows = dims[lead + (volume ? 1 : 0)], cols = dims.back();
+  H5Sselect_none(space);
+  for (hsize_t r = row_begin; r < row_begin + row_count;) {
+    const hsize_t y = r % slice_rows, n = std::min(slice_rows - y, row_begin + row_count - r);
+    std::vector<hsize_t> start, cnt;
+    if (planes) start.push_back(first), cnt.push_back(count);
+    if (volume) start.push_back(r / slice_rows), cnt.push_back(1);
+    start.insert(start.end(), {y, 0}), cnt.insert(cnt.end(), {n, cols});
+    if (H5Sselect_hyperslab(space, H5S_SELECT_OR, start.data(), nullptr, cnt.data(), nullptr) < 0)
+      throw Error("HDF5: cannot select rows");
+    r += n;
+  }
+}
+// The rows of a dataset of these dims (see select_rows).
+hsize_t image_rows(const std::vector<hsize_t>& dims, bool planes) {
+  hsize_t rows = 1;
+  for (std::size_t a = planes ? 1 : 0; a + 1 < dims.size(); ++a) rows *= dims[a];
+  return rows;
+}
+}  // namespace
+
 template <class T>
 void read_planes_into(hid_t loc, const std::string& name, hsize_t first, hsize_t count, std::span<T> out,
                       hsize_t row_begin, hsize_t row_count, hid_t transfer) {
   auto dims = shape(loc, name);
   if ((dims.size() != 3 && dims.size() != 4) || first + count > dims[0])
     throw Error("HDF5: bad plane range for '" + name + "'");
-  // A volume (planes × Z × Y × X) is read as planes of Z·Y rows: row r is row r % Y of slice r / Y.
-  const hsize_t slice_rows = dims.size() == 4 ? dims[2] : dims[1], slices = dims.size() == 4 ? dims[1] : 1;
-  const hsize_t rows = slices * slice_rows, cols = dims.back();
+  const hsize_t rows = image_rows(dims, true), cols = dims.back();
   if (row_count == 0) row_begin = 0, row_count = rows;
   if (row_begin + row_count > rows) throw Error("HDF5: bad row range for '" + name + "'");
   if (out.size() != count * row_count * cols) throw Error("HDF5: buffer size does not match the planes of '" + name + "'");
   Handle ds(H5Dopen2(loc, name.c_str(), H5P_DEFAULT), H5Dclose, "open dataset '" + name + "'");
   Handle fspace(H5Dget_space(ds), H5Sclose, "get space");
-  if (dims.size() == 3) {
-    const hsize_t start[3] = {first, row_begin, 0}, cnt[3] = {count, row_count, cols};
-    H5Sselect_hyperslab(fspace, H5S_SELECT_SET, start, nullptr, cnt, nullptr);
-  } else {
-    // The rows' part of each slice they cross, one hyperslab per slice; HDF5 transfers a
-    // union in the file's order (plane, slice, row, column): the flattened rows in order.
-    H5Sselect_none(fspace);
-    for (hsize_t r = row_begin; r < row_begin + row_count;) {
-      const hsize_t z = r / slice_rows, y = r % slice_rows, n = std::min(slice_rows - y, row_begin + row_count - r);
-      const hsize_t start[4] = {first, z, y, 0}, cnt[4] = {count, 1, n, cols};
-      H5Sselect_hyperslab(fspace, H5S_SELECT_OR, start, nullptr, cnt, nullptr);
-      r += n;
-    }
-  }
+  select_rows(fspace, dims, true, first, count, row_begin, row_count);
   const hsize_t elements = count * row_count * cols;
   Handle mspace(H5Screate_simple(1, &elements, nullptr), H5Sclose, "create memory space");
   if (H5Dread(ds, native_type<T>(), mspace, fspace, transfer, out.data()) < 0)
     throw Error("HDF5: cannot read planes of '" + name + "'");
+}
+
+void create_allocated(hid_t loc, const std::string& path, hid_t type, const std::vector<hsize_t>& dims) {
+  Handle space(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr), H5Sclose, "create dataspace");
+  Handle links(H5Pcreate(H5P_LINK_CREATE), H5Pclose, "create link properties");
+  Handle layout(H5Pcreate(H5P_DATASET_CREATE), H5Pclose, "create dataset properties");
+  // Parallel HDF5 writes raw data collectively only into storage that exists: allocated here,
+  // by the one process that creates the file, and not filled (every value is written after).
+  if (H5Pset_create_intermediate_group(links, 1) < 0 || H5Pset_layout(layout, H5D_CONTIGUOUS) < 0 ||
+      H5Pset_alloc_time(layout, H5D_ALLOC_TIME_EARLY) < 0 || H5Pset_fill_time(layout, H5D_FILL_TIME_NEVER) < 0)
+    throw Error("HDF5: cannot set the properties of '" + path + "'");
+  Handle ds(H5Dcreate2(loc, path.c_str(), type, space, links, layout, H5P_DEFAULT), H5Dclose, "create dataset '" + path + "'");
+}
+
+void write_rows(hid_t loc, const std::string& path, hid_t type, const void* data, bool planes, hsize_t row_begin,
+                hsize_t row_count, std::size_t offset, std::size_t stride, hid_t transfer) {
+  const auto dims = shape(loc, path);
+  const hsize_t cols = dims.back(), nplanes = planes ? dims[0] : 1, values = row_count * cols;
+  if (dims.size() < (planes ? 3u : 2u) || row_begin + row_count > image_rows(dims, planes) || offset + values > stride)
+    throw Error("HDF5: rows out of range for '" + path + "'");
+  Handle ds(H5Dopen2(loc, path.c_str(), H5P_DEFAULT), H5Dclose, "open dataset '" + path + "'");
+  Handle fspace(H5Dget_space(ds), H5Sclose, "get space");
+  select_rows(fspace, dims, planes, 0, nplanes, row_begin, row_count);
+  // Memory: planes × stride values, of which [offset, offset + values) of each.
+  const hsize_t mdims[2] = {nplanes, stride}, mstart[2] = {0, offset}, mcount[2] = {nplanes, values};
+  Handle mspace(H5Screate_simple(2, mdims, nullptr), H5Sclose, "create memory space");
+  if (H5Sselect_hyperslab(mspace, H5S_SELECT_SET, mstart, nullptr, mcount, nullptr) < 0) throw Error("HDF5: cannot select rows");
+  if (H5Dwrite(ds, type, mspace, fspace, transfer, data) < 0) throw Error("HDF5: cannot write rows of '" + path + "'");
 }
 
 template <class T>

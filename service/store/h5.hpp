@@ -39,8 +39,12 @@ class Handle {
 Handle create_file(const std::filesystem::path& path);  // truncates
 // Read-only; `access`: a file access property list (an MPI-IO one from service/parallel).
 Handle open_file(const std::filesystem::path& path, hid_t access = H5P_DEFAULT);
+// Read-write, e.g. by every rank of an MPI job with an MPI-IO `access` (collective).
+Handle open_file_for_writing(const std::filesystem::path& path, hid_t access = H5P_DEFAULT);
 Handle create_group(hid_t loc, const std::string& name, const std::string& nx_class = "");
 Handle open_group(hid_t loc, const std::string& name);
+// The group `name`, created if missing; `nx_class` set if it has none yet.
+Handle require_group(hid_t loc, const std::string& name, const std::string& nx_class = "");
 bool exists(hid_t loc, const std::string& path);
 
 template <class T> hid_t native_type();
@@ -53,6 +57,16 @@ void write(hid_t loc, const std::string& name, const std::vector<T>& v, std::vec
   if (dims.empty()) dims = {v.size()};
   write(loc, name, v.data(), dims);
 }
+// An empty dataset at `path` (relative to loc; missing groups on the way are created) whose
+// storage is allocated now, contiguous and never filled: write_rows then writes into it, from
+// every rank of an MPI job at once if the file is reopened with MPI-IO.
+void create_allocated(hid_t loc, const std::string& path, hid_t type, const std::vector<hsize_t>& dims);
+// Writes rows [row_begin, row_begin + row_count) of every plane of the dataset at `path`: its
+// dims are (planes?, rows, cols) or, a volume, (planes?, Z, Y, cols) with rows = Z·Y (`planes`
+// says whether the leading axis is there). `data` holds each plane's rows in turn, `stride`
+// values apart, the first at `offset`. `transfer`: collective under MPI.
+void write_rows(hid_t loc, const std::string& path, hid_t type, const void* data, bool planes, hsize_t row_begin,
+                hsize_t row_count, std::size_t offset, std::size_t stride, hid_t transfer = H5P_DEFAULT);
 // A virtual dataset `name` of shape source_dims[1:]: plane `plane` of the dataset at
 // `source_path` (absolute, in this file) of shape source_dims and type `type`. Readers see a
 // plain dataset; the file holds the values once.

@@ -8,6 +8,8 @@
 #include <stdexcept>
 #include <cmath>
 #include <ctime>
+#include <cstdio>
+#include <functional>
 
 #include "store/h5.hpp"
 #include "xanesd/protocol/messages.hpp"
@@ -107,8 +109,9 @@ void write_scan_info(hid_t entry, const Scan& scan, const nlohmann::json& config
   h5::write_string(entry, "status", nlohmann::json{{"scan", scan.summary()}, {"counters", counters}}.dump(2, ' ', false, replace));
 }
 
+// /entry/results: the fit's maps (their values written as per-pixel datasets) and what they mean.
 void write_results(hid_t entry, const Scan& scan) {
-  auto results = h5::create_group(entry, "results", "NXdata");
+  auto results = h5::require_group(entry, "results", "NXdata");
   const auto grid = pixel_grid(scan);
   for (std::size_t a = 0; a < grid.axes.size(); ++a) {
     std::vector<std::int32_t> index(grid.dims[a]);
@@ -121,26 +124,15 @@ void write_results(hid_t entry, const Scan& scan) {
     h5::write_string(results, "fit_error", scan.fit_error());
     return;
   }
-  const auto& maps = fit->maps();
   const auto K = static_cast<hsize_t>(fit->model().n_refs());
   const auto per_reference = pixel_grid(scan, std::pair<hsize_t, std::string>{K, "reference_index"});
-  const auto& mask = scan.mask();
-  h5::write(results, "fractions", science::apply_mask(maps.fractions, mask.valid).data(), per_reference.dims);
-  h5::write(results, "mask", mask.valid.data(), grid.dims);
   {
     h5::Handle ds(H5Dopen2(results, "mask", H5P_DEFAULT), H5Dclose, "open mask");
     h5::attr_string(ds, "description", "1 = fitted and passes the mask.* thresholds (fractions are 0 elsewhere)");
   }
   h5::write_strings(results, "reference_names", fit->model().reference_names);
-  h5::write(results, "thickness", maps.thickness.data(), grid.dims);
-  h5::write(results, "fraction_sigma", science::apply_mask(maps.fraction_sigma, mask.valid).data(), per_reference.dims);
-  h5::write(results, "residual", maps.residual.data(), grid.dims);
-  h5::write(results, "rfactor", maps.rfactor.data(), grid.dims);
-  h5::write(results, "nenergies", maps.nenergies.data(), grid.dims);
-  h5::write(results, "fitted", maps.fitted.data(), grid.dims);
   h5::write_string(results, "fit_method", science::to_string(fit->method()));
-  if (const auto& nb = fit->spatial_neighbours(); nb.size() == scan.pixels()) {
-    h5::write(results, "spatial_neighbours", nb.data(), grid.dims);
+  if (h5::exists(results, "spatial_neighbours")) {
     h5::Handle ds(H5Dopen2(results, "spatial_neighbours", H5P_DEFAULT), H5Dclose, "open spatial_neighbours");
     h5::attr_string(ds, "description",
                     "fit.spatial: effective number of independent pixels behind each pixel's fractions "
@@ -196,19 +188,11 @@ std::vector<std::string> write_fraction_maps(hid_t entry, const Scan& scan) {
   return groups;
 }
 
-// /entry/signal_mean: the mean measured signal per pixel, the default plot when nothing was fitted.
+// /entry/signal_mean: the mean measured signal per pixel (its values: PixelDatasets), the
+// default plot when nothing was fitted.
 void write_signal_mean(hid_t entry, const Scan& scan) {
-  const auto P = scan.pixels(), E = scan.energies().size();
-  std::vector<float> mean(P, 0.f);
-  std::vector<std::int32_t> n(P, 0);
-  const auto& s = scan.spectra();
-  for (std::size_t e = 0; e < E; ++e)
-    for (std::size_t p = 0; p < P; ++p)
-      if (const float v = s[e * P + p]; std::isfinite(v)) mean[p] += v, ++n[p];
-  for (std::size_t p = 0; p < P; ++p) mean[p] = n[p] ? mean[p] / static_cast<float>(n[p]) : std::nanf("");
-  auto g = h5::create_group(entry, "signal_mean", "NXdata");
+  auto g = h5::require_group(entry, "signal_mean", "NXdata");
   const auto grid = pixel_grid(scan);
-  h5::write(g, "signal_mean", mean.data(), grid.dims);
   units(g, "signal_mean", kSignalUnits);
   link_pixel_axes(g, scan);
   h5::attr_string(g, "signal", "signal_mean");
@@ -274,12 +258,7 @@ void write_reference_selection(hid_t entry, const Scan& scan) {
 void write_edge_maps(hid_t entry, const Scan& scan) {
   const auto* edge = scan.edge_maps();
   if (!edge) return;
-  auto g = h5::create_group(entry, "edge", "NXdata");
-  const auto dims = pixel_grid(scan).dims;
-  h5::write(g, "e0", edge->e0.data(), dims);
-  h5::write(g, "half_step", edge->half_step.data(), dims);
-  h5::write(g, "white_line", edge->white_line.data(), dims);
-  h5::write(g, "edge_step", edge->edge_step.data(), dims);
+  auto g = h5::require_group(entry, "edge", "NXdata");
   h5::attr_string(g, "signal", "white_line");
   h5::attr_string(g, "title", "per-pixel edge maps, eV (0 = not computed: masked or incomplete)");
   const nlohmann::json ranges = {{"e0_eV", edge->ranges.e0},       {"pre1_eV", edge->ranges.pre1}, {"pre2_eV", edge->ranges.pre2},
@@ -293,14 +272,13 @@ void write_segments(hid_t entry, const Scan& scan) {
   const auto* seg = scan.segmentation();
   if (!seg) return;
   auto results = h5::open_group(entry, "results");
-  auto g = h5::create_group(results, "segments", "NXdata");
-  if (!seg->waiting.empty() || seg->labels.empty()) {
+  auto g = h5::require_group(results, "segments", "NXdata");
+  if (!h5::exists(g, "segments")) {  // no label map (PixelDatasets): why not
     h5::write_string(g, "waiting", seg->waiting);
     return;
   }
 
   const auto E = static_cast<hsize_t>(scan.energies().size()), k = static_cast<hsize_t>(seg->clusters.size());
-  h5::write(g, "segments", seg->labels.data(), pixel_grid(scan).dims);
   {
     h5::Handle ds(H5Dopen2(g, "segments", H5P_DEFAULT), H5Dclose, "open segments");
     h5::attr_string(ds, "description", "cluster id per pixel: 0 = no material (mask), 255 = not measured, else cluster_ids");
@@ -359,10 +337,9 @@ void write_segments(hid_t entry, const Scan& scan) {
 }
 
 void write_spectra(hid_t entry, const Scan& scan) {
-  auto data = h5::create_group(entry, "data", "NXdata");
+  auto data = h5::require_group(entry, "data", "NXdata");
   const auto E = static_cast<hsize_t>(scan.energies().size());
   const auto grid = pixel_grid(scan, std::pair<hsize_t, std::string>{E, "energy"});
-  h5::write(data, "spectra", scan.spectra().data(), grid.dims);
   h5::write(data, "energy", scan.energies());
   h5::attr_string(data, "signal", "spectra");
   std::vector<std::string> axes(grid.axes.size(), ".");
@@ -373,13 +350,102 @@ void write_spectra(hid_t entry, const Scan& scan) {
 }
 
 void write_xrf(hid_t entry, const Scan& scan) {
-  if (!scan.start().xrf_channels.empty()) {
-    auto xrf = h5::create_group(entry, "xrf", "NXcollection");
-    for (std::size_t ch = 0; ch < scan.start().xrf_channels.size(); ++ch)
-    {
-      h5::write(xrf, scan.start().xrf_channels[ch], scan.xrf().data() + ch * scan.pixels(), pixel_grid(scan).dims);
-      units(xrf, scan.start().xrf_channels[ch], "counts (as sent)");
+  if (scan.start().xrf_channels.empty()) return;
+  auto xrf = h5::require_group(entry, "xrf", "NXcollection");
+  for (const auto& channel : scan.start().xrf_channels) units(xrf, channel, "counts (as sent)");
+}
+
+// The result file's per-pixel datasets (the maps, segment labels, edge maps, XRF, spectra; the
+// mean signal without a fit), listed once: the file gets each at the image's shape, and a
+// process writes the rows it owns (one process all of them, an MPI rank its block's).
+struct PixelDataset {
+  std::string path;  // under /entry
+  hid_t type;
+  std::optional<std::pair<hsize_t, std::string>> planes;  // a leading axis (references, energies) and its name
+  // (planes or 1) × scan.pixels() values, plane after plane: the scan's own, or made for the
+  // file when it is written (one such copy at a time).
+  const void* data = nullptr;
+  std::function<std::vector<float>()> make;
+};
+
+class PixelDatasets {
+ public:
+  PixelDatasets(const Scan& scan, bool save_spectra) {
+    const auto P = scan.pixels();
+    if (const auto* fit = scan.fit()) {
+      const auto& maps = fit->maps();
+      const auto& valid = scan.mask().valid;
+      const std::pair<hsize_t, std::string> per_reference{static_cast<hsize_t>(fit->model().n_refs()), "reference_index"};
+      // Fractions and their errors are 0 outside the mask.
+      add_made("results/fractions", [&maps, &valid] { return science::apply_mask(maps.fractions, valid); }, per_reference);
+      add("results/mask", valid.data());
+      add("results/thickness", maps.thickness.data());
+      add_made("results/fraction_sigma", [&maps, &valid] { return science::apply_mask(maps.fraction_sigma, valid); },
+               per_reference);
+      add("results/residual", maps.residual.data());
+      add("results/rfactor", maps.rfactor.data());
+      add("results/nenergies", maps.nenergies.data());
+      add("results/fitted", maps.fitted.data());
+      if (const auto& nb = fit->spatial_neighbours(); nb.size() == P) add("results/spatial_neighbours", nb.data());
+    } else {
+      add_made("signal_mean/signal_mean", [&scan] { return signal_mean(scan); });
     }
+    if (const auto* edge = scan.edge_maps())
+      for (const auto& [name, map] : {std::pair{"e0", &edge->e0}, std::pair{"half_step", &edge->half_step},
+                                      std::pair{"white_line", &edge->white_line}, std::pair{"edge_step", &edge->edge_step}})
+        add(std::string("edge/") + name, map->data());
+    if (const auto* seg = scan.segmentation(); seg && seg->waiting.empty() && !seg->labels.empty())
+      add("results/segments/segments", seg->labels.data());
+    if (save_spectra)
+      add("data/spectra", scan.spectra().data(), std::pair<hsize_t, std::string>{scan.energies().size(), "energy"});
+    const auto& channels = scan.start().xrf_channels;
+    for (std::size_t ch = 0; ch < channels.size(); ++ch) add("xrf/" + channels[ch], scan.xrf().data() + ch * P);
+  }
+  const std::vector<PixelDataset>& list() const { return list_; }
+  // The list's paths in order, as one number: every rank of a job must write the same datasets.
+  double fingerprint() const {
+    std::string paths;
+    for (const auto& d : list_) paths += d.path + '\n';
+    return static_cast<double>(std::hash<std::string>{}(paths) % (1u << 20));
+  }
+
+ private:
+  template <class T>
+  void add(std::string path, const T* data, std::optional<std::pair<hsize_t, std::string>> planes = std::nullopt) {
+    list_.push_back({std::move(path), h5::native_type<T>(), std::move(planes), data, {}});
+  }
+  void add_made(std::string path, std::function<std::vector<float>()> make,
+                std::optional<std::pair<hsize_t, std::string>> planes = std::nullopt) {
+    list_.push_back({std::move(path), H5T_NATIVE_FLOAT, std::move(planes), nullptr, std::move(make)});
+  }
+  // The mean of each pixel's measured samples (NaN: none).
+  static std::vector<float> signal_mean(const Scan& scan) {
+    const auto P = scan.pixels(), E = scan.energies().size();
+    std::vector<float> mean(P, 0.f);
+    std::vector<std::int32_t> n(P, 0);
+    const auto& s = scan.spectra();
+    for (std::size_t e = 0; e < E; ++e)
+      for (std::size_t p = 0; p < P; ++p)
+        if (const float v = s[e * P + p]; std::isfinite(v)) mean[p] += v, ++n[p];
+    for (std::size_t p = 0; p < P; ++p) mean[p] = n[p] ? mean[p] / static_cast<float>(n[p]) : std::nanf("");
+    return mean;
+  }
+  std::vector<PixelDataset> list_;
+};
+
+// Every per-pixel dataset at the image's shape (`image`: the whole image's scan), unwritten.
+void create_pixel_datasets(hid_t entry, const Scan& image, const PixelDatasets& pixels) {
+  for (const auto& d : pixels.list()) h5::create_allocated(entry, d.path, d.type, pixel_grid(image, d.planes).dims);
+}
+
+// This process's rows of every per-pixel dataset, from its scan (`transfer`: collective under MPI).
+void write_own_rows(hid_t entry, const Scan& scan, const PixelDatasets& pixels, hid_t transfer) {
+  const auto own = scan.own_rows();
+  for (const auto& d : pixels.list()) {
+    const auto made = d.make ? d.make() : std::vector<float>();
+    h5::write_rows(entry, d.path, d.type, d.make ? made.data() : d.data, d.planes.has_value(),
+                   static_cast<hsize_t>(own.first_row), static_cast<hsize_t>(own.rows), own.first_pixel, scan.pixels(),
+                   transfer);
   }
 }
 
@@ -431,9 +497,13 @@ bool is_hdf5_file(const std::filesystem::path& p) {
 
 void write_result_file(const std::filesystem::path& path, const Scan& scan, const nlohmann::json& config,
                        const nlohmann::json& counters, bool save_spectra) {
-  if (path.has_parent_path()) std::filesystem::create_directories(path.parent_path());
-  if (std::filesystem::exists(std::filesystem::symlink_status(path)) && !is_hdf5_file(path))
-    throw std::runtime_error("'" + path.string() + "' exists and is not an HDF5 file: not replaced");
+  write_result_file(path, &scan, scan, config, counters, save_spectra, parallel::SerialComm());
+}
+
+void write_result_file(const std::filesystem::path& path, const Scan* image, const Scan& block, const nlohmann::json& config,
+                       const nlohmann::json& counters, bool save_spectra, const parallel::Comm& comm) {
+  const bool root = comm.rank() == 0;
+  if (root && !image) throw std::logic_error("write_result_file: rank 0 needs the image's scan");
   const auto tmp = path.string() + ".partial";
   // Debris would fill the disk and make the next write fail: a failed write removes its own.
   struct RemoveOnFailure {
@@ -443,27 +513,63 @@ void write_result_file(const std::filesystem::path& path, const Scan& scan, cons
       std::error_code ec;
       if (armed) std::filesystem::remove(tmp, ec);
     }
-  } cleanup{tmp};
-  {
+  } cleanup{tmp, root};
+  const PixelDatasets pixels(block, save_spectra);
+  if (comm.size() > 1) {
+    // Every rank must list the same datasets, or the collective writes below would not match:
+    // the same fingerprint on every rank, i.e. N · Σf² = (Σf)², or an error on every rank.
+    const double f = pixels.fingerprint();
+    std::vector<double> sums{f, f * f};
+    comm.sum(sums);
+    if (static_cast<double>(comm.size()) * sums[1] != sums[0] * sums[0])
+      throw std::logic_error("write_result_file: the ranks' blocks do not have the same per-pixel datasets");
+  }
+  if (root) {
+    if (path.has_parent_path()) std::filesystem::create_directories(path.parent_path());
+    if (std::filesystem::exists(std::filesystem::symlink_status(path)) && !is_hdf5_file(path))
+      throw std::runtime_error("'" + path.string() + "' exists and is not an HDF5 file: not replaced");
     auto file = h5::create_file(tmp);
     h5::attr_string(file, "default", "entry");
     h5::attr_string(file, "creator", "xanesd");
     h5::attr_string(file, "file_time", iso_time(std::chrono::system_clock::now()));
     auto entry = h5::create_group(file, "entry", "NXentry");
-    write_scan_info(entry, scan, config, counters);
-    write_results(entry, scan);
-    write_reference_selection(entry, scan);
-    write_edge_maps(entry, scan);
-    write_segments(entry, scan);
-    write_references(entry, scan);
-    if (save_spectra) write_spectra(entry, scan);
-    write_xrf(entry, scan);
+    write_scan_info(entry, *image, config, counters);
+    create_pixel_datasets(entry, *image, pixels);
+    write_results(entry, *image);
+    write_reference_selection(entry, *image);
+    write_edge_maps(entry, *image);
+    write_segments(entry, *image);
+    write_references(entry, *image);
+    if (save_spectra) write_spectra(entry, *image);
+    write_xrf(entry, *image);
     // The default plot: the first reference's fraction map; without a fit, the mean signal.
-    const auto maps = write_fraction_maps(entry, scan);
-    if (maps.empty()) write_signal_mean(entry, scan);
+    const auto maps = write_fraction_maps(entry, *image);
+    if (maps.empty()) write_signal_mean(entry, *image);
     h5::attr_string(entry, "default", maps.empty() ? "signal_mean" : maps.front());
+    if (comm.size() == 1) write_own_rows(entry, block, pixels, H5P_DEFAULT);
   }
-  std::filesystem::rename(tmp, path);
+  if (comm.size() > 1) {
+    // Rank 0 wrote the file's structure, serially (parallel HDF5 writes no variable-length
+    // strings): every rank now opens it with MPI-IO (so `path` must be on a file system they
+    // all share) and writes its rows of the per-pixel datasets, one collective call each.
+    comm.barrier();
+    h5::Handle file, entry;
+    try {
+      file = h5::open_file_for_writing(tmp, comm.h5_file_access());
+      entry = h5::open_group(file, "entry");
+      write_own_rows(entry, block, pixels, comm.h5_transfer());
+    } catch (const std::exception& e) {
+      // Closing the file is collective: the other ranks, inside a collective write, would never
+      // return to close it with this one. The job ends here.
+      std::fprintf(stderr, "xanesd: rank %d: cannot write its rows of '%s': %s\n", comm.rank(), tmp.c_str(), e.what());
+      std::error_code ec;
+      if (root) std::filesystem::remove(tmp, ec);
+      comm.abort(1);  // does not return
+      throw;
+    }
+  }  // closed by every rank: the collective close flushes the file
+  comm.barrier();
+  if (root) std::filesystem::rename(tmp, path);
   cleanup.armed = false;
 }
 

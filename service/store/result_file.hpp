@@ -8,6 +8,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "parallel/comm.hpp"
 #include "scan/scan.hpp"
 
 namespace xanesd {
@@ -31,6 +32,13 @@ std::string output_directory_error(const std::filesystem::path& directory);
 // HDF5 (an earlier result), never anything else.
 void write_result_file(const std::filesystem::path& path, const Scan& scan, const nlohmann::json& config,
                        const nlohmann::json& counters, bool save_spectra);
+// The same file written by every rank of an MPI job (README "MPI"), called by every rank with
+// `block`, its row block's scan: rank 0 writes what is the image's (its description, references,
+// clusters, every dataset's shape) from `image`, the whole image's scan (only its image-level
+// state is read: Scan::assemble; null on the other ranks; config and counters are rank 0's), then
+// every rank writes its own rows of the per-pixel datasets. In one process `image` is `block`.
+void write_result_file(const std::filesystem::path& path, const Scan* image, const Scan& block, const nlohmann::json& config,
+                       const nlohmann::json& counters, bool save_spectra, const parallel::Comm& comm);
 
 // True if `path` is a result file of scan `scan_id` written while it was still running (a
 // partial result, e.g. saved when the daemon was stopped by a signal). Never throws.
