@@ -75,25 +75,32 @@ bench_machine_header() {
   echo "== machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), $(awk '/MemTotal/ { printf "%.1f GiB RAM", $2 / 1048576 }' /proc/meminfo), kernel $(uname -r)"
 }
 
-# bench_mpi_build TARGET...: builds the targets in the MPI build $BUILD (unless
-# XANESD_SKIP_BUILD=1), checks that xanesd is an MPI build and mpirun exists, and lets mpirun
-# run as root. Sets XANESD, SIM and REPLAY to the binaries.
-bench_mpi_build() {
+# bench_tools_build CMAKE_OPTION TARGET...: builds the targets in $BUILD, configured with
+# CMAKE_OPTION (e.g. -DXANESD_MPI=ON; "" for none), unless XANESD_SKIP_BUILD=1, and checks
+# them. Sets XANESD, SIM and REPLAY to the binaries.
+bench_tools_build() {
+  local option="$1" t
+  shift
   if [ "${XANESD_SKIP_BUILD:-0}" != 1 ]; then
-    echo "== building $* (MPI) in $BUILD"
-    if ! { cmake -S "$ROOT" -B "$BUILD" -DXANESD_MPI=ON >/dev/null && cmake --build "$BUILD" --target "$@" -j2 >/dev/null; }; then
+    echo "== building $* in $BUILD${option:+ ($option)}"
+    if ! { cmake -S "$ROOT" -B "$BUILD" $option >/dev/null && cmake --build "$BUILD" --target "$@" -j2 >/dev/null; }; then
       echo "$NAME: build failed (rerun 'cmake --build $BUILD --target $*' to see why)"
       exit 0
     fi
   fi
   XANESD="$BUILD/service/xanesd" SIM="$BUILD/clients/xanes-simulate" REPLAY="$BUILD/clients/xanes-replay"
-  local t
   for t in "$@"; do
     case "$t" in
       xanesd) t="$XANESD" ;; xanes-simulate) t="$SIM" ;; xanes-replay) t="$REPLAY" ;;
     esac
     [ -x "$t" ] || { echo "$NAME: $t not found"; exit 0; }
   done
+}
+
+# bench_mpi_build TARGET...: bench_tools_build in the MPI build $BUILD, then checks that xanesd
+# is an MPI build and mpirun exists, and lets mpirun run as root.
+bench_mpi_build() {
+  bench_tools_build -DXANESD_MPI=ON "$@"
   "$XANESD" --version | grep -q MPI || { echo "$NAME: $XANESD is not an MPI build (-DXANESD_MPI=ON)"; exit 0; }
   command -v mpirun >/dev/null || { echo "$NAME: no mpirun (bash deploy/install-deps.sh --mpi)"; exit 0; }
   export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
