@@ -43,7 +43,7 @@ import urllib.request
 
 HERE = os.path.dirname(os.path.realpath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
-import binaries  # noqa: E402  (tests/binaries.py: free_port, stop, headless_chromium)
+import binaries  # noqa: E402  (tests/binaries.py: free_port, stop, headless_chromium, wait_for_status)
 
 
 def cpu_seconds(pid):
@@ -235,18 +235,6 @@ def tear_down(browser, procs, logs, scratch):
         subprocess.run(["rm", "-rf", scratch])
 
 
-def wait_for_daemon(xp, control):
-    """A control client of the daemon once it answers `status` (10 s at most), open."""
-    c = xp.Client(control, timeout_ms=30000)
-    for _ in range(100):
-        try:
-            c.status()
-            break
-        except TimeoutError:
-            time.sleep(0.1)
-    return c
-
-
 def page_metrics(browser):
     """The renderer's cumulative CDP Performance metrics (TaskDuration, ScriptDuration …, seconds)."""
     return {m["name"]: m["value"] for m in browser.execute_cdp_cmd("Performance.getMetrics", {})["metrics"]}
@@ -366,7 +354,7 @@ def main():
                "--set", f"publish.endpoint={pub}", "--set", f"control.endpoint={control}",
                "--set", f"output.directory={results}", "--set", "publish.interval_ms=250",
                "--set", "log.level=warn"] + [x for kv in a.set for x in ("--set", kv)], "xanesd.log")
-        with wait_for_daemon(xp, control) as c:
+        with binaries.wait_for_status(xp, control, tries=100) as c:
             c.load_references([library], names=["Magnetite", "Goethite", "Pyrite"])
         opened = open_page(a, spawn, pub, control, port)
         if opened is None:
@@ -466,7 +454,7 @@ def run_paced(a, xp):
                         "--set", f"ingest.endpoint=tcp://127.0.0.1:{binaries.free_port()}", "--set", f"publish.endpoint={pub}",
                         "--set", f"control.endpoint={control}", "--set", f"output.directory={results}", "--set", "log.level=warn"],
                        "xanesd.log")
-        wait_for_daemon(xp, control).close()
+        binaries.wait_for_status(xp, control, tries=100).close()
         publisher = spawn([sys.executable, os.path.realpath(__file__), "--xanesd", a.xanesd, "--source-dir", a.source_dir,
                            "--publish-child", synth, "--paced-publisher", str(a.paced_publisher), "--count", str(a.count),
                            "--size", str(a.size), "--references", str(a.references)], "publisher.log",

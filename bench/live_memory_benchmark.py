@@ -6,16 +6,12 @@ same counts read with h5py. The daemon's peak is the kernel's high-water mark (V
 process, read before it shuts down. A benchmark: it asserts nothing."""
 import argparse
 import os
-import socket
 import subprocess
 import sys
 import time
 
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.realpath(__file__)), "..", "tests"))
+import binaries  # noqa: E402  (tests/binaries.py: daemon_command, wait_for_status)
 
 
 def status_kb(pid, field):
@@ -48,23 +44,12 @@ def main():
     numpy_s = time.monotonic() - t0
     numpy_peak = int(p.stderr.strip().splitlines()[-1]) * 1024
 
-    ingest, pub, control = (f"tcp://127.0.0.1:{free_port()}" for _ in range(3))
     os.makedirs(a.out, exist_ok=True)
-    cmd = [a.xanesd, "--config", a.config, "--set", f"ingest.endpoint={ingest}", "--set", f"publish.endpoint={pub}",
-           "--set", f"control.endpoint={control}", "--set", f"output.directory={a.out}",
-           "--set", f"journal.directory={os.path.join(a.out, 'journal')}"]
-    for kv in filter(None, a.sets.split(",")):
-        cmd += ["--set", kv]
+    cmd, ingest, _, control = binaries.daemon_command(a.xanesd, a.config, a.out, *filter(None, a.sets.split(",")))
     log = open(os.path.join(a.out, "xanesd.log"), "w")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-    client = xp.Client(control, timeout_ms=60000)
+    client = binaries.wait_for_status(xp, control, timeout_ms=60000)
     try:
-        for _ in range(300):
-            try:
-                client.status()
-                break
-            except TimeoutError:
-                time.sleep(0.1)
         idle = status_kb(proc.pid, "VmRSS") * 1024
         t0 = time.monotonic()
         replay = subprocess.Popen([a.replay, "--input", a.scan, "--endpoint", ingest, "--scan-id", "memory", "--quiet",

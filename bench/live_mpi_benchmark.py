@@ -14,15 +14,11 @@ import subprocess
 import sys
 import time
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.realpath(__file__)), "..", "tests"))
+import binaries  # noqa: E402  (tests/binaries.py: daemon_command, wait_for_status)
+
 MPI = ["--allow-run-as-root", "--oversubscribe", "--bind-to", "none", "--mca", "btl", "self,vader",
        "--mca", "btl_vader_single_copy_mechanism", "none", "--mca", "oob_tcp_if_include", "lo"]
-
-
-def free_port():
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def cpu_seconds():
@@ -32,25 +28,16 @@ def cpu_seconds():
 
 def one_daemon(a, ranks, threads, out):
     """Runs the daemon (ranks 0: one process, no mpirun), two scans; returns the second's figures."""
-    ingest, pub, control = (f"tcp://127.0.0.1:{free_port()}" for _ in range(3))
     os.makedirs(out, exist_ok=True)
-    cmd = [a.xanesd, "--config", a.config, "--set", f"ingest.endpoint={ingest}", "--set", f"publish.endpoint={pub}",
-           "--set", f"control.endpoint={control}", "--set", f"output.directory={out}",
-           "--set", f"journal.directory={os.path.join(out, 'journal')}", "--set", "output.save_spectra=false",
-           "--set", f"fit.threads={threads}"]
+    cmd, ingest, _, control = binaries.daemon_command(a.xanesd, a.config, out, "output.save_spectra=false",
+                                                      f"fit.threads={threads}")
     if ranks:
         cmd = [a.mpiexec, *MPI, "-np", str(ranks), *cmd]
     c0 = cpu_seconds()
     log = open(os.path.join(out, "xanesd.log"), "w")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-    client = xp.Client(control, timeout_ms=30000)
+    client = binaries.wait_for_status(xp, control)
     try:
-        for _ in range(300):
-            try:
-                client.status()
-                break
-            except TimeoutError:
-                time.sleep(0.1)
         figures = None
         for scan_id in ("warm", "timed"):
             before = client.status()["counters"]

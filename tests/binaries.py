@@ -52,6 +52,32 @@ def free_port():
         return s.getsockname()[1]
 
 
+def daemon_command(xanesd, config, out, *sets):
+    """The command line of a daemon with `config` on three free loopback ports, writing its results
+    and journal under `out`, with more `--set KEY=VALUE` overrides; and its ingest, publish and
+    control endpoints."""
+    ingest, pub, control = (f"tcp://127.0.0.1:{free_port()}" for _ in range(3))
+    cmd = [xanesd, "--config", config, "--set", f"ingest.endpoint={ingest}", "--set", f"publish.endpoint={pub}",
+           "--set", f"control.endpoint={control}", "--set", f"output.directory={out}",
+           "--set", f"journal.directory={os.path.join(out, 'journal')}"]
+    for kv in sets:
+        cmd += ["--set", kv]
+    return cmd, ingest, pub, control
+
+
+def wait_for_status(xp, control, timeout_ms=30000, tries=300):
+    """A control client (xanesd.protocol `xp`) of the daemon at `control` once it answers
+    `status` (tries × 0.1 s at most), open."""
+    c = xp.Client(control, timeout_ms=timeout_ms)
+    for _ in range(tries):
+        try:
+            c.status()
+            break
+        except TimeoutError:
+            time.sleep(0.1)
+    return c
+
+
 def stop(procs, timeout=10):
     """Ends the child processes still running: SIGTERM, then SIGKILL after `timeout` s."""
     for p in procs:
