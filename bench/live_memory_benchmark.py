@@ -11,7 +11,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.realpath(__file__)), "..", "tests"))
-import binaries  # noqa: E402  (tests/binaries.py: daemon_command, wait_for_status)
+import binaries  # noqa: E402  (tests/binaries.py: daemon_command, wait_for_status, stop)
 
 
 def status_kb(pid, field):
@@ -77,9 +77,7 @@ def main():
         client.shutdown()
         proc.wait(timeout=120)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        binaries.stop([proc])  # still running: an error above
         client.close()
         log.close()
 

@@ -15,7 +15,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.realpath(__file__)), "..", "tests"))
-import binaries  # noqa: E402  (tests/binaries.py: daemon_command, wait_for_status)
+import binaries  # noqa: E402  (tests/binaries.py: daemon_command, wait_for_status, stop)
 
 MPI = ["--allow-run-as-root", "--oversubscribe", "--bind-to", "none", "--mca", "btl", "self,vader",
        "--mca", "btl_vader_single_copy_mechanism", "none", "--mca", "oob_tcp_if_include", "lo"]
@@ -60,9 +60,7 @@ def one_daemon(a, ranks, threads, out):
         client.shutdown()
         proc.wait(timeout=60)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        binaries.stop([proc])  # still running: an error above
         client.close()
         log.close()
     figures["cpu"] = cpu_seconds() - c0  # both scans, every rank
