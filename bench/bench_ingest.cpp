@@ -32,6 +32,7 @@
 #include <zmq.hpp>
 #include <zmq_addon.hpp>
 
+#include "common/allocator.hpp"
 #include "daemon.hpp"
 #include "science/references.hpp"
 #include "simulate/simulate.hpp"
@@ -640,7 +641,7 @@ std::string human_rate(double v) {  // 1.23 M, 456 k …
 }  // namespace
 
 int main(int argc, char** argv) {
-  xanesd::ProcessSetup::tune_allocator();  // as xanesd's main() does
+  xanesd::tune_allocator();  // as xanesd's main() does
   Options o;
   try {
     auto parsed = parse_args(argc, argv);

@@ -1,6 +1,7 @@
 #include "daemon.hpp"
 
-#include <malloc.h>
+#include "common/allocator.hpp"
+
 
 #include <chrono>
 #include <future>
@@ -28,22 +29,10 @@ ProcessSetup::ProcessSetup(const Config& cfg) {
   tune_allocator();
 }
 
-void ProcessSetup::tune_allocator() {
-  // Frames and maps are megabytes each and come and go at the frame rate. By default glibc
-  // serves such blocks with fresh mmap()s, so every frame pays page faults and zeroing (page
-  // clearing was a third of the bench_ingest profile at 2048²). Keep them in the heap for reuse.
-  mallopt(M_MMAP_THRESHOLD, 32 * 1024 * 1024);  // glibc's maximum; a 2048² float32 frame is 16 MB
-  mallopt(M_TRIM_THRESHOLD, 1024 * 1024 * 1024);
-  // Per-thread arenas stay: limiting them to one (so the pages of a frame the pipeline thread
-  // frees serve the next frame ZeroMQ's I/O thread receives) made a 2048² scan no faster once
-  // the image-sized buffers moved to huge pages, and cost small messages a third of their rate
-  // (bench_ingest, 10-pixel batches, lock contention between the two threads).
-}
-
 Daemon::Daemon(const Config& cfg, const parallel::Comm* comm)
     : setup_(cfg),
       auth_(ctx_, cfg),
-      queue_(static_cast<std::size_t>(cfg.ingest.queue_frames)),
+      queue_(static_cast<std::size_t>(cfg.ingest.queue_frames), static_cast<std::size_t>(cfg.ingest.queue_MiB * 1048576.0)),
       publisher_(ctx_, cfg.publish, counters_, &auth_),
       pipeline_(cfg, load_references(cfg.references), queue_, publisher_, counters_,
                 comm && comm->size() > 1 ? std::make_unique<parallel::FitShards>(*comm, cfg) : nullptr),

@@ -27,9 +27,6 @@ struct Endpoints {
 // allocator policy for large blocks.
 struct ProcessSetup {
   explicit ProcessSetup(const Config& cfg);
-  // The allocator policy alone, for main() to set first thing: the batch fit (no Daemon) and
-  // the benchmarks that hold a Daemon allocate frame-sized blocks before one exists.
-  static void tune_allocator();
 };
 
 class Daemon {

@@ -7,6 +7,7 @@
 
 #include "batch.hpp"
 #include "cli.hpp"
+#include "common/allocator.hpp"
 #include "config/config.hpp"
 #include "daemon.hpp"
 #include "parallel/comm.hpp"
@@ -14,7 +15,7 @@
 #include "security/curve.hpp"
 
 int main(int argc, char** argv) {
-  xanesd::ProcessSetup::tune_allocator();  // daemon and batch alike
+  xanesd::tune_allocator();  // daemon and batch alike
   CLI::App app("xanesd: live XANES speciation daemon. Config keys are documented in config/README.md.", "xanesd");
   app.set_version_flag("--version", std::string("xanesd ") + XANESD_VERSION + (xanesd::parallel::mpi_build() ? " (MPI)" : ""));
   std::string config_file;

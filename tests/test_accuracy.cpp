@@ -391,13 +391,22 @@ TEST_CASE("full frames folded in bulk give the maps of row blocks folded sample 
   send(3, false);       // the bad sample measured again: now stored
   same_maps();
   CHECK(full.fit()->maps().nenergies[5] == E);
-  // status: 4 bytes per sample (8 with the count scales Poisson weighting keeps) plus, per
-  // pixel, the statistics and maps (8 × (3 references + 4) + 64) and 4 per XRF channel.
+  // status: the store is 4 bytes per sample (8 with the count scales Poisson weighting keeps)
+  // and 4 per pixel per XRF channel; the whole is the store, the fit and the products.
   const auto memory = full.summary()["memory"];
   const bool scales = keeps_count_scales(settings, full.pixels());
-  const double per_sample = (scales ? 8.0 : 4.0) + (8.0 * (3 + 4) + 64.0 + 4.0) / static_cast<double>(E);  // + 1 XRF channel
-  CHECK(memory["bytes_per_pixel_per_energy"].get<double>() == doctest::Approx(per_sample));
-  CHECK(memory["bytes"].get<double>() == doctest::Approx(per_sample * static_cast<double>(full.pixels() * E)));
+  const auto P = static_cast<double>(full.pixels());
+  const double store = memory["store"], fit = memory["fit"], products = memory["products"], held = memory["held"];
+  CHECK(store == doctest::Approx(P * ((scales ? 8.0 : 4.0) * static_cast<double>(E) + 4.0)));  // 1 XRF channel
+  CHECK(memory["bytes"].get<double>() == doctest::Approx(store + fit + products));
+  CHECK(memory["bytes_per_pixel_per_energy"].get<double>() == doctest::Approx((store + fit + products) / (P * static_cast<double>(E))));
+  // The model follows what the scan allocates: its store, fit and edge maps (16 bytes per pixel
+  // of the products) hold no more than it states, and not much less.
+  full.compute_edge_maps(2);
+  const double held_now = full.summary()["memory"]["held"];
+  CHECK(held <= store + fit);
+  CHECK(held_now <= store + fit + 16 * P);
+  CHECK(held_now >= 0.85 * (store + fit + 16 * P));
 }
 
 namespace {

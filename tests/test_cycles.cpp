@@ -485,3 +485,34 @@ TEST_CASE("the ingest queue under back-pressure: a producer that waits on a full
   CHECK(stats.at("high_water") == 8);
   CHECK(queue.empty());
 }
+
+TEST_CASE("the ingest queue bounded by bytes: it never holds more than its bytes, a larger item goes alone, nothing is lost") {
+  constexpr std::size_t kMaxBytes = 1000;
+  BoundedQueue<int> queue(1000000, kMaxBytes);  // the bytes bind, not the count
+  constexpr int kItems = 5000;
+  auto bytes_of = [](int i) { return i % 50 == 7 ? std::size_t{2500} : static_cast<std::size_t>(1 + (i * 37) % 300); };
+  std::jthread producer([&](std::stop_token stop) {
+    for (int i = 0; i < kItems; ++i) REQUIRE(queue.push(i, stop, bytes_of(i)));
+  });
+  int popped = 0, out_of_order = 0;
+  while (popped < kItems) {
+    const auto item = queue.pop_for(std::chrono::milliseconds(1000));
+    REQUIRE(item.has_value());
+    out_of_order += *item != popped;
+    ++popped;
+    if (popped % 499 == 0) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  producer.join();
+  CHECK(out_of_order == 0);
+  const auto stats = queue.stats();
+  CHECK(stats.at("pushed") == kItems);
+  CHECK(stats.at("full_waits").get<int>() > 0);
+  // Over the bound only by an oversized item on its own: never an oversized item plus others.
+  CHECK(stats.at("high_water_bytes").get<std::size_t>() <= 2500);
+  CHECK(stats.at("bytes") == 0);
+  CHECK(stats.at("high_water").get<std::size_t>() < 1000);
+  // A producer that would overfill it waits; try_push refuses instead.
+  CHECK(queue.try_push(1, 600));
+  CHECK_FALSE(queue.try_push(2, 600));
+  CHECK(queue.stats().at("refused") == 1);
+}

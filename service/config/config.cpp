@@ -12,11 +12,19 @@ std::int64_t max_message_bytes(const IngestConfig& cfg) {
   return static_cast<std::int64_t>(std::max(bytes, 2 * MiB));  // a header (at most 1 MiB) always fits
 }
 
+double ingest_buffer_bytes(const Config& cfg, double frame_bytes) {
+  const double zmq = (cfg.ingest.rcvhwm + 1) * frame_bytes;
+  const double queue = std::min(cfg.ingest.queue_frames * frame_bytes, std::max(cfg.ingest.queue_MiB * 1048576.0, frame_bytes));
+  const double journal = cfg.journal.enabled ? std::max(static_cast<double>(cfg.journal.queue_bytes), frame_bytes) : 0.0;
+  return zmq + queue + journal;
+}
+
 const std::vector<ConfigKey>& config_keys() {
   static const std::vector<ConfigKey> keys = {
       {"ingest.endpoint", "tcp://127.0.0.1:5555", "ZeroMQ endpoint the PULL socket binds for start/frame/stop messages"},
-      {"ingest.queue_frames", 64, "capacity (messages) of the queue between the receiver and the pipeline; when full the receiver waits and the sender's ZeroMQ queue fills (lossless back-pressure)", 1, 100000},
-      {"ingest.rcvhwm", 64, "ZeroMQ receive high-water mark (messages) of the ingest socket", 1, 100000},
+      {"ingest.queue_frames", 4096, "capacity (messages) of the queue between the receiver and the pipeline; when full (this, or ingest.queue_MiB) the receiver waits and the sender's ZeroMQ queue fills (lossless back-pressure)", 1, 1000000},
+      {"ingest.queue_MiB", 256.0, "capacity (MiB of arrays) of the queue between the receiver and the pipeline: the bound that holds for large frames (a 2048² float32 frame is 16 MiB); a single larger message still goes into an empty queue", 1, 1e6},
+      {"ingest.rcvhwm", 16, "ZeroMQ receive high-water mark (messages) of the ingest socket: what ZeroMQ holds before the queue (up to this many frames of any size; the queue, not this, absorbs bursts of small messages)", 1, 100000},
       {"ingest.energy_tolerance_eV", 1.0, "largest allowed |frame.energy_eV − planned energy| (eV); frames beyond it are rejected", 0, 1e4},
       {"ingest.min_transmission", 1e-6, "transmission I/F below this (including ≤ 0) is clamped to it before −ln and counted", 1e-300, 1},
       {"ingest.max_scan_GiB", 16.0, "largest scan a start (or an extend) may ask for: the spectral store (rows·cols·energies·4 bytes), fit statistics, XRF channels and Poisson count scales; bigger scans are refused with an error before anything is allocated", 0.001, 1e6},
@@ -154,7 +162,7 @@ Config build(const nlohmann::json& flat, const std::filesystem::path& base_dir) 
   auto str = [&](const char* k) { return flat.at(k).get<std::string>(); };
   auto num = [&](const char* k) { return flat.at(k).get<double>(); };
   auto integer = [&](const char* k) { return flat.at(k).get<int>(); };
-  c.ingest = {str("ingest.endpoint"), integer("ingest.queue_frames"), integer("ingest.rcvhwm"),
+  c.ingest = {str("ingest.endpoint"), integer("ingest.queue_frames"), num("ingest.queue_MiB"), integer("ingest.rcvhwm"),
               num("ingest.energy_tolerance_eV"), num("ingest.min_transmission"), num("ingest.max_scan_GiB"),
               num("ingest.max_message_MiB")};
   c.publish = {str("publish.endpoint"), integer("publish.interval_ms"), integer("publish.sndhwm")};

@@ -26,6 +26,7 @@ class ConfigError : public std::runtime_error {
 struct IngestConfig {
   std::string endpoint;
   int queue_frames = 0;
+  double queue_MiB = 0;
   int rcvhwm = 0;
   double energy_tolerance_eV = 0;
   double min_transmission = 0;
@@ -123,6 +124,12 @@ struct ConfigKey {
   bool runtime = false;              // may be changed with the control `configure` command
 };
 const std::vector<ConfigKey>& config_keys();
+
+// The most the buffers around the pipeline hold of a scan whose frames are `frame_bytes` each
+// (README "Memory"): ZeroMQ's receive queue (ingest.rcvhwm frames and the one being received),
+// the ingest queue (ingest.queue_MiB, or one larger frame) and the journal's write queue
+// (journal.queue_MiB, likewise).
+double ingest_buffer_bytes(const Config& cfg, double frame_bytes);
 
 // The files of a named reference library (references.libraries): each folder's regular files,
 // sorted by name, and the files given. Throws ConfigError for a path that does not exist.

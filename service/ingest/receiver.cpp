@@ -35,6 +35,14 @@ IngestMessage Receiver::parse(std::vector<zmq::message_t>&& frames) {
   throw protocol::ProtocolError("unknown topic '" + wire.topic + "' (expected start, frame or stop)");
 }
 
+std::size_t Receiver::held_bytes(const IngestMessage& msg) {
+  auto add = [](std::size_t n, const std::optional<protocol::Array>& a) { return n + (a ? a->nbytes() : 0); };
+  if (const auto* f = std::get_if<protocol::FrameMsg>(&msg))
+    return add(add(add(add(add(f->counts.nbytes(), f->i0), f->dark), f->flat), f->pixels), f->xrf);
+  if (const auto* s = std::get_if<protocol::StartMsg>(&msg)) return add(add(0, s->dark), s->flat);
+  return 0;
+}
+
 void Receiver::run(std::stop_token stop) {
   while (!stop.stop_requested()) {
     std::vector<zmq::message_t> frames;
@@ -49,7 +57,8 @@ void Receiver::run(std::stop_token stop) {
     counters_.add("ingest.messages");
     try {
       auto msg = parse(std::move(frames));
-      if (!queue_.push(std::move(msg), stop)) return;
+      const auto bytes = held_bytes(msg);
+      if (!queue_.push(std::move(msg), stop, bytes)) return;
     } catch (const protocol::ProtocolError& e) {
       counters_.add("ingest.rejected.malformed");
       report_({"malformed_message", e.what()}, "");

@@ -33,6 +33,8 @@ class Receiver {
 
   // Decodes one multipart message; throws protocol::ProtocolError with a clear message.
   static IngestMessage parse(std::vector<zmq::message_t>&& frames);
+  // The bytes of its arrays (ZeroMQ's buffers, held, not copied, while it waits in the queue).
+  static std::size_t held_bytes(const IngestMessage& msg);
 
  private:
   void run(std::stop_token stop);

@@ -4,6 +4,7 @@
 
 #include "commands/pixel.hpp"
 #include "commands/select_energies.hpp"
+#include "common/allocator.hpp"
 #include "publish/products.hpp"
 #include "science/cancel.hpp"
 #include "store/result_file.hpp"
@@ -191,11 +192,22 @@ void Pipeline::check_journal() {
     report({"journal_failed", "the scan journal stopped writing, this scan is no longer crash-safe: " + why}, scan_ ? scan_->id() : "");
 }
 
+nlohmann::json Pipeline::scan_summary() const {
+  auto s = scan_->summary();
+  // The daemon's peak over the scan: what the scan holds and what can wait around it in float32
+  // frames (the figure to plan a machine's memory with; bench/run_live_memory_benchmark.sh).
+  auto& memory = s["memory"];
+  const double buffers = ingest_buffer_bytes(cfg_, 4.0 * static_cast<double>(scan_->rows()) * scan_->cols());
+  memory["ingest_buffers"] = buffers;
+  memory["peak_bytes"] = memory["bytes"].get<double>() + buffers;
+  return s;
+}
+
 void Pipeline::update_status() {
   nlohmann::json refs = nlohmann::json::array();
   for (const auto& r : refs_) refs.push_back(r.name);
   nlohmann::json s = {{"state", scan_ ? to_string(scan_->state()) : "idle"},
-                      {"scan", scan_ ? scan_->summary() : nlohmann::json(nullptr)},
+                      {"scan", scan_ ? scan_summary() : nlohmann::json(nullptr)},
                       {"references", refs},
                       {"version", version_},
                       {"result_file", result_file_},
@@ -264,7 +276,7 @@ void Pipeline::on_message(IngestMessage&& msg) {
 }
 
 std::optional<Issue> Pipeline::budget_issue(const protocol::StartMsg& s, std::size_t energies) const {
-  const double bytes = scan_bytes(s.rows, s.cols, energies, s.xrf_channels.size(), refs_.size(), keeps_count_scales(scan_settings(cfg_), static_cast<std::size_t>(s.rows) * static_cast<std::size_t>(s.cols)));
+  const double bytes = scan_memory(s.rows, s.cols, energies, s.xrf_channels.size(), refs_.size(), scan_settings(cfg_)).total();
   if (bytes <= cfg_.ingest.max_scan_GiB * 1073741824.0) return std::nullopt;
   return Issue{"scan_too_large", "scan '" + s.scan_id + "' would need " + std::to_string(bytes / 1073741824.0) + " GiB (" +
                                      std::to_string(energies) + " energies, " + std::to_string(s.xrf_channels.size()) +
@@ -429,6 +441,7 @@ bool Pipeline::guarded(const char* code, const std::function<void()>& step) {
 }
 
 void Pipeline::finish_scan(bool write_file) {
+  release_free_heap();  // the scan's frames are in: their buffers' pages, before the final maps
   guarded("publish_failed", [&] { publish_cycle(true); });  // the result file is still written
   spdlog::info("scan {} {} ({}): {} frames applied", scan_->id(), to_string(scan_->state()), scan_->stop_reason(),
                scan_->frames_applied());

@@ -110,6 +110,7 @@ class Pipeline {
   CycleStart begin_cycle(bool final);
   void end_cycle(const CycleStart& c, bool published);
   void update_status();
+  nlohmann::json scan_summary() const;  // the scan's summary with the memory around it
   nlohmann::json handle(const protocol::ControlRequest& request);
   // `save`: a path relative to output.directory (empty: <scan_id>.h5), refused outside it.
   nlohmann::json save(const std::string& requested);

@@ -77,11 +77,24 @@ std::string to_string(ScanState s) {
   return "?";
 }
 
-double scan_bytes(int rows, int cols, std::size_t energies, std::size_t xrf_channels, std::size_t references,
-                  bool count_scales) {
-  const double pixels = static_cast<double>(rows) * cols, E = static_cast<double>(energies);
-  return pixels * (4.0 * E * (count_scales ? 2 : 1) + 8.0 * (static_cast<double>(references) + 4) + 64.0 +
-                   4.0 * static_cast<double>(xrf_channels));
+ScanMemory scan_memory(int rows, int cols, std::size_t energies, std::size_t xrf_channels, std::size_t references,
+                       const ScanSettings& settings) {
+  const double P = static_cast<double>(rows) * cols, E = static_cast<double>(energies), K = static_cast<double>(references);
+  const bool scales = keeps_count_scales(settings, static_cast<std::size_t>(P));
+  ScanMemory m;
+  m.store = P * (4.0 * E * (scales ? 2 : 1) + 4.0 * static_cast<double>(xrf_channels));
+  // Per pixel: statistics [s (M), q] in doubles, M = K (+ 2 background terms); the maps (K
+  // fractions and σ, thickness, residual, R-factor floats, energy count, fitted flag); the
+  // energy set, changed flag and list entry (8), the spatial step's neighbour count and flags;
+  // the quality mask.
+  const double M = K + (settings.background ? 2 : 0);
+  m.fit = P * (8.0 * (M + 1) + 8.0 * K + 12 + 3 + 4 + 1 + 8 + 4 + 2 + 1);
+  // A cycle's map messages (masked fractions and σ, thickness, residual, R-factor, neighbours,
+  // mask), the edge maps (4 floats, held and published), the segmentation's labels and its
+  // per-domain label costs (floats).
+  const double domains = std::max(settings.segment.k, settings.segment.k_max);
+  m.products = P * (8.0 * K + 17 + 32 + (settings.segment.enabled ? 4.0 * (domains + 1) + 3 : 0.0));
+  return m;
 }
 
 std::optional<Issue> plan_issue(const std::vector<double>& e) {
@@ -144,7 +157,8 @@ Scan::Buffers Scan::take_buffers() && {
   Buffers b{std::move(store_), std::move(spare_planes_), lcf_ ? std::move(*lcf_).take_buffers() : std::move(spare_fit_)};
   lcf_.reset();
   spare_fit_ = {};
-  for (auto& staged : staged_) b.spare_planes.push_back(std::move(staged.plane));
+  for (auto& staged : staged_)
+    if (staged.continues) b.spare_planes.push_back(std::move(staged.plane));
   store_.clear(), spare_planes_.clear(), staged_.clear();
   return b;
 }
@@ -241,8 +255,8 @@ void Scan::fold_pending(int threads) {
 }
 
 bool Scan::stageable(const protocol::FrameMsg& f) const {
-  // Bounded: past this the pipeline waits for the cycle instead (one staged plane per energy).
-  constexpr double kMaxStagedBytes = 1073741824.0;
+  // Bounded: past this the pipeline waits for the cycle instead (a spare plane, below).
+  constexpr double kMaxSpareBytes = 1073741824.0;
   const bool whole = f.region.kind == Region::Kind::full, rows = f.region.kind == Region::Kind::rows;
   if (!(whole || rows) || f.pixels || f.xrf || f.spectra() || !scale_.empty()) return false;
   const bool in_plan = f.energy_index >= 0 && static_cast<std::size_t>(f.energy_index) < energy_seen_.size();
@@ -251,14 +265,15 @@ bool Scan::stageable(const protocol::FrameMsg& f) const {
   // they replace nothing: folded with it, they come after every energy staged before, as they
   // arrived.
   const auto e = static_cast<std::size_t>(f.energy_index);
-  if (!staged_.empty() && staged_.back().energy == f.energy_index) return rows && unmeasured(f, staged_.back().plane.data());
-  const bool room = static_cast<double>(staged_.size() + 1) * static_cast<double>(npix_) * sizeof(float) <= kMaxStagedBytes;
-  // The first frame of a cycle may also be rows the store has not got of an energy it has (the
-  // energy a row stream was at when the cycle began; the cycle only reads the store): its
-  // samples are folded one by one at the commit, before anything staged after it. Anything else
-  // at an energy already stored waits for the cycle.
+  if (!staged_.empty() && staged_.back().energy == f.energy_index) return rows && unmeasured(f, staged_plane(staged_.back()));
+  // An energy not seen yet is staged in its own plane of the store (no cycle reads it). The
+  // first frame of a cycle may also be rows the store has not got of an energy it has (the
+  // energy a row stream was at when the cycle began; the cycle may be folding that plane): they
+  // go to a spare plane, and their samples are folded one by one at the commit, before anything
+  // staged after them. Anything else at an energy already stored waits for the cycle.
+  const bool room = static_cast<double>(npix_) * sizeof(float) <= kMaxSpareBytes;
   if (staged_.empty() && rows && energy_seen_[e]) return room && unmeasured(f, &store_[e * npix_]);
-  return !energy_seen_[e] && room;
+  return !energy_seen_[e];
 }
 
 bool Scan::unmeasured(const protocol::FrameMsg& f, const float* plane) const {
@@ -276,23 +291,27 @@ std::size_t Scan::commit_staged() {
   staging_ = false;
   const std::size_t n = std::exchange(staged_frames_, 0);
   for (auto& [e, continues, plane] : staged_) {
-    float* into = &store_[static_cast<std::size_t>(e) * npix_];
-    if (continues) {  // more rows of a plane folded already: sample by sample (stageable())
-      auto* fit = lcf_ && !delegate_ ? lcf_.get() : nullptr;
-      if (fit) fold_pending(1);
-      for (std::size_t p = 0; p < npix_; ++p)
-        if (!std::isnan(plane[p])) {
-          into[p] = plane[p];
-          if (fit) fit->add(p, e, plane[p]);
-        }
-    } else {
-      std::copy(plane.begin(), plane.end(), into);
+    if (!continues) {  // in its own plane of the store already: folded with the pending planes
       if (lcf_ && !delegate_) pending_planes_.push_back(e);
+      continue;
     }
+    // More rows of a plane folded already: sample by sample (stageable()).
+    float* into = &store_[static_cast<std::size_t>(e) * npix_];
+    auto* fit = lcf_ && !delegate_ ? lcf_.get() : nullptr;
+    if (fit) fold_pending(1);
+    for (std::size_t p = 0; p < npix_; ++p)
+      if (!std::isnan(plane[p])) {
+        into[p] = plane[p];
+        if (fit) fit->add(p, e, plane[p]);
+      }
     spare_planes_.push_back(std::move(plane));
   }
   staged_.clear();
   return n;
+}
+
+const float* Scan::staged_plane(const StagedPlane& staged) const {
+  return staged.continues ? staged.plane.data() : &store_[static_cast<std::size_t>(staged.energy) * npix_];
 }
 
 std::optional<Issue> Scan::energy_issue(int index, double eV) const {
@@ -560,23 +579,27 @@ void Scan::store(const protocol::FrameMsg& f, const Prepared& in, FrameOutcome& 
   const double i0_scalar = f.i0_scalar.value_or(1.0);
   const bool transmission = start_.mode == Mode::transmission;
   const int e = f.energy_index;
-  // Staged (a cycle is reading the store): into a spare plane, committed after the cycle. lcf_
-  // is not looked at, the cycle may be rebuilding it.
-  science::ZeroedVector<float>* staged = nullptr;
-  bool fresh_plane = false;
-  if (staging_) {
+  // Staged (a cycle is running): into the energy's own plane of the store, which the cycle does
+  // not read (it reads the planes seen before it began), or for rows of an energy seen already
+  // into a spare plane; committed after the cycle (commit_staged). lcf_ is not looked at, the
+  // cycle may be rebuilding it.
+  const bool staged = staging_;
+  science::ZeroedVector<float>* spare = nullptr;
+  bool fresh_spare = false;
+  if (staged) {
     ++staged_frames_;
-    if (!staged_.empty() && staged_.back().energy == e) {
-      staged = &staged_.back().plane;  // more rows of the energy staged last (stageable())
+    if (!staged_.empty() && staged_.back().energy == e) {  // more rows of the energy staged last (stageable())
+      if (staged_.back().continues) spare = &staged_.back().plane;
+    } else if (!energy_seen_[static_cast<std::size_t>(e)]) {
+      staged_.push_back(StagedPlane{e, false, {}});  // the store's plane: NaN, never written yet
     } else {
-      if (spare_planes_.empty()) spare_planes_.emplace_back(npix_);  // not filled: the frame writes every sample, or NaN-fills it first (below)
-      const bool continues = energy_seen_[static_cast<std::size_t>(e)] != 0;
-      staged = &staged_.emplace_back(StagedPlane{e, continues, std::move(spare_planes_.back())}).plane;
+      if (spare_planes_.empty()) spare_planes_.emplace_back(npix_);  // not filled: NaN-filled below
+      spare = &staged_.emplace_back(StagedPlane{e, true, std::move(spare_planes_.back())}).plane;
       spare_planes_.pop_back();
-      fresh_plane = true;
+      fresh_spare = true;
     }
   }
-  float* plane = staged ? staged->data() : &store_[static_cast<std::size_t>(e) * npix_];
+  float* plane = spare ? spare->data() : &store_[static_cast<std::size_t>(e) * npix_];
   // A full frame or row block that replaces nothing, at an energy not seen yet or into the plane
   // queued last for the fit (an energy-major row stream), is only stored: its plane is folded
   // into the fit later with the other pending ones, in their order, which is the order the
@@ -606,7 +629,7 @@ void Scan::store(const protocol::FrameMsg& f, const Prepared& in, FrameOutcome& 
   // The common detector frame (fluorescence, full, one I0, no per-frame dark, nothing to
   // replace): the same arithmetic as `normalize` without its per-sample choices.
   const bool plain = defer && whole && !transmission && i0.empty() && dark.empty() && (dark_.empty() || dark_.size() == n);
-  if (fresh_plane && !plain) std::fill(staged->begin(), staged->end(), NAN);  // normalize skips what it does not store
+  if (fresh_spare) std::fill(spare->begin(), spare->end(), NAN);  // a row block: the rest of the plane is not measured
   auto normalize_plain = [&](std::size_t begin, std::size_t end, FrameOutcome& o, std::size_t&) {
     const float* dk = dark_.empty() ? nullptr : dark_.data();
     std::size_t stored = 0;
@@ -980,6 +1003,19 @@ void Scan::samples(std::size_t p, std::vector<int>& energies, std::vector<double
   }
 }
 
+std::size_t Scan::held_bytes() const {
+  using science::capacity_bytes;
+  std::size_t n = capacity_bytes(store_) + capacity_bytes(scale_) + capacity_bytes(xrf_) + capacity_bytes(mask_.valid) +
+                  spare_fit_.held_bytes();
+  for (const auto& plane : spare_planes_) n += capacity_bytes(plane);
+  for (const auto& staged : staged_) n += capacity_bytes(staged.plane);
+  if (lcf_) n += lcf_->held_bytes();
+  if (edge_maps_)
+    n += capacity_bytes(edge_maps_->e0) + capacity_bytes(edge_maps_->half_step) + capacity_bytes(edge_maps_->white_line) +
+         capacity_bytes(edge_maps_->edge_step);
+  return n;
+}
+
 int Scan::energies_seen() const {
   int n = 0;
   for (auto s : energy_seen_) n += s;
@@ -1015,12 +1051,14 @@ nlohmann::json Scan::summary() const {
           {"last_seq", last_seq_},
           {"missing_seq", (max_seq_ + 1) - static_cast<std::int64_t>(seqs_seen_.size())},
           {"flagged_samples", flags_},
-          // What ingest.max_scan_GiB is checked against at start (scan_bytes), and per sample.
+          // What ingest.max_scan_GiB is checked against at start (scan_memory), by part and per sample.
           {"memory", [&] {
-             const double bytes = scan_bytes(rows(), cols(), start_.energies_eV.size(), start_.xrf_channels.size(),
-                                             library_.size(), counts_scales_);
+             const auto m = scan_memory(rows(), cols(), start_.energies_eV.size(), start_.xrf_channels.size(), library_.size(),
+                                        settings_);
              const double samples = static_cast<double>(npix_) * static_cast<double>(start_.energies_eV.size());
-             return nlohmann::json{{"bytes", bytes}, {"bytes_per_pixel_per_energy", samples > 0 ? bytes / samples : 0.0}};
+             return nlohmann::json{{"bytes", m.total()},
+                                   {"bytes_per_pixel_per_energy", samples > 0 ? m.total() / samples : 0.0},
+                                   {"store", m.store}, {"fit", m.fit}, {"products", m.products}, {"held", held_bytes()}};
            }()},
           {"fit", {{"method", lcf_ ? science::to_string(lcf_->method()) : ""}, {"references", refs}, {"error", fit_error_},
                    {"library", library_.size()},

@@ -73,10 +73,16 @@ nlohmann::json to_json(const science::ReferenceSelection& s);
 // distinct ones), or nothing. Checked at start and for an extended plan, before any allocation.
 std::optional<Issue> plan_issue(const std::vector<double>& energies_eV);
 
-// What a scan of this size allocates (ingest.max_scan_GiB covers all of it): the float32 store,
-// the fit statistics per pixel (doubles), the XRF channels, and the Poisson count scales.
-double scan_bytes(int rows, int cols, std::size_t energies, std::size_t xrf_channels, std::size_t references,
-                  bool count_scales);
+// What a scan of this size holds at most, by part, in bytes (README "Memory"; ingest.max_scan_GiB
+// covers the total), with every loaded reference fitted (the selection only narrows it).
+struct ScanMemory {
+  double store = 0;     // the float32 samples, the Poisson count scales when kept, the XRF channels
+  double fit = 0;       // the fit's statistics (doubles), maps and bookkeeping, the quality mask
+  double products = 0;  // a cycle's map messages, the edge maps, the segmentation's working buffers
+  double total() const { return store + fit + products; }
+};
+ScanMemory scan_memory(int rows, int cols, std::size_t energies, std::size_t xrf_channels, std::size_t references,
+                       const ScanSettings& settings);
 // Whether a scan of this many pixels keeps count scales (Poisson weighting may apply).
 bool keeps_count_scales(const ScanSettings& s, std::size_t pixels);
 
@@ -164,14 +170,18 @@ class Scan : private science::SampleSource {
   // A publication cycle on another thread (Pipeline) reads the store, the fit and what derives
   // from them. Between begin_staging() and commit_staged() apply() takes only the frames
   // stageable() accepts (full frames or row blocks into an energy not seen yet, more rows of the
-  // energy staged last, no XRF, no count scales): they are validated and counted at once,
-  // normalized into spare planes the cycle never reads, and commit_staged() (after the cycle;
-  // returns how many frames were staged) copies them into the store and queues them for the fit
-  // in arrival order, so the final statistics are the same whatever the cycles overlapped.
+  // energy staged last, no XRF, no count scales): they are validated and counted at once and
+  // normalized into planes the cycle never reads (a new energy's own plane of the store; rows of
+  // an energy seen already into a spare plane), and commit_staged() (after the cycle; returns how
+  // many frames were staged) queues them for the fit in arrival order, so the final statistics
+  // are the same whatever the cycles overlapped.
   bool stageable(const protocol::FrameMsg& f) const;
   void begin_staging() { staging_ = true; }
   std::size_t commit_staged();
   ScanProgress progress() const { return {frames_applied_, last_seq_, energies_seen()}; }
+  // The bytes its image-sized buffers hold now (store, count scales, XRF, spare planes, the fit,
+  // the mask, the edge maps): what scan_memory's store and fit parts and its edge maps model.
+  std::size_t held_bytes() const;
   // Ends the scan; returns flags (frames_sent mismatch, missing sequence numbers).
   std::vector<Issue> stop(const protocol::StopMsg& stop);
   void abort(const std::string& why);
@@ -371,11 +381,12 @@ class Scan : private science::SampleSource {
   struct StagedPlane {
     int energy = 0;
     bool continues = false;  // rows of an energy stored before the cycle began (stageable())
-    science::ZeroedVector<float> plane;  // normalized, NaN where nothing was staged
+    science::ZeroedVector<float> plane;  // continues only: normalized, NaN where nothing was staged
   };
+  const float* staged_plane(const StagedPlane& staged) const;  // where its samples are
   std::vector<StagedPlane> staged_;  // in arrival order
   std::size_t staged_frames_ = 0;  // the frames in them (a row stream stages several per plane)
-  std::vector<science::ZeroedVector<float>> spare_planes_;  // staged planes' buffers, reused: no new pages per frame
+  std::vector<science::ZeroedVector<float>> spare_planes_;  // continued planes' buffers, reused: no new pages per cycle
   std::map<std::string, std::int64_t> flags_;  // flagged sample counts by code
   std::chrono::system_clock::time_point started_ = std::chrono::system_clock::now();
   std::optional<std::chrono::system_clock::time_point> ended_;

@@ -113,6 +113,21 @@ void LcfMaps::resize(std::size_t npix, int k, LcfMaps recycled) {
   fitted = reuse_zeroed(std::move(recycled.fitted), npix);
 }
 
+std::size_t LcfMaps::held_bytes() const {
+  return capacity_bytes(fractions) + capacity_bytes(fraction_sigma) + capacity_bytes(thickness) + capacity_bytes(residual) +
+         capacity_bytes(rfactor) + capacity_bytes(nenergies) + capacity_bytes(fitted);
+}
+
+std::size_t IncrementalLcf::Buffers::held_bytes() const {
+  return capacity_bytes(set_of) + capacity_bytes(stats) + capacity_bytes(changed) + maps.held_bytes();
+}
+
+std::size_t IncrementalLcf::held_bytes() const {
+  return capacity_bytes(set_of_) + capacity_bytes(stats_) + capacity_bytes(changed_) + capacity_bytes(changed_list_) +
+         capacity_bytes(spatial_neighbours_) + capacity_bytes(smoothed_) + capacity_bytes(own_pending_) +
+         recycled_.held_bytes() + maps_.held_bytes();
+}
+
 IncrementalLcf::IncrementalLcf(LcfModel model, std::size_t npix, SolveOptions options, Buffers recycled)
     : model_(std::move(model)), npix_(npix), M_(model_.n_params()), options_(options),
       sets_(static_cast<int>(model_.X.rows())), recycled_(std::move(recycled)) {

@@ -63,6 +63,7 @@ struct LcfMaps {
   ZeroedVector<std::uint8_t> fitted;  // 1 where the pixel had enough energies and a solution
   // All-zero maps for npix pixels and k references, in `recycled`'s buffers where sizes match.
   void resize(std::size_t npix, int k, LcfMaps recycled = {});
+  std::size_t held_bytes() const;
 };
 
 // Counting statistics (science.md §3): a pixel's raw samples and the count scale c_j of each,
@@ -87,10 +88,13 @@ class IncrementalLcf {
     ZeroedVector<double> stats;
     ZeroedVector<std::uint8_t> changed;
     LcfMaps maps;
+    std::size_t held_bytes() const;
   };
   IncrementalLcf(LcfModel model, std::size_t npix, SolveOptions options, Buffers recycled = {});
   // This fit's buffers for the next one; the fit is left without statistics or maps.
   Buffers take_buffers() &&;
+  // The bytes of its per-pixel buffers (statistics, maps, bookkeeping): what scan_memory models.
+  std::size_t held_bytes() const;
 
   // Folds sample y of pixel p at energy e into the statistics. If the pixel already had a
   // sample at e, pass it as `previous` and it is taken out first (re-measurement).

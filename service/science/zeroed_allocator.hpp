@@ -69,6 +69,12 @@ struct ZeroedAllocator {
 template <class T>
 using ZeroedVector = std::vector<T, ZeroedAllocator<T>>;
 
+// The bytes a vector has allocated (memory accounting: README "Memory").
+template <class V>
+std::size_t capacity_bytes(const V& v) {
+  return v.capacity() * sizeof(typename V::value_type);
+}
+
 // `n` zeros: in `recycled` when it has that size (its pages are mapped already: zeroing them
 // costs a fraction of faulting in fresh ones, which on a virtual machine can be 10× a write),
 // else a fresh vector.
