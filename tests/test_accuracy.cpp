@@ -396,14 +396,15 @@ TEST_CASE("full frames folded in bulk give the maps of row blocks folded sample 
   const auto memory = full.summary()["memory"];
   const bool scales = keeps_count_scales(settings, full.pixels());
   const auto P = static_cast<double>(full.pixels());
-  const double store = memory["store"], fit = memory["fit"], products = memory["products"], held = memory["held"];
+  const double store = memory["store"], fit = memory["fit"], products = memory["products"];
+  const auto held = static_cast<double>(full.held_bytes());
   CHECK(store == doctest::Approx(P * ((scales ? 8.0 : 4.0) * static_cast<double>(E) + 4.0)));  // 1 XRF channel
   CHECK(memory["bytes"].get<double>() == doctest::Approx(store + fit + products));
   CHECK(memory["bytes_per_pixel_per_energy"].get<double>() == doctest::Approx((store + fit + products) / (P * static_cast<double>(E))));
   // The model follows what the scan allocates: its store, fit and edge maps (16 bytes per pixel
   // of the products) hold no more than it states, and not much less.
   full.compute_edge_maps(2);
-  const double held_now = full.summary()["memory"]["held"];
+  const auto held_now = static_cast<double>(full.held_bytes());
   CHECK(held <= store + fit);
   CHECK(held_now <= store + fit + 16 * P);
   CHECK(held_now >= 0.85 * (store + fit + 16 * P));

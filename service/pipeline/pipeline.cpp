@@ -197,6 +197,7 @@ nlohmann::json Pipeline::scan_summary() const {
   // The daemon's peak over the scan: what the scan holds and what can wait around it in float32
   // frames (the figure to plan a machine's memory with; bench/run_live_memory_benchmark.sh).
   auto& memory = s["memory"];
+  memory["held"] = scan_->held_bytes();  // live, so not in summary(), which result files keep
   const double buffers = ingest_buffer_bytes(cfg_, 4.0 * static_cast<double>(scan_->rows()) * scan_->cols());
   memory["ingest_buffers"] = buffers;
   memory["peak_bytes"] = memory["bytes"].get<double>() + buffers;

@@ -1058,7 +1058,7 @@ nlohmann::json Scan::summary() const {
              const double samples = static_cast<double>(npix_) * static_cast<double>(start_.energies_eV.size());
              return nlohmann::json{{"bytes", m.total()},
                                    {"bytes_per_pixel_per_energy", samples > 0 ? m.total() / samples : 0.0},
-                                   {"store", m.store}, {"fit", m.fit}, {"products", m.products}, {"held", held_bytes()}};
+                                   {"store", m.store}, {"fit", m.fit}, {"products", m.products}};
            }()},
           {"fit", {{"method", lcf_ ? science::to_string(lcf_->method()) : ""}, {"references", refs}, {"error", fit_error_},
                    {"library", library_.size()},
