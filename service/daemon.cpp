@@ -2,7 +2,6 @@
 
 #include "common/allocator.hpp"
 
-
 #include <chrono>
 #include <future>
 

@@ -255,8 +255,6 @@ void Scan::fold_pending(int threads) {
 }
 
 bool Scan::stageable(const protocol::FrameMsg& f) const {
-  // Bounded: past this the pipeline waits for the cycle instead (a spare plane, below).
-  constexpr double kMaxSpareBytes = 1073741824.0;
   const bool whole = f.region.kind == Region::Kind::full, rows = f.region.kind == Region::Kind::rows;
   if (!(whole || rows) || f.pixels || f.xrf || f.spectra() || !scale_.empty()) return false;
   const bool in_plan = f.energy_index >= 0 && static_cast<std::size_t>(f.energy_index) < energy_seen_.size();
@@ -271,8 +269,7 @@ bool Scan::stageable(const protocol::FrameMsg& f) const {
   // energy a row stream was at when the cycle began; the cycle may be folding that plane): they
   // go to a spare plane, and their samples are folded one by one at the commit, before anything
   // staged after them. Anything else at an energy already stored waits for the cycle.
-  const bool room = static_cast<double>(npix_) * sizeof(float) <= kMaxSpareBytes;
-  if (staged_.empty() && rows && energy_seen_[e]) return room && unmeasured(f, &store_[e * npix_]);
+  if (staged_.empty() && rows && energy_seen_[e]) return unmeasured(f, &store_[e * npix_]);
   return !energy_seen_[e];
 }
 
