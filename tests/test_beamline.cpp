@@ -10,6 +10,7 @@
 #include "live_daemon.hpp"
 #include "science/references.hpp"
 #include "store/h5.hpp"
+#include "store/journal.hpp"
 
 using namespace xanesd;
 using namespace xanesd::test;
@@ -286,4 +287,90 @@ TEST_CASE("xanes-replay with no daemon listening exits with a clear error instea
   std::ifstream log(dir / "replay.log");
   const std::string text{std::istreambuf_iterator<char>(log), {}};
   CHECK(text.find("no xanesd took a message at " + endpoint) != std::string::npos);
+}
+
+namespace {
+
+// Scan `id` of the small test shape: start, one frame per energy (an edge at the fifth), and stop.
+void send_scan(LiveDaemon& d, const std::string& id) {
+  d.send(start(id).to_wire());
+  for (int e = 0; e < kE; ++e) d.send(frame(id, e, e, e < 5 ? 100.f : 300.f + 10.f * static_cast<float>(e)).to_wire());
+  protocol::StopMsg stop;
+  stop.scan_id = id, stop.frames_sent = kE;
+  d.send(std::move(stop).to_wire());
+}
+
+std::vector<float> fractions_of(const fs::path& file) {
+  auto f = h5::open_file(file);
+  return h5::read<float>(h5::open_group(f, "entry/results"), "fractions");
+}
+
+}  // namespace
+
+TEST_CASE("scan after scan: the next scan starts beside the last one's final maps and file, both files as if run in turn") {
+  LiveDaemon d("beamline-beside");
+  // Sent back to back: the second start is queued while the first scan's stop is handled.
+  send_scan(d, "first");
+  send_scan(d, "second");
+  const auto st = d.wait_stopped("second", 2);
+  REQUIRE(st.value("state", "") == "stopped");
+  CHECK(st.at("scan").value("frames_applied", 0) == kE);
+  CHECK(st.at("counters").value("scans.started_beside_finish", 0) == 1);
+  CHECK(st.at("counters").value("results.files_written", 0) == 2);
+  REQUIRE(fs::exists(d.dir / "first.h5"));
+  // The status topic told the first scan's end with its file, though a newer scan was running.
+  bool told = false;
+  while (auto m = test::recv_message(d.sub, 100ms))
+    if (m->topic == "status" && m->header.value("scan_id", "") == "first" && m->header.value("state", "") == "stopped")
+      told = told || m->header.value("result_file", "").ends_with("first.h5");
+  CHECK(told);
+  // The first scan alone (nothing after it) gives the same maps, bit for bit.
+  send_scan(d, "alone");
+  REQUIRE(d.wait_stopped("alone", 3).value("state", "") == "stopped");
+  CHECK(d.control({{"cmd", "status"}}).at("counters").value("scans.started_beside_finish", 0) == 1);
+  const auto first = fractions_of(d.dir / "first.h5");
+  CHECK(!first.empty());
+  CHECK(first == fractions_of(d.dir / "alone.h5"));
+  CHECK(fractions_of(d.dir / "second.h5") == first);
+  // The finished scan's journal went once its file was written.
+  CHECK_FALSE(fs::exists(d.dir / ".journal" / "scan.journal.finishing"));
+}
+
+TEST_CASE("a crash while the last scan's file is written beside the next scan: restart writes that file and resumes the next scan") {
+  // The journals a daemon leaves when killed at that moment: the finishing scan's (start,
+  // frames, stop) kept beside the running scan's (start, frames so far).
+  const auto journal_dir = scratch("beamline-beside-crash-journal");
+  {
+    Journal j({true, journal_dir, -1, 0});
+    j.begin(start("finishing"));
+    for (int e = 0; e < kE; ++e) j.append(frame("finishing", e, e, e < 5 ? 100.f : 300.f));
+    protocol::StopMsg stop;
+    stop.scan_id = "finishing", stop.frames_sent = kE;
+    j.append(stop);
+    j.begin(start("running"), true);
+    for (int e = 0; e < 3; ++e) j.append(frame("running", e, e));
+  }  // no release_finishing: the process died first
+  REQUIRE(fs::exists(journal_dir / "scan.journal.finishing"));
+  LiveDaemon d("beamline-beside-crash", {"journal.directory=" + journal_dir.string()});
+  const auto st = d.control({{"cmd", "status"}});
+  CHECK(st.value("state", "") == "running");
+  CHECK(st.at("scan").value("scan_id", "") == "running");
+  CHECK(st.at("scan").value("frames_applied", 0) == 3);
+  CHECK(st.at("journal").value("last_seq", -1) == 2);  // the sender resumes after it
+  CHECK(st.at("recovery").value("frames", 0) == kE + 3);
+  REQUIRE(fs::exists(d.dir / "finishing.h5"));
+  {
+    auto f = h5::open_file(d.dir / "finishing.h5");
+    const auto saved = nlohmann::json::parse(h5::read_string(f, "entry/status"));
+    CHECK(saved.at("scan").value("scan_id", "") == "finishing");
+    CHECK(saved.at("scan").value("frames_applied", 0) == kE);
+    CHECK(saved.at("scan").value("state", "") == "stopped");
+  }
+  CHECK_FALSE(fractions_of(d.dir / "finishing.h5").empty());
+  CHECK_FALSE(fs::exists(journal_dir / "scan.journal.finishing"));
+  for (int e = 3; e < kE; ++e) d.send(frame("running", e, e).to_wire());
+  protocol::StopMsg stop;
+  stop.scan_id = "running", stop.frames_sent = kE;
+  d.send(std::move(stop).to_wire());
+  CHECK(d.wait_stopped("running").at("scan").value("frames_applied", 0) == kE);
 }

@@ -52,7 +52,7 @@ std::vector<std::string> call_arguments(const std::string& src, std::size_t open
 // Every issue code the sources under `dir` emit, with the file that emits it.
 std::map<std::string, std::string> emitted_codes(const std::filesystem::path& dir) {
   static const std::regex direct(
-      R"re((?:Issue\{|report_?\(\{|push_back\(\{|guarded\(|flag\([^,()]+,\s*|"code",\s*)"([a-z][a-z0-9]*(?:_[a-z0-9]+)+)")re");
+      R"re((?:Issue\{|report_?\(\{|push_back\(\{|guarded(?:_for)?\(|flag\([^,()]+,\s*|"code",\s*)"([a-z][a-z0-9]*(?:_[a-z0-9]+)+)")re");
   static const std::regex reply_call(R"re(\b(?:error_reply|fail)\()re");
   static const std::regex literal_code(R"re(^\s*"([a-z][a-z0-9]*(?:_[a-z0-9]+)+)"\s*$)re");
   std::map<std::string, std::string> codes;

@@ -192,13 +192,13 @@ void Pipeline::check_journal() {
     report({"journal_failed", "the scan journal stopped writing, this scan is no longer crash-safe: " + why}, scan_ ? scan_->id() : "");
 }
 
-nlohmann::json Pipeline::scan_summary() const {
-  auto s = scan_->summary();
+nlohmann::json Pipeline::scan_summary(const Scan& scan) const {
+  auto s = scan.summary();
   // The daemon's peak over the scan: what the scan holds and what can wait around it in float32
   // frames (the figure to plan a machine's memory with; bench/run_live_memory_benchmark.sh).
   auto& memory = s["memory"];
-  memory["held"] = scan_->held_bytes();  // live, so not in summary(), which result files keep
-  const double buffers = ingest_buffer_bytes(cfg_, 4.0 * static_cast<double>(scan_->rows()) * scan_->cols());
+  memory["held"] = scan.held_bytes();  // live, so not in summary(), which result files keep
+  const double buffers = ingest_buffer_bytes(cfg_, 4.0 * static_cast<double>(scan.rows()) * scan.cols());
   memory["ingest_buffers"] = buffers;
   memory["peak_bytes"] = memory["bytes"].get<double>() + buffers;
   return s;
@@ -207,8 +207,15 @@ nlohmann::json Pipeline::scan_summary() const {
 void Pipeline::update_status() {
   nlohmann::json refs = nlohmann::json::array();
   for (const auto& r : refs_) refs.push_back(r.name);
+  nlohmann::json summary = nullptr;
+  if (scan_ && finisher_.joinable() && !finish_.owned) {  // the finisher works on it: its summary as of its stop
+    std::lock_guard lock(status_mutex_);
+    summary = status_["scan"];
+  } else if (scan_) {
+    summary = scan_summary(*scan_);
+  }
   nlohmann::json s = {{"state", scan_ ? to_string(scan_->state()) : "idle"},
-                      {"scan", scan_ ? scan_summary() : nlohmann::json(nullptr)},
+                      {"scan", std::move(summary)},
                       {"references", refs},
                       {"version", version_},
                       {"result_file", result_file_},
@@ -233,6 +240,11 @@ void Pipeline::run(std::stop_token stop) {
         const auto* frame = std::get_if<protocol::FrameMsg>(&*msg);
         // The final cycle after a stop redoes everything: a live one stops after its current step.
         if (std::holds_alternative<protocol::StopMsg>(*msg)) cycle_cancel_ = true, analysis_cancel_ = true;
+        // A scan finishing beside: only a new scan's start goes on beside it while it is scan_.
+        if (finisher_.joinable() && !finish_.owned) {
+          const auto* start = std::get_if<protocol::StartMsg>(&*msg);
+          if (!(start && starts_beside_finish(*start))) wait_finish();
+        }
         if (analysis_.joinable() && !(frame && scan_->state() == ScanState::running && scan_->analysis_safe(*frame, *analysis_job_)))
           wait_analysis();
         if (cycle_.joinable() && !(frame && scan_->state() == ScanState::running && scan_->stageable(*frame))) wait_cycle();
@@ -249,7 +261,8 @@ void Pipeline::run(std::stop_token stop) {
       std::lock_guard lock(commands_mutex_);
       cmds.swap(commands_);
     }
-    if (!cmds.empty()) wait_analysis(), wait_cycle();
+    if (finisher_.joinable() && finisher_done_.load()) wait_finish();
+    if (!cmds.empty()) wait_analysis(), wait_cycle(), wait_finish();
     for (auto& c : cmds) run_command(*c, stop);
     // Between two cycles (its inputs are the last cycle's mask and the planes stored so far),
     // before the next cycle starts beside it.
@@ -263,6 +276,7 @@ void Pipeline::run(std::stop_token stop) {
   }
   wait_analysis();
   wait_cycle();
+  wait_finish();
 }
 
 void Pipeline::on_message(IngestMessage&& msg) {
@@ -356,8 +370,22 @@ void Pipeline::on_start(protocol::StartMsg&& s) {
       refs_error = std::string("the start's references: ") + e.what();
     }
   }
-  // The last scan's buffers go to this one (a beamline runs scan after scan of one size).
-  auto recycled = scan_ ? std::move(*scan_).take_buffers() : Scan::Buffers{};
+  // The last scan's buffers go to this one (a beamline runs scan after scan of one size). One
+  // still finishing keeps its own: this scan takes an earlier one's, if the finisher left any.
+  const bool beside_finish = finisher_.joinable();
+  Scan::Buffers recycled;
+  if (beside_finish) {
+    {
+      std::lock_guard lock(status_mutex_);
+      finish_superseded_ = true;  // from here on status_ is this scan's
+    }
+    finish_.owned = std::move(scan_);
+    recycled = std::move(spare_buffers_);
+    counters_.add("scans.started_beside_finish");
+  } else {
+    recycled = scan_ ? std::move(*scan_).take_buffers() : std::move(spare_buffers_);
+  }
+  spare_buffers_ = {};
   scan_.reset();
   const auto scan_refs = refs_error.empty() ? refs_ : std::vector<science::Reference>{};
   if (shards_) shards_->start(s, scan_refs);
@@ -365,7 +393,8 @@ void Pipeline::on_start(protocol::StartMsg&& s) {
   if (shards_) scan_->delegate_fit(shards_.get());
   if (!refs_error.empty()) scan_->set_fit_error(refs_error + ": spectra are recorded but not fitted");
   scan_output_.clear();
-  if (!replaying_) journal_.begin(scan_->start()), check_journal();  // replaces the last scan's journal
+  // Replaces the last scan's journal; one finishing beside keeps its journal until its file is written.
+  if (!replaying_) journal_.begin(scan_->start(), beside_finish), check_journal();
   journal_fit_state();
   spdlog::info("scan {} started: {}×{} px, {} energies, {}", id, scan_->rows(), scan_->cols(), scan_->energies().size(),
                protocol::to_string(scan_->start().mode));
@@ -422,26 +451,33 @@ void Pipeline::on_stop(protocol::StopMsg&& s) {
   if (replaying_ && std::filesystem::exists(written)) {
     result_file_ = std::filesystem::absolute(written).string();
     finish_scan(false);
-  } else {
+  } else if (replaying_ || shards_) {
     finish_scan(cfg_.output.write_on_stop);
+  } else {
+    start_finish(cfg_.output.write_on_stop);
   }
 }
 
 bool Pipeline::guarded(const char* code, const std::function<void()>& step) {
+  return guarded_for(code, scan_ ? scan_->id() : "", step);
+}
+
+bool Pipeline::guarded_for(const char* code, const std::string& scan_id, const std::function<void()>& step) {
   try {
     step();
     return true;
   } catch (const std::exception& e) {
     counters_.add("internal_errors");
-    report({code, e.what()}, scan_ ? scan_->id() : "");
+    report({code, e.what()}, scan_id);
   } catch (...) {
     counters_.add("internal_errors");
-    report({code, "unknown exception"}, scan_ ? scan_->id() : "");
+    report({code, "unknown exception"}, scan_id);
   }
   return false;
 }
 
 void Pipeline::finish_scan(bool write_file) {
+  wait_finish();
   release_free_heap();  // the scan's frames are in: their buffers' pages, before the final maps
   guarded("publish_failed", [&] { publish_cycle(true); });  // the result file is still written
   spdlog::info("scan {} {} ({}): {} frames applied", scan_->id(), to_string(scan_->state()), scan_->stop_reason(),
@@ -452,6 +488,76 @@ void Pipeline::finish_scan(bool write_file) {
   }
   update_status();
   publisher_.publish(make_status_message(status(), scan_->id(), version_));
+}
+
+void Pipeline::start_finish(bool write_file) {
+  wait_finish();  // one at a time (the last scan's, if this one started beside it)
+  release_free_heap();
+  wait_analysis();
+  wait_cycle();
+  const auto c = begin_cycle(true);
+  analysis_unpublished_.reset();
+  finish_ = Finish{scan_.get(), nullptr, scan_output_, result_file_, scan_->summary()["memory"].value("bytes", 0.0)};
+  {
+    std::lock_guard lock(status_mutex_);
+    finish_superseded_ = false;
+  }
+  finisher_done_ = false;
+  update_status();  // the stopped scan as of its stop: status shows that until the finisher ends
+  // The finisher reads nothing the pipeline may change meanwhile: the effective config goes
+  // with it (a new scan's references change references.files), commands wait for it.
+  finisher_ = std::jthread([this, c, write_file, effective = cfg_.effective] {
+    Scan& scan = *finish_.scan;
+    guarded_for("publish_failed", scan.id(), [&] { cycle_work(scan, true, c.version, scan.progress(), std::nullopt); });
+    counters_.add("publish.cycles");
+    counters_.add("time_us.cycle.total",
+                  std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - c.t0).count());
+    spdlog::info("scan {} {} ({}): {} frames applied", scan.id(), to_string(scan.state()), scan.stop_reason(), scan.frames_applied());
+    if (write_file) {
+      nlohmann::json reply;
+      try {
+        const auto out = default_output(scan, finish_.output);
+        reply = write_result(scan, out, effective);
+        if (reply.value("ok", false)) finish_.output = out, finish_.result_file = reply["path"].get<std::string>();
+      } catch (const std::exception& e) {
+        reply = {{"ok", false}, {"error", e.what()}};
+      }
+      if (!reply.value("ok", false)) report({"save_failed", reply.value("error", "")}, scan.id());
+    }
+    auto st = status();
+    st["state"] = to_string(scan.state());
+    st["scan"] = scan_summary(scan);
+    st["version"] = c.version;
+    st["result_file"] = finish_.result_file;
+    publisher_.publish(make_status_message(st, scan.id(), c.version));
+    {
+      std::lock_guard lock(status_mutex_);
+      if (!finish_superseded_) status_ = std::move(st);
+    }
+    finisher_done_ = true;
+  });
+  pthread_setname_np(finisher_.native_handle(), "xanesd-finish");
+}
+
+bool Pipeline::starts_beside_finish(const protocol::StartMsg& s) const {
+  if (s.extend || s.scan_id == finish_.scan->id()) return false;
+  const double bytes = scan_memory(s.rows, s.cols, s.energies_eV.size(), s.xrf_channels.size(), refs_.size(), scan_settings(cfg_)).total();
+  return finish_.bytes + bytes <= cfg_.ingest.max_scan_GiB * 1073741824.0;
+}
+
+void Pipeline::wait_finish() {
+  if (!finisher_.joinable()) return;
+  join_timed(finisher_, "time_us.pipeline.waited_for_finish");
+  if (finish_.owned) {  // a newer scan runs: the finished one's buffers wait for the next start
+    spare_buffers_ = std::move(*finish_.owned).take_buffers();
+  } else {
+    result_file_ = finish_.result_file;
+    scan_output_ = finish_.output;
+    last_publish_ = std::chrono::steady_clock::now();
+    update_status();
+  }
+  finish_ = Finish{};
+  journal_.release_finishing();
 }
 
 Pipeline::CycleStart Pipeline::begin_cycle(bool final) {
@@ -542,7 +648,7 @@ void Pipeline::wait_analysis() {
   changed_since_publish_ = true;
 }
 
-bool Pipeline::cycle_work(bool final, std::int64_t version, ScanProgress at, std::optional<ScanProgress> analysis_at) {
+bool Pipeline::cycle_work(Scan& scan, bool final, std::int64_t version, ScanProgress at, std::optional<ScanProgress> analysis_at) {
   using clock = std::chrono::steady_clock;
   const int threads = solve_threads(cfg_);
   auto t = clock::now();
@@ -551,9 +657,9 @@ bool Pipeline::cycle_work(bool final, std::int64_t version, ScanProgress at, std
     counters_.add(std::string("time_us.cycle.") + phase, std::chrono::duration_cast<std::chrono::microseconds>(now - t).count());
     t = now;
   };
-  scan_->fold(threads);
+  scan.fold(threads);
   lap("fold");
-  const auto solved = scan_->solve_changed(threads);
+  const auto solved = scan.solve_changed(threads);
   lap("solve");
   auto publish = [&](std::vector<protocol::WireMessage>&& messages) {
     lap("encode");
@@ -566,23 +672,23 @@ bool Pipeline::cycle_work(bool final, std::int64_t version, ScanProgress at, std
   // first of its two versions) go out before its reference selection, segmentation and edge
   // maps, several times the solve on small images: the last frames' latency is the fold and
   // solve's, as live.
-  publish(make_map_messages(*scan_, final ? version - 1 : version, false, false, &at));
-  if (analysis_at) publish(make_map_messages(*scan_, version, false, true, &*analysis_at, false));
+  publish(make_map_messages(scan, final ? version - 1 : version, false, false, &at));
+  if (analysis_at) publish(make_map_messages(scan, version, false, true, &*analysis_at, false));
   if (final) {
-    guarded("reference_selection_failed", [&] { scan_->update_reference_selection(threads); });
+    guarded_for("reference_selection_failed", scan.id(), [&] { scan.update_reference_selection(threads); });
     lap("reference_selection");
     // A failed segmentation costs its own products (not published this cycle), not the maps.
     // Segmentation and edge maps run side by side: their times overlap, "analysis" is the wall.
-    const auto analysis = scan_->segment_and_map_edges(threads);
+    const auto analysis = scan.segment_and_map_edges(threads);
     lap("analysis");
     counters_.add("time_us.cycle.segmentation", static_cast<std::int64_t>(analysis.segments_s * 1e6));
     counters_.add("time_us.cycle.edge_maps", static_cast<std::int64_t>(analysis.edge_maps_s * 1e6));
     auto rethrow = [](const std::exception_ptr& error) {
       if (error) std::rethrow_exception(error);
     };
-    const bool segmented = guarded("segmentation_failed", [&] { rethrow(analysis.segments_error); });
-    guarded("edge_maps_failed", [&] { rethrow(analysis.edge_maps_error); });
-    publish(make_map_messages(*scan_, version, true, segmented, &at));
+    const bool segmented = guarded_for("segmentation_failed", scan.id(), [&] { rethrow(analysis.segments_error); });
+    guarded_for("edge_maps_failed", scan.id(), [&] { rethrow(analysis.edge_maps_error); });
+    publish(make_map_messages(scan, version, true, segmented, &at));
   }
   spdlog::debug("cycle {}: solved {} pixels", version, solved);
   return true;
@@ -603,7 +709,7 @@ void Pipeline::publish_cycle(bool final) {
   wait_cycle();
   const auto c = begin_cycle(final);
   // A failed cycle is not retried at once (it would fail again): at the next frame or interval.
-  guarded("publish_failed", [&] { cycle_work(final, c.version, scan_->progress(), std::nullopt); });
+  guarded("publish_failed", [&] { cycle_work(*scan_, final, c.version, scan_->progress(), std::nullopt); });
   analysis_unpublished_.reset();
   end_cycle(c, true);
 }
@@ -615,7 +721,7 @@ void Pipeline::start_cycle() {
   cycle_cancel_ = false;
   cycle_published_ = true;  // unless it throws before publishing (reported) or is cancelled
   cycle_ = std::jthread([this, c = cycle_start_, at = scan_->progress(), analysis_at = std::exchange(analysis_unpublished_, std::nullopt)] {
-    guarded("publish_failed", [&] { cycle_published_ = cycle_work(false, c.version, at, analysis_at); });
+    guarded("publish_failed", [&] { cycle_published_ = cycle_work(*scan_, false, c.version, at, analysis_at); });
     cycle_done_ = true;
   });
   pthread_setname_np(cycle_.native_handle(), "xanesd-cycle");
@@ -625,7 +731,7 @@ void Pipeline::run_cycle_here() {
   const auto c = begin_cycle(false);
   bool published = true;
   guarded("publish_failed", [&] {
-    published = cycle_work(false, c.version, scan_->progress(), std::exchange(analysis_unpublished_, std::nullopt));
+    published = cycle_work(*scan_, false, c.version, scan_->progress(), std::exchange(analysis_unpublished_, std::nullopt));
   });
   end_cycle(c, published);
 }
@@ -651,36 +757,48 @@ nlohmann::json Pipeline::save(const std::string& requested) {
   if (!scan_) return {{"ok", false}, {"error", "no scan to save"}};
   try {
     if (!requested.empty()) return save_to(result_path(cfg_.output.directory, requested, scan_->id()));
-    if (!scan_output_.empty()) return save_to(scan_output_);  // this scan's own file, rewritten
-    // A new scan never replaces an earlier scan's file: a reused scan_id gets <id>-2.h5, -3, …
-    auto out = result_path(cfg_.output.directory, "", scan_->id());
-    for (int n = 2; std::filesystem::exists(std::filesystem::symlink_status(out)); ++n) {
-      if (n > 9999) return {{"ok", false}, {"error", "result files " + scan_->id() + ".h5 to -9999.h5 exist already"}};
-      out = result_path(cfg_.output.directory, scan_->id() + "-" + std::to_string(n) + ".h5", scan_->id());
-    }
-    if (out.filename() != scan_->id() + ".h5")
-      report({"scan_id_reused", "a result file for scan_id '" + scan_->id() + "' exists already: this scan is written to " +
-                                    out.filename().string()}, scan_->id());
+    const auto out = default_output(*scan_, scan_output_);
     auto reply = save_to(out);
     if (reply.value("ok", false)) scan_output_ = out;
     return reply;
   } catch (const std::invalid_argument& e) {
     counters_.add("control.rejected.path");
     return {{"ok", false}, {"code", "invalid_path"}, {"error", e.what()}};
+  } catch (const std::runtime_error& e) {
+    return {{"ok", false}, {"error", e.what()}};
   }
 }
 
+std::filesystem::path Pipeline::default_output(const Scan& scan, const std::filesystem::path& chosen) {
+  if (!chosen.empty()) return chosen;  // this scan's own file, rewritten
+  // A new scan never replaces an earlier scan's file: a reused scan_id gets <id>-2.h5, -3, …
+  auto out = result_path(cfg_.output.directory, "", scan.id());
+  for (int n = 2; std::filesystem::exists(std::filesystem::symlink_status(out)); ++n) {
+    if (n > 9999) throw std::runtime_error("result files " + scan.id() + ".h5 to -9999.h5 exist already");
+    out = result_path(cfg_.output.directory, scan.id() + "-" + std::to_string(n) + ".h5", scan.id());
+  }
+  if (out.filename() != scan.id() + ".h5")
+    report({"scan_id_reused", "a result file for scan_id '" + scan.id() + "' exists already: this scan is written to " +
+                                  out.filename().string()}, scan.id());
+  return out;
+}
+
 nlohmann::json Pipeline::save_to(const std::filesystem::path& out) {
+  auto reply = write_result(*scan_, out, cfg_.effective);
+  if (reply.value("ok", false)) result_file_ = reply["path"].get<std::string>();
+  return reply;
+}
+
+nlohmann::json Pipeline::write_result(Scan& scan, const std::filesystem::path& out, const nlohmann::json& effective) {
   try {
-    scan_->solve_changed(solve_threads(cfg_));
-    write_result_file(out, *scan_, cfg_.effective, counters_.to_json(), cfg_.output.save_spectra);
+    scan.solve_changed(solve_threads(cfg_));
+    write_result_file(out, scan, effective, counters_.to_json(), cfg_.output.save_spectra);
   } catch (const std::exception& e) {
     return {{"ok", false}, {"error", "cannot write '" + out.string() + "': " + e.what()}};
   }
   counters_.add("results.files_written");
-  result_file_ = std::filesystem::absolute(out).string();
-  spdlog::info("scan {}: result file {}", scan_->id(), out.string());
-  return {{"ok", true}, {"path", result_file_}};
+  spdlog::info("scan {}: result file {}", scan.id(), out.string());
+  return {{"ok", true}, {"path", std::filesystem::absolute(out).string()}};
 }
 
 std::vector<science::Reference> Pipeline::resolve_references(const std::vector<std::string>& items, const std::string& normalize,

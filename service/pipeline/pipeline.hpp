@@ -69,11 +69,25 @@ class Pipeline {
   std::optional<Issue> budget_issue(const protocol::StartMsg& s, std::size_t energies) const;
   void on_frame(protocol::FrameMsg&& f);
   void on_stop(protocol::StopMsg&& s);
+  // The final cycle and the result file of a scan that stopped, here (abort, the journal's
+  // replay, live sharding: its solve is an MPI operation only this thread makes).
   void finish_scan(bool write_file);
+  // The same on the finisher thread, after a stop: the next scan's start and frames go on beside
+  // it (README "Scan after scan"), so the first frames of a scan do not wait for the last one's
+  // reference selection, segmentation, edge maps and file. Anything else that touches the
+  // finishing scan, and every command, waits for it (wait_finish).
+  void start_finish(bool write_file);
+  // Whether the start `s` may begin beside the running finish: a new scan (not an extension of
+  // the finishing one, nor its scan_id) whose memory and the finishing scan's together fit in
+  // ingest.max_scan_GiB. Otherwise it waits for the finish, as every other message does.
+  bool starts_beside_finish(const protocol::StartMsg& s) const;
+  // Joins the finisher if one runs and takes what it wrote.
+  void wait_finish();
   // Runs one step of the pipeline's loop (a publication cycle, a segmentation, a save …): an
   // exception becomes an issue `code` on the errors topic and a counter, never std::terminate.
   // Returns false when the step threw.
   bool guarded(const char* code, const std::function<void()>& step);
+  bool guarded_for(const char* code, const std::string& scan_id, const std::function<void()>& step);  // reported for scan_id
   // A publication cycle run to its end on the pipeline thread (final maps, refits).
   void publish_cycle(bool final);
   // A live cycle on its own thread (cycle_): ingest goes on staging frames meanwhile.
@@ -90,7 +104,7 @@ class Pipeline {
   // (live, the analysis thread does the first two) and the final maps. It touches nothing a
   // staged frame does. Returns false when a live cycle was cancelled (by a stop) after its
   // solve, with nothing published.
-  bool cycle_work(bool final, std::int64_t version, ScanProgress at, std::optional<ScanProgress> analysis_at);
+  bool cycle_work(Scan& scan, bool final, std::int64_t version, ScanProgress at, std::optional<ScanProgress> analysis_at);
   // The image-level analysis of a running scan (Scan::Analysis: the reference selection and
   // the segmentation) on its own thread, at most every segment.interval_ms: the fit's cycles
   // and ingest go on meanwhile, so the fit maps' latency is the fold and solve's alone.
@@ -110,11 +124,18 @@ class Pipeline {
   CycleStart begin_cycle(bool final);
   void end_cycle(const CycleStart& c, bool published);
   void update_status();
-  nlohmann::json scan_summary() const;  // the scan's summary with the memory around it
+  nlohmann::json scan_summary(const Scan& scan) const;  // the scan's summary with the memory around it
   nlohmann::json handle(const protocol::ControlRequest& request);
   // `save`: a path relative to output.directory (empty: <scan_id>.h5), refused outside it.
   nlohmann::json save(const std::string& requested);
   nlohmann::json save_to(const std::filesystem::path& out);
+  // Where a scan's result file goes when no path is asked for: the file it chose at its first
+  // write (`chosen`), else <scan_id>.h5, or <scan_id>-N.h5 when an earlier scan's file has that
+  // name (reported). Throws std::runtime_error when even -9999 is taken.
+  std::filesystem::path default_output(const Scan& scan, const std::filesystem::path& chosen);
+  // Writes `scan`'s result file at `out`: the reply `save` gives. Any thread: it touches no
+  // pipeline state but the counters.
+  nlohmann::json write_result(Scan& scan, const std::filesystem::path& out, const nlohmann::json& effective);
   void refresh_finished_scan();
   // The references `items` name: each a loaded reference, one of the start-up library, or a
   // reference file (all its spectra). Throws science::ReferenceError naming what was not found.
@@ -172,6 +193,19 @@ class Pipeline {
   std::atomic<bool> analysis_cancel_{false};  // a stop came: analysis_ stops after its current step
   std::optional<Scan::Analysis> analysis_job_;  // its inputs and results
   std::optional<ScanProgress> analysis_unpublished_;  // committed, its products not yet published: what it saw
+  // The finisher (start_finish) and what it hands back (wait_finish).
+  struct Finish {
+    Scan* scan = nullptr;          // the scan it finishes: scan_, until a newer scan takes its place
+    std::unique_ptr<Scan> owned;   // the scan, once a newer one is in scan_
+    std::filesystem::path output;  // in: the scan's chosen file (scan_output_); out: the file written
+    std::string result_file;       // in: result_file_; out: the file written
+    double bytes = 0;              // what the scan holds (status scan.memory.bytes)
+  };
+  Finish finish_;
+  std::jthread finisher_;
+  std::atomic<bool> finisher_done_{false};  // finisher_ has finished its work (join it)
+  bool finish_superseded_ = false;  // guarded by status_mutex_: a newer scan's status is status_
+  Scan::Buffers spare_buffers_;     // a finished scan's buffers, for the next start beside a finish
   std::jthread thread_;
 };
 

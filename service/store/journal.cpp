@@ -152,9 +152,31 @@ void Journal::sync_loop(std::stop_token stop) {
 Journal::Recovery Journal::recover(const std::function<void(std::vector<zmq::message_t>&&)>& replay) {
   Recovery r;
   if (!settings_.enabled) return r;
-  const int fd = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return r;  // no journal: nothing to recover
+  // A scan that was still writing its result file beside the next scan's start: first, so its
+  // stop (replayed) writes that file before the next scan replaces it as the current scan.
+  const auto finishing = finishing_path();
+  if (std::filesystem::exists(finishing)) {
+    r.found = true;
+    replay_file(finishing, replay, r);
+    std::filesystem::remove(finishing);
+  }
+  if (!std::filesystem::exists(path_)) return r;  // no journal: nothing (more) to recover
   r.found = true;
+  const auto good = replay_file(path_, replay, r);
+  if (good < sizeof kFileMagic) {
+    std::filesystem::remove(path_);  // nothing usable: the next scan starts a fresh journal
+    return r;
+  }
+  open_for_append(path_, good);
+  return r;
+}
+
+std::filesystem::path Journal::finishing_path() const { return settings_.directory / "scan.journal.finishing"; }
+
+std::uint64_t Journal::replay_file(const std::filesystem::path& path, const std::function<void(std::vector<zmq::message_t>&&)>& replay,
+                                   Recovery& r) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return 0;
   std::uint64_t good = 0;  // end of the last intact record
   char magic[sizeof(kFileMagic)];
   if (!read_all(fd, magic, sizeof magic) || std::memcmp(magic, kFileMagic, sizeof magic) != 0) {
@@ -194,16 +216,11 @@ Journal::Recovery Journal::recover(const std::function<void(std::vector<zmq::mes
       replay(std::move(parts));
     }
     if (r.error.empty() && good < file_size) r.error = "trailing bytes";
-    r.truncated_bytes = file_size > good ? file_size - good : 0;
+    r.truncated_bytes += file_size > good ? file_size - good : 0;
   }
   ::close(fd);
-  r.bytes = good;
-  if (good < sizeof kFileMagic) {
-    std::filesystem::remove(path_);  // nothing usable: the next scan starts a fresh journal
-    return r;
-  }
-  open_for_append(path_, good);
-  return r;
+  r.bytes += good;
+  return good;
 }
 
 void Journal::note_recovered(const std::vector<zmq::message_t>& parts, Recovery& r) {
@@ -287,7 +304,13 @@ void Journal::drain() {
   queue_cv_.wait(lock, [&] { return queue_.empty() && !writing_; });
 }
 
-void Journal::begin(const protocol::StartMsg& start) {
+void Journal::release_finishing() {
+  if (!settings_.enabled) return;
+  std::error_code ec;
+  if (std::filesystem::remove(finishing_path(), ec) && settings_.fsync_ms >= 0) sync_directory(settings_.directory);
+}
+
+void Journal::begin(const protocol::StartMsg& start, bool keep_last) {
   drain();  // the last scan's records go to the last scan's journal, before it is replaced
   if (unusable_) {
     std::lock_guard lock(mutex_);
@@ -320,6 +343,11 @@ void Journal::begin(const protocol::StartMsg& start) {
   write_record(encode_copy(start), std::nullopt);
   // Durable before it replaces the last scan's journal: the rename is the switch.
   if (fd_ >= 0 && settings_.fsync_ms >= 0) (void)::fdatasync(fd_);
+  // The last scan's journal stays until its result file is written (release_finishing). A crash
+  // between the two renames leaves it and no current journal: the new scan's start is lost,
+  // none of its frames (none was acknowledged).
+  if (keep_last && std::filesystem::exists(path_) && ::rename(path_.c_str(), finishing_path().c_str()) != 0)
+    return fail(errno_text("cannot keep the last scan's journal"));
   if (::rename(fresh.c_str(), path_.c_str()) != 0) return fail(errno_text("cannot rename the new journal"));
   if (settings_.fsync_ms >= 0) sync_directory(settings_.directory);
 }

@@ -19,7 +19,9 @@
 // control command's change is in the journal when it is answered.
 //
 // One journal at a time, `<journal.directory>/scan.journal`: a new scan's start replaces the
-// last scan's journal atomically (rename). A lock file keeps two daemons out of one folder.
+// last scan's journal atomically (rename), or keeps it as scan.journal.finishing while that
+// scan's result file is still being written beside the new scan. A lock file keeps two daemons
+// out of one folder.
 #pragma once
 
 #include <atomic>
@@ -65,7 +67,12 @@ class Journal {
   Recovery recover(const std::function<void(std::vector<zmq::message_t>&&)>& replay);
 
   // A new scan: its journal replaces the previous one (atomically) and starts with `start`.
-  void begin(const protocol::StartMsg& start);
+  // keep_last: the last scan is still finishing (its final maps and result file beside the new
+  // scan): its journal is kept as scan.journal.finishing until release_finishing, and a
+  // recovery replays it first.
+  void begin(const protocol::StartMsg& start, bool keep_last = false);
+  // The finishing scan's result file is written (or it has none to write): its journal goes.
+  void release_finishing();
   // Appends to the current scan's journal. `frame` is consumed (its arrays move into the write).
   void append(const protocol::StartMsg& extension);
   void append(protocol::FrameMsg&& frame);
@@ -101,6 +108,10 @@ class Journal {
   void writer_loop(std::stop_token stop);
   void write_record(std::vector<zmq::message_t>&& parts, std::optional<std::int64_t> frame_seq);
   void note_recovered(const std::vector<zmq::message_t>& parts, Recovery& r);
+  std::filesystem::path finishing_path() const;
+  // Replays one journal file's intact records into `r`; returns the end of the last one.
+  std::uint64_t replay_file(const std::filesystem::path& path, const std::function<void(std::vector<zmq::message_t>&&)>& replay,
+                            Recovery& r);
   void open_for_append(const std::filesystem::path& path, std::uint64_t size);
   void fail(const std::string& why);
   void sync_loop(std::stop_token stop);
