@@ -334,6 +334,16 @@ TEST_CASE("scan after scan: the next scan starts beside the last one's final map
   CHECK(fractions_of(d.dir / "second.h5") == first);
   // The finished scan's journal went once its file was written.
   CHECK_FALSE(fs::exists(d.dir / ".journal" / "scan.journal.finishing"));
+
+  // Scans above ingest.beside_finish_MiB together wait for the finish: the same files.
+  LiveDaemon waits("beamline-beside-off", {"ingest.beside_finish_MiB=0"});
+  send_scan(waits, "first");
+  send_scan(waits, "second");
+  const auto off = waits.wait_stopped("second", 2);
+  REQUIRE(off.value("state", "") == "stopped");
+  CHECK(off.at("counters").value("scans.started_beside_finish", 0) == 0);  // counted from the first
+  CHECK(fractions_of(waits.dir / "first.h5") == first);
+  CHECK(fractions_of(waits.dir / "second.h5") == first);
 }
 
 TEST_CASE("a crash while the last scan's file is written beside the next scan: restart writes that file and resumes the next scan") {

@@ -28,6 +28,7 @@ const std::vector<ConfigKey>& config_keys() {
       {"ingest.energy_tolerance_eV", 1.0, "largest allowed |frame.energy_eV − planned energy| (eV); frames beyond it are rejected", 0, 1e4},
       {"ingest.min_transmission", 1e-6, "transmission I/F below this (including ≤ 0) is clamped to it before −ln and counted", 1e-300, 1},
       {"ingest.max_scan_GiB", 16.0, "largest scan a start (or an extend) may ask for, as status states it (scan.memory.bytes, README \"Memory\"): the spectral store (rows·cols·energies·4 bytes, 8 with Poisson count scales) and XRF channels, the fit's statistics and maps, and the map products, with every loaded reference; bigger scans are refused with the figure before anything is allocated. The ingest buffers around a scan (scan.memory.ingest_buffers) are not counted", 0.001, 1e6},
+      {"ingest.beside_finish_MiB", 512.0, "a new scan's start is taken while the last scan's final maps and result file are still being made (README \"How it fits together\") when the two scans hold at most this many MiB together (status scan.memory.bytes) and fit in ingest.max_scan_GiB; larger scans wait for that finish, as every other message does: on 2 cores a big scan's finish keeps both busy, and the new scan's fresh pages and cycles beside it made 1024² and 2048² scans slower end to end (bench_ingest). 0: never beside", 0, 1e6},
       {"ingest.max_message_MiB", 0.0, "largest message part (one array frame) the ingest socket accepts, MiB (ZMQ_MAXMSGSIZE: a larger part drops the sender's connection before it is received whole); 0: derived, an eighth of ingest.max_scan_GiB and at most 512 MiB (a float64 plane of the largest image, 2^26 pixels)", 0, 1e6},
       {"publish.endpoint", "tcp://127.0.0.1:5556", "ZeroMQ endpoint the PUB socket binds for live products"},
       {"publish.interval_ms", 250, "minimum time (ms) between map publications while a scan runs. A cycle (solve + publish) is also never started sooner after the previous one than that one took, so solving uses at most about half of the pipeline's time and ingest keeps up; 0 publishes as often as that allows", 0, 3.6e6, true},
@@ -164,7 +165,7 @@ Config build(const nlohmann::json& flat, const std::filesystem::path& base_dir) 
   auto integer = [&](const char* k) { return flat.at(k).get<int>(); };
   c.ingest = {str("ingest.endpoint"), integer("ingest.queue_frames"), num("ingest.queue_MiB"), integer("ingest.rcvhwm"),
               num("ingest.energy_tolerance_eV"), num("ingest.min_transmission"), num("ingest.max_scan_GiB"),
-              num("ingest.max_message_MiB")};
+              num("ingest.max_message_MiB"), num("ingest.beside_finish_MiB")};
   c.publish = {str("publish.endpoint"), integer("publish.interval_ms"), integer("publish.sndhwm")};
   c.control = {str("control.endpoint"), integer("control.reply_timeout_ms")};
   for (const auto& f : flat.at("references.files")) {

@@ -32,6 +32,7 @@ struct IngestConfig {
   double min_transmission = 0;
   double max_scan_GiB = 0;
   double max_message_MiB = 0;  // 0: derived from max_scan_GiB (max_message_bytes)
+  double beside_finish_MiB = 0;  // a start beside the last scan's finish: both scans' memory at most this
 };
 // ZMQ_MAXMSGSIZE of the ingest socket: the largest single message part (one array) a peer may
 // send; a larger one drops its connection before it is received whole.

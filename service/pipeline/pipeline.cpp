@@ -542,7 +542,8 @@ void Pipeline::start_finish(bool write_file) {
 bool Pipeline::starts_beside_finish(const protocol::StartMsg& s) const {
   if (s.extend || s.scan_id == finish_.scan->id()) return false;
   const double bytes = scan_memory(s.rows, s.cols, s.energies_eV.size(), s.xrf_channels.size(), refs_.size(), scan_settings(cfg_)).total();
-  return finish_.bytes + bytes <= cfg_.ingest.max_scan_GiB * 1073741824.0;
+  const double together = finish_.bytes + bytes;
+  return together <= cfg_.ingest.beside_finish_MiB * 1048576.0 && together <= cfg_.ingest.max_scan_GiB * 1073741824.0;
 }
 
 void Pipeline::wait_finish() {

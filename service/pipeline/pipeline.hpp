@@ -79,7 +79,8 @@ class Pipeline {
   void start_finish(bool write_file);
   // Whether the start `s` may begin beside the running finish: a new scan (not an extension of
   // the finishing one, nor its scan_id) whose memory and the finishing scan's together fit in
-  // ingest.max_scan_GiB. Otherwise it waits for the finish, as every other message does.
+  // ingest.beside_finish_MiB and ingest.max_scan_GiB. Otherwise it waits for the finish, as
+  // every other message does.
   bool starts_beside_finish(const protocol::StartMsg& s) const;
   // Joins the finisher if one runs and takes what it wrote.
   void wait_finish();
