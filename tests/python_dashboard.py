@@ -627,6 +627,38 @@ class Dashboard(unittest.TestCase):
         print(f"zoom: maps every 3rd pixel, zoomed to x 10–21, y 12–21 at v{v_zoom}, refreshed to final v{version}; "
               f"wheel out to {out}", flush=True)
 
+    def test_7_scan_after_scan(self):
+        """A scan started right after the last one's stop runs beside that scan's final maps and
+        file (the daemon publishes them after the new scan's start): the relay keeps following
+        the running scan, not the earlier one's end."""
+        xp = self.xp
+        import zmq  # noqa: PLC0415
+        energies = np.loadtxt(os.path.join(ARGS.source_dir, "config/references/fe_k_energies_hxn.txt"))
+        rng = np.random.default_rng(7)
+        with xp.Client(self.control, timeout_ms=10000) as c:
+            beside_before = c.status()["counters"].get("scans.started_beside_finish", 0)
+        before = self.stats()["stats"].get("earlier_scan", 0)
+        ctx = zmq.Context.instance()
+        push = ctx.socket(zmq.PUSH)
+        push.connect(self.ingest)
+        for scan_id in ("burst-a", "burst-b"):  # back to back, as a fly-scan controller sends them
+            xp.send(push, xp.start_message(scan_id, (16, 12), energies, "fluorescence"))
+            for e, ev in enumerate(energies):
+                mu = 1.0 + 2.0 / (1.0 + np.exp(-(ev - 7125.0) / 3.0))
+                xp.send(push, xp.frame_message(scan_id, e, e, float(ev), rng.poisson(500 * mu, (16, 12)).astype(np.float32),
+                                               i0=1e5))
+            xp.send(push, xp.stop_message(scan_id, frames_sent=len(energies)))
+        final_version(xp, self.control, "burst-b")
+        push.close(linger=1000)
+        with xp.Client(self.control, timeout_ms=10000) as c:
+            self.assertEqual(c.status()["counters"].get("scans.started_beside_finish", 0), beside_before + 1)
+        # burst-a's stopped status came after burst-b's start: set aside, not followed.
+        wait_for("the relay on burst-b's final maps", lambda: self.stats().get("scan_id") == "burst-b"
+                 and self.stats()["stats"].get("earlier_scan", 0) > before)
+        b = self.browser
+        b.get(self.url + "/")
+        wait_for("the page on burst-b", lambda: self.js("window.xanesDash && xanesDash.scanId === 'burst-b' && xanesDash.final"))
+
     def _answers(self, url):
         try:
             get_json(url + "/api/stats")
