@@ -497,7 +497,7 @@ void Pipeline::start_finish(bool write_file) {
   wait_cycle();
   const auto c = begin_cycle(true);
   analysis_unpublished_.reset();
-  finish_ = Finish{scan_.get(), nullptr, scan_output_, result_file_, scan_->summary()["memory"].value("bytes", 0.0)};
+  finish_ = Finish{scan_.get(), nullptr, scan_output_, result_file_, scan_->memory().total()};
   {
     std::lock_guard lock(status_mutex_);
     finish_superseded_ = false;

@@ -73,7 +73,7 @@ class Pipeline {
   // replay, live sharding: its solve is an MPI operation only this thread makes).
   void finish_scan(bool write_file);
   // The same on the finisher thread, after a stop: the next scan's start and frames go on beside
-  // it (README "Scan after scan"), so the first frames of a scan do not wait for the last one's
+  // it (README "How it fits together"), so the first frames of a scan do not wait for the last one's
   // reference selection, segmentation, edge maps and file. Anything else that touches the
   // finishing scan, and every command, waits for it (wait_finish).
   void start_finish(bool write_file);

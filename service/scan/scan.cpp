@@ -1019,6 +1019,10 @@ int Scan::energies_seen() const {
   return n;
 }
 
+ScanMemory Scan::memory() const {
+  return scan_memory(rows(), cols(), start_.energies_eV.size(), start_.xrf_channels.size(), library_.size(), settings_);
+}
+
 nlohmann::json Scan::summary() const {
   // Domains no loaded reference explains (reference-free fallback: load_references {cluster}).
   nlohmann::json unexplained = nlohmann::json::array();
@@ -1050,8 +1054,7 @@ nlohmann::json Scan::summary() const {
           {"flagged_samples", flags_},
           // What ingest.max_scan_GiB is checked against at start (scan_memory), by part and per sample.
           {"memory", [&] {
-             const auto m = scan_memory(rows(), cols(), start_.energies_eV.size(), start_.xrf_channels.size(), library_.size(),
-                                        settings_);
+             const auto m = memory();
              const double samples = static_cast<double>(npix_) * static_cast<double>(start_.energies_eV.size());
              return nlohmann::json{{"bytes", m.total()},
                                    {"bytes_per_pixel_per_energy", samples > 0 ? m.total() / samples : 0.0},

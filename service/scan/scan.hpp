@@ -179,6 +179,8 @@ class Scan : private science::SampleSource {
   void begin_staging() { staging_ = true; }
   std::size_t commit_staged();
   ScanProgress progress() const { return {frames_applied_, last_seq_, energies_seen()}; }
+  // What scan_memory models for this scan (its plan, the library it started with): status scan.memory.
+  ScanMemory memory() const;
   // The bytes its image-sized buffers hold now (store, count scales, XRF, spare planes, the fit,
   // the mask, the edge maps): what scan_memory's store and fit parts and its edge maps model.
   std::size_t held_bytes() const;
