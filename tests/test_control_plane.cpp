@@ -81,9 +81,10 @@ TEST_CASE("a timed-out command is cancelled if it had not started, and a running
   run_scan(d, "slow");
   const auto t0 = std::chrono::steady_clock::now();
   auto selection = std::async(std::launch::async, [&] { return d.control(long_selection()); });
-  std::this_thread::sleep_for(100ms);
-  // Queued behind the selection: it times out before it starts, so it must never run.
-  auto save = std::async(std::launch::async, [&] { return d.control({{"cmd", "save"}, {"path", "never.h5"}}); });
+  std::this_thread::sleep_for(50ms);
+  // Queued behind the selection with its own timeout, which passes while the selection still
+  // runs (the daemon's 300 ms for the selection): it must never run.
+  auto save = std::async(std::launch::async, [&] { return d.control({{"cmd", "save"}, {"path", "never.h5"}, {"timeout_ms", 100}}); });
   const auto sel_reply = selection.get(), save_reply = save.get();
   CHECK(seconds_since(t0) < 3.0 * test::slowdown());  // answered at the timeout, not when the work ends
   CHECK_FALSE(sel_reply.value("ok", true));

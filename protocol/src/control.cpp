@@ -129,6 +129,7 @@ ControlRequest ControlRequest::parse(const nlohmann::json& req) {
       refuse("'request_id' must be an integer or a string of 1–128 bytes");
     r.request_id = id;
   }
+  r.timeout_ms = number_arg<std::int64_t>(req, "timeout_ms", 100, 3.6e6);
   if (r.cmd == "configure") r.args = configure_args(req);
   else if (r.cmd == "load_references") r.args = load_references_args(req);
   else if (r.cmd == "select_energies") r.args = select_energies_args(req);
@@ -146,6 +147,7 @@ ControlRequest ControlRequest::parse(std::string_view text) {
 nlohmann::json ControlRequest::to_json() const {
   nlohmann::json j = {{"cmd", cmd}};
   if (!request_id.is_null()) j["request_id"] = request_id;
+  if (timeout_ms) j["timeout_ms"] = *timeout_ms;
   auto put = [&](const char* key, const auto& v) {
     if (v) j[key] = *v;
   };

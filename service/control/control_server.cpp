@@ -123,8 +123,8 @@ std::vector<zmq::message_t> ControlServer::handle(const zmq::message_t& raw, std
       return reply;
     }
   }
-  Pending p{std::move(envelope), cmd, {}, std::chrono::steady_clock::now() + std::chrono::milliseconds(cfg_.reply_timeout_ms),
-            key, request_id};
+  const auto timeout = std::chrono::milliseconds(req.timeout_ms.value_or(cfg_.reply_timeout_ms));
+  Pending p{std::move(envelope), cmd, {}, std::chrono::steady_clock::now() + timeout, key, request_id};
   p.ticket = pipeline_.submit(std::move(req));  // after the copies above: `cmd` and `request_id` refer into req
   pending_.push_back(std::move(p));
   return {};
@@ -149,10 +149,10 @@ void ControlServer::serve_pending() {
     } else if (now >= p.deadline) {
       auto expected = State::queued;
       if (p.ticket.state->compare_exchange_strong(expected, State::cancelled)) {
-        reply = error_reply("'" + p.cmd + "' did not start within control.reply_timeout_ms; it was cancelled and will not run",
+        reply = error_reply("'" + p.cmd + "' did not start within its timeout (timeout_ms, else control.reply_timeout_ms); it was cancelled and will not run",
                             "bad_control_request", p.request_id);
       } else if (expected = State::running; p.ticket.state->compare_exchange_strong(expected, State::abandoned)) {
-        reply = error_reply("'" + p.cmd + "' did not finish within control.reply_timeout_ms; it is cancelled at its next step "
+        reply = error_reply("'" + p.cmd + "' did not finish within its timeout (timeout_ms, else control.reply_timeout_ms); it is cancelled at its next step "
                             "where it can be (select_energies), else it goes on; its outcome is published on the errors topic "
                             "(late_reply) when it ends", "bad_control_request", p.request_id);
       } else {

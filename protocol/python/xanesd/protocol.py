@@ -638,6 +638,7 @@ def check_request(req) -> dict:
         rid = req["request_id"]
         if not (_is_int(rid) or (isinstance(rid, str) and 0 < len(rid.encode()) <= 128)):
             _refuse("'request_id' must be an integer or a string of 1–128 bytes")
+    _number_arg(req, "timeout_ms", 100, 3.6e6, integer=True)
     if cmd == "configure":
         if "set" not in req:
             _refuse("configure needs 'set': {\"dotted.key\": value, …}")

@@ -55,6 +55,9 @@ using CommandArgs = std::variant<std::monostate, ConfigureArgs, LoadReferencesAr
 struct ControlRequest {
   std::string cmd;
   nlohmann::json request_id;  // null, an integer, or a string of 1–128 bytes
+  // This request's own reply timeout (ms, 100 to 3.6e6), instead of control.reply_timeout_ms:
+  // a client that gives up after its own timeout does not want the command run after that.
+  std::optional<std::int64_t> timeout_ms;
   CommandArgs args;           // monostate for status, snapshot, abort, shutdown
 
   // Throws RequestError (code bad_control_request, or invalid_pixel for pixel coordinates).
