@@ -403,7 +403,10 @@ TEST_CASE("adaptive sub-spectra loop: full scan, select_energies, a scan at the 
   // The finished scan is refitted with them, and its result file rewritten to match its maps.
   CHECK(h5::read_strings(h5::open_file(dir / "results" / "full.h5"), "entry/results/reference_names").size() == 3);
   std::string list;
-  for (double e : energies) list += (list.empty() ? "" : ",") + std::to_string(e);
+  for (double e : energies) {
+    if (!list.empty()) list += ',';
+    list += std::to_string(e);
+  }
   REQUIRE(replay(file, d.ingest, {"--scan-id", "sub", "--energies", list}) == 0);
   REQUIRE(test::wait_for_file(dir / "results" / "sub.h5"));
 

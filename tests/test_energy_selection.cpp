@@ -272,7 +272,7 @@ TEST_CASE("equal beam time: 13 + 3 energies with dwell weights beat the full gri
   const std::vector<double> ones(16, 1.0);
   std::string energies;
   for (std::size_t i = 0; i < d.indices.size(); ++i)
-    energies += " " + std::to_string(static_cast<int>(std::lround(d.energies_eV[i]))) + "×" + std::to_string(d.dwell_weights[i]).substr(0, 4);
+    energies.append(" ").append(std::to_string(std::lround(d.energies_eV[i]))).append("×").append(std::to_string(d.dwell_weights[i]).substr(0, 4));
   MESSAGE("dwell design (eV × relative dwell):" << energies << "; " << d.seconds * 1e3 << " ms");
   for (const double S : {5000.0, 500.0}) {
     CAPTURE(S);
