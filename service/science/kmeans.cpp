@@ -26,34 +26,113 @@ int nearest(const FeatureMatrix& centroids, const double* f, double* dist, doubl
   return best;
 }
 
-// k-means++ (Arthur & Vassilvitskii): each new centre drawn with probability ∝ squared
-// distance to the nearest existing one.
 namespace {
 
-// The value below which a share 1 − trim of v lies (v is reordered); +∞ when trim is 0.
-double upper_quantile(std::vector<double>& v, double trim) {
-  if (trim <= 0 || v.empty()) return INFINITY;
-  const auto i = static_cast<std::size_t>((1.0 - trim) * static_cast<double>(v.size() - 1));
-  std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(i), v.end());
-  return v[i];
+// The points' features by column (n × d, column-major): the distance kernel below runs over
+// points in vector lanes.
+using FeatureColumns = Eigen::MatrixXd;
+
+// For points i0 … i0 + m − 1: the nearest of the k centres C (row-major k × d, first of equal
+// minima) and its squared distance, each point's sum taken over the features in nearest()'s
+// order, so both give the same bits (no fused multiply-add). s: m doubles of scratch.
+__attribute__((target_clones("arch=x86-64-v3", "default"), optimize("fp-contract=off")))
+void nearest_of_block(const double* columns, std::size_t n, std::size_t d, const double* C, std::size_t k, std::size_t i0,
+                      std::size_t m, double* best, int* which, double* s) {
+  for (std::size_t i = 0; i < m; ++i) best[i] = INFINITY, which[i] = 0;
+  for (std::size_t c = 0; c < k; ++c) {
+    for (std::size_t i = 0; i < m; ++i) s[i] = 0;
+    for (std::size_t j = 0; j < d; ++j) {
+      const double cj = C[c * d + j];
+      const double* x = columns + j * n + i0;
+      for (std::size_t i = 0; i < m; ++i) {
+        const double t = x[i] - cj;
+        s[i] += t * t;
+      }
+    }
+    for (std::size_t i = 0; i < m; ++i)
+      if (s[i] < best[i]) best[i] = s[i], which[i] = static_cast<int>(c);
+  }
 }
+
+// nearest() for every point of F, a block of points at a time. visit(i0, m, best, which).
+template <class Visit>
+void nearest_all(const FeatureColumns& columns, const FeatureMatrix& C, Visit&& visit) {
+  constexpr std::size_t kBlock = 256;
+  const auto n = static_cast<std::size_t>(columns.rows()), d = static_cast<std::size_t>(columns.cols());
+  double best[kBlock], s[kBlock];
+  int which[kBlock];
+  for (std::size_t i0 = 0; i0 < n; i0 += kBlock) {
+    const std::size_t m = std::min(kBlock, n - i0);
+    nearest_of_block(columns.data(), n, d, C.data(), static_cast<std::size_t>(C.rows()), i0, m, best, which, s);
+    visit(i0, m, best, which);
+  }
+}
+
+// k-means++ (Arthur & Vassilvitskii): each new centre drawn with probability ∝ squared
+// distance to the nearest existing one.
+
+// The value below which a share 1 − trim of a set of values lies (the value of rank
+// ⌊(1 − trim)(n − 1)⌋, as nth_element finds it); +∞ when trim is 0. Lloyd's iterations and
+// k-means++'s rounds ask for it over values that change little from one call to the next, so
+// each call first tries a band of ±5 % around the last answer: one pass counts the values below
+// the band and keeps those in it, and when the rank falls inside, only the band is selected
+// from (the same value, exactly; a few per cent of the points instead of all of them).
+class UpperQuantile {
+ public:
+  explicit UpperQuantile(double trim) : trim_(trim) {}
+  double operator()(const std::vector<double>& v) {
+    if (trim_ <= 0 || v.empty()) return INFINITY;
+    const auto i = static_cast<std::size_t>((1.0 - trim_) * static_cast<double>(v.size() - 1));
+    if (last_ > 0 && std::isfinite(last_)) {
+      const double lo = 0.95 * last_, hi = 1.05 * last_;
+      std::size_t below = 0;
+      band_.clear();
+      for (double x : v) {
+        if (x < lo) ++below;
+        else if (x <= hi) band_.push_back(x);
+      }
+      if (below <= i && i - below < band_.size()) return last_ = nth(band_, i - below);
+    }
+    all_ = v;
+    return last_ = nth(all_, i);
+  }
+
+ private:
+  static double nth(std::vector<double>& v, std::size_t i) {
+    std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(i), v.end());
+    return v[i];
+  }
+  double trim_, last_ = 0;
+  std::vector<double> band_, all_;
+};
 
 }  // namespace
 
 void add_kmeanspp(const FeatureMatrix& F, FeatureMatrix& C, int k, Rng& rng, double trim) {
   const auto n = F.rows();
-  std::vector<double> d2(static_cast<std::size_t>(n));
+  const FeatureColumns columns = F;
+  // near: each point's squared distance to its nearest centre so far, brought up to date with
+  // each new centre only (the minimum over the centres, as nearest() gives it).
+  std::vector<double> near(static_cast<std::size_t>(n), INFINITY), d2(static_cast<std::size_t>(n));
+  Eigen::Index counted = 0;  // centres of C already in `near`
+  UpperQuantile cap_at(trim);
   while (C.rows() < k) {
     if (C.rows() == 0) {
       C.conservativeResize(1, F.cols());
       C.row(0) = F.row(static_cast<Eigen::Index>(rng.below(static_cast<std::uint64_t>(n))));
       continue;
     }
-    for (Eigen::Index i = 0; i < n; ++i) nearest(C, F.row(i).data(), &d2[static_cast<std::size_t>(i)]);
+    for (; counted < C.rows(); ++counted) {
+      const FeatureMatrix centre = C.row(counted);
+      nearest_all(columns, centre, [&](std::size_t i0, std::size_t m, const double* best, const int*) {
+        for (std::size_t i = 0; i < m; ++i)
+          if (best[i] < near[i0 + i]) near[i0 + i] = best[i];
+      });
+    }
+    d2 = near;
     // Outliers (zingers, hot pixels) are the farthest points of all: capping the weights at
     // the (1 − trim) quantile keeps them from drawing centres of their own.
-    std::vector<double> sorted = d2;
-    const double cap = upper_quantile(sorted, trim);
+    const double cap = cap_at(d2);
     double total = 0;
     for (auto& v : d2) total += (v = std::min(v, cap));
     double u = rng.uniform() * total;
@@ -78,18 +157,21 @@ double lloyd(const FeatureMatrix& F, FeatureMatrix& C, std::vector<int>& assign,
   // trading places long after the centres have settled.
   const double tol = 1e-4 * (F.rowwise() - F.colwise().mean()).squaredNorm() / static_cast<double>(std::max<Eigen::Index>(1, n * F.cols()));
   const Eigen::Index d = F.cols();
-  std::vector<double> dist(static_cast<std::size_t>(n)), sorted;
+  std::vector<double> dist(static_cast<std::size_t>(n));
+  UpperQuantile cut_at(trim);
   // Trimmed k-means (Cuesta-Albertos et al. 1997): the share `trim` of points farthest from
   // their centres is left out of the centres and the inertia, so a few wild points (zingers,
   // hot pixels) cannot drag a centre; every point is still labelled.
+  const FeatureColumns columns = F;
   auto assign_all = [&]() {
     bool moved = false;
-    for (Eigen::Index i = 0; i < n; ++i) {
-      const int a = nearest(C, F.data() + i * d, &dist[static_cast<std::size_t>(i)]);
-      if (a != assign[static_cast<std::size_t>(i)]) moved = true, assign[static_cast<std::size_t>(i)] = a;
-    }
-    sorted = dist;
-    const double cut = upper_quantile(sorted, trim);
+    nearest_all(columns, C, [&](std::size_t i0, std::size_t m, const double* best, const int* which) {
+      for (std::size_t i = 0; i < m; ++i) {
+        dist[i0 + i] = best[i];
+        if (which[i] != assign[i0 + i]) moved = true, assign[i0 + i] = which[i];
+      }
+    });
+    const double cut = cut_at(dist);
     double inertia = 0;
     for (double v : dist)
       if (v <= cut) inertia += v;

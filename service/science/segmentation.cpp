@@ -81,7 +81,8 @@ class ShapeTransform {
   // Detrends every row of Y (one spectrum per row) into Z.
   template <class M>
   void detrend_rows(const M& Y, Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>& Z) const {
-    Z = Y - (Y * Q_.transpose()) * B_.transpose();
+    Z = Y;  // then the background subtracted in place: no image-sized temporary
+    Z.noalias() -= (Y * Q_.transpose()) * B_.transpose();
   }
   // I − BQ: detrending as a matrix.
   Eigen::MatrixXd detrend_matrix() const {
@@ -344,7 +345,7 @@ struct Sample {
 // their pixels it owns are usable, the parts' marks are summed, and the draws are then walked in
 // order, so every part (and one process) takes the same pixels and leaves `rng` where one
 // process's draw-by-draw loop would. The chosen pixels' values are then gathered.
-Sample draw_sample(const SegmentInput& in, const OwnPixels& own, const std::vector<int>& used, std::size_t want, Rng& rng) {
+void draw_sample(const SegmentInput& in, const OwnPixels& own, const std::vector<int>& used, std::size_t want, Rng& rng, Sample& s) {
   constexpr std::size_t kRun = 16;
   const std::size_t Eu = used.size(), P = own.image_npix, lo = own.offset + own.begin, hi = own.offset + own.end;
   const std::size_t runs = (P + kRun - 1) / kRun;
@@ -385,11 +386,24 @@ Sample draw_sample(const SegmentInput& in, const OwnPixels& own, const std::vect
   if (!all)
     for (std::size_t i = 0; i < draws; ++i) rng.below(static_cast<std::uint64_t>(runs));
   // The chosen pixels' spectra and XRF, each part's in image order (the parts' rows are in image
-  // order too), then put in draw order.
+  // order too), then put in draw order. s's matrices keep their memory when the size is the
+  // same as the last update's (fresh pages cost more than the copy on some machines).
   const std::size_t C = in.xrf && in.xrf_channels > 0 ? static_cast<std::size_t>(in.xrf_channels) : 0, width = Eu + C;
   std::vector<std::size_t> order(chosen.size());
   for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
   std::sort(order.begin(), order.end(), [&](std::size_t x, std::size_t y) { return chosen[x] < chosen[y]; });
+  s.pixels = chosen;
+  s.Y.resize(static_cast<Eigen::Index>(chosen.size()), static_cast<Eigen::Index>(Eu));
+  s.xrf.resize(chosen.size() * C);
+  if (!own.shared()) {  // every chosen pixel is this process's: straight into its row
+    for (std::size_t i : order) {
+      const std::size_t p = chosen[i] - own.offset;
+      double* y = s.Y.data() + i * Eu;
+      for (std::size_t e = 0; e < Eu; ++e) y[e] = in.planes[static_cast<std::size_t>(used[e]) * in.npix + p];
+      for (std::size_t c = 0; c < C; ++c) s.xrf[i * C + c] = in.xrf[c * in.npix + p];
+    }
+    return;
+  }
   std::vector<float> values;
   values.reserve(chosen.size() * width);
   for (std::size_t i : order) {
@@ -398,19 +412,14 @@ Sample draw_sample(const SegmentInput& in, const OwnPixels& own, const std::vect
     for (int e : used) values.push_back(in.planes[static_cast<std::size_t>(e) * in.npix + p]);
     for (std::size_t c = 0; c < C; ++c) values.push_back(in.xrf[c * in.npix + p]);
   }
-  if (own.shared()) values = own.part->gather(std::move(values));
+  values = own.part->gather(std::move(values));
   if (values.size() != chosen.size() * width) throw std::logic_error("segmentation: the gathered sample has the wrong size");
-  Sample s;
-  s.pixels = chosen;
-  s.Y.resize(static_cast<Eigen::Index>(chosen.size()), static_cast<Eigen::Index>(Eu));
-  s.xrf.resize(chosen.size() * C);
   for (std::size_t k = 0; k < order.size(); ++k) {
     const float* v = values.data() + k * width;
     const auto row = static_cast<Eigen::Index>(order[k]);
     for (std::size_t e = 0; e < Eu; ++e) s.Y(row, static_cast<Eigen::Index>(e)) = v[e];
     std::copy(v + Eu, v + width, s.xrf.begin() + static_cast<std::ptrdiff_t>(order[k] * C));
   }
-  return s;
 }
 
 // 3. Shapes of the sampled spectra (and the edge size of each), sizes measured along the
@@ -435,26 +444,29 @@ double material_size_min(const SegmentInput& in, std::vector<double> sizes) {
   return 0.05 * sizes[static_cast<std::size_t>(0.99 * static_cast<double>(sizes.size() - 1))];
 }
 
-// Keeps the sampled pixels whose edge size is above size_min.
+// Keeps the sampled pixels whose edge size is above size_min, in place (rows only move up).
 void keep_with_edge(Sample& s, double size_min) {
-  std::vector<Eigen::Index> keep;
-  for (Eigen::Index i = 0; i < s.X.rows(); ++i)
-    if (s.sizes[static_cast<std::size_t>(i)] > size_min) keep.push_back(i);
-  Sample kept;
-  kept.X.resize(static_cast<Eigen::Index>(keep.size()), s.X.cols());
-  kept.Y.resize(static_cast<Eigen::Index>(keep.size()), s.X.cols());
-  for (std::size_t i = 0; i < keep.size(); ++i) {
-    kept.X.row(static_cast<Eigen::Index>(i)) = s.X.row(keep[i]);
-    kept.Y.row(static_cast<Eigen::Index>(i)) = s.Y.row(keep[i]);
-    kept.pixels.push_back(s.pixels[static_cast<std::size_t>(keep[i])]);
-    kept.sizes.push_back(s.sizes[static_cast<std::size_t>(keep[i])]);
-  }
   const std::size_t C = s.pixels.empty() ? 0 : s.xrf.size() / s.pixels.size();
-  for (auto i : keep) {
-    const auto from = s.xrf.begin() + static_cast<std::ptrdiff_t>(static_cast<std::size_t>(i) * C);
-    kept.xrf.insert(kept.xrf.end(), from, from + static_cast<std::ptrdiff_t>(C));
+  const Eigen::Index n = s.X.rows();
+  Eigen::Index kept = 0;
+  for (Eigen::Index i = 0; i < n; ++i) {
+    const auto from = static_cast<std::size_t>(i);
+    if (!(s.sizes[from] > size_min)) continue;
+    if (kept != i) {
+      const auto to = static_cast<std::size_t>(kept);
+      s.X.row(kept) = s.X.row(i);
+      s.Y.row(kept) = s.Y.row(i);
+      s.pixels[to] = s.pixels[from], s.sizes[to] = s.sizes[from];
+      std::copy_n(s.xrf.begin() + static_cast<std::ptrdiff_t>(from * C), C, s.xrf.begin() + static_cast<std::ptrdiff_t>(to * C));
+    }
+    ++kept;
   }
-  s = std::move(kept);
+  if (kept == n) return;
+  // Row-major: the leading rows stay where they are.
+  s.X.conservativeResize(kept, Eigen::NoChange);
+  s.Y.conservativeResize(kept, Eigen::NoChange);
+  s.pixels.resize(static_cast<std::size_t>(kept)), s.sizes.resize(static_cast<std::size_t>(kept));
+  s.xrf.resize(static_cast<std::size_t>(kept) * C);
 }
 
 // Cluster means are edge-normalized for display and fitting with ranges from the image's mean.
@@ -1243,7 +1255,15 @@ void OnlineSegmenter::update(const SegmentInput& in) {
     out.waiting = "fewer than 4 energies measured across the image";
     return;
   }
-  Sample sample = draw_sample(in, own, eu.index, static_cast<std::size_t>(std::max(1, settings_.sample)), rng_);  // 2.
+  // The sample's matrices are lent by the segmenter for the update and go back to it after.
+  Sample sample;
+  sample.Y.swap(sample_spectra_), sample.X.swap(sample_shapes_);
+  struct GiveBack {
+    Sample& s;
+    OnlineSegmenter& to;
+    ~GiveBack() { s.Y.swap(to.sample_spectra_), s.X.swap(to.sample_shapes_); }
+  } give_back{sample, *this};
+  draw_sample(in, own, eu.index, static_cast<std::size_t>(std::max(1, settings_.sample)), rng_, sample);  // 2.
   throw_if_cancelled();  // between the steps: a live scan's analysis stops when the scan does
   const int k_floor = settings_.k > 0 ? settings_.k : 2;
   if (sample.Y.rows() < std::max(20, 4 * k_floor)) {

@@ -140,6 +140,9 @@ class OnlineSegmenter {
   Segmentation result_;
   FeatureMatrix features_;
   std::vector<std::uint8_t> bin_labels_;  // per pixel: its k-means bin + 1 (0: none), for the warm start
+  // The sample's spectra and shapes, kept from one update to the next: the next (the final maps'
+  // among them) fills the same memory instead of faulting in tens of MB of fresh pages.
+  FeatureMatrix sample_spectra_, sample_shapes_;
   int next_id_ = 1;
 };
 
