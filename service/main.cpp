@@ -15,6 +15,7 @@
 #include "security/curve.hpp"
 
 int main(int argc, char** argv) {
+  xanesd::restart_with_huge_page_heap(argv);
   xanesd::tune_allocator();  // daemon and batch alike
   CLI::App app("xanesd: live XANES speciation daemon. Config keys are documented in config/README.md.", "xanesd");
   app.set_version_flag("--version", std::string("xanesd ") + XANESD_VERSION + (xanesd::parallel::mpi_build() ? " (MPI)" : ""));
