@@ -72,6 +72,7 @@ struct Options {
   // Message shapes besides full frames: row blocks of N rows (energy-major) of the large image,
   // batches of N pixels (pixel-major, as a fly scan sends them) of one small scan.
   std::vector<int> large_rows, small_pixels, small_spectra;
+  int worst = 0;  // print the N frames with the longest latency of each run (which scan, which seq)
 };
 
 int usage(int code) {
@@ -95,7 +96,8 @@ int usage(int code) {
                "                           a paced 2048×2048 run takes several minutes)\n"
                "  --pace-fraction F        paced rate = F × the lowest unpaced frame rate of that size (default 0.5)\n"
                "  --library FILE           reference library (default config/references/fe_k_library_normalized.nor)\n"
-               "  --energies FILE          energy grid (default config/references/fe_k_energies_hxn.txt)\n");
+               "  --energies FILE          energy grid (default config/references/fe_k_energies_hxn.txt)\n"
+               "  --worst N                list each run's N slowest frames (scan, seq, latency): where a p99 comes from\n");
   return code;
 }
 
@@ -117,6 +119,7 @@ std::optional<Options> parse_args(int argc, char** argv) {
     else if (a == "--large-energies") o.large_energies = std::stoi(next());
     else if (a == "--large-scans") o.large_scans = std::stoi(next());
     else if (a == "--small-scans") o.small_scans = std::stoi(next());
+    else if (a == "--worst") o.worst = std::stoi(next());
     else if (a == "--small-shape") {
       const auto v = next();
       const auto x = v.find('x');
@@ -401,6 +404,7 @@ struct RunResult {
   double sender_done_s = 0;       // when the last frame was handed to ZeroMQ (from first send)
   double ingest_fps = 0;          // frames / (first frame sent → daemon has accepted every frame)
   std::string breakdown;          // where the daemon's time went (its time_us.* counters)
+  std::string worst;              // --worst N: the slowest frames, "scan:seq ms" each
   std::vector<std::string> warnings;
 };
 
@@ -562,6 +566,7 @@ RunResult run_daemon(const Options& o, const Workload& w, int interval_ms, doubl
 
   // Latency of frame (scan s, seq q): first publication of scan s with last_seq ≥ q.
   std::vector<double> lat;
+  std::vector<std::tuple<double, std::size_t, std::size_t>> by_latency;  // (ms, scan, seq)
   for (std::size_t s = 0; s < ids.size(); ++s) {
     std::size_t k = 0;
     std::vector<const Pub*> mine;
@@ -574,8 +579,13 @@ RunResult run_daemon(const Options& o, const Workload& w, int interval_ms, doubl
         break;
       }
       lat.push_back(millis(mine[k]->t - handed[s * E + q]));
+      by_latency.emplace_back(lat.back(), s, q);
     }
   }
+  std::sort(by_latency.rbegin(), by_latency.rend());
+  for (std::size_t i = 0; i < std::min<std::size_t>(by_latency.size(), static_cast<std::size_t>(std::max(0, o.worst))); ++i)
+    r.worst += (i ? ", " : "") + std::to_string(std::get<1>(by_latency[i])) + ":" + std::to_string(std::get<2>(by_latency[i])) +
+               " " + sfmt("%.1f", std::get<0>(by_latency[i])) + " ms";
 
   const auto status = control(ctx, eps.control, {{"cmd", "status"}});
   const auto& c = status.at("counters");
@@ -613,13 +623,16 @@ RunResult run_daemon(const Options& o, const Workload& w, int interval_ms, doubl
                   sfmt("%.2f", ms("time_us.ingest.journal") / n) + " ms; " + std::to_string(counter("ingest.frames_staged")) +
                   " frames staged during cycles, pipeline waited " + sfmt("%.0f", ms("time_us.pipeline.waited_for_cycle")) +
                   " ms for cycles; per cycle (" + std::to_string(r.cycles) + "): total " + sfmt("%.0f", ms("time_us.cycle.total") / cyc) +
-                  " ms = fold " + sfmt("%.0f", ms("time_us.cycle.fold") / cyc) + ", solve " +
-                  sfmt("%.0f", ms("time_us.cycle.solve") / cyc) + ", reference selection " +
-                  sfmt("%.0f", ms("time_us.cycle.reference_selection") / cyc) + ", segmentation beside edge maps " +
-                  sfmt("%.0f", ms("time_us.cycle.analysis") / cyc) + " (segmentation " +
-                  sfmt("%.0f", ms("time_us.cycle.segmentation") / cyc) + ", edge maps " + sfmt("%.0f", ms("time_us.cycle.edge_maps") / cyc) + ")" +
-                  ", encode " + sfmt("%.0f", ms("time_us.cycle.encode") / cyc) + ", publish " +
-                  sfmt("%.0f", ms("time_us.cycle.publish") / cyc) + " ms";
+                  " ms = fold " + sfmt("%.1f", ms("time_us.cycle.fold") / cyc) + ", solve " + sfmt("%.1f", ms("time_us.cycle.solve") / cyc) +
+                  ", encode " + sfmt("%.1f", ms("time_us.cycle.encode") / cyc) + ", publish " + sfmt("%.1f", ms("time_us.cycle.publish") / cyc) +
+                  " ms";
+    // The image-level steps run in the final cycles only (while a scan runs, on the analysis thread).
+    const double finals = static_cast<double>(w.scans);
+    r.breakdown += "; per final cycle (" + std::to_string(w.scans) + "): reference selection " +
+                   sfmt("%.0f", ms("time_us.cycle.reference_selection") / finals) + ", segmentation beside edge maps " +
+                   sfmt("%.0f", ms("time_us.cycle.analysis") / finals) + " (segmentation " +
+                   sfmt("%.0f", ms("time_us.cycle.segmentation") / finals) + ", edge maps " +
+                   sfmt("%.0f", ms("time_us.cycle.edge_maps") / finals) + ") ms";
     // The live reference selection and segmentation, on the analysis thread beside the cycles.
     const auto runs = counter("analysis.runs");
     const double an = static_cast<double>(std::max<std::int64_t>(1, runs));
@@ -641,7 +654,8 @@ std::string human_rate(double v) {  // 1.23 M, 456 k …
 }  // namespace
 
 int main(int argc, char** argv) {
-  xanesd::tune_allocator();  // as xanesd's main() does
+  xanesd::restart_with_huge_page_heap(argv);  // as xanesd's main() does
+  xanesd::tune_allocator();
   Options o;
   try {
     auto parsed = parse_args(argc, argv);
@@ -746,6 +760,7 @@ int main(int argc, char** argv) {
                       human_rate(r.samples_per_s).c_str(), r.lat_median_ms, r.lat_p99_ms, r.lat_max_ms, r.publications,
                       static_cast<long long>(r.cycles));
           std::printf("  ingest: every frame accepted at %.1f frames/s; %s\n", r.ingest_fps, r.breakdown.c_str());
+          if (!r.worst.empty()) std::printf("  slowest frames (scan:seq latency): %s\n", r.worst.c_str());
           for (const auto& wmsg : r.warnings) std::printf("  WARNING: %s\n", wmsg.c_str());
           std::fflush(stdout);
           rows.push_back({w.label, "xanesd interval_ms=" + std::to_string(interval) + (rate > 0 ? " paced" : ""), r.frames,
