@@ -222,6 +222,39 @@ EdgeBlocksKernel edge_blocks_kernel() {
   return k;
 }
 
+// use[p] &= plane[p] is a number (not NaN), over one plane. Both loops below are passes over
+// the whole stack: in AVX2 vectors where the CPU has them (scalar code took 0.1 s of a
+// 1024² × 100 batch fit).
+__attribute__((target_clones("arch=x86-64-v3", "default"))) void keep_measured(const float* __restrict plane,
+                                                                              std::uint8_t* __restrict use, std::size_t n) {
+  for (std::size_t p = 0; p < n; ++p) use[p] &= static_cast<std::uint8_t>(plane[p] == plane[p]);
+}
+
+// The sum of plane[p] over the pixels with use[p]: branch-free, with 8 partial sums (one long
+// chain of dependent additions is latency-bound) in two vectors (lane k sums the pixels p ≡ k
+// mod 8), so every vector width gives the same bits.
+__attribute__((target_clones("arch=x86-64-v3", "default"), optimize("fp-contract=off"))) double used_sum(
+    const float* __restrict plane, const std::uint8_t* __restrict use, std::size_t n) {
+  using Vf4 = float __attribute__((vector_size(16)));
+  using Vb4 = std::uint8_t __attribute__((vector_size(4)));
+  using Vl4 = std::int64_t __attribute__((vector_size(32)));
+  Vd4 lo = splat<Vd4>(0), hi = splat<Vd4>(0);
+  const Vd4 zero = splat<Vd4>(0);
+  std::size_t p = 0;
+  for (; p + 8 <= n; p += 8) {
+    Vf4 f0, f1;
+    Vb4 u0, u1;
+    std::memcpy(&f0, plane + p, sizeof f0), std::memcpy(&f1, plane + p + 4, sizeof f1);
+    std::memcpy(&u0, use + p, sizeof u0), std::memcpy(&u1, use + p + 4, sizeof u1);
+    lo += __builtin_convertvector(u0, Vl4) != 0 ? __builtin_convertvector(f0, Vd4) : zero;
+    hi += __builtin_convertvector(u1, Vl4) != 0 ? __builtin_convertvector(f1, Vd4) : zero;
+  }
+  double part[8];
+  store(part, lo), store(part + 4, hi);
+  for (; p < n; ++p) part[0] += use[p] ? static_cast<double>(plane[p]) : 0.0;
+  return ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
+}
+
 }  // namespace
 
 EdgeMapPlan plan_edge_maps(std::span<const float> planes, const std::vector<double>& e, std::size_t npix,
@@ -237,24 +270,13 @@ EdgeMapPlan plan_edge_maps(std::span<const float> planes, const std::vector<doub
     std::fill(use.begin(), use.begin() + static_cast<std::ptrdiff_t>(std::min(part->begin, npix)), 0);
     std::fill(use.begin() + static_cast<std::ptrdiff_t>(std::min(part->end, npix)), use.end(), 0);
   }
-  for (std::size_t j = 0; j < E; ++j) {  // restrict: see selection_evidence's same loop
-    const float* __restrict plane = planes.data() + j * npix;
-    std::uint8_t* __restrict u = use.data();
-    for (std::size_t p = 0; p < npix; ++p) u[p] &= plane[p] == plane[p];  // not NaN
-  }
-  // The mean spectrum: a full pass over the stack, so branch-free with 8 partial sums (one
-  // long dependent chain of additions is latency-bound) and the planes split over the threads.
+  for (std::size_t j = 0; j < E; ++j) keep_measured(planes.data() + j * npix, use.data(), npix);
+  // The mean spectrum: a full pass over the stack, the planes split over the threads.
   std::vector<double> sums(E + 1, 0.0);  // per energy, then the pixels
   for (auto u : use) sums[E] += u;
   auto plane_sums = [&](std::size_t j_begin, std::size_t j_end) {
     for (std::size_t j = j_begin; j < j_end; ++j) {
-      const float* plane = planes.data() + j * npix;
-      double part_sum[8] = {};
-      std::size_t p = 0;
-      for (; p + 8 <= npix; p += 8)
-        for (std::size_t k = 0; k < 8; ++k) part_sum[k] += use[p + k] ? static_cast<double>(plane[p + k]) : 0.0;
-      for (; p < npix; ++p) part_sum[0] += use[p] ? static_cast<double>(plane[p]) : 0.0;
-      sums[j] = ((part_sum[0] + part_sum[1]) + (part_sum[2] + part_sum[3])) + ((part_sum[4] + part_sum[5]) + (part_sum[6] + part_sum[7]));
+      sums[j] = used_sum(planes.data() + j * npix, use.data(), npix);
     }
   };
   if (threads > 1 && npix >= 65536) {
