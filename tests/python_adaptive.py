@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 
 from binaries import free_port  # tests/binaries.py, beside this script
 
@@ -90,6 +91,33 @@ def main():
             f = r.get("result_file")
             check(bool(f) and os.path.isfile(f), f"result file {f} exists")
         print(f"full scan MAE {full.get('fraction_mae_vs_truth')}, sub scan MAE {mae}", flush=True)
+
+        # A client that gives up on a command gets it cancelled: Client sends its own timeout
+        # as the request's timeout_ms, so a long selection stops at its next step once the
+        # client has stopped waiting, instead of running on for nobody.
+        check(client.configure({"select.train_mixtures": 40000, "select.test_mixtures": 8000}).get("ok") is True,
+              "configure: a selection that takes seconds")
+        before = client.status()["counters"]
+        impatient = xp.Client(control, timeout_ms=300)
+        grid = [7080 + 0.25 * i for i in range(400)]
+        try:
+            impatient.select_energies(12, energies_eV=grid, objective="equal_dwell", noise=0.01)
+            check(False, "the long selection answered within 300 ms (it should take seconds)")
+        except TimeoutError:
+            pass
+        finally:
+            impatient.close()
+        after = before
+        for _ in range(100):  # the selection stops at its next step
+            after = client.status()["counters"]
+            if after.get("control.cancelled", 0) > before.get("control.cancelled", 0):
+                break
+            time.sleep(0.05)
+        check(after.get("control.cancelled", 0) == before.get("control.cancelled", 0) + 1,
+              f"the abandoned selection was cancelled (control.cancelled {before.get('control.cancelled', 0)} → "
+              f"{after.get('control.cancelled', 0)})")
+        check(after.get("control.energy_selections", 0) == before.get("control.energy_selections", 0),
+              "the abandoned selection did not run to the end")
     except Exception as e:  # noqa: BLE001 - reported as a failure, the daemon is still shut down
         failures.append(f"{type(e).__name__}: {e}")
         print(f"FAIL {type(e).__name__}: {e}", flush=True)

@@ -572,8 +572,9 @@ class Sockets(unittest.TestCase):
         endpoint = rep.getsockopt_string(zmq.LAST_ENDPOINT)
         c = xp.Client(endpoint, timeout_ms=3000)
         try:
+            # A pipeline command carries the client's timeout (the daemon cancels it then).
             self.assertEqual(c.request("configure", set={"fit.method": "nnls"})["echo"],
-                             {"cmd": "configure", "set": {"fit.method": "nnls"}})
+                             {"cmd": "configure", "set": {"fit.method": "nnls"}, "timeout_ms": 3000})
             reply, msgs = c.snapshot()
             self.assertEqual(reply["publications"], 3)
             self.assertEqual([m.topic for m in msgs], ["maps/thickness", "status", "maps/fractions"])
@@ -611,11 +612,12 @@ class Sockets(unittest.TestCase):
         t.start()
         c = xp.Client(endpoint, timeout_ms=3000)
         try:
-            self.assertEqual(c.select_energies(13)["echo"], {"cmd": "select_energies", "n": 13})
+            self.assertEqual(c.select_energies(13)["echo"], {"cmd": "select_energies", "n": 13, "timeout_ms": 3000})
             self.assertEqual(c.select_energies("auto", n_tolerance=0.1)["echo"],
-                             {"cmd": "select_energies", "n": "auto", "n_tolerance": 0.1})
-            self.assertEqual(c.select_energies(objective="equal_dwell")["echo"],
-                             {"cmd": "select_energies", "objective": "equal_dwell"})
+                             {"cmd": "select_energies", "n": "auto", "n_tolerance": 0.1, "timeout_ms": 3000})
+            # the request's own timeout_ms stands
+            self.assertEqual(c.request("select_energies", objective="equal_dwell", timeout_ms=500)["echo"],
+                             {"cmd": "select_energies", "objective": "equal_dwell", "timeout_ms": 500})
             t.join()
         finally:
             rep.close(linger=0)

@@ -803,10 +803,16 @@ class Client:
         self.close()
 
     def request_frames(self, payload: dict) -> list:
-        """Sends one request object; returns all reply frames (zmq.Frame objects)."""
+        """Sends one request object; returns all reply frames (zmq.Frame objects). A pipeline
+        command carries this client's timeout as its `timeout_ms` (unless it has its own): when
+        the client gives up waiting, the daemon cancels the command if it has not started,
+        instead of running it for nobody."""
         zmq = _zmq()
         if self._sock is None:
             self._connect()
+        if (payload.get("cmd") not in ("status", "snapshot") and "timeout_ms" not in payload
+                and self.timeout_ms is not None and 100 <= self.timeout_ms <= 3_600_000):
+            payload = {**payload, "timeout_ms": int(self.timeout_ms)}
         try:
             self._sock.send(json.dumps(payload).encode("utf-8"))
             sent = True
