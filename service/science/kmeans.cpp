@@ -71,40 +71,39 @@ void nearest_all(const FeatureColumns& columns, const FeatureMatrix& C, Visit&& 
 // k-means++ (Arthur & Vassilvitskii): each new centre drawn with probability ∝ squared
 // distance to the nearest existing one.
 
-// The value below which a share 1 − trim of a set of values lies (the value of rank
-// ⌊(1 − trim)(n − 1)⌋, as nth_element finds it); +∞ when trim is 0. Lloyd's iterations and
-// k-means++'s rounds ask for it over values that change little from one call to the next, so
-// each call first tries a band of ±5 % around the last answer: one pass counts the values below
-// the band and keeps those in it, and when the rank falls inside, only the band is selected
-// from (the same value, exactly; a few per cent of the points instead of all of them).
-class UpperQuantile {
- public:
-  explicit UpperQuantile(double trim) : trim_(trim) {}
-  double operator()(const std::vector<double>& v) {
-    if (trim_ <= 0 || v.empty()) return INFINITY;
-    const auto i = static_cast<std::size_t>((1.0 - trim_) * static_cast<double>(v.size() - 1));
-    if (last_ > 0 && std::isfinite(last_)) {
-      const double lo = 0.95 * last_, hi = 1.05 * last_;
-      std::size_t below = 0;
-      band_.clear();
-      for (double x : v) {
-        if (x < lo) ++below;
-        else if (x <= hi) band_.push_back(x);
-      }
-      if (below <= i && i - below < band_.size()) return last_ = nth(band_, i - below);
+// The value below which a share 1 − trim of v lies (the value of rank ⌊(1 − trim)(n − 1)⌋ in
+// ascending order, as nth_element finds it); +∞ when trim is 0. Lloyd's iterations and
+// k-means++'s rounds ask for it every time over all the points, and trim is a few per cent:
+// a threshold a little below it is taken from an evenly spread subsample (a lower rank there),
+// one branch-free pass keeps the values at or above it and counts the rest, and the rank is
+// selected among the kept few per cent. Exact whenever the threshold is below the answer (the
+// count says so); otherwise, or for few points, selected over all of them.
+double upper_quantile(const std::vector<double>& v, double trim, std::vector<double>& scratch) {
+  if (trim <= 0 || v.empty()) return INFINITY;
+  const std::size_t n = v.size(), rank = static_cast<std::size_t>((1.0 - trim) * static_cast<double>(n - 1));
+  auto select = [&](std::size_t count, std::size_t r) {
+    std::nth_element(scratch.begin(), scratch.begin() + static_cast<std::ptrdiff_t>(r),
+                     scratch.begin() + static_cast<std::ptrdiff_t>(count));
+    return scratch[r];
+  };
+  constexpr std::size_t kSubsample = 1024;
+  if (n >= 4 * kSubsample) {
+    scratch.resize(kSubsample);
+    for (std::size_t k = 0; k < kSubsample; ++k) scratch[k] = v[k * n / kSubsample];
+    const double lower_share = std::min(1.0, 2 * trim + 0.01);
+    const double threshold = select(kSubsample, static_cast<std::size_t>((1.0 - lower_share) * (kSubsample - 1)));
+    scratch.resize(n);
+    std::size_t below = 0, kept = 0;
+    for (double x : v) {  // branch-free: which side a point falls is unpredictable
+      below += x < threshold;
+      scratch[kept] = x;
+      kept += x >= threshold;
     }
-    all_ = v;
-    return last_ = nth(all_, i);
+    if (below <= rank && rank - below < kept) return select(kept, rank - below);
   }
-
- private:
-  static double nth(std::vector<double>& v, std::size_t i) {
-    std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(i), v.end());
-    return v[i];
-  }
-  double trim_, last_ = 0;
-  std::vector<double> band_, all_;
-};
+  scratch = v;
+  return select(n, rank);
+}
 
 }  // namespace
 
@@ -115,7 +114,7 @@ void add_kmeanspp(const FeatureMatrix& F, FeatureMatrix& C, int k, Rng& rng, dou
   // each new centre only (the minimum over the centres, as nearest() gives it).
   std::vector<double> near(static_cast<std::size_t>(n), INFINITY), d2(static_cast<std::size_t>(n));
   Eigen::Index counted = 0;  // centres of C already in `near`
-  UpperQuantile cap_at(trim);
+  std::vector<double> scratch;
   while (C.rows() < k) {
     if (C.rows() == 0) {
       C.conservativeResize(1, F.cols());
@@ -132,7 +131,7 @@ void add_kmeanspp(const FeatureMatrix& F, FeatureMatrix& C, int k, Rng& rng, dou
     d2 = near;
     // Outliers (zingers, hot pixels) are the farthest points of all: capping the weights at
     // the (1 − trim) quantile keeps them from drawing centres of their own.
-    const double cap = cap_at(d2);
+    const double cap = upper_quantile(d2, trim, scratch);
     double total = 0;
     for (auto& v : d2) total += (v = std::min(v, cap));
     double u = rng.uniform() * total;
@@ -158,7 +157,7 @@ double lloyd(const FeatureMatrix& F, FeatureMatrix& C, std::vector<int>& assign,
   const double tol = 1e-4 * (F.rowwise() - F.colwise().mean()).squaredNorm() / static_cast<double>(std::max<Eigen::Index>(1, n * F.cols()));
   const Eigen::Index d = F.cols();
   std::vector<double> dist(static_cast<std::size_t>(n));
-  UpperQuantile cut_at(trim);
+  std::vector<double> scratch;
   // Trimmed k-means (Cuesta-Albertos et al. 1997): the share `trim` of points farthest from
   // their centres is left out of the centres and the inertia, so a few wild points (zingers,
   // hot pixels) cannot drag a centre; every point is still labelled.
@@ -171,7 +170,7 @@ double lloyd(const FeatureMatrix& F, FeatureMatrix& C, std::vector<int>& assign,
         if (which[i] != assign[i0 + i]) moved = true, assign[i0 + i] = which[i];
       }
     });
-    const double cut = cut_at(dist);
+    const double cut = upper_quantile(dist, trim, scratch);
     double inertia = 0;
     for (double v : dist)
       if (v <= cut) inertia += v;
