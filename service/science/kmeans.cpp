@@ -170,11 +170,7 @@ double lloyd(const FeatureMatrix& F, FeatureMatrix& C, std::vector<int>& assign,
         if (which[i] != assign[i0 + i]) moved = true, assign[i0 + i] = which[i];
       }
     });
-    const double cut = upper_quantile(dist, trim, scratch);
-    double inertia = 0;
-    for (double v : dist)
-      if (v <= cut) inertia += v;
-    return std::pair{moved, cut};
+    return std::pair{moved, upper_quantile(dist, trim, scratch)};
   };
   double inertia = 0;
   for (int it = 0; it < max_iter; ++it) {
