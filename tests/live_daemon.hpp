@@ -64,8 +64,8 @@ struct LiveDaemon {
     push.set(zmq::sockopt::linger, 0);
     push.connect(daemon->endpoints().ingest);
     sub.set(zmq::sockopt::subscribe, "");
-    sub.connect(daemon->endpoints().publish);
-    std::this_thread::sleep_for(300ms);  // let the subscription reach the PUB socket
+    if (cfg.security.server_key.empty()) connect_subscriber(ctx, sub, daemon->endpoints().publish);
+    else sub.connect(daemon->endpoints().publish);  // without keys: no handshake, nothing received (test_security)
   }
   void send_frames(std::vector<zmq::message_t>&& frames) {
     for (std::size_t i = 0; i < frames.size(); ++i)

@@ -8,6 +8,7 @@
 #include <fstream>
 #include <filesystem>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
@@ -87,6 +88,25 @@ inline bool wait_for_file(const std::filesystem::path& path, std::chrono::second
 }
 
 inline std::string loopback(int port) { return "tcp://127.0.0.1:" + std::to_string(port); }
+
+// Connects a SUB socket (subscribed already) and returns once its connection has finished the
+// ZeroMQ handshake with the publisher, whose subscription message follows at once, plus a
+// moment for the publisher's I/O thread to take it: a fixed sleep lost the first publications
+// on a loaded machine. Throws when no handshake happens within 10 s × slowdown().
+inline void connect_subscriber(zmq::context_t& ctx, zmq::socket_t& sub, const std::string& endpoint) {
+  const std::string monitor = "inproc://subscriber-monitor-" + std::to_string(reinterpret_cast<std::uintptr_t>(sub.handle()));
+  if (zmq_socket_monitor(sub.handle(), monitor.c_str(), ZMQ_EVENT_HANDSHAKE_SUCCEEDED) != 0)
+    throw std::runtime_error("connect_subscriber: zmq_socket_monitor failed");
+  zmq::socket_t events(ctx, zmq::socket_type::pair);
+  events.set(zmq::sockopt::rcvtimeo, static_cast<int>(10000 * slowdown()));
+  events.connect(monitor);
+  sub.connect(endpoint);
+  zmq::message_t event, address;  // two frames: the event and value, then the peer's address
+  const bool handshake = events.recv(event).has_value() && events.recv(address).has_value();
+  zmq_socket_monitor(sub.handle(), nullptr, 0);
+  if (!handshake) throw std::runtime_error("connect_subscriber: no handshake with " + endpoint);
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+}
 
 // A deep copy of a message (its array frames copied), for checks that consume a message.
 inline protocol::WireMessage copy_of(const protocol::WireMessage& m) {
