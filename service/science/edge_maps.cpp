@@ -231,26 +231,26 @@ __attribute__((target_clones("arch=x86-64-v3", "default"))) void keep_measured(c
 }
 
 // The sum of plane[p] over the pixels with use[p]: branch-free, with 8 partial sums (one long
-// chain of dependent additions is latency-bound) in two vectors (lane k sums the pixels p ≡ k
-// mod 8), so every vector width gives the same bits.
+// chain of dependent additions is latency-bound) in four 2-wide vectors (lane k sums the pixels
+// p ≡ k mod 8), the same bits in every clone. 2-wide: a 4-wide vector in the default clone
+// changes the ABI of the inlined helpers, which clang refuses.
 __attribute__((target_clones("arch=x86-64-v3", "default"), optimize("fp-contract=off"))) double used_sum(
     const float* __restrict plane, const std::uint8_t* __restrict use, std::size_t n) {
-  using Vf4 = float __attribute__((vector_size(16)));
-  using Vb4 = std::uint8_t __attribute__((vector_size(4)));
-  using Vl4 = std::int64_t __attribute__((vector_size(32)));
-  Vd4 lo = splat<Vd4>(0), hi = splat<Vd4>(0);
-  const Vd4 zero = splat<Vd4>(0);
+  using Vf2 = float __attribute__((vector_size(8)));
+  using Vb2 = std::uint8_t __attribute__((vector_size(2)));
+  using Vl2 = std::int64_t __attribute__((vector_size(16)));
+  const Vd2 zero = splat<Vd2>(0);
+  Vd2 sum[4] = {zero, zero, zero, zero};
   std::size_t p = 0;
-  for (; p + 8 <= n; p += 8) {
-    Vf4 f0, f1;
-    Vb4 u0, u1;
-    std::memcpy(&f0, plane + p, sizeof f0), std::memcpy(&f1, plane + p + 4, sizeof f1);
-    std::memcpy(&u0, use + p, sizeof u0), std::memcpy(&u1, use + p + 4, sizeof u1);
-    lo += __builtin_convertvector(u0, Vl4) != 0 ? __builtin_convertvector(f0, Vd4) : zero;
-    hi += __builtin_convertvector(u1, Vl4) != 0 ? __builtin_convertvector(f1, Vd4) : zero;
-  }
+  for (; p + 8 <= n; p += 8)
+    for (std::size_t k = 0; k < 4; ++k) {
+      Vf2 f;
+      Vb2 u;
+      std::memcpy(&f, plane + p + 2 * k, sizeof f), std::memcpy(&u, use + p + 2 * k, sizeof u);
+      sum[k] += __builtin_convertvector(u, Vl2) != 0 ? __builtin_convertvector(f, Vd2) : zero;
+    }
   double part[8];
-  store(part, lo), store(part + 4, hi);
+  for (std::size_t k = 0; k < 4; ++k) store(part + 2 * k, sum[k]);
   for (; p < n; ++p) part[0] += use[p] ? static_cast<double>(plane[p]) : 0.0;
   return ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
 }
