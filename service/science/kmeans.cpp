@@ -68,9 +68,6 @@ void nearest_all(const FeatureColumns& columns, const FeatureMatrix& C, Visit&& 
   }
 }
 
-// k-means++ (Arthur & Vassilvitskii): each new centre drawn with probability ∝ squared
-// distance to the nearest existing one.
-
 // The value below which a share 1 − trim of v lies (the value of rank ⌊(1 − trim)(n − 1)⌋ in
 // ascending order, as nth_element finds it); +∞ when trim is 0. Lloyd's iterations and
 // k-means++'s rounds ask for it every time over all the points, and trim is a few per cent:
@@ -107,6 +104,8 @@ double upper_quantile(const std::vector<double>& v, double trim, std::vector<dou
 
 }  // namespace
 
+// k-means++ (Arthur & Vassilvitskii): each new centre drawn with probability ∝ squared
+// distance to the nearest existing one.
 void add_kmeanspp(const FeatureMatrix& F, FeatureMatrix& C, int k, Rng& rng, double trim) {
   const auto n = F.rows();
   const FeatureColumns columns = F;
