@@ -163,6 +163,38 @@ TEST_CASE("NNLS: never negative, and equal to the exhaustive optimum") {
   }
 }
 
+TEST_CASE("NNLS beyond the stack-sized solver (17 parameters): the optimum by its KKT conditions") {
+  // 15 random positive "references" and a linear background on 40 points; sparse mixtures.
+  std::mt19937 rng(5);
+  std::uniform_real_distribution<double> u(0, 1);
+  std::normal_distribution<double> noise(0, 0.01);
+  const int n = 40, K = 15, M = K + 2;
+  Eigen::MatrixXd X(n, M);
+  for (int i = 0; i < n; ++i) {
+    X(i, 0) = 1.0, X(i, 1) = (i - n / 2.0) / n;
+    for (int k = 0; k < K; ++k) X(i, 2 + k) = 0.2 + u(rng);
+  }
+  const Eigen::MatrixXd G = X.transpose() * X;
+  for (int trial = 0; trial < 50; ++trial) {
+    Eigen::VectorXd theta = Eigen::VectorXd::Zero(M);
+    theta(0) = 0.05 * u(rng);
+    for (int k = 2; k < M; ++k) theta(k) = u(rng) < 0.3 ? u(rng) : 0.0;
+    Eigen::VectorXd y = X * theta;
+    for (auto& v : y) v += noise(rng);
+    const Eigen::VectorXd s = X.transpose() * y;
+    const auto r = solve_nnls(G, s, y.squaredNorm(), 2);
+    REQUIRE(r.ok);
+    const Eigen::VectorXd w = s - G * r.theta;  // −gradient: 0 on the free and positive ones, ≤ 0 on the zeros
+    const double tol = 1e-8 * s.cwiseAbs().maxCoeff();
+    for (int j = 0; j < M; ++j) {
+      if (j >= 2) CHECK(r.theta(j) >= 0.0);
+      if (j < 2 || r.theta(j) > 0) CHECK(std::abs(w(j)) <= tol);
+      else CHECK(w(j) <= tol);
+    }
+    CHECK(r.chi2 == doctest::Approx((y - X * r.theta).squaredNorm()).epsilon(1e-9));
+  }
+}
+
 TEST_CASE("incremental fit: any arrival order, re-measurement and energy subsets give the batch answer") {
   const auto p = fe_problem({"Magnetite", "Goethite", "Pyrite"});
   const auto E = static_cast<int>(p.energies.size());
