@@ -68,6 +68,7 @@ struct Options {
   // lowest unpaced frame rate of that size, for the sizes listed.
   bool paced_small = true, paced_large = false;
   double pace_fraction = 0.5;
+  double pace_rate = 0;  // frames/s: a fixed paced rate instead (to compare builds at the same load)
   std::vector<std::string> set;  // extra daemon config overrides (--set KEY=VALUE)
   // Message shapes besides full frames: row blocks of N rows (energy-major) of the large image,
   // batches of N pixels (pixel-major, as a fly scan sends them) of one small scan.
@@ -95,6 +96,7 @@ int usage(int code) {
                "  --paced small|all|none   also run with the sender paced below capacity (default small:\n"
                "                           a paced 2048×2048 run takes several minutes)\n"
                "  --pace-fraction F        paced rate = F × the lowest unpaced frame rate of that size (default 0.5)\n"
+               "  --pace-rate R            paced rate = R frames/s, whatever the unpaced rate (builds compared at one load)\n"
                "  --library FILE           reference library (default config/references/fe_k_library_normalized.nor)\n"
                "  --energies FILE          energy grid (default config/references/fe_k_energies_hxn.txt)\n"
                "  --worst N                list each run's N slowest frames (scan, seq, latency): where a p99 comes from\n");
@@ -152,11 +154,13 @@ std::optional<Options> parse_args(int argc, char** argv) {
       o.paced_small = v != "none";
       o.paced_large = v == "all";
     } else if (a == "--pace-fraction") o.pace_fraction = std::stod(next());
+    else if (a == "--pace-rate") o.pace_rate = std::stod(next());
     else if (a == "--library") o.library = next();
     else if (a == "--energies") o.energies = next();
     else throw std::runtime_error("unknown option '" + a + "'");
   }
   if (!(o.pace_fraction > 0 && o.pace_fraction <= 10)) throw std::runtime_error("--pace-fraction must be in (0, 10]");
+  if (!(o.pace_rate >= 0 && o.pace_rate < 1e6)) throw std::runtime_error("--pace-rate must be in [0, 1e6) frames/s");
   if (o.large_energies < 6 || o.small_scans < 1 || o.large_scans < 1 || o.large_size < 8)
     throw std::runtime_error("--large-energies must be ≥ 6 (the fit has 5 parameters), scans and size ≥ 1");
   return o;
@@ -774,9 +778,9 @@ int main(int argc, char** argv) {
         double slowest = INFINITY;
         for (int interval : intervals) slowest = std::min(slowest, run(interval, 0).fps);
         if (split == Workload::Split::full && (w.large ? o.paced_large : o.paced_small)) {
-          const double rate = o.pace_fraction * slowest;
+          const double rate = o.pace_rate > 0 ? o.pace_rate : o.pace_fraction * slowest;
           std::printf("[%s] paced runs: sender offers %.3g frames/s (%.0f%% of the lowest unpaced rate above)\n", w.label.c_str(),
-                      rate, 100 * o.pace_fraction);
+                      rate, 100 * rate / slowest);
           for (int interval : intervals) run(interval, rate);
         }
       }
