@@ -1,5 +1,6 @@
 #include "science/incremental_lcf.hpp"
 #include "science/parallel.hpp"
+#include "science/planar.hpp"
 
 #include <algorithm>
 #include <bit>
@@ -427,7 +428,7 @@ struct IncrementalLcf::Workspace {
     }
   } group;
   struct List {  // solve_listed's block buffers
-    std::vector<double> acc, q, scratch;
+    std::vector<double> acc, scratch;  // acc: M rows of s, then q
     std::vector<std::uint8_t> settled, todo, fitted;
     std::vector<float> fk, f3;
     std::vector<std::uint16_t> nen;
@@ -976,6 +977,16 @@ void IncrementalLcf::nnls_block(std::uint32_t set, std::size_t B, const double* 
   }
 }
 
+namespace {
+// Whether pixels[0..B) are consecutive pixels in ascending order (B ≥ 1): their statistics are
+// then one contiguous run.
+bool is_run(const std::size_t* pixels, std::size_t B) {
+  for (std::size_t i = 1; i < B; ++i)
+    if (pixels[i] != pixels[0] + i) return false;
+  return true;
+}
+}  // namespace
+
 // Solves the listed pixels (at most kStackBlock, all of block-solvable energy set `set`) from
 // their own statistics by block: least squares, then the NNLS groups, then solve_stats for
 // what is left.
@@ -983,23 +994,30 @@ void IncrementalLcf::solve_listed(const std::size_t* pixels, std::size_t B, std:
   const int K = model_.n_refs();
   constexpr std::size_t S = kStackBlock;
   auto& l = ws.list;
-  if (l.q.empty()) {
-    l.acc.resize(static_cast<std::size_t>(M_) * S), l.q.resize(S), l.scratch.resize(block_scratch(M_));
+  if (l.acc.empty()) {
+    l.acc.resize(static_cast<std::size_t>(M_ + 1) * S), l.scratch.resize(block_scratch(M_));
     l.settled.resize(S), l.todo.resize(S), l.fk.resize(2 * static_cast<std::size_t>(K) * S), l.f3.resize(3 * S);
     l.nen.resize(S), l.fitted.resize(S);
   }
   // Scattered pixels: the block's maps go to a scratch block first, then to their pixels.
   const BlockOut out{l.fk.data(), l.fk.data() + static_cast<std::size_t>(K) * S, S, l.f3.data(), l.f3.data() + S,
                      l.f3.data() + 2 * S, l.nen.data(), l.fitted.data()};
-  for (std::size_t i = 0; i < B; ++i) {  // gather the block's statistics, parameter-major
-    const double* st = &stats_[pixels[i] * static_cast<std::size_t>(M_ + 1)];
-    for (int m = 0; m < M_; ++m) l.acc[static_cast<std::size_t>(m) * S + i] = st[m];
-    l.q[i] = st[M_];
+  // The block's statistics, parameter-major; a run of pixels (every pixel changed, as in an
+  // energy-major scan) read in sequence.
+  const std::size_t S1 = static_cast<std::size_t>(M_ + 1);
+  double* q = l.acc.data() + static_cast<std::size_t>(M_) * S;
+  if (is_run(pixels, B)) {
+    to_planar(S1, B, S, &stats_[pixels[0] * S1], l.acc.data());
+  } else {
+    for (std::size_t i = 0; i < B; ++i) {
+      const double* st = &stats_[pixels[i] * S1];
+      for (std::size_t m = 0; m < S1; ++m) l.acc[m * S + i] = st[m];
+    }
   }
-  solve_block(caches_[set], sets_.count(set), B, l.acc.data(), l.q.data(), out, l.scratch.data(), l.settled.data());
+  solve_block(caches_[set], sets_.count(set), B, l.acc.data(), q, out, l.scratch.data(), l.settled.data());
   for (std::size_t i = 0; i < B; ++i) l.todo[i] = !l.settled[i];
   // solve_block leaves the unconstrained θ in the first M rows of its scratch.
-  nnls_block(set, B, l.acc.data(), l.q.data(), l.scratch.data(), l.todo.data(), out, l.settled.data(), ws);
+  nnls_block(set, B, l.acc.data(), q, l.scratch.data(), l.todo.data(), out, l.settled.data(), ws);
   scatter_block(out, pixels, B, l.settled.data());
   for (std::size_t i = 0; i < B; ++i)
     if (!l.settled[i]) solve_pixel(pixels[i], ws);
@@ -1011,7 +1029,14 @@ void IncrementalLcf::solve_listed(const std::size_t* pixels, std::size_t B, std:
 void IncrementalLcf::scatter_block(const BlockOut& out, const std::size_t* pixels, std::size_t B,
                                    const std::uint8_t* settled) {
   const int K = model_.n_refs();
+  // A run of pixels (the common case) as a masked copy that vectorizes.
+  const bool run = is_run(pixels, B);
   auto scatter = [&](auto* dst, const auto* src) {
+    if (run) {
+      auto* __restrict d = dst + pixels[0];
+      for (std::size_t i = 0; i < B; ++i) d[i] = settled[i] ? src[i] : d[i];
+      return;
+    }
     for (std::size_t i = 0; i < B; ++i)
       if (settled[i]) dst[pixels[i]] = src[i];
   };
@@ -1105,17 +1130,18 @@ void IncrementalLcf::solve_spatial(int threads) {
   // Per thread: its buffers, and the solve of each row the step hands over.
   struct RowState {
     Workspace ws;
-    std::vector<double> theta, s_avg, own, q_own, chi2, scratch, sigma2, st;
+    std::vector<double> theta, s_avg, own, chi2, scratch, sigma2, st;  // own: M rows of s, then q
     std::vector<std::size_t> pixel, pending;
     std::vector<std::uint8_t> settled, todo, fitted;
     std::vector<float> fk, f3;
     std::vector<std::uint16_t> nen;
+    double* q_own;  // own's last row: yᵀy
     RowState(int M, int K)
-        : ws(M), theta(static_cast<std::size_t>(M) * kStackBlock), s_avg(theta.size()), own(theta.size()),
-          q_own(kStackBlock), chi2(kStackBlock), scratch(2 * kStackBlock), sigma2(kStackBlock),
+        : ws(M), theta(static_cast<std::size_t>(M) * kStackBlock), s_avg(theta.size()),
+          own(static_cast<std::size_t>(M + 1) * kStackBlock), chi2(kStackBlock), scratch(2 * kStackBlock), sigma2(kStackBlock),
           st(static_cast<std::size_t>(M) + 1), pixel(kStackBlock), pending(kStackBlock), settled(kStackBlock),
           todo(kStackBlock), fitted(kStackBlock), fk(2 * static_cast<std::size_t>(K) * kStackBlock),
-          f3(3 * kStackBlock), nen(kStackBlock) {}
+          f3(3 * kStackBlock), nen(kStackBlock), q_own(own.data() + static_cast<std::size_t>(M) * kStackBlock) {}
   };
   auto solve_row = [&](RowState& b, const SpatialRow& row) {
     constexpr std::size_t S = kStackBlock;
@@ -1156,33 +1182,43 @@ void IncrementalLcf::solve_spatial(int threads) {
     auto flush = [&] {
       if (B == 0) return;
       const double* G = caches_[block_set].G.data();  // column-major, symmetric
+      // Most blocks are a run of one row's pixels (every pixel smoothed): their values are read
+      // in sequence, so the loops vectorize.
+      const std::size_t first = b.pixel[0];
+      const bool run = is_run(b.pixel.data(), B);
       for (int m = 0; m < M_; ++m) {
         const float* tm = row.theta + static_cast<std::size_t>(m) * row.theta_stride;
         double* __restrict to = b.theta.data() + static_cast<std::size_t>(m) * S;
-        for (std::size_t i = 0; i < B; ++i) to[i] = tm[b.pixel[i] - row0];
+        if (run)
+          for (std::size_t i = 0; i < B; ++i) to[i] = tm[first - row0 + i];
+        else
+          for (std::size_t i = 0; i < B; ++i) to[i] = tm[b.pixel[i] - row0];
       }
       for (std::size_t i = 0; i < B; ++i) b.sigma2[i] = row.sigma2[b.pixel[i] - row0];
-      // The pixels' own statistics (pixel-major), 64 pixels at a time: their lines stay in L1
-      // while each parameter's plane takes its values.
-      for (std::size_t i0 = 0; i0 < B; i0 += 64) {
-        const std::size_t i1 = std::min(B, i0 + 64);
-        for (std::size_t m = 0; m <= static_cast<std::size_t>(M_); ++m) {
-          double* __restrict om = m < static_cast<std::size_t>(M_) ? b.own.data() + m * S : b.q_own.data();
-          for (std::size_t i = i0; i < i1; ++i) om[i] = stats_[b.pixel[i] * S1 + m];
+      // The pixels' own statistics (pixel-major) as rows: M of s, then q.
+      if (run) {
+        to_planar(S1, B, S, &stats_[first * S1], b.own.data());
+      } else {  // 64 pixels at a time: their lines stay in L1 while each row takes its values
+        for (std::size_t i0 = 0; i0 < B; i0 += 64) {
+          const std::size_t i1 = std::min(B, i0 + 64);
+          for (std::size_t m = 0; m < S1; ++m) {
+            double* __restrict om = b.own.data() + m * S;
+            for (std::size_t i = i0; i < i1; ++i) om[i] = stats_[b.pixel[i] * S1 + m];
+          }
         }
       }
       // s̄ = Gθ̄, the averaged statistics the NNLS groups solve (theta_chi2's product with G in
       // place of G⁻¹; its χ² output is not wanted here), then each pixel's own data against its
       // averaged model.
-      theta_chi2(G, M_, B, b.theta.data(), b.q_own.data(), b.s_avg.data(), b.chi2.data());
-      own_chi2(M_, B, b.theta.data(), b.s_avg.data(), b.own.data(), b.q_own.data(), b.chi2.data());
+      theta_chi2(G, M_, B, b.theta.data(), b.q_own, b.s_avg.data(), b.chi2.data());
+      own_chi2(M_, B, b.theta.data(), b.s_avg.data(), b.own.data(), b.q_own, b.chi2.data());
       const BlockConsts bc(caches_[block_set].G_inv, K, F, sets_.count(block_set), options_.method == FitMethod::nnls);
-      block_maps(bc, B, b.theta.data(), b.q_own.data(), b.chi2.data(), b.scratch.data(), b.scratch.data() + S,
+      block_maps(bc, B, b.theta.data(), b.q_own, b.chi2.data(), b.scratch.data(), b.scratch.data() + S,
                  out.fractions, out.fraction_sigma, S, out.thickness, out.residual, out.rfactor, out.nenergies,
                  out.fitted, b.settled.data(), b.sigma2.data());
       for (std::size_t i = 0; i < B; ++i) b.todo[i] = !b.settled[i];
-      nnls_block(block_set, B, b.s_avg.data(), b.q_own.data(), b.theta.data(), b.todo.data(), out, b.settled.data(),
-                 ws, b.own.data(), b.q_own.data(), b.sigma2.data());
+      nnls_block(block_set, B, b.s_avg.data(), b.q_own, b.theta.data(), b.todo.data(), out, b.settled.data(),
+                 ws, b.own.data(), b.q_own, b.sigma2.data());
       scatter_block(out, b.pixel.data(), B, b.settled.data());
       for (std::size_t i = 0; i < B; ++i)
         if (!b.settled[i]) solve_one(b.pixel[i]);

@@ -1,5 +1,6 @@
 #include "science/spatial_fit.hpp"
 #include "science/parallel.hpp"
+#include "science/planar.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -338,31 +339,6 @@ __attribute__((always_inline)) inline void theta_rows(int M, std::size_t B, std:
   }
 }
 
-// The statistics of B pixels, pixel-major (S per pixel), into S rows of stride N, a row at a
-// time (strided loads, stores in sequence). With S known at compile time the loads vectorize;
-// the pixel-at-a-time loop over a run-time S, a compare and branch per value, was half of
-// pass 1 (2048², 5 parameters: pass 1 from 25 to 18 ms a thread, 2 cores).
-template <std::size_t S>
-__attribute__((always_inline)) inline void transpose_fixed(std::size_t B, std::size_t N, const double* __restrict stats,
-                                                           double* __restrict s) {
-  for (std::size_t m = 0; m < S; ++m)
-    for (std::size_t i = 0; i < B; ++i) s[m * N + i] = stats[i * S + m];
-}
-__attribute__((always_inline)) inline void transpose_stats(std::size_t S, std::size_t B, std::size_t N,
-                                                           const double* __restrict stats, double* __restrict s) {
-  switch (S) {
-    case 4: return transpose_fixed<4>(B, N, stats, s);
-    case 5: return transpose_fixed<5>(B, N, stats, s);
-    case 6: return transpose_fixed<6>(B, N, stats, s);
-    case 7: return transpose_fixed<7>(B, N, stats, s);
-    case 8: return transpose_fixed<8>(B, N, stats, s);
-    case 9: return transpose_fixed<9>(B, N, stats, s);
-    default: break;
-  }
-  for (std::size_t m = 0; m < S; ++m)
-    for (std::size_t i = 0; i < B; ++i) s[m * N + i] = stats[i * S + m];
-}
-
 // B ≤ kPass1Block pixels from p0, statistics pixel-major (M + 1 per pixel): the least-squares
 // θ = G⁻¹ s, χ² = q − θᵀs, σ² = χ²/dof, T = Σ c; valid when T > 0, σ² finite and positive and
 // T² ≥ snr2_var·σ² (the thickness above min_snr of its standard error); then z = W c/T,
@@ -381,7 +357,7 @@ void pass1_block(int M, int F, std::size_t B, const double* __restrict stats, co
   double* __restrict ratio = inv_t + N;                         // σ²/T² where valid, else 1
   double* __restrict thick = ratio + N;                         // T where valid, else 0
   if (Gi) {
-    transpose_stats(S, B, N, stats, s);
+    to_planar(S, B, N, stats, s);
     theta_rows(M, B, N, Gi, s, th);
     // χ² (in q's row) and T (in thick) a parameter at a time, so the loops over the pixels
     // vectorize; then the validity test per pixel.
