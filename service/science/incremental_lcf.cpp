@@ -214,16 +214,13 @@ void IncrementalLcf::add_planes(const float* planes, std::size_t stride, const s
       const std::size_t p0 = b * kBlock, B = std::min(kBlock, npix_ - p0);
       // Start from the pixels' current sums and add sample by sample, as add() does: the same
       // rounding, so folding in any grouping of planes gives the same statistics bit for bit.
-      for (std::size_t i = 0; i < B; ++i)
-        for (std::size_t m = 0; m < S; ++m) acc[m * kBlock + i] = stats_[(p0 + i) * S + m];
+      to_planar(S, B, kBlock, &stats_[p0 * S], acc.data());
       std::fill(count.begin(), count.end(), std::uint16_t{0});
       fold_block(planes, stride, p0, B, energies.data(), n, xrows_.data(), M_, kBlock, acc.data(), count.data(),
                  yd.data());
-      for (std::size_t i = 0; i < B; ++i) {
-        double* st = &stats_[(p0 + i) * S];
-        for (std::size_t m = 0; m < S; ++m) st[m] = acc[m * kBlock + i];
+      from_planar(S, B, kBlock, acc.data(), &stats_[p0 * S]);
+      for (std::size_t i = 0; i < B; ++i)
         if (count[i] != n) partial[static_cast<std::size_t>(t)].push_back(p0 + i);
-      }
     }
   };
   parallel_ranges(blocks, threads, 65536 / kBlock, work);  // threads for 64 k pixels or more

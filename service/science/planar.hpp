@@ -8,6 +8,12 @@ namespace xanesd::science {
 
 namespace detail {
 template <std::size_t S>
+__attribute__((always_inline)) inline void from_planar_fixed(std::size_t B, std::size_t N, const double* __restrict rows,
+                                                             double* __restrict out) {
+  for (std::size_t m = 0; m < S; ++m)
+    for (std::size_t i = 0; i < B; ++i) out[i * S + m] = rows[m * N + i];
+}
+template <std::size_t S>
 __attribute__((always_inline)) inline void to_planar_fixed(std::size_t B, std::size_t N, const double* __restrict in,
                                                            double* __restrict rows) {
   for (std::size_t m = 0; m < S; ++m)
@@ -32,6 +38,22 @@ __attribute__((always_inline)) inline void to_planar(std::size_t S, std::size_t 
   }
   for (std::size_t m = 0; m < S; ++m)
     for (std::size_t i = 0; i < B; ++i) rows[m * N + i] = in[i * S + m];
+}
+
+// The way back: S rows N apart into B pixels' S values each (pixel-major).
+__attribute__((always_inline)) inline void from_planar(std::size_t S, std::size_t B, std::size_t N,
+                                                       const double* __restrict rows, double* __restrict out) {
+  switch (S) {
+    case 4: return detail::from_planar_fixed<4>(B, N, rows, out);
+    case 5: return detail::from_planar_fixed<5>(B, N, rows, out);
+    case 6: return detail::from_planar_fixed<6>(B, N, rows, out);
+    case 7: return detail::from_planar_fixed<7>(B, N, rows, out);
+    case 8: return detail::from_planar_fixed<8>(B, N, rows, out);
+    case 9: return detail::from_planar_fixed<9>(B, N, rows, out);
+    default: break;
+  }
+  for (std::size_t m = 0; m < S; ++m)
+    for (std::size_t i = 0; i < B; ++i) out[i * S + m] = rows[m * N + i];
 }
 
 }  // namespace xanesd::science
