@@ -5,10 +5,11 @@
 // pixels changed (what the final cycle and every energy-major cycle does), spatial step off/on.
 // Part 2, the cycle (--cycle-size, 0 to skip): a simulated scene scan (the simulator's scene
 // layout, 4 species, 500 counts) fed to the daemon's Scan energy-major with the default settings
-// and with fit.spatial off, the two in turn frame by frame, a cycle after every frame as a live scan
-// runs them; timed after each of the last --cycles frames, what Pipeline::publish_cycle does
-// between segmentations: solve_changed and the map messages; medians, and the median of the
-// per-frame ratios (--only plain or spatial: one mode, for a profiler). Wall and process CPU time (CPU
+// and with fit.spatial off, the two in turn, a cycle after every --frames-per-cycle frames (1: the
+// worst case for the step's share; 6: a 250 ms publication interval at 25 frames/s) as a live scan
+// runs them; timed over --cycles cycles, what Pipeline::publish_cycle does between segmentations:
+// the fold, solve_changed and the map messages; medians, and the median of the per-cycle ratios
+// (--only plain or spatial: one mode, for a profiler). Wall and process CPU time (CPU
 // time is what a loaded machine distorts least).
 #include <algorithm>
 #include <chrono>
@@ -50,37 +51,46 @@ double median(std::vector<double> v) {
 }
 
 // The scan fed energy-major to one Scan per mode (spatial step off, on), a cycle after every
-// frame as a live scan runs them; the last `cycles` frames' cycles are timed. The modes take
-// turns frame by frame, so a busy moment of the machine falls on both alike and the per-frame
-// ratio on/off is a paired comparison (run one after the other, the modes differed by up to
-// 20 points between runs).
+// `per_cycle` frames (and after the last) as a live scan runs them. The modes take turns cycle
+// by cycle, so a busy moment of the machine falls on both alike and the per-cycle ratio on/off
+// is a paired comparison (run one after the other, the modes differed by up to 20 points
+// between runs). With one frame a cycle, the last `cycles` cycles are timed; with more, whole
+// scans are fed again until `cycles` cycles of per_cycle frames have been timed, leaving out
+// each scan's first (its statistics' pages are faulted in there) and a short last one.
 std::vector<CycleTimes> live_cycles(const xanesd::sim::Scan& scan, const std::vector<Reference>& refs,
-                                    const std::vector<bool>& modes, int threads, int cycles) {
-  std::vector<std::unique_ptr<xanesd::Scan>> live;
-  for (bool spatial : modes) {
-    auto settings = xanesd::scan_settings(xanesd::make_config(nlohmann::json::object(), {}, "/"));
-    settings.spatial.enabled = spatial;
-    settings.spatial_live_max_pixels = 1e300;  // the step in every live cycle, whatever the size
-    live.push_back(std::make_unique<xanesd::Scan>(xanesd::sim::start_message(scan, "bench"), refs, settings));
-  }
-  const std::size_t E = scan.params.energies_eV.size();
+                                    const std::vector<bool>& modes, int threads, int cycles, int per_cycle) {
+  const std::size_t E = scan.params.energies_eV.size(), N = static_cast<std::size_t>(std::max(1, per_cycle));
   std::vector<CycleTimes> t(modes.size());
-  for (std::size_t e = 0; e < E; ++e) {
-    for (std::size_t m = 0; m < modes.size(); ++m) {
-      auto f = xanesd::sim::frame_message(scan, "bench", e);
-      if (!live[m]->apply(f).accepted) std::abort();
-      const bool timed = e + static_cast<std::size_t>(cycles) >= E;
-      const auto t0 = Clock::now();
-      const double c0 = cpu_seconds();
-      live[m]->solve_changed(threads);
-      const double solve = std::chrono::duration<double>(Clock::now() - t0).count();
-      const auto msgs = xanesd::make_map_messages(*live[m], static_cast<std::int64_t>(e), false, false);
-      if (msgs.empty()) std::abort();
-      if (!timed) continue;
-      t[m].wall.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
-      t[m].cpu.push_back(cpu_seconds() - c0);
-      t[m].solve_wall.push_back(solve);
+  for (int pass = 0; t[0].wall.size() < static_cast<std::size_t>(cycles); ++pass) {
+    std::vector<std::unique_ptr<xanesd::Scan>> live;
+    for (bool spatial : modes) {
+      auto settings = xanesd::scan_settings(xanesd::make_config(nlohmann::json::object(), {}, "/"));
+      settings.spatial.enabled = spatial;
+      settings.spatial_live_max_pixels = 1e300;  // the step in every live cycle, whatever the size
+      live.push_back(std::make_unique<xanesd::Scan>(
+          xanesd::sim::start_message(scan, "bench-" + std::to_string(pass)), refs, settings));
     }
+    for (std::size_t e0 = 0; e0 < E; e0 += N) {
+      const std::size_t e1 = std::min(E, e0 + N);
+      const bool timed = N == 1 ? e0 + static_cast<std::size_t>(cycles) >= E : e0 > 0 && e1 - e0 == N;
+      for (std::size_t m = 0; m < modes.size(); ++m) {
+        for (std::size_t e = e0; e < e1; ++e) {
+          auto f = xanesd::sim::frame_message(scan, "bench-" + std::to_string(pass), e);
+          if (!live[m]->apply(f).accepted) std::abort();
+        }
+        const auto t0 = Clock::now();
+        const double c0 = cpu_seconds();
+        live[m]->solve_changed(threads);
+        const double solve = std::chrono::duration<double>(Clock::now() - t0).count();
+        const auto msgs = xanesd::make_map_messages(*live[m], static_cast<std::int64_t>(e1), false, false);
+        if (msgs.empty()) std::abort();
+        if (!timed || t[m].wall.size() >= static_cast<std::size_t>(cycles)) continue;
+        t[m].wall.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
+        t[m].cpu.push_back(cpu_seconds() - c0);
+        t[m].solve_wall.push_back(solve);
+      }
+    }
+    if (N == 1) break;
   }
   return t;
 }
@@ -88,7 +98,7 @@ std::vector<CycleTimes> live_cycles(const xanesd::sim::Scan& scan, const std::ve
 }  // namespace
 
 int main(int argc, char** argv) {
-  int size = 2048, E = 25, threads = 2, repeats = 3, cycle_size = 2048, cycles = 12;
+  int size = 2048, E = 25, threads = 2, repeats = 3, cycle_size = 2048, cycles = 12, per_cycle = 1;
   std::string only;  // "plain" or "spatial": that mode's cycle alone (for a profiler); no ratio printed
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i];
@@ -98,7 +108,12 @@ int main(int argc, char** argv) {
     else if (a == "--repeats") repeats = std::atoi(argv[i + 1]);
     else if (a == "--cycle-size") cycle_size = std::atoi(argv[i + 1]);
     else if (a == "--cycles") cycles = std::atoi(argv[i + 1]);
+    else if (a == "--frames-per-cycle") per_cycle = std::atoi(argv[i + 1]);
     else if (a == "--only") only = argv[i + 1];
+  }
+  if (per_cycle < 1 || (per_cycle > 1 && E < 2 * per_cycle) || cycles < 1) {
+    std::fprintf(stderr, "bench_spatial: --frames-per-cycle must be ≥ 1 and, above 1, at most half the energies; --cycles ≥ 1\n");
+    return 2;
   }
   const std::string src = XANESD_SOURCE_DIR;
   auto lib = load_reference_file(src + "/config/references/fe_k_library_normalized.nor");
@@ -168,23 +183,23 @@ int main(int argc, char** argv) {
       scene_refs.push_back(*std::find_if(lib.begin(), lib.end(), [&](const auto& r) { return r.name == n; }));
     const auto scan = xanesd::sim::simulate(scene_refs, xanesd::sim::scene_params(cycle_size, cycle_size, energies, 500.0, 7));
     if (!only.empty()) {
-      const auto t = live_cycles(scan, scene_refs, {only == "spatial"}, threads, cycles).at(0);
+      const auto t = live_cycles(scan, scene_refs, {only == "spatial"}, threads, cycles, per_cycle).at(0);
       std::printf("fit.spatial=%s live cycle, median of %d: %.3f s wall (solve %.3f s), %.3f s CPU\n",
                   only == "spatial" ? "true" : "false", cycles, median(t.wall), median(t.solve_wall), median(t.cpu));
       return 0;
     }
-    const auto t = live_cycles(scan, scene_refs, {false, true}, threads, cycles);
+    const auto t = live_cycles(scan, scene_refs, {false, true}, threads, cycles, per_cycle);
     const auto &off = t[0], &on = t[1];
     std::vector<double> wall_ratio, cpu_ratio;
     for (std::size_t i = 0; i < off.wall.size(); ++i)
       wall_ratio.push_back(on.wall[i] / off.wall[i]), cpu_ratio.push_back(on.cpu[i] / off.cpu[i]);
     const auto [lo, hi] = std::minmax_element(wall_ratio.begin(), wall_ratio.end());
-    std::printf("%dx%d scene, %d energies, %d threads, live cycle (solve + map messages), the modes in turn, median of the "
-                "last %d frames:\n"
+    std::printf("%dx%d scene, %d energies, %d threads, live cycle (fold, solve, map messages) after every %d frame(s), the "
+                "modes in turn, median of %d cycles:\n"
                 "  fit.spatial=false: %.3f s wall (solve %.3f s), %.3f s CPU\n"
                 "  fit.spatial=true : %.3f s wall (solve %.3f s), %.3f s CPU\n"
-                "  spatial step adds %.0f %% (wall; frames %.0f to %.0f %%), %.0f %% (CPU) to the cycle\n",
-                cycle_size, cycle_size, E, threads, cycles, median(off.wall), median(off.solve_wall), median(off.cpu),
+                "  spatial step adds %.0f %% (wall; cycles %.0f to %.0f %%), %.0f %% (CPU) to the cycle\n",
+                cycle_size, cycle_size, E, threads, per_cycle, cycles, median(off.wall), median(off.solve_wall), median(off.cpu),
                 median(on.wall), median(on.solve_wall), median(on.cpu), 100 * (median(wall_ratio) - 1), 100 * (*lo - 1),
                 100 * (*hi - 1), 100 * (median(cpu_ratio) - 1));
     std::printf("RESULT cycle_plain_s=%.4f cycle_spatial_s=%.4f cycle_plain_cpu_s=%.4f cycle_spatial_cpu_s=%.4f "
