@@ -537,9 +537,15 @@ Eigen::MatrixXd without_wild_rows(const Eigen::MatrixXd& data) {
     scale(j) = 1.4826 * median_of(col);
   }
   const double floor = 1e-12 * std::max(1e-300, scale.maxCoeff());
-  std::vector<double> wild(static_cast<std::size_t>(n));
-  for (Eigen::Index i = 0; i < n; ++i)
-    wild[static_cast<std::size_t>(i)] = ((data.row(i) - median).cwiseAbs().array() / scale.array().max(floor)).maxCoeff();
+  // A column at a time (the matrix is column-major): each value's z-score as before, their
+  // maximum per row in any order.
+  std::vector<double> wild(static_cast<std::size_t>(n), 0.0);
+  for (Eigen::Index j = 0; j < m; ++j) {
+    const double med = median(j), s = std::max(scale(j), floor);
+    const double* __restrict x = data.col(j).data();
+    double* __restrict w = wild.data();
+    for (Eigen::Index i = 0; i < n; ++i) w[i] = std::max(w[i], std::abs(x[i] - med) / s);
+  }
   std::vector<double> sorted = wild;
   const auto keep = static_cast<std::size_t>(std::ceil((1.0 - kTrim) * static_cast<double>(n)));
   std::nth_element(sorted.begin(), sorted.begin() + static_cast<std::ptrdiff_t>(keep - 1), sorted.end());
