@@ -641,11 +641,15 @@ class Dashboard(unittest.TestCase):
         ctx = zmq.Context.instance()
         push = ctx.socket(zmq.PUSH)
         push.connect(self.ingest)
-        for scan_id in ("burst-a", "burst-b"):  # back to back, as a fly-scan controller sends them
-            xp.send(push, xp.start_message(scan_id, (16, 12), energies, "fluorescence"))
+        # Back to back, as a fly-scan controller sends them. burst-a is the larger: its finish
+        # (final maps, selection, segmentation, file) must still run when burst-b's start is
+        # taken, tens of milliseconds against one; with two equal 16×12 scans the finish
+        # sometimes ended first on a loaded machine, and nothing of burst-a came late.
+        for scan_id, shape in (("burst-a", (96, 128)), ("burst-b", (16, 12))):
+            xp.send(push, xp.start_message(scan_id, shape, energies, "fluorescence"))
             for e, ev in enumerate(energies):
                 mu = 1.0 + 2.0 / (1.0 + np.exp(-(ev - 7125.0) / 3.0))
-                xp.send(push, xp.frame_message(scan_id, e, e, float(ev), rng.poisson(500 * mu, (16, 12)).astype(np.float32),
+                xp.send(push, xp.frame_message(scan_id, e, e, float(ev), rng.poisson(500 * mu, shape).astype(np.float32),
                                                i0=1e5))
             xp.send(push, xp.stop_message(scan_id, frames_sent=len(energies)))
         final_version(xp, self.control, "burst-b")

@@ -1135,10 +1135,13 @@ void IncrementalLcf::solve_spatial(int threads) {
     double* q_own;  // own's last row: yᵀy
     RowState(int M, int K)
         : ws(M), theta(static_cast<std::size_t>(M) * kStackBlock), s_avg(theta.size()),
-          own(static_cast<std::size_t>(M + 1) * kStackBlock), chi2(kStackBlock), scratch(2 * kStackBlock), sigma2(kStackBlock),
-          st(static_cast<std::size_t>(M) + 1), pixel(kStackBlock), pending(kStackBlock), settled(kStackBlock),
-          todo(kStackBlock), fitted(kStackBlock), fk(2 * static_cast<std::size_t>(K) * kStackBlock),
-          f3(3 * kStackBlock), nen(kStackBlock), q_own(own.data() + static_cast<std::size_t>(M) * kStackBlock) {}
+          own(static_cast<std::size_t>(M + 1) * kStackBlock), chi2(kStackBlock), scratch(2 * kStackBlock),
+          sigma2(kStackBlock), st(static_cast<std::size_t>(M) + 1), pixel(kStackBlock), pending(kStackBlock),
+          settled(kStackBlock), todo(kStackBlock), fitted(kStackBlock),
+          fk(2 * static_cast<std::size_t>(K) * kStackBlock), f3(3 * kStackBlock), nen(kStackBlock),
+          q_own(own.data() + static_cast<std::size_t>(M) * kStackBlock) {}
+    RowState(const RowState&) = delete;  // q_own points into own
+    RowState& operator=(const RowState&) = delete;
   };
   auto solve_row = [&](RowState& b, const SpatialRow& row) {
     constexpr std::size_t S = kStackBlock;
