@@ -115,8 +115,7 @@ FitResult nnls_as(const Eigen::MatrixXd& G, const Eigen::VectorXd& s, double q, 
   SmallVector<Max> x, z, w;
   // Where the unconstrained solution has every reference positive it is the NNLS solution,
   // the one the active-set steps below would end on (their last solve has every parameter
-  // passive): one factorization instead of one per reference added. Most of the reference
-  // selection's tile fits are of this kind.
+  // passive): one factorization instead of one per reference added.
   if (solve_subset<Max>(G, s, SmallIndex<Max>::Ones(M), x) && (M == n_free || x.tail(M - n_free).minCoeff() > 0)) {
     r.theta = x;
     r.ok = true;
