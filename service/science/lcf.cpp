@@ -113,15 +113,6 @@ FitResult nnls_as(const Eigen::MatrixXd& G, const Eigen::VectorXd& s, double q, 
   const int M = static_cast<int>(G.rows());
   FitResult r;
   SmallVector<Max> x, z, w;
-  // Where the unconstrained solution has every reference positive it is the NNLS solution,
-  // the one the active-set steps below would end on (their last solve has every parameter
-  // passive): one factorization instead of one per reference added.
-  if (solve_subset<Max>(G, s, SmallIndex<Max>::Ones(M), x) && (M == n_free || x.tail(M - n_free).minCoeff() > 0)) {
-    r.theta = x;
-    r.ok = true;
-    r.chi2 = chi_squared(G, s, q, r.theta);
-    return r;
-  }
   SmallIndex<Max> passive = SmallIndex<Max>::Zero(M);
   for (int i = 0; i < n_free; ++i) passive(i) = 1;
   if (!solve_subset<Max>(G, s, passive, x)) return r;  // background alone undetermined
