@@ -1,16 +1,54 @@
 // Science library: reference loading, resampling, the LCF solvers and the incremental fit.
 #include <doctest/doctest.h>
 
+#include <atomic>
 #include <random>
+#include <stdexcept>
+#include <thread>
 
 #include "science/incremental_lcf.hpp"
 #include "science/masks.hpp"
 #include "science/normalize.hpp"
+#include "science/parallel.hpp"
 #include "science/references.hpp"
 #include "support.hpp"
 
 using namespace xanesd;
 using namespace xanesd::science;
+
+TEST_CASE("parallel_ranges: every item once, from concurrent and nested callers; an exception reaches the caller") {
+  // Four callers at once, each asking for 8 ranges with 2 nested ranges inside each: the pool
+  // has fewer workers than that, so callers must do their own ranges rather than wait.
+  constexpr std::size_t n = 10000;
+  std::vector<std::jthread> callers;
+  std::vector<std::vector<int>> seen(4, std::vector<int>(n, 0));
+  std::atomic<int> bad_ranges{0};
+  for (int c = 0; c < 4; ++c)
+    callers.emplace_back([&, c] {
+      for (int repeat = 0; repeat < 50; ++repeat)
+        parallel_ranges(n, 8, 100, [&](int t, std::size_t b, std::size_t e) {
+          if (t < 0 || t >= 8 || b != n * static_cast<std::size_t>(t) / 8) ++bad_ranges;
+          parallel_ranges(e - b, 2, 1, [&](int, std::size_t b2, std::size_t e2) {
+            for (std::size_t i = b + b2; i < b + e2; ++i) ++seen[static_cast<std::size_t>(c)][i];
+          });
+        });
+    });
+  callers.clear();  // joins them
+  CHECK(bad_ranges.load() == 0);
+  for (const auto& s : seen) CHECK(std::count(s.begin(), s.end(), 50) == static_cast<std::ptrdiff_t>(n));
+  // A range that throws: the others still run to their end, the caller gets the exception.
+  std::atomic<int> ran{0};
+  CHECK_THROWS_WITH_AS(parallel_ranges(8, 8, 1,
+                                       [&](int t, std::size_t, std::size_t) {
+                                         ++ran;
+                                         if (t == 5) throw std::runtime_error("range 5 failed");
+                                       }),
+                       "range 5 failed", std::runtime_error);
+  CHECK(ran.load() == 8);
+  int a = 0, b = 0;
+  run_both([&] { a = 1; }, [&] { b = 2; });
+  CHECK(a + b == 3);
+}
 
 TEST_CASE("Athena XDI multi-column export: 11 named references in eV") {
   const auto refs = load_reference_file(test::fe_library());

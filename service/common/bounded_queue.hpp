@@ -44,9 +44,13 @@ class BoundedQueue {
     return true;
   }
 
-  std::optional<T> pop_for(std::chrono::milliseconds timeout) {
+  // The next item, or nothing after `timeout` or a wake().
+  template <class Rep, class Period>
+  std::optional<T> pop_for(std::chrono::duration<Rep, Period> timeout) {
     std::unique_lock lock(mutex_);
-    if (!not_empty_.wait_for(lock, timeout, [&] { return !items_.empty(); })) return std::nullopt;
+    not_empty_.wait_for(lock, timeout, [&] { return !items_.empty() || woken_; });
+    woken_ = false;
+    if (items_.empty()) return std::nullopt;
     T item = std::move(items_.front().item);
     bytes_ -= items_.front().bytes;
     items_.pop_front();
@@ -55,6 +59,16 @@ class BoundedQueue {
     // time, a context switch each, which was most of the cost of small messages.
     if (items_.empty() || (items_.size() <= capacity_ / 2 && bytes_ <= max_bytes_ / 2)) not_full_.notify_all();
     return item;
+  }
+
+  // Ends the consumer's current (or next) pop_for wait without an item: another thread has
+  // something for it to look at (a finished cycle, a command).
+  void wake() {
+    {
+      std::lock_guard lock(mutex_);
+      woken_ = true;
+    }
+    not_empty_.notify_one();
   }
 
   bool empty() const {
@@ -92,6 +106,7 @@ class BoundedQueue {
   std::condition_variable not_empty_, not_full_;
   std::deque<Entry> items_;
   std::size_t bytes_ = 0, high_water_ = 0, high_water_bytes_ = 0;
+  bool woken_ = false;
   std::uint64_t pushed_ = 0, full_waits_ = 0, refused_ = 0;
 };
 

@@ -37,8 +37,11 @@ Pipeline::Ticket Pipeline::submit(protocol::ControlRequest request) {
   auto cmd = std::make_shared<Command>();
   cmd->request = std::move(request);
   Ticket t{cmd->reply.get_future(), cmd->state};
-  std::lock_guard lock(commands_mutex_);
-  commands_.push_back(std::move(cmd));
+  {
+    std::lock_guard lock(commands_mutex_);
+    commands_.push_back(std::move(cmd));
+  }
+  queue_.wake();
   return t;
 }
 
@@ -231,9 +234,9 @@ void Pipeline::update_status() {
 void Pipeline::run(std::stop_token stop) {
   using namespace std::chrono;
   while (!stop.stop_requested()) {
-    // Frames first, in arrival order; a short wait keeps commands and publication responsive
-    // (shorter while a cycle runs, to commit it and start the next one soon after it ends).
-    if (auto msg = queue_.pop_for(milliseconds(cycle_.joinable() || analysis_.joinable() ? 1 : 10))) {
+    // Frames first, in arrival order. The wait ends early when a cycle, analysis or finish
+    // ends or a command arrives (they wake the queue), and when the next cycle is due.
+    if (auto msg = queue_.pop_for(until_next_cycle())) {
       try {
         // During a live cycle only frames the scan can stage go in; during an analysis only
         // frames into planes it does not read. Anything else waits for them.
@@ -267,16 +270,28 @@ void Pipeline::run(std::stop_token stop) {
     // Between two cycles (its inputs are the last cycle's mask and the planes stored so far),
     // before the next cycle starts beside it.
     if (!analysis_.joinable() && !cycle_.joinable() && analysis_due()) start_analysis();
-    if (!cycle_.joinable() && scan_ && scan_->state() == ScanState::running && changed_since_publish_) {
-      // Never sooner than the interval after the last cycle ended, nor sooner than that cycle
-      // took: cycles use at most about half the cores' time, whatever the image size.
-      const auto due = last_publish_ + std::max<steady_clock::duration>(milliseconds(cfg_.publish.interval_ms), last_cycle_);
-      if (steady_clock::now() >= due) shards_ ? run_cycle_here() : start_cycle();
-    }
+    if (cycle_pending() && steady_clock::now() >= next_cycle_due()) shards_ ? run_cycle_here() : start_cycle();
   }
   wait_analysis();
   wait_cycle();
   wait_finish();
+}
+
+bool Pipeline::cycle_pending() const {
+  return !cycle_.joinable() && scan_ && scan_->state() == ScanState::running && changed_since_publish_;
+}
+
+std::chrono::steady_clock::time_point Pipeline::next_cycle_due() const {
+  // Never sooner than the interval after the last cycle ended, nor sooner than that cycle
+  // took: cycles use at most about half the cores' time, whatever the image size.
+  return last_publish_ + std::max<std::chrono::steady_clock::duration>(std::chrono::milliseconds(cfg_.publish.interval_ms), last_cycle_);
+}
+
+std::chrono::steady_clock::duration Pipeline::until_next_cycle() const {
+  // At most this long without a look at the stop token, the finisher and the analysis's due time.
+  constexpr std::chrono::steady_clock::duration idle = std::chrono::milliseconds(10);
+  if (!cycle_pending()) return idle;
+  return std::clamp<std::chrono::steady_clock::duration>(next_cycle_due() - std::chrono::steady_clock::now(), {}, idle);
 }
 
 void Pipeline::on_message(IngestMessage&& msg) {
@@ -535,6 +550,7 @@ void Pipeline::start_finish(bool write_file) {
       if (!finish_superseded_) status_ = std::move(st);
     }
     finisher_done_ = true;
+    queue_.wake();
   });
   pthread_setname_np(finisher_.native_handle(), "xanesd-finish");
 }
@@ -614,6 +630,7 @@ void Pipeline::start_analysis() {
     if (!a.cancelled && !step("segmentation_failed", [&] { scan->run_segmentation(a); })) a.segmenter.reset();
     lap("segmentation");
     analysis_done_ = true;
+    queue_.wake();
   });
   pthread_setname_np(analysis_.native_handle(), "xanesd-analyse");
 }
@@ -724,6 +741,7 @@ void Pipeline::start_cycle() {
   cycle_ = std::jthread([this, c = cycle_start_, at = scan_->progress(), analysis_at = std::exchange(analysis_unpublished_, std::nullopt)] {
     guarded("publish_failed", [&] { cycle_published_ = cycle_work(*scan_, false, c.version, at, analysis_at); });
     cycle_done_ = true;
+    queue_.wake();  // the pipeline commits it and starts the next one
   });
   pthread_setname_np(cycle_.native_handle(), "xanesd-cycle");
 }

@@ -93,6 +93,11 @@ class Pipeline {
   void publish_cycle(bool final);
   // A live cycle on its own thread (cycle_): ingest goes on staging frames meanwhile.
   void start_cycle();
+  // Whether a live cycle waits to run (frames since the last one, none running), when it may,
+  // and how long the pipeline may wait for a message before that (at most 10 ms).
+  bool cycle_pending() const;
+  std::chrono::steady_clock::time_point next_cycle_due() const;
+  std::chrono::steady_clock::duration until_next_cycle() const;
   // A live cycle on this thread (live sharding: its solve is an MPI operation, which only this
   // thread makes): ingest waits for it, the analysis goes on beside it.
   void run_cycle_here();

@@ -11,6 +11,7 @@
 
 #include "config/config.hpp"
 #include "science/normalize.hpp"
+#include "science/parallel.hpp"
 
 namespace xanesd {
 
@@ -653,12 +654,7 @@ void Scan::store(const protocol::FrameMsg& f, const Prepared& in, FrameOutcome& 
   } else {
     std::vector<FrameOutcome> part(static_cast<std::size_t>(nthreads));
     std::vector<std::size_t> part_i0(static_cast<std::size_t>(nthreads), 0);
-    {
-      std::vector<std::jthread> pool;
-      for (int t = 1; t < nthreads; ++t)
-        pool.emplace_back([&, t] { run(n * t / nthreads, n * (t + 1) / nthreads, part[t], part_i0[t]); });
-      run(0, n / nthreads, part[0], part_i0[0]);
-    }
+    science::parallel_ranges(n, nthreads, 1, [&](int t, std::size_t begin, std::size_t end) { run(begin, end, part[t], part_i0[t]); });
     for (int t = 0; t < nthreads; ++t) {
       out.samples_stored += part[t].samples_stored, out.samples_nonfinite += part[t].samples_nonfinite;
       out.samples_clamped += part[t].samples_clamped, out.samples_replaced += part[t].samples_replaced;

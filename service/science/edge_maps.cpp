@@ -6,7 +6,6 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
-#include <thread>
 
 #include <Eigen/Dense>
 
@@ -280,8 +279,7 @@ EdgeMapPlan plan_edge_maps(std::span<const float> planes, const std::vector<doub
     }
   };
   if (threads > 1 && npix >= 65536) {
-    std::jthread other(plane_sums, E / 2, E);
-    plane_sums(0, E / 2);
+    run_both([&] { plane_sums(0, E / 2); }, [&] { plane_sums(E / 2, E); });
   } else {
     plane_sums(0, E);
   }

@@ -6,8 +6,8 @@
 #include <numeric>
 #include <stdexcept>
 #include <string>
-#include <thread>
 
+#include "science/parallel.hpp"
 #include "science/random.hpp"
 
 namespace xanesd::science {
@@ -337,8 +337,7 @@ SelectionEvidence selection_evidence(const LcfModel& library, const float* all_p
     }
   };
   if (own >= 65536 && n >= 2) {
-    std::jthread other(tile_sums, n / 2, n);
-    tile_sums(0, n / 2);
+    run_both([&] { tile_sums(0, n / 2); }, [&] { tile_sums(n / 2, n); });
   } else {
     tile_sums(0, n);
   }
