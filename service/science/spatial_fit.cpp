@@ -47,8 +47,10 @@ struct RowLayout {
 // (any power-of-two width ≥ 1024) they all fall in the same sets of the L1 and L2 caches,
 // which then hold only 8 of them, and the reads go to L3 (at 2048² the padding cut the window
 // kernel's profile samples by 45 %). Odd line counts spread the planes over all sets.
+// Each plane also has kColumnPad columns of zeros on either side (below).
+constexpr int kColumnPad = 16;
 std::size_t padded_stride(int cols) {
-  std::size_t lines = (static_cast<std::size_t>(std::max(cols, 1)) + 15) / 16;
+  std::size_t lines = (static_cast<std::size_t>(std::max(cols, 1)) + 2 * kColumnPad + 15) / 16;
   if (lines % 2 == 0) ++lines;
   return lines * 16;
 }
@@ -256,17 +258,23 @@ struct WindowSums {
 };
 
 // The weighted window sums of `nx` planes (from `xoff` in the neighbour rows) for every centre
-// of one row, into `out`. Interior centres in registers (window_row_fused8 or 16) where K and nx
-// allow; the columns within `radius` of the image's sides, and other sizes, an offset at a time.
+// of one row, into `out`. Centres in registers (window_row_fused8 or 16) where K and nx allow:
+// with one energy set, every centre, the windows of those near the sides reaching into the
+// rows' zero columns (a neighbour there has prec = 0, so it adds exactly 0 to every sum: the
+// same sums as leaving it out); with several sets (their arrays have no such columns) the
+// interior ones. The rest an offset at a time: at 2048 columns the two sides a column at a
+// time were 5 % of the step, at 160 a third of it.
 void window_row(const Kernel kern, const RowLayout L, int lanes, int radius, const float* ctr, const WindowRows W,
                 const std::uint32_t* set_c, int nx, std::size_t xoff, WindowSums& out) {
   const int C = L.cols;
-  const int inner0 = radius, inner1 = C - radius;
+  const bool whole_rows = !set_c && radius <= kColumnPad;
+  const int inner0 = whole_rows ? 0 : radius, inner1 = whole_rows ? C : C - radius;
   const bool fused = inner1 - inner0 >= lanes && (lanes == 16 ? window_row_fused16 : window_row_fused8)(
                                             kern, L, nx, radius, inner0, inner1, ctr, W, set_c, xoff, out.A.data(),
                                             out.B.data(), out.acc.data());
   // The rest: every column when not fused, else the sides [0, inner0) and [inner1, C).
   const int spans[2][2] = {{0, fused ? inner0 : C}, {fused ? inner1 : C, C}};
+  if (fused && whole_rows) return;
   for (const auto& span : spans) {
     if (span[0] >= span[1]) continue;
     std::fill(out.A.begin() + span[0], out.A.begin() + span[1], 0.f);
@@ -559,6 +567,8 @@ void spatial_average(const SpatialInput& in, const SpatialSettings& settings,
   // beside its band again.
   parallel_rows(R, in.threads, [&](int r0, int r1) {
     const int slots = 2 * rad + 1;
+    // Zeros, and pass 1 writes columns [0, C) of each plane only: kColumnPad zero columns stay
+    // on either side of every plane (window_row reads them for the centres near the sides).
     std::vector<float> ring(static_cast<std::size_t>(slots) * L.floats());
     std::vector<double> ring_thickness(static_cast<std::size_t>(slots) * Cs);
     std::vector<double> work(static_cast<std::size_t>(2 * M + 4) * kPass1Stride);
@@ -570,7 +580,7 @@ void spatial_average(const SpatialInput& in, const SpatialSettings& settings,
     std::vector<const float*> rows(static_cast<std::size_t>(slots));
     std::vector<const std::uint32_t*> set_rows(static_cast<std::size_t>(slots));
     auto slot = [&](int r) { return static_cast<std::size_t>(r % slots); };
-    auto features = [&](int r) { return ring.data() + slot(r) * L.floats(); };
+    auto features = [&](int r) { return ring.data() + slot(r) * L.floats() + kColumnPad; };
 
     // Pass 1 for row r, per pixel: the least-squares fit (linear, unbiased: the right thing to
     // compare), its noise σ² = χ²/(n − M), thickness T = Σc, the whitened normalized
