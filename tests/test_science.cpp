@@ -6,6 +6,8 @@
 #include <stdexcept>
 #include <thread>
 
+#include <time.h>
+
 #include "science/incremental_lcf.hpp"
 #include "science/masks.hpp"
 #include "science/normalize.hpp"
@@ -48,6 +50,27 @@ TEST_CASE("parallel_ranges: every item once, from concurrent and nested callers;
   int a = 0, b = 0;
   run_both([&] { a = 1; }, [&] { b = 2; });
   CHECK(a + b == 3);
+}
+
+TEST_CASE("work_cpu_time counts the CPU of ranges run by pool workers for the caller") {
+  // Each range spins for 20 ms of its own thread's CPU time and reports it; whichever thread ran
+  // it, the caller's work_cpu_time grows by at least their sum (less the clock's granularity).
+  auto thread_cpu = [] {
+    timespec t{};
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+    return std::chrono::seconds(t.tv_sec) + std::chrono::nanoseconds(t.tv_nsec);
+  };
+  std::atomic<std::int64_t> spent_ns{0};
+  const auto before = work_cpu_time();
+  parallel_ranges(4, 4, 1, [&](int, std::size_t, std::size_t) {
+    const auto t0 = thread_cpu();
+    volatile double x = 1;
+    while (thread_cpu() - t0 < std::chrono::milliseconds(20)) x = x * 1.0000001;
+    spent_ns += std::chrono::duration_cast<std::chrono::nanoseconds>(thread_cpu() - t0).count();
+  });
+  const auto counted = work_cpu_time() - before;
+  CHECK(spent_ns.load() >= 80'000'000);
+  CHECK(counted.count() >= spent_ns.load() - 1'000'000);
 }
 
 TEST_CASE("Athena XDI multi-column export: 11 named references in eV") {

@@ -7,6 +7,7 @@
 #include "common/allocator.hpp"
 #include "publish/products.hpp"
 #include "science/cancel.hpp"
+#include "science/parallel.hpp"
 #include "store/result_file.hpp"
 
 namespace xanesd {
@@ -282,9 +283,16 @@ bool Pipeline::cycle_pending() const {
 }
 
 std::chrono::steady_clock::time_point Pipeline::next_cycle_due() const {
-  // Never sooner than the interval after the last cycle ended, nor sooner than that cycle
-  // took: cycles use at most about half the cores' time, whatever the image size.
-  return last_publish_ + std::max<std::chrono::steady_clock::duration>(std::chrono::milliseconds(cfg_.publish.interval_ms), last_cycle_);
+  // Never sooner than the interval after the last cycle ended, nor so soon that cycles take
+  // more than half of the cores' time, whatever the image size: a cycle that used `cpu` over
+  // its threads and took `wall` is followed by a rest of 2·cpu/cores − wall. On idle cores a
+  // parallel cycle (cpu = cores·wall) rests as long as it took; slowed down by other work (a
+  // finishing scan) its wall time grows and its CPU time does not, so the rest shrinks rather
+  // than growing with it, and the latency of the frames it covers with it.
+  static const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const auto rest = std::chrono::duration_cast<std::chrono::steady_clock::duration>(2 * last_cycle_cpu_ / cores) - last_cycle_;
+  return last_publish_ + std::max<std::chrono::steady_clock::duration>(
+                             {std::chrono::milliseconds(cfg_.publish.interval_ms), rest, std::chrono::steady_clock::duration::zero()});
 }
 
 std::chrono::steady_clock::duration Pipeline::until_next_cycle() const {
@@ -418,7 +426,7 @@ void Pipeline::on_start(protocol::StartMsg&& s) {
   result_file_.clear();
   changed_since_publish_ = false;
   last_analysis_ = {}, next_analysis_ = {}, analysed_frames_ = -1, analysis_unpublished_.reset();
-  last_cycle_ = {};  // the last scan's final cycle (segmentation, edge maps, file) does not pace this one
+  last_cycle_ = {}, last_cycle_cpu_ = {};  // the last scan's final cycle (segmentation, edge maps, file) does not pace this one
   update_status();
   // Counted after the status snapshot shows the new scan: status is answered from that snapshot
   // (with live counters), so a client that sees the count sees the scan too.
@@ -717,6 +725,7 @@ void Pipeline::end_cycle(const CycleStart& c, bool published) {
   publisher_.publish(make_status_message(status(), scan_->id(), c.version));
   last_publish_ = std::chrono::steady_clock::now();
   last_cycle_ = last_publish_ - c.t0;
+  last_cycle_cpu_ = cycle_cpu_;
   counters_.add(published ? "publish.cycles" : "publish.cycles_cancelled");
   counters_.add("time_us.cycle.total", std::chrono::duration_cast<std::chrono::microseconds>(last_cycle_).count());
   spdlog::debug("cycle {} took {:.1f} ms", c.version, std::chrono::duration<double, std::milli>(last_cycle_).count());
@@ -726,8 +735,10 @@ void Pipeline::publish_cycle(bool final) {
   wait_analysis();
   wait_cycle();
   const auto c = begin_cycle(final);
+  const auto cpu0 = science::work_cpu_time();
   // A failed cycle is not retried at once (it would fail again): at the next frame or interval.
   guarded("publish_failed", [&] { cycle_work(*scan_, final, c.version, scan_->progress(), std::nullopt); });
+  cycle_cpu_ = science::work_cpu_time() - cpu0;
   analysis_unpublished_.reset();
   end_cycle(c, true);
 }
@@ -739,7 +750,9 @@ void Pipeline::start_cycle() {
   cycle_cancel_ = false;
   cycle_published_ = true;  // unless it throws before publishing (reported) or is cancelled
   cycle_ = std::jthread([this, c = cycle_start_, at = scan_->progress(), analysis_at = std::exchange(analysis_unpublished_, std::nullopt)] {
+    const auto cpu0 = science::work_cpu_time();
     guarded("publish_failed", [&] { cycle_published_ = cycle_work(*scan_, false, c.version, at, analysis_at); });
+    cycle_cpu_ = science::work_cpu_time() - cpu0;
     cycle_done_ = true;
     queue_.wake();  // the pipeline commits it and starts the next one
   });
@@ -749,9 +762,11 @@ void Pipeline::start_cycle() {
 void Pipeline::run_cycle_here() {
   const auto c = begin_cycle(false);
   bool published = true;
+  const auto cpu0 = science::work_cpu_time();
   guarded("publish_failed", [&] {
     published = cycle_work(*scan_, false, c.version, scan_->progress(), std::exchange(analysis_unpublished_, std::nullopt));
   });
+  cycle_cpu_ = science::work_cpu_time() - cpu0;
   end_cycle(c, published);
 }
 

@@ -174,6 +174,8 @@ class Pipeline {
   bool changed_since_publish_ = false;
   std::chrono::steady_clock::time_point last_publish_{};
   std::chrono::steady_clock::duration last_cycle_{};  // how long the last publication cycle took
+  std::chrono::nanoseconds last_cycle_cpu_{};          // and its CPU time, over every thread it used
+  std::chrono::nanoseconds cycle_cpu_{};               // the running live cycle's, set by its thread
   std::atomic<std::int64_t> error_version_{0};
   std::int64_t energies_version_ = 0;  // energy selections published since start
   std::chrono::steady_clock::time_point last_analysis_{};  // when the current scan's last analysis began

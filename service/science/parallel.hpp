@@ -7,6 +7,7 @@
 #pragma once
 
 #include <algorithm>
+#include <chrono>
 #include <cstddef>
 
 namespace xanesd::science {
@@ -23,6 +24,10 @@ namespace detail {
 // is rethrown here once every index has ended.
 void run_indexed(int count, void (*run)(void*, int), void* context);
 }  // namespace detail
+
+// CPU time of the calling thread plus what pool workers spent on the ranges of its calls: the
+// CPU cost of what this thread has done so far, wherever it ran.
+std::chrono::nanoseconds work_cpu_time();
 
 // Calls fn(t, begin, end) for each range t < range_count(n, threads, grain); returns when all
 // are done. Ranges may run on any thread, in any order.
