@@ -626,7 +626,9 @@ RunResult run_daemon(const Options& o, const Workload& w, int interval_ms, doubl
     r.breakdown = "per frame: apply " + sfmt("%.2f", ms("time_us.ingest.apply") / n) + " ms, journal " +
                   sfmt("%.2f", ms("time_us.ingest.journal") / n) + " ms; " + std::to_string(counter("ingest.frames_staged")) +
                   " frames staged during cycles, pipeline waited " + sfmt("%.0f", ms("time_us.pipeline.waited_for_cycle")) +
-                  " ms for cycles; per cycle (" + std::to_string(r.cycles) + "): total " + sfmt("%.0f", ms("time_us.cycle.total") / cyc) +
+                  " ms for cycles; " + std::to_string(counter("publish.cycles_cancelled")) +
+                  " live cycles cancelled by a stop; per published cycle (" + std::to_string(r.cycles) +
+                  ", the cancelled ones' steps included): total " + sfmt("%.0f", ms("time_us.cycle.total") / cyc) +
                   " ms = fold " + sfmt("%.1f", ms("time_us.cycle.fold") / cyc) + ", solve " + sfmt("%.1f", ms("time_us.cycle.solve") / cyc) +
                   ", encode " + sfmt("%.1f", ms("time_us.cycle.encode") / cyc) + ", publish " + sfmt("%.1f", ms("time_us.cycle.publish") / cyc) +
                   " ms";

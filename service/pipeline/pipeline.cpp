@@ -733,14 +733,20 @@ void Pipeline::end_cycle(const CycleStart& c, bool published) {
   spdlog::debug("cycle {} took {:.1f} ms", c.version, std::chrono::duration<double, std::milli>(last_cycle_).count());
 }
 
+bool Pipeline::timed_cycle_work(bool final, std::int64_t version, ScanProgress at, std::optional<ScanProgress> analysis_at) {
+  const auto cpu0 = science::work_cpu_time();
+  bool published = true;
+  guarded("publish_failed", [&] { published = cycle_work(*scan_, final, version, at, analysis_at); });
+  cycle_cpu_ = science::work_cpu_time() - cpu0;
+  return published;
+}
+
 void Pipeline::publish_cycle(bool final) {
   wait_analysis();
   wait_cycle();
   const auto c = begin_cycle(final);
-  const auto cpu0 = science::work_cpu_time();
   // A failed cycle is not retried at once (it would fail again): at the next frame or interval.
-  guarded("publish_failed", [&] { cycle_work(*scan_, final, c.version, scan_->progress(), std::nullopt); });
-  cycle_cpu_ = science::work_cpu_time() - cpu0;
+  timed_cycle_work(final, c.version, scan_->progress(), std::nullopt);
   analysis_unpublished_.reset();
   end_cycle(c, true);
 }
@@ -750,11 +756,8 @@ void Pipeline::start_cycle() {
   scan_->begin_staging();
   cycle_done_ = false;
   cycle_cancel_ = false;
-  cycle_published_ = true;  // unless it throws before publishing (reported) or is cancelled
   cycle_ = std::jthread([this, c = cycle_start_, at = scan_->progress(), analysis_at = std::exchange(analysis_unpublished_, std::nullopt)] {
-    const auto cpu0 = science::work_cpu_time();
-    guarded("publish_failed", [&] { cycle_published_ = cycle_work(*scan_, false, c.version, at, analysis_at); });
-    cycle_cpu_ = science::work_cpu_time() - cpu0;
+    cycle_published_ = timed_cycle_work(false, c.version, at, analysis_at);
     cycle_done_ = true;
     queue_.wake();  // the pipeline commits it and starts the next one
   });
@@ -763,12 +766,7 @@ void Pipeline::start_cycle() {
 
 void Pipeline::run_cycle_here() {
   const auto c = begin_cycle(false);
-  bool published = true;
-  const auto cpu0 = science::work_cpu_time();
-  guarded("publish_failed", [&] {
-    published = cycle_work(*scan_, false, c.version, scan_->progress(), std::exchange(analysis_unpublished_, std::nullopt));
-  });
-  cycle_cpu_ = science::work_cpu_time() - cpu0;
+  const bool published = timed_cycle_work(false, c.version, scan_->progress(), std::exchange(analysis_unpublished_, std::nullopt));
   end_cycle(c, published);
 }
 

@@ -111,6 +111,10 @@ class Pipeline {
   // staged frame does. Returns false when a live cycle was cancelled (by a stop) after its
   // solve, with nothing published.
   bool cycle_work(Scan& scan, bool final, std::int64_t version, ScanProgress at, std::optional<ScanProgress> analysis_at);
+  // cycle_work on scan_ with its failures reported (guarded), recording the CPU time it used on
+  // every thread in cycle_cpu_ (the next cycle's pacing). False when cancelled; a cycle that
+  // threw counts as published (not retried at once: it would fail again).
+  bool timed_cycle_work(bool final, std::int64_t version, ScanProgress at, std::optional<ScanProgress> analysis_at);
   // The image-level analysis of a running scan (Scan::Analysis: the reference selection and
   // the segmentation) on its own thread, at most every segment.interval_ms: the fit's cycles
   // and ingest go on meanwhile, so the fit maps' latency is the fold and solve's alone.

@@ -278,11 +278,8 @@ EdgeMapPlan plan_edge_maps(std::span<const float> planes, const std::vector<doub
       sums[j] = used_sum(planes.data() + j * npix, use.data(), npix);
     }
   };
-  if (threads > 1 && npix >= 65536) {
-    run_both([&] { plane_sums(0, E / 2); }, [&] { plane_sums(E / 2, E); });
-  } else {
-    plane_sums(0, E);
-  }
+  parallel_ranges(E, threads > 1 && npix >= 65536 ? 2 : 1, 1,
+                  [&](int, std::size_t j_begin, std::size_t j_end) { plane_sums(j_begin, j_end); });
   // Every part's sums: the mean differs from one process's in rounding only, and what the maps
   // take from it (E0, a measured energy; the ranges, rounded) does not.
   if (part && part->shared()) part->sum(sums);

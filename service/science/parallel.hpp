@@ -49,21 +49,4 @@ void parallel_ranges(std::size_t n, int threads, std::size_t grain, Fn&& fn) {
       &context);
 }
 
-// Runs a() and b() side by side (b possibly on a pool worker); returns when both are done.
-template <class A, class B>
-void run_both(A&& a, B&& b) {
-  struct Context {
-    A& a;
-    B& b;
-  } context{a, b};
-  detail::run_indexed(
-      2,
-      [](void* c, int i) {
-        auto& x = *static_cast<Context*>(c);
-        if (i == 0) x.a();
-        else x.b();
-      },
-      &context);
-}
-
 }  // namespace xanesd::science

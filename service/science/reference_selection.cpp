@@ -336,11 +336,9 @@ SelectionEvidence selection_evidence(const LcfModel& library, const float* all_p
         }
     }
   };
-  if (own >= 65536 && n >= 2) {
-    run_both([&] { tile_sums(0, n / 2); }, [&] { tile_sums(n / 2, n); });
-  } else {
-    tile_sums(0, n);
-  }
+  parallel_ranges(static_cast<std::size_t>(n), own >= 65536 ? 2 : 1, 1, [&](int, std::size_t i_begin, std::size_t i_end) {
+    tile_sums(static_cast<int>(i_begin), static_cast<int>(i_end));
+  });
   // Noise: the first noise_pixels used pixels of each tile, gathered one by one.
   std::vector<double> var_sum(T, 0.0), noise_count(T, 0.0);
   Eigen::VectorXd y(n);
