@@ -10,6 +10,7 @@
 #include <mutex>
 #include <thread>
 
+#include "science/cancel.hpp"
 #include "science/segmentation.hpp"
 #include "science_support.hpp"
 
@@ -578,4 +579,28 @@ TEST_CASE("an image segmented in two parts (MPI ranks' blocks) gets the labels o
       }
     }
   }
+}
+
+TEST_CASE("a live segmentation stops within its per-pixel passes when cancelled, not only between its steps") {
+  // 256 × 512 pixels: two pieces of the labelling pass, and the smoothing's rows in pieces too.
+  // Uncancelled, the segmentation looks at the cancellation more often than its 4 steps; told to
+  // stop at one of the looks inside the passes, it throws Cancelled there.
+  const auto truth = domain_scan(2000, 5, 256, 512);
+  auto scan = test::run_scan(truth, test::pick(load_reference_file(test::fe_library()), kSpecies), fixed_composition_settings());
+  int looks = 0;
+  {
+    auto a = scan->begin_analysis(1);
+    const CancelScope count([&] { return ++looks, false; });
+    scan->run_segmentation(a);
+    REQUIRE(a.segmenter);
+    REQUIRE(a.segmenter->result().waiting.empty());
+  }
+  MESSAGE("looks at the cancellation in one update: " << looks);
+  CHECK(looks >= 4 + 2 + 2);  // between the steps, the labelling's pieces, the first sweep's rows
+  int seen = 0;
+  const int stop_at = looks - 2;  // inside the smoothing's sweeps or the labelling (after step 3's look)
+  auto a = scan->begin_analysis(1);
+  const CancelScope stop([&] { return ++seen >= stop_at; });
+  CHECK_THROWS_AS(scan->run_segmentation(a), Cancelled);
+  CHECK(seen == stop_at);
 }

@@ -624,7 +624,8 @@ void Pipeline::start_analysis() {
       counters_.add(std::string("time_us.analysis.") + phase, std::chrono::duration_cast<std::chrono::microseconds>(now - t).count());
       t = now;
     };
-    // A stop cancels it between its steps (the final cycle redoes both on all the data).
+    // A stop cancels it between its steps and within its passes over every pixel (a few ms
+    // apart; the final cycle redoes both on all the data).
     const science::CancelScope cancel([this] { return analysis_cancel_.load(); });
     auto step = [&](const char* code, auto&& run) {
       return guarded(code, [&] {

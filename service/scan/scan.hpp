@@ -245,7 +245,7 @@ class Scan : private science::SampleSource {
     std::optional<science::ReferenceSelection> selection;  // the selection's verdict, if it ran
     ScanProgress at;  // the frames it saw
     int threads = 1;
-    bool cancelled = false;  // stopped between its steps (science::CancelScope): nothing to commit
+    bool cancelled = false;  // stopped by a stop (science::CancelScope): nothing to commit
   };
   Analysis begin_analysis(int threads) const;
   void run_selection(Analysis& a) const;

@@ -7,6 +7,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "science/cancel.hpp"
 #include "science/parallel.hpp"
 #include "science/random.hpp"
 
@@ -326,6 +327,9 @@ SelectionEvidence selection_evidence(const LcfModel& library, const float* all_p
   Eigen::MatrixXd sums = Eigen::MatrixXd::Zero(n, static_cast<Eigen::Index>(T));
   auto tile_sums = [&](int i_begin, int i_end) {
     for (int i = i_begin; i < i_end; ++i) {
+      // A stop waits for a live analysis only until the next plane (the parts of an MPI job
+      // sum their evidence together below: none of them stops alone).
+      if (!part.shared()) throw_if_cancelled();
       const float* plane = planes + static_cast<std::size_t>(ev.energies[static_cast<std::size_t>(i)]) * npix;
       for (int r = 0; r < own_rows; ++r)
         for (int c0 = 0, t = ((row0 + r) / side) * tiles_across; c0 < cols; c0 += side, ++t) {
