@@ -597,10 +597,31 @@ TEST_CASE("a live segmentation stops within its per-pixel passes when cancelled,
   }
   MESSAGE("looks at the cancellation in one update: " << looks);
   CHECK(looks >= 4 + 2 + 2);  // between the steps, the labelling's pieces, the first sweep's rows
-  int seen = 0;
-  const int stop_at = looks - 2;  // inside the smoothing's sweeps or the labelling (after step 3's look)
-  auto a = scan->begin_analysis(1);
-  const CancelScope stop([&] { return ++seen >= stop_at; });
-  CHECK_THROWS_AS(scan->run_segmentation(a), Cancelled);
-  CHECK(seen == stop_at);
+  {
+    int seen = 0;
+    const int stop_at = looks - 2;  // inside the smoothing's sweeps or the labelling (after step 3's look)
+    auto a = scan->begin_analysis(1);
+    const CancelScope stop([&] { return ++seen >= stop_at; });
+    CHECK_THROWS_AS(scan->run_segmentation(a), Cancelled);
+    CHECK(seen == stop_at);
+  }
+
+  // The scan's own segmenter, cancelled inside its labelling pass, is left as it was; its next
+  // update equals that of a twin never cancelled (same sample draws, same cluster ids).
+  auto twin = test::run_scan(truth, test::pick(load_reference_file(test::fe_library()), kSpecies), fixed_composition_settings());
+  scan->update_segments(1), twin->update_segments(1);
+  const auto before = scan->segmentation()->labels;
+  REQUIRE(before == twin->segmentation()->labels);
+  {
+    int n = 0;
+    // Three looks between the steps, then the labelling's first piece: the fifth is its second,
+    // with half the pixels relabelled.
+    const CancelScope stop_inside([&] { return ++n >= 5; });
+    CHECK_THROWS_AS(scan->update_segments(1), Cancelled);
+  }
+  CHECK(scan->segmentation()->labels == before);
+  CHECK(scan->segmentation()->updates == twin->segmentation()->updates);
+  scan->update_segments(1), twin->update_segments(1);
+  CHECK(scan->segmentation()->labels == twin->segmentation()->labels);
+  CHECK(scan->segmentation()->clusters.size() == twin->segmentation()->clusters.size());
 }

@@ -125,6 +125,9 @@ struct SegmentInput {
 class OnlineSegmenter {
  public:
   explicit OnlineSegmenter(SegmentationSettings s) : settings_(s), rng_(s.seed) {}
+  // Labels every pixel from a fresh sample (warm: from the last update's). Throws
+  // science::Cancelled when a CancelScope asks it to stop (between its steps and within its
+  // passes over every pixel), leaving the segmenter as it was before the call.
   void update(const SegmentInput& in);
   const Segmentation& result() const { return result_; }
   // A result made elsewhere: the whole image's, assembled from an MPI job's blocks.
@@ -135,6 +138,8 @@ class OnlineSegmenter {
   const FeatureMatrix& sample_features() const { return features_; }
 
  private:
+  void update_once(const SegmentInput& in);
+
   SegmentationSettings settings_;
   Rng rng_;
   Segmentation result_;
