@@ -346,6 +346,45 @@ TEST_CASE("scan after scan: the next scan starts beside the last one's final map
   CHECK(fractions_of(waits.dir / "second.h5") == first);
 }
 
+TEST_CASE("a new scan's journal and the finished one's removal go through the writer thread, in order with the records") {
+  // begin, stop and release_finishing return without waiting for the file (the writer does the
+  // syncs and renames); what ends on the disk is what writing on the caller's thread leaves.
+  auto journal_files = [](const std::string& name, std::size_t queue_bytes) {
+    const auto dir = scratch(name);
+    {
+      Journal j({true, dir, 0, queue_bytes});
+      j.begin(start("finishing"));
+      for (int e = 0; e < kE; ++e) j.append(frame("finishing", e, e));
+      protocol::StopMsg stop;
+      stop.scan_id = "finishing", stop.frames_sent = kE;
+      j.append(stop);
+      j.begin(start("running"), true);  // the finishing scan's journal kept beside
+      for (int e = 0; e < 3; ++e) j.append(frame("running", e, e));
+      j.release_finishing();  // its file is written: its journal goes, after the begin that kept it
+      j.append(frame("running", 3, 3));
+      j.drain();
+      const auto st = j.stats();
+      CHECK(st.value("scan_id", "") == "running");
+      CHECK(st.value("frames", 0) == 4);
+      CHECK(st.value("last_seq", -1) == 3);
+    }
+    CHECK_FALSE(std::filesystem::exists(dir / "scan.journal.finishing"));
+    CHECK_FALSE(std::filesystem::exists(dir / "scan.journal.new"));
+    std::ifstream in(dir / "scan.journal", std::ios::binary);
+    return std::pair{std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>()), dir};
+  };
+  const auto [threaded, threaded_dir] = journal_files("beamline-journal-order-threaded", 256u << 20);
+  const auto direct = journal_files("beamline-journal-order-direct", 0).first;
+  REQUIRE(!threaded.empty());
+  CHECK(threaded == direct);
+  // The running scan's journal holds its start and its 4 frames, nothing of the finished scan.
+  Journal replay({true, threaded_dir, 0, 0});
+  std::vector<std::string> topics;
+  replay.recover([&](std::vector<zmq::message_t>&& parts) { topics.push_back(parts.at(0).to_string()); });
+  REQUIRE(topics.size() == 5);
+  CHECK(topics.front() != topics.back());  // a start, then frames
+}
+
 TEST_CASE("a crash while the last scan's file is written beside the next scan: restart writes that file and resumes the next scan") {
   // The journals a daemon leaves when killed at that moment: the finishing scan's (start,
   // frames, stop) kept beside the running scan's (start, frames so far).

@@ -418,7 +418,7 @@ void Pipeline::on_start(protocol::StartMsg&& s) {
   scan_output_.clear();
   // Replaces the last scan's journal; one finishing beside keeps its journal until its file is written.
   if (!replaying_) journal_.begin(scan_->start(), beside_finish), check_journal();
-  journal_fit_state();
+  journal_fit_state(false);  // nobody waits for it: queued behind the start
   spdlog::info("scan {} started: {}×{} px, {} energies, {}", id, scan_->rows(), scan_->cols(), scan_->energies().size(),
                protocol::to_string(scan_->start().mode));
   if (!scan_->fit_error().empty()) report({"references_unusable", scan_->fit_error()}, id);
@@ -867,7 +867,7 @@ std::vector<science::Reference> Pipeline::resolve_references(const std::vector<s
   return out;
 }
 
-void Pipeline::journal_fit_state() {
+void Pipeline::journal_fit_state(bool wait_written) {
   if (replaying_ || !scan_ || scan_->state() != ScanState::running) return;
   nlohmann::json set = nlohmann::json::object(), refs = nlohmann::json::array();
   for (const auto& k : config_keys())
@@ -876,7 +876,7 @@ void Pipeline::journal_fit_state() {
     refs.push_back({{"name", r.name}, {"source", r.source}, {"energies_eV", r.energies_eV}, {"mu", r.mu}, {"column", r.column},
                     {"normalized_here", r.normalized_here}, {"e0_eV", r.e0_eV}, {"edge_step", r.edge_step},
                     {"normalization", r.normalization}});
-  journal_.append_fit_state({{"set", set}, {"references", refs}});
+  journal_.append_fit_state({{"set", set}, {"references", refs}}, wait_written);
   check_journal();
 }
 

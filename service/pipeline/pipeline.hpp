@@ -156,7 +156,7 @@ class Pipeline {
   void set_references(std::vector<science::Reference> refs);
   // The running scan's fit state (runtime config keys, loaded references) into its journal:
   // after its start and after each configure / load_references while it runs.
-  void journal_fit_state();
+  void journal_fit_state(bool wait_written = true);  // false: returns before it is written
   // Replays such a record: the recovered scan is fitted with what it was fitted with before.
   void apply_fit_state(const nlohmann::json& state);
 

@@ -256,6 +256,14 @@ void Journal::open_for_append(const std::filesystem::path& path, std::uint64_t s
   synced_bytes_ = 0;
 }
 
+namespace {
+std::size_t total_bytes(const std::vector<zmq::message_t>& parts) {
+  std::size_t n = 0;
+  for (const auto& p : parts) n += p.size();
+  return n;
+}
+}  // namespace
+
 void Journal::submit(Pending&& p) {
   if (!writer_thread_.joinable()) return write_pending(p);
   std::unique_lock lock(queue_mutex_);
@@ -267,6 +275,8 @@ void Journal::submit(Pending&& p) {
 }
 
 void Journal::write_pending(Pending& p) {
+  if (p.kind == Pending::Kind::begin) return open_new_journal(p.scan_id, std::move(p.parts), p.keep_last);
+  if (p.kind == Pending::Kind::release_finishing) return remove_finishing();
   write_record(std::move(p.parts), p.frame_seq);
   int sync_fd = -1;
   {
@@ -306,24 +316,39 @@ void Journal::drain() {
 
 void Journal::release_finishing() {
   if (!settings_.enabled) return;
+  Pending p;
+  p.kind = Pending::Kind::release_finishing;
+  submit(std::move(p));
+}
+
+void Journal::remove_finishing() {
   std::error_code ec;
   if (std::filesystem::remove(finishing_path(), ec) && settings_.fsync_ms >= 0) sync_directory(settings_.directory);
 }
 
 void Journal::begin(const protocol::StartMsg& start, bool keep_last) {
-  drain();  // the last scan's records go to the last scan's journal, before it is replaced
   if (unusable_) {
     std::lock_guard lock(mutex_);
     error_new_ = true;  // each scan that starts without crash safety says so
   }
   if (!settings_.enabled) return;
+  // Queued behind the last scan's records, which so go to the last scan's journal.
+  Pending p{encode_copy(start), std::nullopt, false, false, 0};
+  p.kind = Pending::Kind::begin;
+  p.keep_last = keep_last;
+  p.scan_id = start.scan_id;
+  p.bytes = total_bytes(p.parts);
+  submit(std::move(p));
+}
+
+void Journal::open_new_journal(const std::string& scan_id, std::vector<zmq::message_t>&& start, bool keep_last) {
   const auto fresh = settings_.directory / "scan.journal.new";
   const int fd = ::open(fresh.c_str(), O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0644);
   {
     std::lock_guard lock(mutex_);
     if (fd_ >= 0) ::close(fd_);
     fd_ = -1;
-    scan_id_ = start.scan_id;
+    scan_id_ = scan_id;
     frames_ = 0, last_seq_ = -1, bytes_ = 0, synced_bytes_ = 0, write_seconds_ = 0;
     error_.clear();
     error_new_ = false;
@@ -340,7 +365,7 @@ void Journal::begin(const protocol::StartMsg& start, bool keep_last) {
     fd_ = fd;
     bytes_ = sizeof kFileMagic;
   }
-  write_record(encode_copy(start), std::nullopt);
+  write_record(std::move(start), std::nullopt);
   // Durable before it replaces the last scan's journal: the rename is the switch.
   if (fd_ >= 0 && settings_.fsync_ms >= 0) (void)::fdatasync(fd_);
   // The last scan's journal stays until its result file is written (release_finishing). A crash
@@ -351,14 +376,6 @@ void Journal::begin(const protocol::StartMsg& start, bool keep_last) {
   if (::rename(fresh.c_str(), path_.c_str()) != 0) return fail(errno_text("cannot rename the new journal"));
   if (settings_.fsync_ms >= 0) sync_directory(settings_.directory);
 }
-
-namespace {
-std::size_t total_bytes(const std::vector<zmq::message_t>& parts) {
-  std::size_t n = 0;
-  for (const auto& p : parts) n += p.size();
-  return n;
-}
-}  // namespace
 
 void Journal::append(const protocol::StartMsg& extension) {
   if (!settings_.enabled) return;
@@ -376,7 +393,7 @@ void Journal::append(protocol::FrameMsg&& frame) {
   submit(std::move(p));
 }
 
-void Journal::append_fit_state(const nlohmann::json& state) {
+void Journal::append_fit_state(const nlohmann::json& state, bool wait_written) {
   if (!settings_.enabled) return;
   const auto packed = nlohmann::json::to_msgpack(state);  // doubles exact, spectra compact
   Pending p;
@@ -384,7 +401,7 @@ void Journal::append_fit_state(const nlohmann::json& state) {
   p.parts.emplace_back(packed.data(), packed.size());
   p.bytes = total_bytes(p.parts);
   submit(std::move(p));
-  drain();  // written before the configure or load_references that changed it is answered
+  if (wait_written) drain();  // written before the configure or load_references that changed it is answered
 }
 
 void Journal::append(const protocol::StopMsg& stop) {
@@ -392,8 +409,7 @@ void Journal::append(const protocol::StopMsg& stop) {
   auto copy = stop;
   Pending p{protocol::encode(std::move(copy).to_wire()), std::nullopt, false, true, 0};
   p.bytes = total_bytes(p.parts);
-  submit(std::move(p));
-  drain();
+  submit(std::move(p));  // written and synced by the writer thread: nobody waits for a stop's answer
 }
 
 void Journal::write_record(std::vector<zmq::message_t>&& parts, std::optional<std::int64_t> frame_seq) {

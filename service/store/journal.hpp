@@ -14,9 +14,13 @@
 // record (a frame's arrays move in, nothing is copied) and returns, so checksum and write(2)
 // (half the pipeline's time per 2048² frame) overlap the next frame's work. A full queue makes
 // append wait. A frame applied but not yet written is not acknowledged: after a crash the
-// sender resends from journal.last_seq + 1, as for a frame still in flight. Every other record
-// (an extension, a stop, a fit state) is written before its append returns, as before: a
-// control command's change is in the journal when it is answered.
+// sender resends from journal.last_seq + 1, as for a frame still in flight. An extension and a
+// command's fit state are written before their append returns: a control command's change is
+// in the journal when it is answered. A scan's start (its new journal file, synced, renamed
+// into place) and stop (synced) go through the writer too, in order with the records, so the
+// pipeline goes on with the next message meanwhile (they took 3–5 ms each on its thread); not
+// yet written when the process dies, they are lost as an unacknowledged frame is, and the
+// sender's resume (status.journal) sends them again.
 //
 // One journal at a time, `<journal.directory>/scan.journal`: a new scan's start replaces the
 // last scan's journal atomically (rename), or keeps it as scan.journal.finishing while that
@@ -66,12 +70,13 @@ class Journal {
   // record. Call once, before any append.
   Recovery recover(const std::function<void(std::vector<zmq::message_t>&&)>& replay);
 
-  // A new scan: its journal replaces the previous one (atomically) and starts with `start`.
-  // keep_last: the last scan is still finishing (its final maps and result file beside the new
-  // scan): its journal is kept as scan.journal.finishing until release_finishing, and a
-  // recovery replays it first.
+  // A new scan: its journal replaces the previous one (atomically) and starts with `start`,
+  // after every record queued before it (on the writer thread). keep_last: the last scan is
+  // still finishing (its final maps and result file beside the new scan): its journal is kept
+  // as scan.journal.finishing until release_finishing, and a recovery replays it first.
   void begin(const protocol::StartMsg& start, bool keep_last = false);
-  // The finishing scan's result file is written (or it has none to write): its journal goes.
+  // The finishing scan's result file is written (or it has none to write): its journal goes
+  // (after the begin that kept it, in the writer's order).
   void release_finishing();
   // Appends to the current scan's journal. `frame` is consumed (its arrays move into the write).
   void append(const protocol::StartMsg& extension);
@@ -82,7 +87,8 @@ class Journal {
   // is fitted as before the crash. Replayed as a record whose first part is kFitStateTopic and
   // whose second is the state as msgpack.
   static constexpr std::string_view kFitStateTopic = "xanesd/fit_state";
-  void append_fit_state(const nlohmann::json& state);
+  // wait_written: returns once it is in the file (a command's change, before it is answered).
+  void append_fit_state(const nlohmann::json& state, bool wait_written = true);
 
   // Live figures for status: scan_id, frames, last_seq (the last acknowledged frame), bytes,
   // synced_bytes, fsync_ms, path, write_seconds (time writing records), queued_records and
@@ -102,9 +108,16 @@ class Journal {
     bool resets_seq = false;   // an extension: its frames number from 0 again
     bool sync_after = false;   // a stop: fdatasync once per scan
     std::size_t bytes = 0;
+    // A record, or one of the file changes that must come in order with the records: a new
+    // scan's journal (begin: parts hold its start), the finishing scan's journal removed.
+    enum class Kind { record, begin, release_finishing } kind = Kind::record;
+    bool keep_last = false;  // begin's
+    std::string scan_id;     // begin's
   };
   void submit(Pending&& p);  // to the writer thread, or written now without one
   void write_pending(Pending& p);
+  void open_new_journal(const std::string& scan_id, std::vector<zmq::message_t>&& start, bool keep_last);  // begin, on the writer
+  void remove_finishing();  // release_finishing, on the writer
   void writer_loop(std::stop_token stop);
   void write_record(std::vector<zmq::message_t>&& parts, std::optional<std::int64_t> frame_seq);
   void note_recovered(const std::vector<zmq::message_t>& parts, Recovery& r);
