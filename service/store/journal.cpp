@@ -284,8 +284,8 @@ void Journal::write_pending(Pending& p) {
     if (p.resets_seq) last_seq_ = -1;
     if (p.sync_after && settings_.fsync_ms >= 0) sync_fd = fd_;
   }
-  // Once per scan, outside the lock so status is not held up. Only this thread (or begin, once
-  // the queue is drained) closes fd_, so it stays open meanwhile.
+  // Once per scan, outside the lock so status is not held up. Only this thread closes fd_ (a
+  // new scan's journal is opened here too, in its turn), so it stays open meanwhile.
   if (sync_fd >= 0) (void)::fdatasync(sync_fd);
 }
 
