@@ -88,8 +88,10 @@ TEST_CASE("a timed-out command is cancelled if it had not started, and a running
   const auto sel_reply = selection.get(), save_reply = save.get();
   CHECK(seconds_since(t0) < 3.0 * test::slowdown());  // answered at the timeout, not when the work ends
   CHECK_FALSE(sel_reply.value("ok", true));
+  CHECK(sel_reply.value("code", "") == "command_timed_out");
   CHECK(sel_reply.value("error", "").find("late_reply") != std::string::npos);
   CHECK_FALSE(save_reply.value("ok", true));
+  CHECK(save_reply.value("code", "") == "command_timed_out");
   CHECK(save_reply.value("error", "").find("cancelled") != std::string::npos);
   // The selection's outcome arrives on the errors topic when it ends; the save never ran.
   nlohmann::json late;

@@ -150,11 +150,11 @@ void ControlServer::serve_pending() {
       auto expected = State::queued;
       if (p.ticket.state->compare_exchange_strong(expected, State::cancelled)) {
         reply = error_reply("'" + p.cmd + "' did not start within its timeout (timeout_ms, else control.reply_timeout_ms); it was cancelled and will not run",
-                            "bad_control_request", p.request_id);
+                            "command_timed_out", p.request_id);
       } else if (expected = State::running; p.ticket.state->compare_exchange_strong(expected, State::abandoned)) {
         reply = error_reply("'" + p.cmd + "' did not finish within its timeout (timeout_ms, else control.reply_timeout_ms); it is cancelled at its next step "
                             "where it can be (select_energies), else it goes on; its outcome is published on the errors topic "
-                            "(late_reply) when it ends", "bad_control_request", p.request_id);
+                            "(late_reply) when it ends", "command_timed_out", p.request_id);
       } else {
         ++it;  // it finished just now: answered with its result on the next pass
         continue;

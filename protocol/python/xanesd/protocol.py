@@ -830,9 +830,14 @@ class Client:
         return self._sock.recv_multipart(copy=False)
 
     def request(self, cmd: str, **args) -> dict:
-        """Sends {"cmd": cmd, **args}; returns the JSON reply (frame 0) as a dict."""
+        """Sends {"cmd": cmd, **args}; returns the JSON reply (frame 0) as a dict. The daemon's
+        own timeout reply (code `command_timed_out`: the command's `timeout_ms`, this client's
+        timeout, passed first there) raises TimeoutError, as the client's own timeout does."""
         frames = self.request_frames({"cmd": cmd, **args})
-        return _parse_reply(frames[0])
+        reply = _parse_reply(frames[0])
+        if reply.get("ok") is False and reply.get("code") == "command_timed_out":
+            raise TimeoutError(reply.get("error", f"'{cmd}' timed out"))
+        return reply
 
     def snapshot(self) -> tuple[dict, list[Message]]:
         """Late join: the reply dict and the cached publications, decoded."""
