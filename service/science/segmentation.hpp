@@ -138,7 +138,7 @@ class OnlineSegmenter {
   const FeatureMatrix& sample_features() const { return features_; }
 
  private:
-  void update_once(const SegmentInput& in);
+  void update_once(const SegmentInput& in, const std::vector<std::uint8_t>& previous);  // previous: the last labels
 
   SegmentationSettings settings_;
   Rng rng_;
